@@ -1,0 +1,377 @@
+"""rooftop's intermediate representation.
+
+A :class:`Graph` wraps a ``networkx.MultiDiGraph`` whose nodes are operators (:class:`OpNode`).
+An edge ``producer -> consumer`` is one tensor use, keyed ``(tensor_name, operand_index)``, so
+``x * x`` is two parallel edges. Graph inputs and parameters have no producer node; their uses are
+found through :meth:`Graph.consumers`.
+
+Invariants (checked by :meth:`Graph.verify`):
+- every tensor named by a node operand, a graph input, an output or a parameter has a
+  :class:`TensorType`;
+- every tensor has at most one producer, and is either a graph input, a parameter or produced;
+- the networkx edges are exactly the operand lists of the nodes;
+- the graph is a DAG.
+
+Shapes are tuples whose entries are ``int`` or sympy expressions of three symbols:
+``B`` (batch), ``S`` (new tokens this step) and ``P`` (tokens already in the KV cache).
+One graph serves both phases: prefill is ``(S=prompt, P=0)``, decode is ``(S=1, P=context)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import sympy
+
+B = sympy.Symbol("B", integer=True, positive=True)
+S = sympy.Symbol("S", integer=True, positive=True)
+P = sympy.Symbol("P", integer=True, nonnegative=True)
+SYMBOLS = {"B": B, "S": S, "P": P}
+
+Dim = "int | sympy.Expr"
+
+# dtype name -> (bytes per element, numpy dtype or None, onnx TensorProto enum)
+DTYPES: dict[str, tuple[float, Any, int]] = {
+    "float32": (4, np.float32, 1),
+    "uint8": (1, np.uint8, 2),
+    "int8": (1, np.int8, 3),
+    "int32": (4, np.int32, 6),
+    "int64": (8, np.int64, 7),
+    "bool": (1, np.bool_, 9),
+    "float16": (2, np.float16, 10),
+    "float64": (8, np.float64, 11),
+    "bfloat16": (2, None, 16),
+    "float8e4m3fn": (1, None, 17),
+    "float8e5m2": (1, None, 19),
+    "uint4": (0.5, None, 21),
+    "int4": (0.5, None, 22),
+}
+ONNX_TO_DTYPE = {v[2]: k for k, v in DTYPES.items()}
+
+
+class IRError(ValueError):
+    """The graph broke an invariant (a bug in a pass or an importer, never bad user input)."""
+
+
+def as_dim(d: Any) -> int | sympy.Expr:
+    if isinstance(d, (int, np.integer)):
+        return int(d)
+    if isinstance(d, sympy.Expr):
+        return int(d) if d.is_Integer else d
+    raise IRError(f"dimension {d!r} is neither an int nor a sympy expression")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TensorType:
+    """dtype and shape of one tensor; ``shape=None`` means unknown rank (only before typing)."""
+
+    dtype: str
+    shape: tuple
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise IRError(f"unknown dtype {self.dtype!r}; known: {sorted(DTYPES)}")
+        object.__setattr__(self, "shape", tuple(as_dim(d) for d in self.shape))
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def itemsize(self) -> float:
+        return DTYPES[self.dtype][0]
+
+    def numel(self) -> sympy.Expr | int:
+        n: Any = sympy.Integer(1)
+        for d in self.shape:
+            n = n * d
+        return as_dim(sympy.sympify(n))
+
+    def nbytes(self) -> sympy.Expr | int:
+        return as_dim(sympy.nsimplify(self.numel() * sympy.Rational(self.itemsize).limit_denominator(2)))
+
+    def with_shape(self, shape) -> "TensorType":
+        return TensorType(self.dtype, tuple(shape))
+
+    def with_dtype(self, dtype: str) -> "TensorType":
+        return TensorType(dtype, self.shape)
+
+    def is_static(self) -> bool:
+        return all(isinstance(d, int) for d in self.shape)
+
+    def __str__(self) -> str:
+        return f"{self.dtype}[{', '.join(str(d) for d in self.shape)}]"
+
+
+@dataclasses.dataclass(slots=True)
+class OpNode:
+    """One operator. ``inputs`` is the ordered operand list ("" marks an omitted optional operand);
+    ``outputs`` the tensors it produces. ``attrs`` are the op's attributes (ONNX semantics for
+    standard ops); ``annotations`` are how passes talk to the cost model and the emitter
+    (fused group, quantization, sparsity, KV layout, MoE routing, layer index, source location)."""
+
+    name: str
+    op: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    annotations: dict[str, Any] = dataclasses.field(default_factory=dict)
+    domain: str = ""
+
+    def copy(self) -> "OpNode":
+        return OpNode(self.name, self.op, list(self.inputs), list(self.outputs), dict(self.attrs),
+                      dict(self.annotations), self.domain)
+
+
+@dataclasses.dataclass(slots=True)
+class Param:
+    """A weight: a named tensor with a type and optional data (``None`` on the meta device)."""
+
+    name: str
+    type: TensorType
+    data: np.ndarray | None = None
+    annotations: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def copy(self) -> "Param":
+        return Param(self.name, self.type, self.data, dict(self.annotations))
+
+
+class Graph:
+    """An operator graph. Mutate it only through its methods, which keep the edges in step."""
+
+    def __init__(self, name: str = "graph"):
+        self.name = name
+        self.nx = nx.MultiDiGraph()
+        self.types: dict[str, TensorType] = {}
+        self.inputs: list[str] = []
+        self.outputs: list[str] = []
+        self.params: dict[str, Param] = {}
+        self.producer: dict[str, str] = {}
+        self.meta: dict[str, Any] = {}
+        self._uses: dict[str, list[tuple[str, int]]] = {}
+        self._counter = 0
+
+    # ---- construction -------------------------------------------------------------------
+    def fresh(self, base: str) -> str:
+        """A tensor or node name not used yet (deterministic: a running counter)."""
+        while True:
+            self._counter += 1
+            cand = f"{base}_{self._counter}"
+            if cand not in self.types and cand not in self.nx:
+                return cand
+
+    def add_input(self, name: str, ttype: TensorType) -> str:
+        self._new_tensor(name, ttype)
+        self.inputs.append(name)
+        return name
+
+    def add_param(self, name: str, ttype: TensorType, data: np.ndarray | None = None, **ann) -> str:
+        self._new_tensor(name, ttype)
+        self.params[name] = Param(name, ttype, data, dict(ann))
+        return name
+
+    def _new_tensor(self, name: str, ttype: TensorType):
+        if name in self.types:
+            raise IRError(f"tensor {name!r} defined twice")
+        self.types[name] = ttype
+
+    def add_op(self, op: str, inputs: Iterable[str], outputs: Iterable[str] | int = 1,
+               attrs: Mapping[str, Any] | None = None, types: Iterable[TensorType] | None = None,
+               name: str | None = None, domain: str = "", **annotations) -> OpNode:
+        """Add an operator. ``outputs`` may be a count (fresh names are made). When ``types`` is
+        omitted the op registry's shape rule types the outputs."""
+        name = name or self.fresh(op.lower())
+        if name in self.nx:
+            raise IRError(f"node {name!r} exists")
+        if isinstance(outputs, int):
+            outputs = [self.fresh(name + "_out") if i else self.fresh(name) for i in range(outputs)]
+        node = OpNode(name, op, list(inputs), list(outputs), dict(attrs or {}), dict(annotations), domain)
+        for t in node.inputs:
+            if t and t not in self.types:
+                raise IRError(f"node {name} ({op}) reads undefined tensor {t!r}")
+        if types is None:
+            from compiler.ops import infer_types
+            types = infer_types(self, node)
+        types = list(types)
+        if len(types) != len(node.outputs):
+            raise IRError(f"node {name} ({op}): {len(node.outputs)} outputs but {len(types)} types")
+        for t, ty in zip(node.outputs, types):
+            if t:
+                self._new_tensor(t, ty)
+                self.producer[t] = name
+        self.nx.add_node(name, op=node)
+        for i, t in enumerate(node.inputs):
+            self._link(name, t, i)
+        return node
+
+    def _link(self, name: str, t: str, i: int):
+        if not t:
+            return
+        self._uses.setdefault(t, []).append((name, i))
+        p = self.producer.get(t)
+        if p is not None:
+            self.nx.add_edge(p, name, key=(t, i), tensor=t, index=i)
+
+    def _unlink(self, name: str, t: str, i: int):
+        if not t:
+            return
+        self._uses[t].remove((name, i))
+        p = self.producer.get(t)
+        if p is not None:
+            self.nx.remove_edge(p, name, key=(t, i))
+
+    def set_input(self, node: OpNode | str, index: int, tensor: str):
+        node = self.node(node) if isinstance(node, str) else node
+        while len(node.inputs) <= index:
+            node.inputs.append("")
+        self._unlink(node.name, node.inputs[index], index)
+        node.inputs[index] = tensor
+        self._link(node.name, tensor, index)
+
+    def replace_uses(self, old: str, new: str, *, exclude: Iterable[str] = ()):
+        """Point every use of ``old`` (operands and graph outputs) at ``new``."""
+        skip = set(exclude)
+        for name, i in list(self._uses.get(old, [])):
+            if name not in skip:
+                self.set_input(name, i, new)
+        self.outputs = [new if o == old else o for o in self.outputs]
+
+    def remove_op(self, node: OpNode | str, *, drop_outputs: bool = True):
+        node = self.node(node) if isinstance(node, str) else node
+        for i, t in enumerate(node.inputs):
+            self._unlink(node.name, t, i)
+        for t in node.outputs:
+            if not t:
+                continue
+            del self.producer[t]
+            if drop_outputs:
+                if self._uses.get(t):
+                    raise IRError(f"removing {node.name} leaves {t!r} used by {self._uses[t]}")
+                self.types.pop(t, None)
+                self._uses.pop(t, None)
+        self.nx.remove_node(node.name)
+
+    def remove_param(self, name: str):
+        if self._uses.get(name):
+            raise IRError(f"parameter {name!r} is still used by {self._uses[name]}")
+        del self.params[name]
+        del self.types[name]
+        self._uses.pop(name, None)
+
+    def remove_input(self, name: str):
+        if self._uses.get(name):
+            raise IRError(f"input {name!r} is still used")
+        self.inputs.remove(name)
+        del self.types[name]
+
+    # ---- queries -------------------------------------------------------------------------
+    def node(self, name: str) -> OpNode:
+        return self.nx.nodes[name]["op"]
+
+    def __iter__(self) -> Iterator[OpNode]:
+        return (d["op"] for _, d in self.nx.nodes(data=True))
+
+    def __len__(self) -> int:
+        return self.nx.number_of_nodes()
+
+    def consumers(self, tensor: str) -> list[tuple[OpNode, int]]:
+        return [(self.node(n), i) for n, i in self._uses.get(tensor, [])]
+
+    def num_uses(self, tensor: str) -> int:
+        """Operand uses plus one per appearance among the graph outputs."""
+        return len(self._uses.get(tensor, [])) + self.outputs.count(tensor)
+
+    def producer_of(self, tensor: str) -> OpNode | None:
+        p = self.producer.get(tensor)
+        return None if p is None else self.node(p)
+
+    def type(self, tensor: str) -> TensorType:
+        return self.types[tensor]
+
+    def is_param(self, tensor: str) -> bool:
+        return tensor in self.params
+
+    def topo_order(self) -> list[OpNode]:
+        """Deterministic topological order (ties broken by node insertion order)."""
+        rank = {n: i for i, n in enumerate(self.nx.nodes)}
+        return [self.node(n) for n in nx.lexicographical_topological_sort(self.nx, key=rank.__getitem__)]
+
+    def ops_by_kind(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for n in self:
+            out[n.op] = out.get(n.op, 0) + 1
+        return dict(sorted(out.items()))
+
+    def has_weights(self) -> bool:
+        return all(p.data is not None for p in self.params.values())
+
+    # ---- whole-graph operations ------------------------------------------------------------
+    def copy(self) -> "Graph":
+        g = Graph(self.name)
+        g.nx = nx.MultiDiGraph()
+        for n in self:
+            g.nx.add_node(n.name, op=n.copy())
+        g.nx.add_edges_from(self.nx.edges(keys=True, data=True))
+        g.types = dict(self.types)
+        g.inputs = list(self.inputs)
+        g.outputs = list(self.outputs)
+        g.params = {k: p.copy() for k, p in self.params.items()}
+        g.producer = dict(self.producer)
+        g.meta = dict(self.meta)
+        g._uses = {k: list(v) for k, v in self._uses.items()}
+        g._counter = self._counter
+        return g
+
+    def verify(self) -> None:
+        """Check the invariants listed in the module docstring; raise IRError on the first breach."""
+        produced: dict[str, str] = {}
+        uses: dict[str, list[tuple[str, int]]] = {}
+        for n in self:
+            for i, t in enumerate(n.inputs):
+                if not t:
+                    continue
+                if t not in self.types:
+                    raise IRError(f"{n.name} ({n.op}) operand {i} reads untyped/undefined tensor {t!r}")
+                uses.setdefault(t, []).append((n.name, i))
+            for t in n.outputs:
+                if not t:
+                    continue
+                if t in produced:
+                    raise IRError(f"tensor {t!r} produced by both {produced[t]} and {n.name}")
+                if t in self.params or t in self.inputs:
+                    raise IRError(f"{n.name} overwrites graph input/parameter {t!r}")
+                if t not in self.types:
+                    raise IRError(f"{n.name} ({n.op}) output {t!r} has no type")
+                produced[t] = n.name
+        for t in set(uses) | set(self.outputs):
+            if t not in produced and t not in self.params and t not in self.inputs:
+                raise IRError(f"tensor {t!r} is used but never defined")
+        if produced != self.producer:
+            raise IRError("producer index out of step with the nodes")
+        for t, lst in uses.items():
+            if sorted(lst) != sorted(self._uses.get(t, [])):
+                raise IRError(f"use index of {t!r} out of step with the operands")
+        want = sorted((produced[t], c, t, i) for t, lst in uses.items() if t in produced for c, i in lst)
+        have = sorted((u, v, d["tensor"], d["index"]) for u, v, d in self.nx.edges(data=True))
+        if want != have:
+            raise IRError("networkx edges out of step with the operand lists")
+        if not nx.is_directed_acyclic_graph(self.nx):
+            raise IRError(f"graph has a cycle: {nx.find_cycle(self.nx)}")
+        for t in self.inputs + list(self.params) + self.outputs:
+            if t not in self.types:
+                raise IRError(f"graph tensor {t!r} has no type")
+
+    def summary(self) -> str:
+        return (f"{self.name}: {len(self)} ops, {len(self.params)} params, inputs={self.inputs}, "
+                f"outputs={self.outputs}")
+
+
+def subs(expr, values: Mapping[sympy.Symbol, int]):
+    """Evaluate a dim/size expression at a workload point (ints pass through)."""
+    if isinstance(expr, (int, float)):
+        return expr
+    v = expr.subs(values)
+    return int(v) if v.is_Integer else float(v)

@@ -1,0 +1,168 @@
+"""Cleanup passes: dead-code elimination, identity / no-op removal, constant folding."""
+from __future__ import annotations
+
+import numpy as np
+
+from compiler.ir import Graph, Param
+from passes.base import Pass, PassResult
+
+
+def eliminate_dead_code(g: Graph) -> dict[str, int]:
+    """Remove ops none of whose outputs reach a graph output, then unused parameters."""
+    import networkx as nx
+    live_nodes: set[str] = set()
+    for t in g.outputs:
+        p = g.producer.get(t)
+        if p is not None:
+            live_nodes.add(p)
+            live_nodes |= nx.ancestors(g.nx, p)
+    dead = [n for n in g.topo_order() if n.name not in live_nodes]
+    for n in reversed(dead):
+        g.remove_op(n)
+    unused = [p for p in g.params if g.num_uses(p) == 0]
+    for p in unused:
+        g.remove_param(p)
+    return {"ops": len(dead), "params": len(unused)}
+
+
+def _is_const(g: Graph, t: str, value=None) -> bool:
+    p = g.params.get(t)
+    if p is None or p.data is None or not p.annotations.get("const"):
+        return False
+    return value is None or (p.data.size == 1 and float(p.data.reshape(-1)[0]) == value)
+
+
+def _noop(g: Graph, n) -> str | None:
+    """The input an op passes through unchanged, or None."""
+    ins = n.inputs
+    out_t = g.type(n.outputs[0]) if n.outputs else None
+    if n.op in ("Identity", "Dropout") and len(n.outputs) == 1:
+        return ins[0]
+    if n.op in ("Reshape", "Expand", "Cast", "Slice") and g.type(ins[0]) == out_t:
+        if n.op != "Slice" or all(s == 0 for s in n.attrs.get("starts", [1])):
+            return ins[0]
+    if n.op == "Transpose" and list(n.attrs.get("perm", [])) == sorted(n.attrs.get("perm", [0, 1])):
+        return ins[0]
+    if n.op in ("Mul", "Div") and _is_const(g, ins[1], 1.0) and g.type(ins[0]) == out_t:
+        return ins[0]
+    if n.op == "Mul" and _is_const(g, ins[0], 1.0) and g.type(ins[1]) == out_t:
+        return ins[1]
+    if n.op in ("Add", "Sub") and _is_const(g, ins[1], 0.0) and g.type(ins[0]) == out_t:
+        return ins[0]
+    if n.op == "Add" and _is_const(g, ins[0], 0.0) and g.type(ins[1]) == out_t:
+        return ins[1]
+    return None
+
+
+def remove_noops(g: Graph) -> dict[str, int]:
+    """Bypass ops that return their input unchanged (Identity, same-shape Reshape/Expand,
+    same-type Cast, identity Transpose, x*1, x+0, …). A graph output keeps its name: when the
+    no-op produces one and its input is itself an input/parameter/output, the op stays."""
+    stats: dict[str, int] = {}
+    for n in g.topo_order():
+        src = _noop(g, n)
+        if src is None:
+            continue
+        out = n.outputs[0]
+        if out in g.outputs:
+            if src in g.inputs or src in g.params or src in g.outputs:
+                continue
+            # rename the producer's output to the public name instead
+            _rename_tensor(g, src, out, n)
+        else:
+            g.replace_uses(out, src)
+            g.remove_op(n)
+        stats[n.op] = stats.get(n.op, 0) + 1
+    eliminate_dead_code(g)
+    return stats
+
+
+def _rename_tensor(g: Graph, src: str, out: str, noop) -> None:
+    """Drop ``noop`` (which maps src -> graph output out) and make src's producer write out."""
+    prod = g.producer_of(src)
+    g.replace_uses(out, src)  # only graph outputs point at out
+    g.remove_op(noop)
+    ty = g.types.pop(src)
+    g.types[out] = ty
+    del g.producer[src]
+    g.producer[out] = prod.name
+    prod.outputs[prod.outputs.index(src)] = out
+    for c, i in list(g.consumers(src)):
+        g.set_input(c, i, out)
+    g._uses.pop(src, None)
+    # edges from prod were keyed by src: rebuild them
+    for _, v, k in list(g.nx.out_edges(prod.name, keys=True)):
+        if k[0] == src:
+            g.nx.remove_edge(prod.name, v, key=k)
+    g.outputs = [out if o == src else o for o in g.outputs]
+
+
+MAX_FOLD_ELEMENTS = 1 << 16
+
+
+def fold_constants(g: Graph) -> dict[str, int]:
+    """Evaluate ops whose operands are all constants (small results only, so folding never
+    duplicates weights) with onnx's reference evaluator, replacing them by constants."""
+    from compiler.emit_onnx import _Emitter
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+    from compiler.ir import DTYPES
+    folded = 0
+    for n in g.topo_order():
+        if n.op in ("Shape",) or not n.outputs or n.op == "Attention":
+            continue
+        srcs = [t for t in n.inputs if t]
+        if not all(_is_const(g, t) for t in srcs):
+            continue
+        outs = [g.type(t) for t in n.outputs]
+        if not all(t.is_static() and int(t.numel()) <= MAX_FOLD_ELEMENTS for t in outs):
+            continue
+        em = _Emitter(g)
+        em.emit(n)
+        inits = [numpy_helper.from_array(g.params[t].data.astype(DTYPES[g.type(t).dtype][1]), t)
+                 for t in dict.fromkeys(srcs)] + em.inits
+        graph = helper.make_graph(em.nodes, "fold", [], [helper.make_tensor_value_info(
+            t, DTYPES[g.type(t).dtype][2], None) for t in n.outputs], initializer=inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+        try:
+            vals = ReferenceEvaluator(model).run(None, {})
+        except Exception:
+            continue
+        outs_names = list(n.outputs)
+        g.remove_op(n, drop_outputs=False)
+        for t, v in zip(outs_names, vals):
+            ty = g.types.pop(t)
+            g.params[t] = Param(t, ty, np.asarray(v).reshape([int(d) for d in ty.shape]),
+                                {"const": True})
+            g.types[t] = ty
+            for c, i in list(g.consumers(t)):
+                g._unlink(c.name, t, i)
+                g._link(c.name, t, i)
+        folded += 1
+    if folded:
+        eliminate_dead_code(g)
+    return {"folded": folded}
+
+
+class DeadCodeElimination(Pass):
+    name = "dce"
+
+    def run(self, g):
+        s = eliminate_dead_code(g)
+        return PassResult(g, any(s.values()), s)
+
+
+class RemoveNoOps(Pass):
+    name = "remove_noops"
+
+    def run(self, g):
+        s = remove_noops(g)
+        return PassResult(g, any(s.values()), s)
+
+
+class ConstantFolding(Pass):
+    name = "fold_constants"
+
+    def run(self, g):
+        s = fold_constants(g)
+        return PassResult(g, any(s.values()), s)

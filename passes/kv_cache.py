@@ -1,0 +1,93 @@
+"""Lift the KV cache out of attention.
+
+A causal decoder imported without a cache has Attention nodes fed by full-sequence K and V
+(often through a GQA ``repeat_kv``: Unsqueeze → Expand → Reshape that copies each KV head to the
+query heads it serves). This pass makes the cache explicit, so one model does prefill and decode:
+
+- the ``repeat_kv`` chain is removed: ONNX ``Attention`` does GQA natively, and the cache then
+  stores ``kv_heads`` (not query heads) — the whole point of GQA;
+- each Attention (layer ``i`` in graph order) gains inputs ``past_key.i`` / ``past_value.i``
+  ``[B, kv_heads, P, head_dim]`` and outputs ``present_key.i`` / ``present_value.i``
+  ``[B, kv_heads, P + S, head_dim]``;
+- ``is_causal`` masks align bottom-right (query ``t`` sees keys ``≤ P + t``), which is ONNX
+  Attention's semantics when a past is given (checked in onnxruntime by the tests).
+
+The callers feed ``position_ids = P + arange(S)``; the decoder's rotary / learned position
+embeddings read them, so nothing else changes.
+"""
+from __future__ import annotations
+
+from compiler.ir import P, Graph, IRError, OpNode, TensorType
+
+
+def _strip_repeat_kv(g: Graph, t: str, kv_heads_hint: int | None = None) -> str:
+    """If ``t`` is Reshape(Expand(Unsqueeze(x, axis=2)), [b, h, s, d]) with x [b, hkv, s, d],
+    return x, else t."""
+    r = g.producer_of(t)
+    if r is None or r.op != "Reshape":
+        return t
+    e = g.producer_of(r.inputs[0])
+    if e is None or e.op != "Expand":
+        return t
+    u = g.producer_of(e.inputs[0])
+    if u is None or u.op != "Unsqueeze" or list(u.attrs.get("axes", [])) != [2]:
+        return t
+    x = u.inputs[0]
+    xs, es, rs = g.type(x).shape, g.type(e.outputs[0]).shape, g.type(t).shape
+    if len(xs) != 4 or len(es) != 5 or len(rs) != 4:
+        return t
+    if not (es[0] == xs[0] and es[1] == xs[1] and es[3] == xs[2] and es[4] == xs[3]):
+        return t
+    if not (rs[0] == xs[0] and rs[2] == xs[2] and rs[3] == xs[3] and rs[1] == xs[1] * es[2]):
+        return t
+    return x
+
+
+def lift_kv_cache(g: Graph) -> dict[str, int]:
+    attn = [n for n in g.topo_order() if n.op == "Attention"]
+    if not attn:
+        raise IRError("lift_kv_cache: the model has no Attention op to attach a KV cache to")
+    stats = {"layers": 0, "repeat_kv_removed": 0}
+    kv_tensors = set(g.meta.get("kv_tensors", ()))
+    for i, n in enumerate(attn):
+        if len(n.inputs) > 4 and n.inputs[4]:
+            continue  # already has a cache
+        q, k, v = n.inputs[:3]
+        k2, v2 = _strip_repeat_kv(g, k), _strip_repeat_kv(g, v)
+        if k2 != k:
+            g.set_input(n, 1, k2)
+            stats["repeat_kv_removed"] += 1
+        if v2 != v:
+            g.set_input(n, 2, v2)
+            stats["repeat_kv_removed"] += 1
+        kt, vt = g.type(k2), g.type(v2)
+        if kt.rank != 4:
+            raise IRError(f"{n.name}: KV lifting needs 4-D [B, H, S, D] key/value, got {kt}")
+        b, hkv, _, d = kt.shape
+        pk = g.add_input(f"past_key.{i}", TensorType(kt.dtype, (b, hkv, P, d)))
+        pv = g.add_input(f"past_value.{i}", TensorType(vt.dtype, (b, vt.shape[1], P, vt.shape[3])))
+        while len(n.inputs) < 4:
+            g.set_input(n, len(n.inputs), "")
+        g.set_input(n, 4, pk)
+        g.set_input(n, 5, pv)
+        _add_outputs(g, n, [f"present_key.{i}", f"present_value.{i}"],
+                     [TensorType(kt.dtype, (b, hkv, P + kt.shape[2], d)),
+                      TensorType(vt.dtype, (b, vt.shape[1], P + vt.shape[2], vt.shape[3]))])
+        g.outputs += [f"present_key.{i}", f"present_value.{i}"]
+        kv_tensors |= {pk, pv, f"present_key.{i}", f"present_value.{i}"}
+        n.annotations["layer"] = i
+        stats["layers"] += 1
+    g.meta["kv_tensors"] = sorted(kv_tensors)
+    if "input_ids" in g.inputs:
+        g.meta.setdefault("dim_sources", {})["P"] = ("past_key.0", 2)
+    # the expand/reshape chains are now dead; cleanup's dead-code elimination removes them
+    from passes.cleanup import eliminate_dead_code
+    eliminate_dead_code(g)
+    return stats
+
+
+def _add_outputs(g: Graph, n: OpNode, names: list[str], types: list[TensorType]):
+    for t, ty in zip(names, types):
+        g.types[t] = ty
+        g.producer[t] = n.name
+        n.outputs.append(t)
