@@ -1,0 +1,33 @@
+"""Pass registry: pipeline configs name passes by these keys (an explicit table, no import-time
+side effects). Each entry is a ``Pass`` subclass; parameters come from the pipeline config."""
+from __future__ import annotations
+
+from passes.base import Pass, PassManager, PassResult
+from passes.cleanup import ConstantFolding, DeadCodeElimination, RemoveNoOps
+
+PASSES: dict[str, type[Pass]] = {
+    "dce": DeadCodeElimination,
+    "remove_noops": RemoveNoOps,
+    "fold_constants": ConstantFolding,
+}
+
+
+def make_pass(spec) -> Pass:
+    """``spec`` is a pass name or a mapping ``{name: ..., <param>: ...}``."""
+    from compiler.errors import ConfigError
+    if isinstance(spec, str):
+        name, params = spec, {}
+    else:
+        params = dict(spec)
+        name = params.pop("name", None)
+        if name is None:
+            raise ConfigError(f"pipeline entry {dict(spec)} has no 'name'; write it as "
+                              f"{{name: <pass>, <param>: <value>}} or just the pass name.")
+    cls = PASSES.get(str(name))
+    if cls is None:
+        raise ConfigError(f"pass {name!r} does not exist. Available passes: "
+                          f"{', '.join(sorted(PASSES))}. Fix the name in pipeline.passes.")
+    return cls(**params)
+
+
+__all__ = ["PASSES", "make_pass", "Pass", "PassManager", "PassResult"]

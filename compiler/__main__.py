@@ -1,0 +1,3 @@
+from compiler.app import main
+
+main()

@@ -1,0 +1,180 @@
+"""The roofline cost model.
+
+Per op at a workload point (B, S, P): FLOPs (by the dtype class it computes in), bytes moved
+split into weights / activations / KV, intensity, attainable FLOP/s, bound, and time
+
+    time = max((F + F½) / (peak·e_c), (Bt + B½) / (BW·e_m)) + launch     (compiler.efficiency)
+
+with the efficiencies of the op's class on the configured hardware (calibrated on a real GPU
+for the H100; literature defaults elsewhere — the hardware YAML says which). The symbolic
+FLOPs/bytes of every op come from the op registry once; identical expressions (every layer
+has the same ones) are deduplicated and compiled together with ``sympy.lambdify``, so any
+number of workload points is one vectorized numpy evaluation.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import sympy
+
+from compiler import efficiency as eff
+from compiler.hardware import Hardware
+from compiler.ir import B, P, S, Graph
+from compiler.ops import Bytes, Classifier, get, op_cost
+
+_HW_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float8e4m3fn": "fp8",
+             "float8e5m2": "fp8", "int8": "int8", "uint8": "int8", "int4": "int4", "uint4": "int4",
+             "float64": "fp32", "int64": "fp32", "int32": "fp32", "bool": "fp32"}
+FREE_CLASSES = ("view", "shape")
+
+
+@dataclasses.dataclass
+class OpItem:
+    name: str
+    op: str
+    cost_class: str          # registry class: gemm, attention, elementwise, reduction, copy
+    dtype: str               # hardware dtype it computes in
+    sparse: bool
+    idx: tuple[int, int, int, int]   # indices of flops, w, a, kv expressions
+
+
+class HardwareAwareClassifier(Classifier):
+    """Adds the hardware's on-chip memory for rules that need it (attention query tiles)."""
+
+    def __init__(self, graph: Graph, hw: Hardware):
+        super().__init__(graph)
+        self.hw = hw
+
+
+def attention_q_tiles(hw: Hardware, heads, head_dim, itemsize, q_len):
+    """How many times a fused attention streams K/V from device memory: once per tile of query
+    rows whose K/V working set the last-level on-chip memory (L2) can keep resident. Rows per
+    tile = (L2/2) / (heads·head_dim·bytes); half the L2 is left for K/V blocks and other
+    traffic. (FlashAttention's SRAM-only bound, Dao et al. 2022, assumes no L2 and
+    overstates DRAM traffic many times on GPUs with tens of MB of L2.)"""
+    rows = max(1, int(hw.onchip.l2_bytes / 2 // (heads * head_dim * itemsize))) if isinstance(heads, int) and isinstance(head_dim, int) else 1
+    return sympy.ceiling(q_len / rows) if not isinstance(q_len, int) else -(-q_len // rows)
+
+
+class CostModel:
+    """Compile once per (graph, hardware); evaluate at many workload points."""
+
+    def __init__(self, graph: Graph, hw: Hardware):
+        self.graph = graph
+        self.hw = hw
+        cls = HardwareAwareClassifier(graph, hw)
+        exprs: dict[Any, int] = {}
+
+        def ix(e) -> int:
+            e = sympy.sympify(e)
+            if e not in exprs:
+                exprs[e] = len(exprs)
+            return exprs[e]
+
+        self.items: list[OpItem] = []
+        for n in graph.topo_order():
+            d = get(n.op, where=n.name)
+            if d.cost_class in FREE_CLASSES:
+                continue
+            if n.op == "Attention":
+                q = graph.type(n.inputs[0])
+                if q.rank == 4:
+                    n.annotations["q_tiles"] = attention_q_tiles(hw, q.shape[1], q.shape[3], q.itemsize, q.shape[2])
+            flops, byts = op_cost(graph, n, cls)
+            self.items.append(OpItem(n.name, n.op, d.cost_class, self._dtype(n), bool(n.annotations.get("sparsity")),
+                                     (ix(flops), ix(byts.weights), ix(byts.activations), ix(byts.kv))))
+        self.exprs = list(exprs)
+        self._fn = sympy.lambdify((B, S, P), self.exprs, modules="numpy")
+        idx = np.array([it.idx for it in self.items], dtype=np.int64).reshape(-1, 4)
+        self._idx = idx
+        classes = sorted({it.cost_class for it in self.items})
+        self._class_of = np.array([classes.index(it.cost_class) for it in self.items], dtype=np.int64)
+        self._classes = classes
+        self._peak = np.array([hw.peak(it.dtype, it.sparse) for it in self.items], dtype=float)
+
+    def _dtype(self, n) -> str:
+        dt = n.annotations.get("compute_dtype")
+        if dt:
+            return dt
+        for t in n.inputs:
+            if t:
+                name = self.graph.type(t).dtype
+                if name.startswith("float") or name == "bfloat16":
+                    return _HW_DTYPE[name]
+        return _HW_DTYPE.get(self.graph.type(n.outputs[0]).dtype, "fp32") if n.outputs else "fp32"
+
+    # ------------------------------------------------------------------------------------
+    def raw(self, b, s, p) -> np.ndarray:
+        """(4, n_ops, n_points) FLOPs, weight, activation and KV bytes at the given points."""
+        b, s, p = (np.atleast_1d(np.asarray(x, dtype=float)) for x in (b, s, p))
+        n = max(len(b), len(s), len(p))
+        vals = self._fn(b, s, p)
+        table = np.stack([np.broadcast_to(np.asarray(v, dtype=float), (n,)) for v in vals]) if vals else np.zeros((0, n))
+        return table[self._idx.T]  # (4, n_ops, n)
+
+    def evaluate(self, b, s, p, phase: str) -> dict[str, np.ndarray]:
+        """Per-op arrays (n_ops, n_points) at workload points, for ``phase`` in prefill/decode
+        (which attention efficiency class applies)."""
+        flops, w, a, kv = self.raw(b, s, p)
+        byts = w + a + kv
+        launch = self.hw.efficiency.launch_overhead_s
+        time = np.zeros_like(flops)
+        att_f = np.zeros_like(flops)
+        bound_c = np.zeros(flops.shape, dtype=bool)
+        for ci, c in enumerate(self._classes):
+            m = self._class_of == ci
+            if not m.any():
+                continue
+            eclass = {"attention": f"attention_{phase}"}.get(c, c)
+            prm = self.hw.efficiency.for_class(eclass)
+            cp = eff.ClassParams(prm.compute, prm.memory, prm.flops_half, prm.bytes_half)
+            pk = self._peak[m][:, None]
+            bw = self.hw.memory_bandwidth
+            t_c = (flops[m] + cp.flops_half) / (pk * cp.compute)
+            t_m = (byts[m] + cp.bytes_half) / (bw * cp.memory)
+            time[m] = np.maximum(t_c, t_m) + launch
+            bound_c[m] = t_c >= t_m
+            att_f[m] = np.where(time[m] > 0, flops[m] / np.maximum(time[m] - launch, 1e-30), 0.0)
+        return {"flops": flops, "bytes": byts, "weights": w, "activations": a, "kv": kv,
+                "time": time, "attainable": att_f, "compute_bound": bound_c}
+
+    def phase_time(self, b, s, p, phase: str) -> np.ndarray:
+        return self.evaluate(b, s, p, phase)["time"].sum(axis=0)
+
+    def totals(self, b, s, p, phase: str) -> dict[str, float]:
+        r = self.evaluate(b, s, p, phase)
+        return {k: float(r[k].sum()) for k in ("time", "flops", "bytes", "weights", "activations", "kv")}
+
+    def op_table(self, b: int, s: int, p: int, phase: str) -> list[dict[str, Any]]:
+        r = self.evaluate(b, s, p, phase)
+        rows = []
+        for i, it in enumerate(self.items):
+            f, by = float(r["flops"][i, 0]), float(r["bytes"][i, 0])
+            rows.append({
+                "name": it.name, "op": it.op, "class": it.cost_class, "dtype": it.dtype,
+                "flops": f, "bytes": by,
+                "bytes_split": {"weights": float(r["weights"][i, 0]),
+                                "activations": float(r["activations"][i, 0]),
+                                "kv": float(r["kv"][i, 0])},
+                "intensity": f / by if by else None,
+                "attainable_flops": float(r["attainable"][i, 0]),
+                "bound": "compute" if r["compute_bound"][i, 0] else "memory",
+                "time_s": float(r["time"][i, 0]),
+            })
+        return rows
+
+
+def graph_cost_summary(graph: Graph, hw: Hardware, points: Sequence[tuple[int, int, int, str]]) -> list[dict]:
+    """Totals at a few (B, S, P, phase) points — what the pass manager records per pass."""
+    cm = CostModel(graph, hw)
+    out = []
+    for b, s, p, phase in points:
+        t = cm.totals(b, s, p, phase)
+        out.append({"phase": phase, **t})
+    return out
+
+
+__all__ = ["CostModel", "graph_cost_summary", "attention_q_tiles", "Bytes"]
