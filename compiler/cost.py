@@ -29,6 +29,10 @@ _HW_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float8e4
              "float8e5m2": "fp8", "int8": "int8", "uint8": "int8", "int4": "int4", "uint4": "int4",
              "float64": "fp32", "int64": "fp32", "int32": "fp32", "bool": "fp32"}
 FREE_CLASSES = ("view", "shape")
+# Efficiency fractions of these classes are defined against the dense fp16 peak (the reference the
+# calibration fits them with; e.g. elementwise compute ≈ 0.07 = fp32 vector rate / fp16 tensor
+# peak on an H100), whatever dtype the op runs in. GEMM and attention use their compute dtype.
+REFERENCE_PEAK_CLASSES = ("elementwise", "reduction", "copy")
 
 
 @dataclasses.dataclass
@@ -93,7 +97,8 @@ class CostModel:
         classes = sorted({it.cost_class for it in self.items})
         self._class_of = np.array([classes.index(it.cost_class) for it in self.items], dtype=np.int64)
         self._classes = classes
-        self._peak = np.array([hw.peak(it.dtype, it.sparse) for it in self.items], dtype=float)
+        self._peak = np.array([hw.peak("fp16") if it.cost_class in REFERENCE_PEAK_CLASSES
+                               else hw.peak(it.dtype, it.sparse) for it in self.items], dtype=float)
 
     def _dtype(self, n) -> str:
         dt = n.annotations.get("compute_dtype")

@@ -130,7 +130,11 @@ def _capacity(cfg, cm, sched, hw, w_bytes, kv_tok, tokens, prompt, ctx, reserve)
     need = w_bytes + batches * kv_tok * tokens + act + reserve
     fits = need <= hw.memory_bytes
     max_batch = int(batches[fits].max()) if fits.any() else 0
+    beside = int((hw.memory_bytes - w_bytes) // (kv_tok * tokens)) if kv_tok and tokens else None
     out: dict[str, Any] = {"max_batch": max_batch, "tokens_per_sequence": tokens,
+                           # sequences whose KV cache fits beside the weights alone (no activations,
+                           # no reserve): the first-order figure usually quoted
+                           "max_batch_weights_kv_only": beside,
                            "limited_by": "memory" if max_batch < batches[-1] else "search range"}
     slo = dict(cfg.get("slo") or {})
     if slo.get("ttft_ms") is not None or slo.get("tpot_ms") is not None:

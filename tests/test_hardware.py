@@ -68,7 +68,11 @@ def test_every_yaml_loads(name):
 def test_every_number_in_yaml_has_a_source_comment():
     # Each numeric leaf under the peaks / memory / onchip / interconnect keys carries a comment.
     for name in sorted(REQUIRED):
-        for line in (hardware_dir() / f"{name}.yaml").read_text().splitlines():
+        text = (hardware_dir() / f"{name}.yaml").read_text()
+        # a calibrated efficiency block cites its measurements in its `source:` line instead
+        if "source: calibrated on" in text:
+            text = text.split("\nefficiency:")[0]
+        for line in text.splitlines():
             s = line.strip()
             if s.startswith("#") or ":" not in s or s.startswith(("gemm", "attention", "elementwise",
                                                                      "reduction", "copy")):
@@ -103,7 +107,9 @@ def test_h100_sxm_numbers(lib):
     assert h.onchip.sm_count == 132
     assert h.onchip.smem_per_sm_bytes == 228 * 1024
     assert h.interconnect.bandwidth == pytest.approx(450e9)
-    assert 4e-6 <= h.efficiency.launch_overhead_s <= 5e-6
+    # measured on an H100 inside a CUDA graph (compiler/calibration/data/h100_sxm.json)
+    assert h.efficiency.source.startswith("calibrated on NVIDIA H100")
+    assert 0.5e-6 <= h.efficiency.launch_overhead_s <= 5e-6
 
 
 def test_sparse_at_least_dense_everywhere(lib):
@@ -405,11 +411,11 @@ def test_round_trip_arbitrary_floats(lib, tmp_path):
 
 
 def test_efficiency_to_yaml_dict_units(lib):
-    e = efficiency_to_yaml_dict(lib["h100_sxm"].efficiency)
+    e = efficiency_to_yaml_dict(lib["a100_80g"].efficiency)  # SI inside, YAML units outside
     assert e["launch_overhead_us"] == pytest.approx(4.0)
     assert set(e["classes"]) == set(OP_CLASSES)
-    assert e["classes"]["gemm"]["bytes_half_mb"] == pytest.approx(6.7)
-    assert e["classes"]["gemm"]["flops_half_gflop"] == pytest.approx(1.98)
+    assert e["classes"]["gemm"]["bytes_half_mb"] == pytest.approx(4.08)
+    assert e["classes"]["gemm"]["flops_half_gflop"] == pytest.approx(0.624)
 
 
 def test_update_efficiency_keeps_comments(tmp_path):

@@ -147,7 +147,7 @@ def import_torch(cfg, module: torch.nn.Module | None = None, task: str | None = 
         example, dims = _declared_inputs(inputs, is_meta)
         outputs = list(cfg.get("outputs") or ["output"])
     else:
-        example = example_inputs(task, _vocab(module), device="meta" if False else None)
+        example = example_inputs(task, _vocab(module), device="meta" if is_meta else None)
         dims = {k: [B, S] for k in example}
         outputs = ["logits"] if task == "causal_lm" else ["last_hidden_state"]
     ep = export_module(module, example, {k: [i for i, d in enumerate(v) if not isinstance(d, int)]

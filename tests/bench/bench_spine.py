@@ -1,0 +1,73 @@
+"""Benchmark of the spine (prints figures; not a test).
+
+(a) the default run, (b) llama2_7b meta import + passes + report, (c) llama2_70b meta — wall time
+and peak RSS of each as a separate `rooftop` process (median of --repeat runs); and (d) the cost
+of evaluating 1000 workload points for llama2_70b once the cost model is compiled.
+Targets on a 2-core machine: (a) ≤ 20 s, (b) ≤ 10 s and ≤ 1.5 GB, (c) ≤ 25 s and ≤ 3 GB, (d) ≤ 1 s.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_case(args: list[str]) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        r = subprocess.run([sys.executable, "-m", "compiler", *args, f"hydra.run.dir={d}", "progress=false"],
+                           cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+        wall = time.perf_counter() - t0
+        if r.returncode != 0:
+            raise SystemExit(r.stderr)
+        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        return wall, max(rss, before) / 1024  # MB (ru_maxrss of the largest child so far)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeat", type=int, default=1)
+    a = ap.parse_args()
+    cases = [("(a) default llama_tiny", [], 20, None),
+             ("(b) llama2_7b meta", ["model=llama2_7b"], 10, 1500),
+             ("(c) llama2_70b meta", ["model=llama2_70b"], 25, 3000)]
+    print(f"{'case':28s} {'wall s (median)':>16s} {'target':>8s} {'peak RSS MB':>12s} {'target':>8s}")
+    for name, args, t_target, m_target in cases:
+        walls, rss = [], 0.0
+        for _ in range(a.repeat):
+            w, r = run_case(args)
+            walls.append(w)
+            rss = max(rss, r)
+        print(f"{name:28s} {statistics.median(walls):16.2f} {t_target:8d} {rss:12.0f} {str(m_target or '-'):>8s}")
+
+    from omegaconf import OmegaConf
+    import numpy as np
+    from compiler.cost import CostModel
+    from compiler.hardware import hardware_by_name
+    from compiler.importers.models import import_torch
+    g = import_torch(OmegaConf.to_container(OmegaConf.load(ROOT / "conf/model/llama2_70b.yaml")))
+    t0 = time.perf_counter()
+    cm = CostModel(g, hardware_by_name("h100_sxm"))
+    compile_s = time.perf_counter() - t0
+    b = np.repeat(2 ** np.arange(10), 100)
+    p = np.tile(np.arange(100) * 80, 10)
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        cm.phase_time(b, 1, p, "decode")
+        times.append(time.perf_counter() - t0)
+    print(f"(d) llama2_70b: compile cost model {compile_s:.2f} s; 1000 decode points "
+          f"{statistics.median(times) * 1e3:.1f} ms (median of 5; target ≤ 1000 ms)")
+
+
+if __name__ == "__main__":
+    main()
