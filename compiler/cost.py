@@ -63,6 +63,25 @@ def attention_q_tiles(hw: Hardware, heads, head_dim, itemsize, q_len):
     return sympy.ceiling(q_len / rows) if not isinstance(q_len, int) else -(-q_len // rows)
 
 
+_COST_CACHE: dict = {}
+BOUNDS = ("compute", "memory", "latency")
+
+
+def _structural_key(graph: Graph, n, cls: Classifier):
+    """Everything an op's cost rules read: op, attributes, annotations, operand types and
+    categories. Every layer of a transformer repeats the same keys, so costs are derived once."""
+    try:
+        attrs = tuple(sorted((k, repr(v)) for k, v in n.attrs.items()))
+        ann = tuple(sorted((k, repr(v)) for k, v in n.annotations.items() if k not in ("source", "layer")))
+        ins = tuple((graph.types[t], cls.category(t),
+                     repr(graph.params[t].annotations.get("stored_bytes")) if t in graph.params else None)
+                    if t else None for t in n.inputs)
+        outs = tuple((graph.types[t], cls.category(t)) if t else None for t in n.outputs)
+        return (n.op, n.domain, attrs, ann, ins, outs, id(cls.hw) if hasattr(cls, "hw") else None)
+    except TypeError:
+        return None
+
+
 class CostModel:
     """Compile once per (graph, hardware); evaluate at many workload points."""
 
@@ -87,7 +106,13 @@ class CostModel:
                 q = graph.type(n.inputs[0])
                 if q.rank == 4:
                     n.annotations["q_tiles"] = attention_q_tiles(hw, q.shape[1], q.shape[3], q.itemsize, q.shape[2])
-            flops, byts = op_cost(graph, n, cls)
+            key = _structural_key(graph, n, cls)
+            hit = _COST_CACHE.get(key) if key is not None else None
+            if hit is None:
+                hit = op_cost(graph, n, cls)
+                if key is not None:
+                    _COST_CACHE[key] = hit
+            flops, byts = hit
             self.items.append(OpItem(n.name, n.op, d.cost_class, self._dtype(n), bool(n.annotations.get("sparsity")),
                                      (ix(flops), ix(byts.weights), ix(byts.activations), ix(byts.kv))))
         self.exprs = list(exprs)
@@ -128,7 +153,7 @@ class CostModel:
         launch = self.hw.efficiency.launch_overhead_s
         time = np.zeros_like(flops)
         att_f = np.zeros_like(flops)
-        bound_c = np.zeros(flops.shape, dtype=bool)
+        bound = np.zeros(flops.shape, dtype=np.int8)  # 0 compute, 1 memory, 2 latency
         for ci, c in enumerate(self._classes):
             m = self._class_of == ci
             if not m.any():
@@ -141,10 +166,14 @@ class CostModel:
             t_c = (flops[m] + cp.flops_half) / (pk * cp.compute)
             t_m = (byts[m] + cp.bytes_half) / (bw * cp.memory)
             time[m] = np.maximum(t_c, t_m) + launch
-            bound_c[m] = t_c >= t_m
+            # the roofline side that binds, unless fixed per-kernel costs (launch, ramp) dominate
+            pure_c = flops[m] / (pk * cp.compute)
+            pure_m = byts[m] / (bw * cp.memory)
+            fixed = time[m] - np.maximum(pure_c, pure_m)
+            bound[m] = np.where(fixed > np.maximum(pure_c, pure_m), 2, np.where(pure_c >= pure_m, 0, 1))
             att_f[m] = np.where(time[m] > 0, flops[m] / np.maximum(time[m] - launch, 1e-30), 0.0)
         return {"flops": flops, "bytes": byts, "weights": w, "activations": a, "kv": kv,
-                "time": time, "attainable": att_f, "compute_bound": bound_c}
+                "time": time, "attainable": att_f, "bound": bound}
 
     def phase_time(self, b, s, p, phase: str) -> np.ndarray:
         return self.evaluate(b, s, p, phase)["time"].sum(axis=0)
@@ -166,7 +195,7 @@ class CostModel:
                                 "kv": float(r["kv"][i, 0])},
                 "intensity": f / by if by else None,
                 "attainable_flops": float(r["attainable"][i, 0]),
-                "bound": "compute" if r["compute_bound"][i, 0] else "memory",
+                "bound": BOUNDS[int(r["bound"][i, 0])],
                 "time_s": float(r["time"][i, 0]),
             })
         return rows

@@ -1,23 +1,490 @@
-"""report.md — a readable summary of report.json."""
+"""report.md — a readable summary of report.json, and the content model the HTML page shares.
+
+:func:`document` turns a report dict into a list of blocks (headings, paragraphs, key/value
+lists, tables, plot slots); :func:`render_markdown` writes them as Markdown and
+:mod:`reports.html` as HTML, so both files carry the same numbers in the same words.
+Everything here is a pure function of the report: no timestamps, no paths, stable ordering
+(ties broken by name), so the same report gives the same bytes.
+
+Units are human and decimal (ms/µs, GB/MB, TFLOP/s): 1 GB = 1e9 bytes, as in report.json.
+"""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-def _t(s: float) -> str:
-    return f"{s * 1e3:.3f} ms"
+PHASES = ("prefill", "decode")
+TOP_GROUPS = 12
+
+# ----------------------------------------------------------------------------------------------
+# number formatting
 
 
-def render_markdown(r) -> str:
-    lat, mem = r["latency"], r["memory"]
-    lines = [f"# rooftop report: {r['model']['name']} on {r['hardware']['name']}", "",
-             f"- TTFT {_t(lat['ttft_s'])}, TPOT {_t(lat['tpot_s'])}, end-to-end {_t(lat['e2e_s'])}, "
-             f"throughput {lat['throughput_tok_s']:.1f} tok/s",
-             f"- memory: weights {mem['weights_bytes'] / 1e9:.3f} GB, KV cache {mem['kv_cache_bytes'] / 1e9:.3f} GB, "
-             f"activations {mem['activation_peak_bytes'] / 1e9:.3f} GB; max batch {r['capacity']['max_batch']}", ""]
-    for phase in ("prefill", "decode"):
+def _sig(v: float, digits: int = 4) -> str:
+    """``v`` with ``digits`` significant digits, no exponent for |v| < 10**digits."""
+    if v == 0:
+        return "0"
+    s = f"{v:.{digits}g}"
+    if "e" in s:  # only when |v| >= 10**digits: print it whole
+        s = f"{v:.0f}"
+    return s
+
+
+def _pick(v: float, units: Sequence[tuple[str, float]]) -> str:
+    """``v`` in the largest unit (``units`` from largest to smallest) in which it reads >= 1
+    after rounding to 4 significant digits (so 999999.99 B is "1 MB", not "1000 kB")."""
+    for name, f in units[:-1]:
+        s = _sig(v / f)
+        if abs(float(s)) >= 1:
+            return f"{s} {name}"
+    name, f = units[-1]
+    return f"{_sig(v / f)} {name}"
+
+
+_TIME_UNITS = (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9))
+
+
+def fmt_time(s: float | None) -> str:
+    if s is None:
+        return "—"
+    if s == 0:
+        return "0"
+    return _pick(s, _TIME_UNITS)
+
+
+def _scaled(v: float | None, unit: str) -> str:
+    if v is None:
+        return "—"
+    if v == 0:
+        return f"0 {unit}"
+    return _pick(v, tuple((p + unit, f) for p, f in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3), ("", 1.0))))
+
+
+def fmt_bytes(b: float | None) -> str:
+    return _scaled(b, "B")
+
+
+def fmt_flops(f: float | None) -> str:
+    return _scaled(f, "FLOP")
+
+
+def fmt_rate(f: float | None) -> str:
+    """FLOP/s in the unit a roofline is read in (TFLOP/s, GFLOP/s, ...)."""
+    return _scaled(f, "FLOP/s")
+
+
+def fmt_bw(b: float | None) -> str:
+    return _scaled(b, "B/s")
+
+
+def fmt_intensity(i: float | None) -> str:
+    if i is None:
+        return "—"
+    return f"{i:.0f}" if i >= 100 else _sig(i, 3)
+
+
+def fmt_pct(x: float | None, digits: int = 1) -> str:
+    if x is None:
+        return "—"
+    if 0 < abs(x) < 0.5 * 10 ** -(digits + 2):
+        return f"<{10 ** -digits:.{digits}f}%"
+    return f"{x * 100:.{digits}f}%"
+
+
+def fmt_tok_s(v: float | None) -> str:
+    if v is None:
+        return "—"
+    return f"{v:,.0f} tok/s" if v >= 1000 else f"{_sig(v, 4)} tok/s"
+
+
+def fmt_count(n: int) -> str:
+    return f"{n:,}"
+
+
+def _gib_note(b: float) -> str:
+    gib = b / 2**30
+    return f" ({gib:.0f} GiB)" if abs(gib - round(gib)) < 1e-9 and gib >= 1 else ""
+
+
+# ----------------------------------------------------------------------------------------------
+# derived views of the report (shared by html.py and plots.py)
+
+
+def dominant_dtype(r: Mapping, phase: str) -> str:
+    """The dtype that does most of a phase's FLOPs (its roof is the one that matters)."""
+    by: dict[str, float] = {}
+    for o in r["phases"][phase]["ops"]:
+        by[o.get("dtype") or "fp16"] = by.get(o.get("dtype") or "fp16", 0.0) + (o["flops"] or 0.0)
+    peaks = r["hardware"]["peak_flops"]
+    cands = [d for d in sorted(by) if d in peaks] or sorted(by) or ["fp16"]
+    return max(cands, key=lambda d: (by.get(d, 0.0), d == "fp16"))
+
+
+def peak_of(r: Mapping, dtype: str) -> float | None:
+    peaks = r["hardware"]["peak_flops"]
+    return peaks.get(dtype) or peaks.get("fp16")
+
+
+def ridge_point(r: Mapping, dtype: str) -> float | None:
+    pk, bw = peak_of(r, dtype), r["hardware"]["memory_bandwidth"]
+    return pk / bw if pk and bw else None
+
+
+def roof(r: Mapping, dtype: str, intensity: float | None) -> float | None:
+    """min(peak(dtype), intensity × bandwidth)."""
+    pk = peak_of(r, dtype)
+    if intensity is None or pk is None:
+        return None
+    return min(pk, intensity * r["hardware"]["memory_bandwidth"])
+
+
+def op_groups(r: Mapping, phase: str) -> list[dict[str, Any]]:
+    """Ops of a phase grouped by identical cost (op kind, class, dtype, FLOPs, bytes, bound):
+    the same op repeated in every layer becomes one row/point with a count. Sorted by total
+    time (descending), ties by first op name. Per-op numbers are for one op of the group."""
+    ph = r["phases"][phase]
+    total = ph["time_s"] or 0.0
+    groups: dict[tuple, dict[str, Any]] = {}
+    for o in ph["ops"]:
+        key = (o["op"], o["class"], o.get("dtype"), o["flops"], o["bytes"], o["bound"], o["time_s"])
+        g = groups.get(key)
+        if g is None:
+            groups[key] = g = {"op": o["op"], "class": o["class"], "dtype": o.get("dtype"),
+                               "flops": o["flops"], "bytes": o["bytes"], "intensity": o["intensity"],
+                               "attainable_flops": o["attainable_flops"], "bound": o["bound"],
+                               "time_s": o["time_s"], "names": [], "count": 0, "total_time_s": 0.0}
+        g["names"].append(o["name"])
+        g["count"] += 1
+        g["total_time_s"] += o["time_s"]
+    out = list(groups.values())
+    for g in out:
+        g["share"] = g["total_time_s"] / total if total else 0.0
+        rf = roof(r, g["dtype"], g["intensity"]) if g["flops"] else None
+        g["roof_flops"] = rf
+        g["of_roof"] = (g["attainable_flops"] / rf) if rf else None
+        g["label"] = g["op"] + (f" ×{g['count']}" if g["count"] > 1 else "")
+    out.sort(key=lambda g: (-g["total_time_s"], g["names"][0]))
+    return out
+
+
+def class_breakdown(r: Mapping, phase: str) -> list[dict[str, Any]]:
+    """Per op class: op count, time (split by bound), FLOPs, bytes; classes sorted by time."""
+    ph = r["phases"][phase]
+    total = ph["time_s"] or 0.0
+    rows: dict[str, dict[str, Any]] = {}
+    for o in ph["ops"]:
+        c = rows.setdefault(o["class"], {"class": o["class"], "ops": 0, "time_s": 0.0, "compute_s": 0.0,
+                                         "memory_s": 0.0, "latency_s": 0.0, "flops": 0.0, "bytes": 0.0})
+        c["ops"] += 1
+        c["time_s"] += o["time_s"]
+        c[f"{o['bound']}_s"] += o["time_s"]
+        c["flops"] += o["flops"] or 0.0
+        c["bytes"] += o["bytes"] or 0.0
+    out = sorted(rows.values(), key=lambda c: (-c["time_s"], c["class"]))
+    for c in out:
+        c["share"] = c["time_s"] / total if total else 0.0
+    return out
+
+
+def bound_split(r: Mapping, phase: str) -> dict[str, float]:
+    """Fraction of a phase's time spent in compute-bound and in memory-bound ops."""
+    ph = r["phases"][phase]
+    t = {"compute": 0.0, "memory": 0.0, "latency": 0.0}
+    for o in ph["ops"]:
+        t[o["bound"]] = t.get(o["bound"], 0.0) + o["time_s"]
+    total = sum(t.values())
+    return {k: (v / total if total else 0.0) for k, v in t.items()}
+
+
+def _names(names: Sequence[str]) -> str:
+    if len(names) == 1:
+        return names[0]
+    if len(names) == 2:
+        return f"{names[0]}, {names[1]}"
+    return f"{names[0]} … {names[-1]}"
+
+
+def _point(ph: Mapping) -> str:
+    p = ph.get("point") or {}
+    return ", ".join(f"{k}={p[k]}" for k in ("B", "S", "P") if k in p)
+
+
+# ----------------------------------------------------------------------------------------------
+# the document: a list of blocks
+#   ("h1"|"h2"|"h3", text)   ("p", text)   ("kv", [(label, value), ...])
+#   ("table", headers, rows, aligns)   aligns: "l"/"r" per column
+#   ("plot", key, caption)   a figure slot (reports.plots); Markdown leaves it out
+# Text may hold `code` spans; nothing else is markup.
+
+
+def document(r: Mapping) -> list[tuple]:
+    m, hw = r["model"], r["hardware"]
+    blocks: list[tuple] = [("h1", f"rooftop report: {m['name']} on {hw['name']}")]
+    params = m.get("parameters")
+    blocks.append(("p", f"Model `{m['name']}` ({m.get('source', '')}, {m.get('dtype', '')}"
+                        + (f", {params / 1e9:.3g} B parameters" if params and params >= 1e8 else
+                           f", {fmt_count(params)} parameters" if params else "")
+                        + f", {fmt_count(m.get('ops', 0))} ops"
+                        + (f", {m['layers']} layers" if m.get("layers") else "")
+                        + f") through pipeline `{r.get('pipeline', {}).get('name', '')}` "
+                        + f"({len(r.get('passes', []))} passes) on {hw.get('description') or hw['name']}."))
+
+    blocks += [("h2", "Summary"), ("kv", _summary(r))]
+    blocks.append(("plot", "memory", "Memory at the configured batch: weights, KV cache, activation peak and "
+                                     "runtime reserve against the device capacity."))
+    blocks.append(("plot", "throughput_vs_batch", "Decode step time (TPOT) and decode throughput versus batch "
+                                                  "at the configured context; the memory limit (max batch) is marked."))
+
+    # roofline
+    blocks.append(("h2", "Roofline"))
+    blocks.append(("p", _how_to_read(r)))
+    blocks.append(("plot", "roofline", "Roofline per phase, both on the same axes: each point is one op, or the "
+                                       "ops of one class that land on the same spot (the same op in every layer; "
+                                       "×n in the key) — colour = op class, area = share of the phase's time; the "
+                                       "numbered points are listed in the box. Ops with no FLOPs (pure data "
+                                       "movement) cannot sit on a FLOP/s axis and are left out; their time is in "
+                                       "the tables."))
+    blocks.append(("plot", "time_by_class", "Time by op class per phase, split into compute-bound and memory-bound ops."))
+
+    for phase in PHASES:
+        blocks += _phase_blocks(r, phase)
+    blocks += _pass_blocks(r)
+    return blocks
+
+
+def _summary(r: Mapping) -> list[tuple[str, str]]:
+    hw, wl, lat, mem, cap = r["hardware"], r["workload"], r["latency"], r["memory"], r["capacity"]
+    b, prompt, gen = wl.get("batch"), wl.get("prompt_len"), wl.get("gen_len")
+    ctx = wl.get("context_len") if wl.get("context_len") is not None else prompt
+    kv = [("Workload", f"batch {b}, prompt {prompt} tokens, generate {gen} tokens; decode costed at context {ctx}"),
+          ("TTFT", f"{fmt_time(lat['ttft_s'])} (prefill of {b} × {prompt} tokens)"),
+          ("TPOT", f"{fmt_time(lat['tpot_s'])} (one decode step, batch {b}, context {ctx})"),
+          ("End-to-end", f"{fmt_time(lat['e2e_s'])} (TTFT + {max((gen or 0) - 1, 0)} decode steps over a growing cache)"),
+          ("Throughput", f"{fmt_tok_s(lat['throughput_tok_s'])} over the whole request"
+                         + (f"; decode only {fmt_tok_s(lat['decode_throughput_tok_s'])}"
+                            if lat.get("decode_throughput_tok_s") is not None else ""))]
+    for phase in PHASES:
         ph = r["phases"][phase]
-        lines += [f"## {phase}", "", "| op | kind | FLOPs | bytes | FLOP/B | bound | time |", "|---|---|---|---|---|---|---|"]
-        for o in sorted(ph["ops"], key=lambda o: -o["time_s"])[:20]:
-            lines.append(f"| {o['name']} | {o['op']} | {o['flops']:.3g} | {o['bytes']:.3g} | "
-                         f"{(o['intensity'] or 0):.3g} | {o['bound']} | {_t(o['time_s'])} |")
-        lines.append("")
+        dt = dominant_dtype(r, phase)
+        rp = ridge_point(r, dt)
+        bs = bound_split(r, phase)
+        kv.append((f"{phase.capitalize()} bound",
+                   f"{ph['bound']}-bound overall: intensity {fmt_intensity(ph.get('intensity'))} FLOP/B vs "
+                   f"ridge {fmt_intensity(rp)} FLOP/B ({dt}); time in compute-bound ops "
+                   f"{fmt_pct(bs.get('compute'))}, memory-bound {fmt_pct(bs.get('memory'))}, latency-bound "
+                   f"(launch and ramp-up dominate) {fmt_pct(bs.get('latency'))}"))
+    total, capb = mem.get("total_bytes"), mem.get("capacity_bytes")
+    ntok = mem.get("kv_tokens_per_sequence")
+    kv.append(("Memory", f"weights {fmt_bytes(mem['weights_bytes'])} + KV cache {fmt_bytes(mem['kv_cache_bytes'])} "
+                         f"({fmt_bytes(mem['kv_bytes_per_token'])}/token × {ntok} tokens × {b} sequences) "
+                         f"+ activation peak {fmt_bytes(mem['activation_peak_bytes'])} "
+                         f"+ runtime reserve {fmt_bytes(mem.get('runtime_reserve_bytes'))} = {fmt_bytes(total)} "
+                         f"of {fmt_bytes(capb)}{_gib_note(capb or 0)}"
+                         + (f" ({fmt_pct(total / capb)})" if total and capb else "")
+                         + (" — does not fit" if total and capb and total > capb else "")))
+    kv.append(("Capacity", _capacity_text(cap)))
+    kv.append(("Hardware", _hardware_text(r)))
+    kv.append(("Efficiency", f"{hw.get('efficiency_source') or 'not stated'} (per-class compute/memory "
+                             f"efficiencies and launch overhead applied to every op)"))
+    kv.append(("ONNX", _emit_text(r.get("emit") or {})))
+    return kv
+
+
+def _capacity_text(cap: Mapping) -> str:
+    mb, lim = cap.get("max_batch"), cap.get("limited_by")
+    tok = cap.get("tokens_per_sequence")
+    if mb == 0:
+        s = f"does not fit even at batch 1 ({tok} tokens per sequence)"
+    else:
+        s = (f"max batch {'≥ ' if lim == 'search range' else ''}{mb} sequences of {tok} tokens "
+             f"(limited by {lim})")
+    if cap.get("max_batch_weights_kv_only") is not None:
+        s += f" — {fmt_count(cap['max_batch_weights_kv_only'])} counting only weights + KV cache"
+    if "max_batch_slo" in cap:
+        slo = cap.get("slo") or {}
+        cond = " and ".join(f"{k.split('_')[0].upper()} ≤ {v} ms" for k, v in sorted(slo.items()) if v is not None)
+        s += f"; under the SLO ({cond}): max batch {cap['max_batch_slo']}"
+    return s
+
+
+def _hardware_text(r: Mapping) -> str:
+    hw = r["hardware"]
+    pk = hw.get("peak_flops") or {}
+    dts = []
+    for phase in PHASES:
+        d = dominant_dtype(r, phase)
+        if d not in dts:
+            dts.append(d)
+    peaks = ", ".join(f"{d} {fmt_rate(pk[d])}" for d in dts if d in pk)
+    return (f"{hw.get('description') or hw['name']}: {peaks} dense peak; "
+            f"{fmt_bw(hw['memory_bandwidth'])}; {fmt_bytes(hw['memory_bytes'])}{_gib_note(hw['memory_bytes'])}; "
+            f"ridge point {fmt_intensity(ridge_point(r, dts[0]))} FLOP/B ({dts[0]})")
+
+
+def _emit_text(e: Mapping) -> str:
+    if not e.get("emitted"):
+        return f"not emitted — {e.get('reason') or 'no reason given'}"
+    parts = [f"emitted `{e.get('file', 'model.onnx')}`"]
+    if e.get("opset") is not None:
+        parts.append(f"opset {e['opset']}")
+    if e.get("nodes") is not None:
+        parts.append(f"{fmt_count(e['nodes'])} nodes")
+    if e.get("external_data"):
+        parts.append("weights in external data")
+    s = ", ".join(parts)
+    v = e.get("verified")
+    if isinstance(v, Mapping):
+        s += f"; verified in {v.get('runtime', 'onnxruntime')} (batch {v.get('batch')}, {v.get('seq')} new tokens, {v.get('past')} cached)"
+    elif v is False or v is None:
+        s += "; not verified in onnxruntime"
+    return s
+
+
+def _how_to_read(r: Mapping) -> str:
+    dt = dominant_dtype(r, "prefill")
+    rp = ridge_point(r, dt)
+    return ("How to read the roofline: x is an op's arithmetic intensity (FLOPs per byte moved to and "
+            "from device memory), y the FLOP/s it attains in the cost model. The roof is "
+            f"min(peak, intensity × bandwidth); left of the ridge point ({fmt_intensity(rp)} FLOP/B for {dt} "
+            f"on {r['hardware']['name']}) an op can at best be memory-bound, right of it compute-bound. "
+            "The gap below the roof (the “of roof” column) is what the efficiencies, kernel ramp-up and "
+            "launch overhead cost; big points far below the roof are where time goes to waste.")
+
+
+def _phase_blocks(r: Mapping, phase: str) -> list[tuple]:
+    ph = r["phases"][phase]
+    split = ph.get("bytes_split") or {}
+    blocks: list[tuple] = [("h2", f"{phase.capitalize()} ({_point(ph)}): {fmt_time(ph['time_s'])}")]
+    blocks.append(("p", f"{fmt_flops(ph['flops'])}, {fmt_bytes(ph['bytes'])} moved (weights "
+                        f"{fmt_bytes(split.get('weights'))}, activations {fmt_bytes(split.get('activations'))}, "
+                        f"KV {fmt_bytes(split.get('kv'))}), intensity {fmt_intensity(ph.get('intensity'))} FLOP/B, "
+                        f"{ph['bound']}-bound overall; activation peak {fmt_bytes(ph.get('activation_peak_bytes'))}; "
+                        f"{fmt_count(len(ph['ops']))} costed ops."))
+
+    blocks.append(("h3", "Time by op class"))
+    rows = [[c["class"], fmt_count(c["ops"]), fmt_time(c["time_s"]), fmt_pct(c["share"]),
+             fmt_time(c["compute_s"]), fmt_time(c["memory_s"]), fmt_time(c["latency_s"]),
+             fmt_flops(c["flops"]), fmt_bytes(c["bytes"])]
+            for c in class_breakdown(r, phase)]
+    rows.append(["total", fmt_count(len(ph["ops"])), fmt_time(ph["time_s"]), fmt_pct(1.0 if ph["time_s"] else 0.0),
+                 fmt_time(sum(o["time_s"] for o in ph["ops"] if o["bound"] == "compute")),
+                 fmt_time(sum(o["time_s"] for o in ph["ops"] if o["bound"] == "memory")),
+                 fmt_time(sum(o["time_s"] for o in ph["ops"] if o["bound"] == "latency")),
+                 fmt_flops(ph["flops"]), fmt_bytes(ph["bytes"])])
+    blocks.append(("table", ["class", "ops", "time", "share", "in compute-bound ops", "in memory-bound ops",
+                             "in latency-bound ops", "FLOPs", "bytes"], rows, "lrrrrrrrr"))
+
+    groups = op_groups(r, phase)
+    top = groups[:TOP_GROUPS]
+    blocks.append(("h3", "Top ops by time"))
+    blocks.append(("p", "Ops with identical cost (the same op in every layer) are one row; FLOPs, bytes, "
+                        "attainable FLOP/s and time/op are for one op, total and share for the whole row."))
+    rows = []
+    for i, g in enumerate(top, 1):
+        rows.append([str(i), g["op"], fmt_count(g["count"]), f"`{_names(g['names'])}`", g["dtype"] or "",
+                     fmt_flops(g["flops"]), fmt_bytes(g["bytes"]), fmt_intensity(g["intensity"]),
+                     fmt_rate(g["attainable_flops"]) if g["flops"] else "—",
+                     fmt_pct(g["of_roof"]) if g["of_roof"] is not None else "—",
+                     g["bound"], fmt_time(g["time_s"]), fmt_time(g["total_time_s"]), fmt_pct(g["share"])])
+    blocks.append(("table", ["#", "op", "count", "names", "dtype", "FLOPs", "bytes", "FLOP/B",
+                             "attainable", "of roof", "bound", "time/op", "total", "share"], rows,
+                   "rlrllrrrrrlrrr"))
+    rest = groups[TOP_GROUPS:]
+    if rest:
+        t = sum(g["total_time_s"] for g in rest)
+        blocks.append(("p", f"The other {len(rest)} groups ({fmt_count(sum(g['count'] for g in rest))} ops) "
+                            f"take {fmt_time(t)} ({fmt_pct(t / ph['time_s'] if ph['time_s'] else 0.0)})."))
+    return blocks
+
+
+def _delta(before: float | None, after: float | None, fmt) -> str:
+    if before is None or after is None:
+        return "—"
+    if before == after:
+        return f"{fmt(after)} (=)"
+    rel = f" ({(after - before) / before * 100:+.1f}%)" if before else ""
+    return f"{fmt(before)} → {fmt(after)}{rel}"
+
+
+def _stats_text(stats: Mapping | None) -> str:
+    if not stats:
+        return "—"
+    return ", ".join(f"{k}={_stat_val(v)}" for k, v in stats.items())
+
+
+def _stat_val(v) -> str:
+    if isinstance(v, float):
+        return _sig(v, 4)
+    if isinstance(v, Mapping):
+        return "{" + _stats_text(v) + "}"
+    return str(v)
+
+
+def _pass_blocks(r: Mapping) -> list[tuple]:
+    passes = r.get("passes") or []
+    blocks: list[tuple] = [("h2", "Passes")]
+    if not passes:
+        blocks.append(("p", "No passes ran (pipeline `none`)."))
+        return blocks
+    blocks.append(("p", "Predicted cost at the configured workload before and after each pass, in pipeline "
+                        "order (`=`: unchanged)."))
+    rows = []
+    for i, p in enumerate(passes, 1):
+        cb, ca = p.get("cost_before") or {}, p.get("cost_after") or {}
+        for j, phase in enumerate(PHASES):
+            b, a = cb.get(phase) or {}, ca.get(phase) or {}
+            rows.append([str(i) if j == 0 else "", p["name"] if j == 0 else "",
+                         ("yes" if p.get("changed") else "no") if j == 0 else "",
+                         _stats_text(p.get("stats")) if j == 0 else "", phase,
+                         _delta(b.get("time_s"), a.get("time_s"), fmt_time),
+                         _delta(b.get("flops"), a.get("flops"), fmt_flops),
+                         _delta(b.get("bytes"), a.get("bytes"), fmt_bytes)])
+    first, last = passes[0].get("cost_before") or {}, passes[-1].get("cost_after") or {}
+    for j, phase in enumerate(PHASES):
+        b, a = first.get(phase) or {}, last.get(phase) or {}
+        rows.append(["", "whole pipeline" if j == 0 else "", "", "", phase,
+                     _delta(b.get("time_s"), a.get("time_s"), fmt_time),
+                     _delta(b.get("flops"), a.get("flops"), fmt_flops),
+                     _delta(b.get("bytes"), a.get("bytes"), fmt_bytes)])
+    blocks.append(("table", ["#", "pass", "changed", "stats", "phase", "time", "FLOPs", "bytes"], rows, "rlllllll"))
+    return blocks
+
+
+# ----------------------------------------------------------------------------------------------
+# Markdown
+
+
+def _md_cell(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]], aligns: str) -> list[str]:
+    out = ["| " + " | ".join(_md_cell(h) for h in headers) + " |",
+           "|" + "|".join("---:" if a == "r" else "---" for a in aligns) + "|"]
+    out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def render_markdown(r: Mapping) -> str:
+    lines: list[str] = []
+    for blk in document(r):
+        kind = blk[0]
+        if kind in ("h1", "h2", "h3"):
+            lines += ["#" * int(kind[1]) + " " + blk[1], ""]
+        elif kind == "p":
+            lines += [blk[1], ""]
+        elif kind == "kv":
+            lines += [f"- **{k}**: {v}" for k, v in blk[1]] + [""]
+        elif kind == "table":
+            lines += _md_table(blk[1], blk[2], blk[3]) + [""]
+        elif kind == "plot":
+            continue  # figures are in report.html
+    while lines and lines[-1] == "":
+        lines.pop()
+    lines += ["", "Plots (roofline, time by class, memory, throughput vs batch) are in report.html."]
     return "\n".join(lines) + "\n"
+
+
+__all__ = ["render_markdown", "document", "op_groups", "class_breakdown", "bound_split", "dominant_dtype",
+           "ridge_point", "roof", "fmt_time", "fmt_bytes", "fmt_flops", "fmt_rate", "fmt_intensity", "fmt_pct",
+           "fmt_tok_s"]

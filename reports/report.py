@@ -43,7 +43,7 @@ def param_count(g: Graph) -> int:
 def _phase(cm, sched, b: int, s: int, p: int, phase: str) -> dict[str, Any]:
     ops = cm.op_table(b, s, p, phase)
     by_class: dict[str, float] = {}
-    bound_time = {"compute": 0.0, "memory": 0.0}
+    bound_time = {"compute": 0.0, "memory": 0.0, "latency": 0.0}
     for o in ops:
         by_class[o["class"]] = by_class.get(o["class"], 0.0) + o["time_s"]
         bound_time[o["bound"]] += o["time_s"]
