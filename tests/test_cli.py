@@ -124,3 +124,15 @@ def test_conf_ships_in_the_wheel(tmp_path):
     names = zipfile.ZipFile(next(tmp_path.glob("rooftop-*.whl"))).namelist()
     assert "compiler/conf/config.yaml" in names
     assert "compiler/conf/model/llama2_7b.yaml" in names and "compiler/conf/hardware/h100_sxm.yaml" in names
+
+
+def test_calibrate_entry_point_writes_a_loadable_hardware_yaml(tmp_path):
+    from compiler.hardware import load_hardware_file
+    from tests.conftest import ROOT
+    out = tmp_path / "h100_sxm.yaml"
+    r = run_cli("calibrate", str(ROOT / "compiler/calibration/data/h100_sxm.json"),
+                "--base-yaml", str(ROOT / "conf/hardware/h100_sxm.yaml"), "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    hw = load_hardware_file(out)
+    assert hw.efficiency.source.startswith("calibrated on NVIDIA H100")
+    assert 0.5 < hw.efficiency.for_class("gemm").compute < 0.9
