@@ -39,6 +39,8 @@ _ATTR_INPUTS: dict[str, list[str]] = {
     "CumSum": ["axis"], "ConstantOfShape": ["shape"], "Range": ["start", "limit", "delta"],
 }
 _SCALAR_ATTR_INPUTS = {"Range", "CumSum"}
+# data operands before the attribute inputs (1 for the other ops of _ATTR_INPUTS)
+_DATA_OPERANDS = {"ConstantOfShape": 0, "Range": 0}
 
 
 class EmitError(RooftopError):
@@ -54,6 +56,7 @@ class _Emitter:
         self._dim_cache: dict[Any, str] = {}
         self._n = 0
         self.sources = dict(g.meta.get("dim_sources", {}))
+        self.functions: dict[str, onnx.FunctionProto] = {}  # local functions of fused ops
 
     def name(self, base: str) -> str:
         self._n += 1
@@ -133,6 +136,8 @@ class _Emitter:
 
     def _attr_inputs(self, n: OpNode, ins: list[str], extra: list[str]) -> list[str]:
         ins = list(ins)
+        if any(a not in n.attrs for a in extra) and len(n.inputs) > _DATA_OPERANDS.get(n.op, 1):
+            return ins  # operands already given as tensors (e.g. an imported ONNX model)
         if n.op == "Reshape":
             shape = list(n.attrs["shape"])
             src = self.g.type(n.inputs[0]).shape
@@ -186,14 +191,19 @@ def _attr(v):
 def _emit_constant_of_shape(em: _Emitter, n: OpNode):
     ty = em.g.type(n.outputs[0])
     npdt = DTYPES[ty.dtype][1]
-    value = numpy_helper.from_array(np.array([n.attrs.get("value", 0)], dtype=npdt))
-    em.nodes.append(helper.make_node("ConstantOfShape", [em.shape_tensor(n.attrs["shape"])],
+    value = np.asarray(n.attrs.get("value", 0)).reshape(-1)[:1]
+    value = numpy_helper.from_array(np.asarray(value if value.size else [0], dtype=npdt))
+    shape = em.shape_tensor(n.attrs["shape"]) if "shape" in n.attrs else n.inputs[0]
+    em.nodes.append(helper.make_node("ConstantOfShape", [shape],
                                      list(n.outputs), name=n.name, value=value))
 
 
 def _emit_range(em: _Emitter, n: OpNode):
     ty = em.g.type(n.outputs[0])
     npdt = DTYPES[ty.dtype][1]
+    if "start" not in n.attrs:  # bounds given as (scalar) tensors
+        em.nodes.append(helper.make_node("Range", list(n.inputs), list(n.outputs), name=n.name))
+        return
     ins = []
     for a in ("start", "limit", "delta"):
         v = n.attrs[a]
@@ -210,10 +220,85 @@ def _emit_constant(em: _Emitter, n: OpNode):
                                      **{k: _attr(v) for k, v in n.attrs.items()}))
 
 
+# ---- fused ops (passes/fusion) as local functions in the "rooftop" domain ----------------------
+FUSED_DOMAIN = "rooftop"
+_ACT_NAMES = {"": "", "gelu": "Gelu", "gelu_tanh": "GeluTanh", "relu": "Relu", "silu": "SiLU",
+              "swiglu": "SwiGLU"}
+
+
+def _activation_nodes(act: str, x: str, y: str) -> list[onnx.NodeProto]:
+    mk = helper.make_node
+    if act in ("gelu", "gelu_tanh"):
+        return [mk("Gelu", [x], [y], approximate="tanh" if act == "gelu_tanh" else "none")]
+    if act == "relu":
+        return [mk("Relu", [x], [y])]
+    if act == "silu":
+        return [mk("Sigmoid", [x], ["sig"]), mk("Mul", [x, "sig"], [y])]
+    if act == "swiglu":
+        return [mk("Split", [x], ["gate", "up"], axis=-1, num_outputs=2), mk("Sigmoid", ["gate"], ["sig"]),
+                mk("Mul", ["gate", "sig"], ["silu"]), mk("Mul", ["silu", "up"], [y])]
+    return [mk("Identity", [x], [y])]
+
+
+def _fused_function(n: OpNode) -> tuple[str, Callable[[], onnx.FunctionProto], dict]:
+    """(function name, body builder, call attributes) of a fused op."""
+    mk = helper.make_node
+    ops = [helper.make_opsetid("", OPSET)]
+    bias = len([t for t in n.inputs if t]) > (3 if n.op == "ResidualNorm" else 2)
+    if n.op == "MatMulEpilogue":
+        act = n.attrs.get("activation", "")
+        name = "MatMul" + ("Bias" if bias else "") + _ACT_NAMES[act]
+        ins = ["A", "W"] + (["Bias"] if bias else [])
+
+        def body():
+            nodes = [mk("MatMul", ["A", "W"], ["mm"])] + ([mk("Add", ["mm", "Bias"], ["z"])] if bias else [])
+            nodes += _activation_nodes(act, "z" if bias else "mm", "Y")
+            return helper.make_function(FUSED_DOMAIN, name, ins, ["Y"], nodes, ops)
+        return name, body, {}
+    if n.op == "SwiGLU":
+        packed = len([t for t in n.inputs if t]) == 1
+        name = "SwiGLUPacked" if packed else "SwiGLU"
+
+        def body():
+            nodes = ([mk("Split", ["X"], ["G", "U"], axis=-1, num_outputs=2)] if packed else []) + [
+                mk("Sigmoid", ["G"], ["sig"]), mk("Mul", ["G", "sig"], ["silu"]), mk("Mul", ["silu", "U"], ["Y"])]
+            return helper.make_function(FUSED_DOMAIN, name, ["X"] if packed else ["G", "U"], ["Y"], nodes, ops)
+        return name, body, {}
+    if n.op == "ResidualNorm":
+        norm = {"rms": "RMSNormalization", "layer": "LayerNormalization"}[n.attrs["norm"]]
+        name = "Residual" + ("RMSNorm" if n.attrs["norm"] == "rms" else "LayerNorm") + ("Bias" if bias else "")
+        ins = ["A", "R", "Scale"] + (["Bias"] if bias else [])
+        call = {"epsilon": float(n.attrs.get("epsilon", 1e-5)), "axis": int(n.attrs.get("axis", -1)),
+                "stash_type": int(n.attrs.get("stash_type", 1))}
+
+        def body():
+            norm_node = mk(norm, ["Sum"] + ins[2:], ["Y"])
+            norm_node.attribute.extend([
+                helper.make_attribute_ref("epsilon", onnx.AttributeProto.FLOAT),
+                helper.make_attribute_ref("axis", onnx.AttributeProto.INT),
+                helper.make_attribute_ref("stash_type", onnx.AttributeProto.INT)])
+            return helper.make_function(FUSED_DOMAIN, name, ins, ["Y", "Sum"],
+                                        [mk("Add", ["A", "R"], ["Sum"]), norm_node], ops,
+                                        attributes=list(call))
+        return name, body, call
+    raise EmitError(f"no ONNX function for fused op {n.op} ({n.name})")
+
+
+def _emit_fused(em: _Emitter, n: OpNode):
+    name, body, attrs = _fused_function(n)
+    if name not in em.functions:
+        em.functions[name] = body()
+    em.nodes.append(helper.make_node(name, [t for t in n.inputs if t], list(n.outputs), name=n.name,
+                                     domain=FUSED_DOMAIN, **attrs))
+
+
 EMITTERS: dict[str, Callable[[_Emitter, OpNode], None]] = {
     "ConstantOfShape": _emit_constant_of_shape,
     "Range": _emit_range,
     "Constant": _emit_constant,
+    "MatMulEpilogue": _emit_fused,
+    "SwiGLU": _emit_fused,
+    "ResidualNorm": _emit_fused,
 }
 
 
@@ -258,7 +343,7 @@ def to_model(g: Graph, functions: list[onnx.FunctionProto] | None = None) -> onn
     opsets = [helper.make_opsetid("", OPSET)] + [helper.make_opsetid(d, 1) for d in sorted(domains)]
     model = helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION,
                               producer_name="rooftop", producer_version="0.1.0",
-                              functions=functions or [])
+                              functions=list(functions or []) + list(em.functions.values()))
     return model
 
 

@@ -319,6 +319,63 @@ def softmax_like(node, ins):
     return [ins[0]]
 
 
+def flatten_rule(node, ins):
+    x = ins[0]
+    axis = _norm_axis(node.attrs.get("axis", 1), x.rank)
+    outer = as_dim(sympy.sympify(sympy.Mul(*x.shape[:axis]))) if axis else 1
+    inner = as_dim(sympy.sympify(sympy.Mul(*x.shape[axis:]))) if axis < x.rank else 1
+    return [x.with_shape((outer, inner))]
+
+
+def split_rule(node, ins):
+    """Equal split (``num_outputs``, or no ``split`` operand); sizes from a runtime ``split``
+    tensor are data, not types — such nodes need explicit types."""
+    x = ins[0]
+    if len(ins) > 1 and ins[1] is not None:
+        raise IRError(f"{node.name}: Split with a 'split' sizes tensor needs explicit types")
+    axis = _norm_axis(node.attrs.get("axis", 0), x.rank)
+    n = int(node.attrs.get("num_outputs", len(node.outputs)))
+    dim = x.shape[axis]
+    part = as_dim(sympy.ceiling(sympy.sympify(dim) / n))
+    last = as_dim(sympy.sympify(dim - part * (n - 1)))
+    return [x.with_shape(x.shape[:axis] + ((part if i < n - 1 else last),) + x.shape[axis + 1:])
+            for i in range(n)]
+
+
+def gather_nd_rule(node, ins):
+    data, idx = ins
+    b = int(node.attrs.get("batch_dims", 0))
+    k = idx.shape[-1]
+    if not isinstance(k, int):
+        raise IRError(f"{node.name}: GatherND with a symbolic index depth needs explicit types")
+    return [data.with_shape(idx.shape[:-1] + data.shape[b + k:])]
+
+
+def shape_rule(node, ins):
+    r = ins[0].rank
+    start = node.attrs.get("start", 0)
+    end = node.attrs.get("end", r)
+    start = min(max(start + r if start < 0 else start, 0), r)
+    end = min(max(end + r if end < 0 else end, 0), r)
+    return [TensorType("int64", (max(end - start, 0),))]
+
+
+def gemm_rule(node, ins):
+    a, b = ins[0].shape, ins[1].shape
+    m = a[1] if node.attrs.get("transA") else a[0]
+    n = b[0] if node.attrs.get("transB") else b[1]
+    return [TensorType(ins[0].dtype, (m, n))]
+
+
+def arg_reduce_rule(node, ins):
+    x = ins[0]
+    axis = _norm_axis(node.attrs.get("axis", 0), x.rank)
+    keep = node.attrs.get("keepdims", 1)
+    shp = [1 if i == axis else d for i, d in enumerate(x.shape)] if keep else \
+          [d for i, d in enumerate(x.shape) if i != axis]
+    return [TensorType("int64", tuple(shp))]
+
+
 # ----------------------------------------------------------------------------------------------
 # cost rules of the compute-heavy ops
 
@@ -424,23 +481,27 @@ register(OpDef("CastLike", OpKind.ELEMENTWISE, "elementwise",
 for _op in ["Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten"]:
     register(OpDef(_op, OpKind.INJECTIVE, "view",
                    {"Identity": same_as_input(), "Reshape": reshape_rule, "Squeeze": squeeze_rule,
-                    "Unsqueeze": unsqueeze_rule, "Flatten": None}[_op], zero_flops, zero_bytes))
+                    "Unsqueeze": unsqueeze_rule, "Flatten": flatten_rule}[_op], zero_flops, zero_bytes))
 register(OpDef("Dropout", OpKind.ELEMENTWISE, "view", same_as_input(), zero_flops, zero_bytes))
 for _op, _rule in [("Transpose", transpose_rule), ("Concat", concat_rule), ("Slice", slice_rule),
-                   ("Expand", expand_rule), ("Split", None), ("Tile", None), ("Pad", None),
-                   ("GatherND", None), ("GatherElements", None), ("ScatterND", None),
-                   ("ScatterElements", None), ("Trilu", same_as_input()), ("DepthToSpace", None),
+                   ("Expand", expand_rule), ("Split", split_rule), ("Tile", None), ("Pad", None),
+                   ("GatherND", gather_nd_rule), ("GatherElements", same_as_input(1)),
+                   ("ScatterND", same_as_input()),
+                   ("ScatterElements", same_as_input()), ("Trilu", same_as_input()), ("DepthToSpace", None),
                    ("OneHot", None), ("NonZero", None)]:
     register(OpDef(_op, OpKind.INJECTIVE, "copy", _rule, zero_flops, default_bytes))
 register(OpDef("Gather", OpKind.INJECTIVE, "copy", gather_rule, zero_flops, gather_bytes))
 for _op in ["Shape", "Size", "Constant", "ConstantOfShape", "Range", "EyeLike"]:
-    register(OpDef(_op, OpKind.OPAQUE, "shape", None, zero_flops, zero_bytes))
+    register(OpDef(_op, OpKind.OPAQUE, "shape",
+                   {"Shape": shape_rule, "Size": lambda n, i: [TensorType("int64", ())],
+                    "EyeLike": same_as_input()}.get(_op), zero_flops, zero_bytes))
 
 for _op, _k in [("ReduceMean", 1), ("ReduceSum", 1), ("ReduceMax", 1), ("ReduceMin", 1),
                 ("ReduceProd", 1), ("ReduceL2", 2), ("ReduceSumSquare", 2), ("ReduceLogSumExp", 3),
                 ("ArgMax", 1), ("ArgMin", 1), ("CumSum", 1)]:
     register(OpDef(_op, OpKind.REDUCTION, "reduction",
-                   reduce_rule if _op.startswith("Reduce") else None, per_input_element(_k),
+                   reduce_rule if _op.startswith("Reduce") else
+                   arg_reduce_rule if _op.startswith("Arg") else same_as_input(), per_input_element(_k),
                    default_bytes))
 register(OpDef("TopK", OpKind.REDUCTION, "reduction", None, per_input_element(2), default_bytes))
 for _op in ["Softmax", "LogSoftmax"]:
@@ -452,9 +513,53 @@ for _op in ["LayerNormalization", "RMSNormalization", "SkipLayerNormalization",
 
 register(OpDef("MatMul", OpKind.OUT_ELEMENTWISE_FUSABLE, "gemm", matmul_rule, matmul_flops,
                default_bytes))
-register(OpDef("Gemm", OpKind.OUT_ELEMENTWISE_FUSABLE, "gemm", None, gemm_flops, default_bytes))
+register(OpDef("Gemm", OpKind.OUT_ELEMENTWISE_FUSABLE, "gemm", gemm_rule, gemm_flops,
+               default_bytes))
+# ONNX RotaryEmbedding (opset 23; torch.onnx dynamo exports of Llama-style models use it):
+# x*cos + rotate_half(x)*sin on the rotated part — about 3 FLOPs per output element.
+register(OpDef("RotaryEmbedding", OpKind.INJECTIVE, "elementwise", same_as_input(),
+               per_output_element(3), default_bytes))
 register(OpDef("Attention", OpKind.OPAQUE, "attention", attention_rule, attention_flops,
                attention_bytes))
+
+
+# ----------------------------------------------------------------------------------------------
+# fused ops made by passes/fusion (domain "rooftop": emitted as ONNX local functions). A fused op
+# pays only for the tensors crossing its boundary (default_bytes over its own operands/results).
+
+EPILOGUE_FLOPS = {"": 0, "gelu": 8, "gelu_tanh": 8, "relu": 1, "silu": 5}  # per GEMM output element
+
+
+def matmul_epilogue_rule(node, ins):
+    a, w = ins[0], ins[1]
+    n = w.shape[-1]
+    if node.attrs.get("activation") == "swiglu":
+        n = as_dim(sympy.sympify(n) / 2)
+    return [TensorType(a.dtype, a.shape[:-1] + (n,))]
+
+
+def matmul_epilogue_flops(node, ins, outs):
+    a, w = ins[0], ins[1]
+    m_n = _numel(a) / a.shape[-1] * w.shape[-1]   # GEMM output elements
+    act = node.attrs.get("activation", "")
+    per = 6 / sympy.Integer(2) if act == "swiglu" else EPILOGUE_FLOPS.get(act, 0)
+    bias = 1 if len(ins) > 2 and ins[2] is not None else 0
+    return 2 * m_n * a.shape[-1] + (per + bias) * m_n
+
+
+def swiglu_rule(node, ins):
+    x = ins[0]
+    if len(ins) == 1:
+        return [x.with_shape(x.shape[:-1] + (as_dim(sympy.sympify(x.shape[-1]) / 2),))]
+    return [x]
+
+
+register(OpDef("MatMulEpilogue", OpKind.OUT_ELEMENTWISE_FUSABLE, "gemm", matmul_epilogue_rule,
+               matmul_epilogue_flops, default_bytes))
+register(OpDef("SwiGLU", OpKind.ELEMENTWISE, "elementwise", swiglu_rule, per_output_element(6),
+               default_bytes))
+register(OpDef("ResidualNorm", OpKind.REDUCTION, "reduction", lambda n, i: [i[0], i[0]],
+               lambda n, i, o: 9 * _numel(o[0]), default_bytes))
 
 
 # ----------------------------------------------------------------------------------------------

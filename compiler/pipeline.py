@@ -101,7 +101,7 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
     from compiler.cost import CostModel
     from compiler.hardware import load_hardware
     from compiler.schedule import schedule
-    from passes import PassManager, make_pass
+    from passes import PassContext, PassManager, make_pass
     from reports.report import build_report, write_reports
 
     cfg = _plain(cfg)
@@ -110,7 +110,8 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
         if not isinstance(cfg.get(key), Mapping):
             raise ConfigError(f"config group {key!r} is missing; choose one with {key}=<name>.")
     hw = load_hardware(cfg["hardware"])
-    passes = [make_pass(p) for p in (cfg["pipeline"].get("passes") or [])]
+    pass_ctx = PassContext(hardware=hw, points=tuple(_record_points(wl)))
+    passes = [make_pass(p, pass_ctx) for p in (cfg["pipeline"].get("passes") or [])]
     emit_cfg = dict(cfg.get("emit") or {})
     if show_progress is None:
         show_progress = bool(cfg.get("progress", True)) and os.isatty(2)

@@ -2,18 +2,25 @@
 side effects). Each entry is a ``Pass`` subclass; parameters come from the pipeline config."""
 from __future__ import annotations
 
-from passes.base import Pass, PassManager, PassResult
+from passes.base import Pass, PassContext, PassManager, PassResult
 from passes.cleanup import ConstantFolding, DeadCodeElimination, RemoveNoOps
+from passes.fusion import AnnotateRotary, FuseAttention, FuseGemm, FuseNorms, FusionPass
 
 PASSES: dict[str, type[Pass]] = {
     "dce": DeadCodeElimination,
     "remove_noops": RemoveNoOps,
     "fold_constants": ConstantFolding,
+    "fuse": FusionPass,
+    "fuse_attention": FuseAttention,
+    "fuse_norms": FuseNorms,
+    "fuse_gemm": FuseGemm,
+    "annotate_rotary": AnnotateRotary,
 }
 
 
-def make_pass(spec) -> Pass:
-    """``spec`` is a pass name or a mapping ``{name: ..., <param>: ...}``."""
+def make_pass(spec, context: PassContext | None = None) -> Pass:
+    """``spec`` is a pass name or a mapping ``{name: ..., <param>: ...}``; ``context`` (hardware,
+    workload points) is handed to the pass for cost-aware decisions."""
     from compiler.errors import ConfigError
     if isinstance(spec, str):
         name, params = spec, {}
@@ -27,7 +34,9 @@ def make_pass(spec) -> Pass:
     if cls is None:
         raise ConfigError(f"pass {name!r} does not exist. Available passes: "
                           f"{', '.join(sorted(PASSES))}. Fix the name in pipeline.passes.")
-    return cls(**params)
+    p = cls(**params)
+    p.context = context
+    return p
 
 
-__all__ = ["PASSES", "make_pass", "Pass", "PassManager", "PassResult"]
+__all__ = ["PASSES", "make_pass", "Pass", "PassContext", "PassManager", "PassResult"]

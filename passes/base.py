@@ -25,11 +25,23 @@ class PassResult:
     stats: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
+@dataclasses.dataclass(frozen=True)
+class PassContext:
+    """What a pass may know about the run besides the graph: the configured hardware and the
+    workload points ``(B, S, P, phase)`` the pipeline costs at (prefill and decode). Cost-aware
+    passes (fusion) compare predicted times there; others ignore it."""
+
+    hardware: Any = None
+    points: tuple = ()
+
+
 class Pass:
     """Subclasses set ``name`` and implement :meth:`run`. Parameters come from the pipeline
-    config as keyword arguments; :meth:`check_params` rejects impossible ones."""
+    config as keyword arguments; :meth:`check_params` rejects impossible ones. ``context``
+    (a :class:`PassContext`) is set by ``make_pass`` when the pipeline knows it."""
 
     name: str = "pass"
+    context: PassContext | None = None
 
     def __init__(self, **params: Any):
         self.params = params

@@ -138,7 +138,16 @@ def import_torch(cfg, module: torch.nn.Module | None = None, task: str | None = 
     """Export and translate a torch model; causal LMs get their KV cache lifted."""
     from compiler.importers.torch_export import export_module, import_exported
     from passes.kv_cache import lift_kv_cache
+    stack_to = None
     if module is None:
+        from compiler.importers.stacking import can_stack, layer_count_key
+        hf = dict(cfg.get("config") or {})
+        if (str(cfg.get("weights")) == "meta" and cfg.get("stack_layers", True)
+                and str(cfg.get("source")) == "hf_config" and can_stack(hf)):
+            # cost-only import: export two layers, replicate layer 1 (compiler/importers/stacking.py)
+            key = layer_count_key(hf)
+            stack_to = int(hf[key])
+            cfg = dict(cfg, config={**hf, key: 2})
         module, task = build_torch_model(cfg)
     task = task or "causal_lm"
     is_meta = any(p.is_meta for p in module.parameters())
@@ -155,12 +164,18 @@ def import_torch(cfg, module: torch.nn.Module | None = None, task: str | None = 
     causal = task == "causal_lm"
     g = import_exported(ep, name=str(cfg.get("name", "model")), dims=dims, causal=causal,
                         output_names=outputs, progress=progress)
+    if stack_to is not None:
+        from compiler.importers.stacking import unroll_layers
+        g.meta["layer_stacking"] = unroll_layers(g, stack_to)
     g.meta.update(task=task, dim_sources={"B": ("input_ids", 0), "S": ("input_ids", 1)}
                   if "input_ids" in g.inputs else {})
     if causal:
         from passes.cleanup import remove_noops
         remove_noops(g)  # so the repeat_kv chain is contiguous
-        g.meta["import_stats"] = {"kv_cache": lift_kv_cache(g)}
+        from passes.fusion import fuse_eager_attention
+        fused = fuse_eager_attention(g)  # eager attention (matmul/softmax) -> Attention; SDPA: no-op
+        g.meta["import_stats"] = {**({"attention_fusion": fused} if fused else {}),
+                                  "kv_cache": lift_kv_cache(g)}
     return g
 
 

@@ -92,12 +92,25 @@ class _Ctx:
             n_out = len(types)
         name = self.g.fresh(self.node.name) if not final else self._unique(self.node.name)
         outs = [name] if n_out == 1 else [f"{name}.{i}" for i in range(n_out)]
-        node = self.g.add_op(op, inputs, outs, attrs, types=types, name=name,
-                             source=self._where())
+        ann = {"source": self._where()}
+        layer = self._layer()
+        if layer is not None:
+            ann["layer"] = layer
+        node = self.g.add_op(op, inputs, outs, attrs, types=types, name=name, **ann)
         return node.outputs[0] if n_out == 1 else list(node.outputs)
 
     def _unique(self, base: str) -> str:
         return base if base not in self.g.types and base not in self.g.nx else self.g.fresh(base)
+
+    def _layer(self) -> int | None:
+        """The decoder/encoder layer index of the FX node being translated (from its module path)."""
+        from compiler.importers.stacking import layer_of
+        stack = self.node.meta.get("nn_module_stack") or {}
+        for path, _ in reversed(list(stack.values())):
+            k = layer_of(str(path))
+            if k is not None:
+                return k
+        return None
 
     def _where(self) -> str:
         st = self.node.meta.get("stack_trace") or ""
@@ -463,7 +476,7 @@ def _index(c, x, indices):
     return c.op("GatherND", [x, idx], final=True)
 
 
-@handles("aten.where.self")
+@handles("aten.where.self", "aten.where.ScalarOther", "aten.where.ScalarSelf", "aten.where.Scalar")
 def _where(c, cond, a, b):
     out = c.out_type()
     like = a if isinstance(a, str) else b
@@ -474,6 +487,20 @@ def _where(c, cond, a, b):
 @handles("aten.masked_fill.Scalar")
 def _masked_fill(c, x, mask, value):
     return c.op("Where", [mask, c.const(value, c.tt(x).dtype), x], final=True)
+
+
+@handles("aten.diff.default")
+def _diff(c, x, n=1, dim=-1, prepend=None, append=None):
+    """x[..., 1:] - x[..., :-1] along ``dim`` (after concatenating prepend/append), ``n`` times."""
+    d = int(dim) % c.tt(x).rank
+    parts = [p for p in (prepend, x, append) if p is not None]
+    if len(parts) > 1:
+        x = c.op("Concat", parts, {"axis": d})
+    for _ in range(int(n)):
+        hi = c.op("Slice", [x], {"starts": [1], "ends": [INT64_MAX], "axes": [d], "steps": [1]})
+        lo = c.op("Slice", [x], {"starts": [0], "ends": [-1], "axes": [d], "steps": [1]})
+        x = c.op("Sub", [hi, lo])
+    return c.op("Identity", [x], final=True)
 
 
 @handles("aten.cumsum.default")

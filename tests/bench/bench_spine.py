@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -21,16 +20,21 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_case(args: list[str]) -> tuple[float, float]:
+    """Wall time and peak RSS (MB) of one `rooftop` process, measured by a fresh wrapper process so
+    each case's RSS is its own (RUSAGE_CHILDREN is a running maximum over all children)."""
     with tempfile.TemporaryDirectory() as d:
-        t0 = time.perf_counter()
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        r = subprocess.run([sys.executable, "-m", "compiler", *args, f"hydra.run.dir={d}", "progress=false"],
-                           cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
-        wall = time.perf_counter() - t0
-        if r.returncode != 0:
+        cmd = [sys.executable, "-m", "compiler", *args, f"hydra.run.dir={d}", "progress=false"]
+        wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+                   f"r = subprocess.run({cmd!r}, capture_output=True, text=True); "
+                   "w = time.perf_counter() - t; "
+                   "print(r.returncode, w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+                   "sys.stderr.write(r.stderr)")
+        r = subprocess.run([sys.executable, "-c", wrapper], cwd=ROOT, capture_output=True, text=True,
+                           env=dict(os.environ, HF_HUB_OFFLINE="1"))
+        code, wall, rss = r.stdout.split()
+        if code != "0":
             raise SystemExit(r.stderr)
-        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        return wall, max(rss, before) / 1024  # MB (ru_maxrss of the largest child so far)
+        return float(wall), float(rss) / 1024
 
 
 def main():

@@ -1,0 +1,206 @@
+"""Operator fusion: rewrite rules (pattern + check + rewrite) applied by one engine.
+
+Rules are named data (:data:`RULES`: name → builder), run in the order of :data:`ORDER`:
+
+==================  ==========================================================================
+attention           QKᵀ → scale → mask → softmax → ·V → ``Attention`` (eager / decomposed / exported forms)
+attention_gqa       repeat_kv in front of an existing ``Attention`` dropped (native GQA)
+rms_norm            RMSNorm from primitives (incl. the fp32 cast sandwich) → ``RMSNormalization``
+layer_norm          LayerNorm from primitives → ``LayerNormalization``
+residual_norm       norm(a + r) keeping the sum → ``ResidualNorm`` (rooftop function)
+gelu                GELU (erf / tanh) from primitives → ``Gelu``
+merge_gate_up       silu(x·Wg)·(x·Wu) → ``SwiGLU(x·[Wg|Wu])``
+swiglu              silu(g)·u → ``SwiGLU``
+merge_qkv           linear layers sharing an input → one MatMul + ``Split``
+matmul_epilogue     MatMul/Gemm + bias + activation → ``MatMulEpilogue`` (rooftop function)
+rotary              rotary embedding recognized and annotated (no rewrite)
+==================  ==========================================================================
+
+Passes (``conf/pipeline/*.yaml``): ``fuse`` runs them all; ``fuse_attention``, ``fuse_norms``,
+``fuse_gemm`` and ``annotate_rotary`` run subsets. Parameters: ``rules`` (names, to run a subset
+in that order), ``explain: true`` (log, per rule, why it did not fire at its closest candidate),
+``cost_gate: false`` (fire wherever the pattern fits), ``hardware: <name>`` (cost on that hardware
+instead of the pipeline's). Stats: fires per rule, ``<rule>.rejected_by_cost``, and a breakdown
+(``attention.causal``, ``matmul_epilogue.gelu_tanh``, …).
+
+Cost awareness: a rule fires only where :class:`~passes.fusion.gate.CostGate` predicts the fused
+ops are not slower than the group on the pipeline's hardware at its prefill and decode workload
+points (:class:`passes.base.PassContext`); outside a pipeline, on ``a100_80g`` at batch 1, prompt
+512, context 512.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from compiler.errors import ConfigError
+from compiler.ir import Graph
+from passes.base import Pass, PassResult
+from passes.fusion.attention import attention_rule, gqa_rule
+from passes.fusion.gate import DEFAULT_POINTS, CostGate
+from passes.fusion.gemm import epilogue_rule, gelu_rule, merge_gate_up_rule, swiglu_rule
+from passes.fusion.merge import merge_qkv_rule
+from passes.fusion.norm import layer_norm_rule, residual_norm_rule, rms_norm_rule
+from passes.fusion.pattern import MatchResult
+from passes.fusion.rotary import rotary_rule
+from passes.fusion.rule import Match, Plan, Rule, RuleOutcome, apply_rule
+
+log = logging.getLogger("rooftop.fusion")
+
+RULES: dict[str, Callable[[], Rule]] = {
+    "attention": attention_rule,
+    "attention_gqa": gqa_rule,
+    "rms_norm": rms_norm_rule,
+    "layer_norm": layer_norm_rule,
+    "residual_norm": residual_norm_rule,
+    "gelu": gelu_rule,
+    "merge_gate_up": merge_gate_up_rule,
+    "swiglu": swiglu_rule,
+    "merge_qkv": merge_qkv_rule,
+    "matmul_epilogue": epilogue_rule,
+    "rotary": rotary_rule,
+}
+ORDER: tuple[str, ...] = tuple(RULES)
+DEFAULT_HARDWARE = "a100_80g"
+
+
+def _substats(rule: str, new) -> list[str]:
+    out = []
+    for n in new:
+        if n.op == "Attention":
+            out.append("causal" if n.attrs.get("is_causal") else ("masked" if len(n.inputs) > 3 and n.inputs[3] else "unmasked"))
+        elif n.op == "MatMulEpilogue":
+            out.append(n.attrs.get("activation") or "bias")
+    return out
+
+
+def run_rules(g: Graph, names, *, gate: CostGate | None, explain: bool = False,
+              rules: dict[str, Rule] | None = None) -> tuple[dict[str, int], dict[str, RuleOutcome]]:
+    """Apply the named rules in order; returns (stats, outcome per rule)."""
+    stats: dict[str, int] = {}
+    outcomes: dict[str, RuleOutcome] = {}
+    ctx: dict = {}
+    for name in names:
+        rule = (rules or {}).get(name) or RULES[name]()
+        sub: dict[str, int] = {}
+
+        def on_fire(match, new, sub=sub, name=name):
+            for k in _substats(name, new):
+                sub[k] = sub.get(k, 0) + 1
+
+        out = apply_rule(g, rule, gate=gate, ctx=ctx, on_fire=on_fire)
+        outcomes[name] = out
+        stats[name] = out.fired
+        for k, v in sorted(sub.items()):
+            stats[f"{name}.{k}"] = v
+        if out.rejected_by_cost:
+            stats[f"{name}.rejected_by_cost"] = out.rejected_by_cost
+        if explain:
+            log.info("%s", explain_outcome(name, out))
+    if any(o.fired for o in outcomes.values()):
+        from passes.cleanup import eliminate_dead_code
+        eliminate_dead_code(g)   # repeat_kv chains, Splits and shape code the fused ops left unused
+    return stats, outcomes
+
+
+def explain_outcome(name: str, out: RuleOutcome) -> str:
+    m = out.closest_miss
+    where = f"closest candidate {m.node} ({m.op}): {m.reason}" if m else "no candidate op in the graph"
+    if out.fired:
+        return f"fusion rule {name!r} fired {out.fired}x; {('missed elsewhere, ' + where) if m else 'no misses'}"
+    return f"fusion rule {name!r} did not fire; {where}"
+
+
+class FusionPass(Pass):
+    """Apply fusion rules (all of :data:`ORDER` unless ``rules`` says which)."""
+
+    name = "fuse"
+    default_rules: tuple[str, ...] = ORDER
+    PARAMS = ("rules", "explain", "cost_gate", "hardware")
+
+    def check_params(self) -> None:
+        unknown = sorted(set(self.params) - set(self.PARAMS))
+        if unknown:
+            raise ConfigError(f"pass {self.name!r} does not take {unknown}; its parameters are "
+                              f"{', '.join(self.PARAMS)}. Fix pipeline.passes.")
+        rules = self.params.get("rules")
+        if rules is not None:
+            bad = [r for r in rules if r not in RULES]
+            if bad or isinstance(rules, str):
+                raise ConfigError(f"pass {self.name!r}: unknown fusion rule(s) {bad or rules}; rules are "
+                                  f"{', '.join(RULES)}. Give rules as a list of these names.")
+        self.explanations: dict[str, str] = {}
+
+    @property
+    def rule_names(self) -> tuple[str, ...]:
+        return tuple(self.params.get("rules") or self.default_rules)
+
+    def gate(self) -> CostGate | None:
+        if not self.params.get("cost_gate", True):
+            return None
+        ctx = getattr(self, "context", None)
+        hw = None
+        if self.params.get("hardware"):
+            from compiler.hardware import hardware_by_name
+            hw = hardware_by_name(str(self.params["hardware"]))
+        elif ctx is not None and ctx.hardware is not None:
+            hw = ctx.hardware
+        else:
+            from compiler.hardware import hardware_by_name
+            hw = hardware_by_name(DEFAULT_HARDWARE)
+        points = tuple(ctx.points) if ctx is not None and ctx.points else DEFAULT_POINTS
+        return CostGate(hw, points)
+
+    def run(self, g: Graph) -> PassResult:
+        explain = bool(self.params.get("explain", False))
+        stats, outcomes = run_rules(g, self.rule_names, gate=self.gate(), explain=explain)
+        self.explanations = {k: explain_outcome(k, o) for k, o in outcomes.items()}
+        changed = any(o.fired for o in outcomes.values())
+        return PassResult(g, changed, stats)
+
+
+class FuseAttention(FusionPass):
+    name = "fuse_attention"
+    default_rules = ("attention", "attention_gqa")
+
+
+class FuseNorms(FusionPass):
+    name = "fuse_norms"
+    default_rules = ("rms_norm", "layer_norm", "residual_norm")
+
+
+class FuseGemm(FusionPass):
+    name = "fuse_gemm"
+    default_rules = ("gelu", "merge_gate_up", "swiglu", "merge_qkv", "matmul_epilogue")
+
+
+class AnnotateRotary(FusionPass):
+    name = "annotate_rotary"
+    default_rules = ("rotary",)
+
+
+PASSES = {p.name: p for p in (FusionPass, FuseAttention, FuseNorms, FuseGemm, AnnotateRotary)}
+
+
+def fuse_eager_attention(g: Graph) -> dict[str, int]:
+    """At import of a causal decoder with eager attention (matmul/softmax instead of SDPA): fuse
+    every attention into ``Attention(is_causal=1)`` so that the KV cache can be lifted. Not cost
+    gated (the cache needs it). A graph that already has Attention ops is left alone. Raises
+    :class:`compiler.ops.UnsupportedOpError` when no attention could be fused, with the reason."""
+    if any(n.op == "Attention" for n in g):
+        return {}
+    rule = attention_rule("attention", require_causal=True, cost_gated=False)
+    stats, outcomes = run_rules(g, ["attention"], gate=None, rules={"attention": rule})
+    if not stats.get("attention"):
+        from compiler.ops import UnsupportedOpError
+        raise UnsupportedOpError(
+            f"the causal decoder has no scaled_dot_product_attention and its eager attention could "
+            f"not be fused into an Attention op, which the KV cache needs: "
+            f"{explain_outcome('attention', outcomes['attention'])}. Import it with "
+            f"model.attn_implementation=sdpa.")
+    return stats
+
+
+__all__ = ["RULES", "ORDER", "PASSES", "FusionPass", "FuseAttention", "FuseNorms", "FuseGemm",
+           "AnnotateRotary", "fuse_eager_attention", "run_rules", "explain_outcome", "Rule", "Match",
+           "Plan", "MatchResult", "CostGate"]

@@ -1,0 +1,207 @@
+"""Attention: QKᵀ → scale → mask → softmax → ·V as one ``Attention`` op (ONNX opset 23).
+
+One parameterized pattern covers the forms exporters produce:
+
+- eager PyTorch (``matmul(q, k.transpose(2, 3)) * scale + mask → softmax(dtype=fp32) → .to() →
+  matmul(·, v)``), SDPA decomposed by the legacy ONNX exporter (``q·√s`` and ``kᵀ·√s`` scaled
+  separately, ``Where(IsNaN(p), 0, p)`` after the softmax), dynamo ONNX exports (``Mul`` by the
+  scale after the MatMul, ``Where(mask, 0, -max)`` added), BERT (``/ √d``);
+- the pieces are options, not copies: a scale on Q, on Kᵀ, on K before the transpose and/or on
+  the scores (``Mul`` or ``Div``); an additive mask, a ``Where`` mask (either polarity) or none;
+  a cast around the softmax; the NaN guard; GQA's ``repeat_kv`` on K and V (dropped: ONNX
+  Attention takes fewer KV heads natively); any transpose of K whose last two axes are swapped.
+
+The mask is classified by :mod:`passes.fusion.mask`: a causal one becomes ``is_causal=1``, any
+other stays the Attention's mask operand (bit for bit the same values). ``require_causal`` (the
+import of an eager causal decoder, whose KV cache is lifted next) refuses a non-causal mask.
+
+``attention_gqa`` strips ``repeat_kv`` chains in front of an existing Attention op (SDPA
+exported by torch.onnx's dynamo exporter keeps them).
+"""
+from __future__ import annotations
+
+from compiler.ir import DTYPES
+from passes.fusion.common import (is_float, repeat_kv, repeat_ok, same_dim, same_shape, scale_factor,
+                                  scaled)
+from passes.fusion.mask import HIDDEN, analyze_mask
+from passes.fusion.pattern import Alt, Const, MatchResult, Op, Opt, Var, scalar_value
+from passes.fusion.rule import Match, Plan, Rule
+
+
+def attention_pattern():
+    q = scaled(Var("q"), "q_scale")
+    k = repeat_kv(scaled(Var("k"), "k_scale_pre"), "k_repeat")
+    kt = scaled(Op("Transpose", k, name="k_t"), "k_scale")
+    scores = scaled(Op("MatMul", q, kt, name="qk"), "scale")
+    masked = Alt(Op("Add", scores, Var("mask"), name="mask_add"),
+                 Op("Where", Var("keep"), scores, Const("fill"), name="mask_keep"),
+                 Op("Where", Var("drop"), Const("fill"), scores, name="mask_drop"),
+                 scores)
+    probs = Opt(Op("Cast", Op("Softmax", Opt(Op("Cast", masked, name="cast_in")), name="softmax"),
+                   name="cast_out"))
+    guarded = Alt(Op("Where", Op("IsNaN", probs, name="isnan"), Const("nan_fill", 0.0), probs,
+                     name="nan_guard"), probs)
+    v = repeat_kv(Var("v"), "v_repeat")
+    return Op("MatMul", guarded, v, name="pv")
+
+
+def _key_perm(match: Match) -> list[int] | None:
+    """The permutation that makes K [B, Hkv, T, D] from the Transpose's input (identity: none)."""
+    perm = list(match.node("k_t").attrs.get("perm") or [])
+    if len(perm) != 4:
+        return None
+    return perm[:2] + [perm[3], perm[2]]
+
+
+def check_attention(match: Match) -> MatchResult:
+    g = match.graph
+    kt_in = match.node("k_t").inputs[0]
+    kperm = _key_perm(match)
+    if kperm is None:
+        return MatchResult.fail("Kᵀ is not a rank-4 transpose")
+    if kperm != [0, 1, 2, 3] and match.has("k_repeat"):
+        return MatchResult.fail(f"K is repeated and then transposed with {match.node('k_t').attrs['perm']}, "
+                                f"not a swap of the last two axes")
+    for name, base in (("k_repeat", "k"), ("v_repeat", "v")):
+        why = repeat_ok(g, match, name, base)
+        if why:
+            return MatchResult.fail(why)
+    q = match.type("q")
+    kin = g.type(match["k"]).shape if kperm == [0, 1, 2, 3] else \
+        tuple(g.type(match["k"]).shape[p] for p in kperm)
+    v = match.type("v").shape
+    if q.rank != 4 or len(kin) != 4 or len(v) != 4:
+        return MatchResult.fail(f"Q/K/V are not 4-D [batch, heads, seq, head_dim] "
+                                f"(ranks {q.rank}/{len(kin)}/{len(v)})")
+    b, h, s, d = q.shape
+    if not (same_dim(kin[0], b) and same_dim(v[0], b)):
+        return MatchResult.fail(f"batch dims differ: Q {q.shape}, K {kin}, V {v}")
+    if not same_dim(kin[3], d):
+        return MatchResult.fail(f"Q head_dim {d} != K head_dim {kin[3]}")
+    if not (same_dim(kin[1], v[1]) and same_dim(kin[2], v[2])):
+        return MatchResult.fail(f"K {kin} and V {v} differ in heads or length")
+    hkv = kin[1]
+    if not (isinstance(h, int) and isinstance(hkv, int) and h % hkv == 0):
+        return MatchResult.fail(f"query heads {h} are not a multiple of KV heads {hkv}")
+    if not all(is_float(g.type(match[n])) for n in ("q", "k", "v")):
+        return MatchResult.fail("Q/K/V are not floating point")
+    out = g.type(match.root_tensor)
+    if out.dtype != q.dtype or not same_shape(out.shape, (b, h, s, v[3])):
+        return MatchResult.fail(f"the output {out} is not [B, H, S, Dv] in Q's dtype")
+    sm = match.node("softmax")
+    if (sm.attrs.get("axis", -1) % 4) != 3:
+        return MatchResult.fail(f"softmax over axis {sm.attrs.get('axis')}, not the key axis")
+    scores_t = sm.inputs[0]
+    if match.has("fill") and not match["fill"] <= HIDDEN:
+        return MatchResult.fail(f"the Where mask fills {match['fill']:g}, which does not hide a key")
+    if match.has("mask"):
+        mt = g.type(match["mask"])
+        if not is_float(mt) or mt.rank > 4 or not _broadcasts(mt.shape, g.type(scores_t).shape):
+            return MatchResult.fail(f"mask {mt} does not broadcast onto the scores {g.type(scores_t)}")
+    for n in ("keep", "drop"):
+        if match.has(n) and g.type(match[n]).dtype != "bool":
+            return MatchResult.fail(f"the Where condition {match[n]} is not boolean")
+    return MatchResult.success()
+
+
+def _broadcasts(mask, scores) -> bool:
+    if len(mask) > len(scores):
+        return False
+    for a, b in zip(reversed(mask), reversed(scores)):
+        if not (same_dim(a, 1) or same_dim(a, b)):
+            return False
+    return True
+
+
+def _bool_mask_of(g, t: str) -> str | None:
+    """``t`` = Where(cond, 0, fill ≤ -1e4): the boolean ``cond`` (True = attend) that ONNX
+    Attention takes directly, saving the float mask's bytes."""
+    p = g.producer_of(t)
+    if p is None or p.op != "Where" or len(p.inputs) != 3:
+        return None
+    zero, fill = scalar_value(g, p.inputs[1]), scalar_value(g, p.inputs[2])
+    if zero == 0.0 and fill is not None and fill <= HIDDEN and g.type(p.inputs[0]).dtype == "bool":
+        return p.inputs[0]
+    return None
+
+
+def rewrite_attention(require_causal: bool):
+    def rewrite(match: Match, plan: Plan):
+        g = match.graph
+        cache = match.ctx.setdefault("mask_info", {})
+        mask, analyzed = None, None
+        if match.has("mask"):
+            analyzed = match["mask"]
+            mask = _bool_mask_of(g, analyzed) or analyzed
+        elif match.has("keep"):
+            analyzed = mask = match["keep"]
+        elif match.has("drop"):
+            analyzed = match["drop"]
+            mask = plan.op("Not", [analyzed])
+        causal = False
+        if analyzed is not None:
+            info = analyze_mask(g, analyzed, cache)
+            if info.kind == "causal":
+                causal, mask = True, None
+            elif require_causal:
+                return MatchResult.fail(f"a causal mask is required here, but {info.reason}")
+        elif require_causal:
+            return MatchResult.fail("a causal mask is required here, but the attention is unmasked")
+        scale = (scale_factor(match, "q_scale") * scale_factor(match, "k_scale") *
+                 scale_factor(match, "k_scale_pre") * scale_factor(match, "scale"))
+        k = match["k"]
+        perm = _key_perm(match)
+        if perm != [0, 1, 2, 3]:
+            k = plan.op("Transpose", [k], {"perm": perm})
+        attrs = {"scale": float(scale)}
+        if causal:
+            attrs["is_causal"] = 1
+        out = plan.op("Attention", [match["q"], k, match["v"]] + ([mask] if mask else []), attrs,
+                      fused_from=sorted({n.op for n in match.nodes}))
+        plan.output(match.root_tensor, out)
+        return None
+    return rewrite
+
+
+def attention_rule(name: str = "attention", *, require_causal: bool = False, cost_gated: bool = True) -> Rule:
+    return Rule(name, attention_pattern(), rewrite_attention(require_causal), check_attention,
+                cost_gated=cost_gated,
+                doc="QKᵀ·scale (+mask) → softmax → ·V as one Attention"
+                    + (" (causal mask required)" if require_causal else ""))
+
+
+# ------------------------------------------------------------------------------------------------
+# repeat_kv in front of an existing Attention op
+
+def gqa_pattern():
+    return Op("Attention", Var("q"), repeat_kv(Var("k"), "k_repeat"), repeat_kv(Var("v"), "v_repeat"),
+              name="attn", extra=True)
+
+
+def check_gqa(match: Match) -> MatchResult:
+    if not (match.has("k_repeat") or match.has("v_repeat")):
+        return MatchResult.fail("no repeat_kv in front of K or V")
+    if not (match.has("k_repeat") and match.has("v_repeat")):
+        return MatchResult.fail("only one of K and V is repeated")
+    for name, base in (("k_repeat", "k"), ("v_repeat", "v")):
+        why = repeat_ok(match.graph, match, name, base)
+        if why:
+            return MatchResult.fail(why)
+    if len([t for t in match.root.outputs if t]) != 1:
+        return MatchResult.fail("the Attention also returns its KV cache (which would change heads)")
+    return MatchResult.success()
+
+
+def rewrite_gqa(match: Match, plan: Plan):
+    n = match.root
+    ins = [match["q"], match["k"], match["v"]] + list(n.inputs[3:])
+    out = plan.op("Attention", ins, dict(n.attrs), fused_from=["Attention", "Expand", "Reshape", "Unsqueeze"])
+    plan.output(match.root_tensor, out)
+
+
+def gqa_rule() -> Rule:
+    return Rule("attention_gqa", gqa_pattern(), rewrite_gqa, check_gqa,
+                doc="drop repeat_kv (Unsqueeze/Expand/Reshape) in front of an Attention: GQA natively")
+
+
+__all__ = ["attention_rule", "gqa_rule", "attention_pattern", "DTYPES"]

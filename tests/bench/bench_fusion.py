@@ -1,0 +1,228 @@
+"""Benchmark of operator fusion in onnxruntime (prints a table; not a test).
+
+For ``minilm`` (all-MiniLM-L6-v2, real weights) and ``gpt2`` (the 124M config
+``conf/model/gpt2.yaml``, seeded random weights), batch 1 and 8, sequence 128: onnxruntime CPU
+latency (``intra_op_num_threads=2``, median of repeated runs in one process) of
+
+- ``rooftop``: rooftop's own model — torch.export import, ``pipeline=fuse`` on ``hardware=cpu``
+  (a causal LM has a KV cache: prefill with an empty past);
+- ``plain dynamo`` / ``plain legacy``: ``torch.onnx.export`` of the same module, ``dynamo=True``
+  (opset 23) and the TorchScript exporter (opset 17);
+- ``ort-opt dynamo`` / ``ort-opt legacy``: those files after
+  ``onnxruntime.transformers.optimizer.optimize_model`` (model_type bert / gpt2), where it runs;
+  a crash is caught and reported.
+
+Every session uses onnxruntime's default graph optimizations (ORT_ENABLE_ALL), as a user would.
+Target: rooftop ≤ 1.0× the ORT optimizer's latency wherever the optimizer runs, and faster than
+the plain exports everywhere.
+
+    .venv/bin/python tests/bench/bench_fusion.py [--repeat 10] [--models minilm gpt2] [--batches 1 8]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SEQ = 128
+THREADS = int(os.environ.get("BENCH_THREADS", "2"))
+ORT_TYPES = {"minilm": ("bert", 12, 384), "gpt2": ("gpt2", 12, 768)}
+
+
+def _compose(overrides):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from compiler.app import config_dir
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+        cfg = compose("config", overrides=list(overrides))
+    return OmegaConf.to_container(cfg, resolve=False) | {"hydra": None}
+
+
+def _module(name: str):
+    import torch
+
+    from compiler.importers.models import build_hf, build_minilm
+    cfg = _compose([f"model={name}"])["model"]
+    inner = build_minilm(cfg) if cfg["source"] == "minilm" else build_hf(cfg)
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, m, causal):
+            super().__init__()
+            self.m, self.causal = m, causal
+
+        def forward(self, input_ids, attention_mask):
+            if self.causal:
+                return self.m(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            return self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    causal = cfg.get("task", "causal_lm") == "causal_lm"
+    return Wrapped(inner, causal).eval(), causal, int(inner.config.vocab_size)
+
+
+def export_plain(name: str, out_dir: str) -> dict[str, str]:
+    import torch
+    module, causal, vocab = _module(name)
+    ids = torch.randint(0, vocab, (2, 16))
+    mask = torch.ones(2, 16, dtype=torch.int64)
+    out_name = "logits" if causal else "last_hidden_state"
+    paths = {}
+    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        p = os.path.join(out_dir, f"{name}_dynamo.onnx")
+        bd, sd = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("seq", min=2, max=1024)
+        prog = torch.onnx.export(module, (), kwargs={"input_ids": ids, "attention_mask": mask}, dynamo=True,
+                                 opset_version=23, input_names=["input_ids", "attention_mask"],
+                                 output_names=[out_name],
+                                 dynamic_shapes={"input_ids": {0: bd, 1: sd}, "attention_mask": {0: bd, 1: sd}})
+        prog.save(p)
+        paths["plain dynamo"] = p
+        p = os.path.join(out_dir, f"{name}_legacy.onnx")
+        torch.onnx.export(module, (ids, mask), p, dynamo=False, opset_version=17,
+                          input_names=["input_ids", "attention_mask"], output_names=[out_name],
+                          dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+                                        out_name: {0: "batch", 1: "seq"}})
+        paths["plain legacy"] = p
+    return paths
+
+
+def ort_optimize(name: str, src: str, dst: str) -> str:
+    from onnxruntime.transformers.optimizer import optimize_model
+    kind, heads, hidden = ORT_TYPES[name]
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = optimize_model(src, model_type=kind, num_heads=heads, hidden_size=hidden)
+        m.save_model_to_file(dst)
+    return dst
+
+
+def build_rooftop(name: str, out_dir: str, batch: int) -> tuple[str, dict]:
+    from compiler.pipeline import run
+    cfg = _compose([f"model={name}", "pipeline=fuse", "hardware=cpu", f"workload.batch={batch}",
+                    f"workload.prompt_len={SEQ}", "progress=false"])
+    d = os.path.join(out_dir, f"rooftop_{name}_b{batch}")
+    report = run(cfg, d)
+    fuse = next(p for p in report["passes"] if p["name"] == "fuse")
+    return os.path.join(d, "model.onnx"), {k: v for k, v in fuse["stats"].items() if v}
+
+
+def session(path: str):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = THREADS
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def feeds_for(sess, batch: int, vocab: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for i in sess.get_inputs():
+        if i.name == "input_ids":
+            feeds[i.name] = rng.integers(0, vocab, (batch, SEQ), dtype=np.int64)
+        elif i.name == "attention_mask":
+            feeds[i.name] = np.ones((batch, SEQ), np.int64)
+        elif i.name == "position_ids":
+            feeds[i.name] = np.broadcast_to(np.arange(SEQ), (batch, SEQ)).astype(np.int64)
+        elif i.name.startswith("past_"):
+            shape = [batch if d in ("B", "batch") else 0 if isinstance(d, str) else d for d in i.shape]
+            feeds[i.name] = np.zeros(shape, np.float32)
+        else:
+            raise ValueError(f"unexpected input {i.name} {i.shape}")
+    return feeds
+
+
+def latencies(paths: dict[str, str], batch: int, vocab: int, repeat: int) -> dict[str, float | str]:
+    """Median latency (ms) of each model, measured round-robin (one run of each per round) so
+    that load drift on the machine hits every model alike. A model that fails: its error."""
+    sessions, out = {}, {}
+    for k, p in paths.items():
+        try:
+            s = session(p)
+            f = feeds_for(s, batch, vocab)
+            s.run(None, f)
+            sessions[k] = (s, f)
+        except Exception as e:
+            out[k] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(repeat + 1):
+        for k, (s, f) in sessions.items():
+            t0 = time.perf_counter()
+            s.run(None, f)
+            times[k].append(time.perf_counter() - t0)
+    for k, ts in times.items():
+        out[k] = float(np.median(ts[1:])) * 1e3
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=["minilm", "gpt2"])
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    ap.add_argument("--repeat", type=int, default=10)
+    args = ap.parse_args(argv)
+    rows, notes = [], []
+    with tempfile.TemporaryDirectory(prefix="bench_fusion_") as tmp:
+        for name in args.models:
+            _, causal, vocab = _module(name)
+            files = export_plain(name, tmp)
+            for kind in ("dynamo", "legacy"):
+                try:
+                    files[f"ort-opt {kind}"] = ort_optimize(name, files[f"plain {kind}"],
+                                                            os.path.join(tmp, f"{name}_{kind}_ortopt.onnx"))
+                    session(files[f"ort-opt {kind}"])  # a model the optimizer broke fails here
+                except Exception as e:  # the optimizer's crash is a result, not a failure
+                    files.pop(f"ort-opt {kind}", None)
+                    notes.append(f"{name}: onnxruntime.transformers optimizer on the {kind} export failed: "
+                                 f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")
+            for batch in args.batches:
+                rt, stats = build_rooftop(name, tmp, batch)
+                if batch == args.batches[0]:
+                    notes.append(f"{name}: rooftop fusions {stats}")
+                lat = latencies({"rooftop": rt, **files}, batch, vocab, args.repeat)
+                row = {"model": name, "batch": batch}
+                for k, v in lat.items():
+                    row[k] = v if isinstance(v, float) else None
+                    if not isinstance(v, float):
+                        notes.append(f"{name} b{batch} {k}: {v}")
+                rows.append(row)
+                print(f"  done {name} batch {batch}: " + ", ".join(
+                    f"{k} {v:.1f}" for k, v in row.items() if isinstance(v, float)), flush=True)
+    cols = ["rooftop", "plain dynamo", "plain legacy", "ort-opt dynamo", "ort-opt legacy"]
+    print(f"\nonnxruntime CPU latency, ms (median of {args.repeat}; seq {SEQ}; intra_op_num_threads={THREADS})")
+    head = f"{'model':8} {'batch':>5} " + " ".join(f"{c:>15}" for c in cols) + f" {'vs ort-opt':>11} {'vs plain':>9}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        vals = " ".join(f"{r[c]:15.1f}" if r.get(c) else f"{'n/a':>15}" for c in cols)
+        opt = [r[c] for c in ("ort-opt dynamo", "ort-opt legacy") if r.get(c)]
+        plain = [r[c] for c in ("plain dynamo", "plain legacy") if r.get(c)]
+        vs_opt = f"{r['rooftop'] / min(opt):.2f}x" if opt else "n/a"
+        vs_plain = f"{r['rooftop'] / min(plain):.2f}x" if plain else "n/a"
+        print(f"{r['model']:8} {r['batch']:>5} {vals} {vs_opt:>11} {vs_plain:>9}")
+    print("\n(vs ort-opt: rooftop / the faster ORT-optimized model; vs plain: rooftop / the faster plain export)")
+    for n in notes:
+        print(" -", n)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except Exception:
+        traceback.print_exc()
+        sys.exit(1)
