@@ -5,8 +5,8 @@ Rules are named data (:data:`RULES`: name → builder), run in the order of :dat
 ==================  ==========================================================================
 attention           QKᵀ → scale → mask → softmax → ·V → ``Attention`` (eager / decomposed / exported forms)
 attention_gqa       repeat_kv in front of an existing ``Attention`` dropped (native GQA)
-rms_norm            RMSNorm from primitives (incl. the fp32 cast sandwich) → ``RMSNormalization``
 layer_norm          LayerNorm from primitives → ``LayerNormalization``
+rms_norm            RMSNorm from primitives (incl. the fp32 cast sandwich) → ``RMSNormalization``
 residual_norm       norm(a + r) keeping the sum → ``ResidualNorm`` (rooftop function)
 gelu                GELU (erf / tanh) from primitives → ``Gelu``
 merge_gate_up       silu(x·Wg)·(x·Wu) → ``SwiGLU(x·[Wg|Wu])``
@@ -50,8 +50,8 @@ log = logging.getLogger("rooftop.fusion")
 RULES: dict[str, Callable[[], Rule]] = {
     "attention": attention_rule,
     "attention_gqa": gqa_rule,
+    "layer_norm": layer_norm_rule,     # before rms_norm: a LayerNorm contains an RMSNorm of x − mean
     "rms_norm": rms_norm_rule,
-    "layer_norm": layer_norm_rule,
     "residual_norm": residual_norm_rule,
     "gelu": gelu_rule,
     "merge_gate_up": merge_gate_up_rule,
@@ -166,7 +166,7 @@ class FuseAttention(FusionPass):
 
 class FuseNorms(FusionPass):
     name = "fuse_norms"
-    default_rules = ("rms_norm", "layer_norm", "residual_norm")
+    default_rules = ("layer_norm", "rms_norm", "residual_norm")
 
 
 class FuseGemm(FusionPass):

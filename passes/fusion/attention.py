@@ -20,7 +20,6 @@ exported by torch.onnx's dynamo exporter keeps them).
 """
 from __future__ import annotations
 
-from compiler.ir import DTYPES
 from passes.fusion.common import (is_float, repeat_kv, repeat_ok, same_dim, same_shape, scale_factor,
                                   scaled)
 from passes.fusion.mask import HIDDEN, analyze_mask
@@ -55,7 +54,6 @@ def _key_perm(match: Match) -> list[int] | None:
 
 def check_attention(match: Match) -> MatchResult:
     g = match.graph
-    kt_in = match.node("k_t").inputs[0]
     kperm = _key_perm(match)
     if kperm is None:
         return MatchResult.fail("Kᵀ is not a rank-4 transpose")
@@ -125,6 +123,16 @@ def _bool_mask_of(g, t: str) -> str | None:
     return None
 
 
+def _full_rows(g, plan: Plan, mask: str, scores: tuple) -> str:
+    """onnxruntime wants the mask's query axis at full length (a padding mask broadcast over the
+    query rows, [B, 1, 1, T], is expanded to [B, 1, S, T]); ONNX itself only asks broadcastable."""
+    mt = plan.type(mask)
+    shape = (1,) * (4 - mt.rank) + tuple(mt.shape)
+    if same_dim(shape[-2], scores[-2]) and same_dim(shape[-1], scores[-1]):
+        return mask
+    return plan.op("Expand", [mask], {"shape": list(shape[:-2]) + [scores[-2], scores[-1]]})
+
+
 def rewrite_attention(require_causal: bool):
     def rewrite(match: Match, plan: Plan):
         g = match.graph
@@ -140,13 +148,15 @@ def rewrite_attention(require_causal: bool):
             mask = plan.op("Not", [analyzed])
         causal = False
         if analyzed is not None:
-            info = analyze_mask(g, analyzed, cache)
+            info = analyze_mask(g, analyzed, cache, scores=g.type(match.node("softmax").inputs[0]).shape[-2:])
             if info.kind == "causal":
                 causal, mask = True, None
             elif require_causal:
                 return MatchResult.fail(f"a causal mask is required here, but {info.reason}")
         elif require_causal:
             return MatchResult.fail("a causal mask is required here, but the attention is unmasked")
+        if mask is not None:
+            mask = _full_rows(g, plan, mask, g.type(match.node("softmax").inputs[0]).shape)
         scale = (scale_factor(match, "q_scale") * scale_factor(match, "k_scale") *
                  scale_factor(match, "k_scale_pre") * scale_factor(match, "scale"))
         k = match["k"]
@@ -204,4 +214,4 @@ def gqa_rule() -> Rule:
                 doc="drop repeat_kv (Unsqueeze/Expand/Reshape) in front of an Attention: GQA natively")
 
 
-__all__ = ["attention_rule", "gqa_rule", "attention_pattern", "DTYPES"]
+__all__ = ["attention_rule", "gqa_rule", "attention_pattern", "check_attention"]

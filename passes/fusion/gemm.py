@@ -187,7 +187,6 @@ def epilogue_pattern():
 
 
 def check_epilogue(match: Match) -> MatchResult:
-    g = match.graph
     gemm = match.node("gemm")
     if gemm is not None:
         at = gemm.attrs

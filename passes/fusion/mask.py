@@ -32,12 +32,16 @@ class MaskInfo:
     reason: str
 
 
-def analyze_mask(g: Graph, tensor: str, cache: dict | None = None) -> MaskInfo:
-    if cache is not None and tensor in cache:
-        return cache[tensor]
-    info = _analyze(g, tensor)
+def analyze_mask(g: Graph, tensor: str, cache: dict | None = None, scores=None) -> MaskInfo:
+    """``scores``: the (query, key) dims of the scores the mask is applied to (default: the
+    mask's own last two dims)."""
+    scores = tuple(scores) if scores is not None else tuple(g.type(tensor).shape[-2:])
+    key = (tensor, scores)
+    if cache is not None and key in cache:
+        return cache[key]
+    info = _analyze(g, tensor, scores)
     if cache is not None:
-        cache[tensor] = info
+        cache[key] = info
     return info
 
 
@@ -60,7 +64,7 @@ def _ancestors(g: Graph, tensor: str):
     return nodes, leaves
 
 
-def _analyze(g: Graph, tensor: str) -> MaskInfo:
+def _analyze(g: Graph, tensor: str, scores: tuple) -> MaskInfo:
     nodes, leaves = _ancestors(g, tensor)
     for t in leaves:
         if t in g.params:
@@ -77,7 +81,9 @@ def _analyze(g: Graph, tensor: str) -> MaskInfo:
     except Exception as e:  # emission or onnxruntime failure: keep the mask as it is
         return MaskInfo("general", f"the mask could not be evaluated ({type(e).__name__}: {e})")
     for (b, s, p), m in vals:
-        why = _not_causal(m, s, p)
+        point = {SYMBOLS["B"]: b, SYMBOLS["S"]: s, SYMBOLS["P"]: p}
+        rows, cols = (int(subs(d, point)) for d in scores)
+        why = _not_causal(m, rows, cols - rows)
         if why:
             return MaskInfo("general", f"at B={b} S={s} P={p} the mask {why}")
     return MaskInfo("causal", "shape/position-only mask that evaluates causal")
@@ -113,6 +119,9 @@ def _evaluate(g: Graph, tensor: str, nodes: set[str], leaves: set[str]):
 
     order = [n for n in g.topo_order() if n.name in nodes]
     em = _Emitter(g)
+    if "input_ids" in g.inputs:  # the importers' convention when dim_sources is not set yet
+        em.sources.setdefault("B", ("input_ids", 0))
+        em.sources.setdefault("S", ("input_ids", 1))
     for n in order:
         em.emit(n)
     inputs = [t for t in g.inputs if t in leaves]

@@ -24,7 +24,7 @@ def _members(g, x: str):
         if c.op != "MatMul" or i != 0 or len(c.inputs) != 2:
             continue
         w = c.inputs[1]
-        if not g.is_param(w) or g.type(w).rank != 2 or g.num_uses(w) != 1:
+        if not g.is_param(w) or g.type(w).rank != 2:
             continue
         add = None
         uses = g.consumers(c.outputs[0])
@@ -38,23 +38,22 @@ def _members(g, x: str):
 
 
 def find_shared_input_linears(g):
-    seen = set()
-    for n in g.topo_order():
-        for x in n.outputs:
-            if not x or x in seen:
-                continue
-            seen.add(x)
-            mem = _members(g, x)
-            if len(mem) < 2:
-                continue
-            with_bias = all(a is not None for _, a in mem)
-            nodes = []
-            for mm, add in mem:
-                nodes.append(mm.name)
-                if with_bias:
-                    nodes.append(add.name)
-            yield mem[0][0], Bind({"x": x, "members": tuple((mm.name, add.name if with_bias else None)
-                                                            for mm, add in mem)}, nodes)
+    """(first MatMul, Bind) for every tensor read by two or more weight MatMuls."""
+    for x in list(g.inputs) + [t for n in g.topo_order() for t in n.outputs if t]:
+        every = _members(g, x)
+        mem = [(mm, add) for mm, add in every if g.num_uses(mm.inputs[1]) == 1]
+        if len(mem) < 2:
+            mem = every   # not mergeable: the check says why (explain)
+        if len(mem) < 2:
+            continue
+        with_bias = all(a is not None for _, a in mem)
+        nodes = []
+        for mm, add in mem:
+            nodes.append(mm.name)
+            if with_bias:
+                nodes.append(add.name)
+        yield mem[0][0], Bind({"x": x, "members": tuple((mm.name, add.name if with_bias else None)
+                                                        for mm, add in mem)}, nodes)
 
 
 def check_merge(match: Match) -> MatchResult:

@@ -1,0 +1,587 @@
+"""Fusion framework and rules on small hand-built graphs: Before / Expected / numbers.
+
+Each rule is checked three ways: the ops it leaves (structure), that onnxruntime computes the same
+values before and after (fp32, ≤ 1e-4), and "should not fire" cases (an interior value used
+outside the group, a non-causal mask where a causal one is required, mismatched shapes, a fusion
+the cost model predicts slower). Helpers here are shared by the other ``test_fusion_*`` files.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from compiler.ir import DTYPES, Graph, TensorType
+from passes.fusion import run_rules
+
+RTOL_ATOL = 1e-4
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+
+class Builder:
+    """A tiny graph builder with static shapes (emits and runs in onnxruntime as is)."""
+
+    def __init__(self, seed: int = 0):
+        self.g = Graph("t")
+        self.rng = np.random.default_rng(seed)
+
+    def input(self, name, shape, dtype="float32"):
+        return self.g.add_input(name, TensorType(dtype, tuple(shape)))
+
+    def const(self, value, dtype="float32"):
+        arr = np.asarray(value, DTYPES[dtype][1])
+        return self.g.add_param(self.g.fresh("c"), TensorType(dtype, arr.shape), arr, const=True)
+
+    def weight(self, *shape, scale=0.3, dtype="float32"):
+        arr = (self.rng.standard_normal(shape) * scale).astype(DTYPES[dtype][1])
+        return self.g.add_param(self.g.fresh("w"), TensorType(dtype, shape), arr)
+
+    def op(self, op, *ins, n_out=1, types=None, **attrs):
+        node = self.g.add_op(op, list(ins), n_out, attrs, types=types)
+        return node.outputs[0] if n_out == 1 else list(node.outputs)
+
+    def out(self, *ts):
+        self.g.outputs = list(ts)
+        self.g.verify()
+        return self.g
+
+
+def ops_of(g: Graph) -> dict[str, int]:
+    return g.ops_by_kind()
+
+
+def feeds_for(g: Graph, seed: int = 0, values: dict | None = None) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for t in g.inputs:
+        ty = g.type(t)
+        shape = [int(d) for d in ty.shape]
+        if values and t in values:
+            feeds[t] = values[t]
+        elif ty.dtype in ("int64", "int32"):
+            feeds[t] = rng.integers(0, 2, shape).astype(DTYPES[ty.dtype][1])
+        elif ty.dtype == "bool":
+            feeds[t] = rng.random(shape) > 0.3
+        else:
+            feeds[t] = rng.standard_normal(shape).astype(DTYPES[ty.dtype][1])
+    return feeds
+
+
+def ort_session(model_or_graph):
+    import onnxruntime as ort
+
+    from compiler.emit_onnx import check, to_model
+    model = model_or_graph
+    if isinstance(model_or_graph, Graph):
+        model = to_model(model_or_graph)
+        check(model)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = 1
+    data = model if isinstance(model, (str, bytes)) else model.SerializeToString()
+    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+
+
+def run_ort(model_or_graph, feeds) -> list[np.ndarray]:
+    sess = ort_session(model_or_graph)
+    names = {i.name for i in sess.get_inputs()}
+    return sess.run(None, {k: v for k, v in feeds.items() if k in names})
+
+
+def assert_same_outputs(before, after, feeds, atol=RTOL_ATOL, relative=False):
+    """Max abs diff ≤ atol (``relative``: ≤ atol × the output's magnitude when that exceeds 1)."""
+    a, b = run_ort(before, feeds), run_ort(after, feeds)
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.shape == y.shape
+        x, y = x.astype(np.float64), y.astype(np.float64)
+        fin = np.isfinite(x)
+        assert (fin == np.isfinite(y)).all() and (x[~fin] == y[~fin]).all(), "non-finite values differ"
+        x, y = x[fin], y[fin]
+        diff = float(np.abs(x - y).max()) if x.size else 0.0
+        scale = max(1.0, float(np.abs(x).max())) if relative and x.size else 1.0
+        assert diff <= atol * scale, f"max abs diff {diff} (output magnitude {scale:g})"
+
+
+def fuse(g: Graph, rules, *, gate=None, explain=False):
+    return run_rules(g, list(rules), gate=gate, explain=explain)[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# attention
+
+B_, H, HKV, S_, D = 2, 4, 2, 6, 8
+
+
+def causal_mask(s, dtype="float32", fill=-np.inf):
+    m = np.triu(np.full((s, s), fill, np.float64), 1)
+    return m.astype(DTYPES[dtype][1]).reshape(1, 1, s, s)
+
+
+def eager_attention(mask="causal", *, gqa=True, scale_on="scores", nan_guard=False, cast=False,
+                    leak=False, softmax_axis=-1, b=B_, s=S_):
+    """Q [b,H,s,D], K/V [b,Hkv,s,D] graph inputs → the eager/decomposed attention of one layer."""
+    bd = Builder()
+    hkv = HKV if gqa else H
+    q = bd.input("q", (b, H, s, D))
+    k = bd.input("k", (b, hkv, s, D))
+    v = bd.input("v", (b, hkv, s, D))
+    if gqa:
+        rep = H // HKV
+
+        def repeat(x):
+            u = bd.op("Unsqueeze", x, axes=[2])
+            e = bd.op("Expand", u, shape=[b, HKV, rep, s, D])
+            return bd.op("Reshape", e, shape=[b, H, s, D])
+        k, v = repeat(k), repeat(v)
+    kt = bd.op("Transpose", k, perm=[0, 1, 3, 2])
+    if scale_on == "qk":  # legacy exporter: q·√s and kᵀ·√s
+        r = bd.const(D ** -0.25)
+        scores = bd.op("MatMul", bd.op("Mul", q, r), bd.op("Mul", kt, r))
+    else:
+        scores = bd.op("Div", bd.op("MatMul", q, kt), bd.const(float(np.sqrt(D))))
+    if mask == "causal":
+        scores = bd.op("Add", bd.const(causal_mask(s)), scores)  # operands in the other order
+    elif mask == "causal_min":
+        scores = bd.op("Add", scores, bd.const(causal_mask(s, fill=np.finfo(np.float32).min)))
+    elif mask == "window":   # sliding window of 2: causal and not too far back — not causal
+        m = causal_mask(s)
+        m[..., np.tril_indices(s, -2)[0], np.tril_indices(s, -2)[1]] = -np.inf
+        scores = bd.op("Add", scores, bd.const(m))
+    elif mask == "bidirectional":
+        scores = bd.op("Add", scores, bd.const(np.zeros((1, 1, s, s), np.float32)))
+    elif mask == "padding":
+        am = bd.input("attention_mask", (b, s), "int64")
+        keep = bd.op("Cast", bd.op("Unsqueeze", am, axes=[1, 2]), to=9)
+        add = bd.op("Where", keep, bd.const(0.0), bd.const(-1e9))
+        scores = bd.op("Add", scores, add)
+    elif mask == "where":
+        keep = bd.const(np.tril(np.ones((s, s), bool)).reshape(1, 1, s, s), "bool")
+        scores = bd.op("Where", keep, scores, bd.const(-np.inf))
+    if cast:
+        scores = bd.op("Cast", scores, to=1)
+    probs = bd.op("Softmax", scores, axis=softmax_axis)
+    if nan_guard:
+        probs = bd.op("Where", bd.op("IsNaN", probs), bd.const(0.0), probs)
+    out = bd.op("MatMul", probs, v)
+    return bd.out(out, probs) if leak else bd.out(out)
+
+
+@pytest.mark.parametrize("mask,expect", [("causal", "causal"), ("causal_min", "causal"), ("where", "causal"),
+                                         ("padding", "masked"), ("window", "masked"), ("none", "unmasked")])
+@pytest.mark.parametrize("form", ["eager", "legacy"])
+def test_attention_fuses_every_form(mask, expect, form):
+    g = eager_attention(mask, scale_on="scores" if form == "eager" else "qk", nan_guard=form == "legacy",
+                        cast=form == "eager")
+    before = g.copy()
+    stats = fuse(g, ["attention"])
+    assert stats["attention"] == 1 and stats[f"attention.{expect}"] == 1
+    ops = ops_of(g)
+    assert ops.get("Attention") == 1 and "Softmax" not in ops and "MatMul" not in ops
+    assert not any(n.op == "Expand" and g.type(n.outputs[0]).rank == 5 for n in g), \
+        "repeat_kv dropped: Attention does GQA natively"
+    att = next(n for n in g if n.op == "Attention")
+    assert att.attrs["scale"] == pytest.approx(D ** -0.5)
+    assert bool(att.attrs.get("is_causal")) == (expect == "causal")
+    assert g.type(att.inputs[1]).shape[1] == HKV
+    feeds = feeds_for(g, values={"attention_mask": np.array([[1] * S_, [1] * (S_ - 2) + [0, 0]], np.int64)})
+    assert_same_outputs(before, g, feeds)
+
+
+def test_attention_should_not_fire_when_probabilities_are_used_outside():
+    g = eager_attention("causal", leak=True)
+    stats, outcomes = run_rules(g, ["attention"], gate=None)
+    assert stats["attention"] == 0 and "Attention" not in ops_of(g)
+    assert "outside the group" in outcomes["attention"].closest_miss.reason or \
+        "graph output" in outcomes["attention"].closest_miss.reason
+
+
+def test_attention_should_not_fire_on_softmax_over_another_axis():
+    g = eager_attention("none", softmax_axis=2)
+    stats, outcomes = run_rules(g, ["attention"], gate=None)
+    assert stats["attention"] == 0
+    assert "softmax over axis" in outcomes["attention"].closest_miss.reason
+
+
+@pytest.mark.parametrize("mask", ["window", "bidirectional", "padding"])
+def test_causal_required_refuses_non_causal_mask(mask):
+    """Importing an eager causal decoder needs a causal mask (the KV cache is lifted next)."""
+    from compiler.ops import UnsupportedOpError
+    from passes.fusion import fuse_eager_attention
+    g = eager_attention(mask)
+    with pytest.raises(UnsupportedOpError, match="causal mask is required"):
+        fuse_eager_attention(g)
+    assert "Attention" not in ops_of(g)
+
+
+def test_causal_required_accepts_causal_mask():
+    from passes.fusion import fuse_eager_attention
+    g = eager_attention("causal")
+    assert fuse_eager_attention(g) == {"attention": 1, "attention.causal": 1}
+    assert fuse_eager_attention(g) == {}, "a graph with Attention ops is left alone"
+
+
+def test_gqa_repeat_in_front_of_attention_is_dropped():
+    bd = Builder()
+    q = bd.input("q", (B_, H, S_, D))
+    k, v = bd.input("k", (B_, HKV, S_, D)), bd.input("v", (B_, HKV, S_, D))
+    reps = []
+    for x in (k, v):
+        u = bd.op("Unsqueeze", x, axes=[2])
+        reps.append(bd.op("Reshape", bd.op("Expand", u, shape=[B_, HKV, 2, S_, D]), shape=[B_, H, S_, D]))
+    out = bd.op("Attention", q, reps[0], reps[1], is_causal=1, scale=0.3)
+    g = bd.out(out)
+    before = g.copy()
+    assert fuse(g, ["attention_gqa"])["attention_gqa"] == 1
+    assert ops_of(g) == {"Attention": 1}
+    assert_same_outputs(before, g, feeds_for(g))
+
+
+# ------------------------------------------------------------------------------------------------
+# norms
+
+def rms_graph(*, cast=False, weight=True, form="reciprocal", axes=(-1,), w_shape=None, leak=False):
+    bd = Builder()
+    dt = "float16" if cast else "float32"
+    h = bd.input("h", (2, 5, 16), dt)
+    x = bd.op("Cast", h, to=1) if cast else h
+    sq = bd.op("Pow", x, bd.const(2.0)) if form != "mul" else bd.op("Mul", x, x)
+    ms = bd.op("ReduceMean", sq, axes=list(axes), keepdims=1)
+    ve = bd.op("Add", ms, bd.const(1e-5))
+    sd = bd.op("Sqrt", ve)
+    if form == "div":
+        y = bd.op("Div", x, sd)
+    else:
+        y = bd.op("Mul", x, bd.op("Reciprocal", sd))
+    if cast:
+        y = bd.op("Cast", y, to=10)
+    if weight:
+        y = bd.op("Mul", bd.weight(*(w_shape or (16,)), dtype=dt), y)
+    return bd.out(y, ms) if leak else bd.out(y)
+
+
+@pytest.mark.parametrize("form", ["reciprocal", "div", "mul"])
+@pytest.mark.parametrize("weight", [True, False])
+def test_rms_norm(form, weight):
+    g = rms_graph(form=form, weight=weight)
+    before = g.copy()
+    assert fuse(g, ["rms_norm"])["rms_norm"] == 1
+    assert ops_of(g) == {"RMSNormalization": 1}
+    n = next(iter(g))
+    assert n.attrs["epsilon"] == pytest.approx(1e-5) and n.attrs["axis"] == -1
+    assert_same_outputs(before, g, feeds_for(g))
+
+
+def test_rms_norm_fp32_cast_sandwich():
+    g = rms_graph(cast=True)
+    before = g.copy()
+    assert fuse(g, ["rms_norm"])["rms_norm"] == 1
+    n = next(iter(g))
+    assert ops_of(g) == {"RMSNormalization": 1} and n.attrs["stash_type"] == 1
+    assert g.type(n.inputs[0]).dtype == "float16"
+    assert_same_outputs(before, g, feeds_for(g), atol=2e-3)   # fp16 output
+
+
+def test_rms_norm_should_not_fire_on_other_axis_or_leak():
+    g = rms_graph(axes=(-2,))
+    stats, out = run_rules(g, ["rms_norm"], gate=None)
+    assert stats["rms_norm"] == 0 and "not the last axis" in out["rms_norm"].closest_miss.reason
+    g = rms_graph(leak=True)
+    assert fuse(g, ["rms_norm"])["rms_norm"] == 0 and "RMSNormalization" not in ops_of(g)
+
+
+def test_rms_norm_mismatched_weight_shape_leaves_the_multiply():
+    g = rms_graph(w_shape=(5, 16))     # not per-feature: the Mul is not the norm's scale
+    before = g.copy()
+    assert fuse(g, ["rms_norm"])["rms_norm"] == 1
+    assert ops_of(g) == {"Mul": 1, "RMSNormalization": 1}
+    assert_same_outputs(before, g, feeds_for(g))
+
+
+def layer_norm_graph(*, affine=True, form="div"):
+    bd = Builder()
+    x = bd.input("x", (2, 5, 16))
+    mean = bd.op("ReduceMean", x, axes=[-1], keepdims=1)
+    d = bd.op("Sub", x, mean)
+    var = bd.op("ReduceMean", bd.op("Pow", d, bd.const(2.0)), axes=[-1], keepdims=1)
+    sd = bd.op("Sqrt", bd.op("Add", var, bd.const(1e-12)))
+    y = bd.op("Div", d, sd) if form == "div" else bd.op("Mul", d, bd.op("Reciprocal", sd))
+    if affine:
+        y = bd.op("Add", bd.op("Mul", y, bd.weight(16)), bd.weight(16))
+    return bd.out(y)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("form", ["div", "reciprocal"])
+def test_layer_norm(affine, form):
+    g = layer_norm_graph(affine=affine, form=form)
+    before = g.copy()
+    assert fuse(g, ["layer_norm"])["layer_norm"] == 1
+    assert ops_of(g) == {"LayerNormalization": 1}
+    assert_same_outputs(before, g, feeds_for(g))
+
+
+def residual_graph(norm="layer", broadcast=False):
+    bd = Builder()
+    a = bd.input("a", (2, 5, 16))
+    r = bd.weight(16) if broadcast else bd.input("r", (2, 5, 16))
+    s = bd.op("Add", a, r)
+    if norm == "layer":
+        y = bd.op("LayerNormalization", s, bd.weight(16), bd.weight(16), axis=-1, epsilon=1e-5)
+    else:
+        y = bd.op("RMSNormalization", s, bd.weight(16), axis=-1, epsilon=1e-6)
+    nxt = bd.op("Add", s, bd.op("Relu", y))     # the sum is the residual stream
+    return bd.out(nxt)
+
+
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+def test_residual_norm_is_one_rooftop_function(norm):
+    import onnx
+
+    from compiler.emit_onnx import to_model
+    g = residual_graph(norm)
+    before = g.copy()
+    assert fuse(g, ["residual_norm"])["residual_norm"] == 1
+    assert ops_of(g) == {"Add": 1, "Relu": 1, "ResidualNorm": 1}
+    m = to_model(g)
+    onnx.checker.check_model(m, full_check=True)
+    assert [f.name for f in m.functions] == ["ResidualLayerNormBias" if norm == "layer" else "ResidualRMSNorm"]
+    assert any(n.domain == "rooftop" for n in m.graph.node)
+    assert_same_outputs(before, g, feeds_for(g))
+
+
+def test_residual_norm_should_not_fire_on_a_broadcast_bias_add():
+    g = residual_graph(broadcast=True)
+    stats, out = run_rules(g, ["residual_norm"], gate=None)
+    assert stats["residual_norm"] == 0 and "a weight" in out["residual_norm"].closest_miss.reason
+
+
+# ------------------------------------------------------------------------------------------------
+# GELU, SwiGLU, merges, epilogues
+
+def gelu_tanh(bd, x, order=0):
+    c = float(np.sqrt(2 / np.pi))
+    inner = bd.op("Add", x, bd.op("Mul", bd.const(0.044715), bd.op("Pow", x, bd.const(3.0))))
+    t = bd.op("Add", bd.op("Tanh", bd.op("Mul", inner, bd.const(c))), bd.const(1.0))
+    if order == 0:
+        return bd.op("Mul", bd.op("Mul", x, bd.const(0.5)), t)       # GPT-2: (0.5·x)·(1+tanh)
+    return bd.op("Mul", x, bd.op("Mul", bd.const(0.5), t))            # x·(0.5·(1+tanh))
+
+
+def gelu_erf(bd, x, order=0):
+    e = bd.op("Add", bd.op("Erf", bd.op("Div", x, bd.const(float(np.sqrt(2))))), bd.const(1.0))
+    if order == 0:
+        return bd.op("Mul", bd.op("Mul", x, e), bd.const(0.5))       # legacy BERT: (x·(1+erf))·0.5
+    return bd.op("Div", bd.op("Mul", x, e), bd.const(2.0))
+
+
+@pytest.mark.parametrize("kind,order", [("tanh", 0), ("tanh", 1), ("erf", 0), ("erf", 1)])
+def test_gelu(kind, order):
+    bd = Builder()
+    x = bd.input("x", (2, 3, 8))
+    g = bd.out((gelu_tanh if kind == "tanh" else gelu_erf)(bd, x, order))
+    before = g.copy()
+    assert fuse(g, ["gelu"])["gelu"] == 1
+    assert ops_of(g) == {"Gelu": 1}
+    assert next(iter(g)).attrs["approximate"] == ("tanh" if kind == "tanh" else "none")
+    assert_same_outputs(before, g, feeds_for(g))
+
+
+def test_gelu_with_wrong_constant_does_not_fire():
+    bd = Builder()
+    x = bd.input("x", (2, 8))
+    e = bd.op("Add", bd.op("Erf", bd.op("Div", x, bd.const(1.5))), bd.const(1.0))
+    g = bd.out(bd.op("Mul", bd.op("Mul", x, e), bd.const(0.5)))
+    stats, out = run_rules(g, ["gelu"], gate=None)
+    assert stats["gelu"] == 0 and "expected 1.41421" in out["gelu"].closest_miss.reason
+
+
+def mlp_graph(kind="swiglu", bias=False, reshape=False, n_in=8, n_hidden=12):
+    bd = Builder()
+    x = bd.input("x", (2, 3, n_in))
+    if kind == "swiglu":
+        gte = bd.op("MatMul", x, bd.weight(n_in, n_hidden))
+        up = bd.op("MatMul", x, bd.weight(n_in, n_hidden))
+        h = bd.op("Mul", bd.op("Mul", gte, bd.op("Sigmoid", gte)), up)
+    else:
+        x2 = bd.op("Reshape", x, shape=[6, n_in]) if reshape else x
+        h = bd.op("MatMul", x2, bd.weight(n_in, n_hidden))
+        if bias:
+            h = bd.op("Add", h, bd.weight(n_hidden))
+        if reshape:
+            h = bd.op("Reshape", h, shape=[2, 3, n_hidden])
+        h = {"gelu_tanh": lambda t: gelu_tanh(bd, t), "relu": lambda t: bd.op("Relu", t),
+             "silu": lambda t: bd.op("Mul", t, bd.op("Sigmoid", t)), "none": lambda t: t}[kind](h)
+    return bd.out(bd.op("MatMul", h, bd.weight(n_hidden, n_in)))
+
+
+def test_merge_gate_up_then_epilogue():
+    g = mlp_graph("swiglu")
+    before = g.copy()
+    stats = fuse(g, ["merge_gate_up", "swiglu", "matmul_epilogue"])
+    assert stats["merge_gate_up"] == 1 and stats["matmul_epilogue.swiglu"] == 1
+    assert ops_of(g) == {"MatMul": 1, "MatMulEpilogue": 1}
+    ep = next(n for n in g if n.op == "MatMulEpilogue")
+    assert g.type(ep.inputs[1]).shape == (8, 24) and g.type(ep.outputs[0]).shape == (2, 3, 12)
+    assert_same_outputs(before, g, feeds_for(g))
+
+
+def test_swiglu_of_separate_tensors():
+    bd = Builder()
+    a, b = bd.input("a", (2, 12)), bd.input("b", (2, 12))
+    g = bd.out(bd.op("Mul", b, bd.op("Mul", a, bd.op("Sigmoid", a))))   # up · silu(gate)
+    before = g.copy()
+    assert fuse(g, ["swiglu"])["swiglu"] == 1
+    assert ops_of(g) == {"SwiGLU": 1}
+    assert_same_outputs(before, g, feeds_for(g))
+
+
+@pytest.mark.parametrize("kind,bias,reshape", [("gelu_tanh", True, True), ("relu", False, False),
+                                               ("silu", True, False), ("none", True, False)])
+def test_matmul_epilogue(kind, bias, reshape):
+    g = mlp_graph(kind, bias=bias, reshape=reshape)
+    before = g.copy()
+    stats = fuse(g, ["gelu", "matmul_epilogue"])
+    act = {"none": "bias"}.get(kind, kind)
+    assert stats[f"matmul_epilogue.{act}"] == 1
+    ep = next(n for n in g if n.op == "MatMulEpilogue")
+    assert ep.domain == "rooftop" and len(ep.inputs) == (3 if bias else 2)
+    assert set(ops_of(g)) <= {"MatMulEpilogue", "MatMul", "Reshape"}
+    assert_same_outputs(before, g, feeds_for(g))
+
+
+def test_epilogue_should_not_fire_with_a_mismatched_bias():
+    bd = Builder()
+    x = bd.input("x", (2, 8))
+    h = bd.op("Add", bd.op("MatMul", x, bd.weight(8, 12)), bd.weight(2, 12))   # not a 1-D bias
+    g = bd.out(bd.op("Relu", h))
+    stats, out = run_rules(g, ["matmul_epilogue"], gate=None)
+    assert stats["matmul_epilogue"] == 0 and ops_of(g) == {"Add": 1, "MatMul": 1, "Relu": 1}
+    assert "is not 1-D" in out["matmul_epilogue"].closest_miss.reason
+
+
+def test_merge_qkv_with_bias():
+    bd = Builder()
+    x = bd.input("x", (2, 3, 8))
+    outs = [bd.op("Add", bd.op("MatMul", x, bd.weight(8, n)), bd.weight(n)) for n in (8, 4, 4)]
+    g = bd.out(*[bd.op("Relu", o) for o in outs])
+    before = g.copy()
+    assert fuse(g, ["merge_qkv"])["merge_qkv"] == 1
+    assert ops_of(g) == {"Add": 1, "MatMul": 1, "Relu": 3, "Split": 1}
+    assert_same_outputs(before, g, feeds_for(g))
+
+
+def test_merge_qkv_should_not_fire_on_shared_weights():
+    bd = Builder()
+    x = bd.input("x", (2, 8))
+    w = bd.weight(8, 8)
+    g = bd.out(bd.op("MatMul", x, w), bd.op("MatMul", x, bd.weight(8, 8)), bd.op("MatMul", bd.input("y", (2, 8)), w))
+    stats, out = run_rules(g, ["merge_qkv"], gate=None)
+    assert stats["merge_qkv"] == 0 and "shared" in out["merge_qkv"].closest_miss.reason
+
+
+def test_rotary_is_annotated_only():
+    bd = Builder()
+    x = bd.input("x", (1, 2, 4, 8))
+    cos, sin = bd.input("cos", (1, 1, 4, 8)), bd.input("sin", (1, 1, 4, 8))
+    lo = bd.op("Slice", x, starts=[0], ends=[4], axes=[3], steps=[1])
+    hi = bd.op("Slice", x, starts=[4], ends=[2**63 - 1], axes=[3], steps=[1])
+    rot = bd.op("Concat", bd.op("Neg", hi), lo, axis=-1)
+    g = bd.out(bd.op("Add", bd.op("Mul", x, cos), bd.op("Mul", rot, sin)))
+    before = ops_of(g)
+    assert fuse(g, ["rotary"])["rotary"] == 1
+    assert ops_of(g) == before
+    groups = {n.annotations.get("fused_group") for n in g}
+    assert len(groups) == 1 and next(iter(groups)).startswith("rotary:")
+
+
+# ------------------------------------------------------------------------------------------------
+# engine: cost gate, explain, pass parameters and context
+
+def test_cost_gate_refuses_a_rewrite_predicted_slower():
+    from compiler.hardware import hardware_by_name
+    from passes.fusion import CostGate, Rule
+    from passes.fusion.pattern import Op, Var
+
+    def slower(match, plan):   # Relu(x) "fused" into a needless GEMM: same values, more work
+        w = plan.param("eye", TensorType("float32", (64, 64)), np.eye(64, dtype=np.float32))
+        plan.output(match.root_tensor, plan.op("Relu", [plan.op("MatMul", [match["x"], w])]))
+
+    rule = Rule("slower", Op("Relu", Var("x")), slower)
+    bd = Builder()
+    g = bd.out(bd.op("Relu", bd.input("x", (4096, 64))))
+    gate = CostGate(hardware_by_name("a100_80g"))
+    stats, out = run_rules(g, ["slower"], gate=gate, rules={"slower": rule})
+    assert stats == {"slower": 0, "slower.rejected_by_cost": 1}
+    assert ops_of(g) == {"Relu": 1}
+    assert "cost model predicts" in out["slower"].closest_miss.reason
+    stats, _ = run_rules(g, ["slower"], gate=None, rules={"slower": rule})
+    assert stats["slower"] >= 1   # (this toy rule matches its own output again)
+
+
+def test_explain_logs_why_a_rule_did_not_fire():
+    from passes import make_pass
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    g = eager_attention("causal", leak=True)
+    p = make_pass({"name": "fuse", "rules": ["attention", "rms_norm"], "explain": True})
+    log = logging.getLogger("rooftop.fusion")
+    handler, level = Keep(), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        res = p(g)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    assert res.stats["attention"] == 0 and not res.changed
+    msg = " ".join(r.getMessage() for r in records)
+    assert "'attention' did not fire" in msg and ("outside the group" in msg or "graph output" in msg)
+    assert "'rms_norm' did not fire" in msg
+    assert p.explanations["attention"].startswith("fusion rule 'attention' did not fire")
+
+
+def test_pass_parameters_and_context():
+    from compiler.errors import ConfigError
+    from compiler.hardware import hardware_by_name
+    from passes import PASSES, PassContext, make_pass
+    assert {"fuse", "fuse_attention", "fuse_norms", "fuse_gemm", "annotate_rotary"} <= set(PASSES)
+    ctx = PassContext(hardware=hardware_by_name("cpu"), points=((8, 128, 0, "prefill"), (8, 1, 128, "decode")))
+    p = make_pass("fuse", ctx)
+    gate = p.gate()
+    assert gate.hw.name == "cpu" and gate.points[0] == (8, 128, 0, "prefill")
+    assert make_pass({"name": "fuse", "hardware": "h100_sxm"}, ctx).gate().hw.name == "h100_sxm"
+    assert make_pass({"name": "fuse", "cost_gate": False}, ctx).gate() is None
+    assert make_pass("fuse").gate().hw.name == "a100_80g"
+    assert make_pass("fuse_norms").rule_names == ("layer_norm", "rms_norm", "residual_norm")
+    with pytest.raises(ConfigError, match="unknown fusion rule"):
+        make_pass({"name": "fuse", "rules": ["attention", "flash"]})
+    with pytest.raises(ConfigError, match="does not take"):
+        make_pass({"name": "fuse", "agressive": True})
+
+
+def test_commutative_operands_are_declared_once_in_the_registry():
+    """``mask + scores`` and ``scores + mask`` match the same pattern: Add is commutative in the
+    op registry; Div is not, so ``c / x`` is not a scale of ``x``."""
+    from compiler.ops import is_commutative
+    from passes.fusion.pattern import Const, Matcher, Op, Var
+    assert is_commutative("Add") and is_commutative("Mul") and not is_commutative("Div")
+    bd = Builder()
+    x = bd.input("x", (4,))
+    c = bd.const(2.0)
+    a1, a2, d1 = bd.op("Add", x, c), bd.op("Add", c, x), bd.op("Div", c, x)
+    g = bd.out(a1, a2, d1)
+    pat = Op("Add", Var("x"), Const("c"))
+    for t in (a1, a2):
+        b = next(Matcher(g).match(pat, t))
+        assert b.names["x"] == x and b.names["c"] == 2.0
+    m = Matcher(g)
+    assert next(m.match(Op("Div", Var("x"), Const("c")), d1), None) is None
+    assert "not a scalar constant" in m.best[1]
