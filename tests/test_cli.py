@@ -124,6 +124,7 @@ def test_conf_ships_in_the_wheel(tmp_path):
     names = zipfile.ZipFile(next(tmp_path.glob("rooftop-*.whl"))).namelist()
     assert "compiler/conf/config.yaml" in names
     assert "compiler/conf/model/llama2_7b.yaml" in names and "compiler/conf/hardware/h100_sxm.yaml" in names
+    assert "passes/fusion/attention.py" in names and "compiler/calibration/data/h100_sxm.json" in names
 
 
 def test_calibrate_entry_point_writes_a_loadable_hardware_yaml(tmp_path):

@@ -14,7 +14,8 @@ latency (``intra_op_num_threads=2``, median of repeated runs in one process) of
 
 Every session uses onnxruntime's default graph optimizations (ORT_ENABLE_ALL), as a user would,
 ``intra_op_num_threads=2`` and no thread spinning (``BENCH_SPIN=1`` turns it back on). Models are
-timed round-robin (one run of each per round) so that load on the machine hits all alike; only the
+timed round-robin (one run of each per round, in a shuffled order) so that load on the machine hits
+all alike, for at least ``--repeat`` rounds and ~30 s; only the
 first output (logits / last_hidden_state) is fetched — rooftop's causal LMs also return the KV cache
 they fill, which the plain exports (``use_cache=False``) do not compute at all.
 Target: rooftop ≤ 1.0× the ORT optimizer's latency wherever the optimizer runs, and faster than
@@ -28,6 +29,7 @@ import argparse
 import contextlib
 import io
 import os
+import random
 import sys
 import tempfile
 import time
@@ -42,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SEQ = 128
-MIN_SECONDS = 20.0
+MIN_SECONDS = 30.0
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 ORT_TYPES = {"minilm": ("bert", 12, 384), "gpt2": ("gpt2", 12, 768)}
 
@@ -204,9 +206,12 @@ def latencies(paths: dict[str, str], batch: int, vocab: int, repeat: int) -> dic
     times: dict[str, list[float]] = {k: [] for k in sessions}
     outputs = {k: [s.get_outputs()[0].name] for k, (s, _) in sessions.items()}   # logits / hidden states
     rounds, t_start = repeat + 1, time.perf_counter()
-    r = 0
+    r, order = 0, random.Random(0)
     while r < rounds:
-        for k, (s, f) in sessions.items():
+        keys = list(sessions)
+        order.shuffle(keys)   # no model always runs first (or right after the biggest one)
+        for k in keys:
+            s, f = sessions[k]
             t0 = time.perf_counter()
             s.run(outputs[k], f)
             times[k].append(time.perf_counter() - t0)
@@ -217,6 +222,11 @@ def latencies(paths: dict[str, str], batch: int, vocab: int, repeat: int) -> dic
     for k, ts in times.items():
         out[k] = float(np.median(ts[1:])) * 1e3
     return out
+
+
+def ort_version() -> str:
+    import onnxruntime
+    return onnxruntime.__version__
 
 
 def main(argv=None) -> int:
@@ -253,7 +263,8 @@ def main(argv=None) -> int:
                 print(f"  done {name} batch {batch}: " + ", ".join(
                     f"{k} {v:.1f}" for k, v in row.items() if isinstance(v, float)), flush=True)
     cols = ["rooftop", "plain dynamo", "plain legacy", "ort-opt dynamo", "ort-opt legacy"]
-    print(f"\nonnxruntime CPU latency, ms (median of {args.repeat}; seq {SEQ}; intra_op_num_threads={THREADS})")
+    print(f"\nonnxruntime {ort_version()} CPU latency, ms: median over >= {args.repeat} shuffled round-robin "
+          f"rounds (>= {MIN_SECONDS:.0f} s per row); seq {SEQ}; intra_op_num_threads={THREADS}")
     head = f"{'model':8} {'batch':>5} " + " ".join(f"{c:>15}" for c in cols) + f" {'vs ort-opt':>11} {'vs plain':>9}"
     print(head)
     print("-" * len(head))
