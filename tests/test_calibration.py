@@ -159,10 +159,11 @@ def _ids(paths):
     return [p.stem for p in paths]
 
 
-needs_data = pytest.mark.skipif(not DATA_FILES, reason="no GPU measurement stored in compiler/calibration/data")
+def test_measurements_are_stored():
+    # the H100 calibration ships with the repo; the tests below must never silently skip
+    assert any(p.stem == "h100_sxm" for p in DATA_FILES)
 
 
-@needs_data
 @pytest.mark.parametrize("path", DATA_FILES, ids=_ids(DATA_FILES))
 def test_stored_measurements_are_well_formed(path):
     meas = json.loads(path.read_text())
@@ -179,7 +180,6 @@ def test_stored_measurements_are_well_formed(path):
     assert e2e["config"]["layers"] > 0 and e2e["prefill"] and e2e["decode"]
 
 
-@needs_data
 @pytest.mark.parametrize("path", DATA_FILES, ids=_ids(DATA_FILES))
 def test_calibrated_model_within_15_percent_per_class(path):
     res = _fit(path)
@@ -194,7 +194,6 @@ def test_calibrated_model_within_15_percent_per_class(path):
         assert row["roofline"] > row["calibrated"], f"{cls}: roofline {row['roofline']:.1%} not worse"
 
 
-@needs_data
 @pytest.mark.parametrize("path", DATA_FILES, ids=_ids(DATA_FILES))
 def test_fitted_params_are_physical(path):
     res = _fit(path)
@@ -207,11 +206,10 @@ def test_fitted_params_are_physical(path):
 
 
 def test_fit_cli_writes_hardware_yaml(tmp_path):
-    hw_mod = pytest.importorskip("compiler.hardware")
+    import compiler.hardware as hw_mod
     base = REPO / "conf" / "hardware" / "h100_sxm.yaml"
     data = DATA_DIR / "h100_sxm.json"
-    if not base.exists() or not data.exists():
-        pytest.skip("needs conf/hardware/h100_sxm.yaml and compiler/calibration/data/h100_sxm.json")
+    assert base.exists() and data.exists()
     out = tmp_path / "h100_sxm.yaml"
     assert calfit.main([str(data), "--base-yaml", str(base), "--out", str(out)]) == 0
     hw = hw_mod.load_hardware_file(out)
@@ -227,7 +225,6 @@ def test_fit_cli_writes_hardware_yaml(tmp_path):
     assert hw.efficiency.launch_overhead_s == pytest.approx(res.launch_s, rel=1e-9)
 
 
-@needs_data
 @pytest.mark.parametrize("path", DATA_FILES, ids=_ids(DATA_FILES))
 def test_fit_selection_names_exist_and_all_kernel_errors_are_reported(path):
     meas = json.loads(path.read_text())
