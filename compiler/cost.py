@@ -23,7 +23,7 @@ import sympy
 from compiler import efficiency as eff
 from compiler.hardware import Hardware
 from compiler.ir import B, P, S, Graph
-from compiler.ops import Bytes, Classifier, get, op_cost
+from compiler.ops import Bytes, Classifier, attention_dims, get, op_cost
 
 _HW_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float8e4m3fn": "fp8",
              "float8e5m2": "fp8", "int8": "int8", "uint8": "int8", "int4": "int4", "uint4": "int4",
@@ -103,9 +103,9 @@ class CostModel:
             if d.cost_class in FREE_CLASSES:
                 continue
             if n.op == "Attention":
-                q = graph.type(n.inputs[0])
-                if q.rank == 4:
-                    n.annotations["q_tiles"] = attention_q_tiles(hw, q.shape[1], q.shape[3], q.itemsize, q.shape[2])
+                ins = [graph.type(t) if t else None for t in n.inputs]
+                _, heads, _, q_len, _, head_dim, _ = attention_dims(n, ins)
+                n.annotations["q_tiles"] = attention_q_tiles(hw, heads, head_dim, ins[0].itemsize, q_len)
             key = _structural_key(graph, n, cls)
             hit = _COST_CACHE.get(key) if key is not None else None
             if hit is None:

@@ -304,14 +304,34 @@ def _clip(v, dim):
     return v
 
 
+def _attention_heads(node, ins):
+    """(batch, q_heads, kv_heads, q_len, new_kv_len, head_dim, v_head_dim) of an ONNX Attention
+    node, from 4-D operands [B, H, S, D] or the 3-D form [B, S, H·D] with ``q_num_heads`` /
+    ``kv_num_heads`` attributes (past/present KV are 4-D in both forms)."""
+    q, k, v = ins[0], ins[1], ins[2]
+    if q.rank == 4:
+        return q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3], v.shape[3]
+    qh, kvh = node.attrs.get("q_num_heads"), node.attrs.get("kv_num_heads")
+    if not qh or not kvh:
+        raise IRError(f"{node.name}: Attention with 3-D inputs needs the q_num_heads and kv_num_heads "
+                      f"attributes (got {qh!r}, {kvh!r})")
+    d = as_dim(sympy.sympify(q.shape[2]) / qh)
+    dv = as_dim(sympy.sympify(v.shape[2]) / kvh)
+    return q.shape[0], qh, kvh, q.shape[1], k.shape[1], d, dv
+
+
 def attention_rule(node, ins):
     q, k, v = ins[0], ins[1], ins[2]
     past_k = ins[4] if len(ins) > 4 else None
-    out = [q.with_shape(q.shape[:-1] + (v.shape[-1],))]
+    b, h, hkv, s, kv_new, d, dv = _attention_heads(node, ins)
+    if q.rank == 4:
+        out = [q.with_shape(q.shape[:-1] + (dv,))]
+    else:
+        out = [q.with_shape((b, s, as_dim(sympy.sympify(h * dv))))]
     if len(node.outputs) > 1:
-        total = k.shape[2] + (past_k.shape[2] if past_k is not None else 0)
-        out.append(k.with_shape(k.shape[:2] + (as_dim(sympy.sympify(total)),) + k.shape[3:]))
-        out.append(v.with_shape(v.shape[:2] + (as_dim(sympy.sympify(total)),) + v.shape[3:]))
+        total = as_dim(sympy.sympify(kv_new + (past_k.shape[2] if past_k is not None else 0)))
+        out.append(k.with_shape((b, hkv, total, d)))
+        out.append(v.with_shape((b, hkv, total, dv)))
     return out
 
 
@@ -391,12 +411,12 @@ def gemm_flops(node, ins, outs):
 
 
 def attention_dims(node: OpNode, ins: Types):
-    """(batch, q_heads, kv_heads, q_len, kv_len_total, head_dim, v_head_dim) of an Attention node
-    with 4-D operands [B, H, S, D]."""
-    q, k, v = ins[0], ins[1], ins[2]
+    """(batch, q_heads, kv_heads, q_len, kv_len_total, head_dim, v_head_dim) of an Attention node,
+    4-D [B, H, S, D] or 3-D [B, S, H·D] operands."""
+    b, h, hkv, s, kv_new, d, dv = _attention_heads(node, ins)
     past = ins[4] if len(ins) > 4 and ins[4] is not None else None
-    kv_len = k.shape[2] + (past.shape[2] if past is not None else 0)
-    return q.shape[0], q.shape[1], k.shape[1], q.shape[2], kv_len, q.shape[3], v.shape[3]
+    kv_len = kv_new + (past.shape[2] if past is not None else 0)
+    return b, h, hkv, s, kv_len, d, dv
 
 
 def attention_flops(node, ins, outs):

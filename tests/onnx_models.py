@@ -139,39 +139,53 @@ def _save(model, path) -> str:
     return str(path)
 
 
-def make_kv_model(path, *, vocab: int = 32, heads: int = 2, head_dim: int = 8) -> str:
+def make_kv_model(path, *, vocab: int = 32, heads: int = 2, head_dim: int = 8, kv_heads: int | None = None,
+                  packed: bool = False) -> str:
     """A one-layer decoder step with an existing KV cache, on the standard ONNX Attention op:
-    inputs input_ids [batch, seq], past_key_values.0.key/value [batch, heads, past_seq, head_dim];
-    outputs logits [batch, seq, vocab], present.0.key/value [batch, heads, past_seq + seq, d]."""
+    inputs input_ids [batch, seq], past_key_values.0.key/value [batch, kv_heads, past_seq, head_dim];
+    outputs logits [batch, seq, vocab], present.0.key/value [batch, kv_heads, past_seq + seq, d].
+    ``packed``: Attention's 3-D form (Q/K/V [batch, seq, heads·head_dim] with q_num_heads /
+    kv_num_heads), else the 4-D form [batch, heads, seq, head_dim]. ``kv_heads`` < ``heads``: GQA."""
     from onnx import TensorProto, helper, numpy_helper
     rng = np.random.default_rng(0)
-    h = heads * head_dim
+    kv_heads = kv_heads or heads
+    h, hkv = heads * head_dim, kv_heads * head_dim
     inits = [numpy_helper.from_array(rng.standard_normal((vocab, h)).astype(np.float32), "emb"),
-             numpy_helper.from_array(rng.standard_normal((h, h)).astype(np.float32) / 4, "wk"),
-             numpy_helper.from_array(rng.standard_normal((h, h)).astype(np.float32) / 4, "wv"),
+             numpy_helper.from_array(rng.standard_normal((h, hkv)).astype(np.float32) / 4, "wk"),
+             numpy_helper.from_array(rng.standard_normal((h, hkv)).astype(np.float32) / 4, "wv"),
              numpy_helper.from_array(rng.standard_normal((h, vocab)).astype(np.float32), "wout"),
              numpy_helper.from_array(np.array([0, 0, heads, head_dim], np.int64), "split_heads"),
+             numpy_helper.from_array(np.array([0, 0, kv_heads, head_dim], np.int64), "split_kv_heads"),
              numpy_helper.from_array(np.array([0, 0, h], np.int64), "merge_heads")]
     N = helper.make_node
     nodes = [N("Gather", ["emb", "input_ids"], ["x"], axis=0),
              N("MatMul", ["x", "wk"], ["xk"]), N("MatMul", ["x", "wv"], ["xv"])]
-    for src, dst in (("x", "q"), ("xk", "k"), ("xv", "v")):
-        nodes += [N("Reshape", [src, "split_heads"], [dst + "_r"]),
-                  N("Transpose", [dst + "_r"], [dst], perm=[0, 2, 1, 3])]
-    nodes += [N("Attention", ["q", "k", "v", "", "past_key_values.0.key", "past_key_values.0.value"],
-                ["y", "present.0.key", "present.0.value"]),
-              N("Transpose", ["y"], ["y_t"], perm=[0, 2, 1, 3]),
-              N("Reshape", ["y_t", "merge_heads"], ["y_m"]),
-              N("MatMul", ["y_m", "wout"], ["logits"])]
-    past = ["batch", heads, "past_seq", head_dim]
+    attn_in = ["x", "xk", "xv"]
+    if not packed:
+        for src, dst, split in (("x", "q", "split_heads"), ("xk", "k", "split_kv_heads"),
+                                ("xv", "v", "split_kv_heads")):
+            nodes += [N("Reshape", [src, split], [dst + "_r"]),
+                      N("Transpose", [dst + "_r"], [dst], perm=[0, 2, 1, 3])]
+        attn_in = ["q", "k", "v"]
+    attrs = {"q_num_heads": heads, "kv_num_heads": kv_heads} if packed else {}
+    nodes.append(N("Attention", attn_in + ["", "past_key_values.0.key", "past_key_values.0.value"],
+                   ["y", "present.0.key", "present.0.value"], **attrs))
+    if packed:
+        nodes.append(N("MatMul", ["y", "wout"], ["logits"]))
+    else:
+        nodes += [N("Transpose", ["y"], ["y_t"], perm=[0, 2, 1, 3]),
+                  N("Reshape", ["y_t", "merge_heads"], ["y_m"]),
+                  N("MatMul", ["y_m", "wout"], ["logits"])]
+    past = ["batch", kv_heads, "past_seq", head_dim]
+    present = ["batch", kv_heads, "total", head_dim]
     graph = helper.make_graph(
         nodes, "kv_step",
         [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
          helper.make_tensor_value_info("past_key_values.0.key", TensorProto.FLOAT, past),
          helper.make_tensor_value_info("past_key_values.0.value", TensorProto.FLOAT, past)],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", vocab]),
-         helper.make_tensor_value_info("present.0.key", TensorProto.FLOAT, ["batch", heads, "total", head_dim]),
-         helper.make_tensor_value_info("present.0.value", TensorProto.FLOAT, ["batch", heads, "total", head_dim])],
+         helper.make_tensor_value_info("present.0.key", TensorProto.FLOAT, present),
+         helper.make_tensor_value_info("present.0.value", TensorProto.FLOAT, present)],
         initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
     return _save(model, path)
@@ -179,6 +193,7 @@ def make_kv_model(path, *, vocab: int = 32, heads: int = 2, head_dim: int = 8) -
 
 def kv_feeds(batch: int, seq: int, past: int, *, vocab: int = 32, heads: int = 2, head_dim: int = 8,
              seed: int = 0) -> dict[str, np.ndarray]:
+    """Feeds for :func:`make_kv_model`; ``heads`` here is the model's kv_heads."""
     rng = np.random.default_rng(seed)
     return {"input_ids": rng.integers(0, vocab, (batch, seq), dtype=np.int64),
             "past_key_values.0.key": rng.standard_normal((batch, heads, past, head_dim)).astype(np.float32),

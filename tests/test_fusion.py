@@ -240,6 +240,56 @@ def test_gqa_repeat_in_front_of_attention_is_dropped():
     assert_same_outputs(before, g, feeds_for(g))
 
 
+def layout_graph(*, merge="3d", leak=False, bad_split=False, past=True):
+    """x [B, S, H·D] → Q/K/V linears → Reshape [B, S, h, D] → Transpose(0, 2, 1, 3) → Attention
+    (GQA, causal, with a KV cache) → Transpose(0, 2, 1, 3) → Reshape (``merge``: [B, S, H·D] or
+    GEMM rows [B·S, H·D])."""
+    bd = Builder()
+    x = bd.input("x", (B_, S_, H * D))
+    heads = []
+    for h in (H, HKV, HKV):
+        y = bd.op("MatMul", x, bd.weight(H * D, h * D))
+        shape = [B_, S_, h, D] if not (bad_split and h == H) else [B_, S_ * 2, h // 2, D]
+        r = bd.op("Reshape", y, shape=shape)
+        heads.append(bd.op("Transpose", r, perm=[0, 2, 1, 3] if not (bad_split and h == H) else [0, 2, 1, 3]))
+    ins = list(heads)
+    if past:
+        ins += ["", bd.input("past_k", (B_, HKV, 3, D)), bd.input("past_v", (B_, HKV, 3, D))]
+    outs = bd.op("Attention", *ins, n_out=3 if past else 1, is_causal=1, scale=0.25)
+    y = outs[0] if past else outs
+    yt = bd.op("Transpose", y, perm=[0, 2, 1, 3])
+    shape = [B_, S_ * 2 if bad_split else S_, (H // 2 if bad_split else H) * D] if merge == "3d" else [-1, H * D]
+    m = bd.op("Reshape", yt, shape=shape)
+    o = bd.op("MatMul", m, bd.weight(H * D, 5))
+    extra = [bd.op("Relu", heads[0])] if leak else []
+    return bd.out(o, *(outs[1:] if past else []), *extra)
+
+
+@pytest.mark.parametrize("merge", ["3d", "rows"])
+@pytest.mark.parametrize("past", [True, False], ids=["kv_cache", "no_cache"])
+def test_attention_layout_folds_head_transposes(merge, past):
+    g = layout_graph(merge=merge, past=past)
+    before = g.copy()
+    assert fuse(g, ["attention_layout"])["attention_layout"] == 1
+    ops = ops_of(g)
+    assert "Transpose" not in ops and ops["Attention"] == 1, ops
+    att = next(n for n in g if n.op == "Attention")
+    assert att.attrs["q_num_heads"] == H and att.attrs["kv_num_heads"] == HKV and att.attrs["is_causal"] == 1
+    assert g.type(att.inputs[0]).shape == (B_, S_, H * D) and g.type(att.outputs[0]).shape == (B_, S_, H * D)
+    if past:
+        assert g.type(att.outputs[1]).shape == (B_, HKV, S_ + 3, D)
+    assert_same_outputs(before, g, feeds_for(g))
+
+
+def test_attention_layout_should_not_fire_on_leak_or_non_head_reshape():
+    g = layout_graph(leak=True)
+    n, outcome = len(g), run_rules(g, ["attention_layout"], gate=None)[1]["attention_layout"]
+    assert outcome.fired == 0 and len(g) == n and "outside the group" in outcome.closest_miss.reason
+    g = layout_graph(bad_split=True)
+    outcome = run_rules(g, ["attention_layout"], gate=None)[1]["attention_layout"]
+    assert outcome.fired == 0 and "moves more than the last axis" in outcome.closest_miss.reason
+
+
 # ------------------------------------------------------------------------------------------------
 # norms
 

@@ -132,6 +132,43 @@ def test_kv_cache_inputs(tmp_path):
     assert g2.meta["kv_tensors"] == g.meta["kv_tensors"] and g2.meta["unknown_dims"] == {}
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["4d", "3d"])
+def test_attention_forms_gqa_shapes_and_cost(packed, tmp_path):
+    """ONNX Attention in its 4-D and 3-D ([B, S, heads·d] with q_num_heads/kv_num_heads) forms,
+    with GQA (4 query heads, 2 KV heads): shapes, onnxruntime equivalence after re-emission, and a
+    cost that follows the hand formula — scores over the whole past + new context, KV bytes from
+    the kv_heads (not the query heads)."""
+    from compiler.cost import CostModel
+    from compiler.hardware import hardware_by_name
+    heads, kvh, d = 4, 2, 8
+    path = om.make_kv_model(tmp_path / "kv.onnx", heads=heads, head_dim=d, kv_heads=kvh, packed=packed)
+    g = import_onnx(path)
+    g.verify()
+    assert g.types["present.0.key"].shape == (B, kvh, P + S, d)
+    att = next(n for n in g if n.op == "Attention")
+    assert g.types[att.outputs[0]].shape == ((B, S, heads * d) if packed else (B, heads, S, d))
+    re_path = str(tmp_path / "re.onnx")
+    save(g, re_path)
+    for batch, seq, past in [(3, 5, 7), (2, 1, 9)]:
+        feeds = om.kv_feeds(batch, seq, past, heads=kvh, seed=seq)
+        assert _max_diff(om.run_ort(path, feeds), om.run_ort(re_path, feeds)) <= TOL
+    _check_runtime_shapes(g, om.kv_feeds(3, 5, 7, heads=kvh), {B: 3, S: 5, P: 7})
+
+    cm = CostModel(g, hardware_by_name("h100_sxm"))
+    i = next(k for k, it in enumerate(cm.items) if it.op == "Attention")
+    assert cm.items[i].cost_class == "attention"
+    for b, s, p in [(3, 5, 7), (8, 1, 4096), (2, 2048, 0)]:
+        r = cm.evaluate(b, s, p, "decode" if s == 1 else "prefill")
+        scores = b * heads * s * (p + s)
+        assert r["flops"][i, 0] == pytest.approx(4 * scores * d + 5 * scores)
+        tiles = att.annotations["q_tiles"]
+        tiles = int(tiles) if isinstance(tiles, int) else int(tiles.subs({S: s}))
+        kv_read = b * kvh * (p + s) * 2 * d * 4 * tiles
+        kv_write = b * kvh * s * 2 * d * 4
+        assert r["kv"][i, 0] == pytest.approx(kv_read + kv_write)
+        assert r["activations"][i, 0] == pytest.approx(2 * b * heads * s * d * 4)
+
+
 def test_external_data(exported, tmp_path):
     src = onnx.load(exported("gpt2_tiny", False))
     ref = onnx.numpy_helper.to_array(next(t for t in src.graph.initializer if "wte" in t.name))

@@ -5,6 +5,7 @@ Rules are named data (:data:`RULES`: name → builder), run in the order of :dat
 ==================  ==========================================================================
 attention           QKᵀ → scale → mask → softmax → ·V → ``Attention`` (eager / decomposed / exported forms)
 attention_gqa       repeat_kv in front of an existing ``Attention`` dropped (native GQA)
+attention_layout    head split/merge transposes folded into ``Attention``'s 3-D form [B, S, H·D]
 layer_norm          LayerNorm from primitives → ``LayerNormalization``
 rms_norm            RMSNorm from primitives (incl. the fp32 cast sandwich) → ``RMSNormalization``
 residual_norm       norm(a + r) keeping the sum → ``ResidualNorm`` (rooftop function)
@@ -36,7 +37,7 @@ from collections.abc import Callable
 from compiler.errors import ConfigError
 from compiler.ir import Graph
 from passes.base import Pass, PassResult
-from passes.fusion.attention import attention_rule, gqa_rule
+from passes.fusion.attention import attention_rule, gqa_rule, layout_rule
 from passes.fusion.gate import DEFAULT_POINTS, CostGate
 from passes.fusion.gemm import epilogue_rule, gelu_rule, merge_gate_up_rule, swiglu_rule
 from passes.fusion.merge import merge_qkv_rule
@@ -50,6 +51,7 @@ log = logging.getLogger("rooftop.fusion")
 RULES: dict[str, Callable[[], Rule]] = {
     "attention": attention_rule,
     "attention_gqa": gqa_rule,
+    "attention_layout": layout_rule,
     "layer_norm": layer_norm_rule,     # before rms_norm: a LayerNorm contains an RMSNorm of x − mean
     "rms_norm": rms_norm_rule,
     "residual_norm": residual_norm_rule,
@@ -161,7 +163,7 @@ class FusionPass(Pass):
 
 class FuseAttention(FusionPass):
     name = "fuse_attention"
-    default_rules = ("attention", "attention_gqa")
+    default_rules = ("attention", "attention_gqa", "attention_layout")
 
 
 class FuseNorms(FusionPass):

@@ -214,4 +214,69 @@ def gqa_rule() -> Rule:
                 doc="drop repeat_kv (Unsqueeze/Expand/Reshape) in front of an Attention: GQA natively")
 
 
-__all__ = ["attention_rule", "gqa_rule", "attention_pattern", "check_attention"]
+# ------------------------------------------------------------------------------------------------
+# head split/merge folded into Attention's 3-D form
+
+HEADS_PERM = [0, 2, 1, 3]
+
+
+def _split_heads(name: str):
+    """``Transpose(Reshape(x3, [B, S, H, D]), perm=[0, 2, 1, 3])``: x3 [B, S, H·D] into heads."""
+    return Op("Transpose", Op("Reshape", Var(name + "3"), name=name + "_split"),
+              name=name + "_t", attrs={"perm": lambda p: list(p or []) == HEADS_PERM})
+
+
+def layout_pattern():
+    attn = Op("Attention", _split_heads("q"), _split_heads("k"), _split_heads("v"), name="attn", extra=True)
+    return Op("Reshape", Op("Transpose", attn, name="y_t", attrs={"perm": lambda p: list(p or []) == HEADS_PERM}),
+              name="y_merge")
+
+
+def check_layout(match: Match) -> MatchResult:
+    g = match.graph
+    heads = {}
+    for n in ("q", "k", "v"):
+        x3, x4 = match.type(n + "3"), g.type(match.node(n + "_split").outputs[0])
+        if x3.rank != 3 or x4.rank != 4:
+            return MatchResult.fail(f"{n}: {x3} → {x4} is not a split of [B, S, H·D] into [B, S, H, D]")
+        if not (same_shape(x4.shape[:2], x3.shape[:2]) and same_dim(x4.shape[2] * x4.shape[3], x3.shape[2])):
+            return MatchResult.fail(f"{n}: the Reshape {x3} → {x4} moves more than the last axis")
+        if not isinstance(x4.shape[2], int):
+            return MatchResult.fail(f"{n}: symbolic head count {x4.shape[2]}")
+        heads[n] = x4.shape
+    if heads["k"][2] != heads["v"][2]:
+        return MatchResult.fail(f"K has {heads['k'][2]} heads, V {heads['v'][2]}")
+    y = g.type(match.root_tensor)
+    yt = g.type(match.node("attn").outputs[0])
+    rows = (yt.shape[0], yt.shape[2]) if y.rank == 3 else (yt.shape[0] * yt.shape[2],)
+    if y.rank not in (2, 3) or not (same_shape(y.shape[:-1], rows) and
+                                    same_dim(y.shape[-1], yt.shape[1] * yt.shape[3])):
+        return MatchResult.fail(f"the output {yt} → {y} is not a merge of the heads into [B, S, H·Dv] "
+                                f"or [B·S, H·Dv]")
+    return MatchResult.success()
+
+
+def rewrite_layout(match: Match, plan: Plan):
+    n = match.node("attn")
+    attrs = dict(n.attrs)
+    attrs["q_num_heads"] = int(match.graph.type(match.node("q_split").outputs[0]).shape[2])
+    attrs["kv_num_heads"] = int(match.graph.type(match.node("k_split").outputs[0]).shape[2])
+    outs = [t for t in n.outputs]
+    new = plan.op("Attention", [match["q3"], match["k3"], match["v3"]] + list(n.inputs[3:]), attrs,
+                  n_out=len(outs), fused_from=["Attention", "Reshape", "Transpose"])
+    new = [new] if isinstance(new, str) else new
+    y = new[0]
+    if match.graph.type(match.root_tensor).rank == 2:   # merged straight into GEMM rows [B·S, H·Dv]
+        y = plan.op("Reshape", [y], {"shape": [-1, match.graph.type(match.root_tensor).shape[-1]]})
+    plan.output(match.root_tensor, y)
+    for old, nt in zip(outs[1:], new[1:]):
+        if old:
+            plan.output(old, nt)
+
+
+def layout_rule() -> Rule:
+    return Rule("attention_layout", layout_pattern(), rewrite_layout, check_layout, exports=("attn",),
+                doc="head split/merge (Reshape+Transpose) around an Attention folded into its 3-D form")
+
+
+__all__ = ["attention_rule", "gqa_rule", "layout_rule", "attention_pattern", "check_attention"]

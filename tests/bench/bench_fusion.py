@@ -18,6 +18,8 @@ timed round-robin (one run of each per round, in a shuffled order) so that load 
 all alike, for at least ``--repeat`` rounds and ~30 s; only the
 first output (logits / last_hidden_state) is fetched — rooftop's causal LMs also return the KV cache
 they fill, which the plain exports (``use_cache=False``) do not compute at all.
+A second table splits each model's kernel time (onnxruntime's profiler) into GEMMs — the same
+MLAS kernels in every variant — and everything else, the part fusion can change.
 Target: rooftop ≤ 1.0× the ORT optimizer's latency wherever the optimizer runs, and faster than
 the plain exports everywhere.
 
@@ -224,6 +226,55 @@ def latencies(paths: dict[str, str], batch: int, vocab: int, repeat: int) -> dic
     return out
 
 
+GEMM_OPS = frozenset({"MatMul", "Gemm", "FusedMatMul", "FusedGemm", "MatMulNBits", "MatMulInteger",
+                      "QGemm", "DynamicQuantizeMatMul"})
+
+
+def kernel_split(paths: dict[str, str], batch: int, vocab: int, runs: int = 5) -> dict[str, tuple[float, float]]:
+    """onnxruntime's profiler, per model: (GEMM kernel ms, every other kernel ms) per run, medians
+    over ``runs`` runs. GEMMs are the same MLAS kernels in every variant; the rest is what fusion
+    can win."""
+    import json
+    import onnxruntime as ort
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="bench_prof_") as tmp:
+        for k, p in paths.items():
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = THREADS
+            so.inter_op_num_threads = 1
+            so.log_severity_level = 3
+            so.add_session_config_entry("session.intra_op.allow_spinning", SPIN)
+            so.enable_profiling = True
+            so.profile_file_prefix = os.path.join(tmp, "p")
+            try:
+                s = ort.InferenceSession(p, so, providers=["CPUExecutionProvider"])
+            except Exception:
+                continue
+            f = feeds_for(s, batch, vocab)
+            names = [s.get_outputs()[0].name]
+            for _ in range(runs + 1):
+                s.run(names, f)
+            with open(s.end_profiling()) as fh:
+                events = json.load(fh)
+            per_run = _runs_from_events(events)
+            per_run = per_run[1:]  # the first run warms up
+            out[k] = (float(np.median([r[0] for r in per_run])), float(np.median([r[1] for r in per_run])))
+    return out
+
+
+def _runs_from_events(events) -> list[list[float]]:
+    """Kernel times grouped by the model_run each falls in (by timestamp)."""
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
+    acc = [[0.0, 0.0] for _ in runs]
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            for i, (a, b) in enumerate(runs):
+                if a <= e["ts"] <= b:
+                    acc[i][0 if e["args"].get("op_name") in GEMM_OPS else 1] += e["dur"] / 1e3
+                    break
+    return acc
+
+
 def ort_version() -> str:
     import onnxruntime
     return onnxruntime.__version__
@@ -235,7 +286,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     ap.add_argument("--repeat", type=int, default=10)
     args = ap.parse_args(argv)
-    rows, notes = [], []
+    rows, notes, splits = [], [], []
     with tempfile.TemporaryDirectory(prefix="bench_fusion_") as tmp:
         for name in args.models:
             _, _, causal, vocab = _module(name)
@@ -254,6 +305,8 @@ def main(argv=None) -> int:
                 if batch == args.batches[0]:
                     notes.append(f"{name}: rooftop fusions {stats}")
                 lat = latencies({"rooftop": rt, **files}, batch, vocab, args.repeat)
+                split = kernel_split({"rooftop": rt, **files}, batch, vocab)
+                splits.append((name, batch, split))
                 row = {"model": name, "batch": batch}
                 for k, v in lat.items():
                     row[k] = v if isinstance(v, float) else None
@@ -276,6 +329,14 @@ def main(argv=None) -> int:
         vs_plain = f"{r['rooftop'] / min(plain):.2f}x" if plain else "n/a"
         print(f"{r['model']:8} {r['batch']:>5} {vals} {vs_opt:>11} {vs_plain:>9}")
     print("\n(vs ort-opt: rooftop / the faster ORT-optimized model; vs plain: rooftop / the faster plain export)")
+    print("\nonnxruntime profiler, kernel ms per run (median of 5): GEMM + everything else "
+          "(the part fusion can change)")
+    head = f"{'model':8} {'batch':>5} " + " ".join(f"{c:>17}" for c in cols)
+    print(head)
+    print("-" * len(head))
+    for name, batch, split in splits:
+        vals = " ".join(f"{split[c][0]:8.1f}+{split[c][1]:7.1f}" if c in split else f"{'n/a':>17}" for c in cols)
+        print(f"{name:8} {batch:>5} {vals}")
     for n in notes:
         print(" -", n)
     return 0
