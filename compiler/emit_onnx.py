@@ -142,8 +142,9 @@ class _Emitter:
             shape = list(n.attrs["shape"])
             src = self.g.type(n.inputs[0]).shape
             # keep input dims with 0 (ONNX copies them), so fewer shape computations are needed
-            shape = [0 if (not isinstance(d, int) and i < len(src) and src[i] == d) else d
-                     for i, d in enumerate(shape)]
+            if not n.attrs.get("allowzero"):   # (with allowzero=1 a 0 means an empty dim)
+                shape = [0 if (not isinstance(d, int) and i < len(src) and src[i] == d) else d
+                         for i, d in enumerate(shape)]
             sym = [i for i, d in enumerate(shape) if not isinstance(d, int)]
             if len(sym) == 1 and -1 not in shape:
                 shape[sym[0]] = -1

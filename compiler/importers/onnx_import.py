@@ -557,6 +557,139 @@ def _constant_value(n: onnx.NodeProto) -> np.ndarray | None:
 
 # ------------------------------------------------------------------------------------------------
 
+# ------------------------------------------------------------------------------------------------
+# symbolic shape values: exporters (the TorchScript one above all) compute Reshape/Expand shapes
+# at run time from Shape(x) → Gather → Unsqueeze → Concat chains. Where x's dims are expressions
+# of B/S/P, those chains are evaluated here on sympy values, and the consumer gets rooftop's
+# attribute form; the chain becomes dead and is dropped after the import.
+
+_MAX_SYM_ELEMENTS = 64
+
+
+def _sym_entry(x):
+    """An int, or a sympy expression (integers as int)."""
+    if isinstance(x, (int, np.integer, bool, np.bool_)):
+        return int(x)
+    x = sympy.sympify(x)
+    return int(x) if x.is_Integer else x
+
+
+def _sym_array(vals, shape=None) -> np.ndarray:
+    """Object array of int / sympy entries; an all-int result becomes a plain int64 array."""
+    arr = np.empty(len(vals), dtype=object)
+    for i, v in enumerate(vals):
+        arr[i] = _sym_entry(v)
+    arr = arr.reshape(shape if shape is not None else (len(vals),))
+    if all(isinstance(v, int) for v in arr.reshape(-1)):
+        return arr.astype(np.int64)
+    return arr
+
+
+def _is_symbolic(arr: np.ndarray) -> bool:
+    return arr.dtype == object
+
+
+def _sym_div(a, b):
+    if isinstance(a, int) and isinstance(b, int):
+        return a // b if b else None
+    q = sympy.cancel(sympy.sympify(a) / b)
+    return q if q.as_numer_denom()[1] == 1 else sympy.floor(sympy.sympify(a) / b)
+
+
+def _sym_equal(a, b):
+    d = sympy.sympify(a) - b
+    z = d.is_zero
+    if z is None:
+        nz = d.is_positive or d.is_negative
+        return False if nz else None
+    return bool(z)
+
+
+def _sym_eval(op: str, attrs: dict, ins: list, in_types: list, out_type) -> np.ndarray | None:
+    """The value of a shape-computation op from symbolic/int operand values (None: unknown)."""
+    def axis_of(a, r):
+        return a + r if a < 0 else a
+    try:
+        if op == "Shape":
+            shp = in_types[0].shape if in_types[0] is not None else None
+            if shp is None:
+                return None
+            r = len(shp)
+            st, en = attrs.get("start", 0), attrs.get("end", r)
+            st, en = min(max(axis_of(st, r), 0), r), min(max(axis_of(en, r), 0), r)
+            return _sym_array(list(shp[st:en]))
+        if op == "Size":
+            shp = in_types[0].shape if in_types[0] is not None else None
+            return None if shp is None else _sym_array([sympy.Mul(*shp) if shp else 1], ())
+        if any(v is None for v in ins):
+            return None
+        if op in ("Identity",):
+            return ins[0]
+        if op == "Cast":
+            return ins[0] if ONNX_TO_DTYPE.get(attrs.get("to")) in ("int64", "int32") else None
+        if op == "Gather":
+            data, idx = ins
+            if _is_symbolic(idx):
+                return None
+            return np.take(data, idx.astype(np.int64), axis=attrs.get("axis", 0))
+        if op == "Unsqueeze" and "axes" in attrs:
+            x = ins[0]
+            r = x.ndim + len(attrs["axes"])
+            for a in sorted(axis_of(a, r) for a in attrs["axes"]):
+                x = np.expand_dims(x, a)
+            return x
+        if op == "Squeeze" and "axes" in attrs:
+            return np.squeeze(ins[0], axis=tuple(axis_of(a, ins[0].ndim) for a in attrs["axes"]))
+        if op == "Concat":
+            return np.concatenate([np.asarray(v, dtype=object) for v in ins], axis=attrs.get("axis", 0))
+        if op == "Reshape" and "shape" in attrs and all(isinstance(d, int) for d in attrs["shape"]):
+            shape = [ins[0].shape[i] if d == 0 and not attrs.get("allowzero") else d
+                     for i, d in enumerate(attrs["shape"])]
+            return ins[0].reshape(shape)
+        if op == "Slice" and "starts" in attrs and ins[0].ndim == 1:
+            axes = attrs.get("axes") or [0]
+            steps = attrs.get("steps") or [1]
+            if axes != [0] or len(attrs["starts"]) != 1:
+                return None
+            return ins[0][slice(attrs["starts"][0], attrs["ends"][0], steps[0])]
+        if op in ("Add", "Sub", "Mul", "Div", "Equal", "Max", "Min"):
+            a, b = (np.asarray(v, dtype=object) for v in ins)
+            a, b = np.broadcast_arrays(a, b)
+            fn = {"Add": lambda x, y: x + y, "Sub": lambda x, y: x - y, "Mul": lambda x, y: x * y,
+                  "Div": _sym_div, "Equal": _sym_equal,
+                  "Max": lambda x, y: max(x, y) if isinstance(x, int) and isinstance(y, int) else None,
+                  "Min": lambda x, y: min(x, y) if isinstance(x, int) and isinstance(y, int) else None}[op]
+            out = [fn(x, y) for x, y in zip(a.reshape(-1), b.reshape(-1))]
+            if any(v is None for v in out):
+                return None
+            if op == "Equal":
+                return np.array(out, dtype=bool).reshape(a.shape)
+            return _sym_array(out, a.shape)
+        if op == "Where":
+            c, x, y = ins
+            if c.dtype != bool:
+                return None
+            c, x, y = np.broadcast_arrays(c, np.asarray(x, dtype=object), np.asarray(y, dtype=object))
+            return _sym_array(list(np.where(c, x, y).reshape(-1)), c.shape)
+        if op == "ConstantOfShape" and "shape" in attrs and all(isinstance(d, int) for d in attrs["shape"]):
+            n = int(np.prod(attrs["shape"])) if attrs["shape"] else 1
+            val = attrs.get("value")
+            if val is not None and not isinstance(val, np.ndarray):
+                val = numpy_helper.to_array(val)
+            fill = np.asarray(val).reshape(-1)[0] if val is not None else 0
+            if n > _MAX_SYM_ELEMENTS or out_type is None or out_type.dtype not in ("int64", "int32"):
+                return None
+            return np.full(attrs["shape"], int(fill), dtype=np.int64)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return None
+
+
+_SYM_OPS = frozenset({"Shape", "Size", "Identity", "Cast", "Gather", "Unsqueeze", "Squeeze", "Concat",
+                      "Reshape", "Slice", "Add", "Sub", "Mul", "Div", "Equal", "Max", "Min", "Where",
+                      "ConstantOfShape"})
+
+
 class _Importer:
     def __init__(self, path: str, skel: onnx.ModelProto, big: dict[str, TensorProto], name: str,
                  dims_override, progress):
@@ -568,7 +701,7 @@ class _Importer:
         self.override = dims_override
         self.progress = progress
         self.values: dict[str, np.ndarray] = {}  # constant param data by name
-        self.stats = {"attr_form": 0, "rule_typed": 0, "ssi_typed": 0, "constants": 0}
+        self.stats = {"attr_form": 0, "rule_typed": 0, "ssi_typed": 0, "constants": 0, "symbolic_shapes": 0}
         self.onnx_types: dict[str, onnx.TypeProto] = {}
         self.ssi_types: dict[str, onnx.TypeProto] = {}
         self._cand_cache: dict[str, list] = {}
@@ -689,6 +822,13 @@ class _Importer:
         if not all((t == "" or t in self.values) for t in extra):
             return inputs
         vals = {nm: self.values[t] for nm, t in zip(names, extra) if t}
+        if any(_is_symbolic(v) for v in vals.values()):
+            # symbolic values (from Shape chains) only where rooftop keeps symbolic attributes
+            # and the emitter can compute every dim again at run time
+            sources = self.dims.input_syms
+            if op not in ("Reshape", "Expand") or not all(
+                    self.dims.materializable(d, sources) for v in vals.values() for d in v.reshape(-1)):
+                return inputs
         data_ins = inputs[:k]
         new: dict[str, Any] = {}
         if op in ("Unsqueeze", "Squeeze") or op.startswith("Reduce"):
@@ -720,7 +860,11 @@ class _Importer:
         elif op in ("Reshape", "Expand"):
             if "shape" not in vals:
                 return inputs
-            new["shape"] = [int(x) for x in vals["shape"].reshape(-1)]  # resolved once typed
+            new["shape"] = [_sym_entry(x) for x in vals["shape"].reshape(-1)]  # resolved once typed
+            if _is_symbolic(vals["shape"]):
+                if op == "Reshape" and attrs.get("allowzero") and 0 in new["shape"]:
+                    return inputs
+                self.stats["symbolic_shapes"] += 1
         else:
             return inputs
         attrs.update(new)
@@ -736,6 +880,8 @@ class _Importer:
         res = list(raw)
         if op == "Reshape":
             for i, d in enumerate(raw):
+                if not isinstance(d, int):
+                    continue
                 if d == 0 and not attrs.get("allowzero") and i < len(src) and self.dims.materializable(src[i], sources):
                     res[i] = src[i]
                 elif d == -1 and out_shape is not None and self.dims.materializable(out_shape[i], sources):
@@ -775,6 +921,17 @@ class _Importer:
             attrs["shape"] = self._resolve_shape(n.op_type, inputs[0], attrs["shape"], attrs, types[0])
         self.g.add_op(n.op_type, inputs, list(n.output), attrs, types=types, name=name,
                       source=f"onnx node {n.name or idx}")
+        if n.op_type in _SYM_OPS and len(n.output) == 1 and types[0] is not None and \
+                types[0].dtype in ("int64", "int32", "bool") and types[0].rank <= 1:
+            ins_v = [self.values.get(t) if t else None for t in inputs]
+            in_types = [self.g.types.get(t) if t else None for t in inputs]
+            v = _sym_eval(n.op_type, attrs, ins_v, in_types, types[0])
+            if v is not None and v.__class__ is not np.ndarray or (v is not None and v.dtype == object):
+                v = np.asarray(v, dtype=object)
+                v = v.astype(bool) if types[0].dtype == "bool" else _sym_array(list(v.reshape(-1)), v.shape)
+            if v is not None and v.size <= _MAX_SYM_ELEMENTS and types[0].is_static() and \
+                    tuple(v.shape) == tuple(int(d) for d in types[0].shape):
+                self.values[n.output[0]] = v
 
     # ---- the whole model -------------------------------------------------------------------
     def run(self, kv_inputs: list[str]) -> Graph:
@@ -801,6 +958,9 @@ class _Importer:
                 raise _fail(self.path, f"graph output {o.name!r} is produced by no node",
                             "The model is malformed; " + REEXPORT + ".")
         g.outputs = [o.name for o in sg.output]
+        if self.stats["symbolic_shapes"]:
+            from passes.cleanup import eliminate_dead_code
+            self.stats["dead_shape_ops"] = eliminate_dead_code(g)["ops"]
         return g
 
 
