@@ -8,6 +8,8 @@ latency (``intra_op_num_threads=2``, median of repeated runs in one process) of
   (a causal LM has a KV cache: prefill with an empty past);
 - ``plain dynamo`` / ``plain legacy``: ``torch.onnx.export`` of the same module, ``dynamo=True``
   (opset 23) and the TorchScript exporter (opset 17);
+- ``rooftop<-dynamo`` / ``rooftop<-legacy``: rooftop run on those export files (``model=onnx``
+  import, the same passes);
 - ``ort-opt dynamo`` / ``ort-opt legacy``: those files after
   ``onnxruntime.transformers.optimizer.optimize_model`` (model_type bert / gpt2), where it runs;
   a crash is caught and reported.
@@ -161,6 +163,23 @@ def build_rooftop(name: str, out_dir: str, batch: int) -> tuple[str, dict]:
     return os.path.join(d, "model.onnx"), {k: v for k, v in stats.items() if v}
 
 
+def build_rooftop_from_onnx(src: str, out_dir: str, batch: int, tag: str) -> str:
+    """rooftop on an existing ONNX file: ``model=onnx`` import, the passes of
+    conf/pipeline/fuse.yaml on hardware=cpu at this batch, ONNX emission."""
+    from compiler.emit_onnx import save
+    from compiler.hardware import load_hardware
+    from compiler.importers.onnx_import import import_onnx
+    from passes import PassContext, PassManager, make_pass
+    cfg = _compose(["pipeline=fuse", "hardware=cpu"])
+    ctx = PassContext(load_hardware(cfg["hardware"]), ((batch, SEQ, 0, "prefill"), (batch, 1, SEQ, "decode")))
+    g = import_onnx(src)
+    PassManager([make_pass(p, ctx) for p in cfg["pipeline"]["passes"]])(g)
+    d = os.path.join(out_dir, f"rooftop_{tag}_b{batch}")
+    os.makedirs(d, exist_ok=True)
+    save(g, os.path.join(d, "model.onnx"))
+    return os.path.join(d, "model.onnx")
+
+
 SPIN = os.environ.get("BENCH_SPIN", "0")
 
 
@@ -304,8 +323,15 @@ def main(argv=None) -> int:
                 rt, stats = build_rooftop(name, tmp, batch)
                 if batch == args.batches[0]:
                     notes.append(f"{name}: rooftop fusions {stats}")
-                lat = latencies({"rooftop": rt, **files}, batch, vocab, args.repeat)
-                split = kernel_split({"rooftop": rt, **files}, batch, vocab)
+                models = {"rooftop": rt, **files}
+                for kind in ("dynamo", "legacy"):   # rooftop run on the exported files themselves
+                    try:
+                        models[f"rooftop<-{kind}"] = build_rooftop_from_onnx(files[f"plain {kind}"], tmp, batch,
+                                                                              f"{name}_{kind}")
+                    except Exception as e:
+                        notes.append(f"{name}: rooftop on the {kind} export failed: {type(e).__name__}: {e}")
+                lat = latencies(models, batch, vocab, args.repeat)
+                split = kernel_split(models, batch, vocab)
                 splits.append((name, batch, split))
                 row = {"model": name, "batch": batch}
                 for k, v in lat.items():
@@ -315,7 +341,8 @@ def main(argv=None) -> int:
                 rows.append(row)
                 print(f"  done {name} batch {batch}: " + ", ".join(
                     f"{k} {v:.1f}" for k, v in row.items() if isinstance(v, float)), flush=True)
-    cols = ["rooftop", "plain dynamo", "plain legacy", "ort-opt dynamo", "ort-opt legacy"]
+    cols = ["rooftop", "plain dynamo", "plain legacy", "ort-opt dynamo", "ort-opt legacy",
+            "rooftop<-dynamo", "rooftop<-legacy"]
     print(f"\nonnxruntime {ort_version()} CPU latency, ms: median over >= {args.repeat} shuffled round-robin "
           f"rounds (>= {MIN_SECONDS:.0f} s per row); seq {SEQ}; intra_op_num_threads={THREADS}")
     head = f"{'model':8} {'batch':>5} " + " ".join(f"{c:>15}" for c in cols) + f" {'vs ort-opt':>11} {'vs plain':>9}"
@@ -329,6 +356,13 @@ def main(argv=None) -> int:
         vs_plain = f"{r['rooftop'] / min(plain):.2f}x" if plain else "n/a"
         print(f"{r['model']:8} {r['batch']:>5} {vals} {vs_opt:>11} {vs_plain:>9}")
     print("\n(vs ort-opt: rooftop / the faster ORT-optimized model; vs plain: rooftop / the faster plain export)")
+    print("(rooftop<-dynamo / rooftop<-legacy: rooftop's passes run on those export files, model=onnx)")
+    for r in rows:
+        for kind in ("dynamo", "legacy"):
+            a, b, o = r.get(f"rooftop<-{kind}"), r.get(f"plain {kind}"), r.get(f"ort-opt {kind}")
+            if a and b:
+                print(f"  {r['model']} b{r['batch']} {kind} file: rooftop {a / b:.2f}x the plain file"
+                      + (f", {a / o:.2f}x the ORT-optimized file" if o else " (ORT optimizer: n/a)"))
     print("\nonnxruntime profiler, kernel ms per run (median of 5): GEMM + everything else "
           "(the part fusion can change)")
     head = f"{'model':8} {'batch':>5} " + " ".join(f"{c:>17}" for c in cols)
