@@ -605,25 +605,22 @@ def _sym_equal(a, b):
     return bool(z)
 
 
-def _sym_eval(op: str, attrs: dict, ins: list, in_types: list, out_type) -> np.ndarray | None:
+def _sym_eval(op: str, attrs: dict, ins: list, in_types: list) -> np.ndarray | None:
     """The value of a shape-computation op from symbolic/int operand values (None: unknown)."""
     def axis_of(a, r):
         return a + r if a < 0 else a
     try:
-        if op == "Shape":
+        if op in ("Shape", "Size"):
             shp = in_types[0].shape if in_types[0] is not None else None
             if shp is None:
                 return None
-            r = len(shp)
-            st, en = attrs.get("start", 0), attrs.get("end", r)
-            st, en = min(max(axis_of(st, r), 0), r), min(max(axis_of(en, r), 0), r)
-            return _sym_array(list(shp[st:en]))
-        if op == "Size":
-            shp = in_types[0].shape if in_types[0] is not None else None
-            return None if shp is None else _sym_array([sympy.Mul(*shp) if shp else 1], ())
+            if op == "Size":
+                return _sym_array([sympy.Mul(*shp)], ())
+            # ONNX start/end (negative from the back, clamped) are Python slice bounds
+            return _sym_array(list(shp[attrs.get("start", 0):attrs.get("end")]))
         if any(v is None for v in ins):
             return None
-        if op in ("Identity",):
+        if op == "Identity":
             return ins[0]
         if op == "Cast":
             return ins[0] if ONNX_TO_DTYPE.get(attrs.get("to")) in ("int64", "int32") else None
@@ -677,9 +674,7 @@ def _sym_eval(op: str, attrs: dict, ins: list, in_types: list, out_type) -> np.n
             if val is not None and not isinstance(val, np.ndarray):
                 val = numpy_helper.to_array(val)
             fill = np.asarray(val).reshape(-1)[0] if val is not None else 0
-            if n > _MAX_SYM_ELEMENTS or out_type is None or out_type.dtype not in ("int64", "int32"):
-                return None
-            return np.full(attrs["shape"], int(fill), dtype=np.int64)
+            return None if n > _MAX_SYM_ELEMENTS else np.full(attrs["shape"], int(fill), dtype=np.int64)
     except (TypeError, ValueError, IndexError):
         return None
     return None
@@ -925,13 +920,13 @@ class _Importer:
                 types[0].dtype in ("int64", "int32", "bool") and types[0].rank <= 1:
             ins_v = [self.values.get(t) if t else None for t in inputs]
             in_types = [self.g.types.get(t) if t else None for t in inputs]
-            v = _sym_eval(n.op_type, attrs, ins_v, in_types, types[0])
-            if v is not None and v.__class__ is not np.ndarray or (v is not None and v.dtype == object):
+            v = _sym_eval(n.op_type, attrs, ins_v, in_types)
+            if v is not None:   # a scalar entry or an object array: ints collapse to int64
                 v = np.asarray(v, dtype=object)
                 v = v.astype(bool) if types[0].dtype == "bool" else _sym_array(list(v.reshape(-1)), v.shape)
-            if v is not None and v.size <= _MAX_SYM_ELEMENTS and types[0].is_static() and \
-                    tuple(v.shape) == tuple(int(d) for d in types[0].shape):
-                self.values[n.output[0]] = v
+                if v.size <= _MAX_SYM_ELEMENTS and types[0].is_static() and \
+                        tuple(v.shape) == tuple(int(d) for d in types[0].shape):
+                    self.values[n.output[0]] = v
 
     # ---- the whole model -------------------------------------------------------------------
     def run(self, kv_inputs: list[str]) -> Graph:

@@ -217,19 +217,18 @@ def gqa_rule() -> Rule:
 # ------------------------------------------------------------------------------------------------
 # head split/merge folded into Attention's 3-D form
 
-HEADS_PERM = [0, 2, 1, 3]
+SWAP_SEQ_HEADS = {"perm": lambda p: list(p or []) == [0, 2, 1, 3]}   # [B, S, H, D] ↔ [B, H, S, D]
 
 
 def _split_heads(name: str):
     """``Transpose(Reshape(x3, [B, S, H, D]), perm=[0, 2, 1, 3])``: x3 [B, S, H·D] into heads."""
-    return Op("Transpose", Op("Reshape", Var(name + "3"), name=name + "_split"),
-              name=name + "_t", attrs={"perm": lambda p: list(p or []) == HEADS_PERM})
+    return Op("Transpose", Op("Reshape", Var(name + "3"), name=name + "_split"), name=name + "_t",
+              attrs=SWAP_SEQ_HEADS)
 
 
 def layout_pattern():
     attn = Op("Attention", _split_heads("q"), _split_heads("k"), _split_heads("v"), name="attn", extra=True)
-    return Op("Reshape", Op("Transpose", attn, name="y_t", attrs={"perm": lambda p: list(p or []) == HEADS_PERM}),
-              name="y_merge")
+    return Op("Reshape", Op("Transpose", attn, name="y_t", attrs=SWAP_SEQ_HEADS), name="y_merge")
 
 
 def check_layout(match: Match) -> MatchResult:
@@ -261,10 +260,10 @@ def rewrite_layout(match: Match, plan: Plan):
     attrs = dict(n.attrs)
     attrs["q_num_heads"] = int(match.graph.type(match.node("q_split").outputs[0]).shape[2])
     attrs["kv_num_heads"] = int(match.graph.type(match.node("k_split").outputs[0]).shape[2])
-    outs = [t for t in n.outputs]
+    outs = list(n.outputs)
     new = plan.op("Attention", [match["q3"], match["k3"], match["v3"]] + list(n.inputs[3:]), attrs,
                   n_out=len(outs), fused_from=["Attention", "Reshape", "Transpose"])
-    new = [new] if isinstance(new, str) else new
+    new = [new] if len(outs) == 1 else new
     y = new[0]
     if match.graph.type(match.root_tensor).rank == 2:   # merged straight into GEMM rows [B·S, H·Dv]
         y = plan.op("Reshape", [y], {"shape": [-1, match.graph.type(match.root_tensor).shape[-1]]})

@@ -143,48 +143,43 @@ def ort_optimize(name: str, src: str, dst: str) -> str:
     return dst
 
 
-def build_rooftop(name: str, out_dir: str, batch: int) -> tuple[str, dict]:
-    """rooftop's model: torch.export import of the same module (causal LMs: KV cache lifted), the
-    passes of conf/pipeline/fuse.yaml costed on hardware=cpu at this batch, ONNX emission."""
+def _fuse_and_save(g, out_dir: str, batch: int, tag: str):
+    """The passes of conf/pipeline/fuse.yaml costed on hardware=cpu at this batch, then ONNX
+    emission; returns (model path, the fuse pass's non-zero stats)."""
     from compiler.emit_onnx import save
     from compiler.hardware import load_hardware
-    from compiler.importers.models import CausalLMWrapper, EncoderWrapper, import_torch
     from passes import PassContext, PassManager, make_pass
-    inner, mcfg, causal, _ = _module(name)
-    cfg = _compose([f"model={name}", "pipeline=fuse", "hardware=cpu"])
+    cfg = _compose(["pipeline=fuse", "hardware=cpu"])
     ctx = PassContext(load_hardware(cfg["hardware"]), ((batch, SEQ, 0, "prefill"), (batch, 1, SEQ, "decode")))
-    module = CausalLMWrapper(inner) if causal else EncoderWrapper(inner)
-    g = import_torch(mcfg, module=module, task="causal_lm" if causal else "embedding")
     pm = PassManager([make_pass(p, ctx) for p in cfg["pipeline"]["passes"]])
     pm(g)
-    d = os.path.join(out_dir, f"rooftop_{name}_b{batch}")
+    d = os.path.join(out_dir, f"rooftop_{tag}_b{batch}")
     os.makedirs(d, exist_ok=True)
     save(g, os.path.join(d, "model.onnx"))
     stats = next(r.stats for r in pm.records if r.name == "fuse")
     return os.path.join(d, "model.onnx"), {k: v for k, v in stats.items() if v}
 
 
+def build_rooftop(name: str, out_dir: str, batch: int) -> tuple[str, dict]:
+    """rooftop's model: torch.export import of the same module (causal LMs: KV cache lifted),
+    then :func:`_fuse_and_save`."""
+    from compiler.importers.models import CausalLMWrapper, EncoderWrapper, import_torch
+    inner, mcfg, causal, _ = _module(name)
+    module = CausalLMWrapper(inner) if causal else EncoderWrapper(inner)
+    g = import_torch(mcfg, module=module, task="causal_lm" if causal else "embedding")
+    return _fuse_and_save(g, out_dir, batch, name)
+
+
 def build_rooftop_from_onnx(src: str, out_dir: str, batch: int, tag: str) -> str:
-    """rooftop on an existing ONNX file: ``model=onnx`` import, the passes of
-    conf/pipeline/fuse.yaml on hardware=cpu at this batch, ONNX emission."""
-    from compiler.emit_onnx import save
-    from compiler.hardware import load_hardware
+    """rooftop on an existing ONNX file: ``model=onnx`` import, then :func:`_fuse_and_save`."""
     from compiler.importers.onnx_import import import_onnx
-    from passes import PassContext, PassManager, make_pass
-    cfg = _compose(["pipeline=fuse", "hardware=cpu"])
-    ctx = PassContext(load_hardware(cfg["hardware"]), ((batch, SEQ, 0, "prefill"), (batch, 1, SEQ, "decode")))
-    g = import_onnx(src)
-    PassManager([make_pass(p, ctx) for p in cfg["pipeline"]["passes"]])(g)
-    d = os.path.join(out_dir, f"rooftop_{tag}_b{batch}")
-    os.makedirs(d, exist_ok=True)
-    save(g, os.path.join(d, "model.onnx"))
-    return os.path.join(d, "model.onnx")
+    return _fuse_and_save(import_onnx(src), out_dir, batch, tag)[0]
 
 
 SPIN = os.environ.get("BENCH_SPIN", "0")
 
 
-def session(path: str):
+def session(path: str, profile_prefix: str | None = None):
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.intra_op_num_threads = THREADS
@@ -192,6 +187,9 @@ def session(path: str):
     so.log_severity_level = 3
     # no busy-waiting worker threads: on a shared 2-vCPU machine spinning makes run times bimodal
     so.add_session_config_entry("session.intra_op.allow_spinning", SPIN)
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
@@ -267,19 +265,11 @@ def kernel_split(paths: dict[str, str], batch: int, vocab: int, runs: int = 5) -
     over ``runs`` runs. GEMMs are the same MLAS kernels in every variant; the rest is what fusion
     can win."""
     import json
-    import onnxruntime as ort
     out = {}
     with tempfile.TemporaryDirectory(prefix="bench_prof_") as tmp:
         for k, p in paths.items():
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = THREADS
-            so.inter_op_num_threads = 1
-            so.log_severity_level = 3
-            so.add_session_config_entry("session.intra_op.allow_spinning", SPIN)
-            so.enable_profiling = True
-            so.profile_file_prefix = os.path.join(tmp, "p")
             try:
-                s = ort.InferenceSession(p, so, providers=["CPUExecutionProvider"])
+                s = session(p, os.path.join(tmp, "p"))
             except Exception:
                 continue
             f = feeds_for(s, batch, vocab)
@@ -288,8 +278,7 @@ def kernel_split(paths: dict[str, str], batch: int, vocab: int, runs: int = 5) -
                 s.run(names, f)
             with open(s.end_profiling()) as fh:
                 events = json.load(fh)
-            per_run = _runs_from_events(events)
-            per_run = per_run[1:]  # the first run warms up
+            per_run = _runs_from_events(events)[1:]  # the first run warms up
             out[k] = (float(np.median([r[0] for r in per_run])), float(np.median([r[1] for r in per_run])))
     return out
 
