@@ -135,6 +135,7 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
             t0 = time.perf_counter()
             pm(g)
             g.verify()
+            _note_kv_cache(g)
             timings["passes_s"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
@@ -144,7 +145,8 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
 
             emit_info = _emit(g, emit_cfg, stage, prog)
             t0 = time.perf_counter()
-            report = build_report(cfg, wl, hw, g, cm, sched, pm.records, emit_info)
+            report = build_report(cfg, wl, hw, g, cm, sched, pm.records, emit_info,
+                                  load_model=lambda mcfg: _prepared(mcfg, cfg["pipeline"], pass_ctx))
             write_reports(report, stage, html=bool((cfg.get("report") or {}).get("html", True)))
             timings["report_s"] = time.perf_counter() - t0
         _commit(stage, out_dir)
@@ -154,6 +156,27 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
     log.info("timings: %s", {k: round(v, 3) for k, v in timings.items()})
     _check_gates(cfg, report)
     return report
+
+
+def _prepared(mcfg: Mapping, pipeline_cfg: Mapping, pass_ctx) -> Graph:
+    """Another model (a speculative draft) imported and run through the same configured passes."""
+    from compiler.importers.models import import_torch
+    from passes import run_passes
+    g = import_torch(mcfg)
+    run_passes(g, pipeline_cfg.get("passes") or [], pass_ctx)
+    return g
+
+
+def _note_kv_cache(g: Graph) -> None:
+    """A causal decoder whose pipeline did not lift its KV cache (e.g. pipeline=none) is costed
+    without one; say so in report.json (model.import.kv_cache) and the log."""
+    if g.meta.get("causal") and not g.meta.get("kv_tensors"):
+        note = ("not lifted: the pipeline has no lift_kv_cache pass, so the model has no KV cache; "
+                "decode is costed as one new token attending only to itself (its context is "
+                "ignored) and the KV-cache memory is 0. Use pipeline=default (or add "
+                "fuse_eager_attention and lift_kv_cache to pipeline.passes) for cached decoding.")
+        log.warning("KV cache %s", note)
+        g.meta.setdefault("import_stats", {})["kv_cache"] = note
 
 
 def _record_points(wl) -> list[tuple[int, int, int, str]]:

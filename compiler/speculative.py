@@ -234,9 +234,11 @@ def _self_draft_cost(cm, graph, n_layers: int):
     return _Masked()
 
 
-def analyze(cfg: Mapping, wl: Mapping, hw, g, cm, sched, base: Mapping) -> dict[str, Any] | None:
+def analyze(cfg: Mapping, wl: Mapping, hw, g, cm, sched, base: Mapping, *, load_model=None) -> dict[str, Any] | None:
     """The ``speculative`` report section (None when off). ``base``: the report's memory/latency
-    figures of the target alone (tpot_s, weights_bytes, kv_bytes_per_token, tokens, reserve)."""
+    figures of the target alone (tpot_s, weights_bytes, kv_bytes_per_token, tokens, reserve).
+    ``load_model(model_cfg) -> Graph``: the driver's import + configured passes (so the draft gets
+    its KV cache like the target); without it the draft is imported as is."""
     sc = spec_config(cfg)
     if sc is None:
         return None
@@ -259,7 +261,7 @@ def analyze(cfg: Mapping, wl: Mapping, hw, g, cm, sched, base: Mapping) -> dict[
         draft_cfg = load_model_config(sc["draft_model"])
         check_draft(target_cfg, draft_cfg)
         from compiler.importers.models import import_torch
-        dg = import_torch(dict(draft_cfg, weights="meta"))
+        dg = (load_model or import_torch)(dict(draft_cfg, weights="meta"))
         draft_cm = CostModel(dg, hw)
         draft_w, draft_kv_tok = _weights_bytes(dg), _kv_bytes_per_token(dg)
         draft_desc = {"name": draft_cfg.get("name"), "layers": _layers(draft_cfg),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from passes.base import Pass, PassContext, PassManager, PassResult
 from passes.cleanup import ConstantFolding, DeadCodeElimination, RemoveNoOps
-from passes.fusion import AnnotateRotary, FuseAttention, FuseGemm, FuseNorms, FusionPass
+from passes.fusion import AnnotateRotary, FuseAttention, FuseEagerAttention, FuseGemm, FuseNorms, FusionPass
+from passes.kv_cache import LiftKVCache
 
 PASSES: dict[str, type[Pass]] = {
     "dce": DeadCodeElimination,
@@ -15,6 +16,8 @@ PASSES: dict[str, type[Pass]] = {
     "fuse_norms": FuseNorms,
     "fuse_gemm": FuseGemm,
     "annotate_rotary": AnnotateRotary,
+    "fuse_eager_attention": FuseEagerAttention,
+    "lift_kv_cache": LiftKVCache,
 }
 
 
@@ -39,4 +42,12 @@ def make_pass(spec, context: PassContext | None = None) -> Pass:
     return p
 
 
-__all__ = ["PASSES", "make_pass", "Pass", "PassContext", "PassManager", "PassResult"]
+def run_passes(graph, specs, context: PassContext | None = None, **manager_kw) -> PassManager:
+    """Run the passes ``specs`` (names or ``{name: …}`` mappings, as in conf/pipeline) on
+    ``graph`` in place through a :class:`PassManager`; returns it (``.records``)."""
+    pm = PassManager([make_pass(s, context) for s in specs], **manager_kw)
+    pm(graph)
+    return pm
+
+
+__all__ = ["PASSES", "make_pass", "run_passes", "Pass", "PassContext", "PassManager", "PassResult"]

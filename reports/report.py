@@ -62,7 +62,8 @@ def _phase(cm, sched, b: int, s: int, p: int, phase: str) -> dict[str, Any]:
     }
 
 
-def build_report(cfg: Mapping, wl: Mapping, hw, g: Graph, cm, sched, records, emit_info) -> dict[str, Any]:
+def build_report(cfg: Mapping, wl: Mapping, hw, g: Graph, cm, sched, records, emit_info, *,
+                 load_model=None) -> dict[str, Any]:
     b, prompt, gen, ctx = wl["batch"], wl["prompt_len"], wl["gen_len"], wl["context_len"]
     prefill = _phase(cm, sched, b, prompt, 0, "prefill")
     decode = _phase(cm, sched, b, 1, ctx, "decode")
@@ -123,11 +124,11 @@ def build_report(cfg: Mapping, wl: Mapping, hw, g: Graph, cm, sched, records, em
     }
     _dynamic_sections(report, cfg, wl, hw, g, cm, sched,
                       {"tpot_s": tpot, "weights_bytes": w_bytes, "kv_bytes_per_token": kv_tok,
-                       "tokens": tokens, "reserve": reserve})
+                       "tokens": tokens, "reserve": reserve}, load_model)
     return _clean(report)
 
 
-def _dynamic_sections(report, cfg, wl, hw, g, cm, sched, base) -> None:
+def _dynamic_sections(report, cfg, wl, hw, g, cm, sched, base, load_model=None) -> None:
     """Speculative decoding (phases.verify + ``speculative``) and chunked prefill
     (phases.prefill_chunked): compiler/speculative.py."""
     from compiler import speculative as spec
@@ -141,7 +142,7 @@ def _dynamic_sections(report, cfg, wl, hw, g, cm, sched, base) -> None:
         res.update(spec.chunked_prefill(cm, b, wl["prompt_len"], chunk))
         report["phases"]["prefill_chunked"] = res
         report["latency"]["ttft_chunked_s"] = res["time_s"]
-    sec = spec.analyze(cfg, wl, hw, g, cm, sched, base)
+    sec = spec.analyze(cfg, wl, hw, g, cm, sched, base, load_model=load_model)
     if sec is not None:
         report["phases"]["verify"] = _phase(cm, sched, b, sec["gamma"] + 1, ctx, spec.attention_class(sec["gamma"] + 1))
         report["speculative"] = sec
