@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from compiler.annotations import Rotary
 from compiler.ir import Graph
 from passes.fusion.common import same_dim, same_shape
 from passes.fusion.pattern import Alt, MatchResult, Op, Var, const_value, scalar_value
@@ -255,14 +256,14 @@ def rewrite_rotary(match: Match, plan: Plan):
     attrs = {"interleaved": int(interleaved), "num_heads": heads}
     if match.has("src"):
         attrs["rotary_embedding_dim"] = int(xt.shape[-1])
-    info = {"interleaved": int(interleaved), "rotary_dim": int(xt.shape[-1]), "head_dim": st.shape[-1]}
     fused = sorted({n.op for n in match.nodes})
+    info = Rotary(src, caches[0], caches[1], int(interleaved))
     if h == 1:
-        out = plan.op("RotaryEmbedding", [src] + caches, attrs, fused_from=fused, rotary=info)
+        out = plan.op("RotaryEmbedding", [src] + caches, attrs, merged_from=fused, rotary=info)
     else:   # [B, S, H, D]: the 3-D form [B, S, H·D]
         b, s, _, d = st.shape
         x3 = plan.op("Reshape", [src], {"shape": [b, s, heads * d]})
-        r3 = plan.op("RotaryEmbedding", [x3] + caches, attrs, fused_from=fused, rotary=info)
+        r3 = plan.op("RotaryEmbedding", [x3] + caches, attrs, merged_from=fused, rotary=info)
         out = plan.op("Reshape", [r3], {"shape": [b, s, heads, d]})
     plan.output(match.root_tensor, out)
     return None
@@ -304,8 +305,8 @@ def rewrite_rotary_layout(match: Match, plan: Plan):
     attrs = dict(match.root.attrs)
     attrs["num_heads"] = int(g.type(split.outputs[0]).shape[2])
     r3 = plan.op("RotaryEmbedding", [match["x3"], match["cos"], match["sin"]], attrs,
-                 fused_from=["RotaryEmbedding", "Reshape", "Transpose"],
-                 **{k: v for k, v in match.root.annotations.items() if k in ("rotary",)})
+                 merged_from=["RotaryEmbedding", "Reshape", "Transpose"],
+                 rotary=Rotary(match["x3"], match["cos"], match["sin"], int(attrs.get("interleaved", 0))))
     r4 = plan.op("Reshape", [r3], dict(split.attrs))
     out = plan.op("Transpose", [r4], {"perm": [0, 2, 1, 3]})
     plan.output(match.root_tensor, out)
@@ -356,8 +357,8 @@ def rewrite_rotary_cache(match: Match, plan: Plan):
         e = plan.op("Expand", [match[n]], {"shape": [x.shape[0], seq, c.shape[2]]})
         memo[key] = e
         ins.append(e)
-    out = plan.op("RotaryEmbedding", ins, dict(match.root.attrs), fused_from=["RotaryEmbedding"],
-                  **{k: v for k, v in match.root.annotations.items() if k in ("rotary",)})
+    out = plan.op("RotaryEmbedding", ins, dict(match.root.attrs), merged_from=["RotaryEmbedding"],
+                  rotary=Rotary(ins[0], ins[1], ins[2], int(match.root.attrs.get("interleaved", 0))))
     plan.output(match.root_tensor, out)
 
 
