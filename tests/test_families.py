@@ -33,9 +33,17 @@ XFAIL: dict[tuple[str, str], str] = {}
 CELLS = [(f, e) for f in om.FAMILIES for e in EXPORTERS]
 
 
+# the slowest cells (torch.onnx's dynamo exporter on the rotary decoders: ~10-70 s each on a
+# loaded 2-core machine; the whole file takes several minutes there)
+SLOW = {(f, "dynamo") for f in ROTARY}
+
+
 def _param(f, e):
+    marks = [pytest.mark.slow] if (f, e) in SLOW else []
     why = XFAIL.get((f, e))
-    return pytest.param(f, e, marks=pytest.mark.xfail(reason=why, strict=True)) if why else (f, e)
+    if why:
+        marks.append(pytest.mark.xfail(reason=why, strict=True))
+    return pytest.param(f, e, marks=marks)
 
 
 def fuse(g):
