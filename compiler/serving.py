@@ -181,8 +181,14 @@ class StepTable:
                  chunk: int | None = None, points: int = 24):
         self.max_batch = int(max(max_batch, 1))
         self.ctx = _grid(max_context, points)
-        bb, cc = np.meshgrid(np.arange(1, self.max_batch + 1, dtype=float), self.ctx, indexing="ij")
-        self.decode = np.asarray(step_time(bb.ravel(), cc.ravel(), np.ones(bb.size)), float).reshape(bb.shape)
+        # every batch size up to 16, then a geometric grid; interpolated linearly in between
+        self.bgrid = np.unique(np.concatenate([np.arange(1, min(16, self.max_batch) + 1),
+                                               np.round(np.geomspace(1, self.max_batch, points)),
+                                               [self.max_batch]])).astype(float)
+        bb, cc = np.meshgrid(self.bgrid, self.ctx, indexing="ij")
+        coarse = np.asarray(step_time(bb.ravel(), cc.ravel(), np.ones(bb.size)), float).reshape(bb.shape)
+        allb = np.arange(1, self.max_batch + 1, dtype=float)
+        self.decode = np.stack([np.interp(allb, self.bgrid, coarse[:, j]) for j in range(len(self.ctx))], 1)
         self.new = _grid(max(max_new, 2), 2 * points)
         self.new = self.new[self.new >= 1]
         self.pctx = self.ctx if chunk else np.array([0.0])
@@ -514,19 +520,21 @@ def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, bl
         batch_sum += nb
         batch_max = max(batch_max, nb)
         # ---- advance state
-        emitted = list(D)
         if len(D):
             free -= int(need.sum())
             blocks[D] += need
-        for r, c, _ in segs:
-            done_pf[r] += c
-            if done_pf[r] >= target[r]:
-                emitted.append(r)             # the prefill's last chunk emits a token
-        if emitted:
-            E = np.asarray(emitted, np.int64)
+        if segs:
+            S_ = np.fromiter((sg[0] for sg in segs), np.int64, len(segs))
+            done_pf[S_] += np.fromiter((sg[1] for sg in segs), np.int64, len(segs))
+            E = np.concatenate([D, S_[done_pf[S_] >= target[S_]]])   # a prefill's last chunk emits
+        else:
+            E = D
+        if len(E):
             gen[E] += 1
             fresh = np.isnan(first[E])
             first[E[fresh]] = t
+            # sequences past their prefill decode from here: their cache holds prompt + generated
+            done_pf[E] = target[E] = prompt[E] + gen[E]
             fin = E[gen[E] >= out[E]]
             if len(fin):
                 finish[fin] = t
@@ -535,10 +543,6 @@ def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, bl
                 blocks[fin] = 0
                 fs = set(fin.tolist())
                 running = [r for r in running if r not in fs]
-            # sequences that finished their prefill now decode: their cache holds target tokens
-            for r in E:
-                if done_pf[r] >= target[r]:
-                    done_pf[r] = target[r] = prompt[r] + gen[r]
     policy = "continuous_chunked" if chunked else "continuous"
     return _result(policy, cfg, arrival, first, finish, out, preempt, steps, batch_sum, batch_max, kv_blocks)
 
