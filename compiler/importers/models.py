@@ -70,8 +70,9 @@ def build_hf(cfg) -> torch.nn.Module:
     model_type = conf.pop("model_type")
     hf_cfg = transformers.AutoConfig.for_model(model_type, **conf)
     hf_cfg._attn_implementation = str(cfg.get("attn_implementation", "sdpa"))
-    if getattr(hf_cfg, "num_local_experts", None):
-        hf_cfg._experts_implementation = "batched_mm"  # the only MoE form torch.export traces
+    from compiler import moe
+    if moe.has_experts(hf_cfg):  # experts as one custom op, expanded per expert by the importer
+        hf_cfg._experts_implementation = moe.ensure_registered()
     dt = _dtype(cfg)
     with _weights_ctx(cfg):
         if str(cfg.get("task", "causal_lm")) == "causal_lm":
