@@ -115,27 +115,9 @@ def has_experts(hf_cfg) -> bool:
 # the annotation
 
 def routing_type():
-    """The ``moe`` annotation schema (compiler.annotations.MoERouting when the typed annotation
-    platform is present, else the local equivalent)."""
-    try:
-        from compiler.annotations import MoERouting
-        if "expert" in {f.name for f in dataclasses.fields(MoERouting)}:
-            return MoERouting
-    except ImportError:
-        pass
-    return _MoERouting
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _MoERouting:
-    experts: int
-    top_k: int
-    expert_params: int | None = None
-    shared_experts: int = 0
-    distribution: str = "uniform"
-    skew: float = 0.0
-    probabilities: tuple[float, ...] | None = None
-    expert: int | None = None
+    """The ``moe`` annotation schema."""
+    from compiler.annotations import MoERouting
+    return MoERouting
 
 
 def routing(ann) -> np.ndarray:
