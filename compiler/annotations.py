@@ -174,7 +174,9 @@ class MoERouting:
     picks ``top_k``; ``expert_params`` parameters per routed expert (its FFN weights),
     ``shared_experts`` always-on experts; ``distribution`` of tokens over experts
     (``"uniform"``, ``"zipf"`` with ``skew``, or explicit ``probabilities`` summing to 1);
-    ``expert``: the routed expert an op computes for (None: the layer's router / combine ops)."""
+    ``expert``: the routed expert an op computes for (None: the layer's router / combine ops);
+    ``dispatch``: the op is routing bookkeeping for ``expert`` (finding its tokens), which a runtime
+    does in one pass for all experts — its per-kernel fixed cost is shared by the layer."""
 
     experts: int
     top_k: int
@@ -184,6 +186,7 @@ class MoERouting:
     skew: float = 0.0
     probabilities: tuple[float, ...] | None = None
     expert: int | None = None
+    dispatch: bool = False
 
     def __post_init__(self):
         if self.expert is not None and not (isinstance(self.expert, int) and 0 <= self.expert < self.experts):

@@ -140,10 +140,14 @@ def _share(ann) -> sympy.Expr:
 
 
 def expert_factors(ann, tokens) -> tuple[Any, Any]:
-    """(rows factor, touched probability) of expert ``ann.expert`` in a step of ``tokens``
-    tokens: the IR's per-expert shapes hold k·T/E rows, so rows scale by E·p_e."""
+    """(rows factor, fixed-cost multiplier) of an op of expert ``ann.expert`` in a step of
+    ``tokens`` tokens: the IR's per-expert shapes hold k·T/E rows, so rows scale by E·p_e; an
+    expert's compute ops (and weight reads) happen with its touched probability; its dispatch
+    bookkeeping ops share one kernel's fixed cost with the other experts' (1/E each)."""
     share = _share(ann)
     rows = share * ann.experts / ann.top_k
+    if getattr(ann, "dispatch", False):
+        return rows, sympy.Rational(1, ann.experts)
     touched = 1 - (1 - share) ** tokens
     return rows, touched
 
@@ -181,10 +185,10 @@ def translate(c, hidden, top_k_index, top_k_weights, gate_up, down, act, transpo
     layer_ann = cls(experts=E, top_k=k, expert_params=3 * int(H) * inter, shared_experts=shared)
     made: list[str] = []
 
-    def op(*a, expert=None, **kw):
+    def op(*a, expert=None, dispatch=False, **kw):
         t = c.op(*a, **kw)
         name = g.producer_of(t if isinstance(t, str) else t[0]).name
-        g.node(name).annotations["moe"] = dataclasses.replace(layer_ann, expert=expert)
+        g.node(name).annotations["moe"] = dataclasses.replace(layer_ann, expert=expert, dispatch=dispatch)
         made.append(name)
         return t
 
@@ -203,13 +207,13 @@ def translate(c, hidden, top_k_index, top_k_weights, gate_up, down, act, transpo
                           wslice(w_gu.data, slice(inter, 2 * inter)), source=f"{src_gu}[{e}, {inter}:]")
         d_e = g.add_param(f"{down}.{e}", TensorType(d_t.dtype, (inter, H)), wslice(w_d.data, None),
                           source=f"{src_d}[{e}]")
-        eq = op("Equal", [top_k_index, c.const(e, "int64")], types=[TensorType("bool", (T, k))], expert=e)
-        nz = op("NonZero", [eq], types=[TensorType("int64", (2, n_e))], expert=e)
-        tok = op("Gather", [nz, c.const(0, "int64")], {"axis": 0}, types=[TensorType("int64", (n_e,))], expert=e)
-        nzt = op("Transpose", [nz], {"perm": [1, 0]}, types=[TensorType("int64", (n_e, 2))], expert=e)
-        w = op("GatherND", [top_k_weights, nzt], types=[TensorType(g.type(top_k_weights).dtype, (n_e,))], expert=e)
+        eq = op("Equal", [top_k_index, c.const(e, "int64")], types=[TensorType("bool", (T, k))], expert=e, dispatch=True)
+        nz = op("NonZero", [eq], types=[TensorType("int64", (2, n_e))], expert=e, dispatch=True)
+        tok = op("Gather", [nz, c.const(0, "int64")], {"axis": 0}, types=[TensorType("int64", (n_e,))], expert=e, dispatch=True)
+        nzt = op("Transpose", [nz], {"perm": [1, 0]}, types=[TensorType("int64", (n_e, 2))], expert=e, dispatch=True)
+        w = op("GatherND", [top_k_weights, nzt], types=[TensorType(g.type(top_k_weights).dtype, (n_e,))], expert=e, dispatch=True)
         if g.type(w).dtype != dt:
-            w = op("Cast", [w], {"to": _onnx_dtype(dt)}, types=[TensorType(dt, (n_e,))], expert=e)
+            w = op("Cast", [w], {"to": _onnx_dtype(dt)}, types=[TensorType(dt, (n_e,))], expert=e, dispatch=True)
         x = op("Gather", [hidden, tok], {"axis": 0}, types=[TensorType(dt, (n_e, H))], expert=e)
         gate = op("MatMul", [x, g_e], types=[TensorType(dt, (n_e, inter))], expert=e)
         up = op("MatMul", [x, u_e], types=[TensorType(dt, (n_e, inter))], expert=e)
@@ -230,14 +234,21 @@ def translate(c, hidden, top_k_index, top_k_weights, gate_up, down, act, transpo
     zeros = op("ConstantOfShape", [], {"shape": [T, H], "value": 0}, types=[TensorType(dt, (T, H))])
     out = c.op("ScatterND", [zeros, idx, y_all], {"reduction": "add"}, final=True)
     g.producer_of(out).annotations["moe"] = layer_ann
-    g.meta.setdefault("moe_layers", 0)
-    g.meta["moe_layers"] += 1
     return out
 
 
 def _onnx_dtype(dt: str) -> int:
     from compiler.ir import DTYPES
     return DTYPES[dt][2]
+
+
+def shared_experts(hf_config: Mapping) -> int:
+    """Always-on experts per MoE layer from a Hugging Face config (Qwen-MoE: one shared expert of
+    ``shared_expert_intermediate_size``; DeepSeek-MoE: ``n_shared_experts``)."""
+    for key in ("n_shared_experts", "num_shared_experts"):
+        if hf_config.get(key):
+            return int(hf_config[key])
+    return 1 if hf_config.get("shared_expert_intermediate_size") else 0
 
 
 def _shared_experts(c) -> int:
@@ -264,8 +275,9 @@ def analyze(g, wl: Mapping, cfg: Mapping | None = None) -> dict[str, Any] | None
         phases["verify"] = b * (int(sc.get("gamma", 4)) + 1)
     distinct = {ph: float(distinct_experts(a.experts, a.top_k, t, probs)) for ph, t in phases.items()}
     expert_w = sum(float(_param_bytes(g, p)) for p in g.params if _is_expert_param(g, p))
-    layers = int(g.meta.get("moe_layers", 0))
-    return {"experts": a.experts, "top_k": a.top_k, "shared_experts": a.shared_experts,
+    layers = len({n.annotations.get("layer") for n in g if "moe" in n.annotations})
+    shared = shared_experts(((cfg or {}).get("model") or {}).get("config") or {}) or a.shared_experts
+    return {"experts": a.experts, "top_k": a.top_k, "shared_experts": shared,
             "layers": layers, "expert_params": a.expert_params,
             "routing": {"distribution": a.distribution, "skew": a.skew,
                         "probabilities": list(probs) if probs is not None else None},

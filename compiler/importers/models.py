@@ -192,4 +192,6 @@ def _declared_inputs(inputs: Mapping[str, Any], is_meta: bool):
         else:
             example[name] = torch.randn(concrete, generator=torch.Generator().manual_seed(0)).to(dt)
         dims[name] = [sym[d] if isinstance(d, str) else int(d) for d in shape]
+    if is_meta:  # a module built on the meta device traces with meta inputs
+        example = {k: v.to("meta") for k, v in example.items()}
     return example, dims
