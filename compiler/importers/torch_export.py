@@ -538,6 +538,13 @@ def _clamp(c, x, lo=None, hi=None):
                          c.const(hi, dt) if hi is not None else ""], final=True)
 
 
+@handles("rooftop.moe_experts.default")
+def _moe_experts(c, hidden, idx, weights, gate_up, down, act="silu", transposed=False):
+    """A MoE layer's routed experts (compiler/moe.py): per-expert gather → FFN → scatter-add."""
+    from compiler.moe import translate
+    return translate(c, hidden, idx, weights, gate_up, down, act, transposed)
+
+
 @handles("<built-in function getitem>")
 def _getitem(c, tup, i):
     return tup[i]
@@ -554,7 +561,10 @@ _SYMBOLIC_FNS = {operator.mul, operator.add, operator.sub, operator.floordiv, op
 
 def _target_name(n: torch.fx.Node) -> str:
     t = n.target
-    return f"aten.{t._schema.name.split('::')[1]}.{t._overloadname}" if isinstance(t, torch._ops.OpOverload) else str(t)
+    if not isinstance(t, torch._ops.OpOverload):
+        return str(t)
+    ns, name = t._schema.name.split("::")
+    return f"{ns}.{name}.{t._overloadname}"
 
 
 def _needed(graph: torch.fx.Graph, causal: bool) -> set:
