@@ -234,3 +234,14 @@ def test_report_sections_plan_one_device_of_a_tensor_parallel_group():
     off = report_sections({**cfg, "serve": {"enabled": False}}, wl, hw, g, cm, sched, weights_bytes=4e6,
                           kv_bytes_per_token=kv_tok, tokens=192, reserve_bytes=0.5e9)
     assert "serve" not in off and off["capacity"]["kv_blocks"] == r["capacity"]["kv_blocks"]
+
+
+def test_serving_figure_is_deterministic():
+    from compiler.serving import serve_section
+    from reports.plots import to_png
+    from reports.serving_plot import fig_serving
+    sec = serve_section(linear_step, {"rate": 4, "requests": 60, "sweep": [1, 4, 16]}, {"tpot_ms": 10},
+                        kv_blocks=2000, static_max_batch=8)
+    a, b = to_png(fig_serving({"serve": sec})), to_png(fig_serving({"serve": sec}))
+    assert a == b and a[:4] == b"\x89PNG"
+    assert to_png(fig_serving({}))[:4] == b"\x89PNG"        # no simulation: an explanatory panel
