@@ -125,6 +125,8 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
         with progress_display(show_progress) as prog:
             t0 = time.perf_counter()
             g = import_model(cfg, prog)
+            from passes.moe import apply_routing
+            apply_routing(g, cfg.get("moe"))  # moe.routing onto the importer's expert annotations
             g.verify()
             timings["import_s"] = time.perf_counter() - t0
 

@@ -6,6 +6,7 @@ from passes.base import Pass, PassContext, PassManager, PassResult
 from passes.cleanup import ConstantFolding, DeadCodeElimination, RemoveNoOps
 from passes.fusion import AnnotateRotary, FuseAttention, FuseEagerAttention, FuseGemm, FuseNorms, FusionPass
 from passes.kv_cache import LiftKVCache
+from passes.moe import MoERoutingPass
 
 PASSES: dict[str, type[Pass]] = {
     "dce": DeadCodeElimination,
@@ -18,6 +19,7 @@ PASSES: dict[str, type[Pass]] = {
     "annotate_rotary": AnnotateRotary,
     "fuse_eager_attention": FuseEagerAttention,
     "lift_kv_cache": LiftKVCache,
+    "moe_routing": MoERoutingPass,
 }
 
 
