@@ -1,0 +1,137 @@
+"""ONNX emission forms of quantized linear layers (opset 23), chosen so onnxruntime CPU runs them
+on its integer / n-bit kernels:
+
+- weight-only (W8A16 / W4A16): ``DequantizeLinear`` of int4/uint4/int8/uint8 codes — per
+  channel (``axis``) or blocked along the reduction axis (``axis`` + ``block_size``, opset 21+) —
+  feeding ``MatMul``. onnxruntime's QDQ transformer rewrites DQ(blocked) → MatMul into its
+  ``MatMulNBits`` kernel; its activation precision is the session option
+  ``session.qdq_matmulnbits_accuracy_level`` (0 = as the model, exact; 4 = int8 activations,
+  fast), which rooftop records in the model's ``metadata_props`` (:data:`ORT_SESSION_KEY`).
+- W8A8 dynamic: ``DynamicQuantizeLinear`` (uint8, per tensor) → ``MatMulInteger`` (int8 weights)
+  → ``Cast`` → ``Mul`` by ``x_scale · w_scale`` — the form onnxruntime fuses into
+  ``DynamicQuantizeMatMul`` (what its own ``quantize_dynamic`` emits).
+- W8A8 static: ``QuantizeLinear``/``DequantizeLinear`` of the activation with a calibrated scale
+  (uint8 + zero point, or int8 symmetric) and DQ(int8 weights) → ``MatMul``; onnxruntime fuses it
+  into an integer matmul.
+- FP8 E4M3: DQ(float8e4m3fn weights) → ``MatMul``, optionally with Q/DQ of the activation in
+  float8e4m3fn. onnxruntime CPU has no FP8 matmul kernel: this is an accuracy simulation.
+
+These functions only build nodes and initializers from arrays; the numerics that produce the
+codes live in ``passes/quant``.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+ORT_SESSION_KEY = "rooftop.onnxruntime.session_config"
+NM_KEY_PREFIX = "rooftop.sparsity."
+ACCURACY_LEVEL_KEY = "session.qdq_matmulnbits_accuracy_level"
+
+
+def tensor(arr: np.ndarray, name: str) -> onnx.TensorProto:
+    """Initializer from a numpy array (ml_dtypes int4/uint4/float8 arrays included)."""
+    return numpy_helper.from_array(np.asarray(arr), name)
+
+
+def dequantize_weight(name: str, codes: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None,
+                      axis: int | None, block_size: int | None
+                      ) -> tuple[list[onnx.TensorProto], list[onnx.NodeProto]]:
+    """Initializers ``<name>.q`` / ``.scale`` (/ ``.zp``) and a ``DequantizeLinear`` producing
+    ``name`` (so consumers of the fp weight are unchanged)."""
+    inits = [tensor(codes, f"{name}.q"), tensor(np.asarray(scale, np.float32), f"{name}.scale")]
+    ins = [f"{name}.q", f"{name}.scale"]
+    if zero_point is not None:
+        inits.append(tensor(zero_point, f"{name}.zp"))
+        ins.append(f"{name}.zp")
+    attrs = {}
+    if axis is not None:
+        attrs["axis"] = int(axis)
+    if block_size:
+        attrs["block_size"] = int(block_size)
+    node = helper.make_node("DequantizeLinear", ins, [name], name=f"{name}.dq", **attrs)
+    return inits, [node]
+
+
+def matmul_dynamic_int8(x: str, w_codes: str, w_scale: str, w_zero_point: str | None, y: str,
+                        base: str) -> list[onnx.NodeProto]:
+    """``y = x · W`` with x quantized at run time to uint8 (per tensor) and int8 weights, in the
+    form onnxruntime fuses into ``DynamicQuantizeMatMul``."""
+    mk = helper.make_node
+    xq, xs, xz = f"{base}.xq", f"{base}.xscale", f"{base}.xzp"
+    nodes = [mk("DynamicQuantizeLinear", [x], [xq, xs, xz], name=f"{base}.dql"),
+             mk("Mul", [xs, w_scale], [f"{base}.scale"], name=f"{base}.scale_mul"),
+             mk("MatMulInteger", [xq, w_codes, xz] + ([w_zero_point] if w_zero_point else []),
+                [f"{base}.acc"], name=f"{base}.mmi"),
+             mk("Cast", [f"{base}.acc"], [f"{base}.accf"], name=f"{base}.cast", to=TensorProto.FLOAT),
+             mk("Mul", [f"{base}.accf", f"{base}.scale"], [y], name=f"{base}.rescale")]
+    return nodes
+
+
+def qdq_activation(x: str, y: str, scale: float, zero_point: int | None, dtype: str, base: str
+                   ) -> tuple[list[onnx.TensorProto], list[onnx.NodeProto]]:
+    """``y = DQ(Q(x))`` with a fixed per-tensor scale: uint8/int8 (static W8A8) or
+    float8e4m3fn (FP8 activations)."""
+    from compiler.ir import DTYPES
+    s = tensor(np.asarray(scale, np.float32), f"{base}.scale")
+    if dtype == "uint8":
+        z = tensor(np.asarray(zero_point or 0, np.uint8), f"{base}.zp")
+    elif dtype == "int8":
+        z = tensor(np.asarray(zero_point or 0, np.int8), f"{base}.zp")
+    else:
+        z = helper.make_tensor(f"{base}.zp", DTYPES[dtype][2], [], [0.0])
+    mk = helper.make_node
+    nodes = [mk("QuantizeLinear", [x, s.name, z.name], [f"{base}.q"], name=f"{base}.ql"),
+             mk("DequantizeLinear", [f"{base}.q", s.name, z.name], [y], name=f"{base}.dql")]
+    return [s, z], nodes
+
+
+def session_config(model: onnx.ModelProto) -> dict[str, str]:
+    """onnxruntime session config entries the artifact asks for (rooftop metadata)."""
+    for p in model.metadata_props:
+        if p.key == ORT_SESSION_KEY:
+            return dict(json.loads(p.value))
+    return {}
+
+
+def set_metadata(model: onnx.ModelProto, entries: dict[str, str]) -> None:
+    """Add or replace ``metadata_props`` entries."""
+    keep = [p for p in model.metadata_props if p.key not in entries]
+    del model.metadata_props[:]
+    for p in keep:
+        model.metadata_props.append(p)
+    for k in sorted(entries):
+        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=str(entries[k])))
+
+
+def nm_metadata(patterns: dict[str, dict]) -> dict[str, str]:
+    """``rooftop.sparsity.<initializer>`` → JSON ``{"n", "m", "axis", "method"}`` entries."""
+    return {NM_KEY_PREFIX + name: json.dumps(p, sort_keys=True) for name, p in sorted(patterns.items())}
+
+
+def nm_patterns(model: onnx.ModelProto) -> dict[str, dict]:
+    return {p.key[len(NM_KEY_PREFIX):]: json.loads(p.value) for p in model.metadata_props
+            if p.key.startswith(NM_KEY_PREFIX)}
+
+
+def make_session(model: onnx.ModelProto | str, *, threads: int | None = None,
+                 optimized_path: str | None = None, extra: dict[str, str] | None = None,
+                 providers: Sequence[str] = ("CPUExecutionProvider",)):
+    """An onnxruntime session applying the artifact's recorded session config (accuracy level)."""
+    import onnxruntime as ort
+    m = onnx.load(model, load_external_data=False) if isinstance(model, str) else model
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    if optimized_path:
+        so.optimized_model_filepath = optimized_path
+    for k, v in {**session_config(m), **(extra or {})}.items():
+        so.add_session_config_entry(k, str(v))
+    src = model if isinstance(model, str) else model.SerializeToString()
+    return ort.InferenceSession(src, so, providers=list(providers))
