@@ -120,6 +120,10 @@ class _Emitter:
 
     # ---- ops ------------------------------------------------------------------------------
     def emit(self, n: OpNode):
+        if "activation_quant" in n.annotations:   # W8A8 / FP8 (passes/quant): compiler/quant_onnx.py
+            from compiler.quant_onnx import emit_quantized_op
+            emit_quantized_op(self, n)
+            return
         custom = EMITTERS.get(n.op)
         if custom is not None:
             custom(self, n)
@@ -336,7 +340,19 @@ def to_model(g: Graph, functions: list[onnx.FunctionProto] | None = None) -> onn
     em = _Emitter(g)
     for n in g.topo_order():
         em.emit(n)
-    inits = [_param_tensor(p) for p in g.params.values()] + em.inits
+    inits, dq_nodes = [], []
+    for p in g.params.values():
+        qd = p.annotations.get("quant_data")
+        if qd is None:
+            inits.append(_param_tensor(p))
+            continue
+        from compiler.quant_onnx import param_initializers, reads_codes
+        float_use = any(not reads_codes(g, c) for c, _ in g.consumers(p.name)) or p.name in g.outputs
+        q_inits, q_nodes = param_initializers(p.name, qd, dequantize=float_use)
+        inits += q_inits
+        dq_nodes += q_nodes
+    em.nodes[:0] = dq_nodes
+    inits += em.inits
     graph = helper.make_graph(
         em.nodes, g.name, [_value_info(t, g.type(t)) for t in g.inputs],
         [_value_info(t, g.type(t)) for t in g.outputs], initializer=inits)
@@ -345,6 +361,8 @@ def to_model(g: Graph, functions: list[onnx.FunctionProto] | None = None) -> onn
     model = helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION,
                               producer_name="rooftop", producer_version="0.1.0",
                               functions=list(functions or []) + list(em.functions.values()))
+    for k, v in sorted((g.meta.get("onnx_metadata") or {}).items()):   # e.g. passes/quant's session config
+        model.metadata_props.add(key=k, value=str(v))
     return model
 
 

@@ -21,6 +21,7 @@ codes live in ``passes/quant``.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 
@@ -185,3 +186,122 @@ def make_session(model: onnx.ModelProto | str, *, threads: int | None = None,
         so.add_session_config_entry(k, str(v))
     src = model if isinstance(model, str) else model.SerializeToString()
     return ort.InferenceSession(src, so, providers=list(providers))
+
+
+# ------------------------------------------------------------------------------------------------
+# IR side: what the quantize pass leaves on parameters / ops, and how the emitter writes it
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class QuantizedData:
+    """The exact quantized form of a weight (annotation ``quant_data``, written by
+    passes/quantize, read by the emitter): codes (ml_dtypes arrays for int4/uint4/fp8), fp32
+    scales and zero points in ONNX ``DequantizeLinear`` shapes, its ``axis`` / ``block_size``.
+    The parameter's own data holds the dequantized fp32 values (what the IR computes with)."""
+
+    codes: np.ndarray
+    scale: np.ndarray
+    zero_point: np.ndarray | None
+    axis: int | None
+    block_size: int | None
+
+    @property
+    def dtype(self) -> str:
+        return str(self.codes.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationQuant:
+    """How an op's input activation is quantized (annotation ``activation_quant``, W8A8 / FP8):
+    ``mode`` dynamic (per-tensor scale at run time) | dynamic_per_token | static (calibrated
+    ``scale`` / ``zero_point``), ``dtype`` uint8 | int8 | float8e4m3fn."""
+
+    mode: str
+    dtype: str
+    scale: float | None = None
+    zero_point: int | None = None
+
+    def __post_init__(self):
+        from compiler.ir import IRError
+        if self.mode not in ("dynamic", "dynamic_per_token", "static"):
+            raise IRError(f"activation_quant.mode={self.mode!r}: use dynamic, dynamic_per_token or static")
+        if self.dtype not in ("uint8", "int8", "float8e4m3fn"):
+            raise IRError(f"activation_quant.dtype={self.dtype!r}: use uint8, int8 or float8e4m3fn")
+        if self.mode == "static" and self.scale is None:
+            raise IRError("activation_quant: a static scheme needs a calibrated scale")
+
+
+def param_initializers(name: str, qd: QuantizedData, *, dequantize: bool
+                       ) -> tuple[list[onnx.TensorProto], list[onnx.NodeProto]]:
+    """Initializers of a quantized weight; with ``dequantize`` also the DequantizeLinear that
+    produces the fp weight under its own name."""
+    if dequantize:
+        return dequantize_weight(name, qd.codes, qd.scale, qd.zero_point, qd.axis, qd.block_size)
+    inits = [tensor(qd.codes, f"{name}.q"), tensor(np.asarray(qd.scale, np.float32), f"{name}.scale")]
+    if qd.zero_point is not None:
+        inits.append(tensor(qd.zero_point, f"{name}.zp"))
+    return inits, []
+
+
+def reads_codes(graph, node) -> bool:
+    """True when ``node`` consumes its weight's integer codes directly (dynamic int8 W8A8)."""
+    aq = node.annotations.get("activation_quant")
+    if aq is None or aq.dtype == "float8e4m3fn" or aq.mode == "static":
+        return False
+    w = node.inputs[1] if len(node.inputs) > 1 else ""
+    return w in graph.params and "quant_data" in graph.params[w].annotations
+
+
+def _renamed(nodes: list[onnx.NodeProto], keep: set[str], prefix: str) -> list[onnx.NodeProto]:
+    out = []
+    for nd in nodes:
+        n2 = onnx.NodeProto()
+        n2.CopyFrom(nd)
+        for seq in (n2.input, n2.output):
+            for i, t in enumerate(seq):
+                if t and t not in keep:
+                    seq[i] = f"{prefix}.{t}"
+        n2.name = f"{prefix}.{nd.op_type}.{len(out)}"
+        out.append(n2)
+    return out
+
+
+def emit_quantized_op(em, n) -> None:
+    """Emit an op carrying ``activation_quant`` (MatMul / MatMulEpilogue) in the onnxruntime form
+    of its scheme; ``em`` is the emitter (``nodes``, ``inits``, ``name()``, ``emit()``)."""
+    from compiler.emit_onnx import _activation_nodes
+    aq = n.annotations["activation_quant"]
+    x, w = n.inputs[0], n.inputs[1]
+    if reads_codes(em.g, n):
+        qd = em.g.params[w].annotations["quant_data"]
+        epi = n.op == "MatMulEpilogue"
+        mm = em.name(f"{n.name}.mm") if epi else n.outputs[0]
+        zp = f"{w}.zp" if qd.zero_point is not None else None
+        if aq.mode == "dynamic":
+            em.nodes.extend(matmul_dynamic_int8(x, f"{w}.q", f"{w}.scale", zp, mm, n.name))
+        else:
+            inits, nodes = matmul_dynamic_int8_per_token(x, f"{w}.q", f"{w}.scale", mm, n.name)
+            em.inits.extend(inits)
+            em.nodes.extend(nodes)
+        if epi:
+            bias = n.inputs[2] if len(n.inputs) > 2 and n.inputs[2] else None
+            z = mm
+            if bias:
+                z = em.name(f"{n.name}.bias")
+                em.nodes.append(helper.make_node("Add", [mm, bias], [z], name=z))
+            act = _activation_nodes(n.attrs.get("activation", ""), z, n.outputs[0])
+            em.nodes.extend(_renamed(act, {z, n.outputs[0]}, n.name))
+        return
+    # QDQ on the activation, then the op itself on the fake-quantized input
+    xd = em.name(f"{n.name}.xdq")
+    if aq.mode == "static":
+        inits, nodes = qdq_activation(x, xd, aq.scale, aq.zero_point, aq.dtype, f"{n.name}.act")
+    elif aq.dtype == "float8e4m3fn":
+        inits, nodes = qdq_activation_dynamic_fp8(x, xd, f"{n.name}.act")
+    else:
+        raise ValueError(f"{n.name}: no ONNX form for activation_quant {aq}")
+    em.inits.extend(inits)
+    em.nodes.extend(nodes)
+    plain = n.copy()
+    plain.inputs[0] = xd
+    plain.annotations.pop("activation_quant")
+    em.emit(plain)

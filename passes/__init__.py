@@ -5,6 +5,7 @@ from __future__ import annotations
 from passes.base import Pass, PassContext, PassManager, PassResult
 from passes.cleanup import ConstantFolding, DeadCodeElimination, RemoveNoOps
 from passes.fusion import AnnotateRotary, FuseAttention, FuseGemm, FuseNorms, FusionPass
+from passes.quant.passes import PruneNM, Quantize
 
 PASSES: dict[str, type[Pass]] = {
     "dce": DeadCodeElimination,
@@ -15,6 +16,8 @@ PASSES: dict[str, type[Pass]] = {
     "fuse_norms": FuseNorms,
     "fuse_gemm": FuseGemm,
     "annotate_rotary": AnnotateRotary,
+    "prune_nm": PruneNM,
+    "quantize": Quantize,
 }
 
 

@@ -35,8 +35,10 @@ class Hessian:
         self.n = 0
         self.absmax = np.zeros(k, np.float64)
         self.absmean_sum = np.zeros(k, np.float64)
-        self.lo = np.inf
-        self.hi = -np.inf
+        self.chmin = np.full(k, np.inf)
+        self.chmax = np.full(k, -np.inf)
+        self.rows: np.ndarray | None = None     # a sample of activation rows (AWQ), when kept
+        self.samples = 0                        # calibration sequences seen
 
     def add(self, x: np.ndarray) -> None:
         x = np.asarray(x, np.float64).reshape(-1, self.k)
@@ -50,8 +52,8 @@ class Hessian:
         ax = np.abs(x)
         self.absmax = np.maximum(self.absmax, ax.max(axis=0))
         self.absmean_sum += ax.sum(axis=0)
-        self.lo = min(self.lo, float(x.min()))
-        self.hi = max(self.hi, float(x.max()))
+        self.chmin = np.minimum(self.chmin, x.min(axis=0))
+        self.chmax = np.maximum(self.chmax, x.max(axis=0))
 
     @property
     def absmean(self) -> np.ndarray:
