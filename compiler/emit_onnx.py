@@ -23,6 +23,7 @@ import onnx
 import sympy
 from onnx import TensorProto, helper, numpy_helper
 
+from compiler.annotations import serialized
 from compiler.errors import RooftopError
 from compiler.ir import DTYPES, Graph, OpNode, TensorType
 
@@ -307,6 +308,12 @@ EMITTERS: dict[str, Callable[[_Emitter, OpNode], None]] = {
 }
 
 
+def _set_metadata(proto, meta: dict[str, str]) -> None:
+    """Serialized annotations (compiler.annotations.serialized) as ``metadata_props`` entries."""
+    for k, v in sorted(meta.items()):
+        proto.metadata_props.add(key=k, value=v)
+
+
 def _value_info(name: str, ty: TensorType) -> onnx.ValueInfoProto:
     dims = [d if isinstance(d, int) else str(d) for d in ty.shape]
     return helper.make_tensor_value_info(name, DTYPES[ty.dtype][2], dims)
@@ -339,18 +346,28 @@ def to_model(g: Graph, functions: list[onnx.FunctionProto] | None = None) -> onn
             f"with seeded random weights, or emit.enabled=false to cost the model only.")
     em = _Emitter(g)
     for n in g.topo_order():
+        k = len(em.nodes)
         em.emit(n)
+        meta = serialized(n.annotations)
+        if meta:
+            for node in em.nodes[k:]:
+                if node.name == n.name:
+                    _set_metadata(node, meta)
     inits, dq_nodes = [], []
     for p in g.params.values():
+        meta = serialized(p.annotations)
         qd = p.annotations.get("quant_data")
         if qd is None:
-            inits.append(_param_tensor(p))
-            continue
-        from compiler.quant_onnx import param_initializers, reads_codes
-        float_use = any(not reads_codes(g, c) for c, _ in g.consumers(p.name)) or p.name in g.outputs
-        q_inits, q_nodes = param_initializers(p.name, qd, dequantize=float_use)
+            t = _param_tensor(p)
+            q_inits = [t]
+        else:   # passes/quant: codes + scales (+ zero points), DequantizeLinear where a float use needs it
+            from compiler.quant_onnx import param_initializers, reads_codes
+            float_use = any(not reads_codes(g, c) for c, _ in g.consumers(p.name)) or p.name in g.outputs
+            q_inits, q_nodes = param_initializers(p.name, qd, dequantize=float_use)
+            dq_nodes += q_nodes
+        if meta:
+            _set_metadata(q_inits[0], meta)
         inits += q_inits
-        dq_nodes += q_nodes
     em.nodes[:0] = dq_nodes
     inits += em.inits
     graph = helper.make_graph(
