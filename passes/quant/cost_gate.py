@@ -81,8 +81,8 @@ def _roofline(flops, byts, peak, hw, cls_eff) -> float:
 
 def decide(g: Graph, node: OpNode, weight: str, nm: tuple[int, int], context, workload: Mapping) -> dict[str, Any]:
     """The decision record for one layer (``pruned``, predicted times per phase, payoff, reason)."""
-    from compiler.hardware import load_hardware
-    hw = getattr(context, "hardware", None) or load_hardware(DEFAULT_HARDWARE)
+    from compiler.hardware import hardware_by_name
+    hw = getattr(context, "hardware", None) or hardware_by_name(DEFAULT_HARDWARE)
     pts = getattr(context, "points", None) or ((1, 512, 0, "prefill"), (1, 1, 512, "decode"))
     points = {ph: (b, s, p) for b, s, p, ph in pts}
     gen = int(workload.get("gen_len", 128)) if workload else 128

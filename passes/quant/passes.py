@@ -8,8 +8,10 @@ and ``lm_head`` by default, plus fnmatch patterns on parameter names), and annot
 - ``weight_format`` on the weight (storage dtype, granularity, group, symmetry, deployment scale
   dtype, N:M pattern) — the cost model charges its stored bytes;
 - ``compute_dtype`` on the op (the math the scheme runs and the kernel family the prediction
-  assumes: ``aten._weight_int4pack_mm`` for W4A16, ``torch._weight_int8pack_mm`` for W8A16,
-  ``torch._int_mm`` for W8A8, ``torch._scaled_mm`` for FP8, cuSPARSELt for 2:4);
+  assumes: ``aten._weight_int4pack_mm`` for W4A16, dequantize + ``F.linear`` for W8A16 (faster
+  than ``torch._weight_int8pack_mm`` at every measured M on the H200), ``torch._int_mm`` with dynamic
+  int8 activation quantization for W8A8, ``torch._scaled_mm`` with dynamic FP8 activation
+  quantization for FP8, cuSPARSELt for 2:4 — compiler/kernel_families.py);
 - ``quant_data`` on the weight (codes, scales, zero points for the emitter) and
   ``activation_quant`` on the op (W8A8 / FP8 activations).
 
@@ -52,14 +54,16 @@ _VIEW = ("Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten", "Cast")
 
 # scheme -> weight dtype family, granularity, activation dtype (None: weight-only), kernel family
 SCHEMES: dict[str, dict[str, Any]] = {
-    "w8a16": {"bits": 8, "granularity": "channel", "act": None, "kernel": "torch._weight_int8pack_mm"},
+    "w8a16": {"bits": 8, "granularity": "channel", "act": None, "kernel": "dequantize + F.linear"},
     "w4a16": {"bits": 4, "granularity": "group", "act": None, "kernel": "aten._weight_int4pack_mm"},
-    "w8a8": {"bits": 8, "granularity": "channel", "act": "int8", "kernel": "torch._int_mm"},
-    "fp8": {"bits": 8, "granularity": "channel", "act": "fp8", "kernel": "torch._scaled_mm"},
+    "w8a8": {"bits": 8, "granularity": "channel", "act": "int8",
+             "kernel": "torch._int_mm + dynamic int8 activation quantization"},
+    "fp8": {"bits": 8, "granularity": "channel", "act": "fp8",
+            "kernel": "torch._scaled_mm + dynamic fp8 activation quantization"},
 }
 METHODS = ("rtn", "gptq", "awq", "smoothquant")
 ACTIVATIONS = ("dynamic", "dynamic_per_token", "static")
-SPARSE_KERNEL = "cusparselt (torch.sparse.to_sparse_semi_structured)"
+SPARSE_KERNEL = "cuSPARSELt 2:4 (torch.sparse.to_sparse_semi_structured)"
 
 
 # ------------------------------------------------------------------------------------------------
