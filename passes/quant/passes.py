@@ -506,8 +506,35 @@ class PruneNM(Pass):
             stats["cost_only"] = 1
         g.meta["sparsity"] = {"n": self.n, "m": self.m, "method": self.method, "cost_aware": self.cost_aware,
                               "cost_only": cost_only, "kernel": SPARSE_KERNEL, "layers": decisions}
+        if cost_only:
+            g.meta["sparsity"]["note"] = (
+                "cost only: the model has meta weights (no values), so the N:M format was annotated for the cost "
+                "model but no pruned artifact was written and no accuracy was measured; use model.weights=random "
+                "(or a model with real weights) for both.")
         meta = g.meta.setdefault("onnx_metadata", {})
         if not cost_only:
             from compiler.quant_onnx import nm_metadata
             meta.update(nm_metadata({w: {"n": self.n, "m": self.m, "axis": 0, "method": self.method} for w in done}))
         return PassResult(g, bool(done), stats)
+
+
+# ------------------------------------------------------------------------------------------------
+# from the config groups to passes (called by the driver)
+
+def compression_passes(cfg: Mapping, context, workload: Mapping) -> list[Pass]:
+    """The ``prune_nm`` / ``quantize`` passes that ``sparsity=`` / ``quant=`` ask for (in that
+    order; appended after the pipeline's own passes)."""
+    from passes import make_pass
+    out: list[Pass] = []
+    sp = dict(cfg.get("sparsity") or {})
+    scheme = str(sp.pop("scheme", "none"))
+    if scheme not in ("none", "nm"):
+        raise ConfigError(f"sparsity={scheme!r} is not a sparsity scheme; use none or nm.")
+    if scheme == "nm":
+        out.append(make_pass({"name": "prune_nm", **sp, "tokenizer_source": dict(cfg.get("model") or {}),
+                              "workload": dict(workload)}, context))
+    q = dict(cfg.get("quant") or {})
+    qs = str(q.get("scheme", "none"))
+    if qs != "none":
+        out.append(make_pass({"name": "quantize", **q, "tokenizer_source": dict(cfg.get("model") or {})}, context))
+    return out
