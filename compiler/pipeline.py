@@ -115,6 +115,7 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
     speculative.validate(cfg)
     pass_ctx = PassContext(hardware=hw, points=tuple(_record_points(wl)))
     passes = [make_pass(p, pass_ctx) for p in (cfg["pipeline"].get("passes") or [])]
+    lossy = compression_passes(cfg, pass_ctx, wl)   # quant= / sparsity= (validated before the import)
     emit_cfg = dict(cfg.get("emit") or {})
     if show_progress is None:
         show_progress = bool(cfg.get("progress", True)) and os.isatty(2)
@@ -138,7 +139,6 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
             g.verify()
             records = list(pm.records)
             # quant= / sparsity= (passes/quant): lossy, so the graph before them is the accuracy reference
-            lossy = compression_passes(cfg, pass_ctx, wl)
             reference = g.copy() if lossy and g.has_weights() else None
             if lossy:
                 pm2 = PassManager(lossy, debug=bool(cfg["pipeline"].get("debug", False)), cost_fn=cost_fn)
