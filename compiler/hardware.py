@@ -26,12 +26,18 @@ YAML key (in ``conf/hardware/<name>.yaml``)      :class:`Hardware` attribute    
 ``onchip.sm_count`` (SMs / CUs / CPU cores)      ``onchip.sm_count``                1 (integer)
 ``interconnect.bandwidth_gbs`` (per direction)   ``interconnect.bandwidth`` B/s     1e9
 ``interconnect.num_devices_per_node``            same                               1 (integer)
+``interconnect.latency_us`` (optional)           ``interconnect.latency_s``         1e-6
+``collectives`` (optional, measured)             ``collectives`` (see below)        —
 ``efficiency.launch_overhead_us``                ``efficiency.launch_overhead_s``   1e-6
 ``efficiency.classes.<cls>.compute``             ``.compute`` (fraction)            1
 ``efficiency.classes.<cls>.memory``              ``.memory`` (fraction)             1
 ``efficiency.classes.<cls>.flops_half_gflop``    ``.flops_half`` FLOP               1e9
 ``efficiency.classes.<cls>.bytes_half_mb``       ``.bytes_half`` bytes              1e6
 ==============================================  =================================  =============
+
+``interconnect.latency_us`` is the literature per-collective latency floor; the optional
+``collectives:`` block holds measured NCCL fits (latency, bus bandwidth per collective and device
+count), parsed and written by :mod:`compiler.calibration.collectives`.
 
 Other keys: ``name`` (must equal the file stem), ``vendor``, ``kind`` (gpu | cpu | soc),
 ``description`` (optional free text), ``interconnect.name``, ``efficiency.source``.

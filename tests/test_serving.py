@@ -182,3 +182,21 @@ def test_cost_model_step_time_matches_phase_time():
     np.testing.assert_allclose(got[[1, 2]], cm.phase_time(b[[1, 2]], s[[1, 2]], p[[1, 2]], "decode"))
     tab = StepTable(st, 16, 512, 512)
     assert tab.decode_time(4, 100.0) == pytest.approx(float(got[1]), rel=0.02)
+
+
+def test_serve_section_runs_the_configured_simulation():
+    from compiler.serving import serve_section
+    serve = {"rate": 4, "requests": 200, "prompt_len": {"kind": "uniform", "low": 64, "high": 1024},
+             "output_len": 128, "sweep": [1, 4, 16, 64]}
+    sec = serve_section(roofline_step, serve, {"tpot_ms": 20}, kv_blocks=3000, static_max_batch=8)
+    direct = simulate(roofline_step, ServeConfig(rate=4, requests=200, prompt=serve["prompt_len"],
+                                                  output=128, slo_tpot_s=0.02), kv_blocks=3000)
+    assert sec["throughput_tok_s"] == pytest.approx(direct.throughput_tok_s, rel=0.02)
+    assert sec["slo_attainment"] == pytest.approx(direct.slo_attainment, abs=0.02)
+    assert sec["static"]["max_batch_static"] == 8
+    assert sec["max_rate_meeting_slo"] > 0
+    thr = [r["throughput_tok_s"] for r in sec["sweep"]]
+    assert thr[1] > thr[0] and [r["rate"] for r in sec["sweep"]] == [1, 4, 16, 64]
+    assert sec["sweep"][-1]["throughput_tok_s"] > sec["sweep"][-1]["static_throughput_tok_s"]
+    with pytest.raises(ConfigError, match="serve.speed"):
+        serve_section(roofline_step, {"speed": 3}, {}, kv_blocks=100)
