@@ -112,7 +112,7 @@ def test_h100_sxm_numbers(lib):
     assert h.onchip.smem_per_sm_bytes == 228 * 1024
     assert h.interconnect.bandwidth == pytest.approx(450e9)
     # measured on an H100 inside a CUDA graph (compiler/calibration/data/h100_sxm.json)
-    assert h.efficiency.source.startswith("calibrated (h100_sxm+h200 measurements")
+    assert h.efficiency.source.startswith("calibrated on h100_sxm+h200 (joint Hopper fit")
     assert h.calibration.source == "calibrated" and "h100_sxm" in h.calibration.from_devices
     assert 0.5e-6 <= h.efficiency.launch_overhead_s <= 5e-6
 

@@ -322,14 +322,16 @@ def write_library(res: dict, date: Optional[str] = None) -> List[Path]:
                          + (f"; e2e Llama-2-7B ≤ {band['e2e']:.0%}" if band["e2e"] is not None else ""))
                 method = ("the joint Hopper calibration (" + "+".join(devs) + "), roll-off sizes scaled by this "
                           "device's datasheet peak and bandwidth; fractions and launch gap kept")
-            eff_source = f"{src} ({'+'.join(devs)} measurements, joint Hopper fit {date})"
+            eff_source = (f"{'calibrated on' if src == 'calibrated' else 'transferred from'} "
+                          f"{'+'.join(devs)} (joint Hopper fit {date})")
             cal = {"source": src, "from": list(devs), "method": method, "date": date,
                    "error_band": {"median": _round(band["median"]), "p90": _round(band["p90"]), "basis": basis}}
         else:
             launch, params = joint.literature_for_device(hw)
             band = b["literature"]
             src = "literature"
-            eff_source = "literature fractions; launch gap and roll-off times from the Hopper calibration"
+            eff_source = (f"literature fractions (no {hw.architecture or hw.vendor} device measured); launch gap "
+                          f"and ramp times from {'+'.join(devs)}")
             cal = {"source": "literature", "from": list(devs),
                    "method": ("class fractions are literature-typical (no " + (hw.architecture or hw.vendor)
                               + " device measured); the per-kernel launch gap and ramp-up times are the measured "
@@ -339,6 +341,8 @@ def write_library(res: dict, date: Optional[str] = None) -> List[Path]:
                                   "basis": ("what these literature fractions scored on the measured Hoppers "
                                             f"(pooled median {band['median']:.0%}, p90 {band['p90']:.0%}), "
                                             "widened to at least 25 % / 60 % for an unmeasured architecture")}}
+        eb = cal["error_band"]
+        eff_source += f"; error band {eb['median']:.0%} median, {eb['p90']:.0%} p90 per kernel"
         update_yaml_blocks(path, {"efficiency": _eff_dict(launch, params, eff_source), "calibration": cal},
                            note="written by python -m compiler.calibration.transfer --write")
         written.append(path)
