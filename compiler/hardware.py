@@ -26,12 +26,18 @@ YAML key (in ``conf/hardware/<name>.yaml``)      :class:`Hardware` attribute    
 ``onchip.sm_count`` (SMs / CUs / CPU cores)      ``onchip.sm_count``                1 (integer)
 ``interconnect.bandwidth_gbs`` (per direction)   ``interconnect.bandwidth`` B/s     1e9
 ``interconnect.num_devices_per_node``            same                               1 (integer)
+``interconnect.latency_us`` (optional)           ``interconnect.latency_s``         1e-6
+``collectives`` (optional, measured)             ``collectives`` (see below)        —
 ``efficiency.launch_overhead_us``                ``efficiency.launch_overhead_s``   1e-6
 ``efficiency.classes.<cls>.compute``             ``.compute`` (fraction)            1
 ``efficiency.classes.<cls>.memory``              ``.memory`` (fraction)             1
 ``efficiency.classes.<cls>.flops_half_gflop``    ``.flops_half`` FLOP               1e9
 ``efficiency.classes.<cls>.bytes_half_mb``       ``.bytes_half`` bytes              1e6
 ==============================================  =================================  =============
+
+``interconnect.latency_us`` is the literature per-collective latency floor; the optional
+``collectives:`` block holds measured NCCL fits (latency, bus bandwidth per collective and device
+count), parsed and written by :mod:`compiler.calibration.collectives`.
 
 Other keys: ``name`` (must equal the file stem), ``vendor``, ``kind`` (gpu | cpu | soc),
 ``description`` (optional free text), ``interconnect.name``, ``efficiency.source``.
@@ -164,7 +170,7 @@ _PEAK_ORDER = (("fp32", "tf32"), ("fp32", "fp16"), ("fp32", "bf16"), ("tf32", "f
 
 _TOP_REQUIRED = ("name", "vendor", "kind", "peak_tflops", "memory_gib", "memory_bandwidth_gbs",
                  "onchip", "interconnect", "efficiency")
-_TOP_OPTIONAL = ("description", "sparse_peak_tflops", "architecture", "calibration", "kernel_families")
+_TOP_OPTIONAL = ("description", "sparse_peak_tflops", "architecture", "calibration", "kernel_families", "collectives")
 CALIBRATION_SOURCES = ("calibrated", "transferred", "literature")
 _CALIBRATION_KEYS = ("source", "from", "method", "error_band")
 _CALIBRATION_OPTIONAL = ("date", "note")
@@ -173,6 +179,7 @@ _FAMILY_KEYS = ("kernel", "peak_dtype", "compute", "memory", "flops_half_gflop",
 _FAMILY_OPTIONAL = ("sparse", "n", "median_err", "source")
 _ONCHIP_KEYS = ("l2_mib", "smem_per_sm_kib", "sm_count")
 _INTERCONNECT_KEYS = ("name", "bandwidth_gbs", "num_devices_per_node")
+_INTERCONNECT_OPTIONAL = ("latency_us",)  # per-collective latency floor (compiler.calibration.collectives)
 _EFFICIENCY_KEYS = ("source", "launch_overhead_us", "classes")
 _CLASS_KEYS = ("compute", "memory", "flops_half_gflop", "bytes_half_mb")
 
@@ -344,6 +351,7 @@ class Interconnect:
     name: str                  # "NVLink 4", "PCIe 4.0 x16", "none (single device)"...
     bandwidth: float           # bytes/s per direction per device (0 only when 1 device per node)
     num_devices_per_node: int
+    latency_s: float | None = None   # per-collective latency floor, seconds (None: by link family)
 
 
 @dataclass(frozen=True)
@@ -362,6 +370,7 @@ class Hardware:
     architecture: str = ""
     calibration: Calibration | None = None
     kernel_families: Mapping[str, KernelFamilyEfficiency] = field(default_factory=dict)
+    collectives: Any = None   # compiler.calibration.collectives.Collectives (measured) or None
 
     def __post_init__(self):
         object.__setattr__(self, "peak_flops", _FrozenMap(self.peak_flops))
@@ -732,7 +741,7 @@ def load_hardware(cfg: Mapping | Any, source: str | os.PathLike | None = None) -
     try:
         top = _mapping(data, "", _TOP_REQUIRED, _TOP_OPTIONAL)
         oc = _mapping(top["onchip"], "onchip", _ONCHIP_KEYS)
-        ic = _mapping(top["interconnect"], "interconnect", _INTERCONNECT_KEYS)
+        ic = _mapping(top["interconnect"], "interconnect", _INTERCONNECT_KEYS, _INTERCONNECT_OPTIONAL)
         description = top.get("description", "") or ""
         if not isinstance(description, str):
             _fail("description", "is not a string", "Write free text or leave the key out.")
@@ -754,6 +763,7 @@ def load_hardware(cfg: Mapping | Any, source: str | os.PathLike | None = None) -
                 bandwidth=_num(ic["bandwidth_gbs"], "interconnect.bandwidth_gbs") * _GBS,
                 num_devices_per_node=_int(ic["num_devices_per_node"],
                                           "interconnect.num_devices_per_node"),
+                latency_s=_latency(ic.get("latency_us")),
             ),
             efficiency=_parse_efficiency(top["efficiency"]),
             description=description,
@@ -761,9 +771,25 @@ def load_hardware(cfg: Mapping | Any, source: str | os.PathLike | None = None) -
             calibration=(_parse_calibration(top["calibration"])
                          if top.get("calibration") is not None else None),
             kernel_families=_parse_kernel_families(top.get("kernel_families")),
+            collectives=_collectives(top.get("collectives")),
         )
     finally:
         _WHERE.reset(token)
+
+
+def _latency(value: Any) -> float | None:
+    if value is None:
+        return None
+    us = _num(value, "interconnect.latency_us")
+    if not (0 < us < 1e5):
+        _fail("interconnect.latency_us", f"is {us!r}",
+              "Write the per-collective latency floor in microseconds, e.g. 10 for NVLink.")
+    return us * _US
+
+
+def _collectives(value: Any):
+    from compiler.calibration.collectives import parse_collectives
+    return parse_collectives(value)
 
 
 def _parse_yaml_text(text: str) -> Any:
@@ -903,11 +929,16 @@ def hardware_to_yaml_dict(hw: Hardware) -> dict:
     out["interconnect"] = {"name": hw.interconnect.name,
                            "bandwidth_gbs": _r(hw.interconnect.bandwidth / _GBS),
                            "num_devices_per_node": int(hw.interconnect.num_devices_per_node)}
+    if hw.interconnect.latency_s is not None:
+        out["interconnect"]["latency_us"] = _r(hw.interconnect.latency_s / _US)
     out["efficiency"] = efficiency_to_yaml_dict(hw.efficiency)
     if hw.calibration is not None:
         out["calibration"] = calibration_to_yaml_dict(hw.calibration)
     if hw.kernel_families:
         out["kernel_families"] = kernel_families_to_yaml_dict(hw.kernel_families)
+    if hw.collectives is not None:
+        from compiler.calibration.collectives import collectives_to_yaml_dict
+        out["collectives"] = collectives_to_yaml_dict(hw.collectives)
     return out
 
 

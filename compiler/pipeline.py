@@ -110,6 +110,8 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
         if not isinstance(cfg.get(key), Mapping):
             raise ConfigError(f"config group {key!r} is missing; choose one with {key}=<name>.")
     hw = load_hardware(cfg["hardware"])
+    from compiler import speculative
+    speculative.validate(cfg)
     pass_ctx = PassContext(hardware=hw, points=tuple(_record_points(wl)))
     passes = [make_pass(p, pass_ctx) for p in (cfg["pipeline"].get("passes") or [])]
     emit_cfg = dict(cfg.get("emit") or {})
@@ -123,6 +125,8 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
         with progress_display(show_progress) as prog:
             t0 = time.perf_counter()
             g = import_model(cfg, prog)
+            from passes.moe import apply_routing
+            apply_routing(g, cfg.get("moe"))  # moe.routing onto the importer's expert annotations
             g.verify()
             timings["import_s"] = time.perf_counter() - t0
 
