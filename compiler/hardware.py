@@ -1004,7 +1004,7 @@ def update_yaml_blocks(path: str | os.PathLike, blocks: Mapping[str, Any], note:
                 not lines[end - 1].strip() or lines[end - 1].startswith("#")):
             end -= 1
         s0 = start
-        if s0 > 0 and lines[s0 - 1].startswith(f"# {key}: "):  # a previous auto-written note
+        while s0 > 0 and lines[s0 - 1].startswith(f"# {key}: "):  # previous auto-written notes
             s0 -= 1
         tail = lines[end:]
         text = "".join(lines[:s0]) + head + block + ("\n" if tail and block else "") + "".join(tail)
