@@ -168,8 +168,13 @@ def import_torch(cfg, module: torch.nn.Module | None = None, task: str | None = 
     if stack_to is not None:
         from compiler.importers.stacking import unroll_layers
         g.meta["layer_stacking"] = unroll_layers(g, stack_to)
+    sources: dict = {}
+    for name, ds in dims.items():   # the first input axis that carries each symbol
+        for axis, d in enumerate(ds):
+            if not isinstance(d, int) and str(d) not in sources and name in g.inputs:
+                sources[str(d)] = (name, axis)
     g.meta.update(task=task, dim_sources={"B": ("input_ids", 0), "S": ("input_ids", 1)}
-                  if "input_ids" in g.inputs else {})
+                  if "input_ids" in g.inputs else sources)
     if causal:
         from passes.cleanup import remove_noops
         remove_noops(g)  # so the repeat_kv chain is contiguous
