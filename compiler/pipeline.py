@@ -127,6 +127,9 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
         with progress_display(show_progress) as prog:
             t0 = time.perf_counter()
             g = import_model(cfg, prog)
+            from passes.moe import apply_routing
+            apply_routing(g, cfg.get("moe"))  # moe.routing onto the importer's expert annotations
+            _early_exit(g, cfg)
             g.verify()
             timings["import_s"] = time.perf_counter() - t0
 
@@ -193,6 +196,18 @@ def _compression_report(cfg, report, g: Graph, hw, reference: Graph | None, emit
         raise EmitError(f"the quantized artifact differs from the same quantization computed in fp32 by "
                         f"{sec['artifact_check']['max_abs_diff']:.3g} (bound {sec['artifact_check']['bound']:.3g}); "
                         f"this is a rooftop bug — run without quant= to get an artifact.")
+
+
+def _early_exit(g: Graph, cfg: Mapping) -> None:
+    """early_exit=layers: exit heads inserted before the pipeline's passes (passes/early_exit.py)."""
+    from compiler.early_exit import exit_config, op_layers
+    if str((cfg.get("early_exit") or {}).get("mode", "none")) == "none":
+        return
+    if g.meta.get("task") != "causal_lm":
+        raise ConfigError("early_exit=layers needs a causal LM (a decoder with an LM head); use early_exit=none.")
+    ec = exit_config(cfg, op_layers(g)[1])
+    from passes.early_exit import insert_exit_heads
+    insert_exit_heads(g, ec["layers"], ec["probabilities"])
 
 
 def _record_points(wl) -> list[tuple[int, int, int, str]]:

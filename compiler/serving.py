@@ -712,3 +712,75 @@ def serve_section(step_time: StepTime, serve: Mapping | None, slo: Mapping | Non
         sweep.append(row)
     res["sweep"] = sweep
     return res
+
+
+# --------------------------------------------------------------------------- report sections
+
+_GRAPH_KV_DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float8e4m3fn": "fp8",
+                   "int8": "int8", "uint8": "int8"}
+
+
+def report_sections(cfg: Mapping, wl: Mapping, hw, g, cm, sched, *, weights_bytes: float,
+                    kv_bytes_per_token: float, tokens: float, reserve_bytes: float) -> dict[str, Any]:
+    """The capacity planning (``capacity`` additions incl. ``kv_blocks``), ``parallel`` and ``serve``
+    sections of the analysis for the ``kv=``, ``parallel.*``, ``serve.*`` and
+    ``memory.gpu_utilization`` settings. Causal decoders with a KV cache only (else empty)."""
+    from compiler.capacity import capacity_section
+    from compiler.parallel import dims_from_hf, parallel_section, parallel_step_time, plan_of
+    out: dict[str, Any] = {}
+    kv_inputs = [t for t in g.inputs if t in set(g.meta.get("kv_tensors", ()))]
+    if not kv_inputs or not kv_bytes_per_token:
+        return out
+    mem = dict(cfg.get("memory") or {})
+    util = float(mem.get("gpu_utilization", 1.0) if mem.get("gpu_utilization") is not None else 1.0)
+    b, prompt, gen, ctx = wl["batch"], wl["prompt_len"], wl["gen_len"], wl["context_len"]
+    act = float(sched.activation_peak(b, prompt, 0)[0])
+    model_cfg = (cfg.get("model") or {}).get("config")
+    par = parallel_section(cm, hw, cfg.get("parallel"), model_cfg, batch=b, prompt_len=prompt,
+                           context_len=ctx, tokens=tokens, kv_bytes_per_token=kv_bytes_per_token,
+                           weights_bytes=weights_bytes, activation_peak_bytes=act,
+                           reserve_bytes=reserve_bytes, gpu_utilization=util)
+    if par is not None:
+        out["parallel"] = par
+    plan = plan_of(cfg.get("parallel"))
+    # capacity of one device: per-device weights and KV bytes per token under the plan
+    if par is not None and plan.devices > 1:
+        w_dev = par["memory_per_device"]["weights_bytes"]
+        kv_dev = par["memory_per_device"]["kv_bytes_per_token"]
+    else:
+        w_dev, kv_dev = weights_bytes, kv_bytes_per_token
+    serve = dict(cfg.get("serve") or {})
+    enabled = bool(serve.get("enabled", False))
+    kvc = dict(cfg.get("kv") or {})
+    if enabled:
+        scfg = config_of({**{k: v for k, v in serve.items() if k != "enabled"},
+                          "prompt_len": serve.get("prompt_len") or prompt,
+                          "output_len": serve.get("output_len") or max(gen, 1)}, cfg.get("slo"))
+        _, sp, so = sample_requests(scfg)
+        seq = sp + so
+    else:
+        seq = np.array([max(int(tokens), 1)])
+    if not kvc.get("max_model_len"):
+        kvc["max_model_len"] = int(max(seq.max(), tokens))
+    model_dtype = _GRAPH_KV_DTYPE.get(g.type(kv_inputs[0]).dtype, "fp16")
+    sec = capacity_section(kv=kvc, gpu_utilization=util, memory_bytes=hw.memory_bytes,
+                           weights_bytes=w_dev, kv_bytes_per_token=kv_dev, model_kv_dtype=model_dtype,
+                           activation_peak_bytes=act, reserve_bytes=reserve_bytes, sequence_tokens=seq)
+    out["capacity"] = {"kv_blocks": sec["kv_blocks"], "kv_layout": sec["kv_layout"],
+                       "tokens_per_block": sec["tokens_per_block"], "kv_budget_bytes": sec["kv_budget_bytes"],
+                       "max_sequences": sec["max_sequences"], "kv": sec}
+    if enabled:
+        if par is not None and plan.devices > 1:
+            st = parallel_step_time(cm, plan, dims_from_hf(model_cfg))
+        else:
+            st = cost_model_step_time(cm)
+        paged = sec["kv_layout"] == "paged"
+        out["serve"] = serve_section(st, {**{k: v for k, v in serve.items() if k != "enabled"},
+                                          "prompt_len": serve.get("prompt_len") or prompt,
+                                          "output_len": serve.get("output_len") or max(gen, 1)},
+                                     cfg.get("slo"), kv_blocks=sec["kv_blocks"],
+                                     block_size=sec["tokens_per_block"],
+                                     reserve_tokens=None if paged else sec["max_model_len"],
+                                     static_max_batch=min(sec["contiguous"]["max_sequences"],
+                                                          int(serve.get("max_num_seqs") or 256)))
+    return out
