@@ -28,6 +28,7 @@ from compiler.annotations import serialized
 from compiler.errors import RooftopError
 from compiler.ir import DTYPES, Graph, OpNode, TensorType
 from compiler.ops import FUSED_DOMAIN
+from compiler.ops import _activation_nodes  # noqa: F401  (compiler/quant_onnx.py builds epilogues with it)
 from compiler.ops import get as get_opdef
 
 OPSET = 23
@@ -134,6 +135,10 @@ class Emitter:
         self.add(n.op, inputs, n.outputs, name=n.name, domain=n.domain, **self.attrs(attrs))
 
     def emit(self, n: OpNode) -> None:
+        if "activation_quant" in n.annotations:   # W8A8 / FP8 (passes/quant): compiler/quant_onnx.py
+            from compiler.quant_onnx import emit_quantized_op
+            emit_quantized_op(self, n)
+            return
         custom = get_opdef(n.op, where=n.name).emit
         if custom is not None:
             custom(self, n)
@@ -231,13 +236,22 @@ def to_model(g: Graph, functions: list[onnx.FunctionProto] | None = None) -> onn
             for node in em.nodes[k:]:
                 if node.name == n.name:
                     _set_metadata(node, meta)
-    inits = []
+    inits, dq_nodes = [], []
     for p in g.params.values():
-        t = _param_tensor(p)
         meta = serialized(p.annotations)
+        qd = p.annotations.get("quant_data")
+        if qd is None:
+            t = _param_tensor(p)
+            q_inits = [t]
+        else:   # passes/quant: codes + scales (+ zero points), DequantizeLinear where a float use needs it
+            from compiler.quant_onnx import param_initializers, reads_codes
+            float_use = any(not reads_codes(g, c) for c, _ in g.consumers(p.name)) or p.name in g.outputs
+            q_inits, q_nodes = param_initializers(p.name, qd, dequantize=float_use)
+            dq_nodes += q_nodes
         if meta:
-            _set_metadata(t, meta)
-        inits.append(t)
+            _set_metadata(q_inits[0], meta)
+        inits += q_inits
+    em.nodes[:0] = dq_nodes
     inits += em.inits
     graph = helper.make_graph(
         em.nodes, g.name, [_value_info(t, g.type(t)) for t in g.inputs],
@@ -247,6 +261,8 @@ def to_model(g: Graph, functions: list[onnx.FunctionProto] | None = None) -> onn
     model = helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION,
                               producer_name="rooftop", producer_version="0.1.0",
                               functions=list(functions or []) + list(em.functions.values()))
+    for k, v in sorted((g.meta.get("onnx_metadata") or {}).items()):   # e.g. passes/quant's session config
+        model.metadata_props.add(key=k, value=str(v))
     return model
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from passes.base import Pass, PassContext, PassManager, PassResult
 from passes.cleanup import ConstantFolding, DeadCodeElimination, RemoveNoOps
+from passes.early_exit import EarlyExitPass
 from passes.fusion import AnnotateRotary, FuseAttention, FuseEagerAttention, FuseGemm, FuseNorms, FusionPass
 from passes.kv_cache import LiftKVCache
 from passes.moe import MoERoutingPass
+from passes.quant.passes import PruneNM, Quantize
 
 PASSES: dict[str, type[Pass]] = {
     "dce": DeadCodeElimination,
@@ -20,6 +22,9 @@ PASSES: dict[str, type[Pass]] = {
     "fuse_eager_attention": FuseEagerAttention,
     "lift_kv_cache": LiftKVCache,
     "moe_routing": MoERoutingPass,
+    "early_exit": EarlyExitPass,
+    "prune_nm": PruneNM,
+    "quantize": Quantize,
 }
 
 

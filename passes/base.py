@@ -80,6 +80,10 @@ ORDER_CONSTRAINTS: list[tuple[str, str]] = [
     ("fuse_eager_attention", "lift_kv_cache"),   # the cache attaches to Attention ops
     ("lift_kv_cache", "fuse"),                   # fusion rules see the cached attention
     ("lift_kv_cache", "fuse_attention"),
+    # compression works on the final linear layers (merged Q/K/V, gate/up; GEMM epilogues), and
+    # quantization keeps a pruned pattern (its zeros stay exact zeros)
+    ("fuse", "prune_nm"), ("fuse_gemm", "prune_nm"), ("fuse", "quantize"), ("fuse_gemm", "quantize"),
+    ("prune_nm", "quantize"),
 ]
 
 
