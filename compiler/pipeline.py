@@ -126,7 +126,7 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
             t0 = time.perf_counter()
             g = import_model(cfg, prog)
             from passes.moe import apply_routing
-            apply_routing(g, cfg.get("moe"))  # moe.routing onto the importer's expert annotations
+            apply_routing(g, cfg.get("moe"), cfg["model"].get("config"))  # moe.routing onto the expert annotations
             _early_exit(g, cfg)
             g.verify()
             timings["import_s"] = time.perf_counter() - t0

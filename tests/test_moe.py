@@ -159,6 +159,8 @@ def test_routing_histogram_and_zipf_change_decode_cost(h200):
     assert skewed < base   # a hot expert: fewer distinct experts read per step
     apply_routing(g, {"routing": "zipf", "skew": 1.0})
     assert skewed < CostModel(g, h200).totals(8, 1, 16, "decode")["weights"] < base
+    apply_routing(g, {}, {"shared_expert_intermediate_size": 64})     # Qwen-MoE: one shared expert
+    assert {n.annotations["moe"].shared_experts for n in g if "moe" in n.annotations} == {1}
     with pytest.raises(ConfigError, match="4 experts"):
         apply_routing(g, {"routing": [1, 2, 3]})
     with pytest.raises(ConfigError, match="skew"):
