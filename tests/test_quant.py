@@ -218,3 +218,17 @@ def test_llama2_13b_predicted_vs_measured_on_h200():
         if k[0] != "bf16":
             assert abs(pred[k] / meas[k] - 1) < 0.35, (k, pred[k], meas[k])
     assert pred[("w4a16", "prefill", 1)] > 10 * pred[("bf16", "prefill", 1)]
+
+
+def test_config_schemas_match_the_yaml_defaults():
+    import dataclasses
+    from pathlib import Path
+
+    import yaml
+
+    from compiler.quant_config import QuantConfig, SparsityConfig
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    assert yaml.safe_load((conf / "quant/none.yaml").read_text()) == dataclasses.asdict(QuantConfig())
+    assert yaml.safe_load((conf / "sparsity/none.yaml").read_text()) == dataclasses.asdict(SparsityConfig())
+    for f in (conf / "quant").glob("*.yaml"):     # every scheme has every key, and nothing else
+        assert set(yaml.safe_load(f.read_text())) == set(dataclasses.asdict(QuantConfig())), f.name
