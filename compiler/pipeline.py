@@ -128,7 +128,7 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
             t0 = time.perf_counter()
             g = import_model(cfg, prog)
             from passes.moe import apply_routing
-            apply_routing(g, cfg.get("moe"))  # moe.routing onto the importer's expert annotations
+            apply_routing(g, cfg.get("moe"), cfg["model"].get("config"))  # moe.routing onto the expert annotations
             _early_exit(g, cfg)
             g.verify()
             timings["import_s"] = time.perf_counter() - t0
@@ -149,6 +149,7 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
                 g.verify()
                 records += pm2.records
             _note_kv_cache(g)
+            g.meta["_draft_graph"] = _draft_graph(cfg, pass_ctx)  # speculative draft, same passes
             timings["passes_s"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
@@ -158,8 +159,7 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
 
             emit_info = _emit(g, emit_cfg, stage, prog)
             t0 = time.perf_counter()
-            report = build_report(cfg, wl, hw, g, cm, sched, records, emit_info,
-                                  load_model=lambda mcfg: _prepared(mcfg, cfg["pipeline"], pass_ctx))
+            report = build_report(cfg, wl, hw, g, cm, sched, records, emit_info)
             _compression_report(cfg, report, g, hw, reference, emit_info, stage, prog)
             write_reports(report, stage, html=bool((cfg.get("report") or {}).get("html", True)))
             timings["report_s"] = time.perf_counter() - t0
@@ -172,15 +172,6 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
     return report
 
 
-def _prepared(mcfg: Mapping, pipeline_cfg: Mapping, pass_ctx) -> Graph:
-    """Another model (a speculative draft) imported and run through the same configured passes."""
-    from compiler.importers.models import import_torch
-    from passes import run_passes
-    g = import_torch(mcfg)
-    run_passes(g, pipeline_cfg.get("passes") or [], pass_ctx)
-    return g
-
-
 def _note_kv_cache(g: Graph) -> None:
     """A causal decoder whose pipeline did not lift its KV cache (e.g. pipeline=none) is costed
     without one; say so in report.json (model.import.kv_cache) and the log."""
@@ -191,6 +182,20 @@ def _note_kv_cache(g: Graph) -> None:
                 "fuse_eager_attention and lift_kv_cache to pipeline.passes) for cached decoding.")
         log.warning("KV cache %s", note)
         g.meta.setdefault("import_stats", {})["kv_cache"] = note
+
+
+def _draft_graph(cfg: Mapping, pass_ctx) -> Graph | None:
+    """The speculative draft model (speculative.draft_model=<name>), imported cost-only and run
+    through the same pass recipe as the target; None when there is none."""
+    from compiler import speculative
+    from passes import PassManager, make_pass
+    sc = speculative.spec_config(cfg)
+    if sc is None or sc["draft_model"] == "self":
+        return None
+    from compiler.importers.models import import_torch
+    dg = import_torch(dict(speculative.load_model_config(sc["draft_model"]), weights="meta"))
+    PassManager([make_pass(p, pass_ctx) for p in (cfg["pipeline"].get("passes") or [])])(dg)
+    return dg
 
 
 def _compression_report(cfg, report, g: Graph, hw, reference: Graph | None, emit_info, stage: str, prog) -> None:

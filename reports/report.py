@@ -62,8 +62,7 @@ def _phase(cm, sched, b: int, s: int, p: int, phase: str) -> dict[str, Any]:
     }
 
 
-def build_report(cfg: Mapping, wl: Mapping, hw, g: Graph, cm, sched, records, emit_info, *,
-                 load_model=None) -> dict[str, Any]:
+def build_report(cfg: Mapping, wl: Mapping, hw, g: Graph, cm, sched, records, emit_info) -> dict[str, Any]:
     b, prompt, gen, ctx = wl["batch"], wl["prompt_len"], wl["gen_len"], wl["context_len"]
     prefill = _phase(cm, sched, b, prompt, 0, "prefill")
     decode = _phase(cm, sched, b, 1, ctx, "decode")
@@ -124,11 +123,11 @@ def build_report(cfg: Mapping, wl: Mapping, hw, g: Graph, cm, sched, records, em
     }
     _dynamic_sections(report, cfg, wl, hw, g, cm, sched,
                       {"tpot_s": tpot, "weights_bytes": w_bytes, "kv_bytes_per_token": kv_tok,
-                       "tokens": tokens, "reserve": reserve}, load_model)
+                       "tokens": tokens, "reserve": reserve})
     return _clean(report)
 
 
-def _dynamic_sections(report, cfg, wl, hw, g, cm, sched, base, load_model=None) -> None:
+def _dynamic_sections(report, cfg, wl, hw, g, cm, sched, base) -> None:
     """Speculative decoding (phases.verify + ``speculative``) and chunked prefill
     (phases.prefill_chunked): compiler/speculative.py."""
     from compiler import speculative as spec
@@ -150,7 +149,7 @@ def _dynamic_sections(report, cfg, wl, hw, g, cm, sched, base, load_model=None) 
     esec = early_exit.analyze(cfg, wl, hw, g, cm)
     if esec is not None:
         report["early_exit"] = esec
-    sec = spec.analyze(cfg, wl, hw, g, cm, sched, base, load_model=load_model)
+    sec = spec.analyze(cfg, wl, hw, g, cm, sched, base)
     if sec is not None:
         report["phases"]["verify"] = _phase(cm, sched, b, sec["gamma"] + 1, ctx, spec.attention_class(sec["gamma"] + 1))
         report["speculative"] = sec
