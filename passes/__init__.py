@@ -6,6 +6,7 @@ from passes.base import Pass, PassContext, PassManager, PassResult
 from passes.cleanup import ConstantFolding, DeadCodeElimination, RemoveNoOps
 from passes.moe import MoERoutingPass
 from passes.fusion import AnnotateRotary, FuseAttention, FuseGemm, FuseNorms, FusionPass
+from passes.kv_cache_onnx import LiftKVCache
 
 PASSES: dict[str, type[Pass]] = {
     "dce": DeadCodeElimination,
@@ -17,6 +18,7 @@ PASSES: dict[str, type[Pass]] = {
     "fuse_gemm": FuseGemm,
     "annotate_rotary": AnnotateRotary,
     "moe_routing": MoERoutingPass,
+    "kv_cache": LiftKVCache,
 }
 
 
