@@ -170,7 +170,9 @@ class CostModel:
             cp = eff.ClassParams(prm.compute, prm.memory, prm.flops_half, prm.bytes_half)
             pk = self._peak[m][:, None]
             bw = self.hw.memory_bandwidth
-            t_c = (flops[m] + cp.flops_half * fx[m]) / (pk * cp.compute)
+            # flops_half is sized for the fp16 reference peak: a kernel's ramp-up TIME is the
+            # chip's, whatever the dtype (fp32 / fp8 / int8 GEMMs scale it by their peak)
+            t_c = (flops[m] + cp.flops_half * fx[m] * pk / self.hw.peak("fp16")) / (pk * cp.compute)
             t_m = (byts[m] + cp.bytes_half * fx[m]) / (bw * cp.memory)
             time[m] = np.maximum(t_c, t_m) + launch * fx[m]
             # the roofline side that binds, unless fixed per-kernel costs (launch, ramp) dominate

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from passes.base import Pass, PassContext, PassManager, PassResult
 from passes.cleanup import ConstantFolding, DeadCodeElimination, RemoveNoOps
+from passes.early_exit import EarlyExitPass
 from passes.moe import MoERoutingPass
 from passes.fusion import AnnotateRotary, FuseAttention, FuseGemm, FuseNorms, FusionPass
 from passes.kv_cache_onnx import LiftKVCache
@@ -19,6 +20,7 @@ PASSES: dict[str, type[Pass]] = {
     "annotate_rotary": AnnotateRotary,
     "moe_routing": MoERoutingPass,
     "kv_cache": LiftKVCache,
+    "early_exit": EarlyExitPass,
 }
 
 
