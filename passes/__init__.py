@@ -8,6 +8,7 @@ from passes.early_exit import EarlyExitPass
 from passes.moe import MoERoutingPass
 from passes.fusion import AnnotateRotary, FuseAttention, FuseGemm, FuseNorms, FusionPass
 from passes.kv_cache_onnx import LiftKVCache
+from passes.quant.passes import PruneNM, Quantize
 
 PASSES: dict[str, type[Pass]] = {
     "dce": DeadCodeElimination,
@@ -21,6 +22,8 @@ PASSES: dict[str, type[Pass]] = {
     "moe_routing": MoERoutingPass,
     "kv_cache": LiftKVCache,
     "early_exit": EarlyExitPass,
+    "prune_nm": PruneNM,
+    "quantize": Quantize,
 }
 
 
