@@ -40,15 +40,40 @@ def _fail(msg: str, code: int = EXIT_BAD_INPUT):
     sys.exit(code)
 
 
-def _groups() -> dict[str, list[str]]:
-    return {p.name: sorted(f.stem for f in p.glob("*.yaml"))
-            for p in config_dir().iterdir() if p.is_dir() and p.name != "hydra"}
+def _extra_config_dir(argv: list[str]) -> str | None:
+    """Hydra's ``--config-dir DIR`` / ``-cd DIR``: more config groups (e.g. your own model YAMLs)."""
+    for i, a in enumerate(argv):
+        if a in ("--config-dir", "-cd") and i + 1 < len(argv):
+            return os.path.abspath(argv[i + 1])
+        if a.startswith("--config-dir="):
+            return os.path.abspath(a.split("=", 1)[1])
+    return None
+
+
+def _groups(extra: str | None = None) -> dict[str, list[str]]:
+    out: dict[str, set[str]] = {}
+    for root in [config_dir()] + ([Path(extra)] if extra else []):
+        if not root.is_dir():
+            continue
+        for p in root.iterdir():
+            if p.is_dir() and p.name != "hydra":
+                out.setdefault(p.name, set()).update(f.stem for f in p.glob("*.yaml"))
+    return {k: sorted(v) for k, v in out.items()}
 
 
 def _parse(argv: list[str]):
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
-    args = [a for a in argv if not a.startswith("-")]
+    args, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp"):
+            skip = True
+            continue
+        if not a.startswith("-"):
+            args.append(a)
     try:
         return OverridesParser.create().parse_overrides(args)
     except OverrideParseException as e:
@@ -70,8 +95,10 @@ def _first_value(o) -> str | None:
     return f"{prefix}{o.key_or_group}={first}"
 
 
-def _compose(overrides: list[str]):
+def _compose(overrides: list[str], extra: str | None = None):
     from hydra import compose, initialize_config_dir
+    if extra:
+        overrides = list(overrides) + [f"hydra.searchpath=[file://{extra}]"]
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
         return compose("config", overrides=overrides, return_hydra_config=True)
 
@@ -106,7 +133,8 @@ def precheck(argv: list[str]) -> list[str]:
     from omegaconf import OmegaConf
     from compiler import config as schema
     overrides = _parse(argv)
-    groups = _groups()
+    extra = _extra_config_dir(argv)
+    groups = _groups(extra)
     multirun = any(a in ("-m", "--multirun") for a in argv)
     for o in overrides:
         key = o.key_or_group
@@ -117,7 +145,7 @@ def precheck(argv: list[str]) -> list[str]:
                     raise ConfigError(f"unknown {key} {v!r}. Valid {key} names: {', '.join(groups[key])}. "
                                       f"Pick one of them, e.g. {key}={groups[key][0]}, or add conf/{key}/{v}.yaml.")
     group_ov = [_first_value(o) for o in overrides if o.key_or_group in groups]
-    base = OmegaConf.to_container(_compose([g for g in group_ov if g]), resolve=False)
+    base = OmegaConf.to_container(_compose([g for g in group_ov if g], extra), resolve=False)
     given = set()
     for o in overrides:
         key = o.key_or_group
@@ -134,7 +162,7 @@ def precheck(argv: list[str]) -> list[str]:
                               f"+{o.input_line.lstrip('+')}.")
     firsts = [_first_value(o) for o in overrides]
     try:
-        cfg = _compose([f for f in firsts if f is not None])
+        cfg = _compose([f for f in firsts if f is not None], extra)
     except Exception as e:  # noqa: BLE001 - Hydra's composition errors, as one paragraph
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"the config could not be composed: {msg}. Check the overrides "
@@ -148,8 +176,10 @@ def precheck(argv: list[str]) -> list[str]:
         key = getattr(e, "key", None)
         if key and key not in given:
             grp = key.split(".")[0]
-            raise ConfigError(f"{e} (The key comes from a YAML file: conf/config.yaml or "
-                              f"conf/{grp}/<name>.yaml.)") from None
+            choice = next((str(o.value()) for o in overrides if o.key_or_group == grp), None)
+            where = f"{grp}/{choice}.yaml" if choice else f"the default {grp} YAML"
+            raise ConfigError(f"{e} (The key comes from a YAML file, {where} under conf/"
+                              f"{' or ' + extra if extra else ''}, not from the command line.)") from None
         raise
     if multirun:
         sweep = OmegaConf.select(hydra_cfg, "sweep.dir", throw_on_resolution_failure=False)
