@@ -180,6 +180,11 @@ def analyze(cfg: Mapping, wl: Mapping, hw, g: Graph, cm, sched, records) -> dict
                              prompt, generative)
     m = cfg["model"]
     source = g.meta.get("source") or {}
+    dynamic = dynamic_sections(cfg, wl, hw, g, cm, sched, latency,
+                               {"tpot_s": latency["tpot_s"], "weights_bytes": w_bytes, "kv_bytes_per_token": kv_tok,
+                                "tokens": tokens, "reserve": reserve})
+    phases.update(dynamic.pop("phases", {}))
+    latency.update(dynamic.pop("latency", {}))
     dtype = m.get("dtype") or _graph_dtype(g)
     return {
         "model": {
@@ -212,7 +217,30 @@ def analyze(cfg: Mapping, wl: Mapping, hw, g: Graph, cm, sched, records) -> dict
         "capacity": cap,
         "latency": latency,
         "throughput_vs_batch": sweep,
+        **dynamic,
     }
+
+
+def dynamic_sections(cfg, wl, hw, g, cm, sched, latency, base) -> dict[str, Any]:
+    """Speculative decoding (``phases.verify`` + ``speculative``) and chunked prefill
+    (``phases.prefill_chunked``): compiler/speculative.py."""
+    from compiler import speculative as spec
+    out: dict[str, Any] = {"phases": {}, "latency": {}}
+    if g.meta.get("task") != "causal_lm":
+        return out
+    b, ctx = wl["batch"], wl["context_len"]
+    chunk = (cfg.get("workload") or {}).get("prefill_chunk")
+    if chunk:
+        chunk = int(chunk)
+        res = phase_result(cm, sched, b, min(chunk, wl["prompt_len"]), 0, spec.attention_class(chunk))
+        res.update(spec.chunked_prefill(cm, b, wl["prompt_len"], chunk))
+        out["phases"]["prefill_chunked"] = res
+        out["latency"]["ttft_chunked_s"] = res["time_s"]
+    sec = spec.analyze(cfg, wl, hw, g, cm, sched, base)
+    if sec is not None:
+        out["phases"]["verify"] = phase_result(cm, sched, b, sec["gamma"] + 1, ctx, spec.attention_class(sec["gamma"] + 1))
+        out["speculative"] = sec
+    return out
 
 
 def _graph_dtype(g: Graph) -> str | None:

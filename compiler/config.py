@@ -46,6 +46,7 @@ class WorkloadConfig:
     context_len: Optional[int] = None
     # prompt/context beyond the model's max_position_embeddings is refused unless this is true
     allow_beyond_max_positions: bool = False
+    prefill_chunk: Optional[int] = None      # chunked prefill (compiler/speculative.py); null = off
 
 
 @dataclass
@@ -74,6 +75,18 @@ class EmitConfig:
     enabled: Any = "auto"        # auto: emit when the model has weights | true: require | false
     external_data: Any = "auto"  # auto: model.onnx.data past 2 GB | true | false
     verify: bool = True          # compare the emitted model with the source (compiler/verify.py)
+
+
+@dataclass
+class SpeculativeConfig:
+    """Speculative decoding (compiler/speculative.py validates the values); off while
+    ``draft_model`` is null."""
+    draft_model: Optional[str] = None   # a model name, or self (layer-skip self-speculation)
+    gamma: Any = 4                      # tokens the draft proposes per step (whole number ≥ 1)
+    acceptance: Any = 0.7               # per-token acceptance rate in [0, 1], or measured
+    draft_layers: Optional[int] = None  # draft_model=self: layers the draft runs
+    eval_tokens: int = 128              # acceptance=measured: evaluation tokens
+    gammas: Optional[List[int]] = None  # γ values of the sweep (null = 1..16)
 
 
 @dataclass
@@ -149,6 +162,7 @@ class RooftopConfig:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     emit: EmitConfig = field(default_factory=EmitConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
     progress: bool = True
 
 

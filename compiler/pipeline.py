@@ -237,6 +237,8 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
     cfg = validate(cfg)
     wl = workload_of(cfg)
     hw = load_hardware(cfg["hardware"])
+    from compiler import speculative
+    speculative.validate(cfg)
     mcfg = cfg["model"]
     if mcfg["source"] != "onnx":  # fail before the (slow) import where the config says it
         max_pos, where = model_max_positions(mcfg)
