@@ -393,12 +393,46 @@ def _check_model(cfg: dict):
     if m["weights"] not in ("random", "meta", "pretrained"):
         raise ConfigError(f"model.weights={m['weights']!r} is not one of meta, random, pretrained; use "
                           f"model.weights=meta to cost a model without allocating its weights.")
-    if m["source"] == "hf_config" and "model_type" not in m["config"]:
-        raise ConfigError("model.config has no model_type (e.g. llama, gpt2, mixtral): the Hugging "
-                          "Face config class cannot be chosen. Add model.config.model_type to the model YAML.")
+    if m["source"] == "hf_config":
+        if "model_type" not in m["config"]:
+            raise ConfigError("model.config has no model_type (e.g. llama, gpt2, mixtral): the Hugging "
+                              "Face config class cannot be chosen. Add model.config.model_type to the model YAML.")
+        _check_hf_kwargs(m["config"])
     if m["source"] == "module" and "_target_" not in m["module"]:
         raise ConfigError("model.module has no _target_: name the nn.Module class to build, e.g. "
                           "model.module._target_=torch.nn.Linear.")
+
+
+def _hf_unknown_keys(conf: Mapping) -> tuple[list[str], set[str]]:
+    """Kwargs of ``model.config`` that transformers' config class neither declares nor consumes
+    (it stores such keys as attributes and ignores them), and the declared keys."""
+    import inspect
+    import transformers
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the import builds it again and warns there
+    try:
+        cls = transformers.AutoConfig.for_model(str(conf["model_type"])).__class__
+        built = cls(**{k: v for k, v in conf.items() if k != "model_type"})
+    except Exception:  # noqa: BLE001 - a bad model_type/value fails at import with its own message
+        return [], set()
+    finally:
+        transformers.logging.set_verbosity(level)
+    known = {k for k in vars(cls()) if not k.startswith("_")} | set(getattr(cls, "attribute_map", {}) or {})
+    for c in cls.__mro__:
+        if "__init__" in vars(c):
+            known |= {p for p in inspect.signature(c.__init__).parameters if p not in ("self", "kwargs")}
+    return [k for k in conf if k != "model_type" and k not in known and k in vars(built)], known
+
+
+def _check_hf_kwargs(conf: Mapping) -> None:
+    unknown, known = _hf_unknown_keys(conf)
+    for k in unknown:
+        near = nearest(k, known)
+        raise ConfigError(
+            f"model.config.{k} is not a setting of transformers' {conf['model_type']} config, so it "
+            f"would be stored and ignored. " + (f"Did you mean {', '.join('model.config.' + n for n in near)}? "
+                                                  if near else "") +
+            f"Fix the key in the model YAML or on the command line.")
 
 
 #: range checks run after conversion, in order

@@ -89,11 +89,11 @@ def model_max_positions(mcfg: Mapping, module=None) -> tuple[int | None, str]:
 
 
 def positions_needed(wl: Mapping, generative: bool) -> int:
-    """Positions a request uses: the prompt, the generated tokens that are fed back, and the
-    decode point (a new token at position ``context_len``)."""
+    """Positions a request uses: the prompt and the generated tokens fed back (the last generated
+    token is not fed), or the decode context (``context_len`` tokens in all)."""
     if not generative:
         return wl["prompt_len"]
-    return max(wl["prompt_len"] + max(wl["gen_len"] - 1, 0), wl["context_len"] + 1)
+    return max(wl["prompt_len"] + max(wl["gen_len"] - 1, 0), wl["context_len"])
 
 
 def check_positions(cfg: Mapping, wl: Mapping, max_pos: int | None, where: str, generative: bool):
@@ -196,28 +196,34 @@ class _Stage:
 # import
 
 
-def import_model(cfg: Mapping, prog=None, *, keep_source: bool = False) -> tuple[Graph, dict]:
-    """Import the configured model. Returns (graph, source) where ``source`` describes what the
-    verifier compares with: ``{"kind": "torch", "module", "task"}`` or ``{"kind": "onnx", "path"}``
-    (the torch module is kept only with ``keep_source``)."""
+def import_model(cfg: Mapping, prog=None) -> Graph:
+    """Import the configured model (an ONNX file, or a torch model built from its config)."""
     mcfg = cfg["model"]
-    src = str(mcfg.get("source"))
-    if src == "onnx":
+    if str(mcfg.get("source")) == "onnx":
         from compiler.importers.onnx_import import import_onnx
         path = mcfg.get("path")
         if not path:
             raise ConfigError("model=onnx needs model.path=<file.onnx>; pass it on the command "
                               "line, e.g. rooftop model=onnx model.path=/abs/path/model.onnx.")
-        path = os.path.abspath(str(path))
-        g = import_onnx(path, name=mcfg.get("name") or None, progress=_Stage(prog, "import onnx"))
-        return g, {"kind": "onnx", "path": path}
-    from compiler.importers.models import build_torch_model, import_torch
-    stage = _Stage(prog, f"import {mcfg.get('name')}")
+        return import_onnx(os.path.abspath(str(path)), name=mcfg.get("name") or None,
+                           progress=_Stage(prog, "import onnx"))
+    from compiler.importers.models import import_torch
+    return import_torch(mcfg, progress=_Stage(prog, f"import {mcfg.get('name')}"))
+
+
+def import_with_source(cfg: Mapping, prog=None, *, keep_source: bool = False) -> tuple[Graph, dict]:
+    """:func:`import_model`, plus what the verifier compares with: ``{"kind": "torch", "module",
+    "task"}`` (the module is built here and kept only with ``keep_source`` and real weights) or
+    ``{"kind": "onnx", "path"}``."""
+    mcfg = cfg["model"]
+    if str(mcfg.get("source")) == "onnx":
+        return import_model(cfg, prog), {"kind": "onnx", "path": os.path.abspath(str(mcfg.get("path")))}
     if keep_source and mcfg.get("weights") != "meta":
+        from compiler.importers.models import build_torch_model, import_torch
         module, task = build_torch_model(mcfg)
-        g = import_torch(mcfg, module, task, progress=stage)
+        g = import_torch(mcfg, module, task, progress=_Stage(prog, f"import {mcfg.get('name')}"))
         return g, {"kind": "torch", "module": module, "task": task}
-    return import_torch(mcfg, progress=stage), {"kind": "torch"}
+    return import_model(cfg, prog), {"kind": "torch"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -256,7 +262,7 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
             with progress_display(show_progress) as prog:
                 t0 = time.perf_counter()
                 want_emit = emit_cfg["enabled"] is not False
-                g, source = import_model(cfg, prog, keep_source=want_emit and emit_cfg["verify"])
+                g, source = import_with_source(cfg, prog, keep_source=want_emit and emit_cfg["verify"])
                 g.verify()
                 generative = is_generative(g)
                 if mcfg["source"] == "onnx":
@@ -362,14 +368,17 @@ def _emit(g: Graph, emit_cfg: Mapping, stage: str, source: Mapping, mcfg: Mappin
         return info
     from compiler.verify import verify
     try:
-        info["verification"] = verify(os.path.join(stage, "model.onnx"), g, source)
-        info["verified"] = info["verification"]["passed"]
+        ver = info["verification"] = verify(os.path.join(stage, "model.onnx"), g, source)
+        if ver.get("passed"):  # the summary that report.json has always had, now after a comparison
+            shapes = {k.split("@")[0]: v["shape"] for k, v in reversed(list(ver["outputs"].items()))}
+            info["verified"] = {"runtime": ver["runtime"], "reference": ver["reference"], "passed": True,
+                                "outputs": dict(sorted(shapes.items()))}
     except VerificationError as e:
         for f in ("model.onnx", "model.onnx.data"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(stage, f))
         detail = getattr(e, "detail", None)
-        return {"emitted": False, "verified": False, "error": f"verification failed: {e}",
+        return {"emitted": False, "error": f"verification failed: {e}",
                 **({"verification": detail} if detail else {})}
     return info
 

@@ -37,7 +37,7 @@ def test_default_run_writes_contract_outputs_deterministically(tmp_path):
     assert set(rep["memory"]) >= {"weights_bytes", "kv_cache_bytes", "kv_bytes_per_token", "activation_peak_bytes"}
     assert set(rep["latency"]) >= {"ttft_s", "tpot_s", "e2e_s", "throughput_tok_s"}
     assert rep["passes"] and all({"name", "changed", "stats", "cost_before", "cost_after"} <= set(p) for p in rep["passes"])
-    assert rep["emit"]["emitted"] and rep["emit"]["verified"] is True
+    assert rep["emit"]["emitted"] and rep["emit"]["verified"]["passed"] is True
     ver = rep["emit"]["verification"]
     assert ver["reference"].startswith("torch eager") and ver["compute_dtype"] == "float32"
     assert set(ver["outputs"]) == {"logits@prefill", "logits@decode1", "logits@decode2"}

@@ -73,6 +73,16 @@ def test_validate_names_the_key_and_nearest_in_process():
         schema.validate(cfg)
 
 
+def test_hugging_face_config_kwargs_are_checked_against_transformers():
+    """model.config stays an open mapping, but a key transformers would store and ignore is refused;
+    keys it consumes under an older name (llama's rope_theta) pass."""
+    with pytest.raises(ConfigError, match=r"model.config.hidden_sise.*Did you mean model.config.hidden_size"):
+        schema.validate(compose(["+model.config.hidden_sise=64"]))
+    with pytest.raises(ConfigError, match=r"model.config.n_embdd.*Did you mean model.config.n_embd"):
+        schema.validate(compose(["model=gpt2_tiny", "+model.config.n_embdd=64"]))
+    assert schema.validate(compose(["model=llama2_7b"]))["model"]["config"]["rope_theta"] == 10000.0
+
+
 def test_config_yaml_repeats_the_schema_defaults():
     """One place for each default: conf/config.yaml says what the dataclasses say (and
     workload_of no longer has its own: prompt 512 / gen 128)."""

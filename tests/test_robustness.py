@@ -163,7 +163,7 @@ def test_token_type_model_with_tiny_vocab_is_verified_and_reported_as_an_encoder
     assert "tiny-bert (float32)" in r.stdout
     # verified against the source file, ids within both tables
     ver = rep["emit"]["verification"]
-    assert rep["emit"]["verified"] is True and ver["reference"].startswith("the source ONNX")
+    assert rep["emit"]["verified"]["passed"] is True and ver["reference"].startswith("the source ONNX")
     assert ver["inputs"][0]["shapes"] == {"input_ids": [2, 7], "token_type_ids": [2, 7]}
     assert ver["outputs"]["last_hidden_state"]["max_abs_err"] <= ver["outputs"]["last_hidden_state"]["tolerance"]
     # an encoder: latency per batch, sequences/s, no decode phase, no TPOT
@@ -198,7 +198,7 @@ def test_bfloat16_model_is_emitted_and_verified_in_float32(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads((tmp_path / "report.json").read_text())
     ver = rep["emit"]["verification"]
-    assert rep["emit"]["verified"] is True and ver["compute_dtype"] == "float32"
+    assert rep["emit"]["verified"]["passed"] is True and ver["compute_dtype"] == "float32"
     assert "bfloat16" in ver["note"] and "float32" in ver["note"]
     m = onnx.load(str(tmp_path / "model.onnx"), load_external_data=False)
     assert {t.data_type for t in m.graph.initializer if len(t.dims) >= 2} == {TensorProto.BFLOAT16}

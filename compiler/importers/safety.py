@@ -99,8 +99,8 @@ def _inside(base: str, loc: str, path: str, name: str) -> str:
     if os.path.commonpath([real, os.path.realpath(base)]) != os.path.realpath(base):
         raise _fail(path, f"tensor {name!r} names external data {loc!r} that resolves outside the model's folder", fix)
     if not os.path.isfile(real):
-        what = "does not exist" if not os.path.exists(real) else "is not a regular file"
-        raise _fail(path, f"the external data file {loc!r} of tensor {name!r} {what} in "
+        what = "is missing from" if not os.path.exists(real) else "is not a regular file in"
+        raise _fail(path, f"the external data file {loc!r} of tensor {name!r} {what} "
                           f"{os.path.realpath(base)!r}", "Copy the model's data file(s) next to the .onnx file.")
     return real
 
