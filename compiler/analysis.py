@@ -222,8 +222,9 @@ def analyze(cfg: Mapping, wl: Mapping, hw, g: Graph, cm, sched, records) -> dict
 
 
 def dynamic_sections(cfg, wl, hw, g, cm, sched, latency, base) -> dict[str, Any]:
-    """Speculative decoding (``phases.verify`` + ``speculative``) and chunked prefill
-    (``phases.prefill_chunked``): compiler/speculative.py."""
+    """Speculative decoding (``phases.verify`` + ``speculative``, compiler/speculative.py), chunked
+    prefill (``phases.prefill_chunked``), MoE routing (``moe``, compiler/moe.py) and early exit
+    (``early_exit``, compiler/early_exit.py)."""
     from compiler import speculative as spec
     out: dict[str, Any] = {"phases": {}, "latency": {}}
     if g.meta.get("task") != "causal_lm":
@@ -236,6 +237,14 @@ def dynamic_sections(cfg, wl, hw, g, cm, sched, latency, base) -> dict[str, Any]
         res.update(spec.chunked_prefill(cm, b, wl["prompt_len"], chunk))
         out["phases"]["prefill_chunked"] = res
         out["latency"]["ttft_chunked_s"] = res["time_s"]
+    from compiler import moe
+    msec = moe.analyze(g, wl, cfg)
+    if msec is not None:
+        out["moe"] = msec
+    from compiler import early_exit
+    esec = early_exit.analyze(cfg, wl, hw, g, cm)
+    if esec is not None:
+        out["early_exit"] = esec
     sec = spec.analyze(cfg, wl, hw, g, cm, sched, base)
     if sec is not None:
         out["phases"]["verify"] = phase_result(cm, sched, b, sec["gamma"] + 1, ctx, spec.attention_class(sec["gamma"] + 1))

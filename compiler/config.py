@@ -90,6 +90,24 @@ class SpeculativeConfig:
 
 
 @dataclass
+class MoeConfig:
+    """MoE token routing (compiler/moe.py validates the values)."""
+    routing: Any = "uniform"     # uniform | zipf | [per-expert token counts or shares]
+    skew: float = 1.0            # Zipf exponent for routing=zipf
+
+
+@dataclass
+class EarlyExitConfig:
+    """``early_exit=`` none | layers (conf/early_exit/*.yaml; compiler/early_exit.py)."""
+    mode: str = "none"
+    layers: Optional[List[int]] = None          # 0-based "after layer ℓ" indices
+    probabilities: Optional[List[float]] = None  # P(exit here | reached here), one per exit
+    threshold: Optional[float] = None            # softmax-margin threshold (calibrated on text)
+    kv: str = "propagate"                        # propagate | recompute
+    eval_tokens: int = 128
+
+
+@dataclass
 class ReportConfig:
     html: bool = True
 
@@ -163,6 +181,8 @@ class RooftopConfig:
     emit: EmitConfig = field(default_factory=EmitConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
+    moe: MoeConfig = field(default_factory=MoeConfig)
+    early_exit: EarlyExitConfig = field(default_factory=EarlyExitConfig)
     progress: bool = True
 
 

@@ -254,6 +254,14 @@ class _Compare:
         return max(bad, key=lambda kv: (kv[1]["max_abs_err"] or float("inf")) / (kv[1]["tolerance"] or 1e-30))
 
 
+def _torch_output_names(g: Graph, kv) -> list[str]:
+    """The emitted outputs the torch module returns, in its order (the main output first; KV and
+    any outputs a pass added — exit heads — are not the module's)."""
+    names = [o for o in g.outputs if o not in set(kv) and not o.startswith("present")]
+    main = [o for o in names if o in ("logits", "last_hidden_state")]
+    return main or names
+
+
 def _torch_outputs(module, feeds: Mapping[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
     import torch
     args = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
@@ -290,7 +298,7 @@ def verify(emitted_path: str, g: Graph, source: Mapping, *, batch: int = 2, seq:
             record["inputs"] = steps
         else:
             feeds = draw_inputs(g, batch, seq, 0, seed, max_pos)
-            ref = _torch_outputs(module, {k: v for k, v in feeds.items()}, list(g.outputs))
+            ref = _torch_outputs(module, {k: v for k, v in feeds.items()}, _torch_output_names(g, kv))
             got = emitted.run(feeds)
             for name in ref:
                 cmp.add(name, got[name], ref[name], "")
@@ -338,7 +346,7 @@ def _torch_decoder(emitted: _Runner, module, g: Graph, kv: list[str], b: int, s:
     total = s + steps
     base = draw_inputs(g, b, total, 0, seed, max_pos)
     non_kv = [n for n in g.inputs if n not in kv]
-    ref = _torch_outputs(module, {n: base[n] for n in non_kv}, [o for o in g.outputs if o not in set(kv) and not o.startswith("present")])
+    ref = _torch_outputs(module, {n: base[n] for n in non_kv}, _torch_output_names(g, kv))
     feeds = {n: base[n][:, :s] for n in non_kv}
     for t in kv:
         feeds[t] = np.zeros(_shape(g, t, {SYMBOLS["B"]: b, SYMBOLS["S"]: s, SYMBOLS["P"]: 0}), np.float32)

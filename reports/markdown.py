@@ -259,6 +259,8 @@ def document(r: Mapping) -> list[tuple]:
                                        "the tables."))
     blocks.append(("plot", "time_by_class", "Time by op class per phase, split into compute-bound and memory-bound ops."))
 
+    from reports.dynamic import blocks as dynamic_blocks
+    blocks += dynamic_blocks(r)   # speculative decoding, MoE, early exit, chunked prefill
     for phase in phases_of(r):
         blocks += _phase_blocks(r, phase)
     blocks += _pass_blocks(r)
