@@ -142,21 +142,16 @@ def throughput_sweep(cm, hw, ctx, max_batch, w_bytes, kv_tok, tokens, reserve, s
 
 
 def calibration_kind(hw) -> str:
-    """calibrated / transferred / literature: where the device's efficiencies come from (read
-    from the Hardware object; ``hw.calibration`` when the hardware library provides it)."""
-    for attr in ("calibration_source", "calibration"):
-        v = getattr(hw, attr, None) or getattr(hw.efficiency, attr, None)
-        if isinstance(v, str) and v:
-            return v
-        kind = getattr(v, "kind", None)
-        if isinstance(kind, str) and kind:
-            return kind
-    src = str(hw.efficiency.source).lower()
-    if src.startswith("calibrated"):
+    """calibrated / transferred / literature: where the device's efficiencies come from, read from
+    the Hardware object (``hw.calibration.source``; from ``efficiency.source`` where it has none)."""
+    cal = getattr(hw, "calibration", None)
+    src = getattr(cal, "source", None)
+    if src in ("calibrated", "transferred", "literature"):
+        return src
+    text = str(hw.efficiency.source).lower()
+    if text.startswith("calibrated"):
         return "calibrated"
-    if "transfer" in src:
-        return "transferred"
-    return "literature"
+    return "transferred" if "transfer" in text else "literature"
 
 
 def analyze(cfg: Mapping, wl: Mapping, hw, g: Graph, cm, sched, records) -> dict[str, Any]:
