@@ -127,6 +127,25 @@ def check_output_dir(path: str, what: str = "hydra.run.dir") -> None:
 _ABSENT = object()
 
 
+def _validate(cfg, given: set, base: dict, overrides, extra) -> None:
+    """Schema-check the composed config; a bad key from a YAML says which file it came from."""
+    from omegaconf import OmegaConf
+    from compiler import config as schema
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    plain.pop("hydra", None)
+    try:
+        schema.validate(OmegaConf.create(plain))
+    except ConfigError as e:
+        key = getattr(e, "key", None)
+        if key and key not in given:
+            grp = key.split(".")[0]
+            choice = next((str(o.value()) for o in overrides if o.key_or_group == grp), None)
+            where = f"{grp}/{choice}.yaml" if choice else f"the default {grp} YAML"
+            raise ConfigError(f"{e} (The key comes from a YAML file, {where} under conf/"
+                              f"{' or ' + extra if extra else ''}, not from the command line.)") from None
+        raise
+
+
 def precheck(argv: list[str]) -> list[str]:
     """Check the command line before Hydra runs; returns the argv to hand to Hydra (with the run
     directory made explicit for a single run). Raises :class:`ConfigError`."""
@@ -168,23 +187,11 @@ def precheck(argv: list[str]) -> list[str]:
         raise ConfigError(f"the config could not be composed: {msg}. Check the overrides "
                           f"(a new key needs a declared setting; groups: {', '.join(sorted(groups))}).") from None
     hydra_cfg = cfg.hydra
-    plain = OmegaConf.to_container(cfg, resolve=False)
-    plain.pop("hydra", None)
-    try:
-        schema.validate(OmegaConf.create(plain))
-    except ConfigError as e:
-        key = getattr(e, "key", None)
-        if key and key not in given:
-            grp = key.split(".")[0]
-            choice = next((str(o.value()) for o in overrides if o.key_or_group == grp), None)
-            where = f"{grp}/{choice}.yaml" if choice else f"the default {grp} YAML"
-            raise ConfigError(f"{e} (The key comes from a YAML file, {where} under conf/"
-                              f"{' or ' + extra if extra else ''}, not from the command line.)") from None
-        raise
     if multirun:
         sweep = OmegaConf.select(hydra_cfg, "sweep.dir", throw_on_resolution_failure=False)
         if sweep is not None and "${" not in str(sweep):
             check_output_dir(str(sweep), "hydra.sweep.dir")
+        _validate(cfg, given, base, overrides, extra)
         return argv
     try:
         run_dir = str(OmegaConf.select(cfg, "hydra.run.dir"))
@@ -192,6 +199,7 @@ def precheck(argv: list[str]) -> list[str]:
         raise ConfigError(f"hydra.run.dir could not be resolved ({e}); set it explicitly, e.g. "
                           f"hydra.run.dir=outputs/run1.") from None
     check_output_dir(run_dir)
+    _validate(cfg, given, base, overrides, extra)
     explicit = [a for a in argv if not a.startswith("hydra.run.dir=")]
     return explicit + [f"hydra.run.dir={run_dir}"]
 

@@ -407,6 +407,11 @@ def _check_model(cfg: dict):
     m = cfg["model"]
     if m["source"] == "onnx":
         return
+    if m["weights"] == "meta" and cfg["emit"]["enabled"] is True:
+        raise ConfigError(
+            "emit.enabled=true but the model is built on the meta device (model.weights=meta), so there "
+            "are no weights to write into model.onnx. Use model.weights=random for a seeded random-weight "
+            "ONNX model, or leave emit.enabled=auto to cost it only.")
     if m["dtype"] not in ("float32", "float16", "bfloat16"):
         raise ConfigError(f"model.dtype={m['dtype']!r} is not one of float32, float16, bfloat16; "
                           f"set model.dtype to one of them.")
@@ -444,8 +449,14 @@ def _hf_unknown_keys(conf: Mapping) -> tuple[list[str], set[str]]:
     return [k for k in conf if k != "model_type" and k not in known and k in vars(built)], known
 
 
+_HF_CHECKED: dict[str, tuple[list[str], set[str]]] = {}
+
+
 def _check_hf_kwargs(conf: Mapping) -> None:
-    unknown, known = _hf_unknown_keys(conf)
+    key = repr(sorted((k, repr(v)) for k, v in conf.items()))
+    if key not in _HF_CHECKED:
+        _HF_CHECKED[key] = _hf_unknown_keys(conf)
+    unknown, known = _HF_CHECKED[key]
     for k in unknown:
         near = nearest(k, known)
         raise ConfigError(

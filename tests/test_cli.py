@@ -46,7 +46,7 @@ def test_default_run_writes_contract_outputs_deterministically(tmp_path):
 
 
 def test_multirun_sweep_over_hardware(tmp_path):
-    r = run_cli("-m", "hardware=a100_80g,h100_sxm", "emit.enabled=false", "report.html=false",
+    r = run_cli("-m", "hardware=a100_80g,h100_sxm", "emit.enabled=false", "report.html=false", "model.weights=meta",
                 "workload.prompt_len=32", "workload.gen_len=4", f"hydra.sweep.dir={tmp_path}")
     assert r.returncode == 0, r.stderr
     reports = sorted(tmp_path.glob("*/report.json"))
@@ -78,11 +78,9 @@ def test_bad_input_exits_2_with_message_and_no_artifacts(args, needle, tmp_path)
 
 
 def test_truncated_and_corrupted_onnx_exit_2(tmp_path):
-    # a real model file, truncated, and plain garbage
-    good = tmp_path / "good"
-    r = run_cli(f"hydra.run.dir={good}", "workload.prompt_len=16", "report.html=false")
-    assert r.returncode == 0, r.stderr
-    data = (good / "model.onnx").read_bytes()
+    # a real model file (built in-process: no CLI run needed for it), truncated, and plain garbage
+    from tests.test_robustness import token_encoder
+    data = token_encoder(tmp_path / "good.onnx").read_bytes()
     for name, blob in [("trunc.onnx", data[: len(data) // 2]), ("garbage.onnx", b"\x00\xffnot onnx" * 50)]:
         f = tmp_path / name
         f.write_bytes(blob)
@@ -95,7 +93,7 @@ def test_truncated_and_corrupted_onnx_exit_2(tmp_path):
 
 def test_gate_exceeded_exits_3_and_keeps_report(tmp_path):
     r = run_cli(f"hydra.run.dir={tmp_path}", "emit.enabled=false", "gate.max_ttft_ms=1e-9",
-                "workload.prompt_len=16")
+                "workload.prompt_len=16", "model.weights=meta")
     assert r.returncode == 3, r.stderr
     assert "gate.max_ttft_ms" in r.stderr
     assert (tmp_path / "report.json").exists()

@@ -8,6 +8,7 @@ the workload); the hardware library is sampled whole.
 """
 from __future__ import annotations
 
+import copy
 import math
 from functools import lru_cache
 
@@ -57,11 +58,16 @@ def _figures(x, path=""):
             yield from _figures(v, f"{path}[{i}]")
 
 
+@lru_cache(maxsize=None)
+def _base(name: str, hw_name: str) -> dict:
+    return compose([f"model={name}", f"hardware={hw_name}", "emit.enabled=false"])
+
+
 def _report(name, hw_name, batch, prompt, gen, ctx):
     g, sched = _model(name)
-    cfg = validate(compose([f"model={name}", f"hardware={hw_name}", f"workload.batch={batch}",
-                            f"workload.prompt_len={prompt}", f"workload.gen_len={gen}",
-                            f"workload.context_len={'null' if ctx is None else ctx}", "emit.enabled=false"]))
+    raw = copy.deepcopy(_base(name, hw_name))
+    raw["workload"].update(batch=batch, prompt_len=prompt, gen_len=gen, context_len=ctx)
+    cfg = validate(raw)
     wl = workload_of(cfg)
     max_pos, where = model_max_positions(cfg["model"])
     check_positions(cfg, wl, max_pos, where, is_generative(g))
