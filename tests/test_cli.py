@@ -116,20 +116,6 @@ def test_failing_pass_is_named_with_its_predecessors():
     assert "'second' failed: boom" in str(e.value) and "first" in str(e.value)
 
 
-def test_conf_ships_in_the_wheel(tmp_path):
-    import subprocess
-    import sys
-    import zipfile
-    from tests.conftest import ROOT
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                        "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
-    names = zipfile.ZipFile(next(tmp_path.glob("rooftop-*.whl"))).namelist()
-    assert "compiler/conf/config.yaml" in names
-    assert "compiler/conf/model/llama2_7b.yaml" in names and "compiler/conf/hardware/h100_sxm.yaml" in names
-    assert "passes/fusion/attention.py" in names and "compiler/calibration/data/h100_sxm.json" in names
-
-
 def test_calibrate_entry_point_writes_a_loadable_hardware_yaml(tmp_path):
     from compiler.hardware import load_hardware_file
     from tests.conftest import ROOT
