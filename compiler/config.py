@@ -63,6 +63,8 @@ class GateConfig:
     max_tpot_ms: Optional[float] = None
     max_memory_gb: Optional[float] = None
     min_throughput: Optional[float] = None   # tokens/s (sequences/s for encoders)
+    min_accuracy: Optional[float] = None     # accuracy.value at least this (after quant= / sparsity=)
+    max_accuracy_drop: Optional[float] = None  # accuracy.reference − accuracy.value at most this
 
 
 @dataclass
@@ -105,6 +107,15 @@ class EarlyExitConfig:
     threshold: Optional[float] = None            # softmax-margin threshold (calibrated on text)
     kv: str = "propagate"                        # propagate | recompute
     eval_tokens: int = 128
+
+
+@dataclass
+class AccuracyConfig:
+    """After quant= / sparsity=: the artifact against the fp32 reference on text (compiler/accuracy.py)."""
+    enabled: Any = "auto"          # auto | false
+    text: Optional[str] = None     # null: the shipped English text; or a UTF-8 file
+    samples: Optional[int] = None
+    seq_len: int = 128
 
 
 @dataclass
@@ -183,6 +194,10 @@ class RooftopConfig:
     speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
     moe: MoeConfig = field(default_factory=MoeConfig)
     early_exit: EarlyExitConfig = field(default_factory=EarlyExitConfig)
+    # quant= / sparsity= (conf/quant, conf/sparsity): their keys are checked by passes/quant
+    quant: Dict[str, Any] = field(default_factory=lambda: {"scheme": "none"})
+    sparsity: Dict[str, Any] = field(default_factory=lambda: {"scheme": "none"})
+    accuracy: AccuracyConfig = field(default_factory=AccuracyConfig)
     progress: bool = True
 
 
@@ -379,7 +394,11 @@ def _positive(cfg: dict, group: str, what: str):
 
 
 def _check_gate(cfg: dict):
-    _positive(cfg, "gate", "gate (a budget)")
+    acc = {k: cfg["gate"][k] for k in ("min_accuracy", "max_accuracy_drop")}
+    _positive({"gate": {k: v for k, v in cfg["gate"].items() if k not in acc}}, "gate", "gate (a budget)")
+    for k, v in acc.items():
+        if v is not None and v < 0:
+            raise ConfigError(f"gate.{k}={v:g} is negative; an accuracy gate is ≥ 0 (null turns it off).")
 
 
 def _check_slo(cfg: dict):
