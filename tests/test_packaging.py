@@ -23,7 +23,7 @@ def test_every_shipped_folder_is_a_declared_package():
     want |= {"compiler.conf.hydra"} if (ROOT / "conf/hydra").is_dir() else set()
     for top in ("compiler", "passes", "reports"):
         for p in (ROOT / top).rglob("*"):
-            if p.is_dir() and p.name != "__pycache__" and (any(p.glob("*.py")) or any(p.glob("*.json"))):
+            if p.is_dir() and p.name != "__pycache__" and (any(p.glob("*.py")) or any(p.glob("*.json")) or any(p.glob("*.txt"))):
                 want.add(str(p.relative_to(ROOT)).replace(os.sep, "."))
     want |= {"compiler", "passes", "reports"}
     assert sorted(want - _declared()) == []
