@@ -128,7 +128,7 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
             t0 = time.perf_counter()
             g = import_model(cfg, prog)
             from passes.moe import apply_routing
-            apply_routing(g, cfg.get("moe"))  # moe.routing onto the importer's expert annotations
+            apply_routing(g, cfg.get("moe"), cfg["model"].get("config"))  # moe.routing onto the expert annotations
             _early_exit(g, cfg)
             g.verify()
             timings["import_s"] = time.perf_counter() - t0
@@ -148,6 +148,7 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
                 pm2(g)
                 g.verify()
                 records += pm2.records
+            g.meta["_draft_graph"] = _draft_graph(cfg, pass_ctx)  # speculative draft, same passes
             timings["passes_s"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
@@ -168,6 +169,20 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
     log.info("timings: %s", {k: round(v, 3) for k, v in timings.items()})
     _check_gates(cfg, report)
     return report
+
+
+def _draft_graph(cfg: Mapping, pass_ctx) -> Graph | None:
+    """The speculative draft model (speculative.draft_model=<name>), imported cost-only and run
+    through the same pass recipe as the target; None when there is none."""
+    from compiler import speculative
+    from passes import PassManager, make_pass
+    sc = speculative.spec_config(cfg)
+    if sc is None or sc["draft_model"] == "self":
+        return None
+    from compiler.importers.models import import_torch
+    dg = import_torch(dict(speculative.load_model_config(sc["draft_model"]), weights="meta"))
+    PassManager([make_pass(p, pass_ctx) for p in (cfg["pipeline"].get("passes") or [])])(dg)
+    return dg
 
 
 def _compression_report(cfg, report, g: Graph, hw, reference: Graph | None, emit_info, stage: str, prog) -> None:
