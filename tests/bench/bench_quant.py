@@ -66,12 +66,17 @@ def build_variants(model: str, work: Path, samples: int) -> tuple[dict[str, str]
         run(cfg, str(out), show_progress=False)
         paths[name] = str(out / "model.onnx")
         print(f"  built {name:22s} {time.perf_counter() - t0:6.1f} s", flush=True)
-    fp32 = paths["rooftop fp32"]
+    import onnx
+    from onnx import inliner
+    # the peers get the fp32 model with rooftop's local functions inlined (they quantize graph-level
+    # MatMuls only) and quantize its MatMuls (quantize_dynamic would turn ONNX Attention into a
+    # QAttention that rejects the opset-23 attributes)
+    fp32 = str(work / "fp32_inlined.onnx")
+    onnx.save(inliner.inline_local_functions(onnx.load(paths["rooftop fp32"])), fp32)
     from onnxruntime.quantization import QuantType, quantize_dynamic
     p = str(work / "ort_dynamic.onnx")
-    quantize_dynamic(fp32, p, weight_type=QuantType.QInt8, per_channel=True)
+    quantize_dynamic(fp32, p, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
     paths["ort quantize_dynamic"] = p
-    import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
     q = MatMulNBitsQuantizer(onnx.load(fp32), block_size=128, is_symmetric=True, accuracy_level=4)
     q.process()
