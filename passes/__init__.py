@@ -8,6 +8,7 @@ from passes.early_exit import EarlyExitPass
 from passes.fusion import AnnotateRotary, FuseAttention, FuseEagerAttention, FuseGemm, FuseNorms, FusionPass
 from passes.kv_cache import LiftKVCache
 from passes.moe import MoERoutingPass
+from passes.kv_cache_onnx import LiftKVCache as LiftOnnxKVCache
 from passes.quant.passes import PruneNM, Quantize
 
 PASSES: dict[str, type[Pass]] = {
@@ -22,6 +23,7 @@ PASSES: dict[str, type[Pass]] = {
     "fuse_eager_attention": FuseEagerAttention,
     "lift_kv_cache": LiftKVCache,
     "moe_routing": MoERoutingPass,
+    "kv_cache": LiftOnnxKVCache,
     "early_exit": EarlyExitPass,
     "prune_nm": PruneNM,
     "quantize": Quantize,
