@@ -75,6 +75,9 @@ def main() -> None:
         sys.argv = [sys.argv[0] + " calibrate"] + argv[1:]
         calibrate_main()
         return
+    if argv and argv[0] == "compare":
+        from compiler.compare import main as compare_main
+        sys.exit(compare_main(argv[1:]))
     precheck_overrides(argv)
     _hydra_main()
 
