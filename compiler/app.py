@@ -54,10 +54,14 @@ def precheck_overrides(argv: list[str]) -> None:
 
 
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base=None)
-def _hydra_main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from compiler.pipeline import run
     out_dir = HydraConfig.get().runtime.output_dir
+    if HydraConfig.get().mode == RunMode.MULTIRUN:  # a failed point is recorded, not fatal
+        from compiler.sweep import run_point
+        return run_point(cfg, out_dir)
     try:
         report = run(cfg, out_dir)
     except RooftopError as e:
@@ -80,6 +84,10 @@ def main() -> None:
         sys.exit(compare_main(argv[1:]))
     precheck_overrides(argv)
     _hydra_main()
+    if any(a in ("-m", "--multirun") for a in argv):
+        from compiler.sweep import last_exit_code
+        if last_exit_code():
+            sys.exit(last_exit_code())
 
 
 if __name__ == "__main__":

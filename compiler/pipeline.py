@@ -98,6 +98,7 @@ def import_model(cfg: Mapping, prog=None) -> Graph:
 
 def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[str, Any]:
     """Run the whole pipeline; returns the report dict."""
+    from compiler import provenance
     from compiler.cost import CostModel
     from compiler.hardware import load_hardware
     from compiler.schedule import schedule
@@ -143,6 +144,7 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
             emit_info = _emit(g, emit_cfg, stage, prog)
             t0 = time.perf_counter()
             report = build_report(cfg, wl, hw, g, cm, sched, pm.records, emit_info)
+            provenance.stamp(stage, cfg, report)
             write_reports(report, stage, html=bool((cfg.get("report") or {}).get("html", True)))
             timings["report_s"] = time.perf_counter() - t0
         _commit(stage, out_dir)
