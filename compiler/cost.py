@@ -21,9 +21,11 @@ import numpy as np
 import sympy
 
 from compiler import efficiency as eff
+from compiler.annotations import COSTED
 from compiler.hardware import Hardware
 from compiler.ir import B, P, S, Graph
-from compiler.ops import Bytes, Classifier, attention_dims, get, op_cost
+from compiler.ops import Bytes, Classifier, get, op_cost
+from compiler.ops import attention_q_tiles as _q_tiles
 
 _HW_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float8e4m3fn": "fp8",
              "float8e5m2": "fp8", "int8": "int8", "uint8": "int8", "int4": "int4", "uint4": "int4",
@@ -43,24 +45,12 @@ class OpItem:
     dtype: str               # hardware dtype it computes in
     sparse: bool
     idx: tuple[int, int, int, int]   # indices of flops, w, a, kv expressions
-
-
-class HardwareAwareClassifier(Classifier):
-    """Adds the hardware's on-chip memory for rules that need it (attention query tiles)."""
-
-    def __init__(self, graph: Graph, hw: Hardware):
-        super().__init__(graph)
-        self.hw = hw
+    kernel: str = ""         # kernel family the prediction assumes (compute_dtype annotation)
 
 
 def attention_q_tiles(hw: Hardware, heads, head_dim, itemsize, q_len):
-    """How many times a fused attention streams K/V from device memory: once per tile of query
-    rows whose K/V working set the last-level on-chip memory (L2) can keep resident. Rows per
-    tile = (L2/2) / (heads·head_dim·bytes); half the L2 is left for K/V blocks and other
-    traffic. (FlashAttention's SRAM-only bound, Dao et al. 2022, assumes no L2 and
-    overstates DRAM traffic many times on GPUs with tens of MB of L2.)"""
-    rows = max(1, int(hw.onchip.l2_bytes / 2 // (heads * head_dim * itemsize))) if isinstance(heads, int) and isinstance(head_dim, int) else 1
-    return sympy.ceiling(q_len / rows) if not isinstance(q_len, int) else -(-q_len // rows)
+    """Query tiles of a fused attention on ``hw`` (see :func:`compiler.ops.attention_q_tiles`)."""
+    return _q_tiles(hw.onchip.l2_bytes, heads, head_dim, itemsize, q_len)
 
 
 _COST_CACHE: dict = {}
@@ -72,12 +62,12 @@ def _structural_key(graph: Graph, n, cls: Classifier):
     categories. Every layer of a transformer repeats the same keys, so costs are derived once."""
     try:
         attrs = tuple(sorted((k, repr(v)) for k, v in n.attrs.items()))
-        ann = tuple(sorted((k, repr(v)) for k, v in n.annotations.items() if k not in ("source", "layer")))
+        ann = tuple((k, n.annotations[k]) for k in COSTED if k in n.annotations)
         ins = tuple((graph.types[t], cls.category(t),
-                     repr(graph.params[t].annotations.get("stored_bytes")) if t in graph.params else None)
+                     graph.params[t].annotations.get("weight_format") if t in graph.params else None)
                     if t else None for t in n.inputs)
         outs = tuple((graph.types[t], cls.category(t)) if t else None for t in n.outputs)
-        return (n.op, n.domain, attrs, ann, ins, outs, id(cls.hw) if hasattr(cls, "hw") else None)
+        return (n.op, n.domain, attrs, ann, ins, outs, (cls.hw.name, cls.hw.onchip) if cls.hw else None)
     except TypeError:
         return None
 
@@ -88,7 +78,7 @@ class CostModel:
     def __init__(self, graph: Graph, hw: Hardware):
         self.graph = graph
         self.hw = hw
-        cls = HardwareAwareClassifier(graph, hw)
+        cls = Classifier(graph, hw)
         exprs: dict[Any, int] = {}
 
         def ix(e) -> int:
@@ -102,10 +92,6 @@ class CostModel:
             d = get(n.op, where=n.name)
             if d.cost_class in FREE_CLASSES:
                 continue
-            if n.op == "Attention":
-                ins = [graph.type(t) if t else None for t in n.inputs]
-                _, heads, _, q_len, _, head_dim, _ = attention_dims(n, ins)
-                n.annotations["q_tiles"] = attention_q_tiles(hw, heads, head_dim, ins[0].itemsize, q_len)
             key = _structural_key(graph, n, cls)
             hit = _COST_CACHE.get(key) if key is not None else None
             if hit is None:
@@ -113,8 +99,9 @@ class CostModel:
                 if key is not None:
                     _COST_CACHE[key] = hit
             flops, byts = hit
-            self.items.append(OpItem(n.name, n.op, d.cost_class, self._dtype(n), bool(n.annotations.get("sparsity")),
-                                     (ix(flops), ix(byts.weights), ix(byts.activations), ix(byts.kv))))
+            self.items.append(OpItem(n.name, n.op, d.cost_class, self._dtype(n), self._sparse(n, cls),
+                                     (ix(flops), ix(byts.weights), ix(byts.activations), ix(byts.kv)),
+                                     n.annotations["compute_dtype"].kernel if "compute_dtype" in n.annotations else ""))
         self.exprs = list(exprs)
         self._fn = sympy.lambdify((B, S, P), self.exprs, modules="numpy")
         idx = np.array([it.idx for it in self.items], dtype=np.int64).reshape(-1, 4)
@@ -125,10 +112,19 @@ class CostModel:
         self._peak = np.array([hw.peak("fp16") if it.cost_class in REFERENCE_PEAK_CLASSES
                                else hw.peak(it.dtype, it.sparse) for it in self.items], dtype=float)
 
+    @staticmethod
+    def _sparse(n, cls: Classifier) -> bool:
+        """A GEMM whose weight is stored 2:4 runs on the sparse tensor-core peak (the only N:M
+        pattern sparse math units accelerate); other patterns save bytes, not FLOPs."""
+        if get(n.op).cost_class != "gemm":
+            return False
+        return any((f := cls.weight_format(t)) is not None and f.nm == (2, 4) for t in n.inputs if t)
+
     def _dtype(self, n) -> str:
-        dt = n.annotations.get("compute_dtype")
-        if dt:
-            return dt
+        """The op's ``compute_dtype`` annotation, else the dtype of its float operands."""
+        cd = n.annotations.get("compute_dtype")
+        if cd is not None:
+            return cd.dtype
         for t in n.inputs:
             if t:
                 name = self.graph.type(t).dtype
@@ -189,6 +185,7 @@ class CostModel:
             f, by = float(r["flops"][i, 0]), float(r["bytes"][i, 0])
             rows.append({
                 "name": it.name, "op": it.op, "class": it.cost_class, "dtype": it.dtype,
+                **({"kernel": it.kernel} if it.kernel else {}),
                 "flops": f, "bytes": by,
                 "bytes_split": {"weights": float(r["weights"][i, 0]),
                                 "activations": float(r["activations"][i, 0]),

@@ -23,6 +23,7 @@ import onnx
 import sympy
 from onnx import TensorProto, helper, numpy_helper
 
+from compiler.annotations import serialized
 from compiler.errors import RooftopError
 from compiler.ir import DTYPES, Graph, OpNode, TensorType
 
@@ -303,6 +304,12 @@ EMITTERS: dict[str, Callable[[_Emitter, OpNode], None]] = {
 }
 
 
+def _set_metadata(proto, meta: dict[str, str]) -> None:
+    """Serialized annotations (compiler.annotations.serialized) as ``metadata_props`` entries."""
+    for k, v in sorted(meta.items()):
+        proto.metadata_props.add(key=k, value=v)
+
+
 def _value_info(name: str, ty: TensorType) -> onnx.ValueInfoProto:
     dims = [d if isinstance(d, int) else str(d) for d in ty.shape]
     return helper.make_tensor_value_info(name, DTYPES[ty.dtype][2], dims)
@@ -335,8 +342,21 @@ def to_model(g: Graph, functions: list[onnx.FunctionProto] | None = None) -> onn
             f"with seeded random weights, or emit.enabled=false to cost the model only.")
     em = _Emitter(g)
     for n in g.topo_order():
+        k = len(em.nodes)
         em.emit(n)
-    inits = [_param_tensor(p) for p in g.params.values()] + em.inits
+        meta = serialized(n.annotations)
+        if meta:
+            for node in em.nodes[k:]:
+                if node.name == n.name:
+                    _set_metadata(node, meta)
+    inits = []
+    for p in g.params.values():
+        t = _param_tensor(p)
+        meta = serialized(p.annotations)
+        if meta:
+            _set_metadata(t, meta)
+        inits.append(t)
+    inits += em.inits
     graph = helper.make_graph(
         em.nodes, g.name, [_value_info(t, g.type(t)) for t in g.inputs],
         [_value_info(t, g.type(t)) for t in g.outputs], initializer=inits)

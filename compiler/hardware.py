@@ -143,9 +143,10 @@ _PEAK_ORDER = (("fp32", "tf32"), ("fp32", "fp16"), ("fp32", "bf16"), ("tf32", "f
 
 _TOP_REQUIRED = ("name", "vendor", "kind", "peak_tflops", "memory_gib", "memory_bandwidth_gbs",
                  "onchip", "interconnect", "efficiency")
-_TOP_OPTIONAL = ("description", "sparse_peak_tflops")
+_TOP_OPTIONAL = ("description", "sparse_peak_tflops", "collectives")
 _ONCHIP_KEYS = ("l2_mib", "smem_per_sm_kib", "sm_count")
 _INTERCONNECT_KEYS = ("name", "bandwidth_gbs", "num_devices_per_node")
+_INTERCONNECT_OPTIONAL = ("latency_us",)  # per-collective latency floor (compiler.calibration.collectives)
 _EFFICIENCY_KEYS = ("source", "launch_overhead_us", "classes")
 _CLASS_KEYS = ("compute", "memory", "flops_half_gflop", "bytes_half_mb")
 
@@ -273,6 +274,7 @@ class Interconnect:
     name: str                  # "NVLink 4", "PCIe 4.0 x16", "none (single device)"...
     bandwidth: float           # bytes/s per direction per device (0 only when 1 device per node)
     num_devices_per_node: int
+    latency_s: float | None = None   # per-collective latency floor, seconds (None: by link family)
 
 
 @dataclass(frozen=True)
@@ -288,6 +290,7 @@ class Hardware:
     interconnect: Interconnect
     efficiency: Efficiency
     description: str = ""
+    collectives: Any = None   # compiler.calibration.collectives.Collectives (measured) or None
 
     def __post_init__(self):
         object.__setattr__(self, "peak_flops", _FrozenMap(self.peak_flops))
@@ -587,7 +590,7 @@ def load_hardware(cfg: Mapping | Any, source: str | os.PathLike | None = None) -
     try:
         top = _mapping(data, "", _TOP_REQUIRED, _TOP_OPTIONAL)
         oc = _mapping(top["onchip"], "onchip", _ONCHIP_KEYS)
-        ic = _mapping(top["interconnect"], "interconnect", _INTERCONNECT_KEYS)
+        ic = _mapping(top["interconnect"], "interconnect", _INTERCONNECT_KEYS, _INTERCONNECT_OPTIONAL)
         description = top.get("description", "") or ""
         if not isinstance(description, str):
             _fail("description", "is not a string", "Write free text or leave the key out.")
@@ -609,12 +612,29 @@ def load_hardware(cfg: Mapping | Any, source: str | os.PathLike | None = None) -
                 bandwidth=_num(ic["bandwidth_gbs"], "interconnect.bandwidth_gbs") * _GBS,
                 num_devices_per_node=_int(ic["num_devices_per_node"],
                                           "interconnect.num_devices_per_node"),
+                latency_s=_latency(ic.get("latency_us")),
             ),
             efficiency=_parse_efficiency(top["efficiency"]),
             description=description,
+            collectives=_collectives(top.get("collectives")),
         )
     finally:
         _WHERE.reset(token)
+
+
+def _latency(value: Any) -> float | None:
+    if value is None:
+        return None
+    us = _num(value, "interconnect.latency_us")
+    if not (0 < us < 1e5):
+        _fail("interconnect.latency_us", f"is {us!r}",
+              "Write the per-collective latency floor in microseconds, e.g. 10 for NVLink.")
+    return us * _US
+
+
+def _collectives(value: Any):
+    from compiler.calibration.collectives import parse_collectives
+    return parse_collectives(value)
 
 
 def _parse_yaml_text(text: str) -> Any:
@@ -727,7 +747,12 @@ def hardware_to_yaml_dict(hw: Hardware) -> dict:
     out["interconnect"] = {"name": hw.interconnect.name,
                            "bandwidth_gbs": _r(hw.interconnect.bandwidth / _GBS),
                            "num_devices_per_node": int(hw.interconnect.num_devices_per_node)}
+    if hw.interconnect.latency_s is not None:
+        out["interconnect"]["latency_us"] = _r(hw.interconnect.latency_s / _US)
     out["efficiency"] = efficiency_to_yaml_dict(hw.efficiency)
+    if hw.collectives is not None:
+        from compiler.calibration.collectives import collectives_to_yaml_dict
+        out["collectives"] = collectives_to_yaml_dict(hw.collectives)
     return out
 
 

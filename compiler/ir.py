@@ -110,8 +110,10 @@ class TensorType:
 class OpNode:
     """One operator. ``inputs`` is the ordered operand list ("" marks an omitted optional operand);
     ``outputs`` the tensors it produces. ``attrs`` are the op's attributes (ONNX semantics for
-    standard ops); ``annotations`` are how passes talk to the cost model and the emitter
-    (fused group, quantization, sparsity, KV layout, MoE routing, layer index, source location)."""
+    standard ops); ``annotations`` are how passes talk to the cost model and the emitter: declared
+    keys with typed values (compiler/annotations.py: weight format, compute dtype, KV layout, MoE
+    routing, fused group, layer index, source location); read/write them with
+    ``compiler.annotations.get`` / ``set``."""
 
     name: str
     op: str
@@ -169,6 +171,10 @@ class Graph:
         return name
 
     def add_param(self, name: str, ttype: TensorType, data: np.ndarray | None = None, **ann) -> str:
+        """Add a weight; ``ann`` are declared annotations (compiler/annotations.py), validated."""
+        if ann:
+            from compiler.annotations import validate
+            ann = validate("param", ann, f"parameter {name}")
         self._new_tensor(name, ttype)
         self.params[name] = Param(name, ttype, data, dict(ann))
         return name
@@ -182,8 +188,12 @@ class Graph:
                attrs: Mapping[str, Any] | None = None, types: Iterable[TensorType] | None = None,
                name: str | None = None, domain: str = "", **annotations) -> OpNode:
         """Add an operator. ``outputs`` may be a count (fresh names are made). When ``types`` is
-        omitted the op registry's shape rule types the outputs."""
+        omitted the op registry's shape rule types the outputs. ``annotations`` are declared keys
+        of compiler/annotations.py (validated)."""
         name = name or self.fresh(op.lower())
+        if annotations:
+            from compiler.annotations import validate
+            annotations = validate("op", annotations, f"node {name} ({op})")
         if name in self.nx:
             raise IRError(f"node {name!r} exists")
         if isinstance(outputs, int):
@@ -363,6 +373,13 @@ class Graph:
         for t in self.inputs + list(self.params) + self.outputs:
             if t not in self.types:
                 raise IRError(f"graph tensor {t!r} has no type")
+        from compiler.annotations import validate
+        for n in self:
+            if n.annotations:
+                validate("op", n.annotations, f"node {n.name} ({n.op})")
+        for p in self.params.values():
+            if p.annotations:
+                validate("param", p.annotations, f"parameter {p.name}")
 
     def summary(self) -> str:
         return (f"{self.name}: {len(self)} ops, {len(self.params)} params, inputs={self.inputs}, "

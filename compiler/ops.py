@@ -120,13 +120,33 @@ def _nbytes(t: TensorType | None):
 # ----------------------------------------------------------------------------------------------
 # bytes classification
 
-class Classifier:
-    """Says whether a tensor is a weight, an activation or KV cache (by graph membership and
-    annotations); also used to charge only boundary tensors of a fused group."""
+def attention_q_tiles(l2_bytes: float, heads, head_dim, itemsize, q_len):
+    """How many times a fused attention streams K/V from device memory: once per tile of query
+    rows whose K/V working set the last-level on-chip memory (L2) can keep resident. Rows per
+    tile = (L2/2) / (heads·head_dim·bytes); half the L2 is left for K/V blocks and other
+    traffic. (FlashAttention's SRAM-only bound, Dao et al. 2022, assumes no L2 and overstates
+    DRAM traffic many times on GPUs with tens of MB of L2.)"""
+    rows = max(1, int(l2_bytes / 2 // (heads * head_dim * itemsize))) \
+        if isinstance(heads, int) and isinstance(head_dim, int) else 1
+    return sympy.ceiling(q_len / rows) if not isinstance(q_len, int) else -(-q_len // rows)
 
-    def __init__(self, graph: Graph):
+
+class Classifier:
+    """The context cost rules get besides the op: whether a tensor is a weight, an activation or
+    KV cache (by graph membership), a weight's stored bytes (its ``weight_format``), and the
+    hardware facts a rule needs (``hw``, optional: on-chip memory for attention's query tiles).
+    Nothing here writes into the graph."""
+
+    def __init__(self, graph: Graph, hw: Any = None):
         self.graph = graph
+        self.hw = hw
         self.kv = set(graph.meta.get("kv_tensors", ()))
+
+    def q_tiles(self, heads, head_dim, itemsize, q_len):
+        """Query tiles of a fused attention on this hardware (1 without a hardware context)."""
+        if self.hw is None:
+            return 1
+        return attention_q_tiles(self.hw.onchip.l2_bytes, heads, head_dim, itemsize, q_len)
 
     def category(self, tensor: str) -> str:
         if tensor in self.kv:
@@ -136,10 +156,17 @@ class Classifier:
         return "activations"
 
     def weight_bytes(self, tensor: str) -> Any:
-        """Stored bytes of a weight (quantization and sparsity annotations change it)."""
+        """Stored bytes of a weight: its ``weight_format`` annotation's count (values + scales +
+        zero points + N:M metadata) when it has one, else dtype × elements."""
         p = self.graph.params[tensor]
-        stored = p.annotations.get("stored_bytes")
-        return stored if stored is not None else _nbytes(p.type)
+        fmt = p.annotations.get("weight_format")
+        if fmt is not None:
+            return fmt.stored_bytes(p.type.numel(), p.type.shape)
+        return _nbytes(p.type)
+
+    def weight_format(self, tensor: str):
+        p = self.graph.params.get(tensor)
+        return None if p is None else p.annotations.get("weight_format")
 
 
 def default_bytes(node: OpNode, ins: Types, outs: Types, cls: Classifier) -> Bytes:
@@ -435,12 +462,12 @@ def attention_flops(node, ins, outs):
 def attention_bytes(node, ins, outs, cls: Classifier) -> Bytes:
     """Fused (FlashAttention-style) traffic: Q read, O written, the whole K/V (past + new) read
     once per query tile, the new K/V appended to the cache. The N×N score matrix never reaches
-    device memory. The tile count comes from ``node.annotations['q_tiles']`` (set by the cost model
-    from the hardware's on-chip memory); 1 when unset."""
+    device memory. The tile count comes from the cost context's hardware (on-chip memory,
+    :meth:`Classifier.q_tiles`); 1 without one."""
     b, h, hkv, s, kv, d, dv = attention_dims(node, ins)
     q, k, v = ins[0], ins[1], ins[2]
     e = sympy.Rational(q.itemsize).limit_denominator(2)
-    tiles = node.annotations.get("q_tiles", 1)
+    tiles = cls.q_tiles(h, d, q.itemsize, s)
     q_bytes = b * h * s * d * e
     o_bytes = b * h * s * dv * e
     kv_read = b * hkv * kv * (d + dv) * e * tiles

@@ -111,6 +111,8 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
         if not isinstance(cfg.get(key), Mapping):
             raise ConfigError(f"config group {key!r} is missing; choose one with {key}=<name>.")
     hw = load_hardware(cfg["hardware"])
+    from compiler import speculative
+    speculative.validate(cfg)
     pass_ctx = PassContext(hardware=hw, points=tuple(_record_points(wl)))
     passes = [make_pass(p, pass_ctx) for p in (cfg["pipeline"].get("passes") or [])]
     emit_cfg = dict(cfg.get("emit") or {})

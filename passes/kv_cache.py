@@ -17,6 +17,8 @@ embeddings read them, so nothing else changes.
 """
 from __future__ import annotations
 
+from compiler import annotations as ann
+from compiler.annotations import KVLayout
 from compiler.ir import P, Graph, IRError, OpNode, TensorType
 
 
@@ -75,7 +77,8 @@ def lift_kv_cache(g: Graph) -> dict[str, int]:
                       TensorType(vt.dtype, (b, vt.shape[1], P + vt.shape[2], vt.shape[3]))])
         g.outputs += [f"present_key.{i}", f"present_value.{i}"]
         kv_tensors |= {pk, pv, f"present_key.{i}", f"present_value.{i}"}
-        n.annotations["layer"] = i
+        ann.set(n, "layer", i)
+        ann.set(n, "kv_layout", ann.get(n, "kv_layout") or KVLayout("contiguous"))
         stats["layers"] += 1
     g.meta["kv_tensors"] = sorted(kv_tensors)
     if "input_ids" in g.inputs:

@@ -121,7 +121,30 @@ def build_report(cfg: Mapping, wl: Mapping, hw, g: Graph, cm, sched, records, em
         "throughput_vs_batch": sweep,
         "emit": {k: v for k, v in emit_info.items() if k != "path"} | ({"file": emit_info["path"]} if "path" in emit_info else {}),
     }
+    _dynamic_sections(report, cfg, wl, hw, g, cm, sched,
+                      {"tpot_s": tpot, "weights_bytes": w_bytes, "kv_bytes_per_token": kv_tok,
+                       "tokens": tokens, "reserve": reserve})
     return _clean(report)
+
+
+def _dynamic_sections(report, cfg, wl, hw, g, cm, sched, base) -> None:
+    """Speculative decoding (phases.verify + ``speculative``) and chunked prefill
+    (phases.prefill_chunked): compiler/speculative.py."""
+    from compiler import speculative as spec
+    if g.meta.get("task") != "causal_lm":
+        return
+    b, ctx = wl["batch"], wl["context_len"]
+    chunk = (cfg.get("workload") or {}).get("prefill_chunk")
+    if chunk:
+        chunk = int(chunk)
+        res = _phase(cm, sched, b, min(chunk, wl["prompt_len"]), 0, spec.attention_class(chunk))
+        res.update(spec.chunked_prefill(cm, b, wl["prompt_len"], chunk))
+        report["phases"]["prefill_chunked"] = res
+        report["latency"]["ttft_chunked_s"] = res["time_s"]
+    sec = spec.analyze(cfg, wl, hw, g, cm, sched, base)
+    if sec is not None:
+        report["phases"]["verify"] = _phase(cm, sched, b, sec["gamma"] + 1, ctx, spec.attention_class(sec["gamma"] + 1))
+        report["speculative"] = sec
 
 
 def _capacity(cfg, cm, sched, hw, w_bytes, kv_tok, tokens, prompt, ctx, reserve) -> dict[str, Any]:

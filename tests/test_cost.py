@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compiler.cost import CostModel
+from compiler.cost import CostModel, attention_q_tiles
 from compiler.hardware import hardware_by_name
 from compiler.ir import B, P, S, Graph, TensorType
 from compiler.ops import op_cost
@@ -120,8 +120,7 @@ def test_llama_layer_ops_match_hand_formulas(gqa):
         kv_len = pp + ss
         scores = bb * heads * (ss * pp + ss * (ss + 1) / 2)  # causal: visible triangle only
         assert r["flops"][ix, 0] == pytest.approx(4 * scores * d + 5 * scores)
-        tiles = att.annotations["q_tiles"]
-        tiles = int(tiles.subs(S, ss)) if hasattr(tiles, "subs") else tiles
+        tiles = attention_q_tiles(cm.hw, heads, d, 2, ss)  # on-chip tiling from the hardware context
         # KV read (kv_heads, not q heads) once per query tile + the S new tokens appended
         assert r["kv"][ix, 0] == bb * kvh * kv_len * 2 * d * 2 * tiles + bb * kvh * ss * 2 * d * 2
         assert r["activations"][ix, 0] == 2 * bb * heads * ss * d * 2

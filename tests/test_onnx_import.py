@@ -146,7 +146,7 @@ def test_attention_forms_gqa_shapes_and_cost(packed, tmp_path):
     with GQA (4 query heads, 2 KV heads): shapes, onnxruntime equivalence after re-emission, and a
     cost that follows the hand formula — scores over the whole past + new context, KV bytes from
     the kv_heads (not the query heads)."""
-    from compiler.cost import CostModel
+    from compiler.cost import CostModel, attention_q_tiles
     from compiler.hardware import hardware_by_name
     heads, kvh, d = 4, 2, 8
     path = om.make_kv_model(tmp_path / "kv.onnx", heads=heads, head_dim=d, kv_heads=kvh, packed=packed)
@@ -169,8 +169,7 @@ def test_attention_forms_gqa_shapes_and_cost(packed, tmp_path):
         r = cm.evaluate(b, s, p, "decode" if s == 1 else "prefill")
         scores = b * heads * s * (p + s)
         assert r["flops"][i, 0] == pytest.approx(4 * scores * d + 5 * scores)
-        tiles = att.annotations["q_tiles"]
-        tiles = int(tiles) if isinstance(tiles, int) else int(tiles.subs({S: s}))
+        tiles = attention_q_tiles(cm.hw, heads, d, 4, s)  # on-chip tiling from the hardware context
         kv_read = b * kvh * (p + s) * 2 * d * 4 * tiles
         kv_write = b * kvh * s * 2 * d * 4
         assert r["kv"][i, 0] == pytest.approx(kv_read + kv_write)

@@ -607,7 +607,7 @@ def import_exported(ep: torch.export.ExportedProgram, *, name: str, dims: Mappin
                 ty = ty.with_shape(ty.shape[::-1])
                 data = None if data is None else np.ascontiguousarray(data.T)
                 g.meta["_linear_weight_t"][pname] = pname
-            g.add_param(pname, ty, data, source=fqn, transposed=bool(linear_only.get(n.name)))
+            g.add_param(pname, ty, data, source=fqn)
             ctx.env[n] = pname
         else:
             g.add_input(n.name, ty)

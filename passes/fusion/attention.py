@@ -167,7 +167,7 @@ def rewrite_attention(require_causal: bool):
         if causal:
             attrs["is_causal"] = 1
         out = plan.op("Attention", [match["q"], k, match["v"]] + ([mask] if mask else []), attrs,
-                      fused_from=sorted({n.op for n in match.nodes}))
+                      merged_from=sorted({n.op for n in match.nodes}))
         plan.output(match.root_tensor, out)
         return None
     return rewrite
@@ -205,7 +205,7 @@ def check_gqa(match: Match) -> MatchResult:
 def rewrite_gqa(match: Match, plan: Plan):
     n = match.root
     ins = [match["q"], match["k"], match["v"]] + list(n.inputs[3:])
-    out = plan.op("Attention", ins, dict(n.attrs), fused_from=["Attention", "Expand", "Reshape", "Unsqueeze"])
+    out = plan.op("Attention", ins, dict(n.attrs), merged_from=["Attention", "Expand", "Reshape", "Unsqueeze"])
     plan.output(match.root_tensor, out)
 
 
@@ -262,7 +262,7 @@ def rewrite_layout(match: Match, plan: Plan):
     attrs["kv_num_heads"] = int(match.graph.type(match.node("k_split").outputs[0]).shape[2])
     outs = list(n.outputs)
     new = plan.op("Attention", [match["q3"], match["k3"], match["v3"]] + list(n.inputs[3:]), attrs,
-                  n_out=len(outs), fused_from=["Attention", "Reshape", "Transpose"])
+                  n_out=len(outs), merged_from=["Attention", "Reshape", "Transpose"])
     new = [new] if len(outs) == 1 else new
     y = new[0]
     if match.graph.type(match.root_tensor).rank == 2:   # merged straight into GEMM rows [B·S, H·Dv]

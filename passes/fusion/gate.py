@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from compiler.annotations import COSTED
 from compiler.ir import Graph, OpNode, TensorType
 
 Point = tuple[int, int, int, str]
 DEFAULT_POINTS: tuple[Point, ...] = ((1, 512, 0, "prefill"), (1, 1, 512, "decode"))
-_COST_ANNOTATIONS = ("sparsity", "compute_dtype", "stored_bytes", "q_tiles")
+_COST_ANNOTATIONS = COSTED  # the annotations the cost model reads (compiler/annotations.py)
 
 
 class CostGate:

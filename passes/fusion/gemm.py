@@ -60,7 +60,7 @@ def check_elementwise(match: Match) -> MatchResult:
 
 def rewrite_gelu(match: Match, plan: Plan):
     approx = "tanh" if match.node("tanh") is not None else "none"
-    out = plan.op("Gelu", [match["x"]], {"approximate": approx}, fused_from=sorted({n.op for n in match.nodes}))
+    out = plan.op("Gelu", [match["x"]], {"approximate": approx}, merged_from=sorted({n.op for n in match.nodes}))
     plan.output(match.root_tensor, out)
 
 
@@ -103,7 +103,7 @@ def _halves(match: Match) -> str | None:
 def rewrite_swiglu(match: Match, plan: Plan):
     packed = _halves(match)
     ins = [packed] if packed else [match["g"], match["u"]]
-    out = plan.op("SwiGLU", ins, domain="rooftop", fused_from=["Mul", "Sigmoid"] + (["Split"] if packed else []))
+    out = plan.op("SwiGLU", ins, domain="rooftop", merged_from=["Mul", "Sigmoid"] + (["Split"] if packed else []))
     plan.output(match.root_tensor, out)   # a Split left without uses is dropped by the pass's DCE
 
 
@@ -132,8 +132,8 @@ def mergeable_weights(g, names) -> str | None:
         return "a weight is shared with another op"
     if len({p.type.dtype for p in ps}) != 1 or len({p.type.shape[0] for p in ps}) != 1:
         return "the weights differ in dtype or input size"
-    if any(set(p.annotations) - {"source", "transposed", "const"} for p in ps):
-        return "a weight is quantized, sparse or otherwise annotated"
+    if len({p.annotations.get("weight_format") for p in ps}) != 1:
+        return "the weights are stored in different formats (weight_format)"
     if len({p.data is None for p in ps}) != 1:
         return "some weights have data and some do not"
     return None
@@ -145,7 +145,7 @@ def concat_weights(plan: Plan, names, base: str) -> str:
     n_out = sum(p.type.shape[1] for p in ps)
     data = None if ps[0].data is None else np.concatenate([p.data for p in ps], axis=1)
     return plan.param(base, TensorType(ps[0].type.dtype, (ps[0].type.shape[0], n_out)), data,
-                      source="+".join(p.annotations.get("source", p.name) for p in ps), merged_from=list(names))
+                      like=names, merged_from=list(names))
 
 
 def check_merge_gate_up(match: Match) -> MatchResult:
@@ -161,7 +161,7 @@ def check_merge_gate_up(match: Match) -> MatchResult:
 def rewrite_merge_gate_up(match: Match, plan: Plan):
     w = concat_weights(plan, [match["wg"], match["wu"]], "gate_up_weight")
     mm = plan.op("MatMul", [match["x"], w])
-    out = plan.op("SwiGLU", [mm], domain="rooftop", fused_from=["MatMul", "MatMul", "Sigmoid", "Mul", "Mul"])
+    out = plan.op("SwiGLU", [mm], domain="rooftop", merged_from=["MatMul", "MatMul", "Sigmoid", "Mul", "Mul"])
     plan.output(match.root_tensor, out)
 
 
@@ -230,7 +230,7 @@ def rewrite_epilogue(match: Match, plan: Plan):
     act = _activation(match)
     ins = [match["a"], match["w"]] + ([match["bias"]] if match.has("bias") else [])
     out = plan.op("MatMulEpilogue", ins, {"activation": act}, domain="rooftop",
-                  fused_from=sorted({n.op for n in match.nodes}))
+                  merged_from=sorted({n.op for n in match.nodes}))
     for name in reversed(match.get("moves") or ()):   # innermost first
         r = g.node(name)
         out = plan.op("Reshape", [out] + list(r.inputs[1:]), dict(r.attrs), types=[g.type(r.outputs[0])])

@@ -84,13 +84,13 @@ def rewrite_merge(match: Match, plan: Plan):
         bp = [g.params[b] for b in biases]
         data = None if any(p.data is None for p in bp) else np.concatenate([p.data for p in bp])
         b = plan.param("merged_bias", TensorType(bp[0].type.dtype, (sum(sizes),)), data,
-                       source="+".join(p.annotations.get("source", p.name) for p in bp))
+                       like=biases, merged_from=biases)
         y = plan.op("Add", [y, b])
     yt = plan.type(y)
     sz = plan.param("split_sizes", TensorType("int64", (len(sizes),)), np.array(sizes, np.int64), const=True)
     outs = plan.op("Split", [y, sz], {"axis": yt.rank - 1}, n_out=len(sizes),
                    types=[yt.with_shape(yt.shape[:-1] + (n,)) for n in sizes],
-                   fused_from=["MatMul"] * len(sizes))
+                   merged_from=["MatMul"] * len(sizes))
     for (mm, add), o in zip(members, outs):
         plan.output(g.node(add).outputs[0] if add else g.node(mm).outputs[0], o)
 

@@ -121,7 +121,7 @@ def rewrite_norm(op: str):
         if match.has("cast_in"):
             attrs["stash_type"] = 1
         out = plan.op(op, ins, attrs, types=[match.graph.type(match.root_tensor)],
-                      fused_from=sorted({n.op for n in match.nodes}))
+                      merged_from=sorted({n.op for n in match.nodes}))
         plan.output(match.root_tensor, out)
     return rewrite
 
@@ -167,7 +167,7 @@ def rewrite_residual(match: Match, plan: Plan):
         attrs["stash_type"] = int(norm.attrs["stash_type"])
     ins = [match["a"], match["r"]] + [t for t in norm.inputs[1:3] if t]
     y, s = plan.op("ResidualNorm", ins, attrs, n_out=2, domain="rooftop",
-                   fused_from=["Add", norm.op])
+                   merged_from=["Add", norm.op])
     plan.output(norm.outputs[0], y)
     plan.output(match.node("sum").outputs[0], s)
 

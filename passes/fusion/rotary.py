@@ -2,12 +2,14 @@
 
 ``x·cos + rotate_half(x)·sin`` with ``rotate_half(x) = Concat(−x[..., d/2:], x[..., :d/2])`` (the
 HF/Llama "non-interleaved" form). Every op of the group gets ``annotations["fused_group"] =
-"rotary:<root>"`` and ``annotations["rotary"]`` (the rotated tensor, cos, sin, interleaved=0), for
-the cost model and emitters that want to treat it as one op. ONNX ``RotaryEmbedding`` ops (dynamo
+"rotary:<root>"`` and ``annotations["rotary"]`` (a :class:`compiler.annotations.Rotary`: the rotated
+tensor, cos, sin, interleaved), which the emitter writes into the node's metadata. ONNX ``RotaryEmbedding`` ops (dynamo
 exports) are counted as recognized too.
 """
 from __future__ import annotations
 
+from compiler import annotations as ann
+from compiler.annotations import Rotary
 from passes.fusion.common import same_dim, same_shape
 from passes.fusion.pattern import Alt, MatchResult, Op, Var
 from passes.fusion.rule import Match, Plan, Rule
@@ -62,14 +64,13 @@ def annotate_rotary(match: Match, plan: Plan):
     group = f"rotary:{match.root.name}"
     if match.has("rope_op"):
         r = match.root
-        info = {"x": r.inputs[0], "cos": r.inputs[1], "sin": r.inputs[2],
-                "interleaved": int(r.attrs.get("interleaved", 0))}
+        info = Rotary(r.inputs[0], r.inputs[1], r.inputs[2], int(r.attrs.get("interleaved", 0)))
     else:
-        info = {"x": match["x"], "cos": match["cos"], "sin": match["sin"], "interleaved": 0}
+        info = Rotary(match["x"], match["cos"], match["sin"], 0)
     for n in match.nodes:
-        n.annotations["fused_group"] = group
-        n.annotations["rotary"] = info
-    match.root.annotations["fused_by"] = "rotary"
+        ann.set(n, "fused_group", group)
+        ann.set(n, "rotary", info)
+    ann.set(match.root, "fused_by", "rotary")
 
 
 def rotary_rule() -> Rule:

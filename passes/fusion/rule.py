@@ -26,6 +26,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
+from compiler.annotations import carry, carry_params
 from compiler.ir import Graph, IRError, OpNode, Param, TensorType
 from compiler.ops import get as get_opdef
 from passes.fusion.pattern import Bind, Matcher, MatchResult, Pattern
@@ -78,9 +79,15 @@ class Plan:
     def type(self, t: str) -> TensorType:
         return self.types[t] if t in self.types else self.g.types[t]
 
-    def param(self, base: str, ttype: TensorType, data: np.ndarray | None, **ann) -> str:
+    def param(self, base: str, ttype: TensorType, data: np.ndarray | None, *, like: Sequence[str] = (),
+              **ann) -> str:
+        """A new parameter; it inherits the annotations of the parameters ``like`` (the ones it
+        stands for, e.g. the weights it concatenates) by their rewrite policy."""
         name = self.g.fresh(base)
-        self.params[name] = Param(name, ttype, data, dict(ann))
+        p = Param(name, ttype, data, dict(ann))
+        if like:
+            carry_params([self.g.params[t] for t in like], p)
+        self.params[name] = p
         self.types[name] = ttype
         return name
 
@@ -171,11 +178,15 @@ def leaking_value(graph: Graph, match: Match, exports: Sequence[str]) -> str | N
 
 
 def apply_plan(graph: Graph, match: Match, plan: Plan) -> list[OpNode]:
-    """Apply ``plan`` in place of ``match``'s nodes; returns the new ops."""
+    """Apply ``plan`` in place of ``match``'s nodes; returns the new ops. Every new op inherits
+    the replaced ops' annotations by their declared rewrite policy (compiler.annotations.carry):
+    a fused MatMul keeps its compute dtype and layer; its weight keeps its weight format."""
     for p in plan.params.values():
         graph.add_param(p.name, p.type, p.data, **p.annotations)
+    old = match.nodes
     new = []
     for n in plan.nodes:
+        carry(old, n)
         new.append(graph.add_op(n.op, n.inputs, n.outputs, n.attrs, types=[plan.types[t] for t in n.outputs],
                                 name=n.name, domain=n.domain, **n.annotations))
     public = []
@@ -286,6 +297,8 @@ def _try_binds(graph, rule, node, t, binds, gate, miss, out, ctx):
         if isinstance(r, MatchResult) and not r:
             miss((3, size), node, r.reason)
             continue
+        for n in plan.nodes:   # inherit before costing: the gate must see the carried formats
+            carry(match.nodes, n)
         if gate is not None and rule.cost_gated:
             ok, detail = gate.compare(graph, match.nodes, plan)
             if not ok:
