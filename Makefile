@@ -22,6 +22,7 @@ test: $(BIN)/rooftop
 bench: $(BIN)/rooftop
 	$(BIN)/python tests/bench/bench_spine.py
 	$(BIN)/python tests/bench/bench_fusion.py
+	$(BIN)/python tests/bench/bench_serving.py
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -173,7 +173,10 @@ class MoERouting:
     """A mixture-of-experts layer's routing: ``experts`` routed experts of which each token
     picks ``top_k``; ``expert_params`` parameters per routed expert (its FFN weights),
     ``shared_experts`` always-on experts; ``distribution`` of tokens over experts
-    (``"uniform"``, ``"zipf"`` with ``skew``, or explicit ``probabilities`` summing to 1)."""
+    (``"uniform"``, ``"zipf"`` with ``skew``, or explicit ``probabilities`` summing to 1);
+    ``expert``: the routed expert an op computes for (None: the layer's router / combine ops);
+    ``dispatch``: the op is routing bookkeeping for ``expert`` (finding its tokens), which a runtime
+    does in one pass for all experts — its per-kernel fixed cost is shared by the layer."""
 
     experts: int
     top_k: int
@@ -182,8 +185,12 @@ class MoERouting:
     distribution: str = "uniform"
     skew: float = 0.0
     probabilities: tuple[float, ...] | None = None
+    expert: int | None = None
+    dispatch: bool = False
 
     def __post_init__(self):
+        if self.expert is not None and not (isinstance(self.expert, int) and 0 <= self.expert < self.experts):
+            raise IRError(f"moe.expert={self.expert!r} must be an expert index in 0..{self.experts - 1} or None")
         if not (isinstance(self.experts, int) and isinstance(self.top_k, int) and 1 <= self.top_k <= self.experts):
             raise IRError(f"moe: need 1 ≤ top_k ≤ experts, got top_k={self.top_k!r}, experts={self.experts!r}")
         if self.distribution not in ("uniform", "zipf", "explicit"):
@@ -323,7 +330,8 @@ KEYS: dict[str, Key] = {k.name: k for k in [
         policy=Policy.KEEP, merge=_compute_dtype_merge, serialize=True, costed=True,
         doc="math dtype and kernel family the op's prediction assumes"),
     Key("moe", MoERouting, frozenset({OP}),
-        writers=("passes/moe",), readers=("compiler/cost.py", "analysis (moe report)"),
+        writers=("compiler/moe.py (torch import of MoE layers)", "passes/moe (routing)"),
+        readers=("compiler/cost.py (routed rows, touched experts)", "compiler/moe.py (moe report)"),
         policy=Policy.KEEP, merge=_agree, serialize=True, costed=True, doc="MoE routing of the layer this op belongs to"),
     Key("exit_point", ExitPoint, frozenset({OP}),
         writers=("passes/early_exit",), readers=("analysis (early_exit report)",),

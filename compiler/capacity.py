@@ -29,7 +29,7 @@ negligible and default to 0.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -160,3 +160,35 @@ def plan_capacity(*, memory_bytes: float, weights_bytes: float, kv_bytes_per_tok
 
 def fits(plan: CapacityPlan) -> bool:
     return plan.kv_budget_bytes > 0 and not math.isnan(plan.kv_budget_bytes)
+
+
+def capacity_section(*, kv: Mapping | None, gpu_utilization: float, memory_bytes: float,
+                     weights_bytes: float, kv_bytes_per_token: float, model_kv_dtype: str,
+                     activation_peak_bytes: float, reserve_bytes: float,
+                     sequence_tokens) -> dict:
+    """The report's ``capacity`` additions for the ``kv=`` group (layout, block_size,
+    max_model_len, dtype): ``kv_blocks`` and both layouts side by side."""
+    kv = dict(kv or {})
+    layout = str(kv.get("layout", "contiguous"))
+    if layout not in ("contiguous", "paged"):
+        raise ConfigError(f"kv.layout={layout!r}: use kv=contiguous or kv=paged.")
+    dtype = kv.get("dtype") or model_kv_dtype
+    L = np.atleast_1d(np.asarray(sequence_tokens, dtype=np.int64))
+    max_len = kv.get("max_model_len") or int(L.max())
+    tok = kv_bytes_per_token_for(kv_bytes_per_token, model_kv_dtype, dtype,
+                                 float(kv.get("scale_bytes_per_token") or 0.0))
+    plan = plan_capacity(memory_bytes=memory_bytes, weights_bytes=weights_bytes, kv_bytes_per_token=tok,
+                         sequence_tokens=L, max_model_len=int(max_len),
+                         activation_peak_bytes=activation_peak_bytes, reserve_bytes=reserve_bytes,
+                         gpu_utilization=gpu_utilization, block_size=int(kv.get("block_size") or 16),
+                         kv_dtype=dtype)
+    d = plan.to_dict()
+    out = {"kv_layout": layout, "kv_blocks": plan.kv_blocks, "tokens_per_block": plan.block_size,
+           "kv_budget_bytes": plan.kv_budget_bytes, "kv_dtype": plan.kv_dtype,
+           "kv_bytes_per_token": plan.kv_bytes_per_token, "gpu_utilization": gpu_utilization,
+           "max_model_len": plan.max_model_len,
+           "max_sequences": plan.paged_max_sequences if layout == "paged" else plan.contiguous_max_sequences,
+           "contiguous": {k[len("contiguous_"):]: v for k, v in d.items() if k.startswith("contiguous_")},
+           "paged": {k[len("paged_"):]: v for k, v in d.items() if k.startswith("paged_")},
+           "sequence_tokens": {"mean": plan.mean_sequence_tokens, "max": plan.max_sequence_tokens}}
+    return out

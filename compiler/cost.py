@@ -44,7 +44,7 @@ class OpItem:
     cost_class: str          # registry class: gemm, attention, elementwise, reduction, copy
     dtype: str               # hardware dtype it computes in
     sparse: bool
-    idx: tuple[int, int, int, int]   # indices of flops, w, a, kv expressions
+    idx: tuple[int, int, int, int, int]   # indices of flops, w, a, kv, fixed-cost multiplier expressions
     kernel: str = ""         # kernel family the prediction assumes (compute_dtype annotation)
 
 
@@ -99,12 +99,18 @@ class CostModel:
                 if key is not None:
                     _COST_CACHE[key] = hit
             flops, byts = hit
+            fixed = 1
+            if "moe" in n.annotations and n.annotations["moe"].expert is not None:
+                # one expert's op: routed rows, weights read iff touched (compiler/moe.py)
+                from compiler.moe import expert_factors
+                rows, fixed = expert_factors(n.annotations["moe"], B * S)
+                flops, byts = flops * rows, Bytes(byts.weights * fixed, byts.activations * rows, byts.kv)
             self.items.append(OpItem(n.name, n.op, d.cost_class, self._dtype(n), self._sparse(n, cls),
-                                     (ix(flops), ix(byts.weights), ix(byts.activations), ix(byts.kv)),
+                                     (ix(flops), ix(byts.weights), ix(byts.activations), ix(byts.kv), ix(fixed)),
                                      n.annotations["compute_dtype"].kernel if "compute_dtype" in n.annotations else ""))
         self.exprs = list(exprs)
         self._fn = sympy.lambdify((B, S, P), self.exprs, modules="numpy")
-        idx = np.array([it.idx for it in self.items], dtype=np.int64).reshape(-1, 4)
+        idx = np.array([it.idx for it in self.items], dtype=np.int64).reshape(-1, 5)
         self._idx = idx
         classes = sorted({it.cost_class for it in self.items})
         self._class_of = np.array([classes.index(it.cost_class) for it in self.items], dtype=np.int64)
@@ -135,16 +141,21 @@ class CostModel:
     # ------------------------------------------------------------------------------------
     def raw(self, b, s, p) -> np.ndarray:
         """(4, n_ops, n_points) FLOPs, weight, activation and KV bytes at the given points."""
+        return self._raw(b, s, p)[:4]
+
+    def _raw(self, b, s, p) -> np.ndarray:
+        """(5, n_ops, n_points): raw() plus each op's fixed-cost multiplier (launch and ramp are
+        paid with this probability: < 1 for an MoE expert's ops, which run only when it is routed to)."""
         b, s, p = (np.atleast_1d(np.asarray(x, dtype=float)) for x in (b, s, p))
         n = max(len(b), len(s), len(p))
         vals = self._fn(b, s, p)
         table = np.stack([np.broadcast_to(np.asarray(v, dtype=float), (n,)) for v in vals]) if vals else np.zeros((0, n))
-        return table[self._idx.T]  # (4, n_ops, n)
+        return table[self._idx.T]  # (5, n_ops, n)
 
     def evaluate(self, b, s, p, phase: str) -> dict[str, np.ndarray]:
         """Per-op arrays (n_ops, n_points) at workload points, for ``phase`` in prefill/decode
         (which attention efficiency class applies)."""
-        flops, w, a, kv = self.raw(b, s, p)
+        flops, w, a, kv, fx = self._raw(b, s, p)
         byts = w + a + kv
         launch = self.hw.efficiency.launch_overhead_s
         time = np.zeros_like(flops)
@@ -159,15 +170,17 @@ class CostModel:
             cp = eff.ClassParams(prm.compute, prm.memory, prm.flops_half, prm.bytes_half)
             pk = self._peak[m][:, None]
             bw = self.hw.memory_bandwidth
-            t_c = (flops[m] + cp.flops_half) / (pk * cp.compute)
-            t_m = (byts[m] + cp.bytes_half) / (bw * cp.memory)
-            time[m] = np.maximum(t_c, t_m) + launch
+            # flops_half is sized for the fp16 reference peak: a kernel's ramp-up TIME is the
+            # chip's, whatever the dtype (fp32 / fp8 / int8 GEMMs scale it by their peak)
+            t_c = (flops[m] + cp.flops_half * fx[m] * pk / self.hw.peak("fp16")) / (pk * cp.compute)
+            t_m = (byts[m] + cp.bytes_half * fx[m]) / (bw * cp.memory)
+            time[m] = np.maximum(t_c, t_m) + launch * fx[m]
             # the roofline side that binds, unless fixed per-kernel costs (launch, ramp) dominate
             pure_c = flops[m] / (pk * cp.compute)
             pure_m = byts[m] / (bw * cp.memory)
             fixed = time[m] - np.maximum(pure_c, pure_m)
             bound[m] = np.where(fixed > np.maximum(pure_c, pure_m), 2, np.where(pure_c >= pure_m, 0, 1))
-            att_f[m] = np.where(time[m] > 0, flops[m] / np.maximum(time[m] - launch, 1e-30), 0.0)
+            att_f[m] = np.where(time[m] > 0, flops[m] / np.maximum(time[m] - launch * fx[m], 1e-30), 0.0)
         return {"flops": flops, "bytes": byts, "weights": w, "activations": a, "kv": kv,
                 "time": time, "attainable": att_f, "bound": bound}
 

@@ -26,6 +26,8 @@ YAML key (in ``conf/hardware/<name>.yaml``)      :class:`Hardware` attribute    
 ``onchip.sm_count`` (SMs / CUs / CPU cores)      ``onchip.sm_count``                1 (integer)
 ``interconnect.bandwidth_gbs`` (per direction)   ``interconnect.bandwidth`` B/s     1e9
 ``interconnect.num_devices_per_node``            same                               1 (integer)
+``interconnect.latency_us`` (optional)           ``interconnect.latency_s``         1e-6
+``collectives`` (optional, measured)             ``collectives`` (see below)        —
 ``efficiency.launch_overhead_us``                ``efficiency.launch_overhead_s``   1e-6
 ``efficiency.classes.<cls>.compute``             ``.compute`` (fraction)            1
 ``efficiency.classes.<cls>.memory``              ``.memory`` (fraction)             1
@@ -33,8 +35,27 @@ YAML key (in ``conf/hardware/<name>.yaml``)      :class:`Hardware` attribute    
 ``efficiency.classes.<cls>.bytes_half_mb``       ``.bytes_half`` bytes              1e6
 ==============================================  =================================  =============
 
+``interconnect.latency_us`` is the literature per-collective latency floor; the optional
+``collectives:`` block holds measured NCCL fits (latency, bus bandwidth per collective and device
+count), parsed and written by :mod:`compiler.calibration.collectives`.
+
 Other keys: ``name`` (must equal the file stem), ``vendor``, ``kind`` (gpu | cpu | soc),
 ``description`` (optional free text), ``interconnect.name``, ``efficiency.source``.
+
+Optional provenance keys (written by ``python -m compiler.calibration.transfer``):
+
+* ``architecture``: the chip family (``hopper``, ``ampere``, ...): devices of one architecture
+  share one calibration (:mod:`compiler.calibration.transfer`).
+* ``calibration``: where the efficiency block came from, read by reports —
+  ``source`` (``calibrated``: measured on this device; ``transferred``: measured on another device
+  of the same architecture and scaled by the datasheet ratios; ``literature``: not measured on
+  this architecture), ``from`` (the measured devices), ``method`` (one sentence), ``date`` and
+  ``error_band`` (``median`` and ``p90``: the fraction a prediction may be off, with ``basis``
+  saying which experiment gave it).
+* ``kernel_families``: per quantized/sparse GEMM kernel family (``w4a16``, ``fp8_rowwise``, ...)
+  the kernel it was measured with and its efficiency parameters against ``peak(peak_dtype,
+  sparse)`` (same model and units as ``efficiency.classes``), with ``n`` samples and the fit's
+  ``median_err``.
 ``sparse_peak_tflops`` may be omitted or empty. ``interconnect.bandwidth_gbs`` may be 0 only when
 ``num_devices_per_node`` is 1 (a device without peer links: the CPU socket, the phone SoC). Every number may be written as a YAML number or a
 string holding one (``"989.4"``, ``"1.5e3"``). Any other key is an error (typos must not pass).
@@ -62,7 +83,9 @@ Efficiency
 ``efficiency`` holds the fractions of peak an op class reaches (``OP_CLASSES``) and a small-size
 roll-off: attainable compute for work ``F`` FLOPs is ``compute * peak * F / (F + flops_half)``,
 attainable bandwidth for ``B`` bytes is ``memory * bandwidth * B / (B + bytes_half)``; each kernel
-also pays ``launch_overhead_s``. ``compute`` fractions are meant relative to ``peak(dtype)`` of
+also pays ``launch_overhead_s``. ``flops_half`` is sized for the fp16 reference peak: for an op of
+another dtype a cost model scales it by ``peak(dtype) / peak("fp16")``, so the ramp-up *time* is
+the chip's whatever the dtype. ``compute`` fractions are meant relative to ``peak(dtype)`` of
 the op's dtype; for the vector classes (elementwise, reduction, copy) a cost model may prefer
 ``peak("fp32")``. Shipped files carry ``source: "uncalibrated default"``; calibration writes
 measured values back with :func:`update_efficiency_yaml` (which keeps the file's comments) or
@@ -87,6 +110,10 @@ import yaml
 from compiler.errors import ConfigError
 
 __all__ = [
+    "CALIBRATION_SOURCES",
+    "Calibration",
+    "KernelFamilyEfficiency",
+    "update_yaml_blocks",
     "DTYPES",
     "OP_CLASSES",
     "KINDS",
@@ -143,7 +170,13 @@ _PEAK_ORDER = (("fp32", "tf32"), ("fp32", "fp16"), ("fp32", "bf16"), ("tf32", "f
 
 _TOP_REQUIRED = ("name", "vendor", "kind", "peak_tflops", "memory_gib", "memory_bandwidth_gbs",
                  "onchip", "interconnect", "efficiency")
-_TOP_OPTIONAL = ("description", "sparse_peak_tflops", "collectives")
+_TOP_OPTIONAL = ("description", "sparse_peak_tflops", "architecture", "calibration", "kernel_families", "collectives")
+CALIBRATION_SOURCES = ("calibrated", "transferred", "literature")
+_CALIBRATION_KEYS = ("source", "from", "method", "error_band")
+_CALIBRATION_OPTIONAL = ("date", "note")
+_BAND_KEYS = ("median", "p90", "basis")
+_FAMILY_KEYS = ("kernel", "peak_dtype", "compute", "memory", "flops_half_gflop", "bytes_half_mb")
+_FAMILY_OPTIONAL = ("sparse", "n", "median_err", "source")
 _ONCHIP_KEYS = ("l2_mib", "smem_per_sm_kib", "sm_count")
 _INTERCONNECT_KEYS = ("name", "bandwidth_gbs", "num_devices_per_node")
 _INTERCONNECT_OPTIONAL = ("latency_us",)  # per-collective latency floor (compiler.calibration.collectives)
@@ -263,6 +296,50 @@ class Efficiency:
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """Provenance of a device's efficiency block (what a report says about its numbers)."""
+
+    source: str                      # one of CALIBRATION_SOURCES
+    from_devices: tuple[str, ...]    # devices whose measurements the numbers come from
+    method: str                      # one sentence: how the numbers were obtained
+    error_median: float              # typical |relative error| of a prediction (fraction)
+    error_p90: float                 # 90th percentile |relative error| (fraction)
+    error_basis: str                 # which experiment gave the band
+    date: str = ""
+    note: str = ""
+
+    def __post_init__(self):
+        object.__setattr__(self, "from_devices", tuple(self.from_devices))
+
+    def summary(self) -> str:
+        """One line for reports: ``transferred from h100_sxm+h200 (±6 % median, ±15 % p90)``."""
+        frm = "+".join(self.from_devices) if self.from_devices else "none"
+        word = {"calibrated": "calibrated on", "transferred": "transferred from",
+                "literature": "literature values; roll-off and launch from"}[self.source]
+        return (f"{word} {frm} (±{self.error_median:.0%} median, ±{self.error_p90:.0%} p90 error; "
+                f"{self.error_basis})")
+
+
+@dataclass(frozen=True)
+class KernelFamilyEfficiency:
+    """Measured efficiency of one quantized/sparse GEMM kernel family (same model as a class)."""
+
+    kernel: str          # the kernel it was measured with, e.g. "aten._weight_int4pack_mm"
+    peak_dtype: str      # the dtype whose peak the compute fraction refers to
+    sparse: bool         # against the 2:4 sparse peak of peak_dtype
+    compute: float
+    memory: float
+    flops_half: float
+    bytes_half: float
+    n: int = 0
+    median_err: float = 0.0
+    source: str = ""
+
+    def params(self) -> ClassEfficiency:
+        return ClassEfficiency(self.compute, self.memory, self.flops_half, self.bytes_half)
+
+
+@dataclass(frozen=True)
 class OnChip:
     l2_bytes: float            # last-level on-chip cache (L2; Infinity Cache on MI300X; L3 on CPU)
     smem_per_sm_bytes: float   # shared memory / LDS per SM or CU (CPU: private L2 per core)
@@ -290,12 +367,20 @@ class Hardware:
     interconnect: Interconnect
     efficiency: Efficiency
     description: str = ""
+    architecture: str = ""
+    calibration: Calibration | None = None
+    kernel_families: Mapping[str, KernelFamilyEfficiency] = field(default_factory=dict)
     collectives: Any = None   # compiler.calibration.collectives.Collectives (measured) or None
 
     def __post_init__(self):
         object.__setattr__(self, "peak_flops", _FrozenMap(self.peak_flops))
         object.__setattr__(self, "sparse_peak_flops", _FrozenMap(self.sparse_peak_flops or {}))
+        object.__setattr__(self, "kernel_families", _FrozenMap(self.kernel_families or {}))
         _check_hardware(self)
+
+    def kernel_family(self, family: str) -> KernelFamilyEfficiency | None:
+        """The measured efficiency of a quantized/sparse kernel family, or None if unmeasured."""
+        return self.kernel_families.get(family)
 
     # -- queries -------------------------------------------------------------------------
     def compute_dtype(self, dtype: str) -> str:
@@ -461,6 +546,29 @@ def _check_hardware(hw: Hardware) -> None:
                         "450 for NVLink 4 (900 GB/s total = 450 per direction)", 1e5, _GBS)
     if not isinstance(hw.efficiency, Efficiency):
         _fail("efficiency", "is not an Efficiency", "Give source, launch_overhead_us, classes.")
+    if not isinstance(hw.architecture, str):
+        _fail("architecture", "is not a string", "Write the chip family, e.g. hopper.")
+    cal = hw.calibration
+    if cal is not None:
+        if cal.source not in CALIBRATION_SOURCES:
+            _fail("calibration.source", f"is {cal.source!r}", f"Use one of {', '.join(CALIBRATION_SOURCES)}.")
+        for k, v in (("median", cal.error_median), ("p90", cal.error_p90)):
+            if not math.isfinite(v) or v < 0 or v > 10:
+                _fail(f"calibration.error_band.{k}", f"is {v!r}",
+                      "Write the error as a fraction (0.06 for 6 %), between 0 and 10.")
+        if cal.error_p90 < cal.error_median:
+            _fail("calibration.error_band.p90", f"is {cal.error_p90!r}, below the median {cal.error_median!r}",
+                  "The 90th percentile error is never below the median error.")
+        if cal.source != "literature" and not cal.from_devices:
+            _fail("calibration.from", "is empty", "Name the device(s) whose measurements were used.")
+    for fam, ke in hw.kernel_families.items():
+        base = f"kernel_families.{fam}"
+        _check_fraction(ke.compute, f"{base}.compute")
+        _check_fraction(ke.memory, f"{base}.memory")
+        if ke.flops_half < 0 or ke.bytes_half < 0:
+            _fail(f"{base}", "has a negative roll-off size", "flops_half_gflop and bytes_half_mb are >= 0.")
+        if ke.peak_dtype not in DTYPES:
+            _fail(f"{base}.peak_dtype", f"is {ke.peak_dtype!r}", f"Use one of {', '.join(DTYPES)}.")
 
 
 # --------------------------------------------------------------------------- YAML parsing
@@ -575,6 +683,49 @@ def _parse_efficiency(value: Any) -> Efficiency:
     )
 
 
+def _parse_calibration(value: Any) -> Calibration:
+    c = _mapping(value, "calibration", _CALIBRATION_KEYS, _CALIBRATION_OPTIONAL)
+    frm = c["from"]
+    if isinstance(frm, str):
+        frm = [frm]
+    if not isinstance(frm, (list, tuple)) or not all(isinstance(x, str) for x in frm):
+        _fail("calibration.from", f"is {frm!r}", "Write a device name or a list of them, e.g. [h100_sxm, h200].")
+    band = _mapping(c["error_band"], "calibration.error_band", _BAND_KEYS)
+    return Calibration(source=_str(c["source"], "calibration.source"), from_devices=tuple(frm),
+                       method=_str(c["method"], "calibration.method"),
+                       error_median=_num(band["median"], "calibration.error_band.median"),
+                       error_p90=_num(band["p90"], "calibration.error_band.p90"),
+                       error_basis=_str(band["basis"], "calibration.error_band.basis"),
+                       date=str(c.get("date", "") or ""), note=str(c.get("note", "") or ""))
+
+
+def _parse_kernel_families(value: Any) -> dict[str, KernelFamilyEfficiency]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        _fail("kernel_families", f"is a {type(value).__name__}, not a mapping",
+              "Write one entry per kernel family (w4a16, fp8_rowwise, ...).")
+    out = {}
+    for fam, fv in value.items():
+        base = f"kernel_families.{fam}"
+        f = _mapping(fv, base, _FAMILY_KEYS, _FAMILY_OPTIONAL)
+        sparse = f.get("sparse", False)
+        if not isinstance(sparse, bool):
+            _fail(f"{base}.sparse", f"is {sparse!r}", "Write true or false.")
+        out[str(fam)] = KernelFamilyEfficiency(
+            kernel=_str(f["kernel"], f"{base}.kernel"),
+            peak_dtype=normalize_dtype(_str(f["peak_dtype"], f"{base}.peak_dtype")),
+            sparse=sparse,
+            compute=_num(f["compute"], f"{base}.compute"),
+            memory=_num(f["memory"], f"{base}.memory"),
+            flops_half=_num(f["flops_half_gflop"], f"{base}.flops_half_gflop") * _GFLOP,
+            bytes_half=_num(f["bytes_half_mb"], f"{base}.bytes_half_mb") * _MB,
+            n=_int(f.get("n", 0), f"{base}.n"),
+            median_err=_num(f.get("median_err", 0.0), f"{base}.median_err"),
+            source=str(f.get("source", "") or ""))
+    return out
+
+
 def load_hardware(cfg: Mapping | Any, source: str | os.PathLike | None = None) -> Hardware:
     """Validate a hardware mapping (a dict, or Hydra's ``cfg.hardware`` DictConfig) written in
     the YAML convention of this module and return a :class:`Hardware` in SI units.
@@ -616,6 +767,10 @@ def load_hardware(cfg: Mapping | Any, source: str | os.PathLike | None = None) -
             ),
             efficiency=_parse_efficiency(top["efficiency"]),
             description=description,
+            architecture=str(top.get("architecture", "") or ""),
+            calibration=(_parse_calibration(top["calibration"])
+                         if top.get("calibration") is not None else None),
+            kernel_families=_parse_kernel_families(top.get("kernel_families")),
             collectives=_collectives(top.get("collectives")),
         )
     finally:
@@ -731,11 +886,38 @@ def efficiency_to_yaml_dict(eff: Efficiency) -> dict:
     }
 
 
+def calibration_to_yaml_dict(cal: Calibration) -> dict:
+    out: dict[str, Any] = {"source": cal.source, "from": list(cal.from_devices), "method": cal.method}
+    if cal.date:
+        out["date"] = cal.date
+    out["error_band"] = {"median": _r(cal.error_median), "p90": _r(cal.error_p90), "basis": cal.error_basis}
+    if cal.note:
+        out["note"] = cal.note
+    return out
+
+
+def kernel_families_to_yaml_dict(fams: Mapping[str, KernelFamilyEfficiency]) -> dict:
+    out = {}
+    for fam, k in fams.items():
+        d: dict[str, Any] = {"kernel": k.kernel, "peak_dtype": k.peak_dtype}
+        if k.sparse:
+            d["sparse"] = True
+        d.update({"compute": _r(k.compute), "memory": _r(k.memory),
+                  "flops_half_gflop": _r(k.flops_half / _GFLOP), "bytes_half_mb": _r(k.bytes_half / _MB),
+                  "n": int(k.n), "median_err": _r(k.median_err)})
+        if k.source:
+            d["source"] = k.source
+        out[fam] = d
+    return out
+
+
 def hardware_to_yaml_dict(hw: Hardware) -> dict:
     """A mapping in the YAML convention that :func:`load_hardware` turns back into ``hw``."""
     out: dict[str, Any] = {"name": hw.name, "vendor": hw.vendor, "kind": hw.kind}
     if hw.description:
         out["description"] = hw.description
+    if hw.architecture:
+        out["architecture"] = hw.architecture
     out["peak_tflops"] = {d: _r(hw.peak_flops[d] / _TFLOPS) for d in DTYPES if d in hw.peak_flops}
     out["sparse_peak_tflops"] = {d: _r(hw.sparse_peak_flops[d] / _TFLOPS)
                                  for d in DTYPES if d in hw.sparse_peak_flops}
@@ -750,6 +932,10 @@ def hardware_to_yaml_dict(hw: Hardware) -> dict:
     if hw.interconnect.latency_s is not None:
         out["interconnect"]["latency_us"] = _r(hw.interconnect.latency_s / _US)
     out["efficiency"] = efficiency_to_yaml_dict(hw.efficiency)
+    if hw.calibration is not None:
+        out["calibration"] = calibration_to_yaml_dict(hw.calibration)
+    if hw.kernel_families:
+        out["kernel_families"] = kernel_families_to_yaml_dict(hw.kernel_families)
     if hw.collectives is not None:
         from compiler.calibration.collectives import collectives_to_yaml_dict
         out["collectives"] = collectives_to_yaml_dict(hw.collectives)
@@ -789,20 +975,25 @@ def write_hardware_yaml(hw: Hardware, path: str | os.PathLike) -> Path:
 _TOP_KEY = re.compile(r"^[A-Za-z_][\w\-]*\s*:")
 
 
-def update_efficiency_yaml(path: str | os.PathLike, eff: Efficiency) -> Hardware:
-    """Replace only the top-level ``efficiency:`` block of an existing hardware YAML with ``eff``,
-    keeping every other line (and its source comments) as is. The result is validated before
-    the file is replaced (atomically); returns the reloaded :class:`Hardware`."""
+def update_yaml_blocks(path: str | os.PathLike, blocks: Mapping[str, Any], note: str = "") -> Hardware:
+    """Replace (or append) top-level blocks of an existing hardware YAML — ``blocks`` maps a top
+    key (``efficiency``, ``calibration``, ``kernel_families``, ``architecture``) to its new value
+    in YAML units — keeping every other line and its comments. A value of None removes the key.
+    The result is validated before the file is replaced (atomically); returns the reloaded
+    :class:`Hardware`."""
     path = Path(path)
     text = path.read_text(encoding="utf-8")
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if re.match(r"^efficiency\s*:", ln)), None)
-    block = _dump({"efficiency": efficiency_to_yaml_dict(eff)})
-    note = f"# efficiency: written by compiler.hardware.update_efficiency_yaml ({eff.source})\n"
-    if start is None:
-        sep = "" if not lines or lines[-1].endswith("\n") else "\n"
-        new_text = text + sep + note + block
-    else:
+    for key, value in blocks.items():
+        lines = text.splitlines(keepends=True)
+        start = next((i for i, ln in enumerate(lines) if re.match(rf"^{re.escape(key)}\s*:", ln)), None)
+        block = "" if value is None else _dump({key: value})
+        head = f"# {key}: {note}\n" if note and value is not None and key != "architecture" else ""
+        if start is None:
+            if value is None:
+                continue
+            sep = "" if not lines or lines[-1].endswith("\n") else "\n"
+            text = text + sep + head + block
+            continue
         end = len(lines)
         for j in range(start + 1, len(lines)):
             if _TOP_KEY.match(lines[j]):
@@ -812,19 +1003,26 @@ def update_efficiency_yaml(path: str | os.PathLike, eff: Efficiency) -> Hardware
         while end > start + 1 and end < len(lines) and (
                 not lines[end - 1].strip() or lines[end - 1].startswith("#")):
             end -= 1
-        # Drop a previous auto-written note right above the block.
-        s = start
-        if s > 0 and lines[s - 1].startswith("# efficiency: written by compiler.hardware"):
-            s -= 1
+        s0 = start
+        while s0 > 0 and lines[s0 - 1].startswith(f"# {key}: "):  # previous auto-written notes
+            s0 -= 1
         tail = lines[end:]
-        new_text = "".join(lines[:s]) + note + block + ("\n" if tail else "") + "".join(tail)
+        text = "".join(lines[:s0]) + head + block + ("\n" if tail and block else "") + "".join(tail)
     try:
-        data = _parse_yaml_text(new_text)
-    except Exception as exc:  # pragma: no cover - the block is generated YAML
+        data = _parse_yaml_text(text)
+    except Exception as exc:  # pragma: no cover - the blocks are generated YAML
         raise HardwareError(f"{path}: updated text does not parse ({exc}).") from None
     hw = load_hardware(data, source=path)
     if hw.name != path.stem:
         _fail("name", f"is {hw.name!r} but the file is {path.name}",
               f"Set name: {path.stem}.", where=str(path))
-    _atomic_write(path, new_text)
+    _atomic_write(path, text)
     return hw
+
+
+def update_efficiency_yaml(path: str | os.PathLike, eff: Efficiency) -> Hardware:
+    """Replace only the top-level ``efficiency:`` block of an existing hardware YAML with ``eff``,
+    keeping every other line (and its source comments) as is. The result is validated before
+    the file is replaced (atomically); returns the reloaded :class:`Hardware`."""
+    return update_yaml_blocks(path, {"efficiency": efficiency_to_yaml_dict(eff)},
+                              note=f"written by compiler.hardware.update_efficiency_yaml ({eff.source})")

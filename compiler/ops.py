@@ -432,6 +432,33 @@ def matmul_flops(node, ins, outs):
     return 2 * _numel(outs[0]) * k
 
 
+def conv_rule(node, ins):
+    """ONNX Conv (NOTSET / VALID padding): X [N, C, *spatial], W [M, C/group, *kernel] → [N, M, *out]."""
+    x, w = ins[0], ins[1]
+    k = w.shape[2:]
+    nd = len(k)
+    strides = list(node.attrs.get("strides") or [1] * nd)
+    dil = list(node.attrs.get("dilations") or [1] * nd)
+    pads = list(node.attrs.get("pads") or [0] * (2 * nd))
+    if node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID", b"NOTSET", b"VALID"):
+        raise UnsupportedOpError(f"{node.name}: Conv auto_pad={node.attrs['auto_pad']!r} is not supported; "
+                      f"give explicit pads")
+    out = []
+    for i in range(nd):
+        span = sympy.sympify(x.shape[2 + i]) + pads[i] + pads[i + nd] - dil[i] * (k[i] - 1) - 1
+        out.append(as_dim(sympy.floor(span / strides[i]) + 1))
+    return [TensorType(x.dtype, (x.shape[0], w.shape[0], *out))]
+
+
+def conv_flops(node, ins, outs):
+    w = ins[1]
+    per_out = 1
+    for d in w.shape[1:]:
+        per_out *= d   # (C/group)·prod(kernel) MACs per output element
+    bias = 1 if len(ins) > 2 and ins[2] is not None else 0
+    return (2 * per_out + bias) * _numel(outs[0])
+
+
 def gemm_flops(node, ins, outs):
     k = ins[0].shape[0 if node.attrs.get("transA") else 1]
     return 2 * _numel(outs[0]) * k + (_numel(outs[0]) if len(ins) > 2 and ins[2] is not None else 0)
@@ -561,6 +588,8 @@ for _op in ["LayerNormalization", "RMSNormalization", "SkipLayerNormalization",
 register(OpDef("MatMul", OpKind.OUT_ELEMENTWISE_FUSABLE, "gemm", matmul_rule, matmul_flops,
                default_bytes))
 register(OpDef("Gemm", OpKind.OUT_ELEMENTWISE_FUSABLE, "gemm", gemm_rule, gemm_flops,
+               default_bytes))
+register(OpDef("Conv", OpKind.OUT_ELEMENTWISE_FUSABLE, "gemm", conv_rule, conv_flops,
                default_bytes))
 # ONNX RotaryEmbedding (opset 23; torch.onnx dynamo exports of Llama-style models use it):
 # x*cos + rotate_half(x)*sin on the rotated part — about 3 FLOPs per output element.

@@ -367,7 +367,7 @@ def per_device_times(cm, table: ShardTable, b, s, p, phase: str) -> dict[str, np
         prm = hw.efficiency.for_class(eclass)
         cp = eff.ClassParams(prm.compute, prm.memory, prm.flops_half, prm.bytes_half)
         pk = hw.peak("fp16") if it.cost_class in REFERENCE_PEAK_CLASSES else hw.peak(it.dtype, it.sparse)
-        t_c = (flops[i] + cp.flops_half) / (pk * cp.compute)
+        t_c = (flops[i] + cp.flops_half * pk / hw.peak("fp16")) / (pk * cp.compute)  # as compiler/cost.py
         t_m = (byts[i] + cp.bytes_half) / (hw.memory_bandwidth * cp.memory)
         op_t += np.maximum(t_c, t_m) + launch
         comp_t += flops[i] / (pk * cp.compute)
@@ -536,3 +536,47 @@ def parallel_step_time(cm, plan: ParallelPlan, dims: ModelDims):
                 out[mask] = r["time"] + (plan.pp - 1) * send
         return out
     return step_time
+
+
+def plan_of(parallel: Mapping | None) -> ParallelPlan:
+    p = dict(parallel or {})
+    unknown = sorted(set(p) - {"tp", "pp", "ep", "microbatches"})
+    if unknown:
+        raise ConfigError(f"parallel.{unknown[0]} is not a parallelism setting; use parallel.tp, "
+                          "parallel.pp, parallel.ep, parallel.microbatches.")
+    return ParallelPlan(tp=p.get("tp", 1) or 1, pp=p.get("pp", 1) or 1, ep=p.get("ep", 1) or 1,
+                        microbatches=p.get("microbatches"))
+
+
+def parallel_section(cm, hw, parallel: Mapping | None, model_config: Mapping | None, *, batch: int,
+                     prompt_len: int, context_len: int, tokens: float, kv_bytes_per_token: float,
+                     weights_bytes: float, activation_peak_bytes: float, reserve_bytes: float,
+                     gpu_utilization: float = 1.0) -> dict[str, Any] | None:
+    """The report's ``parallel`` section. One device (tp = pp = ep = 1): only which tp fits (cheap:
+    weights / tp); otherwise :func:`analyze_parallel`. None for models without transformer
+    dimensions (ONNX files, custom modules) on one device."""
+    plan = plan_of(parallel)
+    try:
+        dims = dims_from_hf(model_config) if model_config else None
+    except (TypeError, ValueError):
+        dims = None
+    if dims is None:
+        if plan.devices > 1:
+            raise ConfigError("parallel.tp/pp/ep need a transformer described by a Hugging Face "
+                              "config (model.config: heads, KV heads, layers); this model has none.")
+        return None
+    if plan.devices == 1:
+        opts = tp_options(weights_bytes=weights_bytes, kv_bytes_per_token=kv_bytes_per_token, dims=dims,
+                          hw=hw, tokens=batch * tokens, activation_peak_bytes=activation_peak_bytes,
+                          reserve_bytes=reserve_bytes, gpu_utilization=gpu_utilization)
+        mem = memory_per_device(weights_bytes_device=weights_bytes, kv_bytes_per_token=kv_bytes_per_token,
+                                kv_fraction=1.0, pp=1, tokens=batch * tokens,
+                                activation_peak_bytes=activation_peak_bytes, reserve_bytes=reserve_bytes,
+                                capacity_bytes=hw.memory_bytes, gpu_utilization=gpu_utilization)
+        return {"tp": 1, "pp": 1, "ep": 1, "devices": 1, "memory_per_device": mem, "tp_options": opts,
+                "collectives_source": collective_source(hw, "all_reduce", 2)
+                if hw.interconnect.bandwidth > 0 else "no peer interconnect"}
+    return analyze_parallel(cm, hw, plan, dims, batch=batch, prompt_len=prompt_len, context_len=context_len,
+                            tokens=tokens, kv_bytes_per_token=kv_bytes_per_token,
+                            activation_peak_bytes=activation_peak_bytes, reserve_bytes=reserve_bytes,
+                            gpu_utilization=gpu_utilization)

@@ -126,6 +126,9 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
         with progress_display(show_progress) as prog:
             t0 = time.perf_counter()
             g = import_model(cfg, prog)
+            from passes.moe import apply_routing
+            apply_routing(g, cfg.get("moe"))  # moe.routing onto the importer's expert annotations
+            _early_exit(g, cfg)
             g.verify()
             timings["import_s"] = time.perf_counter() - t0
 
@@ -156,6 +159,18 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
     log.info("timings: %s", {k: round(v, 3) for k, v in timings.items()})
     _check_gates(cfg, report)
     return report
+
+
+def _early_exit(g: Graph, cfg: Mapping) -> None:
+    """early_exit=layers: exit heads inserted before the pipeline's passes (passes/early_exit.py)."""
+    from compiler.early_exit import exit_config, op_layers
+    if str((cfg.get("early_exit") or {}).get("mode", "none")) == "none":
+        return
+    if g.meta.get("task") != "causal_lm":
+        raise ConfigError("early_exit=layers needs a causal LM (a decoder with an LM head); use early_exit=none.")
+    ec = exit_config(cfg, op_layers(g)[1])
+    from passes.early_exit import insert_exit_heads
+    insert_exit_heads(g, ec["layers"], ec["probabilities"])
 
 
 def _record_points(wl) -> list[tuple[int, int, int, str]]:

@@ -181,8 +181,14 @@ class StepTable:
                  chunk: int | None = None, points: int = 24):
         self.max_batch = int(max(max_batch, 1))
         self.ctx = _grid(max_context, points)
-        bb, cc = np.meshgrid(np.arange(1, self.max_batch + 1, dtype=float), self.ctx, indexing="ij")
-        self.decode = np.asarray(step_time(bb.ravel(), cc.ravel(), np.ones(bb.size)), float).reshape(bb.shape)
+        # every batch size up to 16, then a geometric grid; interpolated linearly in between
+        self.bgrid = np.unique(np.concatenate([np.arange(1, min(16, self.max_batch) + 1),
+                                               np.round(np.geomspace(1, self.max_batch, points)),
+                                               [self.max_batch]])).astype(float)
+        bb, cc = np.meshgrid(self.bgrid, self.ctx, indexing="ij")
+        coarse = np.asarray(step_time(bb.ravel(), cc.ravel(), np.ones(bb.size)), float).reshape(bb.shape)
+        allb = np.arange(1, self.max_batch + 1, dtype=float)
+        self.decode = np.stack([np.interp(allb, self.bgrid, coarse[:, j]) for j in range(len(self.ctx))], 1)
         self.new = _grid(max(max_new, 2), 2 * points)
         self.new = self.new[self.new >= 1]
         self.pctx = self.ctx if chunk else np.array([0.0])
@@ -514,19 +520,21 @@ def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, bl
         batch_sum += nb
         batch_max = max(batch_max, nb)
         # ---- advance state
-        emitted = list(D)
         if len(D):
             free -= int(need.sum())
             blocks[D] += need
-        for r, c, _ in segs:
-            done_pf[r] += c
-            if done_pf[r] >= target[r]:
-                emitted.append(r)             # the prefill's last chunk emits a token
-        if emitted:
-            E = np.asarray(emitted, np.int64)
+        if segs:
+            S_ = np.fromiter((sg[0] for sg in segs), np.int64, len(segs))
+            done_pf[S_] += np.fromiter((sg[1] for sg in segs), np.int64, len(segs))
+            E = np.concatenate([D, S_[done_pf[S_] >= target[S_]]])   # a prefill's last chunk emits
+        else:
+            E = D
+        if len(E):
             gen[E] += 1
             fresh = np.isnan(first[E])
             first[E[fresh]] = t
+            # sequences past their prefill decode from here: their cache holds prompt + generated
+            done_pf[E] = target[E] = prompt[E] + gen[E]
             fin = E[gen[E] >= out[E]]
             if len(fin):
                 finish[fin] = t
@@ -535,10 +543,6 @@ def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, bl
                 blocks[fin] = 0
                 fs = set(fin.tolist())
                 running = [r for r in running if r not in fs]
-            # sequences that finished their prefill now decode: their cache holds target tokens
-            for r in E:
-                if done_pf[r] >= target[r]:
-                    done_pf[r] = target[r] = prompt[r] + gen[r]
     policy = "continuous_chunked" if chunked else "continuous"
     return _result(policy, cfg, arrival, first, finish, out, preempt, steps, batch_sum, batch_max, kv_blocks)
 
@@ -633,3 +637,150 @@ def max_rate_meeting_slo(run: Callable[[float], ServeResult], cfg: ServeConfig, 
 
 def with_rate(cfg: ServeConfig, rate: float) -> ServeConfig:
     return replace(cfg, rate=float(rate))
+
+
+def config_of(serve: Mapping | None, slo: Mapping | None) -> ServeConfig:
+    """A :class:`ServeConfig` from the ``serve.*`` and ``slo.*`` config blocks."""
+    s = dict(serve or {})
+    slo = dict(slo or {})
+    known = {"enabled", "rate", "requests", "prompt_len", "output_len", "seed", "max_num_seqs",
+             "max_batched_tokens", "chunked_prefill", "chunk_tokens", "slo_target", "find_max_rate",
+             "sweep"}
+    unknown = sorted(set(s) - known)
+    if unknown:
+        raise ConfigError(f"serve.{unknown[0]} is not a serving setting; known: {', '.join(sorted(known))}.")
+    kw = {k: s[k] for k in ("rate", "requests", "seed", "max_num_seqs", "max_batched_tokens",
+                            "chunked_prefill", "chunk_tokens", "slo_target") if s.get(k) is not None}
+    if s.get("prompt_len") is not None:
+        kw["prompt"] = LengthDist.of(s["prompt_len"], "serve.prompt_len")
+    if s.get("output_len") is not None:
+        kw["output"] = LengthDist.of(s["output_len"], "serve.output_len")
+    for key, name in (("ttft_ms", "slo_ttft_s"), ("tpot_ms", "slo_tpot_s")):
+        if slo.get(key) is not None:
+            kw[name] = float(slo[key]) * 1e-3
+    return ServeConfig(**kw)
+
+
+_KEYS = ("rate", "throughput_tok_s", "throughput_req_s", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s",
+         "tpot_p99_s", "e2e_p50_s", "e2e_p99_s", "slo_attainment", "preemptions", "mean_batch",
+         "max_batch", "steps")
+
+
+def serve_section(step_time: StepTime, serve: Mapping | None, slo: Mapping | None, *, kv_blocks: int,
+                  block_size: int = 16, reserve_tokens: int | None = None,
+                  static_max_batch: int = 0) -> dict:
+    """The report's ``serve`` section: the simulation at ``serve.rate``, static batching beside it,
+    the largest rate meeting the SLOs (when set) and a rate sweep for the plot."""
+    cfg = config_of(serve, slo)
+    s = dict(serve or {})
+    arrival, prompt, out = sample_requests(cfg)
+    longest = int((prompt + out).max())
+    table = StepTable(step_time, cfg.max_num_seqs, longest,
+                      cfg.chunk_tokens if cfg.chunked_prefill else longest,
+                      chunk=cfg.chunk_tokens if cfg.chunked_prefill else None)
+
+    def run(rate):
+        return simulate(None, with_rate(cfg, rate), kv_blocks=kv_blocks, block_size=block_size,
+                        reserve_tokens=reserve_tokens, table=table)
+
+    main = run(cfg.rate)
+    res = {k: getattr(main, k) for k in _KEYS}
+    res.update({"policy": main.policy, "requests": main.requests, "kv_blocks": kv_blocks,
+                "block_size": block_size, "layout": "paged" if reserve_tokens is None else "contiguous",
+                "slo": {"ttft_s": cfg.slo_ttft_s, "tpot_s": cfg.slo_tpot_s, "target": cfg.slo_target},
+                "prompt_len": dict(asdict(cfg.prompt)), "output_len": dict(asdict(cfg.output))})
+    static_tab = None
+    if static_max_batch >= 1:
+        static_tab = StepTable(step_time, max(cfg.max_num_seqs, static_max_batch), longest, int(prompt.max()))
+        st = simulate_static(step_time, cfg, max_batch=static_max_batch, table=static_tab)
+        res["static"] = {k: getattr(st, k) for k in _KEYS} | {"max_batch_static": static_max_batch}
+    best = None
+    if (cfg.slo_ttft_s is not None or cfg.slo_tpot_s is not None) and s.get("find_max_rate", True):
+        best, _ = max_rate_meeting_slo(run, cfg, start=cfg.rate)
+        res["max_rate_meeting_slo"] = best
+    centre = best or cfg.rate
+    rates = s.get("sweep") or [centre * f for f in (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)]
+    sweep = []
+    for q in rates:
+        r = run(float(q))
+        row = {k: getattr(r, k) for k in ("rate", "throughput_tok_s", "ttft_p50_s", "ttft_p99_s",
+                                          "tpot_p50_s", "tpot_p99_s", "slo_attainment", "preemptions")}
+        if static_max_batch >= 1:
+            row["static_throughput_tok_s"] = simulate_static(step_time, with_rate(cfg, q),
+                                                             max_batch=static_max_batch,
+                                                             table=static_tab).throughput_tok_s
+        sweep.append(row)
+    res["sweep"] = sweep
+    return res
+
+
+# --------------------------------------------------------------------------- report sections
+
+_GRAPH_KV_DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float8e4m3fn": "fp8",
+                   "int8": "int8", "uint8": "int8"}
+
+
+def report_sections(cfg: Mapping, wl: Mapping, hw, g, cm, sched, *, weights_bytes: float,
+                    kv_bytes_per_token: float, tokens: float, reserve_bytes: float) -> dict[str, Any]:
+    """The capacity planning (``capacity`` additions incl. ``kv_blocks``), ``parallel`` and ``serve``
+    sections of the analysis for the ``kv=``, ``parallel.*``, ``serve.*`` and
+    ``memory.gpu_utilization`` settings. Causal decoders with a KV cache only (else empty)."""
+    from compiler.capacity import capacity_section
+    from compiler.parallel import dims_from_hf, parallel_section, parallel_step_time, plan_of
+    out: dict[str, Any] = {}
+    kv_inputs = [t for t in g.inputs if t in set(g.meta.get("kv_tensors", ()))]
+    if not kv_inputs or not kv_bytes_per_token:
+        return out
+    mem = dict(cfg.get("memory") or {})
+    util = float(mem.get("gpu_utilization", 1.0) if mem.get("gpu_utilization") is not None else 1.0)
+    b, prompt, gen, ctx = wl["batch"], wl["prompt_len"], wl["gen_len"], wl["context_len"]
+    act = float(sched.activation_peak(b, prompt, 0)[0])
+    model_cfg = (cfg.get("model") or {}).get("config")
+    par = parallel_section(cm, hw, cfg.get("parallel"), model_cfg, batch=b, prompt_len=prompt,
+                           context_len=ctx, tokens=tokens, kv_bytes_per_token=kv_bytes_per_token,
+                           weights_bytes=weights_bytes, activation_peak_bytes=act,
+                           reserve_bytes=reserve_bytes, gpu_utilization=util)
+    if par is not None:
+        out["parallel"] = par
+    plan = plan_of(cfg.get("parallel"))
+    # capacity of one device: per-device weights and KV bytes per token under the plan
+    if par is not None and plan.devices > 1:
+        w_dev = par["memory_per_device"]["weights_bytes"]
+        kv_dev = par["memory_per_device"]["kv_bytes_per_token"]
+    else:
+        w_dev, kv_dev = weights_bytes, kv_bytes_per_token
+    serve = dict(cfg.get("serve") or {})
+    enabled = bool(serve.get("enabled", False))
+    kvc = dict(cfg.get("kv") or {})
+    if enabled:
+        scfg = config_of({**{k: v for k, v in serve.items() if k != "enabled"},
+                          "prompt_len": serve.get("prompt_len") or prompt,
+                          "output_len": serve.get("output_len") or max(gen, 1)}, cfg.get("slo"))
+        _, sp, so = sample_requests(scfg)
+        seq = sp + so
+    else:
+        seq = np.array([max(int(tokens), 1)])
+    if not kvc.get("max_model_len"):
+        kvc["max_model_len"] = int(max(seq.max(), tokens))
+    model_dtype = _GRAPH_KV_DTYPE.get(g.type(kv_inputs[0]).dtype, "fp16")
+    sec = capacity_section(kv=kvc, gpu_utilization=util, memory_bytes=hw.memory_bytes,
+                           weights_bytes=w_dev, kv_bytes_per_token=kv_dev, model_kv_dtype=model_dtype,
+                           activation_peak_bytes=act, reserve_bytes=reserve_bytes, sequence_tokens=seq)
+    out["capacity"] = {"kv_blocks": sec["kv_blocks"], "kv_layout": sec["kv_layout"],
+                       "tokens_per_block": sec["tokens_per_block"], "kv_budget_bytes": sec["kv_budget_bytes"],
+                       "max_sequences": sec["max_sequences"], "kv": sec}
+    if enabled:
+        if par is not None and plan.devices > 1:
+            st = parallel_step_time(cm, plan, dims_from_hf(model_cfg))
+        else:
+            st = cost_model_step_time(cm)
+        paged = sec["kv_layout"] == "paged"
+        out["serve"] = serve_section(st, {**{k: v for k, v in serve.items() if k != "enabled"},
+                                          "prompt_len": serve.get("prompt_len") or prompt,
+                                          "output_len": serve.get("output_len") or max(gen, 1)},
+                                     cfg.get("slo"), kv_blocks=sec["kv_blocks"],
+                                     block_size=sec["tokens_per_block"],
+                                     reserve_tokens=None if paged else sec["max_model_len"],
+                                     static_max_batch=min(sec["contiguous"]["max_sequences"],
+                                                          int(serve.get("max_num_seqs") or 256)))
+    return out

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from passes.base import Pass, PassContext, PassManager, PassResult
 from passes.cleanup import ConstantFolding, DeadCodeElimination, RemoveNoOps
+from passes.early_exit import EarlyExitPass
+from passes.moe import MoERoutingPass
 from passes.fusion import AnnotateRotary, FuseAttention, FuseGemm, FuseNorms, FusionPass
 
 PASSES: dict[str, type[Pass]] = {
@@ -15,6 +17,8 @@ PASSES: dict[str, type[Pass]] = {
     "fuse_norms": FuseNorms,
     "fuse_gemm": FuseGemm,
     "annotate_rotary": AnnotateRotary,
+    "moe_routing": MoERoutingPass,
+    "early_exit": EarlyExitPass,
 }
 
 

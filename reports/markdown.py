@@ -246,6 +246,8 @@ def document(r: Mapping) -> list[tuple]:
                                        "the tables."))
     blocks.append(("plot", "time_by_class", "Time by op class per phase, split into compute-bound and memory-bound ops."))
 
+    from reports.dynamic import blocks as dynamic_blocks
+    blocks += dynamic_blocks(r)   # speculative decoding, MoE, early exit, chunked prefill
     for phase in PHASES:
         blocks += _phase_blocks(r, phase)
     blocks += _pass_blocks(r)

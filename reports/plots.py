@@ -418,8 +418,36 @@ def fig_throughput_vs_batch(r: Mapping) -> Figure:
     return fig
 
 
+@_styled
+def fig_speculative(r: Mapping) -> Figure:
+    """TPOT and speed-up of speculative decoding versus γ (report.json speculative.gamma_sweep)."""
+    s = r.get("speculative") or {}
+    rows = s.get("gamma_sweep") or []
+    fig = _figure(12, 3.6, left=0.75, bottom=0.6, wspace=0.22)
+    axes = fig.subplots(1, 2, sharex=True)
+    gs = [x["gamma"] for x in rows]
+    axes[0].plot(gs, [x["tpot_s"] * 1e3 for x in rows], marker="o", ms=4, color="#1f77b4", label="speculative TPOT")
+    if s:
+        axes[0].axhline(s["target_tpot_s"] * 1e3, color="0.3", ls=":", label="target alone")
+    axes[0].set_ylabel("TPOT (ms per token)")
+    axes[1].plot(gs, [x["speedup"] for x in rows], marker="o", ms=4, color="#2ca02c")
+    axes[1].axhline(1.0, color="0.3", ls=":")
+    axes[1].set_ylabel("speed-up")
+    if s:
+        for ax, key, scale in ((axes[0], "tpot_s", 1e3), (axes[1], "speedup", 1.0)):
+            best = next(x for x in rows if x["gamma"] == s["best_gamma"])
+            ax.plot([best["gamma"]], [best[key] * scale], marker="*", ms=14, color="#d62728", ls="",
+                    label=f"best γ = {best['gamma']}")
+            ax.legend(loc="best", frameon=True, framealpha=0.9)
+    for ax in axes:
+        ax.set_xlabel("γ (draft tokens per step)")
+    axes[0].set_title(f"TPOT vs γ (α = {s.get('acceptance', float('nan')):.3g}, draft {s.get('draft', {}).get('name')})")
+    axes[1].set_title("speed-up over the target alone")
+    return fig
+
+
 FIGURES = {"roofline": fig_roofline, "time_by_class": fig_time_by_class, "memory": fig_memory,
-           "throughput_vs_batch": fig_throughput_vs_batch}
+           "throughput_vs_batch": fig_throughput_vs_batch, "speculative": fig_speculative}
 
 
 def render(r: Mapping, name: str) -> bytes:
@@ -429,7 +457,8 @@ def render(r: Mapping, name: str) -> bytes:
 
 def render_all(r: Mapping) -> dict[str, bytes]:
     """All figures as PNG bytes, in :data:`PLOTS` order."""
-    return {name: render(r, name) for name in PLOTS}
+    names = PLOTS + (("speculative",) if r.get("speculative") else ())
+    return {name: render(r, name) for name in names}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -141,6 +141,14 @@ def _dynamic_sections(report, cfg, wl, hw, g, cm, sched, base) -> None:
         res.update(spec.chunked_prefill(cm, b, wl["prompt_len"], chunk))
         report["phases"]["prefill_chunked"] = res
         report["latency"]["ttft_chunked_s"] = res["time_s"]
+    from compiler import moe
+    msec = moe.analyze(g, wl, cfg)
+    if msec is not None:
+        report["moe"] = msec
+    from compiler import early_exit
+    esec = early_exit.analyze(cfg, wl, hw, g, cm)
+    if esec is not None:
+        report["early_exit"] = esec
     sec = spec.analyze(cfg, wl, hw, g, cm, sched, base)
     if sec is not None:
         report["phases"]["verify"] = _phase(cm, sched, b, sec["gamma"] + 1, ctx, spec.attention_class(sec["gamma"] + 1))

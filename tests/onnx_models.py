@@ -245,3 +245,123 @@ def make_nonzero_model(path) -> str:
         [helper.make_tensor_value_info("y", TensorProto.INT64, ["count", 2])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
     return _save(model, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# the Hugging Face families (tests/test_families.py): tiny random configs, 2 layers, hidden 64
+
+# family → (config class, model class, config kwargs, task); task: causal_lm | encoder | vision
+_TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+             num_attention_heads=4, max_position_embeddings=128)
+FAMILIES: dict[str, tuple[str, str, dict, str]] = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", dict(_TINY, num_key_value_heads=2), "causal_lm"),
+    "mistral": ("MistralConfig", "MistralForCausalLM", dict(_TINY, num_key_value_heads=2, sliding_window=64),
+                "causal_lm"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(_TINY, num_key_value_heads=2, tie_word_embeddings=True),
+              "causal_lm"),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(_TINY, num_key_value_heads=2, partial_rotary_factor=0.5,
+                                                    pad_token_id=0, bos_token_id=1, eos_token_id=2),
+             "causal_lm"),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", dict(_TINY, num_key_value_heads=1, head_dim=16,
+                                                       hidden_activation="gelu_pytorch_tanh"), "causal_lm"),
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(_TINY, rotary_pct=0.25, use_parallel_residual=True),
+                 "causal_lm"),
+    "falcon": ("FalconConfig", "FalconForCausalLM",
+               dict(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                    new_decoder_architecture=False, multi_query=True, parallel_attn=True, alibi=False,
+                    bias=False), "causal_lm"),
+    "opt": ("OPTConfig", "OPTForCausalLM",
+            dict(vocab_size=256, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                 word_embed_proj_dim=64, max_position_embeddings=128, pad_token_id=1), "causal_lm"),
+    "bert": ("BertConfig", "BertModel", dict(_TINY), "encoder"),
+    "roberta": ("RobertaConfig", "RobertaModel", dict(_TINY, pad_token_id=1), "encoder"),
+    "t5": ("T5Config", "T5EncoderModel", dict(vocab_size=256, d_model=64, d_kv=16, d_ff=128, num_layers=2,
+                                              num_heads=4, feed_forward_proj="relu"), "encoder"),
+    "vit": ("ViTConfig", "ViTModel", dict(image_size=32, patch_size=8, num_channels=3, hidden_size=64,
+                                          num_hidden_layers=2, num_attention_heads=4, intermediate_size=128),
+            "vision"),
+}
+IMAGE = (3, 32, 32)
+
+
+def family_hf(family: str, attn: str = "sdpa"):
+    """The bare transformers model of ``family`` (seeded random weights; biases and norm weights
+    randomized too, since an exporter may fold HF's zeros and ones away), eval, fp32."""
+    import transformers
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cfg_cls, model_cls, kw, _ = FAMILIES[family]
+    cfg = getattr(transformers, cfg_cls)(**kw)
+    cfg._attn_implementation = attn
+    torch.manual_seed(0)
+    m = getattr(transformers, model_cls)(cfg).eval().float()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if p.ndim == 1:
+                base = 1.0 if ("norm" in name or "ln" in name) and name.endswith("weight") else 0.0
+                if family == "gemma" and "norm" in name:
+                    base = 0.0   # Gemma's RMSNorm scales by (1 + weight)
+                p.copy_(base + 0.05 * torch.randn(p.shape, generator=g))
+    return m
+
+
+class FamilyModule(torch.nn.Module):
+    """What a user exports: (input_ids, attention_mask) → logits / last_hidden_state; no cache,
+    no position_ids (the model derives them)."""
+
+    def __init__(self, m, task: str):
+        super().__init__()
+        self.m, self.task = m, task
+
+    def forward(self, input_ids, attention_mask):
+        if self.task == "causal_lm":
+            return self.m(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        return self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+class VisionModule(torch.nn.Module):
+    """pixel_values → last_hidden_state."""
+
+    def __init__(self, m, task: str = "vision"):
+        super().__init__()
+        self.m = m
+
+    def forward(self, pixel_values):
+        return self.m(pixel_values=pixel_values).last_hidden_state
+
+
+def family_module(family: str, attn: str = "sdpa") -> torch.nn.Module:
+    task = FAMILIES[family][3]
+    return (VisionModule if task == "vision" else FamilyModule)(family_hf(family, attn), task).eval()
+
+
+def family_inputs(family: str, batch: int = EXPORT_BATCH, seq: int = EXPORT_SEQ, seed: int = 0,
+                  pad: bool = False) -> dict[str, np.ndarray]:
+    if FAMILIES[family][3] == "vision":
+        rng = np.random.default_rng(seed)
+        return {"pixel_values": rng.standard_normal((batch, *IMAGE)).astype(np.float32)}
+    return example_inputs(250, batch, seq, seed, pad=pad)
+
+
+def export_family(family: str, path: str, dynamo: bool, attn: str = "sdpa") -> str:
+    """torch.onnx.export of :func:`family_module`: dynamo (opset 23) or legacy (opset 17), with
+    dynamic batch (and sequence) — as a user would write it."""
+    module = family_module(family, attn)
+    ex = {k: torch.from_numpy(v) for k, v in family_inputs(family).items()}
+    task = FAMILIES[family][3]
+    out = "logits" if task == "causal_lm" else "last_hidden_state"
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            bd = torch.export.Dim("batch", min=1, max=64)
+            sd = torch.export.Dim("seq", min=2, max=64)
+            shapes = {k: ({0: bd} if task == "vision" else {0: bd, 1: sd}) for k in ex}
+            torch.onnx.export(module, (), kwargs=ex, dynamo=True, opset_version=23,
+                              input_names=list(ex), output_names=[out], dynamic_shapes=shapes,
+                              verbose=False).save(path)
+        else:
+            axes = {k: ({0: "batch"} if task == "vision" else {0: "batch", 1: "sequence"}) for k in ex}
+            torch.onnx.export(module, tuple(ex.values()), path, dynamo=False, opset_version=17,
+                              input_names=list(ex), output_names=[out],
+                              dynamic_axes={**axes, out: {0: "batch"}})
+    return path

@@ -110,3 +110,24 @@ def test_bad_input_names_the_key(kw, msg):
     base.update(kw)
     with pytest.raises(ConfigError, match=msg):
         plan_capacity(**base)
+
+
+def test_capacity_section_reports_both_layouts(a10):
+    from compiler.capacity import capacity_section
+    sec = capacity_section(kv={"layout": "paged", "block_size": 16, "max_model_len": 4096, "dtype": None},
+                           gpu_utilization=1.0, memory_bytes=a10.memory_bytes, weights_bytes=W7B_FP16,
+                           kv_bytes_per_token=KV_TOK_7B, model_kv_dtype="fp16",
+                           activation_peak_bytes=0.0, reserve_bytes=0.5e9, sequence_tokens=1024)
+    assert sec["kv_blocks"] == int((24 * 2**30 - W7B_FP16 - 0.5e9) // (16 * KV_TOK_7B))
+    assert sec["max_sequences"] == sec["paged"]["max_sequences"] == sec["kv_blocks"] // 64
+    assert sec["contiguous"]["max_sequences"] == 5
+    fp8 = capacity_section(kv={"layout": "contiguous", "max_model_len": 4096, "dtype": "fp8"},
+                           gpu_utilization=0.9, memory_bytes=a10.memory_bytes, weights_bytes=W7B_FP16,
+                           kv_bytes_per_token=KV_TOK_7B, model_kv_dtype="fp16",
+                           activation_peak_bytes=0.0, reserve_bytes=0.5e9, sequence_tokens=1024)
+    assert fp8["kv_bytes_per_token"] == KV_TOK_7B / 2
+    assert fp8["max_sequences"] == int((0.9 * 24 * 2**30 - W7B_FP16 - 0.5e9) // (4096 * KV_TOK_7B / 2))
+    with pytest.raises(ConfigError, match="kv.layout"):
+        capacity_section(kv={"layout": "ring"}, gpu_utilization=1.0, memory_bytes=1e9, weights_bytes=0,
+                         kv_bytes_per_token=1, model_kv_dtype="fp16", activation_peak_bytes=0,
+                         reserve_bytes=0, sequence_tokens=16)

@@ -181,3 +181,18 @@ def test_parallel_step_time_feeds_the_serving_simulation(tiny):
     assert (st2(b, p, s) > 0).all()
     r = simulate(st2, ServeConfig(rate=50, requests=50, prompt=64, output=16), kv_blocks=1000)
     assert r.requests == 50 and r.throughput_tok_s > 0
+
+
+def test_parallel_section_one_device_says_which_tp_fits(tiny):
+    from compiler.parallel import parallel_section
+    cm, dims, cfg = tiny
+    kw = dict(batch=1, prompt_len=64, context_len=64, tokens=80, kv_bytes_per_token=1024.0,
+              activation_peak_bytes=0.0, reserve_bytes=0.0)
+    one = parallel_section(cm, cm.hw, {"tp": 1}, cfg, weights_bytes=2 * L70, **kw)
+    assert one["devices"] == 1 and one["tp_options"]["min_tp_that_fits"] == 2   # 138 GB on 80 GB
+    assert not one["memory_per_device"]["fits"]
+    two = parallel_section(cm, cm.hw, {"tp": 2}, cfg, weights_bytes=1e6, **kw)
+    assert two["tp"] == 2 and two["phases"]["decode"]["comm_time_s"] > 0
+    assert parallel_section(cm, cm.hw, {}, None, weights_bytes=1e6, **kw) is None
+    with pytest.raises(ConfigError, match="parallel.dp"):
+        parallel_section(cm, cm.hw, {"dp": 2}, cfg, weights_bytes=1e6, **kw)

@@ -182,3 +182,66 @@ def test_cost_model_step_time_matches_phase_time():
     np.testing.assert_allclose(got[[1, 2]], cm.phase_time(b[[1, 2]], s[[1, 2]], p[[1, 2]], "decode"))
     tab = StepTable(st, 16, 512, 512)
     assert tab.decode_time(4, 100.0) == pytest.approx(float(got[1]), rel=0.02)
+
+
+def test_serve_section_runs_the_configured_simulation():
+    from compiler.serving import serve_section
+    serve = {"rate": 4, "requests": 200, "prompt_len": {"kind": "uniform", "low": 64, "high": 1024},
+             "output_len": 128, "sweep": [1, 4, 16, 64]}
+    sec = serve_section(roofline_step, serve, {"tpot_ms": 20}, kv_blocks=3000, static_max_batch=8)
+    direct = simulate(roofline_step, ServeConfig(rate=4, requests=200, prompt=serve["prompt_len"],
+                                                  output=128, slo_tpot_s=0.02), kv_blocks=3000)
+    assert sec["throughput_tok_s"] == pytest.approx(direct.throughput_tok_s, rel=0.02)
+    assert sec["slo_attainment"] == pytest.approx(direct.slo_attainment, abs=0.02)
+    assert sec["static"]["max_batch_static"] == 8
+    assert sec["max_rate_meeting_slo"] > 0
+    thr = [r["throughput_tok_s"] for r in sec["sweep"]]
+    assert thr[1] > thr[0] and [r["rate"] for r in sec["sweep"]] == [1, 4, 16, 64]
+    assert sec["sweep"][-1]["throughput_tok_s"] > sec["sweep"][-1]["static_throughput_tok_s"]
+    with pytest.raises(ConfigError, match="serve.speed"):
+        serve_section(roofline_step, {"speed": 3}, {}, kv_blocks=100)
+
+
+def test_report_sections_plan_one_device_of_a_tensor_parallel_group():
+    from compiler.cost import CostModel
+    from compiler.hardware import hardware_by_name
+    from compiler.schedule import schedule
+    from compiler.serving import report_sections
+    from tests.conftest import imported, model_cfg
+    g = imported("llama_tiny")
+    hw = hardware_by_name("a10")
+    cm = CostModel(g, hw)
+    sched = schedule(g)
+    cfg = {"model": model_cfg("llama_tiny"), "memory": {"gpu_utilization": 0.9},
+           "kv": {"layout": "paged", "block_size": 16, "max_model_len": 2048}, "parallel": {"tp": 2},
+           "serve": {"enabled": True, "rate": 50, "requests": 100, "sweep": [10, 50],
+                     "output_len": {"kind": "uniform", "low": 8, "high": 256}},
+           "slo": {"tpot_ms": 5}}
+    wl = {"batch": 1, "prompt_len": 128, "gen_len": 64, "context_len": 128}
+    kv_tok = 2 * 4 * 2 * 16 * 4                       # llama_tiny: 4 layers, 2 KV heads x 16, fp32
+    r = report_sections(cfg, wl, hw, g, cm, sched, weights_bytes=4e6, kv_bytes_per_token=kv_tok,
+                        tokens=192, reserve_bytes=0.5e9)
+    par = r["parallel"]
+    assert par["tp"] == 2 and par["memory_per_device"]["kv_bytes_per_token"] == kv_tok / 2
+    budget = 0.9 * hw.memory_bytes - par["memory_per_device"]["weights_bytes"] \
+        - float(sched.activation_peak(1, 128, 0)[0]) - 0.5e9
+    assert r["capacity"]["kv_blocks"] == int(budget // (16 * kv_tok / 2))
+    s = r["serve"]
+    assert s["requests"] == 100 and s["layout"] == "paged" and len(s["sweep"]) == 2
+    assert 0 <= s["slo_attainment"] <= 1 and s["max_rate_meeting_slo"] > 0
+    assert s["static"]["max_batch_static"] == 256
+    # serving off: capacity still planned, no simulation
+    off = report_sections({**cfg, "serve": {"enabled": False}}, wl, hw, g, cm, sched, weights_bytes=4e6,
+                          kv_bytes_per_token=kv_tok, tokens=192, reserve_bytes=0.5e9)
+    assert "serve" not in off and off["capacity"]["kv_blocks"] == r["capacity"]["kv_blocks"]
+
+
+def test_serving_figure_is_deterministic():
+    from compiler.serving import serve_section
+    from reports.plots import to_png
+    from reports.serving_plot import fig_serving
+    sec = serve_section(linear_step, {"rate": 4, "requests": 60, "sweep": [1, 4, 16]}, {"tpot_ms": 10},
+                        kv_blocks=2000, static_max_batch=8)
+    a, b = to_png(fig_serving({"serve": sec})), to_png(fig_serving({"serve": sec}))
+    assert a == b and a[:4] == b"\x89PNG"
+    assert to_png(fig_serving({}))[:4] == b"\x89PNG"        # no simulation: an explanatory panel

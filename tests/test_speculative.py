@@ -167,3 +167,23 @@ def test_verify_step_runs_in_onnxruntime_like_torch(tmp_path):
         feed[f"past_key.{i}"], feed[f"past_value.{i}"] = res[f"present_key.{i}"], res[f"present_value.{i}"]
     res = dict(zip(names, sess.run(None, feed)))
     assert np.abs(res["logits"] - ref[:, 7:]).max() <= 1e-4
+
+
+def test_verify_step_predicted_vs_h200_measurement():
+    """A Llama-3-8B verify step of T = 1…256 tokens against a 4096-token cache on the H200
+    (compiler/calibration/data/h200_kernels.json): verifying a few tokens costs about one decode
+    step — measured and predicted — and the prediction stays within 55 % at every T."""
+    from pathlib import Path
+    from passes import PassManager, make_pass
+    root = Path(__file__).resolve().parents[1]
+    data = json.loads((root / "compiler/calibration/data/h200_kernels.json").read_text())["verify"]
+    g = imported("llama3_8b").copy()
+    PassManager([make_pass(p) for p in ["remove_noops", "fold_constants", "fuse", "dce"]])(g)
+    cm = CostModel(g, load_hardware(compose(["hardware=h200"])["hardware"]))
+    pts = sorted(data["points"], key=lambda p: p["T"])
+    meas = {p["T"]: p["time_s"] for p in pts}
+    pred = {p["T"]: spec.step_time(cm, p["batch"], p["T"], p["context"]) for p in pts}
+    assert meas[8] / meas[1] < 1.25 and pred[8] / pred[1] < 1.05     # a few tokens ≈ one decode step
+    assert pred[256] > pred[64] > pred[1] and meas[256] > meas[64] > meas[1]
+    err = np.array([pred[t] / meas[t] - 1 for t in meas])
+    assert np.abs(err).max() < 0.55

@@ -70,8 +70,9 @@ def build_hf(cfg) -> torch.nn.Module:
     model_type = conf.pop("model_type")
     hf_cfg = transformers.AutoConfig.for_model(model_type, **conf)
     hf_cfg._attn_implementation = str(cfg.get("attn_implementation", "sdpa"))
-    if getattr(hf_cfg, "num_local_experts", None):
-        hf_cfg._experts_implementation = "batched_mm"  # the only MoE form torch.export traces
+    from compiler import moe
+    if moe.has_experts(hf_cfg):  # experts as one custom op, expanded per expert by the importer
+        hf_cfg._experts_implementation = moe.ensure_registered()
     dt = _dtype(cfg)
     with _weights_ctx(cfg):
         if str(cfg.get("task", "causal_lm")) == "causal_lm":
@@ -167,8 +168,13 @@ def import_torch(cfg, module: torch.nn.Module | None = None, task: str | None = 
     if stack_to is not None:
         from compiler.importers.stacking import unroll_layers
         g.meta["layer_stacking"] = unroll_layers(g, stack_to)
+    sources: dict = {}
+    for name, ds in dims.items():   # the first input axis that carries each symbol
+        for axis, d in enumerate(ds):
+            if not isinstance(d, int) and str(d) not in sources and name in g.inputs:
+                sources[str(d)] = (name, axis)
     g.meta.update(task=task, dim_sources={"B": ("input_ids", 0), "S": ("input_ids", 1)}
-                  if "input_ids" in g.inputs else {})
+                  if "input_ids" in g.inputs else sources)
     if causal:
         from passes.cleanup import remove_noops
         remove_noops(g)  # so the repeat_kv chain is contiguous
@@ -191,4 +197,6 @@ def _declared_inputs(inputs: Mapping[str, Any], is_meta: bool):
         else:
             example[name] = torch.randn(concrete, generator=torch.Generator().manual_seed(0)).to(dt)
         dims[name] = [sym[d] if isinstance(d, str) else int(d) for d in shape]
+    if is_meta:  # a module built on the meta device traces with meta inputs
+        example = {k: v.to("meta") for k, v in example.items()}
     return example, dims

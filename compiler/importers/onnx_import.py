@@ -927,6 +927,18 @@ class _Importer:
                 if v.size <= _MAX_SYM_ELEMENTS and types[0].is_static() and \
                         tuple(v.shape) == tuple(int(d) for d in types[0].shape):
                     self.values[n.output[0]] = v
+                    if not _is_symbolic(v) and n.op_type != "Constant":
+                        self._materialize(name, n.output[0], v, types[0])
+
+    def _materialize(self, node: str, t: str, v: np.ndarray, ty: TensorType):
+        """A shape computation whose value is known (static dims of a symbolic shape, e.g. the
+        head size in ``1/sqrt(Shape(q)[-1])``) becomes a constant, so that float arithmetic on it
+        folds (fold_constants) and the fusion rules see constant scales."""
+        self.stats["shape_constants"] = self.stats.get("shape_constants", 0) + 1
+        self.g.remove_op(node, drop_outputs=False)
+        self.g.types.pop(t, None)
+        self.g.add_param(t, ty, np.asarray(v).astype(DTYPES[ty.dtype][1]), const=True,
+                         source=f"shape computation {node}")
 
     # ---- the whole model -------------------------------------------------------------------
     def run(self, kv_inputs: list[str]) -> Graph:
@@ -955,7 +967,8 @@ class _Importer:
         g.outputs = [o.name for o in sg.output]
         if self.stats["symbolic_shapes"]:
             from passes.cleanup import eliminate_dead_code
-            self.stats["dead_shape_ops"] = eliminate_dead_code(g)["ops"]
+            # (shape computations with known values became constants: gone as well)
+            self.stats["dead_shape_ops"] = eliminate_dead_code(g)["ops"] + self.stats.get("shape_constants", 0)
         return g
 
 

@@ -183,7 +183,7 @@ for _names, _op in [
     (("aten.mul.Tensor", "aten.mul.Scalar", "aten.mul_.Tensor"), "Mul"),
     (("aten.div.Tensor", "aten.div.Scalar", "aten.div_.Tensor"), "Div"),
     (("aten.pow.Tensor_Scalar", "aten.pow.Tensor_Tensor"), "Pow"),
-    (("aten.maximum.default",), "Max"), (("aten.minimum.default",), "Min"),
+    (("aten.maximum.default", "aten.max.other"), "Max"), (("aten.minimum.default", "aten.min.other"), "Min"),
     (("aten.eq.Tensor", "aten.eq.Scalar"), "Equal"), (("aten.ne.Tensor", "aten.ne.Scalar"), "Ne"),
     (("aten.lt.Tensor", "aten.lt.Scalar"), "Less"), (("aten.gt.Tensor", "aten.gt.Scalar"), "Greater"),
     (("aten.le.Tensor", "aten.le.Scalar"), "LessOrEqual"),
@@ -247,6 +247,25 @@ def _addmm(c, bias, x, w, beta=1, alpha=1):
         raise UnsupportedOpError("aten.addmm with beta/alpha != 1 is not supported")
     mm = c.op("MatMul", [x, w], types=[c.out_type()])
     return c.op("Add", [mm, bias], final=True)
+
+
+@handles("aten.conv2d.default", "aten.conv1d.default", "aten.convolution.default")
+def _conv(c, x, w, b=None, stride=1, padding=0, dilation=1, *rest):
+    nd = c.tt(w).rank - 2
+    if c.node.target.__name__.startswith("convolution"):
+        transposed, _, groups = rest[0], rest[1], rest[2]
+        if transposed:
+            raise UnsupportedOpError("transposed convolution is not supported")
+    else:
+        groups = rest[0] if rest else 1
+    if isinstance(padding, str):
+        raise UnsupportedOpError(f"convolution with padding={padding!r} is not supported; give integer padding")
+
+    def seq(v):
+        return [int(v)] * nd if isinstance(v, int) else [int(e) for e in v]
+    pads = seq(padding)
+    attrs = {"strides": seq(stride), "pads": pads + pads, "dilations": seq(dilation), "group": int(groups)}
+    return c.op("Conv", [x, w] + ([b] if b is not None else []), attrs, final=True)
 
 
 @handles("aten.matmul.default", "aten.bmm.default", "aten.mm.default")
@@ -313,9 +332,9 @@ def _permute(c, x, dims):
     return c.op("Transpose", [x], {"perm": [int(d) % r for d in dims]}, final=True)
 
 
-@handles("aten.t.default")
-def _t(c, x):
-    return c.op("Transpose", [x], {"perm": [1, 0]}, final=True)
+@handles("aten.t.default", "aten.numpy_T.default")
+def _t(c, x):   # (numpy_T: ``w.T``, all axes reversed)
+    return c.op("Transpose", [x], {"perm": list(reversed(range(c.tt(x).rank)))}, final=True)
 
 
 @handles("aten.view.default", "aten.reshape.default", "aten._unsafe_view.default")
@@ -464,6 +483,9 @@ def _gather(c, x, dim, index, *rest):
 def _index(c, x, indices):
     if len(indices) == 1 and indices[0] is not None:
         return c.op("Gather", [x, indices[0]], {"axis": 0}, final=True)
+    real = [k for k, i in enumerate(indices) if i is not None]
+    if len(real) == 1 and all(i is None for i in indices[:real[0]]):   # x[:, …, idx]: one axis
+        return c.op("Gather", [x, c.cast(indices[real[0]], "int64")], {"axis": real[0]}, final=True)
     if any(i is None for i in indices):
         raise UnsupportedOpError("aten.index with skipped (None) leading dimensions is not supported")
     out = c.out_type()
@@ -516,6 +538,13 @@ def _clamp(c, x, lo=None, hi=None):
                          c.const(hi, dt) if hi is not None else ""], final=True)
 
 
+@handles("rooftop.moe_experts.default")
+def _moe_experts(c, hidden, idx, weights, gate_up, down, act="silu", transposed=False):
+    """A MoE layer's routed experts (compiler/moe.py): per-expert gather → FFN → scatter-add."""
+    from compiler.moe import translate
+    return translate(c, hidden, idx, weights, gate_up, down, act, transposed)
+
+
 @handles("<built-in function getitem>")
 def _getitem(c, tup, i):
     return tup[i]
@@ -532,7 +561,10 @@ _SYMBOLIC_FNS = {operator.mul, operator.add, operator.sub, operator.floordiv, op
 
 def _target_name(n: torch.fx.Node) -> str:
     t = n.target
-    return f"aten.{t._schema.name.split('::')[1]}.{t._overloadname}" if isinstance(t, torch._ops.OpOverload) else str(t)
+    if not isinstance(t, torch._ops.OpOverload):
+        return str(t)
+    ns, name = t._schema.name.split("::")
+    return f"{ns}.{name}.{t._overloadname}"
 
 
 def _needed(graph: torch.fx.Graph, causal: bool) -> set:

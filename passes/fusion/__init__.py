@@ -5,6 +5,9 @@ Rules are named data (:data:`RULES`: name → builder), run in the order of :dat
 ==================  ==========================================================================
 attention           QKᵀ → scale → mask → softmax → ·V → ``Attention`` (eager / decomposed / exported forms)
 attention_gqa       repeat_kv in front of an existing ``Attention`` dropped (native GQA)
+rotary_cache        batch-1 cos/sin caches of an exported ``RotaryEmbedding`` expanded over the batch
+rotary              x·cos + rotate_half(x)·sin (interleaved, partial) → ``RotaryEmbedding``
+rotary_layout       head split sunk below ``RotaryEmbedding`` (its 3-D form [B, S, H·D])
 attention_layout    head split/merge transposes folded into ``Attention``'s 3-D form [B, S, H·D]
 layer_norm          LayerNorm from primitives → ``LayerNormalization``
 rms_norm            RMSNorm from primitives (incl. the fp32 cast sandwich) → ``RMSNormalization``
@@ -14,7 +17,6 @@ merge_gate_up       silu(x·Wg)·(x·Wu) → ``SwiGLU(x·[Wg|Wu])``
 swiglu              silu(g)·u → ``SwiGLU``
 merge_qkv           linear layers sharing an input → one MatMul + ``Split``
 matmul_epilogue     MatMul/Gemm + bias + activation → ``MatMulEpilogue`` (rooftop function)
-rotary              rotary embedding recognized and annotated (no rewrite)
 ==================  ==========================================================================
 
 Passes (``conf/pipeline/*.yaml``): ``fuse`` runs them all; ``fuse_attention``, ``fuse_norms``,
@@ -43,7 +45,7 @@ from passes.fusion.gemm import epilogue_rule, gelu_rule, merge_gate_up_rule, swi
 from passes.fusion.merge import merge_qkv_rule
 from passes.fusion.norm import layer_norm_rule, residual_norm_rule, rms_norm_rule
 from passes.fusion.pattern import MatchResult
-from passes.fusion.rotary import rotary_rule
+from passes.fusion.rotary import rotary_cache_rule, rotary_layout_rule, rotary_rule
 from passes.fusion.rule import Match, Plan, Rule, RuleOutcome, apply_rule
 
 log = logging.getLogger("rooftop.fusion")
@@ -51,6 +53,9 @@ log = logging.getLogger("rooftop.fusion")
 RULES: dict[str, Callable[[], Rule]] = {
     "attention": attention_rule,
     "attention_gqa": gqa_rule,
+    "rotary_cache": rotary_cache_rule,
+    "rotary": rotary_rule,
+    "rotary_layout": rotary_layout_rule,
     "attention_layout": layout_rule,
     "layer_norm": layer_norm_rule,     # before rms_norm: a LayerNorm contains an RMSNorm of x − mean
     "rms_norm": rms_norm_rule,
@@ -60,7 +65,6 @@ RULES: dict[str, Callable[[], Rule]] = {
     "swiglu": swiglu_rule,
     "merge_qkv": merge_qkv_rule,
     "matmul_epilogue": epilogue_rule,
-    "rotary": rotary_rule,
 }
 ORDER: tuple[str, ...] = tuple(RULES)
 DEFAULT_HARDWARE = "a100_80g"
@@ -163,7 +167,7 @@ class FusionPass(Pass):
 
 class FuseAttention(FusionPass):
     name = "fuse_attention"
-    default_rules = ("attention", "attention_gqa", "attention_layout")
+    default_rules = ("attention", "attention_gqa", "rotary_cache", "rotary", "rotary_layout", "attention_layout")
 
 
 class FuseNorms(FusionPass):
@@ -178,7 +182,7 @@ class FuseGemm(FusionPass):
 
 class AnnotateRotary(FusionPass):
     name = "annotate_rotary"
-    default_rules = ("rotary",)
+    default_rules = ("rotary_cache", "rotary", "rotary_layout")
 
 
 PASSES = {p.name: p for p in (FusionPass, FuseAttention, FuseNorms, FuseGemm, AnnotateRotary)}

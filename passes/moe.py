@@ -1,0 +1,79 @@
+"""MoE routing: set the token distribution over experts on every ``moe`` annotation.
+
+The importer (compiler/moe.py) builds the expert-structured IR with uniform routing. This pass
+replaces the distribution by the configured one — ``moe.routing``:
+
+- ``uniform``: every expert receives k/E of the tokens;
+- ``zipf``: expert i (0-based) receives a share ∝ 1/(i+1)^``moe.skew`` — a hot-expert skew;
+- a list of E numbers: a measured routing histogram (token counts or shares; normalized here).
+
+The cost model then charges each expert k·p_e·T rows and reads its weights with probability
+1 − (1 − k·p_e)^T (compiler/moe.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from compiler.errors import ConfigError
+from compiler.ir import Graph
+from passes.base import Pass, PassResult
+
+
+def routing_fields(routing: Any, skew: float, experts: int) -> dict[str, Any]:
+    """MoERouting fields for a ``moe.routing`` setting (validated)."""
+    if routing in (None, "uniform"):
+        return {"distribution": "uniform", "skew": 0.0, "probabilities": None}
+    if routing == "zipf":
+        try:
+            s = float(skew)
+        except (TypeError, ValueError):
+            s = -1.0
+        if s <= 0:
+            raise ConfigError(f"moe.routing=zipf needs moe.skew > 0 (the Zipf exponent), got {skew!r}; "
+                              f"e.g. moe.skew=1.0.")
+        return {"distribution": "zipf", "skew": s, "probabilities": None}
+    if isinstance(routing, Sequence) and not isinstance(routing, str):
+        try:
+            vals = [float(x) for x in routing]
+        except (TypeError, ValueError):
+            vals = []
+        if len(vals) != experts or min(vals, default=-1) < 0 or sum(vals) <= 0:
+            raise ConfigError(f"moe.routing has {len(list(routing))} entries but the model has {experts} experts "
+                              f"(or a negative / all-zero entry): give one non-negative token count or share "
+                              f"per expert, e.g. moe.routing=[{','.join(['1'] * min(experts, 4))}{',…' if experts > 4 else ''}].")
+        tot = sum(vals)
+        return {"distribution": "explicit", "skew": 0.0, "probabilities": tuple(v / tot for v in vals)}
+    raise ConfigError(f"moe.routing={routing!r} is not uniform, zipf or a list of per-expert token counts; "
+                      f"set moe.routing=uniform, moe.routing=zipf (with moe.skew) or moe.routing=[...].")
+
+
+def apply_routing(g: Graph, moe_cfg: Mapping | None) -> dict[str, int]:
+    moe_cfg = dict(moe_cfg or {})
+    nodes = [n for n in g if "moe" in n.annotations]
+    if not nodes:
+        if moe_cfg.get("routing") not in (None, "uniform"):
+            raise ConfigError(f"moe.routing={moe_cfg.get('routing')!r} is set but the model has no MoE layers; "
+                              f"remove it.")
+        return {}
+    experts = nodes[0].annotations["moe"].experts
+    fields = routing_fields(moe_cfg.get("routing"), moe_cfg.get("skew", 0.0), experts)
+    for n in nodes:
+        n.annotations["moe"] = dataclasses.replace(n.annotations["moe"], **fields)
+    return {"moe_ops": len(nodes), "experts": experts}
+
+
+class MoERoutingPass(Pass):
+    """Pipeline form: ``{name: moe_routing, routing: zipf, skew: 1.2}``."""
+
+    name = "moe_routing"
+
+    def check_params(self) -> None:
+        bad = set(self.params) - {"routing", "skew"}
+        if bad:
+            raise ConfigError(f"pass 'moe_routing' takes routing and skew, got {sorted(bad)}.")
+
+    def run(self, graph: Graph) -> PassResult:
+        stats = apply_routing(graph, self.params)
+        return PassResult(graph, bool(stats), stats)
