@@ -181,8 +181,7 @@ def translate(c, hidden, top_k_index, top_k_weights, gate_up, down, act, transpo
     dt = hid.dtype
     n_e = sympy.sympify(T) * sympy.Rational(k, E)
     cls = routing_type()
-    shared = _shared_experts(c)
-    layer_ann = cls(experts=E, top_k=k, expert_params=3 * int(H) * inter, shared_experts=shared)
+    layer_ann = cls(experts=E, top_k=k, expert_params=3 * int(H) * inter)
     made: list[str] = []
 
     def op(*a, expert=None, dispatch=False, **kw):
@@ -251,13 +250,6 @@ def shared_experts(hf_config: Mapping) -> int:
     return 1 if hf_config.get("shared_expert_intermediate_size") else 0
 
 
-def _shared_experts(c) -> int:
-    """Shared (always-on) experts of the layer being translated: from the module tree."""
-    stack = c.node.meta.get("nn_module_stack") or {}
-    text = " ".join(str(v) for v in stack.values())
-    return 1 if "shared_expert" in text else 0
-
-
 # ------------------------------------------------------------------------------------------------
 # report section
 
@@ -276,7 +268,7 @@ def analyze(g, wl: Mapping, cfg: Mapping | None = None) -> dict[str, Any] | None
     distinct = {ph: float(distinct_experts(a.experts, a.top_k, t, probs)) for ph, t in phases.items()}
     expert_w = sum(float(_param_bytes(g, p)) for p in g.params if _is_expert_param(g, p))
     layers = len({n.annotations.get("layer") for n in g if "moe" in n.annotations})
-    shared = shared_experts(((cfg or {}).get("model") or {}).get("config") or {}) or a.shared_experts
+    shared = a.shared_experts
     return {"experts": a.experts, "top_k": a.top_k, "shared_experts": shared,
             "layers": layers, "expert_params": a.expert_params,
             "routing": {"distribution": a.distribution, "skew": a.skew,

@@ -103,6 +103,7 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
     from compiler.hardware import load_hardware
     from compiler.schedule import schedule
     from passes import PassContext, PassManager, make_pass
+    from passes.quant.passes import compression_passes
     from reports.report import build_report, write_reports
 
     cfg = _plain(cfg)
@@ -115,6 +116,7 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
     speculative.validate(cfg)
     pass_ctx = PassContext(hardware=hw, points=tuple(_record_points(wl)))
     passes = [make_pass(p, pass_ctx) for p in (cfg["pipeline"].get("passes") or [])]
+    lossy = compression_passes(cfg, pass_ctx, wl)   # quant= / sparsity= (validated before the import)
     emit_cfg = dict(cfg.get("emit") or {})
     if show_progress is None:
         show_progress = bool(cfg.get("progress", True)) and os.isatty(2)
@@ -127,7 +129,7 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
             t0 = time.perf_counter()
             g = import_model(cfg, prog)
             from passes.moe import apply_routing
-            apply_routing(g, cfg.get("moe"))  # moe.routing onto the importer's expert annotations
+            apply_routing(g, cfg.get("moe"), cfg["model"].get("config"))  # moe.routing onto the expert annotations
             _early_exit(g, cfg)
             g.verify()
             timings["import_s"] = time.perf_counter() - t0
@@ -139,6 +141,15 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
             t0 = time.perf_counter()
             pm(g)
             g.verify()
+            records = list(pm.records)
+            # quant= / sparsity= (passes/quant): lossy, so the graph before them is the accuracy reference
+            reference = g.copy() if lossy and g.has_weights() else None
+            if lossy:
+                pm2 = PassManager(lossy, debug=bool(cfg["pipeline"].get("debug", False)), cost_fn=cost_fn)
+                pm2(g)
+                g.verify()
+                records += pm2.records
+            g.meta["_draft_graph"] = _draft_graph(cfg, pass_ctx)  # speculative draft, same passes
             timings["passes_s"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
@@ -148,7 +159,8 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
 
             emit_info = _emit(g, emit_cfg, stage, prog)
             t0 = time.perf_counter()
-            report = build_report(cfg, wl, hw, g, cm, sched, pm.records, emit_info)
+            report = build_report(cfg, wl, hw, g, cm, sched, records, emit_info)
+            _compression_report(cfg, report, g, hw, reference, emit_info, stage, prog)
             provenance.stamp(stage, cfg, report)
             write_reports(report, stage, html=bool((cfg.get("report") or {}).get("html", True)))
             timings["report_s"] = time.perf_counter() - t0
@@ -159,6 +171,48 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
     log.info("timings: %s", {k: round(v, 3) for k, v in timings.items()})
     _check_gates(cfg, report)
     return report
+
+
+def _draft_graph(cfg: Mapping, pass_ctx) -> Graph | None:
+    """The speculative draft model (speculative.draft_model=<name>), imported cost-only and run
+    through the same pass recipe as the target; None when there is none."""
+    from compiler import speculative
+    from passes import PassManager, make_pass
+    sc = speculative.spec_config(cfg)
+    if sc is None or sc["draft_model"] == "self":
+        return None
+    from compiler.importers.models import import_torch
+    dg = import_torch(dict(speculative.load_model_config(sc["draft_model"]), weights="meta"))
+    PassManager([make_pass(p, pass_ctx) for p in (cfg["pipeline"].get("passes") or [])])(dg)
+    return dg
+
+
+def _compression_report(cfg, report, g: Graph, hw, reference: Graph | None, emit_info, stage: str, prog) -> None:
+    """``weight_formats``, ``compression`` and ``accuracy`` (compiler/compression.py,
+    compiler/accuracy.py) after quant= / sparsity=."""
+    from compiler import accuracy, compression
+    report["weight_formats"] = compression.weight_formats(g)
+    sec = compression.section(g, hw)
+    if sec is None:
+        return
+    report["compression"] = sec
+    if reference is None or not emit_info.get("emitted"):
+        why = sec.get("note") or emit_info.get("reason") or "no artifact was emitted"
+        report["accuracy"] = {"measured": False, "reason": why}
+        return
+    acfg = dict(cfg.get("accuracy") or {})
+    if str(acfg.get("enabled", "auto")).lower() in ("false", "0"):
+        report["accuracy"] = {"measured": False, "reason": "accuracy.enabled=false"}
+        return
+    path = os.path.join(stage, "model.onnx")
+    report["accuracy"] = {"measured": True, **accuracy.run_stage(cfg, reference, path, vocab=accuracy.vocab_of(g),
+                                                                 progress=_Stage(prog, "accuracy") if prog else None)}
+    sec["artifact_check"] = accuracy.quantization_check(g, path)
+    if sec["artifact_check"].get("checked") and not sec["artifact_check"]["ok"]:
+        from compiler.emit_onnx import EmitError
+        raise EmitError(f"the quantized artifact differs from the same quantization computed in fp32 by "
+                        f"{sec['artifact_check']['max_abs_diff']:.3g} (bound {sec['artifact_check']['bound']:.3g}); "
+                        f"this is a rooftop bug — run without quant= to get an artifact.")
 
 
 def _early_exit(g: Graph, cfg: Mapping) -> None:
@@ -262,6 +316,9 @@ def _check_gates(cfg: Mapping, report: Mapping):
         ("gate.max_memory_gb", mem["total_bytes"] / 1e9, "max", "memory (GB)"),
         ("gate.min_throughput", lat["throughput_tok_s"], "min", "throughput (tokens/s)"),
     ]
+    from compiler.accuracy import gate_checks
+    acc = report.get("accuracy")
+    checks += gate_checks(gate, acc if acc and acc.get("measured") else None)
     failed = []
     for key, value, kind, what in checks:
         limit = gate.get(key.split(".")[1])

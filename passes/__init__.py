@@ -7,6 +7,7 @@ from passes.cleanup import ConstantFolding, DeadCodeElimination, RemoveNoOps
 from passes.early_exit import EarlyExitPass
 from passes.moe import MoERoutingPass
 from passes.fusion import AnnotateRotary, FuseAttention, FuseGemm, FuseNorms, FusionPass
+from passes.quant.passes import PruneNM, Quantize
 
 PASSES: dict[str, type[Pass]] = {
     "dce": DeadCodeElimination,
@@ -19,6 +20,8 @@ PASSES: dict[str, type[Pass]] = {
     "annotate_rotary": AnnotateRotary,
     "moe_routing": MoERoutingPass,
     "early_exit": EarlyExitPass,
+    "prune_nm": PruneNM,
+    "quantize": Quantize,
 }
 
 

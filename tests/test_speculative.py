@@ -112,8 +112,10 @@ def test_chunk_equal_to_prompt_is_plain_prefill():
     one = spec.chunked_prefill(cm, 1, 300, 300)
     assert one["chunks"] == 1
     assert one["time_s"] == pytest.approx(float(cm.phase_time(1, 300, 0, "prefill")[0]))
-    # a verify step is the same cost function at (S = γ+1, P = context)
-    assert spec.step_time(cm, 3, 5, 700) == pytest.approx(float(cm.phase_time(3, 5, 700, "decode")[0]))
+    # a verify step is the same cost function at (S = γ+1, P = context), multi-token attention
+    # priced like prefill; S = 1 is a decode step
+    assert spec.step_time(cm, 3, 5, 700) == pytest.approx(float(cm.phase_time(3, 5, 700, "prefill")[0]))
+    assert spec.step_time(cm, 3, 1, 700) == pytest.approx(float(cm.phase_time(3, 1, 700, "decode")[0]))
 
 
 def test_measured_acceptance_identical_draft_is_one_and_self_draft_below():
