@@ -82,9 +82,10 @@ def test_a_sliver_class_may_double_but_a_big_shift_between_classes_is_named(tiny
     ph = rep["phases"]["decode"]
     by = ph["time_by_class_s"]
     small = min(by, key=by.get)
-    assert by[small] < 0.05 * ph["time_s"]
+    factor = 1 + 0.04 * ph["time_s"] / by[small]        # the class grows by 4 % of the phase...
+    assert factor > 1.05                                  # ...which is more than 5 % of the class
     new = copy.deepcopy(rep)
-    _slow_class(new, "decode", small, 2.0)               # +by[small] < 5 % of the phase
+    _slow_class(new, "decode", small, factor)
     flagged = {r.key for r in compare_reports(rep, new, 0.05).regressions}
     assert f"class decode/{small}.time_s" not in flagged
     # one class +40 % of the phase, another -40 %: the total is unchanged, the class is named
