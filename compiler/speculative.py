@@ -34,9 +34,11 @@ import numpy as np
 
 from compiler.errors import ConfigError
 
-#: S at or below which a step's attention runs like decode (memory-bound on the cache, one query
-#: tile): the attention efficiency class of verify steps; longer steps (chunked prefill) use prefill's.
-DECODE_LIKE_MAX_S = 64
+#: S at or below which a step's attention runs like decode: the attention efficiency class of verify
+#: steps; longer steps use prefill's. 1: the calibrated attention_decode class was measured at S = 1
+#: only (a split-KV kernel whose compute side reaches ~2 % of peak); the H200 verify steps of S = 2…256
+#: (compiler/calibration/data/h200_kernels.json) are predicted within 6 % median by the prefill class.
+DECODE_LIKE_MAX_S = 1
 DEFAULT_GAMMAS = tuple(range(1, 17))
 EVAL_TEXT = (
     "Speculative decoding runs a small draft model ahead of a large target model. The draft proposes "
