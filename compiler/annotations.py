@@ -273,6 +273,16 @@ def _union(values: list) -> tuple:
     return tuple(out)
 
 
+def _quantized_data():
+    from compiler.quant_onnx import QuantizedData
+    return QuantizedData
+
+
+def _activation_quant():
+    from compiler.quant_onnx import ActivationQuant
+    return ActivationQuant
+
+
 @dataclasses.dataclass(frozen=True)
 class Key:
     name: str
@@ -329,6 +339,15 @@ KEYS: dict[str, Key] = {k.name: k for k in [
         readers=("compiler/cost.py (peak FLOP/s, dtype column)", "compiler/emit_onnx.py (metadata_props)"),
         policy=Policy.KEEP, merge=_compute_dtype_merge, serialize=True, costed=True,
         doc="math dtype and kernel family the op's prediction assumes"),
+    Key("quant_data", _quantized_data(), frozenset({PARAM}),
+        writers=("passes/quant (quantize)",), readers=("compiler/emit_onnx.py (quantized initializers)",),
+        policy=Policy.DROP,
+        doc="codes, scales and zero points of a quantized weight (ONNX DequantizeLinear layout) for the emitter"),
+    Key("activation_quant", _activation_quant(), frozenset({OP}),
+        writers=("passes/quant (quantize: w8a8, fp8)",),
+        readers=("compiler/emit_onnx.py (DynamicQuantizeLinear / QDQ forms)", "compiler/accuracy.py"),
+        policy=Policy.KEEP, merge=_agree, serialize=True,
+        doc="how the op's input activation is quantized (dynamic / per token / static scale)"),
     Key("moe", MoERouting, frozenset({OP}),
         writers=("compiler/moe.py (torch import of MoE layers)", "passes/moe (routing)"),
         readers=("compiler/cost.py (routed rows, touched experts)", "compiler/moe.py (moe report)"),

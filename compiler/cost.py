@@ -117,6 +117,25 @@ class CostModel:
         self._classes = classes
         self._peak = np.array([hw.peak("fp16") if it.cost_class in REFERENCE_PEAK_CLASSES
                                else hw.peak(it.dtype, it.sparse) for it in self.items], dtype=float)
+        self._kernel_items = self._measured_kernels(graph)
+
+    def _measured_kernels(self, graph: Graph) -> list[tuple[int, str, float, float]]:
+        """GEMMs whose ``compute_dtype.kernel`` is a measured family (compiler/kernel_families.py):
+        (item index, kernel, 2·K·N, dense 16-bit weight bytes) — costed as the dense GEMM of the
+        same shape times the family's measured ratio at the op's M."""
+        from compiler import kernel_families as kf
+        out = []
+        by_name = {n.name: n for n in graph}
+        for i, it in enumerate(self.items):
+            if it.cost_class != "gemm" or not it.kernel or kf.family(it.kernel) is None:
+                continue
+            n = by_name[it.name]
+            w = next((graph.params[t] for t in n.inputs[1:2] if t in graph.params), None)
+            if w is None or not w.type.is_static():
+                continue
+            numel = float(np.prod(w.type.shape))
+            out.append((i, it.kernel, 2.0 * numel, 2.0 * numel))
+        return out
 
     @staticmethod
     def _sparse(n, cls: Classifier) -> bool:
@@ -181,6 +200,16 @@ class CostModel:
             fixed = time[m] - np.maximum(pure_c, pure_m)
             bound[m] = np.where(fixed > np.maximum(pure_c, pure_m), 2, np.where(pure_c >= pure_m, 0, 1))
             att_f[m] = np.where(time[m] > 0, flops[m] / np.maximum(time[m] - launch * fx[m], 1e-30), 0.0)
+        if self._kernel_items:   # measured kernel families (compiler/kernel_families.py)
+            from compiler import kernel_families as kf
+            ge = self.hw.efficiency.for_class("gemm")
+            for i, kernel, kn2, w_dense in self._kernel_items:
+                dense_bytes = byts[i] - w[i] + w_dense
+                t_dense = np.maximum((flops[i] + ge.flops_half * fx[i]) / (self.hw.peak("fp16") * ge.compute),
+                                     (dense_bytes + ge.bytes_half * fx[i]) / (self.hw.memory_bandwidth * ge.memory)) \
+                    + launch * fx[i]
+                time[i] = t_dense * kf.ratio(kernel, flops[i] / kn2)
+                att_f[i] = np.where(time[i] > 0, flops[i] / np.maximum(time[i] - launch * fx[i], 1e-30), 0.0)
         return {"flops": flops, "bytes": byts, "weights": w, "activations": a, "kv": kv,
                 "time": time, "attainable": att_f, "bound": bound}
 

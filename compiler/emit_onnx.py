@@ -121,6 +121,10 @@ class _Emitter:
 
     # ---- ops ------------------------------------------------------------------------------
     def emit(self, n: OpNode):
+        if "activation_quant" in n.annotations:   # W8A8 / FP8 (passes/quant): compiler/quant_onnx.py
+            from compiler.quant_onnx import emit_quantized_op
+            emit_quantized_op(self, n)
+            return
         custom = EMITTERS.get(n.op)
         if custom is not None:
             custom(self, n)
@@ -349,13 +353,22 @@ def to_model(g: Graph, functions: list[onnx.FunctionProto] | None = None) -> onn
             for node in em.nodes[k:]:
                 if node.name == n.name:
                     _set_metadata(node, meta)
-    inits = []
+    inits, dq_nodes = [], []
     for p in g.params.values():
-        t = _param_tensor(p)
         meta = serialized(p.annotations)
+        qd = p.annotations.get("quant_data")
+        if qd is None:
+            t = _param_tensor(p)
+            q_inits = [t]
+        else:   # passes/quant: codes + scales (+ zero points), DequantizeLinear where a float use needs it
+            from compiler.quant_onnx import param_initializers, reads_codes
+            float_use = any(not reads_codes(g, c) for c, _ in g.consumers(p.name)) or p.name in g.outputs
+            q_inits, q_nodes = param_initializers(p.name, qd, dequantize=float_use)
+            dq_nodes += q_nodes
         if meta:
-            _set_metadata(t, meta)
-        inits.append(t)
+            _set_metadata(q_inits[0], meta)
+        inits += q_inits
+    em.nodes[:0] = dq_nodes
     inits += em.inits
     graph = helper.make_graph(
         em.nodes, g.name, [_value_info(t, g.type(t)) for t in g.inputs],
@@ -365,6 +378,8 @@ def to_model(g: Graph, functions: list[onnx.FunctionProto] | None = None) -> onn
     model = helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION,
                               producer_name="rooftop", producer_version="0.1.0",
                               functions=list(functions or []) + list(em.functions.values()))
+    for k, v in sorted((g.meta.get("onnx_metadata") or {}).items()):   # e.g. passes/quant's session config
+        model.metadata_props.add(key=k, value=str(v))
     return model
 
 

@@ -1,13 +1,27 @@
 """User-facing errors and the exit codes of the interface contract.
 
-0 ok; 2 bad input (config, model file, unsupported op) with a one-paragraph message that says
-what is wrong and how to fix it; 3 a gate (budget in config) was exceeded.
+====  ==========================================================================================
+code  meaning
+====  ==========================================================================================
+0     ok: report written (and ``model.onnx`` emitted and verified where the model has weights)
+2     bad input: config (unknown key, bad value, out-of-range workload), model file (missing,
+      corrupted, unsafe), unsupported op, unwritable output directory, output directory in use
+      by another run. One paragraph says what is wrong and how to fix it; nothing is written.
+3     a gate (``gate.*`` budget) was exceeded; the report is written
+4     emission or verification failed (the emitted ONNX model could not be written, or it does
+      not match the source model); the cost report is written and states the failure
+130   interrupted (SIGINT / Ctrl-C); the staging directory is removed, nothing partial is left
+====  ==========================================================================================
+
+Every error the command reports is a :class:`RooftopError` subclass carrying its exit code.
 """
 from __future__ import annotations
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 EXIT_GATE = 3
+EXIT_EMIT = 4
+EXIT_INTERRUPTED = 130
 
 
 class RooftopError(Exception):
@@ -20,8 +34,12 @@ class ConfigError(RooftopError):
     """A configuration value is missing, malformed or impossible."""
 
 
+class OutputDirError(ConfigError):
+    """The output directory cannot be created or written, or another run holds it."""
+
+
 class ModelFileError(RooftopError):
-    """A model file is missing, truncated or not a valid ONNX model."""
+    """A model file is missing, truncated, unsafe or not a valid ONNX model."""
 
 
 class PassError(RooftopError):
@@ -32,3 +50,16 @@ class GateError(RooftopError):
     """A configured budget (gate) was exceeded; the report is still written."""
 
     exit_code = EXIT_GATE
+
+
+class EmissionFailed(RooftopError):
+    """Emission or verification failed after the cost report was written (exit 4)."""
+
+    exit_code = EXIT_EMIT
+
+
+class VerificationError(RooftopError):
+    """The emitted model does not match the source model (raised by compiler.verify; the driver
+    records it in the report and exits 4)."""
+
+    exit_code = EXIT_EMIT

@@ -13,7 +13,7 @@ The experts node is expanded (:func:`translate`) into standard ONNX ops, per exp
 
     hit   = NonZero(Equal(top_k_index, e))          [2, n_e]   (token, slot) pairs routed to e
     x_e   = Gather(hidden, hit[0])                  [n_e, H]
-    w_e   = GatherND(top_k_weights, hitᵀ)           [n_e]
+    w_e   = Gather(ReduceSum(Where(hit_mask, top_k_weights, 0)), hit[0])   [n_e]
     y_e   = (SiLU(x_e·Wg_e) ∘ (x_e·Wu_e))·Wd_e ∘ w_e  [n_e, H]
     out   = ScatterND(0, concat(hit[0]), concat(y_e), reduction=add)    [T, H]
 
@@ -181,8 +181,7 @@ def translate(c, hidden, top_k_index, top_k_weights, gate_up, down, act, transpo
     dt = hid.dtype
     n_e = sympy.sympify(T) * sympy.Rational(k, E)
     cls = routing_type()
-    shared = _shared_experts(c)
-    layer_ann = cls(experts=E, top_k=k, expert_params=3 * int(H) * inter, shared_experts=shared)
+    layer_ann = cls(experts=E, top_k=k, expert_params=3 * int(H) * inter)
     made: list[str] = []
 
     def op(*a, expert=None, dispatch=False, **kw):
@@ -210,8 +209,10 @@ def translate(c, hidden, top_k_index, top_k_weights, gate_up, down, act, transpo
         eq = op("Equal", [top_k_index, c.const(e, "int64")], types=[TensorType("bool", (T, k))], expert=e, dispatch=True)
         nz = op("NonZero", [eq], types=[TensorType("int64", (2, n_e))], expert=e, dispatch=True)
         tok = op("Gather", [nz, c.const(0, "int64")], {"axis": 0}, types=[TensorType("int64", (n_e,))], expert=e, dispatch=True)
-        nzt = op("Transpose", [nz], {"perm": [1, 0]}, types=[TensorType("int64", (n_e, 2))], expert=e, dispatch=True)
-        w = op("GatherND", [top_k_weights, nzt], types=[TensorType(g.type(top_k_weights).dtype, (n_e,))], expert=e, dispatch=True)
+        wdt = g.type(top_k_weights).dtype
+        sel = op("Where", [eq, top_k_weights, c.const(0.0, wdt)], types=[TensorType(wdt, (T, k))], expert=e, dispatch=True)
+        wtok = op("ReduceSum", [sel], {"axes": [1], "keepdims": 0}, types=[TensorType(wdt, (T,))], expert=e, dispatch=True)
+        w = op("Gather", [wtok, tok], {"axis": 0}, types=[TensorType(wdt, (n_e,))], expert=e, dispatch=True)
         if g.type(w).dtype != dt:
             w = op("Cast", [w], {"to": _onnx_dtype(dt)}, types=[TensorType(dt, (n_e,))], expert=e, dispatch=True)
         x = op("Gather", [hidden, tok], {"axis": 0}, types=[TensorType(dt, (n_e, H))], expert=e)
@@ -251,13 +252,6 @@ def shared_experts(hf_config: Mapping) -> int:
     return 1 if hf_config.get("shared_expert_intermediate_size") else 0
 
 
-def _shared_experts(c) -> int:
-    """Shared (always-on) experts of the layer being translated: from the module tree."""
-    stack = c.node.meta.get("nn_module_stack") or {}
-    text = " ".join(str(v) for v in stack.values())
-    return 1 if "shared_expert" in text else 0
-
-
 # ------------------------------------------------------------------------------------------------
 # report section
 
@@ -276,7 +270,7 @@ def analyze(g, wl: Mapping, cfg: Mapping | None = None) -> dict[str, Any] | None
     distinct = {ph: float(distinct_experts(a.experts, a.top_k, t, probs)) for ph, t in phases.items()}
     expert_w = sum(float(_param_bytes(g, p)) for p in g.params if _is_expert_param(g, p))
     layers = len({n.annotations.get("layer") for n in g if "moe" in n.annotations})
-    shared = shared_experts(((cfg or {}).get("model") or {}).get("config") or {}) or a.shared_experts
+    shared = a.shared_experts
     return {"experts": a.experts, "top_k": a.top_k, "shared_experts": shared,
             "layers": layers, "expert_params": a.expert_params,
             "routing": {"distribution": a.distribution, "skew": a.skew,

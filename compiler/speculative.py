@@ -34,10 +34,10 @@ import numpy as np
 
 from compiler.errors import ConfigError
 
-#: S at or below which a step's attention runs like decode: the attention efficiency class of verify
-#: steps; longer steps use prefill's. 1: the calibrated attention_decode class was measured at S = 1
-#: only (a split-KV kernel whose compute side reaches ~2 % of peak); the H200 verify steps of S = 2…256
-#: (compiler/calibration/data/h200_kernels.json) are predicted within 6 % median by the prefill class.
+#: S at or below which a step's attention is priced with the decode attention class (calibrated on
+#: single-query steps); multi-token steps (verify, chunked prefill) use the prefill class, whose
+#: calibration covers many query rows — on the H200 verify measurement (T = 2…256 against 4096
+#: cached tokens) that is the better fit (compiler/calibration/data/h200_kernels.json).
 DECODE_LIKE_MAX_S = 1
 DEFAULT_GAMMAS = tuple(range(1, 17))
 EVAL_TEXT = (
@@ -260,8 +260,10 @@ def analyze(cfg: Mapping, wl: Mapping, hw, g, cm, sched, base: Mapping) -> dict[
         dl = None
         draft_cfg = load_model_config(sc["draft_model"])
         check_draft(target_cfg, draft_cfg)
-        from compiler.importers.models import import_torch
-        dg = import_torch(dict(draft_cfg, weights="meta"))
+        dg = g.meta.pop("_draft_graph", None)   # the driver's import (same passes as the target)
+        if dg is None:
+            from compiler.importers.models import import_torch
+            dg = import_torch(dict(draft_cfg, weights="meta"))
         draft_cm = CostModel(dg, hw)
         draft_w, draft_kv_tok = _weights_bytes(dg), _kv_bytes_per_token(dg)
         draft_desc = {"name": draft_cfg.get("name"), "layers": _layers(draft_cfg),

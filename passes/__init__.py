@@ -7,6 +7,8 @@ from passes.cleanup import ConstantFolding, DeadCodeElimination, RemoveNoOps
 from passes.early_exit import EarlyExitPass
 from passes.moe import MoERoutingPass
 from passes.fusion import AnnotateRotary, FuseAttention, FuseGemm, FuseNorms, FusionPass
+from passes.kv_cache_onnx import LiftKVCache
+from passes.quant.passes import PruneNM, Quantize
 
 PASSES: dict[str, type[Pass]] = {
     "dce": DeadCodeElimination,
@@ -18,7 +20,10 @@ PASSES: dict[str, type[Pass]] = {
     "fuse_gemm": FuseGemm,
     "annotate_rotary": AnnotateRotary,
     "moe_routing": MoERoutingPass,
+    "kv_cache": LiftKVCache,
     "early_exit": EarlyExitPass,
+    "prune_nm": PruneNM,
+    "quantize": Quantize,
 }
 
 

@@ -76,7 +76,12 @@ class FunctionPass(Pass):
 
 
 # (a, b): when both run, a must come before b.
-ORDER_CONSTRAINTS: list[tuple[str, str]] = []
+ORDER_CONSTRAINTS: list[tuple[str, str]] = [
+    # compression works on the final linear layers (merged Q/K/V, gate/up; GEMM epilogues), and
+    # quantization keeps a pruned pattern (its zeros stay exact zeros)
+    ("fuse", "prune_nm"), ("fuse_gemm", "prune_nm"), ("fuse", "quantize"), ("fuse_gemm", "quantize"),
+    ("prune_nm", "quantize"),
+]
 
 
 @dataclasses.dataclass

@@ -63,6 +63,10 @@ def lift_kv_cache(g: Graph) -> dict[str, int]:
             g.set_input(n, 2, v2)
             stats["repeat_kv_removed"] += 1
         kt, vt = g.type(k2), g.type(v2)
+        if kt.rank == 3 and n.attrs.get("kv_num_heads"):   # the 3-D form [B, S, Hkv·D]
+            hkv = int(n.attrs["kv_num_heads"])
+            kt = kt.with_shape((kt.shape[0], hkv, kt.shape[1], kt.shape[2] // hkv))
+            vt = vt.with_shape((vt.shape[0], hkv, vt.shape[1], vt.shape[2] // hkv))
         if kt.rank != 4:
             raise IRError(f"{n.name}: KV lifting needs 4-D [B, H, S, D] key/value, got {kt}")
         b, hkv, _, d = kt.shape

@@ -49,7 +49,10 @@ def routing_fields(routing: Any, skew: float, experts: int) -> dict[str, Any]:
                       f"set moe.routing=uniform, moe.routing=zipf (with moe.skew) or moe.routing=[...].")
 
 
-def apply_routing(g: Graph, moe_cfg: Mapping | None) -> dict[str, int]:
+def apply_routing(g: Graph, moe_cfg: Mapping | None, hf_config: Mapping | None = None) -> dict[str, int]:
+    """Set ``moe.routing`` (and, from the model's Hugging Face config, the shared-expert count)
+    on every ``moe`` annotation."""
+    from compiler.moe import shared_experts
     moe_cfg = dict(moe_cfg or {})
     nodes = [n for n in g if "moe" in n.annotations]
     if not nodes:
@@ -59,6 +62,8 @@ def apply_routing(g: Graph, moe_cfg: Mapping | None) -> dict[str, int]:
         return {}
     experts = nodes[0].annotations["moe"].experts
     fields = routing_fields(moe_cfg.get("routing"), moe_cfg.get("skew", 0.0), experts)
+    if hf_config:
+        fields["shared_experts"] = shared_experts(hf_config)
     for n in nodes:
         n.annotations["moe"] = dataclasses.replace(n.annotations["moe"], **fields)
     return {"moe_ops": len(nodes), "experts": experts}

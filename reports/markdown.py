@@ -14,6 +14,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 PHASES = ("prefill", "decode")
+
+
+def phases_of(r: Mapping) -> tuple[str, ...]:
+    """The phases the report has: prefill and decode for a generative model, prefill (one forward
+    pass) for an encoder."""
+    return tuple(p for p in PHASES if p in (r.get("phases") or {}))
+
+
+def is_encoder(r: Mapping) -> bool:
+    return (r.get("latency") or {}).get("kind") == "encoder"
 TOP_GROUPS = 12
 
 # ----------------------------------------------------------------------------------------------
@@ -232,8 +242,11 @@ def document(r: Mapping) -> list[tuple]:
     blocks += [("h2", "Summary"), ("kv", _summary(r))]
     blocks.append(("plot", "memory", "Memory at the configured batch: weights, KV cache, activation peak and "
                                      "runtime reserve against the device capacity."))
-    blocks.append(("plot", "throughput_vs_batch", "Decode step time (TPOT) and decode throughput versus batch "
-                                                  "at the configured context; the memory limit (max batch) is marked."))
+    blocks.append(("plot", "throughput_vs_batch",
+                   "Latency per batch and throughput (sequences/s) versus batch; the memory limit (max batch) "
+                   "is marked." if is_encoder(r) else
+                   "Decode step time (TPOT) and decode throughput versus batch "
+                   "at the configured context; the memory limit (max batch) is marked."))
 
     # roofline
     blocks.append(("h2", "Roofline"))
@@ -248,7 +261,7 @@ def document(r: Mapping) -> list[tuple]:
 
     from reports.dynamic import blocks as dynamic_blocks
     blocks += dynamic_blocks(r)   # speculative decoding, MoE, early exit, chunked prefill
-    for phase in PHASES:
+    for phase in phases_of(r):
         blocks += _phase_blocks(r, phase)
     blocks += _pass_blocks(r)
     return blocks
@@ -258,14 +271,20 @@ def _summary(r: Mapping) -> list[tuple[str, str]]:
     hw, wl, lat, mem, cap = r["hardware"], r["workload"], r["latency"], r["memory"], r["capacity"]
     b, prompt, gen = wl.get("batch"), wl.get("prompt_len"), wl.get("gen_len")
     ctx = wl.get("context_len") if wl.get("context_len") is not None else prompt
-    kv = [("Workload", f"batch {b}, prompt {prompt} tokens, generate {gen} tokens; decode costed at context {ctx}"),
-          ("TTFT", f"{fmt_time(lat['ttft_s'])} (prefill of {b} × {prompt} tokens)"),
-          ("TPOT", f"{fmt_time(lat['tpot_s'])} (one decode step, batch {b}, context {ctx})"),
-          ("End-to-end", f"{fmt_time(lat['e2e_s'])} (TTFT + {max((gen or 0) - 1, 0)} decode steps over a growing cache)"),
-          ("Throughput", f"{fmt_tok_s(lat['throughput_tok_s'])} over the whole request"
-                         + (f"; decode only {fmt_tok_s(lat['decode_throughput_tok_s'])}"
-                            if lat.get("decode_throughput_tok_s") is not None else ""))]
-    for phase in PHASES:
+    if is_encoder(r):
+        kv = [("Workload", f"batch {b} sequences of {prompt} tokens (an encoder: one forward pass per batch)"),
+              ("Latency", f"{fmt_time(lat['batch_latency_s'])} per batch of {b} × {prompt} tokens"),
+              ("Throughput", f"{_sig(lat['throughput_seq_s'])} sequences/s "
+                             f"({fmt_tok_s(lat['throughput_tok_s'])} of input processed)")]
+    else:
+        kv = [("Workload", f"batch {b}, prompt {prompt} tokens, generate {gen} tokens; decode costed at context {ctx}"),
+              ("TTFT", f"{fmt_time(lat['ttft_s'])} (prefill of {b} × {prompt} tokens)"),
+              ("TPOT", f"{fmt_time(lat['tpot_s'])} (one decode step, batch {b}, context {ctx})"),
+              ("End-to-end", f"{fmt_time(lat['e2e_s'])} (TTFT + {max((gen or 0) - 1, 0)} decode steps over a growing cache)"),
+              ("Throughput", f"{fmt_tok_s(lat['throughput_tok_s'])} over the whole request (generated tokens)"
+                             + (f"; decode only {fmt_tok_s(lat['decode_throughput_tok_s'])}"
+                                if lat.get("decode_throughput_tok_s") is not None else ""))]
+    for phase in phases_of(r):
         ph = r["phases"][phase]
         dt = dominant_dtype(r, phase)
         rp = ridge_point(r, dt)
@@ -304,7 +323,7 @@ def _capacity_text(cap: Mapping) -> str:
         s += f" — {fmt_count(cap['max_batch_weights_kv_only'])} counting only weights + KV cache"
     if "max_batch_slo" in cap:
         slo = cap.get("slo") or {}
-        cond = " and ".join(f"{k.split('_')[0].upper()} ≤ {v} ms" for k, v in sorted(slo.items()) if v is not None)
+        cond = " and ".join(f"{k.split('_')[0].upper()} ≤ {float(v):g} ms" for k, v in sorted(slo.items()) if v is not None)
         s += f"; under the SLO ({cond}): max batch {cap['max_batch_slo']}"
     return s
 
@@ -313,7 +332,7 @@ def _hardware_text(r: Mapping) -> str:
     hw = r["hardware"]
     pk = hw.get("peak_flops") or {}
     dts = []
-    for phase in PHASES:
+    for phase in phases_of(r):
         d = dominant_dtype(r, phase)
         if d not in dts:
             dts.append(d)
@@ -433,7 +452,7 @@ def _pass_blocks(r: Mapping) -> list[tuple]:
     rows = []
     for i, p in enumerate(passes, 1):
         cb, ca = p.get("cost_before") or {}, p.get("cost_after") or {}
-        for j, phase in enumerate(PHASES):
+        for j, phase in enumerate(phases_of(r)):
             b, a = cb.get(phase) or {}, ca.get(phase) or {}
             rows.append([str(i) if j == 0 else "", p["name"] if j == 0 else "",
                          ("yes" if p.get("changed") else "no") if j == 0 else "",
@@ -442,7 +461,7 @@ def _pass_blocks(r: Mapping) -> list[tuple]:
                          _delta(b.get("flops"), a.get("flops"), fmt_flops),
                          _delta(b.get("bytes"), a.get("bytes"), fmt_bytes)])
     first, last = passes[0].get("cost_before") or {}, passes[-1].get("cost_after") or {}
-    for j, phase in enumerate(PHASES):
+    for j, phase in enumerate(phases_of(r)):
         b, a = first.get(phase) or {}, last.get(phase) or {}
         rows.append(["", "whole pipeline" if j == 0 else "", "", "", phase,
                      _delta(b.get("time_s"), a.get("time_s"), fmt_time),

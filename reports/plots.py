@@ -30,7 +30,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
-from reports.markdown import (PHASES, bound_split, class_breakdown, dominant_dtype, fmt_bw, fmt_bytes, fmt_intensity,
+from reports.markdown import (PHASES, is_encoder, phases_of, bound_split, class_breakdown, dominant_dtype, fmt_bw, fmt_bytes, fmt_intensity,
                               fmt_pct, fmt_rate, fmt_time, op_groups, peak_of, ridge_point)
 
 DPI = 100
@@ -63,7 +63,7 @@ def class_color(cls: str, classes: list[str] | None = None) -> str:
 
 def _classes(r: Mapping) -> list[str]:
     """Every op class in the report: the known ones in a fixed order, then the rest by name."""
-    seen = {o["class"] for ph in PHASES for o in r["phases"][ph]["ops"]}
+    seen = {o["class"] for ph in phases_of(r) for o in r["phases"][ph]["ops"]}
     return [c for c in CLASS_COLORS if c in seen] + sorted(seen - set(CLASS_COLORS))
 
 
@@ -133,15 +133,16 @@ def fig_roofline(r: Mapping) -> Figure:
     hw = r["hardware"]
     bw = float(hw["memory_bandwidth"])
     fig = _figure(12, 5.8, left=1.05, bottom=1.05, wspace=0.1)
-    axes = fig.subplots(1, 2, sharex=True, sharey=True)
-    pts = {ph: roofline_points(r, ph) for ph in PHASES}
-    classes = [c for c in _classes(r) if any(p["class"] == c for ph in PHASES for p in pts[ph])]
-    dts = {ph: dominant_dtype(r, ph) for ph in PHASES}
+    phs = phases_of(r)
+    axes = fig.subplots(1, len(phs), sharex=True, sharey=True, squeeze=False)[0]
+    pts = {ph: roofline_points(r, ph) for ph in phs}
+    classes = [c for c in _classes(r) if any(p["class"] == c for ph in phs for p in pts[ph])]
+    dts = {ph: dominant_dtype(r, ph) for ph in phs}
     # one pair of limits for both panels so prefill and decode read against each other
-    xs = [g["intensity"] for ph in PHASES for g in pts[ph]]
-    ys = [g["attainable_flops"] for ph in PHASES for g in pts[ph]]
-    ridges = [ridge_point(r, dts[ph]) or 1.0 for ph in PHASES]
-    peaks = [peak_of(r, dts[ph]) or bw for ph in PHASES]
+    xs = [g["intensity"] for ph in phs for g in pts[ph]]
+    ys = [g["attainable_flops"] for ph in phs for g in pts[ph]]
+    ridges = [ridge_point(r, dts[ph]) or 1.0 for ph in phs]
+    peaks = [peak_of(r, dts[ph]) or bw for ph in phs]
     xmin = 10 ** math.floor(math.log10(min(xs + [min(ridges) / 300]) / 2))
     xmax = 10 ** math.ceil(math.log10(max(xs + [max(ridges) * 30]) * 2))
     ymax = 10 ** math.ceil(math.log10(max(peaks) * 6))
@@ -149,7 +150,7 @@ def fig_roofline(r: Mapping) -> Figure:
     xgrid = np.logspace(math.log10(xmin), math.log10(xmax), 256)
     roof_handles: dict[str, Line2D] = {}
 
-    for ax, ph in zip(axes, PHASES):
+    for ax, ph in zip(axes, phs):
         phd = r["phases"][ph]
         dt, pk = dts[ph], peak_of(r, dts[ph]) or 0.0
         rp = ridge_point(r, dt)
@@ -265,8 +266,9 @@ def _time_unit(t: float) -> tuple[float, str]:
 def fig_time_by_class(r: Mapping) -> Figure:
     classes = _classes(r)
     fig = _figure(12, 1.4 + 0.42 * max(len(classes), 3), left=0.95, right=0.15, bottom=0.8, wspace=0.3)
-    axes = fig.subplots(1, 2)
-    for ax, ph in zip(axes, PHASES):
+    phs = phases_of(r)
+    axes = fig.subplots(1, len(phs), squeeze=False)[0]
+    for ax, ph in zip(axes, phs):
         phd = r["phases"][ph]
         rows = {c["class"]: c for c in class_breakdown(r, ph)}
         scale, unit = _time_unit(phd["time_s"] or 0.0)
@@ -370,8 +372,12 @@ def fig_throughput_vs_batch(r: Mapping) -> Figure:
     fits = [s for s in sweep if s["fits"]]
     nofit = [s for s in sweep if not s["fits"]]
     slo = cap.get("slo") or {}
-    series = (("tpot_s", 1e3, "TPOT (ms per decode step)", "#1f77b4"),
-              ("throughput_tok_s", 1.0, "decode throughput (tokens/s)", "#2ca02c"))
+    enc = is_encoder(r)
+    series = ((("batch_latency_s", 1e3, "latency per batch (ms)", "#1f77b4"),
+               ("throughput_seq_s", 1.0, "throughput (sequences/s)", "#2ca02c")) if enc else
+              (("tpot_s", 1e3, "TPOT (ms per decode step)", "#1f77b4"),
+               ("throughput_tok_s", 1.0, "decode throughput (tokens/s)", "#2ca02c")))
+    lat_key, thr_key = series[0][0], series[1][0]
     for ax, (key, scale, ylabel, col) in zip(axes, series):
         ax.plot(bs, [s[key] * scale for s in sweep], color=col, lw=1.2, zorder=3)
         if fits:
@@ -388,7 +394,7 @@ def fig_throughput_vs_batch(r: Mapping) -> Figure:
         ax.tick_params(axis="x", labelrotation=0)
         ax.set_xlabel("batch (sequences)")
         ax.set_ylabel(ylabel)
-        if key == "throughput_tok_s":
+        if key == thr_key:
             ax.set_yscale("log")
             ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=30))
             ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _p: f"{y:,.0f}" if y >= 1 else f"{y:g}"))
@@ -406,15 +412,19 @@ def fig_throughput_vs_batch(r: Mapping) -> Figure:
         ax.axvline(wl.get("batch") or 1, color="0.3", lw=1.0, ls=":", zorder=2,
                    label=f"configured batch {wl.get('batch')}")
         if key == "tpot_s" and slo.get("tpot_ms") is not None:
-            ax.axhline(float(slo["tpot_ms"]), color="#ff7f0e", lw=1.0, ls="-.", label=f"TPOT SLO {slo['tpot_ms']} ms")
-        if mb == 0 and key == "tpot_s":
+            ax.axhline(float(slo["tpot_ms"]), color="#ff7f0e", lw=1.0, ls="-.", label=f"TPOT SLO {float(slo['tpot_ms']):g} ms")
+        if mb == 0 and key == lat_key:
             ax.text(0.5, 0.45, "does not fit in memory even at batch 1", transform=ax.transAxes, ha="center",
                     va="center", color="#d62728", fontsize=10,
                     bbox=dict(boxstyle="round,pad=0.3", facecolor="white", edgecolor="#d62728"))
-        ax.legend(loc="upper left" if key == "tpot_s" else "lower right", frameon=True, framealpha=0.9)
+        ax.legend(loc="upper left" if key == lat_key else "lower right", frameon=True, framealpha=0.9)
     ctx = wl.get("context_len") if wl.get("context_len") is not None else wl.get("prompt_len")
-    axes[0].set_title(f"decode step time vs batch (context {ctx})")
-    axes[1].set_title("decode throughput vs batch (batch / TPOT)")
+    if enc:
+        axes[0].set_title(f"latency per batch vs batch ({wl.get('prompt_len')} tokens per sequence)")
+        axes[1].set_title("throughput vs batch (batch / latency)")
+    else:
+        axes[0].set_title(f"decode step time vs batch (context {ctx})")
+        axes[1].set_title("decode throughput vs batch (batch / TPOT)")
     return fig
 
 

@@ -18,7 +18,7 @@ def compose(overrides=()):
     from compiler.app import config_dir
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
         cfg = _compose("config", overrides=list(overrides))
-    return OmegaConf.to_container(cfg, resolve=False) | {"hydra": None}
+    return OmegaConf.to_container(cfg, resolve=True) | {"hydra": None}
 
 
 def model_cfg(name: str, **over) -> dict:

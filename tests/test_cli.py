@@ -37,11 +37,16 @@ def test_default_run_writes_contract_outputs_deterministically(tmp_path):
     assert set(rep["memory"]) >= {"weights_bytes", "kv_cache_bytes", "kv_bytes_per_token", "activation_peak_bytes"}
     assert set(rep["latency"]) >= {"ttft_s", "tpot_s", "e2e_s", "throughput_tok_s"}
     assert rep["passes"] and all({"name", "changed", "stats", "cost_before", "cost_after"} <= set(p) for p in rep["passes"])
-    assert rep["emit"]["emitted"] and rep["emit"]["verified"]["outputs"]["logits"][0] == 2
+    assert rep["emit"]["emitted"] and rep["emit"]["verified"]["passed"] is True
+    ver = rep["emit"]["verification"]
+    assert ver["reference"].startswith("torch eager") and ver["compute_dtype"] == "float32"
+    assert set(ver["outputs"]) == {"logits@prefill", "logits@decode1", "logits@decode2"}
+    assert all(o["max_abs_err"] <= o["tolerance"] for o in ver["outputs"].values())
+    assert [s["step"] for s in ver["inputs"]] == ["prefill", "decode1", "decode2"]
 
 
 def test_multirun_sweep_over_hardware(tmp_path):
-    r = run_cli("-m", "hardware=a100_80g,h100_sxm", "emit.enabled=false", "report.html=false",
+    r = run_cli("-m", "hardware=a100_80g,h100_sxm", "emit.enabled=false", "report.html=false", "model.weights=meta",
                 "workload.prompt_len=32", "workload.gen_len=4", f"hydra.sweep.dir={tmp_path}")
     assert r.returncode == 0, r.stderr
     reports = sorted(tmp_path.glob("*/report.json"))
@@ -73,11 +78,9 @@ def test_bad_input_exits_2_with_message_and_no_artifacts(args, needle, tmp_path)
 
 
 def test_truncated_and_corrupted_onnx_exit_2(tmp_path):
-    # a real model file, truncated, and plain garbage
-    good = tmp_path / "good"
-    r = run_cli(f"hydra.run.dir={good}", "workload.prompt_len=16", "report.html=false")
-    assert r.returncode == 0, r.stderr
-    data = (good / "model.onnx").read_bytes()
+    # a real model file (built in-process: no CLI run needed for it), truncated, and plain garbage
+    from tests.test_robustness import token_encoder
+    data = token_encoder(tmp_path / "good.onnx").read_bytes()
     for name, blob in [("trunc.onnx", data[: len(data) // 2]), ("garbage.onnx", b"\x00\xffnot onnx" * 50)]:
         f = tmp_path / name
         f.write_bytes(blob)
@@ -90,7 +93,7 @@ def test_truncated_and_corrupted_onnx_exit_2(tmp_path):
 
 def test_gate_exceeded_exits_3_and_keeps_report(tmp_path):
     r = run_cli(f"hydra.run.dir={tmp_path}", "emit.enabled=false", "gate.max_ttft_ms=1e-9",
-                "workload.prompt_len=16")
+                "workload.prompt_len=16", "model.weights=meta")
     assert r.returncode == 3, r.stderr
     assert "gate.max_ttft_ms" in r.stderr
     assert (tmp_path / "report.json").exists()
@@ -111,20 +114,6 @@ def test_failing_pass_is_named_with_its_predecessors():
     with pytest.raises(PassError) as e:
         pm(g)
     assert "'second' failed: boom" in str(e.value) and "first" in str(e.value)
-
-
-def test_conf_ships_in_the_wheel(tmp_path):
-    import subprocess
-    import sys
-    import zipfile
-    from tests.conftest import ROOT
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                        "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
-    names = zipfile.ZipFile(next(tmp_path.glob("rooftop-*.whl"))).namelist()
-    assert "compiler/conf/config.yaml" in names
-    assert "compiler/conf/model/llama2_7b.yaml" in names and "compiler/conf/hardware/h100_sxm.yaml" in names
-    assert "passes/fusion/attention.py" in names and "compiler/calibration/data/h100_sxm.json" in names
 
 
 def test_calibrate_entry_point_writes_a_loadable_hardware_yaml(tmp_path):

@@ -157,3 +157,42 @@ def test_family_fuses_and_matches(family, exporter, built):
              **{t: out[t.replace("past_", "present_")] for t in kv}}
     step = dict(zip(g.outputs, run_ort(g, feeds)))
     assert diff(step["logits"], want[:, 6:]) <= ATOL
+
+
+# ------------------------------------------------------------------------------------------------
+# ONNX-file decoders: the KV cache lifted (passes/kv_cache_onnx.py) — one artifact for prefill and
+# decode, equivalent to the source
+
+DECODERS = [f for f, spec in om.FAMILIES.items() if spec[3] == "causal_lm"]
+# why a decoder export keeps no cache (the pass refuses: lifting would change what it computes)
+KV_REFUSED = {"opt": "attention_mask is also read by"}   # positions from its cumsum
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+@pytest.mark.parametrize("family", DECODERS)
+def test_onnx_decoder_gets_a_kv_cache(family, exporter, built):
+    from passes.kv_cache_onnx import LiftKVCache
+    g0, _, ref = built(family, exporter)
+    g = g0.copy()
+    res = LiftKVCache()(g)
+    if family in KV_REFUSED:
+        assert not res.changed and KV_REFUSED[family] in g.meta["kv_cache_refused"]
+        return
+    assert res.changed and res.stats["layers"] == LAYERS, (res.stats, g.meta.get("kv_cache_refused"))
+    kv = [t for t in g.inputs if t.startswith("past_")]
+    assert len(kv) == 2 * LAYERS and g.type("attention_mask").shape[1] == g.type(kv[0]).shape[2] + g.type("input_ids").shape[1]
+    rng = np.random.default_rng(4)
+    ids = rng.integers(0, 250, (2, 7)).astype(np.int64)
+    mask = np.ones((2, 7), np.int64)
+    with torch.no_grad():
+        want = ref(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+    shapes = {t: g.type(t).shape for t in kv}
+    feeds = {"input_ids": ids[:, :5], "attention_mask": mask[:, :5],
+             **{t: np.zeros((2, shapes[t][1], 0, shapes[t][3]), np.float32) for t in kv}}
+    out = dict(zip(g.outputs, run_ort(g, feeds)))
+    assert diff(out["logits"], want[:, :5]) <= ATOL
+    for step in (5, 6):   # two decode steps on the cache
+        feeds = {"input_ids": ids[:, step:step + 1], "attention_mask": mask[:, :step + 1],
+                 **{t: out[t.replace("past_", "present_")] for t in kv}}
+        out = dict(zip(g.outputs, run_ort(g, feeds)))
+        assert diff(out["logits"], want[:, step:step + 1]) <= ATOL

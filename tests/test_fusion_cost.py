@@ -106,7 +106,7 @@ def test_report_shows_flash_attention_bytes(n, llama2_7b_eager, tmp_path, monkey
     monkeypatch.setattr(pipeline, "import_model", lambda cfg, prog=None: fused.copy())
     cfg = compose(["model=llama2_7b", "model.attn_implementation=eager", "hardware=a100_80g", "pipeline=none",
                    f"workload.prompt_len={n}", "workload.gen_len=2", "emit.enabled=false", "progress=false",
-                   "report.html=false"])
+                   "report.html=false", "workload.allow_beyond_max_positions=true"])  # 8192 > 4096
     pipeline.run(cfg, str(tmp_path))
     report = json.loads((tmp_path / "report.json").read_text())
     att = [o for o in report["phases"]["prefill"]["ops"] if o["op"] == "Attention"]

@@ -159,6 +159,8 @@ def test_routing_histogram_and_zipf_change_decode_cost(h200):
     assert skewed < base   # a hot expert: fewer distinct experts read per step
     apply_routing(g, {"routing": "zipf", "skew": 1.0})
     assert skewed < CostModel(g, h200).totals(8, 1, 16, "decode")["weights"] < base
+    apply_routing(g, {}, {"shared_expert_intermediate_size": 64})     # Qwen-MoE: one shared expert
+    assert {n.annotations["moe"].shared_experts for n in g if "moe" in n.annotations} == {1}
     with pytest.raises(ConfigError, match="4 experts"):
         apply_routing(g, {"routing": [1, 2, 3]})
     with pytest.raises(ConfigError, match="skew"):
@@ -193,7 +195,7 @@ def test_mixtral_8x7b_on_h200_is_sane(mixtral_report):
 def test_moe_decode_layer_predicted_vs_h200_measurement(h200):
     """One fine-grained MoE layer's decode step (router, dispatch, routed experts, shared expert)
     against compiler/calibration/data/h200_kernels.json: time grows with the distinct experts
-    touched and the prediction's median error stays within 35 %."""
+    touched and the prediction's median error stays within 25 %."""
     import transformers
     from transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoeSparseMoeBlock
     data = json.loads((ROOT / "compiler/calibration/data/h200_kernels.json").read_text())["moe"]
@@ -207,10 +209,11 @@ def test_moe_decode_layer_predicted_vs_h200_measurement(h200):
     g = import_torch({"name": "qwen_moe_layer", "outputs": ["y"],
                       "inputs": {"hidden_states": {"shape": ["B", "S", sh["hidden"]], "dtype": "bfloat16"}}},
                      blk, "custom")
-    PassManager([make_pass(p) for p in ["remove_noops", "fold_constants", "fuse", "dce"]])(g)
+    # unfused: the measured per-expert loop runs separate gate_up, SiLU·up and down kernels
+    PassManager([make_pass(p) for p in ["remove_noops", "fold_constants", "dce"]])(g)
     cm = CostModel(g, h200)
     pts = [p for p in data["points"] if p["model"] == "qwen1.5_moe_a2.7b"]
     pred = np.array([float(cm.phase_time(p["batch"], 1, 0, "decode")[0]) for p in pts])
     meas = np.array([p["time_s"] for p in pts])
     assert np.all(np.diff(pred) >= 0)
-    assert np.median(np.abs(pred / meas - 1)) < 0.35
+    assert np.median(np.abs(pred / meas - 1)) < 0.25

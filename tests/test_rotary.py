@@ -16,7 +16,7 @@ from passes.fusion import run_rules
 from tests.test_fusion import Builder, assert_same_outputs, feeds_for, ops_of
 
 B_, H, S_, D = 3, 4, 5, 16
-ROTARY = ["rotary_cache", "rotary", "rotary_layout"]
+ROTARY = ["rotary_cache", "rotary", "rotary_partial", "rotary_layout"]
 
 
 def _freqs(bd, *, rot: int, interleaved: bool, layout: str, table: bool = False):
@@ -215,3 +215,22 @@ def test_llama_fused_matches_unfused_with_kv_cache(llama, step):
     feeds = lm_feeds(llama, b=3, s=6 if step == "prefill" else 1, p=0 if step == "prefill" else 9, seed=2)
     feeds["attention_mask"] = np.ones_like(feeds.get("attention_mask", feeds["input_ids"]))
     assert max_diff(run_ort(llama, feeds), run_ort(g, feeds)) <= 1e-4
+
+
+def test_rotary_partial_from_a_sliced_rotary_embedding():
+    """dynamo's partial rotary (Phi-3, GPT-NeoX): Concat(RotaryEmbedding(x[..., :r]), x[..., r:])
+    becomes one RotaryEmbedding with rotary_embedding_dim=r (then the head split can sink)."""
+    bd = Builder()
+    x3 = bd.op("MatMul", bd.input("h", (B_, S_, 32)), bd.weight(32, H * D))
+    x = bd.op("Transpose", bd.op("Reshape", x3, shape=[B_, S_, H, D]), perm=[0, 2, 1, 3])
+    c, s = bd.input("c", (B_, S_, D // 4)), bd.input("s", (B_, S_, D // 4))
+    rot = bd.op("RotaryEmbedding", bd.op("Slice", x, starts=[0], ends=[D // 2], axes=[3], steps=[1]), c, s)
+    g = bd.out(bd.op("Concat", rot, bd.op("Slice", x, starts=[D // 2], ends=[2**63 - 1], axes=[3], steps=[1]),
+                     axis=-1))
+    before = g.copy()
+    stats = run_rules(g, ROTARY, gate=None)[0]
+    assert stats["rotary_partial"] == 1 and stats["rotary_layout"] == 1, stats
+    r = next(n for n in g if n.op == "RotaryEmbedding")
+    assert r.attrs["rotary_embedding_dim"] == D // 2 and g.type(r.inputs[0]).shape == (B_, S_, H * D)
+    assert "Concat" not in ops_of(g)
+    assert_same_outputs(before, g, feeds_for(g))

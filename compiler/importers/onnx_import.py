@@ -43,6 +43,7 @@ from onnx import TensorProto, helper, numpy_helper
 from sympy.parsing.sympy_parser import parse_expr
 
 from compiler.errors import ModelFileError
+from compiler.importers.safety import check_onnx_file
 from compiler.ir import B, DTYPES, ONNX_TO_DTYPE, P, S, SYMBOLS, Graph, OpNode, TensorType, as_dim
 from compiler.ops import REGISTRY, UnsupportedOpError
 
@@ -100,6 +101,7 @@ def _load(path: str) -> onnx.ModelProto:
     if head.startswith(b"version https://git-lfs"):
         raise _fail(path, f"the file is a Git LFS pointer ({size} bytes), not the model itself",
                     "Fetch the real file with `git lfs pull`.")
+    check_onnx_file(path)  # untrusted input: paths, sizes, shapes (compiler/importers/safety.py)
     try:
         model = onnx.load(path)
     except (FileNotFoundError, onnx.checker.ValidationError, OSError) as e:

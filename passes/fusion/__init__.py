@@ -7,6 +7,7 @@ attention           QKᵀ → scale → mask → softmax → ·V → ``Attention
 attention_gqa       repeat_kv in front of an existing ``Attention`` dropped (native GQA)
 rotary_cache        batch-1 cos/sin caches of an exported ``RotaryEmbedding`` expanded over the batch
 rotary              x·cos + rotate_half(x)·sin (interleaved, partial) → ``RotaryEmbedding``
+rotary_partial      Concat(RotaryEmbedding(x[..., :r]), x[..., r:]) → ``rotary_embedding_dim=r``
 rotary_layout       head split sunk below ``RotaryEmbedding`` (its 3-D form [B, S, H·D])
 attention_layout    head split/merge transposes folded into ``Attention``'s 3-D form [B, S, H·D]
 layer_norm          LayerNorm from primitives → ``LayerNormalization``
@@ -45,7 +46,7 @@ from passes.fusion.gemm import epilogue_rule, gelu_rule, merge_gate_up_rule, swi
 from passes.fusion.merge import merge_qkv_rule
 from passes.fusion.norm import layer_norm_rule, residual_norm_rule, rms_norm_rule
 from passes.fusion.pattern import MatchResult
-from passes.fusion.rotary import rotary_cache_rule, rotary_layout_rule, rotary_rule
+from passes.fusion.rotary import rotary_cache_rule, rotary_layout_rule, rotary_partial_rule, rotary_rule
 from passes.fusion.rule import Match, Plan, Rule, RuleOutcome, apply_rule
 
 log = logging.getLogger("rooftop.fusion")
@@ -55,6 +56,7 @@ RULES: dict[str, Callable[[], Rule]] = {
     "attention_gqa": gqa_rule,
     "rotary_cache": rotary_cache_rule,
     "rotary": rotary_rule,
+    "rotary_partial": rotary_partial_rule,
     "rotary_layout": rotary_layout_rule,
     "attention_layout": layout_rule,
     "layer_norm": layer_norm_rule,     # before rms_norm: a LayerNorm contains an RMSNorm of x − mean
@@ -167,7 +169,8 @@ class FusionPass(Pass):
 
 class FuseAttention(FusionPass):
     name = "fuse_attention"
-    default_rules = ("attention", "attention_gqa", "rotary_cache", "rotary", "rotary_layout", "attention_layout")
+    default_rules = ("attention", "attention_gqa", "rotary_cache", "rotary", "rotary_partial", "rotary_layout",
+                     "attention_layout")
 
 
 class FuseNorms(FusionPass):
@@ -182,7 +185,7 @@ class FuseGemm(FusionPass):
 
 class AnnotateRotary(FusionPass):
     name = "annotate_rotary"
-    default_rules = ("rotary_cache", "rotary", "rotary_layout")
+    default_rules = ("rotary_cache", "rotary", "rotary_partial", "rotary_layout")
 
 
 PASSES = {p.name: p for p in (FusionPass, FuseAttention, FuseNorms, FuseGemm, AnnotateRotary)}

@@ -369,3 +369,48 @@ def rotary_cache_rule() -> Rule:
 
 
 __all__ = ["rotary_rule", "rotary_layout_rule", "rotary_cache_rule", "duplicated_halves"]
+
+
+# ------------------------------------------------------------------------------------------------
+# partial rotary as exported by torch.onnx (dynamo): Concat(RotaryEmbedding(x[..., :r]), x[..., r:])
+
+def rotary_partial_pattern():
+    src = Var("src")
+    rope = Op("RotaryEmbedding", Op("Slice", src, name="rot_slice"), Var("cos"), Var("sin"), name="rope",
+              extra=True)
+    return Op("Concat", rope, Op("Slice", src, name="pass_slice"), name="rope_cat")
+
+
+def check_rotary_partial(match: Match) -> MatchResult:
+    g = match.graph
+    st = match.type("src")
+    rope = match.node("rope")
+    if st.rank != 4 or not isinstance(st.shape[-1], int):
+        return MatchResult.fail(f"the rotated tensor {st} is not 4-D with a static head size")
+    if rope.attrs.get("rotary_embedding_dim"):
+        return MatchResult.fail("the RotaryEmbedding is already partial")
+    r = g.type(rope.inputs[0]).shape[-1]
+    a, b = _bounds(match.node("rot_slice"), 4), _bounds(match.node("pass_slice"), 4)
+    if a is None or b is None or a[2] != 1 or b[2] != 1 or a[:2] != (0, r) or b[0] != r \
+            or not _to_end(b[1], st.shape[-1]):
+        return MatchResult.fail(f"slices {a}, {b} do not split the head {st.shape[-1]} at {r}")
+    if not _last_axis(match.root, 4):
+        return MatchResult.fail("the parts are concatenated on another axis")
+    return MatchResult.success()
+
+
+def rewrite_rotary_partial(match: Match, plan: Plan):
+    rope = match.node("rope")
+    st = match.type("src")
+    attrs = dict(rope.attrs)
+    attrs["rotary_embedding_dim"] = int(match.graph.type(rope.inputs[0]).shape[-1])
+    attrs["num_heads"] = int(st.shape[1])
+    ins = [match["src"]] + list(rope.inputs[1:])
+    out = plan.op("RotaryEmbedding", ins, attrs, merged_from=["RotaryEmbedding", "Slice", "Concat"],
+                  rotary=Rotary(match["src"], rope.inputs[1], rope.inputs[2], int(attrs.get("interleaved", 0))))
+    plan.output(match.root_tensor, out)
+
+
+def rotary_partial_rule() -> Rule:
+    return Rule("rotary_partial", rotary_partial_pattern(), rewrite_rotary_partial, check_rotary_partial,
+                doc="Concat(RotaryEmbedding(x[..., :r]), x[..., r:]) → RotaryEmbedding(rotary_embedding_dim=r)")

@@ -1,0 +1,540 @@
+"""The ``quantize`` and ``prune_nm`` passes (config groups ``quant=`` and ``sparsity=``).
+
+Both find the graph's linear layers — ``MatMul`` / ``MatMulEpilogue`` whose operand 1 is a 2-D
+float weight ``W[K, N]`` (reduction axis 0) — minus the excluded ones (``exclude``: ``embeddings``
+and ``lm_head`` by default, plus fnmatch patterns on parameter names), and annotate them
+(compiler/annotations.py):
+
+- ``weight_format`` on the weight (storage dtype, granularity, group, symmetry, deployment scale
+  dtype, N:M pattern) — the cost model charges its stored bytes;
+- ``compute_dtype`` on the op (the math the scheme runs and the kernel family the prediction
+  assumes: ``aten._weight_int4pack_mm`` for W4A16, dequantize + ``F.linear`` for W8A16 (faster
+  than ``torch._weight_int8pack_mm`` at every measured M on the H200), ``torch._int_mm`` with dynamic
+  int8 activation quantization for W8A8, ``torch._scaled_mm`` with dynamic FP8 activation
+  quantization for FP8, cuSPARSELt for 2:4 — compiler/kernel_families.py);
+- ``quant_data`` on the weight (codes, scales, zero points for the emitter) and
+  ``activation_quant`` on the op (W8A8 / FP8 activations).
+
+With real weights the values change: the weight's data becomes the dequantized (or pruned) fp32
+values, and calibration-based methods (GPTQ, AWQ, SmoothQuant, SparseGPT, static activation
+scales) run the current graph in onnxruntime on the calibration split of the evaluation text
+(compiler/accuracy.py) — activations of the fp32 (or already pruned) model, not sequentially
+re-quantized layer by layer. With meta weights (cost-only models) only the annotations are
+written (``stats.cost_only``): any scheme can be priced for any model size, but no artifact and
+no accuracy exist.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from compiler import annotations as ann
+from compiler.annotations import ComputeDtype, WeightFormat
+from compiler.errors import ConfigError
+from compiler.ir import Graph, OpNode
+from compiler.quant_onnx import ACCURACY_LEVEL_KEY, ORT_SESSION_KEY, ActivationQuant, QuantizedData
+from passes.base import Pass, PassResult
+from passes.quant.formats import QuantSpec, int_dtype, quantize_rtn
+from passes.quant.nm import prune_magnitude
+from passes.quant.obs import Hessian, obs_compress
+from passes.quant.smooth import awq_scales, smoothquant_scales
+
+log = logging.getLogger("rooftop.quant")
+
+LINEAR_OPS = ("MatMul", "MatMulEpilogue")
+_FLOAT = ("float32", "float16", "bfloat16")
+_HW = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+_VIEW = ("Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten", "Cast")
+
+# scheme -> weight dtype family, granularity, activation dtype (None: weight-only), kernel family
+SCHEMES: dict[str, dict[str, Any]] = {
+    "w8a16": {"bits": 8, "granularity": "channel", "act": None, "kernel": "dequantize + F.linear"},
+    "w4a16": {"bits": 4, "granularity": "group", "act": None, "kernel": "aten._weight_int4pack_mm"},
+    "w8a8": {"bits": 8, "granularity": "channel", "act": "int8",
+             "kernel": "torch._int_mm + dynamic int8 activation quantization"},
+    "fp8": {"bits": 8, "granularity": "channel", "act": "fp8",
+            "kernel": "torch._scaled_mm + dynamic fp8 activation quantization"},
+}
+METHODS = ("rtn", "gptq", "awq", "smoothquant")
+ACTIVATIONS = ("dynamic", "dynamic_per_token", "static")
+SPARSE_KERNEL = "cuSPARSELt 2:4 (torch.sparse.to_sparse_semi_structured)"
+
+
+# ------------------------------------------------------------------------------------------------
+# the linear layers
+
+@dataclasses.dataclass
+class Site:
+    node: OpNode
+    weight: str
+    reason: str = ""     # why excluded ("" = included)
+
+
+def linear_sites(g: Graph, exclude: Sequence[str] = ("embeddings", "lm_head")) -> list[Site]:
+    """Every linear layer with a 2-D float weight, in topological order; excluded ones carry a
+    reason."""
+    gathered = {n.inputs[0] for n in g if n.op == "Gather"}
+    patterns = [p for p in exclude if p not in ("embeddings", "lm_head")]
+    out = []
+    for n in g.topo_order():
+        if n.op not in LINEAR_OPS or len(n.inputs) < 2:
+            continue
+        w = n.inputs[1]
+        p = g.params.get(w)
+        if p is None or p.type.rank != 2 or p.type.dtype not in _FLOAT or p.annotations.get("const"):
+            continue
+        reason = ""
+        if "embeddings" in exclude and w in gathered:
+            reason = "embeddings (tied weight)"
+        elif "lm_head" in exclude and _feeds_output(g, n):
+            reason = "lm_head"
+        else:
+            src = str(p.annotations.get("source", ""))
+            hit = next((pat for pat in patterns if fnmatch.fnmatch(w, pat) or (src and fnmatch.fnmatch(src, pat))), None)
+            if hit:
+                reason = f"exclude pattern {hit!r}"
+        out.append(Site(n, w, reason))
+    return out
+
+
+def _feeds_output(g: Graph, n: OpNode) -> bool:
+    """The op's result reaches a graph output through view ops only (an LM head)."""
+    frontier = [n.outputs[0]]
+    seen = set()
+    while frontier:
+        t = frontier.pop()
+        if t in g.outputs:
+            return True
+        if t in seen:
+            continue
+        seen.add(t)
+        for c, _ in g.consumers(t):
+            if c.op in _VIEW:
+                frontier.extend(c.outputs)
+    return False
+
+
+def _act_hw_dtype(g: Graph, n: OpNode) -> str:
+    return _HW.get(g.type(n.inputs[0]).dtype, "fp32")
+
+
+def _scale_dtype(g: Graph, w: str) -> str:
+    """Deployment scale dtype: the weight's 16-bit dtype, fp16 for an fp32 model."""
+    dt = g.params[w].type.dtype
+    return dt if dt in ("float16", "bfloat16") else "float16"
+
+
+# ------------------------------------------------------------------------------------------------
+# calibration
+
+@dataclasses.dataclass
+class Calibration:
+    samples: int = 8
+    seq_len: int = 128
+    source: str = "default"          # default (shipped text) | a path to a UTF-8 text file
+
+    @classmethod
+    def of(cls, v) -> "Calibration":
+        if isinstance(v, Calibration):
+            return v
+        v = dict(v or {})
+        bad = set(v) - {"samples", "seq_len", "source"}
+        if bad:
+            raise ConfigError(f"unknown calibration key(s) {sorted(bad)}; valid: samples, seq_len, source.")
+        c = cls(**v)
+        if int(c.samples) < 1 or int(c.seq_len) < 2:
+            raise ConfigError(f"calibration.samples must be ≥ 1 and calibration.seq_len ≥ 2, got {c.samples}, {c.seq_len}.")
+        return c
+
+
+def calibrate(g: Graph, tensors: Sequence[str], cal: Calibration, tokenizer_source: Mapping | None,
+              keep_rows: int = 0) -> dict[str, Hessian]:
+    """Hessian and activation statistics of each tensor over the calibration split; with
+    ``keep_rows`` also up to that many activation rows (``Hessian.rows``, for AWQ)."""
+    from compiler import accuracy
+    paras = accuracy.load_paragraphs(None if cal.source in ("default", None, "") else cal.source)
+    tok = accuracy.make_tokenizer(tokenizer_source, accuracy.vocab_of(g))
+    seqs = accuracy.token_samples(accuracy.split(paras, "calibration"), tok, int(cal.seq_len), int(cal.samples))
+    if not seqs:
+        raise ConfigError("the calibration text produced no token sequence; use a longer quant.calibration.source file.")
+    stats = {t: Hessian(g.type(t).shape[-1]) for t in tensors}
+    rows: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
+
+    def consume(t, x):
+        stats[t].add(x)
+        if keep_rows and sum(len(r) for r in rows[t]) < keep_rows:
+            rows[t].append(x[: keep_rows].astype(np.float32))
+
+    accuracy.collect_activations(g, tensors, seqs, consume)
+    for t in tensors:
+        stats[t].rows = np.concatenate(rows[t]) if rows[t] else None
+        stats[t].samples = len(seqs)
+    return stats
+
+
+def unflatten_input(g: Graph, site: Site) -> bool:
+    """``Reshape(x[B, S, K] → [B·S, K]) → linear`` becomes ``linear(x[B, S, K]) → Reshape`` (Conv1D-style
+    exports flatten before the GEMM). For static W8A8 this matters in onnxruntime: a 2-D MatMul +
+    bias is fused into a float ``Gemm`` before its QDQ transformer runs, leaving the activation
+    QDQ unfused (measured ≈ 3× slower than fp32); the 3-D MatMul becomes ``MatMulIntegerToFloat``."""
+    n = site.node
+    x = n.inputs[0]
+    r = g.producer_of(x)
+    if r is None or r.op != "Reshape" or g.num_uses(x) != 1:
+        return False
+    x3, t2 = r.inputs[0], g.type(x)
+    t3 = g.type(x3)
+    if t3.rank < 3 or t2.rank != 2 or t3.shape[-1] != t2.shape[-1]:
+        return False
+    out2 = n.outputs[0]
+    src = g.producer_of(x3)
+    if src is not None and src.op == "Attention":   # onnxruntime mis-infers its 3-D output's last dim
+        x3 = g.add_op("Reshape", [x3], 1, attrs={"shape": list(t3.shape)}).outputs[0]
+    new = g.add_op(n.op, [x3] + n.inputs[1:], 1, attrs=n.attrs, name=g.fresh(n.name), domain=n.domain,
+                   **n.annotations)
+    back = g.add_op("Reshape", new.outputs, 1, attrs={"shape": list(g.type(out2).shape)})
+    g.replace_uses(out2, back.outputs[0])
+    g.remove_op(n)
+    if g.num_uses(x) == 0:
+        g.remove_op(r)
+    site.node = new
+    return True
+
+
+# ------------------------------------------------------------------------------------------------
+# input-channel scaling folded into the producer of the activation (SmoothQuant / AWQ)
+
+_NORMS = {"LayerNormalization": (1, 2), "RMSNormalization": (1, None), "ResidualNorm": (2, 3),
+          "SimplifiedLayerNormalization": (1, None)}
+
+
+def fold_target(g: Graph, x: str, sites: Sequence[Site]) -> tuple[OpNode, list[str]] | None:
+    """The norm producing ``x`` (through channel-preserving views read only on this path) whose
+    scale/bias weights serve only it — where ``x / s`` can be folded — or None."""
+    readers = {c.name for c, _ in g.consumers(x)}
+    if readers != {st.node.name for st in sites} or x in g.outputs:
+        return None
+    y = x
+    prod = g.producer_of(y)
+    while prod is not None and prod.op in _VIEW and prod.op != "Cast" \
+            and g.type(prod.inputs[0]).shape[-1] == g.type(y).shape[-1]:
+        y = prod.inputs[0]
+        if g.num_uses(y) != 1:
+            return None
+        prod = g.producer_of(y)
+    idx = _NORMS.get(prod.op) if prod is not None else None
+    if idx is None or prod.outputs[0] != y:
+        return None
+    ps = [prod.inputs[i] for i in idx if i is not None and i < len(prod.inputs) and prod.inputs[i]]
+    if ps and all(t in g.params and g.params[t].data is not None and g.num_uses(t) == 1 for t in ps):
+        return prod, ps
+    return None
+
+
+def apply_input_scaling(g: Graph, x: str, sites: Sequence[Site], s: np.ndarray) -> str | None:
+    """Rewrite ``x·W_i`` as ``(x/s)·(s·W_i)`` for every site reading ``x``, with ``1/s`` folded
+    into the norm that produces ``x`` (its scale and bias). Returns the norm's op kind, or None
+    (nothing changed) when there is no such norm: an extra elementwise ``Mul`` before the GEMM
+    would cost more than smoothing gains, so those inputs are left unsmoothed (as in SmoothQuant,
+    which smooths the inputs of the QKV and first MLP projections)."""
+    tgt = fold_target(g, x, sites)
+    if tgt is None:
+        return None
+    prod, ps = tgt
+    for site in sites:
+        p = g.params[site.weight]
+        p.data = (np.asarray(p.data, np.float32) * s[:, None]).astype(p.data.dtype)
+    for t in ps:
+        p = g.params[t]
+        p.data = (np.asarray(p.data, np.float32) / s).astype(p.data.dtype)
+    return prod.op
+
+
+# ------------------------------------------------------------------------------------------------
+# quantize
+
+class Quantize(Pass):
+    """``quant=`` w8a16 | w4a16 | w8a8 | fp8 (see the module docstring)."""
+
+    name = "quantize"
+
+    def check_params(self) -> None:
+        p = dict(self.params)
+        allowed = {"scheme", "group_size", "symmetric", "method", "smooth_alpha", "activations", "exclude",
+                   "calibration", "ort_accuracy_level", "tokenizer_source"}
+        bad = set(p) - allowed
+        if bad:
+            raise ConfigError(f"quantize: unknown option(s) {sorted(bad)}; valid: {', '.join(sorted(allowed))}.")
+        self.scheme = str(p.get("scheme", "w8a8"))
+        if self.scheme not in SCHEMES:
+            raise ConfigError(f"quant={self.scheme!r} is not a scheme; use none, {', '.join(SCHEMES)}.")
+        sch = SCHEMES[self.scheme]
+        self.group_size = int(128 if p.get("group_size") is None else p["group_size"])
+        self.symmetric = bool(p.get("symmetric", True))
+        self.method = str(p.get("method", "rtn"))
+        self.alpha = float(p.get("smooth_alpha", 0.5))
+        self.activations = str(p.get("activations", "dynamic"))
+        self.exclude = list(p.get("exclude") if p.get("exclude") is not None else ["embeddings", "lm_head"])
+        self.calibration = Calibration.of(p.get("calibration"))
+        self.accuracy_level = int(p.get("ort_accuracy_level", 4))
+        self.tokenizer_source = p.get("tokenizer_source")
+        if self.method not in METHODS:
+            raise ConfigError(f"quant.method={self.method!r}: use one of {', '.join(METHODS)}.")
+        if self.method == "smoothquant" and sch["act"] is None:
+            raise ConfigError(f"quant.method=smoothquant smooths activations for W8A8/FP8; quant={self.scheme} keeps "
+                              f"activations in floating point — use rtn, gptq or awq.")
+        if self.method == "awq" and sch["act"] is not None:
+            raise ConfigError(f"quant.method=awq is a weight-only method (w4a16, w8a16); for quant={self.scheme} use "
+                              f"smoothquant, gptq or rtn.")
+        if self.activations not in ACTIVATIONS:
+            raise ConfigError(f"quant.activations={self.activations!r}: use {', '.join(ACTIVATIONS)}.")
+        if self.activations == "dynamic_per_token" and self.scheme == "fp8":
+            raise ConfigError("quant.activations=dynamic_per_token is an int8 (W8A8) option; FP8 uses dynamic or static.")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"quant.smooth_alpha={self.alpha} must be in [0, 1].")
+        if self.group_size < 1:
+            raise ConfigError(f"quant.group_size={self.group_size} must be ≥ 1 (128 is the usual int4 group).")
+        if not 0 <= self.accuracy_level <= 4:
+            raise ConfigError(f"quant.ort_accuracy_level={self.accuracy_level}: onnxruntime's MatMulNBits accepts 0–4 "
+                              f"(0: as the model's float type, 4: int8 activations, fastest on CPU).")
+
+    # -- the weight / activation formats ----------------------------------------------------
+    def spec(self) -> QuantSpec:
+        sch = SCHEMES[self.scheme]
+        if self.scheme == "fp8":
+            return QuantSpec("float8e4m3fn", "channel")
+        sym = self.symmetric if self.scheme != "w8a8" else True   # int8 GEMMs take symmetric weights
+        dt = int_dtype(sch["bits"], sym)
+        return QuantSpec(dt, sch["granularity"], self.group_size, sym)
+
+    def weight_format(self, g: Graph, w: str, spec: QuantSpec) -> WeightFormat:
+        sd = _scale_dtype(g, w)
+        prev = ann.get(g.params[w], "weight_format")
+        return WeightFormat(dtype=spec.dtype, granularity=spec.granularity,
+                            group_size=spec.group_size if spec.granularity == "group" else None, axis=0,
+                            symmetric=spec.symmetric, scale_dtype=sd, zero_dtype=None if spec.symmetric else sd,
+                            nm=prev.nm if prev is not None else None)
+
+    def act_quant(self, stats: Hessian | None, s: np.ndarray | None) -> ActivationQuant | None:
+        sch = SCHEMES[self.scheme]
+        if sch["act"] is None:
+            return None
+        dtype = "float8e4m3fn" if sch["act"] == "fp8" else ("int8" if self.activations == "dynamic_per_token" else "uint8")
+        if self.activations != "static":
+            return ActivationQuant(self.activations, dtype)
+        if stats is None:     # cost-only: the format without a calibrated scale
+            return ActivationQuant("dynamic", dtype)
+        lo, hi = (stats.chmin, stats.chmax) if s is None else (stats.chmin / s, stats.chmax / s)
+        lo, hi = min(float(np.min(lo)), 0.0), max(float(np.max(hi)), 0.0)
+        if dtype == "float8e4m3fn":
+            return ActivationQuant("static", dtype, max(-lo, hi) / 448.0 or 1.0, 0)
+        scale = (hi - lo) / 255.0 or 1.0
+        return ActivationQuant("static", dtype, scale, int(np.clip(np.rint(-lo / scale), 0, 255)))
+
+    def compute(self, g: Graph, n: OpNode) -> ComputeDtype:
+        sch = SCHEMES[self.scheme]
+        dt = {"int8": "int8", "fp8": "fp8"}.get(sch["act"]) or _act_hw_dtype(g, n)
+        return ComputeDtype(dt, sch["kernel"])
+
+    # -- the pass ---------------------------------------------------------------------------
+    def run(self, g: Graph) -> PassResult:
+        sites = linear_sites(g, self.exclude)
+        todo = [s for s in sites if not s.reason]
+        stats: dict[str, int] = {"linear_layers": len(todo), "excluded": len(sites) - len(todo)}
+        spec = self.spec()
+        cost_only = not g.has_weights()
+        g.meta.setdefault("quantization", {})
+        g.meta["quantization"].update({
+            "scheme": self.scheme, "method": self.method, "weight_dtype": spec.dtype,
+            "granularity": spec.granularity, "group_size": spec.group_size if spec.granularity == "group" else None,
+            "symmetric": spec.symmetric, "activations": None if SCHEMES[self.scheme]["act"] is None else self.activations,
+            "kernel": SCHEMES[self.scheme]["kernel"], "cost_only": cost_only,
+            "excluded": {s.weight: s.reason for s in sites if s.reason}})
+        if cost_only:
+            for s in todo:
+                p = g.params[s.weight]
+                ann.set(p, "weight_format", self.weight_format(g, s.weight, spec))
+                ann.set(s.node, "compute_dtype", self.compute(g, s.node))
+                aq = self.act_quant(None, None)
+                if aq is not None:
+                    ann.set(s.node, "activation_quant", aq)
+            stats["cost_only"] = 1
+            g.meta["quantization"]["note"] = (
+                "cost only: the model has meta weights (no values), so formats were annotated for the cost model "
+                "but no quantized artifact was written and no accuracy was measured; use model.weights=random "
+                "(or a model with real weights) for both.")
+            return PassResult(g, bool(todo), stats)
+
+        if self.activations == "static" and SCHEMES[self.scheme]["act"] == "int8":
+            stats["unflattened"] = sum(unflatten_input(g, s) for s in todo)
+        by_input: dict[str, list[Site]] = {}
+        for s in todo:
+            by_input.setdefault(s.node.inputs[0], []).append(s)
+        needs_cal = self.method != "rtn" or (self.activations == "static" and SCHEMES[self.scheme]["act"] is not None)
+        cal = calibrate(g, list(by_input), self.calibration, self.tokenizer_source,
+                        keep_rows=512 if self.method == "awq" else 0) if needs_cal else {}
+        if cal:
+            g.meta["quantization"]["calibration"] = {"samples": next(iter(cal.values())).samples,
+                                                     "seq_len": int(self.calibration.seq_len),
+                                                     "source": self.calibration.source}
+        smoothing: dict[str, str] = {}
+        for x, group in by_input.items():
+            st = cal.get(x)
+            s = None
+            if self.method in ("smoothquant", "awq"):
+                ws = [np.asarray(g.params[t.weight].data) for t in group]
+                if fold_target(g, x, group) is None or len({t.weight for t in group}) != len(group):
+                    smoothing[x] = None
+                else:
+                    s = smoothquant_scales(st.absmax, ws, self.alpha) if self.method == "smoothquant" else \
+                        awq_scales(st.rows, ws, spec)[0]
+                    smoothing[x] = apply_input_scaling(g, x, group, s)
+            for site in group:
+                self._quantize_site(g, site, spec, st, s)
+                aq = self.act_quant(st, s)
+                if aq is not None:
+                    ann.set(site.node, "activation_quant", aq)
+                ann.set(site.node, "compute_dtype", self.compute(g, site.node))
+        if smoothing:
+            stats["smoothed_inputs"] = sum(v is not None for v in smoothing.values())
+            stats["smoothing_not_foldable"] = sum(v is None for v in smoothing.values())
+        if SCHEMES[self.scheme]["act"] is None:
+            meta = g.meta.setdefault("onnx_metadata", {})
+            meta[ORT_SESSION_KEY] = json.dumps({ACCURACY_LEVEL_KEY: str(self.accuracy_level)})
+            g.meta["quantization"]["ort_accuracy_level"] = self.accuracy_level
+        stats["quantized_weights"] = len({s.weight for s in todo})
+        return PassResult(g, bool(todo), stats)
+
+    def _quantize_site(self, g: Graph, site: Site, spec: QuantSpec, st: Hessian | None, s: np.ndarray | None):
+        p = g.params[site.weight]
+        if "quant_data" in p.annotations:      # a weight shared by two linear layers: once
+            return
+        w = np.asarray(p.data, np.float32)
+        prev = ann.get(p, "weight_format")
+        mask = (w != 0) if prev is not None and prev.nm is not None else None
+        if self.method == "gptq" or (mask is not None and st is not None):
+            h = st.h if s is None else st.h / np.outer(s, s)
+            _, qt, _ = obs_compress(w, h, spec=spec, mask=mask)
+        else:
+            qt = quantize_rtn(w, spec)
+        deq = qt.dequantize()
+        p.data = deq.astype(p.data.dtype)
+        ann.set(p, "weight_format", self.weight_format(g, site.weight, spec))
+        ann.set(p, "quant_data", QuantizedData(qt.codes, qt.scale, qt.zero_point, qt.axis, qt.block_size))
+
+
+# ------------------------------------------------------------------------------------------------
+# N:M pruning (cost-aware)
+
+class PruneNM(Pass):
+    """``sparsity=nm``: keep ``n`` of every ``m`` weights along the reduction axis of each linear
+    layer (magnitude, or SparseGPT with calibration). Cost-aware (``cost_aware: true``): a layer
+    is pruned only where the 2:4 kernel is predicted to win for the configured workload
+    (prefill at prompt_len once plus gen_len decode steps), each decision recorded."""
+
+    name = "prune_nm"
+
+    def check_params(self) -> None:
+        p = dict(self.params)
+        allowed = {"n", "m", "method", "exclude", "calibration", "cost_aware", "tokenizer_source", "workload"}
+        bad = set(p) - allowed
+        if bad:
+            raise ConfigError(f"prune_nm: unknown option(s) {sorted(bad)}; valid: {', '.join(sorted(allowed))}.")
+        self.n, self.m = int(p.get("n", 2)), int(p.get("m", 4))
+        if not 0 < self.n < self.m:
+            raise ConfigError(f"sparsity.n={self.n}, sparsity.m={self.m}: need 0 < n < m (2:4 is the pattern sparse "
+                              f"tensor cores run).")
+        self.method = str(p.get("method", "magnitude"))
+        if self.method not in ("magnitude", "sparsegpt"):
+            raise ConfigError(f"sparsity.method={self.method!r}: use magnitude or sparsegpt.")
+        self.exclude = list(p.get("exclude") if p.get("exclude") is not None else ["embeddings", "lm_head"])
+        self.calibration = Calibration.of(p.get("calibration"))
+        self.cost_aware = bool(p.get("cost_aware", True))
+        self.tokenizer_source = p.get("tokenizer_source")
+        self.workload = dict(p.get("workload") or {})
+
+    def run(self, g: Graph) -> PassResult:
+        from passes.quant.cost_gate import decide
+        sites = [s for s in linear_sites(g, self.exclude) if not s.reason]
+        stats: dict[str, int] = {"linear_layers": len(sites)}
+        decisions = []
+        keep_sites = []
+        for s in sites:
+            k = g.params[s.weight].type.shape[0]
+            if not isinstance(k, int) or k % self.m:
+                decisions.append({"weight": s.weight, "op": s.node.name, "pruned": False,
+                                  "reason": f"reduction axis {k} is not a multiple of m={self.m}"})
+                continue
+            d = decide(g, s.node, s.weight, (self.n, self.m), self.context, self.workload) if self.cost_aware else \
+                {"pruned": True, "reason": "cost_aware=false"}
+            decisions.append({"weight": s.weight, "op": s.node.name, **d})
+            if d["pruned"]:
+                keep_sites.append(s)
+        cost_only = not g.has_weights()
+        st = {}
+        if keep_sites and not cost_only and self.method == "sparsegpt":
+            st = calibrate(g, sorted({s.node.inputs[0] for s in keep_sites}), self.calibration, self.tokenizer_source)
+        done = set()
+        for s in keep_sites:
+            if s.weight in done:
+                continue
+            done.add(s.weight)
+            p = g.params[s.weight]
+            if not cost_only:
+                w = np.asarray(p.data, np.float32)
+                if self.method == "sparsegpt":
+                    res, keep = obs_compress(w, st[s.node.inputs[0]], nm=(self.n, self.m))[0::2]
+                    pw = np.where(keep, res, 0).astype(np.float32)
+                else:
+                    pw, _ = prune_magnitude(w, self.n, self.m)
+                p.data = pw.astype(p.data.dtype)
+            prev = ann.get(p, "weight_format")
+            fmt = dataclasses.replace(prev, nm=(self.n, self.m)) if prev is not None else \
+                WeightFormat(dtype=p.type.dtype, nm=(self.n, self.m), scale_dtype=_scale_dtype(g, s.weight))
+            ann.set(p, "weight_format", fmt)
+            if (self.n, self.m) == (2, 4):
+                ann.set(s.node, "compute_dtype", ComputeDtype(_act_hw_dtype(g, s.node), SPARSE_KERNEL))
+        stats["pruned"] = len(done)
+        stats["refused_by_cost"] = sum(1 for d in decisions if not d["pruned"] and "predicted_payoff_s" in d)
+        if cost_only:
+            stats["cost_only"] = 1
+        g.meta["sparsity"] = {"n": self.n, "m": self.m, "method": self.method, "cost_aware": self.cost_aware,
+                              "cost_only": cost_only, "kernel": SPARSE_KERNEL, "layers": decisions}
+        if cost_only:
+            g.meta["sparsity"]["note"] = (
+                "cost only: the model has meta weights (no values), so the N:M format was annotated for the cost "
+                "model but no pruned artifact was written and no accuracy was measured; use model.weights=random "
+                "(or a model with real weights) for both.")
+        meta = g.meta.setdefault("onnx_metadata", {})
+        if not cost_only:
+            from compiler.quant_onnx import nm_metadata
+            meta.update(nm_metadata({w: {"n": self.n, "m": self.m, "axis": 0, "method": self.method} for w in done}))
+        return PassResult(g, bool(done), stats)
+
+
+# ------------------------------------------------------------------------------------------------
+# from the config groups to passes (called by the driver)
+
+def compression_passes(cfg: Mapping, context, workload: Mapping) -> list[Pass]:
+    """The ``prune_nm`` / ``quantize`` passes that ``sparsity=`` / ``quant=`` ask for (in that
+    order; appended after the pipeline's own passes)."""
+    from passes import make_pass
+    out: list[Pass] = []
+    sp = dict(cfg.get("sparsity") or {})
+    scheme = str(sp.pop("scheme", "none"))
+    if scheme not in ("none", "nm"):
+        raise ConfigError(f"sparsity={scheme!r} is not a sparsity scheme; use none or nm.")
+    if scheme == "nm":
+        out.append(make_pass({"name": "prune_nm", **sp, "tokenizer_source": dict(cfg.get("model") or {}),
+                              "workload": dict(workload)}, context))
+    q = dict(cfg.get("quant") or {})
+    qs = str(q.get("scheme", "none"))
+    if qs != "none":
+        out.append(make_pass({"name": "quantize", **q, "tokenizer_source": dict(cfg.get("model") or {})}, context))
+    return out

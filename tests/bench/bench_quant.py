@@ -1,0 +1,185 @@
+"""Benchmark of quantization in onnxruntime CPU (prints a table; not a test).
+
+Models: ``minilm`` (all-MiniLM-L6-v2, real weights) at batch 1 and 8, sequence 128; ``gpt2``
+(the 124M config, seeded random weights) prefill of 128 tokens and one decode step at 128 cached
+tokens, batch 1 and 8. Variants, all from the same fp32 model:
+
+- ``rooftop fp32``: ``rooftop model=<m> pipeline=default hardware=cpu`` (quant=none);
+- ``rooftop <q>``: the same with ``quant=<q>`` for w8a16, w4a16, w8a8, fp8 (+ ``w4a16 acc0``:
+  ``quant.ort_accuracy_level=0``, fp32 activations in MatMulNBits);
+- ``ort quantize_dynamic``: ``onnxruntime.quantization.quantize_dynamic`` (QInt8 weights, per
+  channel) of the rooftop fp32 ``model.onnx``;
+- ``ort MatMulNBits``: ``onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer``
+  (4 bits, block 128, symmetric, accuracy level 4) of the same file.
+
+Latency: onnxruntime CPU, ``intra_op_num_threads=2``, default graph optimizations, each artifact's
+recorded session config (rooftop's MatMulNBits accuracy level), medians over round-robin rounds in
+one process (one run of each variant per round, shuffled order). Accuracy beside it: MiniLM
+embedding cosine, GPT-2 top-1 agreement and KL of next-token distributions, both against the
+rooftop fp32 model on the evaluation split of the shipped text (compiler/accuracy.py).
+FP8 on CPU is an accuracy simulation (DequantizeLinear to fp32): its latency is not FP8 latency.
+
+    .venv/bin/python tests/bench/bench_quant.py [--rounds 20] [--models minilm gpt2] [--samples 8]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+THREADS = int(os.environ.get("BENCH_THREADS", "2"))
+SEQ = 128
+SCHEMES = [("w8a16", []), ("w4a16", []), ("w4a16 acc0", ["quant.ort_accuracy_level=0"]), ("w8a8", []),
+           ("fp8", [])]
+
+
+def _compose(overrides):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from compiler.app import config_dir
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+        cfg = compose("config", overrides=list(overrides))
+    return OmegaConf.to_container(cfg, resolve=False) | {"hydra": None}
+
+
+def build_variants(model: str, work: Path, samples: int) -> tuple[dict[str, str], dict]:
+    """{variant: model path} and the model config."""
+    from compiler.pipeline import run
+    paths: dict[str, str] = {}
+    base = ["hardware=cpu", "pipeline=default", "report.html=false", "progress=false",
+            f"accuracy.samples={samples}"]
+    for name, extra in [("rooftop fp32", [])] + [(f"rooftop {q}", [f"quant={q.split()[0]}", *x]) for q, x in SCHEMES]:
+        out = work / name.replace(" ", "_")
+        t0 = time.perf_counter()
+        cfg = _compose([f"model={model}", *base, *extra])
+        run(cfg, str(out), show_progress=False)
+        paths[name] = str(out / "model.onnx")
+        print(f"  built {name:22s} {time.perf_counter() - t0:6.1f} s", flush=True)
+    import onnx
+    from onnx import inliner
+    # the peers get the fp32 model with rooftop's local functions inlined (they quantize graph-level
+    # MatMuls only) and quantize its MatMuls (quantize_dynamic would turn ONNX Attention into a
+    # QAttention that rejects the opset-23 attributes)
+    fp32 = str(work / "fp32_inlined.onnx")
+    onnx.save(inliner.inline_local_functions(onnx.load(paths["rooftop fp32"])), fp32)
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    p = str(work / "ort_dynamic.onnx")
+    quantize_dynamic(fp32, p, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
+    paths["ort quantize_dynamic"] = p
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    q = MatMulNBitsQuantizer(onnx.load(fp32), block_size=128, is_symmetric=True, accuracy_level=4)
+    q.process()
+    p = str(work / "ort_nbits.onnx")
+    q.model.save_model_to_file(p, use_external_data_format=False)
+    paths["ort MatMulNBits"] = p
+    return paths, _compose([f"model={model}"])["model"]
+
+
+def feeds(sess, batch: int, seq: int, past: int, vocab: int, rng) -> dict[str, np.ndarray]:
+    out = {}
+    for i in sess.get_inputs():
+        if i.name == "input_ids":
+            out[i.name] = rng.integers(0, vocab, (batch, seq)).astype(np.int64)
+        elif i.name == "position_ids":
+            out[i.name] = np.broadcast_to(np.arange(past, past + seq), (batch, seq)).astype(np.int64).copy()
+        elif i.name == "attention_mask":
+            out[i.name] = np.ones((batch, seq), np.int64)
+        elif i.name == "token_type_ids":
+            out[i.name] = np.zeros((batch, seq), np.int64)
+        elif i.name.startswith("past_"):
+            shape = [batch] + [past if isinstance(d, str) or d is None else d for d in i.shape[1:]]
+            out[i.name] = rng.standard_normal(shape).astype(np.float32)
+    return out
+
+
+def time_cases(paths: dict[str, str], cases, rounds: int, vocab: int) -> dict[tuple[str, str], float]:
+    from compiler.quant_onnx import make_session
+    sessions = {v: make_session(p, threads=THREADS) for v, p in paths.items()}
+    res = {}
+    rng = np.random.default_rng(0)
+    for case, (b, s, p) in cases.items():
+        f = {v: feeds(sess, b, s, p, vocab, rng) for v, sess in sessions.items()}
+        outs = {v: [sess.get_outputs()[0].name] for v, sess in sessions.items()}
+        for v, sess in sessions.items():      # warm up
+            for _ in range(2):
+                sess.run(outs[v], f[v])
+        times = {v: [] for v in sessions}
+        order = list(sessions)
+        for _ in range(rounds):
+            random.shuffle(order)
+            for v in order:
+                t0 = time.perf_counter()
+                sessions[v].run(outs[v], f[v])
+                times[v].append(time.perf_counter() - t0)
+        for v in sessions:
+            res[(v, case)] = float(np.median(times[v]))
+    return res
+
+
+def accuracy_of(paths: dict[str, str], model_cfg: dict, samples: int) -> dict[str, dict]:
+    import onnx
+
+    from compiler import accuracy
+    ref = paths["rooftop fp32"]
+    task = "embedding" if model_cfg.get("task") == "embedding" else "causal_lm"
+    m = onnx.load(ref)
+    vocab = next(int(onnx.numpy_helper.to_array(i).shape[0]) for i in m.graph.initializer
+                 if "wte" in i.name or "word_embeddings" in i.name or "lm_head" in i.name)
+    tok = accuracy.make_tokenizer(model_cfg, vocab)
+    paras = accuracy.load_paragraphs()
+    out = {}
+    for v, p in paths.items():
+        out[v] = accuracy.evaluate(ref, p, task=task, tokenizer=tok, paragraphs=paras, samples=samples,
+                                   seq_len=SEQ, threads=THREADS)
+    return out, vocab
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="+", default=["minilm", "gpt2"])
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--samples", type=int, default=8)
+    args = ap.parse_args(argv)
+    import onnxruntime as ort
+    print(f"onnxruntime {ort.__version__} CPU, {THREADS} threads, medians of {args.rounds} round-robin rounds")
+    for model in args.models:
+        with tempfile.TemporaryDirectory(prefix=f"bench_quant_{model}_") as tmp:
+            print(f"\n== {model}: building variants", flush=True)
+            paths, mcfg = build_variants(model, Path(tmp), args.samples)
+            acc, vocab = accuracy_of(paths, mcfg, args.samples)
+            if mcfg.get("task") == "embedding":
+                cases = {"b1 s128": (1, SEQ, 0), "b8 s128": (8, SEQ, 0)}
+            else:
+                cases = {"prefill b1": (1, SEQ, 0), "prefill b8": (8, SEQ, 0),
+                         "decode b1 @128": (1, 1, SEQ), "decode b8 @128": (8, 1, SEQ)}
+            t = time_cases(paths, cases, args.rounds, vocab)
+            metric = next(iter(acc.values()))["metric"]
+            head = f"{'variant':22s} " + " ".join(f"{c:>17s}" for c in cases) + f"  {metric:>18s}"
+            if metric == "top1_agreement":
+                head += f" {'KL nats':>9s}"
+            print(head)
+            base = {c: t[("rooftop fp32", c)] for c in cases}
+            for v in paths:
+                cells = " ".join(f"{t[(v, c)] * 1e3:8.2f}ms {t[(v, c)] / base[c]:5.2f}x" for c in cases)
+                a = acc[v]
+                line = f"{v:22s} {cells}  {a['value']:18.4f}"
+                if metric == "top1_agreement":
+                    line += f" {a['kl_nats']['mean']:9.5f}"
+                print(line, flush=True)
+            print(f"(accuracy: {acc['rooftop fp32']['samples']} samples, {acc['rooftop fp32']['tokens']} tokens, "
+                  f"tokenizer {acc['rooftop fp32']['tokenizer']}; ratios vs rooftop fp32)")
+
+
+if __name__ == "__main__":
+    main()

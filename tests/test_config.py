@@ -1,0 +1,180 @@
+"""Structured configs (issue 8): the schema in compiler/config.py is the one place for defaults,
+and an unknown or misspelled key anywhere exits 2 naming it and the nearest valid keys."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from compiler import config as schema
+from compiler.errors import ConfigError
+from tests.conftest import ROOT, compose, run_cli
+
+
+def _one_error(r):
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("rooftop: error:")]
+    assert len(lines) == 1, r.stderr[-2000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, key, near", [
+    (["foo=1"], "'foo'", None),
+    (["+foo=1"], "'foo'", None),
+    (["+quantize=int8"], "'quantize'", None),
+    (["+parallel.tp=2"], "'parallel'", None),
+    (["model.weigths=random"], "'model.weigths'", "model.weights"),
+    (["+workload.batchsize=4"], "'workload.batchsize'", "workload.batch"),
+    (["model=minilm", "+model.dtpye=float16"], "'model.dtpye'", "model.dtype"),
+    (["model=onnx", "+model.paht=x.onnx"], "'model.paht'", "model.path"),
+])
+def test_unknown_keys_on_the_command_line_exit_2(args, key, near, tmp_path):
+    r = run_cli(*args, f"hydra.run.dir={tmp_path / 'out'}")
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    line = _one_error(r)
+    assert f"unknown config key {key}" in line
+    assert "Valid keys" in line
+    if near:
+        assert f"Did you mean {near}" in line
+    assert not (tmp_path / "out").exists()  # refused before Hydra made the run directory
+
+
+def test_a_misspelled_key_inside_a_model_yaml_exits_2(tmp_path):
+    """`weigths: random` in a model YAML (found through Hydra's --config-dir) used to build the
+    default silently."""
+    cfg = yaml.safe_load((ROOT / "conf/model/llama_tiny.yaml").read_text())
+    cfg["name"] = "typo"
+    cfg["weigths"] = cfg.pop("weights")
+    (tmp_path / "conf/model").mkdir(parents=True)
+    (tmp_path / "conf/model/typo.yaml").write_text(yaml.safe_dump(cfg))
+    r = run_cli("--config-dir", str(tmp_path / "conf"), "model=typo", f"hydra.run.dir={tmp_path / 'out'}")
+    assert r.returncode == 2, r.stderr[-2000:]
+    line = _one_error(r)
+    assert "'model.weigths'" in line and "Did you mean model.weights" in line
+    assert "model/typo.yaml" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_changing_a_key_the_yaml_does_not_set_says_how_to_add_it(tmp_path):
+    r = run_cli("model.config.hidden_sise=64", f"hydra.run.dir={tmp_path}")
+    assert r.returncode == 2
+    assert "+model.config.hidden_sise=64" in _one_error(r)
+
+
+def test_validate_names_the_key_and_nearest_in_process():
+    cfg = compose(["model=gpt2_tiny"])
+    cfg["model"]["weigths"] = "random"
+    with pytest.raises(ConfigError, match=r"'model.weigths'.*Did you mean model.weights"):
+        schema.validate(cfg)
+    cfg = compose()
+    cfg["emit"]["verfy"] = False
+    with pytest.raises(ConfigError, match=r"'emit.verfy'.*Did you mean emit.verify"):
+        schema.validate(cfg)
+
+
+def test_hugging_face_config_kwargs_are_checked_against_transformers():
+    """model.config stays an open mapping, but a key transformers would store and ignore is refused;
+    keys it consumes under an older name (llama's rope_theta) pass."""
+    with pytest.raises(ConfigError, match=r"model.config.hidden_sise.*Did you mean model.config.hidden_size"):
+        schema.validate(compose(["+model.config.hidden_sise=64"]))
+    with pytest.raises(ConfigError, match=r"model.config.n_embdd.*Did you mean model.config.n_embd"):
+        schema.validate(compose(["model=gpt2_tiny", "+model.config.n_embdd=64"]))
+    assert schema.validate(compose(["model=llama2_7b"]))["model"]["config"]["rope_theta"] == 10000.0
+
+
+def test_config_yaml_repeats_the_schema_defaults():
+    """One place for each default: conf/config.yaml says what the dataclasses say (and
+    workload_of no longer has its own: prompt 512 / gen 128)."""
+    conf = yaml.safe_load((ROOT / "conf/config.yaml").read_text())
+    chosen = {next(iter(d)) for d in conf["defaults"] if isinstance(d, dict)}
+    for group, values in schema.defaults().items():
+        if group in chosen:  # a group with named choices (pipeline=, early_exit=): its none/default file
+            continue
+        assert conf[group] == values, group
+    assert yaml.safe_load((ROOT / "conf/early_exit/none.yaml").read_text())["mode"] == \
+        schema.defaults()["early_exit"]["mode"] == "none"
+    from compiler.pipeline import workload_of
+    assert workload_of({}) == {"batch": 1, "prompt_len": 512, "gen_len": 128, "context_len": 512}
+    assert schema.validate(compose())["workload"]["prompt_len"] == 512
+
+
+def test_every_shipped_model_and_pipeline_yaml_validates():
+    for f in sorted((ROOT / "conf/model").glob("*.yaml")):
+        out = schema.validate(compose([f"model={f.stem}"] + (["model.path=/x/m.onnx"] if f.stem == "onnx" else [])))
+        assert out["model"]["source"] in schema.VARIANTS["model"][1]
+    for f in sorted((ROOT / "conf/pipeline").glob("*.yaml")):
+        schema.validate(compose([f"pipeline={f.stem}"]))
+
+
+@pytest.mark.parametrize("over, match", [
+    ({"workload": {"batch": 0}}, "out of range"),
+    ({"workload": {"gen_len": -1}}, "out of range"),
+    ({"workload": {"batch": "zero"}}, "not an integer"),
+    ({"workload": {"batch": 2.5}}, "not an integer"),
+    ({"gate": {"max_tpot_ms": -1}}, "not positive"),
+    ({"gate": {"max_memory_gb": 0}}, "not positive"),
+    ({"slo": {"ttft_ms": -5}}, "not positive"),
+    ({"emit": {"enabled": "sometimes"}}, "auto, true, false"),
+    ({"report": {"html": "maybe"}}, "true or false"),
+    ({"memory": {"runtime_reserve_gb": -1}}, "negative"),
+])
+def test_values_are_typed_and_ranged(over, match):
+    cfg = compose()
+    for g, kv in over.items():
+        cfg[g].update(kv)
+    with pytest.raises(ConfigError, match=match):
+        schema.validate(cfg)
+
+
+def test_types_are_converted():
+    cfg = compose()
+    cfg["workload"].update(batch="4", context_len="100")
+    cfg["gate"]["max_ttft_ms"] = "12.5"
+    cfg["emit"]["enabled"] = "false"
+    out = schema.validate(cfg)
+    assert out["workload"]["batch"] == 4 and out["workload"]["context_len"] == 100
+    assert out["gate"]["max_ttft_ms"] == 12.5 and out["emit"]["enabled"] is False
+
+
+def test_schemas_are_in_hydras_config_store():
+    from hydra.core.config_store import ConfigStore
+    schema.register()
+    repo = ConfigStore.instance().repo
+    assert "rooftop.yaml" in repo["schema"]
+    assert {"hf_config.yaml", "minilm.yaml", "module.yaml", "onnx.yaml"} <= set(repo["schema"]["model"])
+
+
+def test_a_new_group_is_one_dataclass_and_one_field():
+    """The extension point other groups use: a dataclass field on RooftopConfig is validated
+    (unknown keys inside it refused) with no other change."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Toy:
+        tp: int = 1
+
+    Root = dataclasses.make_dataclass("Root", [("toy", Toy, dataclasses.field(default_factory=Toy))],
+                                      bases=(schema.RooftopConfig,))
+    cfg = compose()
+    cfg["toy"] = {"tp": "2"}
+    schema.check_keys(cfg, Root)
+    assert schema._fill(cfg, Root)["toy"] == {"tp": 2}
+    cfg["toy"] = {"tpp": 2}
+    with pytest.raises(ConfigError, match=r"'toy.tpp'.*Did you mean toy.tp"):
+        schema.check_keys(cfg, Root)
+
+
+def test_onnx_runs_are_named_after_the_file():
+    out = schema.validate(compose(["model=onnx", "model.path=/data/bert-base.onnx"]))
+    assert out["model"]["name"] == "bert-base"
+
+
+def test_exit_codes_are_documented_where_they_are_defined():
+    from compiler import errors
+    assert (errors.EXIT_OK, errors.EXIT_BAD_INPUT, errors.EXIT_GATE, errors.EXIT_EMIT, errors.EXIT_INTERRUPTED) == (0, 2, 3, 4, 130)
+    assert errors.ConfigError.exit_code == errors.ModelFileError.exit_code == errors.OutputDirError.exit_code == 2
+    assert errors.GateError.exit_code == 3 and errors.EmissionFailed.exit_code == errors.VerificationError.exit_code == 4
+    readme = Path(ROOT / "README.md").read_text()
+    for code in ("`0`", "`2`", "`3`", "`4`", "`130`"):
+        assert code in readme
