@@ -13,7 +13,7 @@ The experts node is expanded (:func:`translate`) into standard ONNX ops, per exp
 
     hit   = NonZero(Equal(top_k_index, e))          [2, n_e]   (token, slot) pairs routed to e
     x_e   = Gather(hidden, hit[0])                  [n_e, H]
-    w_e   = GatherND(top_k_weights, hitᵀ)           [n_e]
+    w_e   = Gather(ReduceSum(Where(hit_mask, top_k_weights, 0)), hit[0])   [n_e]
     y_e   = (SiLU(x_e·Wg_e) ∘ (x_e·Wu_e))·Wd_e ∘ w_e  [n_e, H]
     out   = ScatterND(0, concat(hit[0]), concat(y_e), reduction=add)    [T, H]
 
@@ -209,8 +209,10 @@ def translate(c, hidden, top_k_index, top_k_weights, gate_up, down, act, transpo
         eq = op("Equal", [top_k_index, c.const(e, "int64")], types=[TensorType("bool", (T, k))], expert=e, dispatch=True)
         nz = op("NonZero", [eq], types=[TensorType("int64", (2, n_e))], expert=e, dispatch=True)
         tok = op("Gather", [nz, c.const(0, "int64")], {"axis": 0}, types=[TensorType("int64", (n_e,))], expert=e, dispatch=True)
-        nzt = op("Transpose", [nz], {"perm": [1, 0]}, types=[TensorType("int64", (n_e, 2))], expert=e, dispatch=True)
-        w = op("GatherND", [top_k_weights, nzt], types=[TensorType(g.type(top_k_weights).dtype, (n_e,))], expert=e, dispatch=True)
+        wdt = g.type(top_k_weights).dtype
+        sel = op("Where", [eq, top_k_weights, c.const(0.0, wdt)], types=[TensorType(wdt, (T, k))], expert=e, dispatch=True)
+        wtok = op("ReduceSum", [sel], {"axes": [1], "keepdims": 0}, types=[TensorType(wdt, (T,))], expert=e, dispatch=True)
+        w = op("Gather", [wtok, tok], {"axis": 0}, types=[TensorType(wdt, (n_e,))], expert=e, dispatch=True)
         if g.type(w).dtype != dt:
             w = op("Cast", [w], {"to": _onnx_dtype(dt)}, types=[TensorType(dt, (n_e,))], expert=e, dispatch=True)
         x = op("Gather", [hidden, tok], {"axis": 0}, types=[TensorType(dt, (n_e, H))], expert=e)
