@@ -205,10 +205,14 @@ def precheck(argv: list[str]) -> list[str]:
 
 
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base=None)
-def _hydra_main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from compiler.pipeline import run, summary_line
     out_dir = HydraConfig.get().runtime.output_dir
+    if HydraConfig.get().mode == RunMode.MULTIRUN:  # a failed point is recorded, not fatal
+        from compiler.sweep import run_point
+        return run_point(cfg, out_dir)
     try:
         report = run(cfg, out_dir)
     except RooftopError as e:
@@ -234,6 +238,9 @@ def main() -> None:
         sys.argv = [sys.argv[0] + " calibrate"] + argv[1:]
         calibrate_main()
         return
+    if argv and argv[0] == "compare":
+        from compiler.compare import main as compare_main
+        sys.exit(compare_main(argv[1:]))
     try:
         try:
             hydra_argv = precheck(argv)
@@ -253,6 +260,10 @@ def main() -> None:
         finally:
             if single:
                 lock.release()
+        if not single:
+            from compiler.sweep import last_exit_code
+            if last_exit_code():
+                sys.exit(last_exit_code())
     except KeyboardInterrupt:
         print("rooftop: interrupted (Ctrl-C); nothing partial was left in the output directory.",
               file=sys.stderr)

@@ -180,6 +180,13 @@ class OnnxModel:
 
 
 @dataclass
+class SearchConfig:
+    """What a sweep optimizes (compiler/sweep.py; set by the conf/search/ Optuna recipes)."""
+    objective: Optional[str] = None      # throughput_tok_s | tpot_s | ttft_s | e2e_s | max_batch | ...
+    direction: Optional[str] = None      # maximize | minimize (None: the objective's own)
+
+
+@dataclass
 class RooftopConfig:
     """The whole composed config (``conf/config.yaml`` + groups)."""
     model: Any = None            # one of VARIANTS["model"], chosen by model.source
@@ -198,6 +205,7 @@ class RooftopConfig:
     quant: Dict[str, Any] = field(default_factory=lambda: {"scheme": "none"})
     sparsity: Dict[str, Any] = field(default_factory=lambda: {"scheme": "none"})
     accuracy: AccuracyConfig = field(default_factory=AccuracyConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     progress: bool = True
 
 

@@ -332,3 +332,13 @@ def save(g: Graph, out_path: str, *, external_data: bool | None = None) -> dict[
         os.rmdir(tmp)
     return {"path": base, "external_data": ext, "files": files, "weights_bytes": int(size),
             "nodes": len(model.graph.node), "opset": OPSET, "ir_version": IR_VERSION}
+
+
+def set_model_metadata(model: onnx.ModelProto, props: dict[str, str]) -> onnx.ModelProto:
+    """Set model-level ``metadata_props`` entries (replacing those with the same keys; the others
+    stay), in key order so the same props give the same bytes. Returns ``model``."""
+    keep = [(p.key, p.value) for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    for k, v in sorted(keep + [(str(k), str(v)) for k, v in props.items()]):
+        model.metadata_props.add(key=k, value=v)
+    return model

@@ -232,6 +232,7 @@ def import_with_source(cfg: Mapping, prog=None, *, keep_source: bool = False) ->
 
 def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[str, Any]:
     """Run the whole pipeline; returns the report dict."""
+    from compiler import provenance
     from compiler.analysis import analyze, gates, is_generative
     from compiler.config import validate
     from compiler.cost import CostModel
@@ -311,6 +312,7 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
                 t0 = time.perf_counter()
                 report = build_report(result, emit_info)
                 _compression_report(cfg, report, g, hw, reference, emit_info, stage, prog)
+                provenance.stamp(stage, cfg, report)
                 write_reports(report, stage, html=bool(cfg["report"]["html"]))
                 timings["report_s"] = time.perf_counter() - t0
             _commit(stage, out_dir)

@@ -65,3 +65,50 @@ def imported(name: str, **over):
 @pytest.fixture(scope="session")
 def llama2_7b():
     return imported("llama2_7b")
+
+
+# --- every report a test emits matches the shipped JSON Schema (compiler/schema/) ---------------
+
+def assert_valid_report(report) -> None:
+    """Fail the test unless ``report`` (a dict, or a path to report.json) matches
+    compiler/schema/report.schema.json."""
+    import json
+    from compiler import schema
+    if not isinstance(report, dict):
+        with open(report, encoding="utf-8") as f:
+            report = json.load(f)
+    problems = schema.errors(report, "report")
+    assert not problems, "report.json violates compiler/schema/report.schema.json:\n" + "\n".join(problems[:20])
+
+
+@pytest.fixture(autouse=True)
+def _validate_emitted_reports(request, monkeypatch):
+    """In-process runs: validate each report before it is written. Subprocess runs: validate every
+    report.json left under the test's tmp_path. Opt out with @pytest.mark.no_report_check (tests
+    that write broken reports on purpose)."""
+    if request.node.get_closest_marker("no_report_check"):
+        yield
+        return
+    import reports.report as rr
+    orig = rr.write_reports
+
+    def checked(report, out_dir, *a, **kw):
+        assert_valid_report(report)
+        return orig(report, out_dir, *a, **kw)
+
+    monkeypatch.setattr(rr, "write_reports", checked)
+    tmp = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    for p in sorted(tmp.rglob("report.json")) if tmp is not None else ():
+        assert_valid_report(p)
+
+
+@pytest.fixture(scope="session")
+def tiny_report(tmp_path_factory):
+    """One in-process run of gpt2_tiny (default pipeline, no emission): (report dict, out dir)."""
+    from compiler.pipeline import run
+    out = tmp_path_factory.mktemp("tiny_report")
+    report = run(compose(["model=gpt2_tiny", "emit.enabled=false", "report.html=false"]), str(out),
+                 show_progress=False)
+    assert_valid_report(report)
+    return report, out

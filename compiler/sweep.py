@@ -1,0 +1,605 @@
+"""Multiruns: one task per point that never takes the sweep down, and one summary per sweep.
+
+``rooftop -m hardware=a100_80g,h100_sxm workload.batch=1,8,64`` runs one point per combination
+(with any Hydra launcher: the basic one, joblib, Ray, submitit). Each point runs
+:func:`run_point`, which records its outcome in ``point.json`` beside its report — ``ok``,
+``gate`` (a ``gate.*`` budget was exceeded; the report is written), ``infeasible`` (a search
+constraint was violated: pruned, see below) or ``failed`` (no report; the error says why) — and
+returns the search objective when one is set. At the end of the multirun the Hydra callback
+:class:`SweepSummary` (``hydra.callbacks.sweep_summary`` in conf/config.yaml) reads every point
+directory and writes, in the sweep directory:
+
+- ``sweep.json`` (schema: compiler/schema/sweep.schema.json): one row per point — its overrides,
+  predicted TTFT / TPOT / throughput, memory, max batch, accuracy where measured, status and error
+  — sorted (best first), with the Pareto front marked;
+- ``sweep.md``: the same table;
+- ``sweep.html``: self-contained (plots inlined as base64 PNG): the table, the Pareto front of
+  latency vs memory (vs accuracy when measured), throughput vs batch per hardware, and for a
+  search the objective per trial.
+
+Search (``search.objective`` set, e.g. by ``search=throughput``, which also selects the Optuna
+sweeper): a point that violates a constraint — ``slo.ttft_ms`` / ``slo.tpot_ms`` at the point's
+batch, the hardware's memory, or any ``gate.*`` budget — is *infeasible*: its objective is the
+worst value (−inf when maximizing, +inf when minimizing), so the sampler learns to avoid it, and
+nothing is emitted (the recipes set ``emit.enabled=false``).
+
+The sweep command exits with the first failed point's code (2 or 4, 1 for an internal error),
+else 3 if a point exceeded a gate, else 0 (infeasible search points are not failures).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import math
+import os
+import traceback
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+
+from compiler.errors import ConfigError, GateError, RooftopError
+
+log = logging.getLogger("rooftop")
+
+POINT_FILE = "point.json"
+SCHEMA_VERSION = "1.0"
+EXIT_INTERNAL = 1
+
+# objective name -> (path in report.json, natural direction)
+OBJECTIVES: dict[str, tuple[str, str]] = {
+    "throughput_tok_s": ("latency.throughput_tok_s", "maximize"),
+    "decode_throughput_tok_s": ("latency.decode_throughput_tok_s", "maximize"),
+    "tpot_s": ("latency.tpot_s", "minimize"),
+    "ttft_s": ("latency.ttft_s", "minimize"),
+    "e2e_s": ("latency.e2e_s", "minimize"),
+    "memory_bytes": ("memory.total_bytes", "minimize"),
+    "max_batch": ("capacity.max_batch", "maximize"),
+    "max_batch_slo": ("capacity.max_batch_slo", "maximize"),
+    "accuracy": ("accuracy.value", "maximize"),
+}
+
+# the last summary written in this process (compiler.app reads its exit code)
+_LAST: dict[str, Any] = {}
+
+
+def _get(doc: Mapping | None, dotted: str):
+    cur: Any = doc
+    for k in dotted.split("."):
+        if not isinstance(cur, Mapping) or k not in cur:
+            return None
+        cur = cur[k]
+    return cur
+
+
+def search_settings(cfg: Mapping) -> dict[str, str] | None:
+    """``{"metric", "direction"}`` when ``search.objective`` is set, else None (a plain sweep)."""
+    s = _get(cfg, "search") or {}
+    obj = s.get("objective") if isinstance(s, Mapping) else None
+    if obj in (None, "", "none"):
+        return None
+    if obj not in OBJECTIVES:
+        raise ConfigError(f"search.objective={obj!r} is not a known objective; use one of "
+                          f"{', '.join(OBJECTIVES)} (e.g. search.objective=throughput_tok_s).")
+    direction = s.get("direction") or OBJECTIVES[obj][1]
+    if direction not in ("minimize", "maximize"):
+        raise ConfigError(f"search.direction={direction!r} must be minimize or maximize.")
+    return {"metric": str(obj), "direction": str(direction)}
+
+
+def objective_value(report: Mapping, metric: str) -> float | None:
+    v = _get(report, OBJECTIVES[metric][0])
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def constraint_violations(cfg: Mapping, report: Mapping) -> list[str]:
+    """Search constraints the point violates: SLOs at its own batch and the hardware's memory."""
+    out = []
+    slo = _get(cfg, "slo") or {}
+    lat = report.get("latency") or {}
+    for key, metric in (("ttft_ms", "ttft_s"), ("tpot_ms", "tpot_s")):
+        lim, val = slo.get(key), lat.get(metric)
+        if lim is not None and val is not None and val * 1e3 > float(lim):
+            out.append(f"slo.{key}: {metric[:4].upper()} {val * 1e3:.4g} ms > {float(lim):.4g} ms")
+    mem = report.get("memory") or {}
+    if mem.get("total_bytes") is not None and mem.get("capacity_bytes") is not None \
+            and mem["total_bytes"] > mem["capacity_bytes"]:
+        out.append(f"memory: needs {mem['total_bytes'] / 1e9:.4g} GB, the hardware has "
+                   f"{mem['capacity_bytes'] / 1e9:.4g} GB")
+    return out
+
+
+def _worst(direction: str) -> float:
+    return -math.inf if direction == "maximize" else math.inf
+
+
+def _job_info() -> tuple[int | None, list[str]]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        hc = HydraConfig.get()
+        return int(hc.job.num), list(hc.overrides.task)
+    except Exception:  # noqa: BLE001 - outside Hydra (tests call run_point directly)
+        return None, []
+
+
+def run_point(cfg: Any, out_dir: str) -> float | None:
+    """One multirun point: run the pipeline and record the outcome in ``out_dir/point.json``.
+
+    Never raises for a failed point (the sweep goes on and the summary lists it). Returns the
+    search objective (the worst value for an infeasible or failed point), or None in a plain sweep.
+    """
+    from omegaconf import DictConfig, OmegaConf
+    from compiler.pipeline import run
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    job, overrides = _job_info()
+    rec: dict[str, Any] = {"job": job, "overrides": overrides, "status": "ok", "exit_code": 0,
+                           "error": None, "objective": None}
+    search = None
+    report = None
+    try:
+        search = search_settings(plain)
+        report = run(cfg, out_dir)
+        if search:
+            bad = constraint_violations(plain, report)
+            if bad:
+                rec.update(status="infeasible", error="; ".join(bad))
+    except GateError as e:
+        rec.update(status="infeasible" if search else "gate", exit_code=0 if search else e.exit_code,
+                   error=" ".join(str(e).split()))
+        report = _read_json(os.path.join(out_dir, "report.json"))
+    except RooftopError as e:
+        rec.update(status="failed", exit_code=e.exit_code, error=" ".join(str(e).split()))
+    except Exception as e:  # noqa: BLE001 - a bug; still recorded, the sweep goes on
+        tb = traceback.format_exception_only(type(e), e)[-1].strip()
+        rec.update(status="failed", exit_code=EXIT_INTERNAL,
+                   error=f"internal error (a rooftop bug, please report it): {tb}")
+        log.error("point %s failed:\n%s", job, traceback.format_exc())
+    if search:
+        val = objective_value(report, search["metric"]) if report and rec["status"] == "ok" else None
+        rec["objective"] = val
+        ret = val if val is not None else _worst(search["direction"])
+    else:
+        ret = None
+    os.makedirs(out_dir, exist_ok=True)
+    _write(os.path.join(out_dir, POINT_FILE), json.dumps(rec, indent=1, sort_keys=True) + "\n")
+    _print_point(rec, report, out_dir)
+    return ret
+
+
+def _print_point(rec, report, out_dir):
+    tag = f"#{rec['job']}" if rec["job"] is not None else ""
+    ov = " ".join(rec["overrides"])
+    if report and rec["status"] in ("ok", "gate", "infeasible"):
+        lat = report["latency"]
+        tpot = f", TPOT {lat['tpot_s'] * 1e3:.3f} ms" if lat.get("tpot_s") is not None else ""
+        msg = f"TTFT {lat['ttft_s'] * 1e3:.3f} ms{tpot}, max batch {report['capacity']['max_batch']}"
+        if rec["status"] != "ok":
+            msg += f" [{rec['status']}: {rec['error']}]"
+    else:
+        msg = f"[{rec['status']} (exit {rec['exit_code']}): {rec['error']}]"
+    print(f"rooftop {tag} {ov}: {msg}", flush=True)
+
+
+def _read_json(path: str | os.PathLike) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _write(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# the summary
+
+def _point_dirs(sweep_dir: Path) -> list[Path]:
+    """Every directory under the sweep directory that Hydra set up for a job."""
+    return sorted({p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")})
+
+
+def _job_num(d: Path, rec: Mapping | None) -> int:
+    if rec and rec.get("job") is not None:
+        return int(rec["job"])
+    import yaml
+    try:
+        with open(d / ".hydra" / "hydra.yaml", encoding="utf-8") as f:
+            return int(yaml.safe_load(f)["hydra"]["job"]["num"])
+    except Exception:  # noqa: BLE001
+        return -1
+
+
+def collect_rows(sweep_dir: str | os.PathLike, search: Mapping | None = None) -> list[dict[str, Any]]:
+    """One row per point directory of the sweep (unsorted)."""
+    import yaml
+    sweep_dir = Path(sweep_dir)
+    rows = []
+    for d in _point_dirs(sweep_dir):
+        rec = _read_json(d / POINT_FILE)
+        try:
+            with open(d / ".hydra" / "overrides.yaml", encoding="utf-8") as f:
+                overrides = [str(o) for o in (yaml.safe_load(f) or [])]
+        except OSError:
+            overrides = list((rec or {}).get("overrides") or [])
+        report = _read_json(d / "report.json") if (d / "report.json").is_file() else None
+        if rec is None:
+            rec = {"status": "failed", "exit_code": EXIT_INTERNAL, "objective": None,
+                   "error": "no outcome was recorded: the job died before it finished (killed, out of "
+                            "memory, or the launcher lost it); see its log in " + str(d.relative_to(sweep_dir))}
+        lat = (report or {}).get("latency") or {}
+        acc = (report or {}).get("accuracy") or {}
+        row = {
+            "job": _job_num(d, rec), "dir": str(d.relative_to(sweep_dir)), "overrides": overrides,
+            "status": rec["status"], "exit_code": int(rec["exit_code"]), "error": rec.get("error"),
+            "model": _get(report, "model.name"), "hardware": _get(report, "hardware.name"),
+            "batch": _get(report, "workload.batch"),
+            "ttft_s": lat.get("ttft_s"), "tpot_s": lat.get("tpot_s"), "e2e_s": lat.get("e2e_s"),
+            "throughput_tok_s": lat.get("throughput_tok_s"),
+            "memory_bytes": _get(report, "memory.total_bytes"),
+            "memory_capacity_bytes": _get(report, "memory.capacity_bytes"),
+            "max_batch": _get(report, "capacity.max_batch"),
+            "max_batch_slo": _get(report, "capacity.max_batch_slo"),
+            "accuracy": acc.get("value") if isinstance(acc, Mapping) else None,
+            "accuracy_metric": acc.get("metric") if isinstance(acc, Mapping) else None,
+            "objective": rec.get("objective"),
+            "pareto": False,
+            "report": str((d / "report.json").relative_to(sweep_dir)) if report is not None else None,
+        }
+        rows.append(row)
+    return rows
+
+
+def pareto_axes(rows: Sequence[Mapping]) -> list[dict[str, str]]:
+    """Latency (TPOT, or TTFT for encoders) and memory minimized, throughput maximized (a bigger
+    batch trades latency for throughput), and accuracy maximized when every ok point measured it."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    lat = "tpot_s" if ok and all(r["tpot_s"] is not None for r in ok) else "ttft_s"
+    axes = [{"metric": lat, "direction": "minimize"}, {"metric": "memory_bytes", "direction": "minimize"},
+            {"metric": "throughput_tok_s", "direction": "maximize"}]
+    if ok and all(r["accuracy"] is not None for r in ok):
+        axes.append({"metric": "accuracy", "direction": "maximize"})
+    return axes
+
+
+def pareto_front(rows: Sequence[Mapping], axes: Sequence[Mapping]) -> list[int]:
+    """Job numbers of the ok points no other ok point dominates (≤ on every axis, < on one)."""
+    pts = []
+    for r in rows:
+        if r["status"] != "ok" or any(r[a["metric"]] is None for a in axes):
+            continue
+        pts.append((r["job"], [r[a["metric"]] * (1 if a["direction"] == "minimize" else -1) for a in axes]))
+    front = []
+    for j, v in pts:
+        dominated = any(all(x <= y for x, y in zip(w, v)) and any(x < y for x, y in zip(w, v))
+                        for k, w in pts if k != j)
+        if not dominated:
+            front.append(j)
+    return sorted(front)
+
+
+_STATUS_RANK = {"ok": 0, "gate": 1, "infeasible": 2, "failed": 3}
+
+
+def sort_rows(rows: list[dict], search: Mapping | None) -> list[dict]:
+    def key(r):
+        if search and r["objective"] is not None:
+            v = r["objective"] * (-1 if search["direction"] == "maximize" else 1)
+        elif r["throughput_tok_s"] is not None:
+            v = -r["throughput_tok_s"]
+        else:
+            v = math.inf
+        return (_STATUS_RANK[r["status"]], v, r["job"])
+    return sorted(rows, key=key)
+
+
+def sweep_exit_code(rows: Sequence[Mapping]) -> int:
+    failed = sorted((r["job"], r["exit_code"]) for r in rows if r["status"] == "failed")
+    if failed:
+        return failed[0][1] or EXIT_INTERNAL
+    return 3 if any(r["status"] == "gate" for r in rows) else 0
+
+
+def summarize(sweep_dir: str | os.PathLike, search: Mapping | None = None, *, sweeper: str = "",
+              launcher: str = "") -> dict[str, Any]:
+    """The sweep.json document for ``sweep_dir``."""
+    rows = collect_rows(sweep_dir, search)
+    axes = pareto_axes(rows)
+    front = pareto_front(rows, axes)
+    for r in rows:
+        r["pareto"] = r["job"] in front
+    rows = sort_rows(rows, search)
+    best = None
+    if search:
+        cand = [r for r in rows if r["status"] == "ok" and r["objective"] is not None]
+        best = cand[0]["job"] if cand else None
+    counts = {s: sum(1 for r in rows if r["status"] == s) for s in ("ok", "gate", "infeasible", "failed")}
+    return {"schema_version": SCHEMA_VERSION, "kind": "search" if search else "sweep",
+            "sweeper": sweeper, "launcher": launcher, "points": len(rows), "counts": counts,
+            "exit_code": sweep_exit_code(rows), "objective": dict(search) if search else None,
+            "best": best, "pareto": {"axes": axes, "jobs": front}, "rows": rows}
+
+
+def write_summary(sweep_dir: str | os.PathLike, doc: Mapping) -> list[str]:
+    sweep_dir = Path(sweep_dir)
+    _write(str(sweep_dir / "sweep.json"), json.dumps(doc, indent=1) + "\n")
+    _write(str(sweep_dir / "sweep.md"), render_markdown(doc))
+    _write(str(sweep_dir / "sweep.html"), render_html(doc, sweep_dir))
+    return ["sweep.json", "sweep.md", "sweep.html"]
+
+
+class SweepSummary(Callback):
+    """Hydra callback: writes sweep.json / sweep.md / sweep.html when a multirun ends."""
+
+    def on_multirun_end(self, config, **kwargs: Any) -> None:
+        from omegaconf import OmegaConf
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if not sweep_dir.is_dir():
+            return
+        plain = OmegaConf.to_container(config, resolve=False)
+        try:
+            search = search_settings(plain)
+        except ConfigError:
+            search = None       # every point already recorded the error
+        sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).rsplit(".", 1)[-1]
+        launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default="")).rsplit(".", 1)[-1]
+        doc = summarize(sweep_dir, search, sweeper=sweeper, launcher=launcher)
+        write_summary(sweep_dir, doc)
+        _LAST.clear()
+        _LAST.update(doc)
+        c = doc["counts"]
+        best = ""
+        if doc["best"] is not None:
+            b = next(r for r in doc["rows"] if r["job"] == doc["best"])
+            best = (f"; best #{b['job']} {_shown(b, _varying(doc)[0])} "
+                    f"({doc['objective']['metric']} = {b['objective']:.6g})")
+        print(f"rooftop: sweep of {doc['points']} points (ok {c['ok']}, gate {c['gate']}, "
+              f"infeasible {c['infeasible']}, failed {c['failed']}){best} -> {sweep_dir / 'sweep.html'}",
+              flush=True)
+
+
+def last_exit_code() -> int:
+    """Exit code of the last summary this process wrote (0 when none)."""
+    return int(_LAST.get("exit_code", 0))
+
+
+# ------------------------------------------------------------------------------------------------
+# rendering
+
+def _ms(v):
+    return "—" if v is None else f"{v * 1e3:.4g}"
+
+
+def _gb(v):
+    return "—" if v is None else f"{v / 1e9:.4g}"
+
+
+def _num(v, fmt="{:.4g}"):
+    return "—" if v is None else fmt.format(v)
+
+
+def _varying(doc) -> tuple[set[str], list[str]]:
+    """Override keys whose value differs between points, and the overrides all points share."""
+    vals: dict[str, set[str]] = {}
+    for r in doc["rows"]:
+        for o in r["overrides"]:
+            k, _, v = o.partition("=")
+            vals.setdefault(k, set()).add(v)
+    n = len(doc["rows"])
+    common = sorted({o for r in doc["rows"] for o in r["overrides"]
+                     if len(vals[o.partition("=")[0]]) == 1
+                     and sum(o in q["overrides"] for q in doc["rows"]) == n})
+    return {k for k in vals} - {o.partition("=")[0] for o in common}, common
+
+
+def _shown(r, varying) -> str:
+    return " ".join(o for o in r["overrides"] if o.partition("=")[0] in varying) or "(common only)"
+
+
+COLUMNS = [("#", lambda r: str(r["job"])), ("overrides", None),
+           ("status", lambda r: r["status"]), ("TTFT ms", lambda r: _ms(r["ttft_s"])),
+           ("TPOT ms", lambda r: _ms(r["tpot_s"])), ("throughput tok/s", lambda r: _num(r["throughput_tok_s"])),
+           ("memory GB", lambda r: _gb(r["memory_bytes"])), ("max batch", lambda r: _num(r["max_batch"], "{}")),
+           ("accuracy", lambda r: _num(r["accuracy"])), ("Pareto", lambda r: "★" if r["pareto"] else "")]
+
+
+def _columns(doc):
+    varying, _ = _varying(doc)
+    cols = [(h, f if f is not None else (lambda r: _shown(r, varying))) for h, f in COLUMNS]
+    if doc["objective"]:
+        cols.insert(3, (doc["objective"]["metric"], lambda r: _num(r["objective"], "{:.6g}")))
+    return cols
+
+
+def _headline(doc) -> list[str]:
+    c = doc["counts"]
+    lines = [f"{doc['points']} points: {c['ok']} ok, {c['gate']} over a gate, {c['infeasible']} infeasible, "
+             f"{c['failed']} failed. Exit code {doc['exit_code']}."]
+    if doc["objective"]:
+        o = doc["objective"]
+        if doc["best"] is not None:
+            b = next(r for r in doc["rows"] if r["job"] == doc["best"])
+            lines.append(f"Search: {o['direction']} {o['metric']}. Best: #{b['job']} "
+                         f"`{_shown(b, _varying(doc)[0])}` = {b['objective']:.6g}.")
+        else:
+            lines.append(f"Search: {o['direction']} {o['metric']}. No feasible point.")
+    _, common = _varying(doc)
+    if common:
+        lines.append(f"Common to every point: `{' '.join(common)}`.")
+    axes = ", ".join(f"{a['metric']} ({'min' if a['direction'] == 'minimize' else 'max'})" for a in doc["pareto"]["axes"])
+    lines.append(f"Pareto front over {axes}: " + (", ".join(f"#{j}" for j in doc["pareto"]["jobs"]) or "none") + ".")
+    return lines
+
+
+def render_markdown(doc: Mapping) -> str:
+    cols = _columns(doc)
+    out = ["# rooftop sweep", "", *_headline(doc), "",
+           "| " + " | ".join(h for h, _ in cols) + " |", "|" + "---|" * len(cols)]
+    for r in doc["rows"]:
+        out.append("| " + " | ".join(f(r).replace("|", "\\|") for _, f in cols) + " |")
+    bad = [r for r in doc["rows"] if r["error"]]
+    if bad:
+        out += ["", "## Points not ok", ""]
+        out += [f"- #{r['job']} ({r['status']}, exit {r['exit_code']}) `{' '.join(r['overrides'])}`: {r['error']}"
+                for r in bad]
+    out += ["", "Units: ms, GB (10⁹ bytes), tokens/s. Each point's full report: `<dir>/report.json`.", ""]
+    return "\n".join(out)
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _series_key(r: Mapping, varying: set[str]) -> str:
+    rest = [o for o in r["overrides"] if o.partition("=")[0] in varying
+            and o.partition("=")[0].lstrip("+~") not in ("workload.batch", "hardware")]
+    return f"{r['hardware']}" + (f" · {' '.join(rest)}" if rest else "")
+
+
+def plots(doc: Mapping, sweep_dir: str | os.PathLike | None = None) -> list[tuple[str, str]]:
+    """(title, base64 PNG) for the HTML page."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out = []
+    varying, _ = _varying(doc)
+    ok = [r for r in doc["rows"] if r["status"] in ("ok", "gate", "infeasible") and r["memory_bytes"] is not None]
+    axes = doc["pareto"]["axes"]
+    lat = axes[0]["metric"]
+    pts = [r for r in ok if r[lat] is not None]
+    if pts:
+        fig, ax = plt.subplots(figsize=(7.2, 4.6))
+        has_acc = any(a["metric"] == "accuracy" for a in axes)
+        colors = {"ok": "#4c72b0", "gate": "#dd8452", "infeasible": "#999999"}
+        for st in ("ok", "gate", "infeasible"):
+            sel = [r for r in pts if r["status"] == st]
+            if not sel:
+                continue
+            kw = {}
+            if has_acc and st == "ok":
+                kw = {"c": [r["accuracy"] for r in sel], "cmap": "viridis"}
+            else:
+                kw = {"color": colors[st]}
+            sc = ax.scatter([r[lat] * 1e3 for r in sel], [r["memory_bytes"] / 1e9 for r in sel], s=36,
+                            label=st if st != "ok" else "points", zorder=2, **kw)
+            if has_acc and st == "ok":
+                fig.colorbar(sc, ax=ax, label=f"accuracy ({sel[0]['accuracy_metric']})")
+        front = sorted((r for r in pts if r["pareto"]), key=lambda r: r[lat])
+        if front:
+            ax.scatter([r[lat] * 1e3 for r in front], [r["memory_bytes"] / 1e9 for r in front], s=140,
+                       facecolors="none", edgecolors="#c44e52", lw=1.6, label="Pareto front", zorder=3)
+        for r in pts:
+            ax.annotate(f"#{r['job']}", (r[lat] * 1e3, r["memory_bytes"] / 1e9), textcoords="offset points",
+                        xytext=(5, 4), fontsize=7, color="#333333")
+        ax.set_xlabel(f"{'TPOT' if lat == 'tpot_s' else 'TTFT'} (ms, predicted)")
+        ax.set_ylabel("memory (GB: weights + KV + activations + reserve)")
+        ax.set_title("Latency vs memory" + (" vs accuracy" if has_acc else "")
+                     + " — Pareto front (also over throughput)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+        out.append(("Latency vs memory" + (" vs accuracy" if has_acc else ""), _png(fig)))
+        plt.close(fig)
+
+    # throughput vs batch, one curve per hardware (and per other override set)
+    curves: dict[str, tuple[list, list, list]] = {}
+    if sweep_dir is not None:
+        for r in ok:
+            key = _series_key(r, varying)
+            if key in curves or not r["report"]:
+                continue
+            rep = _read_json(Path(sweep_dir) / r["report"]) or {}
+            tvb = [t for t in rep.get("throughput_vs_batch") or [] if t.get("fits", True)]
+            curves[key] = ([t["batch"] for t in tvb], [t["throughput_tok_s"] for t in tvb], [])
+        for r in ok:
+            if r["tpot_s"] and r["batch"] and _series_key(r, varying) in curves:
+                curves[_series_key(r, varying)][2].append((r["batch"], r["batch"] / r["tpot_s"], r["job"]))
+    if any(c[0] for c in curves.values()):
+        fig, ax = plt.subplots(figsize=(7.2, 4.6))
+        for key, (bx, ty, marks) in sorted(curves.items()):
+            if not bx:
+                continue
+            line, = ax.plot(bx, ty, "-o", ms=3, lw=1.4, label=key)
+            for b, t, j in marks:
+                ax.scatter([b], [t], s=60, color=line.get_color(), edgecolors="black", zorder=3)
+                ax.annotate(f"#{j}", (b, t), textcoords="offset points", xytext=(5, -10), fontsize=7)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch (sequences)")
+        ax.set_ylabel("decode throughput (tokens/s, predicted)")
+        ax.set_title("Throughput vs batch per hardware (batches that fit in memory; ● = swept points)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        out.append(("Throughput vs batch", _png(fig)))
+        plt.close(fig)
+
+    if doc["objective"]:
+        trials = sorted((r for r in doc["rows"]), key=lambda r: r["job"])
+        o = doc["objective"]
+        fig, ax = plt.subplots(figsize=(7.2, 3.6))
+        best, xs, ys = None, [], []
+        for r in trials:
+            v = r["objective"] if r["status"] == "ok" else None
+            if v is not None:
+                ax.scatter([r["job"]], [v], color="#4c72b0", s=28, zorder=2)
+                best = v if best is None else (max(best, v) if o["direction"] == "maximize" else min(best, v))
+            else:
+                ax.axvline(r["job"], color="#cccccc", lw=0.8, zorder=0)
+            xs.append(r["job"])
+            ys.append(best)
+        ax.step(xs, [y if y is not None else math.nan for y in ys], where="post", color="#c44e52",
+                label="best so far")
+        ax.set_xlabel("trial (job number); grey lines: infeasible or failed")
+        ax.set_ylabel(o["metric"])
+        ax.set_title(f"Search: {o['direction']} {o['metric']}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        out.append(("Search trials", _png(fig)))
+        plt.close(fig)
+    return out
+
+
+_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#222}
+table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ddd;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}td.l{text-align:left;font-family:ui-monospace,monospace}
+th.l{text-align:left}tr.pareto td{background:#eef8ee}tr.failed td{background:#fdecea}tr.gate td,tr.infeasible td{color:#777}
+tr.best td{font-weight:bold}.err{font-family:ui-monospace,monospace;font-size:12px;white-space:pre-wrap}
+img{max-width:100%;border:1px solid #eee;margin:8px 0}"""
+
+
+def render_html(doc: Mapping, sweep_dir: str | os.PathLike | None = None) -> str:
+    cols = _columns(doc)
+    e = html.escape
+    head = "".join(f"<p>{e(line).replace('`', '')}</p>" for line in _headline(doc))
+    th = "".join(f"<th class=\"{'l' if h in ('overrides', 'status') else ''}\">{e(h)}</th>" for h, _ in cols)
+    trs = []
+    for r in doc["rows"]:
+        cls = [r["status"]] + (["pareto"] if r["pareto"] else []) + (["best"] if r["job"] == doc["best"] else [])
+        tds = "".join(f"<td class=\"{'l' if h in ('overrides', 'status') else ''}\">{e(f(r))}</td>" for h, f in cols)
+        trs.append(f"<tr class=\"{' '.join(cls)}\">{tds}</tr>")
+    bad = [r for r in doc["rows"] if r["error"]]
+    errs = ""
+    if bad:
+        errs = "<h2>Points not ok</h2><ul>" + "".join(
+            f"<li>#{r['job']} <b>{e(r['status'])}</b> (exit {r['exit_code']}) <code>{e(' '.join(r['overrides']))}</code>"
+            f"<div class=\"err\">{e(r['error'])}</div></li>" for r in bad) + "</ul>"
+    imgs = "".join(f"<h2>{e(t)}</h2><img alt=\"{e(t)}\" src=\"data:image/png;base64,{b}\">"
+                   for t, b in plots(doc, sweep_dir))
+    return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>rooftop sweep</title>"
+            f"<style>{_CSS}</style></head><body><h1>rooftop sweep</h1>{head}"
+            f"<table><thead><tr>{th}</tr></thead><tbody>{''.join(trs)}</tbody></table>"
+            f"<p>Units: ms, GB (10⁹ bytes), tokens/s. ★ = on the Pareto front. Rows: best first; "
+            f"each point's report is in its directory.</p>{errs}{imgs}</body></html>\n")
+
+
+__all__ = ["run_point", "SweepSummary", "summarize", "write_summary", "collect_rows", "pareto_front",
+           "pareto_axes", "search_settings", "constraint_violations", "last_exit_code", "OBJECTIVES"]

@@ -1,0 +1,148 @@
+"""Multirun summary (sweep.json / sweep.md / sweep.html) and the Optuna search recipes.
+
+Points use a one-layer ONNX decoder (tests/onnx_models.make_kv_model) with emission off, so a point
+costs well under a second; the sweeps run through the real ``rooftop -m`` command.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pytest
+
+from compiler import schema
+from compiler.sweep import pareto_front, sweep_exit_code
+from tests.conftest import run_cli
+from tests.onnx_models import make_kv_model
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    return {"mha": make_kv_model(str(d / "mha.onnx"), vocab=512, heads=4, head_dim=32),
+            "gqa": make_kv_model(str(d / "gqa.onnx"), vocab=512, heads=4, head_dim=32, kv_heads=1)}
+
+
+def _sweep(tmp_path, name, *args):
+    out = tmp_path / name
+    r = run_cli("-m", *args, f"hydra.sweep.dir={out}", timeout=600)
+    doc = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").is_file() else None
+    return r, out, doc
+
+
+def _dominates(a, b, axes):
+    s = [1 if ax["direction"] == "minimize" else -1 for ax in axes]
+    va = [a[ax["metric"]] * k for ax, k in zip(axes, s)]
+    vb = [b[ax["metric"]] * k for ax, k in zip(axes, s)]
+    return all(x <= y for x, y in zip(va, vb)) and any(x < y for x, y in zip(va, vb))
+
+
+def test_three_point_sweep_lists_every_point_and_the_failed_one(models, tmp_path):
+    missing = str(tmp_path / "missing.onnx")
+    r, out, doc = _sweep(tmp_path, "sweep", "model=onnx", f"model.path={models['mha']},{models['gqa']},{missing}",
+                         "hardware=h100_sxm", "workload.batch=8", "emit.enabled=false")
+    assert r.returncode == 2, r.stderr          # the failed point's exit code (bad input)
+    assert "sweep of 3 points (ok 2, gate 0, infeasible 0, failed 1)" in r.stdout
+    assert schema.errors(doc, "sweep") == []
+    assert doc["points"] == 3 and doc["counts"] == {"ok": 2, "gate": 0, "infeasible": 0, "failed": 1}
+    rows = {next(o for o in row["overrides"] if o.startswith("model.path=")).split("=")[1]: row for row in doc["rows"]}
+    failed = rows[missing]
+    assert failed["status"] == "failed" and failed["exit_code"] == 2 and "does not exist" in failed["error"]
+    assert failed["report"] is None and not (out / failed["dir"] / "report.json").exists()
+    assert doc["rows"][-1] is not None and doc["rows"][-1]["status"] == "failed"     # failures last
+    for key in ("mha", "gqa"):
+        row = rows[models[key]]
+        rep = json.loads((out / row["report"]).read_text())
+        assert row["status"] == "ok" and row["error"] is None
+        assert row["ttft_s"] == rep["latency"]["ttft_s"] and row["tpot_s"] == rep["latency"]["tpot_s"]
+        assert row["throughput_tok_s"] == rep["latency"]["throughput_tok_s"]
+        assert row["memory_bytes"] == rep["memory"]["total_bytes"]
+        assert row["max_batch"] == rep["capacity"]["max_batch"] and row["batch"] == 8
+        assert row["hardware"] == "h100_sxm" and row["accuracy"] is None
+    # GQA keeps a quarter of the KV cache: less memory per point
+    assert rows[models["gqa"]]["memory_bytes"] < rows[models["mha"]]["memory_bytes"]
+    ok = [row for row in doc["rows"] if row["status"] == "ok"]
+    assert [row["throughput_tok_s"] for row in ok] == sorted((row["throughput_tok_s"] for row in ok), reverse=True)
+    # the Pareto front, re-derived
+    axes = doc["pareto"]["axes"]
+    front = [row for row in ok if not any(_dominates(o, row, axes) for o in ok if o is not row)]
+    assert sorted(row["job"] for row in front) == doc["pareto"]["jobs"]
+    assert all(row["pareto"] == (row["job"] in doc["pareto"]["jobs"]) for row in doc["rows"])
+
+    md = (out / "sweep.md").read_text()
+    assert md.count("\n| ") == 1 + 3 and "does not exist" in md and "## Points not ok" in md
+    page = (out / "sweep.html").read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", page)       # self-contained
+    imgs = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(imgs) == 2                                                          # Pareto + throughput vs batch
+    assert all(base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n" for b in imgs)
+    assert "does not exist" in page and page.count("<tr class=") == 3
+
+
+def test_gate_and_failure_exit_codes_and_pareto_by_hand():
+    rows = [{"job": 0, "status": "ok", "exit_code": 0}, {"job": 1, "status": "gate", "exit_code": 3}]
+    assert sweep_exit_code(rows) == 3
+    assert sweep_exit_code(rows + [{"job": 5, "status": "failed", "exit_code": 4},
+                                   {"job": 2, "status": "failed", "exit_code": 2}]) == 2
+    assert sweep_exit_code([{"job": 0, "status": "infeasible", "exit_code": 0}]) == 0
+    axes = [{"metric": "t", "direction": "minimize"}, {"metric": "a", "direction": "maximize"}]
+    pts = [(0, 1.0, 0.90), (1, 2.0, 0.95), (2, 2.0, 0.90), (3, 0.5, 0.80), (4, 1.0, 0.90)]
+    rows = [{"job": j, "status": "ok", "t": t, "a": a} for j, t, a in pts]
+    # #2 is dominated by #0; #0 and #4 are equal (neither dominates): both stay
+    assert pareto_front(rows, axes) == [0, 1, 3, 4]
+
+
+SPACE = ["pipeline=choice(none,default)", "workload.batch=choice(1,4,16,64)"]
+
+
+@pytest.fixture(scope="module")
+def searches(models, tmp_path_factory):
+    """The same constrained space, exhaustively (basic sweeper) and by the optuna recipe (twice)."""
+    tmp = tmp_path_factory.mktemp("search")
+    common = ["model=onnx", f"model.path={models['mha']}", "hardware=a100_80g", "slo.ttft_ms=0.9", "emit.enabled=false"]
+    out = {"grid": _sweep(tmp, "grid", "search.objective=throughput_tok_s", *common,
+                          "pipeline=none,default", "workload.batch=1,4,16,64")}
+    for k in ("tpe", "tpe_again"):
+        out[k] = _sweep(tmp, k, "search=throughput", "hydra.sweeper.n_trials=12", *common, *SPACE)
+    return out
+
+
+def _params(row):
+    return {o.split("=")[0]: o.split("=")[1] for o in row["overrides"] if o.split("=")[0] in ("pipeline", "workload.batch")}
+
+
+def test_optuna_recipe_finds_the_exhaustive_best_point(searches):
+    (rg, _, grid), (rt, _, tpe) = searches["grid"], searches["tpe"]
+    assert rg.returncode == 0 and rt.returncode == 0, (rg.stderr[-2000:], rt.stderr[-2000:])
+    for doc in (grid, tpe):
+        assert schema.errors(doc, "sweep") == [] and doc["kind"] == "search"
+        assert doc["objective"] == {"metric": "throughput_tok_s", "direction": "maximize"}
+    assert grid["sweeper"] == "BasicSweeper" and tpe["sweeper"] == "OptunaSweeper"
+    assert grid["points"] == 8 and tpe["points"] == 12
+    # the SLO binds: some points are infeasible (pruned), and nothing was emitted anywhere
+    assert 0 < grid["counts"]["infeasible"] < 8 and grid["counts"]["failed"] == 0
+    for row in grid["rows"]:
+        if row["status"] == "infeasible":
+            assert "slo.ttft_ms" in row["error"] and row["ttft_s"] * 1e3 > 0.9
+        else:
+            assert row["ttft_s"] * 1e3 <= 0.9
+    best_grid = next(r for r in grid["rows"] if r["job"] == grid["best"])
+    best_tpe = next(r for r in tpe["rows"] if r["job"] == tpe["best"])
+    feasible = [r["objective"] for r in grid["rows"] if r["status"] == "ok"]
+    assert best_grid["objective"] == max(feasible)
+    assert _params(best_tpe) == _params(best_grid)
+    assert best_tpe["objective"] == best_grid["objective"]
+
+
+def test_optuna_search_is_deterministic_for_a_seed(searches):
+    (_, _, a), (_, _, b) = searches["tpe"], searches["tpe_again"]
+    assert [(r["job"], _params(r), r["status"], r["objective"]) for r in sorted(a["rows"], key=lambda r: r["job"])] == \
+           [(r["job"], _params(r), r["status"], r["objective"]) for r in sorted(b["rows"], key=lambda r: r["job"])]
+
+
+def test_search_points_are_not_emitted_and_summary_plots_trials(searches):
+    _, out, doc = searches["tpe"]
+    assert not list(out.rglob("model.onnx"))
+    page = (out / "sweep.html").read_text()
+    assert "Search trials" in page and "Best: #" in page
