@@ -34,7 +34,8 @@ from typing import Any
 
 import sympy
 
-from compiler.ir import DTYPES, IRError
+from compiler.ops import REGISTRY
+from compiler.tensors import DTYPES, IRError
 
 
 class Policy(enum.Enum):
@@ -460,8 +461,6 @@ def carry(sources: Sequence, target, *, heavy: Callable[[Any], bool] | None = No
     keeps the MatMul's compute dtype whatever the elementwise members say."""
     srcs = list(sources)
     if heavy is None:
-        from compiler.ops import REGISTRY
-
         def heavy(n):
             d = REGISTRY.get(n.op)
             return d is not None and d.cost_class in ("gemm", "attention")

@@ -1,12 +1,13 @@
 """IR → ONNX (opset 23, IR version 10).
 
-Standard ops are emitted as the ONNX op of the same name. Attributes that rooftop keeps as
-(possibly symbolic) values but ONNX wants as inputs — ``Reshape.shape``, ``Expand.shape``,
-``Slice`` bounds, ``Range`` bounds, ``ConstantOfShape.shape``, ``Unsqueeze/Squeeze/Reduce*``
-axes, ``TopK.k``, ``CumSum.axis`` — become constant initializers, or for sympy dims, small
-shape computations from the graph inputs (``B``/``S`` from ``input_ids``, ``P`` from
-``past_key.0``). Fused groups marked by passes are emitted as ONNX local functions in the
-``rooftop`` domain (onnxruntime inlines them).
+Each op is emitted as its registry entry says (:mod:`compiler.ops`): ``OpDef.emit`` when the op
+has one (Reshape/Expand shapes, Range, ConstantOfShape, the fused ops as ONNX local functions in
+the ``rooftop`` domain, which onnxruntime inlines), else the standard ONNX op of the same name.
+Attributes that rooftop keeps as (possibly symbolic) values but ONNX wants as operands
+(``OpDef.attr_operands``: Slice bounds, axes, TopK.k, …) become constant initializers, or for
+sympy dims small shape computations from the graph inputs (``B``/``S`` from ``input_ids``, ``P``
+from ``past_key.0``). Serialized annotations (:func:`compiler.annotations.serialized`) go into
+the nodes' and initializers' ``metadata_props``.
 
 The model is checked with ``onnx.checker`` (full check) and ONNX shape inference before it is
 written; it is written to a temporary file and renamed, so a failure leaves nothing behind.
@@ -26,29 +27,21 @@ from onnx import TensorProto, helper, numpy_helper
 from compiler.annotations import serialized
 from compiler.errors import RooftopError
 from compiler.ir import DTYPES, Graph, OpNode, TensorType
+from compiler.ops import FUSED_DOMAIN
+from compiler.ops import _activation_nodes  # noqa: F401  (compiler/quant_onnx.py builds epilogues with it)
+from compiler.ops import get as get_opdef
 
 OPSET = 23
 IR_VERSION = 10
 TWO_GB = 2**31
 
-# op -> names of attributes that become inputs, in input order after the data operands
-_ATTR_INPUTS: dict[str, list[str]] = {
-    "Unsqueeze": ["axes"], "Squeeze": ["axes"], "ReduceMean": ["axes"], "ReduceSum": ["axes"],
-    "ReduceMax": ["axes"], "ReduceMin": ["axes"], "ReduceProd": ["axes"], "ReduceL2": ["axes"],
-    "ReduceSumSquare": ["axes"], "ReduceLogSumExp": ["axes"], "Reshape": ["shape"],
-    "Expand": ["shape"], "Slice": ["starts", "ends", "axes", "steps"], "TopK": ["k"],
-    "CumSum": ["axis"], "ConstantOfShape": ["shape"], "Range": ["start", "limit", "delta"],
-}
-_SCALAR_ATTR_INPUTS = {"Range", "CumSum"}
-# data operands before the attribute inputs (1 for the other ops of _ATTR_INPUTS)
-_DATA_OPERANDS = {"ConstantOfShape": 0, "Range": 0}
-
-
 class EmitError(RooftopError):
     """The IR could not be turned into a valid ONNX model."""
 
 
-class _Emitter:
+class Emitter:
+    """Emission state for one graph; :mod:`compiler.ops` emit functions get this object."""
+
     def __init__(self, g: Graph):
         self.g = g
         self.nodes: list[onnx.NodeProto] = []
@@ -120,53 +113,57 @@ class _Emitter:
         return self._dim_cache[key]
 
     # ---- ops ------------------------------------------------------------------------------
-    def emit(self, n: OpNode):
+    def add(self, op: str, inputs, outputs, *, name: str, domain: str | None = None, **attrs) -> None:
+        """Append one ONNX node (trailing omitted operands dropped)."""
+        ins = list(inputs)
+        while ins and ins[-1] == "":
+            ins.pop()
+        self.nodes.append(helper.make_node(op, ins, list(outputs), name=name, domain=domain or None, **attrs))
+
+    @staticmethod
+    def attrs(attrs: dict) -> dict:
+        return {k: _attr(v) for k, v in attrs.items()}
+
+    def standard(self, n: OpNode, inputs: list[str] | None = None) -> None:
+        """``n`` as the ONNX op of the same name; its attribute operands become tensors (unless
+        ``inputs`` are given already)."""
+        spec = get_opdef(n.op).attr_operands
+        names = spec[1] if spec else ()
+        if inputs is None:
+            inputs = self.attr_inputs(n) if spec else list(n.inputs)
+        attrs = {k: v for k, v in n.attrs.items() if k not in names}
+        self.add(n.op, inputs, n.outputs, name=n.name, domain=n.domain, **self.attrs(attrs))
+
+    def emit(self, n: OpNode) -> None:
         if "activation_quant" in n.annotations:   # W8A8 / FP8 (passes/quant): compiler/quant_onnx.py
             from compiler.quant_onnx import emit_quantized_op
             emit_quantized_op(self, n)
             return
-        custom = EMITTERS.get(n.op)
+        custom = get_opdef(n.op, where=n.name).emit
         if custom is not None:
             custom(self, n)
-            return
-        attrs = {k: _attr(v) for k, v in n.attrs.items() if k not in _ATTR_INPUTS.get(n.op, [])}
-        ins = list(n.inputs)
-        extra = _ATTR_INPUTS.get(n.op, [])
-        if extra:
-            ins = self._attr_inputs(n, ins, extra)
-        while ins and ins[-1] == "":
-            ins.pop()
-        self.nodes.append(helper.make_node(n.op, ins, list(n.outputs), name=n.name,
-                                           domain=n.domain or None, **attrs))
+        else:
+            self.standard(n)
 
-    def _attr_inputs(self, n: OpNode, ins: list[str], extra: list[str]) -> list[str]:
-        ins = list(ins)
-        if any(a not in n.attrs for a in extra) and len(n.inputs) > _DATA_OPERANDS.get(n.op, 1):
+    def call_function(self, n: OpNode, fname: str, body: Callable, attrs: dict | None = None) -> None:
+        """``n`` as a call of the local function ``fname`` in the rooftop domain
+        (``body(opset_imports)`` builds the FunctionProto once per model)."""
+        if fname not in self.functions:
+            self.functions[fname] = body([helper.make_opsetid("", OPSET)])
+        self.add(fname, [t for t in n.inputs if t], n.outputs, name=n.name, domain=FUSED_DOMAIN, **(attrs or {}))
+
+    def attr_inputs(self, n: OpNode) -> list[str]:
+        """The operand list with ``OpDef.attr_operands`` materialized as tensors."""
+        k, extra = get_opdef(n.op).attr_operands
+        ins = list(n.inputs)
+        if any(a not in n.attrs for a in extra) and len(n.inputs) > k:
             return ins  # operands already given as tensors (e.g. an imported ONNX model)
-        if n.op == "Reshape":
-            shape = list(n.attrs["shape"])
-            src = self.g.type(n.inputs[0]).shape
-            # keep input dims with 0 (ONNX copies them), so fewer shape computations are needed
-            if not n.attrs.get("allowzero"):   # (with allowzero=1 a 0 means an empty dim)
-                shape = [0 if (not isinstance(d, int) and i < len(src) and src[i] == d) else d
-                         for i, d in enumerate(shape)]
-            sym = [i for i, d in enumerate(shape) if not isinstance(d, int)]
-            if len(sym) == 1 and -1 not in shape:
-                shape[sym[0]] = -1
-            return ins + [self.shape_tensor(shape)]
-        if n.op == "Expand":
-            src = self.g.type(n.inputs[0]).shape
-            out = list(n.attrs["shape"])
-            off = len(out) - len(src)
-            out = [1 if (i >= off and src[i - off] == d) else d for i, d in enumerate(out)]
-            return ins + [self.shape_tensor(out)]
-        if n.op == "ConstantOfShape":
-            return ins + [self.shape_tensor(n.attrs["shape"])]
+        scalar = get_opdef(n.op).scalar_operands
         for a in extra:
             v = n.attrs.get(a)
             if v is None:
                 ins.append("")
-            elif n.op in _SCALAR_ATTR_INPUTS:
+            elif scalar:
                 if isinstance(v, float):
                     ins.append(self.const(np.array(v, np.float32)))
                 elif isinstance(v, (int, np.integer)) or v.is_Integer:
@@ -192,120 +189,6 @@ def _attr(v):
     if isinstance(v, np.ndarray):
         return numpy_helper.from_array(v)
     return v
-
-
-def _emit_constant_of_shape(em: _Emitter, n: OpNode):
-    ty = em.g.type(n.outputs[0])
-    npdt = DTYPES[ty.dtype][1]
-    value = np.asarray(n.attrs.get("value", 0)).reshape(-1)[:1]
-    value = numpy_helper.from_array(np.asarray(value if value.size else [0], dtype=npdt))
-    shape = em.shape_tensor(n.attrs["shape"]) if "shape" in n.attrs else n.inputs[0]
-    em.nodes.append(helper.make_node("ConstantOfShape", [shape],
-                                     list(n.outputs), name=n.name, value=value))
-
-
-def _emit_range(em: _Emitter, n: OpNode):
-    ty = em.g.type(n.outputs[0])
-    npdt = DTYPES[ty.dtype][1]
-    if "start" not in n.attrs:  # bounds given as (scalar) tensors
-        em.nodes.append(helper.make_node("Range", list(n.inputs), list(n.outputs), name=n.name))
-        return
-    ins = []
-    for a in ("start", "limit", "delta"):
-        v = n.attrs[a]
-        if isinstance(v, (int, float, np.integer, np.floating)) or v.is_Number:
-            ins.append(em.const(np.array(v, npdt)))
-        else:
-            t = em.node("Squeeze", [em.dim_tensor(v)])
-            ins.append(t if ty.dtype == "int64" else em.node("Cast", [t], {"to": DTYPES[ty.dtype][2]}))
-    em.nodes.append(helper.make_node("Range", ins, list(n.outputs), name=n.name))
-
-
-def _emit_constant(em: _Emitter, n: OpNode):
-    em.nodes.append(helper.make_node("Constant", [], list(n.outputs), name=n.name,
-                                     **{k: _attr(v) for k, v in n.attrs.items()}))
-
-
-# ---- fused ops (passes/fusion) as local functions in the "rooftop" domain ----------------------
-FUSED_DOMAIN = "rooftop"
-_ACT_NAMES = {"": "", "gelu": "Gelu", "gelu_tanh": "GeluTanh", "relu": "Relu", "silu": "SiLU",
-              "swiglu": "SwiGLU"}
-
-
-def _activation_nodes(act: str, x: str, y: str) -> list[onnx.NodeProto]:
-    mk = helper.make_node
-    if act in ("gelu", "gelu_tanh"):
-        return [mk("Gelu", [x], [y], approximate="tanh" if act == "gelu_tanh" else "none")]
-    if act == "relu":
-        return [mk("Relu", [x], [y])]
-    if act == "silu":
-        return [mk("Sigmoid", [x], ["sig"]), mk("Mul", [x, "sig"], [y])]
-    if act == "swiglu":
-        return [mk("Split", [x], ["gate", "up"], axis=-1, num_outputs=2), mk("Sigmoid", ["gate"], ["sig"]),
-                mk("Mul", ["gate", "sig"], ["silu"]), mk("Mul", ["silu", "up"], [y])]
-    return [mk("Identity", [x], [y])]
-
-
-def _fused_function(n: OpNode) -> tuple[str, Callable[[], onnx.FunctionProto], dict]:
-    """(function name, body builder, call attributes) of a fused op."""
-    mk = helper.make_node
-    ops = [helper.make_opsetid("", OPSET)]
-    bias = len([t for t in n.inputs if t]) > (3 if n.op == "ResidualNorm" else 2)
-    if n.op == "MatMulEpilogue":
-        act = n.attrs.get("activation", "")
-        name = "MatMul" + ("Bias" if bias else "") + _ACT_NAMES[act]
-        ins = ["A", "W"] + (["Bias"] if bias else [])
-
-        def body():
-            nodes = [mk("MatMul", ["A", "W"], ["mm"])] + ([mk("Add", ["mm", "Bias"], ["z"])] if bias else [])
-            nodes += _activation_nodes(act, "z" if bias else "mm", "Y")
-            return helper.make_function(FUSED_DOMAIN, name, ins, ["Y"], nodes, ops)
-        return name, body, {}
-    if n.op == "SwiGLU":
-        packed = len([t for t in n.inputs if t]) == 1
-        name = "SwiGLUPacked" if packed else "SwiGLU"
-
-        def body():
-            nodes = ([mk("Split", ["X"], ["G", "U"], axis=-1, num_outputs=2)] if packed else []) + [
-                mk("Sigmoid", ["G"], ["sig"]), mk("Mul", ["G", "sig"], ["silu"]), mk("Mul", ["silu", "U"], ["Y"])]
-            return helper.make_function(FUSED_DOMAIN, name, ["X"] if packed else ["G", "U"], ["Y"], nodes, ops)
-        return name, body, {}
-    if n.op == "ResidualNorm":
-        norm = {"rms": "RMSNormalization", "layer": "LayerNormalization"}[n.attrs["norm"]]
-        name = "Residual" + ("RMSNorm" if n.attrs["norm"] == "rms" else "LayerNorm") + ("Bias" if bias else "")
-        ins = ["A", "R", "Scale"] + (["Bias"] if bias else [])
-        call = {"epsilon": float(n.attrs.get("epsilon", 1e-5)), "axis": int(n.attrs.get("axis", -1)),
-                "stash_type": int(n.attrs.get("stash_type", 1))}
-
-        def body():
-            norm_node = mk(norm, ["Sum"] + ins[2:], ["Y"])
-            norm_node.attribute.extend([
-                helper.make_attribute_ref("epsilon", onnx.AttributeProto.FLOAT),
-                helper.make_attribute_ref("axis", onnx.AttributeProto.INT),
-                helper.make_attribute_ref("stash_type", onnx.AttributeProto.INT)])
-            return helper.make_function(FUSED_DOMAIN, name, ins, ["Y", "Sum"],
-                                        [mk("Add", ["A", "R"], ["Sum"]), norm_node], ops,
-                                        attributes=list(call))
-        return name, body, call
-    raise EmitError(f"no ONNX function for fused op {n.op} ({n.name})")
-
-
-def _emit_fused(em: _Emitter, n: OpNode):
-    name, body, attrs = _fused_function(n)
-    if name not in em.functions:
-        em.functions[name] = body()
-    em.nodes.append(helper.make_node(name, [t for t in n.inputs if t], list(n.outputs), name=n.name,
-                                     domain=FUSED_DOMAIN, **attrs))
-
-
-EMITTERS: dict[str, Callable[[_Emitter, OpNode], None]] = {
-    "ConstantOfShape": _emit_constant_of_shape,
-    "Range": _emit_range,
-    "Constant": _emit_constant,
-    "MatMulEpilogue": _emit_fused,
-    "SwiGLU": _emit_fused,
-    "ResidualNorm": _emit_fused,
-}
 
 
 def _set_metadata(proto, meta: dict[str, str]) -> None:
@@ -344,7 +227,7 @@ def to_model(g: Graph, functions: list[onnx.FunctionProto] | None = None) -> onn
             f"cannot emit ONNX: {len(missing)} parameters have no data (the model was built on the "
             f"meta device, e.g. {missing[0]!r}). Use model.weights=random to emit an ONNX model "
             f"with seeded random weights, or emit.enabled=false to cost the model only.")
-    em = _Emitter(g)
+    em = Emitter(g)
     for n in g.topo_order():
         k = len(em.nodes)
         em.emit(n)
@@ -381,6 +264,32 @@ def to_model(g: Graph, functions: list[onnx.FunctionProto] | None = None) -> onn
     for k, v in sorted((g.meta.get("onnx_metadata") or {}).items()):   # e.g. passes/quant's session config
         model.metadata_props.add(key=k, value=str(v))
     return model
+
+
+def subgraph_model(g: Graph, nodes, outputs, *, inputs=(), params=(), dim_sources=None,
+                   name: str = "subgraph") -> onnx.ModelProto:
+    """A standalone ONNX model of ``nodes`` (emitted in the given order) computing ``outputs``
+    from the graph inputs ``inputs`` and the parameters ``params`` (initializers; data needed).
+    Symbolic dims come from ``graph.meta["dim_sources"]`` (``dim_sources`` fills missing ones);
+    graph inputs that carry them are added when the model reads them. Value infos carry dtypes
+    only (onnx infers shapes). For passes that evaluate a piece of the graph (constant folding,
+    mask analysis) — the public face of :class:`Emitter` for them."""
+    em = Emitter(g)
+    for k, v in (dim_sources or {}).items():
+        em.sources.setdefault(k, v)
+    for n in nodes:
+        em.emit(n)
+    ins = list(inputs)
+    for src, _axis in em.sources.values():
+        if src in g.inputs and src not in ins and any(src in nd.input for nd in em.nodes):
+            ins.append(src)
+    inits = [numpy_helper.from_array(np.asarray(g.params[t].data, dtype=DTYPES[g.type(t).dtype][1]), t)
+             for t in dict.fromkeys(params)] + em.inits
+    vi = [helper.make_tensor_value_info(t, DTYPES[g.type(t).dtype][2], None) for t in ins]
+    out = [helper.make_tensor_value_info(t, DTYPES[g.type(t).dtype][2], None) for t in outputs]
+    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(FUSED_DOMAIN, 1)] if em.functions else [])
+    return helper.make_model(helper.make_graph(em.nodes, name, vi, out, initializer=inits), opset_imports=opsets,
+                             ir_version=IR_VERSION, functions=list(em.functions.values()))
 
 
 def check(model: onnx.ModelProto, path: str | None = None) -> onnx.ModelProto:

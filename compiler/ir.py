@@ -26,84 +26,10 @@ import networkx as nx
 import numpy as np
 import sympy
 
-B = sympy.Symbol("B", integer=True, positive=True)
-S = sympy.Symbol("S", integer=True, positive=True)
-P = sympy.Symbol("P", integer=True, nonnegative=True)
-SYMBOLS = {"B": B, "S": S, "P": P}
-
-Dim = "int | sympy.Expr"
-
-# dtype name -> (bytes per element, numpy dtype or None, onnx TensorProto enum)
-DTYPES: dict[str, tuple[float, Any, int]] = {
-    "float32": (4, np.float32, 1),
-    "uint8": (1, np.uint8, 2),
-    "int8": (1, np.int8, 3),
-    "int32": (4, np.int32, 6),
-    "int64": (8, np.int64, 7),
-    "bool": (1, np.bool_, 9),
-    "float16": (2, np.float16, 10),
-    "float64": (8, np.float64, 11),
-    "bfloat16": (2, None, 16),
-    "float8e4m3fn": (1, None, 17),
-    "float8e5m2": (1, None, 19),
-    "uint4": (0.5, None, 21),
-    "int4": (0.5, None, 22),
-}
-ONNX_TO_DTYPE = {v[2]: k for k, v in DTYPES.items()}
-
-
-class IRError(ValueError):
-    """The graph broke an invariant (a bug in a pass or an importer, never bad user input)."""
-
-
-def as_dim(d: Any) -> int | sympy.Expr:
-    if isinstance(d, (int, np.integer)):
-        return int(d)
-    if isinstance(d, sympy.Expr):
-        return int(d) if d.is_Integer else d
-    raise IRError(f"dimension {d!r} is neither an int nor a sympy expression")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class TensorType:
-    """dtype and shape of one tensor; ``shape=None`` means unknown rank (only before typing)."""
-
-    dtype: str
-    shape: tuple
-
-    def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise IRError(f"unknown dtype {self.dtype!r}; known: {sorted(DTYPES)}")
-        object.__setattr__(self, "shape", tuple(as_dim(d) for d in self.shape))
-
-    @property
-    def rank(self) -> int:
-        return len(self.shape)
-
-    @property
-    def itemsize(self) -> float:
-        return DTYPES[self.dtype][0]
-
-    def numel(self) -> sympy.Expr | int:
-        n: Any = sympy.Integer(1)
-        for d in self.shape:
-            n = n * d
-        return as_dim(sympy.sympify(n))
-
-    def nbytes(self) -> sympy.Expr | int:
-        return as_dim(sympy.nsimplify(self.numel() * sympy.Rational(self.itemsize).limit_denominator(2)))
-
-    def with_shape(self, shape) -> "TensorType":
-        return TensorType(self.dtype, tuple(shape))
-
-    def with_dtype(self, dtype: str) -> "TensorType":
-        return TensorType(dtype, self.shape)
-
-    def is_static(self) -> bool:
-        return all(isinstance(d, int) for d in self.shape)
-
-    def __str__(self) -> str:
-        return f"{self.dtype}[{', '.join(str(d) for d in self.shape)}]"
+from compiler.annotations import validate as _validate_annotations
+from compiler.ops import infer_types
+from compiler.tensors import (B, DTYPES, ONNX_TO_DTYPE, P, S, SYMBOLS, Dim, IRError, TensorType,  # noqa: F401
+                              as_dim, subs)
 
 
 @dataclasses.dataclass(slots=True)
@@ -173,8 +99,7 @@ class Graph:
     def add_param(self, name: str, ttype: TensorType, data: np.ndarray | None = None, **ann) -> str:
         """Add a weight; ``ann`` are declared annotations (compiler/annotations.py), validated."""
         if ann:
-            from compiler.annotations import validate
-            ann = validate("param", ann, f"parameter {name}")
+            ann = _validate_annotations("param", ann, f"parameter {name}")
         self._new_tensor(name, ttype)
         self.params[name] = Param(name, ttype, data, dict(ann))
         return name
@@ -192,8 +117,7 @@ class Graph:
         of compiler/annotations.py (validated)."""
         name = name or self.fresh(op.lower())
         if annotations:
-            from compiler.annotations import validate
-            annotations = validate("op", annotations, f"node {name} ({op})")
+            annotations = _validate_annotations("op", annotations, f"node {name} ({op})")
         if name in self.nx:
             raise IRError(f"node {name!r} exists")
         if isinstance(outputs, int):
@@ -203,7 +127,6 @@ class Graph:
             if t and t not in self.types:
                 raise IRError(f"node {name} ({op}) reads undefined tensor {t!r}")
         if types is None:
-            from compiler.ops import infer_types
             types = infer_types(self, node)
         types = list(types)
         if len(types) != len(node.outputs):
@@ -373,22 +296,111 @@ class Graph:
         for t in self.inputs + list(self.params) + self.outputs:
             if t not in self.types:
                 raise IRError(f"graph tensor {t!r} has no type")
-        from compiler.annotations import validate
         for n in self:
             if n.annotations:
-                validate("op", n.annotations, f"node {n.name} ({n.op})")
+                _validate_annotations("op", n.annotations, f"node {n.name} ({n.op})")
         for p in self.params.values():
             if p.annotations:
-                validate("param", p.annotations, f"parameter {p.name}")
+                _validate_annotations("param", p.annotations, f"parameter {p.name}")
 
     def summary(self) -> str:
         return (f"{self.name}: {len(self)} ops, {len(self.params)} params, inputs={self.inputs}, "
                 f"outputs={self.outputs}")
 
 
-def subs(expr, values: Mapping[sympy.Symbol, int]):
-    """Evaluate a dim/size expression at a workload point (ints pass through)."""
-    if isinstance(expr, (int, float)):
-        return expr
-    v = expr.subs(values)
-    return int(v) if v.is_Integer else float(v)
+# ---- structural equality (tests state Before / Expected graphs with it) -------------------------
+
+def _attr_key(v):
+    if isinstance(v, np.ndarray):
+        return ("nd", v.dtype.str, v.shape, v.tobytes())
+    if isinstance(v, (list, tuple)):
+        return tuple(_attr_key(x) for x in v)
+    if isinstance(v, float):
+        return ("f", round(v, 12))
+    if hasattr(v, "SerializeToString"):   # an onnx TensorProto attribute
+        return ("pb", v.SerializeToString())
+    return repr(v)
+
+
+def structural_diff(a: Graph, b: Graph, *, annotations: Iterable[str] = (),
+                    output_names: bool = False) -> str | None:
+    """The first structural difference between graphs ``a`` and ``b``, or None when they are
+    equal up to the names of nodes, intermediate tensors and parameters: same graph inputs
+    (names, order, types) and outputs (order, types; names too with ``output_names``), and
+    every output computed by the same ops (kind, domain,
+    attributes, output index, operand structure, types) from the same inputs and parameters
+    (type, data, ``const``). The annotation keys in ``annotations`` are compared too. Dead ops
+    count: the graphs must have the same number of ops of each kind."""
+    keys = tuple(annotations)
+    if a.inputs != b.inputs:
+        return f"graph inputs differ: {a.inputs} vs {b.inputs}"
+    if len(a.outputs) != len(b.outputs) or (output_names and a.outputs != b.outputs):
+        return f"graph outputs differ: {a.outputs} vs {b.outputs}"
+    for ta, tb in zip(a.inputs + a.outputs, b.inputs + b.outputs):
+        if a.types.get(ta) != b.types.get(tb):
+            return f"type of {ta!r} differs: {a.types.get(ta)} vs {b.types.get(tb)}"
+    intern: dict = {}
+
+    def sigs(g: Graph) -> dict[str, int]:
+        sig: dict[str, int] = {}
+        for i, t in enumerate(g.inputs):
+            sig[t] = intern.setdefault(("input", i), len(intern))
+        for t, p in g.params.items():
+            data = None if p.data is None else (p.data.dtype.str, p.data.shape, np.ascontiguousarray(p.data).tobytes())
+            ann = tuple((k, repr(p.annotations.get(k))) for k in keys)
+            sig[t] = intern.setdefault(("param", p.type, data, bool(p.annotations.get("const")), ann), len(intern))
+        for n in g.topo_order():
+            attrs = tuple(sorted((k, _attr_key(v)) for k, v in n.attrs.items()))
+            ann = tuple((k, repr(n.annotations.get(k))) for k in keys)
+            ins = tuple(sig[t] if t else None for t in n.inputs)
+            for j, t in enumerate(n.outputs):
+                if t:
+                    sig[t] = intern.setdefault(("op", n.op, n.domain, attrs, ann, ins, j, g.types[t]), len(intern))
+        return sig
+
+    sa, sb = sigs(a), sigs(b)
+    for ta, tb in zip(a.outputs, b.outputs):
+        if sa[ta] != sb[tb]:
+            return _explain(a, b, ta, tb, sa, sb, keys)
+    if a.ops_by_kind() != b.ops_by_kind():
+        return f"op counts differ (dead code?): {a.ops_by_kind()} vs {b.ops_by_kind()}"
+    return None
+
+
+def _explain(a: Graph, b: Graph, ta: str, tb: str, sa, sb, keys) -> str:
+    """Walk down from two differing tensors to the first op or leaf that differs."""
+    na, nb = a.producer_of(ta), b.producer_of(tb)
+    if na is None or nb is None:
+        what = lambda g, t, n: (f"op {n.op} ({n.name})" if n is not None else
+                                "parameter" if t in g.params else "graph input")  # noqa: E731
+        if na is None and nb is None and ta in a.params and tb in b.params:
+            pa, pb = a.params[ta], b.params[tb]
+            if pa.type != pb.type:
+                return f"parameter {ta} is {pa.type}, expected {tb} {pb.type}"
+            return f"parameter {ta} differs from the expected {tb} (data, const or annotations)"
+        return f"{ta} comes from a {what(a, ta, na)}, expected a {what(b, tb, nb)} ({tb})"
+    if (na.op, na.domain) != (nb.op, nb.domain):
+        return f"{ta} is computed by {na.op} ({na.name}), expected {nb.op} ({nb.name})"
+    if a.types[ta] != b.types[tb]:
+        return f"{na.op} {na.name} output {ta} is {a.types[ta]}, expected {b.types[tb]}"
+    if na.outputs.index(ta) != nb.outputs.index(tb):
+        return f"{ta} is output {na.outputs.index(ta)} of {na.name}, expected output {nb.outputs.index(tb)}"
+    aa = sorted((k, _attr_key(v)) for k, v in na.attrs.items())
+    ab = sorted((k, _attr_key(v)) for k, v in nb.attrs.items())
+    if aa != ab:
+        return f"{na.op} {na.name} has attributes {na.attrs}, expected {nb.attrs}"
+    for k in keys:
+        if repr(na.annotations.get(k)) != repr(nb.annotations.get(k)):
+            return f"{na.op} {na.name} annotation {k}={na.annotations.get(k)!r}, expected {nb.annotations.get(k)!r}"
+    if len(na.inputs) != len(nb.inputs):
+        return f"{na.op} {na.name} has {len(na.inputs)} operands, expected {len(nb.inputs)}"
+    for i, (x, y) in enumerate(zip(na.inputs, nb.inputs)):
+        if bool(x) != bool(y):
+            return f"{na.op} {na.name} operand {i} is {x!r}, expected {y!r}"
+        if x and sa[x] != sb[y]:
+            return _explain(a, b, x, y, sa, sb, keys)
+    return f"{na.op} {na.name} differs from {nb.name} in a way the walk could not name"
+
+
+def structurally_equal(a: Graph, b: Graph, **kw) -> bool:
+    return structural_diff(a, b, **kw) is None

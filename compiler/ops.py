@@ -20,14 +20,21 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import sympy
 
-from compiler.ir import Graph, IRError, OpNode, TensorType, as_dim
+from compiler.errors import RooftopError
+from compiler.tensors import DTYPES, ONNX_TO_DTYPE, IRError, TensorType, as_dim
+
+if TYPE_CHECKING:  # the registry needs no graph; ir.py builds on it
+    from compiler.ir import Graph, OpNode
 
 
 class OpKind(enum.IntEnum):
+    """Fusion category (TVM's OpPatternKind); fusion patterns may match by kind."""
+
     ELEMENTWISE = 0
     BROADCAST = 1
     INJECTIVE = 2
@@ -36,9 +43,28 @@ class OpKind(enum.IntEnum):
     OPAQUE = 8
 
 
-class UnsupportedOpError(ValueError):
-    """An op kind the registry does not know."""
+class UnsupportedOpError(RooftopError):
+    """An op the registry does not know (or cannot import / lift): bad input, exit code 2."""
 
+    @classmethod
+    def for_op(cls, op: str, *, domain: str = "", node: str = "", count: int = 1, model: str = "",
+               source: str = "", fix: str = "", support: str = "") -> "UnsupportedOpError":
+        """The one-paragraph message: which node and op, its domain, how many such nodes, and what
+        to do — re-export the model, or add the op where ops live (compiler/ops.py)."""
+        dom = f"domain {domain!r}" if domain not in ("", "ai.onnx") else "the standard ai.onnx domain"
+        where = f" in {model}" if model else ""
+        others = f" (and {count - 1} more node(s) with that op)" if count > 1 else ""
+        src = f" (from {source})" if source else ""
+        support = support or (f"To support it, add an OpDef for {op!r} to the op registry in "
+                              f"compiler/ops.py (kind, shape rule, cost rule; emission if it is not a "
+                              f"standard ONNX op).")
+        return cls(f"node {node or '?'!r}{src} runs operator {op!r} of {dom}{others}{where}, which is "
+                   f"not supported by rooftop. {fix or REEXPORT_HINT} {support}")
+
+
+REEXPORT_HINT = ("Re-export the model with standard ONNX operators (e.g. torch.onnx.export(..., "
+                 "dynamo=True, opset_version=23), without onnxruntime graph optimizations or contrib "
+                 "ops), or rewrite that part of the model.")
 
 Types = Sequence[TensorType | None]
 
@@ -56,6 +82,29 @@ class Bytes:
 
 @dataclasses.dataclass(frozen=True)
 class OpDef:
+    """Everything rooftop knows about one op kind (importers, passes, cost model and emitter ask
+    here and nowhere else).
+
+    - ``kind``: fusion category; ``cost_class``: the cost model's treatment;
+    - ``infer``: shape rule; ``flops`` / ``bytes``: cost rules (``bytes`` gets the
+      :class:`Classifier` context: tensor categories, stored weight bytes, hardware facts);
+    - ``domain``: "" (ai.onnx) or ``"rooftop"`` (a fused op emitted as an ONNX local function);
+    - ``emit``: custom ONNX emission ``emit(emitter, node)`` (None: the standard op of the same
+      name, with ``attr_operands`` materialized);
+    - ``attr_operands``: ``(data operand count, attribute names)`` — attributes rooftop keeps that
+      ONNX takes as operands (Reshape.shape, Slice bounds, axes…): the ONNX importer folds constant
+      operands into them, the emitter turns them back into tensors; ``scalar_operands``: those
+      operands are 0-D (Range, CumSum);
+    - ``shape_operands``: operand positions holding shapes / axes / sizes, not data (the
+      attr operands are added automatically);
+    - ``sym_value``: the op's value on symbolic dims (what the ONNX importer evaluates on Shape
+      chains): ``sym_value(attrs, operand values, operand types)`` → array or None;
+    - ``noop``: ``noop(graph, node)`` → the operand the op returns unchanged, or None
+      (passes/cleanup.py's remove_noops); ``passthrough``: always returns operand 0 (patterns
+      look through it); ``layout``: only reshapes / reorders its data operand;
+    - ``foldable``: constant folding may evaluate it.
+    """
+
     name: str
     kind: OpKind
     cost_class: str
@@ -64,25 +113,48 @@ class OpDef:
     bytes: Callable[[OpNode, Types, Types, "Classifier"], Bytes] | None = None
     emit: Callable | None = None
     commutative: bool = False
+    domain: str = ""
+    attr_operands: tuple[int, tuple[str, ...]] | None = None
+    scalar_operands: bool = False
+    shape_operands: frozenset = frozenset()
+    sym_value: Callable | None = None
+    noop: Callable | None = None
+    passthrough: bool = False
+    layout: bool = False
+    foldable: bool = True
 
 
 REGISTRY: dict[str, OpDef] = {}
 
 
 def register(opdef: OpDef) -> OpDef:
+    if opdef.attr_operands is not None:
+        k, names = opdef.attr_operands
+        opdef = dataclasses.replace(opdef, attr_operands=(k, tuple(names)),
+                                    shape_operands=frozenset(opdef.shape_operands) | set(range(k, k + len(names))))
     REGISTRY[opdef.name] = opdef
     return opdef
 
 
-def get(op: str, *, where: str = "") -> OpDef:
+def update(name: str, **fields) -> OpDef:
+    """Add facts to a registered op (used below to keep each concern's table in one place)."""
+    return register(dataclasses.replace(REGISTRY[name], **fields))
+
+
+def get(op: str, *, where: str = "", domain: str = "") -> OpDef:
     try:
         return REGISTRY[op]
     except KeyError:
-        loc = f" at {where}" if where else ""
-        raise UnsupportedOpError(
-            f"operator {op!r}{loc} is not supported by rooftop's op registry. Supported ops: "
-            f"{', '.join(sorted(REGISTRY))}. Rewrite the model to avoid it, or add an OpDef for it "
-            f"in compiler/ops.py (shape rule, cost rule, ONNX emission).") from None
+        raise UnsupportedOpError.for_op(op, domain=domain, node=where) from None
+
+
+def ops_where(pred: Callable[[OpDef], bool]) -> frozenset:
+    """Names of the registered ops whose OpDef satisfies ``pred``."""
+    return frozenset(n for n, d in REGISTRY.items() if pred(d))
+
+
+def ops_of_kind(*kinds: OpKind) -> frozenset:
+    return ops_where(lambda d: d.kind in kinds)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,7 +363,6 @@ def gather_rule(node, ins):
 
 
 def cast_rule(node, ins):
-    from compiler.ir import ONNX_TO_DTYPE
     to = node.attrs["to"]
     return [ins[0].with_dtype(ONNX_TO_DTYPE[to] if isinstance(to, int) else to)]
 
@@ -603,6 +674,7 @@ register(OpDef("Attention", OpKind.OPAQUE, "attention", attention_rule, attentio
 # fused ops made by passes/fusion (domain "rooftop": emitted as ONNX local functions). A fused op
 # pays only for the tensors crossing its boundary (default_bytes over its own operands/results).
 
+FUSED_DOMAIN = "rooftop"
 EPILOGUE_FLOPS = {"": 0, "gelu": 8, "gelu_tanh": 8, "relu": 1, "silu": 5}  # per GEMM output element
 
 
@@ -631,11 +703,399 @@ def swiglu_rule(node, ins):
 
 
 register(OpDef("MatMulEpilogue", OpKind.OUT_ELEMENTWISE_FUSABLE, "gemm", matmul_epilogue_rule,
-               matmul_epilogue_flops, default_bytes))
+               matmul_epilogue_flops, default_bytes, domain=FUSED_DOMAIN))
 register(OpDef("SwiGLU", OpKind.ELEMENTWISE, "elementwise", swiglu_rule, per_output_element(6),
-               default_bytes))
+               default_bytes, domain=FUSED_DOMAIN))
 register(OpDef("ResidualNorm", OpKind.REDUCTION, "reduction", lambda n, i: [i[0], i[0]],
-               lambda n, i, o: 9 * _numel(o[0]), default_bytes))
+               lambda n, i, o: 9 * _numel(o[0]), default_bytes, domain=FUSED_DOMAIN))
+
+
+# ----------------------------------------------------------------------------------------------
+# attribute operands: attributes rooftop keeps (possibly symbolic) that ONNX takes as operands.
+# (data operand count, attribute names in operand order). The ONNX importer folds constant
+# operands into the attributes; the emitter materializes them again (compiler/emit_onnx.py).
+
+_REDUCE_AXES = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL2",
+                "ReduceSumSquare", "ReduceLogSumExp")
+for _op, _spec in {"Unsqueeze": (1, ("axes",)), "Squeeze": (1, ("axes",)), "Reshape": (1, ("shape",)),
+                   "Expand": (1, ("shape",)), "Slice": (1, ("starts", "ends", "axes", "steps")),
+                   "TopK": (1, ("k",)), "CumSum": (1, ("axis",)), "ConstantOfShape": (0, ("shape",)),
+                   "Range": (0, ("start", "limit", "delta")),
+                   **{op: (1, ("axes",)) for op in _REDUCE_AXES}}.items():
+    update(_op, attr_operands=_spec, scalar_operands=_op in ("Range", "CumSum"))
+# other operands that are shapes / sizes / axes rather than data
+for _op, _pos in {"Split": {1}, "Tile": {1}, "Pad": {1, 2, 3}, "OneHot": {1}, "Clip": {1, 2},
+                  "Gather": {1}, "Trilu": {1}}.items():
+    update(_op, shape_operands=frozenset(_pos))
+
+
+# ----------------------------------------------------------------------------------------------
+# symbolic values: exporters compute Reshape/Expand shapes at run time from Shape(x) → Gather →
+# Unsqueeze → Concat chains. Where x's dims are expressions of B/S/P the ONNX importer evaluates
+# those chains on sympy values with these rules (object arrays of int / sympy entries).
+
+MAX_SYM_ELEMENTS = 64
+
+
+def sym_entry(x):
+    """An int, or a sympy expression (integers as int)."""
+    if isinstance(x, (int, np.integer, bool, np.bool_)):
+        return int(x)
+    x = sympy.sympify(x)
+    return int(x) if x.is_Integer else x
+
+
+def sym_array(vals, shape=None) -> np.ndarray:
+    """Object array of int / sympy entries; an all-int result becomes a plain int64 array."""
+    arr = np.empty(len(vals), dtype=object)
+    for i, v in enumerate(vals):
+        arr[i] = sym_entry(v)
+    arr = arr.reshape(shape if shape is not None else (len(vals),))
+    if all(isinstance(v, int) for v in arr.reshape(-1)):
+        return arr.astype(np.int64)
+    return arr
+
+
+def is_symbolic(arr: np.ndarray) -> bool:
+    return arr.dtype == object
+
+
+def _sym_div(a, b):
+    if isinstance(a, int) and isinstance(b, int):
+        return a // b if b else None
+    q = sympy.cancel(sympy.sympify(a) / b)
+    return q if q.as_numer_denom()[1] == 1 else sympy.floor(sympy.sympify(a) / b)
+
+
+def _sym_equal(a, b):
+    d = sympy.sympify(a) - b
+    z = d.is_zero
+    if z is None:
+        nz = d.is_positive or d.is_negative
+        return False if nz else None
+    return bool(z)
+
+
+def _axis_of(a, r):
+    return a + r if a < 0 else a
+
+
+def _sym_shape(attrs, ins, types):
+    shp = types[0].shape if types[0] is not None else None
+    if shp is None:
+        return None
+    return sym_array(list(shp[attrs.get("start", 0):attrs.get("end")]))  # ONNX bounds = slice bounds
+
+
+def _sym_size(attrs, ins, types):
+    return None if types[0] is None else sym_array([sympy.Mul(*types[0].shape)], ())
+
+
+def _sym_gather(attrs, ins, types):
+    data, idx = ins
+    return None if is_symbolic(idx) else np.take(data, idx.astype(np.int64), axis=attrs.get("axis", 0))
+
+
+def _sym_unsqueeze(attrs, ins, types):
+    if "axes" not in attrs:
+        return None
+    x = ins[0]
+    r = x.ndim + len(attrs["axes"])
+    for a in sorted(_axis_of(a, r) for a in attrs["axes"]):
+        x = np.expand_dims(x, a)
+    return x
+
+
+def _sym_squeeze(attrs, ins, types):
+    if "axes" not in attrs:
+        return None
+    return np.squeeze(ins[0], axis=tuple(_axis_of(a, ins[0].ndim) for a in attrs["axes"]))
+
+
+def _sym_reshape(attrs, ins, types):
+    if "shape" not in attrs or not all(isinstance(d, int) for d in attrs["shape"]):
+        return None
+    shape = [ins[0].shape[i] if d == 0 and not attrs.get("allowzero") else d for i, d in enumerate(attrs["shape"])]
+    return ins[0].reshape(shape)
+
+
+def _sym_slice(attrs, ins, types):
+    if "starts" not in attrs or ins[0].ndim != 1:
+        return None
+    axes = attrs.get("axes") or [0]
+    steps = attrs.get("steps") or [1]
+    if axes != [0] or len(attrs["starts"]) != 1:
+        return None
+    return ins[0][slice(attrs["starts"][0], attrs["ends"][0], steps[0])]
+
+
+def _sym_binary(fn, out_bool=False):
+    def rule(attrs, ins, types):
+        a, b = np.broadcast_arrays(*(np.asarray(v, dtype=object) for v in ins))
+        out = [fn(x, y) for x, y in zip(a.reshape(-1), b.reshape(-1))]
+        if any(v is None for v in out):
+            return None
+        return np.array(out, dtype=bool).reshape(a.shape) if out_bool else sym_array(out, a.shape)
+    return rule
+
+
+def _int_only(f):
+    return lambda x, y: f(x, y) if isinstance(x, int) and isinstance(y, int) else None
+
+
+def _sym_where(attrs, ins, types):
+    c, x, y = ins
+    if c.dtype != bool:
+        return None
+    c, x, y = np.broadcast_arrays(c, np.asarray(x, dtype=object), np.asarray(y, dtype=object))
+    return sym_array(list(np.where(c, x, y).reshape(-1)), c.shape)
+
+
+def _sym_constant_of_shape(attrs, ins, types):
+    if "shape" not in attrs or not all(isinstance(d, int) for d in attrs["shape"]):
+        return None
+    n = int(np.prod(attrs["shape"])) if attrs["shape"] else 1
+    val = attrs.get("value")
+    if val is not None and not isinstance(val, np.ndarray):
+        from onnx import numpy_helper
+        val = numpy_helper.to_array(val)
+    fill = np.asarray(val).reshape(-1)[0] if val is not None else 0
+    return None if n > MAX_SYM_ELEMENTS else np.full(attrs["shape"], int(fill), dtype=np.int64)
+
+
+for _op, _rule in {
+    "Shape": _sym_shape, "Size": _sym_size, "Identity": lambda a, i, t: i[0],
+    "Cast": lambda a, i, t: i[0] if ONNX_TO_DTYPE.get(a.get("to")) in ("int64", "int32") else None,
+    "Gather": _sym_gather, "Unsqueeze": _sym_unsqueeze, "Squeeze": _sym_squeeze,
+    "Concat": lambda a, i, t: np.concatenate([np.asarray(v, dtype=object) for v in i], axis=a.get("axis", 0)),
+    "Reshape": _sym_reshape, "Slice": _sym_slice,
+    "Add": _sym_binary(lambda x, y: x + y), "Sub": _sym_binary(lambda x, y: x - y),
+    "Mul": _sym_binary(lambda x, y: x * y), "Div": _sym_binary(_sym_div),
+    "Equal": _sym_binary(_sym_equal, out_bool=True), "Max": _sym_binary(_int_only(max)),
+    "Min": _sym_binary(_int_only(min)), "Where": _sym_where, "ConstantOfShape": _sym_constant_of_shape,
+}.items():
+    update(_op, sym_value=_rule)
+
+
+def sym_value(op: str, attrs: dict, ins: list, in_types: list) -> np.ndarray | None:
+    """The value of a shape-computation op from symbolic/int operand values (None: unknown)."""
+    d = REGISTRY.get(op)
+    if d is None or d.sym_value is None:
+        return None
+    try:
+        if op not in ("Shape", "Size") and any(v is None for v in ins):
+            return None
+        return d.sym_value(attrs, ins, in_types)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+# ----------------------------------------------------------------------------------------------
+# no-op rules: the operand an op returns unchanged (passes/cleanup.py remove_noops)
+
+def is_const(g: Graph, t: str, value=None) -> bool:
+    """``t`` is a constant parameter (``const`` annotation), of scalar ``value`` if given."""
+    p = g.params.get(t)
+    if p is None or p.data is None or not p.annotations.get("const"):
+        return False
+    return value is None or (p.data.size == 1 and float(p.data.reshape(-1)[0]) == value)
+
+
+def _out_type(g, n):
+    return g.type(n.outputs[0]) if n.outputs else None
+
+
+def _noop_same_type(g, n):
+    return n.inputs[0] if g.type(n.inputs[0]) == _out_type(g, n) else None
+
+
+def _noop_slice(g, n):
+    if all(s == 0 for s in n.attrs.get("starts", [1])):
+        return _noop_same_type(g, n)
+    return None
+
+
+def _noop_transpose(g, n):
+    perm = list(n.attrs.get("perm", []))
+    return n.inputs[0] if perm == sorted(n.attrs.get("perm", [0, 1])) else None
+
+
+def _noop_identity_element(value: float, left: bool):
+    """x ∘ c with c the identity element (x*1, x/1, x+0, x-0; and c ∘ x when ``left``)."""
+    def rule(g, n):
+        ins, out = n.inputs, _out_type(g, n)
+        if is_const(g, ins[1], value) and g.type(ins[0]) == out:
+            return ins[0]
+        if left and is_const(g, ins[0], value) and g.type(ins[1]) == out:
+            return ins[1]
+        return None
+    return rule
+
+
+def _noop_passthrough(g, n):
+    return n.inputs[0] if len(n.outputs) == 1 else None
+
+
+for _op in ("Identity", "Dropout"):
+    update(_op, noop=_noop_passthrough, passthrough=True)
+for _op in ("Reshape", "Expand", "Cast"):
+    update(_op, noop=_noop_same_type)
+update("Slice", noop=_noop_slice)
+update("Transpose", noop=_noop_transpose)
+update("Mul", noop=_noop_identity_element(1.0, left=True))
+update("Div", noop=_noop_identity_element(1.0, left=False))
+update("Add", noop=_noop_identity_element(0.0, left=True))
+update("Sub", noop=_noop_identity_element(0.0, left=False))
+for _op in ("Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"):
+    update(_op, layout=True)
+for _op in ("Shape", "Attention"):   # Shape stays symbolic; attention is never worth folding
+    update(_op, foldable=False)
+
+
+def noop_source(g: Graph, n: OpNode) -> str | None:
+    """The operand ``n`` returns unchanged (by its op's no-op rule), or None."""
+    d = REGISTRY.get(n.op)
+    return d.noop(g, n) if d is not None and d.noop is not None else None
+
+
+# ----------------------------------------------------------------------------------------------
+# ONNX emission of the ops that are not "the standard op with its attributes" (the emitter,
+# compiler/emit_onnx.py, hands each of these an ``em`` with: g, const(arr), node(op, ins, attrs),
+# add(op, ins, outs, name=, domain=, **attrs), dim_tensor(expr), shape_tensor(dims),
+# attr_inputs(node), standard(node, inputs), function(name, build)).
+
+def _emit_reshape(em, n):
+    if "shape" not in n.attrs:   # a runtime shape tensor (an imported model): pass it through
+        return em.standard(n)
+    shape = list(n.attrs["shape"])
+    src = em.g.type(n.inputs[0]).shape
+    # keep input dims with 0 (ONNX copies them), so fewer shape computations are needed
+    if not n.attrs.get("allowzero"):   # (with allowzero=1 a 0 means an empty dim)
+        shape = [0 if (not isinstance(d, int) and i < len(src) and src[i] == d) else d
+                 for i, d in enumerate(shape)]
+    sym = [i for i, d in enumerate(shape) if not isinstance(d, int)]
+    if len(sym) == 1 and -1 not in shape:
+        shape[sym[0]] = -1
+    em.standard(n, [n.inputs[0], em.shape_tensor(shape)])
+
+
+def _emit_expand(em, n):
+    if "shape" not in n.attrs:
+        return em.standard(n)
+    src = em.g.type(n.inputs[0]).shape
+    out = list(n.attrs["shape"])
+    off = len(out) - len(src)
+    out = [1 if (i >= off and src[i - off] == d) else d for i, d in enumerate(out)]
+    em.standard(n, [n.inputs[0], em.shape_tensor(out)])
+
+
+def _emit_constant_of_shape(em, n):
+    from onnx import numpy_helper
+    npdt = DTYPES[em.g.type(n.outputs[0]).dtype][1]
+    value = np.asarray(n.attrs.get("value", 0)).reshape(-1)[:1]
+    value = numpy_helper.from_array(np.asarray(value if value.size else [0], dtype=npdt))
+    shape = em.shape_tensor(n.attrs["shape"]) if "shape" in n.attrs else n.inputs[0]
+    em.add("ConstantOfShape", [shape], list(n.outputs), name=n.name, value=value)
+
+
+def _emit_range(em, n):
+    ty = em.g.type(n.outputs[0])
+    npdt = DTYPES[ty.dtype][1]
+    if "start" not in n.attrs:  # bounds given as (scalar) tensors
+        em.add("Range", list(n.inputs), list(n.outputs), name=n.name)
+        return
+    ins = []
+    for a in ("start", "limit", "delta"):
+        v = n.attrs[a]
+        if isinstance(v, (int, float, np.integer, np.floating)) or v.is_Number:
+            ins.append(em.const(np.array(v, npdt)))
+        else:
+            t = em.node("Squeeze", [em.dim_tensor(v)])
+            ins.append(t if ty.dtype == "int64" else em.node("Cast", [t], {"to": DTYPES[ty.dtype][2]}))
+    em.add("Range", ins, list(n.outputs), name=n.name)
+
+
+def _emit_constant(em, n):
+    em.add("Constant", [], list(n.outputs), name=n.name, **em.attrs(n.attrs))
+
+
+_ACT_NAMES = {"": "", "gelu": "Gelu", "gelu_tanh": "GeluTanh", "relu": "Relu", "silu": "SiLU",
+              "swiglu": "SwiGLU"}
+
+
+def _activation_nodes(act: str, x: str, y: str) -> list:
+    from onnx import helper
+    mk = helper.make_node
+    if act in ("gelu", "gelu_tanh"):
+        return [mk("Gelu", [x], [y], approximate="tanh" if act == "gelu_tanh" else "none")]
+    if act == "relu":
+        return [mk("Relu", [x], [y])]
+    if act == "silu":
+        return [mk("Sigmoid", [x], ["sig"]), mk("Mul", [x, "sig"], [y])]
+    if act == "swiglu":
+        return [mk("Split", [x], ["gate", "up"], axis=-1, num_outputs=2), mk("Sigmoid", ["gate"], ["sig"]),
+                mk("Mul", ["gate", "sig"], ["silu"]), mk("Mul", ["silu", "up"], [y])]
+    return [mk("Identity", [x], [y])]
+
+
+def _n_operands(n) -> int:
+    return len([t for t in n.inputs if t])
+
+
+def _emit_matmul_epilogue(em, n):
+    from onnx import helper
+    mk = helper.make_node
+    bias = _n_operands(n) > 2
+    act = n.attrs.get("activation", "")
+    name = "MatMul" + ("Bias" if bias else "") + _ACT_NAMES[act]
+    ins = ["A", "W"] + (["Bias"] if bias else [])
+
+    def body(ops):
+        nodes = [mk("MatMul", ["A", "W"], ["mm"])] + ([mk("Add", ["mm", "Bias"], ["z"])] if bias else [])
+        nodes += _activation_nodes(act, "z" if bias else "mm", "Y")
+        return helper.make_function(FUSED_DOMAIN, name, ins, ["Y"], nodes, ops)
+    em.call_function(n, name, body)
+
+
+def _emit_swiglu(em, n):
+    from onnx import helper
+    mk = helper.make_node
+    packed = _n_operands(n) == 1
+    name = "SwiGLUPacked" if packed else "SwiGLU"
+
+    def body(ops):
+        nodes = ([mk("Split", ["X"], ["G", "U"], axis=-1, num_outputs=2)] if packed else []) + [
+            mk("Sigmoid", ["G"], ["sig"]), mk("Mul", ["G", "sig"], ["silu"]), mk("Mul", ["silu", "U"], ["Y"])]
+        return helper.make_function(FUSED_DOMAIN, name, ["X"] if packed else ["G", "U"], ["Y"], nodes, ops)
+    em.call_function(n, name, body)
+
+
+def _emit_residual_norm(em, n):
+    import onnx
+    from onnx import helper
+    mk = helper.make_node
+    bias = _n_operands(n) > 3
+    norm = {"rms": "RMSNormalization", "layer": "LayerNormalization"}[n.attrs["norm"]]
+    name = "Residual" + ("RMSNorm" if n.attrs["norm"] == "rms" else "LayerNorm") + ("Bias" if bias else "")
+    ins = ["A", "R", "Scale"] + (["Bias"] if bias else [])
+    call = {"epsilon": float(n.attrs.get("epsilon", 1e-5)), "axis": int(n.attrs.get("axis", -1)),
+            "stash_type": int(n.attrs.get("stash_type", 1))}
+
+    def body(ops):
+        norm_node = mk(norm, ["Sum"] + ins[2:], ["Y"])
+        norm_node.attribute.extend([
+            helper.make_attribute_ref("epsilon", onnx.AttributeProto.FLOAT),
+            helper.make_attribute_ref("axis", onnx.AttributeProto.INT),
+            helper.make_attribute_ref("stash_type", onnx.AttributeProto.INT)])
+        return helper.make_function(FUSED_DOMAIN, name, ins, ["Y", "Sum"],
+                                    [mk("Add", ["A", "R"], ["Sum"]), norm_node], ops, attributes=list(call))
+    em.call_function(n, name, body, call)
+
+
+for _op, _fn in {"Reshape": _emit_reshape, "Expand": _emit_expand, "ConstantOfShape": _emit_constant_of_shape,
+                 "Range": _emit_range, "Constant": _emit_constant, "MatMulEpilogue": _emit_matmul_epilogue,
+                 "SwiGLU": _emit_swiglu, "ResidualNorm": _emit_residual_norm}.items():
+    update(_op, emit=_fn)
 
 
 # ----------------------------------------------------------------------------------------------

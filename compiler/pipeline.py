@@ -297,6 +297,7 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
                     pm2(g)
                     g.verify()
                     records += pm2.records
+                _note_kv_cache(g)
                 g.meta["_draft_graph"] = _draft_graph(cfg, pass_ctx)  # speculative draft, same passes
                 timings["passes_s"] = time.perf_counter() - t0
 
@@ -347,6 +348,18 @@ def onnx_max_positions(g: Graph) -> tuple[int | None, str]:
                 if isinstance(rows, int):
                     return rows, f"rows of the position table {n.inputs[0]!r}"
     return None, "unknown"
+
+
+def _note_kv_cache(g: Graph) -> None:
+    """A causal decoder whose pipeline did not lift its KV cache (e.g. pipeline=none) is costed
+    without one; say so in report.json (model.import.kv_cache) and the log."""
+    if g.meta.get("causal") and not g.meta.get("kv_tensors"):
+        note = ("not lifted: the pipeline has no lift_kv_cache pass, so the model has no KV cache; "
+                "decode is costed as one new token attending only to itself (its context is "
+                "ignored) and the KV-cache memory is 0. Use pipeline=default (or add "
+                "fuse_eager_attention and lift_kv_cache to pipeline.passes) for cached decoding.")
+        log.warning("KV cache %s", note)
+        g.meta.setdefault("import_stats", {})["kv_cache"] = note
 
 
 def _draft_graph(cfg: Mapping, pass_ctx) -> Graph | None:

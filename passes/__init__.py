@@ -5,9 +5,10 @@ from __future__ import annotations
 from passes.base import Pass, PassContext, PassManager, PassResult
 from passes.cleanup import ConstantFolding, DeadCodeElimination, RemoveNoOps
 from passes.early_exit import EarlyExitPass
+from passes.fusion import AnnotateRotary, FuseAttention, FuseEagerAttention, FuseGemm, FuseNorms, FusionPass
+from passes.kv_cache import LiftKVCache
 from passes.moe import MoERoutingPass
-from passes.fusion import AnnotateRotary, FuseAttention, FuseGemm, FuseNorms, FusionPass
-from passes.kv_cache_onnx import LiftKVCache
+from passes.kv_cache_onnx import LiftKVCache as LiftOnnxKVCache
 from passes.quant.passes import PruneNM, Quantize
 
 PASSES: dict[str, type[Pass]] = {
@@ -19,8 +20,10 @@ PASSES: dict[str, type[Pass]] = {
     "fuse_norms": FuseNorms,
     "fuse_gemm": FuseGemm,
     "annotate_rotary": AnnotateRotary,
+    "fuse_eager_attention": FuseEagerAttention,
+    "lift_kv_cache": LiftKVCache,
     "moe_routing": MoERoutingPass,
-    "kv_cache": LiftKVCache,
+    "kv_cache": LiftOnnxKVCache,
     "early_exit": EarlyExitPass,
     "prune_nm": PruneNM,
     "quantize": Quantize,
@@ -48,4 +51,12 @@ def make_pass(spec, context: PassContext | None = None) -> Pass:
     return p
 
 
-__all__ = ["PASSES", "make_pass", "Pass", "PassContext", "PassManager", "PassResult"]
+def run_passes(graph, specs, context: PassContext | None = None, **manager_kw) -> PassManager:
+    """Run the passes ``specs`` (names or ``{name: …}`` mappings, as in conf/pipeline) on
+    ``graph`` in place through a :class:`PassManager`; returns it (``.records``)."""
+    pm = PassManager([make_pass(s, context) for s in specs], **manager_kw)
+    pm(graph)
+    return pm
+
+
+__all__ = ["PASSES", "make_pass", "run_passes", "Pass", "PassContext", "PassManager", "PassResult"]

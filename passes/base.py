@@ -77,6 +77,9 @@ class FunctionPass(Pass):
 
 # (a, b): when both run, a must come before b.
 ORDER_CONSTRAINTS: list[tuple[str, str]] = [
+    ("fuse_eager_attention", "lift_kv_cache"),   # the cache attaches to Attention ops
+    ("lift_kv_cache", "fuse"),                   # fusion rules see the cached attention
+    ("lift_kv_cache", "fuse_attention"),
     # compression works on the final linear layers (merged Q/K/V, gate/up; GEMM epilogues), and
     # quantization keeps a pruned pattern (its zeros stay exact zeros)
     ("fuse", "prune_nm"), ("fuse_gemm", "prune_nm"), ("fuse", "quantize"), ("fuse_gemm", "quantize"),
@@ -125,15 +128,14 @@ class PassManager(Pass):
                 if self.debug:
                     graph.verify()
             except (IRError, ValueError, KeyError, TypeError, AssertionError) as e:
-                if isinstance(e, ConfigError):
-                    raise
                 before = [q.name for q in self.passes[:i]]
                 raise PassError(
                     f"pass {p.name!r} failed: {e}. Passes that ran before it: "
                     f"{', '.join(before) if before else '(none)'}. Remove {p.name!r} from "
                     f"pipeline.passes to get a result without it, and report the model and "
                     f"config so the pass can be fixed.") from e
-            after = self.cost_fn(graph) if self.cost_fn else None
+            # an unchanged graph costs what it cost before (passes report changes truthfully)
+            after = self.cost_fn(graph) if self.cost_fn and res.changed else cost
             self.records.append(PassRecord(p.name, res.changed, dict(res.stats),
                                            time.perf_counter() - t0, cost, after))
             cost = after

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from compiler.emit_onnx import subgraph_model
 from compiler.ir import Graph, Param
+from compiler.ops import get as get_opdef
+from compiler.ops import is_const, noop_source
 from passes.base import Pass, PassResult
 
 
@@ -25,42 +28,13 @@ def eliminate_dead_code(g: Graph) -> dict[str, int]:
     return {"ops": len(dead), "params": len(unused)}
 
 
-def _is_const(g: Graph, t: str, value=None) -> bool:
-    p = g.params.get(t)
-    if p is None or p.data is None or not p.annotations.get("const"):
-        return False
-    return value is None or (p.data.size == 1 and float(p.data.reshape(-1)[0]) == value)
-
-
-def _noop(g: Graph, n) -> str | None:
-    """The input an op passes through unchanged, or None."""
-    ins = n.inputs
-    out_t = g.type(n.outputs[0]) if n.outputs else None
-    if n.op in ("Identity", "Dropout") and len(n.outputs) == 1:
-        return ins[0]
-    if n.op in ("Reshape", "Expand", "Cast", "Slice") and g.type(ins[0]) == out_t:
-        if n.op != "Slice" or all(s == 0 for s in n.attrs.get("starts", [1])):
-            return ins[0]
-    if n.op == "Transpose" and list(n.attrs.get("perm", [])) == sorted(n.attrs.get("perm", [0, 1])):
-        return ins[0]
-    if n.op in ("Mul", "Div") and _is_const(g, ins[1], 1.0) and g.type(ins[0]) == out_t:
-        return ins[0]
-    if n.op == "Mul" and _is_const(g, ins[0], 1.0) and g.type(ins[1]) == out_t:
-        return ins[1]
-    if n.op in ("Add", "Sub") and _is_const(g, ins[1], 0.0) and g.type(ins[0]) == out_t:
-        return ins[0]
-    if n.op == "Add" and _is_const(g, ins[0], 0.0) and g.type(ins[1]) == out_t:
-        return ins[1]
-    return None
-
-
 def remove_noops(g: Graph) -> dict[str, int]:
     """Bypass ops that return their input unchanged (Identity, same-shape Reshape/Expand,
     same-type Cast, identity Transpose, x*1, x+0, …). A graph output keeps its name: when the
     no-op produces one and its input is itself an input/parameter/output, the op stays."""
     stats: dict[str, int] = {}
     for n in g.topo_order():
-        src = _noop(g, n)
+        src = noop_source(g, n)
         if src is None:
             continue
         out = n.outputs[0]
@@ -102,28 +76,20 @@ MAX_FOLD_ELEMENTS = 1 << 16
 
 def fold_constants(g: Graph) -> dict[str, int]:
     """Evaluate ops whose operands are all constants (small results only, so folding never
-    duplicates weights) with onnx's reference evaluator, replacing them by constants."""
-    from compiler.emit_onnx import _Emitter
-    from onnx import helper, numpy_helper
+    duplicates weights) with onnx's reference evaluator, replacing them by constants. Ops the
+    registry marks not ``foldable`` (Shape, Attention) are left alone."""
     from onnx.reference import ReferenceEvaluator
-    from compiler.ir import DTYPES
     folded = 0
     for n in g.topo_order():
-        if n.op in ("Shape",) or not n.outputs or n.op == "Attention":
+        if not n.outputs or not get_opdef(n.op).foldable:
             continue
         srcs = [t for t in n.inputs if t]
-        if not all(_is_const(g, t) for t in srcs):
+        if not all(is_const(g, t) for t in srcs):
             continue
         outs = [g.type(t) for t in n.outputs]
         if not all(t.is_static() and int(t.numel()) <= MAX_FOLD_ELEMENTS for t in outs):
             continue
-        em = _Emitter(g)
-        em.emit(n)
-        inits = [numpy_helper.from_array(g.params[t].data.astype(DTYPES[g.type(t).dtype][1]), t)
-                 for t in dict.fromkeys(srcs)] + em.inits
-        graph = helper.make_graph(em.nodes, "fold", [], [helper.make_tensor_value_info(
-            t, DTYPES[g.type(t).dtype][2], None) for t in n.outputs], initializer=inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+        model = subgraph_model(g, [n], n.outputs, params=srcs, name="fold")
         try:
             vals = ReferenceEvaluator(model).run(None, {})
         except Exception:

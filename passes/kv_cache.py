@@ -20,6 +20,8 @@ from __future__ import annotations
 from compiler import annotations as ann
 from compiler.annotations import KVLayout
 from compiler.ir import P, Graph, IRError, OpNode, TensorType
+from compiler.ops import UnsupportedOpError
+from passes.base import Pass, PassResult
 
 
 def _strip_repeat_kv(g: Graph, t: str, kv_heads_hint: int | None = None) -> str:
@@ -45,10 +47,19 @@ def _strip_repeat_kv(g: Graph, t: str, kv_heads_hint: int | None = None) -> str:
     return x
 
 
+def needs_kv_cache(g: Graph) -> bool:
+    """A declared-causal decoder (``graph.meta["causal"]``, set by the torch importer) that has no
+    KV-cache inputs yet. ONNX files bring their own cache (or none) and are left alone."""
+    return bool(g.meta.get("causal")) and not g.meta.get("kv_tensors")
+
+
 def lift_kv_cache(g: Graph) -> dict[str, int]:
     attn = [n for n in g.topo_order() if n.op == "Attention"]
     if not attn:
-        raise IRError("lift_kv_cache: the model has no Attention op to attach a KV cache to")
+        raise UnsupportedOpError(
+            "lift_kv_cache: the causal decoder has no Attention op to attach a KV cache to (its "
+            "attention is still matmul/softmax). Run the fuse_eager_attention pass before "
+            "lift_kv_cache in pipeline.passes, or import it with model.attn_implementation=sdpa.")
     stats = {"layers": 0, "repeat_kv_removed": 0}
     kv_tensors = set(g.meta.get("kv_tensors", ()))
     for i, n in enumerate(attn):
@@ -85,6 +96,7 @@ def lift_kv_cache(g: Graph) -> dict[str, int]:
         ann.set(n, "kv_layout", ann.get(n, "kv_layout") or KVLayout("contiguous"))
         stats["layers"] += 1
     g.meta["kv_tensors"] = sorted(kv_tensors)
+    g.meta["kv_cache"] = {"lifted": True, **stats}
     if "input_ids" in g.inputs:
         g.meta.setdefault("dim_sources", {})["P"] = ("past_key.0", 2)
     # the expand/reshape chains are now dead; cleanup's dead-code elimination removes them
@@ -98,3 +110,17 @@ def _add_outputs(g: Graph, n: OpNode, names: list[str], types: list[TensorType])
         g.types[t] = ty
         g.producer[t] = n.name
         n.outputs.append(t)
+
+
+class LiftKVCache(Pass):
+    """Registered as ``lift_kv_cache``: past/present KV inputs and outputs on every Attention of a
+    declared-causal decoder (a no-op elsewhere). Without it (``pipeline=none``) a causal LM has
+    no cache: decode is then costed as one token attending to itself only."""
+
+    name = "lift_kv_cache"
+
+    def run(self, g):
+        if not needs_kv_cache(g):
+            return PassResult(g, False, {})
+        s = lift_kv_cache(g)
+        return PassResult(g, bool(s["layers"]), s)

@@ -38,13 +38,24 @@ def run_cli(*args, cwd=None, timeout=600) -> subprocess.CompletedProcess:
 _GRAPHS: dict = {}
 
 
+def prepare(g):
+    """Run the import part of the default recipe on ``g`` in place — conf/pipeline/cache.yaml:
+    dce, remove_noops, fuse_eager_attention, lift_kv_cache (what importers once did implicitly).
+    Returns {pass name: stats}."""
+    from omegaconf import OmegaConf
+    from passes import run_passes
+    specs = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "pipeline" / "cache.yaml"))["passes"]
+    return {r.name: r.stats for r in run_passes(g, specs).records}
+
+
 def imported(name: str, **over):
-    """Import a configured model once per test session (cleanup passes applied)."""
+    """Import a configured model once per test session (import passes and cleanup applied)."""
     key = (name, repr(sorted(over.items())))
     if key not in _GRAPHS:
         from compiler.importers.models import import_torch
         from passes.cleanup import fold_constants, remove_noops
         g = import_torch(model_cfg(name, **over))
+        prepare(g)
         remove_noops(g)
         fold_constants(g)
         _GRAPHS[key] = g

@@ -14,7 +14,7 @@ from compiler.importers.models import build_torch_model, import_torch
 from compiler.pipeline import run
 from passes import PassManager, make_pass
 from passes.early_exit import insert_exit_heads
-from tests.conftest import compose, model_cfg, run_cli
+from tests.conftest import compose, model_cfg, prepare, run_cli
 
 
 def test_depth_formulas_hand_derived():
@@ -43,6 +43,7 @@ def exit_model(tmp_path_factory):
     module, task = build_torch_model(cfg)
     g = import_torch(cfg, module, task)
     stats = insert_exit_heads(g, [0, 2], [0.4, 0.5])
+    prepare(g)   # the import passes of the default recipe (KV cache), after the exit heads as in the pipeline
     PassManager([make_pass(p) for p in ["remove_noops", "fold_constants", "fuse", "dce"]])(g)
     g.verify()
     path = tmp_path_factory.mktemp("ee") / "m.onnx"

@@ -49,7 +49,9 @@ def _param(f, e):
 def fuse(g):
     from compiler.hardware import hardware_by_name
     from passes import PassContext, make_pass
+    from conftest import prepare
     from passes.cleanup import fold_constants, remove_noops
+    prepare(g)   # the import passes of the default recipe (KV cache of causal decoders)
     remove_noops(g)
     fold_constants(g)
     ctx = PassContext(hardware_by_name("a100_80g"), ((1, 128, 0, "prefill"), (1, 1, 128, "decode")))

@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import compose, model_cfg  # noqa: E402
+from conftest import compose, model_cfg, prepare  # noqa: E402
 
 H, D, HKV, LAYERS = 32, 128, 32, 32
 L2 = 40 * 2**20
@@ -58,6 +58,7 @@ def llama2_7b_eager():
     from passes.cleanup import remove_noops
     cfg = model_cfg("llama2_7b", attn_implementation="eager")
     fused = import_torch(cfg)
+    fused.meta["import_passes"] = prepare(fused)
     module, task = build_torch_model(cfg)
     ex = example_inputs(task, _vocab(module), device="meta")
     ep = export_module(module, ex, {k: [0, 1] for k in ex})
@@ -91,7 +92,7 @@ def test_report_shows_flash_attention_bytes(n, llama2_7b_eager, tmp_path, monkey
     from compiler.cost import CostModel
     from compiler.hardware import hardware_by_name
     fused, unfused = llama2_7b_eager
-    assert fused.meta["import_stats"]["attention_fusion"]["attention.causal"] == LAYERS
+    assert fused.meta["import_passes"]["fuse_eager_attention"]["attention.causal"] == LAYERS
 
     # before: the IR's per-op bytes of every unfused attention group
     groups = attention_groups(unfused)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import model_cfg  # noqa: E402
+from conftest import model_cfg, prepare  # noqa: E402
 from test_fusion import run_ort  # noqa: E402
 
 ATOL = 1e-4
@@ -80,6 +80,7 @@ def torch_graphs(model: str, attn: str):
         from passes.cleanup import fold_constants, remove_noops
         cfg = model_cfg(model, attn_implementation=attn)
         g = import_torch(cfg)
+        g.meta["import_passes"] = prepare(g)
         remove_noops(g)
         fold_constants(g)
         ref, p0 = g.copy(), False
@@ -103,7 +104,7 @@ def test_torch_import_fuses_and_matches(model, attn):
     g = g0.copy()
     causal = g.meta.get("task") == "causal_lm"
     if attn == "eager" and causal:   # fused at import, so that the KV cache could be lifted
-        assert g.meta["import_stats"]["attention_fusion"] == {"attention": LAYERS[model],
+        assert g.meta["import_passes"]["fuse_eager_attention"] == {"attention": LAYERS[model],
                                                                "attention.causal": LAYERS[model]}
     res = fuse_pass(g)
     g.verify()
@@ -209,6 +210,7 @@ def test_onnx_file_fuses_and_matches(model, kind, attn, onnx_dir):
     from passes.cleanup import fold_constants, remove_noops
     path = _export(model, os.path.join(onnx_dir, f"{model}_{kind}_{attn}.onnx"), kind == "dynamo", attn)
     g = import_onnx(path)
+    prepare(g)
     remove_noops(g)
     fold_constants(g)
     res = fuse_pass(g)

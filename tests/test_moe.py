@@ -21,7 +21,7 @@ from compiler.importers.models import build_torch_model, import_torch
 from compiler.ir import B, S
 from passes import PassManager, make_pass
 from passes.moe import apply_routing
-from tests.conftest import compose, model_cfg, run_cli
+from tests.conftest import compose, model_cfg, prepare, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-4
@@ -78,6 +78,7 @@ def test_moe_prefill_and_decode_match_torch_in_onnxruntime(which, tmp_path):
     cfg = model_cfg("mixtral_tiny") if which == "mixtral_tiny" else qwen_moe_tiny()
     module, task = build_torch_model(cfg)
     g = import_torch(cfg, module, task)
+    prepare(g)
     PassManager([make_pass(p) for p in ["remove_noops", "fold_constants", "fuse", "dce"]])(g)
     g.verify()
     E, k = (4, 2) if which == "mixtral_tiny" else (6, 2)
@@ -133,6 +134,7 @@ def test_rooftop_experts_equal_transformers_eager():
 def test_expert_flops_and_weight_bytes_are_routed(h200):
     cfg = model_cfg("mixtral_tiny")
     g = import_torch(cfg)
+    prepare(g)
     cm = CostModel(g, h200)
     H, inter, E, k, L = 128, 256, 4, 2, 2
     expert = np.array([("moe" in g.node(it.name).annotations and g.node(it.name).annotations["moe"].expert is not None)
@@ -152,6 +154,7 @@ def test_expert_flops_and_weight_bytes_are_routed(h200):
 
 def test_routing_histogram_and_zipf_change_decode_cost(h200):
     g = import_torch(model_cfg("mixtral_tiny"))
+    prepare(g)
     base = CostModel(g, h200).totals(8, 1, 16, "decode")["weights"]
     apply_routing(g, {"routing": [97, 1, 1, 1]})
     assert {n.annotations["moe"].distribution for n in g if "moe" in n.annotations} == {"explicit"}

@@ -184,8 +184,9 @@ def _per_layer(g) -> tuple[int, int]:
 def llama():
     from compiler.importers.models import import_torch
     from passes.cleanup import fold_constants, remove_noops
-    from tests.conftest import model_cfg
+    from tests.conftest import model_cfg, prepare
     g = import_torch(model_cfg("llama_tiny"))
+    prepare(g)
     remove_noops(g)
     fold_constants(g)
     return g

@@ -13,7 +13,7 @@ from compiler import speculative as spec
 from compiler.cost import CostModel
 from compiler.errors import ConfigError
 from compiler.hardware import load_hardware
-from tests.conftest import compose, imported, model_cfg, run_cli
+from tests.conftest import compose, imported, model_cfg, prepare, run_cli
 
 
 def test_tokens_per_step_hand_derived_and_simulated():
@@ -67,7 +67,7 @@ def spec_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("spec")
     r = run_cli("speculative.draft_model=llama_tiny_draft", "speculative.acceptance=0.8", "speculative.gamma=3",
                 "workload.prefill_chunk=96", "workload.prompt_len=256", "workload.batch=2",
-                "hardware=h200", f"hydra.run.dir={out}", "emit.enabled=false", "pipeline=none")
+                "hardware=h200", f"hydra.run.dir={out}", "emit.enabled=false", "pipeline=cache")  # KV cache, no fusion
     assert r.returncode == 0, r.stderr
     return json.loads((out / "report.json").read_text())
 
@@ -150,6 +150,7 @@ def test_verify_step_runs_in_onnxruntime_like_torch(tmp_path):
     cfg = model_cfg("llama_tiny")
     module, task = build_torch_model(cfg)
     g = import_torch(cfg, module, task)
+    prepare(g)   # the import passes of the default recipe lift the KV cache
     save(g, str(tmp_path / "m.onnx"))
     sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     layers = sum(1 for t in g.inputs if t.startswith("past_key."))

@@ -10,7 +10,7 @@ from compiler.emit_onnx import save
 from compiler.importers.models import build_torch_model, import_torch
 from compiler.ir import B, P, S, Graph, IRError, TensorType
 from passes.cleanup import fold_constants, remove_noops
-from tests.conftest import model_cfg
+from tests.conftest import model_cfg, prepare
 
 TOL = 1e-4
 
@@ -23,6 +23,7 @@ def _compile(name, tmp_path):
     cfg = model_cfg(name)
     module, task = build_torch_model(cfg)
     g = import_torch(cfg, module, task)
+    prepare(g)
     remove_noops(g)
     fold_constants(g)
     g.verify()
@@ -65,11 +66,13 @@ def test_decoder_prefill_and_decode_match_torch(name, tmp_path):
 def test_gqa_cache_stores_kv_heads_not_query_heads(tmp_path):
     cfg = model_cfg("llama_tiny")
     g = import_torch(cfg)
+    assert not any(t.startswith("past_key") for t in g.inputs)   # the importer lifts nothing
+    stats = prepare(g)
     heads, kv = cfg["config"]["num_attention_heads"], cfg["config"]["num_key_value_heads"]
     assert kv < heads
     assert g.type("past_key.0").shape == (B, kv, P, cfg["config"]["hidden_size"] // heads)
     assert g.type("present_value.0").shape[2] == P + S
-    assert g.meta["import_stats"]["kv_cache"]["repeat_kv_removed"] == 2 * cfg["config"]["num_hidden_layers"]
+    assert stats["lift_kv_cache"]["repeat_kv_removed"] == 2 * cfg["config"]["num_hidden_layers"]
     assert not any(n.op == "Expand" for n in g)  # the repeat_kv copies are gone
 
 

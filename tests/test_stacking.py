@@ -7,7 +7,7 @@ import pytest
 from compiler.cost import CostModel
 from compiler.hardware import hardware_by_name
 from compiler.importers.models import import_torch
-from tests.conftest import model_cfg
+from tests.conftest import model_cfg, prepare
 
 
 @pytest.mark.parametrize("name", ["llama_tiny", "gpt2_tiny", "mixtral_tiny"])
@@ -17,6 +17,8 @@ def test_stacked_import_equals_full_export(name):
     base["config"][key] = 5
     full = import_torch(dict(base, stack_layers=False))
     stacked = import_torch(dict(base))
+    prepare(full)
+    prepare(stacked)
     assert stacked.meta["layer_stacking"] == {"layers": 5, "stacked_from": 2}
     assert "layer_stacking" not in full.meta
     stacked.verify()

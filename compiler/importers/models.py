@@ -136,9 +136,9 @@ def _vocab(module: torch.nn.Module) -> int:
 
 def import_torch(cfg, module: torch.nn.Module | None = None, task: str | None = None,
                  progress=None) -> Graph:
-    """Export and translate a torch model; causal LMs get their KV cache lifted."""
+    """Export and translate a torch model (a causal LM without a KV cache: ``graph.meta["causal"]``
+    tells the lift_kv_cache pass to add one)."""
     from compiler.importers.torch_export import export_module, import_exported
-    from passes.kv_cache import lift_kv_cache
     stack_to = None
     if module is None:
         from compiler.importers.stacking import can_stack, layer_count_key
@@ -175,13 +175,8 @@ def import_torch(cfg, module: torch.nn.Module | None = None, task: str | None = 
                 sources[str(d)] = (name, axis)
     g.meta.update(task=task, dim_sources={"B": ("input_ids", 0), "S": ("input_ids", 1)}
                   if "input_ids" in g.inputs else sources)
-    if causal:
-        from passes.cleanup import remove_noops
-        remove_noops(g)  # so the repeat_kv chain is contiguous
-        from passes.fusion import fuse_eager_attention
-        fused = fuse_eager_attention(g)  # eager attention (matmul/softmax) -> Attention; SDPA: no-op
-        g.meta["import_stats"] = {**({"attention_fusion": fused} if fused else {}),
-                                  "kv_cache": lift_kv_cache(g)}
+    # A causal decoder is returned without a KV cache; the pipeline's passes (remove_noops,
+    # fuse_eager_attention, lift_kv_cache: conf/pipeline/*.yaml) lift it.
     return g
 
 

@@ -23,7 +23,7 @@ Steps (each failure is a :class:`~compiler.errors.ModelFileError` or
 5. initializers and ``Constant`` nodes become parameters (small ones annotated ``const=True``);
    nodes become :class:`~compiler.ir.OpNode` s with the same op type and attributes. Operands
    that rooftop keeps as attributes (``Reshape.shape``, ``Slice`` bounds, ``Unsqueeze`` axes, …,
-   see ``compiler.emit_onnx._ATTR_INPUTS``) are turned into attributes when they are constants;
+   see ``OpDef.attr_operands`` in :mod:`compiler.ops`) are turned into attributes when they are constants;
    runtime shape tensors stay operands (the emitter passes them through).
 
 ``compiler.emit_onnx.save(graph, path)`` then writes a model that onnxruntime runs with the same
@@ -45,7 +45,18 @@ from sympy.parsing.sympy_parser import parse_expr
 from compiler.errors import ModelFileError
 from compiler.importers.safety import check_onnx_file
 from compiler.ir import B, DTYPES, ONNX_TO_DTYPE, P, S, SYMBOLS, Graph, OpNode, TensorType, as_dim
-from compiler.ops import REGISTRY, UnsupportedOpError
+from compiler.ops import MAX_SYM_ELEMENTS, REGISTRY, UnsupportedOpError, is_symbolic, sym_array, sym_entry, sym_value
+
+
+def _attr_operands(op: str):
+    """(data operand count, attribute names) of ``op``'s attribute operands (registry), or None."""
+    d = REGISTRY.get(op)
+    return None if d is None else d.attr_operands
+
+
+def _shape_operands(op: str) -> frozenset:
+    d = REGISTRY.get(op)
+    return frozenset() if d is None else d.shape_operands
 
 OPSET = 23
 REEXPORT = ("re-export it with torch.onnx.export(model, ..., dynamo=True, opset_version=23) "
@@ -56,21 +67,6 @@ _SKELETON_KEEP = 256
 _CONST_MAX = 64
 _STD_DOMAINS = ("", "ai.onnx")
 
-# data operands before the operands that rooftop keeps as attributes (see emit_onnx._ATTR_INPUTS)
-_ATTR_OPERANDS: dict[str, tuple[int, list[str]]] = {
-    "Unsqueeze": (1, ["axes"]), "Squeeze": (1, ["axes"]), "Reshape": (1, ["shape"]),
-    "Expand": (1, ["shape"]), "Slice": (1, ["starts", "ends", "axes", "steps"]), "TopK": (1, ["k"]),
-    "CumSum": (1, ["axis"]), "ConstantOfShape": (0, ["shape"]),
-    "Range": (0, ["start", "limit", "delta"]),
-    **{op: (1, ["axes"]) for op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin",
-                                    "ReduceProd", "ReduceL2", "ReduceSumSquare", "ReduceLogSumExp")},
-}
-# operand positions that are shape-like (their constants are annotated const=True)
-_SHAPE_OPERANDS: dict[str, set[int]] = {
-    **{op: set(range(k, k + len(names))) for op, (k, names) in _ATTR_OPERANDS.items()},
-    "Split": {1}, "Tile": {1}, "Pad": {1, 2, 3}, "Resize": {1, 2, 3}, "OneHot": {1},
-    "Clip": {1, 2}, "Gather": {1}, "Trilu": {1},
-}
 _CONVENTIONAL = {B: {"batch", "batch_size"},
                  S: {"seq", "sequence", "seq_len", "sequence_length"},
                  P: {"past_seq", "past_len", "past_seq_len", "past_sequence_length"}}
@@ -175,31 +171,34 @@ def _skeleton(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Tensor
 
 
 def _screen_ops(model: onnx.ModelProto, path: str, *, final: bool):
-    """Refuse nodes in non-standard domains and ops rooftop has no OpDef for."""
+    """Refuse nodes in non-standard domains and ops rooftop has no OpDef for (one message: the
+    op, its domain, the first such node and how many there are, and what to do)."""
     local = {(f.domain, f.name) for f in model.functions}
+    bad: dict[tuple[str, str], list[str]] = {}
     for i, n in enumerate(model.graph.node):
-        where = f"node {n.name or '#' + str(i)!r} (op type {n.op_type!r}"
         if (n.domain, n.op_type) in local and not final:
             continue
-        if n.domain not in _STD_DOMAINS:
-            raise UnsupportedOpError(
-                f"cannot import ONNX model {path!r}: {where}, domain {n.domain!r}) is not a standard "
-                f"ONNX operator: rooftop supports only the default ai.onnx domain (no onnxruntime "
-                f"contrib ops such as com.microsoft fused attention, no custom ops). Export the model "
-                f"without graph optimizations / fusions (e.g. torch.onnx.export(..., dynamo=True, "
-                f"opset_version=23) rather than an onnxruntime-optimized or quantized file), or "
-                f"replace the node with standard ops.")
-        if n.op_type in REGISTRY:
-            continue
-        if not final and onnx.defs.has(n.op_type):
-            continue  # an older-opset op the version converter may turn into a supported one
-        known = "is not an ONNX operator" if not onnx.defs.has(n.op_type) else \
-            "is not supported by rooftop's op registry"
-        raise UnsupportedOpError(
-            f"cannot import ONNX model {path!r}: {where}) {known}. Supported ops: "
-            f"{', '.join(sorted(REGISTRY))}. Re-export the model so that it uses only these ops "
-            f"(e.g. torch.onnx.export(..., dynamo=True, opset_version=23)), or add an OpDef for "
-            f"{n.op_type} in compiler/ops.py (shape rule, cost rule, ONNX emission).")
+        if n.domain in _STD_DOMAINS:
+            if n.op_type in REGISTRY or (not final and onnx.defs.has(n.op_type)):
+                continue  # (an older-opset op the version converter may turn into a supported one)
+        bad.setdefault((n.domain, n.op_type), []).append(n.name or f"#{i}")
+    if not bad:
+        return
+    (domain, op), nodes = next(iter(bad.items()))
+    more = f" ({len(bad) - 1} other unsupported op type(s) too: " + ", ".join(
+        sorted(f"{o}" + (f" [{d}]" if d else "") for d, o in list(bad)[1:])) + ")" if len(bad) > 1 else ""
+    if domain not in _STD_DOMAINS:
+        fix = (f"It is not a standard ONNX operator: rooftop imports only the standard ai.onnx domain (no onnxruntime contrib ops such as "
+               f"com.microsoft fused attention, no custom ops){more}. Export the model without graph "
+               f"optimizations / fusions (e.g. torch.onnx.export(..., dynamo=True, opset_version=23) "
+               f"rather than an onnxruntime-optimized or quantized file), or replace the node with "
+               f"standard ops.")
+    elif not onnx.defs.has(op):
+        fix = f"{op!r} is not an ONNX operator{more}; {REEXPORT}."
+    else:
+        fix = f"It is a standard ONNX operator that rooftop's op registry does not have yet{more}; {REEXPORT}."
+    raise UnsupportedOpError.for_op(op, domain=domain, node=nodes[0], count=len(nodes),
+                                    model=f"ONNX model {path!r}", fix=fix)
 
 
 def _prepare(model: onnx.ModelProto, path: str) -> tuple[onnx.ModelProto, int]:
@@ -565,128 +564,6 @@ def _constant_value(n: onnx.NodeProto) -> np.ndarray | None:
 # of B/S/P, those chains are evaluated here on sympy values, and the consumer gets rooftop's
 # attribute form; the chain becomes dead and is dropped after the import.
 
-_MAX_SYM_ELEMENTS = 64
-
-
-def _sym_entry(x):
-    """An int, or a sympy expression (integers as int)."""
-    if isinstance(x, (int, np.integer, bool, np.bool_)):
-        return int(x)
-    x = sympy.sympify(x)
-    return int(x) if x.is_Integer else x
-
-
-def _sym_array(vals, shape=None) -> np.ndarray:
-    """Object array of int / sympy entries; an all-int result becomes a plain int64 array."""
-    arr = np.empty(len(vals), dtype=object)
-    for i, v in enumerate(vals):
-        arr[i] = _sym_entry(v)
-    arr = arr.reshape(shape if shape is not None else (len(vals),))
-    if all(isinstance(v, int) for v in arr.reshape(-1)):
-        return arr.astype(np.int64)
-    return arr
-
-
-def _is_symbolic(arr: np.ndarray) -> bool:
-    return arr.dtype == object
-
-
-def _sym_div(a, b):
-    if isinstance(a, int) and isinstance(b, int):
-        return a // b if b else None
-    q = sympy.cancel(sympy.sympify(a) / b)
-    return q if q.as_numer_denom()[1] == 1 else sympy.floor(sympy.sympify(a) / b)
-
-
-def _sym_equal(a, b):
-    d = sympy.sympify(a) - b
-    z = d.is_zero
-    if z is None:
-        nz = d.is_positive or d.is_negative
-        return False if nz else None
-    return bool(z)
-
-
-def _sym_eval(op: str, attrs: dict, ins: list, in_types: list) -> np.ndarray | None:
-    """The value of a shape-computation op from symbolic/int operand values (None: unknown)."""
-    def axis_of(a, r):
-        return a + r if a < 0 else a
-    try:
-        if op in ("Shape", "Size"):
-            shp = in_types[0].shape if in_types[0] is not None else None
-            if shp is None:
-                return None
-            if op == "Size":
-                return _sym_array([sympy.Mul(*shp)], ())
-            # ONNX start/end (negative from the back, clamped) are Python slice bounds
-            return _sym_array(list(shp[attrs.get("start", 0):attrs.get("end")]))
-        if any(v is None for v in ins):
-            return None
-        if op == "Identity":
-            return ins[0]
-        if op == "Cast":
-            return ins[0] if ONNX_TO_DTYPE.get(attrs.get("to")) in ("int64", "int32") else None
-        if op == "Gather":
-            data, idx = ins
-            if _is_symbolic(idx):
-                return None
-            return np.take(data, idx.astype(np.int64), axis=attrs.get("axis", 0))
-        if op == "Unsqueeze" and "axes" in attrs:
-            x = ins[0]
-            r = x.ndim + len(attrs["axes"])
-            for a in sorted(axis_of(a, r) for a in attrs["axes"]):
-                x = np.expand_dims(x, a)
-            return x
-        if op == "Squeeze" and "axes" in attrs:
-            return np.squeeze(ins[0], axis=tuple(axis_of(a, ins[0].ndim) for a in attrs["axes"]))
-        if op == "Concat":
-            return np.concatenate([np.asarray(v, dtype=object) for v in ins], axis=attrs.get("axis", 0))
-        if op == "Reshape" and "shape" in attrs and all(isinstance(d, int) for d in attrs["shape"]):
-            shape = [ins[0].shape[i] if d == 0 and not attrs.get("allowzero") else d
-                     for i, d in enumerate(attrs["shape"])]
-            return ins[0].reshape(shape)
-        if op == "Slice" and "starts" in attrs and ins[0].ndim == 1:
-            axes = attrs.get("axes") or [0]
-            steps = attrs.get("steps") or [1]
-            if axes != [0] or len(attrs["starts"]) != 1:
-                return None
-            return ins[0][slice(attrs["starts"][0], attrs["ends"][0], steps[0])]
-        if op in ("Add", "Sub", "Mul", "Div", "Equal", "Max", "Min"):
-            a, b = (np.asarray(v, dtype=object) for v in ins)
-            a, b = np.broadcast_arrays(a, b)
-            fn = {"Add": lambda x, y: x + y, "Sub": lambda x, y: x - y, "Mul": lambda x, y: x * y,
-                  "Div": _sym_div, "Equal": _sym_equal,
-                  "Max": lambda x, y: max(x, y) if isinstance(x, int) and isinstance(y, int) else None,
-                  "Min": lambda x, y: min(x, y) if isinstance(x, int) and isinstance(y, int) else None}[op]
-            out = [fn(x, y) for x, y in zip(a.reshape(-1), b.reshape(-1))]
-            if any(v is None for v in out):
-                return None
-            if op == "Equal":
-                return np.array(out, dtype=bool).reshape(a.shape)
-            return _sym_array(out, a.shape)
-        if op == "Where":
-            c, x, y = ins
-            if c.dtype != bool:
-                return None
-            c, x, y = np.broadcast_arrays(c, np.asarray(x, dtype=object), np.asarray(y, dtype=object))
-            return _sym_array(list(np.where(c, x, y).reshape(-1)), c.shape)
-        if op == "ConstantOfShape" and "shape" in attrs and all(isinstance(d, int) for d in attrs["shape"]):
-            n = int(np.prod(attrs["shape"])) if attrs["shape"] else 1
-            val = attrs.get("value")
-            if val is not None and not isinstance(val, np.ndarray):
-                val = numpy_helper.to_array(val)
-            fill = np.asarray(val).reshape(-1)[0] if val is not None else 0
-            return None if n > _MAX_SYM_ELEMENTS else np.full(attrs["shape"], int(fill), dtype=np.int64)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return None
-
-
-_SYM_OPS = frozenset({"Shape", "Size", "Identity", "Cast", "Gather", "Unsqueeze", "Squeeze", "Concat",
-                      "Reshape", "Slice", "Add", "Sub", "Mul", "Div", "Equal", "Max", "Min", "Where",
-                      "ConstantOfShape"})
-
-
 class _Importer:
     def __init__(self, path: str, skel: onnx.ModelProto, big: dict[str, TensorProto], name: str,
                  dims_override, progress):
@@ -703,7 +580,7 @@ class _Importer:
         self.ssi_types: dict[str, onnx.TypeProto] = {}
         self._cand_cache: dict[str, list] = {}
         self.shape_operands = {t for n in skel.graph.node for i, t in enumerate(n.input)
-                               if i in _SHAPE_OPERANDS.get(n.op_type, ())}
+                               if i in _shape_operands(n.op_type)}
 
     # ---- typing --------------------------------------------------------------------------
     def _candidates(self, tensor: str):
@@ -728,7 +605,7 @@ class _Importer:
         d = REGISTRY.get(node.op)
         if d is None or d.infer is None:
             return None
-        k, names = _ATTR_OPERANDS.get(node.op, (None, []))
+        k, names = _attr_operands(node.op) or (None, ())
         if k is not None and len([t for t in node.inputs if t]) > k:
             return None  # value-dependent operands: the rule cannot see them
         try:
@@ -809,7 +686,7 @@ class _Importer:
     # ---- nodes ---------------------------------------------------------------------------
     def _attr_form(self, op: str, inputs: list[str], attrs: dict) -> list[str]:
         """Turn constant shape/axes operands into rooftop's attribute form (in place on attrs)."""
-        spec = _ATTR_OPERANDS.get(op)
+        spec = _attr_operands(op)
         if spec is None:
             return inputs
         k, names = spec
@@ -819,7 +696,7 @@ class _Importer:
         if not all((t == "" or t in self.values) for t in extra):
             return inputs
         vals = {nm: self.values[t] for nm, t in zip(names, extra) if t}
-        if any(_is_symbolic(v) for v in vals.values()):
+        if any(is_symbolic(v) for v in vals.values()):
             # symbolic values (from Shape chains) only where rooftop keeps symbolic attributes
             # and the emitter can compute every dim again at run time
             sources = self.dims.input_syms
@@ -857,8 +734,8 @@ class _Importer:
         elif op in ("Reshape", "Expand"):
             if "shape" not in vals:
                 return inputs
-            new["shape"] = [_sym_entry(x) for x in vals["shape"].reshape(-1)]  # resolved once typed
-            if _is_symbolic(vals["shape"]):
+            new["shape"] = [sym_entry(x) for x in vals["shape"].reshape(-1)]  # resolved once typed
+            if is_symbolic(vals["shape"]):
                 if op == "Reshape" and attrs.get("allowzero") and 0 in new["shape"]:
                     return inputs
                 self.stats["symbolic_shapes"] += 1
@@ -918,18 +795,18 @@ class _Importer:
             attrs["shape"] = self._resolve_shape(n.op_type, inputs[0], attrs["shape"], attrs, types[0])
         self.g.add_op(n.op_type, inputs, list(n.output), attrs, types=types, name=name,
                       source=f"onnx node {n.name or idx}")
-        if n.op_type in _SYM_OPS and len(n.output) == 1 and types[0] is not None and \
+        if REGISTRY[n.op_type].sym_value is not None and len(n.output) == 1 and types[0] is not None and \
                 types[0].dtype in ("int64", "int32", "bool") and types[0].rank <= 1:
             ins_v = [self.values.get(t) if t else None for t in inputs]
             in_types = [self.g.types.get(t) if t else None for t in inputs]
-            v = _sym_eval(n.op_type, attrs, ins_v, in_types)
+            v = sym_value(n.op_type, attrs, ins_v, in_types)
             if v is not None:   # a scalar entry or an object array: ints collapse to int64
                 v = np.asarray(v, dtype=object)
-                v = v.astype(bool) if types[0].dtype == "bool" else _sym_array(list(v.reshape(-1)), v.shape)
-                if v.size <= _MAX_SYM_ELEMENTS and types[0].is_static() and \
+                v = v.astype(bool) if types[0].dtype == "bool" else sym_array(list(v.reshape(-1)), v.shape)
+                if v.size <= MAX_SYM_ELEMENTS and types[0].is_static() and \
                         tuple(v.shape) == tuple(int(d) for d in types[0].shape):
                     self.values[n.output[0]] = v
-                    if not _is_symbolic(v) and n.op_type != "Constant":
+                    if not is_symbolic(v) and n.op_type != "Constant":
                         self._materialize(name, n.output[0], v, types[0])
 
     def _materialize(self, node: str, t: str, v: np.ndarray, ty: TensorType):
@@ -967,10 +844,7 @@ class _Importer:
                 raise _fail(self.path, f"graph output {o.name!r} is produced by no node",
                             "The model is malformed; " + REEXPORT + ".")
         g.outputs = [o.name for o in sg.output]
-        if self.stats["symbolic_shapes"]:
-            from passes.cleanup import eliminate_dead_code
-            # (shape computations with known values became constants: gone as well)
-            self.stats["dead_shape_ops"] = eliminate_dead_code(g)["ops"] + self.stats.get("shape_constants", 0)
+        # the Shape chains evaluated above are dead now; the pipeline's dce pass removes them
         return g
 
 

@@ -660,11 +660,12 @@ def import_exported(ep: torch.export.ExportedProgram, *, name: str, dims: Mappin
             continue
         h = HANDLERS.get(tname)
         if h is None:
-            raise UnsupportedOpError(
-                f"torch op {tname} (node {n.name}, from {ctx._where() or 'unknown source'}) has no "
-                f"translation in rooftop's torch importer. Supported torch ops: "
-                f"{len(HANDLERS)} (see compiler/importers/torch_export.py). Export the model with a "
-                f"supported implementation (e.g. attn_implementation='sdpa'), or add a handler.")
+            raise UnsupportedOpError.for_op(
+                tname, domain="aten (torch.export)", node=n.name, source=ctx._where() or "",
+                count=sum(1 for c in calls if _target_name(c) == tname), model=f"model {name!r}",
+                fix="Export the model with a supported implementation (e.g. model.attn_implementation=sdpa).",
+                support=f"To support it, add a handler for {tname} in compiler/importers/torch_export.py "
+                        f"that lowers it onto ops of the registry (compiler/ops.py).")
         args = ctx.val(list(n.args))
         kwargs = {k: ctx.val(a) for k, a in n.kwargs.items()}
         ctx.env[n] = h(ctx, *args, **kwargs)

@@ -39,6 +39,7 @@ from collections.abc import Callable
 
 from compiler.errors import ConfigError
 from compiler.ir import Graph
+from compiler.ops import UnsupportedOpError
 from passes.base import Pass, PassResult
 from passes.fusion.attention import attention_rule, gqa_rule, layout_rule
 from passes.fusion.gate import DEFAULT_POINTS, CostGate
@@ -188,7 +189,21 @@ class AnnotateRotary(FusionPass):
     default_rules = ("rotary_cache", "rotary", "rotary_partial", "rotary_layout")
 
 
-PASSES = {p.name: p for p in (FusionPass, FuseAttention, FuseNorms, FuseGemm, AnnotateRotary)}
+class FuseEagerAttention(Pass):
+    """Registered as ``fuse_eager_attention``: a declared-causal decoder with eager attention
+    (matmul/softmax instead of SDPA) gets ``Attention(is_causal=1)`` ops, which lift_kv_cache
+    needs. Not cost gated; a no-op for models that already have Attention ops or are not causal."""
+
+    name = "fuse_eager_attention"
+
+    def run(self, g: Graph) -> PassResult:
+        if not g.meta.get("causal") or g.meta.get("kv_tensors"):
+            return PassResult(g, False, {})
+        s = fuse_eager_attention(g)
+        return PassResult(g, bool(s), s)
+
+
+PASSES = {p.name: p for p in (FusionPass, FuseAttention, FuseNorms, FuseGemm, AnnotateRotary, FuseEagerAttention)}
 
 
 def fuse_eager_attention(g: Graph) -> dict[str, int]:
@@ -201,7 +216,6 @@ def fuse_eager_attention(g: Graph) -> dict[str, int]:
     rule = attention_rule("attention", require_causal=True, cost_gated=False)
     stats, outcomes = run_rules(g, ["attention"], gate=None, rules={"attention": rule})
     if not stats.get("attention"):
-        from compiler.ops import UnsupportedOpError
         raise UnsupportedOpError(
             f"the causal decoder has no scaled_dot_product_attention and its eager attention could "
             f"not be fused into an Attention op, which the KV cache needs: "
@@ -211,5 +225,5 @@ def fuse_eager_attention(g: Graph) -> dict[str, int]:
 
 
 __all__ = ["RULES", "ORDER", "PASSES", "FusionPass", "FuseAttention", "FuseNorms", "FuseGemm",
-           "AnnotateRotary", "fuse_eager_attention", "run_rules", "explain_outcome", "Rule", "Match",
+           "AnnotateRotary", "FuseEagerAttention", "fuse_eager_attention", "run_rules", "explain_outcome", "Rule", "Match",
            "Plan", "MatchResult", "CostGate"]

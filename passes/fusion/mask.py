@@ -111,31 +111,17 @@ def _not_causal(m: np.ndarray, s: int, p: int) -> str | None:
 
 
 def _evaluate(g: Graph, tensor: str, nodes: set[str], leaves: set[str]):
-    import onnx
     import onnxruntime as ort
-    from onnx import helper, numpy_helper
 
-    from compiler.emit_onnx import IR_VERSION, OPSET, _Emitter
+    from compiler.emit_onnx import subgraph_model
 
     order = [n for n in g.topo_order() if n.name in nodes]
-    em = _Emitter(g)
-    if "input_ids" in g.inputs:  # the importers' convention when dim_sources is not set yet
-        em.sources.setdefault("B", ("input_ids", 0))
-        em.sources.setdefault("S", ("input_ids", 1))
-    for n in order:
-        em.emit(n)
-    inputs = [t for t in g.inputs if t in leaves]
-    for sym, (src, _axis) in em.sources.items():  # dims materialized from graph inputs
-        if src in g.inputs and src not in inputs and any(src in nd.input for nd in em.nodes):
-            inputs.append(src)
-    params = [t for t in leaves if t in g.params]
-    inits = [numpy_helper.from_array(np.asarray(g.params[t].data, dtype=DTYPES[g.type(t).dtype][1]), t)
-             for t in params] + em.inits
+    model = subgraph_model(g, order, [tensor], inputs=[t for t in g.inputs if t in leaves],
+                           params=[t for t in leaves if t in g.params], name="mask",
+                           # the importers' convention when dim_sources is not set yet
+                           dim_sources={"B": ("input_ids", 0), "S": ("input_ids", 1)} if "input_ids" in g.inputs else None)
+    inputs = [i.name for i in model.graph.input]
     ty = g.type(tensor)
-    vi = [helper.make_tensor_value_info(t, DTYPES[g.type(t).dtype][2], None) for t in inputs]
-    out = [helper.make_tensor_value_info(tensor, DTYPES[ty.dtype][2], None)]
-    model = helper.make_model(helper.make_graph(em.nodes, "mask", vi, out, initializer=inits),
-                              opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.intra_op_num_threads = 1
@@ -157,7 +143,6 @@ def _evaluate(g: Graph, tensor: str, nodes: set[str], leaves: set[str]):
             else:
                 feeds[t] = np.zeros(shape, npdt)
         results.append(((b, s, p), np.asarray(sess.run(None, feeds)[0])))
-    del onnx
     return results
 
 

@@ -28,14 +28,14 @@ from typing import Any
 import numpy as np
 
 from compiler.ir import Graph, OpNode
-from compiler.ops import is_commutative
+from compiler.ops import REGISTRY, OpKind, is_commutative, ops_where
 
+# all from the op registry (compiler/ops.py), never lists of op names here:
 # ops whose extra operands (after the data operands) are shape/axes tensors, not data
-SHAPE_OPERAND_OPS = frozenset({"Reshape", "Expand", "Unsqueeze", "Squeeze", "Slice", "Split", "Tile",
-                               "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceSumSquare",
-                               "ReduceL2", "Pad"})
-PASSTHROUGH_OPS = frozenset({"Identity", "Dropout"})
-MOVE_OPS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten")
+SHAPE_OPERAND_OPS = ops_where(lambda d: bool(d.shape_operands))
+PASSTHROUGH_OPS = ops_where(lambda d: d.passthrough)
+# data moves (same elements, new shape or order): layout ops that are not mere pass-throughs
+MOVE_OPS = tuple(sorted(ops_where(lambda d: d.layout and not d.passthrough)))
 
 
 class MatchResult:
@@ -214,9 +214,11 @@ class Op(Pattern):
     the node the tensor must be (None: any). Extra operands are allowed only where they are
     shape/axes tensors (:data:`SHAPE_OPERAND_OPS`) or ``extra=True``."""
 
-    def __init__(self, ops: str | Sequence[str], *inputs: Pattern, name: str | None = None,
+    def __init__(self, ops: str | OpKind | Sequence[str | OpKind], *inputs: Pattern, name: str | None = None,
                  attrs: dict[str, Any] | None = None, output: int | None = 0, extra: bool = False):
-        self.ops = frozenset([ops] if isinstance(ops, str) else ops)
+        ops = [ops] if isinstance(ops, (str, OpKind)) else list(ops)
+        self.kinds = frozenset(o for o in ops if isinstance(o, OpKind))   # match by fusion kind
+        self.ops = frozenset(o for o in ops if not isinstance(o, OpKind))
         self.inputs = list(inputs) if inputs else None
         self.name = name
         self.attrs = attrs or {}
@@ -224,15 +226,25 @@ class Op(Pattern):
         self.extra = extra
 
     def root_ops(self):
-        return self.ops
+        return None if self.kinds else self.ops
+
+    def accepts(self, op: str) -> bool:
+        if op in self.ops:
+            return True
+        d = REGISTRY.get(op) if self.kinds else None
+        return d is not None and d.kind in self.kinds
+
+    @property
+    def what(self) -> str:
+        return "/".join(sorted(self.ops) + sorted(k.name.lower() for k in self.kinds))
 
     def matches(self, m, t, b):
         if not t:
-            m.fail(b, f"missing operand where {'/'.join(sorted(self.ops))} was expected")
+            m.fail(b, f"missing operand where {self.what} was expected")
             return
         node, skipped = m.producer(t, b, through=not (self.ops & PASSTHROUGH_OPS))
         if node is None:
-            m.fail(b, f"{t} is a graph input or weight, not the output of {'/'.join(sorted(self.ops))}")
+            m.fail(b, f"{t} is a graph input or weight, not the output of {self.what}")
             return
         pid = id(self)
         if pid in b.pids:
@@ -241,8 +253,8 @@ class Op(Pattern):
                 return
             yield b.bind(None, None, nodes=skipped)
             return
-        if node.op not in self.ops:
-            m.fail(b, f"{t} comes from {node.op} ({node.name}), expected {'/'.join(sorted(self.ops))}")
+        if not self.accepts(node.op):
+            m.fail(b, f"{t} comes from {node.op} ({node.name}), expected {self.what}")
             return
         if self.output is not None:
             real = t

@@ -58,7 +58,9 @@ def main():
     from compiler.cost import CostModel
     from compiler.hardware import hardware_by_name
     from compiler.importers.models import import_torch
+    from passes import run_passes
     g = import_torch(OmegaConf.to_container(OmegaConf.load(ROOT / "conf/model/llama2_70b.yaml")))
+    run_passes(g, OmegaConf.to_container(OmegaConf.load(ROOT / "conf/pipeline/cache.yaml"))["passes"])
     t0 = time.perf_counter()
     cm = CostModel(g, hardware_by_name("h100_sxm"))
     compile_s = time.perf_counter() - t0
