@@ -168,7 +168,7 @@ def precheck(argv: list[str]) -> list[str]:
     given = set()
     for o in overrides:
         key = o.key_or_group
-        if key in groups or key.startswith("hydra.") or key == "hydra" or o.is_delete():
+        if key in groups or key.startswith(("hydra.", "hydra/")) or key == "hydra" or o.is_delete():
             continue
         given.add(key)
         known, prefix, valid = schema.override_key_known(key, base)
