@@ -42,9 +42,8 @@ def _eval_mask(g: Graph, tensor: str, feeds_at):
     """Evaluate ``tensor``'s ancestors in onnxruntime at each (b, s) of :data:`_POINTS`;
     ``feeds_at(b, s, inputs)`` gives the feeds. Returns [((b, s), feeds, value)]."""
     import onnxruntime as ort
-    from onnx import helper, numpy_helper
 
-    from compiler.emit_onnx import IR_VERSION, OPSET, _Emitter
+    from compiler.emit_onnx import subgraph_model
     from passes.fusion.mask import _ancestors
     nodes, leaves = _ancestors(g, tensor)
     for t in _data_leaves(g, tensor):
@@ -53,21 +52,11 @@ def _eval_mask(g: Graph, tensor: str, feeds_at):
         if t in g.params and not (g.params[t].annotations.get("const") or g.params[t].data is not None
                                   and g.params[t].data.size <= 4096):
             raise Refused(f"the attention mask {tensor} reads weight {t}")
-    em = _Emitter(g)
-    em.sources.setdefault("B", ("input_ids", 0))
-    em.sources.setdefault("S", ("input_ids", 1))
-    for n in (n for n in g.topo_order() if n.name in nodes):
-        em.emit(n)
-    inputs = [t for t in g.inputs if t in leaves]
-    for _sym, (src, _axis) in em.sources.items():
-        if src in g.inputs and src not in inputs and any(src in nd.input for nd in em.nodes):
-            inputs.append(src)
-    inits = [numpy_helper.from_array(np.asarray(g.params[t].data, dtype=DTYPES[g.type(t).dtype][1]), t)
-             for t in leaves if t in g.params] + em.inits
-    vi = [helper.make_tensor_value_info(t, DTYPES[g.type(t).dtype][2], None) for t in inputs]
-    out = [helper.make_tensor_value_info(tensor, DTYPES[g.type(tensor).dtype][2], None)]
-    model = helper.make_model(helper.make_graph(em.nodes, "mask", vi, out, initializer=inits),
-                              opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    model = subgraph_model(g, [n for n in g.topo_order() if n.name in nodes], [tensor],
+                           inputs=[t for t in g.inputs if t in leaves],
+                           params=[t for t in leaves if t in g.params],
+                           dim_sources={"B": ("input_ids", 0), "S": ("input_ids", 1)}, name="mask")
+    inputs = [i.name for i in model.graph.input]
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.intra_op_num_threads = 1
