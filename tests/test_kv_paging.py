@@ -230,3 +230,21 @@ def test_driver_refuses_bad_block_size_before_import(tmp_path):
         run(cfg, str(out), show_progress=False)
     assert e.value.exit_code == 2
     assert not (out / "report.json").exists() and not (out / "model.onnx").exists()
+
+
+@pytest.mark.slow
+def test_driver_emits_and_verifies_a_paged_artifact(tmp_path):
+    """The pass appended to the default recipe (what kv=paged does): report.json validates, and
+    the emitted paged model.onnx is verified against torch eager the way a runtime runs it
+    (compiler/verify.py: unequal prompts in one batch, shuffled pool, scattered new K/V)."""
+    from compiler.pipeline import run
+    cfg = compose(["model=llama_tiny", "report.html=false"])
+    cfg["pipeline"]["passes"] = list(cfg["pipeline"]["passes"]) + [{"name": "kv_paging", "block_size": 4}]
+    report = run(cfg, str(tmp_path / "out"), show_progress=False)
+    ver = report["emit"]["verification"]
+    assert report["emit"]["emitted"] and ver["passed"]
+    assert [s["step"] for s in ver["inputs"]] == ["prefill", "decode1", "decode2"]
+    assert ver["inputs"][0]["new_tokens"] == [7, 5] and ver["inputs"][1]["new_tokens"] == [1, 3]
+    assert max(o["max_abs_err"] for o in ver["outputs"].values()) <= TORCH_TOL
+    assert "block_table" in report["model"]["inputs"] and "past_key.0" not in report["model"]["inputs"]
+    assert paging_info(str(tmp_path / "out" / "model.onnx"))["block_size"] == 4
