@@ -254,3 +254,14 @@ def test_driver_emits_and_verifies_a_paged_artifact(tmp_path):
     assert max(o["max_abs_err"] for o in ver["outputs"].values()) <= TORCH_TOL
     assert "block_table" in report["model"]["inputs"] and "past_key.0" not in report["model"]["inputs"]
     assert paging_info(str(tmp_path / "out" / "model.onnx"))["block_size"] == 4
+
+
+def test_accuracy_stage_feeds_a_paged_artifact(tmp_path, tmp_path_factory):
+    """quant= measures accuracy on the artifact one sequence at a time without a cache
+    (compiler/accuracy.py feeds_for): a paged artifact gets an empty block table."""
+    from compiler.accuracy import run_first_output
+    _, _, g, csess = _built("gpt2_tiny", tmp_path_factory)
+    _, path = _paged(g, tmp_path, block_size=8)
+    ids = np.random.default_rng(3).integers(0, 1024, 9)
+    got, want = run_first_output(_session(path), ids), run_first_output(csess, ids)
+    assert np.abs(got - want).max() <= CONTIG_TOL
