@@ -18,10 +18,23 @@ directory and writes, in the sweep directory:
   search the objective per trial.
 
 Search (``search.objective`` set, e.g. by ``search=throughput``, which also selects the Optuna
-sweeper): a point that violates a constraint — ``slo.ttft_ms`` / ``slo.tpot_ms`` at the point's
-batch, the hardware's memory, or any ``gate.*`` budget — is *infeasible*: its objective is the
-worst value (−inf when maximizing, +inf when minimizing), so the sampler learns to avoid it, and
-nothing is emitted (the recipes set ``emit.enabled=false``).
+sweeper; conf/search/*.yaml): each trial runs in two stages, so that a trial that violates a
+constraint is pruned *before* anything is emitted:
+
+1. cost only (emission off): the roofline report at the point's batch. A violated constraint —
+   ``slo.ttft_ms`` / ``slo.tpot_ms``, the hardware's memory, any ``gate.*`` budget on latency,
+   memory or throughput — makes it *infeasible* (``pruned: cost``); no model.onnx is written.
+2. only for a feasible point that needs an artifact: emission, and with ``gate.min_accuracy`` /
+   ``gate.max_accuracy_drop`` set on a lossy point (``quant=`` / ``sparsity=``), the accuracy
+   measured on that artifact against the fp32 reference (compiler/accuracy.py). Below the bound →
+   *infeasible* (``pruned: accuracy``) and the artifact is deleted.
+
+Accuracy constraints: a point without a lossy pass *is* the fp32 reference and meets any accuracy
+bound (its accuracy is shown as 1, ``accuracy_source: reference``); a lossy point whose accuracy
+cannot be measured — meta weights (cost-only models) or ``accuracy.enabled=false`` — is infeasible
+(it cannot be shown to meet the bound), pruned in stage 1. An infeasible trial's objective is the
+worst value (−inf when maximizing, +inf when minimizing), so the sampler learns to avoid it; the
+summary lists every trial with its reason.
 
 The sweep command exits with the first failed point's code (2 or 4, 1 for an internal error),
 else 3 if a point exceeded a gate, else 0 (infeasible search points are not failures).
@@ -126,6 +139,105 @@ def _job_info() -> tuple[int | None, list[str]]:
         return None, []
 
 
+ACCURACY_GATES = ("min_accuracy", "max_accuracy_drop")
+ARTIFACTS = ("model.onnx", "model.onnx.data")
+
+
+def is_lossy(cfg: Mapping) -> bool:
+    """The point runs a lossy pass (``quant=`` or ``sparsity=`` other than none)."""
+    return any(str((_get(cfg, g) or {}).get("scheme", "none")) != "none" for g in ("quant", "sparsity"))
+
+
+def has_weights(cfg: Mapping) -> bool:
+    """The model has weight values (an artifact, hence an accuracy, can exist)."""
+    m = _get(cfg, "model") or {}
+    return str(m.get("source")) == "onnx" or str(m.get("weights", "random")) != "meta"
+
+
+def _with(plain: Mapping, **groups: Mapping) -> dict:
+    """A copy of the plain config with keys of some groups replaced."""
+    import copy
+    out = copy.deepcopy(dict(plain))
+    for g, kv in groups.items():
+        out[g] = {**dict(out.get(g) or {}), **kv}
+    return out
+
+
+def _drop_artifacts(out_dir: str) -> None:
+    for f in ARTIFACTS:
+        try:
+            os.unlink(os.path.join(out_dir, f))
+        except FileNotFoundError:
+            pass
+
+
+def _gate_reason(e: GateError) -> str:
+    """The violated budgets of a gate error, without the advice meant for a single run."""
+    msg = " ".join(str(e).split())
+    msg = msg.split("gate exceeded — ", 1)[-1]
+    return msg.split(". The report was written", 1)[0]
+
+
+def _search_point(plain: Mapping, out_dir: str, rec: dict) -> dict | None:
+    """One search trial in two stages (see the module docstring); returns its report."""
+    from compiler.pipeline import run
+    gate = dict(_get(plain, "gate") or {})
+    acc_gates = {k: gate[k] for k in ACCURACY_GATES if gate.get(k) is not None}
+    lossy = is_lossy(plain)
+    if not lossy:      # the fp32 reference itself: it meets any accuracy constraint
+        rec["accuracy_source"] = "reference"
+    # stage 1, cost only: nothing is emitted; the accuracy gates wait for a measurement
+    cost_cfg = _with(plain, emit={"enabled": False}, gate={k: None for k in ACCURACY_GATES})
+    try:
+        report = run(cost_cfg, out_dir)
+        bad = constraint_violations(plain, report)
+    except GateError as e:
+        report = _read_json(os.path.join(out_dir, "report.json"))
+        bad = [_gate_reason(e)]
+    if bad:
+        rec.update(status="infeasible", pruned="cost", error="; ".join(bad) + " (pruned before emission)")
+        return report
+    emit = (_get(plain, "emit") or {}).get("enabled", "auto")
+    emit = False if str(emit).lower() == "false" else emit
+    measure = bool(acc_gates) and lossy
+    if measure:
+        acc_on = str((_get(plain, "accuracy") or {}).get("enabled", "auto")).lower() not in ("false", "0")
+        why = None
+        if not has_weights(plain):
+            why = ("the model has meta weights (model.weights=meta), so no artifact exists to measure")
+        elif not acc_on:
+            why = "accuracy.enabled=false"
+        if why:
+            keys = ", ".join(f"gate.{k}" for k in acc_gates)
+            rec.update(status="infeasible", pruned="accuracy", error=(
+                f"{keys}: accuracy not measured — {why}; a lossy point ({_lossy_what(plain)}) cannot be "
+                f"shown to meet the constraint, so it is pruned (before emission). Search a model with "
+                f"weights (model.weights=random or pretrained) to measure it."))
+            return report
+    elif emit is False or not has_weights(plain):
+        return report
+    # stage 2: emit (the accuracy is measured on the artifact); only feasible points get here
+    full = _with(plain, emit={"enabled": "auto" if emit is False else emit},
+                 gate={} if lossy else {k: None for k in ACCURACY_GATES})
+    try:
+        report = run(full, out_dir)
+    except GateError as e:
+        _drop_artifacts(out_dir)
+        report = _read_json(os.path.join(out_dir, "report.json"))
+        rec.update(status="infeasible", pruned="accuracy",
+                   error=_gate_reason(e) + " (measured on the artifact, which is not kept)")
+    return report
+
+
+def _lossy_what(plain: Mapping) -> str:
+    parts = []
+    for g in ("quant", "sparsity"):
+        sch = str((_get(plain, g) or {}).get("scheme", "none"))
+        if sch != "none":
+            parts.append(f"{g}={sch}")
+    return " ".join(parts)
+
+
 def run_point(cfg: Any, out_dir: str) -> float | None:
     """One multirun point: run the pipeline and record the outcome in ``out_dir/point.json``.
 
@@ -137,26 +249,26 @@ def run_point(cfg: Any, out_dir: str) -> float | None:
     plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     job, overrides = _job_info()
     rec: dict[str, Any] = {"job": job, "overrides": overrides, "status": "ok", "exit_code": 0,
-                           "error": None, "objective": None}
+                           "error": None, "objective": None, "pruned": None, "accuracy_source": None}
     search = None
     report = None
     try:
         search = search_settings(plain)
-        report = run(cfg, out_dir)
         if search:
-            bad = constraint_violations(plain, report)
-            if bad:
-                rec.update(status="infeasible", error="; ".join(bad))
+            report = _search_point(plain, out_dir, rec)
+        else:
+            report = run(cfg, out_dir)
     except GateError as e:
-        rec.update(status="infeasible" if search else "gate", exit_code=0 if search else e.exit_code,
-                   error=" ".join(str(e).split()))
+        rec.update(status="gate", exit_code=e.exit_code, error=" ".join(str(e).split()))
         report = _read_json(os.path.join(out_dir, "report.json"))
     except RooftopError as e:
         rec.update(status="failed", exit_code=e.exit_code, error=" ".join(str(e).split()))
+        report = None
     except Exception as e:  # noqa: BLE001 - a bug; still recorded, the sweep goes on
         tb = traceback.format_exception_only(type(e), e)[-1].strip()
         rec.update(status="failed", exit_code=EXIT_INTERNAL,
                    error=f"internal error (a rooftop bug, please report it): {tb}")
+        report = None
         log.error("point %s failed:\n%s", job, traceback.format_exc())
     if search:
         val = objective_value(report, search["metric"]) if report and rec["status"] == "ok" else None
@@ -251,10 +363,18 @@ def collect_rows(sweep_dir: str | os.PathLike, search: Mapping | None = None) ->
             "accuracy": acc.get("value") if isinstance(acc, Mapping) else None,
             "accuracy_metric": acc.get("metric") if isinstance(acc, Mapping) else None,
             "objective": rec.get("objective"),
+            "pruned": rec.get("pruned"),
+            "accuracy_source": "measured" if isinstance(acc, Mapping) and acc.get("value") is not None
+            else rec.get("accuracy_source"),
+            "emitted": (d / "model.onnx").is_file(),
             "pareto": False,
             "report": str((d / "report.json").relative_to(sweep_dir)) if report is not None else None,
         }
         rows.append(row)
+    metrics = sorted({r["accuracy_metric"] for r in rows if r["accuracy_source"] == "measured"})
+    for r in rows:      # the fp32 reference scores 1 on the metric that compares with it
+        if r["accuracy_source"] == "reference" and len(metrics) == 1:
+            r["accuracy"], r["accuracy_metric"] = 1.0, metrics[0]
     return rows
 
 
@@ -322,10 +442,11 @@ def summarize(sweep_dir: str | os.PathLike, search: Mapping | None = None, *, sw
         cand = [r for r in rows if r["status"] == "ok" and r["objective"] is not None]
         best = cand[0]["job"] if cand else None
     counts = {s: sum(1 for r in rows if r["status"] == s) for s in ("ok", "gate", "infeasible", "failed")}
+    best_cmd = reproduce_command(next(r for r in rows if r["job"] == best)["overrides"]) if best is not None else None
     return {"schema_version": SCHEMA_VERSION, "kind": "search" if search else "sweep",
             "sweeper": sweeper, "launcher": launcher, "points": len(rows), "counts": counts,
             "exit_code": sweep_exit_code(rows), "objective": dict(search) if search else None,
-            "best": best, "pareto": {"axes": axes, "jobs": front}, "rows": rows}
+            "best": best, "best_command": best_cmd, "pareto": {"axes": axes, "jobs": front}, "rows": rows}
 
 
 def write_summary(sweep_dir: str | os.PathLike, doc: Mapping) -> list[str]:
@@ -360,7 +481,7 @@ class SweepSummary(Callback):
         if doc["best"] is not None:
             b = next(r for r in doc["rows"] if r["job"] == doc["best"])
             best = (f"; best #{b['job']} {_shown(b, _varying(doc)[0])} "
-                    f"({doc['objective']['metric']} = {b['objective']:.6g})")
+                    f"({doc['objective']['metric']} = {b['objective']:.6g}; alone: {doc['best_command']})")
         print(f"rooftop: sweep of {doc['points']} points (ok {c['ok']}, gate {c['gate']}, "
               f"infeasible {c['infeasible']}, failed {c['failed']}){best} -> {sweep_dir / 'sweep.html'}",
               flush=True)
@@ -405,7 +526,7 @@ def _shown(r, varying) -> str:
 
 
 COLUMNS = [("#", lambda r: str(r["job"])), ("overrides", None),
-           ("status", lambda r: r["status"]), ("TTFT ms", lambda r: _ms(r["ttft_s"])),
+           ("status", lambda r: _status(r)), ("TTFT ms", lambda r: _ms(r["ttft_s"])),
            ("TPOT ms", lambda r: _ms(r["tpot_s"])), ("throughput tok/s", lambda r: _num(r["throughput_tok_s"])),
            ("memory GB", lambda r: _gb(r["memory_bytes"])), ("max batch", lambda r: _num(r["max_batch"], "{}")),
            ("accuracy", lambda r: _num(r["accuracy"])), ("Pareto", lambda r: "★" if r["pareto"] else "")]
@@ -439,13 +560,51 @@ def _headline(doc) -> list[str]:
     return lines
 
 
+def _status(r) -> str:
+    return f"{r['status']} ({r['pruned']})" if r.get("pruned") else r["status"]
+
+
+def reproduce_command(overrides: Sequence[str]) -> str:
+    """The single-run command of a point: its overrides without the search recipe and Hydra's."""
+    keep = [o for o in overrides if not o.lstrip("+~").startswith(("search=", "search.", "hydra.", "hydra/"))]
+    return "rooftop " + " ".join(keep)
+
+
+def _best_lines(doc) -> list[tuple[str, str]]:
+    """(text, code) lines of the best configuration (a search with a feasible point)."""
+    if doc.get("best") is None:
+        return []
+    b = next(r for r in doc["rows"] if r["job"] == doc["best"])
+    o = doc["objective"]
+    figs = [f"TTFT {_ms(b['ttft_s'])} ms", f"TPOT {_ms(b['tpot_s'])} ms",
+            f"throughput {_num(b['throughput_tok_s'])} tok/s", f"memory {_gb(b['memory_bytes'])} GB"]
+    if b["accuracy"] is not None:
+        figs.append(f"accuracy {b['accuracy']:.4g} ({b['accuracy_metric']}"
+                    + (", the fp32 reference" if b["accuracy_source"] == "reference" else "") + ")")
+    return [(f"#{b['job']}, {o['metric']} = {b['objective']:.6g} ({o['direction']}d): ", _shown(b, _varying(doc)[0])),
+            ("Predicted: " + ", ".join(figs) + ".", ""),
+            ("Run it alone (emits model.onnx where the model has weights): ", doc["best_command"])]
+
+
+_PRUNED_WHEN = {"cost": "pruned before emission", "accuracy": "pruned on accuracy"}
+
+
 def render_markdown(doc: Mapping) -> str:
     cols = _columns(doc)
-    out = ["# rooftop sweep", "", *_headline(doc), "",
-           "| " + " | ".join(h for h, _ in cols) + " |", "|" + "---|" * len(cols)]
+    out = ["# rooftop sweep", "", *_headline(doc), ""]
+    best = _best_lines(doc)
+    if best:
+        out += ["## Best configuration", ""] + [f"- {t}" + (f"`{c}`" if c else "") for t, c in best] + \
+               ["", "## Trials", ""]
+    out += ["| " + " | ".join(h for h, _ in cols) + " |", "|" + "---|" * len(cols)]
     for r in doc["rows"]:
         out.append("| " + " | ".join(f(r).replace("|", "\\|") for _, f in cols) + " |")
-    bad = [r for r in doc["rows"] if r["error"]]
+    pruned = [r for r in doc["rows"] if r["status"] == "infeasible"]
+    if pruned:
+        out += ["", "## Infeasible trials (a constraint violated)", ""]
+        out += [f"- #{r['job']} `{_shown(r, _varying(doc)[0])}` — {r['error']}"
+                for r in sorted(pruned, key=lambda r: r["job"])]
+    bad = [r for r in doc["rows"] if r["error"] and r["status"] != "infeasible"]
     if bad:
         out += ["", "## Points not ok", ""]
         out += [f"- #{r['job']} ({r['status']}, exit {r['exit_code']}) `{' '.join(r['overrides'])}`: {r['error']}"
@@ -573,7 +732,7 @@ table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ddd;paddin
 th{background:#f3f3f3}td.l{text-align:left;font-family:ui-monospace,monospace}
 th.l{text-align:left}tr.pareto td{background:#eef8ee}tr.failed td{background:#fdecea}tr.gate td,tr.infeasible td{color:#777}
 tr.best td{font-weight:bold}.err{font-family:ui-monospace,monospace;font-size:12px;white-space:pre-wrap}
-img{max-width:100%;border:1px solid #eee;margin:8px 0}"""
+img{max-width:100%;border:1px solid #eee;margin:8px 0}ul.best code{background:#f3f3f3;padding:1px 4px}"""
 
 
 def render_html(doc: Mapping, sweep_dir: str | os.PathLike | None = None) -> str:
@@ -586,20 +745,32 @@ def render_html(doc: Mapping, sweep_dir: str | os.PathLike | None = None) -> str
         cls = [r["status"]] + (["pareto"] if r["pareto"] else []) + (["best"] if r["job"] == doc["best"] else [])
         tds = "".join(f"<td class=\"{'l' if h in ('overrides', 'status') else ''}\">{e(f(r))}</td>" for h, f in cols)
         trs.append(f"<tr class=\"{' '.join(cls)}\">{tds}</tr>")
-    bad = [r for r in doc["rows"] if r["error"]]
+    varying = _varying(doc)[0]
+    best = _best_lines(doc)
+    best_html = ""
+    if best:
+        best_html = "<h2>Best configuration</h2><ul class=\"best\">" + "".join(
+            f"<li>{e(t)}" + (f"<code>{e(c)}</code>" if c else "") + "</li>" for t, c in best) + "</ul><h2>Trials</h2>"
+    pruned = sorted((r for r in doc["rows"] if r["status"] == "infeasible"), key=lambda r: r["job"])
     errs = ""
+    if pruned:
+        errs += "<h2>Infeasible trials (a constraint violated)</h2><ul>" + "".join(
+            f"<li>#{r['job']} <code>{e(_shown(r, varying))}</code> "
+            f"<b>{e(_PRUNED_WHEN.get(r.get('pruned'), 'infeasible'))}</b>"
+            f"<div class=\"err\">{e(r['error'])}</div></li>" for r in pruned) + "</ul>"
+    bad = [r for r in doc["rows"] if r["error"] and r["status"] != "infeasible"]
     if bad:
-        errs = "<h2>Points not ok</h2><ul>" + "".join(
+        errs += "<h2>Points not ok</h2><ul>" + "".join(
             f"<li>#{r['job']} <b>{e(r['status'])}</b> (exit {r['exit_code']}) <code>{e(' '.join(r['overrides']))}</code>"
             f"<div class=\"err\">{e(r['error'])}</div></li>" for r in bad) + "</ul>"
     imgs = "".join(f"<h2>{e(t)}</h2><img alt=\"{e(t)}\" src=\"data:image/png;base64,{b}\">"
                    for t, b in plots(doc, sweep_dir))
     return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>rooftop sweep</title>"
-            f"<style>{_CSS}</style></head><body><h1>rooftop sweep</h1>{head}"
+            f"<style>{_CSS}</style></head><body><h1>rooftop sweep</h1>{head}{best_html}"
             f"<table><thead><tr>{th}</tr></thead><tbody>{''.join(trs)}</tbody></table>"
             f"<p>Units: ms, GB (10⁹ bytes), tokens/s. ★ = on the Pareto front. Rows: best first; "
             f"each point's report is in its directory.</p>{errs}{imgs}</body></html>\n")
 
 
-__all__ = ["run_point", "SweepSummary", "summarize", "write_summary", "collect_rows", "pareto_front",
+__all__ = ["run_point", "SweepSummary", "reproduce_command", "is_lossy", "has_weights", "summarize", "write_summary", "collect_rows", "pareto_front",
            "pareto_axes", "search_settings", "constraint_violations", "last_exit_code", "OBJECTIVES"]
