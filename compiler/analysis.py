@@ -180,6 +180,8 @@ def analyze(cfg: Mapping, wl: Mapping, hw, g: Graph, cm, sched, records) -> dict
                                 "tokens": tokens, "reserve": reserve})
     phases.update(dynamic.pop("phases", {}))
     latency.update(dynamic.pop("latency", {}))
+    planning = planning_sections(cfg, wl, hw, g, cm, sched, w_bytes, kv_tok, tokens, reserve) if generative else {}
+    cap.update(planning.pop("capacity", {}))
     dtype = m.get("dtype") or _graph_dtype(g)
     return {
         "model": {
@@ -213,7 +215,16 @@ def analyze(cfg: Mapping, wl: Mapping, hw, g: Graph, cm, sched, records) -> dict
         "latency": latency,
         "throughput_vs_batch": sweep,
         **dynamic,
+        **planning,
     }
+
+
+def planning_sections(cfg, wl, hw, g, cm, sched, w_bytes, kv_tok, tokens, reserve) -> dict[str, Any]:
+    """Capacity planning (``capacity.kv_blocks`` …), ``parallel`` and ``serve`` (compiler/capacity.py,
+    compiler/parallel.py, compiler/serving.py) for ``kv=``, ``parallel.*``, ``serve.*``."""
+    from compiler.serving import report_sections
+    return report_sections(cfg, wl, hw, g, cm, sched, weights_bytes=w_bytes, kv_bytes_per_token=kv_tok,
+                           tokens=tokens, reserve_bytes=reserve)
 
 
 def dynamic_sections(cfg, wl, hw, g, cm, sched, latency, base) -> dict[str, Any]:

@@ -251,6 +251,7 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
     if mcfg["source"] != "onnx":  # fail before the (slow) import where the config says it
         max_pos, where = model_max_positions(mcfg)
         check_positions(cfg, wl, max_pos, where, mcfg.get("task") == "causal_lm")
+    check_parallel_plan(cfg, hw)
     pass_ctx = PassContext(hardware=hw, points=tuple(_record_points(wl)))
     passes = [make_pass(p, pass_ctx) for p in (cfg["pipeline"].get("passes") or [])]
     lossy = compression_passes(cfg, pass_ctx, wl)   # quant= / sparsity= (validated before the import)
@@ -334,6 +335,28 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
         raise GateError("gate exceeded — " + "; ".join(failed) + ". The report was written; "
                         "relax the gate or change the model, pipeline or hardware.")
     return report
+
+
+def check_parallel_plan(cfg: Mapping, hw) -> None:
+    """parallel.tp/pp/ep the model or the node cannot run (tp not dividing the heads, more devices
+    than the node has, ep without experts) exit 2 before the import."""
+    from compiler.parallel import check_plan, dims_from_hf, plan_of
+    plan = plan_of(cfg.get("parallel"))
+    if plan.devices == 1:
+        return
+    mcfg = cfg["model"]
+    dims = None
+    if mcfg.get("source") == "hf_config":
+        try:
+            dims = dims_from_hf(mcfg.get("config") or {})
+        except (TypeError, ValueError):
+            dims = None
+    if dims is None:
+        raise ConfigError(f"parallel.tp={plan.tp} parallel.pp={plan.pp} parallel.ep={plan.ep} need a "
+                          f"transformer described by a Hugging Face config (model.config: heads, KV heads, "
+                          f"layers) to shard; model {mcfg.get('name')!r} has none. Use parallel.tp=1 "
+                          f"parallel.pp=1 parallel.ep=1.")
+    check_plan(plan, dims, hw)
 
 
 def onnx_max_positions(g: Graph) -> tuple[int | None, str]:

@@ -720,6 +720,15 @@ _GRAPH_KV_DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "fl
                    "int8": "int8", "uint8": "int8"}
 
 
+def serve_enabled(serve: Mapping | None) -> bool:
+    """``serve.enabled``: true, false, or auto (the default: on when ``serve.rate`` is set)."""
+    s = dict(serve or {})
+    v = s.get("enabled", "auto")
+    if isinstance(v, str):
+        v = {"true": True, "false": False}.get(v.lower(), "auto")
+    return v is True or (v == "auto" and s.get("rate") is not None)
+
+
 def report_sections(cfg: Mapping, wl: Mapping, hw, g, cm, sched, *, weights_bytes: float,
                     kv_bytes_per_token: float, tokens: float, reserve_bytes: float) -> dict[str, Any]:
     """The capacity planning (``capacity`` additions incl. ``kv_blocks``), ``parallel`` and ``serve``
@@ -750,7 +759,7 @@ def report_sections(cfg: Mapping, wl: Mapping, hw, g, cm, sched, *, weights_byte
     else:
         w_dev, kv_dev = weights_bytes, kv_bytes_per_token
     serve = dict(cfg.get("serve") or {})
-    enabled = bool(serve.get("enabled", False))
+    enabled = serve_enabled(serve)
     kvc = dict(cfg.get("kv") or {})
     if enabled:
         scfg = config_of({**{k: v for k, v in serve.items() if k != "enabled"},

@@ -9,6 +9,7 @@ from passes.fusion import AnnotateRotary, FuseAttention, FuseEagerAttention, Fus
 from passes.kv_cache import LiftKVCache
 from passes.moe import MoERoutingPass
 from passes.kv_cache_onnx import LiftKVCache as LiftOnnxKVCache
+from passes.kv_paging import KVPaging
 from passes.quant.passes import PruneNM, Quantize
 
 PASSES: dict[str, type[Pass]] = {
@@ -24,6 +25,7 @@ PASSES: dict[str, type[Pass]] = {
     "lift_kv_cache": LiftKVCache,
     "moe_routing": MoERoutingPass,
     "kv_cache": LiftOnnxKVCache,
+    "kv_paging": KVPaging,
     "early_exit": EarlyExitPass,
     "prune_nm": PruneNM,
     "quantize": Quantize,
