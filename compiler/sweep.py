@@ -67,6 +67,7 @@ EXIT_INTERNAL = 1
 OBJECTIVES: dict[str, tuple[str, str]] = {
     "throughput_tok_s": ("latency.throughput_tok_s", "maximize"),
     "decode_throughput_tok_s": ("latency.decode_throughput_tok_s", "maximize"),
+    "throughput_per_device_tok_s": ("latency.throughput_per_device_tok_s", "maximize"),
     "tpot_s": ("latency.tpot_s", "minimize"),
     "ttft_s": ("latency.ttft_s", "minimize"),
     "e2e_s": ("latency.e2e_s", "minimize"),
@@ -104,8 +105,52 @@ def search_settings(cfg: Mapping) -> dict[str, str] | None:
     return {"metric": str(obj), "direction": str(direction)}
 
 
+def deployed(report: Mapping | None) -> dict[str, Any]:
+    """The point's headline figures as deployed: ``latency.*`` and ``memory.*`` of one device, or
+    with ``parallel.tp``/``pp`` > 1 (report.json ``parallel``, compiler/parallel.py) the sharded
+    ones — TTFT and TPOT of the parallel plan (communication included), memory per device, the
+    request's decode steps scaled by the plan's decode speedup, and throughput of the device group
+    (``devices`` of them; ``throughput_per_device_tok_s`` divides by that)."""
+    lat = dict((report or {}).get("latency") or {})
+    mem = dict((report or {}).get("memory") or {})
+    out = {"ttft_s": lat.get("ttft_s"), "tpot_s": lat.get("tpot_s"), "e2e_s": lat.get("e2e_s"),
+           "throughput_tok_s": lat.get("throughput_tok_s"),
+           "decode_throughput_tok_s": lat.get("decode_throughput_tok_s"),
+           "memory_bytes": mem.get("total_bytes"), "memory_capacity_bytes": mem.get("capacity_bytes"),
+           "devices": 1}
+    par = (report or {}).get("parallel")
+    if isinstance(par, Mapping) and int(par.get("devices") or 1) > 1:
+        ph = par.get("phases") or {}
+        pre, dec = _get(ph, "prefill.time_s"), _get(ph, "decode.time_s")
+        b = _get(report, "workload.batch") or 1
+        out["devices"] = int(par["devices"])
+        if pre is not None and out["ttft_s"]:
+            decode_total = (out["e2e_s"] or out["ttft_s"]) - out["ttft_s"]
+            if dec is not None and out["tpot_s"]:
+                decode_total *= dec / out["tpot_s"]
+                out["tpot_s"] = dec
+                out["decode_throughput_tok_s"] = b / dec
+            n_tok = (out["throughput_tok_s"] or 0.0) * (out["e2e_s"] or 0.0)   # tokens of the request
+            out["ttft_s"], out["e2e_s"] = pre, pre + decode_total
+            out["throughput_tok_s"] = n_tok / out["e2e_s"] if out["e2e_s"] else None
+        md = par.get("memory_per_device") or {}
+        if md.get("total_bytes") is not None:
+            out["memory_bytes"] = md["total_bytes"]
+            out["memory_capacity_bytes"] = md.get("usable_bytes") or md.get("capacity_bytes")
+    t = out["throughput_tok_s"]
+    out["throughput_per_device_tok_s"] = t / out["devices"] if t is not None else None
+    return out
+
+
 def objective_value(report: Mapping, metric: str) -> float | None:
-    v = _get(report, OBJECTIVES[metric][0])
+    """The objective's value; latency and memory objectives as deployed (:func:`deployed`)."""
+    path = OBJECTIVES[metric][0]
+    if path.startswith("latency."):
+        v = deployed(report).get(path.split(".", 1)[1])
+    elif path == "memory.total_bytes":
+        v = deployed(report)["memory_bytes"]
+    else:
+        v = _get(report, path)
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
@@ -113,16 +158,19 @@ def constraint_violations(cfg: Mapping, report: Mapping) -> list[str]:
     """Search constraints the point violates: SLOs at its own batch and the hardware's memory."""
     out = []
     slo = _get(cfg, "slo") or {}
-    lat = report.get("latency") or {}
+    dep = deployed(report)
     for key, metric in (("ttft_ms", "ttft_s"), ("tpot_ms", "tpot_s")):
-        lim, val = slo.get(key), lat.get(metric)
+        lim, val = slo.get(key), dep.get(metric)
         if lim is not None and val is not None and val * 1e3 > float(lim):
             out.append(f"slo.{key}: {metric[:4].upper()} {val * 1e3:.4g} ms > {float(lim):.4g} ms")
-    mem = report.get("memory") or {}
-    if mem.get("total_bytes") is not None and mem.get("capacity_bytes") is not None \
-            and mem["total_bytes"] > mem["capacity_bytes"]:
-        out.append(f"memory: needs {mem['total_bytes'] / 1e9:.4g} GB, the hardware has "
-                   f"{mem['capacity_bytes'] / 1e9:.4g} GB")
+    per = " per device" if dep["devices"] > 1 else ""
+    if dep["memory_bytes"] is not None and dep["memory_capacity_bytes"] is not None \
+            and dep["memory_bytes"] > dep["memory_capacity_bytes"]:
+        out.append(f"memory: needs {dep['memory_bytes'] / 1e9:.4g} GB{per}, the hardware has "
+                   f"{dep['memory_capacity_bytes'] / 1e9:.4g} GB")
+    lim = (_get(cfg, "gate") or {}).get("max_memory_gb")
+    if per and lim is not None and dep["memory_bytes"] is not None and dep["memory_bytes"] > float(lim) * 1e9:
+        out.append(f"gate.max_memory_gb: {dep['memory_bytes'] / 1e9:.4g} GB per device > {float(lim):.4g} GB")
     return out
 
 
@@ -186,6 +234,11 @@ def _search_point(plain: Mapping, out_dir: str, rec: dict) -> dict | None:
     lossy = is_lossy(plain)
     if not lossy:      # the fp32 reference itself: it meets any accuracy constraint
         rec["accuracy_source"] = "reference"
+    # stage 0: a parallel plan the model or the node cannot run is a constraint of the target
+    plan_error = _parallel_plan_error(plain)
+    if plan_error:
+        rec.update(status="infeasible", pruned="cost", error=plan_error + " (pruned before the import)")
+        return None
     # stage 1, cost only: nothing is emitted; the accuracy gates wait for a measurement
     cost_cfg = _with(plain, emit={"enabled": False}, gate={k: None for k in ACCURACY_GATES})
     try:
@@ -227,6 +280,22 @@ def _search_point(plain: Mapping, out_dir: str, rec: dict) -> dict | None:
         rec.update(status="infeasible", pruned="accuracy",
                    error=_gate_reason(e) + " (measured on the artifact, which is not kept)")
     return report
+
+
+def _parallel_plan_error(plain: Mapping) -> str | None:
+    """Why the point's ``parallel.*`` plan cannot run on this model and node, or None."""
+    par = _get(plain, "parallel")
+    if not isinstance(par, Mapping) or all(int(par.get(k) or 1) == 1 for k in ("tp", "pp", "ep")):
+        return None
+    from compiler.config import validate
+    from compiler.hardware import load_hardware
+    from compiler.pipeline import check_parallel_plan
+    cfg = validate(plain)          # bad input stays a failure (exit 2)
+    try:
+        check_parallel_plan(cfg, load_hardware(cfg["hardware"]))
+    except ConfigError as e:
+        return " ".join(str(e).split())
+    return None
 
 
 def _lossy_what(plain: Mapping) -> str:
@@ -347,17 +416,16 @@ def collect_rows(sweep_dir: str | os.PathLike, search: Mapping | None = None) ->
             rec = {"status": "failed", "exit_code": EXIT_INTERNAL, "objective": None,
                    "error": "no outcome was recorded: the job died before it finished (killed, out of "
                             "memory, or the launcher lost it); see its log in " + str(d.relative_to(sweep_dir))}
-        lat = (report or {}).get("latency") or {}
+        dep = deployed(report)
         acc = (report or {}).get("accuracy") or {}
         row = {
             "job": _job_num(d, rec), "dir": str(d.relative_to(sweep_dir)), "overrides": overrides,
             "status": rec["status"], "exit_code": int(rec["exit_code"]), "error": rec.get("error"),
             "model": _get(report, "model.name"), "hardware": _get(report, "hardware.name"),
             "batch": _get(report, "workload.batch"),
-            "ttft_s": lat.get("ttft_s"), "tpot_s": lat.get("tpot_s"), "e2e_s": lat.get("e2e_s"),
-            "throughput_tok_s": lat.get("throughput_tok_s"),
-            "memory_bytes": _get(report, "memory.total_bytes"),
-            "memory_capacity_bytes": _get(report, "memory.capacity_bytes"),
+            "ttft_s": dep["ttft_s"], "tpot_s": dep["tpot_s"], "e2e_s": dep["e2e_s"],
+            "throughput_tok_s": dep["throughput_tok_s"], "devices": dep["devices"],
+            "memory_bytes": dep["memory_bytes"], "memory_capacity_bytes": dep["memory_capacity_bytes"],
             "max_batch": _get(report, "capacity.max_batch"),
             "max_batch_slo": _get(report, "capacity.max_batch_slo"),
             "accuracy": acc.get("value") if isinstance(acc, Mapping) else None,
