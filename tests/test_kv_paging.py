@@ -24,7 +24,8 @@ from tests.conftest import ROOT, compose, model_cfg
 
 CONTIG_TOL = 1e-5   # paged vs contiguous artifact, fp32, same runtime
 TORCH_TOL = 1e-4    # paged artifact vs torch eager (the spine's tolerance)
-DEFAULT = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "pipeline" / "default.yaml"))["passes"]
+RECIPES = {r: OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "pipeline" / f"{r}.yaml"))["passes"]
+           for r in ("default", "cache")}
 
 _BUILT: dict = {}
 
@@ -36,18 +37,21 @@ def _session(path):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def _built(name, tmp_path_factory):
-    """(torch module, raw import, contiguous graph after the default recipe, its session)."""
+def _built(name, tmp_path_factory, recipe="default"):
+    """(torch module, raw import, contiguous graph after ``recipe``, its session). default: cache
+    lifted, constants folded, fused (Attention in the 3-D form); cache: lifted only (4-D form)."""
     if name not in _BUILT:
         cfg = model_cfg(name)
         module, task = build_torch_model(cfg)
-        raw = import_torch(cfg, module, task)
+        _BUILT[name] = (module, import_torch(cfg, module, task))
+    if (name, recipe) not in _BUILT:
+        module, raw = _BUILT[name]
         g = raw.copy()
-        run_passes(g, DEFAULT)   # cache lifted, constants folded, fused
-        path = tmp_path_factory.mktemp(name) / "contiguous.onnx"
+        run_passes(g, RECIPES[recipe])
+        path = tmp_path_factory.mktemp(name) / f"contiguous_{recipe}.onnx"
         save(g, str(path))
-        _BUILT[name] = (module, raw, g, _session(path))
-    return _BUILT[name]
+        _BUILT[name, recipe] = (module, raw, g, _session(path))
+    return _BUILT[name, recipe]
 
 
 def _paged(g, tmp_path, **params):
@@ -76,13 +80,15 @@ def _contiguous_steps(g, sess, ids, chunks):
     return out, past
 
 
-@pytest.mark.parametrize("name,block_size", [("llama_tiny", 4), ("llama_tiny", 16), ("gpt2_tiny", 3)])
-def test_paged_matches_contiguous_and_torch(name, block_size, tmp_path, tmp_path_factory):
+@pytest.mark.parametrize("name,block_size,recipe", [("llama_tiny", 4, "default"), ("llama_tiny", 16, "default"),
+                                                    ("gpt2_tiny", 3, "default"), ("gpt2_tiny", 5, "cache")])
+def test_paged_matches_contiguous_and_torch(name, block_size, recipe, tmp_path, tmp_path_factory):
     """Prefill of 3 sequences of 5, 11 and 8 tokens in one right-padded batch, then steps of
     1, (3, 1, 2) and 1 new tokens: every real token's logits match the contiguous artifact and
     torch eager; the pool ends up holding exactly the contiguous cache. llama_tiny is GQA
-    (8 heads, 2 KV heads); block sizes 4 and 3 divide none of the lengths, 16 exceeds them."""
-    module, _, g, csess = _built(name, tmp_path_factory)
+    (8 heads, 2 KV heads); block sizes 4, 3 and 5 divide none of the lengths, 16 exceeds them;
+    the cache recipe (no fusion) pages the 4-D Attention form."""
+    module, _, g, csess = _built(name, tmp_path_factory, recipe)
     h, path = _paged(g, tmp_path, block_size=block_size)
     sess = _session(path)
     names = [o.name for o in sess.get_outputs()]
@@ -230,3 +236,32 @@ def test_driver_refuses_bad_block_size_before_import(tmp_path):
         run(cfg, str(out), show_progress=False)
     assert e.value.exit_code == 2
     assert not (out / "report.json").exists() and not (out / "model.onnx").exists()
+
+
+@pytest.mark.slow
+def test_driver_emits_and_verifies_a_paged_artifact(tmp_path):
+    """The pass appended to the default recipe (what kv=paged does): report.json validates, and
+    the emitted paged model.onnx is verified against torch eager the way a runtime runs it
+    (compiler/verify.py: unequal prompts in one batch, shuffled pool, scattered new K/V)."""
+    from compiler.pipeline import run
+    cfg = compose(["model=llama_tiny", "report.html=false"])
+    cfg["pipeline"]["passes"] = list(cfg["pipeline"]["passes"]) + [{"name": "kv_paging", "block_size": 4}]
+    report = run(cfg, str(tmp_path / "out"), show_progress=False)
+    ver = report["emit"]["verification"]
+    assert report["emit"]["emitted"] and ver["passed"]
+    assert [s["step"] for s in ver["inputs"]] == ["prefill", "decode1", "decode2"]
+    assert ver["inputs"][0]["new_tokens"] == [7, 5] and ver["inputs"][1]["new_tokens"] == [1, 3]
+    assert max(o["max_abs_err"] for o in ver["outputs"].values()) <= TORCH_TOL
+    assert "block_table" in report["model"]["inputs"] and "past_key.0" not in report["model"]["inputs"]
+    assert paging_info(str(tmp_path / "out" / "model.onnx"))["block_size"] == 4
+
+
+def test_accuracy_stage_feeds_a_paged_artifact(tmp_path, tmp_path_factory):
+    """quant= measures accuracy on the artifact one sequence at a time without a cache
+    (compiler/accuracy.py feeds_for): a paged artifact gets an empty block table."""
+    from compiler.accuracy import run_first_output
+    _, _, g, csess = _built("gpt2_tiny", tmp_path_factory)
+    _, path = _paged(g, tmp_path, block_size=8)
+    ids = np.random.default_rng(3).integers(0, 1024, 9)
+    got, want = run_first_output(_session(path), ids), run_first_output(csess, ids)
+    assert np.abs(got - want).max() <= CONTIG_TOL
