@@ -355,9 +355,10 @@ def _print_point(rec, report, out_dir):
     tag = f"#{rec['job']}" if rec["job"] is not None else ""
     ov = " ".join(rec["overrides"])
     if report and rec["status"] in ("ok", "gate", "infeasible"):
-        lat = report["latency"]
-        tpot = f", TPOT {lat['tpot_s'] * 1e3:.3f} ms" if lat.get("tpot_s") is not None else ""
-        msg = f"TTFT {lat['ttft_s'] * 1e3:.3f} ms{tpot}, max batch {report['capacity']['max_batch']}"
+        dep = deployed(report)
+        tpot = f", TPOT {dep['tpot_s'] * 1e3:.3f} ms" if dep.get("tpot_s") is not None else ""
+        per = f" on {dep['devices']} devices" if dep["devices"] > 1 else ""
+        msg = f"TTFT {dep['ttft_s'] * 1e3:.3f} ms{tpot}{per}, max batch {report['capacity']['max_batch']}"
         if rec["status"] != "ok":
             msg += f" [{rec['status']}: {rec['error']}]"
     else:
