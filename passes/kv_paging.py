@@ -202,7 +202,10 @@ class KVPaging(Pass):
 
     name = "kv_paging"
 
-    def __init__(self, block_size: int = DEFAULT_BLOCK_SIZE, max_model_len: int | None = None):
+    def __init__(self, block_size: int = DEFAULT_BLOCK_SIZE, max_model_len: int | None = None, **unknown):
+        if unknown:
+            raise ConfigError(f"pass 'kv_paging' takes block_size and max_model_len, got also "
+                              f"{sorted(unknown)}; remove them from its pipeline entry.")
         super().__init__(block_size=block_size, max_model_len=max_model_len)
         self.block_size = int(block_size)
         self.max_model_len = None if max_model_len is None else int(max_model_len)

@@ -199,6 +199,7 @@ def test_paged_costs_like_contiguous_attention(tmp_path_factory):
     ({"block_size": 0}, "block_size=0"), ({"block_size": -16}, "block_size=-16"),
     ({"block_size": True}, "block_size=True"), ({"block_size": 2.5}, "block_size=2.5"),
     ({"max_model_len": 0}, "max_model_len=0"), ({"max_model_len": -1}, "max_model_len=-1"),
+    ({"blocksize": 16}, "blocksize"),
 ])
 def test_impossible_params_are_config_errors(params, needle):
     from passes import make_pass
