@@ -181,7 +181,8 @@ def page_kv_cache(g: Graph, block_size: int = DEFAULT_BLOCK_SIZE, max_model_len:
     first_kv = min(first_kv, len(others))
     g.inputs = others[:first_kv] + [BLOCK_TABLE, CONTEXT_LENS] + pools + others[first_kv:]
     g.meta["kv_tensors"] = sorted(kv)
-    g.meta.setdefault("dim_sources", {})["P"] = (BLOCK_TABLE, 1, bs)
+    # new dicts: Graph.copy() shares meta values, and the contiguous original keeps its sources
+    g.meta["dim_sources"] = {**g.meta.get("dim_sources", {}), "P": (BLOCK_TABLE, 1, bs)}
     g.meta["dim_names"] = {**g.meta.get("dim_names", {}), str(P / bs): "max_blocks",
                            str(B * P / bs): "num_blocks"}
     info = {"block_size": bs, "layers": len(attn), "block_table": BLOCK_TABLE, "context_lens": CONTEXT_LENS,

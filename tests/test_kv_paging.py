@@ -220,11 +220,13 @@ def test_model_without_cache_and_order_are_config_errors(tmp_path_factory):
     h.meta["max_positions"] = 64
     with pytest.raises(ConfigError, match="max_model_len=100"):
         run_passes(h, [{"name": "kv_paging", "max_model_len": 100}])
-    h = g.copy()   # a second run is a no-op
+    sources = dict(g.meta["dim_sources"])
+    h = g.copy()   # a second run is a no-op; the original keeps its meta
     run_passes(h, ["kv_paging"])
     before = (list(h.inputs), len(h))
     rec = run_passes(h, ["kv_paging"]).records[0]
     assert not rec.changed and (list(h.inputs), len(h)) == before
+    assert g.meta["dim_sources"] == sources and "kv_paging" not in g.meta and "past_key.0" in g.inputs
 
 
 def test_driver_refuses_bad_block_size_before_import(tmp_path):
