@@ -199,6 +199,7 @@ def test_paged_costs_like_contiguous_attention(tmp_path_factory):
     ({"block_size": 0}, "block_size=0"), ({"block_size": -16}, "block_size=-16"),
     ({"block_size": True}, "block_size=True"), ({"block_size": 2.5}, "block_size=2.5"),
     ({"max_model_len": 0}, "max_model_len=0"), ({"max_model_len": -1}, "max_model_len=-1"),
+    ({"blocksize": 16}, "blocksize"),
 ])
 def test_impossible_params_are_config_errors(params, needle):
     from passes import make_pass
@@ -219,11 +220,13 @@ def test_model_without_cache_and_order_are_config_errors(tmp_path_factory):
     h.meta["max_positions"] = 64
     with pytest.raises(ConfigError, match="max_model_len=100"):
         run_passes(h, [{"name": "kv_paging", "max_model_len": 100}])
-    h = g.copy()   # a second run is a no-op
+    sources = dict(g.meta["dim_sources"])
+    h = g.copy()   # a second run is a no-op; the original keeps its meta
     run_passes(h, ["kv_paging"])
     before = (list(h.inputs), len(h))
     rec = run_passes(h, ["kv_paging"]).records[0]
     assert not rec.changed and (list(h.inputs), len(h)) == before
+    assert g.meta["dim_sources"] == sources and "kv_paging" not in g.meta and "past_key.0" in g.inputs
 
 
 def test_driver_refuses_bad_block_size_before_import(tmp_path):
@@ -265,3 +268,82 @@ def test_accuracy_stage_feeds_a_paged_artifact(tmp_path, tmp_path_factory):
     ids = np.random.default_rng(3).integers(0, 1024, 9)
     got, want = run_first_output(_session(path), ids), run_first_output(csess, ids)
     assert np.abs(got - want).max() <= CONTIG_TOL
+
+
+def _toy_decoder(mask_kind: str, with_positions: bool = True):
+    """A one-attention graph in the shape of an ONNX-file decoder after ``kv_cache``: GQA (2 query
+    heads, 1 KV head, 4-D), is_causal, plus the padding mask from ``attention_mask [B, P + S]``
+    (boolean, or additive float)."""
+    from compiler.ir import Graph, TensorType
+    g = Graph("toy")
+    g.add_input("input_ids", TensorType("int64", (B, S)))
+    if with_positions:
+        g.add_input("position_ids", TensorType("int64", (B, S)))
+    am = g.add_input("attention_mask", TensorType("int64", (B, P + S)))
+    q = g.add_input("q", TensorType("float32", (B, 2, S, 8)))
+    k = g.add_input("k", TensorType("float32", (B, 1, S, 8)))
+    v = g.add_input("v", TensorType("float32", (B, 1, S, 8)))
+    pk = g.add_input("past_key.0", TensorType("float32", (B, 1, P, 8)))
+    pv = g.add_input("past_value.0", TensorType("float32", (B, 1, P, 8)))
+    if mask_kind == "bool":
+        m = g.add_op("Cast", [am], 1, {"to": onnx.TensorProto.BOOL}).outputs[0]
+    else:
+        f = g.add_op("Cast", [am], 1, {"to": onnx.TensorProto.FLOAT}).outputs[0]
+        one = g.add_param("one", TensorType("float32", ()), np.array(1.0, np.float32), const=True)
+        big = g.add_param("big", TensorType("float32", ()), np.array(-1e4, np.float32), const=True)
+        m = g.add_op("Mul", [g.add_op("Sub", [one, f], 1).outputs[0], big], 1).outputs[0]
+    m = g.add_op("Unsqueeze", [m], 1, {"axes": [1, 2]}).outputs[0]
+    m = g.add_op("Expand", [m], 1, {"shape": [B, 1, S, P + S]}).outputs[0]
+    g.add_op("Attention", [q, k, v, m, pk, pv], ["y", "present_key.0", "present_value.0"], {"is_causal": 1})
+    g.outputs = ["y", "present_key.0", "present_value.0"]
+    g.meta.update(kv_tensors=sorted([pk, pv, "present_key.0", "present_value.0"]), causal=True,
+                  dim_sources={"B": ("input_ids", 0), "S": ("input_ids", 1), "P": ("past_key.0", 2)})
+    g.verify()
+    return g
+
+
+@pytest.mark.parametrize("mask_kind,block_size", [("bool", 3), ("float", 3), ("bool", 1)])
+def test_own_padding_mask_is_kept(mask_kind, block_size, tmp_path):
+    """An attention that has its own mask (an ONNX-file decoder's padding mask, boolean or
+    additive) keeps it, restricted to each sequence's context: contexts 4 and 7 with a masked
+    hole in the first one's history, 2 new tokens each, block size 3 (and 1: a block a token)."""
+    g = _toy_decoder(mask_kind)
+    save(g, str(tmp_path / "c.onnx"))
+    h, path = _paged(g, tmp_path, block_size=block_size)
+    assert [n.op for n in h if n.outputs[0] == "new_key.0"] == ["Identity"]
+    csess, psess = _session(tmp_path / "c.onnx"), _session(path)
+    rng = np.random.default_rng(5)
+    ctx, s = [4, 7], 2
+    hist = {b: (rng.standard_normal((1, ctx[b], 8)), rng.standard_normal((1, ctx[b], 8))) for b in range(2)}
+    new = {n: rng.standard_normal((2, 2 if n == "q" else 1, s, 8)).astype(np.float32) for n in "qkv"}
+    hole = [[1], []]
+    want = []
+    for b in range(2):
+        am = np.ones((1, ctx[b] + s), np.int64)
+        am[0, hole[b]] = 0
+        feed = {"input_ids": np.zeros((1, s), np.int64), "position_ids": np.zeros((1, s), np.int64),
+                "attention_mask": am, **{n: new[n][b:b + 1] for n in "qkv"},
+                "past_key.0": hist[b][0].astype(np.float32).reshape(1, 1, ctx[b], 8),
+                "past_value.0": hist[b][1].astype(np.float32).reshape(1, 1, ctx[b], 8)}
+        want.append(csess.run(["y"], feed)[0][0])
+    rt = PagedKV(paging_info(str(path)), num_blocks=12, seed=2)
+    for b in range(2):
+        rt.add(b)
+        rt.scatter([b], [ctx[b]], {"new_key.0": hist[b][0].reshape(1, 1, ctx[b], 8),
+                                   "new_value.0": hist[b][1].reshape(1, 1, ctx[b], 8)})
+    feeds = rt.feeds([0, 1])
+    width = feeds["block_table"].shape[1] * block_size
+    am = np.ones((2, width + s), np.int64)   # the padded past: context_lens masks the tail
+    am[0, 1] = 0
+    got = psess.run(["y"], {**feeds, "input_ids": np.zeros((2, s), np.int64), "position_ids": rt.positions([0, 1], s),
+                            "attention_mask": am, **new})[0]
+    np.testing.assert_allclose(got, np.stack(want), atol=CONTIG_TOL)
+
+
+def test_positions_from_the_cache_length_are_refused():
+    """Without position_ids, positions come from P (ONNX-file decoders: Range(P, P + S)), which
+    one paged batch does not share: a config error, not a silently wrong artifact."""
+    g = _toy_decoder("bool", with_positions=False)
+    with pytest.raises(ConfigError, match="position_ids") as e:
+        run_passes(g, ["kv_paging"])
+    assert e.value.exit_code == 2

@@ -46,7 +46,7 @@ def _eval(ref_graph, model, tmp_path, samples=3):
 
 
 def test_w4a16_annotations_matmulnbits_and_exact_dequant(gpt2_fused, tmp_path):
-    g, res = _quantized(gpt2_fused, scheme="w4a16", ort_accuracy_level=0)
+    g, res = _quantized(gpt2_fused, scheme="w4a16", symmetric=True, ort_accuracy_level=0)
     sites = [s for s in linear_sites(g) if not s.reason]
     assert res.stats["quantized_weights"] == len(sites) == 16
     for s in sites:
@@ -67,6 +67,27 @@ def test_w4a16_annotations_matmulnbits_and_exact_dequant(gpt2_fused, tmp_path):
     assert rec["metric"] == "top1_agreement" and rec["samples"] == 3 and 0.8 <= rec["value"] <= 1.0
     assert rec["kl_nats"]["mean"] > 0      # lossy, measured
     assert len(rec["distribution"]["per_sample"]) == 3
+
+
+def test_w4a16_default_is_asymmetric_uint4_matmulnbits_with_zero_points(gpt2_fused, tmp_path):
+    """quant=w4a16 defaults to uint4 + a zero point per group of 128 (conf/quant/w4a16.yaml and the
+    pass agree); onnxruntime forms MatMulNBits with its zero_points input and the artifact equals
+    the numpy dequantization."""
+    from compiler.app import config_dir
+    import yaml
+    assert yaml.safe_load(open(config_dir() / "quant" / "w4a16.yaml"))["symmetric"] is False
+    g, _ = _quantized(gpt2_fused, scheme="w4a16", ort_accuracy_level=0)
+    for s in (s for s in linear_sites(g) if not s.reason):
+        fmt = g.params[s.weight].annotations["weight_format"]
+        assert (fmt.dtype, fmt.symmetric, fmt.group_size) == ("uint4", False, 128)
+        assert g.params[s.weight].annotations["quant_data"].zero_point is not None
+    model = to_model(g)
+    path = str(tmp_path / "opt.onnx")
+    make_session(model, optimized_path=path)
+    nb = [n for n in onnx.load(path).graph.node if n.op_type == "MatMulNBits"]
+    assert len(nb) == 16 and all(len(n.input) > 3 and n.input[3] for n in nb)     # zero_points wired
+    chk = accuracy.quantization_check(g, _eval(gpt2_fused, model, tmp_path, 1)[1])
+    assert chk["checked"] and chk["ok"], chk
 
 
 def test_accuracy_level_recorded_and_applied(gpt2_fused, tmp_path):
