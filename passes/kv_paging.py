@@ -181,7 +181,8 @@ def page_kv_cache(g: Graph, block_size: int = DEFAULT_BLOCK_SIZE, max_model_len:
     first_kv = min(first_kv, len(others))
     g.inputs = others[:first_kv] + [BLOCK_TABLE, CONTEXT_LENS] + pools + others[first_kv:]
     g.meta["kv_tensors"] = sorted(kv)
-    g.meta.setdefault("dim_sources", {})["P"] = (BLOCK_TABLE, 1, bs)
+    # new dicts: Graph.copy() shares meta values, and the contiguous original keeps its sources
+    g.meta["dim_sources"] = {**g.meta.get("dim_sources", {}), "P": (BLOCK_TABLE, 1, bs)}
     g.meta["dim_names"] = {**g.meta.get("dim_names", {}), str(P / bs): "max_blocks",
                            str(B * P / bs): "num_blocks"}
     info = {"block_size": bs, "layers": len(attn), "block_table": BLOCK_TABLE, "context_lens": CONTEXT_LENS,
@@ -202,7 +203,10 @@ class KVPaging(Pass):
 
     name = "kv_paging"
 
-    def __init__(self, block_size: int = DEFAULT_BLOCK_SIZE, max_model_len: int | None = None):
+    def __init__(self, block_size: int = DEFAULT_BLOCK_SIZE, max_model_len: int | None = None, **unknown):
+        if unknown:
+            raise ConfigError(f"pass 'kv_paging' takes block_size and max_model_len, got also "
+                              f"{sorted(unknown)}; remove them from its pipeline entry.")
         super().__init__(block_size=block_size, max_model_len=max_model_len)
         self.block_size = int(block_size)
         self.max_model_len = None if max_model_len is None else int(max_model_len)

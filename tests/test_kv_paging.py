@@ -199,6 +199,7 @@ def test_paged_costs_like_contiguous_attention(tmp_path_factory):
     ({"block_size": 0}, "block_size=0"), ({"block_size": -16}, "block_size=-16"),
     ({"block_size": True}, "block_size=True"), ({"block_size": 2.5}, "block_size=2.5"),
     ({"max_model_len": 0}, "max_model_len=0"), ({"max_model_len": -1}, "max_model_len=-1"),
+    ({"blocksize": 16}, "blocksize"),
 ])
 def test_impossible_params_are_config_errors(params, needle):
     from passes import make_pass
@@ -219,11 +220,13 @@ def test_model_without_cache_and_order_are_config_errors(tmp_path_factory):
     h.meta["max_positions"] = 64
     with pytest.raises(ConfigError, match="max_model_len=100"):
         run_passes(h, [{"name": "kv_paging", "max_model_len": 100}])
-    h = g.copy()   # a second run is a no-op
+    sources = dict(g.meta["dim_sources"])
+    h = g.copy()   # a second run is a no-op; the original keeps its meta
     run_passes(h, ["kv_paging"])
     before = (list(h.inputs), len(h))
     rec = run_passes(h, ["kv_paging"]).records[0]
     assert not rec.changed and (list(h.inputs), len(h)) == before
+    assert g.meta["dim_sources"] == sources and "kv_paging" not in g.meta and "past_key.0" in g.inputs
 
 
 def test_driver_refuses_bad_block_size_before_import(tmp_path):
@@ -299,14 +302,14 @@ def _toy_decoder(mask_kind: str, with_positions: bool = True):
     return g
 
 
-@pytest.mark.parametrize("mask_kind", ["bool", "float"])
-def test_own_padding_mask_is_kept(mask_kind, tmp_path):
+@pytest.mark.parametrize("mask_kind,block_size", [("bool", 3), ("float", 3), ("bool", 1)])
+def test_own_padding_mask_is_kept(mask_kind, block_size, tmp_path):
     """An attention that has its own mask (an ONNX-file decoder's padding mask, boolean or
     additive) keeps it, restricted to each sequence's context: contexts 4 and 7 with a masked
-    hole in the first one's history, 2 new tokens each, block size 3."""
+    hole in the first one's history, 2 new tokens each, block size 3 (and 1: a block a token)."""
     g = _toy_decoder(mask_kind)
     save(g, str(tmp_path / "c.onnx"))
-    h, path = _paged(g, tmp_path, block_size=3)
+    h, path = _paged(g, tmp_path, block_size=block_size)
     assert [n.op for n in h if n.outputs[0] == "new_key.0"] == ["Identity"]
     csess, psess = _session(tmp_path / "c.onnx"), _session(path)
     rng = np.random.default_rng(5)
@@ -329,7 +332,7 @@ def test_own_padding_mask_is_kept(mask_kind, tmp_path):
         rt.scatter([b], [ctx[b]], {"new_key.0": hist[b][0].reshape(1, 1, ctx[b], 8),
                                    "new_value.0": hist[b][1].reshape(1, 1, ctx[b], 8)})
     feeds = rt.feeds([0, 1])
-    width = feeds["block_table"].shape[1] * 3
+    width = feeds["block_table"].shape[1] * block_size
     am = np.ones((2, width + s), np.int64)   # the padded past: context_lens masks the tail
     am[0, 1] = 0
     got = psess.run(["y"], {**feeds, "input_ids": np.zeros((2, s), np.int64), "position_ids": rt.positions([0, 1], s),

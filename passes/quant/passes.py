@@ -488,7 +488,8 @@ class PruneNM(Pass):
 
     def check_params(self) -> None:
         p = dict(self.params)
-        allowed = {"n", "m", "method", "exclude", "calibration", "cost_aware", "tokenizer_source", "workload"}
+        allowed = {"n", "m", "method", "exclude", "calibration", "cost_aware", "tokenizer_source", "workload",
+                   "targets"}
         bad = set(p) - allowed
         if bad:
             raise ConfigError(f"prune_nm: unknown option(s) {sorted(bad)}; valid: {', '.join(sorted(allowed))}.")
@@ -504,8 +505,11 @@ class PruneNM(Pass):
         self.cost_aware = bool(p.get("cost_aware", True))
         self.tokenizer_source = p.get("tokenizer_source")
         self.workload = dict(p.get("workload") or {})
+        from passes.quant.blocks import parse_targets
+        self.targets = parse_targets(p.get("targets"))   # sparsity.targets: attention / mlp blocks
 
     def run(self, g: Graph) -> PassResult:
+        from passes.quant.blocks import block_type
         from passes.quant.cost_gate import decide
         sites = [s for s in linear_sites(g, self.exclude) if not s.reason]
         for s in sites:
@@ -514,6 +518,11 @@ class PruneNM(Pass):
         decisions = []
         keep_sites = []
         for s in sites:
+            kind = block_type(g, s.node)
+            if kind not in self.targets:
+                decisions.append({"weight": s.weight, "op": s.node.name, "pruned": False, "block": kind,
+                                  "reason": f"{kind} block not in sparsity.targets {list(self.targets)}"})
+                continue
             k = g.params[s.weight].type.shape[0]
             if not isinstance(k, int) or k % self.m:
                 decisions.append({"weight": s.weight, "op": s.node.name, "pruned": False,
@@ -550,10 +559,12 @@ class PruneNM(Pass):
                 ann.set(s.node, "compute_dtype", ComputeDtype(_act_hw_dtype(g, s.node), SPARSE_KERNEL))
         stats["pruned"] = len(done)
         stats["refused_by_cost"] = sum(1 for d in decisions if not d["pruned"] and "predicted_payoff_s" in d)
+        if any("block" in d for d in decisions):
+            stats["not_targeted"] = sum(1 for d in decisions if "block" in d)
         if cost_only:
             stats["cost_only"] = 1
         g.meta["sparsity"] = {"n": self.n, "m": self.m, "method": self.method, "cost_aware": self.cost_aware,
-                              "cost_only": cost_only, "kernel": SPARSE_KERNEL, "layers": decisions}
+                              "targets": list(self.targets), "cost_only": cost_only, "kernel": SPARSE_KERNEL, "layers": decisions}
         if cost_only:
             g.meta["sparsity"]["note"] = (
                 "cost only: the model has meta weights (no values), so the N:M format was annotated for the cost "
