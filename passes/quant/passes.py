@@ -512,11 +512,14 @@ class PruneNM(Pass):
         from passes.quant.blocks import block_type
         from passes.quant.cost_gate import decide
         sites = [s for s in linear_sites(g, self.exclude) if not s.reason]
-        for s in sites:
-            materialize_transposed(g, s)
         stats: dict[str, int] = {"linear_layers": len(sites)}
         decisions = []
         keep_sites = []
+        tied = [s for s in sites if s.transposed_from is not None]
+        for s in tied:      # pruning a tied head would need its own dense copy (more bytes, not fewer)
+            decisions.append({"weight": s.transposed_from, "op": s.node.name, "pruned": False,
+                              "reason": "reads Transpose of a tied weight (the embedding table): not pruned"})
+        sites = [s for s in sites if s.transposed_from is None]
         for s in sites:
             kind = block_type(g, s.node)
             if kind not in self.targets:
