@@ -119,6 +119,10 @@ def built(tmp_path_factory):
 def _structure(g, stats, family):
     ops = g.ops_by_kind()
     assert ops.get("Attention", 0) == LAYERS, (ops, stats)
+    # the head split/merge folded in: Q as [B, S, H·D] (GPT-NeoX too, since its interleaved QKV
+    # projection is cut per chunk by the qkv_heads rule)
+    assert all(g.type(n.inputs[0]).rank == 3 for n in g if n.op == "Attention"), \
+        [(n.name, g.type(n.inputs[0])) for n in g if n.op == "Attention"]
     assert "Softmax" not in ops, ops
     if family in ROTARY:
         assert ops.get("RotaryEmbedding", 0) == 2 * LAYERS, (ops, stats)

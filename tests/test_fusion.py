@@ -728,3 +728,44 @@ def test_bad_target_is_a_config_error():
     from passes import make_pass
     with pytest.raises(ConfigError, match="target='gpu' is not one of auto, portable, cpu"):
         make_pass({"name": "fuse", "target": "gpu"})
+
+
+# ------------------------------------------------------------------------------------------------
+# interleaved per-head QKV (GPT-NeoX): qkv_heads cuts it per chunk, so the layout rule gives 3-D
+
+def interleaved_qkv_graph(form="split", bias=True, leak=False):
+    """x → x·W (+b) → [B, S, H, q|k|v] → Transpose → Split / three Slices → Attention → merge."""
+    bd = Builder(5)
+    x = bd.input("x", (B_, S_, H * D))
+    y = bd.op("MatMul", x, bd.weight(H * D, 3 * H * D))
+    if bias:
+        y = bd.op("Add", y, bd.weight(3 * H * D))
+    t = bd.op("Transpose", bd.op("Reshape", y, shape=[B_, S_, H, 3 * D]), perm=[0, 2, 1, 3])
+    if form == "split":
+        q, k, v = bd.op("Split", t, n_out=3, axis=-1, num_outputs=3)
+    else:
+        q, k, v = (bd.op("Slice", t, starts=[i * D], ends=[(i + 1) * D if i < 2 else 2**63 - 1], axes=[-1])
+                   for i in range(3))
+    a = bd.op("Attention", q, k, v, is_causal=1, scale=0.3)
+    o = bd.op("Reshape", bd.op("Transpose", a, perm=[0, 2, 1, 3]), shape=[B_, S_, H * D])
+    return bd.out(bd.op("MatMul", o, bd.weight(H * D, 5)), *([bd.op("Relu", t)] if leak else []))
+
+
+@pytest.mark.parametrize("form", ["split", "slices"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_interleaved_qkv_is_cut_per_chunk_and_attention_takes_3d(form, bias):
+    g = interleaved_qkv_graph(form, bias)
+    before = g.copy()
+    stats = fuse(g, ["qkv_heads", "attention_layout", "merge_qkv"])
+    assert stats["qkv_heads"] == 1 and stats["attention_layout"] == 1 and stats["merge_qkv"] == 1, stats
+    ops = ops_of(g)
+    assert "Transpose" not in ops and "Slice" not in ops and ops["Split"] == 1, ops
+    att = next(n for n in g if n.op == "Attention")
+    assert g.type(att.inputs[0]).shape == (B_, S_, H * D) and att.attrs["q_num_heads"] == H
+    assert_same_outputs(before, g, feeds_for(g))
+
+
+def test_interleaved_qkv_should_not_fire_when_the_heads_are_used_whole():
+    g = interleaved_qkv_graph(leak=True)
+    stats, out = run_rules(g, ["qkv_heads"], gate=None)
+    assert stats["qkv_heads"] == 0 and ops_of(g)["Split"] == 1

@@ -3,6 +3,7 @@
 Rules are named data (:data:`RULES`: name → builder), run in the order of :data:`ORDER`:
 
 ==================  ==========================================================================
+qkv_heads           a QKV projection interleaved per head (GPT-NeoX) → one projection per chunk
 attention           QKᵀ → scale → mask → softmax → ·V → ``Attention`` (eager / decomposed / exported forms)
 attention_gqa       repeat_kv in front of an existing ``Attention`` dropped (native GQA)
 rotary_cache        batch-1 cos/sin caches of an exported ``RotaryEmbedding`` expanded over the batch
@@ -57,7 +58,7 @@ from passes.base import Pass, PassResult
 from passes.fusion.attention import attention_rule, gqa_rule, layout_rule
 from passes.fusion.gate import DEFAULT_POINTS, CostGate
 from passes.fusion.gemm import epilogue_rule, gelu_rule, merge_gate_up_rule, swiglu_rule
-from passes.fusion.merge import merge_qkv_rule
+from passes.fusion.merge import interleaved_qkv_rule, merge_qkv_rule
 from passes.fusion.norm import layer_norm_rule, residual_norm_rule, rms_norm_rule
 from passes.fusion.pattern import MatchResult
 from passes.fusion.rotary import rotary_cache_rule, rotary_layout_rule, rotary_partial_rule, rotary_rule
@@ -66,6 +67,7 @@ from passes.fusion.rule import Match, Plan, Rule, RuleOutcome, apply_rule
 log = logging.getLogger("rooftop.fusion")
 
 RULES: dict[str, Callable[[], Rule]] = {
+    "qkv_heads": interleaved_qkv_rule,
     "attention": attention_rule,
     "attention_gqa": gqa_rule,
     "rotary_cache": rotary_cache_rule,
@@ -223,8 +225,8 @@ class FusionPass(Pass):
 
 class FuseAttention(FusionPass):
     name = "fuse_attention"
-    default_rules = ("attention", "attention_gqa", "rotary_cache", "rotary", "rotary_partial", "rotary_layout",
-                     "attention_layout")
+    default_rules = ("qkv_heads", "attention", "attention_gqa", "rotary_cache", "rotary", "rotary_partial",
+                     "rotary_layout", "attention_layout")
 
 
 class FuseNorms(FusionPass):
