@@ -25,16 +25,30 @@ CAPACITY_SEARCH_MAX = 4096
 
 
 def kv_stored_dtypes(g: Graph) -> dict[str, str]:
-    """Past K/V inputs whose cache is stored in another format than the tensor's type (the
-    ``kv_layout.dtype`` annotation of the Attention reading them, from ``kv.dtype``)."""
-    out = {}
+    """KV-cache graph inputs whose cache is stored in another format than the tensor's type (the
+    ``kv_layout.dtype`` annotation of the cached Attentions, from ``kv.dtype``). The inputs an
+    Attention reads directly map to its annotation; when every cached Attention agrees on one
+    format (the ``kv_layout`` pass sets one), every KV input takes it — also a paged cache's block
+    pools, which reach the Attention through a gather."""
+    per_input: dict[str, str] = {}
+    formats = set()
+    cached = 0
     for n in g.topo_order():
+        if n.op != "Attention" or len(n.inputs) < 5 or not n.inputs[4]:
+            continue
+        cached += 1
         lay = n.annotations.get("kv_layout")
-        if n.op == "Attention" and lay is not None and lay.dtype is not None:
+        d = lay.dtype if lay is not None else None
+        formats.add(d)
+        if d is not None:
             for t in n.inputs[4:6]:
                 if t:
-                    out[t] = lay.dtype
-    return out
+                    per_input[t] = d
+    if cached and len(formats) == 1 and None not in formats:
+        d = next(iter(formats))
+        kv = set(g.meta.get("kv_tensors", ()))
+        return {t: d for t in g.inputs if t in kv}
+    return per_input
 
 
 def kv_bytes_per_token(g: Graph) -> float:

@@ -215,3 +215,34 @@ def test_bad_value_on_the_command_line_exits_2(tmp_path):
     assert "Traceback" not in r.stderr
     assert "parallel.tp=3 does not divide the model's 32 attention heads" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("dtype, ratio", [("fp8", 1 / 4), ("int8", 1 / 4), ("fp16", 1 / 2), ("fp32", 1)])
+def test_kv_layout_pass_scales_kv_bytes_by_the_stored_format(dtype, ratio):
+    """llama_tiny (fp32): the kv_layout annotation alone changes the KV bytes every cached
+    attention moves and the cache's bytes per token; a smaller format adds the dequantization."""
+    from compiler.analysis import kv_bytes_per_token, kv_dtype
+    from compiler.cost import CostModel
+    from compiler.hardware import load_hardware
+    from passes import make_pass
+    from tests.conftest import imported
+    base = imported("llama_tiny")
+    g = base.copy()
+    res = make_pass({"name": "kv_layout", "layout": "paged", "block_size": 8, "dtype": dtype})(g)
+    attn = [n for n in g.topo_order() if n.op == "Attention"]
+    assert res.stats["attention"] == res.stats["annotated"] == len(attn) > 0 and res.changed
+    assert all(n.annotations["kv_layout"].layout == "paged" and n.annotations["kv_layout"].block_size == 8
+               for n in attn)
+    assert kv_dtype(g) == dtype and kv_dtype(base) == "fp32"
+    assert kv_bytes_per_token(g) == pytest.approx(ratio * kv_bytes_per_token(base))
+    hw = load_hardware(compose(["hardware=h100_sxm"])["hardware"])
+    before, after = CostModel(base, hw), CostModel(g, hw)
+    ia = [i for i, it in enumerate(before.items) if it.op == "Attention"]
+    f0, _, _, kv0 = before.raw(4, 1, 1000)
+    f1, _, _, kv1 = after.raw(4, 1, 1000)
+    assert kv1[ia].sum() == pytest.approx(ratio * kv0[ia].sum())
+    if ratio < 1:   # 2 vector ops per K/V element moved, at peak(fp16) / peak(fp32)
+        extra = 2 * (kv0[ia].sum() / 4) * hw.peak("fp16") / hw.peak("fp32")
+        assert f1[ia].sum() - f0[ia].sum() == pytest.approx(extra, rel=1e-3)
+    else:
+        assert f1[ia].sum() == pytest.approx(f0[ia].sum())
