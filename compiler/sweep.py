@@ -606,6 +606,12 @@ def _columns(doc):
     cols = [(h, f if f is not None else (lambda r: _shown(r, varying))) for h, f in COLUMNS]
     if doc["objective"]:
         cols.insert(3, (doc["objective"]["metric"], lambda r: _num(r["objective"], "{:.6g}")))
+    if all(r.get("accuracy") is None for r in doc["rows"]):
+        cols = [c for c in cols if c[0] != "accuracy"]
+    if any((r.get("devices") or 1) > 1 for r in doc["rows"]):      # memory is then per device
+        at = next(i for i, c in enumerate(cols) if c[0] == "memory GB")
+        cols[at] = ("memory GB / device", cols[at][1])
+        cols.insert(at, ("devices", lambda r: _num(r.get("devices"), "{}")))
     return cols
 
 
@@ -694,6 +700,9 @@ def _series_key(r: Mapping, varying: set[str]) -> str:
     return f"{r['hardware']}" + (f" · {' '.join(rest)}" if rest else "")
 
 
+MAX_CURVES = 8      # throughput-vs-batch curves drawn (rows are best first)
+
+
 def plots(doc: Mapping, sweep_dir: str | os.PathLike | None = None) -> list[tuple[str, str]]:
     """(title, base64 PNG) for the HTML page."""
     import matplotlib
@@ -740,15 +749,18 @@ def plots(doc: Mapping, sweep_dir: str | os.PathLike | None = None) -> list[tupl
 
     # throughput vs batch, one curve per hardware (and per other override set)
     curves: dict[str, tuple[list, list, list]] = {}
+    single = [r for r in ok if r.get("devices", 1) == 1]     # the report's curve is one device's
+    series = list(dict.fromkeys(_series_key(r, varying) for r in single if r["report"]))   # best first
+    shown = set(series[:MAX_CURVES])
     if sweep_dir is not None:
-        for r in ok:
+        for r in single:
             key = _series_key(r, varying)
-            if key in curves or not r["report"]:
+            if key in curves or not r["report"] or key not in shown:
                 continue
             rep = _read_json(Path(sweep_dir) / r["report"]) or {}
             tvb = [t for t in rep.get("throughput_vs_batch") or [] if t.get("fits", True)]
             curves[key] = ([t["batch"] for t in tvb], [t["throughput_tok_s"] for t in tvb], [])
-        for r in ok:
+        for r in single:
             if r["tpot_s"] and r["batch"] and _series_key(r, varying) in curves:
                 curves[_series_key(r, varying)][2].append((r["batch"], r["batch"] / r["tpot_s"], r["job"]))
     if any(c[0] for c in curves.values()):
@@ -764,7 +776,9 @@ def plots(doc: Mapping, sweep_dir: str | os.PathLike | None = None) -> list[tupl
         ax.set_yscale("log")
         ax.set_xlabel("batch (sequences)")
         ax.set_ylabel("decode throughput (tokens/s, predicted)")
-        ax.set_title("Throughput vs batch per hardware (batches that fit in memory; ● = swept points)")
+        more = f"; the {MAX_CURVES} best of {len(series)} configurations" if len(series) > MAX_CURVES else ""
+        ax.set_title(f"Throughput vs batch per hardware (batches that fit in memory; ● = swept points{more})",
+                     fontsize=10 if more else None)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="best")
         out.append(("Throughput vs batch", _png(fig)))
