@@ -74,11 +74,21 @@ class Site:
     node: OpNode
     weight: str
     reason: str = ""     # why excluded ("" = included)
+    transposed_from: str | None = None   # the weight is Transpose(this [N, K] parameter) (a tied LM head)
+
+
+def _transposed_param(g: Graph, t: str) -> str | None:
+    """The 2-D parameter ``P`` when ``t = Transpose(P, perm=[1, 0])`` (a tied LM head reads the
+    embedding table this way), else None."""
+    prod = g.producer_of(t)
+    if prod is None or prod.op != "Transpose" or list(prod.attrs.get("perm") or [1, 0]) != [1, 0]:
+        return None
+    return prod.inputs[0] if prod.inputs[0] in g.params else None
 
 
 def linear_sites(g: Graph, exclude: Sequence[str] = ("embeddings", "lm_head")) -> list[Site]:
-    """Every linear layer with a 2-D float weight, in topological order; excluded ones carry a
-    reason."""
+    """Every linear layer with a 2-D float weight (a parameter, or the transpose of one: a tied
+    LM head), in topological order; excluded ones carry a reason."""
     gathered = {n.inputs[0] for n in g if n.op == "Gather"}
     patterns = [p for p in exclude if p not in ("embeddings", "lm_head")]
     out = []
@@ -86,21 +96,52 @@ def linear_sites(g: Graph, exclude: Sequence[str] = ("embeddings", "lm_head")) -
         if n.op not in LINEAR_OPS or len(n.inputs) < 2:
             continue
         w = n.inputs[1]
-        p = g.params.get(w)
+        src = _transposed_param(g, w) if w not in g.params else None
+        p = g.params.get(src or w)
         if p is None or p.type.rank != 2 or p.type.dtype not in _FLOAT or p.annotations.get("const"):
             continue
         reason = ""
-        if "embeddings" in exclude and w in gathered:
+        if src is not None and not ("lm_head" in exclude and _feeds_output(g, n)) and g.num_uses(w) == 1:
+            out.append(Site(n, w, _exclude_reason(g, src, patterns), transposed_from=src))
+            continue
+        if src is not None:
+            reason = "lm_head" if _feeds_output(g, n) else "transposed weight read by several ops"
+            w = src
+        elif "embeddings" in exclude and w in gathered:
             reason = "embeddings (tied weight)"
         elif "lm_head" in exclude and _feeds_output(g, n):
             reason = "lm_head"
         else:
-            src = str(p.annotations.get("source", ""))
-            hit = next((pat for pat in patterns if fnmatch.fnmatch(w, pat) or (src and fnmatch.fnmatch(src, pat))), None)
-            if hit:
-                reason = f"exclude pattern {hit!r}"
+            reason = _exclude_reason(g, w, patterns)
         out.append(Site(n, w, reason))
     return out
+
+
+def _exclude_reason(g: Graph, w: str, patterns: Sequence[str]) -> str:
+    src = str(g.params[w].annotations.get("source", ""))
+    hit = next((pat for pat in patterns if fnmatch.fnmatch(w, pat) or (src and fnmatch.fnmatch(src, pat))), None)
+    return f"exclude pattern {hit!r}" if hit else ""
+
+
+def materialize_transposed(g: Graph, site: Site) -> None:
+    """Give a linear layer that reads ``Transpose(P)`` (a tied LM head with ``lm_head`` not
+    excluded) its own ``[K, N]`` weight ``<P>.T`` — the copy that gets quantized or pruned, while
+    ``P`` itself (the embedding table the Gather reads) keeps its precision. ``P`` is removed when
+    nothing else reads it."""
+    if site.transposed_from is None:
+        return
+    from compiler.ir import TensorType
+    src = g.params[site.transposed_from]
+    name = g.fresh(f"{src.name}.T")
+    data = None if src.data is None else np.ascontiguousarray(np.asarray(src.data).T)
+    g.add_param(name, TensorType(src.type.dtype, (src.type.shape[1], src.type.shape[0])), data)
+    tr = g.producer_of(site.node.inputs[1])
+    g.set_input(site.node, 1, name)
+    if g.num_uses(tr.outputs[0]) == 0 and tr.outputs[0] not in g.outputs:
+        g.remove_op(tr)
+    if g.num_uses(src.name) == 0 and src.name not in g.outputs:
+        g.remove_param(src.name)
+    site.weight, site.transposed_from = name, None
 
 
 def _feeds_output(g: Graph, n: OpNode) -> bool:
@@ -349,6 +390,8 @@ class Quantize(Pass):
     def run(self, g: Graph) -> PassResult:
         sites = linear_sites(g, self.exclude)
         todo = [s for s in sites if not s.reason]
+        for s in todo:
+            materialize_transposed(g, s)
         stats: dict[str, int] = {"linear_layers": len(todo), "excluded": len(sites) - len(todo)}
         spec = self.spec()
         cost_only = not g.has_weights()
@@ -472,6 +515,11 @@ class PruneNM(Pass):
         stats: dict[str, int] = {"linear_layers": len(sites)}
         decisions = []
         keep_sites = []
+        tied = [s for s in sites if s.transposed_from is not None]
+        for s in tied:      # pruning a tied head would need its own dense copy (more bytes, not fewer)
+            decisions.append({"weight": s.transposed_from, "op": s.node.name, "pruned": False,
+                              "reason": "reads Transpose of a tied weight (the embedding table): not pruned"})
+        sites = [s for s in sites if s.transposed_from is None]
         for s in sites:
             kind = block_type(g, s.node)
             if kind not in self.targets:

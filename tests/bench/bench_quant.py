@@ -7,8 +7,9 @@ tokens, batch 1 and 8. Variants, all from the same fp32 model:
 - ``rooftop fp32``: ``rooftop model=<m> pipeline=default hardware=cpu`` (quant=none);
 - ``rooftop <q>``: the same with ``quant=<q>`` for w8a16, w4a16 (default: uint4 + zero point,
   RTN), w8a8, fp8, and the w4a16 variants ``sym`` (``quant.symmetric=true``: int4, full range),
-  ``gptq`` (``quant.method=gptq``) and ``acc0`` (``quant.ort_accuracy_level=0``: fp32 activations
-  in MatMulNBits);
+  ``gptq`` (``quant.method=gptq``), ``acc0`` (``quant.ort_accuracy_level=0``: fp32 activations
+  in MatMulNBits) and, for GPT-2, ``+head`` (``quant.exclude=[embeddings]``: the tied LM head
+  quantized as its own int4 copy; by default it stays fp32);
 - ``ort quantize_dynamic``: ``onnxruntime.quantization.quantize_dynamic`` (QInt8 weights, per
   channel) of the rooftop fp32 ``model.onnx``;
 - ``ort MatMulNBits`` / ``ort MatMulNBits asym``:
@@ -50,6 +51,8 @@ SCHEMES = [("w8a16", []), ("w4a16", []), ("w4a16 sym", ["quant.symmetric=true"])
            ("w4a16 gptq", ["quant.method=gptq"]), ("w4a16 acc0", ["quant.ort_accuracy_level=0"]), ("w8a8", []),
            ("fp8", [])]
 SESSION = {"session.intra_op.allow_spinning": "0"}
+# decoders only: the tied LM head quantized too (its own int4 copy; the Gather keeps the fp32 table)
+DECODER_SCHEMES = [("w4a16 +head", ["quant.exclude=[embeddings]"])]
 
 
 def _compose(overrides):
@@ -68,7 +71,8 @@ def build_variants(model: str, work: Path, samples: int) -> tuple[dict[str, str]
     paths: dict[str, str] = {}
     base = ["hardware=cpu", "pipeline=default", "report.html=false", "progress=false",
             "accuracy.enabled=false"]      # accuracy is measured below, once, for every variant alike
-    for name, extra in [("rooftop fp32", [])] + [(f"rooftop {q}", [f"quant={q.split()[0]}", *x]) for q, x in SCHEMES]:
+    schemes = SCHEMES + (DECODER_SCHEMES if _compose([f"model={model}"])["model"].get("task") == "causal_lm" else [])
+    for name, extra in [("rooftop fp32", [])] + [(f"rooftop {q}", [f"quant={q.split()[0]}", *x]) for q, x in schemes]:
         out = work / name.replace(" ", "_")
         t0 = time.perf_counter()
         cfg = _compose([f"model={model}", *base, *extra])
