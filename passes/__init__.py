@@ -10,6 +10,7 @@ from passes.kv_cache import LiftKVCache
 from passes.kv_layout import KVLayoutPass
 from passes.moe import MoERoutingPass
 from passes.kv_cache_onnx import LiftKVCache as LiftOnnxKVCache
+from passes.kv_paging import KVPaging
 from passes.quant.passes import PruneNM, Quantize
 
 PASSES: dict[str, type[Pass]] = {
@@ -25,6 +26,7 @@ PASSES: dict[str, type[Pass]] = {
     "lift_kv_cache": LiftKVCache,
     "moe_routing": MoERoutingPass,
     "kv_cache": LiftOnnxKVCache,
+    "kv_paging": KVPaging,
     "kv_layout": KVLayoutPass,
     "early_exit": EarlyExitPass,
     "prune_nm": PruneNM,
