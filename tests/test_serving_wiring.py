@@ -88,9 +88,11 @@ def test_paged_holds_about_four_times_contiguous_for_512_plus_512(paged_7b):
     assert 3.5 <= paged["max_sequences"] / contiguous["max_sequences"] <= 4.5
     assert contiguous["reservation_waste_fraction"] == pytest.approx(0.75)   # 1024 of 4096 used
     assert paged["fragmentation_tokens"] == 0                                # 1024 = 64 blocks
-    # the layout is annotated on every cached attention through the kv_layout pass
-    rec = next(p for p in paged_7b["passes"] if p["name"] == "kv_layout")
-    assert rec["stats"] == {"attention": 32, "annotated": 32, "block_size": 16}
+    # kv=paged: the driver appends kv_paging (the paged artifact) and kv_layout after the lift
+    names = [p["name"] for p in paged_7b["passes"]]
+    assert names[-2:] == ["kv_paging", "kv_layout"] and names.index("lift_kv_cache") < names.index("kv_paging")
+    assert paged_7b["passes"][-2]["stats"] == {"layers": 32, "block_size": 16}
+    assert paged_7b["passes"][-1]["stats"]["attention"] == 32
 
 
 def _decode_attention(report):
