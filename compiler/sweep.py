@@ -155,7 +155,8 @@ def objective_value(report: Mapping, metric: str) -> float | None:
 
 
 def constraint_violations(cfg: Mapping, report: Mapping) -> list[str]:
-    """Search constraints the point violates: SLOs at its own batch and the hardware's memory."""
+    """Search constraints the point violates, on its deployed figures: SLOs at its own batch, the
+    hardware's memory and the latency / memory / throughput ``gate.*`` budgets."""
     out = []
     slo = _get(cfg, "slo") or {}
     dep = deployed(report)
@@ -168,9 +169,36 @@ def constraint_violations(cfg: Mapping, report: Mapping) -> list[str]:
             and dep["memory_bytes"] > dep["memory_capacity_bytes"]:
         out.append(f"memory: needs {dep['memory_bytes'] / 1e9:.4g} GB{per}, the hardware has "
                    f"{dep['memory_capacity_bytes'] / 1e9:.4g} GB")
-    lim = (_get(cfg, "gate") or {}).get("max_memory_gb")
-    if per and lim is not None and dep["memory_bytes"] is not None and dep["memory_bytes"] > float(lim) * 1e9:
-        out.append(f"gate.max_memory_gb: {dep['memory_bytes'] / 1e9:.4g} GB per device > {float(lim):.4g} GB")
+    out += gate_violations(cfg, report, dep)
+    return out
+
+
+COST_GATES = ("max_ttft_ms", "max_tpot_ms", "max_memory_gb", "min_throughput")
+
+
+def gate_violations(cfg: Mapping, report: Mapping, dep: Mapping | None = None) -> list[str]:
+    """The violated latency / memory / throughput ``gate.*`` budgets of a search point, on its
+    deployed figures (:func:`deployed`; compiler.analysis.gates reads one device's), in the same
+    words."""
+    gate = _get(cfg, "gate") or {}
+    dep = dep or deployed(report)
+    lat = report.get("latency") or {}
+    enc = lat.get("kind") == "encoder"
+    per = " per device" if dep["devices"] > 1 else ""
+    checks = [("max_ttft_ms", None if dep["ttft_s"] is None else dep["ttft_s"] * 1e3, "max",
+               "batch latency (ms)" if enc else "TTFT (ms)"),
+              ("max_tpot_ms", None if enc or dep["tpot_s"] is None else dep["tpot_s"] * 1e3, "max", "TPOT (ms)"),
+              ("max_memory_gb", None if dep["memory_bytes"] is None else dep["memory_bytes"] / 1e9, "max",
+               f"memory (GB{per})"),
+              ("min_throughput", lat.get("throughput_seq_s") if enc else dep["throughput_tok_s"], "min",
+               "throughput (sequences/s)" if enc else "throughput (tokens/s)")]
+    out = []
+    for key, value, kind, what in checks:
+        limit = gate.get(key)
+        if limit is None or value is None:
+            continue
+        if (kind == "max" and value > float(limit)) or (kind == "min" and value < float(limit)):
+            out.append(f"gate.{key}: {what} is {value:.4g}, limit {float(limit):.4g}")
     return out
 
 
@@ -240,7 +268,8 @@ def _search_point(plain: Mapping, out_dir: str, rec: dict) -> dict | None:
         rec.update(status="infeasible", pruned="cost", error=plan_error + " (pruned before the import)")
         return None
     # stage 1, cost only: nothing is emitted; the accuracy gates wait for a measurement
-    cost_cfg = _with(plain, emit={"enabled": False}, gate={k: None for k in ACCURACY_GATES})
+    # (the cost gates are checked here on the deployed figures, the accuracy gates need an artifact)
+    cost_cfg = _with(plain, emit={"enabled": False}, gate={k: None for k in COST_GATES + ACCURACY_GATES})
     try:
         report = run(cost_cfg, out_dir)
         bad = constraint_violations(plain, report)
@@ -271,7 +300,7 @@ def _search_point(plain: Mapping, out_dir: str, rec: dict) -> dict | None:
         return report
     # stage 2: emit (the accuracy is measured on the artifact); only feasible points get here
     full = _with(plain, emit={"enabled": "auto" if emit is False else emit},
-                 gate={} if lossy else {k: None for k in ACCURACY_GATES})
+                 gate={k: None for k in COST_GATES + (() if lossy else ACCURACY_GATES)})
     try:
         report = run(full, out_dir)
     except GateError as e:

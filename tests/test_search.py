@@ -15,7 +15,7 @@ import pytest
 
 from compiler import schema
 from compiler.errors import ConfigError
-from compiler.sweep import deployed, reproduce_command
+from compiler.sweep import constraint_violations, deployed, reproduce_command
 from tests.conftest import compose, imported, run_cli
 from tests.onnx_models import make_kv_model
 
@@ -175,6 +175,12 @@ def test_deployed_figures_follow_the_parallel_plan():
     assert two["devices"] == 2 and two["ttft_s"] == 0.006 and two["tpot_s"] == 0.0015
     assert two["e2e_s"] == pytest.approx(e2e) and two["throughput_tok_s"] == pytest.approx(80 / e2e)
     assert two["throughput_per_device_tok_s"] == pytest.approx(40 / e2e) and two["memory_bytes"] == 31e9
+    # a search gates the deployed figures: one device misses both budgets, the tp=2 plan meets them
+    cfg = {"gate": {"max_tpot_ms": 1.8, "max_memory_gb": 40}}
+    assert constraint_violations(cfg, rep) == []
+    del rep["parallel"]
+    assert constraint_violations(cfg, rep) == ["gate.max_tpot_ms: TPOT (ms) is 2, limit 1.8",
+                                               "gate.max_memory_gb: memory (GB) is 60, limit 40"]
     assert reproduce_command(["search=tpot", "quant=w4a16", "hydra.sweeper.n_trials=3", "search.objective=x",
                               "workload.batch=8"]) == "rooftop quant=w4a16 workload.batch=8"
 
