@@ -118,9 +118,15 @@ def feeds_for(inputs: Iterable, ids: np.ndarray) -> dict[str, np.ndarray]:
         elif name.startswith("past_"):
             shape = [1 if j == 0 else (0 if isinstance(d, str) or d is None else d) for j, d in enumerate(i.shape)]
             out[name] = np.zeros(shape, np.float16 if i.type == "tensor(float16)" else np.float32)
+        elif name in ("block_table", "context_lens"):   # a paged-KV artifact (passes/kv_paging): empty cache
+            out[name] = np.zeros((1, 0) if name == "block_table" else (1,), np.int64)
+        elif name.startswith(("key_cache.", "value_cache.")):   # its block pools: one unused block
+            shape = [1 if j == 0 else d for j, d in enumerate(i.shape)]
+            out[name] = np.zeros(shape, np.float16 if i.type == "tensor(float16)" else np.float32)
         else:
             raise ConfigError(f"the accuracy stage does not know how to feed model input {name!r}; it feeds "
-                              f"input_ids, position_ids, attention_mask, token_type_ids and past_* KV inputs.")
+                              f"input_ids, position_ids, attention_mask, token_type_ids, past_* KV inputs and "
+                              f"a paged cache's block_table, context_lens and key_cache/value_cache pools.")
     return out
 
 

@@ -357,7 +357,7 @@ KEYS: dict[str, Key] = {k.name: k for k in [
         writers=("passes/early_exit",), readers=("analysis (early_exit report)",),
         policy=Policy.KEEP, merge=_agree, serialize=True, doc="an early-exit head after a layer"),
     Key("kv_layout", KVLayout, frozenset({OP}),
-        writers=("passes/kv_cache (lift_kv_cache)", "passes/kv paging (kv=paged)"),
+        writers=("passes/kv_cache (lift_kv_cache)", "passes/kv_paging (kv_paging; kv=paged)"),
         readers=("compiler/cost.py (KV bytes)", "analysis (capacity.kv_blocks)", "compiler/emit_onnx.py (metadata_props)"),
         policy=Policy.KEEP, merge=_agree, serialize=True, costed=True, doc="KV-cache storage of an Attention op"),
     Key("fused_group", str, frozenset({OP}),

@@ -70,6 +70,58 @@ class GateConfig:
 @dataclass
 class MemoryConfig:
     runtime_reserve_gb: float = 0.5          # CUDA context, workspaces, allocator slack (GB)
+    # fraction of device memory the server may use (vLLM's gpu_memory_utilization, 0.9 there);
+    # the KV budget is memory x gpu_utilization - weights - activation peak - reserve
+    gpu_utilization: float = 1.0
+
+
+#: kv.dtype values: the stored format of the KV cache (null: the model's dtype)
+KV_DTYPES = ("fp32", "fp16", "bf16", "fp8", "int8")
+
+
+@dataclass
+class KVConfig:
+    """``kv=`` contiguous | paged (conf/kv/*.yaml): how the KV cache is stored (compiler/capacity.py).
+    ``block_size`` tokens per block (paged; 16 as vLLM); ``max_model_len`` tokens reserved per
+    sequence by a contiguous cache and the longest sequence a paged one serves (null: the
+    workload's, or the longest serve.* request); ``dtype`` the stored format (null: the model's
+    dtype; fp8/int8 halve a 16-bit cache and cost the (de)quantization)."""
+    layout: str = "contiguous"
+    block_size: int = 16
+    max_model_len: Optional[int] = None
+    dtype: Optional[str] = None
+
+
+@dataclass
+class ParallelConfig:
+    """Tensor / pipeline / expert parallelism (compiler/parallel.py): ``tp`` devices share every
+    layer (Megatron), ``pp`` stages split the layers, ``ep`` devices split the MoE experts;
+    ``microbatches`` per pipelined batch (null: min(batch, pp))."""
+    tp: int = 1
+    pp: int = 1
+    ep: int = 1
+    microbatches: Optional[int] = None
+
+
+@dataclass
+class ServeSimConfig:
+    """The continuous-batching simulation (compiler/serving.py), beside static batching.
+    ``enabled``: auto (run when ``rate`` is set) | true | false. Lengths: a token count or a
+    distribution ``{kind: fixed|uniform|exponential|lognormal, mean, low, high, sigma}`` (null:
+    the workload's prompt_len / gen_len). SLOs come from ``slo.*``."""
+    enabled: Any = "auto"
+    rate: Optional[float] = None            # requests/s, Poisson arrivals (enabled=true: 1.0)
+    requests: int = 1000
+    prompt_len: Any = None
+    output_len: Any = None
+    seed: int = 0
+    max_num_seqs: int = 256                 # vLLM max_num_seqs
+    max_batched_tokens: int = 8192          # prefill tokens per step (vLLM max_num_batched_tokens)
+    chunked_prefill: bool = False           # Sarathi-Serve / vLLM enable_chunked_prefill
+    chunk_tokens: int = 512                 # tokens per step with chunked prefill
+    slo_target: float = 0.9                 # attainment that counts as meeting the SLOs
+    find_max_rate: bool = True              # with slo.*: the largest rate meeting them
+    sweep: Optional[List[float]] = None     # rates of the plot (null: around the rate)
 
 
 @dataclass
@@ -206,6 +258,9 @@ class RooftopConfig:
     sparsity: Dict[str, Any] = field(default_factory=lambda: {"scheme": "none"})
     accuracy: AccuracyConfig = field(default_factory=AccuracyConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    kv: KVConfig = field(default_factory=KVConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    serve: ServeSimConfig = field(default_factory=ServeSimConfig)
     progress: bool = True
 
 
@@ -417,6 +472,72 @@ def _check_memory(cfg: dict):
     v = cfg["memory"]["runtime_reserve_gb"]
     if v < 0:
         raise ConfigError(f"memory.runtime_reserve_gb={v:g} is negative; set it to 0 or more GB.")
+    u = cfg["memory"]["gpu_utilization"]
+    if not (0.0 < u <= 1.0):
+        raise ConfigError(f"memory.gpu_utilization={u:g} is out of range: it is the fraction of device "
+                          f"memory the server may use, in (0, 1] (vLLM uses 0.9, the default 1.0 uses "
+                          f"all of it). Set e.g. memory.gpu_utilization=0.9.")
+
+
+def _check_kv(cfg: dict):
+    kv = cfg["kv"]
+    if kv["layout"] not in ("contiguous", "paged"):
+        raise ConfigError(f"kv.layout={kv['layout']!r} is not a KV-cache layout; choose kv=contiguous "
+                          f"(a reservation of kv.max_model_len tokens per sequence) or kv=paged (blocks "
+                          f"of kv.block_size tokens, PagedAttention).")
+    if kv["block_size"] < 1:
+        raise ConfigError(f"kv.block_size={kv['block_size']} is out of range: a block holds at least one "
+                          f"token (vLLM uses 16); set kv.block_size=16.")
+    if kv["max_model_len"] is not None and kv["max_model_len"] < 1:
+        raise ConfigError(f"kv.max_model_len={kv['max_model_len']} is out of range; set a positive token "
+                          f"count, or null to take the workload's length.")
+    d = kv["dtype"]
+    if d is not None:
+        aliases = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float8": "fp8",
+                   "float8e4m3fn": "fp8", "e4m3": "fp8"}
+        d = aliases.get(str(d).lower(), str(d).lower())
+        if d not in KV_DTYPES:
+            raise ConfigError(f"kv.dtype={kv['dtype']!r} is not a KV-cache format rooftop knows; use one "
+                              f"of {', '.join(KV_DTYPES)} (fp8 or int8 halve a 16-bit cache), or null for "
+                              f"the model's dtype.")
+        kv["dtype"] = d
+
+
+def _check_parallel(cfg: dict):
+    par = cfg["parallel"]
+    words = {"tp": "tensor", "pp": "pipeline", "ep": "expert"}
+    for k, what in words.items():
+        if par[k] < 1:
+            raise ConfigError(f"parallel.{k}={par[k]} is out of range: the number of devices of {what} "
+                              f"parallelism is at least 1 (1 = none); set parallel.{k}=1.")
+    if par["microbatches"] is not None and par["microbatches"] < 1:
+        raise ConfigError(f"parallel.microbatches={par['microbatches']} is out of range; set a positive "
+                          f"count, or null for min(batch, pp).")
+    if max(par["tp"], par["pp"], par["ep"]) > 1 and cfg.get("hardware"):
+        # the plan against the model's heads / layers / experts and the node's devices
+        from compiler.hardware import load_hardware
+        from compiler.parallel import check_config_plan
+        check_config_plan(cfg, load_hardware(cfg["hardware"]))
+
+
+def _check_serve(cfg: dict):
+    s = cfg["serve"]
+    v = s["enabled"]
+    if isinstance(v, str) and v.lower() in ("true", "false", "auto"):
+        v = {"true": True, "false": False}.get(v.lower(), "auto")
+    if v not in ("auto", True, False):
+        raise ConfigError(f"serve.enabled={s['enabled']!r} is not one of auto, true, false; auto runs "
+                          f"the serving simulation when serve.rate is set.")
+    s["enabled"] = v
+    if s["rate"] is not None and s["rate"] <= 0:
+        raise ConfigError(f"serve.rate={s['rate']:g} is not positive: the Poisson arrival rate is in "
+                          f"requests/s; set e.g. serve.rate=2.")
+    if s["sweep"] is not None and any((not isinstance(r, (int, float))) or r <= 0 for r in s["sweep"]):
+        raise ConfigError(f"serve.sweep={s['sweep']!r} must be a list of positive rates (requests/s).")
+    from compiler.serving import config_of   # lengths, counts and slo_target, checked where they are used
+    config_of({k: s[k] for k in ("rate", "requests", "prompt_len", "output_len", "seed", "max_num_seqs",
+                                 "max_batched_tokens", "chunked_prefill", "chunk_tokens", "slo_target")},
+              cfg.get("slo"))
 
 
 def _check_emit(cfg: dict):
@@ -495,7 +616,8 @@ def _check_hf_kwargs(conf: Mapping) -> None:
 
 #: range checks run after conversion, in order
 CHECKS: list[Callable[[dict], None]] = [_check_workload, _check_gate, _check_slo, _check_memory,
-                                         _check_emit, _check_model]
+                                         _check_emit, _check_model, _check_kv, _check_parallel,
+                                         _check_serve]
 
 
 def validate(cfg: Any) -> dict:

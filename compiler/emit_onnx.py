@@ -6,8 +6,9 @@ the ``rooftop`` domain, which onnxruntime inlines), else the standard ONNX op of
 Attributes that rooftop keeps as (possibly symbolic) values but ONNX wants as operands
 (``OpDef.attr_operands``: Slice bounds, axes, TopK.k, …) become constant initializers, or for
 sympy dims small shape computations from the graph inputs (``B``/``S`` from ``input_ids``, ``P``
-from ``past_key.0``). Serialized annotations (:func:`compiler.annotations.serialized`) go into
-the nodes' and initializers' ``metadata_props``.
+from ``past_key.0``, or block_size × ``block_table``'s width in a paged artifact). Serialized
+annotations (:func:`compiler.annotations.serialized`) go into the nodes' and initializers'
+``metadata_props``.
 
 The model is checked with ``onnx.checker`` (full check) and ONNX shape inference before it is
 written; it is written to a temporary file and renamed, so a failure leaves nothing behind.
@@ -83,8 +84,10 @@ class Emitter:
             src = self.sources.get(e.name)
             if src is None:
                 raise EmitError(f"cannot materialize dimension {e}: no graph input carries it")
-            t, axis = src
+            t, axis, *scale = src   # (input, axis) or (input, axis, factor): dim = factor · shape[axis]
             out = self.node("Shape", [t], {"start": axis, "end": axis + 1}, base=f"dim_{e.name}")
+            if scale and int(scale[0]) != 1:
+                out = self.node("Mul", [out, self.const(np.array([int(scale[0])], np.int64), "dim")])
         elif isinstance(e, sympy.Add):
             terms = [self.dim_tensor(a) for a in e.args]
             out = terms[0]
@@ -197,8 +200,11 @@ def _set_metadata(proto, meta: dict[str, str]) -> None:
         proto.metadata_props.add(key=k, value=v)
 
 
-def _value_info(name: str, ty: TensorType) -> onnx.ValueInfoProto:
-    dims = [d if isinstance(d, int) else str(d) for d in ty.shape]
+def _value_info(name: str, ty: TensorType, dim_names: dict | None = None) -> onnx.ValueInfoProto:
+    """``dim_names`` (``graph.meta["dim_names"]``): display names of symbolic dims, by their
+    expression's text (passes/kv_paging: ``P/16`` → ``max_blocks``)."""
+    names = dim_names or {}
+    dims = [d if isinstance(d, int) else names.get(str(d), str(d)) for d in ty.shape]
     return helper.make_tensor_value_info(name, DTYPES[ty.dtype][2], dims)
 
 
@@ -254,8 +260,8 @@ def to_model(g: Graph, functions: list[onnx.FunctionProto] | None = None) -> onn
     em.nodes[:0] = dq_nodes
     inits += em.inits
     graph = helper.make_graph(
-        em.nodes, g.name, [_value_info(t, g.type(t)) for t in g.inputs],
-        [_value_info(t, g.type(t)) for t in g.outputs], initializer=inits)
+        em.nodes, g.name, [_value_info(t, g.type(t), g.meta.get("dim_names")) for t in g.inputs],
+        [_value_info(t, g.type(t), g.meta.get("dim_names")) for t in g.outputs], initializer=inits)
     domains = {n.domain for n in g if n.domain}
     opsets = [helper.make_opsetid("", OPSET)] + [helper.make_opsetid(d, 1) for d in sorted(domains)]
     model = helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION,
@@ -280,7 +286,7 @@ def subgraph_model(g: Graph, nodes, outputs, *, inputs=(), params=(), dim_source
     for n in nodes:
         em.emit(n)
     ins = list(inputs)
-    for src, _axis in em.sources.values():
+    for src, *_axis in em.sources.values():
         if src in g.inputs and src not in ins and any(src in nd.input for nd in em.nodes):
             ins.append(src)
     inits = [numpy_helper.from_array(np.asarray(g.params[t].data, dtype=DTYPES[g.type(t).dtype][1]), t)

@@ -1122,6 +1122,39 @@ for _op, _fn in {"Reshape": _emit_reshape, "Expand": _emit_expand, "ConstantOfSh
 
 
 # ----------------------------------------------------------------------------------------------
+# paged KV cache (passes/kv_paging.py): the block-table indirection of PagedAttention.
+# ``PagedKVGather(pool [num_blocks, kv_heads, block_size, head_dim], block_table [B, max_blocks])``
+# → ``[B, kv_heads, max_blocks·block_size, head_dim]``: each sequence's blocks in table order, as
+# the contiguous past its Attention reads. Emitted as standard ONNX (Gather on axis 0 → Transpose
+# → Reshape). Costed as a view: a paged attention kernel (vLLM's PagedAttention) reads the blocks
+# in place through the table, and those reads are the Attention op's KV bytes (its past operand);
+# onnxruntime, which has no paged kernel, materializes the gather.
+
+def paged_kv_gather_rule(node, ins):
+    pool, table = ins[0], ins[1]
+    if pool.rank != 4 or table.rank != 2:
+        raise IRError(f"{node.name}: PagedKVGather needs a pool [num_blocks, kv_heads, block_size, head_dim] "
+                      f"and a block table [B, max_blocks], got {pool} and {table}")
+    _, h, bs, d = pool.shape
+    return [pool.with_shape((table.shape[0], h, as_dim(sympy.sympify(table.shape[1]) * bs), d))]
+
+
+def _emit_paged_kv_gather(em, n):
+    pool, table = n.inputs[0], n.inputs[1]
+    _, h, _, d = em.g.type(pool).shape
+    if not (isinstance(h, int) and isinstance(d, int)):
+        raise IRError(f"{n.name}: PagedKVGather needs static kv_heads and head_dim, got {em.g.type(pool)}")
+    blocks = em.node("Gather", [pool, table], {"axis": 0}, base="paged_blocks")      # [B, M, H, bs, D]
+    heads_first = em.node("Transpose", [blocks], {"perm": [0, 2, 1, 3, 4]}, base="paged_heads")
+    em.add("Reshape", [heads_first, em.const(np.array([0, h, -1, d], np.int64), "paged_shape")],
+           list(n.outputs), name=n.name)
+
+
+register(OpDef("PagedKVGather", OpKind.INJECTIVE, "view", paged_kv_gather_rule, zero_flops, zero_bytes,
+               emit=_emit_paged_kv_gather, foldable=False))
+
+
+# ----------------------------------------------------------------------------------------------
 
 def infer_types(graph: Graph, node: OpNode) -> list[TensorType]:
     d = get(node.op, where=node.name)

@@ -38,6 +38,7 @@ class SparsityConfig:
     m: int = 4
     method: str = "magnitude"    # magnitude | sparsegpt
     cost_aware: bool = True
+    targets: List[Any] = field(default_factory=lambda: ["attention", "mlp"])   # block types pruned
     exclude: List[Any] = field(default_factory=lambda: ["embeddings", "lm_head"])
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 

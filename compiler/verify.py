@@ -293,7 +293,10 @@ def verify(emitted_path: str, g: Graph, source: Mapping, *, batch: int = 2, seq:
         module = module.float() if emitted.compute_dtype == "float32" else module.to(torch.float16)
         cmp = _Compare(emitted.compute_dtype)
         record["reference"] = "torch eager (the imported module)"
-        if kv:
+        if kv and g.meta.get("kv_paging"):   # passes/kv_paging: block pools through block tables
+            steps = _torch_paged_decoder(emitted, module, g, kv, batch, seq, decode_steps, seed, max_pos, cmp)
+            record["inputs"] = steps
+        elif kv:
             steps = _torch_decoder(emitted, module, g, kv, batch, seq, decode_steps, seed, max_pos, cmp)
             record["inputs"] = steps
         else:
@@ -308,8 +311,10 @@ def verify(emitted_path: str, g: Graph, source: Mapping, *, batch: int = 2, seq:
                             and emitted.note is not None)
         cmp = _Compare(emitted.compute_dtype)
         record["reference"] = "the source ONNX file in onnxruntime"
-        p = past if kv else 0
+        p = past if kv and not g.meta.get("kv_paging") else 0
         feeds = draw_inputs(g, batch, seq, p, seed, max_pos)
+        if g.meta.get("kv_paging"):   # a paged artifact's prefill: empty block tables, no context
+            feeds.update(_paged_runtime(emitted, seed, batch).feeds(range(batch)))
         got, ref = emitted.run(feeds), reference.run(feeds)
         for name in g.outputs:
             if name in ref and name in got:
@@ -364,4 +369,58 @@ def _torch_decoder(emitted: _Runner, module, g: Graph, kv: list[str], b: int, s:
         res = emitted.run(feeds)
         for name in ref:
             cmp.add(name, res[name], ref[name][:, t0:t0 + 1], f"decode{i + 1}")
+    return log
+
+
+def _paged_runtime(emitted: _Runner, seed: int, batch: int, tokens: int = 0):
+    from compiler.paged_runtime import PagedKV, paging_info
+    info = paging_info(emitted.path)
+    rt = PagedKV(info, num_blocks=batch * (-(-tokens // int(info["block_size"])) + 1) + 2, seed=seed)
+    for q in range(batch):
+        rt.add(q)
+    return rt
+
+
+def _torch_paged_decoder(emitted: _Runner, module, g: Graph, kv: list[str], b: int, s: int, steps: int,
+                         seed: int, max_pos, cmp: _Compare) -> list[dict]:
+    """A paged artifact (passes/kv_paging) run the way a serving runtime runs it
+    (compiler/paged_runtime.py: shuffled block pool, random block tables, new K/V scattered):
+    sequences of unequal prompt lengths (every other one 2 tokens shorter) prefill in one
+    right-padded batch, the shorter ones catch up in the first decode step (3 tokens against 1),
+    then ``steps - 1`` single-token steps; each real token's outputs are compared with torch
+    eager on the whole sequences."""
+    paging = g.meta["kv_paging"]
+    total = s + steps
+    base = draw_inputs(g, b, total, 0, seed, max_pos)
+    tokens = [n for n in g.inputs if n not in kv and n not in (paging["block_table"], paging["context_lens"])]
+    ref = _torch_outputs(module, {n: base[n] for n in tokens}, _torch_output_names(g, kv))
+    rt = _paged_runtime(emitted, seed, b, total)
+    seqs = list(range(b))
+    short = [min(2, s - 1) if q % 2 else 0 for q in seqs]
+    plan = [[s - short[q] for q in seqs]]
+    if steps:
+        plan += [[1 + short[q] for q in seqs]] + [[1] * b for _ in range(steps - 1)]
+    else:
+        plan = [[s] * b]
+    log = []
+    for k, news in enumerate(plan):
+        width = max(news)
+        feeds = rt.feeds(seqs, extra_columns=1)
+        for n in tokens:
+            arr = np.zeros((b, width) + base[n].shape[2:], base[n].dtype)
+            for q in seqs:
+                arr[q, :news[q]] = base[n][q, rt.lens[q]:rt.lens[q] + news[q]]
+            feeds[n] = arr
+        if "position_ids" in tokens:
+            pos = rt.positions(seqs, width)
+            feeds["position_ids"] = pos % max_pos if max_pos else pos
+        step = "prefill" if k == 0 else f"decode{k}"
+        log.append({"step": step, "shapes": {n: list(v.shape) for n, v in feeds.items() if n not in rt.pools},
+                    "new_tokens": list(news)})
+        res = emitted.run(feeds)
+        for name in ref:
+            got = np.concatenate([res[name][q, :news[q]] for q in seqs])
+            want = np.concatenate([ref[name][q, rt.lens[q]:rt.lens[q] + news[q]] for q in seqs])
+            cmp.add(name, got, want, step)
+        rt.scatter(seqs, news, res)
     return log

@@ -84,6 +84,9 @@ ORDER_CONSTRAINTS: list[tuple[str, str]] = [
     # quantization keeps a pruned pattern (its zeros stay exact zeros)
     ("fuse", "prune_nm"), ("fuse_gemm", "prune_nm"), ("fuse", "quantize"), ("fuse_gemm", "quantize"),
     ("prune_nm", "quantize"),
+    # paging replaces the lifted cache's past inputs, after fusion saw the contiguous attention
+    ("lift_kv_cache", "kv_paging"), ("kv_cache", "kv_paging"), ("fuse", "kv_paging"),
+    ("fuse_attention", "kv_paging"),
 ]
 
 

@@ -89,7 +89,7 @@ def test_meta_model_is_cost_only(tmp_path):
     assert rep["compression"]["cost_only"] and "no quantized artifact" in rep["compression"]["note"]
     assert not (tmp_path / "model.onnx").exists()
     # 4-bit weights: the memory follows the stored bytes
-    q = [r for r in rep["weight_formats"] if r["format"].get("dtype") == "int4"]
+    q = [r for r in rep["weight_formats"] if r["format"].get("dtype") == "uint4"]     # w4a16 default: + zero point
     assert q and all(3.9 < r["bits_per_value"] < 4.6 for r in q)
     dec = rep["compression"]["sparsity"]["decisions"]
     assert dec and all("predicted_payoff_s" in d and "reason" in d for d in dec)

@@ -23,7 +23,7 @@ def _one_error(r):
     (["foo=1"], "'foo'", None),
     (["+foo=1"], "'foo'", None),
     (["+quantize=int8"], "'quantize'", None),
-    (["+parallel.tp=2"], "'parallel'", None),
+    (["+paralel.tp=2"], "'paralel'", None),
     (["model.weigths=random"], "'model.weigths'", "model.weights"),
     (["+workload.batchsize=4"], "'workload.batchsize'", "workload.batch"),
     (["model=minilm", "+model.dtpye=float16"], "'model.dtpye'", "model.dtype"),
@@ -92,6 +92,9 @@ def test_config_yaml_repeats_the_schema_defaults():
         if group in chosen:  # a group with named choices (pipeline=, early_exit=): its none/default file
             continue
         assert conf[group] == values, group
+    assert yaml.safe_load((ROOT / "conf/kv/contiguous.yaml").read_text()) == schema.defaults()["kv"]
+    paged = yaml.safe_load((ROOT / "conf/kv/paged.yaml").read_text())
+    assert paged == {**schema.defaults()["kv"], "layout": "paged"}
     assert yaml.safe_load((ROOT / "conf/early_exit/none.yaml").read_text())["mode"] == \
         schema.defaults()["early_exit"]["mode"] == "none"
     from compiler.pipeline import workload_of
@@ -118,6 +121,17 @@ def test_every_shipped_model_and_pipeline_yaml_validates():
     ({"emit": {"enabled": "sometimes"}}, "auto, true, false"),
     ({"report": {"html": "maybe"}}, "true or false"),
     ({"memory": {"runtime_reserve_gb": -1}}, "negative"),
+    ({"memory": {"gpu_utilization": 1.5}}, r"gpu_utilization=1.5 is out of range"),
+    ({"memory": {"gpu_utilization": 0}}, r"gpu_utilization=0 is out of range"),
+    ({"kv": {"block_size": 0}}, r"kv.block_size=0 is out of range"),
+    ({"kv": {"layout": "ring"}}, r"kv.layout='ring' is not a KV-cache layout"),
+    ({"kv": {"dtype": "fp4"}}, r"kv.dtype='fp4' is not a KV-cache format"),
+    ({"kv": {"max_model_len": 0}}, r"kv.max_model_len=0 is out of range"),
+    ({"parallel": {"tp": 0}}, r"parallel.tp=0 is out of range"),
+    ({"parallel": {"pp": 0}}, r"parallel.pp=0 is out of range"),
+    ({"serve": {"rate": -2}}, r"serve.rate=-2 is not positive"),
+    ({"serve": {"enabled": "sometimes"}}, r"serve.enabled='sometimes'"),
+    ({"serve": {"prompt_len": {"kind": "zipf"}}}, r"distribution 'zipf' is unknown"),
 ])
 def test_values_are_typed_and_ranged(over, match):
     cfg = compose()
@@ -125,6 +139,18 @@ def test_values_are_typed_and_ranged(over, match):
         cfg[g].update(kv)
     with pytest.raises(ConfigError, match=match):
         schema.validate(cfg)
+
+
+def test_serving_keys_compose_and_validate():
+    """kv=, parallel.*, serve.*, memory.gpu_utilization (issue 9) are settings, not unknown keys."""
+    out = schema.validate(compose(["kv=paged", "kv.block_size=32", "kv.dtype=FP8", "parallel.tp=2",
+                                   "serve.rate=3", "memory.gpu_utilization=0.9",
+                                   "serve.prompt_len={kind: uniform, low: 16, high: 64}"]))
+    assert out["kv"] == {"layout": "paged", "block_size": 32, "max_model_len": None, "dtype": "fp8"}
+    assert out["parallel"]["tp"] == 2 and out["memory"]["gpu_utilization"] == 0.9
+    assert out["serve"]["rate"] == 3.0 and out["serve"]["enabled"] == "auto"
+    assert out["serve"]["prompt_len"]["kind"] == "uniform"
+    assert schema.validate(compose())["kv"]["layout"] == "contiguous"
 
 
 def test_types_are_converted():

@@ -46,7 +46,7 @@ def _eval(ref_graph, model, tmp_path, samples=3):
 
 
 def test_w4a16_annotations_matmulnbits_and_exact_dequant(gpt2_fused, tmp_path):
-    g, res = _quantized(gpt2_fused, scheme="w4a16", ort_accuracy_level=0)
+    g, res = _quantized(gpt2_fused, scheme="w4a16", symmetric=True, ort_accuracy_level=0)
     sites = [s for s in linear_sites(g) if not s.reason]
     assert res.stats["quantized_weights"] == len(sites) == 16
     for s in sites:
@@ -67,6 +67,27 @@ def test_w4a16_annotations_matmulnbits_and_exact_dequant(gpt2_fused, tmp_path):
     assert rec["metric"] == "top1_agreement" and rec["samples"] == 3 and 0.8 <= rec["value"] <= 1.0
     assert rec["kl_nats"]["mean"] > 0      # lossy, measured
     assert len(rec["distribution"]["per_sample"]) == 3
+
+
+def test_w4a16_default_is_asymmetric_uint4_matmulnbits_with_zero_points(gpt2_fused, tmp_path):
+    """quant=w4a16 defaults to uint4 + a zero point per group of 128 (conf/quant/w4a16.yaml and the
+    pass agree); onnxruntime forms MatMulNBits with its zero_points input and the artifact equals
+    the numpy dequantization."""
+    from compiler.app import config_dir
+    import yaml
+    assert yaml.safe_load(open(config_dir() / "quant" / "w4a16.yaml"))["symmetric"] is False
+    g, _ = _quantized(gpt2_fused, scheme="w4a16", ort_accuracy_level=0)
+    for s in (s for s in linear_sites(g) if not s.reason):
+        fmt = g.params[s.weight].annotations["weight_format"]
+        assert (fmt.dtype, fmt.symmetric, fmt.group_size) == ("uint4", False, 128)
+        assert g.params[s.weight].annotations["quant_data"].zero_point is not None
+    model = to_model(g)
+    path = str(tmp_path / "opt.onnx")
+    make_session(model, optimized_path=path)
+    nb = [n for n in onnx.load(path).graph.node if n.op_type == "MatMulNBits"]
+    assert len(nb) == 16 and all(len(n.input) > 3 and n.input[3] for n in nb)     # zero_points wired
+    chk = accuracy.quantization_check(g, _eval(gpt2_fused, model, tmp_path, 1)[1])
+    assert chk["checked"] and chk["ok"], chk
 
 
 def test_accuracy_level_recorded_and_applied(gpt2_fused, tmp_path):
@@ -96,7 +117,9 @@ def test_w8a8_dynamic_fuses_to_integer_kernels(gpt2_fused, tmp_path):
     ops = _optimized_ops(model, tmp_path)
     assert ops.count("DynamicQuantizeMatMul") == res.stats["quantized_weights"] == 16
     assert "MatMulInteger" not in ops
-    for s in linear_sites(g):
+    sites = linear_sites(g)
+    assert [s.reason for s in sites if s.reason] == ["lm_head"]      # the tied head stays fp32
+    for s in (s for s in sites if not s.reason):
         assert s.node.annotations["compute_dtype"].dtype == "int8"
         assert s.node.annotations["activation_quant"].mode == "dynamic"
     rec, _ = _eval(gpt2_fused, model, tmp_path)
@@ -108,7 +131,7 @@ def test_w8a8_static_smoothquant_folds_into_layernorm(gpt2_fused, tmp_path):
                         calibration={"samples": 2, "seq_len": 32})
     assert res.stats["smoothed_inputs"] == 8            # QKV and MLP-in of 4 layers, folded into their norms
     assert not [n for n in g if n.op == "Mul" and any("smooth" in t for t in n.inputs)]
-    aq = {s.node.annotations["activation_quant"].mode for s in linear_sites(g)}
+    aq = {s.node.annotations["activation_quant"].mode for s in linear_sites(g) if not s.reason}
     assert aq == {"static"}
     ops = _optimized_ops(to_model(g), tmp_path)
     assert "MatMulIntegerToFloat" in ops or "QLinearMatMul" in ops
@@ -232,3 +255,23 @@ def test_config_schemas_match_the_yaml_defaults():
     assert yaml.safe_load((conf / "sparsity/none.yaml").read_text()) == dataclasses.asdict(SparsityConfig())
     for f in (conf / "quant").glob("*.yaml"):     # every scheme has every key, and nothing else
         assert set(yaml.safe_load(f.read_text())) == set(dataclasses.asdict(QuantConfig())), f.name
+
+
+def test_tied_lm_head_quantized_as_its_own_copy_when_not_excluded(gpt2_fused, tmp_path):
+    """GPT-2's LM head reads Transpose(wte): kept in fp32 by default (excluded as lm_head); with
+    ``exclude=[embeddings]`` it gets its own [K, V] copy, quantized, while the Gather keeps the
+    fp32 table — and the artifact still equals the numpy dequantization."""
+    g, res = _quantized(gpt2_fused, scheme="w4a16", ort_accuracy_level=0)
+    assert g.meta["quantization"]["excluded"] == {"model.lm_head.weight": "lm_head"}
+    g, res = _quantized(gpt2_fused, scheme="w4a16", exclude=["embeddings"], ort_accuracy_level=0)
+    assert res.stats["quantized_weights"] == 17 and g.meta["quantization"]["excluded"] == {}
+    head = next(s for s in linear_sites(g, []) if s.weight.startswith("model.lm_head.weight.T"))
+    assert head.transposed_from is None and "quant_data" in g.params[head.weight].annotations
+    assert "model.lm_head.weight" in g.params and any(n.op == "Gather" and n.inputs[0] == "model.lm_head.weight"
+                                                      for n in g)
+    np.testing.assert_allclose(g.params[head.weight].data, gpt2_fused.params["model.lm_head.weight"].data.T,
+                               atol=float(np.abs(gpt2_fused.params["model.lm_head.weight"].data).max()) / 7)
+    model = to_model(g)
+    assert _optimized_ops(model, tmp_path).count("MatMulNBits") == 17
+    chk = accuracy.quantization_check(g, _eval(gpt2_fused, model, tmp_path, 1)[1])
+    assert chk["checked"] and chk["ok"], chk

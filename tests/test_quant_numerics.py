@@ -22,6 +22,18 @@ def test_int8_symmetric_per_channel_by_hand():
     np.testing.assert_array_equal(qt.dequantize(), qt.int_codes().astype(np.float32) * qt.scale)
 
 
+def test_int4_symmetric_full_range_by_hand():
+    # one column, two groups of 2: the value of largest magnitude maps to −8 (scale negative if it is positive)
+    w = np.array([[1.0], [-4.0], [2.0], [-0.5]], np.float32)
+    qt = quantize_rtn(w, QuantSpec("int4", "group", group_size=2))
+    np.testing.assert_allclose(qt.scale[:, 0], [0.5, -0.25], rtol=1e-7)
+    np.testing.assert_array_equal(qt.int_codes()[:, 0], [2, -8, -8, 2])
+    np.testing.assert_allclose(qt.dequantize()[:, 0], [1.0, -4.0, 2.0, -0.5], atol=1e-7)
+    # the opposite extreme clips at +7: 4·0.5 would be code −8 → use a group where it is positive
+    qt = quantize_rtn(np.array([[-1.0], [1.0]], np.float32), QuantSpec("int4", "group", group_size=2))
+    np.testing.assert_array_equal(qt.int_codes()[:, 0], [-8, 7])       # 1.0 / −(−1/8)... = 8 → 7
+
+
 def test_uint4_asymmetric_group_by_hand():
     # one column, two groups of 2 along K
     w = np.array([[0.0], [3.0], [-1.0], [0.5]], np.float32)
@@ -43,13 +55,17 @@ def test_rtn_error_bound_and_layout(spec, reduce_axis):
     w = w if reduce_axis == 0 else w.T
     qt = quantize_rtn(w, spec, reduce_axis=reduce_axis)
     err = np.abs(qt.dequantize() - w)
-    s = qt.expanded(qt.scale)
-    # symmetric: |err| ≤ s/2; asymmetric: the zero point's rounding may clip the range edge by ≤ s/2
-    bound = s * (0.5 if spec.symmetric else 1.0) * (1 + 1e-5)
-    assert (err <= bound).all()
+    s = np.abs(qt.expanded(qt.scale))
     lo, hi = (-(2 ** (spec.bits - 1)), 2 ** (spec.bits - 1) - 1) if spec.symmetric else (0, 2 ** spec.bits - 1)
     c = qt.int_codes()
     assert c.min() >= lo and c.max() <= hi
+    # symmetric int8: |err| ≤ s/2; asymmetric: the zero point's rounding may clip the range edge by
+    # ≤ s/2; full-range int4: only a code clipped at +7 may be off by up to s
+    clipped = (c == hi) if spec.symmetric and spec.bits == 4 else np.zeros(c.shape, bool)
+    bound = s * np.where(clipped | (not spec.symmetric), 1.0, 0.5) * (1 + 1e-5)
+    assert (err <= bound).all()
+    if spec.symmetric and spec.bits == 4:    # the largest-magnitude value of each group is exact at −8
+        assert (c == lo).any(axis=0).all() if reduce_axis == 0 else (c == lo).any(axis=1).all()
     if spec.granularity == "group":   # ONNX blocked form: scale has ceil(K/g) entries along the reduction axis
         assert qt.scale.shape[reduce_axis] == -(-256 // spec.group_size)
 
@@ -158,8 +174,8 @@ def test_gptq_beats_rtn_on_layer_output(correlated, spec):
     e_g = np.square(x @ g.dequantize() - ref).mean()
     e_r = np.square(x @ r.dequantize() - ref).mean()
     assert e_g < 0.6 * e_r, (e_g, e_r)
-    # GPTQ's output is a valid tensor of the format: codes in range, scales positive
-    assert (g.scale > 0).all() and g.codes.shape == w.shape
+    # GPTQ's output is a valid tensor of the format: codes in range, scales non-zero (int4: full range, signed)
+    assert (g.scale != 0).all() and g.codes.shape == w.shape
 
 
 def test_gptq_identity_hessian_equals_rtn_per_channel():

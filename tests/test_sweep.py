@@ -1,4 +1,5 @@
-"""Multirun summary (sweep.json / sweep.md / sweep.html) and the Optuna search recipes.
+"""Multirun summary (sweep.json / sweep.md / sweep.html); the Optuna search recipes are in
+tests/test_search.py.
 
 Points use a one-layer ONNX decoder (tests/onnx_models.make_kv_model) with emission off, so a point
 costs well under a second; the sweeps run through the real ``rooftop -m`` command.
@@ -93,56 +94,4 @@ def test_gate_and_failure_exit_codes_and_pareto_by_hand():
     assert pareto_front(rows, axes) == [0, 1, 3, 4]
 
 
-SPACE = ["pipeline=choice(none,default)", "workload.batch=choice(1,4,16,64)"]
-
-
-@pytest.fixture(scope="module")
-def searches(models, tmp_path_factory):
-    """The same constrained space, exhaustively (basic sweeper) and by the optuna recipe (twice)."""
-    tmp = tmp_path_factory.mktemp("search")
-    common = ["model=onnx", f"model.path={models['mha']}", "hardware=a100_80g", "slo.ttft_ms=0.9", "emit.enabled=false"]
-    out = {"grid": _sweep(tmp, "grid", "search.objective=throughput_tok_s", *common,
-                          "pipeline=none,default", "workload.batch=1,4,16,64")}
-    for k in ("tpe", "tpe_again"):
-        out[k] = _sweep(tmp, k, "search=throughput", "hydra.sweeper.n_trials=12", *common, *SPACE)
-    return out
-
-
-def _params(row):
-    return {o.split("=")[0]: o.split("=")[1] for o in row["overrides"] if o.split("=")[0] in ("pipeline", "workload.batch")}
-
-
-def test_optuna_recipe_finds_the_exhaustive_best_point(searches):
-    (rg, _, grid), (rt, _, tpe) = searches["grid"], searches["tpe"]
-    assert rg.returncode == 0 and rt.returncode == 0, (rg.stderr[-2000:], rt.stderr[-2000:])
-    for doc in (grid, tpe):
-        assert schema.errors(doc, "sweep") == [] and doc["kind"] == "search"
-        assert doc["objective"] == {"metric": "throughput_tok_s", "direction": "maximize"}
-    assert grid["sweeper"] == "BasicSweeper" and tpe["sweeper"] == "OptunaSweeper"
-    assert grid["points"] == 8 and tpe["points"] == 12
-    # the SLO binds: some points are infeasible (pruned), and nothing was emitted anywhere
-    assert 0 < grid["counts"]["infeasible"] < 8 and grid["counts"]["failed"] == 0
-    for row in grid["rows"]:
-        if row["status"] == "infeasible":
-            assert "slo.ttft_ms" in row["error"] and row["ttft_s"] * 1e3 > 0.9
-        else:
-            assert row["ttft_s"] * 1e3 <= 0.9
-    best_grid = next(r for r in grid["rows"] if r["job"] == grid["best"])
-    best_tpe = next(r for r in tpe["rows"] if r["job"] == tpe["best"])
-    feasible = [r["objective"] for r in grid["rows"] if r["status"] == "ok"]
-    assert best_grid["objective"] == max(feasible)
-    assert _params(best_tpe) == _params(best_grid)
-    assert best_tpe["objective"] == best_grid["objective"]
-
-
-def test_optuna_search_is_deterministic_for_a_seed(searches):
-    (_, _, a), (_, _, b) = searches["tpe"], searches["tpe_again"]
-    assert [(r["job"], _params(r), r["status"], r["objective"]) for r in sorted(a["rows"], key=lambda r: r["job"])] == \
-           [(r["job"], _params(r), r["status"], r["objective"]) for r in sorted(b["rows"], key=lambda r: r["job"])]
-
-
-def test_search_points_are_not_emitted_and_summary_plots_trials(searches):
-    _, out, doc = searches["tpe"]
-    assert not list(out.rglob("model.onnx"))
-    page = (out / "sweep.html").read_text()
-    assert "Search trials" in page and "Best: #" in page
+# the search recipes (conf/search/*.yaml): tests/test_search.py

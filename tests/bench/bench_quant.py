@@ -5,21 +5,29 @@ Models: ``minilm`` (all-MiniLM-L6-v2, real weights) at batch 1 and 8, sequence 1
 tokens, batch 1 and 8. Variants, all from the same fp32 model:
 
 - ``rooftop fp32``: ``rooftop model=<m> pipeline=default hardware=cpu`` (quant=none);
-- ``rooftop <q>``: the same with ``quant=<q>`` for w8a16, w4a16, w8a8, fp8 (+ ``w4a16 acc0``:
-  ``quant.ort_accuracy_level=0``, fp32 activations in MatMulNBits);
+- ``rooftop <q>``: the same with ``quant=<q>`` for w8a16, w4a16 (default: uint4 + zero point,
+  RTN), w8a8, fp8, and the w4a16 variants ``sym`` (``quant.symmetric=true``: int4, full range),
+  ``gptq`` (``quant.method=gptq``), ``acc0`` (``quant.ort_accuracy_level=0``: fp32 activations
+  in MatMulNBits) and, for GPT-2, ``+head`` (``quant.exclude=[embeddings]``: the tied LM head
+  quantized as its own int4 copy; by default it stays fp32);
 - ``ort quantize_dynamic``: ``onnxruntime.quantization.quantize_dynamic`` (QInt8 weights, per
   channel) of the rooftop fp32 ``model.onnx``;
-- ``ort MatMulNBits``: ``onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer``
-  (4 bits, block 128, symmetric, accuracy level 4) of the same file.
+- ``ort MatMulNBits`` / ``ort MatMulNBits asym``:
+  ``onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer`` (4 bits, block 128,
+  accuracy level 4; symmetric, and asymmetric — its default) of the same file.
 
 Latency: onnxruntime CPU, ``intra_op_num_threads=2``, default graph optimizations, each artifact's
-recorded session config (rooftop's MatMulNBits accuracy level), medians over round-robin rounds in
-one process (one run of each variant per round, shuffled order). Accuracy beside it: MiniLM
-embedding cosine, GPT-2 top-1 agreement and KL of next-token distributions, both against the
-rooftop fp32 model on the evaluation split of the shipped text (compiler/accuracy.py).
-FP8 on CPU is an accuracy simulation (DequantizeLinear to fp32): its latency is not FP8 latency.
+recorded session config (rooftop's MatMulNBits accuracy level), and
+``session.intra_op.allow_spinning=0`` for every variant alike: on a shared, loaded machine
+spinning worker threads inflated fp32 MiniLM latency ~5× and made ratios noise. Medians over
+round-robin rounds in one process (one run of each variant per round, shuffled order), of the
+wall time and of the process CPU time (all threads; steadier under load — the ratio printed).
+Accuracy beside it: MiniLM embedding cosine, GPT-2 top-1 agreement and KL of next-token
+distributions, both against the rooftop fp32 model on the evaluation split of the shipped text
+(compiler/accuracy.py). FP8 on CPU is an accuracy simulation (DequantizeLinear to fp32): its
+latency is not FP8 latency.
 
-    .venv/bin/python tests/bench/bench_quant.py [--rounds 20] [--models minilm gpt2] [--samples 8]
+    .venv/bin/python tests/bench/bench_quant.py [--rounds 20] [--rounds-gpt2 6] [--models minilm gpt2] [--samples 8]
 """
 from __future__ import annotations
 
@@ -39,8 +47,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 SEQ = 128
-SCHEMES = [("w8a16", []), ("w4a16", []), ("w4a16 acc0", ["quant.ort_accuracy_level=0"]), ("w8a8", []),
+SCHEMES = [("w8a16", []), ("w4a16", []), ("w4a16 sym", ["quant.symmetric=true"]),
+           ("w4a16 gptq", ["quant.method=gptq"]), ("w4a16 acc0", ["quant.ort_accuracy_level=0"]), ("w8a8", []),
            ("fp8", [])]
+SESSION = {"session.intra_op.allow_spinning": "0"}
+# decoders only: the tied LM head quantized too (its own int4 copy; the Gather keeps the fp32 table)
+DECODER_SCHEMES = [("w4a16 +head", ["quant.exclude=[embeddings]"])]
 
 
 def _compose(overrides):
@@ -58,8 +70,9 @@ def build_variants(model: str, work: Path, samples: int) -> tuple[dict[str, str]
     from compiler.pipeline import run
     paths: dict[str, str] = {}
     base = ["hardware=cpu", "pipeline=default", "report.html=false", "progress=false",
-            f"accuracy.samples={samples}"]
-    for name, extra in [("rooftop fp32", [])] + [(f"rooftop {q}", [f"quant={q.split()[0]}", *x]) for q, x in SCHEMES]:
+            "accuracy.enabled=false"]      # accuracy is measured below, once, for every variant alike
+    schemes = SCHEMES + (DECODER_SCHEMES if _compose([f"model={model}"])["model"].get("task") == "causal_lm" else [])
+    for name, extra in [("rooftop fp32", [])] + [(f"rooftop {q}", [f"quant={q.split()[0]}", *x]) for q, x in schemes]:
         out = work / name.replace(" ", "_")
         t0 = time.perf_counter()
         cfg = _compose([f"model={model}", *base, *extra])
@@ -78,11 +91,12 @@ def build_variants(model: str, work: Path, samples: int) -> tuple[dict[str, str]
     quantize_dynamic(fp32, p, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
     paths["ort quantize_dynamic"] = p
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-    q = MatMulNBitsQuantizer(onnx.load(fp32), block_size=128, is_symmetric=True, accuracy_level=4)
-    q.process()
-    p = str(work / "ort_nbits.onnx")
-    q.model.save_model_to_file(p, use_external_data_format=False)
-    paths["ort MatMulNBits"] = p
+    for name, sym in (("ort MatMulNBits", True), ("ort MatMulNBits asym", False)):
+        q = MatMulNBitsQuantizer(onnx.load(fp32), block_size=128, is_symmetric=sym, accuracy_level=4)
+        q.process()
+        p = str(work / f"ort_nbits_{int(sym)}.onnx")
+        q.model.save_model_to_file(p, use_external_data_format=False)
+        paths[name] = p
     return paths, _compose([f"model={model}"])["model"]
 
 
@@ -103,9 +117,11 @@ def feeds(sess, batch: int, seq: int, past: int, vocab: int, rng) -> dict[str, n
     return out
 
 
-def time_cases(paths: dict[str, str], cases, rounds: int, vocab: int) -> dict[tuple[str, str], float]:
+def time_cases(paths: dict[str, str], cases, rounds: int, vocab: int
+               ) -> dict[tuple[str, str], tuple[float, float]]:
+    """(median wall s, median process CPU s) per (variant, case)."""
     from compiler.quant_onnx import make_session
-    sessions = {v: make_session(p, threads=THREADS) for v, p in paths.items()}
+    sessions = {v: make_session(p, threads=THREADS, extra=SESSION) for v, p in paths.items()}
     res = {}
     rng = np.random.default_rng(0)
     for case, (b, s, p) in cases.items():
@@ -115,15 +131,17 @@ def time_cases(paths: dict[str, str], cases, rounds: int, vocab: int) -> dict[tu
             for _ in range(2):
                 sess.run(outs[v], f[v])
         times = {v: [] for v in sessions}
+        cpu = {v: [] for v in sessions}
         order = list(sessions)
         for _ in range(rounds):
             random.shuffle(order)
             for v in order:
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 sessions[v].run(outs[v], f[v])
                 times[v].append(time.perf_counter() - t0)
+                cpu[v].append(time.process_time() - c0)
         for v in sessions:
-            res[(v, case)] = float(np.median(times[v]))
+            res[(v, case)] = (float(np.median(times[v])), float(np.median(cpu[v])))
     return res
 
 
@@ -149,10 +167,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="+", default=["minilm", "gpt2"])
     ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--rounds-gpt2", type=int, default=6, help="rounds for gpt2 (a prefill at batch 8 takes seconds)")
     ap.add_argument("--samples", type=int, default=8)
     args = ap.parse_args(argv)
     import onnxruntime as ort
-    print(f"onnxruntime {ort.__version__} CPU, {THREADS} threads, medians of {args.rounds} round-robin rounds")
+    print(f"onnxruntime {ort.__version__} CPU, {THREADS} threads, allow_spinning=0, medians of round-robin rounds; "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start")
     for model in args.models:
         with tempfile.TemporaryDirectory(prefix=f"bench_quant_{model}_") as tmp:
             print(f"\n== {model}: building variants", flush=True)
@@ -163,15 +183,19 @@ def main(argv=None):
             else:
                 cases = {"prefill b1": (1, SEQ, 0), "prefill b8": (8, SEQ, 0),
                          "decode b1 @128": (1, 1, SEQ), "decode b8 @128": (8, 1, SEQ)}
-            t = time_cases(paths, cases, args.rounds, vocab)
+            rounds = args.rounds_gpt2 if model == "gpt2" else args.rounds
+            t = time_cases(paths, cases, rounds, vocab)
             metric = next(iter(acc.values()))["metric"]
-            head = f"{'variant':22s} " + " ".join(f"{c:>17s}" for c in cases) + f"  {metric:>18s}"
+            print(f"{rounds} rounds; per case: median wall ms, median CPU ms (all threads), CPU ratio to rooftop fp32; "
+                  f"load average {os.getloadavg()[0]:.1f} after")
+            head = f"{'variant':22s} " + " ".join(f"{c:>26s}" for c in cases) + f"  {metric:>18s}"
             if metric == "top1_agreement":
                 head += f" {'KL nats':>9s}"
             print(head)
-            base = {c: t[("rooftop fp32", c)] for c in cases}
+            base = {c: t[("rooftop fp32", c)][1] for c in cases}
             for v in paths:
-                cells = " ".join(f"{t[(v, c)] * 1e3:8.2f}ms {t[(v, c)] / base[c]:5.2f}x" for c in cases)
+                cells = " ".join(f"{t[(v, c)][0] * 1e3:8.1f} {t[(v, c)][1] * 1e3:8.1f}ms {t[(v, c)][1] / base[c]:5.2f}x"
+                                 for c in cases)
                 a = acc[v]
                 line = f"{v:22s} {cells}  {a['value']:18.4f}"
                 if metric == "top1_agreement":
