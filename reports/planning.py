@@ -74,7 +74,8 @@ def _parallel_blocks(r: Mapping, par: Mapping) -> list[tuple]:
                      f"+ activations {_gb(mem.get('activation_peak_bytes'))} + reserve {_gb(mem.get('runtime_reserve_bytes'))} "
                      f"= {_gb(mem['total_bytes'])} of {_gb(mem.get('usable_bytes'))} usable — "
                      + ("fits." if mem["fits"] else "does not fit.")
-                     + (f" Smallest tensor-parallel degree that fits: tp={best}." if best else
+                     + (f" Smallest tensor-parallel degree that fits: tp={best}"
+                        + (f" (with pp={par['pp']})." if par.get("pp", 1) > 1 else ".") if best else
                         " No tensor-parallel degree within the node fits.")))
     if opts:
         out.append(("table", ["tp", "weights per device", "total per device", "fits"],
@@ -95,7 +96,7 @@ def _parallel_blocks(r: Mapping, par: Mapping) -> list[tuple]:
                          f"output and MLP down, row-parallel; plus a vocabulary-parallel embedding), each "
                          f"latency + 2(n − 1)/n × bytes / bus bandwidth; {par.get('all_to_alls_per_forward', 0)} "
                          f"all-to-alls (MoE experts). Collective figures: {par.get('collectives_source', '?')}. "
-                         f"The report's TTFT/TPOT are this plan's."))
+                         f"The report's TTFT/TPOT are this plan's; the per-op tables below are the whole model on one device."))
     return out
 
 

@@ -248,3 +248,20 @@ def test_kv_layout_pass_scales_kv_bytes_by_the_stored_format(dtype, ratio):
         assert f1[ia].sum() - f0[ia].sum() == pytest.approx(extra, rel=1e-3)
     else:
         assert f1[ia].sum() == pytest.approx(f0[ia].sum())
+
+
+def test_report_md_and_html_render_the_planning_sections(runner, paged_7b, tp2_70b):
+    from reports.html import render_html
+    from reports.markdown import render_markdown
+    from reports.plots import render_all
+    md = render_markdown(paged_7b)
+    assert "### Capacity planning (kv=paged)" in md and "| paged (blocks on demand) | 21 |" in md
+    assert "| contiguous (reserve max_model_len) | 5 |" in md
+    md = render_markdown(tp2_70b)
+    assert "### Parallelism (tp=2, pp=1, ep=1: 2 devices)" in md and "Parallel plan" in md
+    r = runner(*SERVE)
+    plots = render_all(r)
+    assert plots["serving"][:8] == b"\x89PNG\r\n\x1a\n"
+    page = render_html(r, plots=plots)
+    assert "Serving simulation" in page and 'id="plot-serving"' in page
+    assert "serving" not in render_all(paged_7b)
