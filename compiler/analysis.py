@@ -386,15 +386,19 @@ def _graph_dtype(g: Graph) -> str | None:
 
 
 def gates(cfg: Mapping, result: Mapping) -> list[str]:
-    """The violated ``gate.*`` budgets, as ``key: what is value, limit L`` lines."""
+    """The violated ``gate.*`` budgets, as ``key: what is value, limit L`` lines (under a parallel
+    plan: the plan's latency and the memory per device)."""
     gate = cfg.get("gate") or {}
     lat, mem = result["latency"], result["memory"]
     generative = lat.get("kind") != "encoder"
     thr = lat["throughput_tok_s"] if generative else lat["throughput_seq_s"]
+    par = result.get("parallel") or {}
+    per_device = par.get("devices", 1) > 1          # a parallel plan: its latency, memory per device
+    mem_b = par["memory_per_device"]["total_bytes"] if per_device else mem["total_bytes"]
     checks = [
         ("max_ttft_ms", lat["ttft_s"] * 1e3, "max", "TTFT (ms)" if generative else "batch latency (ms)"),
         ("max_tpot_ms", (lat["tpot_s"] or 0.0) * 1e3 if generative else None, "max", "TPOT (ms)"),
-        ("max_memory_gb", mem["total_bytes"] / 1e9, "max", "memory (GB)"),
+        ("max_memory_gb", mem_b / 1e9, "max", "memory per device (GB)" if per_device else "memory (GB)"),
         ("min_throughput", thr, "min", "throughput (tokens/s)" if generative else "throughput (sequences/s)"),
     ]
     failed = []

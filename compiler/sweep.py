@@ -106,11 +106,12 @@ def search_settings(cfg: Mapping) -> dict[str, str] | None:
 
 
 def deployed(report: Mapping | None) -> dict[str, Any]:
-    """The point's headline figures as deployed: ``latency.*`` and ``memory.*`` of one device, or
-    with ``parallel.tp``/``pp`` > 1 (report.json ``parallel``, compiler/parallel.py) the sharded
-    ones — TTFT and TPOT of the parallel plan (communication included), memory per device, the
-    request's decode steps scaled by the plan's decode speedup, and throughput of the device group
-    (``devices`` of them; ``throughput_per_device_tok_s`` divides by that)."""
+    """The point's headline figures as deployed: ``latency.*`` and ``memory.*``, and with
+    ``parallel.tp``/``pp`` > 1 (report.json ``parallel``, compiler/parallel.py) the sharded ones —
+    TTFT and TPOT of the parallel plan (communication included), memory per device, the request's
+    decode steps scaled by the plan's decode time over ``latency.tpot_s`` (1 where ``latency``
+    already holds the plan's), and throughput of the device group (``devices`` of them;
+    ``throughput_per_device_tok_s`` divides by that)."""
     lat = dict((report or {}).get("latency") or {})
     mem = dict((report or {}).get("memory") or {})
     out = {"ttft_s": lat.get("ttft_s"), "tpot_s": lat.get("tpot_s"), "e2e_s": lat.get("e2e_s"),
@@ -318,10 +319,11 @@ def _parallel_plan_error(plain: Mapping) -> str | None:
         return None
     from compiler.config import validate
     from compiler.hardware import load_hardware
-    from compiler.pipeline import check_parallel_plan
-    cfg = validate(plain)          # bad input stays a failure (exit 2)
+    from compiler.parallel import check_config_plan
+    cfg = validate(_with(plain, parallel={"tp": 1, "pp": 1, "ep": 1}))   # bad input stays a failure
+    cfg["parallel"] = {**dict(cfg.get("parallel") or {}), **dict(par)}
     try:
-        check_parallel_plan(cfg, load_hardware(cfg["hardware"]))
+        check_config_plan(cfg, load_hardware(cfg["hardware"]))
     except ConfigError as e:
         return " ".join(str(e).split())
     return None

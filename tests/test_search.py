@@ -230,6 +230,16 @@ def test_block_types_of_fused_and_onnx_graphs(onnx_model):
     kinds = {s.weight: block_type(g, s.node) for s in linear_sites(g, exclude=())}
     # wout reads the attention's merged heads: this toy decoder's output projection (and LM head)
     assert kinds == {"wk": "attention", "wv": "attention", "wout": "attention"}
+    # after fusion (merged Q/K/V and gate/up weights, rotary and attention layouts folded)
+    from compiler.hardware import hardware_by_name
+    from passes import PassContext, make_pass
+    fused = imported("llama_tiny").copy()
+    make_pass({"name": "fuse"}, PassContext(hardware=hardware_by_name("a100_80g")))(fused)
+    sites = [s for s in linear_sites(fused) if not s.reason]
+    assert any(c.op == "Split" for s in sites for c, _ in fused.consumers(s.node.outputs[0]))  # Q/K/V merged
+    for s in sites:
+        src = str(fused.params[s.weight].annotations.get("source"))
+        assert block_type(fused, s.node) == ("attention" if ".self_attn." in src else "mlp"), src
     assert compose(["sparsity=nm_mlp"])["sparsity"]["targets"] == ["mlp"]
     assert compose(["sparsity=nm_attention"])["sparsity"]["targets"] == ["attention"]
     assert compose(["sparsity=nm"])["sparsity"]["targets"] == ["attention", "mlp"]

@@ -152,10 +152,25 @@ def test_70b_on_one_h100_says_it_does_not_fit_and_needs_tp2(runner):
     assert opts[1]["weights_bytes"] > 80 * GiB > opts[2]["weights_bytes"]
     from compiler.pipeline import summary_line
     assert "DOES NOT FIT (needs parallel.tp=2)" in summary_line(r, "out")
+    # a serving simulation needs KV memory: refused (exit 2) with the tp that fits
+    with pytest.raises(ConfigError, match=r"no KV-cache memory is left.*parallel.tp=2"):
+        runner("model=llama2_70b", "hardware=h100_sxm", "serve.rate=1", "serve.requests=10")
+
+
+def test_gates_under_a_plan_read_the_memory_per_device(tp2_70b):
+    from compiler.analysis import gates
+    dev_gb = tp2_70b["parallel"]["memory_per_device"]["total_bytes"] / 1e9
+    tpot_ms = tp2_70b["latency"]["tpot_s"] * 1e3
+    assert dev_gb < 80 < tp2_70b["memory"]["total_bytes"] / 1e9
+    assert gates({"gate": {"max_memory_gb": 80, "max_tpot_ms": tpot_ms * 1.01}}, tp2_70b) == []
+    out = gates({"gate": {"max_memory_gb": dev_gb * 0.9, "max_tpot_ms": tpot_ms * 0.9}}, tp2_70b)
+    assert out == [f"gate.max_tpot_ms: TPOT (ms) is {tpot_ms:.4g}, limit {tpot_ms * 0.9:.4g}",
+                   f"gate.max_memory_gb: memory per device (GB) is {dev_gb:.4g}, limit {dev_gb * 0.9:.4g}"]
 
 
 SERVE = ["model=llama_tiny", "serve.rate=20", "serve.requests=200", "slo.ttft_ms=50", "slo.tpot_ms=5",
-         "serve.output_len={kind: uniform, low: 8, high: 120}", "serve.prompt_len=64"]
+         "serve.output_len={kind: uniform, low: 8, high: 120}", "serve.prompt_len=64",
+         "serve.sweep=[50,500,5000,50000]"]
 
 
 def test_serve_section_is_present_and_deterministic_for_a_seed(runner):
@@ -169,9 +184,13 @@ def test_serve_section_is_present_and_deterministic_for_a_seed(runner):
         assert s[k] > 0
     assert s["ttft_p50_s"] <= s["ttft_p99_s"] and s["tpot_p50_s"] <= s["tpot_p99_s"]
     assert 0 <= s["slo_attainment"] <= 1 and s["max_rate_meeting_slo"] > 0
-    assert s["requests"] == 200 and len(s["sweep"]) >= 5
+    assert s["requests"] == 200 and [x["rate"] for x in s["sweep"]] == [50, 500, 5000, 50000]
     # varied output lengths: static batching waits for the longest — continuous answers sooner
     assert s["static"]["ttft_p99_s"] > s["ttft_p99_s"]
+    # throughput rises with the offered load, and continuous batching serves at least static's
+    sw = sorted(s["sweep"], key=lambda x: x["rate"])
+    assert sw[-1]["throughput_tok_s"] > sw[0]["throughput_tok_s"]
+    assert all(x["throughput_tok_s"] >= 0.99 * x["static_throughput_tok_s"] for x in sw)
     # serving off by default
     assert "serve" not in runner("model=llama_tiny")
 
