@@ -24,16 +24,61 @@ GB = 1e9
 CAPACITY_SEARCH_MAX = 4096
 
 
+def kv_stored_dtypes(g: Graph) -> dict[str, str]:
+    """KV-cache graph inputs whose cache is stored in another format than the tensor's type (the
+    ``kv_layout.dtype`` annotation of the cached Attentions, from ``kv.dtype``). The inputs an
+    Attention reads directly map to its annotation; when every cached Attention agrees on one
+    format (the ``kv_layout`` pass sets one), every KV input takes it — also a paged cache's block
+    pools, which reach the Attention through a gather."""
+    per_input: dict[str, str] = {}
+    formats = set()
+    cached = 0
+    for n in g.topo_order():
+        if n.op != "Attention" or len(n.inputs) < 5 or not n.inputs[4]:
+            continue
+        cached += 1
+        lay = n.annotations.get("kv_layout")
+        d = lay.dtype if lay is not None else None
+        formats.add(d)
+        if d is not None:
+            for t in n.inputs[4:6]:
+                if t:
+                    per_input[t] = d
+    if cached and len(formats) == 1 and None not in formats:
+        d = next(iter(formats))
+        kv = set(g.meta.get("kv_tensors", ()))
+        return {t: d for t in g.inputs if t in kv}
+    return per_input
+
+
 def kv_bytes_per_token(g: Graph) -> float:
-    """KV-cache bytes one token of one sequence adds (all layers, K and V, kv_heads — not q heads)."""
+    """KV-cache bytes one token of one sequence adds (all layers, K and V, kv_heads — not q heads),
+    in the cache's stored format (``kv.dtype``: fp8/int8 halve a 16-bit cache)."""
+    from compiler.tensors import DTYPES
     total = 0
     kv = set(g.meta.get("kv_tensors", ()))
+    stored = kv_stored_dtypes(g)
     for t in g.inputs:
         if t in kv:
             ty = g.type(t)
-            nbytes = ty.numel() * sympy.Rational(ty.itemsize).limit_denominator(2)
+            item = DTYPES[stored[t]][0] if t in stored else ty.itemsize
+            nbytes = ty.numel() * sympy.Rational(item).limit_denominator(2)
             total += sympy.diff(nbytes, P).subs(B, 1)
     return float(total)
+
+
+_HW_KV = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float8e4m3fn": "fp8",
+          "float8e5m2": "fp8", "int8": "int8", "uint8": "int8"}
+
+
+def kv_dtype(g: Graph) -> str | None:
+    """The KV cache's stored format in hardware names (fp16, bf16, fp8, int8, fp32), or None
+    without a cache."""
+    kv = [t for t in g.inputs if t in set(g.meta.get("kv_tensors", ()))]
+    if not kv:
+        return None
+    stored = kv_stored_dtypes(g)
+    return _HW_KV.get(stored.get(kv[0]) or g.type(kv[0]).dtype, "fp16")
 
 
 def weights_bytes(g: Graph) -> float:
@@ -95,15 +140,19 @@ def request_latency(cm, b: int, prompt: int, gen: int, ctx: int, generative: boo
 
 
 def capacity(cfg: Mapping, cm, sched, hw, w_bytes, kv_tok, tokens, prompt, ctx, reserve,
-             generative: bool = True) -> dict[str, Any]:
-    """Largest batch that fits in device memory; with ``slo.*`` set, the largest that also meets
-    the latency objectives."""
+             generative: bool = True, *, usable: float | None = None, step=None) -> dict[str, Any]:
+    """Largest batch that fits in device memory (``usable`` bytes: memory x
+    ``memory.gpu_utilization``; per device under a parallel plan, with its weights and KV bytes per
+    token); with ``slo.*`` set, the largest that also meets the latency objectives (``step(b, s, p,
+    phase)``: one device's or the plan's step times)."""
+    usable = hw.memory_bytes if usable is None else usable
+    step = step or cm.phase_time
     batches = np.arange(1, CAPACITY_SEARCH_MAX + 1)
     act = sched.activation_peak(batches, prompt, 0)
     need = w_bytes + batches * kv_tok * tokens + act + reserve
-    fits = need <= hw.memory_bytes
+    fits = need <= usable
     max_batch = int(batches[fits].max()) if fits.any() else 0
-    beside = int((hw.memory_bytes - w_bytes) // (kv_tok * tokens)) if kv_tok and tokens else None
+    beside = int(max(usable - w_bytes, 0) // (kv_tok * tokens)) if kv_tok and tokens else None
     out: dict[str, Any] = {"max_batch": max_batch, "tokens_per_sequence": tokens,
                            # sequences whose KV cache fits beside the weights alone (no activations,
                            # no reserve): the first-order figure usually quoted
@@ -114,9 +163,9 @@ def capacity(cfg: Mapping, cm, sched, hw, w_bytes, kv_tok, tokens, prompt, ctx, 
         ok = fits.copy()
         cand = batches[: max(max_batch, 1)]
         if slo.get("ttft_ms") is not None:
-            ok[: len(cand)] &= cm.phase_time(cand, prompt, 0, "prefill") * 1e3 <= float(slo["ttft_ms"])
+            ok[: len(cand)] &= step(cand, prompt, 0, "prefill") * 1e3 <= float(slo["ttft_ms"])
         if generative and slo.get("tpot_ms") is not None:
-            ok[: len(cand)] &= cm.phase_time(cand, 1, ctx, "decode") * 1e3 <= float(slo["tpot_ms"])
+            ok[: len(cand)] &= step(cand, 1, ctx, "decode") * 1e3 <= float(slo["tpot_ms"])
         ok[len(cand):] = False
         out["max_batch_slo"] = int(batches[ok].max()) if ok.any() else 0
         out["slo"] = {k: slo.get(k) for k in ("ttft_ms", "tpot_ms")}
@@ -124,20 +173,22 @@ def capacity(cfg: Mapping, cm, sched, hw, w_bytes, kv_tok, tokens, prompt, ctx, 
 
 
 def throughput_sweep(cm, hw, ctx, max_batch, w_bytes, kv_tok, tokens, reserve, sched, prompt,
-                     generative: bool = True) -> list[dict]:
+                     generative: bool = True, *, usable: float | None = None, step=None) -> list[dict]:
     """Decode TPOT and throughput (causal LM) or batch latency and sequences/s (encoder) over
     powers of two up to twice the max batch (and the max batch itself)."""
+    usable = hw.memory_bytes if usable is None else usable
+    step = step or cm.phase_time
     top = max(64, 2 * max(max_batch, 1))
     batches = np.unique(np.concatenate([2 ** np.arange(0, int(np.log2(min(top, CAPACITY_SEARCH_MAX))) + 1),
                                         [max(max_batch, 1)]])).astype(int)
     need = w_bytes + batches * kv_tok * tokens + sched.activation_peak(batches, prompt, 0) + reserve
     if generative:
-        tpot = cm.phase_time(batches, 1, ctx, "decode")
+        tpot = step(batches, 1, ctx, "decode")
         return [{"batch": int(bb), "tpot_s": float(t), "throughput_tok_s": float(bb / t),
-                 "fits": bool(n <= hw.memory_bytes)} for bb, t, n in zip(batches, tpot, need)]
-    lat = cm.phase_time(batches, prompt, 0, "prefill")
+                 "fits": bool(n <= usable)} for bb, t, n in zip(batches, tpot, need)]
+    lat = step(batches, prompt, 0, "prefill")
     return [{"batch": int(bb), "batch_latency_s": float(t), "throughput_seq_s": float(bb / t),
-             "throughput_tok_s": float(bb * prompt / t), "fits": bool(n <= hw.memory_bytes)}
+             "throughput_tok_s": float(bb * prompt / t), "fits": bool(n <= usable)}
             for bb, t, n in zip(batches, lat, need)]
 
 
@@ -168,11 +219,28 @@ def analyze(cfg: Mapping, wl: Mapping, hw, g: Graph, cm, sched, records) -> dict
     kv_tok = kv_bytes_per_token(g)
     tokens = max(ctx, prompt + gen) if generative else prompt
     reserve = float(cfg["memory"]["runtime_reserve_gb"]) * GB
+    usable = hw.memory_bytes * float(cfg["memory"].get("gpu_utilization", 1.0) or 1.0)
     act_peak = float(sched.activation_peak(b, prompt, 0)[0])
     kv_total = kv_tok * b * tokens
-    cap = capacity(cfg, cm, sched, hw, w_bytes, kv_tok, tokens, prompt, ctx, reserve, generative)
-    sweep = throughput_sweep(cm, hw, ctx, cap["max_batch"], w_bytes, kv_tok, tokens, reserve, sched,
-                             prompt, generative)
+    # capacity planning, parallel plan, serving simulation (compiler/capacity, parallel, serving)
+    planning = planning_sections(cfg, wl, hw, g, cm, sched, w_bytes, kv_tok, tokens, reserve) if generative else {}
+    par = planning.get("parallel")
+    plan = plan_step(cfg, cm, par)
+    if plan is not None:   # the headline figures are the plan's: per device, collectives included
+        w_cap = par["memory_per_device"]["weights_bytes"]          # per device (tp shard, pp stage)
+        kv_cap = par["memory_per_device"]["kv_bytes_per_token"]
+        single = latency
+        latency = plan_latency(plan, par, b, prompt, gen, ctx)
+        latency["single_device"] = {k: single[k] for k in ("ttft_s", "tpot_s", "e2e_s", "throughput_tok_s")}
+    else:
+        w_cap, kv_cap = w_bytes, kv_tok
+    cap = capacity(cfg, cm, sched, hw, w_cap, kv_cap, tokens, prompt, ctx, reserve, generative,
+                   usable=usable, step=plan)
+    cap.update(planning.pop("capacity", {}))
+    if par is not None:
+        cap.update(fit_verdict(cfg, hw, par))
+    sweep = throughput_sweep(cm, hw, ctx, cap["max_batch"], w_cap, kv_cap, tokens, reserve, sched, prompt,
+                             generative, usable=usable, step=plan)
     m = cfg["model"]
     source = g.meta.get("source") or {}
     dynamic = dynamic_sections(cfg, wl, hw, g, cm, sched, latency,
@@ -180,8 +248,6 @@ def analyze(cfg: Mapping, wl: Mapping, hw, g: Graph, cm, sched, records) -> dict
                                 "tokens": tokens, "reserve": reserve})
     phases.update(dynamic.pop("phases", {}))
     latency.update(dynamic.pop("latency", {}))
-    planning = planning_sections(cfg, wl, hw, g, cm, sched, w_bytes, kv_tok, tokens, reserve) if generative else {}
-    cap.update(planning.pop("capacity", {}))
     dtype = m.get("dtype") or _graph_dtype(g)
     return {
         "model": {
@@ -189,7 +255,8 @@ def analyze(cfg: Mapping, wl: Mapping, hw, g: Graph, cm, sched, records) -> dict
             "dtype": str(dtype or ""), "weights": str(m.get("weights") or ("file" if source else "")),
             "task": g.meta.get("task"), "generative": generative, "parameters": param_count(g),
             "ops": len(g), "op_counts": g.ops_by_kind(), "inputs": list(g.inputs), "outputs": list(g.outputs),
-            "layers": sum(1 for t in g.inputs if t.startswith("past_key.")),
+            "layers": (g.meta.get("kv_paging") or {}).get("layers")
+                      or sum(1 for t in g.inputs if t.startswith("past_key.")),
             "max_positions": g.meta.get("max_positions"),
             "import": g.meta.get("import_stats", {}),
         },
@@ -209,7 +276,9 @@ def analyze(cfg: Mapping, wl: Mapping, hw, g: Graph, cm, sched, records) -> dict
             "weights_bytes": w_bytes, "kv_cache_bytes": kv_total, "kv_bytes_per_token": kv_tok,
             "kv_tokens_per_sequence": tokens, "activation_peak_bytes": act_peak,
             "runtime_reserve_bytes": reserve, "total_bytes": w_bytes + kv_total + act_peak + reserve,
-            "capacity_bytes": hw.memory_bytes,
+            "capacity_bytes": hw.memory_bytes, "usable_bytes": usable,
+            "fits_one_device": bool(w_bytes + kv_total + act_peak + reserve <= usable),
+            **({"kv_dtype": kv_dtype(g)} if kv_dtype(g) else {}),
         },
         "capacity": cap,
         "latency": latency,
@@ -224,7 +293,55 @@ def planning_sections(cfg, wl, hw, g, cm, sched, w_bytes, kv_tok, tokens, reserv
     compiler/parallel.py, compiler/serving.py) for ``kv=``, ``parallel.*``, ``serve.*``."""
     from compiler.serving import report_sections
     return report_sections(cfg, wl, hw, g, cm, sched, weights_bytes=w_bytes, kv_bytes_per_token=kv_tok,
-                           tokens=tokens, reserve_bytes=reserve)
+                           tokens=tokens, reserve_bytes=reserve, kv_dtype=kv_dtype(g) or "fp16")
+
+
+def plan_step(cfg, cm, par):
+    """``step(b, s, p, phase)`` of the parallel plan (per-device ops + collectives + pipeline sends,
+    compiler/parallel.py), or None on one device."""
+    if par is None or par.get("devices", 1) <= 1:
+        return None
+    from compiler.parallel import dims_from_hf, parallel_step_time, plan_of
+    st = parallel_step_time(cm, plan_of(cfg.get("parallel")), dims_from_hf(cfg["model"]["config"]))
+
+    def step(b, s, p, phase=None):
+        b, s, p = np.broadcast_arrays(*(np.atleast_1d(np.asarray(x, float)) for x in (b, s, p)))
+        return st(b, p, s)
+    return step
+
+
+def plan_latency(step, par, b, prompt, gen, ctx) -> dict[str, Any]:
+    """:func:`request_latency` under the parallel plan: TTFT and TPOT are the plan's per-phase times
+    (``parallel.phases``), the request's decode steps the plan's step times."""
+    ttft = float(par["phases"]["prefill"]["time_s"])
+    tpot = float(par["phases"]["decode"]["time_s"])
+    steps = np.arange(1, gen) if gen > 1 else np.zeros(0)
+    e2e = ttft + (float(step(np.full(len(steps), b), 1, prompt + steps - 1).sum()) if len(steps) else 0.0)
+    return {"kind": "generative", "ttft_s": ttft, "tpot_s": tpot, "e2e_s": e2e,
+            "throughput_tok_s": b * gen / e2e, "decode_throughput_tok_s": b / tpot,
+            "throughput_counts": "generated tokens",
+            "basis": f"parallel plan tp={par['tp']} pp={par['pp']} ep={par['ep']} ({par['devices']} devices): "
+                     "per-device op times + collectives (parallel.phases)"}
+
+
+def fit_verdict(cfg, hw, par) -> dict[str, Any]:
+    """Whether the run's plan fits its devices, and the smallest tensor-parallel degree that does
+    (``capacity.fits``, ``capacity.min_tp_that_fits``, and a ``capacity.note`` when it does not fit)."""
+    mem = par["memory_per_device"]
+    tpo = par.get("tp_options") or {}
+    out: dict[str, Any] = {"fits": bool(mem["fits"]), "min_tp_that_fits": tpo.get("min_tp_that_fits"),
+                           "fits_one_device": tpo.get("fits_one_device")}
+    if not mem["fits"]:
+        best = tpo.get("min_tp_that_fits")
+        where = f"{par['tp']} x {hw.name}" if par.get("devices", 1) > 1 else f"one {hw.name}"
+        need = f"{mem['total_bytes'] / GB:.1f} GB per device (weights {mem['weights_bytes'] / GB:.1f} GB)"
+        fix = (f"parallel.tp={best} fits ({next(o['total_bytes'] for o in tpo['options'] if o['tp'] == best) / GB:.1f} "
+               f"GB per device)" if best else
+               f"no tensor-parallel degree up to the node's {hw.interconnect.num_devices_per_node} devices fits; "
+               f"quantize (quant=) or add pipeline stages (parallel.pp)")
+        out["note"] = (f"does not fit: {need} > {mem['usable_bytes'] / GB:.1f} GB usable on {where}; {fix}. "
+                       f"The latency figures assume it ran.")
+    return out
 
 
 def dynamic_sections(cfg, wl, hw, g, cm, sched, latency, base) -> dict[str, Any]:
@@ -270,15 +387,19 @@ def _graph_dtype(g: Graph) -> str | None:
 
 
 def gates(cfg: Mapping, result: Mapping) -> list[str]:
-    """The violated ``gate.*`` budgets, as ``key: what is value, limit L`` lines."""
+    """The violated ``gate.*`` budgets, as ``key: what is value, limit L`` lines (under a parallel
+    plan: the plan's latency and the memory per device)."""
     gate = cfg.get("gate") or {}
     lat, mem = result["latency"], result["memory"]
     generative = lat.get("kind") != "encoder"
     thr = lat["throughput_tok_s"] if generative else lat["throughput_seq_s"]
+    par = result.get("parallel") or {}
+    per_device = par.get("devices", 1) > 1          # a parallel plan: its latency, memory per device
+    mem_b = par["memory_per_device"]["total_bytes"] if per_device else mem["total_bytes"]
     checks = [
         ("max_ttft_ms", lat["ttft_s"] * 1e3, "max", "TTFT (ms)" if generative else "batch latency (ms)"),
         ("max_tpot_ms", (lat["tpot_s"] or 0.0) * 1e3 if generative else None, "max", "TPOT (ms)"),
-        ("max_memory_gb", mem["total_bytes"] / 1e9, "max", "memory (GB)"),
+        ("max_memory_gb", mem_b / 1e9, "max", "memory per device (GB)" if per_device else "memory (GB)"),
         ("min_throughput", thr, "min", "throughput (tokens/s)" if generative else "throughput (sequences/s)"),
     ]
     failed = []

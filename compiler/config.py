@@ -513,6 +513,11 @@ def _check_parallel(cfg: dict):
     if par["microbatches"] is not None and par["microbatches"] < 1:
         raise ConfigError(f"parallel.microbatches={par['microbatches']} is out of range; set a positive "
                           f"count, or null for min(batch, pp).")
+    if max(par["tp"], par["pp"], par["ep"]) > 1 and cfg.get("hardware"):
+        # the plan against the model's heads / layers / experts and the node's devices
+        from compiler.hardware import load_hardware
+        from compiler.parallel import check_config_plan
+        check_config_plan(cfg, load_hardware(cfg["hardware"]))
 
 
 def _check_serve(cfg: dict):

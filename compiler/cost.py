@@ -10,6 +10,12 @@ for the H100; literature defaults elsewhere — the hardware YAML says which). T
 FLOPs/bytes of every op come from the op registry once; identical expressions (every layer
 has the same ones) are deduplicated and compiled together with ``sympy.lambdify``, so any
 number of workload points is one vectorized numpy evaluation.
+
+A quantized KV cache (the ``kv_layout`` annotation's ``dtype``, from ``kv.dtype``; see
+:func:`kv_format_cost`): an Attention's KV bytes scale by ``itemsize(stored) / itemsize(K)``
+(fp8/int8 halve a 16-bit cache), and it pays the (de)quantization of every K/V element it moves —
+:data:`KV_DEQUANT_OPS` ops each (convert + scale), run on the vector units at the fp32 (non-tensor)
+rate, i.e. counted as ``ops x peak(fp16) / peak(fp32)`` FLOPs at the attention's fp16 peak.
 """
 from __future__ import annotations
 
@@ -54,6 +60,26 @@ def attention_q_tiles(hw: Hardware, heads, head_dim, itemsize, q_len):
 
 
 _COST_CACHE: dict = {}
+#: elementwise ops per K/V element a quantized cache adds (dequantize on read / quantize on write:
+#: a convert and a multiply by the scale)
+KV_DEQUANT_OPS = 2
+
+
+def kv_format_cost(graph: Graph, n, hw: Hardware | None, flops, byts: Bytes):
+    """(FLOPs, Bytes) of an Attention whose ``kv_layout.dtype`` stores the cache in another format
+    than its K operand (module doc); unchanged otherwise."""
+    lay = n.annotations.get("kv_layout")
+    if lay is None or lay.dtype is None or n.op != "Attention" or len(n.inputs) < 5 or not n.inputs[4]:
+        return flops, byts
+    from compiler.tensors import DTYPES
+    e_model = sympy.Rational(graph.type(n.inputs[4]).itemsize).limit_denominator(2)
+    e_kv = sympy.Rational(DTYPES[lay.dtype][0]).limit_denominator(2)
+    if e_kv == e_model:
+        return flops, byts
+    elements = byts.kv / e_model
+    vector = (sympy.Rational(hw.peak("fp16")) / sympy.Rational(hw.peak("fp32"))).limit_denominator(1000) \
+        if hw is not None and hw.peak("fp32") else 1
+    return flops + KV_DEQUANT_OPS * elements * vector, Bytes(byts.weights, byts.activations, byts.kv * e_kv / e_model)
 BOUNDS = ("compute", "memory", "latency")
 
 
@@ -95,7 +121,7 @@ class CostModel:
             key = _structural_key(graph, n, cls)
             hit = _COST_CACHE.get(key) if key is not None else None
             if hit is None:
-                hit = op_cost(graph, n, cls)
+                hit = kv_format_cost(graph, n, hw, *op_cost(graph, n, cls))
                 if key is not None:
                     _COST_CACHE[key] = hit
             flops, byts = hit

@@ -1043,6 +1043,8 @@ def _n_operands(n) -> int:
 
 
 def _emit_matmul_epilogue(em, n):
+    if n.attrs.get("gemm") and _n_operands(n) > 2 and "quant_data" not in em.g.params[n.inputs[1]].annotations:
+        return _emit_gemm_epilogue(em, n)
     from onnx import helper
     mk = helper.make_node
     bias = _n_operands(n) > 2
@@ -1054,6 +1056,27 @@ def _emit_matmul_epilogue(em, n):
         nodes = [mk("MatMul", ["A", "W"], ["mm"])] + ([mk("Add", ["mm", "Bias"], ["z"])] if bias else [])
         nodes += _activation_nodes(act, "z" if bias else "mm", "Y")
         return helper.make_function(FUSED_DOMAIN, name, ins, ["Y"], nodes, ops)
+    em.call_function(n, name, body)
+
+
+def _emit_gemm_epilogue(em, n):
+    """``gemm=1`` (the fusion pass's cpu target): A of any rank ≥ 2 flattened to rows, one 2-D
+    ``Gemm`` with the bias inside, the activation, and the rows' shape restored — a runtime then
+    has no ``MatMul + Add + act`` chain to re-fuse into a bias-activation kernel of its own."""
+    from onnx import helper
+    mk = helper.make_node
+    act = n.attrs.get("activation", "")
+    name = "GemmBias" + _ACT_NAMES[act]
+
+    def body(ops):
+        nodes = [mk("Constant", [], ["minus1"], value_ints=[-1]),
+                 mk("Shape", ["W"], ["k"], start=0, end=1), mk("Shape", ["W"], ["n"], start=1, end=2),
+                 mk("Concat", ["minus1", "k"], ["rows_k"], axis=0), mk("Reshape", ["A", "rows_k"], ["A2"]),
+                 mk("Gemm", ["A2", "W", "Bias"], ["z"])]
+        nodes += _activation_nodes(act, "z", "y2")
+        nodes += [mk("Shape", ["A"], ["lead"], start=0, end=-1), mk("Concat", ["lead", "n"], ["out_shape"], axis=0),
+                  mk("Reshape", ["y2", "out_shape"], ["Y"])]
+        return helper.make_function(FUSED_DOMAIN, name, ["A", "W", "Bias"], ["Y"], nodes, ops)
     em.call_function(n, name, body)
 
 

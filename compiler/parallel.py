@@ -57,7 +57,7 @@ from compiler.ir import B, P, S
 __all__ = ["ParallelPlan", "ModelDims", "dims_from_hf", "kv_heads_per_device", "kv_fraction",
            "allreduce_ring_bytes", "pipeline_bubble", "ShardTable", "shard_table", "per_device_times",
            "analyze_parallel", "memory_per_device", "tp_options", "parallel_step_time",
-           "check_plan", "p2p_time"]
+           "check_plan", "check_config_plan", "p2p_time"]
 
 _EXPERT_PARAM = re.compile(r"(?:^|\.)experts?(?:\.|$)")
 
@@ -161,6 +161,27 @@ def check_plan(plan: ParallelPlan, dims: ModelDims | None, hw) -> None:
                               "has no experts (use parallel.ep=1).")
         if dims.experts % plan.ep:
             raise ConfigError(f"parallel.ep={plan.ep} does not divide the {dims.experts} experts.")
+
+
+def check_config_plan(cfg: Mapping, hw) -> None:
+    """``parallel.*`` of a composed config checked against its model (heads, layers, experts from
+    ``model.config``) and hardware (devices per node), before anything is imported: exit 2."""
+    plan = plan_of(cfg.get("parallel"))
+    if plan.devices == 1:
+        return
+    mcfg = cfg.get("model") or {}
+    dims = None
+    if mcfg.get("source") == "hf_config":
+        try:
+            dims = dims_from_hf(mcfg.get("config") or {})
+        except (TypeError, ValueError):
+            dims = None
+    if dims is None:
+        raise ConfigError(f"parallel.tp={plan.tp} parallel.pp={plan.pp} parallel.ep={plan.ep} need a "
+                          f"transformer described by a Hugging Face config (model.config: heads, KV heads, "
+                          f"layers) to shard; model {mcfg.get('name')!r} has none. Use parallel.tp=1 "
+                          f"parallel.pp=1 parallel.ep=1.")
+    check_plan(plan, dims, hw)
 
 
 def _divisors(heads: int, limit: int) -> str:

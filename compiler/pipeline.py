@@ -251,9 +251,11 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
     if mcfg["source"] != "onnx":  # fail before the (slow) import where the config says it
         max_pos, where = model_max_positions(mcfg)
         check_positions(cfg, wl, max_pos, where, mcfg.get("task") == "causal_lm")
-    check_parallel_plan(cfg, hw)
+    from compiler.parallel import check_config_plan
+    check_config_plan(cfg, hw)   # also checked by compiler.config.validate; here for a plain mapping
     pass_ctx = PassContext(hardware=hw, points=tuple(_record_points(wl)))
     passes = [make_pass(p, pass_ctx) for p in (cfg["pipeline"].get("passes") or [])]
+    passes += kv_passes(cfg, wl, pass_ctx, [p.name for p in passes])
     lossy = compression_passes(cfg, pass_ctx, wl)   # quant= / sparsity= (validated before the import)
     emit_cfg = cfg["emit"]
     if show_progress is None:
@@ -321,6 +323,8 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
             shutil.rmtree(stage, ignore_errors=True)
             raise
     log.info("timings: %s", {k: round(v, 3) for k, v in timings.items()})
+    if report["capacity"].get("note"):
+        log.warning("memory: %s (report.json capacity.note)", report["capacity"]["note"])
     if report["emit"].get("error"):
         raise EmissionFailed(report["emit"]["error"] + " The cost report was written (report.json "
                              "emit.error states the failure).")
@@ -337,26 +341,34 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
     return report
 
 
-def check_parallel_plan(cfg: Mapping, hw) -> None:
-    """parallel.tp/pp/ep the model or the node cannot run (tp not dividing the heads, more devices
-    than the node has, ep without experts) exit 2 before the import."""
-    from compiler.parallel import check_plan, dims_from_hf, plan_of
-    plan = plan_of(cfg.get("parallel"))
-    if plan.devices == 1:
-        return
-    mcfg = cfg["model"]
-    dims = None
-    if mcfg.get("source") == "hf_config":
-        try:
-            dims = dims_from_hf(mcfg.get("config") or {})
-        except (TypeError, ValueError):
-            dims = None
-    if dims is None:
-        raise ConfigError(f"parallel.tp={plan.tp} parallel.pp={plan.pp} parallel.ep={plan.ep} need a "
-                          f"transformer described by a Hugging Face config (model.config: heads, KV heads, "
-                          f"layers) to shard; model {mcfg.get('name')!r} has none. Use parallel.tp=1 "
-                          f"parallel.pp=1 parallel.ep=1.")
-    check_plan(plan, dims, hw)
+def kv_specs(cfg: Mapping, wl: Mapping, configured=()) -> list[dict[str, Any]]:
+    """The passes ``kv=`` adds after the configured ones (so after the KV-cache lift):
+
+    - ``kv=paged``: ``{name: kv_paging, block_size, max_model_len}`` (the paged ONNX artifact) when
+      a pass of that name is registered (``passes.PASSES``); without it the layout is only
+      annotated and costed;
+    - ``kv=paged`` or ``kv.dtype`` set: ``{name: kv_layout, layout, block_size, dtype}`` (the
+      ``kv_layout`` annotation the cost model and the analysis read; passes/kv_layout.py).
+
+    A pass the pipeline already names is not added twice; the default (contiguous, the model's
+    dtype) adds nothing: lift_kv_cache's annotation says so already."""
+    from passes import PASSES
+    kv = dict(cfg.get("kv") or {})
+    layout, dtype, bs = kv.get("layout", "contiguous"), kv.get("dtype"), int(kv.get("block_size") or 16)
+    specs: list[dict[str, Any]] = []
+    if layout == "paged" and "kv_paging" in PASSES and "kv_paging" not in configured:
+        from compiler.serving import max_model_len_of
+        tokens = max(wl["context_len"], wl["prompt_len"] + wl["gen_len"])
+        specs.append({"name": "kv_paging", "block_size": bs, "max_model_len": max_model_len_of(cfg, wl, tokens)})
+    if (layout == "paged" or dtype is not None) and "kv_layout" not in configured:
+        specs.append({"name": "kv_layout", "layout": layout, "block_size": bs, "dtype": dtype})
+    return specs
+
+
+def kv_passes(cfg: Mapping, wl: Mapping, ctx, configured=()) -> list:
+    """:func:`kv_specs` made into passes."""
+    from passes import make_pass
+    return [make_pass(s, ctx) for s in kv_specs(cfg, wl, configured)]
 
 
 def onnx_max_positions(g: Graph) -> tuple[int | None, str]:
@@ -524,6 +536,13 @@ def summary_line(report: Mapping, out_dir: str) -> str:
                 f"{lat['throughput_seq_s']:.4g} sequences/s")
     else:
         figs = f"TTFT {lat['ttft_s'] * 1e3:.3f} ms, TPOT {lat['tpot_s'] * 1e3:.3f} ms"
+    par = report.get("parallel") or {}
+    if par.get("devices", 1) > 1:
+        figs += f" (per plan tp={par['tp']} pp={par['pp']} ep={par['ep']})"
+    cap = report["capacity"]
+    if cap.get("fits") is False:
+        best = cap.get("min_tp_that_fits")
+        figs += (f", DOES NOT FIT ({'needs parallel.tp=' + str(best) if best else 'no tp fits'})")
     e = report.get("emit") or {}
     emitted = ("model.onnx verified" if e.get("verified") else
                "model.onnx emitted, not verified" if e.get("emitted") else "no model.onnx")

@@ -716,10 +716,6 @@ def serve_section(step_time: StepTime, serve: Mapping | None, slo: Mapping | Non
 
 # --------------------------------------------------------------------------- report sections
 
-_GRAPH_KV_DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float8e4m3fn": "fp8",
-                   "int8": "int8", "uint8": "int8"}
-
-
 def serve_enabled(serve: Mapping | None) -> bool:
     """``serve.enabled``: true, false, or auto (the default: on when ``serve.rate`` is set)."""
     s = dict(serve or {})
@@ -729,11 +725,44 @@ def serve_enabled(serve: Mapping | None) -> bool:
     return v is True or (v == "auto" and s.get("rate") is not None)
 
 
+def serve_block(cfg: Mapping, wl: Mapping) -> dict:
+    """``serve.*`` without ``enabled``, the lengths defaulting to the workload's prompt / gen."""
+    serve = dict(cfg.get("serve") or {})
+    serve.pop("enabled", None)
+    if serve.get("rate") is None:
+        serve.pop("rate", None)
+    serve["prompt_len"] = serve.get("prompt_len") or wl["prompt_len"]
+    serve["output_len"] = serve.get("output_len") or max(wl["gen_len"], 1)
+    return serve
+
+
+def request_tokens(cfg: Mapping, wl: Mapping, tokens: float) -> np.ndarray:
+    """Lengths (prompt + generated) of the requests capacity is planned for: the simulated ones
+    with ``serve`` on, else the workload's ``tokens`` per sequence."""
+    if serve_enabled(cfg.get("serve")):
+        _, sp, so = sample_requests(config_of(serve_block(cfg, wl), cfg.get("slo")))
+        return sp + so
+    return np.array([max(int(tokens), 1)])
+
+
+def max_model_len_of(cfg: Mapping, wl: Mapping, tokens: float) -> int:
+    """``kv.max_model_len``, or (null) the longest request: the workload's tokens per sequence or
+    the longest simulated request."""
+    kv = dict(cfg.get("kv") or {})
+    if kv.get("max_model_len"):
+        return int(kv["max_model_len"])
+    return int(max(request_tokens(cfg, wl, tokens).max(), tokens))
+
+
 def report_sections(cfg: Mapping, wl: Mapping, hw, g, cm, sched, *, weights_bytes: float,
-                    kv_bytes_per_token: float, tokens: float, reserve_bytes: float) -> dict[str, Any]:
+                    kv_bytes_per_token: float, tokens: float, reserve_bytes: float,
+                    kv_dtype: str = "fp16") -> dict[str, Any]:
     """The capacity planning (``capacity`` additions incl. ``kv_blocks``), ``parallel`` and ``serve``
     sections of the analysis for the ``kv=``, ``parallel.*``, ``serve.*`` and
-    ``memory.gpu_utilization`` settings. Causal decoders with a KV cache only (else empty)."""
+    ``memory.gpu_utilization`` settings. Causal decoders with a KV cache only (else empty).
+
+    ``kv_bytes_per_token`` is in the cache's stored format ``kv_dtype`` (``kv.dtype`` applied by
+    the analysis). Capacity is per device: with a parallel plan, the per-device weights and KV."""
     from compiler.capacity import capacity_section
     from compiler.parallel import dims_from_hf, parallel_section, parallel_step_time, plan_of
     out: dict[str, Any] = {}
@@ -741,55 +770,53 @@ def report_sections(cfg: Mapping, wl: Mapping, hw, g, cm, sched, *, weights_byte
     if not kv_inputs or not kv_bytes_per_token:
         return out
     mem = dict(cfg.get("memory") or {})
-    util = float(mem.get("gpu_utilization", 1.0) if mem.get("gpu_utilization") is not None else 1.0)
-    b, prompt, gen, ctx = wl["batch"], wl["prompt_len"], wl["gen_len"], wl["context_len"]
+    util = float(mem.get("gpu_utilization") if mem.get("gpu_utilization") is not None else 1.0)
+    b, prompt, ctx = wl["batch"], wl["prompt_len"], wl["context_len"]
     act = float(sched.activation_peak(b, prompt, 0)[0])
-    model_cfg = (cfg.get("model") or {}).get("config")
+    model_cfg = (cfg.get("model") or {}).get("config") if (cfg.get("model") or {}).get("source") == "hf_config" else None
     par = parallel_section(cm, hw, cfg.get("parallel"), model_cfg, batch=b, prompt_len=prompt,
                            context_len=ctx, tokens=tokens, kv_bytes_per_token=kv_bytes_per_token,
                            weights_bytes=weights_bytes, activation_peak_bytes=act,
                            reserve_bytes=reserve_bytes, gpu_utilization=util)
+    plan = plan_of(cfg.get("parallel"))
     if par is not None:
         out["parallel"] = par
-    plan = plan_of(cfg.get("parallel"))
     # capacity of one device: per-device weights and KV bytes per token under the plan
     if par is not None and plan.devices > 1:
         w_dev = par["memory_per_device"]["weights_bytes"]
         kv_dev = par["memory_per_device"]["kv_bytes_per_token"]
     else:
         w_dev, kv_dev = weights_bytes, kv_bytes_per_token
-    serve = dict(cfg.get("serve") or {})
-    enabled = serve_enabled(serve)
+    enabled = serve_enabled(cfg.get("serve"))
+    seq = request_tokens(cfg, wl, tokens)
     kvc = dict(cfg.get("kv") or {})
-    if enabled:
-        scfg = config_of({**{k: v for k, v in serve.items() if k != "enabled"},
-                          "prompt_len": serve.get("prompt_len") or prompt,
-                          "output_len": serve.get("output_len") or max(gen, 1)}, cfg.get("slo"))
-        _, sp, so = sample_requests(scfg)
-        seq = sp + so
-    else:
-        seq = np.array([max(int(tokens), 1)])
-    if not kvc.get("max_model_len"):
-        kvc["max_model_len"] = int(max(seq.max(), tokens))
-    model_dtype = _GRAPH_KV_DTYPE.get(g.type(kv_inputs[0]).dtype, "fp16")
+    kvc["max_model_len"] = max_model_len_of(cfg, wl, tokens)
+    kvc["dtype"] = kv_dtype
     sec = capacity_section(kv=kvc, gpu_utilization=util, memory_bytes=hw.memory_bytes,
-                           weights_bytes=w_dev, kv_bytes_per_token=kv_dev, model_kv_dtype=model_dtype,
+                           weights_bytes=w_dev, kv_bytes_per_token=kv_dev, model_kv_dtype=kv_dtype,
                            activation_peak_bytes=act, reserve_bytes=reserve_bytes, sequence_tokens=seq)
+    sec["per_device"] = bool(par is not None and plan.devices > 1)
     out["capacity"] = {"kv_blocks": sec["kv_blocks"], "kv_layout": sec["kv_layout"],
                        "tokens_per_block": sec["tokens_per_block"], "kv_budget_bytes": sec["kv_budget_bytes"],
                        "max_sequences": sec["max_sequences"], "kv": sec}
+    if enabled and sec["kv_blocks"] < 1:
+        best = ((par or {}).get("tp_options") or {}).get("min_tp_that_fits")
+        raise ConfigError(
+            f"serve: no KV-cache memory is left to serve requests on {hw.name} (KV budget "
+            f"{sec['kv_budget_bytes'] / 1e9:.1f} GB per device: memory x memory.gpu_utilization - weights - "
+            f"activations - runtime reserve), so the simulation cannot admit one. "
+            + (f"Shard the model with parallel.tp={best}, " if best and best > plan.tp else "")
+            + "use a larger device, quantize the weights (quant=), or turn the simulation off (serve.enabled=false).")
     if enabled:
         if par is not None and plan.devices > 1:
             st = parallel_step_time(cm, plan, dims_from_hf(model_cfg))
         else:
             st = cost_model_step_time(cm)
         paged = sec["kv_layout"] == "paged"
-        out["serve"] = serve_section(st, {**{k: v for k, v in serve.items() if k != "enabled"},
-                                          "prompt_len": serve.get("prompt_len") or prompt,
-                                          "output_len": serve.get("output_len") or max(gen, 1)},
-                                     cfg.get("slo"), kv_blocks=sec["kv_blocks"],
+        sb = serve_block(cfg, wl)
+        out["serve"] = serve_section(st, sb, cfg.get("slo"), kv_blocks=sec["kv_blocks"],
                                      block_size=sec["tokens_per_block"],
                                      reserve_tokens=None if paged else sec["max_model_len"],
                                      static_max_batch=min(sec["contiguous"]["max_sequences"],
-                                                          int(serve.get("max_num_seqs") or 256)))
+                                                          int(sb.get("max_num_seqs") or 256)))
     return out

@@ -106,11 +106,12 @@ def search_settings(cfg: Mapping) -> dict[str, str] | None:
 
 
 def deployed(report: Mapping | None) -> dict[str, Any]:
-    """The point's headline figures as deployed: ``latency.*`` and ``memory.*`` of one device, or
-    with ``parallel.tp``/``pp`` > 1 (report.json ``parallel``, compiler/parallel.py) the sharded
-    ones — TTFT and TPOT of the parallel plan (communication included), memory per device, the
-    request's decode steps scaled by the plan's decode speedup, and throughput of the device group
-    (``devices`` of them; ``throughput_per_device_tok_s`` divides by that)."""
+    """The point's headline figures as deployed: ``latency.*`` and ``memory.*``, and with
+    ``parallel.tp``/``pp`` > 1 (report.json ``parallel``, compiler/parallel.py) the sharded ones —
+    TTFT and TPOT of the parallel plan (communication included), memory per device, the request's
+    decode steps scaled by the plan's decode time over ``latency.tpot_s`` (1 where ``latency``
+    already holds the plan's), and throughput of the device group (``devices`` of them;
+    ``throughput_per_device_tok_s`` divides by that)."""
     lat = dict((report or {}).get("latency") or {})
     mem = dict((report or {}).get("memory") or {})
     out = {"ttft_s": lat.get("ttft_s"), "tpot_s": lat.get("tpot_s"), "e2e_s": lat.get("e2e_s"),
@@ -155,7 +156,8 @@ def objective_value(report: Mapping, metric: str) -> float | None:
 
 
 def constraint_violations(cfg: Mapping, report: Mapping) -> list[str]:
-    """Search constraints the point violates: SLOs at its own batch and the hardware's memory."""
+    """Search constraints the point violates, on its deployed figures: SLOs at its own batch, the
+    hardware's memory and the latency / memory / throughput ``gate.*`` budgets."""
     out = []
     slo = _get(cfg, "slo") or {}
     dep = deployed(report)
@@ -168,9 +170,36 @@ def constraint_violations(cfg: Mapping, report: Mapping) -> list[str]:
             and dep["memory_bytes"] > dep["memory_capacity_bytes"]:
         out.append(f"memory: needs {dep['memory_bytes'] / 1e9:.4g} GB{per}, the hardware has "
                    f"{dep['memory_capacity_bytes'] / 1e9:.4g} GB")
-    lim = (_get(cfg, "gate") or {}).get("max_memory_gb")
-    if per and lim is not None and dep["memory_bytes"] is not None and dep["memory_bytes"] > float(lim) * 1e9:
-        out.append(f"gate.max_memory_gb: {dep['memory_bytes'] / 1e9:.4g} GB per device > {float(lim):.4g} GB")
+    out += gate_violations(cfg, report, dep)
+    return out
+
+
+COST_GATES = ("max_ttft_ms", "max_tpot_ms", "max_memory_gb", "min_throughput")
+
+
+def gate_violations(cfg: Mapping, report: Mapping, dep: Mapping | None = None) -> list[str]:
+    """The violated latency / memory / throughput ``gate.*`` budgets of a search point, on its
+    deployed figures (:func:`deployed`; compiler.analysis.gates reads one device's), in the same
+    words."""
+    gate = _get(cfg, "gate") or {}
+    dep = dep or deployed(report)
+    lat = report.get("latency") or {}
+    enc = lat.get("kind") == "encoder"
+    per = " per device" if dep["devices"] > 1 else ""
+    checks = [("max_ttft_ms", None if dep["ttft_s"] is None else dep["ttft_s"] * 1e3, "max",
+               "batch latency (ms)" if enc else "TTFT (ms)"),
+              ("max_tpot_ms", None if enc or dep["tpot_s"] is None else dep["tpot_s"] * 1e3, "max", "TPOT (ms)"),
+              ("max_memory_gb", None if dep["memory_bytes"] is None else dep["memory_bytes"] / 1e9, "max",
+               f"memory (GB{per})"),
+              ("min_throughput", lat.get("throughput_seq_s") if enc else dep["throughput_tok_s"], "min",
+               "throughput (sequences/s)" if enc else "throughput (tokens/s)")]
+    out = []
+    for key, value, kind, what in checks:
+        limit = gate.get(key)
+        if limit is None or value is None:
+            continue
+        if (kind == "max" and value > float(limit)) or (kind == "min" and value < float(limit)):
+            out.append(f"gate.{key}: {what} is {value:.4g}, limit {float(limit):.4g}")
     return out
 
 
@@ -240,7 +269,8 @@ def _search_point(plain: Mapping, out_dir: str, rec: dict) -> dict | None:
         rec.update(status="infeasible", pruned="cost", error=plan_error + " (pruned before the import)")
         return None
     # stage 1, cost only: nothing is emitted; the accuracy gates wait for a measurement
-    cost_cfg = _with(plain, emit={"enabled": False}, gate={k: None for k in ACCURACY_GATES})
+    # (the cost gates are checked here on the deployed figures, the accuracy gates need an artifact)
+    cost_cfg = _with(plain, emit={"enabled": False}, gate={k: None for k in COST_GATES + ACCURACY_GATES})
     try:
         report = run(cost_cfg, out_dir)
         bad = constraint_violations(plain, report)
@@ -271,7 +301,7 @@ def _search_point(plain: Mapping, out_dir: str, rec: dict) -> dict | None:
         return report
     # stage 2: emit (the accuracy is measured on the artifact); only feasible points get here
     full = _with(plain, emit={"enabled": "auto" if emit is False else emit},
-                 gate={} if lossy else {k: None for k in ACCURACY_GATES})
+                 gate={k: None for k in COST_GATES + (() if lossy else ACCURACY_GATES)})
     try:
         report = run(full, out_dir)
     except GateError as e:
@@ -289,10 +319,11 @@ def _parallel_plan_error(plain: Mapping) -> str | None:
         return None
     from compiler.config import validate
     from compiler.hardware import load_hardware
-    from compiler.pipeline import check_parallel_plan
-    cfg = validate(plain)          # bad input stays a failure (exit 2)
+    from compiler.parallel import check_config_plan
+    cfg = validate(_with(plain, parallel={"tp": 1, "pp": 1, "ep": 1}))   # bad input stays a failure
+    cfg["parallel"] = {**dict(cfg.get("parallel") or {}), **dict(par)}
     try:
-        check_parallel_plan(cfg, load_hardware(cfg["hardware"]))
+        check_config_plan(cfg, load_hardware(cfg["hardware"]))
     except ConfigError as e:
         return " ".join(str(e).split())
     return None
@@ -606,6 +637,12 @@ def _columns(doc):
     cols = [(h, f if f is not None else (lambda r: _shown(r, varying))) for h, f in COLUMNS]
     if doc["objective"]:
         cols.insert(3, (doc["objective"]["metric"], lambda r: _num(r["objective"], "{:.6g}")))
+    if all(r.get("accuracy") is None for r in doc["rows"]):
+        cols = [c for c in cols if c[0] != "accuracy"]
+    if any((r.get("devices") or 1) > 1 for r in doc["rows"]):      # memory is then per device
+        at = next(i for i, c in enumerate(cols) if c[0] == "memory GB")
+        cols[at] = ("memory GB / device", cols[at][1])
+        cols.insert(at, ("devices", lambda r: _num(r.get("devices"), "{}")))
     return cols
 
 
@@ -694,6 +731,9 @@ def _series_key(r: Mapping, varying: set[str]) -> str:
     return f"{r['hardware']}" + (f" · {' '.join(rest)}" if rest else "")
 
 
+MAX_CURVES = 8      # throughput-vs-batch curves drawn (rows are best first)
+
+
 def plots(doc: Mapping, sweep_dir: str | os.PathLike | None = None) -> list[tuple[str, str]]:
     """(title, base64 PNG) for the HTML page."""
     import matplotlib
@@ -740,15 +780,18 @@ def plots(doc: Mapping, sweep_dir: str | os.PathLike | None = None) -> list[tupl
 
     # throughput vs batch, one curve per hardware (and per other override set)
     curves: dict[str, tuple[list, list, list]] = {}
+    single = [r for r in ok if r.get("devices", 1) == 1]     # the report's curve is one device's
+    series = list(dict.fromkeys(_series_key(r, varying) for r in single if r["report"]))   # best first
+    shown = set(series[:MAX_CURVES])
     if sweep_dir is not None:
-        for r in ok:
+        for r in single:
             key = _series_key(r, varying)
-            if key in curves or not r["report"]:
+            if key in curves or not r["report"] or key not in shown:
                 continue
             rep = _read_json(Path(sweep_dir) / r["report"]) or {}
             tvb = [t for t in rep.get("throughput_vs_batch") or [] if t.get("fits", True)]
             curves[key] = ([t["batch"] for t in tvb], [t["throughput_tok_s"] for t in tvb], [])
-        for r in ok:
+        for r in single:
             if r["tpot_s"] and r["batch"] and _series_key(r, varying) in curves:
                 curves[_series_key(r, varying)][2].append((r["batch"], r["batch"] / r["tpot_s"], r["job"]))
     if any(c[0] for c in curves.values()):
@@ -764,7 +807,9 @@ def plots(doc: Mapping, sweep_dir: str | os.PathLike | None = None) -> list[tupl
         ax.set_yscale("log")
         ax.set_xlabel("batch (sequences)")
         ax.set_ylabel("decode throughput (tokens/s, predicted)")
-        ax.set_title("Throughput vs batch per hardware (batches that fit in memory; ● = swept points)")
+        more = f"; the {MAX_CURVES} best of {len(series)} configurations" if len(series) > MAX_CURVES else ""
+        ax.set_title(f"Throughput vs batch per hardware (batches that fit in memory; ● = swept points{more})",
+                     fontsize=10 if more else None)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="best")
         out.append(("Throughput vs batch", _png(fig)))

@@ -7,6 +7,7 @@ from passes.cleanup import ConstantFolding, DeadCodeElimination, RemoveNoOps
 from passes.early_exit import EarlyExitPass
 from passes.fusion import AnnotateRotary, FuseAttention, FuseEagerAttention, FuseGemm, FuseNorms, FusionPass
 from passes.kv_cache import LiftKVCache
+from passes.kv_layout import KVLayoutPass
 from passes.moe import MoERoutingPass
 from passes.kv_cache_onnx import LiftKVCache as LiftOnnxKVCache
 from passes.kv_paging import KVPaging
@@ -26,6 +27,7 @@ PASSES: dict[str, type[Pass]] = {
     "moe_routing": MoERoutingPass,
     "kv_cache": LiftOnnxKVCache,
     "kv_paging": KVPaging,
+    "kv_layout": KVLayoutPass,
     "early_exit": EarlyExitPass,
     "prune_nm": PruneNM,
     "quantize": Quantize,

@@ -261,6 +261,8 @@ def document(r: Mapping) -> list[tuple]:
 
     from reports.dynamic import blocks as dynamic_blocks
     blocks += dynamic_blocks(r)   # speculative decoding, MoE, early exit, chunked prefill
+    from reports.planning import blocks as planning_blocks
+    blocks += planning_blocks(r)  # capacity planning (kv=), parallel plan, serving simulation
     for phase in phases_of(r):
         blocks += _phase_blocks(r, phase)
     blocks += _pass_blocks(r)
@@ -284,6 +286,10 @@ def _summary(r: Mapping) -> list[tuple[str, str]]:
               ("Throughput", f"{fmt_tok_s(lat['throughput_tok_s'])} over the whole request (generated tokens)"
                              + (f"; decode only {fmt_tok_s(lat['decode_throughput_tok_s'])}"
                                 if lat.get("decode_throughput_tok_s") is not None else ""))]
+        if lat.get("basis"):
+            one = lat.get("single_device") or {}
+            kv.append(("Parallel plan", f"the latency figures are the {lat['basis']}; one device: TTFT "
+                                        f"{fmt_time(one.get('ttft_s'))}, TPOT {fmt_time(one.get('tpot_s'))}"))
     for phase in phases_of(r):
         ph = r["phases"][phase]
         dt = dominant_dtype(r, phase)
@@ -303,6 +309,8 @@ def _summary(r: Mapping) -> list[tuple[str, str]]:
                          f"of {fmt_bytes(capb)}{_gib_note(capb or 0)}"
                          + (f" ({fmt_pct(total / capb)})" if total and capb else "")
                          + (" — does not fit" if total and capb and total > capb else "")))
+    if cap.get("note"):
+        kv.append(("Fit", cap["note"]))
     kv.append(("Capacity", _capacity_text(cap)))
     kv.append(("Hardware", _hardware_text(r)))
     kv.append(("Efficiency", f"{hw.get('efficiency_source') or 'not stated'} (per-class compute/memory "

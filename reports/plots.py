@@ -456,8 +456,15 @@ def fig_speculative(r: Mapping) -> Figure:
     return fig
 
 
+def fig_serving(r: Mapping) -> Figure:
+    """Continuous vs static batching over the arrival rate (reports/serving_plot.py)."""
+    from reports.serving_plot import fig_serving as _fig
+    return _fig(r)
+
+
 FIGURES = {"roofline": fig_roofline, "time_by_class": fig_time_by_class, "memory": fig_memory,
-           "throughput_vs_batch": fig_throughput_vs_batch, "speculative": fig_speculative}
+           "throughput_vs_batch": fig_throughput_vs_batch, "speculative": fig_speculative,
+           "serving": fig_serving}
 
 
 def render(r: Mapping, name: str) -> bytes:
@@ -467,7 +474,7 @@ def render(r: Mapping, name: str) -> bytes:
 
 def render_all(r: Mapping) -> dict[str, bytes]:
     """All figures as PNG bytes, in :data:`PLOTS` order."""
-    names = PLOTS + (("speculative",) if r.get("speculative") else ())
+    names = PLOTS + (("speculative",) if r.get("speculative") else ()) + (("serving",) if r.get("serve") else ())
     return {name: render(r, name) for name in names}
 
 

@@ -635,3 +635,137 @@ def test_commutative_operands_are_declared_once_in_the_registry():
     m = Matcher(g)
     assert next(m.match(Op("Div", Var("x"), Const("c")), d1), None) is None
     assert "not a scalar constant" in m.best[1]
+
+
+# ------------------------------------------------------------------------------------------------
+# targets: portable vs cpu (standard ONNX both; the cpu forms are what onnxruntime's CPU kernels
+# run fastest — README "Fusion")
+
+def encoder_layer_graph(bias=True):
+    """x [B, S, E] → Q/K/V linears (+bias) → 3-D Attention (4 heads) → O linear → + x → GELU MLP."""
+    bd = Builder(3)
+    e, hid = 16, 24
+    x = bd.input("x", (2, 5, e))
+
+    def lin(t, n_in, n_out):
+        y = bd.op("MatMul", t, bd.weight(n_in, n_out))
+        return bd.op("Add", y, bd.weight(n_out)) if bias else y
+    q, k, v = (lin(x, e, e) for _ in range(3))
+    a = bd.op("Attention", q, k, v, q_num_heads=4, kv_num_heads=4, scale=0.5)
+    h = bd.op("Add", lin(a, e, e), x)
+    u = bd.op("Gelu", lin(h, e, hid))
+    return bd.out(bd.op("Add", lin(u, hid, e), h))
+
+
+def _fuse_target(g, target, hardware="cpu"):
+    from compiler.hardware import hardware_by_name
+    from passes import PassContext, make_pass
+    ctx = PassContext(hardware_by_name(hardware), ((2, 5, 0, "prefill"), (2, 1, 5, "decode")))
+    p = make_pass({"name": "fuse", "target": target, "cost_gate": False}, ctx)
+    return p, p(g)
+
+
+@pytest.mark.parametrize("target,hardware", [("auto", "cpu"), ("cpu", "a100_80g")])
+def test_cpu_target_keeps_qkv_apart_and_emits_gemm_epilogues(target, hardware):
+    from compiler.emit_onnx import check, to_model
+    g = encoder_layer_graph()
+    before = g.copy()
+    p, res = _fuse_target(g, target, hardware)
+    assert p.target == "cpu"
+    assert "merge_qkv" not in res.stats and "not run: target cpu" in p.explanations["merge_qkv"]
+    ops = ops_of(g)
+    assert "Split" not in ops and ops["MatMulEpilogue"] == 6 and res.stats["matmul_epilogue.gemm"] == 6, ops
+    assert all(n.attrs.get("gemm") == 1 for n in g if n.op == "MatMulEpilogue")
+    m = to_model(g)
+    check(m)
+    bodies = {f.name: [n.op_type for n in f.node] for f in m.functions}
+    assert set(bodies) == {"GemmBias", "GemmBiasGelu"}, bodies
+    assert all("Gemm" in b and "MatMul" not in b for b in bodies.values())
+    assert_same_outputs(before, g, feeds_for(g))
+
+
+def test_portable_target_merges_qkv_and_emits_matmul_epilogues():
+    from compiler.emit_onnx import to_model
+    g = encoder_layer_graph()
+    before = g.copy()
+    p, res = _fuse_target(g, "portable")
+    assert p.target == "portable" and res.stats["merge_qkv"] == 1 and "matmul_epilogue.gemm" not in res.stats
+    assert ops_of(g)["Split"] == 1 and not any(n.attrs.get("gemm") for n in g)
+    assert {f.name for f in to_model(g).functions} == {"MatMulBias", "MatMulBiasGelu"}
+    assert_same_outputs(before, g, feeds_for(g))
+    g2 = encoder_layer_graph()   # auto on a GPU is portable
+    p, res = _fuse_target(g2, "auto", "a100_80g")
+    assert p.target == "portable" and res.stats["merge_qkv"] == 1
+
+
+def test_cpu_target_leaves_bias_free_and_quantized_linears_as_matmul():
+    """No bias: nothing for a Gemm to take in. A weight-quantized linear (``quant_data``, written
+    by the quant passes after fusion) keeps ``MatMul`` over its DequantizeLinear, the form
+    onnxruntime turns into its quantized GEMM kernels."""
+    from compiler.emit_onnx import to_model
+    from compiler.quant_onnx import QuantizedData
+    g = encoder_layer_graph(bias=False)
+    _fuse_target(g, "cpu")
+    assert not any(n.attrs.get("gemm") for n in g if n.op == "MatMulEpilogue")
+    assert all("Gemm" not in [n.op_type for n in f.node] for f in to_model(g).functions)
+    g = encoder_layer_graph()
+    _fuse_target(g, "cpu")
+    ep = next(n for n in g if n.op == "MatMulEpilogue" and n.attrs.get("activation") == "gelu")
+    w = g.params[ep.inputs[1]]
+    scale = (np.abs(w.data).max(axis=0) / 127).astype(np.float32)
+    codes = np.round(w.data / scale).astype(np.int8)
+    w.data = (codes * scale).astype(np.float32)
+    w.annotations["quant_data"] = QuantizedData(codes, scale, None, 1, None)
+    m = to_model(g)
+    assert {f.name for f in m.functions} == {"GemmBias", "MatMulBiasGelu"}
+    dq = next(n for n in m.graph.node if n.op_type == "DequantizeLinear")
+    call = next(n for n in m.graph.node if n.op_type == "MatMulBiasGelu")
+    assert call.input[1] == dq.output[0] == ep.inputs[1]
+
+
+def test_bad_target_is_a_config_error():
+    from compiler.errors import ConfigError
+    from passes import make_pass
+    with pytest.raises(ConfigError, match="target='gpu' is not one of auto, portable, cpu"):
+        make_pass({"name": "fuse", "target": "gpu"})
+
+
+# ------------------------------------------------------------------------------------------------
+# interleaved per-head QKV (GPT-NeoX): qkv_heads cuts it per chunk, so the layout rule gives 3-D
+
+def interleaved_qkv_graph(form="split", bias=True, leak=False):
+    """x → x·W (+b) → [B, S, H, q|k|v] → Transpose → Split / three Slices → Attention → merge."""
+    bd = Builder(5)
+    x = bd.input("x", (B_, S_, H * D))
+    y = bd.op("MatMul", x, bd.weight(H * D, 3 * H * D))
+    if bias:
+        y = bd.op("Add", y, bd.weight(3 * H * D))
+    t = bd.op("Transpose", bd.op("Reshape", y, shape=[B_, S_, H, 3 * D]), perm=[0, 2, 1, 3])
+    if form == "split":
+        q, k, v = bd.op("Split", t, n_out=3, axis=-1, num_outputs=3)
+    else:
+        q, k, v = (bd.op("Slice", t, starts=[i * D], ends=[(i + 1) * D if i < 2 else 2**63 - 1], axes=[-1])
+                   for i in range(3))
+    a = bd.op("Attention", q, k, v, is_causal=1, scale=0.3)
+    o = bd.op("Reshape", bd.op("Transpose", a, perm=[0, 2, 1, 3]), shape=[B_, S_, H * D])
+    return bd.out(bd.op("MatMul", o, bd.weight(H * D, 5)), *([bd.op("Relu", t)] if leak else []))
+
+
+@pytest.mark.parametrize("form", ["split", "slices"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_interleaved_qkv_is_cut_per_chunk_and_attention_takes_3d(form, bias):
+    g = interleaved_qkv_graph(form, bias)
+    before = g.copy()
+    stats = fuse(g, ["qkv_heads", "attention_layout", "merge_qkv"])
+    assert stats["qkv_heads"] == 1 and stats["attention_layout"] == 1 and stats["merge_qkv"] == 1, stats
+    ops = ops_of(g)
+    assert "Transpose" not in ops and "Slice" not in ops and ops["Split"] == 1, ops
+    att = next(n for n in g if n.op == "Attention")
+    assert g.type(att.inputs[0]).shape == (B_, S_, H * D) and att.attrs["q_num_heads"] == H
+    assert_same_outputs(before, g, feeds_for(g))
+
+
+def test_interleaved_qkv_should_not_fire_when_the_heads_are_used_whole():
+    g = interleaved_qkv_graph(leak=True)
+    stats, out = run_rules(g, ["qkv_heads"], gate=None)
+    assert stats["qkv_heads"] == 0 and ops_of(g)["Split"] == 1

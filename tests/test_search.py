@@ -15,7 +15,7 @@ import pytest
 
 from compiler import schema
 from compiler.errors import ConfigError
-from compiler.sweep import deployed, reproduce_command
+from compiler.sweep import constraint_violations, deployed, reproduce_command
 from tests.conftest import compose, imported, run_cli
 from tests.onnx_models import make_kv_model
 
@@ -175,6 +175,12 @@ def test_deployed_figures_follow_the_parallel_plan():
     assert two["devices"] == 2 and two["ttft_s"] == 0.006 and two["tpot_s"] == 0.0015
     assert two["e2e_s"] == pytest.approx(e2e) and two["throughput_tok_s"] == pytest.approx(80 / e2e)
     assert two["throughput_per_device_tok_s"] == pytest.approx(40 / e2e) and two["memory_bytes"] == 31e9
+    # a search gates the deployed figures: one device misses both budgets, the tp=2 plan meets them
+    cfg = {"gate": {"max_tpot_ms": 1.8, "max_memory_gb": 40}}
+    assert constraint_violations(cfg, rep) == []
+    del rep["parallel"]
+    assert constraint_violations(cfg, rep) == ["gate.max_tpot_ms: TPOT (ms) is 2, limit 1.8",
+                                               "gate.max_memory_gb: memory (GB) is 60, limit 40"]
     assert reproduce_command(["search=tpot", "quant=w4a16", "hydra.sweeper.n_trials=3", "search.objective=x",
                               "workload.batch=8"]) == "rooftop quant=w4a16 workload.batch=8"
 
@@ -224,6 +230,16 @@ def test_block_types_of_fused_and_onnx_graphs(onnx_model):
     kinds = {s.weight: block_type(g, s.node) for s in linear_sites(g, exclude=())}
     # wout reads the attention's merged heads: this toy decoder's output projection (and LM head)
     assert kinds == {"wk": "attention", "wv": "attention", "wout": "attention"}
+    # after fusion (merged Q/K/V and gate/up weights, rotary and attention layouts folded)
+    from compiler.hardware import hardware_by_name
+    from passes import PassContext, make_pass
+    fused = imported("llama_tiny").copy()
+    make_pass({"name": "fuse"}, PassContext(hardware=hardware_by_name("a100_80g")))(fused)
+    sites = [s for s in linear_sites(fused) if not s.reason]
+    assert any(c.op == "Split" for s in sites for c, _ in fused.consumers(s.node.outputs[0]))  # Q/K/V merged
+    for s in sites:
+        src = str(fused.params[s.weight].annotations.get("source"))
+        assert block_type(fused, s.node) == ("attention" if ".self_attn." in src else "mlp"), src
     assert compose(["sparsity=nm_mlp"])["sparsity"]["targets"] == ["mlp"]
     assert compose(["sparsity=nm_attention"])["sparsity"]["targets"] == ["attention"]
     assert compose(["sparsity=nm"])["sparsity"]["targets"] == ["attention", "mlp"]

@@ -3,6 +3,7 @@
 Rules are named data (:data:`RULES`: name → builder), run in the order of :data:`ORDER`:
 
 ==================  ==========================================================================
+qkv_heads           a QKV projection interleaved per head (GPT-NeoX) → one projection per chunk
 attention           QKᵀ → scale → mask → softmax → ·V → ``Attention`` (eager / decomposed / exported forms)
 attention_gqa       repeat_kv in front of an existing ``Attention`` dropped (native GQA)
 rotary_cache        batch-1 cos/sin caches of an exported ``RotaryEmbedding`` expanded over the batch
@@ -24,8 +25,21 @@ Passes (``conf/pipeline/*.yaml``): ``fuse`` runs them all; ``fuse_attention``, `
 ``fuse_gemm`` and ``annotate_rotary`` run subsets. Parameters: ``rules`` (names, to run a subset
 in that order), ``explain: true`` (log, per rule, why it did not fire at its closest candidate),
 ``cost_gate: false`` (fire wherever the pattern fits), ``hardware: <name>`` (cost on that hardware
-instead of the pipeline's). Stats: fires per rule, ``<rule>.rejected_by_cost``, and a breakdown
-(``attention.causal``, ``matmul_epilogue.gelu_tanh``, …).
+instead of the pipeline's), ``target`` (below). Stats: fires per rule, ``<rule>.rejected_by_cost``,
+and a breakdown (``attention.causal``, ``matmul_epilogue.gelu_tanh``, …).
+
+Targets (``target: auto | portable | cpu``; ``auto``, the default, is ``cpu`` when the hardware
+the pass costs on is a CPU, else ``portable``). Both emit standard ONNX only; they differ where
+the fastest form depends on the runtime's kernels (measured with onnxruntime 1.32 on CPU, README
+"Fusion"):
+
+- ``portable``: every rule of :data:`ORDER`; linear epilogues as ``MatMul`` (+ ``Add``) (+ act).
+- ``cpu``: no ``merge_qkv`` — on a CPU the merged GEMM is no faster than three (a GEMM there runs
+  at the core's peak from a few hundred rows on) while the ``Split`` in front of a 3-D
+  ``Attention`` is a real copy of Q, K and V; and linear epilogues with a bias are emitted as a
+  2-D ``Gemm`` (bias applied inside the GEMM) followed by the activation, so no runtime re-fuses
+  ``MatMul + Add + Gelu`` into its slower bias-GELU kernel (``MatMulEpilogue`` attribute
+  ``gemm=1``; weight-quantized layers keep the ``MatMul`` form their runtime fusions expect).
 
 Cost awareness: a rule fires only where :class:`~passes.fusion.gate.CostGate` predicts the fused
 ops are not slower than the group on the pipeline's hardware at its prefill and decode workload
@@ -44,7 +58,7 @@ from passes.base import Pass, PassResult
 from passes.fusion.attention import attention_rule, gqa_rule, layout_rule
 from passes.fusion.gate import DEFAULT_POINTS, CostGate
 from passes.fusion.gemm import epilogue_rule, gelu_rule, merge_gate_up_rule, swiglu_rule
-from passes.fusion.merge import merge_qkv_rule
+from passes.fusion.merge import interleaved_qkv_rule, merge_qkv_rule
 from passes.fusion.norm import layer_norm_rule, residual_norm_rule, rms_norm_rule
 from passes.fusion.pattern import MatchResult
 from passes.fusion.rotary import rotary_cache_rule, rotary_layout_rule, rotary_partial_rule, rotary_rule
@@ -53,6 +67,7 @@ from passes.fusion.rule import Match, Plan, Rule, RuleOutcome, apply_rule
 log = logging.getLogger("rooftop.fusion")
 
 RULES: dict[str, Callable[[], Rule]] = {
+    "qkv_heads": interleaved_qkv_rule,
     "attention": attention_rule,
     "attention_gqa": gqa_rule,
     "rotary_cache": rotary_cache_rule,
@@ -71,6 +86,21 @@ RULES: dict[str, Callable[[], Rule]] = {
 }
 ORDER: tuple[str, ...] = tuple(RULES)
 DEFAULT_HARDWARE = "a100_80g"
+TARGETS = ("auto", "portable", "cpu")
+# rules the cpu target does not run, and why
+CPU_SKIPS = {"merge_qkv": "on a CPU three GEMMs run as fast as the merged one, and the Split in "
+                          "front of the 3-D Attention copies Q, K and V"}
+
+
+def mark_gemm_epilogues(g: Graph) -> int:
+    """The cpu target: every ``MatMulEpilogue`` with a bias gets ``gemm=1`` (emitted as a 2-D
+    ``Gemm`` + activation, :mod:`compiler.ops`). Returns how many."""
+    n = 0
+    for node in g:
+        if node.op == "MatMulEpilogue" and len([t for t in node.inputs if t]) > 2 and not node.attrs.get("gemm"):
+            node.attrs["gemm"] = 1
+            n += 1
+    return n
 
 
 def _substats(rule: str, new) -> list[str]:
@@ -125,7 +155,7 @@ class FusionPass(Pass):
 
     name = "fuse"
     default_rules: tuple[str, ...] = ORDER
-    PARAMS = ("rules", "explain", "cost_gate", "hardware")
+    PARAMS = ("rules", "explain", "cost_gate", "hardware", "target")
 
     def check_params(self) -> None:
         unknown = sorted(set(self.params) - set(self.PARAMS))
@@ -138,40 +168,65 @@ class FusionPass(Pass):
             if bad or isinstance(rules, str):
                 raise ConfigError(f"pass {self.name!r}: unknown fusion rule(s) {bad or rules}; rules are "
                                   f"{', '.join(RULES)}. Give rules as a list of these names.")
+        target = self.params.get("target", "auto")
+        if target not in TARGETS:
+            raise ConfigError(f"pass {self.name!r}: target={target!r} is not one of {', '.join(TARGETS)}. "
+                              f"Use auto (cpu forms when the hardware is a CPU), portable or cpu.")
         self.explanations: dict[str, str] = {}
 
     @property
+    def target(self) -> str:
+        """``portable`` or ``cpu`` (``auto`` resolved from the hardware the pass costs on)."""
+        t = self.params.get("target", "auto")
+        if t != "auto":
+            return t
+        hw = self._hardware()
+        return "cpu" if getattr(hw, "kind", None) == "cpu" else "portable"
+
+    @property
     def rule_names(self) -> tuple[str, ...]:
-        return tuple(self.params.get("rules") or self.default_rules)
+        names = tuple(self.params.get("rules") or self.default_rules)
+        if self.target == "cpu":
+            names = tuple(n for n in names if n not in CPU_SKIPS)
+        return names
+
+    def _hardware(self):
+        ctx = getattr(self, "context", None)
+        from compiler.hardware import hardware_by_name
+        if self.params.get("hardware"):
+            return hardware_by_name(str(self.params["hardware"]))
+        if ctx is not None and ctx.hardware is not None:
+            return ctx.hardware
+        return hardware_by_name(DEFAULT_HARDWARE)
 
     def gate(self) -> CostGate | None:
         if not self.params.get("cost_gate", True):
             return None
         ctx = getattr(self, "context", None)
-        hw = None
-        if self.params.get("hardware"):
-            from compiler.hardware import hardware_by_name
-            hw = hardware_by_name(str(self.params["hardware"]))
-        elif ctx is not None and ctx.hardware is not None:
-            hw = ctx.hardware
-        else:
-            from compiler.hardware import hardware_by_name
-            hw = hardware_by_name(DEFAULT_HARDWARE)
         points = tuple(ctx.points) if ctx is not None and ctx.points else DEFAULT_POINTS
-        return CostGate(hw, points)
+        return CostGate(self._hardware(), points)
 
     def run(self, g: Graph) -> PassResult:
         explain = bool(self.params.get("explain", False))
+        target = self.target
         stats, outcomes = run_rules(g, self.rule_names, gate=self.gate(), explain=explain)
         self.explanations = {k: explain_outcome(k, o) for k, o in outcomes.items()}
+        if target == "cpu":
+            for k in sorted(set(self.params.get("rules") or self.default_rules) & set(CPU_SKIPS)):
+                self.explanations[k] = f"fusion rule {k!r} not run: target cpu ({CPU_SKIPS[k]})"
         changed = any(o.fired for o in outcomes.values())
+        if target == "cpu":
+            n = mark_gemm_epilogues(g)
+            if n:
+                stats["matmul_epilogue.gemm"] = n
+                changed = True
         return PassResult(g, changed, stats)
 
 
 class FuseAttention(FusionPass):
     name = "fuse_attention"
-    default_rules = ("attention", "attention_gqa", "rotary_cache", "rotary", "rotary_partial", "rotary_layout",
-                     "attention_layout")
+    default_rules = ("qkv_heads", "attention", "attention_gqa", "rotary_cache", "rotary", "rotary_partial",
+                     "rotary_layout", "attention_layout")
 
 
 class FuseNorms(FusionPass):

@@ -5,7 +5,9 @@ For ``minilm`` (all-MiniLM-L6-v2, real weights) and ``gpt2`` (the 124M config
 latency (``intra_op_num_threads=2``, median of repeated runs in one process) of
 
 - ``rooftop``: rooftop's own model — torch.export import, ``pipeline=fuse`` on ``hardware=cpu``
-  (a causal LM has a KV cache: prefill with an empty past);
+  (a causal LM has a KV cache: prefill with an empty past); the fuse pass's ``target: auto`` picks
+  its ``cpu`` forms there (Q/K/V not merged, bias epilogues as 2-D ``Gemm``);
+- ``rooftop portable``: the same with ``target: portable`` (what every other hardware gets);
 - ``plain dynamo`` / ``plain legacy``: ``torch.onnx.export`` of the same module, ``dynamo=True``
   (opset 23) and the TorchScript exporter (opset 17);
 - ``rooftop<-dynamo`` / ``rooftop<-legacy``: rooftop run on those export files (``model=onnx``
@@ -18,7 +20,7 @@ Each model is timed in ``BENCH_EPOCHS`` (3) epochs of fresh sessions (the same G
 ~10 % apart from one session to another), and every session uses onnxruntime's default graph optimizations (ORT_ENABLE_ALL), as a user would,
 ``intra_op_num_threads=2`` and no thread spinning (``BENCH_SPIN=1`` turns it back on). Models are
 timed round-robin (one run of each per round, in a shuffled order) so that load on the machine hits
-all alike, for at least ``--repeat`` rounds and ~30 s; only the
+all alike, for at least ``--repeat`` rounds and ``--seconds`` (30 by default); only the
 first output (logits / last_hidden_state) is fetched — rooftop's causal LMs also return the KV cache
 they fill, which the plain exports (``use_cache=False``) do not compute at all.
 A second table splits each model's kernel time (onnxruntime's profiler) into GEMMs — the same
@@ -143,15 +145,17 @@ def ort_optimize(name: str, src: str, dst: str) -> str:
     return dst
 
 
-def _fuse_and_save(g, out_dir: str, batch: int, tag: str):
-    """The passes of conf/pipeline/fuse.yaml costed on hardware=cpu at this batch, then ONNX
-    emission; returns (model path, the fuse pass's non-zero stats)."""
+def _fuse_and_save(g, out_dir: str, batch: int, tag: str, target: str = "auto"):
+    """The passes of conf/pipeline/fuse.yaml costed on hardware=cpu at this batch (the fuse pass
+    with ``target``), then ONNX emission; returns (model path, the fuse pass's non-zero stats)."""
     from compiler.emit_onnx import save
     from compiler.hardware import load_hardware
     from passes import PassContext, PassManager, make_pass
     cfg = _compose(["pipeline=fuse", "hardware=cpu"])
     ctx = PassContext(load_hardware(cfg["hardware"]), ((batch, SEQ, 0, "prefill"), (batch, 1, SEQ, "decode")))
-    pm = PassManager([make_pass(p, ctx) for p in cfg["pipeline"]["passes"]])
+    passes = [dict(p, target=target) if isinstance(p, dict) and p.get("name") == "fuse" else p
+              for p in cfg["pipeline"]["passes"]]
+    pm = PassManager([make_pass(p, ctx) for p in passes])
     pm(g)
     d = os.path.join(out_dir, f"rooftop_{tag}_b{batch}")
     os.makedirs(d, exist_ok=True)
@@ -160,14 +164,14 @@ def _fuse_and_save(g, out_dir: str, batch: int, tag: str):
     return os.path.join(d, "model.onnx"), {k: v for k, v in stats.items() if v}
 
 
-def build_rooftop(name: str, out_dir: str, batch: int) -> tuple[str, dict]:
+def build_rooftop(name: str, out_dir: str, batch: int, target: str = "auto") -> tuple[str, dict]:
     """rooftop's model: torch.export import of the same module (causal LMs: KV cache lifted),
     then :func:`_fuse_and_save`."""
     from compiler.importers.models import CausalLMWrapper, EncoderWrapper, import_torch
     inner, mcfg, causal, _ = _module(name)
     module = CausalLMWrapper(inner) if causal else EncoderWrapper(inner)
     g = import_torch(mcfg, module=module, task="causal_lm" if causal else "embedding")
-    return _fuse_and_save(g, out_dir, batch, name)
+    return _fuse_and_save(g, out_dir, batch, f"{name}_{target}", target)
 
 
 def build_rooftop_from_onnx(src: str, out_dir: str, batch: int, tag: str) -> str:
@@ -214,14 +218,18 @@ def feeds_for(sess, batch: int, vocab: int) -> dict[str, np.ndarray]:
 EPOCHS = int(os.environ.get("BENCH_EPOCHS", "3"))
 
 
-def latencies(paths: dict[str, str], batch: int, vocab: int, repeat: int) -> dict[str, float | str]:
+def latencies(paths: dict[str, str], batch: int, vocab: int, repeat: int,
+              cpu: dict[str, float] | None = None) -> dict[str, float | str]:
     """Median latency (ms) of each model, measured round-robin (one run of each per round) so
     that load drift on the machine hits every model alike, in ``EPOCHS`` epochs that each open
     fresh sessions: the same GEMM kernels run up to ~10 % apart from one session to the next
     (where the prepacked weights land in memory), so one session per model would turn that luck
-    into a difference between models. A model that fails: its error."""
+    into a difference between models. A model that fails: its error. ``cpu``, when given, gets
+    each model's median process CPU time per run (ms, every thread; no spinning, so waiting costs
+    none): the work a model costs, much steadier than wall time on a shared machine."""
     out: dict[str, float | str] = {}
     times: dict[str, list[float]] = {}
+    cpu_times: dict[str, list[float]] = {}
     order = random.Random(0)
     for epoch in range(EPOCHS):
         sessions = {}
@@ -242,17 +250,20 @@ def latencies(paths: dict[str, str], batch: int, vocab: int, repeat: int) -> dic
             order.shuffle(keys)   # no model always runs first (or right after the biggest one)
             for k in keys:
                 s, f = sessions[k]
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 s.run(outputs[k], f)
                 if r:   # the first round of an epoch warms up
                     times.setdefault(k, []).append(time.perf_counter() - t0)
+                    cpu_times.setdefault(k, []).append(time.process_time() - c0)
             r += 1
             if r == 2:   # cheap configurations get more rounds: at least ~MIN_SECONDS in all
                 per_round = (time.perf_counter() - t_start) / 2
-                rounds = max(rounds, min(200, int(MIN_SECONDS / EPOCHS / max(per_round, 1e-6)) + 1))
+                rounds = max(rounds, min(400, int(MIN_SECONDS / EPOCHS / max(per_round, 1e-6)) + 1))
         del sessions
     for k, ts in times.items():
         out[k] = float(np.median(ts)) * 1e3
+        if cpu is not None:
+            cpu[k] = float(np.median(cpu_times[k])) * 1e3
     return out
 
 
@@ -302,12 +313,15 @@ def ort_version() -> str:
 
 
 def main(argv=None) -> int:
+    global MIN_SECONDS
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=["minilm", "gpt2"])
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--seconds", type=float, default=MIN_SECONDS, help="least time per row (all models)")
     args = ap.parse_args(argv)
-    rows, notes, splits = [], [], []
+    MIN_SECONDS = args.seconds
+    rows, notes, splits, cpu_rows = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="bench_fusion_") as tmp:
         for name in args.models:
             _, _, causal, vocab = _module(name)
@@ -325,14 +339,16 @@ def main(argv=None) -> int:
                 rt, stats = build_rooftop(name, tmp, batch)
                 if batch == args.batches[0]:
                     notes.append(f"{name}: rooftop fusions {stats}")
-                models = {"rooftop": rt, **files}
+                models = {"rooftop": rt, "rooftop portable": build_rooftop(name, tmp, batch, "portable")[0], **files}
                 for kind in ("dynamo", "legacy"):   # rooftop run on the exported files themselves
                     try:
                         models[f"rooftop<-{kind}"] = build_rooftop_from_onnx(files[f"plain {kind}"], tmp, batch,
                                                                               f"{name}_{kind}")
                     except Exception as e:
                         notes.append(f"{name}: rooftop on the {kind} export failed: {type(e).__name__}: {e}")
-                lat = latencies(models, batch, vocab, args.repeat)
+                cpu: dict[str, float] = {}
+                lat = latencies(models, batch, vocab, args.repeat, cpu)
+                cpu_rows.append({"model": name, "batch": batch, **cpu})
                 split = kernel_split(models, batch, vocab)
                 splits.append((name, batch, split))
                 row = {"model": name, "batch": batch}
@@ -343,16 +359,16 @@ def main(argv=None) -> int:
                 rows.append(row)
                 print(f"  done {name} batch {batch}: " + ", ".join(
                     f"{k} {v:.1f}" for k, v in row.items() if isinstance(v, float)), flush=True)
-    cols = ["rooftop", "plain dynamo", "plain legacy", "ort-opt dynamo", "ort-opt legacy",
+    cols = ["rooftop", "rooftop portable", "plain dynamo", "plain legacy", "ort-opt dynamo", "ort-opt legacy",
             "rooftop<-dynamo", "rooftop<-legacy"]
     print(f"\nonnxruntime {ort_version()} CPU latency, ms: median over >= {args.repeat} shuffled round-robin "
           f"rounds in {EPOCHS} epochs of fresh sessions (>= {MIN_SECONDS:.0f} s per row); seq {SEQ}; "
           f"intra_op_num_threads={THREADS}")
-    head = f"{'model':8} {'batch':>5} " + " ".join(f"{c:>15}" for c in cols) + f" {'vs ort-opt':>11} {'vs plain':>9}"
+    head = f"{'model':8} {'batch':>5} " + " ".join(f"{c:>16}" for c in cols) + f" {'vs ort-opt':>11} {'vs plain':>9}"
     print(head)
     print("-" * len(head))
     for r in rows:
-        vals = " ".join(f"{r[c]:15.1f}" if r.get(c) else f"{'n/a':>15}" for c in cols)
+        vals = " ".join(f"{r[c]:16.1f}" if r.get(c) else f"{'n/a':>16}" for c in cols)
         opt = [r[c] for c in ("ort-opt dynamo", "ort-opt legacy") if r.get(c)]
         plain = [r[c] for c in ("plain dynamo", "plain legacy") if r.get(c)]
         vs_opt = f"{r['rooftop'] / min(opt):.2f}x" if opt else "n/a"
@@ -366,6 +382,18 @@ def main(argv=None) -> int:
             if a and b:
                 print(f"  {r['model']} b{r['batch']} {kind} file: rooftop {a / b:.2f}x the plain file"
                       + (f", {a / o:.2f}x the ORT-optimized file" if o else " (ORT optimizer: n/a)"))
+    print("\nprocess CPU time per run, ms (median; all threads): the work, steadier than wall time "
+          "when other processes share the cores")
+    head = f"{'model':8} {'batch':>5} " + " ".join(f"{c:>16}" for c in cols) + f" {'vs ort-opt':>11} {'vs plain':>9}"
+    print(head)
+    print("-" * len(head))
+    for r in cpu_rows:
+        vals = " ".join(f"{r[c]:16.1f}" if r.get(c) else f"{'n/a':>16}" for c in cols)
+        opt = [r[c] for c in ("ort-opt dynamo", "ort-opt legacy") if r.get(c)]
+        plain = [r[c] for c in ("plain dynamo", "plain legacy") if r.get(c)]
+        vs_opt = f"{r['rooftop'] / min(opt):.2f}x" if opt else "n/a"
+        vs_plain = f"{r['rooftop'] / min(plain):.2f}x" if plain else "n/a"
+        print(f"{r['model']:8} {r['batch']:>5} {vals} {vs_opt:>11} {vs_plain:>9}")
     print("\nonnxruntime profiler, kernel ms per run (median of 5): GEMM + everything else "
           "(the part fusion can change)")
     head = f"{'model':8} {'batch':>5} " + " ".join(f"{c:>17}" for c in cols)
