@@ -921,6 +921,7 @@ class TinyLlama:
     def __init__(self, cfg, device, smoke):
         self.cfg = cfg
         self.device = device
+        self.dtype = FP16
         D, H, Hkv, d, I, V = (cfg[k] for k in ("hidden", "heads", "kv_heads", "head_dim", "intermediate", "vocab"))
         self.D, self.H, self.Hkv, self.d, self.I, self.V = D, H, Hkv, d, I, V
 
@@ -985,25 +986,30 @@ class TinyLlama:
     def _rope(self, x, cos, sin):  # x [B, H, S, d]; cos/sin [S, d]
         return x * cos + self._rot(x) * sin
 
+    def lin(self, x, w):
+        """A layer's linear (subclasses swap in quantized kernels)."""
+        return F.linear(x, w)
+
     def _layer(self, x, L, cos, sin, cache=None, pos=None):
+        """One decoder layer on ``x`` [B, S, D]; with ``cache`` the S tokens are written at
+        ``pos`` and attend (causally when S > 1) to the cache up to them."""
         B, S, D = x.shape
         h = self.rms(x, L["ln1"])
-        q = F.linear(h, L["wq"]).view(B, S, self.H, self.d).transpose(1, 2)
-        k = F.linear(h, L["wk"]).view(B, S, self.Hkv, self.d).transpose(1, 2)
-        v = F.linear(h, L["wv"]).view(B, S, self.Hkv, self.d).transpose(1, 2)
+        q = self.lin(h, L["wq"]).view(B, S, self.H, self.d).transpose(1, 2)
+        k = self.lin(h, L["wk"]).view(B, S, self.Hkv, self.d).transpose(1, 2)
+        v = self.lin(h, L["wv"]).view(B, S, self.Hkv, self.d).transpose(1, 2)
         q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
         if cache is None:
             o = self.attn(q, k, v, True)
         else:
             kc, vc = cache
-            kc[:, :, pos:pos + 1].copy_(k)
-            vc[:, :, pos:pos + 1].copy_(v)
-            o = self.attn(q, kc[:, :, :pos + 1], vc[:, :, :pos + 1], False)
+            kc[:, :, pos:pos + S].copy_(k)
+            vc[:, :, pos:pos + S].copy_(v)
+            o = self.attn(q, kc[:, :, :pos + S], vc[:, :, :pos + S], S > 1)
         o = o.transpose(1, 2).reshape(B, S, self.H * self.d)
-        x = x + F.linear(o, L["wo"])
+        x = x + self.lin(o, L["wo"])
         h = self.rms(x, L["ln2"])
-        x = x + F.linear(F.silu(F.linear(h, L["wg"])) * F.linear(h, L["wu"]), L["wd"])
-        return x
+        return x + self.lin(F.silu(self.lin(h, L["wg"])) * self.lin(h, L["wu"]), L["wd"])
 
     def prefill(self, tokens):
         B, S = tokens.shape
@@ -1017,8 +1023,8 @@ class TinyLlama:
     def new_cache(self, B, maxlen):
         caches = []
         for _ in self.layers:
-            kc = torch.empty(B, self.Hkv, maxlen, self.d, device=self.device, dtype=FP16).normal_()
-            vc = torch.empty(B, self.Hkv, maxlen, self.d, device=self.device, dtype=FP16).normal_()
+            kc = torch.empty(B, self.Hkv, maxlen, self.d, device=self.device, dtype=self.dtype).normal_()
+            vc = torch.empty(B, self.Hkv, maxlen, self.d, device=self.device, dtype=self.dtype).normal_()
             caches.append((kc, vc))
         return caches
 
