@@ -575,71 +575,54 @@ class Calibrator:
             return fb, "default SDPA selection"
 
     def run_attention_decode(self):
-        t0 = time.time()
-        d = 128
-        Cs = [512, 1024, 2048, 4096, 8192, 16384] if not self.smoke else [64, 256]
-        Bs = [1, 4, 16, 64] if not self.smoke else [1, 4]
-        variants = [("mha", 32, 32), ("gqa", 64, 8)] if not self.smoke else [("mha", 4, 4), ("gqa", 8, 2)]
-        for vname, H, Hkv in variants:
-            gqa = H != Hkv
-            q = self.rand(2, H, 1, d)
-            k = self.rand(2, Hkv, 64, d)
-            fn, backend = self._probe_attention(gqa, False, q, k, k.clone())
-            for B in Bs:
-                for C in Cs:
-                    if self.class_budget_over("attention_decode", t0):
-                        self.skipped.append({"class": "attention_decode", "name": vname,
-                                             "shape": {"B": B, "C": C}, "why": "class budget"})
-                        continue
-                    flops = 4 * B * H * C * d
-                    bytes_ = (2 * B * Hkv * C * d + 2 * B * H * d) * ELEM
-
-                    def mk(B=B, C=C, H=H, Hkv=Hkv):
-                        qq = self.rand(B, H, 1, d)
-                        kk = self.rand(B, Hkv, C, d)
-                        vv = self.rand(B, Hkv, C, d)
-                        return lambda: fn(qq, kk, vv)
-
-                    self.measure("attention_decode", f"decode_{vname}", {"B": B, "H": H, "Hkv": Hkv, "C": C, "d": d},
-                                 flops, bytes_, bytes_, mk, extra={"impl": f"SDPA S=1, is_causal=False, {backend}"})
-            if self.cuda:
-                torch.cuda.empty_cache()
+        self._run_attention("attention_decode", "C", causal=False, probe=(2, 1, 64),
+                            Ls=[512, 1024, 2048, 4096, 8192, 16384] if not self.smoke else [64, 256],
+                            Bs=[1, 4, 16, 64] if not self.smoke else [1, 4],
+                            impl="SDPA S=1, is_causal=False")
 
     def run_attention_prefill(self):
+        self._run_attention("attention_prefill", "N", causal=True, probe=(1, 256, 256),
+                            Ls=[128, 256, 512, 1024, 2048, 4096, 8192] if not self.smoke else [64, 128, 256],
+                            Bs=[1, 4, 16] if not self.smoke else [1, 2], max_tokens=32768,
+                            impl="SDPA is_causal=True")
+
+    def _run_attention(self, cls, L_key, *, causal, probe, Ls, Bs, impl, max_tokens=None):
+        """Time SDPA of ``cls`` over batch ``Bs`` x key length ``Ls`` (named ``L_key`` in the shape)
+        for an MHA and a GQA head layout: decode (``causal`` False) has one query token, prefill
+        (``causal`` True) as many queries as keys. ``probe`` = (batch, queries, keys) of the backend
+        probe; ``max_tokens`` caps batch x keys."""
         t0 = time.time()
         d = 128
-        Ns = [128, 256, 512, 1024, 2048, 4096, 8192] if not self.smoke else [64, 128, 256]
-        Bs = [1, 4, 16] if not self.smoke else [1, 2]
         variants = [("mha", 32, 32), ("gqa", 64, 8)] if not self.smoke else [("mha", 4, 4), ("gqa", 8, 2)]
+        prefix = cls.split("_")[1]
         for vname, H, Hkv in variants:
             gqa = H != Hkv
-            q = self.rand(1, H, 256, d)
-            k = self.rand(1, Hkv, 256, d)
-            fn, backend = self._probe_attention(gqa, True, q, k, k.clone())
+            q = self.rand(probe[0], H, probe[1], d)
+            k = self.rand(probe[0], Hkv, probe[2], d)
+            fn, backend = self._probe_attention(gqa, causal, q, k, k.clone())
             for B in Bs:
-                for N in Ns:
-                    if B * N > 32768:
+                for L in Ls:
+                    if max_tokens is not None and B * L > max_tokens:
                         continue
-                    if self.class_budget_over("attention_prefill", t0):
-                        self.skipped.append({"class": "attention_prefill", "name": vname,
-                                             "shape": {"B": B, "N": N}, "why": "class budget"})
+                    if self.class_budget_over(cls, t0):
+                        self.skipped.append({"class": cls, "name": vname,
+                                             "shape": {"B": B, L_key: L}, "why": "class budget"})
                         continue
-                    flops = 4 * B * H * N * N * d // 2
-                    bytes_ = (2 * B * H * N * d + 2 * B * Hkv * N * d) * ELEM
+                    S = L if causal else 1
+                    flops = 4 * B * H * S * L * d // (2 if causal else 1)
+                    bytes_ = (2 * B * H * S * d + 2 * B * Hkv * L * d) * ELEM
 
-                    def mk(B=B, N=N, H=H, Hkv=Hkv):
-                        qq = self.rand(B, H, N, d)
-                        kk = self.rand(B, Hkv, N, d)
-                        vv = self.rand(B, Hkv, N, d)
+                    def mk(B=B, S=S, L=L, H=H, Hkv=Hkv):
+                        qq = self.rand(B, H, S, d)
+                        kk = self.rand(B, Hkv, L, d)
+                        vv = self.rand(B, Hkv, L, d)
                         return lambda: fn(qq, kk, vv)
 
-                    self.measure("attention_prefill", f"prefill_{vname}", {"B": B, "H": H, "Hkv": Hkv, "N": N, "d": d},
-                                 flops, bytes_, bytes_, mk,
-                                 extra={"impl": f"SDPA is_causal=True, {backend}"})
+                    self.measure(cls, f"{prefix}_{vname}", {"B": B, "H": H, "Hkv": Hkv, L_key: L, "d": d},
+                                 flops, bytes_, bytes_, mk, extra={"impl": f"{impl}, {backend}"})
             if self.cuda:
                 torch.cuda.empty_cache()
 
-    # ------------------------------------------------------------------ e2e
     def run_e2e(self):
         t0 = time.time()
         if self.smoke:
