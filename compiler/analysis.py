@@ -255,7 +255,8 @@ def analyze(cfg: Mapping, wl: Mapping, hw, g: Graph, cm, sched, records) -> dict
             "dtype": str(dtype or ""), "weights": str(m.get("weights") or ("file" if source else "")),
             "task": g.meta.get("task"), "generative": generative, "parameters": param_count(g),
             "ops": len(g), "op_counts": g.ops_by_kind(), "inputs": list(g.inputs), "outputs": list(g.outputs),
-            "layers": sum(1 for t in g.inputs if t.startswith("past_key.")),
+            "layers": (g.meta.get("kv_paging") or {}).get("layers")
+                      or sum(1 for t in g.inputs if t.startswith("past_key.")),
             "max_positions": g.meta.get("max_positions"),
             "import": g.meta.get("import_stats", {}),
         },

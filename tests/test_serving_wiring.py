@@ -93,6 +93,7 @@ def test_paged_holds_about_four_times_contiguous_for_512_plus_512(paged_7b):
     assert names[-2:] == ["kv_paging", "kv_layout"] and names.index("lift_kv_cache") < names.index("kv_paging")
     assert paged_7b["passes"][-2]["stats"] == {"layers": 32, "block_size": 16}
     assert paged_7b["passes"][-1]["stats"]["attention"] == 32
+    assert paged_7b["model"]["layers"] == 32            # the paged graph has key_cache.i, no past_key.i
 
 
 def _decode_attention(report):
