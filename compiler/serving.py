@@ -420,15 +420,14 @@ def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, bl
             for r in R[pf].tolist():
                 if budget <= 0:
                     break
-                if True:
-                    c = min(budget, int(target[r] - done_pf[r]))
-                    need = blocks_for(done_pf[r] + c) - blocks[r]
-                    if need > free:
-                        break
-                    free -= need
-                    blocks[r] += need
-                    segs.append((r, c, int(done_pf[r])))
-                    budget -= c
+                c = min(budget, int(target[r] - done_pf[r]))
+                need = blocks_for(done_pf[r] + c) - blocks[r]
+                if need > free:
+                    break
+                free -= need
+                blocks[r] += need
+                segs.append((r, c, int(done_pf[r])))
+                budget -= c
             while budget > 0 and waiting and len(running) < cfg.max_num_seqs:
                 r = waiting[0]
                 c = min(budget, int(target[r] - done_pf[r]))

@@ -1020,6 +1020,15 @@ class TinyLlama:
         return F.linear(x, self.lm_head)
 
 
+def parse_args(ap: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """``ap``'s arguments, with ``--smoke`` defaulting ``--device`` to the CPU; seeds torch."""
+    args = ap.parse_args(argv)
+    if args.smoke and args.device is None:
+        args.device = "cpu"
+    torch.manual_seed(0)
+    return args
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="JSON file to write")
@@ -1030,10 +1039,7 @@ def main(argv=None):
     ap.add_argument("--budget-s", type=float, default=450.0, help="overall wall-clock budget (s)")
     ap.add_argument("--budget-scale", type=float, default=1.0, help="scales the per-class budgets")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile (fused elementwise/rmsnorm)")
-    args = ap.parse_args(argv)
-    if args.smoke and args.device is None:
-        args.device = "cpu"
-    torch.manual_seed(0)
+    args = parse_args(ap, argv)
     with torch.no_grad():
         Calibrator(args).run()
 

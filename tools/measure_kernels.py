@@ -840,11 +840,7 @@ def main(argv=None):
     ap.add_argument("--resume", default=None, help="an earlier output: skip the family samples it holds")
     ap.add_argument("--extra-share", type=float, default=0.3, help="extra-shape budget per family / core budget")
     ap.add_argument("--schemes", default="w4a16,fp8,bf16", help="13B-model schemes (also fp8_tensorwise)")
-    args = ap.parse_args(argv)
-    if args.smoke and args.device is None:
-        args.device = "cpu"
-    torch.manual_seed(0)
-    Runner(args).run()
+    Runner(CG.parse_args(ap, argv)).run()
 
 
 if __name__ == "__main__":
