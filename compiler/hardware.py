@@ -611,11 +611,8 @@ def _mapping(value: Any, path: str, required: tuple[str, ...], optional: tuple[s
               f"Write it as a mapping with keys {', '.join(required + optional)}.")
     allowed = required + optional
     for k in value:
-        if k not in allowed:
-            close = [a for a in allowed if _similar(str(k), a)]
-            sugg = f" Did you mean '{close[0]}'?" if close else ""
-            _fail(f"{path}.{k}" if path else str(k), "is not a known field",
-                  f"Allowed keys here: {', '.join(allowed)}.{sugg}{hint}")
+        _known(k, allowed, f"{path}.{k}" if path else str(k), "field",
+               f"Allowed keys here: {', '.join(allowed)}.", hint)
     for k in required:
         if k not in value:
             _fail(f"{path}.{k}" if path else k, "is missing",
@@ -627,6 +624,15 @@ def _similar(a: str, b: str) -> bool:
     return difflib.SequenceMatcher(None, a.lower(), b.lower()).ratio() >= 0.75
 
 
+def _known(name: Any, known, path: str, what: str, fix: str, hint: str = "") -> None:
+    """Fail unless ``name`` is one of ``known``: "``path`` is not a known ``what``. ``fix``",
+    a "Did you mean" for a close spelling, then ``hint``."""
+    if name not in known:
+        close = [c for c in known if _similar(str(name), c)]
+        sugg = f" Did you mean '{close[0]}'?" if close else ""
+        _fail(path, f"is not a known {what}", f"{fix}{sugg}{hint}")
+
+
 def _dtype_table(value: Any, path: str) -> dict[str, float]:
     if value is None:
         return {}
@@ -635,12 +641,9 @@ def _dtype_table(value: Any, path: str) -> dict[str, float]:
               f"Write a mapping from dtype ({', '.join(DTYPES)}) to TFLOP/s.")
     out = {}
     for k, v in value.items():
-        if k not in DTYPES:
-            close = [d for d in DTYPES if _similar(str(k), d)]
-            sugg = f" Did you mean '{close[0]}'?" if close else ""
-            _fail(f"{path}.{k}", "is not a known dtype",
-                  f"Use only {', '.join(DTYPES)}; leave a dtype out if the chip has no native "
-                  f"math for it (peak() falls back).{sugg}")
+        _known(k, DTYPES, f"{path}.{k}", "dtype",
+               f"Use only {', '.join(DTYPES)}; leave a dtype out if the chip has no native "
+               "math for it (peak() falls back).")
         out[k] = _num(v, f"{path}.{k}") * _TFLOPS
     return out
 
@@ -663,11 +666,7 @@ def _parse_efficiency(value: Any) -> Efficiency:
               f"Write one entry per op class: {', '.join(OP_CLASSES)}.")
     classes = {}
     for cls, cv in classes_raw.items():
-        if cls not in OP_CLASSES:
-            close = [c for c in OP_CLASSES if _similar(str(cls), c)]
-            sugg = f" Did you mean '{close[0]}'?" if close else ""
-            _fail(f"efficiency.classes.{cls}", "is not a known op class",
-                  f"Use only {', '.join(OP_CLASSES)}.{sugg}")
+        _known(cls, OP_CLASSES, f"efficiency.classes.{cls}", "op class", f"Use only {', '.join(OP_CLASSES)}.")
         base = f"efficiency.classes.{cls}"
         c = _mapping(cv, base, _CLASS_KEYS)
         classes[cls] = ClassEfficiency(

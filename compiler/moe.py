@@ -47,6 +47,7 @@ import numpy as np
 import sympy
 import torch
 
+from compiler import annotations as ann
 from compiler.errors import ConfigError
 
 OP_NAME = "rooftop::moe_experts"
@@ -187,7 +188,7 @@ def translate(c, hidden, top_k_index, top_k_weights, gate_up, down, act, transpo
     def op(*a, expert=None, dispatch=False, **kw):
         t = c.op(*a, **kw)
         name = g.producer_of(t if isinstance(t, str) else t[0]).name
-        g.node(name).annotations["moe"] = dataclasses.replace(layer_ann, expert=expert, dispatch=dispatch)
+        ann.set(g.node(name), "moe", dataclasses.replace(layer_ann, expert=expert, dispatch=dispatch))
         made.append(name)
         return t
 
@@ -199,7 +200,7 @@ def translate(c, hidden, top_k_index, top_k_weights, gate_up, down, act, transpo
                 return None
             w = data[e] if transposed else data[e].T
             return np.ascontiguousarray(w[:, rows] if rows is not None else w)
-        src_gu, src_d = w_gu.annotations.get("source", gate_up), w_d.annotations.get("source", down)
+        src_gu, src_d = ann.get(w_gu, "source", gate_up), ann.get(w_d, "source", down)
         g_e = g.add_param(f"{gate_up}.{e}.gate", TensorType(gu_t.dtype, (H, inter)),
                           wslice(w_gu.data, slice(0, inter)), source=f"{src_gu}[{e}, :{inter}]")
         u_e = g.add_param(f"{gate_up}.{e}.up", TensorType(gu_t.dtype, (H, inter)),
@@ -234,7 +235,7 @@ def translate(c, hidden, top_k_index, top_k_weights, gate_up, down, act, transpo
     idx = op("Unsqueeze", [t_all], {"axes": [1]}, types=[TensorType("int64", (rows, 1))])
     zeros = op("ConstantOfShape", [], {"shape": [T, H], "value": 0}, types=[TensorType(dt, (T, H))])
     out = c.op("ScatterND", [zeros, idx, y_all], {"reduction": "add"}, final=True)
-    g.producer_of(out).annotations["moe"] = layer_ann
+    ann.set(g.producer_of(out), "moe", layer_ann)
     return out
 
 
@@ -257,7 +258,7 @@ def shared_experts(hf_config: Mapping) -> int:
 
 def analyze(g, wl: Mapping, cfg: Mapping | None = None) -> dict[str, Any] | None:
     """``moe`` {experts, top_k, distinct_experts per phase, …} for a graph with MoE layers."""
-    anns = [n.annotations["moe"] for n in g if "moe" in n.annotations]
+    anns = [a for a in (ann.get(n, "moe") for n in g) if a is not None]
     if not anns:
         return None
     a = anns[0]
@@ -269,7 +270,7 @@ def analyze(g, wl: Mapping, cfg: Mapping | None = None) -> dict[str, Any] | None
         phases["verify"] = b * (int(sc.get("gamma", 4)) + 1)
     distinct = {ph: float(distinct_experts(a.experts, a.top_k, t, probs)) for ph, t in phases.items()}
     expert_w = sum(float(_param_bytes(g, p)) for p in g.params if _is_expert_param(g, p))
-    layers = len({n.annotations.get("layer") for n in g if "moe" in n.annotations})
+    layers = len({ann.get(n, "layer") for n in g if ann.get(n, "moe") is not None})
     shared = a.shared_experts
     return {"experts": a.experts, "top_k": a.top_k, "shared_experts": shared,
             "layers": layers, "expert_params": a.expert_params,
@@ -281,7 +282,7 @@ def analyze(g, wl: Mapping, cfg: Mapping | None = None) -> dict[str, Any] | None
 
 
 def _is_expert_param(g, p: str) -> bool:
-    return any("moe" in n.annotations and n.annotations["moe"].expert is not None for n, _ in g.consumers(p))
+    return any(getattr(ann.get(n, "moe"), "expert", None) is not None for n, _ in g.consumers(p))
 
 
 def _param_bytes(g, p):

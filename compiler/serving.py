@@ -369,6 +369,39 @@ def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, bl
             return hold[0]
         return -(-tokens // bs)
 
+    def admit(r, need):
+        """Move the head of the queue, ``r``, into the batch holding ``need`` blocks."""
+        nonlocal free, stamp
+        waiting.popleft()
+        free -= need
+        blocks[r] = need
+        stamp += 1
+        order[r] = stamp
+        running.append(r)
+
+    def evict(v):
+        """Preempt ``v``: free its blocks and requeue it first, to recompute prompt + generated."""
+        nonlocal free, preempt
+        running.remove(v)
+        free += int(blocks[v])
+        blocks[v] = 0
+        target[v] = prompt[v] + gen[v]
+        done_pf[v] = 0
+        waiting.appendleft(v)
+        preempt += 1
+
+    def retire(E):
+        """Those of ``E`` that have generated their output finish at ``t`` and free their blocks."""
+        nonlocal free, finished, running
+        fin = E[gen[E] >= out[E]]
+        if len(fin):
+            finish[fin] = t
+            finished += len(fin)
+            free += int(blocks[fin].sum())
+            blocks[fin] = 0
+            fs = set(fin.tolist())
+            running = [r for r in running if r not in fs]
+
     while finished < n:
         while nxt < n and arrival[nxt] <= t:
             waiting.append(nxt)
@@ -387,27 +420,21 @@ def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, bl
             for r in R[pf].tolist():
                 if budget <= 0:
                     break
-                if True:
-                    c = min(budget, int(target[r] - done_pf[r]))
-                    need = blocks_for(done_pf[r] + c) - blocks[r]
-                    if need > free:
-                        break
-                    free -= need
-                    blocks[r] += need
-                    segs.append((r, c, int(done_pf[r])))
-                    budget -= c
+                c = min(budget, int(target[r] - done_pf[r]))
+                need = blocks_for(done_pf[r] + c) - blocks[r]
+                if need > free:
+                    break
+                free -= need
+                blocks[r] += need
+                segs.append((r, c, int(done_pf[r])))
+                budget -= c
             while budget > 0 and waiting and len(running) < cfg.max_num_seqs:
                 r = waiting[0]
                 c = min(budget, int(target[r] - done_pf[r]))
                 need = blocks_for(done_pf[r] + c)
                 if need > free:
                     break
-                waiting.popleft()
-                free -= need
-                blocks[r] = need
-                stamp += 1
-                order[r] = stamp
-                running.append(r)
+                admit(r, need)
                 segs.append((r, c, int(done_pf[r])))
                 budget -= c
         else:
@@ -419,12 +446,7 @@ def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, bl
                 need = blocks_for(L)
                 if need > free or (segs and tokens + L > cfg.max_batched_tokens):
                     break
-                waiting.popleft()
-                free -= need
-                blocks[r] = need
-                stamp += 1
-                order[r] = stamp
-                running.append(r)
+                admit(r, need)
                 segs.append((r, L, 0))
                 tokens += L
             dec = [] if segs else list(running)
@@ -466,14 +488,7 @@ def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, bl
                 steps += kmax
                 batch_sum += len(D) * kmax
                 batch_max = max(batch_max, len(D))
-                fin = D[gen[D] >= out[D]]
-                if len(fin):
-                    finish[fin] = t
-                    finished += len(fin)
-                    free += int(blocks[fin].sum())
-                    blocks[fin] = 0
-                    fs = set(fin.tolist())
-                    running = [r for r in running if r not in fs]
+                retire(D)
                 done_pf[D] = target[D] = prompt[D] + gen[D]
                 continue
         # ---- decode sequences need room for one more token; preempt the newest when none is left
@@ -485,13 +500,7 @@ def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, bl
             while need.sum() > free:
                 victims = [r for r in running if r not in seg_ids] or running
                 v = max(victims, key=order.__getitem__)
-                running.remove(v)
-                free += int(blocks[v])
-                blocks[v] = 0
-                target[v] = prompt[v] + gen[v]
-                done_pf[v] = 0
-                waiting.appendleft(v)
-                preempt += 1
+                evict(v)
                 keep = D != v
                 D, ctx, need = D[keep], ctx[keep], need[keep]
                 segs = [s for s in segs if s[0] != v]
@@ -504,14 +513,7 @@ def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, bl
             dec_t = 0.0
         if not len(D) and not segs:
             # prefills blocked on memory that only a running prefill holds: free the newest
-            v = max(running, key=lambda r: order[r])
-            running.remove(v)
-            free += int(blocks[v])
-            blocks[v] = 0
-            target[v] = prompt[v] + gen[v]
-            done_pf[v] = 0
-            waiting.appendleft(v)
-            preempt += 1
+            evict(max(running, key=order.__getitem__))
             continue
         seg_t = tab.prefill_list(segs) if segs else []
         t += tab.combine(dec_t, seg_t)
@@ -535,14 +537,7 @@ def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, bl
             first[E[fresh]] = t
             # sequences past their prefill decode from here: their cache holds prompt + generated
             done_pf[E] = target[E] = prompt[E] + gen[E]
-            fin = E[gen[E] >= out[E]]
-            if len(fin):
-                finish[fin] = t
-                finished += len(fin)
-                free += int(blocks[fin].sum())
-                blocks[fin] = 0
-                fs = set(fin.tolist())
-                running = [r for r in running if r not in fs]
+            retire(E)
     policy = "continuous_chunked" if chunked else "continuous"
     return _result(policy, cfg, arrival, first, finish, out, preempt, steps, batch_sum, batch_max, kv_blocks)
 

@@ -16,6 +16,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from compiler import annotations as ann
 from compiler.errors import ConfigError
 from compiler.ir import Graph
 from passes.base import Pass, PassResult
@@ -54,18 +55,18 @@ def apply_routing(g: Graph, moe_cfg: Mapping | None, hf_config: Mapping | None =
     on every ``moe`` annotation."""
     from compiler.moe import shared_experts
     moe_cfg = dict(moe_cfg or {})
-    nodes = [n for n in g if "moe" in n.annotations]
+    nodes = [n for n in g if ann.get(n, "moe") is not None]
     if not nodes:
         if moe_cfg.get("routing") not in (None, "uniform"):
             raise ConfigError(f"moe.routing={moe_cfg.get('routing')!r} is set but the model has no MoE layers; "
                               f"remove it.")
         return {}
-    experts = nodes[0].annotations["moe"].experts
+    experts = ann.get(nodes[0], "moe").experts
     fields = routing_fields(moe_cfg.get("routing"), moe_cfg.get("skew", 0.0), experts)
     if hf_config:
         fields["shared_experts"] = shared_experts(hf_config)
     for n in nodes:
-        n.annotations["moe"] = dataclasses.replace(n.annotations["moe"], **fields)
+        ann.set(n, "moe", dataclasses.replace(ann.get(n, "moe"), **fields))
     return {"moe_ops": len(nodes), "experts": experts}
 
 

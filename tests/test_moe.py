@@ -21,7 +21,7 @@ from compiler.importers.models import build_torch_model, import_torch
 from compiler.ir import B, S
 from passes import PassManager, make_pass
 from passes.moe import apply_routing
-from tests.conftest import compose, model_cfg, prepare, run_cli
+from tests.conftest import assert_prefill_decode_match, compose, model_cfg, prepare, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-4
@@ -90,27 +90,7 @@ def test_moe_prefill_and_decode_match_torch_in_onnxruntime(which, tmp_path):
                    if "moe" in n.annotations)
     save(g, str(tmp_path / "m.onnx"))
     sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-    layers = sum(1 for t in g.inputs if t.startswith("past_key."))
-    kvh, hd = g.type("past_key.0").shape[1], g.type("past_key.0").shape[3]
-    vocab = module.model.config.vocab_size
-    nb, ns, nd = 3, 11, 2
-    ids = torch.randint(0, vocab, (nb, ns + nd), generator=torch.Generator().manual_seed(1))
-    pos = torch.arange(ns + nd).expand(nb, -1)
-    with torch.no_grad():
-        ref = module(ids, pos).numpy()
-    names = [o.name for o in sess.get_outputs()]
-    feed = {"input_ids": ids[:, :ns].numpy(), "position_ids": pos[:, :ns].numpy()}
-    for i in range(layers):
-        feed[f"past_key.{i}"] = np.zeros((nb, kvh, 0, hd), np.float32)
-        feed[f"past_value.{i}"] = np.zeros((nb, kvh, 0, hd), np.float32)
-    res = dict(zip(names, sess.run(None, feed)))
-    assert np.abs(res["logits"] - ref[:, :ns]).max() <= TOL
-    for t in range(ns, ns + nd):
-        feed = {"input_ids": ids[:, t:t + 1].numpy(), "position_ids": pos[:, t:t + 1].numpy()}
-        for i in range(layers):
-            feed[f"past_key.{i}"], feed[f"past_value.{i}"] = res[f"present_key.{i}"], res[f"present_value.{i}"]
-        res = dict(zip(names, sess.run(None, feed)))
-        assert np.abs(res["logits"][:, 0] - ref[:, t]).max() <= TOL
+    assert_prefill_decode_match(module, g, sess, tol=TOL)
 
 
 def test_rooftop_experts_equal_transformers_eager():

@@ -10,7 +10,7 @@ from compiler.emit_onnx import save
 from compiler.importers.models import build_torch_model, import_torch
 from compiler.ir import B, P, S, Graph, IRError, TensorType
 from passes.cleanup import fold_constants, remove_noops
-from tests.conftest import model_cfg, prepare
+from tests.conftest import assert_prefill_decode_match, model_cfg, prepare
 
 TOL = 1e-4
 
@@ -37,30 +37,7 @@ def test_decoder_prefill_and_decode_match_torch(name, tmp_path):
     """Prefill logits and two decode steps (cache from that prefill) at batch 3 / prompt 11 —
     not the 2 × 8 used to trace — match torch eager in fp32."""
     module, g, sess = _compile(name, tmp_path)
-    vocab = module.model.config.vocab_size
-    layers = sum(1 for t in g.inputs if t.startswith("past_key."))
-    kvh, hd = g.type("past_key.0").shape[1], g.type("past_key.0").shape[3]
-    nb, ns, nd = 3, 11, 2
-    ids = torch.randint(0, vocab, (nb, ns + nd), generator=torch.Generator().manual_seed(1))
-    pos = torch.arange(ns + nd).expand(nb, -1)
-    with torch.no_grad():
-        ref = module(ids, pos).numpy()
-    names = [o.name for o in sess.get_outputs()]
-    feed = {"input_ids": ids[:, :ns].numpy(), "position_ids": pos[:, :ns].numpy()}
-    for i in range(layers):
-        feed[f"past_key.{i}"] = np.zeros((nb, kvh, 0, hd), np.float32)
-        feed[f"past_value.{i}"] = np.zeros((nb, kvh, 0, hd), np.float32)
-    res = dict(zip(names, sess.run(None, feed)))
-    assert np.abs(res["logits"] - ref[:, :ns]).max() <= TOL
-    for step in range(nd):
-        t = ns + step
-        feed = {"input_ids": ids[:, t:t + 1].numpy(), "position_ids": pos[:, t:t + 1].numpy()}
-        for i in range(layers):
-            feed[f"past_key.{i}"] = res[f"present_key.{i}"]
-            feed[f"past_value.{i}"] = res[f"present_value.{i}"]
-        res = dict(zip(names, sess.run(None, feed)))
-        assert res["present_key.0"].shape == (nb, kvh, t + 1, hd)
-        assert np.abs(res["logits"][:, 0] - ref[:, t]).max() <= TOL
+    assert_prefill_decode_match(module, g, sess, tol=TOL)
 
 
 def test_gqa_cache_stores_kv_heads_not_query_heads(tmp_path):

@@ -575,71 +575,54 @@ class Calibrator:
             return fb, "default SDPA selection"
 
     def run_attention_decode(self):
-        t0 = time.time()
-        d = 128
-        Cs = [512, 1024, 2048, 4096, 8192, 16384] if not self.smoke else [64, 256]
-        Bs = [1, 4, 16, 64] if not self.smoke else [1, 4]
-        variants = [("mha", 32, 32), ("gqa", 64, 8)] if not self.smoke else [("mha", 4, 4), ("gqa", 8, 2)]
-        for vname, H, Hkv in variants:
-            gqa = H != Hkv
-            q = self.rand(2, H, 1, d)
-            k = self.rand(2, Hkv, 64, d)
-            fn, backend = self._probe_attention(gqa, False, q, k, k.clone())
-            for B in Bs:
-                for C in Cs:
-                    if self.class_budget_over("attention_decode", t0):
-                        self.skipped.append({"class": "attention_decode", "name": vname,
-                                             "shape": {"B": B, "C": C}, "why": "class budget"})
-                        continue
-                    flops = 4 * B * H * C * d
-                    bytes_ = (2 * B * Hkv * C * d + 2 * B * H * d) * ELEM
-
-                    def mk(B=B, C=C, H=H, Hkv=Hkv):
-                        qq = self.rand(B, H, 1, d)
-                        kk = self.rand(B, Hkv, C, d)
-                        vv = self.rand(B, Hkv, C, d)
-                        return lambda: fn(qq, kk, vv)
-
-                    self.measure("attention_decode", f"decode_{vname}", {"B": B, "H": H, "Hkv": Hkv, "C": C, "d": d},
-                                 flops, bytes_, bytes_, mk, extra={"impl": f"SDPA S=1, is_causal=False, {backend}"})
-            if self.cuda:
-                torch.cuda.empty_cache()
+        self._run_attention("attention_decode", "C", causal=False, probe=(2, 1, 64),
+                            Ls=[512, 1024, 2048, 4096, 8192, 16384] if not self.smoke else [64, 256],
+                            Bs=[1, 4, 16, 64] if not self.smoke else [1, 4],
+                            impl="SDPA S=1, is_causal=False")
 
     def run_attention_prefill(self):
+        self._run_attention("attention_prefill", "N", causal=True, probe=(1, 256, 256),
+                            Ls=[128, 256, 512, 1024, 2048, 4096, 8192] if not self.smoke else [64, 128, 256],
+                            Bs=[1, 4, 16] if not self.smoke else [1, 2], max_tokens=32768,
+                            impl="SDPA is_causal=True")
+
+    def _run_attention(self, cls, L_key, *, causal, probe, Ls, Bs, impl, max_tokens=None):
+        """Time SDPA of ``cls`` over batch ``Bs`` x key length ``Ls`` (named ``L_key`` in the shape)
+        for an MHA and a GQA head layout: decode (``causal`` False) has one query token, prefill
+        (``causal`` True) as many queries as keys. ``probe`` = (batch, queries, keys) of the backend
+        probe; ``max_tokens`` caps batch x keys."""
         t0 = time.time()
         d = 128
-        Ns = [128, 256, 512, 1024, 2048, 4096, 8192] if not self.smoke else [64, 128, 256]
-        Bs = [1, 4, 16] if not self.smoke else [1, 2]
         variants = [("mha", 32, 32), ("gqa", 64, 8)] if not self.smoke else [("mha", 4, 4), ("gqa", 8, 2)]
+        prefix = cls.split("_")[1]
         for vname, H, Hkv in variants:
             gqa = H != Hkv
-            q = self.rand(1, H, 256, d)
-            k = self.rand(1, Hkv, 256, d)
-            fn, backend = self._probe_attention(gqa, True, q, k, k.clone())
+            q = self.rand(probe[0], H, probe[1], d)
+            k = self.rand(probe[0], Hkv, probe[2], d)
+            fn, backend = self._probe_attention(gqa, causal, q, k, k.clone())
             for B in Bs:
-                for N in Ns:
-                    if B * N > 32768:
+                for L in Ls:
+                    if max_tokens is not None and B * L > max_tokens:
                         continue
-                    if self.class_budget_over("attention_prefill", t0):
-                        self.skipped.append({"class": "attention_prefill", "name": vname,
-                                             "shape": {"B": B, "N": N}, "why": "class budget"})
+                    if self.class_budget_over(cls, t0):
+                        self.skipped.append({"class": cls, "name": vname,
+                                             "shape": {"B": B, L_key: L}, "why": "class budget"})
                         continue
-                    flops = 4 * B * H * N * N * d // 2
-                    bytes_ = (2 * B * H * N * d + 2 * B * Hkv * N * d) * ELEM
+                    S = L if causal else 1
+                    flops = 4 * B * H * S * L * d // (2 if causal else 1)
+                    bytes_ = (2 * B * H * S * d + 2 * B * Hkv * L * d) * ELEM
 
-                    def mk(B=B, N=N, H=H, Hkv=Hkv):
-                        qq = self.rand(B, H, N, d)
-                        kk = self.rand(B, Hkv, N, d)
-                        vv = self.rand(B, Hkv, N, d)
+                    def mk(B=B, S=S, L=L, H=H, Hkv=Hkv):
+                        qq = self.rand(B, H, S, d)
+                        kk = self.rand(B, Hkv, L, d)
+                        vv = self.rand(B, Hkv, L, d)
                         return lambda: fn(qq, kk, vv)
 
-                    self.measure("attention_prefill", f"prefill_{vname}", {"B": B, "H": H, "Hkv": Hkv, "N": N, "d": d},
-                                 flops, bytes_, bytes_, mk,
-                                 extra={"impl": f"SDPA is_causal=True, {backend}"})
+                    self.measure(cls, f"{prefix}_{vname}", {"B": B, "H": H, "Hkv": Hkv, L_key: L, "d": d},
+                                 flops, bytes_, bytes_, mk, extra={"impl": f"{impl}, {backend}"})
             if self.cuda:
                 torch.cuda.empty_cache()
 
-    # ------------------------------------------------------------------ e2e
     def run_e2e(self):
         t0 = time.time()
         if self.smoke:
@@ -921,6 +904,7 @@ class TinyLlama:
     def __init__(self, cfg, device, smoke):
         self.cfg = cfg
         self.device = device
+        self.dtype = FP16
         D, H, Hkv, d, I, V = (cfg[k] for k in ("hidden", "heads", "kv_heads", "head_dim", "intermediate", "vocab"))
         self.D, self.H, self.Hkv, self.d, self.I, self.V = D, H, Hkv, d, I, V
 
@@ -985,25 +969,30 @@ class TinyLlama:
     def _rope(self, x, cos, sin):  # x [B, H, S, d]; cos/sin [S, d]
         return x * cos + self._rot(x) * sin
 
+    def lin(self, x, w):
+        """A layer's linear (subclasses swap in quantized kernels)."""
+        return F.linear(x, w)
+
     def _layer(self, x, L, cos, sin, cache=None, pos=None):
+        """One decoder layer on ``x`` [B, S, D]; with ``cache`` the S tokens are written at
+        ``pos`` and attend (causally when S > 1) to the cache up to them."""
         B, S, D = x.shape
         h = self.rms(x, L["ln1"])
-        q = F.linear(h, L["wq"]).view(B, S, self.H, self.d).transpose(1, 2)
-        k = F.linear(h, L["wk"]).view(B, S, self.Hkv, self.d).transpose(1, 2)
-        v = F.linear(h, L["wv"]).view(B, S, self.Hkv, self.d).transpose(1, 2)
+        q = self.lin(h, L["wq"]).view(B, S, self.H, self.d).transpose(1, 2)
+        k = self.lin(h, L["wk"]).view(B, S, self.Hkv, self.d).transpose(1, 2)
+        v = self.lin(h, L["wv"]).view(B, S, self.Hkv, self.d).transpose(1, 2)
         q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
         if cache is None:
             o = self.attn(q, k, v, True)
         else:
             kc, vc = cache
-            kc[:, :, pos:pos + 1].copy_(k)
-            vc[:, :, pos:pos + 1].copy_(v)
-            o = self.attn(q, kc[:, :, :pos + 1], vc[:, :, :pos + 1], False)
+            kc[:, :, pos:pos + S].copy_(k)
+            vc[:, :, pos:pos + S].copy_(v)
+            o = self.attn(q, kc[:, :, :pos + S], vc[:, :, :pos + S], S > 1)
         o = o.transpose(1, 2).reshape(B, S, self.H * self.d)
-        x = x + F.linear(o, L["wo"])
+        x = x + self.lin(o, L["wo"])
         h = self.rms(x, L["ln2"])
-        x = x + F.linear(F.silu(F.linear(h, L["wg"])) * F.linear(h, L["wu"]), L["wd"])
-        return x
+        return x + self.lin(F.silu(self.lin(h, L["wg"])) * self.lin(h, L["wu"]), L["wd"])
 
     def prefill(self, tokens):
         B, S = tokens.shape
@@ -1017,8 +1006,8 @@ class TinyLlama:
     def new_cache(self, B, maxlen):
         caches = []
         for _ in self.layers:
-            kc = torch.empty(B, self.Hkv, maxlen, self.d, device=self.device, dtype=FP16).normal_()
-            vc = torch.empty(B, self.Hkv, maxlen, self.d, device=self.device, dtype=FP16).normal_()
+            kc = torch.empty(B, self.Hkv, maxlen, self.d, device=self.device, dtype=self.dtype).normal_()
+            vc = torch.empty(B, self.Hkv, maxlen, self.d, device=self.device, dtype=self.dtype).normal_()
             caches.append((kc, vc))
         return caches
 
@@ -1031,6 +1020,15 @@ class TinyLlama:
         return F.linear(x, self.lm_head)
 
 
+def parse_args(ap: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """``ap``'s arguments, with ``--smoke`` defaulting ``--device`` to the CPU; seeds torch."""
+    args = ap.parse_args(argv)
+    if args.smoke and args.device is None:
+        args.device = "cpu"
+    torch.manual_seed(0)
+    return args
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="JSON file to write")
@@ -1041,10 +1039,7 @@ def main(argv=None):
     ap.add_argument("--budget-s", type=float, default=450.0, help="overall wall-clock budget (s)")
     ap.add_argument("--budget-scale", type=float, default=1.0, help="scales the per-class budgets")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile (fused elementwise/rmsnorm)")
-    args = ap.parse_args(argv)
-    if args.smoke and args.device is None:
-        args.device = "cpu"
-    torch.manual_seed(0)
+    args = parse_args(ap, argv)
     with torch.no_grad():
         Calibrator(args).run()
 

@@ -818,36 +818,12 @@ class VerifyLlama(CG.TinyLlama):
 
         return call
 
-    def new_cache(self, B, maxlen):
-        return [(torch.empty(B, self.Hkv, maxlen, self.d, device=self.device, dtype=self.dtype).normal_(),
-                 torch.empty(B, self.Hkv, maxlen, self.d, device=self.device, dtype=self.dtype).normal_())
-                for _ in self.layers]
-
-    def _layer_t(self, x, L, cos, sin, cache, pos):
-        B, S, D = x.shape
-        h = self.rms(x, L["ln1"])
-        q = self.lin(h, L["wq"]).view(B, S, self.H, self.d).transpose(1, 2)
-        k = self.lin(h, L["wk"]).view(B, S, self.Hkv, self.d).transpose(1, 2)
-        v = self.lin(h, L["wv"]).view(B, S, self.Hkv, self.d).transpose(1, 2)
-        q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
-        if cache is None:
-            o = self.attn(q, k, v, True)
-        else:
-            kc, vc = cache
-            kc[:, :, pos:pos + S].copy_(k)
-            vc[:, :, pos:pos + S].copy_(v)
-            o = self.attn(q, kc[:, :, :pos + S], vc[:, :, :pos + S], True)
-        o = o.transpose(1, 2).reshape(B, S, self.H * self.d)
-        x = x + self.lin(o, L["wo"])
-        h = self.rms(x, L["ln2"])
-        return x + self.lin(F.silu(self.lin(h, L["wg"])) * self.lin(h, L["wu"]), L["wd"])
-
     def step(self, tokens, caches, pos, last_only=False):
         B, S = tokens.shape
         x = self.embed[tokens]
         cos, sin = self.cos[pos:pos + S], self.sin[pos:pos + S]
         for i, L in enumerate(self.layers):
-            x = self._layer_t(x, L, cos, sin, None if caches is None else caches[i], pos)
+            x = self._layer(x, L, cos, sin, None if caches is None else caches[i], pos)
         x = self.rms(x[:, -1:] if last_only else x, self.norm)
         return F.linear(x, self.lm_head)
 
@@ -864,11 +840,7 @@ def main(argv=None):
     ap.add_argument("--resume", default=None, help="an earlier output: skip the family samples it holds")
     ap.add_argument("--extra-share", type=float, default=0.3, help="extra-shape budget per family / core budget")
     ap.add_argument("--schemes", default="w4a16,fp8,bf16", help="13B-model schemes (also fp8_tensorwise)")
-    args = ap.parse_args(argv)
-    if args.smoke and args.device is None:
-        args.device = "cpu"
-    torch.manual_seed(0)
-    Runner(args).run()
+    Runner(CG.parse_args(ap, argv)).run()
 
 
 if __name__ == "__main__":
