@@ -81,11 +81,19 @@ def build_variants(model: str, work: Path, samples: int) -> tuple[dict[str, str]
         print(f"  built {name:22s} {time.perf_counter() - t0:6.1f} s", flush=True)
     import onnx
     from onnx import inliner
-    # the peers get the fp32 model with rooftop's local functions inlined (they quantize graph-level
-    # MatMuls only) and quantize its MatMuls (quantize_dynamic would turn ONNX Attention into a
-    # QAttention that rejects the opset-23 attributes)
+    # The peers quantize graph-level MatMuls only: the fp32 model hardware=cpu gives (fuse target
+    # cpu: biased linears as Gemm) would leave them nothing to do. So they get the same fp32 model
+    # fused for the portable target (MatMul + Add), with rooftop's local functions inlined, and
+    # quantize its MatMuls (quantize_dynamic would turn ONNX Attention into a QAttention that
+    # rejects the opset-23 attributes). Ratios stay relative to "rooftop fp32" (the cpu target).
+    cfg = _compose([f"model={model}", *base])
+    cfg["pipeline"]["passes"] = [dict(p, target="portable") if isinstance(p, dict) and p.get("name") == "fuse"
+                                 else p for p in cfg["pipeline"]["passes"]]
+    run(cfg, str(work / "fp32_portable"), show_progress=False)
     fp32 = str(work / "fp32_inlined.onnx")
-    onnx.save(inliner.inline_local_functions(onnx.load(paths["rooftop fp32"])), fp32)
+    onnx.save(inliner.inline_local_functions(onnx.load(str(work / "fp32_portable" / "model.onnx"))), fp32)
+    n_matmul = sum(n.op_type == "MatMul" for n in onnx.load(fp32).graph.node)
+    assert n_matmul, "the peers' fp32 model has no graph-level MatMul to quantize"
     from onnxruntime.quantization import QuantType, quantize_dynamic
     p = str(work / "ort_dynamic.onnx")
     quantize_dynamic(fp32, p, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
