@@ -297,7 +297,10 @@ def test_a_second_run_into_a_locked_directory_is_refused(tmp_path):
 def test_sigint_exits_130_with_one_line_and_no_staging_left(tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
     p = subprocess.Popen([sys.executable, "-m", "compiler", f"hydra.run.dir={tmp_path}", "workload.prompt_len=32"],
-                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         # a test run started in the background of a non-interactive shell inherits
+                         # SIGINT ignored, and Python then installs no KeyboardInterrupt handler
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not list(tmp_path.glob(".staging-*")) and p.poll() is None and time.time() < deadline:
         time.sleep(0.05)
