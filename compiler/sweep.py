@@ -242,10 +242,7 @@ def _with(plain: Mapping, **groups: Mapping) -> dict:
 
 def _drop_artifacts(out_dir: str) -> None:
     for f in ARTIFACTS:
-        try:
-            os.unlink(os.path.join(out_dir, f))
-        except FileNotFoundError:
-            pass
+        Path(out_dir, f).unlink(missing_ok=True)
 
 
 def _gate_reason(e: GateError) -> str:

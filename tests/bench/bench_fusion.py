@@ -312,6 +312,21 @@ def ort_version() -> str:
     return onnxruntime.__version__
 
 
+def _print_ratio_table(rows: list[dict], cols: list[str]) -> None:
+    """One line per model and batch: each column's ms, then rooftop over the faster ORT-optimized
+    model and over the faster plain export."""
+    head = f"{'model':8} {'batch':>5} " + " ".join(f"{c:>16}" for c in cols) + f" {'vs ort-opt':>11} {'vs plain':>9}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        vals = " ".join(f"{r[c]:16.1f}" if r.get(c) else f"{'n/a':>16}" for c in cols)
+        opt = [r[c] for c in ("ort-opt dynamo", "ort-opt legacy") if r.get(c)]
+        plain = [r[c] for c in ("plain dynamo", "plain legacy") if r.get(c)]
+        vs_opt = f"{r['rooftop'] / min(opt):.2f}x" if opt else "n/a"
+        vs_plain = f"{r['rooftop'] / min(plain):.2f}x" if plain else "n/a"
+        print(f"{r['model']:8} {r['batch']:>5} {vals} {vs_opt:>11} {vs_plain:>9}")
+
+
 def main(argv=None) -> int:
     global MIN_SECONDS
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -364,16 +379,7 @@ def main(argv=None) -> int:
     print(f"\nonnxruntime {ort_version()} CPU latency, ms: median over >= {args.repeat} shuffled round-robin "
           f"rounds in {EPOCHS} epochs of fresh sessions (>= {MIN_SECONDS:.0f} s per row); seq {SEQ}; "
           f"intra_op_num_threads={THREADS}")
-    head = f"{'model':8} {'batch':>5} " + " ".join(f"{c:>16}" for c in cols) + f" {'vs ort-opt':>11} {'vs plain':>9}"
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        vals = " ".join(f"{r[c]:16.1f}" if r.get(c) else f"{'n/a':>16}" for c in cols)
-        opt = [r[c] for c in ("ort-opt dynamo", "ort-opt legacy") if r.get(c)]
-        plain = [r[c] for c in ("plain dynamo", "plain legacy") if r.get(c)]
-        vs_opt = f"{r['rooftop'] / min(opt):.2f}x" if opt else "n/a"
-        vs_plain = f"{r['rooftop'] / min(plain):.2f}x" if plain else "n/a"
-        print(f"{r['model']:8} {r['batch']:>5} {vals} {vs_opt:>11} {vs_plain:>9}")
+    _print_ratio_table(rows, cols)
     print("\n(vs ort-opt: rooftop / the faster ORT-optimized model; vs plain: rooftop / the faster plain export)")
     print("(rooftop<-dynamo / rooftop<-legacy: rooftop's passes run on those export files, model=onnx)")
     for r in rows:
@@ -384,16 +390,7 @@ def main(argv=None) -> int:
                       + (f", {a / o:.2f}x the ORT-optimized file" if o else " (ORT optimizer: n/a)"))
     print("\nprocess CPU time per run, ms (median; all threads): the work, steadier than wall time "
           "when other processes share the cores")
-    head = f"{'model':8} {'batch':>5} " + " ".join(f"{c:>16}" for c in cols) + f" {'vs ort-opt':>11} {'vs plain':>9}"
-    print(head)
-    print("-" * len(head))
-    for r in cpu_rows:
-        vals = " ".join(f"{r[c]:16.1f}" if r.get(c) else f"{'n/a':>16}" for c in cols)
-        opt = [r[c] for c in ("ort-opt dynamo", "ort-opt legacy") if r.get(c)]
-        plain = [r[c] for c in ("plain dynamo", "plain legacy") if r.get(c)]
-        vs_opt = f"{r['rooftop'] / min(opt):.2f}x" if opt else "n/a"
-        vs_plain = f"{r['rooftop'] / min(plain):.2f}x" if plain else "n/a"
-        print(f"{r['model']:8} {r['batch']:>5} {vals} {vs_opt:>11} {vs_plain:>9}")
+    _print_ratio_table(cpu_rows, cols)
     print("\nonnxruntime profiler, kernel ms per run (median of 5): GEMM + everything else "
           "(the part fusion can change)")
     head = f"{'model':8} {'batch':>5} " + " ".join(f"{c:>17}" for c in cols)
