@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from compiler.ir import DTYPES, Graph, TensorType
-from passes.fusion import run_rules
+from passes.fusion import RULES, run_rules
 
 RTOL_ATOL = 1e-4
 
@@ -674,13 +674,16 @@ def test_cpu_target_keeps_qkv_apart_and_emits_gemm_epilogues(target, hardware):
     assert p.target == "cpu"
     assert "merge_qkv" not in res.stats and "not run: target cpu" in p.explanations["merge_qkv"]
     ops = ops_of(g)
-    assert "Split" not in ops and ops["MatMulEpilogue"] == 6 and res.stats["matmul_epilogue.gemm"] == 6, ops
-    assert all(n.attrs.get("gemm") == 1 for n in g if n.op == "MatMulEpilogue")
+    assert "Split" not in ops and ops["MatMulEpilogue"] == 6, ops
+    # K's bias dropped, V's folded into O's (passes/fusion/bias_fold.py): 4 biased linears left
+    assert res.stats["bias_fold.key"] == 1 and res.stats["bias_fold.value"] == 1
+    assert res.stats["matmul_epilogue.gemm"] == 4
+    assert sum(n.attrs.get("gemm") == 1 for n in g if n.op == "MatMulEpilogue") == 4
     m = to_model(g)
     check(m)
     bodies = {f.name: [n.op_type for n in f.node] for f in m.functions}
-    assert set(bodies) == {"GemmBias", "GemmBiasGelu"}, bodies
-    assert all("Gemm" in b and "MatMul" not in b for b in bodies.values())
+    assert set(bodies) == {"GemmBias", "GemmBiasGelu", "MatMul"}, bodies
+    assert all("Gemm" in b and "MatMul" not in b for k, b in bodies.items() if k != "MatMul")
     assert_same_outputs(before, g, feeds_for(g))
 
 
@@ -717,7 +720,7 @@ def test_cpu_target_leaves_bias_free_and_quantized_linears_as_matmul():
     w.data = (codes * scale).astype(np.float32)
     w.annotations["quant_data"] = QuantizedData(codes, scale, None, 1, None)
     m = to_model(g)
-    assert {f.name for f in m.functions} == {"GemmBias", "MatMulBiasGelu"}
+    assert {f.name for f in m.functions} == {"GemmBias", "MatMulBiasGelu", "MatMul"}
     dq = next(n for n in m.graph.node if n.op_type == "DequantizeLinear")
     call = next(n for n in m.graph.node if n.op_type == "MatMulBiasGelu")
     assert call.input[1] == dq.output[0] == ep.inputs[1]
@@ -769,3 +772,77 @@ def test_interleaved_qkv_should_not_fire_when_the_heads_are_used_whole():
     g = interleaved_qkv_graph(leak=True)
     stats, out = run_rules(g, ["qkv_heads"], gate=None)
     assert stats["qkv_heads"] == 0 and ops_of(g)["Split"] == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# cpu target: biases moved to where they cost nothing (passes/fusion/bias_fold.py)
+
+def post_ln_layer_graph(*, causal=False, softcap=0.0, leak=None, mask=True):
+    """BERT's post-LN layer: x [B, S, E] (+ bool key mask) → Q/K/V → Attention → O → LN(· + x) = h
+    → GELU MLP → LN(· + h). ``leak``: ``"attn"`` also returns the attention output, ``"h"`` h."""
+    bd = Builder(5)
+    e, hid = 16, 24
+    x = bd.input("x", (2, 5, e))
+    m = bd.input("mask", (2, 1, 5, 5), "bool") if mask else ""
+
+    def lin(t, n_in, n_out):
+        return bd.op("Add", bd.op("MatMul", t, bd.weight(n_in, n_out)), bd.weight(n_out, scale=1.0))
+
+    def ln(t):
+        return bd.op("LayerNormalization", t, bd.weight(e, scale=1.0), bd.weight(e, scale=1.0), axis=-1, epsilon=1e-5)
+    q, k, v = (lin(x, e, e) for _ in range(3))
+    attrs = dict(q_num_heads=4, kv_num_heads=4, scale=0.5, is_causal=int(causal))
+    if softcap:
+        attrs["softcap"] = softcap
+    a = bd.op("Attention", q, k, v, *([m] if m else []), **attrs)
+    h = ln(bd.op("Add", lin(a, e, e), x))
+    y = ln(bd.op("Add", lin(bd.op("Gelu", lin(h, e, hid)), hid, e), h))
+    return bd.out(y, *({"attn": [a], "h": [h]}.get(leak, [])))
+
+
+def _mask_feeds(g):
+    f = feeds_for(g, 3)
+    if "mask" in f:   # padded keys, one sequence fully padded at the end, never a row with no key
+        f["mask"] = np.ones((2, 1, 5, 5), bool)
+        f["mask"][1, :, :, 3:] = False
+    return f
+
+
+@pytest.mark.parametrize("residual_norm", [True, False])
+def test_cpu_target_folds_key_value_and_residual_biases(residual_norm):
+    from compiler.emit_onnx import to_model
+    from passes import PassContext, make_pass
+    from compiler.hardware import hardware_by_name
+    g = post_ln_layer_graph()
+    before = g.copy()
+    rules = [r for r in RULES if r != "residual_norm" or residual_norm]
+    ctx = PassContext(hardware_by_name("cpu"), ((2, 5, 0, "prefill"),))
+    res = make_pass({"name": "fuse", "target": "cpu", "cost_gate": False, "rules": rules}, ctx)(g)
+    assert res.stats["bias_fold.key"] == 1 and res.stats["bias_fold.value"] == 1
+    assert res.stats["bias_fold.residual"] == 1 and res.stats["attention.float_mask"] == 1
+    assert res.stats["matmul_epilogue.gemm"] == 3     # Q, O (with V's bias) and the first MLP linear
+    eps = [n for n in g if n.op == "MatMulEpilogue"]
+    assert sum(len([t for t in n.inputs if t]) == 2 for n in eps) == 3
+    assert ("ResidualNorm" in ops_of(g)) == residual_norm
+    funcs = {f.name for f in to_model(g).functions}
+    assert "MatMul" in funcs and "GemmBias" in funcs
+    assert_same_outputs(before, g, _mask_feeds(g), atol=2e-5)
+
+
+@pytest.mark.parametrize("kind", ["causal", "softcap", "leak_attn", "leak_h", "meta"])
+def test_bias_folds_refuse_where_the_change_is_observable(kind):
+    from passes.fusion.bias_fold import fold_biases
+    g = post_ln_layer_graph(causal=kind == "causal", softcap=30.0 if kind == "softcap" else 0.0,
+                            leak={"leak_attn": "attn", "leak_h": "h"}.get(kind), mask=kind != "causal")
+    fuse(g, ["residual_norm", "matmul_epilogue"])
+    before = g.copy()
+    if kind == "meta":
+        for p in g.params.values():
+            p.data = None
+    stats = fold_biases(g)
+    expect = {"causal": {"bias_fold.residual": 1}, "softcap": {"bias_fold.residual": 1}, "meta": {},
+              "leak_attn": {"bias_fold.key": 1, "bias_fold.residual": 1},
+              "leak_h": {"bias_fold.key": 1, "bias_fold.value": 1}}[kind]
+    assert stats == expect
+    if kind != "meta":
+        assert_same_outputs(before, g, _mask_feeds(g), atol=2e-5)

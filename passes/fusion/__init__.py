@@ -40,6 +40,11 @@ the fastest form depends on the runtime's kernels (measured with onnxruntime 1.3
   2-D ``Gemm`` (bias applied inside the GEMM) followed by the activation, so no runtime re-fuses
   ``MatMul + Add + Gelu`` into its slower bias-GELU kernel (``MatMulEpilogue`` attribute
   ``gemm=1``; weight-quantized layers keep the ``MatMul`` form their runtime fusions expect).
+  Before that, biases that can move for free do (:mod:`passes.fusion.bias_fold`: the key bias
+  dropped, the value bias folded into the output projection's, a post-LN block's second bias
+  folded into the norm's shift), so those GEMMs run as bias-free ``MatMul`` s; stats
+  ``bias_fold.key`` / ``.value`` / ``.residual``; and a boolean attention mask is converted to
+  the additive float form once instead of inside every ``Attention`` call (``attention.float_mask``).
 
 Cost awareness: a rule fires only where :class:`~passes.fusion.gate.CostGate` predicts the fused
 ops are not slower than the group on the pipeline's hardware at its prefill and decode workload
@@ -56,6 +61,7 @@ from compiler.ir import Graph
 from compiler.ops import UnsupportedOpError
 from passes.base import Pass, PassResult
 from passes.fusion.attention import attention_rule, gqa_rule, layout_rule
+from passes.fusion.bias_fold import float_masks, fold_biases
 from passes.fusion.gate import DEFAULT_POINTS, CostGate
 from passes.fusion.gemm import epilogue_rule, gelu_rule, merge_gate_up_rule, swiglu_rule
 from passes.fusion.merge import interleaved_qkv_rule, merge_qkv_rule
@@ -216,6 +222,13 @@ class FusionPass(Pass):
                 self.explanations[k] = f"fusion rule {k!r} not run: target cpu ({CPU_SKIPS[k]})"
         changed = any(o.fired for o in outcomes.values())
         if target == "cpu":
+            folds = fold_biases(g)
+            masks = float_masks(g)
+            if masks:
+                folds["attention.float_mask"] = masks
+            if folds:
+                stats.update(folds)
+                changed = True
             n = mark_gemm_epilogues(g)
             if n:
                 stats["matmul_epilogue.gemm"] = n
