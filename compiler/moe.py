@@ -121,34 +121,34 @@ def routing_type():
     return MoERouting
 
 
-def routing(ann) -> np.ndarray:
+def routing(route) -> np.ndarray:
     """p_e, the share of routing slots each expert receives (sums to 1)."""
-    E = ann.experts
-    if ann.probabilities is not None:
-        return np.asarray(ann.probabilities, dtype=float)
-    if ann.distribution == "zipf" and ann.skew:
-        w = 1.0 / np.arange(1, E + 1) ** float(ann.skew)
+    E = route.experts
+    if route.probabilities is not None:
+        return np.asarray(route.probabilities, dtype=float)
+    if route.distribution == "zipf" and route.skew:
+        w = 1.0 / np.arange(1, E + 1) ** float(route.skew)
         return w / w.sum()
     return np.full(E, 1.0 / E)
 
 
-def _share(ann) -> sympy.Expr:
+def _share(route) -> sympy.Expr:
     """k·p_e as an exact sympy number (capped at 1: an expert cannot take a slot twice per token)."""
-    if ann.distribution == "uniform" and ann.probabilities is None:
-        return sympy.Rational(ann.top_k, ann.experts)
-    p = float(routing(ann)[ann.expert])
-    return sympy.Float(min(1.0, ann.top_k * p), 15)
+    if route.distribution == "uniform" and route.probabilities is None:
+        return sympy.Rational(route.top_k, route.experts)
+    p = float(routing(route)[route.expert])
+    return sympy.Float(min(1.0, route.top_k * p), 15)
 
 
-def expert_factors(ann, tokens) -> tuple[Any, Any]:
-    """(rows factor, fixed-cost multiplier) of an op of expert ``ann.expert`` in a step of
+def expert_factors(route, tokens) -> tuple[Any, Any]:
+    """(rows factor, fixed-cost multiplier) of an op of expert ``route.expert`` in a step of
     ``tokens`` tokens: the IR's per-expert shapes hold k·T/E rows, so rows scale by E·p_e; an
     expert's compute ops (and weight reads) happen with its touched probability; its dispatch
     bookkeeping ops share one kernel's fixed cost with the other experts' (1/E each)."""
-    share = _share(ann)
-    rows = share * ann.experts / ann.top_k
-    if getattr(ann, "dispatch", False):
-        return rows, sympy.Rational(1, ann.experts)
+    share = _share(route)
+    rows = share * route.experts / route.top_k
+    if getattr(route, "dispatch", False):
+        return rows, sympy.Rational(1, route.experts)
     touched = 1 - (1 - share) ** tokens
     return rows, touched
 
