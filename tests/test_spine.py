@@ -122,3 +122,32 @@ def test_topological_order_is_deterministic():
     g1 = import_torch(model_cfg("gpt2_tiny", weights="meta"))
     g2 = import_torch(model_cfg("gpt2_tiny", weights="meta"))
     assert [n.name for n in g1.topo_order()] == [n.name for n in g2.topo_order()]
+
+
+def test_minilm_cpu_fusion_target_folds_biases_and_matches_torch(tmp_path):
+    """The fuse pass's cpu target on the real MiniLM: every layer's key, value and second-MLP bias
+    moved (passes/fusion/bias_fold.py) and the artifact still equals torch eager with padding."""
+    from compiler.hardware import hardware_by_name
+    from passes import PassContext, make_pass
+    cfg = model_cfg("minilm")
+    module, task = build_torch_model(cfg)
+    g = import_torch(cfg, module, task)
+    prepare(g)
+    remove_noops(g)
+    fold_constants(g)
+    ctx = PassContext(hardware_by_name("cpu"), ((1, 128, 0, "prefill"),))
+    res = make_pass({"name": "fuse"}, ctx)(g)
+    layers = 6   # all-MiniLM-L6-v2
+    for k in ("bias_fold.key", "bias_fold.value", "bias_fold.residual", "attention.float_mask"):
+        assert res.stats[k] == layers, res.stats
+    assert res.stats["matmul_epilogue.gemm"] == 3 * layers
+    g.verify()
+    path = tmp_path / "model.onnx"
+    save(g, str(path))
+    ids = torch.randint(0, 30000, (3, 17), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones(3, 17, dtype=torch.int64)
+    mask[2, 9:] = 0
+    with torch.no_grad():
+        ref = module(ids, mask).numpy()
+    out = _session(path).run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    assert np.abs(out - ref).max() <= TOL
