@@ -1043,7 +1043,10 @@ def _n_operands(n) -> int:
 
 
 def _emit_matmul_epilogue(em, n):
-    if n.attrs.get("gemm") and _n_operands(n) > 2 and "quant_data" not in em.g.params[n.inputs[1]].annotations:
+    plain_weight = n.inputs[1] in em.g.params and "quant_data" not in em.g.params[n.inputs[1]].annotations
+    if n.attrs.get("bias_row") and _n_operands(n) > 2 and plain_weight:
+        return _emit_bias_row_epilogue(em, n)
+    if n.attrs.get("gemm") and _n_operands(n) > 2 and plain_weight:
         return _emit_gemm_epilogue(em, n)
     from onnx import helper
     mk = helper.make_node
@@ -1076,6 +1079,34 @@ def _emit_gemm_epilogue(em, n):
         nodes += _activation_nodes(act, "z", "y2")
         nodes += [mk("Shape", ["A"], ["lead"], start=0, end=-1), mk("Concat", ["lead", "n"], ["out_shape"], axis=0),
                   mk("Reshape", ["y2", "out_shape"], ["Y"])]
+        return helper.make_function(FUSED_DOMAIN, name, ["A", "W", "Bias"], ["Y"], nodes, ops)
+    em.call_function(n, name, body)
+
+
+def _emit_bias_row_epilogue(em, n):
+    """``bias_row=1`` (the fusion pass's cpu target, wide linears): the bias becomes one more row
+    of the weight and A gets a column of ones, ``[A, 1] · [W; b] = A·W + b`` — the bias then costs
+    a copy of A (``Pad``, M × K) instead of a pass over the output (M × N), which is what a
+    ``Gemm``'s bias costs on onnxruntime's CPU (it fills the output with the bias before the GEMM).
+    ``[W; b]`` is a constant expression of two initializers: runtimes fold it once at load."""
+    from onnx import helper
+    mk = helper.make_node
+    from onnx import numpy_helper
+    act = n.attrs.get("activation", "")
+    dtype = em.g.type(n.inputs[0]).dtype
+    # the 1 has A's type (Pad's value must): one function per dtype, fp32's under the plain name
+    name = "MatMulBiasRow" + _ACT_NAMES[act] + ("" if dtype == "float32" else "_" + dtype)
+    one = numpy_helper.from_array(np.array(1, DTYPES[dtype][1]))
+
+    def body(ops):
+        nodes = [mk("Constant", [], ["one"], value=one),
+                 mk("Constant", [], ["pad_k"], value_ints=[0, 1]), mk("Constant", [], ["last"], value_ints=[-1]),
+                 mk("Constant", [], ["zero"], value_ints=[0]),
+                 mk("Pad", ["A", "pad_k", "one", "last"], ["A1"], mode="constant"),
+                 mk("Unsqueeze", ["Bias", "zero"], ["bias_row"]),
+                 mk("Concat", ["W", "bias_row"], ["Wb"], axis=0),
+                 mk("MatMul", ["A1", "Wb"], ["z"])]
+        nodes += _activation_nodes(act, "z", "Y")
         return helper.make_function(FUSED_DOMAIN, name, ["A", "W", "Bias"], ["Y"], nodes, ops)
     em.call_function(n, name, body)
 

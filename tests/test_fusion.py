@@ -641,15 +641,16 @@ def test_commutative_operands_are_declared_once_in_the_registry():
 # targets: portable vs cpu (standard ONNX both; the cpu forms are what onnxruntime's CPU kernels
 # run fastest — README "Fusion")
 
-def encoder_layer_graph(bias=True):
-    """x [B, S, E] → Q/K/V linears (+bias) → 3-D Attention (4 heads) → O linear → + x → GELU MLP."""
+def encoder_layer_graph(bias=True, hid=24, dtype="float32"):
+    """x [B, S, E] → Q/K/V linears (+bias) → 3-D Attention (4 heads) → O linear → + x → GELU MLP
+    (E → ``hid`` → E)."""
     bd = Builder(3)
-    e, hid = 16, 24
-    x = bd.input("x", (2, 5, e))
+    e = 16
+    x = bd.input("x", (2, 5, e), dtype)
 
     def lin(t, n_in, n_out):
-        y = bd.op("MatMul", t, bd.weight(n_in, n_out))
-        return bd.op("Add", y, bd.weight(n_out)) if bias else y
+        y = bd.op("MatMul", t, bd.weight(n_in, n_out, dtype=dtype))
+        return bd.op("Add", y, bd.weight(n_out, dtype=dtype)) if bias else y
     q, k, v = (lin(x, e, e) for _ in range(3))
     a = bd.op("Attention", q, k, v, q_num_heads=4, kv_num_heads=4, scale=0.5)
     h = bd.op("Add", lin(a, e, e), x)
@@ -666,7 +667,9 @@ def _fuse_target(g, target, hardware="cpu"):
 
 
 @pytest.mark.parametrize("target,hardware", [("auto", "cpu"), ("cpu", "a100_80g")])
-def test_cpu_target_keeps_qkv_apart_and_emits_gemm_epilogues(target, hardware):
+def test_cpu_target_keeps_qkv_apart_and_picks_the_bias_form_per_linear(target, hardware):
+    """The MLP's GELU linear (16 → 24) is a ``Gemm`` + ``Gelu``; Q and O (no activation) stay
+    ``MatMul`` + ``Add``; K's bias is dropped and V's folded into O's."""
     from compiler.emit_onnx import check, to_model
     g = encoder_layer_graph()
     before = g.copy()
@@ -675,16 +678,59 @@ def test_cpu_target_keeps_qkv_apart_and_emits_gemm_epilogues(target, hardware):
     assert "merge_qkv" not in res.stats and "not run: target cpu" in p.explanations["merge_qkv"]
     ops = ops_of(g)
     assert "Split" not in ops and ops["MatMulEpilogue"] == 6, ops
-    # K's bias dropped, V's folded into O's (passes/fusion/bias_fold.py): 4 biased linears left
     assert res.stats["bias_fold.key"] == 1 and res.stats["bias_fold.value"] == 1
-    assert res.stats["matmul_epilogue.gemm"] == 4
-    assert sum(n.attrs.get("gemm") == 1 for n in g if n.op == "MatMulEpilogue") == 4
+    assert res.stats["matmul_epilogue.gemm"] == 1 and "matmul_epilogue.bias_row" not in res.stats
+    gemm = [n for n in g if n.op == "MatMulEpilogue" and n.attrs.get("gemm")]
+    assert [n.attrs.get("activation") for n in gemm] == ["gelu"]
     m = to_model(g)
     check(m)
     bodies = {f.name: [n.op_type for n in f.node] for f in m.functions}
-    assert set(bodies) == {"GemmBias", "GemmBiasGelu", "MatMul"}, bodies
-    assert all("Gemm" in b and "MatMul" not in b for k, b in bodies.items() if k != "MatMul")
+    assert set(bodies) == {"MatMulBias", "GemmBiasGelu", "MatMul"}, bodies
+    assert "Gemm" in bodies["GemmBiasGelu"] and "MatMul" not in bodies["GemmBiasGelu"]
+    assert bodies["MatMulBias"] == ["MatMul", "Add", "Identity"]
     assert_same_outputs(before, g, feeds_for(g))
+
+
+def test_cpu_target_puts_a_wide_linears_bias_into_its_weight(tmp_path):
+    """16 → 48 (≥ 2× wider): ``[A, 1] · [W; b]`` — Pad with ones, the bias concatenated to the
+    weight as a constant expression; in onnxruntime equal to the unfused graph, the padded input
+    feeding a MatMul, no BiasGelu, and the concatenated weight folded at load (no Concat left)."""
+    import onnx
+    import onnxruntime as ort
+    from compiler.emit_onnx import to_model
+    g = encoder_layer_graph(hid=48)
+    before = g.copy()
+    _, res = _fuse_target(g, "cpu")
+    assert res.stats["matmul_epilogue.bias_row"] == 1 and "matmul_epilogue.gemm" not in res.stats
+    m = to_model(g)
+    bodies = {f.name: [n.op_type for n in f.node] for f in m.functions}
+    row = bodies["MatMulBiasRowGelu"]
+    assert {"Pad", "Concat", "MatMul", "Gelu"} <= set(row) and "Gemm" not in row and "Add" not in row
+    assert_same_outputs(before, g, feeds_for(g))
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    nodes = onnx.load(so.optimized_model_filepath).graph.node
+    opt = [n.op_type for n in nodes]
+    assert opt.count("Pad") == 1 and "Concat" not in opt and "BiasGelu" not in opt, opt
+    pad = next(n for n in nodes if n.op_type == "Pad")
+    assert [n.op_type for n in nodes if pad.output[0] in n.input] == ["MatMul"]
+
+
+def test_bias_row_form_keeps_the_models_dtype():
+    """The ones column has the activations' dtype (Pad's value must): an fp16 model gets its own
+    function, and the emitted model passes the ONNX checker with full type inference."""
+    import onnx
+    from compiler.emit_onnx import to_model
+    g = encoder_layer_graph(hid=48, dtype="float16")
+    _fuse_target(g, "cpu")
+    m = to_model(g)
+    names = {f.name for f in m.functions}
+    assert "MatMulBiasRowGelu_float16" in names and "MatMulBiasRowGelu" not in names
+    fn = next(f for f in m.functions if f.name == "MatMulBiasRowGelu_float16")
+    one = next(n for n in fn.node if n.op_type == "Constant" and n.output[0] == "one")
+    assert one.attribute[0].t.data_type == onnx.TensorProto.FLOAT16
+    onnx.checker.check_model(onnx.shape_inference.infer_shapes(m, check_type=True, strict_mode=True), full_check=True)
 
 
 def test_portable_target_merges_qkv_and_emits_matmul_epilogues():
@@ -709,7 +755,7 @@ def test_cpu_target_leaves_bias_free_and_quantized_linears_as_matmul():
     from compiler.quant_onnx import QuantizedData
     g = encoder_layer_graph(bias=False)
     _fuse_target(g, "cpu")
-    assert not any(n.attrs.get("gemm") for n in g if n.op == "MatMulEpilogue")
+    assert not any(n.attrs.get("gemm") or n.attrs.get("bias_row") for n in g if n.op == "MatMulEpilogue")
     assert all("Gemm" not in [n.op_type for n in f.node] for f in to_model(g).functions)
     g = encoder_layer_graph()
     _fuse_target(g, "cpu")
@@ -720,7 +766,7 @@ def test_cpu_target_leaves_bias_free_and_quantized_linears_as_matmul():
     w.data = (codes * scale).astype(np.float32)
     w.annotations["quant_data"] = QuantizedData(codes, scale, None, 1, None)
     m = to_model(g)
-    assert {f.name for f in m.functions} == {"GemmBias", "MatMulBiasGelu", "MatMul"}
+    assert {f.name for f in m.functions} == {"MatMulBias", "MatMulBiasGelu", "MatMul"}
     dq = next(n for n in m.graph.node if n.op_type == "DequantizeLinear")
     call = next(n for n in m.graph.node if n.op_type == "MatMulBiasGelu")
     assert call.input[1] == dq.output[0] == ep.inputs[1]
@@ -820,12 +866,12 @@ def test_cpu_target_folds_key_value_and_residual_biases(residual_norm):
     res = make_pass({"name": "fuse", "target": "cpu", "cost_gate": False, "rules": rules}, ctx)(g)
     assert res.stats["bias_fold.key"] == 1 and res.stats["bias_fold.value"] == 1
     assert res.stats["bias_fold.residual"] == 1 and res.stats["attention.float_mask"] == 1
-    assert res.stats["matmul_epilogue.gemm"] == 3     # Q, O (with V's bias) and the first MLP linear
+    assert res.stats["matmul_epilogue.gemm"] == 1     # the first MLP linear (Q, O: MatMul + Add)
     eps = [n for n in g if n.op == "MatMulEpilogue"]
     assert sum(len([t for t in n.inputs if t]) == 2 for n in eps) == 3
     assert ("ResidualNorm" in ops_of(g)) == residual_norm
     funcs = {f.name for f in to_model(g).functions}
-    assert "MatMul" in funcs and "GemmBias" in funcs
+    assert {"MatMul", "MatMulBias", "GemmBiasGelu"} <= funcs
     assert_same_outputs(before, g, _mask_feeds(g), atol=2e-5)
 
 

@@ -98,15 +98,39 @@ CPU_SKIPS = {"merge_qkv": "on a CPU three GEMMs run as fast as the merged one, a
                           "front of the 3-D Attention copies Q, K and V"}
 
 
-def mark_gemm_epilogues(g: Graph) -> int:
-    """The cpu target: every ``MatMulEpilogue`` with a bias gets ``gemm=1`` (emitted as a 2-D
-    ``Gemm`` + activation, :mod:`compiler.ops`). Returns how many."""
-    n = 0
+#: a linear at least this many times wider than its input takes its bias as a weight row
+BIAS_ROW_MIN_WIDENING = 2
+
+
+def mark_gemm_epilogues(g: Graph) -> tuple[int, int]:
+    """The cpu target's bias forms (emission in :mod:`compiler.ops`), for a ``MatMulEpilogue`` with
+    a bias (measured on onnxruntime's CPU kernels, README "Fusion on onnxruntime CPU"):
+
+    - output at least ``BIAS_ROW_MIN_WIDENING`` times wider than the input: ``bias_row=1``,
+      ``[A, 1] · [W; b]`` — the bias costs a copy of the narrow input instead of a pass over the
+      wide output;
+    - otherwise, with an activation: ``gemm=1``, a 2-D ``Gemm`` (bias inside) + the activation, so
+      that no ``MatMul + Add + act`` chain is left for the runtime to turn into its slower
+      bias-activation kernel;
+    - otherwise: the portable ``MatMul`` + ``Add`` (a ``Gemm`` fills its output with the bias on
+      one thread before the GEMM; a broadcast ``Add`` afterwards runs on all of them).
+
+    Returns the (gemm, bias_row) counts."""
+    n_gemm = n_row = 0
     for node in g:
-        if node.op == "MatMulEpilogue" and len([t for t in node.inputs if t]) > 2 and not node.attrs.get("gemm"):
+        if node.op != "MatMulEpilogue" or len([t for t in node.inputs if t]) <= 2:
+            continue
+        if node.attrs.get("gemm") or node.attrs.get("bias_row"):
+            continue
+        act = node.attrs.get("activation", "")
+        k, n = g.type(node.inputs[1]).shape[-2:]
+        if isinstance(k, int) and isinstance(n, int) and n >= BIAS_ROW_MIN_WIDENING * k and act != "swiglu":
+            node.attrs["bias_row"] = 1
+            n_row += 1
+        elif act:
             node.attrs["gemm"] = 1
-            n += 1
-    return n
+            n_gemm += 1
+    return n_gemm, n_row
 
 
 def _substats(rule: str, new) -> list[str]:
@@ -229,10 +253,12 @@ class FusionPass(Pass):
             if folds:
                 stats.update(folds)
                 changed = True
-            n = mark_gemm_epilogues(g)
-            if n:
-                stats["matmul_epilogue.gemm"] = n
-                changed = True
+            n_gemm, n_row = mark_gemm_epilogues(g)
+            if n_gemm:
+                stats["matmul_epilogue.gemm"] = n_gemm
+            if n_row:
+                stats["matmul_epilogue.bias_row"] = n_row
+            changed = changed or bool(n_gemm or n_row)
         return PassResult(g, changed, stats)
 
 
