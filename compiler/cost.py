@@ -89,9 +89,7 @@ def _structural_key(graph: Graph, n, cls: Classifier):
     try:
         attrs = tuple(sorted((k, repr(v)) for k, v in n.attrs.items()))
         ann = tuple((k, n.annotations[k]) for k in COSTED if k in n.annotations)
-        ins = tuple((graph.types[t], cls.category(t),
-                     graph.params[t].annotations.get("weight_format") if t in graph.params else None)
-                    if t else None for t in n.inputs)
+        ins = tuple((graph.types[t], cls.category(t), cls.weight_format(t)) if t else None for t in n.inputs)
         outs = tuple((graph.types[t], cls.category(t)) if t else None for t in n.outputs)
         return (n.op, n.domain, attrs, ann, ins, outs, (cls.hw.name, cls.hw.onchip) if cls.hw else None)
     except TypeError:
@@ -116,8 +114,8 @@ class CostModel:
         self.items: list[OpItem] = []
         for n in graph.topo_order():
             d = get(n.op, where=n.name)
-            if d.cost_class in FREE_CLASSES:
-                continue
+            if d.cost_class in FREE_CLASSES or (d.layout and n.outputs and n.outputs[0] in cls.views):
+                continue   # (a layout op on a weight is done once at load: compiler.ops.weight_views)
             key = _structural_key(graph, n, cls)
             hit = _COST_CACHE.get(key) if key is not None else None
             if hit is None:

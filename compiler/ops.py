@@ -213,6 +213,7 @@ class Classifier:
         self.graph = graph
         self.hw = hw
         self.kv = set(graph.meta.get("kv_tensors", ()))
+        self.views = weight_views(graph)
 
     def q_tiles(self, heads, head_dim, itemsize, q_len):
         """Query tiles of a fused attention on this hardware (1 without a hardware context)."""
@@ -223,22 +224,40 @@ class Classifier:
     def category(self, tensor: str) -> str:
         if tensor in self.kv:
             return "kv"
-        if tensor in self.graph.params:
+        if tensor in self.graph.params or tensor in self.views:
             return "weights"
         return "activations"
 
     def weight_bytes(self, tensor: str) -> Any:
-        """Stored bytes of a weight: its ``weight_format`` annotation's count (values + scales +
-        zero points + N:M metadata) when it has one, else dtype × elements."""
-        p = self.graph.params[tensor]
+        """Stored bytes of a weight (or of the weight a view shows): its ``weight_format``
+        annotation's count (values + scales + zero points + N:M metadata) when it has one, else
+        dtype × elements."""
+        p = self.graph.params[self.views.get(tensor, tensor)]
         fmt = p.annotations.get("weight_format")
         if fmt is not None:
             return fmt.stored_bytes(p.type.numel(), p.type.shape)
         return _nbytes(p.type)
 
     def weight_format(self, tensor: str):
-        p = self.graph.params.get(tensor)
+        p = self.graph.params.get(self.views.get(tensor, tensor))
         return None if p is None else p.annotations.get("weight_format")
+
+
+def weight_views(g: Graph) -> dict[str, str]:
+    """Tensors that are a weight seen through layout ops only (``Transpose``, ``Reshape``,
+    ``Identity``, …), mapped to the weight: a tied LM head's ``Transpose`` of the embedding table,
+    an imported model's reshaped weights. A runtime does such an op once at load (onnxruntime folds
+    constant subgraphs into initializers; a GPU GEMM reads ``Wᵀ`` as a transposed operand), so it
+    costs nothing per run, holds no activation memory, and its consumers read weight bytes."""
+    views: dict[str, str] = {}
+    for n in g.topo_order():
+        d = REGISTRY.get(n.op)
+        if d is None or not d.layout or len(n.outputs) != 1 or not n.inputs or not n.inputs[0]:
+            continue
+        src = views.get(n.inputs[0], n.inputs[0])
+        if src in g.params and n.outputs[0] not in g.outputs:
+            views[n.outputs[0]] = src
+    return views
 
 
 def default_bytes(node: OpNode, ins: Types, outs: Types, cls: Classifier) -> Bytes:

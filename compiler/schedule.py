@@ -15,7 +15,7 @@ import numpy as np
 import sympy
 
 from compiler.ir import B, P, S, Graph
-from compiler.ops import get
+from compiler.ops import get, weight_views
 
 
 @dataclasses.dataclass
@@ -58,12 +58,13 @@ def schedule(g: Graph) -> Schedule:
         ty = g.type(t)
         return ty.numel() * sympy.Rational(ty.itemsize).limit_denominator(2)
 
+    weights = weight_views(g)   # a weight through Transpose/Reshape: folded at load, no activation
     live: dict[str, object] = {}
     exprs = []
     for i, n in enumerate(order):
         view = get(n.op).cost_class == "view"
         for t in n.outputs:
-            if t and t not in kv and not view:
+            if t and t not in kv and not view and t not in weights:
                 live[t] = size(t)
         exprs.append(sympy.Add(*live.values()) if live else sympy.Integer(0))
         for t in list(live):

@@ -181,3 +181,53 @@ def test_many_workload_points_evaluate_vectorized(llama2_7b):
     t = cm.phase_time(b, 1, p, "decode")
     assert t.shape == (1000,) and np.all(np.diff(t[:100]) >= 0)  # longer context never faster
     assert cm.phase_time(1, 1, 0, "decode")[0] == pytest.approx(t[0])
+
+
+def _lm_head_graph(tied: bool):
+    """Embedding lookup → one hidden linear → LM head: tied (``Transpose`` of the embedding table,
+    what the torch importer makes of a tied head) or its own ``[D, V]`` weight."""
+    V, D = 32000, 512
+    g = Graph()
+    ids = g.add_input("ids", TensorType("int64", (B, S)))
+    emb = g.add_param("emb", TensorType("float16", (V, D)))
+    x = g.add_op("Gather", [emb, ids]).outputs[0]
+    x = g.add_op("MatMul", [x, g.add_param("w", TensorType("float16", (D, D)))]).outputs[0]
+    head = g.add_op("Transpose", [emb], attrs={"perm": [1, 0]}).outputs[0] if tied else \
+        g.add_param("head", TensorType("float16", (D, V)))
+    g.outputs = list(g.add_op("MatMul", [x, head]).outputs)
+    return g
+
+
+@pytest.mark.parametrize("hw", ["h200", "a10"])
+def test_a_tied_lm_head_costs_what_its_own_weight_would(hw):
+    """The ``Transpose`` of a weight is done once at load (onnxruntime folds it; a GPU GEMM reads
+    Wᵀ as a transposed operand): no per-step copy of the table, no activation buffer of it, and the
+    head GEMM reads weight bytes — the same time as an untied head of the same shape."""
+    from compiler.schedule import schedule
+    h = hardware_by_name(hw)
+    tied, own = _lm_head_graph(True), _lm_head_graph(False)
+    ct, co = CostModel(tied, h), CostModel(own, h)
+    assert "Transpose" not in [it.op for it in ct.items]
+    for b, s, p, phase in ((1, 1, 511, "decode"), (8, 1, 2047, "decode"), (1, 512, 0, "prefill")):
+        rt, ro = ct.evaluate(b, s, p, phase), co.evaluate(b, s, p, phase)
+        assert rt["time"][:, 0].sum() == pytest.approx(ro["time"][:, 0].sum(), rel=1e-12)
+        head_t = [i for i, it in enumerate(ct.items) if it.op == "MatMul"][-1]
+        assert rt["weights"][head_t, 0] == 32000 * 512 * 2
+        peak_t = schedule(tied).activation_peak(b, s, p)[0]
+        assert peak_t == schedule(own).activation_peak(b, s, p)[0]
+        if phase == "decode":   # a few rows of logits, not a transposed copy of the table
+            assert peak_t < 32000 * 512 * 2 / 10
+
+
+def test_llama3_1b_decode_has_no_copy_of_its_tied_embedding_table():
+    """The real importer's tied head (llama3_1b, meta weights): no op in a decode step moves the
+    262 MB-per-copy embedding table except the head GEMM reading it once."""
+    from tests.conftest import model_cfg
+    from compiler.importers.models import import_torch
+    g = import_torch(model_cfg("llama3_1b"))
+    cm = CostModel(g, hardware_by_name("h200"))
+    r = cm.evaluate(1, 1, 511, "decode")
+    table = 128256 * 2048 * 2
+    big = [(it.op, float(r["weights"][i, 0] + r["activations"][i, 0]))
+           for i, it in enumerate(cm.items) if r["weights"][i, 0] + r["activations"][i, 0] >= table / 2]
+    assert len(big) == 1 and big[0][0] == "MatMul" and big[0][1] == pytest.approx(table, rel=0.01), big

@@ -630,14 +630,14 @@ class Calibrator:
             prefill_pts = [(1, 32), (2, 64)]
             decode_pts = [(1, 64), (4, 64), (1, 128)]
         else:
-            cfg = dict(layers=32, hidden=4096, heads=32, kv_heads=32, head_dim=128, intermediate=11008, vocab=32000)
+            cfg = dict(E2E_SHAPES[self.args.e2e_model])
             prefill_pts = [(1, 128), (1, 512), (1, 2048), (4, 512), (8, 1024)]
             decode_pts = [(b, c) for b in (1, 8, 32) for c in (512, 2048)]
         model = TinyLlama(cfg, self.device, self.smoke)
         res = {
             "config": dict(
                 cfg,
-                name="llama-2-7b-shaped" if not self.smoke else "smoke",
+                name=f"{self.args.e2e_model.replace('_', '-')}-shaped" if not self.smoke else "smoke",
                 dtype="float16",
                 rms_eps=1e-5,
                 rope_theta=10000.0,
@@ -647,7 +647,8 @@ class Calibrator:
                 rmsnorm=model.rms_impl,
                 silu_mul="eager F.silu(gate) * up (2 kernels)",
                 rope="eager rotate-half (several kernels)",
-                lm_head="last token of each sequence only",
+                lm_head="last token of each sequence only" + (
+                    ", tied to the embedding table (F.linear on the same tensor)" if cfg.get("tied") else ""),
                 prefill_writes_kv_cache=False,
                 prefill_modes="each point timed eagerly (host dispatch included) and replayed as a CUDA graph",
                 decode=("one step, input 1 token per sequence at position ctx, writes K/V at ctx and attends over "
@@ -898,6 +899,16 @@ def summarize_kernels(ks):
             "by_name": [[n[:120], c, _r(t)] for n, (c, t) in top]}
 
 
+#: whole-model shapes the e2e class can time (``--e2e-model``); names are rooftop's conf/model/
+E2E_SHAPES = {
+    "llama2_7b": dict(layers=32, hidden=4096, heads=32, kv_heads=32, head_dim=128, intermediate=11008,
+                      vocab=32000),
+    # Llama-3.2-1B: GQA 32/8, the 128 256-token vocabulary, LM head tied to the embedding table
+    "llama3_1b": dict(layers=16, hidden=2048, heads=32, kv_heads=8, head_dim=64, intermediate=8192,
+                      vocab=128256, tied=True),
+}
+
+
 class TinyLlama:
     """Plain-torch Llama decoder with random fp16 weights (prefill + KV-cache decode step)."""
 
@@ -921,9 +932,9 @@ class TinyLlama:
                 wg=w(I, D), wu=w(I, D), wd=w(D, I), ln1=ones(D), ln2=ones(D)))
         self.embed = w(V, D)
         self.norm = ones(D)
-        self.lm_head = w(V, D)
+        self.lm_head = self.embed if cfg.get("tied") else w(V, D)   # tied: one tensor, read as Wᵀ
         self.weight_bytes = sum(t.numel() * t.element_size() for L in self.layers for t in L.values()) + \
-            (self.embed.numel() + self.norm.numel() + self.lm_head.numel()) * ELEM
+            (self.embed.numel() + self.norm.numel() + (0 if cfg.get("tied") else self.lm_head.numel())) * ELEM
         self.eps = 1e-5
         if hasattr(F, "rms_norm"):
             self.rms_impl = "F.rms_norm (eager)"
@@ -1033,6 +1044,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="JSON file to write")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on whatever device is present (tests the script)")
+    ap.add_argument("--e2e-model", default="llama2_7b", choices=sorted(E2E_SHAPES),
+                    help="model shape the e2e class times (default llama2_7b)")
     ap.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
     ap.add_argument("--classes",
                     default="launch,copy,gemm,elementwise,reduction,attention_decode,attention_prefill,e2e,census")
