@@ -265,9 +265,17 @@ def main() -> None:
             if last_exit_code():
                 sys.exit(last_exit_code())
     except KeyboardInterrupt:
+        # The staging directory and the lock are gone (their finally blocks ran on the way here).
+        # A second Ctrl-C, or one still pending in the interpreter, must not turn exit 130 into a
+        # death by SIGINT during interpreter shutdown (atexit handlers, thread joins): ignore it
+        # and leave at once.
+        import signal
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("rooftop: interrupted (Ctrl-C); nothing partial was left in the output directory.",
               file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":
