@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -213,7 +214,18 @@ class Classifier:
         self.graph = graph
         self.hw = hw
         self.kv = set(graph.meta.get("kv_tensors", ()))
-        self.views = weight_views(graph)
+
+    @functools.cached_property
+    def views(self) -> dict[str, str]:
+        """:func:`weight_views` of the graph, walked once and only when a tensor that is not a
+        parameter is asked about (many callers build a Classifier just to size parameters)."""
+        return weight_views(self.graph)
+
+    def _weight(self, tensor: str) -> str | None:
+        """The parameter ``tensor`` is, or shows through layout ops; None for an activation."""
+        if tensor in self.graph.params:
+            return tensor
+        return self.views.get(tensor)
 
     def q_tiles(self, heads, head_dim, itemsize, q_len):
         """Query tiles of a fused attention on this hardware (1 without a hardware context)."""
@@ -224,7 +236,7 @@ class Classifier:
     def category(self, tensor: str) -> str:
         if tensor in self.kv:
             return "kv"
-        if tensor in self.graph.params or tensor in self.views:
+        if self._weight(tensor) is not None:
             return "weights"
         return "activations"
 
@@ -232,15 +244,15 @@ class Classifier:
         """Stored bytes of a weight (or of the weight a view shows): its ``weight_format``
         annotation's count (values + scales + zero points + N:M metadata) when it has one, else
         dtype × elements."""
-        p = self.graph.params[self.views.get(tensor, tensor)]
+        p = self.graph.params[self._weight(tensor)]
         fmt = p.annotations.get("weight_format")
         if fmt is not None:
             return fmt.stored_bytes(p.type.numel(), p.type.shape)
         return _nbytes(p.type)
 
     def weight_format(self, tensor: str):
-        p = self.graph.params.get(self.views.get(tensor, tensor))
-        return None if p is None else p.annotations.get("weight_format")
+        w = self._weight(tensor)
+        return None if w is None else self.graph.params[w].annotations.get("weight_format")
 
 
 def weight_views(g: Graph) -> dict[str, str]:
@@ -1062,11 +1074,12 @@ def _n_operands(n) -> int:
 
 
 def _emit_matmul_epilogue(em, n):
-    plain_weight = n.inputs[1] in em.g.params and "quant_data" not in em.g.params[n.inputs[1]].annotations
-    if n.attrs.get("bias_row") and _n_operands(n) > 2 and plain_weight:
-        return _emit_bias_row_epilogue(em, n)
-    if n.attrs.get("gemm") and _n_operands(n) > 2 and plain_weight:
-        return _emit_gemm_epilogue(em, n)
+    w = em.g.params.get(n.inputs[1])
+    if _n_operands(n) > 2 and w is not None and "quant_data" not in w.annotations:   # biased, plain weight
+        if n.attrs.get("bias_row"):
+            return _emit_bias_row_epilogue(em, n)
+        if n.attrs.get("gemm"):
+            return _emit_gemm_epilogue(em, n)
     from onnx import helper
     mk = helper.make_node
     bias = _n_operands(n) > 2
@@ -1108,9 +1121,8 @@ def _emit_bias_row_epilogue(em, n):
     a copy of A (``Pad``, M × K) instead of a pass over the output (M × N), which is what a
     ``Gemm``'s bias costs on onnxruntime's CPU (it fills the output with the bias before the GEMM).
     ``[W; b]`` is a constant expression of two initializers: runtimes fold it once at load."""
-    from onnx import helper
+    from onnx import helper, numpy_helper
     mk = helper.make_node
-    from onnx import numpy_helper
     act = n.attrs.get("activation", "")
     dtype = em.g.type(n.inputs[0]).dtype
     # the 1 has A's type (Pad's value must): one function per dtype, fp32's under the plain name
