@@ -145,8 +145,9 @@ class CostModel:
 
     def _measured_kernels(self, graph: Graph) -> list[tuple[int, str, float, float]]:
         """GEMMs whose ``compute_dtype.kernel`` is a measured family (compiler/kernel_families.py):
-        (item index, kernel, 2·K·N, dense 16-bit weight bytes) — costed as the dense GEMM of the
-        same shape times the family's measured ratio at the op's M."""
+        (item index, kernel, 2·K·N, the dense reference's weight bytes) — costed as the dense GEMM
+        of the same shape (16-bit on GPUs, fp32 on CPUs) times the family's measured ratio at the
+        op's M."""
         from compiler import kernel_families as kf
         out = []
         by_name = {n.name: n for n in graph}
@@ -158,7 +159,7 @@ class CostModel:
             if w is None or not w.type.is_static():
                 continue
             numel = float(np.prod(w.type.shape))
-            out.append((i, it.kernel, 2.0 * numel, 2.0 * numel))
+            out.append((i, it.kernel, 2.0 * numel, kf.dense_reference(it.kernel).dense_bytes * numel))
         return out
 
     @staticmethod
@@ -227,9 +228,11 @@ class CostModel:
         if self._kernel_items:   # measured kernel families (compiler/kernel_families.py)
             from compiler import kernel_families as kf
             ge = self.hw.efficiency.for_class("gemm")
+            p16 = self.hw.peak("fp16")
             for i, kernel, kn2, w_dense in self._kernel_items:
                 dense_bytes = byts[i] - w[i] + w_dense
-                t_dense = np.maximum((flops[i] + ge.flops_half * fx[i]) / (self.hw.peak("fp16") * ge.compute),
+                pk = self.hw.peak(kf.dense_reference(kernel).dense_dtype)
+                t_dense = np.maximum((flops[i] + ge.flops_half * fx[i] * pk / p16) / (pk * ge.compute),
                                      (dense_bytes + ge.bytes_half * fx[i]) / (self.hw.memory_bandwidth * ge.memory)) \
                     + launch * fx[i]
                 time[i] = t_dense * kf.ratio(kernel, flops[i] / kn2)

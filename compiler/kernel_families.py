@@ -1,77 +1,128 @@
 """Kernel families of quantized and sparse GEMMs: measured time relative to the dense GEMM.
 
 A quantized GEMM's speed is a property of the kernel that runs it, not of its bit-width
-(DOMAIN.md). ``tools/measure_kernels.py`` timed PyTorch's own kernels on an NVIDIA H200 inside
-CUDA graphs over M = 1 … 16384 rows and the Llama-7B/8B/70B linear shapes
-(``compiler/calibration/data/h200_kernels.json``). For each family this module keeps the median
-over shapes, at each M, of ``time(family) / time(dense bf16 F.linear)`` — e.g. int4
-``aten._weight_int4pack_mm`` runs 0.62× the dense time at M = 1 but 22× at M ≥ 512, the 2:4
-cuSPARSELt GEMM 1.7× at M ≤ 32 and 0.65× at M ≥ 2048.
+(DOMAIN.md). Two measured sources, each a ratio ``time(family) / time(dense GEMM)`` per M
+(median over shapes at each M; interpolated in log M, clamped at the measured ends):
 
-The cost model (compiler/cost.py) predicts a GEMM whose ``compute_dtype.kernel`` is a measured
-family as the dense 16-bit GEMM of the same shape (its roofline with the hardware's calibrated
-GEMM efficiency) times the family's ratio at the op's M (interpolated in log M, clamped at the
-measured ends). On hardware other than the H200 the H200 ratios are applied and the report says
-so (:func:`source`).
+- GPUs: ``tools/measure_kernels.py`` timed PyTorch's own kernels on an NVIDIA H200 inside CUDA
+  graphs over M = 1 … 16384 and the Llama-7B/8B/70B linear shapes
+  (``compiler/calibration/data/h200_kernels.json``) against the dense bf16 ``F.linear`` — e.g.
+  int4 ``aten._weight_int4pack_mm`` 0.62× at M = 1 but 22× at M ≥ 512, 2:4 cuSPARSELt 1.7× at
+  M ≤ 32 and 0.65× at M ≥ 2048.
+- CPUs: ``tools/measure_kernels_ort.py`` timed the onnxruntime CPU kernels rooftop's artifacts
+  run (``MatMulNBits`` 4- and 8-bit, ``DynamicQuantizeMatMul``, ``MatMulIntegerToFloat``, the
+  per-token ``MatMulInteger`` form, the FP8 simulation) with weights streaming from memory, against the fp32 ``MatMul``
+  (``compiler/calibration/data/cpu_ort_kernels.json``).
+
+The quantize / sparsify passes name the kernel on each GEMM (``compute_dtype.kernel``): the
+PyTorch kernel on a GPU, the onnxruntime kernel on ``kind: cpu`` hardware. The cost model
+(compiler/cost.py) prices such a GEMM as the dense GEMM of its shape in the source's dense dtype
+(16-bit on GPUs, fp32 on CPUs) times the family's ratio at the op's M. A measured device other
+than the target is named in :func:`source`.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 
-DATA = Path(__file__).resolve().parent / "calibration" / "data" / "h200_kernels.json"
-DENSE_FAMILY = "dense_bf16"
+DATA_DIR = Path(__file__).resolve().parent / "calibration" / "data"
 
-# kernel label (compute_dtype.kernel, what the report names) -> measured family
-KERNELS: dict[str, str] = {
-    "aten._weight_int4pack_mm": "w4a16",
-    "dequantize + F.linear": "w8a16_dequant_gemm",
-    "torch._weight_int8pack_mm": "w8a16_int8pack",
-    "torch._int_mm + dynamic int8 activation quantization": "w8a8_pipeline",
-    "torch._scaled_mm + dynamic fp8 activation quantization": "fp8_pipeline",
-    "cuSPARSELt 2:4 (torch.sparse.to_sparse_semi_structured)": "sparse24_cusparselt",
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    file: str            # under compiler/calibration/data/
+    dense: str           # the dense family every ratio is taken against
+    dense_dtype: str     # the dense GEMM's math dtype (hardware peak key)
+    dense_bytes: float   # bytes per weight element of the dense GEMM
+    how: str             # how it was measured
+
+
+SOURCES: dict[str, Source] = {
+    "h200": Source("h200_kernels.json", "dense_bf16", "fp16", 2.0, "in CUDA graphs"),
+    "cpu_ort": Source("cpu_ort_kernels.json", "dense_fp32", "fp32", 4.0,
+                      "with onnxruntime, weights streaming from memory"),
 }
-_CURVES: dict[str, dict] = {}
+DENSE_FAMILY = SOURCES["h200"].dense      # kept for callers of the GPU source
+
+# kernel label (compute_dtype.kernel, what the report names) -> (source, measured family)
+KERNELS: dict[str, tuple[str, str]] = {
+    "aten._weight_int4pack_mm": ("h200", "w4a16"),
+    "dequantize + F.linear": ("h200", "w8a16_dequant_gemm"),
+    "torch._weight_int8pack_mm": ("h200", "w8a16_int8pack"),
+    "torch._int_mm + dynamic int8 activation quantization": ("h200", "w8a8_pipeline"),
+    "torch._scaled_mm + dynamic fp8 activation quantization": ("h200", "fp8_pipeline"),
+    "cuSPARSELt 2:4 (torch.sparse.to_sparse_semi_structured)": ("h200", "sparse24_cusparselt"),
+    # onnxruntime CPU: what rooftop's hardware=cpu artifacts run after onnxruntime's rewrites
+    "onnxruntime MatMulNBits 4-bit (accuracy level 4: int8 activations)": ("cpu_ort", "w4a16_nbits"),
+    "onnxruntime MatMulNBits 4-bit (accuracy level 0: fp32 activations)": ("cpu_ort", "w4a16_nbits_acc0"),
+    "onnxruntime MatMulNBits 8-bit (accuracy level 4: int8 activations)": ("cpu_ort", "w8a16_nbits"),
+    "onnxruntime MatMulNBits 8-bit (accuracy level 0: fp32 activations)": ("cpu_ort", "w8a16_nbits_acc0"),
+    "onnxruntime DynamicQuantizeMatMul (int8)": ("cpu_ort", "w8a8_dynamic"),
+    "onnxruntime MatMulIntegerToFloat (static uint8 QDQ)": ("cpu_ort", "w8a8_static"),
+    "onnxruntime MatMulInteger + per-token rescale": ("cpu_ort", "w8a8_per_token"),
+    "onnxruntime DequantizeLinear fp8 + fp32 MatMul (accuracy simulation)": ("cpu_ort", "fp8_sim"),
+    "onnxruntime dense MatMul (no N:M kernel)": ("cpu_ort", "dense_fp32"),
+}
+_CURVES: dict[tuple[str, str], dict] = {}
+_LOADED: set[str] = set()
 
 
-def _load() -> dict[str, dict]:
-    if _CURVES or not DATA.is_file():
+def _load(src: str) -> dict[tuple[str, str], dict]:
+    if src in _LOADED:
         return _CURVES
-    data = json.loads(DATA.read_text())
+    _LOADED.add(src)
+    s = SOURCES[src]
+    path = DATA_DIR / s.file
+    if not path.is_file():
+        return _CURVES
+    data = json.loads(path.read_text())
     samples = [x for x in data.get("samples", []) if "N" in x.get("shape", {})]
     base = {(x["shape"]["M"], x["shape"]["K"], x["shape"]["N"]): x["time_s"] for x in samples
-            if x.get("family") == DENSE_FAMILY}
+            if x.get("family") == s.dense}
     by: dict[str, dict[int, list[float]]] = {}
     for x in samples:
         k = (x["shape"]["M"], x["shape"]["K"], x["shape"]["N"])
-        if k in base and x.get("family") != DENSE_FAMILY:
+        if k in base:
             by.setdefault(x["family"], {}).setdefault(k[0], []).append(x["time_s"] / base[k])
-    dev = data.get("device", {}).get("name", "NVIDIA H200") if isinstance(data.get("device"), dict) else "NVIDIA H200"
+    dev = data.get("device", {})
+    dev = dev.get("name", "NVIDIA H200") if isinstance(dev, dict) else "NVIDIA H200"
     for fam, ms in by.items():
         m = np.array(sorted(ms), float)
-        _CURVES[fam] = {"m": m, "ratio": np.array([np.median(ms[int(v)]) for v in m]),
-                        "device": dev, "date": data.get("date", "")}
+        _CURVES[(src, fam)] = {"m": m, "ratio": np.array([np.median(ms[int(v)]) for v in m]),
+                               "device": dev, "date": data.get("date", ""), "runtime": data.get("runtime", ""),
+                               "file": s.file}
     return _CURVES
 
 
+def _curve(kernel: str) -> dict | None:
+    hit = KERNELS.get(kernel)
+    return None if hit is None else _load(hit[0]).get(hit)
+
+
 def family(kernel: str) -> str | None:
-    fam = KERNELS.get(kernel)
-    return fam if fam is not None and fam in _load() else None
+    return KERNELS[kernel][1] if _curve(kernel) is not None else None
+
+
+def dense_reference(kernel: str) -> Source:
+    """The dense GEMM ``kernel``'s ratio is measured against (its dtype and bytes per weight)."""
+    return SOURCES[KERNELS[kernel][0]]
 
 
 def ratio(kernel: str, m) -> np.ndarray:
-    """Measured time of ``kernel`` relative to the dense bf16 GEMM at ``m`` rows."""
-    c = _load()[KERNELS[kernel]]
+    """Measured time of ``kernel`` relative to its source's dense GEMM at ``m`` rows."""
+    c = _curve(kernel)
     return np.interp(np.log(np.maximum(np.asarray(m, float), 1.0)), np.log(c["m"]), c["ratio"])
 
 
 def source(kernel: str, hardware_name: str) -> str:
-    fam = family(kernel)
-    if fam is None:
+    c = _curve(kernel)
+    if c is None:
         return "no measured kernel family: roofline with the hardware's GEMM efficiency"
-    c = _load()[fam]
-    on = "" if "h200" in hardware_name.lower() else f"; H200 ratio applied to {hardware_name}"
-    return (f"measured {fam} vs {DENSE_FAMILY} on {c['device']} in CUDA graphs "
-            f"(compiler/calibration/data/h200_kernels.json){on}")
+    src, fam = KERNELS[kernel]
+    s = SOURCES[src]
+    rt = f" ({c['runtime']})" if c.get("runtime") else ""
+    return (f"measured {fam} vs {s.dense} on {c['device']}{rt} {s.how} {c['date']} "
+            f"(compiler/calibration/data/{s.file}); ratio applied to {hardware_name}")

@@ -100,6 +100,17 @@ def decide(g: Graph, node: OpNode, weight: str, nm: tuple[int, int], context, wo
         out.update(pruned=True, reason=f"{nm[0]}:{nm[1]} has no sparse kernel: pruned for size, no speed change "
                                        f"predicted", predicted_payoff_s=0.0)
         return out
+    if not hw.sparse_peak_flops:
+        # no 2:4 math on this device (a CPU: onnxruntime runs the pruned weight as a dense MatMul
+        # on the same bytes): pruning costs accuracy and buys no time
+        out.update(kernel=("onnxruntime dense MatMul (no N:M kernel)" if getattr(hw, "kind", "") == "cpu"
+                           else "dense GEMM (no 2:4 sparse math on this device)"),
+                   ratio_source=f"{hw.name} has no 2:4 sparse math units (sparse_peak_tflops is empty)",
+                   pruned=False, predicted_payoff_s=0.0,
+                   reason=f"refused: {hw.name} has no 2:4 sparse kernel — the pruned layer would run as the same "
+                          f"dense GEMM, so no time is gained for the accuracy lost (sparsity.cost_aware=false prunes "
+                          f"anyway, for the sparsity pattern alone)")
+        return out
     total = {"dense": 0.0, "sparse": 0.0}
     for ph, n_steps in (("prefill", 1), ("decode", gen)):
         b, s, pp = points[ph]

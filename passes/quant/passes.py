@@ -11,7 +11,10 @@ and ``lm_head`` by default, plus fnmatch patterns on parameter names), and annot
   assumes: ``aten._weight_int4pack_mm`` for W4A16, dequantize + ``F.linear`` for W8A16 (faster
   than ``torch._weight_int8pack_mm`` at every measured M on the H200), ``torch._int_mm`` with dynamic
   int8 activation quantization for W8A8, ``torch._scaled_mm`` with dynamic FP8 activation
-  quantization for FP8, cuSPARSELt for 2:4 — compiler/kernel_families.py);
+  quantization for FP8, cuSPARSELt for 2:4 — compiler/kernel_families.py); on ``kind: cpu``
+  hardware the onnxruntime CPU kernel the artifact runs instead (``MatMulNBits`` 4/8-bit at the
+  configured accuracy level, ``DynamicQuantizeMatMul``, ``MatMulIntegerToFloat``, the per-token
+  ``MatMulInteger`` form, the FP8 simulation; a pruned weight runs as the same dense ``MatMul``);
 - ``quant_data`` on the weight (codes, scales, zero points for the emitter) and
   ``activation_quant`` on the op (W8A8 / FP8 activations).
 
@@ -61,6 +64,28 @@ SCHEMES: dict[str, dict[str, Any]] = {
     "fp8": {"bits": 8, "granularity": "channel", "act": "fp8",
             "kernel": "torch._scaled_mm + dynamic fp8 activation quantization"},
 }
+# the same schemes as onnxruntime CPU runs rooftop's artifacts (hardware ``kind: cpu``):
+# (scheme, activations or accuracy) -> kernel label of compiler/kernel_families.py
+ORT_CPU_KERNELS: dict[tuple[str, str], str] = {
+    ("w4a16", "int8"): "onnxruntime MatMulNBits 4-bit (accuracy level 4: int8 activations)",
+    ("w4a16", "fp32"): "onnxruntime MatMulNBits 4-bit (accuracy level 0: fp32 activations)",
+    ("w8a16", "int8"): "onnxruntime MatMulNBits 8-bit (accuracy level 4: int8 activations)",
+    ("w8a16", "fp32"): "onnxruntime MatMulNBits 8-bit (accuracy level 0: fp32 activations)",
+    ("w8a8", "dynamic"): "onnxruntime DynamicQuantizeMatMul (int8)",
+    ("w8a8", "static"): "onnxruntime MatMulIntegerToFloat (static uint8 QDQ)",
+    ("w8a8", "dynamic_per_token"): "onnxruntime MatMulInteger + per-token rescale",
+    ("fp8", "dynamic"): "onnxruntime DequantizeLinear fp8 + fp32 MatMul (accuracy simulation)",
+    ("fp8", "static"): "onnxruntime DequantizeLinear fp8 + fp32 MatMul (accuracy simulation)",
+}
+ORT_CPU_SPARSE_KERNEL = "onnxruntime dense MatMul (no N:M kernel)"
+
+
+def on_cpu(context) -> bool:
+    """The configured hardware is a CPU: its artifacts run on onnxruntime CPU kernels."""
+    hw = getattr(context, "hardware", None)
+    return getattr(hw, "kind", "") == "cpu"
+
+
 METHODS = ("rtn", "gptq", "awq", "smoothquant")
 ACTIVATIONS = ("dynamic", "dynamic_per_token", "static")
 SPARSE_KERNEL = "cuSPARSELt 2:4 (torch.sparse.to_sparse_semi_structured)"
@@ -381,10 +406,21 @@ class Quantize(Pass):
         scale = (hi - lo) / 255.0 or 1.0
         return ActivationQuant("static", dtype, scale, int(np.clip(np.rint(-lo / scale), 0, 255)))
 
+    def kernel(self) -> str:
+        """The kernel the prediction assumes: PyTorch's on a GPU (measured on the H200), the
+        onnxruntime CPU kernel the artifact runs on ``kind: cpu`` hardware (its accuracy level /
+        activation mode picks the variant)."""
+        if not on_cpu(self.context):
+            return SCHEMES[self.scheme]["kernel"]
+        if SCHEMES[self.scheme]["act"] is None:
+            # x86 MLAS runs levels 1-3 as level 0 (fp32 activations); 4 quantizes them to int8
+            return ORT_CPU_KERNELS[(self.scheme, "int8" if self.accuracy_level == 4 else "fp32")]
+        return ORT_CPU_KERNELS[(self.scheme, self.activations)]
+
     def compute(self, g: Graph, n: OpNode) -> ComputeDtype:
         sch = SCHEMES[self.scheme]
         dt = {"int8": "int8", "fp8": "fp8"}.get(sch["act"]) or _act_hw_dtype(g, n)
-        return ComputeDtype(dt, sch["kernel"])
+        return ComputeDtype(dt, self.kernel())
 
     # -- the pass ---------------------------------------------------------------------------
     def run(self, g: Graph) -> PassResult:
@@ -400,7 +436,7 @@ class Quantize(Pass):
             "scheme": self.scheme, "method": self.method, "weight_dtype": spec.dtype,
             "granularity": spec.granularity, "group_size": spec.group_size if spec.granularity == "group" else None,
             "symmetric": spec.symmetric, "activations": None if SCHEMES[self.scheme]["act"] is None else self.activations,
-            "kernel": SCHEMES[self.scheme]["kernel"], "cost_only": cost_only,
+            "kernel": self.kernel(), "cost_only": cost_only,
             "excluded": {s.weight: s.reason for s in sites if s.reason}})
         if cost_only:
             for s in todo:
@@ -508,6 +544,10 @@ class PruneNM(Pass):
         from passes.quant.blocks import parse_targets
         self.targets = parse_targets(p.get("targets"))   # sparsity.targets: attention / mlp blocks
 
+    def kernel(self) -> str:
+        """cuSPARSELt on a GPU; on onnxruntime CPU the pruned weight runs as a dense MatMul."""
+        return ORT_CPU_SPARSE_KERNEL if on_cpu(self.context) else SPARSE_KERNEL
+
     def run(self, g: Graph) -> PassResult:
         from passes.quant.blocks import block_type
         from passes.quant.cost_gate import decide
@@ -559,7 +599,7 @@ class PruneNM(Pass):
                 WeightFormat(dtype=p.type.dtype, nm=(self.n, self.m), scale_dtype=_scale_dtype(g, s.weight))
             ann.set(p, "weight_format", fmt)
             if (self.n, self.m) == (2, 4):
-                ann.set(s.node, "compute_dtype", ComputeDtype(_act_hw_dtype(g, s.node), SPARSE_KERNEL))
+                ann.set(s.node, "compute_dtype", ComputeDtype(_act_hw_dtype(g, s.node), self.kernel()))
         stats["pruned"] = len(done)
         stats["refused_by_cost"] = sum(1 for d in decisions if not d["pruned"] and "predicted_payoff_s" in d)
         if any("block" in d for d in decisions):
@@ -567,7 +607,7 @@ class PruneNM(Pass):
         if cost_only:
             stats["cost_only"] = 1
         g.meta["sparsity"] = {"n": self.n, "m": self.m, "method": self.method, "cost_aware": self.cost_aware,
-                              "targets": list(self.targets), "cost_only": cost_only, "kernel": SPARSE_KERNEL, "layers": decisions}
+                              "targets": list(self.targets), "cost_only": cost_only, "kernel": self.kernel(), "layers": decisions}
         if cost_only:
             g.meta["sparsity"]["note"] = (
                 "cost only: the model has meta weights (no values), so the N:M format was annotated for the cost "

@@ -21,13 +21,18 @@ recorded session config (rooftop's MatMulNBits accuracy level), and
 ``session.intra_op.allow_spinning=0`` for every variant alike: on a shared, loaded machine
 spinning worker threads inflated fp32 MiniLM latency ~5× and made ratios noise. Medians over
 round-robin rounds in one process (one run of each variant per round, shuffled order), of the
-wall time and of the process CPU time (all threads; steadier under load — the ratio printed).
+wall time and of the process CPU time (all threads; steadier under load), each with its ratio to
+rooftop fp32 (on a quiet machine the wall ratio is the latency a user sees).
 Accuracy beside it: MiniLM embedding cosine, GPT-2 top-1 agreement and KL of next-token
 distributions, both against the rooftop fp32 model on the evaluation split of the shipped text
 (compiler/accuracy.py). FP8 on CPU is an accuracy simulation (DequantizeLinear to fp32): its
 latency is not FP8 latency.
 
     .venv/bin/python tests/bench/bench_quant.py [--rounds 20] [--rounds-gpt2 6] [--models minilm gpt2] [--samples 8]
+        [--json OUT]     # also write the medians, the accuracy and the machine (memory read bandwidth) as JSON
+
+``--json`` output of a GPT-2 run is what tests/test_cpu_kernels.py holds rooftop's CPU cost predictions
+to (compiler/calibration/data/e2e/cpu_ort_gpt2.json).
 """
 from __future__ import annotations
 
@@ -171,13 +176,42 @@ def accuracy_of(paths: dict[str, str], model_cfg: dict, samples: int) -> dict[st
     return out, vocab
 
 
+def machine() -> dict:
+    """CPU model, ISA flags, cores, and the memory read bandwidth two threads reach (torch.sum
+    over 400 MB, median of 5) — what a CPU hardware description of this machine needs."""
+    import torch
+    out = {"cores": os.cpu_count()}
+    try:
+        info = open("/proc/cpuinfo").read().splitlines()
+        out["name"] = next(x.split(":", 1)[1].strip() for x in info if x.startswith("model name"))
+        have = next(x for x in info if x.startswith("flags")).split()
+        out["isa"] = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16") if f in have]
+    except (OSError, StopIteration):
+        pass
+    n = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    a = torch.ones(100_000_000)
+    a.sum()
+    ts = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        a.sum()
+        ts.append(time.perf_counter() - t0)
+    torch.set_num_threads(n)
+    out["read_bandwidth_gbs"] = round(4e8 / float(np.median(ts)) / 1e9, 2)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="+", default=["minilm", "gpt2"])
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--rounds-gpt2", type=int, default=6, help="rounds for gpt2 (a prefill at batch 8 takes seconds)")
     ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--json", help="write the medians, accuracy and machine to this JSON file")
     args = ap.parse_args(argv)
+    record = {"schema": "rooftop-bench-quant/1", "date": time.strftime("%Y-%m-%d"), "threads": THREADS,
+              "machine": machine(), "models": {}}
     import onnxruntime as ort
     print(f"onnxruntime {ort.__version__} CPU, {THREADS} threads, allow_spinning=0, medians of round-robin rounds; "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start")
@@ -194,16 +228,16 @@ def main(argv=None):
             rounds = args.rounds_gpt2 if model == "gpt2" else args.rounds
             t = time_cases(paths, cases, rounds, vocab)
             metric = next(iter(acc.values()))["metric"]
-            print(f"{rounds} rounds; per case: median wall ms, median CPU ms (all threads), CPU ratio to rooftop fp32; "
+            print(f"{rounds} rounds; per case: median wall ms and its ratio to rooftop fp32, median CPU ms (all threads) and its ratio; "
                   f"load average {os.getloadavg()[0]:.1f} after")
-            head = f"{'variant':22s} " + " ".join(f"{c:>26s}" for c in cases) + f"  {metric:>18s}"
+            head = f"{'variant':22s} " + " ".join(f"{c:>32s}" for c in cases) + f"  {metric:>18s}"
             if metric == "top1_agreement":
                 head += f" {'KL nats':>9s}"
             print(head)
-            base = {c: t[("rooftop fp32", c)][1] for c in cases}
+            base = {c: t[("rooftop fp32", c)] for c in cases}
             for v in paths:
-                cells = " ".join(f"{t[(v, c)][0] * 1e3:8.1f} {t[(v, c)][1] * 1e3:8.1f}ms {t[(v, c)][1] / base[c]:5.2f}x"
-                                 for c in cases)
+                cells = " ".join(f"{t[(v, c)][0] * 1e3:8.1f} {t[(v, c)][0] / base[c][0]:5.2f}x "
+                                 f"{t[(v, c)][1] * 1e3:8.1f} {t[(v, c)][1] / base[c][1]:5.2f}x" for c in cases)
                 a = acc[v]
                 line = f"{v:22s} {cells}  {a['value']:18.4f}"
                 if metric == "top1_agreement":
@@ -211,6 +245,17 @@ def main(argv=None):
                 print(line, flush=True)
             print(f"(accuracy: {acc['rooftop fp32']['samples']} samples, {acc['rooftop fp32']['tokens']} tokens, "
                   f"tokenizer {acc['rooftop fp32']['tokenizer']}; ratios vs rooftop fp32)")
+            record["models"][model] = {
+                "rounds": rounds, "cases": {c: {"batch": b, "seq": s_, "past": p_} for c, (b, s_, p_) in cases.items()},
+                "variants": {v: {"wall_s": {c: t[(v, c)][0] for c in cases}, "cpu_s": {c: t[(v, c)][1] for c in cases},
+                                 "accuracy": {k: acc[v][k] for k in ("metric", "value", "samples", "tokens") if k in acc[v]}
+                                 | ({"kl_nats_mean": acc[v]["kl_nats"]["mean"]} if "kl_nats" in acc[v] else {})}
+                             for v in paths}}
+    if args.json:
+        import json
+        record["onnxruntime"] = ort.__version__
+        Path(args.json).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":
