@@ -43,7 +43,7 @@ class Source:
 SOURCES: dict[str, Source] = {
     "h200": Source("h200_kernels.json", "dense_bf16", "fp16", 2.0, "in CUDA graphs"),
     "cpu_ort": Source("cpu_ort_kernels.json", "dense_fp32", "fp32", 4.0,
-                      "with onnxruntime, weights streaming from memory"),
+                      "with weights streaming from memory"),
 }
 DENSE_FAMILY = SOURCES["h200"].dense      # kept for callers of the GPU source
 
