@@ -14,8 +14,10 @@ the same shape (``torch.sparse.to_sparse_semi_structured`` vs ``F.linear``, in C
 NVIDIA H200; ``compiler/calibration/data/h200_kernels.json``, median over the Llama-7B/8B/70B linear
 shapes at each M, interpolated in log M). On the H200 the sparse kernel loses below M ≈ 200
 (r ≈ 1.6–1.7 at M ≤ 32) and wins above (r ≈ 0.63 at M ≥ 2048). The same measured ratio is used on
-other hardware and the decision says so. Without the measurement file: a literature ratio
-(:data:`LITERATURE`). A layer is pruned when
+other hardware and the decision says so; a device without 2:4 math (no ``sparse_peak_tflops``:
+every CPU, where onnxruntime runs the pruned weight as the same dense MatMul) gains nothing, and
+every layer is refused. Without the measurement file: a literature ratio (:data:`LITERATURE`). A
+layer is pruned when
 ``sparse_prefill + gen_len · sparse_decode < dense_prefill + gen_len · dense_decode``.
 """
 from __future__ import annotations
