@@ -209,3 +209,29 @@ def test_gpt2_quantized_speedups_predicted_on_the_measured_cpu():
     rows = cm.op_table(8, 1, 128, "decode")
     head = max((r for r in rows if r["class"] == "gemm"), key=lambda r: r["bytes_split"]["weights"])
     assert head["bytes_split"]["weights"] > 150e6 and head["time_s"] / sum(r["time_s"] for r in rows) > 0.2
+
+
+def test_cpu_2vcpu_gemm_class_is_fitted_to_the_stored_fp32_matmuls(meas):
+    """conf/hardware/cpu_2vcpu.yaml's GEMM class reproduces the stored dense fp32 MatMul samples
+    (median error <= 15 %) and does so better than the literature class it replaced; refitting
+    the samples gives the same parameters (to the YAML's rounding)."""
+    import numpy as np
+
+    from compiler import efficiency as E
+    hw = hardware_by_name("cpu_2vcpu")
+    S = [s for s in meas["samples"] if s["family"] == "dense_fp32"]
+    f = np.array([2.0 * s["shape"]["M"] * s["shape"]["K"] * s["shape"]["N"] for s in S])
+    b = np.array([4.0 * (s["shape"]["K"] * s["shape"]["N"] + s["shape"]["M"] * (s["shape"]["K"] + s["shape"]["N"])) for s in S])
+    t = np.array([s["time_s"] for s in S])
+    P, W, L = hw.peak("fp32"), hw.memory_bandwidth, hw.efficiency.launch_overhead_s
+    g = hw.efficiency.for_class("gemm")
+
+    def med_err(p):
+        return float(np.median([abs(E.op_time(p, fi, bi, P, W, L) / ti - 1) for fi, bi, ti in zip(f, b, t)]))
+
+    shipped = E.ClassParams(g.compute, g.memory, g.flops_half, g.bytes_half)
+    literature = hardware_by_name("cpu").efficiency.for_class("gemm")
+    lit = E.ClassParams(literature.compute, literature.memory, literature.flops_half * 2 / 56, literature.bytes_half * W / 307.2e9)
+    assert med_err(shipped) <= 0.15 < med_err(lit)
+    refit = E.fit_class((f, b, t), P, W, L, prior=lit)
+    assert refit.compute == pytest.approx(g.compute, rel=0.01) and refit.memory == pytest.approx(g.memory, rel=0.01)
