@@ -70,7 +70,8 @@ def section(g: Graph, hw) -> dict[str, Any] | None:
     kernels = sorted({n.annotations["compute_dtype"].kernel for n in g
                       if "compute_dtype" in n.annotations and n.annotations["compute_dtype"].kernel})
     out: dict[str, Any] = {
-        "kernels": [{"kernel": k, "source": kernel_families.source(k, hw.name)} for k in kernels],
+        "kernels": [{"kernel": k, "source": kernel_families.source(k, hw.name),
+                     **({"ratio_vs_dense": c} if (c := kernel_families.curve(k)) else {})} for k in kernels],
     }
     if q:
         out["quantization"] = dict(q)

@@ -117,6 +117,16 @@ def ratio(kernel: str, m) -> np.ndarray:
     return np.interp(np.log(np.maximum(np.asarray(m, float), 1.0)), np.log(c["m"]), c["ratio"])
 
 
+def curve(kernel: str) -> dict | None:
+    """``{"dense": <dense family>, "points": [[M, ratio], ...]}`` — the measured curve the cost
+    model interpolates (report.json ``compression.kernels[].ratio_vs_dense``), or None."""
+    c = _curve(kernel)
+    if c is None:
+        return None
+    return {"dense": SOURCES[KERNELS[kernel][0]].dense,
+            "points": [[int(m), round(float(r), 4)] for m, r in zip(c["m"], c["ratio"])]}
+
+
 def source(kernel: str, hardware_name: str) -> str:
     c = _curve(kernel)
     if c is None:

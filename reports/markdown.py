@@ -263,6 +263,8 @@ def document(r: Mapping) -> list[tuple]:
     blocks += dynamic_blocks(r)   # speculative decoding, MoE, early exit, chunked prefill
     from reports.planning import blocks as planning_blocks
     blocks += planning_blocks(r)  # capacity planning (kv=), parallel plan, serving simulation
+    from reports.compression import blocks as compression_blocks
+    blocks += compression_blocks(r)   # quant= / sparsity=: kernels, stored bytes, accuracy
     for phase in phases_of(r):
         blocks += _phase_blocks(r, phase)
     blocks += _pass_blocks(r)

@@ -456,6 +456,45 @@ def fig_speculative(r: Mapping) -> Figure:
     return fig
 
 
+@_styled
+def fig_compression(r: Mapping) -> Figure:
+    """Measured time of each quantized / sparse GEMM kernel relative to the dense GEMM over M
+    (report.json ``compression.kernels[].ratio_vs_dense``), the workload's rows marked."""
+    from reports.compression import ratio_at, workload_rows
+    ks = [k for k in (r.get("compression") or {}).get("kernels", []) if k.get("ratio_vs_dense")]
+    fig = _figure(12, 3.8, left=0.75, bottom=0.6, right=0.25)
+    ax = fig.subplots(1, 1)
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"]
+    for i, k in enumerate(ks):
+        pts = k["ratio_vs_dense"]["points"]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3.5, color=colors[i % len(colors)],
+                label=k["kernel"])
+    dense = ", ".join(sorted({k["ratio_vs_dense"]["dense"] for k in ks}))
+    ax.axhline(1.0, color="0.3", ls=":", label=f"dense GEMM ({dense})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    marks = []
+    for ph, m in workload_rows(r).items():
+        ax.axvline(m, color="#d62728" if ph == "decode" else "#7f7f7f", ls="--", lw=1)
+        for i, k in enumerate(ks):
+            y = ratio_at(k["ratio_vs_dense"]["points"], m)
+            ax.plot([m], [y], marker="D", ms=6, color=colors[i % len(colors)], ls="")
+            marks.append((ph, m, y, i))
+    lo, hi = (math.log(v) for v in ax.get_ylim())
+    for ph, m, y, i in marks:      # labels below the points in the upper half, above them in the lower half
+        up = math.log(y) < (lo + hi) / 2
+        ax.annotate(f"{ph} M={m}: {y:.2g}×", (m, y), textcoords="offset points", fontsize=8,
+                    xytext=(6, (6 + 12 * i) if up else -(14 + 12 * i)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(
+        lambda v, _: f"{v:g}×" if v > 0 and round(v / 10 ** math.floor(math.log10(v)), 3) in (2.0, 5.0) else ""))
+    ax.set_xlabel("rows M of the GEMM (tokens in the step)")
+    ax.set_ylabel("time / dense GEMM")
+    ax.set_title(f"quantized GEMM kernels against dense on {r.get('hardware', {}).get('name', '?')} (below 1: the kernel wins)")
+    ax.legend(loc="best", frameon=True, framealpha=0.9, fontsize=8)
+    return fig
+
+
 def fig_serving(r: Mapping) -> Figure:
     """Continuous vs static batching over the arrival rate (reports/serving_plot.py)."""
     from reports.serving_plot import fig_serving as _fig
@@ -464,7 +503,7 @@ def fig_serving(r: Mapping) -> Figure:
 
 FIGURES = {"roofline": fig_roofline, "time_by_class": fig_time_by_class, "memory": fig_memory,
            "throughput_vs_batch": fig_throughput_vs_batch, "speculative": fig_speculative,
-           "serving": fig_serving}
+           "serving": fig_serving, "compression": fig_compression}
 
 
 def render(r: Mapping, name: str) -> bytes:
@@ -474,7 +513,8 @@ def render(r: Mapping, name: str) -> bytes:
 
 def render_all(r: Mapping) -> dict[str, bytes]:
     """All figures as PNG bytes, in :data:`PLOTS` order."""
-    names = PLOTS + (("speculative",) if r.get("speculative") else ()) + (("serving",) if r.get("serve") else ())
+    names = PLOTS + (("speculative",) if r.get("speculative") else ()) + (("serving",) if r.get("serve") else ()) \
+        + (("compression",) if any(k.get("ratio_vs_dense") for k in (r.get("compression") or {}).get("kernels", [])) else ())
     return {name: render(r, name) for name in names}
 
 

@@ -235,3 +235,49 @@ def test_a_model_that_does_not_fit_still_renders(run):
     assert "does not fit even at batch 1" in md and "— does not fit" in md
     for name in ("memory", "throughput_vs_batch"):
         assert plots.render(r, name)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def quant_run(tmp_path_factory):
+    """gpt2_tiny with quant=w4a16 and sparsity=nm on cpu_2vcpu (2:4 refused there), accuracy on 3 samples."""
+    from hydra import compose, initialize_config_dir
+    from compiler.pipeline import run as pipeline_run
+    out = tmp_path_factory.mktemp("quant_report")
+    with initialize_config_dir(config_dir=str(compiler.app.config_dir()), version_base=None):
+        cfg = compose("config", overrides=["model=gpt2_tiny", "hardware=cpu_2vcpu", "quant=w4a16", "sparsity=nm",
+                                           "accuracy.samples=3", "report.html=true", "workload.batch=2"])
+    pipeline_run(cfg, str(out), show_progress=False)
+    with open(out / "report.json", encoding="utf-8") as f:
+        return json.load(f), out
+
+
+def test_compression_section_and_plot_show_the_report_values(quant_run):
+    from compiler import kernel_families as kf
+    from reports.compression import ratio_at
+    r, out = quant_run
+    c = r["compression"]
+    (k,) = c["kernels"]
+    assert k["kernel"].startswith("onnxruntime MatMulNBits 4-bit") and k["ratio_vs_dense"]["dense"] == "dense_fp32"
+    md = (out / "report.md").read_text(encoding="utf-8")
+    sec = md.split("## Compression", 1)[1].split("\n## ", 1)[0]
+    assert k["kernel"] in sec and f"{c['sparsity']['pruned']} layers pruned, {c['sparsity']['refused']} refused" in sec
+    assert "no 2:4 sparse kernel" in sec
+    a = r["accuracy"]
+    assert a["measured"] and f"{a['metric']} {a['value']:.4g}" in sec and f"{a['samples']} samples" in sec
+    for g in r["weight_formats"]:
+        if g["format"].get("bits") == 4:
+            assert f"| {g['group']} | uint4, groups of 128, zero point | {g['count']} |" in sec
+    # the figure: the measured curve as stored, and the workload's rows at the cost model's own ratio
+    fig = plots.fig_compression(r)
+    ax = fig.axes[0]
+    curve = ax.lines[0]
+    assert [[int(x), y] for x, y in zip(curve.get_xdata(), curve.get_ydata())] == k["ratio_vs_dense"]["points"]
+    marks = {(float(line.get_xdata()[0]), float(line.get_ydata()[0])) for line in ax.lines if line.get_marker() == "D"}
+    rows = {"decode": r["workload"]["batch"], "prefill": r["workload"]["batch"] * r["workload"]["prompt_len"]}
+    for m in rows.values():
+        y = ratio_at(k["ratio_vs_dense"]["points"], m)
+        assert any(x == m and v == pytest.approx(y) for x, v in marks)
+        assert y == pytest.approx(float(kf.ratio(k["kernel"], m)), rel=1e-3)
+        assert f"(M = {m}) {y:.3g}×" in sec
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "compression" in _pngs_in(page)

@@ -1,0 +1,100 @@
+"""Report blocks for lossy compression (report.json ``compression``, ``weight_formats``,
+``accuracy``): the scheme, the kernel each prediction assumes and where its measured curve wins
+against the dense GEMM for this workload, stored bytes per parameter group, the measured accuracy,
+and the 2:4 decisions."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from reports.markdown import fmt_bytes, fmt_time
+
+
+def workload_rows(r: Mapping) -> dict[str, int]:
+    """Activation rows M of a weight GEMM in each phase at the configured workload."""
+    wl = r.get("workload") or {}
+    b, s = int(wl.get("batch") or 1), int(wl.get("prompt_len") or 1)
+    out = {"prefill": b * s}
+    if "decode" in (r.get("phases") or {}):
+        out["decode"] = b
+    return out
+
+
+def ratio_at(points, m: float) -> float:
+    """The cost model's interpolation of a measured curve (log M, clamped at the ends)."""
+    pts = np.asarray(points, float)
+    return float(np.interp(np.log(max(m, 1.0)), np.log(pts[:, 0]), pts[:, 1]))
+
+
+def _format(f: Mapping) -> str:
+    if "bits" not in f:
+        return f["dtype"] + (f", {f['nm'][0]}:{f['nm'][1]}" if f.get("nm") else "")
+    g = f"groups of {f['group_size']}" if f.get("granularity") == "group" else f"per {f.get('granularity')}"
+    z = "symmetric" if f.get("symmetric") else "zero point"
+    return f"{f['dtype']}, {g}, {z}" + (f", {f['nm'][0]}:{f['nm'][1]}" if f.get("nm") else "")
+
+
+def blocks(r: Mapping) -> list[tuple]:
+    c = r.get("compression")
+    if not c:
+        return []
+    out: list[tuple] = [("h2", "Compression")]
+    q, sp = c.get("quantization"), c.get("sparsity")
+    kv = []
+    if q:
+        act = f"; activations {q['activations']}" if q.get("activations") else ""
+        kv.append(("quantization", f"{q['scheme']}: {q['weight_dtype']} weights, "
+                                   + (f"groups of {q['group_size']}" if q.get("group_size") else "per channel")
+                                   + (", symmetric" if q.get("symmetric") else ", zero point")
+                                   + f", {q['method']}{act}"))
+        if q.get("excluded"):
+            kv.append(("kept in original precision", ", ".join(f"{k} ({v})" for k, v in sorted(q["excluded"].items()))))
+        if q.get("onnxruntime"):
+            kv.append(("on onnxruntime CPU", q["onnxruntime"]))
+    if sp:
+        refused = [d for d in sp.get("decisions", []) if not d.get("pruned")]
+        kv.append(("sparsity", f"{sp['n']}:{sp['m']} {sp['method']}: {sp['pruned']} layers pruned, {sp['refused']} refused"
+                               + (f" (cost-aware; predicted payoff {fmt_time(sp['predicted_payoff_s'])} per request)"
+                                  if sp.get("cost_aware") else "")))
+        if refused:
+            why = refused[0]["reason"].removeprefix("refused: ")
+            kv.append((f"why refused ({refused[0]['weight']})", why + (f"; {len(refused) - 1} more layers refused"
+                                                                        if len(refused) > 1 else "")))
+    rows = workload_rows(r)
+    for k in c.get("kernels", []):
+        text = k["source"]
+        cv = k.get("ratio_vs_dense")
+        if cv:
+            text += "; at this workload " + ", ".join(
+                f"{ph} (M = {m}) {ratio_at(cv['points'], m):.3g}× the dense GEMM" for ph, m in rows.items())
+        kv.append((f"kernel: {k['kernel']}", text))
+    if c.get("cost_only"):
+        kv.append(("cost only", c.get("note") or "meta weights: formats priced, no artifact or accuracy"))
+    out.append(("kv", kv))
+    if any(k.get("ratio_vs_dense") for k in c.get("kernels", [])):
+        out.append(("plot", "compression", "Each quantized/sparse GEMM kernel the prediction assumes: its measured time "
+                                           "relative to the dense GEMM of the same shape over the rows M it processes "
+                                           "(below 1: the kernel wins); the workload's prefill and decode rows are marked."))
+    wf = [g for g in r.get("weight_formats") or [] if g.get("stored_bytes") != g.get("dense_bytes")
+          or "bits" in g.get("format", {})]
+    if wf:
+        out.append(("table", ["parameter group", "format", "count", "dense", "stored", "bits/value"],
+                    [[g["group"], _format(g["format"]), str(g["count"]), fmt_bytes(g["dense_bytes"]),
+                      fmt_bytes(g["stored_bytes"]), f"{g['bits_per_value']:.3g}"] for g in wf], "llrrrr"))
+    a = r.get("accuracy")
+    if a is not None:
+        if a.get("measured"):
+            d = a.get("distribution") or {}
+            extra = ""
+            if a.get("kl_nats"):
+                extra += f"; KL {a['kl_nats']['mean']:.3g} nats"
+            if a.get("perplexity"):
+                extra += f"; perplexity {a['perplexity']['value']:.4g} vs {a['perplexity']['reference']:.4g}"
+            out.append(("p", f"Accuracy ({a.get('runtime', 'onnxruntime')}): {a['metric']} {a['value']:.4g} against "
+                             f"{a['reference']:.4g} for the uncompressed model (drop {a['drop']:.3g}) over {a['samples']} "
+                             f"samples / {a['tokens']} tokens of {a.get('text', 'the evaluation text')}; per sample min "
+                             f"{d.get('min', float('nan')):.4g}, median {d.get('median', float('nan')):.4g}{extra}."))
+        else:
+            out.append(("p", f"Accuracy not measured: {a.get('reason', 'no artifact')}."))
+    return out
