@@ -82,16 +82,25 @@ def _load(src: str) -> dict[tuple[str, str], dict]:
     samples = [x for x in data.get("samples", []) if "N" in x.get("shape", {})]
     base = {(x["shape"]["M"], x["shape"]["K"], x["shape"]["N"]): x["time_s"] for x in samples
             if x.get("family") == s.dense}
-    by: dict[str, dict[int, list[float]]] = {}
+    # per (family, shape): ratio at each measured M
+    by: dict[str, dict[tuple[int, int], dict[int, float]]] = {}
     for x in samples:
         k = (x["shape"]["M"], x["shape"]["K"], x["shape"]["N"])
         if k in base:
-            by.setdefault(x["family"], {}).setdefault(k[0], []).append(x["time_s"] / base[k])
+            by.setdefault(x["family"], {}).setdefault(k[1:], {})[k[0]] = x["time_s"] / base[k]
     dev = data.get("device", {})
     dev = dev.get("name", "NVIDIA H200") if isinstance(dev, dict) else "NVIDIA H200"
-    for fam, ms in by.items():
-        m = np.array(sorted(ms), float)
-        _CURVES[(src, fam)] = {"m": m, "ratio": np.array([np.median(ms[int(v)]) for v in m]),
+    for fam, shapes in by.items():
+        # the median over shapes at each M of the union grid; a shape measured on a coarser M grid
+        # contributes its own curve interpolated in log M, inside its measured range only — so the
+        # set of shapes behind the median does not jump from one M to the next
+        grid = np.array(sorted({m for ms in shapes.values() for m in ms}), float)
+        ratio = []
+        for m in grid:
+            vals = [np.interp(np.log(m), np.log(sorted(ms)), [ms[v] for v in sorted(ms)])
+                    for ms in shapes.values() if min(ms) <= m <= max(ms)]
+            ratio.append(float(np.median(vals)))
+        _CURVES[(src, fam)] = {"m": grid, "ratio": np.array(ratio),
                                "device": dev, "date": data.get("date", ""), "runtime": data.get("runtime", ""),
                                "file": s.file}
     return _CURVES
