@@ -143,11 +143,11 @@ class CostModel:
                                else hw.peak(it.dtype, it.sparse) for it in self.items], dtype=float)
         self._kernel_items = self._measured_kernels(graph)
 
-    def _measured_kernels(self, graph: Graph) -> list[tuple[int, str, float, float]]:
+    def _measured_kernels(self, graph: Graph) -> list[tuple[int, str, float, float, str]]:
         """GEMMs whose ``compute_dtype.kernel`` is a measured family (compiler/kernel_families.py):
-        (item index, kernel, 2·K·N, the dense reference's weight bytes) — costed as the dense GEMM
-        of the same shape (16-bit on GPUs, fp32 on CPUs) times the family's measured ratio at the
-        op's M."""
+        (item index, kernel, 2·K·N, the dense reference's weight bytes, its math dtype) — costed as
+        the dense GEMM of the same shape (16-bit on GPUs, fp32 on CPUs) times the family's measured
+        ratio at the op's M."""
         from compiler import kernel_families as kf
         out = []
         by_name = {n.name: n for n in graph}
@@ -159,7 +159,8 @@ class CostModel:
             if w is None or not w.type.is_static():
                 continue
             numel = float(np.prod(w.type.shape))
-            out.append((i, it.kernel, 2.0 * numel, kf.dense_reference(it.kernel).dense_bytes * numel))
+            ref = kf.dense_reference(it.kernel)
+            out.append((i, it.kernel, 2.0 * numel, ref.dense_bytes * numel, ref.dense_dtype))
         return out
 
     @staticmethod
@@ -229,9 +230,9 @@ class CostModel:
             from compiler import kernel_families as kf
             ge = self.hw.efficiency.for_class("gemm")
             p16 = self.hw.peak("fp16")
-            for i, kernel, kn2, w_dense in self._kernel_items:
+            for i, kernel, kn2, w_dense, dense_dtype in self._kernel_items:
                 dense_bytes = byts[i] - w[i] + w_dense
-                pk = self.hw.peak(kf.dense_reference(kernel).dense_dtype)
+                pk = self.hw.peak(dense_dtype)
                 t_dense = np.maximum((flops[i] + ge.flops_half * fx[i] * pk / p16) / (pk * ge.compute),
                                      (dense_bytes + ge.bytes_half * fx[i]) / (self.hw.memory_bandwidth * ge.memory)) \
                     + launch * fx[i]

@@ -47,6 +47,9 @@ SOURCES: dict[str, Source] = {
 }
 DENSE_FAMILY = SOURCES["h200"].dense      # kept for callers of the GPU source
 
+#: a pruned weight on onnxruntime CPU: the same dense MatMul (ONNX has no N:M operator)
+ORT_DENSE_NM = "onnxruntime dense MatMul (no N:M kernel)"
+
 # kernel label (compute_dtype.kernel, what the report names) -> (source, measured family)
 KERNELS: dict[str, tuple[str, str]] = {
     "aten._weight_int4pack_mm": ("h200", "w4a16"),
@@ -64,7 +67,7 @@ KERNELS: dict[str, tuple[str, str]] = {
     "onnxruntime MatMulIntegerToFloat (static uint8 QDQ)": ("cpu_ort", "w8a8_static"),
     "onnxruntime MatMulInteger + per-token rescale": ("cpu_ort", "w8a8_per_token"),
     "onnxruntime DequantizeLinear fp8 + fp32 MatMul (accuracy simulation)": ("cpu_ort", "fp8_sim"),
-    "onnxruntime dense MatMul (no N:M kernel)": ("cpu_ort", "dense_fp32"),
+    ORT_DENSE_NM: ("cpu_ort", "dense_fp32"),
 }
 _CURVES: dict[tuple[str, str], dict] = {}
 _LOADED: set[str] = set()
@@ -120,10 +123,17 @@ def dense_reference(kernel: str) -> Source:
     return SOURCES[KERNELS[kernel][0]]
 
 
+def interp_log_m(points, m):
+    """A measured ``[[M, ratio], ...]`` curve at ``m`` rows: linear in log M, clamped at the
+    measured ends (how every kernel ratio is read: cost model, 2:4 gate, report)."""
+    pts = np.asarray(points, float)
+    return np.interp(np.log(np.maximum(np.asarray(m, float), 1.0)), np.log(pts[:, 0]), pts[:, 1])
+
+
 def ratio(kernel: str, m) -> np.ndarray:
     """Measured time of ``kernel`` relative to its source's dense GEMM at ``m`` rows."""
     c = _curve(kernel)
-    return np.interp(np.log(np.maximum(np.asarray(m, float), 1.0)), np.log(c["m"]), c["ratio"])
+    return interp_log_m(np.column_stack([c["m"], c["ratio"]]), m)
 
 
 def curve(kernel: str) -> dict | None:

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import numpy as np
-
+from compiler.kernel_families import interp_log_m
 from reports.markdown import fmt_bytes, fmt_time
 
 
@@ -22,9 +21,8 @@ def workload_rows(r: Mapping) -> dict[str, int]:
 
 
 def ratio_at(points, m: float) -> float:
-    """The cost model's interpolation of a measured curve (log M, clamped at the ends)."""
-    pts = np.asarray(points, float)
-    return float(np.interp(np.log(max(m, 1.0)), np.log(pts[:, 0]), pts[:, 1]))
+    """The cost model's reading of a measured curve (compiler.kernel_families.interp_log_m)."""
+    return float(interp_log_m(points, m))
 
 
 def _format(f: Mapping) -> str:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import sys
 import time
@@ -54,18 +53,6 @@ METHOD = ("each timed graph holds R independent copies of the weight (R x fp32 w
           "every family checked against numpy on the same codes first")
 STREAM_BYTES = 440e6      # R copies of the fp32 weight cover >= 4x a 105 MB last-level cache
 GROUP = 128
-
-
-def _llc_bytes() -> float:
-    try:
-        import subprocess
-        out = subprocess.run(["lscpu", "-B"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("L3 cache"):
-                return float(line.split(":")[1].split()[0])
-    except Exception:
-        pass
-    return 105e6
 
 
 def _quantize(w: np.ndarray, family: str, rng) -> dict:
@@ -153,10 +140,10 @@ def _tolerance(family: str) -> float:
     return {"dense_fp32": 1e-4, "w4a16_nbits_acc0": 1e-4, "w8a16_nbits_acc0": 1e-4}.get(family, 0.05)
 
 
-def measure(family, M, K, N, threads, rounds, rng, llc) -> dict:
+def measure(family, M, K, N, threads, rounds, rng, llc, stream_bytes=STREAM_BYTES) -> dict:
     from compiler.quant_onnx import make_session
     wbytes = K * N * 4
-    R = max(1, int(np.ceil(max(STREAM_BYTES, 4 * llc) / wbytes))) if M <= 64 else max(1, int(np.ceil(2 * llc / wbytes)))
+    R = max(1, int(np.ceil(max(stream_bytes, 4 * llc) / wbytes))) if M <= 64 else max(1, int(np.ceil(2 * llc / wbytes)))
     # (M > 64: compute-bound; 2x the cache is enough to keep the weights out of it)
     R = min(R, 64)
     m, feeds, cfg, ref = build(family, M, K, N, R, rng)
@@ -209,21 +196,18 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import onnxruntime as ort
     from rich.progress import Progress
-    llc = _llc_bytes()
+    from compiler.calibration.host import cpu_info
+    host = cpu_info()
+    llc = host["llc_bytes"] or 105e6        # not exposed: assume a server-sized L3 (more copies, not fewer)
+    stream = STREAM_BYTES
     shapes = [("smoke", 256, 256)] if args.smoke else SHAPES[:3] if args.quick else SHAPES
     ms = [1, 8] if args.smoke else [1, 8, 128] if args.quick else MS
     if args.smoke:
-        global STREAM_BYTES
-        STREAM_BYTES, llc, args.rounds = 0.0, 0.0, 3
+        stream, llc, args.rounds = 0.0, 0.0, 3
     jobs = [(f, M, s) for s in shapes for M in (MS_LARGE if s[1] * s[2] > 4e6 and not args.quick else ms)
             for f in args.families]
     rng = np.random.default_rng(0)
     samples = []
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except Exception:
-        pass
     with Progress() as prog:
         task = prog.add_task("onnxruntime CPU kernels", total=len(jobs))
         for s in shapes:                      # families of one (shape, M) back to back: same machine state
@@ -231,7 +215,7 @@ def main(argv=None) -> int:
                 group = [j for j in jobs if j[1] == M and j[2] == s]
                 random.Random(M).shuffle(group)
                 for f, _, _ in group:
-                    samples.append({**measure(f, M, s[1], s[2], args.threads, args.rounds, rng, llc), "layer": s[0]})
+                    samples.append({**measure(f, M, s[1], s[2], args.threads, args.rounds, rng, llc, stream), "layer": s[0]})
                     prog.advance(task)
                     if not sys.stdout.isatty():
                         x = samples[-1]
@@ -246,15 +230,9 @@ def main(argv=None) -> int:
                  if x["family"] == f and x["shape"]["M"] == m]
             row.append(f"{np.median(r):7.2f}" if r else "      —")
         print(f"{f:18s} " + " ".join(row))
-    flags = []
-    try:
-        have = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-        flags = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16") if f in have]
-    except Exception:
-        pass
     data = {"schema": "rooftop-ort-kernels/1", "smoke": bool(args.smoke),
-            "device": {"name": cpu, "kind": "cpu", "cores": os.cpu_count(), "llc_bytes": llc,
-                       "threads": args.threads, "isa": flags},
+            "device": {"name": host["name"], "kind": "cpu", "cores": host["cores"], "llc_bytes": llc,
+                       "threads": args.threads, "isa": host["isa"]},
             "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
             "date": time.strftime("%Y-%m-%d"), "method": METHOD,
             "samples": samples}

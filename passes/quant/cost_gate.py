@@ -71,8 +71,8 @@ def measured_ratio(family: str = SPARSE_FAMILY, dense: str = DENSE_FAMILY) -> di
 
 
 def ratio_at(curve: Mapping, m: float) -> float:
-    pts = np.asarray(curve["points"], float)
-    return float(np.interp(np.log(max(m, 1.0)), np.log(pts[:, 0]), pts[:, 1]))
+    from compiler.kernel_families import interp_log_m
+    return float(interp_log_m(curve["points"], m))
 
 
 def _roofline(flops, byts, peak, hw, cls_eff) -> float:
@@ -105,7 +105,8 @@ def decide(g: Graph, node: OpNode, weight: str, nm: tuple[int, int], context, wo
     if not hw.sparse_peak_flops:
         # no 2:4 math on this device (a CPU: onnxruntime runs the pruned weight as a dense MatMul
         # on the same bytes): pruning costs accuracy and buys no time
-        out.update(kernel=("onnxruntime dense MatMul (no N:M kernel)" if getattr(hw, "kind", "") == "cpu"
+        from compiler.kernel_families import ORT_DENSE_NM
+        out.update(kernel=(ORT_DENSE_NM if getattr(hw, "kind", "") == "cpu"
                            else "dense GEMM (no 2:4 sparse math on this device)"),
                    ratio_source=f"{hw.name} has no 2:4 sparse math units (sparse_peak_tflops is empty)",
                    pruned=False, predicted_payoff_s=0.0,

@@ -41,6 +41,7 @@ from compiler import annotations as ann
 from compiler.annotations import ComputeDtype, WeightFormat
 from compiler.errors import ConfigError
 from compiler.ir import Graph, OpNode
+from compiler.kernel_families import ORT_DENSE_NM
 from compiler.quant_onnx import ACCURACY_LEVEL_KEY, ORT_SESSION_KEY, ActivationQuant, QuantizedData
 from passes.base import Pass, PassResult
 from passes.quant.formats import QuantSpec, int_dtype, quantize_rtn
@@ -77,7 +78,7 @@ ORT_CPU_KERNELS: dict[tuple[str, str], str] = {
     ("fp8", "dynamic"): "onnxruntime DequantizeLinear fp8 + fp32 MatMul (accuracy simulation)",
     ("fp8", "static"): "onnxruntime DequantizeLinear fp8 + fp32 MatMul (accuracy simulation)",
 }
-ORT_CPU_SPARSE_KERNEL = "onnxruntime dense MatMul (no N:M kernel)"
+ORT_CPU_SPARSE_KERNEL = ORT_DENSE_NM
 
 
 def on_cpu(context) -> bool:

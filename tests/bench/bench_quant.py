@@ -180,14 +180,9 @@ def machine() -> dict:
     """CPU model, ISA flags, cores, and the memory read bandwidth two threads reach (torch.sum
     over 400 MB, median of 5) — what a CPU hardware description of this machine needs."""
     import torch
-    out = {"cores": os.cpu_count()}
-    try:
-        info = open("/proc/cpuinfo").read().splitlines()
-        out["name"] = next(x.split(":", 1)[1].strip() for x in info if x.startswith("model name"))
-        have = next(x for x in info if x.startswith("flags")).split()
-        out["isa"] = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16") if f in have]
-    except (OSError, StopIteration):
-        pass
+
+    from compiler.calibration.host import cpu_info
+    out = {k: v for k, v in cpu_info().items() if k != "llc_bytes"}
     n = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     a = torch.ones(100_000_000)
