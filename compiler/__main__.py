@@ -1,3 +1,3 @@
-from compiler.app import main
+from compiler.driver.app import main
 
 main()

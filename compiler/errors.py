@@ -59,7 +59,7 @@ class EmissionFailed(RooftopError):
 
 
 class VerificationError(RooftopError):
-    """The emitted model does not match the source model (raised by compiler.verify; the driver
+    """The emitted model does not match the source model (raised by compiler.backend.verify; the driver
     records it in the report and exits 4)."""
 
     exit_code = EXIT_EMIT

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from compiler.emit_onnx import subgraph_model
+from compiler.backend.emit import subgraph_model
 from compiler.ir import Graph, Param
-from compiler.ops import get as get_opdef
-from compiler.ops import is_const, noop_source
+from compiler.ir.ops import get as get_opdef
+from compiler.ir.ops import is_const, noop_source
 from passes.base import Pass, PassResult
 
 

@@ -12,14 +12,14 @@ it. The graph gains two outputs per exit:
 
 Each cloned op carries ``exit_point`` (layer, conditional exit probability, head output). The
 cost side (expected depth, expected max depth over a batch, skipped layers' K/V) is
-compiler/early_exit.py.
+compiler/analysis/early_exit.py.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from compiler.annotations import ExitPoint
-from compiler.early_exit import op_layers
+from compiler.ir.annotations import ExitPoint
+from compiler.analysis.early_exit import op_layers
 from compiler.errors import ConfigError
 from compiler.ir import Graph, IRError
 from passes.base import Pass, PassResult

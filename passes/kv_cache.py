@@ -17,10 +17,10 @@ embeddings read them, so nothing else changes.
 """
 from __future__ import annotations
 
-from compiler import annotations as ann
-from compiler.annotations import KVLayout
+from compiler.ir import annotations as ann
+from compiler.ir.annotations import KVLayout
 from compiler.ir import P, Graph, IRError, OpNode, TensorType
-from compiler.ops import UnsupportedOpError
+from compiler.ir.ops import UnsupportedOpError
 from passes.base import Pass, PassResult
 
 

@@ -43,7 +43,7 @@ def _eval_mask(g: Graph, tensor: str, feeds_at):
     ``feeds_at(b, s, inputs)`` gives the feeds. Returns [((b, s), feeds, value)]."""
     import onnxruntime as ort
 
-    from compiler.emit_onnx import subgraph_model
+    from compiler.backend.emit import subgraph_model
     from passes.fusion.mask import _ancestors
     nodes, leaves = _ancestors(g, tensor)
     for t in _data_leaves(g, tensor):

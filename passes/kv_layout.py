@@ -2,13 +2,13 @@
 
 Registered as ``kv_layout`` (parameters ``layout``, ``block_size``, ``dtype``); the pipeline
 driver appends it after the configured passes when ``kv=paged`` or ``kv.dtype`` is set
-(:func:`compiler.pipeline.kv_passes`). It writes the ``kv_layout`` annotation
-(:class:`compiler.annotations.KVLayout`) on each Attention op that has a past K/V input — the one
+(:func:`compiler.driver.pipeline.kv_passes`). It writes the ``kv_layout`` annotation
+(:class:`compiler.ir.annotations.KVLayout`) on each Attention op that has a past K/V input — the one
 ``lift_kv_cache`` sets to ``KVLayout("contiguous")`` when it lifts the cache:
 
 - ``layout`` contiguous | paged, ``block_size`` tokens per block (paged only);
 - ``dtype`` the stored format of the cache: fp32 | fp16 | bf16 | fp8 | int8 (None: the attention's
-  own dtype). The cost model (:mod:`compiler.cost`) reads it: a quantized cache moves
+  own dtype). The cost model (:mod:`compiler.perf.cost`) reads it: a quantized cache moves
   ``itemsize(dtype) / itemsize(K)`` of the KV bytes and pays its (de)quantization; the analysis
   sizes the cache (memory, capacity) with it.
 
@@ -17,8 +17,8 @@ quantized cache is a runtime storage format, described by the annotation and the
 """
 from __future__ import annotations
 
-from compiler import annotations as ann
-from compiler.annotations import KVLayout
+from compiler.ir import annotations as ann
+from compiler.ir.annotations import KVLayout
 from compiler.errors import ConfigError
 from passes.base import Pass, PassResult
 

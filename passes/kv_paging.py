@@ -12,7 +12,7 @@ then reads instead
 - ``context_lens`` int64 ``[B]`` — tokens of each sequence already in the pool (its context
   before this step; the new tokens are not counted).
 
-``PagedKVGather`` (compiler/ops.py; ONNX Gather → Transpose → Reshape) turns pool + table into
+``PagedKVGather`` (compiler/ir/ops.py; ONNX Gather → Transpose → Reshape) turns pool + table into
 the ``[B, kv_heads, max_blocks·block_size, head_dim]`` past the Attention reads. A boolean mask
 derived in the graph from ``context_lens`` (Range < context_lens; every new token kept) hides the
 unused tail of every sequence's last block and of shorter sequences' tables, so one batch mixes
@@ -39,8 +39,8 @@ import math
 
 import numpy as np
 
-from compiler import annotations as ann
-from compiler.annotations import KVLayout
+from compiler.ir import annotations as ann
+from compiler.ir.annotations import KVLayout
 from compiler.errors import ConfigError
 from compiler.ir import DTYPES, B, Graph, P, S, TensorType
 from passes.base import Pass, PassResult
@@ -122,7 +122,7 @@ def _combine_mask(g: Graph, old: str, mask: str, cache: dict) -> str:
 
 
 def _bshape(g, a, b):
-    from compiler.ops import broadcast_shapes
+    from compiler.ir.ops import broadcast_shapes
     return broadcast_shapes(g.type(a).shape, g.type(b).shape)
 
 

@@ -1,6 +1,6 @@
 """MoE routing: set the token distribution over experts on every ``moe`` annotation.
 
-The importer (compiler/moe.py) builds the expert-structured IR with uniform routing. This pass
+The importer (compiler/frontends/moe.py) builds the expert-structured IR with uniform routing. This pass
 replaces the distribution by the configured one — ``moe.routing``:
 
 - ``uniform``: every expert receives k/E of the tokens;
@@ -8,7 +8,7 @@ replaces the distribution by the configured one — ``moe.routing``:
 - a list of E numbers: a measured routing histogram (token counts or shares; normalized here).
 
 The cost model then charges each expert k·p_e·T rows and reads its weights with probability
-1 − (1 − k·p_e)^T (compiler/moe.py).
+1 − (1 − k·p_e)^T (compiler/perf/moe.py).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from compiler import annotations as ann
+from compiler.ir import annotations as ann
 from compiler.errors import ConfigError
 from compiler.ir import Graph
 from passes.base import Pass, PassResult
@@ -53,7 +53,7 @@ def routing_fields(routing: Any, skew: float, experts: int) -> dict[str, Any]:
 def apply_routing(g: Graph, moe_cfg: Mapping | None, hf_config: Mapping | None = None) -> dict[str, int]:
     """Set ``moe.routing`` (and, from the model's Hugging Face config, the shared-expert count)
     on every ``moe`` annotation."""
-    from compiler.moe import shared_experts
+    from compiler.frontends.moe import shared_experts
     moe_cfg = dict(moe_cfg or {})
     nodes = [n for n in g if ann.get(n, "moe") is not None]
     if not nodes:

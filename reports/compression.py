@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from compiler.kernel_families import interp_log_m
+from compiler.perf.kernel_families import interp_log_m
 from reports.markdown import fmt_bytes, fmt_time
 
 
@@ -21,7 +21,7 @@ def workload_rows(r: Mapping) -> dict[str, int]:
 
 
 def ratio_at(points, m: float) -> float:
-    """The cost model's reading of a measured curve (compiler.kernel_families.interp_log_m)."""
+    """The cost model's reading of a measured curve (compiler.perf.kernel_families.interp_log_m)."""
     return float(interp_log_m(points, m))
 
 

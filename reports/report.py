@@ -1,6 +1,6 @@
 """Render the analysis result: ``report.json`` (the contract in DESIGN.md), report.md, report.html.
 
-The numbers come from :func:`compiler.analysis.analyze`; this module only adds the schema version
+The numbers come from :func:`compiler.analysis.phases.analyze`; this module only adds the schema version
 and the emission facts, makes the dict JSON-safe and writes the files.
 
 Everything in the JSON is a function of the config: no timestamps, wall times or absolute paths,
@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 import sympy
 
-from compiler.analysis import kv_bytes_per_token, param_count, weights_bytes  # noqa: F401 (re-exported)
+from compiler.analysis.phases import kv_bytes_per_token, param_count, weights_bytes  # noqa: F401 (re-exported)
 
 SCHEMA_VERSION = "1.0"
 TOOL = {"name": "rooftop", "version": "0.1.0"}
 
 
 def build_report(result: Mapping[str, Any], emit_info: Mapping[str, Any]) -> dict[str, Any]:
-    """report.json: the analysis result (compiler/analysis.py) with the schema version, the tool
+    """report.json: the analysis result (compiler/analysis/phases.py) with the schema version, the tool
     and what emission did, made JSON-safe."""
     emit = {k: v for k, v in emit_info.items() if k != "path"}
     if "path" in emit_info:

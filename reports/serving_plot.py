@@ -2,7 +2,7 @@
 
 Left: generated tokens/s against the offered rate (continuous batching, static batching), the
 largest rate meeting the SLOs marked. Right: TTFT and TPOT p99 against the rate (log scale) with
-the SLO lines. A pure function of ``report["serve"]`` (the rate sweep of compiler/serving.py);
+the SLO lines. A pure function of ``report["serve"]`` (the rate sweep of compiler/analysis/serving.py);
 deterministic like the other figures (reports/plots.py).
 """
 from __future__ import annotations

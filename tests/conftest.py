@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def compose(overrides=()):
     from hydra import compose as _compose, initialize_config_dir
     from omegaconf import OmegaConf
-    from compiler.app import config_dir
+    from compiler.driver.app import config_dir
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
         cfg = _compose("config", overrides=list(overrides))
     return OmegaConf.to_container(cfg, resolve=True) | {"hydra": None}
@@ -23,7 +23,7 @@ def compose(overrides=()):
 
 def model_cfg(name: str, **over) -> dict:
     from omegaconf import OmegaConf
-    from compiler.app import config_dir
+    from compiler.driver.app import config_dir
     cfg = OmegaConf.to_container(OmegaConf.load(config_dir() / "model" / f"{name}.yaml"))
     cfg.update(over)
     return cfg
@@ -52,7 +52,7 @@ def imported(name: str, **over):
     """Import a configured model once per test session (import passes and cleanup applied)."""
     key = (name, repr(sorted(over.items())))
     if key not in _GRAPHS:
-        from compiler.importers.models import import_torch
+        from compiler.frontends.models import import_torch
         from passes.cleanup import fold_constants, remove_noops
         g = import_torch(model_cfg(name, **over))
         prepare(g)
@@ -138,7 +138,7 @@ def _validate_emitted_reports(request, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_report(tmp_path_factory):
     """One in-process run of gpt2_tiny (default pipeline, no emission): (report dict, out dir)."""
-    from compiler.pipeline import run
+    from compiler.driver.pipeline import run
     out = tmp_path_factory.mktemp("tiny_report")
     report = run(compose(["model=gpt2_tiny", "emit.enabled=false", "report.html=false"]), str(out),
                  show_progress=False)

@@ -1,4 +1,4 @@
-"""The accuracy stage (compiler/accuracy.py) and quant= / sparsity= through the command line:
+"""The accuracy stage (compiler/backend/accuracy.py) and quant= / sparsity= through the command line:
 metrics against hand-computed values, MiniLM with its real weights, report sections, gates."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from compiler import accuracy
+from compiler.backend import accuracy
 from compiler.errors import ConfigError
 from tests.conftest import run_cli
 

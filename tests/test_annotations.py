@@ -1,4 +1,4 @@
-"""The typed annotation contract (compiler/annotations.py): schemas, validation, stored bytes
+"""The typed annotation contract (compiler/ir/annotations.py): schemas, validation, stored bytes
 (DOMAIN.md "Weight formats" arithmetic), and annotations surviving the default fusion pipeline."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import sympy
 
-from compiler import annotations as ann
-from compiler.annotations import ComputeDtype, KVLayout, MoERouting, WeightFormat
+from compiler.ir import annotations as ann
+from compiler.ir.annotations import ComputeDtype, KVLayout, MoERouting, WeightFormat
 from compiler.ir import Graph, IRError, TensorType
 from tests.conftest import imported
 
@@ -109,9 +109,9 @@ def annotated_fused():
 
 
 def test_annotations_survive_fusion(annotated_fused):
-    from compiler.cost import CostModel
-    from compiler.hardware import hardware_by_name
-    from compiler.ops import Classifier
+    from compiler.perf.cost import CostModel
+    from compiler.perf.hardware import hardware_by_name
+    from compiler.ir.ops import Classifier
     g, plain, res, fmt, cd = annotated_fused
     # the merges fire on annotated weights (they share one format), and the fused ops keep them
     assert res.stats["merge_qkv"] == 4 and res.stats["merge_gate_up"] == 4
@@ -148,7 +148,7 @@ def test_fused_ops_match_the_unannotated_pipeline(annotated_fused):
 
 def test_emitter_serializes_annotations(annotated_fused, tmp_path):
     import onnx
-    from compiler.emit_onnx import save
+    from compiler.backend.emit import save
     g = annotated_fused[0]
     save(g, str(tmp_path / "m.onnx"))
     m = onnx.load(str(tmp_path / "m.onnx"))

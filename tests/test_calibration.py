@@ -1,6 +1,6 @@
 """Cost-model calibration: the efficiency model, its fitter, and the stored GPU measurements.
 
-The stored measurements (compiler/calibration/data/*.json, written by tools/calibrate_gpu.py
+The stored measurements (compiler/perf/calibration/data/*.json, written by tools/calibrate_gpu.py
 on a real GPU) must be fitted by the model to a median absolute relative error of at most
 15 % per op class, and the uncalibrated roofline must do worse (shown for contrast).
 """
@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compiler import efficiency as E
-from compiler.calibration import DATA_DIR
-from compiler.calibration import fit as calfit
+from compiler.perf import efficiency as E
+from compiler.perf.calibration import DATA_DIR
+from compiler.perf.calibration import fit as calfit
 
 REPO = Path(__file__).resolve().parents[1]
 TOL = 0.15
@@ -208,7 +208,7 @@ def test_fitted_params_are_physical(path):
 
 
 def test_fit_cli_writes_hardware_yaml(tmp_path):
-    import compiler.hardware as hw_mod
+    import compiler.perf.hardware as hw_mod
     base = REPO / "conf" / "hardware" / "h100_sxm.yaml"
     data = DATA_DIR / "h100_sxm.json"
     assert base.exists() and data.exists()
@@ -217,7 +217,7 @@ def test_fit_cli_writes_hardware_yaml(tmp_path):
     hw = hw_mod.load_hardware_file(out)
     base_hw = hw_mod.load_hardware_file(base)
     assert hw.efficiency.source.startswith("calibrated on ")
-    assert "compiler/calibration/data/h100_sxm.json" in hw.efficiency.source
+    assert "compiler/perf/calibration/data/h100_sxm.json" in hw.efficiency.source
     assert hw.peak_flops == base_hw.peak_flops and hw.memory_bandwidth == base_hw.memory_bandwidth
     res = calfit.fit_file(data, base_yaml=base)
     for cls, p in res.params.items():

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compiler.capacity import kv_budget, kv_bytes_per_token_for, kv_token_bytes, plan_capacity
+from compiler.analysis.capacity import kv_budget, kv_bytes_per_token_for, kv_token_bytes, plan_capacity
 from compiler.errors import ConfigError
-from compiler.hardware import hardware_by_name
+from compiler.perf.hardware import hardware_by_name
 
 # Llama-2-7B (Touvron et al. 2023, Table 1): 32 layers, hidden 4096, 32 heads (MHA), MLP 11008,
 # vocab 32000, untied embeddings. Parameter count by hand:
@@ -113,7 +113,7 @@ def test_bad_input_names_the_key(kw, msg):
 
 
 def test_capacity_section_reports_both_layouts(a10):
-    from compiler.capacity import capacity_section
+    from compiler.analysis.capacity import capacity_section
     sec = capacity_section(kv={"layout": "paged", "block_size": 16, "max_model_len": 4096, "dtype": None},
                            gpu_utilization=1.0, memory_bytes=a10.memory_bytes, weights_bytes=W7B_FP16,
                            kv_bytes_per_token=KV_TOK_7B, model_kv_dtype="fp16",

@@ -117,10 +117,10 @@ def test_failing_pass_is_named_with_its_predecessors():
 
 
 def test_calibrate_entry_point_writes_a_loadable_hardware_yaml(tmp_path):
-    from compiler.hardware import load_hardware_file
+    from compiler.perf.hardware import load_hardware_file
     from tests.conftest import ROOT
     out = tmp_path / "h100_sxm.yaml"
-    r = run_cli("calibrate", str(ROOT / "compiler/calibration/data/h100_sxm.json"),
+    r = run_cli("calibrate", str(ROOT / "compiler/perf/calibration/data/h100_sxm.json"),
                 "--base-yaml", str(ROOT / "conf/hardware/h100_sxm.yaml"), "--out", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
     hw = load_hardware_file(out)

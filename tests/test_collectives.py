@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compiler.calibration import collectives as C
-from compiler.hardware import (HardwareError, hardware_by_name, hardware_dir, hardware_to_yaml_dict,
+from compiler.perf.calibration import collectives as C
+from compiler.perf.hardware import (HardwareError, hardware_by_name, hardware_dir, hardware_to_yaml_dict,
                                load_hardware, load_hardware_file)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from compiler.compare import compare_reports, main
+from compiler.driver.compare import compare_reports, main
 from tests.conftest import run_cli
 
 
@@ -151,7 +151,7 @@ def test_bad_input_exits_2_with_one_paragraph(tiny_report, tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert msg in err
-    # through the console entry point (compiler/app.py dispatch), directories accepted
+    # through the console entry point (compiler/driver/app.py dispatch), directories accepted
     r = run_cli("compare", str(out), good, timeout=120)
     assert r.returncode == 0 and "no regression" in r.stdout, r.stderr
     r = run_cli("compare", str(out), str(tmp_path / "nowhere"), timeout=120)

@@ -1,4 +1,4 @@
-"""Structured configs (issue 8): the schema in compiler/config.py is the one place for defaults,
+"""Structured configs (issue 8): the schema in compiler/driver/config.py is the one place for defaults,
 and an unknown or misspelled key anywhere exits 2 naming it and the nearest valid keys."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from compiler import config as schema
+from compiler.driver import config as schema
 from compiler.errors import ConfigError
 from tests.conftest import ROOT, compose, run_cli
 
@@ -97,7 +97,7 @@ def test_config_yaml_repeats_the_schema_defaults():
     assert paged == {**schema.defaults()["kv"], "layout": "paged"}
     assert yaml.safe_load((ROOT / "conf/early_exit/none.yaml").read_text())["mode"] == \
         schema.defaults()["early_exit"]["mode"] == "none"
-    from compiler.pipeline import workload_of
+    from compiler.driver.pipeline import workload_of
     assert workload_of({}) == {"batch": 1, "prompt_len": 512, "gen_len": 128, "context_len": 512}
     assert schema.validate(compose())["workload"]["prompt_len"] == 512
 

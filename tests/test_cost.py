@@ -7,15 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compiler.cost import CostModel, attention_q_tiles
-from compiler.hardware import hardware_by_name
+from compiler.perf.cost import CostModel, attention_q_tiles
+from compiler.perf.hardware import hardware_by_name
 from compiler.ir import B, P, S, Graph, TensorType
-from compiler.ops import op_cost
+from compiler.ir.ops import op_cost
 from reports.report import kv_bytes_per_token, weights_bytes
 from tests.conftest import imported
+from compiler.resources import CALIBRATION_DATA
 
 GIB, MIB = 2**30, 2**20
-DATA = Path(__file__).resolve().parents[1] / "compiler" / "calibration" / "data" / "h100_sxm.json"
+DATA = CALIBRATION_DATA / "h100_sxm.json"
 
 
 def test_ridge_points():
@@ -74,7 +75,7 @@ def test_llama2_7b_kv_cache_and_a10_capacity(llama2_7b, tmp_path):
     assert kv_bytes_per_token(llama2_7b) == 0.5 * MIB
     assert kv_bytes_per_token(llama2_7b) * 4096 == 2 * GIB
     assert weights_bytes(llama2_7b) == pytest.approx(13.48e9, rel=0.01)
-    from compiler.pipeline import run
+    from compiler.driver.pipeline import run
     from tests.conftest import compose
     cfg = compose(["model=llama2_7b", "hardware=a10", "workload.prompt_len=4096", "workload.gen_len=0",
                    "progress=false", "report.html=false"])
@@ -146,8 +147,8 @@ def test_end_to_end_error_against_h100_measurements(llama2_7b):
     """Llama-2-7B-shaped model measured on an H100 (CUDA graphs): median |error| ≤ 16 % for
     prefill and for decode with the calibrated efficiencies; the pure roofline is shown for
     contrast (and must be worse)."""
-    from compiler import efficiency as eff
-    from compiler.cost import REFERENCE_PEAK_CLASSES
+    from compiler.perf import efficiency as eff
+    from compiler.perf.cost import REFERENCE_PEAK_CLASSES
     e2e = json.loads(DATA.read_text())["e2e"]
     hw = hardware_by_name("h100_sxm")
     assert "calibrated" in hw.efficiency.source
@@ -203,7 +204,7 @@ def test_a_tied_lm_head_costs_what_its_own_weight_would(hw):
     """The ``Transpose`` of a weight is done once at load (onnxruntime folds it; a GPU GEMM reads
     Wᵀ as a transposed operand): no per-step copy of the table, no activation buffer of it, and the
     head GEMM reads weight bytes — the same time as an untied head of the same shape."""
-    from compiler.schedule import schedule
+    from compiler.perf.schedule import schedule
     h = hardware_by_name(hw)
     tied, own = _lm_head_graph(True), _lm_head_graph(False)
     ct, co = CostModel(tied, h), CostModel(own, h)
@@ -223,7 +224,7 @@ def test_llama3_1b_decode_has_no_copy_of_its_tied_embedding_table():
     """The real importer's tied head (llama3_1b, meta weights): no op in a decode step moves the
     262 MB-per-copy embedding table except the head GEMM reading it once."""
     from tests.conftest import model_cfg
-    from compiler.importers.models import import_torch
+    from compiler.frontends.models import import_torch
     g = import_torch(model_cfg("llama3_1b"))
     cm = CostModel(g, hardware_by_name("h200"))
     r = cm.evaluate(1, 1, 511, "decode")

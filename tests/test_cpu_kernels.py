@@ -12,15 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from compiler import kernel_families as kf
-from compiler.cost import CostModel
-from compiler.hardware import hardware_by_name
+from compiler.resources import CALIBRATION_DATA
+from compiler.perf import kernel_families as kf
+from compiler.perf.cost import CostModel
+from compiler.perf.hardware import hardware_by_name
 from passes import PassContext, PassManager, make_pass
 from passes.quant.passes import ORT_CPU_KERNELS, ORT_CPU_SPARSE_KERNEL, linear_sites
 from tests.conftest import imported
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "compiler" / "calibration" / "data" / "cpu_ort_kernels.json"
+DATA = CALIBRATION_DATA / "cpu_ort_kernels.json"
 sys.path.insert(0, str(ROOT / "tools"))
 import measure_kernels_ort as mko  # noqa: E402
 
@@ -164,7 +165,7 @@ def test_measure_script_smoke_mode(tmp_path):
     assert all(s["max_rel_err"] <= mko._tolerance(s["family"]) for s in d["samples"])
 
 
-E2E = ROOT / "compiler" / "calibration" / "data" / "e2e" / "cpu_ort_gpt2.json"
+E2E = CALIBRATION_DATA / "e2e" / "cpu_ort_gpt2.json"
 #: rooftop scheme -> the bench variant that ran it
 _VARIANTS = {"w4a16": "rooftop w4a16", "w8a8": "rooftop w8a8", "w8a16": "rooftop w8a16"}
 
@@ -217,7 +218,7 @@ def test_cpu_2vcpu_gemm_class_is_fitted_to_the_stored_fp32_matmuls(meas):
     the samples gives the same parameters (to the YAML's rounding)."""
     import numpy as np
 
-    from compiler import efficiency as E
+    from compiler.perf import efficiency as E
     hw = hardware_by_name("cpu_2vcpu")
     S = [s for s in meas["samples"] if s["family"] == "dense_fp32"]
     f = np.array([2.0 * s["shape"]["M"] * s["shape"]["K"] * s["shape"]["N"] for s in S])

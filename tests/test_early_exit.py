@@ -8,10 +8,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from compiler import early_exit as ee
+from compiler.analysis import early_exit as ee
 from compiler.errors import ConfigError
-from compiler.importers.models import build_torch_model, import_torch
-from compiler.pipeline import run
+from compiler.frontends.models import build_torch_model, import_torch
+from compiler.driver.pipeline import run
 from passes import PassManager, make_pass
 from passes.early_exit import insert_exit_heads
 from tests.conftest import compose, model_cfg, prepare, run_cli
@@ -38,7 +38,7 @@ def test_depth_formulas_hand_derived():
 @pytest.fixture(scope="module")
 def exit_model(tmp_path_factory):
     """llama_tiny (4 layers) with exits after layers 0 and 2, fused by the default passes, emitted."""
-    from compiler.emit_onnx import save
+    from compiler.backend.emit import save
     cfg = model_cfg("llama_tiny")
     module, task = build_torch_model(cfg)
     g = import_torch(cfg, module, task)
@@ -85,8 +85,8 @@ def test_exit_heads_are_annotated_and_kv_projections_found(exit_model, tmp_path)
     _, g, _, _ = exit_model
     pts = {n.annotations["exit_point"].layer for n in g if "exit_point" in n.annotations}
     assert pts == {0, 2}
-    from compiler.cost import CostModel
-    from compiler.hardware import load_hardware
+    from compiler.perf.cost import CostModel
+    from compiler.perf.hardware import load_hardware
     cm = CostModel(g, load_hardware(compose(["hardware=h200"])["hardware"]))
     frac = ee._kv_projection_fraction(g, cm)
     # merged QKV GEMM [128 → 128 + 32 + 32]: K and V are 64 of its 192 output columns, per layer
@@ -140,8 +140,8 @@ def test_threshold_calibration_on_evaluation_text():
     all_ = ee.calibrate(cfg, [0, 2], 0.0, 64)          # every token leaves at the first exit
     assert all_["exits"][0]["probability"] == 1.0 and all_["exits"][1]["reached"] == 0
     # agreement = how often the first exit's argmax equals the full model's, recomputed in torch
-    from compiler.importers.models import build_hf
-    from compiler.speculative import eval_token_ids
+    from compiler.frontends.models import build_hf
+    from compiler.analysis.speculative import eval_token_ids
     m = build_hf(cfg)
     ids = torch.as_tensor(eval_token_ids(1024, 64))[None]
     with torch.no_grad():

@@ -47,7 +47,7 @@ def _param(f, e):
 
 
 def fuse(g):
-    from compiler.hardware import hardware_by_name
+    from compiler.perf.hardware import hardware_by_name
     from passes import PassContext, make_pass
     from conftest import prepare
     from passes.cleanup import fold_constants, remove_noops
@@ -96,14 +96,14 @@ def built(tmp_path_factory):
         key = (family, exporter)
         if key not in cache:
             if exporter == "torch":
-                from compiler.importers.models import build_torch_model, import_torch
+                from compiler.frontends.models import build_torch_model, import_torch
                 cfg = model_config(family)
                 g = import_torch(cfg)
                 module = build_torch_model(cfg)[0] if family not in ("t5", "vit") else \
                     om.family_module(family)
                 ref = module.eval()
             else:
-                from compiler.importers.onnx_import import import_onnx
+                from compiler.frontends.onnx_import import import_onnx
                 attn = EXPORT_ATTN.get(key, "sdpa")
                 path = str(root / f"{family}_{exporter}.onnx")
                 om.export_family(family, path, exporter == "dynamo", attn=attn)

@@ -73,7 +73,7 @@ def feeds_for(g: Graph, seed: int = 0, values: dict | None = None) -> dict[str, 
 def ort_session(model_or_graph):
     import onnxruntime as ort
 
-    from compiler.emit_onnx import check, to_model
+    from compiler.backend.emit import check, to_model
     model = model_or_graph
     if isinstance(model_or_graph, Graph):
         model = to_model(model_or_graph)
@@ -209,7 +209,7 @@ def test_attention_should_not_fire_on_softmax_over_another_axis():
 @pytest.mark.parametrize("mask", ["window", "bidirectional", "padding"])
 def test_causal_required_refuses_non_causal_mask(mask):
     """Importing an eager causal decoder needs a causal mask (the KV cache is lifted next)."""
-    from compiler.ops import UnsupportedOpError
+    from compiler.ir.ops import UnsupportedOpError
     from passes.fusion import fuse_eager_attention
     g = eager_attention(mask)
     with pytest.raises(UnsupportedOpError, match="causal mask is required"):
@@ -391,7 +391,7 @@ def residual_graph(norm="layer", broadcast=False):
 def test_residual_norm_is_one_rooftop_function(norm):
     import onnx
 
-    from compiler.emit_onnx import to_model
+    from compiler.backend.emit import to_model
     g = residual_graph(norm)
     before = g.copy()
     assert fuse(g, ["residual_norm"])["residual_norm"] == 1
@@ -552,7 +552,7 @@ def test_rotary_with_unprovable_halves_is_left_alone():
 # engine: cost gate, explain, pass parameters and context
 
 def test_cost_gate_refuses_a_rewrite_predicted_slower():
-    from compiler.hardware import hardware_by_name
+    from compiler.perf.hardware import hardware_by_name
     from passes.fusion import CostGate, Rule
     from passes.fusion.pattern import Op, Var
 
@@ -600,7 +600,7 @@ def test_explain_logs_why_a_rule_did_not_fire():
 
 def test_pass_parameters_and_context():
     from compiler.errors import ConfigError
-    from compiler.hardware import hardware_by_name
+    from compiler.perf.hardware import hardware_by_name
     from passes import PASSES, PassContext, make_pass
     assert {"fuse", "fuse_attention", "fuse_norms", "fuse_gemm", "annotate_rotary"} <= set(PASSES)
     ctx = PassContext(hardware=hardware_by_name("cpu"), points=((8, 128, 0, "prefill"), (8, 1, 128, "decode")))
@@ -620,7 +620,7 @@ def test_pass_parameters_and_context():
 def test_commutative_operands_are_declared_once_in_the_registry():
     """``mask + scores`` and ``scores + mask`` match the same pattern: Add is commutative in the
     op registry; Div is not, so ``c / x`` is not a scale of ``x``."""
-    from compiler.ops import is_commutative
+    from compiler.ir.ops import is_commutative
     from passes.fusion.pattern import Const, Matcher, Op, Var
     assert is_commutative("Add") and is_commutative("Mul") and not is_commutative("Div")
     bd = Builder()
@@ -659,7 +659,7 @@ def encoder_layer_graph(bias=True, hid=24, dtype="float32"):
 
 
 def _fuse_target(g, target, hardware="cpu"):
-    from compiler.hardware import hardware_by_name
+    from compiler.perf.hardware import hardware_by_name
     from passes import PassContext, make_pass
     ctx = PassContext(hardware_by_name(hardware), ((2, 5, 0, "prefill"), (2, 1, 5, "decode")))
     p = make_pass({"name": "fuse", "target": target, "cost_gate": False}, ctx)
@@ -670,7 +670,7 @@ def _fuse_target(g, target, hardware="cpu"):
 def test_cpu_target_keeps_qkv_apart_and_picks_the_bias_form_per_linear(target, hardware):
     """The MLP's GELU linear (16 → 24) is a ``Gemm`` + ``Gelu``; Q and O (no activation) stay
     ``MatMul`` + ``Add``; K's bias is dropped and V's folded into O's."""
-    from compiler.emit_onnx import check, to_model
+    from compiler.backend.emit import check, to_model
     g = encoder_layer_graph()
     before = g.copy()
     p, res = _fuse_target(g, target, hardware)
@@ -697,7 +697,7 @@ def test_cpu_target_puts_a_wide_linears_bias_into_its_weight(tmp_path):
     feeding a MatMul, no BiasGelu, and the concatenated weight folded at load (no Concat left)."""
     import onnx
     import onnxruntime as ort
-    from compiler.emit_onnx import to_model
+    from compiler.backend.emit import to_model
     g = encoder_layer_graph(hid=48)
     before = g.copy()
     _, res = _fuse_target(g, "cpu")
@@ -721,7 +721,7 @@ def test_bias_row_form_keeps_the_models_dtype():
     """The ones column has the activations' dtype (Pad's value must): an fp16 model gets its own
     function, and the emitted model passes the ONNX checker with full type inference."""
     import onnx
-    from compiler.emit_onnx import to_model
+    from compiler.backend.emit import to_model
     g = encoder_layer_graph(hid=48, dtype="float16")
     _fuse_target(g, "cpu")
     m = to_model(g)
@@ -734,7 +734,7 @@ def test_bias_row_form_keeps_the_models_dtype():
 
 
 def test_portable_target_merges_qkv_and_emits_matmul_epilogues():
-    from compiler.emit_onnx import to_model
+    from compiler.backend.emit import to_model
     g = encoder_layer_graph()
     before = g.copy()
     p, res = _fuse_target(g, "portable")
@@ -751,8 +751,8 @@ def test_cpu_target_leaves_bias_free_and_quantized_linears_as_matmul():
     """No bias: nothing for a Gemm to take in. A weight-quantized linear (``quant_data``, written
     by the quant passes after fusion) keeps ``MatMul`` over its DequantizeLinear, the form
     onnxruntime turns into its quantized GEMM kernels."""
-    from compiler.emit_onnx import to_model
-    from compiler.quant_onnx import QuantizedData
+    from compiler.backend.emit import to_model
+    from compiler.backend.quantized import QuantizedData
     g = encoder_layer_graph(bias=False)
     _fuse_target(g, "cpu")
     assert not any(n.attrs.get("gemm") or n.attrs.get("bias_row") for n in g if n.op == "MatMulEpilogue")
@@ -856,9 +856,9 @@ def _mask_feeds(g):
 
 @pytest.mark.parametrize("residual_norm", [True, False])
 def test_cpu_target_folds_key_value_and_residual_biases(residual_norm):
-    from compiler.emit_onnx import to_model
+    from compiler.backend.emit import to_model
     from passes import PassContext, make_pass
-    from compiler.hardware import hardware_by_name
+    from compiler.perf.hardware import hardware_by_name
     g = post_ln_layer_graph()
     before = g.copy()
     rules = [r for r in RULES if r != "residual_norm" or residual_norm]

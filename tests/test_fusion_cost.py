@@ -52,8 +52,8 @@ def fused_bytes(n: int) -> float:
 @pytest.fixture(scope="module")
 def llama2_7b_eager():
     """(fused import with its KV cache — the real import path; the unfused eager graph)."""
-    from compiler.importers.models import _vocab, build_torch_model, example_inputs, import_torch
-    from compiler.importers.torch_export import export_module, import_exported
+    from compiler.frontends.models import _vocab, build_torch_model, example_inputs, import_torch
+    from compiler.frontends.torch_export import export_module, import_exported
     from compiler.ir import B, S
     from passes.cleanup import remove_noops
     cfg = model_cfg("llama2_7b", attn_implementation="eager")
@@ -88,9 +88,9 @@ def attention_groups(g):
 
 @pytest.mark.parametrize("n", [2048, 8192])
 def test_report_shows_flash_attention_bytes(n, llama2_7b_eager, tmp_path, monkeypatch):
-    import compiler.pipeline as pipeline
-    from compiler.cost import CostModel
-    from compiler.hardware import hardware_by_name
+    import compiler.driver.pipeline as pipeline
+    from compiler.perf.cost import CostModel
+    from compiler.perf.hardware import hardware_by_name
     fused, unfused = llama2_7b_eager
     assert fused.meta["import_passes"]["fuse_eager_attention"]["attention.causal"] == LAYERS
 
@@ -125,7 +125,7 @@ def test_fuse_pipeline_reports_counts_and_cost(tmp_path):
     the emitted model runs in onnxruntime with the fused ops as rooftop-domain functions."""
     import onnx
 
-    from compiler.pipeline import run
+    from compiler.driver.pipeline import run
     cfg = compose(["model=gpt2_tiny", "pipeline=fuse", "hardware=a100_80g", "workload.prompt_len=256",
                    "progress=false", "report.html=false"])
     report = run(cfg, str(tmp_path))

@@ -26,7 +26,7 @@ PRIMITIVE_LEFTOVERS = ("Softmax", "ReduceMean", "Sqrt", "Tanh", "Erf", "Pow")
 
 
 def fuse_pass(g, hardware=None):
-    from compiler.hardware import hardware_by_name
+    from compiler.perf.hardware import hardware_by_name
     from passes import PassContext, make_pass
     ctx = PassContext(hardware_by_name(hardware or "a100_80g"), ((1, 128, 0, "prefill"), (1, 1, 128, "decode")))
     return make_pass("fuse", ctx)(g)
@@ -74,8 +74,8 @@ def torch_graphs(model: str, attn: str):
     """(imported graph, unfused reference graph, reference runs at P=0 only)."""
     key = (model, attn)
     if key not in _TORCH:
-        from compiler.importers.models import build_torch_model, example_inputs, _vocab, import_torch
-        from compiler.importers.torch_export import export_module, import_exported
+        from compiler.frontends.models import build_torch_model, example_inputs, _vocab, import_torch
+        from compiler.frontends.torch_export import export_module, import_exported
         from compiler.ir import B, S
         from passes.cleanup import fold_constants, remove_noops
         cfg = model_cfg(model, attn_implementation=attn)
@@ -119,7 +119,7 @@ def test_torch_import_fuses_and_matches(model, attn):
     if model == "llama_tiny":
         assert res.stats["merge_gate_up"] == LAYERS[model] and res.stats["matmul_epilogue.swiglu"] == LAYERS[model]
     if model == "mixtral_tiny":
-        # every routed expert's gate/up GEMMs merge into one SwiGLU-epilogue GEMM (compiler/moe.py)
+        # every routed expert's gate/up GEMMs merge into one SwiGLU-epilogue GEMM (compiler/analysis/moe.py)
         experts = 4
         assert res.stats["merge_gate_up"] == experts * LAYERS[model], res.stats
         assert res.stats["matmul_epilogue.swiglu"] == experts * LAYERS[model], res.stats
@@ -170,7 +170,7 @@ def _export(name, path, dynamo, attn):
 
     import onnx_models as om
     if name == "mixtral_tiny":
-        from compiler.importers.models import build_hf
+        from compiler.frontends.models import build_hf
         inner = build_hf(model_cfg(name))
         inner.set_experts_implementation("batched_mm")   # the exporters' form (no rooftop custom op)
         module, vocab = om._CausalLM(inner).eval(), 1024
@@ -206,7 +206,7 @@ def onnx_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("model,kind,attn", ONNX_CASES)
 def test_onnx_file_fuses_and_matches(model, kind, attn, onnx_dir):
-    from compiler.importers.onnx_import import import_onnx
+    from compiler.frontends.onnx_import import import_onnx
     from passes.cleanup import fold_constants, remove_noops
     path = _export(model, os.path.join(onnx_dir, f"{model}_{kind}_{attn}.onnx"), kind == "dynamo", attn)
     g = import_onnx(path)

@@ -1,4 +1,4 @@
-"""Tests of the hardware library (compiler/hardware.py and conf/hardware/*.yaml)."""
+"""Tests of the hardware library (compiler/perf/hardware.py and conf/hardware/*.yaml)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-import compiler.hardware as hwmod
-from compiler.hardware import (
+import compiler.perf.hardware as hwmod
+from compiler.perf.hardware import (
     DTYPES,
     OP_CLASSES,
     ClassEfficiency,
@@ -111,7 +111,7 @@ def test_h100_sxm_numbers(lib):
     assert h.onchip.sm_count == 132
     assert h.onchip.smem_per_sm_bytes == 228 * 1024
     assert h.interconnect.bandwidth == pytest.approx(450e9)
-    # measured on an H100 inside a CUDA graph (compiler/calibration/data/h100_sxm.json)
+    # measured on an H100 inside a CUDA graph (compiler/perf/calibration/data/h100_sxm.json)
     assert h.efficiency.source.startswith("calibrated on h100_sxm+h200 (joint Hopper fit")
     assert h.calibration.source == "calibrated" and "h100_sxm" in h.calibration.from_devices
     assert 0.5e-6 <= h.efficiency.launch_overhead_s <= 5e-6
@@ -484,7 +484,9 @@ def test_conf_lookup_prefers_package_conf(tmp_path, monkeypatch):
     (tmp_path / "conf" / "hardware").mkdir(parents=True)
     (pkg / "conf" / "hardware" / "inner.yaml").write_text("")
     (tmp_path / "conf" / "hardware" / "outer.yaml").write_text("")
-    monkeypatch.setattr(hwmod, "__file__", str(pkg / "hardware.py"))
+    from compiler import resources
+    monkeypatch.setattr(resources, "PACKAGE_DIR", pkg)
+    monkeypatch.setattr(resources, "REPO_ROOT", tmp_path)
     assert available_hardware() == ["inner"]
     (pkg / "conf" / "hardware" / "inner.yaml").unlink()
     (pkg / "conf" / "hardware").rmdir()

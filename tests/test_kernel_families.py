@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compiler import efficiency as E
-from compiler.calibration import kernels as K
-from compiler.hardware import hardware_by_name
+from compiler.perf import efficiency as E
+from compiler.perf.calibration import kernels as K
+from compiler.perf.hardware import hardware_by_name
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,7 @@
 The same tokens go through the contiguous artifact (one sequence at a time, its own growing
 past_key/past_value), the paged artifact (one batch of sequences of different lengths, right
 padded, their K/V scattered by a numpy runtime into a shuffled block pool through random block
-tables; compiler/paged_runtime.py) and torch eager (whole sequences): the logits agree.
+tables; compiler/backend/paged_runtime.py) and torch eager (whole sequences): the logits agree.
 """
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from compiler.emit_onnx import save
+from compiler.backend.emit import save
 from compiler.errors import ConfigError
-from compiler.importers.models import build_torch_model, import_torch
+from compiler.frontends.models import build_torch_model, import_torch
 from compiler.ir import B, P, S
-from compiler.paged_runtime import PagedKV, paging_info
+from compiler.backend.paged_runtime import PagedKV, paging_info
 from passes import run_passes
 from tests.conftest import ROOT, compose, model_cfg
 
@@ -175,9 +175,9 @@ def test_paged_graph_io_annotations_and_onnx_checks(tmp_path, tmp_path_factory):
 def test_paged_costs_like_contiguous_attention(tmp_path_factory):
     """The gather is the paged kernel's block-table indirection (costed as a view): KV bytes per
     token and the decode step's KV traffic are the contiguous cache's at a block multiple."""
-    from compiler.analysis import kv_bytes_per_token
-    from compiler.cost import CostModel
-    from compiler.hardware import load_hardware
+    from compiler.analysis.phases import kv_bytes_per_token
+    from compiler.perf.cost import CostModel
+    from compiler.perf.hardware import load_hardware
     _, _, g, _ = _built("llama_tiny", tmp_path_factory)
     h = g.copy()
     run_passes(h, [{"name": "kv_paging", "block_size": 16}])
@@ -231,7 +231,7 @@ def test_model_without_cache_and_order_are_config_errors(tmp_path_factory):
 
 def test_driver_refuses_bad_block_size_before_import(tmp_path):
     """Through the driver (what kv=paged appends): exit 2 before anything is imported or written."""
-    from compiler.pipeline import run
+    from compiler.driver.pipeline import run
     cfg = compose(["model=llama_tiny", "report.html=false"])
     cfg["pipeline"]["passes"] = list(cfg["pipeline"]["passes"]) + [{"name": "kv_paging", "block_size": 0}]
     out = tmp_path / "out"
@@ -245,8 +245,8 @@ def test_driver_refuses_bad_block_size_before_import(tmp_path):
 def test_driver_emits_and_verifies_a_paged_artifact(tmp_path):
     """The pass appended to the default recipe (what kv=paged does): report.json validates, and
     the emitted paged model.onnx is verified against torch eager the way a runtime runs it
-    (compiler/verify.py: unequal prompts in one batch, shuffled pool, scattered new K/V)."""
-    from compiler.pipeline import run
+    (compiler/backend/verify.py: unequal prompts in one batch, shuffled pool, scattered new K/V)."""
+    from compiler.driver.pipeline import run
     cfg = compose(["model=llama_tiny", "report.html=false"])
     cfg["pipeline"]["passes"] = list(cfg["pipeline"]["passes"]) + [{"name": "kv_paging", "block_size": 4}]
     report = run(cfg, str(tmp_path / "out"), show_progress=False)
@@ -261,8 +261,8 @@ def test_driver_emits_and_verifies_a_paged_artifact(tmp_path):
 
 def test_accuracy_stage_feeds_a_paged_artifact(tmp_path, tmp_path_factory):
     """quant= measures accuracy on the artifact one sequence at a time without a cache
-    (compiler/accuracy.py feeds_for): a paged artifact gets an empty block table."""
-    from compiler.accuracy import run_first_output
+    (compiler/backend/accuracy.py feeds_for): a paged artifact gets an empty block table."""
+    from compiler.backend.accuracy import run_first_output
     _, _, g, csess = _built("gpt2_tiny", tmp_path_factory)
     _, path = _paged(g, tmp_path, block_size=8)
     ids = np.random.default_rng(3).integers(0, 1024, 9)

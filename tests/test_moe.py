@@ -12,12 +12,14 @@ import pytest
 import sympy
 import torch
 
-from compiler import moe
-from compiler.cost import CostModel
-from compiler.emit_onnx import save
+from compiler.frontends import moe as moe_import
+from compiler.ir.annotations import MoERouting
+from compiler.perf import moe
+from compiler.perf.cost import CostModel
+from compiler.backend.emit import save
 from compiler.errors import ConfigError
-from compiler.hardware import load_hardware
-from compiler.importers.models import build_torch_model, import_torch
+from compiler.perf.hardware import load_hardware
+from compiler.frontends.models import build_torch_model, import_torch
 from compiler.ir import B, S
 from passes import PassManager, make_pass
 from passes.moe import apply_routing
@@ -62,11 +64,11 @@ def test_distinct_experts_hand_derived_and_simulated():
 
 
 def test_expert_factors_are_the_touch_probability():
-    ann = moe.routing_type()(experts=8, top_k=2, expert=3)
+    ann = MoERouting(experts=8, top_k=2, expert=3)
     rows, touched = moe.expert_factors(ann, B * S)
     assert rows == 1
     assert sympy.simplify(touched - (1 - sympy.Rational(3, 4) ** (B * S))) == 0
-    d = moe.routing_type()(experts=8, top_k=2, expert=3, dispatch=True)
+    d = MoERouting(experts=8, top_k=2, expert=3, dispatch=True)
     assert moe.expert_factors(d, B * S)[1] == sympy.Rational(1, 8)
 
 
@@ -177,16 +179,16 @@ def test_mixtral_8x7b_on_h200_is_sane(mixtral_report):
 
 def test_moe_decode_layer_predicted_vs_h200_measurement(h200):
     """One fine-grained MoE layer's decode step (router, dispatch, routed experts, shared expert)
-    against compiler/calibration/data/h200_kernels.json: time grows with the distinct experts
+    against compiler/perf/calibration/data/h200_kernels.json: time grows with the distinct experts
     touched and the prediction's median error stays within 25 %."""
     import transformers
     from transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoeSparseMoeBlock
-    data = json.loads((ROOT / "compiler/calibration/data/h200_kernels.json").read_text())["moe"]
+    data = json.loads((ROOT / "compiler/perf/calibration/data/h200_kernels.json").read_text())["moe"]
     sh = data["shapes"]["qwen1.5_moe_a2.7b"]
     conf = transformers.AutoConfig.for_model(
         "qwen2_moe", hidden_size=sh["hidden"], moe_intermediate_size=sh["inter"], num_experts=sh["experts"],
         shared_expert_intermediate_size=sh["shared_inter"], num_experts_per_tok=sh["top_k"], norm_topk_prob=False)
-    conf._experts_implementation = moe.ensure_registered()
+    conf._experts_implementation = moe_import.ensure_registered()
     with torch.device("meta"):
         blk = Qwen2MoeSparseMoeBlock(conf).to(torch.bfloat16).eval()
     g = import_torch({"name": "qwen_moe_layer", "outputs": ["y"],

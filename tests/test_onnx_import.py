@@ -1,5 +1,5 @@
 """ONNX import: tiny transformers exported by torch.onnx (dynamo, opset 23; legacy, opset 17/18)
-are imported, re-emitted with compiler.emit_onnx.save and run in onnxruntime against the original
+are imported, re-emitted with compiler.backend.emit.save and run in onnxruntime against the original
 on a batch/sequence different from the export's; plus external data, KV-cache inputs, local
 functions, unknown dims and the error paths."""
 from __future__ import annotations
@@ -14,11 +14,11 @@ import sympy
 
 from passes import run_passes
 from tests import onnx_models as om
-from compiler.emit_onnx import save, to_model
+from compiler.backend.emit import save, to_model
 from compiler.errors import ModelFileError
-from compiler.importers.onnx_import import _Dims, import_onnx
+from compiler.frontends.onnx_import import _Dims, import_onnx
 from compiler.ir import B, P, S, subs
-from compiler.ops import UnsupportedOpError
+from compiler.ir.ops import UnsupportedOpError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 LEGACY_OPSET = {"llama_tiny": 17, "gpt2_tiny": 18, "minilm": 17}
@@ -151,8 +151,8 @@ def test_attention_forms_gqa_shapes_and_cost(packed, tmp_path):
     with GQA (4 query heads, 2 KV heads): shapes, onnxruntime equivalence after re-emission, and a
     cost that follows the hand formula — scores over the whole past + new context, KV bytes from
     the kv_heads (not the query heads)."""
-    from compiler.cost import CostModel, attention_q_tiles
-    from compiler.hardware import hardware_by_name
+    from compiler.perf.cost import CostModel, attention_q_tiles
+    from compiler.perf.hardware import hardware_by_name
     heads, kvh, d = 4, 2, 8
     path = om.make_kv_model(tmp_path / "kv.onnx", heads=heads, head_dim=d, kv_heads=kvh, packed=packed)
     g = import_onnx(path)
@@ -336,6 +336,6 @@ def test_unsupported_op_exits_2_through_the_cli(tmp_path):
     msg = r.stderr
     assert "Traceback" not in msg
     assert "'the_node'" in msg and "'Hardmax'" in msg and "ai.onnx" in msg
-    assert "re-export" in msg.lower() and "compiler/ops.py" in msg
+    assert "re-export" in msg.lower() and "compiler/ir/ops.py" in msg
     assert "MatMulEpilogue" not in msg and "ReduceLogSumExp" not in msg   # not the registry list
     assert not (out / "report.json").exists() and not (out / "model.onnx").exists()

@@ -38,12 +38,12 @@ def test_wheel_builds_without_warnings_and_finds_conf_and_calibration_data(tmp_p
     names = zipfile.ZipFile(whl).namelist()
     assert "compiler/conf/config.yaml" in names
     assert "compiler/conf/model/llama2_7b.yaml" in names and "compiler/conf/hardware/h100_sxm.yaml" in names
-    assert "passes/fusion/attention.py" in names and "compiler/calibration/data/h100_sxm.json" in names
-    assert "compiler/importers/safety.py" in names
+    assert "passes/fusion/attention.py" in names and "compiler/perf/calibration/data/h100_sxm.json" in names
+    assert "compiler/frontends/safety.py" in names
     # the installed layout (the wheel unpacked, no source tree on the path) finds its data
     site = tmp_path / "site"
     zipfile.ZipFile(whl).extractall(site)
-    code = ("import compiler.app as a, compiler.calibration as c, compiler.hardware as h;"
+    code = ("import compiler.driver.app as a, compiler.perf.calibration as c, compiler.perf.hardware as h;"
             "d = a.config_dir(); print(d); print(c.DATA_DIR);"
             "assert (c.DATA_DIR / 'h100_sxm.json').is_file();"
             "print(h.hardware_by_name('h100_sxm').name)")
@@ -51,5 +51,5 @@ def test_wheel_builds_without_warnings_and_finds_conf_and_calibration_data(tmp_p
                        env=dict(os.environ, PYTHONPATH=str(site)))
     assert r.returncode == 0, r.stderr[-2000:]
     conf_dir, data_dir, hw = r.stdout.split()
-    assert conf_dir == str(site / "compiler/conf") and data_dir == str(site / "compiler/calibration/data")
+    assert conf_dir == str(site / "compiler/conf") and data_dir == str(site / "compiler/perf/calibration/data")
     assert hw == "h100_sxm"

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compiler.calibration.collectives import collective_time
+from compiler.perf.calibration.collectives import collective_time
 from compiler.errors import ConfigError
-from compiler.hardware import hardware_by_name
-from compiler.parallel import (ModelDims, ParallelPlan, allreduce_ring_bytes, analyze_parallel,
+from compiler.perf.hardware import hardware_by_name
+from compiler.analysis.parallel import (ModelDims, ParallelPlan, allreduce_ring_bytes, analyze_parallel,
                                check_plan, dims_from_hf, kv_fraction, kv_heads_per_device,
                                parallel_step_time, pipeline_bubble, shard_table, tp_options)
 from tests.conftest import imported, model_cfg
@@ -62,7 +62,7 @@ def test_plan_checks():
 
 @pytest.fixture(scope="module")
 def tiny():
-    from compiler.cost import CostModel
+    from compiler.perf.cost import CostModel
     g = imported("llama_tiny")
     cfg = model_cfg("llama_tiny")["config"]
     return CostModel(g, hardware_by_name("h100_sxm")), dims_from_hf(cfg), cfg
@@ -151,7 +151,7 @@ def test_pipeline_splits_memory_and_adds_bubbles(tiny):
 
 
 def test_expert_parallel_splits_experts_and_adds_all_to_alls():
-    from compiler.cost import CostModel
+    from compiler.perf.cost import CostModel
     g = imported("mixtral_tiny")
     cfg = model_cfg("mixtral_tiny")["config"]
     dims = dims_from_hf(cfg)
@@ -171,7 +171,7 @@ def test_expert_parallel_splits_experts_and_adds_all_to_alls():
 
 
 def test_parallel_step_time_feeds_the_serving_simulation(tiny):
-    from compiler.serving import ServeConfig, simulate
+    from compiler.analysis.serving import ServeConfig, simulate
     cm, dims, _ = tiny
     st1 = parallel_step_time(cm, ParallelPlan(tp=1), dims)
     st2 = parallel_step_time(cm, ParallelPlan(tp=2), dims)
@@ -184,7 +184,7 @@ def test_parallel_step_time_feeds_the_serving_simulation(tiny):
 
 
 def test_parallel_section_one_device_says_which_tp_fits(tiny):
-    from compiler.parallel import parallel_section
+    from compiler.analysis.parallel import parallel_section
     cm, dims, cfg = tiny
     kw = dict(batch=1, prompt_len=64, context_len=64, tokens=80, kv_bytes_per_token=1024.0,
               activation_peak_bytes=0.0, reserve_bytes=0.0)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compiler import annotations as ann
-from compiler.annotations import ComputeDtype
+from compiler.ir import annotations as ann
+from compiler.ir.annotations import ComputeDtype
 from compiler.ir import B, P, S, Graph, TensorType, structural_diff
-from compiler.ops import OpKind
+from compiler.ir.ops import OpKind
 from passes import run_passes
 
 F32 = "float32"

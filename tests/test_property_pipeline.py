@@ -16,12 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compiler.analysis import analyze, gates, is_generative
-from compiler.config import validate
-from compiler.cost import CostModel
-from compiler.hardware import available_hardware, hardware_by_name
-from compiler.pipeline import check_positions, model_max_positions, workload_of
-from compiler.schedule import schedule
+from compiler.analysis.phases import analyze, gates, is_generative
+from compiler.driver.config import validate
+from compiler.perf.cost import CostModel
+from compiler.perf.hardware import available_hardware, hardware_by_name
+from compiler.driver.pipeline import check_positions, model_max_positions, workload_of
+from compiler.perf.schedule import schedule
 from reports.report import build_report
 from tests.conftest import compose, imported
 

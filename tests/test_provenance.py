@@ -10,8 +10,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from compiler import provenance
-from compiler.pipeline import run
+from compiler.driver import provenance
+from compiler.driver.pipeline import run
 from tests.conftest import compose
 
 BASE = ["model=gpt2_tiny", "pipeline=default", "report.html=false", "emit.verify=false"]

@@ -8,10 +8,10 @@ import numpy as np
 import onnx
 import pytest
 
-from compiler import accuracy
-from compiler.emit_onnx import to_model
+from compiler.backend import accuracy
+from compiler.backend.emit import to_model
 from compiler.errors import ConfigError
-from compiler.quant_onnx import ACCURACY_LEVEL_KEY, ORT_SESSION_KEY, make_session, session_config
+from compiler.backend.quantized import ACCURACY_LEVEL_KEY, ORT_SESSION_KEY, make_session, session_config
 from passes import PassManager, make_pass
 from passes.quant.passes import linear_sites
 from tests.conftest import imported, model_cfg
@@ -73,7 +73,7 @@ def test_w4a16_default_is_asymmetric_uint4_matmulnbits_with_zero_points(gpt2_fus
     """quant=w4a16 defaults to uint4 + a zero point per group of 128 (conf/quant/w4a16.yaml and the
     pass agree); onnxruntime forms MatMulNBits with its zero_points input and the artifact equals
     the numpy dequantization."""
-    from compiler.app import config_dir
+    from compiler.driver.app import config_dir
     import yaml
     assert yaml.safe_load(open(config_dir() / "quant" / "w4a16.yaml"))["symmetric"] is False
     g, _ = _quantized(gpt2_fused, scheme="w4a16", ort_accuracy_level=0)
@@ -192,8 +192,8 @@ def test_cost_follows_measured_kernel_families(llama2_7b):
     prefill many times over (aten._weight_int4pack_mm is 0.62× dense at M = 1, ~22× at M ≥ 512);
     W8A8 with dynamic activation quantization loses at M = 1; FP8 wins large prefills. The cost
     model predicts each, and each op names its kernel."""
-    from compiler.cost import CostModel
-    from compiler.hardware import hardware_by_name
+    from compiler.perf.cost import CostModel
+    from compiler.perf.hardware import hardware_by_name
     hw = hardware_by_name("h200")
     base = CostModel(llama2_7b, hw)
 
@@ -222,9 +222,9 @@ def test_llama2_13b_predicted_vs_measured_on_h200():
     import json as _json
     from pathlib import Path
 
-    from compiler.cost import CostModel
-    from compiler.hardware import hardware_by_name
-    data = _json.loads((Path(__file__).resolve().parents[1] / "compiler/calibration/data/h200_kernels.json").read_text())
+    from compiler.perf.cost import CostModel
+    from compiler.perf.hardware import hardware_by_name
+    data = _json.loads((Path(__file__).resolve().parents[1] / "compiler/perf/calibration/data/h200_kernels.json").read_text())
     meas = {(p["scheme"], p["phase"], p["batch"]): p["time_s"] for p in data["model13b"]["points"]}
     hw = hardware_by_name("h200")
     g0 = imported("llama2_13b")
@@ -249,7 +249,7 @@ def test_config_schemas_match_the_yaml_defaults():
 
     import yaml
 
-    from compiler.quant_config import QuantConfig, SparsityConfig
+    from compiler.driver.config import QuantConfig, SparsityConfig
     conf = Path(__file__).resolve().parents[1] / "conf"
     assert yaml.safe_load((conf / "quant/none.yaml").read_text()) == dataclasses.asdict(QuantConfig())
     assert yaml.safe_load((conf / "sparsity/none.yaml").read_text()) == dataclasses.asdict(SparsityConfig())

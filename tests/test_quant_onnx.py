@@ -1,4 +1,4 @@
-"""ONNX emission forms of quantized linears (compiler/quant_onnx.py), standalone in onnxruntime
+"""ONNX emission forms of quantized linears (compiler/backend/quantized.py), standalone in onnxruntime
 CPU: the rewrite onnxruntime applies (inspected in the optimized model), the recorded accuracy
 level, and numerics against the numpy reference of the same quantization (≤ 1e-5)."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import helper
 
-from compiler.quant_onnx import (ACCURACY_LEVEL_KEY, ORT_SESSION_KEY, dequantize_weight, make_session,
+from compiler.backend.quantized import (ACCURACY_LEVEL_KEY, ORT_SESSION_KEY, dequantize_weight, make_session,
                                  matmul_dynamic_int8, matmul_dynamic_int8_per_token, nm_metadata, nm_patterns,
                                  qdq_activation, qdq_activation_dynamic_fp8, session_config, set_metadata, tensor)
 from passes.quant import QuantSpec, dynamic_quantize_linear, prune_magnitude, quantize_rtn

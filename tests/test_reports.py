@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-import compiler.app
+import compiler.driver.app
 from reports import plots
 from reports.html import render_html
 from reports.markdown import class_breakdown, fmt_time, op_groups, render_markdown
@@ -22,9 +22,9 @@ PHASES = ("prefill", "decode")
 def run(tmp_path_factory):
     """One pipeline run: (report dict as returned, report.json reloaded, output dir)."""
     from hydra import compose, initialize_config_dir
-    from compiler.pipeline import run as pipeline_run
+    from compiler.driver.pipeline import run as pipeline_run
     out = tmp_path_factory.mktemp("report")
-    with initialize_config_dir(config_dir=str(compiler.app.config_dir()), version_base=None):
+    with initialize_config_dir(config_dir=str(compiler.driver.app.config_dir()), version_base=None):
         cfg = compose("config", overrides=["emit.enabled=false", "report.html=true", "slo.ttft_ms=100",
                                            "workload.batch=2"])
     report = pipeline_run(cfg, str(out), show_progress=False)
@@ -241,9 +241,9 @@ def test_a_model_that_does_not_fit_still_renders(run):
 def quant_run(tmp_path_factory):
     """gpt2_tiny with quant=w4a16 and sparsity=nm on cpu_2vcpu (2:4 refused there), accuracy on 3 samples."""
     from hydra import compose, initialize_config_dir
-    from compiler.pipeline import run as pipeline_run
+    from compiler.driver.pipeline import run as pipeline_run
     out = tmp_path_factory.mktemp("quant_report")
-    with initialize_config_dir(config_dir=str(compiler.app.config_dir()), version_base=None):
+    with initialize_config_dir(config_dir=str(compiler.driver.app.config_dir()), version_base=None):
         cfg = compose("config", overrides=["model=gpt2_tiny", "hardware=cpu_2vcpu", "quant=w4a16", "sparsity=nm",
                                            "accuracy.samples=3", "report.html=true", "workload.batch=2"])
     pipeline_run(cfg, str(out), show_progress=False)
@@ -252,7 +252,7 @@ def quant_run(tmp_path_factory):
 
 
 def test_compression_section_and_plot_show_the_report_values(quant_run):
-    from compiler import kernel_families as kf
+    from compiler.perf import kernel_families as kf
     from reports.compression import ratio_at
     r, out = quant_run
     c = r["compression"]

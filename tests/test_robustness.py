@@ -16,7 +16,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler.pipeline import OUTPUT_FILES
+from compiler.driver.pipeline import OUTPUT_FILES
 from tests.conftest import ROOT, run_cli
 
 OPSET = [helper.make_opsetid("", 23)]
@@ -99,7 +99,7 @@ def nms_model(path: Path) -> Path:
 
 def conv_like_model(path: Path) -> tuple[Path, str]:
     """A ViT-style patch embedding (Conv) — or, once Conv joins the registry, a ConvTranspose."""
-    from compiler.ops import REGISTRY
+    from compiler.ir.ops import REGISTRY
     op = "Conv" if "Conv" not in REGISTRY else "ConvTranspose"
     w = np.zeros((4, 3, 2, 2) if op == "Conv" else (3, 4, 2, 2), np.float32)
     g = helper.make_graph(
@@ -180,8 +180,8 @@ def test_token_type_model_with_tiny_vocab_is_verified_and_reported_as_an_encoder
 
 
 def test_draw_inputs_stay_within_each_tables_rows(tmp_path):
-    from compiler.importers.onnx_import import import_onnx
-    from compiler.verify import draw_inputs
+    from compiler.frontends.onnx_import import import_onnx
+    from compiler.backend.verify import draw_inputs
     g = import_onnx(str(token_encoder(tmp_path / "t.onnx", vocab=5, types=3)))
     feeds = draw_inputs(g, 4, 50, 0)
     assert feeds["input_ids"].max() == 4 and feeds["input_ids"].min() == 0
@@ -212,9 +212,9 @@ def test_bfloat16_model_is_emitted_and_verified_in_float32(tmp_path):
 def test_a_mismatching_emitted_model_exits_4_and_keeps_the_report(tmp_path, monkeypatch):
     """Break the emitter's output (one weight perturbed after emission) — the check must catch it,
     name the output, exit 4 and still write the cost report."""
-    import compiler.emit_onnx as emit_onnx
+    import compiler.backend.emit as emit_onnx
     from compiler.errors import EmissionFailed
-    from compiler.pipeline import run
+    from compiler.driver.pipeline import run
     from tests.conftest import compose
     real_save = emit_onnx.save
 
@@ -253,7 +253,7 @@ def test_prompt_beyond_max_positions_exits_2(tmp_path):
 
 
 def test_allow_beyond_max_positions_costs_it_anyway(tmp_path):
-    from compiler.pipeline import run
+    from compiler.driver.pipeline import run
     from tests.conftest import compose
     rep = run(compose(["workload.prompt_len=4096", "workload.gen_len=1", "emit.enabled=false", "report.html=false",
                        "workload.allow_beyond_max_positions=true", "model.weights=meta"]), str(tmp_path), show_progress=False)
@@ -286,7 +286,7 @@ def test_unwritable_output_dir_exits_2_with_the_path_and_why(target, words, tmp_
 
 
 def test_a_second_run_into_a_locked_directory_is_refused(tmp_path):
-    from compiler.pipeline import dir_lock
+    from compiler.driver.pipeline import dir_lock
     with dir_lock(str(tmp_path)):  # another run holds the directory
         r = run_cli(f"hydra.run.dir={tmp_path}", "emit.enabled=false")
     assert r.returncode == 2
@@ -316,7 +316,7 @@ def test_sigint_exits_130_with_one_line_and_no_staging_left(tmp_path):
 
 
 def test_gen_len_0_throughput_counts_generated_tokens(tmp_path):
-    from compiler.pipeline import run
+    from compiler.driver.pipeline import run
     from tests.conftest import compose
     rep = run(compose(["workload.gen_len=0", "emit.enabled=false", "report.html=false", "model.weights=meta"]),
               str(tmp_path), show_progress=False)

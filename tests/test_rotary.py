@@ -182,7 +182,7 @@ def _per_layer(g) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def llama():
-    from compiler.importers.models import import_torch
+    from compiler.frontends.models import import_torch
     from passes.cleanup import fold_constants, remove_noops
     from tests.conftest import model_cfg, prepare
     g = import_torch(model_cfg("llama_tiny"))

@@ -1,4 +1,4 @@
-"""Hardware-aware search (conf/search/*.yaml, compiler/sweep.py) over the pipeline space, and the
+"""Hardware-aware search (conf/search/*.yaml, compiler/driver/sweep.py) over the pipeline space, and the
 N:M sparsity block targets it searches (passes/quant/blocks.py).
 
 The sweeps run through the real ``rooftop -m`` command on a one-layer ONNX decoder with real
@@ -15,7 +15,7 @@ import pytest
 
 from compiler import schema
 from compiler.errors import ConfigError
-from compiler.sweep import constraint_violations, deployed, reproduce_command
+from compiler.driver.sweep import constraint_violations, deployed, reproduce_command
 from tests.conftest import compose, imported, run_cli
 from tests.onnx_models import make_kv_model
 
@@ -93,7 +93,7 @@ def test_search_is_deterministic_for_a_seed(searches):
 
 
 def test_summary_shows_the_best_configuration_and_every_pruned_trial(searches, onnx_model):
-    from compiler.pipeline import run
+    from compiler.driver.pipeline import run
     _, out, doc = searches["tpe"]
     best = _row(doc, doc["best"])
     md = (out / "sweep.md").read_text()
@@ -113,7 +113,7 @@ def test_summary_shows_the_best_configuration_and_every_pruned_trial(searches, o
 
 
 def test_min_accuracy_prunes_a_lossy_scheme_on_a_real_model(onnx_model, tmp_path):
-    from compiler.pipeline import run
+    from compiler.driver.pipeline import run
     r, out, doc = _sweep(tmp_path, "acc", "search.objective=throughput_tok_s", "model=onnx",
                          f"model.path={onnx_model}", *FIXED, "workload.batch=4", "gate.min_accuracy=0.9",
                          "accuracy.samples=6", "quant=none,w8a16,w4a16")
@@ -142,7 +142,7 @@ def test_min_accuracy_prunes_a_lossy_scheme_on_a_real_model(onnx_model, tmp_path
 
 
 def test_meta_weights_lossy_and_unshardable_points_are_infeasible(tmp_path):
-    from compiler.sweep import run_point
+    from compiler.driver.sweep import run_point
     common = ["model=llama_tiny", "model.weights=meta", "hardware=h100_sxm", "report.html=false",
               "emit.enabled=false", "gate.min_accuracy=0.5", "search.objective=tpot_s", "quant=w4a16"]
     recs = {}
@@ -190,7 +190,7 @@ def test_deployed_figures_follow_the_parallel_plan():
 
 def _prune(g, **params):
     from passes import PassContext, make_pass
-    from compiler.hardware import hardware_by_name
+    from compiler.perf.hardware import hardware_by_name
     p = make_pass({"name": "prune_nm", "cost_aware": False, **params}, PassContext(hardware=hardware_by_name("a100_80g")))
     return p(g)
 
@@ -223,7 +223,7 @@ def test_sparsity_targets_prune_only_the_named_blocks(targets, pruned):
 
 
 def test_block_types_of_fused_and_onnx_graphs(onnx_model):
-    from compiler.importers.onnx_import import import_onnx
+    from compiler.frontends.onnx_import import import_onnx
     from passes.quant.blocks import block_type
     from passes.quant.passes import linear_sites
     g = import_onnx(onnx_model)
@@ -231,7 +231,7 @@ def test_block_types_of_fused_and_onnx_graphs(onnx_model):
     # wout reads the attention's merged heads: this toy decoder's output projection (and LM head)
     assert kinds == {"wk": "attention", "wv": "attention", "wout": "attention"}
     # after fusion (merged Q/K/V and gate/up weights, rotary and attention layouts folded)
-    from compiler.hardware import hardware_by_name
+    from compiler.perf.hardware import hardware_by_name
     from passes import PassContext, make_pass
     fused = imported("llama_tiny").copy()
     make_pass({"name": "fuse"}, PassContext(hardware=hardware_by_name("a100_80g")))(fused)

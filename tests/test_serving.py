@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from compiler.errors import ConfigError
-from compiler.serving import (LengthDist, ServeConfig, StepTable, cost_model_step_time,
+from compiler.analysis.serving import (LengthDist, ServeConfig, StepTable, cost_model_step_time,
                               max_rate_meeting_slo, sample_requests, simulate, simulate_static,
                               with_rate)
 
@@ -168,8 +168,8 @@ def test_bad_inputs_are_config_errors():
 
 
 def test_cost_model_step_time_matches_phase_time():
-    from compiler.cost import CostModel
-    from compiler.hardware import hardware_by_name
+    from compiler.perf.cost import CostModel
+    from compiler.perf.hardware import hardware_by_name
     from tests.conftest import imported
     g = imported("llama_tiny")
     cm = CostModel(g, hardware_by_name("a10"))
@@ -185,7 +185,7 @@ def test_cost_model_step_time_matches_phase_time():
 
 
 def test_serve_section_runs_the_configured_simulation():
-    from compiler.serving import serve_section
+    from compiler.analysis.serving import serve_section
     serve = {"rate": 4, "requests": 200, "prompt_len": {"kind": "uniform", "low": 64, "high": 1024},
              "output_len": 128, "sweep": [1, 4, 16, 64]}
     sec = serve_section(roofline_step, serve, {"tpot_ms": 20}, kv_blocks=3000, static_max_batch=8)
@@ -203,10 +203,10 @@ def test_serve_section_runs_the_configured_simulation():
 
 
 def test_report_sections_plan_one_device_of_a_tensor_parallel_group():
-    from compiler.cost import CostModel
-    from compiler.hardware import hardware_by_name
-    from compiler.schedule import schedule
-    from compiler.serving import report_sections
+    from compiler.perf.cost import CostModel
+    from compiler.perf.hardware import hardware_by_name
+    from compiler.perf.schedule import schedule
+    from compiler.analysis.serving import report_sections
     from tests.conftest import imported, model_cfg
     g = imported("llama_tiny")
     hw = hardware_by_name("a10")
@@ -237,7 +237,7 @@ def test_report_sections_plan_one_device_of_a_tensor_parallel_group():
 
 
 def test_serving_figure_is_deterministic():
-    from compiler.serving import serve_section
+    from compiler.analysis.serving import serve_section
     from reports.plots import to_png
     from reports.serving_plot import fig_serving
     sec = serve_section(linear_step, {"rate": 4, "requests": 60, "sweep": [1, 4, 16]}, {"tpot_ms": 10},

@@ -2,7 +2,7 @@
 pipeline into report.json — against hand-derived figures (DOMAIN.md's A10 arithmetic, the ring
 all-reduce formula, a 70B's weights on 80 GB parts).
 
-Runs go through :func:`compiler.pipeline.run` (the driver the CLI calls) with meta weights; the
+Runs go through :func:`compiler.driver.pipeline.run` (the driver the CLI calls) with meta weights; the
 torch import of each model is memoized for this module (the import is not what is tested here),
 everything after it — passes, cost model, analysis, reports, schema check — runs for real.
 """
@@ -23,8 +23,8 @@ FAST = ["model.weights=meta", "pipeline=cache", "pipeline.record_cost=false", "r
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory):
     """``run(overrides) -> report``: pipeline.run with a memoized (copied) model import."""
-    from compiler.importers import models
-    from compiler.pipeline import run
+    from compiler.frontends import models
+    from compiler.driver.pipeline import run
     orig = models.import_torch
     cache: dict = {}
 
@@ -151,7 +151,7 @@ def test_70b_on_one_h100_says_it_does_not_fit_and_needs_tp2(runner):
     opts = {o["tp"]: o for o in r["parallel"]["tp_options"]["options"]}
     assert not opts[1]["fits"] and opts[2]["fits"]
     assert opts[1]["weights_bytes"] > 80 * GiB > opts[2]["weights_bytes"]
-    from compiler.pipeline import summary_line
+    from compiler.driver.pipeline import summary_line
     assert "DOES NOT FIT (needs parallel.tp=2)" in summary_line(r, "out")
     # a serving simulation needs KV memory: refused (exit 2) with the tp that fits
     with pytest.raises(ConfigError, match=r"no KV-cache memory is left.*parallel.tp=2"):
@@ -159,7 +159,7 @@ def test_70b_on_one_h100_says_it_does_not_fit_and_needs_tp2(runner):
 
 
 def test_gates_under_a_plan_read_the_memory_per_device(tp2_70b):
-    from compiler.analysis import gates
+    from compiler.analysis.phases import gates
     dev_gb = tp2_70b["parallel"]["memory_per_device"]["total_bytes"] / 1e9
     tpot_ms = tp2_70b["latency"]["tpot_s"] * 1e3
     assert dev_gb < 80 < tp2_70b["memory"]["total_bytes"] / 1e9
@@ -200,8 +200,8 @@ def test_kv_paging_is_appended_after_the_lift_when_registered(monkeypatch):
     """kv=paged: the driver adds {name: kv_paging, block_size, max_model_len} when a pass of that
     name is registered, and the kv_layout annotation pass after it; nothing otherwise."""
     import passes
-    from compiler.config import validate
-    from compiler.pipeline import kv_specs, workload_of
+    from compiler.driver.config import validate
+    from compiler.driver.pipeline import kv_specs, workload_of
     cfg = validate(compose(["kv=paged", "kv.block_size=32", "workload.prompt_len=100", "workload.gen_len=28"]))
     wl = workload_of(cfg)
     monkeypatch.delitem(passes.PASSES, "kv_paging", raising=False)
@@ -225,7 +225,7 @@ def test_kv_paging_is_appended_after_the_lift_when_registered(monkeypatch):
     (["kv.dtype=fp4"], r"kv.dtype='fp4'"),
 ])
 def test_impossible_values_are_config_errors(over, match, tmp_path):
-    from compiler.pipeline import run
+    from compiler.driver.pipeline import run
     with pytest.raises(ConfigError, match=match):
         run(compose(over + FAST), str(tmp_path / "out"), show_progress=False)
     assert not (tmp_path / "out").exists()
@@ -243,9 +243,9 @@ def test_bad_value_on_the_command_line_exits_2(tmp_path):
 def test_kv_layout_pass_scales_kv_bytes_by_the_stored_format(dtype, ratio):
     """llama_tiny (fp32): the kv_layout annotation alone changes the KV bytes every cached
     attention moves and the cache's bytes per token; a smaller format adds the dequantization."""
-    from compiler.analysis import kv_bytes_per_token, kv_dtype
-    from compiler.cost import CostModel
-    from compiler.hardware import load_hardware
+    from compiler.analysis.phases import kv_bytes_per_token, kv_dtype
+    from compiler.perf.cost import CostModel
+    from compiler.perf.hardware import load_hardware
     from passes import make_pass
     from tests.conftest import imported
     base = imported("llama_tiny")

@@ -7,11 +7,11 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from compiler import accuracy
-from compiler.emit_onnx import to_model
+from compiler.backend import accuracy
+from compiler.backend.emit import to_model
 from compiler.errors import ConfigError
-from compiler.hardware import hardware_by_name
-from compiler.quant_onnx import nm_patterns
+from compiler.perf.hardware import hardware_by_name
+from compiler.backend.quantized import nm_patterns
 from passes import PassContext, PassManager, make_pass
 from passes.quant.cost_gate import measured_ratio, ratio_at
 from passes.quant.passes import linear_sites

@@ -9,10 +9,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from compiler import speculative as spec
-from compiler.cost import CostModel
+from compiler.analysis import speculative as spec
+from compiler.perf.cost import CostModel
 from compiler.errors import ConfigError
-from compiler.hardware import load_hardware
+from compiler.perf.hardware import load_hardware
 from tests.conftest import compose, imported, model_cfg, prepare, run_cli
 
 
@@ -38,7 +38,7 @@ def test_draft_library_shapes():
     assert (l3["num_hidden_layers"], l3["hidden_size"], l3["num_attention_heads"], l3["num_key_value_heads"],
             l3["intermediate_size"], l3["vocab_size"], l3["tie_word_embeddings"]) == (16, 2048, 32, 8, 8192, 128256, True)
     # published parameter counts: 1.1 B and 1.24 B (tied embeddings counted once)
-    from compiler.speculative import _weights_bytes
+    from compiler.analysis.speculative import _weights_bytes
     assert _weights_bytes(imported("tinyllama_1b")) / 2 == pytest.approx(1.100e9, rel=0.01)
     assert _weights_bytes(imported("llama3_1b")) / 2 == pytest.approx(1.236e9, rel=0.01)
 
@@ -127,7 +127,7 @@ def test_measured_acceptance_identical_draft_is_one_and_self_draft_below():
     for a in (other["alpha"], shallow["alpha"]):
         assert 0.0 < a < 1.0
     # α = E Σ min(p, q): recompute the self-draft's from torch directly (final norm + LM head on layer 1)
-    from compiler.importers.models import build_hf
+    from compiler.frontends.models import build_hf
     m = build_hf(tgt)
     ids = torch.as_tensor(spec.eval_token_ids(1024, 48))[None]
     with torch.no_grad():
@@ -145,8 +145,8 @@ def test_measured_acceptance_needs_weights():
 def test_verify_step_runs_in_onnxruntime_like_torch(tmp_path):
     """The emitted model verifies γ+1 = 5 draft tokens against a 7-token cache in one call, and its
     logits equal torch eager's for those positions (what a runtime compares with the draft's)."""
-    from compiler.emit_onnx import save
-    from compiler.importers.models import build_torch_model, import_torch
+    from compiler.backend.emit import save
+    from compiler.frontends.models import build_torch_model, import_torch
     cfg = model_cfg("llama_tiny")
     module, task = build_torch_model(cfg)
     g = import_torch(cfg, module, task)
@@ -174,12 +174,12 @@ def test_verify_step_runs_in_onnxruntime_like_torch(tmp_path):
 
 def test_verify_step_predicted_vs_h200_measurement():
     """A Llama-3-8B verify step of T = 1…256 tokens against a 4096-token cache on the H200
-    (compiler/calibration/data/h200_kernels.json): verifying a few tokens costs about one decode
+    (compiler/perf/calibration/data/h200_kernels.json): verifying a few tokens costs about one decode
     step — measured and predicted — and the prediction stays within 55 % at every T."""
     from pathlib import Path
     from passes import PassManager, make_pass
     root = Path(__file__).resolve().parents[1]
-    data = json.loads((root / "compiler/calibration/data/h200_kernels.json").read_text())["verify"]
+    data = json.loads((root / "compiler/perf/calibration/data/h200_kernels.json").read_text())["verify"]
     g = imported("llama3_8b").copy()
     PassManager([make_pass(p) for p in ["remove_noops", "fold_constants", "fuse", "dce"]])(g)
     cm = CostModel(g, load_hardware(compose(["hardware=h200"])["hardware"]))

@@ -6,8 +6,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from compiler.emit_onnx import save
-from compiler.importers.models import build_torch_model, import_torch
+from compiler.backend.emit import save
+from compiler.frontends.models import build_torch_model, import_torch
 from compiler.ir import B, P, S, Graph, IRError, TensorType
 from passes.cleanup import fold_constants, remove_noops
 from tests.conftest import assert_prefill_decode_match, model_cfg, prepare
@@ -127,7 +127,7 @@ def test_topological_order_is_deterministic():
 def test_minilm_cpu_fusion_target_folds_biases_and_matches_torch(tmp_path):
     """The fuse pass's cpu target on the real MiniLM: every layer's key, value and second-MLP bias
     moved (passes/fusion/bias_fold.py) and the artifact still equals torch eager with padding."""
-    from compiler.hardware import hardware_by_name
+    from compiler.perf.hardware import hardware_by_name
     from passes import PassContext, make_pass
     cfg = model_cfg("minilm")
     module, task = build_torch_model(cfg)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compiler.cost import CostModel
-from compiler.hardware import hardware_by_name
-from compiler.importers.models import import_torch
+from compiler.perf.cost import CostModel
+from compiler.perf.hardware import hardware_by_name
+from compiler.frontends.models import import_torch
 from tests.conftest import model_cfg, prepare
 
 

@@ -13,7 +13,7 @@ import re
 import pytest
 
 from compiler import schema
-from compiler.sweep import pareto_front, sweep_exit_code
+from compiler.driver.sweep import pareto_front, sweep_exit_code
 from tests.conftest import run_cli
 from tests.onnx_models import make_kv_model
 

@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from compiler import efficiency as E
-from compiler.calibration import DATA_DIR
-from compiler.calibration import transfer as T
-from compiler.cost import CostModel
-from compiler.hardware import DTYPES, available_hardware, hardware_by_name
+from compiler.perf import efficiency as E
+from compiler.perf.calibration import DATA_DIR
+from compiler.perf.calibration import transfer as T
+from compiler.perf.cost import CostModel
+from compiler.perf.hardware import DTYPES, available_hardware, hardware_by_name
 from tests.conftest import imported
 
 
@@ -70,7 +70,7 @@ def test_transfer_experiment_errors(experiment):
 
 def test_shipped_hopper_efficiencies_are_the_joint_fit(experiment):
     """The library's Hopper files hold exactly the joint fit, transferred (regenerate with
-    ``python -m compiler.calibration.transfer --write`` after new measurements)."""
+    ``python -m compiler.perf.calibration.transfer --write`` after new measurements)."""
     joint = experiment["joint"]
     arch = T.ArchFit(joint["reference"], tuple(experiment["devices"]), joint["launch_s"],
                      {c: E.ClassParams.from_dict(p) for c, p in joint["params"].items()},

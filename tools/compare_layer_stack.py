@@ -2,7 +2,7 @@
 """Predicted vs measured: the tensor-parallel Llama-2-70B stack of tools/measure_collectives.py.
 
 Imports llama2_70b (meta weights, default pipeline), costs it on ``--hardware`` with
-:func:`compiler.parallel.analyze_parallel` at tp = 2/4/8 for the measured points (prefill of 2048
+:func:`compiler.analysis.parallel.analyze_parallel` at tp = 2/4/8 for the measured points (prefill of 2048
 tokens at batch 1; decode at batch 1 and 32 over a 2048-token cache) and prints a table beside the
 measured times when ``--measured`` is given (the JSON of tools/measure_collectives.py; the
 hardware YAML's ``collectives:`` block, if fitted from the same file, supplies the collective
@@ -24,10 +24,10 @@ sys.path.insert(0, str(ROOT))
 
 def predict(hardware: str, tps=(2, 4, 8), prefill=2048, context=2048, batches=(1, 32)) -> list[dict]:
     import yaml
-    from compiler.cost import CostModel
-    from compiler.hardware import hardware_by_name
-    from compiler.importers.models import import_torch
-    from compiler.parallel import ParallelPlan, dims_from_hf, per_device_times, shard_table
+    from compiler.perf.cost import CostModel
+    from compiler.perf.hardware import hardware_by_name
+    from compiler.frontends.models import import_torch
+    from compiler.analysis.parallel import ParallelPlan, dims_from_hf, per_device_times, shard_table
     from passes import PassContext, PassManager, make_pass
 
     hw = hardware_by_name(hardware)

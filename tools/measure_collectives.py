@@ -24,7 +24,7 @@ uses symmetric memory or multicast objects. The environment is recorded in the J
 Exact command on a multi-GPU H200 host (about 10 minutes for 2/4/8 GPUs)::
 
     PYTHONUNBUFFERED=1 python3 tools/measure_collectives.py --out $OUT/collectives_h200.json
-    python -m compiler.calibration.collectives $OUT/collectives_h200.json --yaml conf/hardware/h200.yaml
+    python -m compiler.perf.calibration.collectives $OUT/collectives_h200.json --yaml conf/hardware/h200.yaml
 
 Test on CPU (gloo, 2 processes, tiny sizes and a tiny layer stack; what CI runs)::
 

@@ -1,7 +1,7 @@
 """Time the onnxruntime CPU kernels rooftop's quantized artifacts run, against the dense fp32
 GEMM, over M rows and real linear shapes: the CPU counterpart of tools/measure_kernels.py (H200).
 
-Each family is built with the same node builders the emitter uses (compiler/quant_onnx.py), so
+Each family is built with the same node builders the emitter uses (compiler/backend/quantized.py), so
 what is timed is what `rooftop hardware=cpu quant=...` writes, after onnxruntime's own rewrites:
 
 - ``dense_fp32``         ``MatMul`` on fp32 weights (MLAS SGEMM; the reference);
@@ -22,7 +22,7 @@ the time per GEMM is the graph's median over rounds / R. Sessions: ``intra_op_nu
 ``--threads`` (default 2), no spinning, default graph optimizations. Every family is checked
 against numpy on the same codes before it is timed.
 
-    .venv/bin/python tools/measure_kernels_ort.py [--quick] [--threads 2] [--out compiler/calibration/data/cpu_ort_kernels.json]
+    .venv/bin/python tools/measure_kernels_ort.py [--quick] [--threads 2] [--out compiler/perf/calibration/data/cpu_ort_kernels.json]
 """
 from __future__ import annotations
 
@@ -38,8 +38,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from compiler.resources import CALIBRATION_DATA  # noqa: E402
 
-OUT = ROOT / "compiler" / "calibration" / "data" / "cpu_ort_kernels.json"
+OUT = CALIBRATION_DATA / "cpu_ort_kernels.json"
 #: (name, K, N): GPT-2 124M, MiniLM and Llama-2-7B linears
 SHAPES = [("gpt2.qkv", 768, 2304), ("gpt2.fc", 768, 3072), ("gpt2.proj", 3072, 768),
           ("llama7b.qkvo", 4096, 4096), ("llama7b.up", 4096, 11008), ("llama7b.down", 11008, 4096)]
@@ -86,7 +87,7 @@ def build(family: str, M: int, K: int, N: int, R: int, rng):
     import onnx
     from onnx import TensorProto, helper
 
-    from compiler import quant_onnx as qo
+    from compiler.backend import quantized as qo
     x = (rng.standard_normal((1, M, K))).astype(np.float32)
     inits, nodes, outs = [], [], []
     ref = None
@@ -141,7 +142,7 @@ def _tolerance(family: str) -> float:
 
 
 def measure(family, M, K, N, threads, rounds, rng, llc, stream_bytes=STREAM_BYTES) -> dict:
-    from compiler.quant_onnx import make_session
+    from compiler.backend.quantized import make_session
     wbytes = K * N * 4
     R = max(1, int(np.ceil(max(stream_bytes, 4 * llc) / wbytes))) if M <= 64 else max(1, int(np.ceil(2 * llc / wbytes)))
     # (M > 64: compute-bound; 2x the cache is enough to keep the weights out of it)
@@ -177,7 +178,7 @@ def _optimized(m, threads, cfg):
 
     import onnx
 
-    from compiler.quant_onnx import make_session
+    from compiler.backend.quantized import make_session
     with tempfile.TemporaryDirectory() as d:
         p = os.path.join(d, "opt.onnx")
         make_session(m, threads=threads, extra=cfg, optimized_path=p)
@@ -196,7 +197,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import onnxruntime as ort
     from rich.progress import Progress
-    from compiler.calibration.host import cpu_info
+    from compiler.perf.calibration.host import cpu_info
     host = cpu_info()
     llc = host["llc_bytes"] or 105e6        # not exposed: assume a server-sized L3 (more copies, not fewer)
     stream = STREAM_BYTES

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Predicted (rooftop's cost model with the shipped H200 efficiencies) versus measured (H200,
-``compiler/calibration/data/h200_kernels.json`` and ``h200.json``) for the whole-model runs:
+``compiler/perf/calibration/data/h200_kernels.json`` and ``h200.json``) for the whole-model runs:
 
 * Llama-2-7B-shaped prefill / decode (``h200.json`` e2e): rooftop's CostModel on ``llama2_7b``.
 * Llama-3.2-1B-shaped prefill / decode, LM head tied to the embedding table
@@ -39,8 +39,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def graph(name):
     from omegaconf import OmegaConf
 
-    from compiler.app import config_dir
-    from compiler.importers.models import import_torch
+    from compiler.driver.app import config_dir
+    from compiler.frontends.models import import_torch
     from passes.cleanup import fold_constants, remove_noops
     from passes.fusion import fuse_eager_attention
     from passes.kv_cache import lift_kv_cache
@@ -59,7 +59,7 @@ def rel(p, m):
 
 
 def e2e(hw, meas, name="llama2_7b"):
-    from compiler.cost import CostModel
+    from compiler.perf.cost import CostModel
     cm = CostModel(graph(name), hw)
     rows = []
     for phase in ("prefill", "decode"):
@@ -78,7 +78,7 @@ def e2e(hw, meas, name="llama2_7b"):
 
 
 def verify(hw, kern):
-    from compiler.cost import CostModel
+    from compiler.perf.cost import CostModel
     cm = CostModel(graph("llama3_8b"), hw)
     rows = []
     for p in kern["verify"]["points"]:
@@ -89,7 +89,7 @@ def verify(hw, kern):
 
 
 def _family_time(hw, fam, flops, nbytes):
-    from compiler import efficiency as E
+    from compiler.perf import efficiency as E
     k = hw.kernel_family(fam)
     P = hw.peak(k.peak_dtype, k.sparse)
     p = E.ClassParams(k.compute, k.memory, k.flops_half * P / hw.peak("fp16"), k.bytes_half)
@@ -97,14 +97,14 @@ def _family_time(hw, fam, flops, nbytes):
 
 
 def _class_time(hw, cls, flops, nbytes):
-    from compiler import efficiency as E
+    from compiler.perf import efficiency as E
     c = hw.efficiency.for_class(cls)
     return E.op_time(E.ClassParams(c.compute, c.memory, c.flops_half, c.bytes_half), flops, nbytes,
                      hw.peak("fp16"), hw.memory_bandwidth, hw.efficiency.launch_overhead_s)
 
 
 def model13b(hw, kern):
-    from compiler.cost import CostModel
+    from compiler.perf.cost import CostModel
     g = graph("llama2_13b")
     cm = CostModel(g, hw)
     V, D = 32000, 5120
@@ -140,7 +140,7 @@ def model13b(hw, kern):
 
 
 def moe(hw, kern):
-    from compiler import efficiency as E
+    from compiler.perf import efficiency as E
     eff = hw.efficiency
     P, W, L = hw.peak("fp16"), hw.memory_bandwidth, eff.launch_overhead_s
 
@@ -178,8 +178,8 @@ def med(rows):
 
 
 def main(argv=None) -> int:
-    from compiler.calibration import DATA_DIR
-    from compiler.hardware import hardware_by_name
+    from compiler.perf.calibration import DATA_DIR
+    from compiler.perf.hardware import hardware_by_name
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json")
     args = ap.parse_args(argv)

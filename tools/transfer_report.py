@@ -2,7 +2,7 @@
 """The transfer experiment with end-to-end errors: own fits, the joint Hopper fit, the transfer
 H100 -> H200 and H200 -> H100, literature fractions, scored on every measured device's kernels
 and on its Llama-2-7B-shaped prefill/decode timings (CUDA graphs); ``--write`` also writes the
-library (as ``python -m compiler.calibration.transfer --write``, with the e2e numbers in the bands).
+library (as ``python -m compiler.perf.calibration.transfer --write``, with the e2e numbers in the bands).
 
     PYTHONPATH=. python tools/transfer_report.py [--write] [--json out.json]
 """
@@ -21,8 +21,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def llama2_7b_graph():
     from omegaconf import OmegaConf
 
-    from compiler.app import config_dir
-    from compiler.importers.models import import_torch
+    from compiler.driver.app import config_dir
+    from compiler.frontends.models import import_torch
     from passes.cleanup import fold_constants, remove_noops
     g = import_torch(OmegaConf.to_container(OmegaConf.load(config_dir() / "model" / "llama2_7b.yaml")))
     remove_noops(g)
@@ -31,7 +31,7 @@ def llama2_7b_graph():
 
 
 def main(argv=None) -> int:
-    from compiler.calibration import transfer as T
+    from compiler.perf.calibration import transfer as T
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--write", action="store_true")
     ap.add_argument("--json")

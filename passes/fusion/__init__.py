@@ -58,7 +58,7 @@ from collections.abc import Callable
 
 from compiler.errors import ConfigError
 from compiler.ir import Graph
-from compiler.ops import UnsupportedOpError
+from compiler.ir.ops import UnsupportedOpError
 from passes.base import Pass, PassResult
 from passes.fusion.attention import attention_rule, gqa_rule, layout_rule
 from passes.fusion.bias_fold import float_masks, fold_biases
@@ -103,7 +103,7 @@ BIAS_ROW_MIN_WIDENING = 2
 
 
 def mark_gemm_epilogues(g: Graph) -> tuple[int, int]:
-    """The cpu target's bias forms (emission in :mod:`compiler.ops`), for a ``MatMulEpilogue`` with
+    """The cpu target's bias forms (emission in :mod:`compiler.ir.ops`), for a ``MatMulEpilogue`` with
     a bias (measured on onnxruntime's CPU kernels, README "Fusion on onnxruntime CPU"):
 
     - output at least ``BIAS_ROW_MIN_WIDENING`` times wider than the input: ``bias_row=1``,
@@ -222,7 +222,7 @@ class FusionPass(Pass):
 
     def _hardware(self):
         ctx = getattr(self, "context", None)
-        from compiler.hardware import hardware_by_name
+        from compiler.perf.hardware import hardware_by_name
         if self.params.get("hardware"):
             return hardware_by_name(str(self.params["hardware"]))
         if ctx is not None and ctx.hardware is not None:
@@ -304,7 +304,7 @@ def fuse_eager_attention(g: Graph) -> dict[str, int]:
     """At import of a causal decoder with eager attention (matmul/softmax instead of SDPA): fuse
     every attention into ``Attention(is_causal=1)`` so that the KV cache can be lifted. Not cost
     gated (the cache needs it). A graph that already has Attention ops is left alone. Raises
-    :class:`compiler.ops.UnsupportedOpError` when no attention could be fused, with the reason."""
+    :class:`compiler.ir.ops.UnsupportedOpError` when no attention could be fused, with the reason."""
     if any(n.op == "Attention" for n in g):
         return {}
     rule = attention_rule("attention", require_causal=True, cost_gated=False)

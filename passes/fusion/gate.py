@@ -2,7 +2,7 @@
 
 The group of ops a rule would replace and the ops it would put in their place are each copied
 into a small graph (boundary tensors become inputs, weights stay weights, KV-cache tensors stay
-KV) and costed by :class:`compiler.cost.CostModel` on the configured hardware at the configured
+KV) and costed by :class:`compiler.perf.cost.CostModel` on the configured hardware at the configured
 workload points — prefill ``(B, prompt, 0)`` and decode ``(B, 1, context)`` by default. The same
 roofline, efficiencies and launch overheads as the report are used, so a fused op pays only for
 the tensors that cross its boundary and one launch. Every layer of a model has the same groups:
@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from compiler.annotations import COSTED
+from compiler.ir.annotations import COSTED
 from compiler.ir import Graph, OpNode, TensorType
 
 Point = tuple[int, int, int, str]
 DEFAULT_POINTS: tuple[Point, ...] = ((1, 512, 0, "prefill"), (1, 1, 512, "decode"))
-_COST_ANNOTATIONS = COSTED  # the annotations the cost model reads (compiler/annotations.py)
+_COST_ANNOTATIONS = COSTED  # the annotations the cost model reads (compiler/ir/annotations.py)
 
 
 class CostGate:
@@ -50,7 +50,7 @@ class CostGate:
         return ok, detail
 
     def _cost(self, graph, nodes, types, params) -> list[float]:
-        from compiler.cost import CostModel
+        from compiler.perf.cost import CostModel
         mini = mini_graph(graph, nodes, types, params)
         cm = CostModel(mini, self.hw)
         return [cm.totals(b, s, p, phase)["time"] for b, s, p, phase in self.points]

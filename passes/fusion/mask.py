@@ -9,7 +9,7 @@ for SDPA). A mask that reads anything else (a padding ``attention_mask``, activa
 that evaluates to anything else (a sliding window, a bidirectional mask, an additive bias) is
 *general*: a fusion keeps it as the Attention's mask operand, exactly.
 
-Evaluation emits the mask's ancestor ops with :mod:`compiler.emit_onnx` and runs them in
+Evaluation emits the mask's ancestor ops with :mod:`compiler.backend.emit` and runs them in
 onnxruntime (milliseconds; one mask is usually shared by every layer and cached).
 """
 from __future__ import annotations
@@ -113,7 +113,7 @@ def _not_causal(m: np.ndarray, s: int, p: int) -> str | None:
 def _evaluate(g: Graph, tensor: str, nodes: set[str], leaves: set[str]):
     import onnxruntime as ort
 
-    from compiler.emit_onnx import subgraph_model
+    from compiler.backend.emit import subgraph_model
 
     order = [n for n in g.topo_order() if n.name in nodes]
     model = subgraph_model(g, order, [tensor], inputs=[t for t in g.inputs if t in leaves],

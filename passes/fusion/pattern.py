@@ -6,7 +6,7 @@ A pattern is a small tree of builders (onnxscript-rewriter / TVM style):
 - :class:`Const` binds a scalar constant parameter (optionally a given value, approximately);
 - :class:`Op` matches the producer of a tensor by op kind(s) and attributes, then its operands.
   Two-operand ops whose registry entry is ``commutative`` are tried in both orders — declared
-  once, in :mod:`compiler.ops`, never by copying a pattern;
+  once, in :mod:`compiler.ir.ops`, never by copying a pattern;
 - :class:`Opt` makes a one-input piece optional (a cast, a scale, a reshape that only moves data):
   it matches with the piece first, then without it;
 - :class:`Alt` is any of several patterns; :class:`Prod` is a product of factors in any
@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from compiler.ir import Graph, OpNode
-from compiler.ops import REGISTRY, OpKind, is_commutative, ops_where
+from compiler.ir.ops import REGISTRY, OpKind, is_commutative, ops_where
 
-# all from the op registry (compiler/ops.py), never lists of op names here:
+# all from the op registry (compiler/ir/ops.py), never lists of op names here:
 # ops whose extra operands (after the data operands) are shape/axes tensors, not data
 SHAPE_OPERAND_OPS = ops_where(lambda d: bool(d.shape_operands))
 PASSTHROUGH_OPS = ops_where(lambda d: d.passthrough)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from compiler.annotations import Rotary
+from compiler.ir.annotations import Rotary
 from compiler.ir import Graph
 from passes.fusion.common import same_dim, same_shape
 from passes.fusion.pattern import Alt, MatchResult, Op, Var, const_value, scalar_value

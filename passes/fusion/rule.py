@@ -26,9 +26,9 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from compiler.annotations import carry, carry_params
+from compiler.ir.annotations import carry, carry_params
 from compiler.ir import Graph, IRError, OpNode, Param, TensorType
-from compiler.ops import get as get_opdef
+from compiler.ir.ops import get as get_opdef
 from passes.fusion.pattern import Bind, Matcher, MatchResult, Pattern
 
 MAX_BINDINGS_PER_ROOT = 64
@@ -179,7 +179,7 @@ def leaking_value(graph: Graph, match: Match, exports: Sequence[str]) -> str | N
 
 def apply_plan(graph: Graph, match: Match, plan: Plan) -> list[OpNode]:
     """Apply ``plan`` in place of ``match``'s nodes; returns the new ops. Every new op inherits
-    the replaced ops' annotations by their declared rewrite policy (compiler.annotations.carry):
+    the replaced ops' annotations by their declared rewrite policy (compiler.ir.annotations.carry):
     a fused MatMul keeps its compute dtype and layer; its weight keeps its weight format."""
     for p in plan.params.values():
         graph.add_param(p.name, p.type, p.data, **p.annotations)

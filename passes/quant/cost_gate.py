@@ -5,13 +5,13 @@ A request costs one prefill (``B`` sequences of ``prompt_len`` tokens, no cache)
 ``gen_len`` decode steps (``B`` tokens against ``context_len`` cached ones). Per layer, with
 ``M = B·S`` activation rows:
 
-    dense(M)  = max((F + F½)/(peak·e_c), (Bt + B½)/(BW·e_m)) + launch      (compiler/cost.py roofline,
+    dense(M)  = max((F + F½)/(peak·e_c), (Bt + B½)/(BW·e_m)) + launch      (compiler/perf/cost.py roofline,
                                                                            the hardware's GEMM class)
     sparse(M) = dense(M) · r(M)
 
 where ``r(M)`` is the measured time of the cuSPARSELt 2:4 GEMM relative to the dense fp16 GEMM of
 the same shape (``torch.sparse.to_sparse_semi_structured`` vs ``F.linear``, in CUDA graphs, on an
-NVIDIA H200; ``compiler/calibration/data/h200_kernels.json``, median over the Llama-7B/8B/70B linear
+NVIDIA H200; ``compiler/perf/calibration/data/h200_kernels.json``, median over the Llama-7B/8B/70B linear
 shapes at each M, interpolated in log M). On the H200 the sparse kernel loses below M ≈ 200
 (r ≈ 1.6–1.7 at M ≤ 32) and wins above (r ≈ 0.63 at M ≥ 2048). The same measured ratio is used on
 other hardware and the decision says so; a device without 2:4 math (no ``sparse_peak_tflops``:
@@ -29,12 +29,13 @@ import numpy as np
 import sympy
 
 from compiler.ir import B, P, S, Graph, OpNode
-from compiler.ops import Classifier, op_cost
+from compiler.resources import REPO_ROOT
+from compiler.ir.ops import Classifier, op_cost
 
 LITERATURE = {"points": [[1, 1.25], [64, 1.25], [256, 1.0], [4096, 0.77]],
               "source": "literature (Mishra et al. 2021 arXiv:2104.08378: cuSPARSELt 1.3–1.6x on large GEMMs; "
                         "PyTorch semi-structured sparsity tutorial 2023: slower than dense at small batch) — not measured"}
-MEASURED = "compiler/calibration/data/h200_kernels.json"
+MEASURED = "compiler/perf/calibration/data/h200_kernels.json"
 SPARSE_FAMILY, DENSE_FAMILY = "sparse24_cusparselt", "dense_fp16"
 DEFAULT_HARDWARE = "a100_80g"
 _HW = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
@@ -51,7 +52,7 @@ def measured_ratio(family: str = SPARSE_FAMILY, dense: str = DENSE_FAMILY) -> di
         return _RATIO_CACHE[key]
     import json
     from pathlib import Path
-    path = Path(__file__).resolve().parents[2] / MEASURED
+    path = REPO_ROOT / MEASURED
     try:
         data = json.loads(path.read_text())
         base = {(x["shape"]["M"], x["shape"]["K"], x["shape"]["N"]): x["time_s"] for x in data["samples"]
@@ -71,7 +72,7 @@ def measured_ratio(family: str = SPARSE_FAMILY, dense: str = DENSE_FAMILY) -> di
 
 
 def ratio_at(curve: Mapping, m: float) -> float:
-    from compiler.kernel_families import interp_log_m
+    from compiler.perf.kernel_families import interp_log_m
     return float(interp_log_m(curve["points"], m))
 
 
@@ -83,7 +84,7 @@ def _roofline(flops, byts, peak, hw, cls_eff) -> float:
 
 def decide(g: Graph, node: OpNode, weight: str, nm: tuple[int, int], context, workload: Mapping) -> dict[str, Any]:
     """The decision record for one layer (``pruned``, predicted times per phase, payoff, reason)."""
-    from compiler.hardware import hardware_by_name
+    from compiler.perf.hardware import hardware_by_name
     hw = getattr(context, "hardware", None) or hardware_by_name(DEFAULT_HARDWARE)
     pts = getattr(context, "points", None) or ((1, 512, 0, "prefill"), (1, 1, 512, "decode"))
     points = {ph: (b, s, p) for b, s, p, ph in pts}
@@ -105,7 +106,7 @@ def decide(g: Graph, node: OpNode, weight: str, nm: tuple[int, int], context, wo
     if not hw.sparse_peak_flops:
         # no 2:4 math on this device (a CPU: onnxruntime runs the pruned weight as a dense MatMul
         # on the same bytes): pruning costs accuracy and buys no time
-        from compiler.kernel_families import ORT_DENSE_NM
+        from compiler.perf.kernel_families import ORT_DENSE_NM
         out.update(kernel=(ORT_DENSE_NM if getattr(hw, "kind", "") == "cpu"
                            else "dense GEMM (no 2:4 sparse math on this device)"),
                    ratio_source=f"{hw.name} has no 2:4 sparse math units (sparse_peak_tflops is empty)",

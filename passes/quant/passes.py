@@ -3,7 +3,7 @@
 Both find the graph's linear layers — ``MatMul`` / ``MatMulEpilogue`` whose operand 1 is a 2-D
 float weight ``W[K, N]`` (reduction axis 0) — minus the excluded ones (``exclude``: ``embeddings``
 and ``lm_head`` by default, plus fnmatch patterns on parameter names), and annotate them
-(compiler/annotations.py):
+(compiler/ir/annotations.py):
 
 - ``weight_format`` on the weight (storage dtype, granularity, group, symmetry, deployment scale
   dtype, N:M pattern) — the cost model charges its stored bytes;
@@ -11,7 +11,7 @@ and ``lm_head`` by default, plus fnmatch patterns on parameter names), and annot
   assumes: ``aten._weight_int4pack_mm`` for W4A16, dequantize + ``F.linear`` for W8A16 (faster
   than ``torch._weight_int8pack_mm`` at every measured M on the H200), ``torch._int_mm`` with dynamic
   int8 activation quantization for W8A8, ``torch._scaled_mm`` with dynamic FP8 activation
-  quantization for FP8, cuSPARSELt for 2:4 — compiler/kernel_families.py); on ``kind: cpu``
+  quantization for FP8, cuSPARSELt for 2:4 — compiler/perf/kernel_families.py); on ``kind: cpu``
   hardware the onnxruntime CPU kernel the artifact runs instead (``MatMulNBits`` 4/8-bit at the
   configured accuracy level, ``DynamicQuantizeMatMul``, ``MatMulIntegerToFloat``, the per-token
   ``MatMulInteger`` form, the FP8 simulation; a pruned weight runs as the same dense ``MatMul``);
@@ -21,7 +21,7 @@ and ``lm_head`` by default, plus fnmatch patterns on parameter names), and annot
 With real weights the values change: the weight's data becomes the dequantized (or pruned) fp32
 values, and calibration-based methods (GPTQ, AWQ, SmoothQuant, SparseGPT, static activation
 scales) run the current graph in onnxruntime on the calibration split of the evaluation text
-(compiler/accuracy.py) — activations of the fp32 (or already pruned) model, not sequentially
+(compiler/backend/accuracy.py) — activations of the fp32 (or already pruned) model, not sequentially
 re-quantized layer by layer. With meta weights (cost-only models) only the annotations are
 written (``stats.cost_only``): any scheme can be priced for any model size, but no artifact and
 no accuracy exist.
@@ -37,12 +37,12 @@ from typing import Any
 
 import numpy as np
 
-from compiler import annotations as ann
-from compiler.annotations import ComputeDtype, WeightFormat
+from compiler.ir import annotations as ann
+from compiler.ir.annotations import ComputeDtype, WeightFormat
 from compiler.errors import ConfigError
 from compiler.ir import Graph, OpNode
-from compiler.kernel_families import ORT_DENSE_NM
-from compiler.quant_onnx import ACCURACY_LEVEL_KEY, ORT_SESSION_KEY, ActivationQuant, QuantizedData
+from compiler.perf.kernel_families import ORT_DENSE_NM
+from compiler.backend.quantized import ACCURACY_LEVEL_KEY, ORT_SESSION_KEY, ActivationQuant, QuantizedData
 from passes.base import Pass, PassResult
 from passes.quant.formats import QuantSpec, int_dtype, quantize_rtn
 from passes.quant.nm import prune_magnitude
@@ -66,7 +66,7 @@ SCHEMES: dict[str, dict[str, Any]] = {
             "kernel": "torch._scaled_mm + dynamic fp8 activation quantization"},
 }
 # the same schemes as onnxruntime CPU runs rooftop's artifacts (hardware ``kind: cpu``):
-# (scheme, activations or accuracy) -> kernel label of compiler/kernel_families.py
+# (scheme, activations or accuracy) -> kernel label of compiler/perf/kernel_families.py
 ORT_CPU_KERNELS: dict[tuple[str, str], str] = {
     ("w4a16", "int8"): "onnxruntime MatMulNBits 4-bit (accuracy level 4: int8 activations)",
     ("w4a16", "fp32"): "onnxruntime MatMulNBits 4-bit (accuracy level 0: fp32 activations)",
@@ -224,7 +224,7 @@ def calibrate(g: Graph, tensors: Sequence[str], cal: Calibration, tokenizer_sour
               keep_rows: int = 0) -> dict[str, Hessian]:
     """Hessian and activation statistics of each tensor over the calibration split; with
     ``keep_rows`` also up to that many activation rows (``Hessian.rows``, for AWQ)."""
-    from compiler import accuracy
+    from compiler.backend import accuracy
     paras = accuracy.load_paragraphs(None if cal.source in ("default", None, "") else cal.source)
     tok = accuracy.make_tokenizer(tokenizer_source, accuracy.vocab_of(g))
     seqs = accuracy.token_samples(accuracy.split(paras, "calibration"), tok, int(cal.seq_len), int(cal.samples))
@@ -616,7 +616,7 @@ class PruneNM(Pass):
                 "(or a model with real weights) for both.")
         meta = g.meta.setdefault("onnx_metadata", {})
         if not cost_only:
-            from compiler.quant_onnx import nm_metadata
+            from compiler.backend.quantized import nm_metadata
             meta.update(nm_metadata({w: {"n": self.n, "m": self.m, "axis": 0, "method": self.method} for w in done}))
         return PassResult(g, bool(done), stats)
 

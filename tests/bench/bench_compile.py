@@ -36,14 +36,14 @@ def _cfg(model: str):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from compiler.app import config_dir
+    from compiler.driver.app import config_dir
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
         cfg = compose("config", overrides=[f"model={model}", "emit.enabled=false", "progress=false"])
     return OmegaConf.to_container(cfg, resolve=True)
 
 
 def rooftop_once(model: str) -> float:
-    from compiler.pipeline import run
+    from compiler.driver.pipeline import run
     cfg = _cfg(model)
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
@@ -55,8 +55,8 @@ def export_once(model: str) -> float:
     """A bare torch.export of the HF model (all layers) on the meta device."""
     import torch
 
-    from compiler.importers.models import _vocab, build_torch_model, example_inputs
-    from compiler.importers.torch_export import export_module
+    from compiler.frontends.models import _vocab, build_torch_model, example_inputs
+    from compiler.frontends.torch_export import export_module
     cfg = _cfg(model)["model"]
     t0 = time.perf_counter()
     module, task = build_torch_model(cfg)

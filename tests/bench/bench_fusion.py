@@ -60,7 +60,7 @@ def _compose(overrides):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from compiler.app import config_dir
+    from compiler.driver.app import config_dir
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
         cfg = compose("config", overrides=list(overrides))
     return OmegaConf.to_container(cfg, resolve=False) | {"hydra": None}
@@ -75,7 +75,7 @@ def _module(name: str):
     them to 0 and 1, which an exporter may fold away: a trained model's are never zero)."""
     import torch
 
-    from compiler.importers.models import build_hf, build_minilm
+    from compiler.frontends.models import build_hf, build_minilm
     if name not in _INNER:
         cfg = _compose([f"model={name}"])["model"]
         inner = build_minilm(cfg) if cfg["source"] == "minilm" else build_hf(cfg)
@@ -148,8 +148,8 @@ def ort_optimize(name: str, src: str, dst: str) -> str:
 def _fuse_and_save(g, out_dir: str, batch: int, tag: str, target: str = "auto"):
     """The passes of conf/pipeline/fuse.yaml costed on hardware=cpu at this batch (the fuse pass
     with ``target``), then ONNX emission; returns (model path, the fuse pass's non-zero stats)."""
-    from compiler.emit_onnx import save
-    from compiler.hardware import load_hardware
+    from compiler.backend.emit import save
+    from compiler.perf.hardware import load_hardware
     from passes import PassContext, PassManager, make_pass
     cfg = _compose(["pipeline=fuse", "hardware=cpu"])
     ctx = PassContext(load_hardware(cfg["hardware"]), ((batch, SEQ, 0, "prefill"), (batch, 1, SEQ, "decode")))
@@ -167,7 +167,7 @@ def _fuse_and_save(g, out_dir: str, batch: int, tag: str, target: str = "auto"):
 def build_rooftop(name: str, out_dir: str, batch: int, target: str = "auto") -> tuple[str, dict]:
     """rooftop's model: torch.export import of the same module (causal LMs: KV cache lifted),
     then :func:`_fuse_and_save`."""
-    from compiler.importers.models import CausalLMWrapper, EncoderWrapper, import_torch
+    from compiler.frontends.models import CausalLMWrapper, EncoderWrapper, import_torch
     inner, mcfg, causal, _ = _module(name)
     module = CausalLMWrapper(inner) if causal else EncoderWrapper(inner)
     g = import_torch(mcfg, module=module, task="causal_lm" if causal else "embedding")
@@ -176,7 +176,7 @@ def build_rooftop(name: str, out_dir: str, batch: int, target: str = "auto") -> 
 
 def build_rooftop_from_onnx(src: str, out_dir: str, batch: int, tag: str) -> str:
     """rooftop on an existing ONNX file: ``model=onnx`` import, then :func:`_fuse_and_save`."""
-    from compiler.importers.onnx_import import import_onnx
+    from compiler.frontends.onnx_import import import_onnx
     return _fuse_and_save(import_onnx(src), out_dir, batch, tag)[0]
 
 

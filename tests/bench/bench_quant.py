@@ -25,14 +25,14 @@ wall time and of the process CPU time (all threads; steadier under load), each w
 rooftop fp32 (on a quiet machine the wall ratio is the latency a user sees).
 Accuracy beside it: MiniLM embedding cosine, GPT-2 top-1 agreement and KL of next-token
 distributions, both against the rooftop fp32 model on the evaluation split of the shipped text
-(compiler/accuracy.py). FP8 on CPU is an accuracy simulation (DequantizeLinear to fp32): its
+(compiler/backend/accuracy.py). FP8 on CPU is an accuracy simulation (DequantizeLinear to fp32): its
 latency is not FP8 latency.
 
     .venv/bin/python tests/bench/bench_quant.py [--rounds 20] [--rounds-gpt2 6] [--models minilm gpt2] [--samples 8]
         [--json OUT]     # also write the medians, the accuracy and the machine (memory read bandwidth) as JSON
 
 ``--json`` output of a GPT-2 run is what tests/test_cpu_kernels.py holds rooftop's CPU cost predictions
-to (compiler/calibration/data/e2e/cpu_ort_gpt2.json).
+to (compiler/perf/calibration/data/e2e/cpu_ort_gpt2.json).
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def _compose(overrides):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from compiler.app import config_dir
+    from compiler.driver.app import config_dir
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
         cfg = compose("config", overrides=list(overrides))
     return OmegaConf.to_container(cfg, resolve=False) | {"hydra": None}
@@ -72,7 +72,7 @@ def _compose(overrides):
 
 def build_variants(model: str, work: Path, samples: int) -> tuple[dict[str, str], dict]:
     """{variant: model path} and the model config."""
-    from compiler.pipeline import run
+    from compiler.driver.pipeline import run
     paths: dict[str, str] = {}
     base = ["hardware=cpu", "pipeline=default", "report.html=false", "progress=false",
             "accuracy.enabled=false"]      # accuracy is measured below, once, for every variant alike
@@ -133,7 +133,7 @@ def feeds(sess, batch: int, seq: int, past: int, vocab: int, rng) -> dict[str, n
 def time_cases(paths: dict[str, str], cases, rounds: int, vocab: int
                ) -> dict[tuple[str, str], tuple[float, float]]:
     """(median wall s, median process CPU s) per (variant, case)."""
-    from compiler.quant_onnx import make_session
+    from compiler.backend.quantized import make_session
     sessions = {v: make_session(p, threads=THREADS, extra=SESSION) for v, p in paths.items()}
     res = {}
     rng = np.random.default_rng(0)
@@ -161,7 +161,7 @@ def time_cases(paths: dict[str, str], cases, rounds: int, vocab: int
 def accuracy_of(paths: dict[str, str], model_cfg: dict, samples: int) -> dict[str, dict]:
     import onnx
 
-    from compiler import accuracy
+    from compiler.backend import accuracy
     ref = paths["rooftop fp32"]
     task = "embedding" if model_cfg.get("task") == "embedding" else "causal_lm"
     m = onnx.load(ref)
@@ -181,7 +181,7 @@ def machine() -> dict:
     over 400 MB, median of 5) — what a CPU hardware description of this machine needs."""
     import torch
 
-    from compiler.calibration.host import cpu_info
+    from compiler.perf.calibration.host import cpu_info
     out = {k: v for k, v in cpu_info().items() if k != "llc_bytes"}
     n = torch.get_num_threads()
     torch.set_num_threads(THREADS)

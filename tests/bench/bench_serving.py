@@ -28,12 +28,12 @@ def main():
     a = ap.parse_args()
 
     import yaml
-    from compiler.capacity import plan_capacity
-    from compiler.cost import CostModel
-    from compiler.hardware import hardware_by_name
-    from compiler.importers.models import import_torch
-    from compiler.schedule import schedule
-    from compiler.serving import ServeConfig, StepTable, cost_model_step_time, sample_requests, simulate, simulate_static
+    from compiler.analysis.capacity import plan_capacity
+    from compiler.perf.cost import CostModel
+    from compiler.perf.hardware import hardware_by_name
+    from compiler.frontends.models import import_torch
+    from compiler.perf.schedule import schedule
+    from compiler.analysis.serving import ServeConfig, StepTable, cost_model_step_time, sample_requests, simulate, simulate_static
     from passes import PassContext, PassManager, make_pass
     from reports.report import kv_bytes_per_token, weights_bytes
 

@@ -55,9 +55,9 @@ def main():
 
     from omegaconf import OmegaConf
     import numpy as np
-    from compiler.cost import CostModel
-    from compiler.hardware import hardware_by_name
-    from compiler.importers.models import import_torch
+    from compiler.perf.cost import CostModel
+    from compiler.perf.hardware import hardware_by_name
+    from compiler.frontends.models import import_torch
     from passes import run_passes
     g = import_torch(OmegaConf.to_container(OmegaConf.load(ROOT / "conf/model/llama2_70b.yaml")))
     run_passes(g, OmegaConf.to_container(OmegaConf.load(ROOT / "conf/pipeline/cache.yaml"))["passes"])

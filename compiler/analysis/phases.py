@@ -1,0 +1,412 @@
+"""Analysis: what the cost model and the memory plan say about one workload, as plain data.
+
+:func:`analyze` turns (config, workload, hardware, graph, cost model, schedule, pass records)
+into a plain dict — phases with their op tables, latency, memory totals, capacity (with the SLO
+search) and the throughput-versus-batch sweep. ``reports/`` only renders this result
+(report.json, report.md, report.html); nothing here imports ``passes/`` or ``reports/``.
+
+Task-honest figures: a causal LM has prefill (TTFT) and decode (TPOT) phases and a request of
+``gen_len`` generated tokens; an encoder (``task`` embedding / custom: no KV cache) has one
+forward pass per batch: its latency is per batch, throughput is in sequences/s, and there is no
+decode phase, TPOT or "generated tokens".
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import sympy
+
+from compiler.ir import B, P, Graph
+
+GB = 1e9
+CAPACITY_SEARCH_MAX = 4096
+
+
+def kv_stored_dtypes(g: Graph) -> dict[str, str]:
+    """KV-cache graph inputs whose cache is stored in another format than the tensor's type (the
+    ``kv_layout.dtype`` annotation of the cached Attentions, from ``kv.dtype``). The inputs an
+    Attention reads directly map to its annotation; when every cached Attention agrees on one
+    format (the ``kv_layout`` pass sets one), every KV input takes it — also a paged cache's block
+    pools, which reach the Attention through a gather."""
+    per_input: dict[str, str] = {}
+    formats = set()
+    cached = 0
+    for n in g.topo_order():
+        if n.op != "Attention" or len(n.inputs) < 5 or not n.inputs[4]:
+            continue
+        cached += 1
+        lay = n.annotations.get("kv_layout")
+        d = lay.dtype if lay is not None else None
+        formats.add(d)
+        if d is not None:
+            for t in n.inputs[4:6]:
+                if t:
+                    per_input[t] = d
+    if cached and len(formats) == 1 and None not in formats:
+        d = next(iter(formats))
+        kv = set(g.meta.get("kv_tensors", ()))
+        return {t: d for t in g.inputs if t in kv}
+    return per_input
+
+
+def kv_bytes_per_token(g: Graph) -> float:
+    """KV-cache bytes one token of one sequence adds (all layers, K and V, kv_heads — not q heads),
+    in the cache's stored format (``kv.dtype``: fp8/int8 halve a 16-bit cache)."""
+    from compiler.ir.tensors import DTYPES
+    total = 0
+    kv = set(g.meta.get("kv_tensors", ()))
+    stored = kv_stored_dtypes(g)
+    for t in g.inputs:
+        if t in kv:
+            ty = g.type(t)
+            item = DTYPES[stored[t]][0] if t in stored else ty.itemsize
+            nbytes = ty.numel() * sympy.Rational(item).limit_denominator(2)
+            total += sympy.diff(nbytes, P).subs(B, 1)
+    return float(total)
+
+
+_HW_KV = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float8e4m3fn": "fp8",
+          "float8e5m2": "fp8", "int8": "int8", "uint8": "int8"}
+
+
+def kv_dtype(g: Graph) -> str | None:
+    """The KV cache's stored format in hardware names (fp16, bf16, fp8, int8, fp32), or None
+    without a cache."""
+    kv = [t for t in g.inputs if t in set(g.meta.get("kv_tensors", ()))]
+    if not kv:
+        return None
+    stored = kv_stored_dtypes(g)
+    return _HW_KV.get(stored.get(kv[0]) or g.type(kv[0]).dtype, "fp16")
+
+
+def weights_bytes(g: Graph) -> float:
+    from compiler.ir.ops import Classifier
+    cls = Classifier(g)
+    return float(sum(cls.weight_bytes(p) for p in g.params))
+
+
+def param_count(g: Graph) -> int:
+    return int(sum(int(p.type.numel()) for p in g.params.values() if not p.annotations.get("const")))
+
+
+def is_generative(g: Graph) -> bool:
+    """A model that generates tokens step by step (a KV cache was lifted or imported)."""
+    return bool(g.meta.get("kv_tensors")) or g.meta.get("task") == "causal_lm"
+
+
+def phase_result(cm, sched, b: int, s: int, p: int, phase: str) -> dict[str, Any]:
+    ops = cm.op_table(b, s, p, phase)
+    by_class: dict[str, float] = {}
+    bound_time = {"compute": 0.0, "memory": 0.0, "latency": 0.0}
+    for o in ops:
+        by_class[o["class"]] = by_class.get(o["class"], 0.0) + o["time_s"]
+        bound_time[o["bound"]] += o["time_s"]
+    flops = sum(o["flops"] for o in ops)
+    byts = sum(o["bytes"] for o in ops)
+    split = {k: sum(o["bytes_split"][k] for o in ops) for k in ("weights", "activations", "kv")}
+    return {
+        "point": {"B": b, "S": s, "P": p},
+        "time_s": sum(o["time_s"] for o in ops),
+        "flops": flops, "bytes": byts, "bytes_split": split,
+        "intensity": flops / byts if byts else None,
+        "bound": max(bound_time, key=bound_time.get),
+        "time_by_class_s": dict(sorted(by_class.items())),
+        "activation_peak_bytes": float(sched.activation_peak(b, s, p)[0]),
+        "ops": ops,
+    }
+
+
+def request_latency(cm, b: int, prompt: int, gen: int, ctx: int, generative: bool) -> dict[str, Any]:
+    """TTFT, TPOT, end-to-end and throughput of one request of ``b`` sequences.
+
+    Causal LM: TTFT = prefill; ``gen_len - 1`` decode steps follow over a growing cache;
+    throughput counts generated tokens only (0 when ``gen_len=0``: nothing is generated).
+    Encoder: one forward pass per batch; throughput in sequences/s (and tokens processed/s).
+    """
+    ttft = float(cm.phase_time(b, prompt, 0, "prefill")[0])
+    if not generative:
+        return {"kind": "encoder", "batch_latency_s": ttft, "ttft_s": ttft, "tpot_s": None,
+                "e2e_s": ttft, "throughput_seq_s": b / ttft, "throughput_tok_s": b * prompt / ttft,
+                "throughput_counts": "tokens processed (prompt tokens of every sequence)"}
+    steps = np.arange(1, gen) if gen > 1 else np.zeros(0)
+    step_times = cm.phase_time(b, 1, prompt + steps - 1, "decode") if len(steps) else np.zeros(0)
+    e2e = float(ttft + step_times.sum())
+    tpot = float(cm.phase_time(b, 1, ctx, "decode")[0])
+    return {"kind": "generative", "ttft_s": ttft, "tpot_s": tpot, "e2e_s": e2e,
+            "throughput_tok_s": b * gen / e2e, "decode_throughput_tok_s": b / tpot,
+            "throughput_counts": "generated tokens"}
+
+
+def capacity(cfg: Mapping, cm, sched, hw, w_bytes, kv_tok, tokens, prompt, ctx, reserve,
+             generative: bool = True, *, usable: float | None = None, step=None) -> dict[str, Any]:
+    """Largest batch that fits in device memory (``usable`` bytes: memory x
+    ``memory.gpu_utilization``; per device under a parallel plan, with its weights and KV bytes per
+    token); with ``slo.*`` set, the largest that also meets the latency objectives (``step(b, s, p,
+    phase)``: one device's or the plan's step times)."""
+    usable = hw.memory_bytes if usable is None else usable
+    step = step or cm.phase_time
+    batches = np.arange(1, CAPACITY_SEARCH_MAX + 1)
+    act = sched.activation_peak(batches, prompt, 0)
+    need = w_bytes + batches * kv_tok * tokens + act + reserve
+    fits = need <= usable
+    max_batch = int(batches[fits].max()) if fits.any() else 0
+    beside = int(max(usable - w_bytes, 0) // (kv_tok * tokens)) if kv_tok and tokens else None
+    out: dict[str, Any] = {"max_batch": max_batch, "tokens_per_sequence": tokens,
+                           # sequences whose KV cache fits beside the weights alone (no activations,
+                           # no reserve): the first-order figure usually quoted
+                           "max_batch_weights_kv_only": beside,
+                           "limited_by": "memory" if max_batch < batches[-1] else "search range"}
+    slo = dict(cfg.get("slo") or {})
+    if slo.get("ttft_ms") is not None or (generative and slo.get("tpot_ms") is not None):
+        ok = fits.copy()
+        cand = batches[: max(max_batch, 1)]
+        if slo.get("ttft_ms") is not None:
+            ok[: len(cand)] &= step(cand, prompt, 0, "prefill") * 1e3 <= float(slo["ttft_ms"])
+        if generative and slo.get("tpot_ms") is not None:
+            ok[: len(cand)] &= step(cand, 1, ctx, "decode") * 1e3 <= float(slo["tpot_ms"])
+        ok[len(cand):] = False
+        out["max_batch_slo"] = int(batches[ok].max()) if ok.any() else 0
+        out["slo"] = {k: slo.get(k) for k in ("ttft_ms", "tpot_ms")}
+    return out
+
+
+def throughput_sweep(cm, hw, ctx, max_batch, w_bytes, kv_tok, tokens, reserve, sched, prompt,
+                     generative: bool = True, *, usable: float | None = None, step=None) -> list[dict]:
+    """Decode TPOT and throughput (causal LM) or batch latency and sequences/s (encoder) over
+    powers of two up to twice the max batch (and the max batch itself)."""
+    usable = hw.memory_bytes if usable is None else usable
+    step = step or cm.phase_time
+    top = max(64, 2 * max(max_batch, 1))
+    batches = np.unique(np.concatenate([2 ** np.arange(0, int(np.log2(min(top, CAPACITY_SEARCH_MAX))) + 1),
+                                        [max(max_batch, 1)]])).astype(int)
+    need = w_bytes + batches * kv_tok * tokens + sched.activation_peak(batches, prompt, 0) + reserve
+    if generative:
+        tpot = step(batches, 1, ctx, "decode")
+        return [{"batch": int(bb), "tpot_s": float(t), "throughput_tok_s": float(bb / t),
+                 "fits": bool(n <= usable)} for bb, t, n in zip(batches, tpot, need)]
+    lat = step(batches, prompt, 0, "prefill")
+    return [{"batch": int(bb), "batch_latency_s": float(t), "throughput_seq_s": float(bb / t),
+             "throughput_tok_s": float(bb * prompt / t), "fits": bool(n <= usable)}
+            for bb, t, n in zip(batches, lat, need)]
+
+
+def calibration_kind(hw) -> str:
+    """calibrated / transferred / literature: where the device's efficiencies come from, read from
+    the Hardware object (``hw.calibration.source``; from ``efficiency.source`` where it has none)."""
+    cal = getattr(hw, "calibration", None)
+    src = getattr(cal, "source", None)
+    if src in ("calibrated", "transferred", "literature"):
+        return src
+    text = str(hw.efficiency.source).lower()
+    if text.startswith("calibrated"):
+        return "calibrated"
+    return "transferred" if "transfer" in text else "literature"
+
+
+def analyze(cfg: Mapping, wl: Mapping, hw, g: Graph, cm, sched, records) -> dict[str, Any]:
+    """The analysis result (a plain dict; report.json is this plus ``schema_version``, ``tool``
+    and ``emit``)."""
+    b, prompt, gen, ctx = wl["batch"], wl["prompt_len"], wl["gen_len"], wl["context_len"]
+    generative = is_generative(g)
+    phases = {"prefill": phase_result(cm, sched, b, prompt, 0, "prefill")}
+    if generative:
+        phases["decode"] = phase_result(cm, sched, b, 1, ctx, "decode")
+    latency = request_latency(cm, b, prompt, gen, ctx, generative)
+
+    w_bytes = weights_bytes(g)
+    kv_tok = kv_bytes_per_token(g)
+    tokens = max(ctx, prompt + gen) if generative else prompt
+    reserve = float(cfg["memory"]["runtime_reserve_gb"]) * GB
+    usable = hw.memory_bytes * float(cfg["memory"].get("gpu_utilization", 1.0) or 1.0)
+    act_peak = float(sched.activation_peak(b, prompt, 0)[0])
+    kv_total = kv_tok * b * tokens
+    # capacity planning, parallel plan, serving simulation (compiler/capacity, parallel, serving)
+    planning = planning_sections(cfg, wl, hw, g, cm, sched, w_bytes, kv_tok, tokens, reserve) if generative else {}
+    par = planning.get("parallel")
+    plan = plan_step(cfg, cm, par)
+    if plan is not None:   # the headline figures are the plan's: per device, collectives included
+        w_cap = par["memory_per_device"]["weights_bytes"]          # per device (tp shard, pp stage)
+        kv_cap = par["memory_per_device"]["kv_bytes_per_token"]
+        single = latency
+        latency = plan_latency(plan, par, b, prompt, gen, ctx)
+        latency["single_device"] = {k: single[k] for k in ("ttft_s", "tpot_s", "e2e_s", "throughput_tok_s")}
+    else:
+        w_cap, kv_cap = w_bytes, kv_tok
+    cap = capacity(cfg, cm, sched, hw, w_cap, kv_cap, tokens, prompt, ctx, reserve, generative,
+                   usable=usable, step=plan)
+    cap.update(planning.pop("capacity", {}))
+    if par is not None:
+        cap.update(fit_verdict(cfg, hw, par))
+    sweep = throughput_sweep(cm, hw, ctx, cap["max_batch"], w_cap, kv_cap, tokens, reserve, sched, prompt,
+                             generative, usable=usable, step=plan)
+    m = cfg["model"]
+    source = g.meta.get("source") or {}
+    dynamic = dynamic_sections(cfg, wl, hw, g, cm, sched, latency,
+                               {"tpot_s": latency["tpot_s"], "weights_bytes": w_bytes, "kv_bytes_per_token": kv_tok,
+                                "tokens": tokens, "reserve": reserve})
+    phases.update(dynamic.pop("phases", {}))
+    latency.update(dynamic.pop("latency", {}))
+    dtype = m.get("dtype") or _graph_dtype(g)
+    return {
+        "model": {
+            "name": str(m.get("name") or g.name), "source": str(m.get("source")),
+            "dtype": str(dtype or ""), "weights": str(m.get("weights") or ("file" if source else "")),
+            "task": g.meta.get("task"), "generative": generative, "parameters": param_count(g),
+            "ops": len(g), "op_counts": g.ops_by_kind(), "inputs": list(g.inputs), "outputs": list(g.outputs),
+            "layers": (g.meta.get("kv_paging") or {}).get("layers")
+                      or sum(1 for t in g.inputs if t.startswith("past_key.")),
+            "max_positions": g.meta.get("max_positions"),
+            "import": g.meta.get("import_stats", {}),
+        },
+        "hardware": {
+            "name": hw.name, "description": hw.description, "vendor": hw.vendor, "kind": hw.kind,
+            "peak_flops": dict(hw.peak_flops), "sparse_peak_flops": dict(hw.sparse_peak_flops),
+            "memory_bytes": hw.memory_bytes, "memory_bandwidth": hw.memory_bandwidth,
+            "ridge_point_fp16": hw.ridge_point("fp16"), "efficiency_source": hw.efficiency.source,
+            "calibration": calibration_kind(hw),
+        },
+        "workload": dict(wl),
+        "pipeline": {"name": str(cfg["pipeline"].get("name", "")), "passes": [r.name for r in records]},
+        "passes": [{"name": r.name, "changed": r.changed, "stats": r.stats,
+                    "cost_before": r.cost_before, "cost_after": r.cost_after} for r in records],
+        "phases": phases,
+        "memory": {
+            "weights_bytes": w_bytes, "kv_cache_bytes": kv_total, "kv_bytes_per_token": kv_tok,
+            "kv_tokens_per_sequence": tokens, "activation_peak_bytes": act_peak,
+            "runtime_reserve_bytes": reserve, "total_bytes": w_bytes + kv_total + act_peak + reserve,
+            "capacity_bytes": hw.memory_bytes, "usable_bytes": usable,
+            "fits_one_device": bool(w_bytes + kv_total + act_peak + reserve <= usable),
+            **({"kv_dtype": kv_dtype(g)} if kv_dtype(g) else {}),
+        },
+        "capacity": cap,
+        "latency": latency,
+        "throughput_vs_batch": sweep,
+        **dynamic,
+        **planning,
+    }
+
+
+def planning_sections(cfg, wl, hw, g, cm, sched, w_bytes, kv_tok, tokens, reserve) -> dict[str, Any]:
+    """Capacity planning (``capacity.kv_blocks`` …), ``parallel`` and ``serve`` (compiler/analysis/capacity.py,
+    compiler/analysis/parallel.py, compiler/analysis/serving.py) for ``kv=``, ``parallel.*``, ``serve.*``."""
+    from compiler.analysis.serving import report_sections
+    return report_sections(cfg, wl, hw, g, cm, sched, weights_bytes=w_bytes, kv_bytes_per_token=kv_tok,
+                           tokens=tokens, reserve_bytes=reserve, kv_dtype=kv_dtype(g) or "fp16")
+
+
+def plan_step(cfg, cm, par):
+    """``step(b, s, p, phase)`` of the parallel plan (per-device ops + collectives + pipeline sends,
+    compiler/analysis/parallel.py), or None on one device."""
+    if par is None or par.get("devices", 1) <= 1:
+        return None
+    from compiler.analysis.parallel import dims_from_hf, parallel_step_time, plan_of
+    st = parallel_step_time(cm, plan_of(cfg.get("parallel")), dims_from_hf(cfg["model"]["config"]))
+
+    def step(b, s, p, phase=None):
+        b, s, p = np.broadcast_arrays(*(np.atleast_1d(np.asarray(x, float)) for x in (b, s, p)))
+        return st(b, p, s)
+    return step
+
+
+def plan_latency(step, par, b, prompt, gen, ctx) -> dict[str, Any]:
+    """:func:`request_latency` under the parallel plan: TTFT and TPOT are the plan's per-phase times
+    (``parallel.phases``), the request's decode steps the plan's step times."""
+    ttft = float(par["phases"]["prefill"]["time_s"])
+    tpot = float(par["phases"]["decode"]["time_s"])
+    steps = np.arange(1, gen) if gen > 1 else np.zeros(0)
+    e2e = ttft + (float(step(np.full(len(steps), b), 1, prompt + steps - 1).sum()) if len(steps) else 0.0)
+    return {"kind": "generative", "ttft_s": ttft, "tpot_s": tpot, "e2e_s": e2e,
+            "throughput_tok_s": b * gen / e2e, "decode_throughput_tok_s": b / tpot,
+            "throughput_counts": "generated tokens",
+            "basis": f"parallel plan tp={par['tp']} pp={par['pp']} ep={par['ep']} ({par['devices']} devices): "
+                     "per-device op times + collectives (parallel.phases)"}
+
+
+def fit_verdict(cfg, hw, par) -> dict[str, Any]:
+    """Whether the run's plan fits its devices, and the smallest tensor-parallel degree that does
+    (``capacity.fits``, ``capacity.min_tp_that_fits``, and a ``capacity.note`` when it does not fit)."""
+    mem = par["memory_per_device"]
+    tpo = par.get("tp_options") or {}
+    out: dict[str, Any] = {"fits": bool(mem["fits"]), "min_tp_that_fits": tpo.get("min_tp_that_fits"),
+                           "fits_one_device": tpo.get("fits_one_device")}
+    if not mem["fits"]:
+        best = tpo.get("min_tp_that_fits")
+        where = f"{par['tp']} x {hw.name}" if par.get("devices", 1) > 1 else f"one {hw.name}"
+        need = f"{mem['total_bytes'] / GB:.1f} GB per device (weights {mem['weights_bytes'] / GB:.1f} GB)"
+        fix = (f"parallel.tp={best} fits ({next(o['total_bytes'] for o in tpo['options'] if o['tp'] == best) / GB:.1f} "
+               f"GB per device)" if best else
+               f"no tensor-parallel degree up to the node's {hw.interconnect.num_devices_per_node} devices fits; "
+               f"quantize (quant=) or add pipeline stages (parallel.pp)")
+        out["note"] = (f"does not fit: {need} > {mem['usable_bytes'] / GB:.1f} GB usable on {where}; {fix}. "
+                       f"The latency figures assume it ran.")
+    return out
+
+
+def dynamic_sections(cfg, wl, hw, g, cm, sched, latency, base) -> dict[str, Any]:
+    """Speculative decoding (``phases.verify`` + ``speculative``, compiler/analysis/speculative.py), chunked
+    prefill (``phases.prefill_chunked``), MoE routing (``moe``, compiler/analysis/moe.py) and early exit
+    (``early_exit``, compiler/analysis/early_exit.py)."""
+    from compiler.analysis import speculative as spec
+    out: dict[str, Any] = {"phases": {}, "latency": {}}
+    if g.meta.get("task") != "causal_lm":
+        return out
+    b, ctx = wl["batch"], wl["context_len"]
+    chunk = (cfg.get("workload") or {}).get("prefill_chunk")
+    if chunk:
+        chunk = int(chunk)
+        res = phase_result(cm, sched, b, min(chunk, wl["prompt_len"]), 0, spec.attention_class(chunk))
+        res.update(spec.chunked_prefill(cm, b, wl["prompt_len"], chunk))
+        out["phases"]["prefill_chunked"] = res
+        out["latency"]["ttft_chunked_s"] = res["time_s"]
+    from compiler.analysis import moe
+    msec = moe.analyze(g, wl, cfg)
+    if msec is not None:
+        out["moe"] = msec
+    from compiler.analysis import early_exit
+    esec = early_exit.analyze(cfg, wl, hw, g, cm)
+    if esec is not None:
+        out["early_exit"] = esec
+    sec = spec.analyze(cfg, wl, hw, g, cm, sched, base)
+    if sec is not None:
+        out["phases"]["verify"] = phase_result(cm, sched, b, sec["gamma"] + 1, ctx, spec.attention_class(sec["gamma"] + 1))
+        out["speculative"] = sec
+    return out
+
+
+def _graph_dtype(g: Graph) -> str | None:
+    """The dtype most parameter bytes are stored in (an imported file's dtype)."""
+    by: dict[str, int] = {}
+    for p in g.params.values():
+        if p.annotations.get("const"):
+            continue
+        n = int(p.type.numel()) if not hasattr(p.type.numel(), "free_symbols") else 0
+        by[p.type.dtype] = by.get(p.type.dtype, 0) + n
+    return max(by, key=by.get) if by else None
+
+
+def gates(cfg: Mapping, result: Mapping) -> list[str]:
+    """The violated ``gate.*`` budgets, as ``key: what is value, limit L`` lines (under a parallel
+    plan: the plan's latency and the memory per device)."""
+    gate = cfg.get("gate") or {}
+    lat, mem = result["latency"], result["memory"]
+    generative = lat.get("kind") != "encoder"
+    thr = lat["throughput_tok_s"] if generative else lat["throughput_seq_s"]
+    par = result.get("parallel") or {}
+    per_device = par.get("devices", 1) > 1          # a parallel plan: its latency, memory per device
+    mem_b = par["memory_per_device"]["total_bytes"] if per_device else mem["total_bytes"]
+    checks = [
+        ("max_ttft_ms", lat["ttft_s"] * 1e3, "max", "TTFT (ms)" if generative else "batch latency (ms)"),
+        ("max_tpot_ms", (lat["tpot_s"] or 0.0) * 1e3 if generative else None, "max", "TPOT (ms)"),
+        ("max_memory_gb", mem_b / 1e9, "max", "memory per device (GB)" if per_device else "memory (GB)"),
+        ("min_throughput", thr, "min", "throughput (tokens/s)" if generative else "throughput (sequences/s)"),
+    ]
+    failed = []
+    for key, value, kind, what in checks:
+        limit = gate.get(key)
+        if limit is None or value is None:
+            continue
+        if (kind == "max" and value > limit) or (kind == "min" and value < limit):
+            failed.append(f"gate.{key}: {what} is {value:.4g}, limit {float(limit):.4g}")
+    return failed

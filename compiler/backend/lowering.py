@@ -1,0 +1,213 @@
+"""ONNX lowering of the ops that are not "the standard ONNX op with its attributes": rooftop's
+fused ops (emitted as ONNX local functions in the ``rooftop`` domain), ops whose attributes hold
+sympy dims where ONNX wants a runtime shape tensor, and the paged-KV gather.
+
+:data:`LOWERINGS` maps an op name to ``lower(emitter, node)``; the emitter
+(:mod:`compiler.backend.emit`) hands each an ``em`` with: ``g``, ``const(arr)``,
+``node(op, ins, attrs)``, ``add(op, ins, outs, name=, domain=, **attrs)``, ``dim_tensor(expr)``,
+``shape_tensor(dims)``, ``attr_inputs(node)``, ``standard(node, inputs)``,
+``call_function(node, name, build)``. Every other op is emitted as the standard op of its name.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from compiler.ir.ops import FUSED_DOMAIN
+from compiler.ir.tensors import DTYPES, IRError
+
+# compiler/backend/emit.py, hands each of these an ``em`` with: g, const(arr), node(op, ins, attrs),
+# add(op, ins, outs, name=, domain=, **attrs), dim_tensor(expr), shape_tensor(dims),
+# attr_inputs(node), standard(node, inputs), function(name, build)).
+
+def _emit_reshape(em, n):
+    if "shape" not in n.attrs:   # a runtime shape tensor (an imported model): pass it through
+        return em.standard(n)
+    shape = list(n.attrs["shape"])
+    src = em.g.type(n.inputs[0]).shape
+    # keep input dims with 0 (ONNX copies them), so fewer shape computations are needed
+    if not n.attrs.get("allowzero"):   # (with allowzero=1 a 0 means an empty dim)
+        shape = [0 if (not isinstance(d, int) and i < len(src) and src[i] == d) else d
+                 for i, d in enumerate(shape)]
+    sym = [i for i, d in enumerate(shape) if not isinstance(d, int)]
+    if len(sym) == 1 and -1 not in shape:
+        shape[sym[0]] = -1
+    em.standard(n, [n.inputs[0], em.shape_tensor(shape)])
+
+
+def _emit_expand(em, n):
+    if "shape" not in n.attrs:
+        return em.standard(n)
+    src = em.g.type(n.inputs[0]).shape
+    out = list(n.attrs["shape"])
+    off = len(out) - len(src)
+    out = [1 if (i >= off and src[i - off] == d) else d for i, d in enumerate(out)]
+    em.standard(n, [n.inputs[0], em.shape_tensor(out)])
+
+
+def _emit_constant_of_shape(em, n):
+    npdt = DTYPES[em.g.type(n.outputs[0]).dtype][1]
+    value = np.asarray(n.attrs.get("value", 0)).reshape(-1)[:1]
+    value = numpy_helper.from_array(np.asarray(value if value.size else [0], dtype=npdt))
+    shape = em.shape_tensor(n.attrs["shape"]) if "shape" in n.attrs else n.inputs[0]
+    em.add("ConstantOfShape", [shape], list(n.outputs), name=n.name, value=value)
+
+
+def _emit_range(em, n):
+    ty = em.g.type(n.outputs[0])
+    npdt = DTYPES[ty.dtype][1]
+    if "start" not in n.attrs:  # bounds given as (scalar) tensors
+        em.add("Range", list(n.inputs), list(n.outputs), name=n.name)
+        return
+    ins = []
+    for a in ("start", "limit", "delta"):
+        v = n.attrs[a]
+        if isinstance(v, (int, float, np.integer, np.floating)) or v.is_Number:
+            ins.append(em.const(np.array(v, npdt)))
+        else:
+            t = em.node("Squeeze", [em.dim_tensor(v)])
+            ins.append(t if ty.dtype == "int64" else em.node("Cast", [t], {"to": DTYPES[ty.dtype][2]}))
+    em.add("Range", ins, list(n.outputs), name=n.name)
+
+
+def _emit_constant(em, n):
+    em.add("Constant", [], list(n.outputs), name=n.name, **em.attrs(n.attrs))
+
+
+_ACT_NAMES = {"": "", "gelu": "Gelu", "gelu_tanh": "GeluTanh", "relu": "Relu", "silu": "SiLU",
+              "swiglu": "SwiGLU"}
+
+
+def _activation_nodes(act: str, x: str, y: str) -> list:
+    mk = helper.make_node
+    if act in ("gelu", "gelu_tanh"):
+        return [mk("Gelu", [x], [y], approximate="tanh" if act == "gelu_tanh" else "none")]
+    if act == "relu":
+        return [mk("Relu", [x], [y])]
+    if act == "silu":
+        return [mk("Sigmoid", [x], ["sig"]), mk("Mul", [x, "sig"], [y])]
+    if act == "swiglu":
+        return [mk("Split", [x], ["gate", "up"], axis=-1, num_outputs=2), mk("Sigmoid", ["gate"], ["sig"]),
+                mk("Mul", ["gate", "sig"], ["silu"]), mk("Mul", ["silu", "up"], [y])]
+    return [mk("Identity", [x], [y])]
+
+
+def _n_operands(n) -> int:
+    return len([t for t in n.inputs if t])
+
+
+def _emit_matmul_epilogue(em, n):
+    w = em.g.params.get(n.inputs[1])
+    if _n_operands(n) > 2 and w is not None and "quant_data" not in w.annotations:   # biased, plain weight
+        if n.attrs.get("bias_row"):
+            return _emit_bias_row_epilogue(em, n)
+        if n.attrs.get("gemm"):
+            return _emit_gemm_epilogue(em, n)
+    mk = helper.make_node
+    bias = _n_operands(n) > 2
+    act = n.attrs.get("activation", "")
+    name = "MatMul" + ("Bias" if bias else "") + _ACT_NAMES[act]
+    ins = ["A", "W"] + (["Bias"] if bias else [])
+
+    def body(ops):
+        nodes = [mk("MatMul", ["A", "W"], ["mm"])] + ([mk("Add", ["mm", "Bias"], ["z"])] if bias else [])
+        nodes += _activation_nodes(act, "z" if bias else "mm", "Y")
+        return helper.make_function(FUSED_DOMAIN, name, ins, ["Y"], nodes, ops)
+    em.call_function(n, name, body)
+
+
+def _emit_gemm_epilogue(em, n):
+    """``gemm=1`` (the fusion pass's cpu target): A of any rank ≥ 2 flattened to rows, one 2-D
+    ``Gemm`` with the bias inside, the activation, and the rows' shape restored — a runtime then
+    has no ``MatMul + Add + act`` chain to re-fuse into a bias-activation kernel of its own."""
+    mk = helper.make_node
+    act = n.attrs.get("activation", "")
+    name = "GemmBias" + _ACT_NAMES[act]
+
+    def body(ops):
+        nodes = [mk("Constant", [], ["minus1"], value_ints=[-1]),
+                 mk("Shape", ["W"], ["k"], start=0, end=1), mk("Shape", ["W"], ["n"], start=1, end=2),
+                 mk("Concat", ["minus1", "k"], ["rows_k"], axis=0), mk("Reshape", ["A", "rows_k"], ["A2"]),
+                 mk("Gemm", ["A2", "W", "Bias"], ["z"])]
+        nodes += _activation_nodes(act, "z", "y2")
+        nodes += [mk("Shape", ["A"], ["lead"], start=0, end=-1), mk("Concat", ["lead", "n"], ["out_shape"], axis=0),
+                  mk("Reshape", ["y2", "out_shape"], ["Y"])]
+        return helper.make_function(FUSED_DOMAIN, name, ["A", "W", "Bias"], ["Y"], nodes, ops)
+    em.call_function(n, name, body)
+
+
+def _emit_bias_row_epilogue(em, n):
+    """``bias_row=1`` (the fusion pass's cpu target, wide linears): the bias becomes one more row
+    of the weight and A gets a column of ones, ``[A, 1] · [W; b] = A·W + b`` — the bias then costs
+    a copy of A (``Pad``, M × K) instead of a pass over the output (M × N), which is what a
+    ``Gemm``'s bias costs on onnxruntime's CPU (it fills the output with the bias before the GEMM).
+    ``[W; b]`` is a constant expression of two initializers: runtimes fold it once at load."""
+    mk = helper.make_node
+    act = n.attrs.get("activation", "")
+    dtype = em.g.type(n.inputs[0]).dtype
+    # the 1 has A's type (Pad's value must): one function per dtype, fp32's under the plain name
+    name = "MatMulBiasRow" + _ACT_NAMES[act] + ("" if dtype == "float32" else "_" + dtype)
+    one = numpy_helper.from_array(np.array(1, DTYPES[dtype][1]))
+
+    def body(ops):
+        nodes = [mk("Constant", [], ["one"], value=one),
+                 mk("Constant", [], ["pad_k"], value_ints=[0, 1]), mk("Constant", [], ["last"], value_ints=[-1]),
+                 mk("Constant", [], ["zero"], value_ints=[0]),
+                 mk("Pad", ["A", "pad_k", "one", "last"], ["A1"], mode="constant"),
+                 mk("Unsqueeze", ["Bias", "zero"], ["bias_row"]),
+                 mk("Concat", ["W", "bias_row"], ["Wb"], axis=0),
+                 mk("MatMul", ["A1", "Wb"], ["z"])]
+        nodes += _activation_nodes(act, "z", "Y")
+        return helper.make_function(FUSED_DOMAIN, name, ["A", "W", "Bias"], ["Y"], nodes, ops)
+    em.call_function(n, name, body)
+
+
+def _emit_swiglu(em, n):
+    mk = helper.make_node
+    packed = _n_operands(n) == 1
+    name = "SwiGLUPacked" if packed else "SwiGLU"
+
+    def body(ops):
+        nodes = ([mk("Split", ["X"], ["G", "U"], axis=-1, num_outputs=2)] if packed else []) + [
+            mk("Sigmoid", ["G"], ["sig"]), mk("Mul", ["G", "sig"], ["silu"]), mk("Mul", ["silu", "U"], ["Y"])]
+        return helper.make_function(FUSED_DOMAIN, name, ["X"] if packed else ["G", "U"], ["Y"], nodes, ops)
+    em.call_function(n, name, body)
+
+
+def _emit_residual_norm(em, n):
+    mk = helper.make_node
+    bias = _n_operands(n) > 3
+    norm = {"rms": "RMSNormalization", "layer": "LayerNormalization"}[n.attrs["norm"]]
+    name = "Residual" + ("RMSNorm" if n.attrs["norm"] == "rms" else "LayerNorm") + ("Bias" if bias else "")
+    ins = ["A", "R", "Scale"] + (["Bias"] if bias else [])
+    call = {"epsilon": float(n.attrs.get("epsilon", 1e-5)), "axis": int(n.attrs.get("axis", -1)),
+            "stash_type": int(n.attrs.get("stash_type", 1))}
+
+    def body(ops):
+        norm_node = mk(norm, ["Sum"] + ins[2:], ["Y"])
+        norm_node.attribute.extend([
+            helper.make_attribute_ref("epsilon", onnx.AttributeProto.FLOAT),
+            helper.make_attribute_ref("axis", onnx.AttributeProto.INT),
+            helper.make_attribute_ref("stash_type", onnx.AttributeProto.INT)])
+        return helper.make_function(FUSED_DOMAIN, name, ins, ["Y", "Sum"],
+                                    [mk("Add", ["A", "R"], ["Sum"]), norm_node], ops, attributes=list(call))
+    em.call_function(n, name, body, call)
+
+
+def _emit_paged_kv_gather(em, n):
+    pool, table = n.inputs[0], n.inputs[1]
+    _, h, _, d = em.g.type(pool).shape
+    if not (isinstance(h, int) and isinstance(d, int)):
+        raise IRError(f"{n.name}: PagedKVGather needs static kv_heads and head_dim, got {em.g.type(pool)}")
+    blocks = em.node("Gather", [pool, table], {"axis": 0}, base="paged_blocks")      # [B, M, H, bs, D]
+    heads_first = em.node("Transpose", [blocks], {"perm": [0, 2, 1, 3, 4]}, base="paged_heads")
+    em.add("Reshape", [heads_first, em.const(np.array([0, h, -1, d], np.int64), "paged_shape")],
+           list(n.outputs), name=n.name)
+
+
+#: op name -> its lowering (ops not listed are emitted as the standard ONNX op of their name)
+LOWERINGS = {"Reshape": _emit_reshape, "Expand": _emit_expand, "ConstantOfShape": _emit_constant_of_shape,
+             "Range": _emit_range, "Constant": _emit_constant, "MatMulEpilogue": _emit_matmul_epilogue,
+             "SwiGLU": _emit_swiglu, "ResidualNorm": _emit_residual_norm,
+             "PagedKVGather": _emit_paged_kv_gather}

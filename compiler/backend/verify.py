@@ -1,0 +1,426 @@
+"""Verification: the emitted ONNX model against its source, on the same inputs.
+
+The reference is the model rooftop imported: torch eager for a torch import, the source file in
+onnxruntime for ``model=onnx``. Both run on the same seeded inputs, each drawn within its domain:
+
+- integer inputs that index a table (``input_ids``, ``token_type_ids``, learned positions) are
+  drawn below that table's row count (found by following the input to its ``Gather``);
+- ``position_ids`` are ``P + arange(S)`` (within the model's positions);
+- attention masks are ones with trailing padding in the second sequence;
+- KV-cache inputs of a torch-imported decoder are not random: the emitted model's own prefill
+  fills the cache, then two decode steps run on it, and every step is compared with torch eager
+  on the whole sequence (so the cache path is checked, not only the prefill);
+- other float inputs are standard normal.
+
+Outputs are compared at a tolerance that fits the dtype the emitted model computes in:
+``|emitted - reference| <= atol + rtol * max|reference|`` per output (fp32: 1e-4 + 1e-4·max;
+fp16: 1e-2 + 1e-2·max). onnxruntime's CPU provider has no bfloat16 (and few float16) kernels: such
+a model is verified on a float32 copy (weights upcast exactly; the reference is the source in
+float32 with the same weight values), and the result says so (``compute_dtype``).
+
+:func:`verify` returns the record stored in ``report.json`` ``emit.verification``; a mismatch
+raises :class:`VerificationError` naming the worst output (its ``detail`` is the same record).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+from compiler.errors import VerificationError
+from compiler.ir import SYMBOLS, Graph
+
+TOLERANCE = {"float32": (1e-4, 1e-4), "float16": (1e-2, 1e-2), "bfloat16": (5e-2, 5e-2)}
+_LOW = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
+_PASS_THROUGH = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Expand"}
+_ORT_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+           "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
+           "tensor(int8)": np.int8, "tensor(uint8)": np.uint8}
+
+
+# ------------------------------------------------------------------------------------------------
+# sessions
+
+
+def _session(model_or_path):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = 1
+    src = model_or_path.SerializeToString() if isinstance(model_or_path, onnx.ModelProto) else model_or_path
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+
+def upcast_to_float32(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose float16/bfloat16 tensors, types and casts are float32 (values of
+    the weights are kept exactly: every fp16/bf16 value is a float32 value)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+
+    def fix_tensor(t: TensorProto):
+        if t.data_type in _LOW:
+            arr = numpy_helper.to_array(t).astype(np.float32)
+            t.CopyFrom(numpy_helper.from_array(arr, t.name))
+
+    def fix_type(vi):
+        tt = vi.type.tensor_type
+        if tt.elem_type in _LOW:
+            tt.elem_type = TensorProto.FLOAT
+
+    def fix_graph(g):
+        for t in g.initializer:
+            fix_tensor(t)
+        for vi in list(g.input) + list(g.output) + list(g.value_info):
+            fix_type(vi)
+        for n in g.node:
+            for a in n.attribute:
+                if a.name in ("to", "dtype") and a.type == onnx.AttributeProto.INT and a.i in _LOW:
+                    a.i = TensorProto.FLOAT
+                if a.type == onnx.AttributeProto.TENSOR:
+                    fix_tensor(a.t)
+                if a.type == onnx.AttributeProto.GRAPH:
+                    fix_graph(a.g)
+    fix_graph(m.graph)
+    return m
+
+
+def _has_low_precision(model: onnx.ModelProto) -> str | None:
+    for t in model.graph.initializer:
+        if t.data_type in _LOW:
+            return "bfloat16" if t.data_type == TensorProto.BFLOAT16 else "float16"
+    for vi in list(model.graph.input) + list(model.graph.output):
+        et = vi.type.tensor_type.elem_type
+        if et in _LOW:
+            return "bfloat16" if et == TensorProto.BFLOAT16 else "float16"
+    return None
+
+
+class _Runner:
+    """One ONNX model in onnxruntime, upcast to float32 where the CPU provider cannot run it."""
+
+    def __init__(self, path: str, what: str, force_fp32: bool = False):
+        self.path, self.what = path, what
+        self.note = None
+        model = onnx.load(path)
+        low = _has_low_precision(model)
+        self.compute_dtype = low or "float32"
+        self.sess = None
+        if low and not force_fp32:
+            try:
+                self.sess = _session(path)
+            except Exception as e:  # noqa: BLE001 - onnxruntime: NOT_IMPLEMENTED for the type
+                self.note = f"onnxruntime CPU cannot run {low} ({_first_line(e)})"
+        elif not low:
+            try:
+                self.sess = _session(path)
+            except Exception as e:  # noqa: BLE001
+                raise VerificationError(f"onnxruntime cannot load {what}: {_first_line(e)}") from None
+        if self.sess is None:
+            self._upcast(model, low)
+
+    def _upcast(self, model, low):
+        try:
+            self.sess = _session(upcast_to_float32(model))
+        except Exception as e:  # noqa: BLE001
+            raise VerificationError(f"onnxruntime cannot load {self.what}, even upcast to float32: "
+                                    f"{_first_line(e)}") from None
+        self.compute_dtype = "float32"
+        self.note = (self.note or f"onnxruntime CPU lacks {low} kernels") + \
+            f"; verified on a float32 copy (the {low} weights upcast exactly)"
+
+    @property
+    def input_names(self):
+        return [i.name for i in self.sess.get_inputs()]
+
+    def input_dtype(self, name):
+        for i in self.sess.get_inputs():
+            if i.name == name:
+                return _ORT_NP.get(i.type, np.float32)
+        raise KeyError(name)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        mine = {k: np.asarray(v).astype(self.input_dtype(k)) for k, v in feeds.items() if k in self.input_names}
+        try:
+            outs = self.sess.run(None, mine)
+        except Exception as e:  # noqa: BLE001
+            if self.compute_dtype != "float32":  # a missing kernel shows only at run time
+                self._upcast(onnx.load(self.path), self.compute_dtype)
+                return self.run(feeds)
+            raise VerificationError(f"{self.what} failed in onnxruntime: {_first_line(e)}") from None
+        return {o.name: v for o, v in zip(self.sess.get_outputs(), outs)}
+
+
+def _first_line(e: Exception) -> str:
+    s = str(e).strip()
+    return (s.splitlines()[0] if s else type(e).__name__)[:400]
+
+
+# ------------------------------------------------------------------------------------------------
+# inputs within their domains
+
+
+def table_rows(g: Graph, name: str) -> int | None:
+    """Rows of the smallest table an integer input indexes (through casts/reshapes)."""
+    best, seen, todo = None, set(), [name]
+    while todo:
+        t = todo.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        for n, idx in g.consumers(t):
+            if n.op == "Gather" and idx == 1 and n.inputs[0] in g.params:
+                rows = g.params[n.inputs[0]].type.shape[int(n.attrs.get("axis", 0))]
+                if isinstance(rows, int):
+                    best = rows if best is None else min(best, rows)
+            elif n.op in _PASS_THROUGH and idx == 0:
+                todo.extend(n.outputs)
+    return best
+
+
+def _shape(g: Graph, name: str, dims: Mapping) -> list[int]:
+    out = []
+    for d in g.type(name).shape:
+        if not isinstance(d, int):
+            d = d.subs(dims)
+            d = d.subs({s: 3 for s in d.free_symbols})  # a dim that is not B/S/P (unknown_dims)
+        out.append(int(d))
+    return out
+
+
+def draw_inputs(g: Graph, b: int, s: int, p: int, seed: int = 0, max_positions: int | None = None) -> dict[str, np.ndarray]:
+    """Seeded inputs for every graph input, each within its domain (see the module doc)."""
+    rng = np.random.default_rng(seed)
+    dims = {SYMBOLS["B"]: b, SYMBOLS["S"]: s, SYMBOLS["P"]: p}
+    feeds = {}
+    for name in g.inputs:
+        ty = g.type(name)
+        shape = _shape(g, name, dims)
+        low = name.lower()
+        if ty.dtype.startswith("int") or ty.dtype == "bool":
+            rows = table_rows(g, name)
+            if "position" in low:
+                pos = np.arange(p, p + shape[-1]) if shape else np.arange(0)
+                if max_positions:
+                    pos = pos % max_positions
+                feeds[name] = np.broadcast_to(pos, shape).astype(np.int64).copy()
+            elif "mask" in low:
+                m = np.ones(shape, np.int64)
+                if len(shape) == 2 and shape[0] > 1 and shape[1] >= 4:
+                    m[1, -max(1, shape[1] // 3):] = 0  # trailing padding in the second sequence
+                feeds[name] = m
+            else:
+                high = rows or (2 if "type" in low else int(g.meta.get("vocab_size") or 2))
+                feeds[name] = rng.integers(0, high, shape).astype(np.int64)
+        else:
+            feeds[name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+# ------------------------------------------------------------------------------------------------
+# comparison
+
+
+class _Compare:
+    def __init__(self, dtype: str):
+        self.atol, self.rtol = TOLERANCE.get(dtype, TOLERANCE["float32"])
+        self.outputs: dict[str, dict[str, Any]] = {}
+
+    def add(self, name: str, got: np.ndarray, ref: np.ndarray, step: str):
+        got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+        key = name if step == "" else f"{name}@{step}"
+        if got.shape != ref.shape:
+            self.outputs[key] = {"shape": list(got.shape), "reference_shape": list(ref.shape),
+                                 "max_abs_err": None, "max_rel_err": None, "tolerance": None,
+                                 "passed": False}
+            return
+        if got.size == 0:
+            return
+        scale = float(np.nanmax(np.abs(ref))) if np.isfinite(ref).any() else 0.0
+        finite_same = bool(np.array_equal(np.isfinite(got), np.isfinite(ref)))
+        diff = np.abs(got - ref)
+        err = float(np.nanmax(np.where(np.isfinite(diff), diff, 0.0))) if finite_same else float("inf")
+        tol = self.atol + self.rtol * scale
+        self.outputs[key] = {"shape": list(got.shape), "max_abs_err": err,
+                             "max_rel_err": err / scale if scale else err, "tolerance": tol,
+                             "passed": bool(finite_same and err <= tol)}
+
+    def worst(self) -> tuple[str, dict] | None:
+        bad = [(k, v) for k, v in self.outputs.items() if not v["passed"]]
+        if not bad:
+            return None
+        return max(bad, key=lambda kv: (kv[1]["max_abs_err"] or float("inf")) / (kv[1]["tolerance"] or 1e-30))
+
+
+def _torch_output_names(g: Graph, kv) -> list[str]:
+    """The emitted outputs the torch module returns, in its order (the main output first; KV and
+    any outputs a pass added — exit heads — are not the module's)."""
+    names = [o for o in g.outputs if o not in set(kv) and not o.startswith("present")]
+    main = [o for o in names if o in ("logits", "last_hidden_state")]
+    return main or names
+
+
+def _torch_outputs(module, feeds: Mapping[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+    import torch
+    args = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
+    with torch.no_grad():
+        try:
+            out = module(**args)
+        except TypeError:
+            out = module(*args.values())
+    if isinstance(out, torch.Tensor):
+        out = (out,)
+    elif isinstance(out, Mapping):
+        out = tuple(out.values())
+    return {n: o.detach().float().numpy() for n, o in zip(names, out) if isinstance(o, torch.Tensor)}
+
+
+def verify(emitted_path: str, g: Graph, source: Mapping, *, batch: int = 2, seq: int = 7, past: int = 5,
+           decode_steps: int = 2, seed: int = 0) -> dict[str, Any]:
+    """Compare the emitted model with ``source`` (``{"kind": "torch", "module", "task"}`` or
+    ``{"kind": "onnx", "path"}``); returns the ``emit.verification`` record."""
+    import onnxruntime as ort
+    emitted = _Runner(emitted_path, "the emitted model")
+    kind = source.get("kind")
+    module = source.get("module")
+    max_pos = g.meta.get("max_positions")
+    kv = [t for t in g.inputs if t in set(g.meta.get("kv_tensors", ()))]
+    record: dict[str, Any] = {"runtime": f"onnxruntime {ort.__version__} CPU"}
+    if kind == "torch" and module is not None:
+        import torch
+        module = module.float() if emitted.compute_dtype == "float32" else module.to(torch.float16)
+        cmp = _Compare(emitted.compute_dtype)
+        record["reference"] = "torch eager (the imported module)"
+        if kv and g.meta.get("kv_paging"):   # passes/kv_paging: block pools through block tables
+            steps = _torch_paged_decoder(emitted, module, g, kv, batch, seq, decode_steps, seed, max_pos, cmp)
+            record["inputs"] = steps
+        elif kv:
+            steps = _torch_decoder(emitted, module, g, kv, batch, seq, decode_steps, seed, max_pos, cmp)
+            record["inputs"] = steps
+        else:
+            feeds = draw_inputs(g, batch, seq, 0, seed, max_pos)
+            ref = _torch_outputs(module, {k: v for k, v in feeds.items()}, _torch_output_names(g, kv))
+            got = emitted.run(feeds)
+            for name in ref:
+                cmp.add(name, got[name], ref[name], "")
+            record["inputs"] = [{"step": "forward", "shapes": {k: list(v.shape) for k, v in feeds.items()}}]
+    elif kind == "onnx":
+        reference = _Runner(source["path"], "the source model", force_fp32=emitted.compute_dtype == "float32"
+                            and emitted.note is not None)
+        cmp = _Compare(emitted.compute_dtype)
+        record["reference"] = "the source ONNX file in onnxruntime"
+        p = past if kv and not g.meta.get("kv_paging") else 0
+        feeds = draw_inputs(g, batch, seq, p, seed, max_pos)
+        if g.meta.get("kv_paging"):   # a paged artifact's prefill: empty block tables, no context
+            feeds.update(_paged_runtime(emitted, seed, batch).feeds(range(batch)))
+        got, ref = emitted.run(feeds), reference.run(feeds)
+        for name in g.outputs:
+            if name in ref and name in got:
+                cmp.add(name, got[name], ref[name], "")
+        record["inputs"] = [{"step": "forward", "shapes": {k: list(v.shape) for k, v in feeds.items()}}]
+    else:
+        return {"skipped": "no reference model to compare with (weights not built)", "passed": False}
+    record["compute_dtype"] = emitted.compute_dtype
+    if emitted.note:
+        record["note"] = emitted.note
+    record["tolerance"] = {"atol": cmp.atol, "rtol": cmp.rtol,
+                           "rule": "max|emitted - reference| <= atol + rtol * max|reference|"}
+    record["outputs"] = cmp.outputs
+    worst = cmp.worst()
+    record["passed"] = worst is None and bool(cmp.outputs)
+    if worst is not None:
+        name, v = worst
+        what = (f"output {name!r} differs from the reference ({record['reference']}): max abs error "
+                f"{v['max_abs_err']:.3g} > tolerance {v['tolerance']:.3g}" if v["tolerance"] is not None else
+                f"output {name!r} has shape {v['shape']} but the reference has {v['reference_shape']}")
+        err = VerificationError(f"{what} ({sum(not o['passed'] for o in cmp.outputs.values())} of "
+                                f"{len(cmp.outputs)} outputs off). The emitted model computes something "
+                                f"else than the source; run with pipeline=none to see whether a pass "
+                                f"caused it.")
+        err.detail = record
+        raise err
+    return record
+
+
+def _torch_decoder(emitted: _Runner, module, g: Graph, kv: list[str], b: int, s: int, steps: int,
+                   seed: int, max_pos, cmp: _Compare) -> list[dict]:
+    """Prefill of ``s`` tokens then ``steps`` decode steps through the emitted model's own cache,
+    each compared with torch eager on the whole sequence."""
+    total = s + steps
+    base = draw_inputs(g, b, total, 0, seed, max_pos)
+    non_kv = [n for n in g.inputs if n not in kv]
+    ref = _torch_outputs(module, {n: base[n] for n in non_kv}, _torch_output_names(g, kv))
+    feeds = {n: base[n][:, :s] for n in non_kv}
+    for t in kv:
+        feeds[t] = np.zeros(_shape(g, t, {SYMBOLS["B"]: b, SYMBOLS["S"]: s, SYMBOLS["P"]: 0}), np.float32)
+    log = [{"step": "prefill", "shapes": {k: list(v.shape) for k, v in feeds.items()}}]
+    res = emitted.run(feeds)
+    for name in ref:
+        cmp.add(name, res[name], ref[name][:, :s], "prefill")
+    for i in range(steps):
+        t0 = s + i
+        feeds = {n: base[n][:, t0:t0 + 1] for n in non_kv}
+        for t in kv:
+            present = t.replace("past_", "present_", 1)
+            feeds[t] = res[present]
+        log.append({"step": f"decode{i + 1}", "shapes": {k: list(v.shape) for k, v in feeds.items()}})
+        res = emitted.run(feeds)
+        for name in ref:
+            cmp.add(name, res[name], ref[name][:, t0:t0 + 1], f"decode{i + 1}")
+    return log
+
+
+def _paged_runtime(emitted: _Runner, seed: int, batch: int, tokens: int = 0):
+    from compiler.backend.paged_runtime import PagedKV, paging_info
+    info = paging_info(emitted.path)
+    rt = PagedKV(info, num_blocks=batch * (-(-tokens // int(info["block_size"])) + 1) + 2, seed=seed)
+    for q in range(batch):
+        rt.add(q)
+    return rt
+
+
+def _torch_paged_decoder(emitted: _Runner, module, g: Graph, kv: list[str], b: int, s: int, steps: int,
+                         seed: int, max_pos, cmp: _Compare) -> list[dict]:
+    """A paged artifact (passes/kv_paging) run the way a serving runtime runs it
+    (compiler/backend/paged_runtime.py: shuffled block pool, random block tables, new K/V scattered):
+    sequences of unequal prompt lengths (every other one 2 tokens shorter) prefill in one
+    right-padded batch, the shorter ones catch up in the first decode step (3 tokens against 1),
+    then ``steps - 1`` single-token steps; each real token's outputs are compared with torch
+    eager on the whole sequences."""
+    paging = g.meta["kv_paging"]
+    total = s + steps
+    base = draw_inputs(g, b, total, 0, seed, max_pos)
+    tokens = [n for n in g.inputs if n not in kv and n not in (paging["block_table"], paging["context_lens"])]
+    ref = _torch_outputs(module, {n: base[n] for n in tokens}, _torch_output_names(g, kv))
+    rt = _paged_runtime(emitted, seed, b, total)
+    seqs = list(range(b))
+    short = [min(2, s - 1) if q % 2 else 0 for q in seqs]
+    plan = [[s - short[q] for q in seqs]]
+    if steps:
+        plan += [[1 + short[q] for q in seqs]] + [[1] * b for _ in range(steps - 1)]
+    else:
+        plan = [[s] * b]
+    log = []
+    for k, news in enumerate(plan):
+        width = max(news)
+        feeds = rt.feeds(seqs, extra_columns=1)
+        for n in tokens:
+            arr = np.zeros((b, width) + base[n].shape[2:], base[n].dtype)
+            for q in seqs:
+                arr[q, :news[q]] = base[n][q, rt.lens[q]:rt.lens[q] + news[q]]
+            feeds[n] = arr
+        if "position_ids" in tokens:
+            pos = rt.positions(seqs, width)
+            feeds["position_ids"] = pos % max_pos if max_pos else pos
+        step = "prefill" if k == 0 else f"decode{k}"
+        log.append({"step": step, "shapes": {n: list(v.shape) for n, v in feeds.items() if n not in rt.pools},
+                    "new_tokens": list(news)})
+        res = emitted.run(feeds)
+        for name in ref:
+            got = np.concatenate([res[name][q, :news[q]] for q in seqs])
+            want = np.concatenate([ref[name][q, rt.lens[q]:rt.lens[q] + news[q]] for q in seqs])
+            cmp.add(name, got, want, step)
+        rt.scatter(seqs, news, res)
+    return log

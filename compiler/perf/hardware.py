@@ -1,0 +1,1027 @@
+"""The hardware library: validated device descriptions for the roofline cost model.
+
+Each device lives in ``conf/hardware/<name>.yaml`` (a Hydra config group: ``hardware=h100_sxm``
+composes it into ``cfg.hardware``). :func:`load_hardware` validates such a mapping and returns a
+frozen :class:`Hardware` whose numbers are all in SI base units.
+
+Units: YAML keys say their unit, the Python object is SI
+-------------------------------------------------------
+The YAML is written in the units of datasheets so a reviewer can check it against the source;
+every key carries its unit as a suffix and the loader converts. One convention, no exceptions:
+
+* **rates are decimal** (what vendors mean by T, G, M for FLOP/s and bytes/s);
+* **sizes of memories are binary** (DRAM capacity and caches: a datasheet's "80GB" of HBM is
+  80 GiB of physical memory, its "50MB L2" is 50 MiB);
+* **fit parameters are decimal.**
+
+==============================================  =================================  =============
+YAML key (in ``conf/hardware/<name>.yaml``)      :class:`Hardware` attribute        factor
+==============================================  =================================  =============
+``peak_tflops.<dtype>``  (DENSE)                 ``peak_flops[dtype]`` FLOP/s       1e12
+``sparse_peak_tflops.<dtype>`` (2:4 sparse)      ``sparse_peak_flops[dtype]``       1e12
+``memory_gib``                                   ``memory_bytes`` bytes             2**30
+``memory_bandwidth_gbs``                         ``memory_bandwidth`` bytes/s       1e9
+``onchip.l2_mib`` (last-level on-chip cache)     ``onchip.l2_bytes``                2**20
+``onchip.smem_per_sm_kib``                       ``onchip.smem_per_sm_bytes``       2**10
+``onchip.sm_count`` (SMs / CUs / CPU cores)      ``onchip.sm_count``                1 (integer)
+``interconnect.bandwidth_gbs`` (per direction)   ``interconnect.bandwidth`` B/s     1e9
+``interconnect.num_devices_per_node``            same                               1 (integer)
+``interconnect.latency_us`` (optional)           ``interconnect.latency_s``         1e-6
+``collectives`` (optional, measured)             ``collectives`` (see below)        —
+``efficiency.launch_overhead_us``                ``efficiency.launch_overhead_s``   1e-6
+``efficiency.classes.<cls>.compute``             ``.compute`` (fraction)            1
+``efficiency.classes.<cls>.memory``              ``.memory`` (fraction)             1
+``efficiency.classes.<cls>.flops_half_gflop``    ``.flops_half`` FLOP               1e9
+``efficiency.classes.<cls>.bytes_half_mb``       ``.bytes_half`` bytes              1e6
+==============================================  =================================  =============
+
+``interconnect.latency_us`` is the literature per-collective latency floor; the optional
+``collectives:`` block holds measured NCCL fits (latency, bus bandwidth per collective and device
+count), parsed and written by :mod:`compiler.perf.calibration.collectives`.
+
+Other keys: ``name`` (must equal the file stem), ``vendor``, ``kind`` (gpu | cpu | soc),
+``description`` (optional free text), ``interconnect.name``, ``efficiency.source``.
+
+Optional provenance keys (written by ``python -m compiler.perf.calibration.transfer``):
+
+* ``architecture``: the chip family (``hopper``, ``ampere``, ...): devices of one architecture
+  share one calibration (:mod:`compiler.perf.calibration.transfer`).
+* ``calibration``: where the efficiency block came from, read by reports —
+  ``source`` (``calibrated``: measured on this device; ``transferred``: measured on another device
+  of the same architecture and scaled by the datasheet ratios; ``literature``: not measured on
+  this architecture), ``from`` (the measured devices), ``method`` (one sentence), ``date`` and
+  ``error_band`` (``median`` and ``p90``: the fraction a prediction may be off, with ``basis``
+  saying which experiment gave it).
+* ``kernel_families``: per quantized/sparse GEMM kernel family (``w4a16``, ``fp8_rowwise``, ...)
+  the kernel it was measured with and its efficiency parameters against ``peak(peak_dtype,
+  sparse)`` (same model and units as ``efficiency.classes``), with ``n`` samples and the fit's
+  ``median_err``.
+``sparse_peak_tflops`` may be omitted or empty. ``interconnect.bandwidth_gbs`` may be 0 only when
+``num_devices_per_node`` is 1 (a device without peer links: the CPU socket, the phone SoC). Every number may be written as a YAML number or a
+string holding one (``"989.4"``, ``"1.5e3"``). Any other key is an error (typos must not pass).
+
+Peaks are per dtype *class*: ``fp32`` is the non-tensor vector FMA rate (CUDA cores, AVX-512),
+``tf32``/``fp16``/``bf16``/``fp8``/``int8``/``int4`` are the matrix-unit (tensor core, AMX, matrix
+core) rates. An absent dtype means "no native math for it" and :meth:`Hardware.peak` falls back.
+
+Fallback rule of :meth:`Hardware.peak`
+--------------------------------------
+A dtype without a native peak computes in the next wider type that holds each of its values
+exactly, first one the chip supports::
+
+    int4 -> int8 -> fp16 -> bf16 -> fp32        fp8  -> fp16 -> bf16 -> fp32
+    fp16 -> fp32      bf16 -> fp32              tf32 -> fp32
+
+(``fp16 -> bf16`` and ``bf16 -> fp16`` are not steps: each loses what the other keeps, mantissa
+or range.) ``fp32`` is required in every file, so the chain always ends. With ``sparse=True`` the
+2:4 sparse peak of that compute dtype is returned where the chip has one, else its dense peak
+(sparsity without sparse math units saves bytes, not FLOPs). Example: H100 has no int4 tensor
+math, so ``peak("int4") == peak("int8")`` there; A100 has it, so there it is 2x int8.
+
+Efficiency
+----------
+``efficiency`` holds the fractions of peak an op class reaches (``OP_CLASSES``) and a small-size
+roll-off: attainable compute for work ``F`` FLOPs is ``compute * peak * F / (F + flops_half)``,
+attainable bandwidth for ``B`` bytes is ``memory * bandwidth * B / (B + bytes_half)``; each kernel
+also pays ``launch_overhead_s``. ``flops_half`` is sized for the fp16 reference peak: for an op of
+another dtype a cost model scales it by ``peak(dtype) / peak("fp16")``, so the ramp-up *time* is
+the chip's whatever the dtype. ``compute`` fractions are meant relative to ``peak(dtype)`` of
+the op's dtype; for the vector classes (elementwise, reduction, copy) a cost model may prefer
+``peak("fp32")``. Shipped files carry ``source: "uncalibrated default"``; calibration writes
+measured values back with :func:`update_efficiency_yaml` (which keeps the file's comments) or
+:func:`write_hardware_yaml` (whole file, no comments).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import difflib
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+from compiler.errors import ConfigError
+from compiler import resources
+
+__all__ = [
+    "CALIBRATION_SOURCES",
+    "Calibration",
+    "KernelFamilyEfficiency",
+    "update_yaml_blocks",
+    "DTYPES",
+    "OP_CLASSES",
+    "KINDS",
+    "DTYPE_FALLBACK",
+    "HardwareError",
+    "ClassEfficiency",
+    "Efficiency",
+    "OnChip",
+    "Interconnect",
+    "Hardware",
+    "normalize_dtype",
+    "load_hardware",
+    "load_hardware_file",
+    "available_hardware",
+    "hardware_dir",
+    "hardware_by_name",
+    "hardware_to_yaml_dict",
+    "efficiency_to_yaml_dict",
+    "write_hardware_yaml",
+    "update_efficiency_yaml",
+]
+
+DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4")
+OP_CLASSES = ("gemm", "attention_prefill", "attention_decode", "elementwise", "reduction", "copy")
+KINDS = ("gpu", "cpu", "soc")
+
+#: For each dtype, the wider dtypes it may compute in, in order of preference (see module doc).
+DTYPE_FALLBACK: Mapping[str, tuple[str, ...]] = {
+    "fp32": (),
+    "tf32": ("fp32",),
+    "fp16": ("fp32",),
+    "bf16": ("fp32",),
+    "fp8": ("fp16", "bf16", "fp32"),
+    "int8": ("fp16", "bf16", "fp32"),
+    "int4": ("int8", "fp16", "bf16", "fp32"),
+}
+
+# Other spellings of the dtype classes (torch / numpy / ONNX names) accepted by normalize_dtype.
+_DTYPE_ALIASES = {
+    "float32": "fp32", "float": "fp32", "f32": "fp32",
+    "tensorfloat32": "tf32",
+    "float16": "fp16", "half": "fp16", "f16": "fp16",
+    "bfloat16": "bf16",
+    "float8": "fp8", "float8_e4m3fn": "fp8", "float8_e4m3fnuz": "fp8", "float8_e5m2": "fp8",
+    "float8_e5m2fnuz": "fp8", "fp8_e4m3": "fp8", "fp8_e5m2": "fp8", "e4m3": "fp8", "e5m2": "fp8",
+    "uint8": "int8", "i8": "int8", "u8": "int8",
+    "uint4": "int4", "i4": "int4", "u4": "int4",
+}
+
+# Pairs (wider, narrower): a chip's native narrower-type peak cannot be below the wider one's.
+# Catches sparse/dense mixups and misplaced values; omit a dtype that has no fast native path.
+_PEAK_ORDER = (("fp32", "tf32"), ("fp32", "fp16"), ("fp32", "bf16"), ("tf32", "fp16"),
+               ("tf32", "bf16"), ("fp16", "fp8"), ("bf16", "fp8"), ("int8", "int4"))
+
+_TOP_REQUIRED = ("name", "vendor", "kind", "peak_tflops", "memory_gib", "memory_bandwidth_gbs",
+                 "onchip", "interconnect", "efficiency")
+_TOP_OPTIONAL = ("description", "sparse_peak_tflops", "architecture", "calibration", "kernel_families", "collectives")
+CALIBRATION_SOURCES = ("calibrated", "transferred", "literature")
+_CALIBRATION_KEYS = ("source", "from", "method", "error_band")
+_CALIBRATION_OPTIONAL = ("date", "note")
+_BAND_KEYS = ("median", "p90", "basis")
+_FAMILY_KEYS = ("kernel", "peak_dtype", "compute", "memory", "flops_half_gflop", "bytes_half_mb")
+_FAMILY_OPTIONAL = ("sparse", "n", "median_err", "source")
+_ONCHIP_KEYS = ("l2_mib", "smem_per_sm_kib", "sm_count")
+_INTERCONNECT_KEYS = ("name", "bandwidth_gbs", "num_devices_per_node")
+_INTERCONNECT_OPTIONAL = ("latency_us",)  # per-collective latency floor (compiler.perf.calibration.collectives)
+_EFFICIENCY_KEYS = ("source", "launch_overhead_us", "classes")
+_CLASS_KEYS = ("compute", "memory", "flops_half_gflop", "bytes_half_mb")
+
+_TFLOPS = 1e12
+_GIB = float(2**30)
+_MIB = float(2**20)
+_KIB = float(2**10)
+_GBS = 1e9
+_US = 1e-6
+_GFLOP = 1e9
+_MB = 1e6
+
+# Where the object being validated came from (a file path), for messages; set by the loaders.
+_WHERE: contextvars.ContextVar[str | None] = contextvars.ContextVar("rooftop_hw_where", default=None)
+
+
+class HardwareError(ConfigError, ValueError):
+    """A hardware description is wrong; the message names the file, the field and the fix.
+    A :class:`compiler.errors.ConfigError`, so the command exits with code 2."""
+
+
+def _fail(field_path: str, problem: str, fix: str, where: str | None = None) -> NoReturn:
+    where = where or _WHERE.get() or "hardware config"
+    what = f"field '{field_path}'" if field_path else "the top level"
+    raise HardwareError(f"{where}: {what} {problem}. {fix}")
+
+
+class _FrozenMap(Mapping):
+    """A read-only, hashable mapping (so Hardware can be frozen, compared and hashed)."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self, data: Mapping | None = None):
+        self._d = dict(data or {})
+
+    def __getitem__(self, key):
+        return self._d[key]
+
+    def __iter__(self) -> Iterator:
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._d.items()))
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, Mapping):
+            return dict(self._d) == dict(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"{dict(self._d)!r}"
+
+
+def normalize_dtype(dtype: str) -> str:
+    """Map a dtype spelling (``"float16"``, ``"torch.bfloat16"``, ``"fp8_e4m3"``...) to a class in
+    :data:`DTYPES`; raise :class:`HardwareError` for anything else."""
+    if not isinstance(dtype, str):
+        raise HardwareError(f"dtype {dtype!r} is not a string; use one of {', '.join(DTYPES)}.")
+    key = dtype.strip().lower()
+    if key.startswith("torch."):
+        key = key[len("torch."):]
+    if key in DTYPES:
+        return key
+    if key in _DTYPE_ALIASES:
+        return _DTYPE_ALIASES[key]
+    raise HardwareError(
+        f"dtype {dtype!r} is unknown to the hardware schema; use one of {', '.join(DTYPES)} "
+        f"(or a common alias such as float16, bfloat16, float8_e4m3fn).")
+
+
+# --------------------------------------------------------------------------- dataclasses
+
+@dataclass(frozen=True)
+class ClassEfficiency:
+    """Achievable fractions for one op class (see the module doc for the roll-off model)."""
+
+    compute: float      # fraction of dense peak reached on large work, 0 < x <= 1
+    memory: float       # fraction of memory bandwidth reached on large transfers, 0 < x <= 1
+    flops_half: float   # FLOPs at which half of `compute` is reached (>= 0)
+    bytes_half: float   # bytes at which half of `memory` is reached (>= 0)
+
+    def attainable_compute(self, peak: float, flops: float) -> float:
+        """FLOP/s reached by a kernel of ``flops`` FLOPs on a chip of dense ``peak`` FLOP/s."""
+        if flops <= 0:
+            return self.compute * peak
+        return self.compute * peak * flops / (flops + self.flops_half)
+
+    def attainable_bandwidth(self, bandwidth: float, nbytes: float) -> float:
+        """Bytes/s reached by a kernel moving ``nbytes`` on memory of ``bandwidth`` bytes/s."""
+        if nbytes <= 0:
+            return self.memory * bandwidth
+        return self.memory * bandwidth * nbytes / (nbytes + self.bytes_half)
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    source: str                                  # "uncalibrated default" or the calibration run
+    launch_overhead_s: float                     # per kernel launch, seconds
+    classes: Mapping[str, ClassEfficiency]       # one entry per OP_CLASSES
+
+    def __post_init__(self):
+        object.__setattr__(self, "classes", _FrozenMap(self.classes))
+        _check_efficiency(self)
+
+    def for_class(self, op_class: str) -> ClassEfficiency:
+        try:
+            return self.classes[op_class]
+        except KeyError:
+            raise HardwareError(
+                f"op class {op_class!r} is unknown; use one of {', '.join(OP_CLASSES)}.") from None
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Provenance of a device's efficiency block (what a report says about its numbers)."""
+
+    source: str                      # one of CALIBRATION_SOURCES
+    from_devices: tuple[str, ...]    # devices whose measurements the numbers come from
+    method: str                      # one sentence: how the numbers were obtained
+    error_median: float              # typical |relative error| of a prediction (fraction)
+    error_p90: float                 # 90th percentile |relative error| (fraction)
+    error_basis: str                 # which experiment gave the band
+    date: str = ""
+    note: str = ""
+
+    def __post_init__(self):
+        object.__setattr__(self, "from_devices", tuple(self.from_devices))
+
+    def summary(self) -> str:
+        """One line for reports: ``transferred from h100_sxm+h200 (±6 % median, ±15 % p90)``."""
+        frm = "+".join(self.from_devices) if self.from_devices else "none"
+        word = {"calibrated": "calibrated on", "transferred": "transferred from",
+                "literature": "literature values; roll-off and launch from"}[self.source]
+        return (f"{word} {frm} (±{self.error_median:.0%} median, ±{self.error_p90:.0%} p90 error; "
+                f"{self.error_basis})")
+
+
+@dataclass(frozen=True)
+class KernelFamilyEfficiency:
+    """Measured efficiency of one quantized/sparse GEMM kernel family (same model as a class)."""
+
+    kernel: str          # the kernel it was measured with, e.g. "aten._weight_int4pack_mm"
+    peak_dtype: str      # the dtype whose peak the compute fraction refers to
+    sparse: bool         # against the 2:4 sparse peak of peak_dtype
+    compute: float
+    memory: float
+    flops_half: float
+    bytes_half: float
+    n: int = 0
+    median_err: float = 0.0
+    source: str = ""
+
+    def params(self) -> ClassEfficiency:
+        return ClassEfficiency(self.compute, self.memory, self.flops_half, self.bytes_half)
+
+
+@dataclass(frozen=True)
+class OnChip:
+    l2_bytes: float            # last-level on-chip cache (L2; Infinity Cache on MI300X; L3 on CPU)
+    smem_per_sm_bytes: float   # shared memory / LDS per SM or CU (CPU: private L2 per core)
+    sm_count: int              # SMs (NVIDIA), CUs (AMD), cores (CPU), shader processors (SoC)
+
+
+@dataclass(frozen=True)
+class Interconnect:
+    name: str                  # "NVLink 4", "PCIe 4.0 x16", "none (single device)"...
+    bandwidth: float           # bytes/s per direction per device (0 only when 1 device per node)
+    num_devices_per_node: int
+    latency_s: float | None = None   # per-collective latency floor, seconds (None: by link family)
+
+
+@dataclass(frozen=True)
+class Hardware:
+    name: str
+    vendor: str
+    kind: str                                    # "gpu" | "cpu" | "soc"
+    peak_flops: Mapping[str, float]              # DENSE FLOP/s per dtype; absent = not native
+    sparse_peak_flops: Mapping[str, float]       # 2:4-sparse FLOP/s per dtype; may be empty
+    memory_bytes: float                          # device memory capacity, bytes
+    memory_bandwidth: float                      # device memory bandwidth, bytes/s
+    onchip: OnChip
+    interconnect: Interconnect
+    efficiency: Efficiency
+    description: str = ""
+    architecture: str = ""
+    calibration: Calibration | None = None
+    kernel_families: Mapping[str, KernelFamilyEfficiency] = field(default_factory=dict)
+    collectives: Any = None   # compiler.perf.calibration.collectives.Collectives (measured) or None
+
+    def __post_init__(self):
+        object.__setattr__(self, "peak_flops", _FrozenMap(self.peak_flops))
+        object.__setattr__(self, "sparse_peak_flops", _FrozenMap(self.sparse_peak_flops or {}))
+        object.__setattr__(self, "kernel_families", _FrozenMap(self.kernel_families or {}))
+        _check_hardware(self)
+
+    def kernel_family(self, family: str) -> KernelFamilyEfficiency | None:
+        """The measured efficiency of a quantized/sparse kernel family, or None if unmeasured."""
+        return self.kernel_families.get(family)
+
+    # -- queries -------------------------------------------------------------------------
+    def compute_dtype(self, dtype: str) -> str:
+        """The dtype whose math units run ``dtype`` on this chip (itself when native)."""
+        d = normalize_dtype(dtype)
+        for cand in (d,) + tuple(DTYPE_FALLBACK[d]):
+            if cand in self.peak_flops:
+                return cand
+        # Unreachable for a validated Hardware (fp32 is required).
+        raise HardwareError(f"hardware {self.name!r} has no peak for {d} nor any fallback.")
+
+    def supports(self, dtype: str, sparse: bool = False) -> bool:
+        """True when ``dtype`` has native math (and native 2:4 sparse math if ``sparse``)."""
+        d = normalize_dtype(dtype)
+        return d in (self.sparse_peak_flops if sparse else self.peak_flops)
+
+    def peak(self, dtype: str, sparse: bool = False) -> float:
+        """Peak FLOP/s (or OP/s) for ``dtype``, following the module's fallback rule."""
+        c = self.compute_dtype(dtype)
+        if sparse and c in self.sparse_peak_flops:
+            return self.sparse_peak_flops[c]
+        return self.peak_flops[c]
+
+    def ridge_point(self, dtype: str = "fp16", sparse: bool = False) -> float:
+        """Arithmetic intensity (FLOP/byte) where the roofline turns: peak / bandwidth."""
+        return self.peak(dtype, sparse) / self.memory_bandwidth
+
+    def attainable_flops(self, dtype: str, intensity: float, sparse: bool = False) -> float:
+        """Plain roofline: min(peak, intensity x bandwidth), no efficiency applied."""
+        return min(self.peak(dtype, sparse), intensity * self.memory_bandwidth)
+
+
+# --------------------------------------------------------------------------- range checks
+
+def _check_fraction(value: float, path: str) -> None:
+    if not (0.0 < value <= 1.0):
+        _fail(path, f"is {value!r}, but a fraction of peak must be in (0, 1]",
+              "Write e.g. 0.8 for 80 % of peak (not 80, and not 0 or a negative number).")
+
+
+def _check_efficiency(eff: Efficiency) -> None:
+    if not isinstance(eff.source, str) or not eff.source.strip():
+        _fail("efficiency.source", "is empty",
+              'Write where the numbers come from, e.g. source: "uncalibrated default".')
+    lo = eff.launch_overhead_s
+    if not math.isfinite(lo) or lo < 0:
+        _fail("efficiency.launch_overhead_us", f"is {lo / _US!r} us, but must be >= 0",
+              "Write the per-kernel launch overhead in microseconds, e.g. 4.0 for a GPU.")
+    if 0 < lo < 1e-9:
+        _fail("efficiency.launch_overhead_us", f"is {lo / _US!r} us, which is below a nanosecond",
+              "The key is in microseconds: write 4.0 for 4 us, not 4e-6 (that is seconds).")
+    if lo > 1.0:
+        _fail("efficiency.launch_overhead_us", f"is {lo / _US!r} us, which is over a second",
+              "The key is in microseconds: write 4.0 for 4 us.")
+    unknown = [k for k in eff.classes if k not in OP_CLASSES]
+    if unknown:
+        _fail(f"efficiency.classes.{unknown[0]}", "is not a known op class",
+              f"Use only these op classes: {', '.join(OP_CLASSES)} (check the spelling).")
+    missing = [k for k in OP_CLASSES if k not in eff.classes]
+    if missing:
+        _fail(f"efficiency.classes.{missing[0]}", "is missing",
+              f"Give all op classes ({', '.join(OP_CLASSES)}), each with compute, memory, "
+              "flops_half_gflop and bytes_half_mb.")
+    for cls, ce in eff.classes.items():
+        base = f"efficiency.classes.{cls}"
+        if not isinstance(ce, ClassEfficiency):
+            _fail(base, f"is a {type(ce).__name__}, not a ClassEfficiency",
+                  "Build it with ClassEfficiency(compute=, memory=, flops_half=, bytes_half=).")
+        _check_fraction(ce.compute, f"{base}.compute")
+        _check_fraction(ce.memory, f"{base}.memory")
+        if not math.isfinite(ce.flops_half) or ce.flops_half < 0:
+            _fail(f"{base}.flops_half_gflop", f"is {ce.flops_half / _GFLOP!r}, but must be >= 0",
+                  "Write the GFLOP at which half of the compute fraction is reached (0 = none).")
+        if not math.isfinite(ce.bytes_half) or ce.bytes_half < 0:
+            _fail(f"{base}.bytes_half_mb", f"is {ce.bytes_half / _MB!r}, but must be >= 0",
+                  "Write the MB (1e6 bytes) at which half of the memory fraction is reached.")
+
+
+def _check_positive(value: float, path: str, unit: str, example: str, upper: float,
+                    factor: float) -> None:
+    shown = value / factor
+    if not math.isfinite(value) or value <= 0:
+        _fail(path, f"is {shown!r}, but must be a positive number of {unit}",
+              f"Write the datasheet value in {unit}, e.g. {example}.")
+    if shown > upper:
+        _fail(path, f"is {shown!r} {unit}, which is implausibly large",
+              f"The key is in {unit} (the unit is converted for you): write e.g. {example}, "
+              "not the value in base units.")
+
+
+def _check_hardware(hw: Hardware) -> None:
+    if not isinstance(hw.name, str) or not re.fullmatch(r"[A-Za-z0-9_\-]+", hw.name or ""):
+        _fail("name", f"is {hw.name!r}",
+              "Use the file stem of conf/hardware/<name>.yaml: letters, digits, '_' or '-'.")
+    if not isinstance(hw.vendor, str) or not hw.vendor.strip():
+        _fail("vendor", "is empty", "Write the vendor, e.g. vendor: NVIDIA.")
+    if hw.kind not in KINDS:
+        _fail("kind", f"is {hw.kind!r}", f"Use one of {', '.join(KINDS)}.")
+    if not isinstance(hw.description, str):
+        _fail("description", "is not a string", "Write free text or leave the key out.")
+    for key, table in (("peak_tflops", hw.peak_flops), ("sparse_peak_tflops", hw.sparse_peak_flops)):
+        for d, v in table.items():
+            if d not in DTYPES:
+                _fail(f"{key}.{d}", "is not a known dtype",
+                      f"Use only {', '.join(DTYPES)} (dtype classes, e.g. fp8 for E4M3/E5M2); "
+                      "leave a dtype out if the chip has no native math for it.")
+            _check_positive(v, f"{key}.{d}", "TFLOP/s", "989.4 for 989.4 TFLOP/s", 1e5, _TFLOPS)
+    if "fp32" not in hw.peak_flops:
+        _fail("peak_tflops.fp32", "is missing",
+              "Every device needs its dense fp32 (vector FMA) peak: other dtypes fall back to it.")
+    for d, sp in hw.sparse_peak_flops.items():
+        dense = hw.peak_flops.get(d)
+        if dense is None:
+            _fail(f"sparse_peak_tflops.{d}", "has no dense counterpart in peak_tflops",
+                  f"Add peak_tflops.{d} (the dense number) or drop the sparse entry.")
+        if sp < dense:
+            _fail(f"sparse_peak_tflops.{d}",
+                  f"is {sp / _TFLOPS!r} TFLOP/s, below the dense peak {dense / _TFLOPS!r}",
+                  "2:4 sparse peaks are >= dense (datasheets mark them with '*'); the values "
+                  "look swapped between peak_tflops and sparse_peak_tflops.")
+        if sp > 2.02 * dense:  # 1 % slack for vendor rounding (1979 vs 2 x 989.4)
+            _fail(f"sparse_peak_tflops.{d}",
+                  f"is {sp / _TFLOPS!r} TFLOP/s, over 2x the dense peak {dense / _TFLOPS!r}",
+                  "2:4 sparsity gives at most 2x; peak_tflops must hold the DENSE number "
+                  "(half the starred datasheet figure).")
+    for wide, narrow in _PEAK_ORDER:
+        if wide in hw.peak_flops and narrow in hw.peak_flops:
+            if hw.peak_flops[narrow] < hw.peak_flops[wide] * (1 - 1e-9):
+                _fail(f"peak_tflops.{narrow}",
+                      f"is {hw.peak_flops[narrow] / _TFLOPS!r} TFLOP/s, below "
+                      f"peak_tflops.{wide} = {hw.peak_flops[wide] / _TFLOPS!r}",
+                      f"A native {narrow} path is never slower than {wide}: check for a "
+                      f"sparse/dense mixup, or leave {narrow} out so it falls back to {wide}.")
+    _check_positive(hw.memory_bytes, "memory_gib", "GiB", "80 for an 80GB H100", 1e5, _GIB)
+    _check_positive(hw.memory_bandwidth, "memory_bandwidth_gbs", "GB/s",
+                    "3352 for 3.35 TB/s", 1e6, _GBS)
+    oc = hw.onchip
+    if not isinstance(oc, OnChip):
+        _fail("onchip", "is not an OnChip", "Give l2_mib, smem_per_sm_kib and sm_count.")
+    _check_positive(oc.l2_bytes, "onchip.l2_mib", "MiB", "50 for a 50 MB L2", 1e5, _MIB)
+    if not math.isfinite(oc.smem_per_sm_bytes) or oc.smem_per_sm_bytes < 0:
+        _fail("onchip.smem_per_sm_kib", f"is {oc.smem_per_sm_bytes / _KIB!r}, must be >= 0",
+              "Write the shared memory per SM in KiB, e.g. 228 for H100.")
+    if oc.smem_per_sm_bytes / _KIB > 1e5:
+        _fail("onchip.smem_per_sm_kib", f"is {oc.smem_per_sm_bytes / _KIB!r} KiB, implausibly large",
+              "The key is in KiB: write 228 for 228 KB, not bytes.")
+    if isinstance(oc.sm_count, bool) or not isinstance(oc.sm_count, int) or oc.sm_count < 1:
+        _fail("onchip.sm_count", f"is {oc.sm_count!r}", "Write a positive integer, e.g. 132.")
+    ic = hw.interconnect
+    if not isinstance(ic, Interconnect):
+        _fail("interconnect", "is not an Interconnect",
+              "Give name, bandwidth_gbs and num_devices_per_node.")
+    if not isinstance(ic.name, str) or not ic.name.strip():
+        _fail("interconnect.name", "is empty", 'Name the link, e.g. "NVLink 4".')
+    n = ic.num_devices_per_node
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        _fail("interconnect.num_devices_per_node", f"is {n!r}",
+              "Write a positive integer (1 for a device without peers).")
+    if n == 1 and ic.bandwidth == 0:
+        pass  # a lone device may have no peer link at all
+    else:
+        _check_positive(ic.bandwidth, "interconnect.bandwidth_gbs", "GB/s",
+                        "450 for NVLink 4 (900 GB/s total = 450 per direction)", 1e5, _GBS)
+    if not isinstance(hw.efficiency, Efficiency):
+        _fail("efficiency", "is not an Efficiency", "Give source, launch_overhead_us, classes.")
+    if not isinstance(hw.architecture, str):
+        _fail("architecture", "is not a string", "Write the chip family, e.g. hopper.")
+    cal = hw.calibration
+    if cal is not None:
+        if cal.source not in CALIBRATION_SOURCES:
+            _fail("calibration.source", f"is {cal.source!r}", f"Use one of {', '.join(CALIBRATION_SOURCES)}.")
+        for k, v in (("median", cal.error_median), ("p90", cal.error_p90)):
+            if not math.isfinite(v) or v < 0 or v > 10:
+                _fail(f"calibration.error_band.{k}", f"is {v!r}",
+                      "Write the error as a fraction (0.06 for 6 %), between 0 and 10.")
+        if cal.error_p90 < cal.error_median:
+            _fail("calibration.error_band.p90", f"is {cal.error_p90!r}, below the median {cal.error_median!r}",
+                  "The 90th percentile error is never below the median error.")
+        if cal.source != "literature" and not cal.from_devices:
+            _fail("calibration.from", "is empty", "Name the device(s) whose measurements were used.")
+    for fam, ke in hw.kernel_families.items():
+        base = f"kernel_families.{fam}"
+        _check_fraction(ke.compute, f"{base}.compute")
+        _check_fraction(ke.memory, f"{base}.memory")
+        if ke.flops_half < 0 or ke.bytes_half < 0:
+            _fail(f"{base}", "has a negative roll-off size", "flops_half_gflop and bytes_half_mb are >= 0.")
+        if ke.peak_dtype not in DTYPES:
+            _fail(f"{base}.peak_dtype", f"is {ke.peak_dtype!r}", f"Use one of {', '.join(DTYPES)}.")
+
+
+# --------------------------------------------------------------------------- YAML parsing
+
+def _num(value: Any, path: str) -> float:
+    if isinstance(value, bool) or value is None:
+        _fail(path, f"is {value!r}, not a number", "Write a number, e.g. 312 or \"312\".")
+    if isinstance(value, (int, float)):
+        x = float(value)
+    elif isinstance(value, str):
+        try:
+            x = float(value.strip().replace("_", ""))
+        except ValueError:
+            _fail(path, f"is {value!r}, which is not a number",
+                  "Write a plain number in the unit of the key's suffix, e.g. 989.4 or \"1.5e3\".")
+    else:
+        _fail(path, f"is a {type(value).__name__}, not a number", "Write a plain number.")
+    if not math.isfinite(x):
+        _fail(path, f"is {value!r}", "Write a finite number.")
+    return x
+
+
+def _int(value: Any, path: str) -> int:
+    x = _num(value, path)
+    if x != int(x):
+        _fail(path, f"is {value!r}, not a whole number", "Write an integer, e.g. 8.")
+    return int(x)
+
+
+def _str(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        _fail(path, f"is {value!r}, not a non-empty string", "Write text (quote it if needed).")
+    return value
+
+
+def _mapping(value: Any, path: str, required: tuple[str, ...], optional: tuple[str, ...] = (),
+             hint: str = "") -> Mapping:
+    if not isinstance(value, Mapping):
+        _fail(path, f"is a {type(value).__name__}, not a mapping",
+              f"Write it as a mapping with keys {', '.join(required + optional)}.")
+    allowed = required + optional
+    for k in value:
+        _known(k, allowed, f"{path}.{k}" if path else str(k), "field",
+               f"Allowed keys here: {', '.join(allowed)}.", hint)
+    for k in required:
+        if k not in value:
+            _fail(f"{path}.{k}" if path else k, "is missing",
+                  f"Add it (keys here: {', '.join(allowed)}).{hint}")
+    return value
+
+
+def _similar(a: str, b: str) -> bool:
+    return difflib.SequenceMatcher(None, a.lower(), b.lower()).ratio() >= 0.75
+
+
+def _known(name: Any, known, path: str, what: str, fix: str, hint: str = "") -> None:
+    """Fail unless ``name`` is one of ``known``: "``path`` is not a known ``what``. ``fix``",
+    a "Did you mean" for a close spelling, then ``hint``."""
+    if name not in known:
+        close = [c for c in known if _similar(str(name), c)]
+        sugg = f" Did you mean '{close[0]}'?" if close else ""
+        _fail(path, f"is not a known {what}", f"{fix}{sugg}{hint}")
+
+
+def _dtype_table(value: Any, path: str) -> dict[str, float]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        _fail(path, f"is a {type(value).__name__}, not a mapping",
+              f"Write a mapping from dtype ({', '.join(DTYPES)}) to TFLOP/s.")
+    out = {}
+    for k, v in value.items():
+        _known(k, DTYPES, f"{path}.{k}", "dtype",
+               f"Use only {', '.join(DTYPES)}; leave a dtype out if the chip has no native "
+               "math for it (peak() falls back).")
+        out[k] = _num(v, f"{path}.{k}") * _TFLOPS
+    return out
+
+
+def _to_plain(cfg: Any) -> Any:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf ships with hydra
+        return cfg
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
+def _parse_efficiency(value: Any) -> Efficiency:
+    e = _mapping(value, "efficiency", _EFFICIENCY_KEYS)
+    classes_raw = e["classes"]
+    if not isinstance(classes_raw, Mapping):
+        _fail("efficiency.classes", f"is a {type(classes_raw).__name__}, not a mapping",
+              f"Write one entry per op class: {', '.join(OP_CLASSES)}.")
+    classes = {}
+    for cls, cv in classes_raw.items():
+        _known(cls, OP_CLASSES, f"efficiency.classes.{cls}", "op class", f"Use only {', '.join(OP_CLASSES)}.")
+        base = f"efficiency.classes.{cls}"
+        c = _mapping(cv, base, _CLASS_KEYS)
+        classes[cls] = ClassEfficiency(
+            compute=_num(c["compute"], f"{base}.compute"),
+            memory=_num(c["memory"], f"{base}.memory"),
+            flops_half=_num(c["flops_half_gflop"], f"{base}.flops_half_gflop") * _GFLOP,
+            bytes_half=_num(c["bytes_half_mb"], f"{base}.bytes_half_mb") * _MB,
+        )
+    return Efficiency(
+        source=_str(e["source"], "efficiency.source"),
+        launch_overhead_s=_num(e["launch_overhead_us"], "efficiency.launch_overhead_us") * _US,
+        classes=classes,
+    )
+
+
+def _parse_calibration(value: Any) -> Calibration:
+    c = _mapping(value, "calibration", _CALIBRATION_KEYS, _CALIBRATION_OPTIONAL)
+    frm = c["from"]
+    if isinstance(frm, str):
+        frm = [frm]
+    if not isinstance(frm, (list, tuple)) or not all(isinstance(x, str) for x in frm):
+        _fail("calibration.from", f"is {frm!r}", "Write a device name or a list of them, e.g. [h100_sxm, h200].")
+    band = _mapping(c["error_band"], "calibration.error_band", _BAND_KEYS)
+    return Calibration(source=_str(c["source"], "calibration.source"), from_devices=tuple(frm),
+                       method=_str(c["method"], "calibration.method"),
+                       error_median=_num(band["median"], "calibration.error_band.median"),
+                       error_p90=_num(band["p90"], "calibration.error_band.p90"),
+                       error_basis=_str(band["basis"], "calibration.error_band.basis"),
+                       date=str(c.get("date", "") or ""), note=str(c.get("note", "") or ""))
+
+
+def _parse_kernel_families(value: Any) -> dict[str, KernelFamilyEfficiency]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        _fail("kernel_families", f"is a {type(value).__name__}, not a mapping",
+              "Write one entry per kernel family (w4a16, fp8_rowwise, ...).")
+    out = {}
+    for fam, fv in value.items():
+        base = f"kernel_families.{fam}"
+        f = _mapping(fv, base, _FAMILY_KEYS, _FAMILY_OPTIONAL)
+        sparse = f.get("sparse", False)
+        if not isinstance(sparse, bool):
+            _fail(f"{base}.sparse", f"is {sparse!r}", "Write true or false.")
+        out[str(fam)] = KernelFamilyEfficiency(
+            kernel=_str(f["kernel"], f"{base}.kernel"),
+            peak_dtype=normalize_dtype(_str(f["peak_dtype"], f"{base}.peak_dtype")),
+            sparse=sparse,
+            compute=_num(f["compute"], f"{base}.compute"),
+            memory=_num(f["memory"], f"{base}.memory"),
+            flops_half=_num(f["flops_half_gflop"], f"{base}.flops_half_gflop") * _GFLOP,
+            bytes_half=_num(f["bytes_half_mb"], f"{base}.bytes_half_mb") * _MB,
+            n=_int(f.get("n", 0), f"{base}.n"),
+            median_err=_num(f.get("median_err", 0.0), f"{base}.median_err"),
+            source=str(f.get("source", "") or ""))
+    return out
+
+
+def load_hardware(cfg: Mapping | Any, source: str | os.PathLike | None = None) -> Hardware:
+    """Validate a hardware mapping (a dict, or Hydra's ``cfg.hardware`` DictConfig) written in
+    the YAML convention of this module and return a :class:`Hardware` in SI units.
+
+    ``source`` (a file path or label) prefixes error messages; by default the mapping's ``name``.
+    Raises :class:`HardwareError` with a one-paragraph message naming the field and the fix.
+    """
+    data = _to_plain(cfg)
+    label = str(source) if source is not None else None
+    if label is None and isinstance(data, Mapping) and isinstance(data.get("name"), str):
+        label = f"hardware '{data['name']}'"
+    token = _WHERE.set(label or "hardware config")
+    try:
+        top = _mapping(data, "", _TOP_REQUIRED, _TOP_OPTIONAL)
+        oc = _mapping(top["onchip"], "onchip", _ONCHIP_KEYS)
+        ic = _mapping(top["interconnect"], "interconnect", _INTERCONNECT_KEYS, _INTERCONNECT_OPTIONAL)
+        description = top.get("description", "") or ""
+        if not isinstance(description, str):
+            _fail("description", "is not a string", "Write free text or leave the key out.")
+        return Hardware(
+            name=_str(top["name"], "name"),
+            vendor=_str(top["vendor"], "vendor"),
+            kind=_str(top["kind"], "kind"),
+            peak_flops=_dtype_table(top["peak_tflops"], "peak_tflops"),
+            sparse_peak_flops=_dtype_table(top.get("sparse_peak_tflops"), "sparse_peak_tflops"),
+            memory_bytes=_num(top["memory_gib"], "memory_gib") * _GIB,
+            memory_bandwidth=_num(top["memory_bandwidth_gbs"], "memory_bandwidth_gbs") * _GBS,
+            onchip=OnChip(
+                l2_bytes=_num(oc["l2_mib"], "onchip.l2_mib") * _MIB,
+                smem_per_sm_bytes=_num(oc["smem_per_sm_kib"], "onchip.smem_per_sm_kib") * _KIB,
+                sm_count=_int(oc["sm_count"], "onchip.sm_count"),
+            ),
+            interconnect=Interconnect(
+                name=_str(ic["name"], "interconnect.name"),
+                bandwidth=_num(ic["bandwidth_gbs"], "interconnect.bandwidth_gbs") * _GBS,
+                num_devices_per_node=_int(ic["num_devices_per_node"],
+                                          "interconnect.num_devices_per_node"),
+                latency_s=_latency(ic.get("latency_us")),
+            ),
+            efficiency=_parse_efficiency(top["efficiency"]),
+            description=description,
+            architecture=str(top.get("architecture", "") or ""),
+            calibration=(_parse_calibration(top["calibration"])
+                         if top.get("calibration") is not None else None),
+            kernel_families=_parse_kernel_families(top.get("kernel_families")),
+            collectives=_collectives(top.get("collectives")),
+        )
+    finally:
+        _WHERE.reset(token)
+
+
+def _latency(value: Any) -> float | None:
+    if value is None:
+        return None
+    us = _num(value, "interconnect.latency_us")
+    if not (0 < us < 1e5):
+        _fail("interconnect.latency_us", f"is {us!r}",
+              "Write the per-collective latency floor in microseconds, e.g. 10 for NVLink.")
+    return us * _US
+
+
+def _collectives(value: Any):
+    from compiler.perf.calibration.collectives import parse_collectives
+    return parse_collectives(value)
+
+
+def _parse_yaml_text(text: str) -> Any:
+    """Parse YAML as Hydra would (OmegaConf's YAML dialect, interpolations resolved); files
+    without ``${`` skip building a DictConfig, which is ~10x slower."""
+    from omegaconf import OmegaConf
+    if "${" not in text:
+        try:
+            from omegaconf._utils import get_yaml_loader  # the loader OmegaConf.load uses
+        except ImportError:  # pragma: no cover - private helper moved
+            get_yaml_loader = None
+        if get_yaml_loader is not None:
+            return yaml.load(text, Loader=get_yaml_loader())
+    return OmegaConf.to_container(OmegaConf.create(text), resolve=True)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return _parse_yaml_text(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HardwareError(f"{path}: file not found. Check the path, or pick one of: "
+                            f"{', '.join(available_hardware()) or '(none found)'}.") from None
+    except Exception as exc:  # yaml syntax errors, interpolation errors
+        msg = " ".join(str(exc).split())
+        raise HardwareError(f"{path}: cannot be read as YAML ({msg}). Fix the syntax at the "
+                            "position given (indentation, a missing ':' or quote).") from None
+
+
+def load_hardware_file(path: str | os.PathLike) -> Hardware:
+    """Load and validate one YAML file; its ``name`` must equal the file stem."""
+    path = Path(path)
+    hw = load_hardware(_read_yaml(path), source=path)
+    if hw.name != path.stem:
+        _fail("name", f"is {hw.name!r} but the file is {path.name}",
+              f"Set name: {path.stem} (Hydra selects the file by its stem, reports print name).",
+              where=str(path))
+    return hw
+
+
+# --------------------------------------------------------------------------- library lookup
+
+def hardware_dir() -> Path:
+    """The conf/hardware directory: ``<compiler>/conf/hardware`` (installed wheel) if it exists,
+    else ``<compiler>/../conf/hardware`` (source checkout)."""
+    for cand in (resources.PACKAGE_DIR / "conf" / "hardware", resources.REPO_ROOT / "conf" / "hardware"):
+        if cand.is_dir():
+            return cand
+    return resources.REPO_ROOT / "conf" / "hardware"
+
+
+def available_hardware() -> list[str]:
+    """Names (file stems) of the hardware YAML files, sorted."""
+    d = hardware_dir()
+    if not d.is_dir():
+        return []
+    return sorted(p.stem for p in d.glob("*.yaml") if p.is_file())
+
+
+def hardware_by_name(name: str) -> Hardware:
+    """Load ``conf/hardware/<name>.yaml``; an unknown name lists the valid ones."""
+    names = available_hardware()
+    if not isinstance(name, str) or name not in names:
+        raise HardwareError(
+            f"hardware {name!r} is not in the hardware library ({hardware_dir()}). Valid names: "
+            f"{', '.join(names) or '(none found)'}. Pick one (e.g. hardware=h100_sxm) or add "
+            f"conf/hardware/{name}.yaml.")
+    return load_hardware_file(hardware_dir() / f"{name}.yaml")
+
+
+# --------------------------------------------------------------------------- YAML writing
+
+def _r(x: float) -> float | int:
+    """Round to 15 significant digits so SI -> YAML unit -> SI round-trips exactly."""
+    y = float(f"{x:.15g}")
+    return int(y) if y.is_integer() and abs(y) < 1e15 else y
+
+
+def efficiency_to_yaml_dict(eff: Efficiency) -> dict:
+    """The ``efficiency:`` block of a hardware YAML (in the YAML units) for ``eff``."""
+    return {
+        "source": eff.source,
+        "launch_overhead_us": _r(eff.launch_overhead_s / _US),
+        "classes": {
+            cls: {
+                "compute": _r(ce.compute),
+                "memory": _r(ce.memory),
+                "flops_half_gflop": _r(ce.flops_half / _GFLOP),
+                "bytes_half_mb": _r(ce.bytes_half / _MB),
+            }
+            for cls in OP_CLASSES
+            if (ce := eff.classes.get(cls)) is not None
+        },
+    }
+
+
+def calibration_to_yaml_dict(cal: Calibration) -> dict:
+    out: dict[str, Any] = {"source": cal.source, "from": list(cal.from_devices), "method": cal.method}
+    if cal.date:
+        out["date"] = cal.date
+    out["error_band"] = {"median": _r(cal.error_median), "p90": _r(cal.error_p90), "basis": cal.error_basis}
+    if cal.note:
+        out["note"] = cal.note
+    return out
+
+
+def kernel_families_to_yaml_dict(fams: Mapping[str, KernelFamilyEfficiency]) -> dict:
+    out = {}
+    for fam, k in fams.items():
+        d: dict[str, Any] = {"kernel": k.kernel, "peak_dtype": k.peak_dtype}
+        if k.sparse:
+            d["sparse"] = True
+        d.update({"compute": _r(k.compute), "memory": _r(k.memory),
+                  "flops_half_gflop": _r(k.flops_half / _GFLOP), "bytes_half_mb": _r(k.bytes_half / _MB),
+                  "n": int(k.n), "median_err": _r(k.median_err)})
+        if k.source:
+            d["source"] = k.source
+        out[fam] = d
+    return out
+
+
+def hardware_to_yaml_dict(hw: Hardware) -> dict:
+    """A mapping in the YAML convention that :func:`load_hardware` turns back into ``hw``."""
+    out: dict[str, Any] = {"name": hw.name, "vendor": hw.vendor, "kind": hw.kind}
+    if hw.description:
+        out["description"] = hw.description
+    if hw.architecture:
+        out["architecture"] = hw.architecture
+    out["peak_tflops"] = {d: _r(hw.peak_flops[d] / _TFLOPS) for d in DTYPES if d in hw.peak_flops}
+    out["sparse_peak_tflops"] = {d: _r(hw.sparse_peak_flops[d] / _TFLOPS)
+                                 for d in DTYPES if d in hw.sparse_peak_flops}
+    out["memory_gib"] = _r(hw.memory_bytes / _GIB)
+    out["memory_bandwidth_gbs"] = _r(hw.memory_bandwidth / _GBS)
+    out["onchip"] = {"l2_mib": _r(hw.onchip.l2_bytes / _MIB),
+                     "smem_per_sm_kib": _r(hw.onchip.smem_per_sm_bytes / _KIB),
+                     "sm_count": int(hw.onchip.sm_count)}
+    out["interconnect"] = {"name": hw.interconnect.name,
+                           "bandwidth_gbs": _r(hw.interconnect.bandwidth / _GBS),
+                           "num_devices_per_node": int(hw.interconnect.num_devices_per_node)}
+    if hw.interconnect.latency_s is not None:
+        out["interconnect"]["latency_us"] = _r(hw.interconnect.latency_s / _US)
+    out["efficiency"] = efficiency_to_yaml_dict(hw.efficiency)
+    if hw.calibration is not None:
+        out["calibration"] = calibration_to_yaml_dict(hw.calibration)
+    if hw.kernel_families:
+        out["kernel_families"] = kernel_families_to_yaml_dict(hw.kernel_families)
+    if hw.collectives is not None:
+        from compiler.perf.calibration.collectives import collectives_to_yaml_dict
+        out["collectives"] = collectives_to_yaml_dict(hw.collectives)
+    return out
+
+
+def _dump(data: Mapping) -> str:
+    return yaml.safe_dump(dict(data), sort_keys=False, default_flow_style=False, width=100)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_hardware_yaml(hw: Hardware, path: str | os.PathLike) -> Path:
+    """Write ``hw`` as a complete hardware YAML that :func:`load_hardware_file` reads back equal.
+    The file name should be ``<hw.name>.yaml`` for the library; comments are not preserved (use
+    :func:`update_efficiency_yaml` to change only the efficiency block of a commented file)."""
+    path = Path(path)
+    header = (f"# {hw.name}: written by compiler.perf.hardware.write_hardware_yaml.\n"
+              "# Units: see the docstring of compiler/perf/hardware.py (peak_tflops are DENSE).\n")
+    _atomic_write(path, header + _dump(hardware_to_yaml_dict(hw)))
+    return path
+
+
+_TOP_KEY = re.compile(r"^[A-Za-z_][\w\-]*\s*:")
+
+
+def update_yaml_blocks(path: str | os.PathLike, blocks: Mapping[str, Any], note: str = "") -> Hardware:
+    """Replace (or append) top-level blocks of an existing hardware YAML — ``blocks`` maps a top
+    key (``efficiency``, ``calibration``, ``kernel_families``, ``architecture``) to its new value
+    in YAML units — keeping every other line and its comments. A value of None removes the key.
+    The result is validated before the file is replaced (atomically); returns the reloaded
+    :class:`Hardware`."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    for key, value in blocks.items():
+        lines = text.splitlines(keepends=True)
+        start = next((i for i, ln in enumerate(lines) if re.match(rf"^{re.escape(key)}\s*:", ln)), None)
+        block = "" if value is None else _dump({key: value})
+        head = f"# {key}: {note}\n" if note and value is not None and key != "architecture" else ""
+        if start is None:
+            if value is None:
+                continue
+            sep = "" if not lines or lines[-1].endswith("\n") else "\n"
+            text = text + sep + head + block
+            continue
+        end = len(lines)
+        for j in range(start + 1, len(lines)):
+            if _TOP_KEY.match(lines[j]):
+                end = j
+                break
+        # Column-0 comments and blank lines just above the next key belong to that key.
+        while end > start + 1 and end < len(lines) and (
+                not lines[end - 1].strip() or lines[end - 1].startswith("#")):
+            end -= 1
+        s0 = start
+        while s0 > 0 and lines[s0 - 1].startswith(f"# {key}: "):  # previous auto-written notes
+            s0 -= 1
+        tail = lines[end:]
+        text = "".join(lines[:s0]) + head + block + ("\n" if tail and block else "") + "".join(tail)
+    try:
+        data = _parse_yaml_text(text)
+    except Exception as exc:  # pragma: no cover - the blocks are generated YAML
+        raise HardwareError(f"{path}: updated text does not parse ({exc}).") from None
+    hw = load_hardware(data, source=path)
+    if hw.name != path.stem:
+        _fail("name", f"is {hw.name!r} but the file is {path.name}",
+              f"Set name: {path.stem}.", where=str(path))
+    _atomic_write(path, text)
+    return hw
+
+
+def update_efficiency_yaml(path: str | os.PathLike, eff: Efficiency) -> Hardware:
+    """Replace only the top-level ``efficiency:`` block of an existing hardware YAML with ``eff``,
+    keeping every other line (and its source comments) as is. The result is validated before
+    the file is replaced (atomically); returns the reloaded :class:`Hardware`."""
+    return update_yaml_blocks(path, {"efficiency": efficiency_to_yaml_dict(eff)},
+                              note=f"written by compiler.perf.hardware.update_efficiency_yaml ({eff.source})")
