@@ -2,7 +2,8 @@
 side effects). Each entry is a ``Pass`` subclass; parameters come from the pipeline config."""
 from __future__ import annotations
 
-from passes.base import Pass, PassContext, PassManager, PassResult
+from compiler.errors import ConfigError
+from passes.base import Pass, PassContext, PassManager, PassResult, install_default_evaluator
 from passes.cleanup import ConstantFolding, DeadCodeElimination, RemoveNoOps
 from passes.early_exit import EarlyExitPass
 from passes.fusion import AnnotateRotary, FuseAttention, FuseEagerAttention, FuseGemm, FuseNorms, FusionPass
@@ -37,7 +38,6 @@ PASSES: dict[str, type[Pass]] = {
 def make_pass(spec, context: PassContext | None = None) -> Pass:
     """``spec`` is a pass name or a mapping ``{name: ..., <param>: ...}``; ``context`` (hardware,
     workload points) is handed to the pass for cost-aware decisions."""
-    from compiler.errors import ConfigError
     if isinstance(spec, str):
         name, params = spec, {}
     else:
@@ -59,8 +59,10 @@ def run_passes(graph, specs, context: PassContext | None = None, **manager_kw) -
     """Run the passes ``specs`` (names or ``{name: …}`` mappings, as in conf/pipeline) on
     ``graph`` in place through a :class:`PassManager`; returns it (``.records``)."""
     pm = PassManager([make_pass(s, context) for s in specs], **manager_kw)
+    pm.context = context
     pm(graph)
     return pm
 
 
-__all__ = ["PASSES", "make_pass", "run_passes", "Pass", "PassContext", "PassManager", "PassResult"]
+__all__ = ["PASSES", "make_pass", "run_passes", "Pass", "PassContext", "PassManager", "PassResult",
+           "install_default_evaluator"]

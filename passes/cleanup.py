@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from compiler.backend.emit import subgraph_model
 from compiler.ir import Graph, Param
 from compiler.ir.ops import get as get_opdef
 from compiler.ir.ops import is_const, noop_source
-from passes.base import Pass, PassResult
+from passes.base import Pass, PassResult, evaluator
 
 
 def eliminate_dead_code(g: Graph) -> dict[str, int]:
@@ -76,9 +75,10 @@ MAX_FOLD_ELEMENTS = 1 << 16
 
 def fold_constants(g: Graph) -> dict[str, int]:
     """Evaluate ops whose operands are all constants (small results only, so folding never
-    duplicates weights) with onnx's reference evaluator, replacing them by constants. Ops the
-    registry marks not ``foldable`` (Shape, Attention) are left alone."""
-    from onnx.reference import ReferenceEvaluator
+    duplicates weights) with the current pass context's evaluator (ONNX's reference evaluator in
+    the driver), replacing them by constants. Ops the registry marks not ``foldable`` (Shape,
+    Attention) are left alone."""
+    ev = None
     folded = 0
     for n in g.topo_order():
         if not n.outputs or not get_opdef(n.op).foldable:
@@ -89,10 +89,9 @@ def fold_constants(g: Graph) -> dict[str, int]:
         outs = [g.type(t) for t in n.outputs]
         if not all(t.is_static() and int(t.numel()) <= MAX_FOLD_ELEMENTS for t in outs):
             continue
-        model = subgraph_model(g, [n], n.outputs, params=srcs, name="fold")
-        try:
-            vals = ReferenceEvaluator(model).run(None, {})
-        except Exception:
+        ev = ev or evaluator("fold_constants")
+        vals = ev.constant(g, n)
+        if vals is None:
             continue
         outs_names = list(n.outputs)
         g.remove_op(n, drop_outputs=False)

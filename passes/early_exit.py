@@ -19,9 +19,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from compiler.ir.annotations import ExitPoint
-from compiler.analysis.early_exit import op_layers
 from compiler.errors import ConfigError
-from compiler.ir import Graph, IRError
+from compiler.ir import Graph, IRError, op_layers
 from passes.base import Pass, PassResult
 
 

@@ -22,6 +22,7 @@ from compiler.ir.annotations import KVLayout
 from compiler.ir import P, Graph, IRError, OpNode, TensorType
 from compiler.ir.ops import UnsupportedOpError
 from passes.base import Pass, PassResult
+from passes.cleanup import eliminate_dead_code
 
 
 def _strip_repeat_kv(g: Graph, t: str, kv_heads_hint: int | None = None) -> str:
@@ -100,7 +101,6 @@ def lift_kv_cache(g: Graph) -> dict[str, int]:
     if "input_ids" in g.inputs:
         g.meta.setdefault("dim_sources", {})["P"] = ("past_key.0", 2)
     # the expand/reshape chains are now dead; cleanup's dead-code elimination removes them
-    from passes.cleanup import eliminate_dead_code
     eliminate_dead_code(g)
     return stats
 

@@ -27,7 +27,10 @@ import logging
 import numpy as np
 
 from compiler.ir import DTYPES, P, SYMBOLS, B, S, Graph, TensorType, subs
-from passes.base import Pass, PassResult
+from passes.base import Pass, PassResult, evaluator
+from passes.cleanup import eliminate_dead_code
+from passes.fusion.mask import HIDDEN, _ancestors
+from passes.kv_cache import lift_kv_cache
 
 log = logging.getLogger("rooftop.kv_cache")
 MASK_INPUT = "attention_mask"
@@ -41,10 +44,6 @@ class Refused(Exception):
 def _eval_mask(g: Graph, tensor: str, feeds_at):
     """Evaluate ``tensor``'s ancestors in onnxruntime at each (b, s) of :data:`_POINTS`;
     ``feeds_at(b, s, inputs)`` gives the feeds. Returns [((b, s), feeds, value)]."""
-    import onnxruntime as ort
-
-    from compiler.backend.emit import subgraph_model
-    from passes.fusion.mask import _ancestors
     nodes, leaves = _ancestors(g, tensor)
     for t in _data_leaves(g, tensor):
         if t in g.inputs and t != MASK_INPUT:
@@ -52,19 +51,13 @@ def _eval_mask(g: Graph, tensor: str, feeds_at):
         if t in g.params and not (g.params[t].annotations.get("const") or g.params[t].data is not None
                                   and g.params[t].data.size <= 4096):
             raise Refused(f"the attention mask {tensor} reads weight {t}")
-    model = subgraph_model(g, [n for n in g.topo_order() if n.name in nodes], [tensor],
-                           inputs=[t for t in g.inputs if t in leaves],
-                           params=[t for t in leaves if t in g.params],
-                           dim_sources={"B": ("input_ids", 0), "S": ("input_ids", 1)}, name="mask")
-    inputs = [i.name for i in model.graph.input]
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    inputs, run = evaluator("the ONNX KV-cache lift").compile(
+        g, [n for n in g.topo_order() if n.name in nodes], [tensor], inputs=[t for t in g.inputs if t in leaves],
+        params=[t for t in leaves if t in g.params], dim_sources={"B": ("input_ids", 0), "S": ("input_ids", 1)})
     res = []
     for b, s in _POINTS:
         feeds = feeds_at(b, s, inputs)
-        res.append(((b, s), feeds, np.asarray(sess.run(None, feeds)[0])))
+        res.append(((b, s), feeds, run(feeds)[0]))
     return res
 
 
@@ -109,7 +102,6 @@ def check_mask(g: Graph, tensor: str, scores) -> None:
         raise
     except Exception as e:
         raise Refused(f"the attention mask {tensor} could not be evaluated ({type(e).__name__}: {e})")
-    from passes.fusion.mask import HIDDEN
     for (b, s), feeds, m in vals:
         visible = m if m.dtype == np.bool_ else (m.astype(np.float64) == 0)
         if m.dtype != np.bool_ and not ((m == 0) | (m <= HIDDEN)).all():
@@ -143,8 +135,6 @@ def _is_arange_s(g: Graph, n) -> bool:
 
 def lift_onnx_kv_cache(g: Graph) -> dict[str, int]:
     """Lift in place; raises :class:`Refused` (graph untouched) when the model does not qualify."""
-    from passes.cleanup import eliminate_dead_code
-    from passes.kv_cache import lift_kv_cache
     if g.meta.get("kv_tensors"):
         raise Refused("the model already has a KV cache")
     if g.meta.get("task") != "causal_lm":

@@ -44,6 +44,8 @@ from compiler.ir.annotations import KVLayout
 from compiler.errors import ConfigError
 from compiler.ir import DTYPES, B, Graph, P, S, TensorType
 from passes.base import Pass, PassResult
+from compiler.ir.ops import broadcast_shapes
+from passes.cleanup import eliminate_dead_code
 
 BLOCK_TABLE = "block_table"
 CONTEXT_LENS = "context_lens"
@@ -122,7 +124,6 @@ def _combine_mask(g: Graph, old: str, mask: str, cache: dict) -> str:
 
 
 def _bshape(g, a, b):
-    from compiler.ir.ops import broadcast_shapes
     return broadcast_shapes(g.type(a).shape, g.type(b).shape)
 
 
@@ -191,7 +192,6 @@ def page_kv_cache(g: Graph, block_size: int = DEFAULT_BLOCK_SIZE, max_model_len:
         info.update(max_model_len=int(max_model_len), max_blocks_per_seq=math.ceil(max_model_len / bs))
     g.meta["kv_paging"] = info
     g.meta["onnx_metadata"] = {**(g.meta.get("onnx_metadata") or {}), "rooftop.kv_paging": json.dumps(info, sort_keys=True)}
-    from passes.cleanup import eliminate_dead_code
     eliminate_dead_code(g)
     return {"layers": len(attn), "block_size": bs}
 

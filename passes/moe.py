@@ -50,10 +50,9 @@ def routing_fields(routing: Any, skew: float, experts: int) -> dict[str, Any]:
                       f"set moe.routing=uniform, moe.routing=zipf (with moe.skew) or moe.routing=[...].")
 
 
-def apply_routing(g: Graph, moe_cfg: Mapping | None, hf_config: Mapping | None = None) -> dict[str, int]:
-    """Set ``moe.routing`` (and, from the model's Hugging Face config, the shared-expert count)
-    on every ``moe`` annotation."""
-    from compiler.frontends.moe import shared_experts
+def apply_routing(g: Graph, moe_cfg: Mapping | None, shared_experts: int | None = None) -> dict[str, int]:
+    """Set ``moe.routing`` (and the model's shared-expert count, when given: the driver reads it
+    from the model's config) on every ``moe`` annotation."""
     moe_cfg = dict(moe_cfg or {})
     nodes = [n for n in g if ann.get(n, "moe") is not None]
     if not nodes:
@@ -63,23 +62,25 @@ def apply_routing(g: Graph, moe_cfg: Mapping | None, hf_config: Mapping | None =
         return {}
     experts = ann.get(nodes[0], "moe").experts
     fields = routing_fields(moe_cfg.get("routing"), moe_cfg.get("skew", 0.0), experts)
-    if hf_config:
-        fields["shared_experts"] = shared_experts(hf_config)
+    if shared_experts is not None:
+        fields["shared_experts"] = int(shared_experts)
     for n in nodes:
         ann.set(n, "moe", dataclasses.replace(ann.get(n, "moe"), **fields))
     return {"moe_ops": len(nodes), "experts": experts}
 
 
 class MoERoutingPass(Pass):
-    """Pipeline form: ``{name: moe_routing, routing: zipf, skew: 1.2}``."""
+    """Pipeline form: ``{name: moe_routing, routing: zipf, skew: 1.2}`` (the driver adds it for
+    ``moe.*`` with ``shared_experts`` from the model's config)."""
 
     name = "moe_routing"
 
     def check_params(self) -> None:
-        bad = set(self.params) - {"routing", "skew"}
+        bad = set(self.params) - {"routing", "skew", "shared_experts"}
         if bad:
-            raise ConfigError(f"pass 'moe_routing' takes routing and skew, got {sorted(bad)}.")
+            raise ConfigError(f"pass 'moe_routing' takes routing, skew and shared_experts, got {sorted(bad)}.")
 
     def run(self, graph: Graph) -> PassResult:
-        stats = apply_routing(graph, self.params)
+        p = dict(self.params)
+        stats = apply_routing(graph, p, p.pop("shared_experts", None))
         return PassResult(graph, bool(stats), stats)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from compiler.perf.kernel_families import interp_log_m
-from reports.markdown import fmt_bytes, fmt_time
+from reports.format import fmt_bytes, fmt_time
 
 
 def workload_rows(r: Mapping) -> dict[str, int]:

@@ -12,6 +12,8 @@ import html
 import re
 import struct
 from collections.abc import Mapping
+from reports.markdown import document
+from reports.plots import render_all
 
 CSS = """
 body{font:14px/1.45 -apple-system,"Segoe UI",Helvetica,Arial,sans-serif;color:#1b1b1b;margin:0;background:#fafafa}
@@ -63,9 +65,7 @@ def _table(headers, rows, aligns) -> str:
 
 def render_html(r: Mapping, *, plots: Mapping[str, bytes] | None = None) -> str:
     """The page for report ``r``. ``plots`` (name → PNG bytes) defaults to rendering them all."""
-    from reports.markdown import document
     if plots is None:
-        from reports.plots import render_all
         plots = render_all(r)
     blocks = document(r)
     title = blocks[0][1] if blocks and blocks[0][0] == "h1" else "rooftop report"

@@ -1,13 +1,14 @@
 """Report blocks for serving memory and scale (issue 9): capacity planning of the KV cache
 (``capacity.kv``), the parallel plan (``parallel``) and the serving simulation (``serve``), with the
-serving figure slot (reports/serving_plot.py). Pure functions of report.json."""
+serving figure slot (reports/plots.py fig_serving). Pure functions of report.json."""
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from reports.format import fmt_time
+
 
 def _ms(s) -> str:
-    from reports.markdown import fmt_time
     return "—" if s is None else fmt_time(s)
 
 

@@ -30,7 +30,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
-from reports.markdown import (PHASES, is_encoder, phases_of, bound_split, class_breakdown, dominant_dtype, fmt_bw, fmt_bytes, fmt_intensity,
+from reports.compression import ratio_at, workload_rows
+from reports.format import (PHASES, is_encoder, phases_of, bound_split, class_breakdown, dominant_dtype, fmt_bw, fmt_bytes, fmt_intensity,
                               fmt_pct, fmt_rate, fmt_time, op_groups, peak_of, ridge_point)
 
 DPI = 100
@@ -460,7 +461,6 @@ def fig_speculative(r: Mapping) -> Figure:
 def fig_compression(r: Mapping) -> Figure:
     """Measured time of each quantized / sparse GEMM kernel relative to the dense GEMM over M
     (report.json ``compression.kernels[].ratio_vs_dense``), the workload's rows marked."""
-    from reports.compression import ratio_at, workload_rows
     ks = [k for k in (r.get("compression") or {}).get("kernels", []) if k.get("ratio_vs_dense")]
     fig = _figure(12, 3.8, left=0.75, bottom=0.6, right=0.25)
     ax = fig.subplots(1, 1)
@@ -495,10 +495,61 @@ def fig_compression(r: Mapping) -> Figure:
     return fig
 
 
+@_styled
 def fig_serving(r: Mapping) -> Figure:
-    """Continuous vs static batching over the arrival rate (reports/serving_plot.py)."""
-    from reports.serving_plot import fig_serving as _fig
-    return _fig(r)
+    """The serving figure: continuous vs static batching over the Poisson arrival rate. Left:
+    generated tokens/s against the offered rate (continuous, static), the largest rate meeting
+    the SLOs marked. Right: TTFT and TPOT p99 against the rate (log scale) with the SLO lines —
+    a pure function of ``report["serve"]`` (the rate sweep of compiler/analysis/serving.py)."""
+    s = r.get("serve") or {}
+    sweep = sorted(s.get("sweep") or [], key=lambda x: x["rate"])
+    fig = _figure(12, 5.0, left=0.75, bottom=1.75, wspace=0.25)
+    ax1, ax2 = fig.subplots(1, 2, sharex=True)
+    if not sweep:
+        for ax in (ax1, ax2):
+            ax.text(0.5, 0.5, "no serving simulation in the report (serve.enabled=false)",
+                    ha="center", va="center", transform=ax.transAxes)
+        return fig
+    rates = [x["rate"] for x in sweep]
+    chunked = ", chunked prefill" if s.get("policy") == "continuous_chunked" else ""
+    ax1.plot(rates, [x["throughput_tok_s"] for x in sweep], marker="o", ms=4, color="#1f77b4",
+             label=f"continuous batching ({s.get('layout', '')} KV{chunked})")
+    if all("static_throughput_tok_s" in x for x in sweep):
+        ax1.plot(rates, [x["static_throughput_tok_s"] for x in sweep], marker="s", ms=4, color="#7f7f7f",
+                 label=f"static (batch ≤ {(s.get('static') or {}).get('max_batch_static', '?')})")
+    best = s.get("max_rate_meeting_slo")
+    target = (s.get("slo") or {}).get("target")
+    own = float(s.get("rate", rates[0]))
+    ticks = sorted(set(rates) | ({own} if all(abs(own / x - 1) > 0.1 for x in rates) else set()))
+    for ax in (ax1, ax2):
+        if best:
+            ax.axvline(best, color="#ff7f0e", lw=1.3, ls="--",
+                       label=f"max rate meeting SLOs {best:.3g}/s"
+                             + (f" (≥ {100 * target:.0f} % of requests)" if target else ""))
+        ax.axvline(s.get("rate", rates[0]), color="0.3", lw=1.0, ls=":", label=f"serve.rate {s.get('rate'):g}/s")
+        ax.set_xscale("log")
+        ax.set_xticks(ticks)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _p: f"{x:.3g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _p: ""))
+        ax.tick_params(axis="x", labelrotation=45)
+        ax.set_xlabel("arrival rate (requests/s, Poisson)")
+    ax1.set_ylabel("generated tokens/s")
+    ax1.set_ylim(0, max(max(x["throughput_tok_s"] for x in sweep),
+                        max((x.get("static_throughput_tok_s") or 0) for x in sweep)) * 1.15)
+    ax1.set_title("throughput vs load")
+    ax1.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2, frameon=False)
+    ax2.plot(rates, [x["ttft_p99_s"] * 1e3 for x in sweep], marker="o", ms=4, color="#d62728", label="TTFT p99")
+    ax2.plot(rates, [x["tpot_p99_s"] * 1e3 for x in sweep], marker="o", ms=4, color="#2ca02c", label="TPOT p99")
+    slo = s.get("slo") or {}
+    if slo.get("ttft_s"):
+        ax2.axhline(slo["ttft_s"] * 1e3, color="#d62728", lw=1.0, ls="-.", label="TTFT SLO")
+    if slo.get("tpot_s"):
+        ax2.axhline(slo["tpot_s"] * 1e3, color="#2ca02c", lw=1.0, ls="-.", label="TPOT SLO")
+    ax2.set_yscale("log")
+    ax2.set_ylabel("ms")
+    ax2.set_title("latency p99 vs load")
+    ax2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2, frameon=False)
+    return fig
 
 
 FIGURES = {"roofline": fig_roofline, "time_by_class": fig_time_by_class, "memory": fig_memory,

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 import sympy
+from reports.markdown import render_markdown
+from reports.html import render_html
 
-from compiler.analysis.phases import kv_bytes_per_token, param_count, weights_bytes  # noqa: F401 (re-exported)
 
 SCHEMA_VERSION = "1.0"
 TOOL = {"name": "rooftop", "version": "0.1.0"}
@@ -51,14 +52,12 @@ def _clean(x):
 
 
 def write_reports(report: Mapping, out_dir: str, *, html: bool = True) -> list[str]:
-    from reports.markdown import render_markdown
     files = []
     _write(os.path.join(out_dir, "report.json"), json.dumps(report, indent=1) + "\n")
     files.append("report.json")
     _write(os.path.join(out_dir, "report.md"), render_markdown(report))
     files.append("report.md")
     if html:
-        from reports.html import render_html
         _write(os.path.join(out_dir, "report.html"), render_html(report))
         files.append("report.html")
     return files

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from compiler.perf import collectives as CM
 from compiler.perf.calibration import collectives as C
 from compiler.perf.hardware import (HardwareError, hardware_by_name, hardware_dir, hardware_to_yaml_dict,
                                load_hardware, load_hardware_file)
@@ -27,14 +28,14 @@ def sample():
 
 def test_bus_factors_are_the_ring_factors():
     # ring all-reduce: reduce-scatter then all-gather, each (n-1)/n of the buffer per link
-    assert C.bus_factor("all_reduce", 2) == 1.0
-    assert C.bus_factor("all_reduce", 8) == pytest.approx(1.75)
-    assert C.bus_factor("all_gather", 4) == pytest.approx(0.75)
-    assert C.bus_factor("reduce_scatter", 8) == pytest.approx(0.875)
-    assert C.bus_factor("all_to_all", 8) == pytest.approx(0.875)
-    assert C.bus_factor("all_reduce", 1) == 0.0
+    assert CM.bus_factor("all_reduce", 2) == 1.0
+    assert CM.bus_factor("all_reduce", 8) == pytest.approx(1.75)
+    assert CM.bus_factor("all_gather", 4) == pytest.approx(0.75)
+    assert CM.bus_factor("reduce_scatter", 8) == pytest.approx(0.875)
+    assert CM.bus_factor("all_to_all", 8) == pytest.approx(0.875)
+    assert CM.bus_factor("all_reduce", 1) == 0.0
     with pytest.raises(ValueError):
-        C.bus_factor("broadcast", 2)
+        CM.bus_factor("broadcast", 2)
 
 
 def test_sample_is_labelled_synthetic(sample):
@@ -64,7 +65,7 @@ def test_robust_fit_follows_the_true_curve_where_plain_least_squares_does_not(sa
                 == (tp["op"], tp["world_size"], tp["mode"])]
         s = np.array([r["bytes"] for r in rows], float)
         t = np.array([r["time_s"] for r in rows], float)
-        fac = C.bus_factor(tp["op"], tp["world_size"])
+        fac = CM.bus_factor(tp["op"], tp["world_size"])
         true = tp["latency_us"] * 1e-6 + fac * s / (tp["bus_bandwidth_gbs"] * 1e9)
         f = C.fit_one(tp["op"], tp["world_size"], s, t)
         a, b = np.linalg.lstsq(np.stack([np.ones_like(s), fac * s], 1), t, rcond=None)[0]
@@ -77,12 +78,12 @@ def test_robust_fit_follows_the_true_curve_where_plain_least_squares_does_not(sa
 def test_literature_time_uses_interconnect():
     hw = hardware_by_name("h100_sxm")
     assert hw.collectives is None
-    t = C.collective_time(hw, "all_reduce", 8, [2**20, 0])
+    t = CM.collective_time(hw, "all_reduce", 8, [2**20, 0])
     expect = hw.interconnect.latency_s + 1.75 * 2**20 / 450e9
     assert t[0] == pytest.approx(expect)
     assert t[1] == pytest.approx(hw.interconnect.latency_s)
-    assert float(C.collective_time(hw, "all_reduce", 1, 2**20)) == 0.0
-    assert "literature" in C.collective_source(hw)
+    assert float(CM.collective_time(hw, "all_reduce", 1, 2**20)) == 0.0
+    assert "literature" in CM.collective_source(hw)
     # PCIe parts start slower than NVLink ones
     assert hardware_by_name("a10").interconnect.latency_s > hw.interconnect.latency_s
 
@@ -101,9 +102,9 @@ def test_fitted_block_written_into_yaml_loads(tmp_path, sample):
     f = again.collectives.fits[("all_reduce", 8)]
     assert f.bus_bandwidth == pytest.approx(coll.fits[("all_reduce", 8)].bus_bandwidth, rel=1e-3)
     # measured numbers take over from literature; n=16 uses the nearest measured count (8)
-    t = C.collective_time(again, "all_reduce", 8, 1e6)
+    t = CM.collective_time(again, "all_reduce", 8, 1e6)
     assert float(t) == pytest.approx(float(f.time("all_reduce", 8, 1e6)))
-    assert "measured" in C.collective_source(again, "all_reduce", 16)
+    assert "measured" in CM.collective_source(again, "all_reduce", 16)
     # idempotent: writing again replaces the block instead of appending a second one
     C.update_collectives_yaml(dst, coll)
     assert dst.read_text().count("\ncollectives:") == 1
@@ -150,10 +151,10 @@ def test_measure_script_smoke_on_cpu(tmp_path):
     data = json.loads(out.read_text())
     assert data["meta"]["backend"] == "gloo" and data["meta"]["env"]["NCCL_NVLS_ENABLE"] == "0"
     ops = {(row["op"], row["bytes"]) for row in data["collectives"] if "time_s" in row}
-    assert ops == {(op, s) for op in C.COLLECTIVES for s in (4096, 8192, 16384)}
+    assert ops == {(op, s) for op in CM.COLLECTIVES for s in (4096, 8192, 16384)}
     phases = {(row["phase"], row["batch"]) for row in data["layer_stack"]}
     assert phases == {("prefill", 1), ("decode", 2)}
     row = next(r for r in data["layer_stack"] if r["phase"] == "prefill")
     assert row["allreduces"] == 2 * row["layers"] and row["time_s"] > 0
     coll = C.fit_collectives(data, mode="eager")
-    assert {k for k, _ in coll.fits} == set(C.COLLECTIVES)
+    assert {k for k, _ in coll.fits} == set(CM.COLLECTIVES)

@@ -11,7 +11,7 @@ from compiler.perf.cost import CostModel, attention_q_tiles
 from compiler.perf.hardware import hardware_by_name
 from compiler.ir import B, P, S, Graph, TensorType
 from compiler.ir.ops import op_cost
-from reports.report import kv_bytes_per_token, weights_bytes
+from compiler.perf.memory import kv_bytes_per_token, weights_bytes
 from tests.conftest import imported
 from compiler.resources import CALIBRATION_DATA
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from compiler.analysis import early_exit as ee
+from compiler.frontends import measure
 from compiler.errors import ConfigError
 from compiler.frontends.models import build_torch_model, import_torch
 from compiler.driver.pipeline import run
@@ -135,20 +136,19 @@ def test_recompute_policy_defers_the_skipped_layers(tmp_path):
 
 def test_threshold_calibration_on_evaluation_text():
     cfg = model_cfg("llama_tiny")
-    none = ee.calibrate(cfg, [0, 2], 1.0, 64)          # a margin of 1 is never reached: nobody exits
+    none = measure.calibrate(cfg, [0, 2], 1.0, 64)          # a margin of 1 is never reached: nobody exits
     assert [r["exited"] for r in none["exits"]] == [0, 0] and none["agreement"] == 1.0
-    all_ = ee.calibrate(cfg, [0, 2], 0.0, 64)          # every token leaves at the first exit
+    all_ = measure.calibrate(cfg, [0, 2], 0.0, 64)          # every token leaves at the first exit
     assert all_["exits"][0]["probability"] == 1.0 and all_["exits"][1]["reached"] == 0
     # agreement = how often the first exit's argmax equals the full model's, recomputed in torch
     from compiler.frontends.models import build_hf
-    from compiler.analysis.speculative import eval_token_ids
     m = build_hf(cfg)
-    ids = torch.as_tensor(eval_token_ids(1024, 64))[None]
+    ids = torch.as_tensor(measure.eval_token_ids(1024, 64))[None]
     with torch.no_grad():
         out = m(input_ids=ids, output_hidden_states=True)
         first = m.lm_head(m.model.norm(out.hidden_states[1])).argmax(-1)
     assert all_["agreement"] == pytest.approx(float((first == out.logits.argmax(-1)).float().mean()))
-    mid = ee.calibrate(cfg, [0, 2], float(np.median(_margins(m, ids))), 64)
+    mid = measure.calibrate(cfg, [0, 2], float(np.median(_margins(m, ids))), 64)
     assert 0.3 <= mid["exits"][0]["probability"] <= 0.7
 
 
@@ -165,7 +165,7 @@ def test_bad_early_exit_config_exits_2(tmp_path):
     with pytest.raises(ConfigError, match="one probability"):
         ee.exit_config({"early_exit": {"mode": "layers", "layers": [0, 1], "probabilities": [0.1]}}, 4)
     with pytest.raises(ConfigError, match="needs weights"):
-        ee.calibrate(model_cfg("llama2_7b"), [3], 0.9, 8)
+        measure.calibrate(model_cfg("llama2_7b"), [3], 0.9, 8)
     r = run_cli("early_exit=layers", "early_exit.layers=[3]", "early_exit.probabilities=[0.5]",
                 f"hydra.run.dir={tmp_path}")
     assert r.returncode == 2 and "after layers 0..2" in r.stderr, r.stderr

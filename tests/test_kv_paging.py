@@ -175,7 +175,7 @@ def test_paged_graph_io_annotations_and_onnx_checks(tmp_path, tmp_path_factory):
 def test_paged_costs_like_contiguous_attention(tmp_path_factory):
     """The gather is the paged kernel's block-table indirection (costed as a view): KV bytes per
     token and the decode step's KV traffic are the contiguous cache's at a block multiple."""
-    from compiler.analysis.phases import kv_bytes_per_token
+    from compiler.perf.memory import kv_bytes_per_token
     from compiler.perf.cost import CostModel
     from compiler.perf.hardware import load_hardware
     _, _, g, _ = _built("llama_tiny", tmp_path_factory)

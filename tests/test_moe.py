@@ -22,6 +22,7 @@ from compiler.perf.hardware import load_hardware
 from compiler.frontends.models import build_torch_model, import_torch
 from compiler.ir import B, S
 from passes import PassManager, make_pass
+from compiler.frontends import families
 from passes.moe import apply_routing
 from tests.conftest import assert_prefill_decode_match, compose, model_cfg, prepare, run_cli
 
@@ -130,7 +131,7 @@ def test_expert_flops_and_weight_bytes_are_routed(h200):
         # weights of the distinct experts the step touches, fp32
         assert w[expert & gemm, 0].sum() == pytest.approx(L * moe.distinct_experts(E, k, T) * 3 * H * inter * 4)
     # memory holds every expert
-    from reports.report import weights_bytes
+    from compiler.perf.memory import weights_bytes
     assert weights_bytes(g) >= L * E * 3 * H * inter * 4
 
 
@@ -144,7 +145,7 @@ def test_routing_histogram_and_zipf_change_decode_cost(h200):
     assert skewed < base   # a hot expert: fewer distinct experts read per step
     apply_routing(g, {"routing": "zipf", "skew": 1.0})
     assert skewed < CostModel(g, h200).totals(8, 1, 16, "decode")["weights"] < base
-    apply_routing(g, {}, {"shared_expert_intermediate_size": 64})     # Qwen-MoE: one shared expert
+    apply_routing(g, {}, families.shared_experts({"shared_expert_intermediate_size": 64}))  # Qwen-MoE: one shared expert
     assert {n.annotations["moe"].shared_experts for n in g if "moe" in n.annotations} == {1}
     with pytest.raises(ConfigError, match="4 experts"):
         apply_routing(g, {"routing": [1, 2, 3]})

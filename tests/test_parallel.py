@@ -4,11 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compiler.perf.calibration.collectives import collective_time
+from compiler.frontends import families
+from compiler.perf.collectives import collective_time
 from compiler.errors import ConfigError
 from compiler.perf.hardware import hardware_by_name
 from compiler.analysis.parallel import (ModelDims, ParallelPlan, allreduce_ring_bytes, analyze_parallel,
-                               check_plan, dims_from_hf, kv_fraction, kv_heads_per_device,
+                               check_plan, kv_fraction, kv_heads_per_device,
                                parallel_step_time, pipeline_bubble, shard_table, tp_options)
 from tests.conftest import imported, model_cfg
 
@@ -65,7 +66,7 @@ def tiny():
     from compiler.perf.cost import CostModel
     g = imported("llama_tiny")
     cfg = model_cfg("llama_tiny")["config"]
-    return CostModel(g, hardware_by_name("h100_sxm")), dims_from_hf(cfg), cfg
+    return CostModel(g, hardware_by_name("h100_sxm")), families.dims(cfg), cfg
 
 
 def _weights_by_hand(cfg, tp):
@@ -154,7 +155,7 @@ def test_expert_parallel_splits_experts_and_adds_all_to_alls():
     from compiler.perf.cost import CostModel
     g = imported("mixtral_tiny")
     cfg = model_cfg("mixtral_tiny")["config"]
-    dims = dims_from_hf(cfg)
+    dims = families.dims(cfg)
     cm = CostModel(g, hardware_by_name("h100_sxm"))
     t1 = shard_table(cm, dims, ParallelPlan())
     t2 = shard_table(cm, dims, ParallelPlan(ep=2))
@@ -188,11 +189,11 @@ def test_parallel_section_one_device_says_which_tp_fits(tiny):
     cm, dims, cfg = tiny
     kw = dict(batch=1, prompt_len=64, context_len=64, tokens=80, kv_bytes_per_token=1024.0,
               activation_peak_bytes=0.0, reserve_bytes=0.0)
-    one = parallel_section(cm, cm.hw, {"tp": 1}, cfg, weights_bytes=2 * L70, **kw)
+    one = parallel_section(cm, cm.hw, {"tp": 1}, families.dims(cfg), weights_bytes=2 * L70, **kw)
     assert one["devices"] == 1 and one["tp_options"]["min_tp_that_fits"] == 2   # 138 GB on 80 GB
     assert not one["memory_per_device"]["fits"]
-    two = parallel_section(cm, cm.hw, {"tp": 2}, cfg, weights_bytes=1e6, **kw)
+    two = parallel_section(cm, cm.hw, {"tp": 2}, families.dims(cfg), weights_bytes=1e6, **kw)
     assert two["tp"] == 2 and two["phases"]["decode"]["comm_time_s"] > 0
     assert parallel_section(cm, cm.hw, {}, None, weights_bytes=1e6, **kw) is None
     with pytest.raises(ConfigError, match="parallel.dp"):
-        parallel_section(cm, cm.hw, {"dp": 2}, cfg, weights_bytes=1e6, **kw)
+        parallel_section(cm, cm.hw, {"dp": 2}, families.dims(cfg), weights_bytes=1e6, **kw)

@@ -16,7 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from compiler.analysis.context import RunContext
 from compiler.analysis.phases import analyze, gates, is_generative
+from compiler.driver.config import model_dims
 from compiler.driver.config import validate
 from compiler.perf.cost import CostModel
 from compiler.perf.hardware import available_hardware, hardware_by_name
@@ -72,7 +74,8 @@ def _report(name, hw_name, batch, prompt, gen, ctx):
     max_pos, where = model_max_positions(cfg["model"])
     check_positions(cfg, wl, max_pos, where, is_generative(g))
     hw = hardware_by_name(hw_name)
-    result = analyze(cfg, wl, hw, g, _cost(name, hw_name), sched, [])
+    result = analyze(RunContext(cfg=cfg, workload=wl, hardware=hw, graph=g, cost=_cost(name, hw_name),
+                                schedule=sched, dims=model_dims(cfg["model"])))
     assert gates(cfg, result) == []
     return build_report(result, {"emitted": False, "reason": "emit.enabled=false"})
 

@@ -228,7 +228,8 @@ def test_a_mismatching_emitted_model_exits_4_and_keeps_the_report(tmp_path, monk
         onnx.save(m, path)
         return info
 
-    monkeypatch.setattr(emit_onnx, "save", corrupting_save)
+    import compiler.driver.pipeline as pipeline
+    monkeypatch.setattr(pipeline, "save", corrupting_save)
     with pytest.raises(EmissionFailed, match="verification failed: output 'logits@") as e:
         run(compose(["model=gpt2_tiny", "workload.prompt_len=16", "workload.gen_len=2", "report.html=false"]),
             str(tmp_path), show_progress=False)

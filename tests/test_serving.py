@@ -202,11 +202,13 @@ def test_serve_section_runs_the_configured_simulation():
         serve_section(roofline_step, {"speed": 3}, {}, kv_blocks=100)
 
 
-def test_report_sections_plan_one_device_of_a_tensor_parallel_group():
+def test_planning_sections_plan_one_device_of_a_tensor_parallel_group():
     from compiler.perf.cost import CostModel
     from compiler.perf.hardware import hardware_by_name
     from compiler.perf.schedule import schedule
-    from compiler.analysis.serving import report_sections
+    from compiler.analysis.context import RunContext
+    from compiler.analysis.phases import planning_sections
+    from compiler.frontends import families
     from tests.conftest import imported, model_cfg
     g = imported("llama_tiny")
     hw = hardware_by_name("a10")
@@ -219,8 +221,10 @@ def test_report_sections_plan_one_device_of_a_tensor_parallel_group():
            "slo": {"tpot_ms": 5}}
     wl = {"batch": 1, "prompt_len": 128, "gen_len": 64, "context_len": 128}
     kv_tok = 2 * 4 * 2 * 16 * 4                       # llama_tiny: 4 layers, 2 KV heads x 16, fp32
-    r = report_sections(cfg, wl, hw, g, cm, sched, weights_bytes=4e6, kv_bytes_per_token=kv_tok,
-                        tokens=192, reserve_bytes=0.5e9)
+    def ctx(c):
+        return RunContext(cfg=c, workload=wl, hardware=hw, graph=g, cost=cm, schedule=sched,
+                          dims=families.dims(c["model"]["config"]))
+    r = planning_sections(ctx(cfg), weights_bytes=4e6, kv_bytes_per_token=kv_tok, tokens=192, reserve_bytes=0.5e9)
     par = r["parallel"]
     assert par["tp"] == 2 and par["memory_per_device"]["kv_bytes_per_token"] == kv_tok / 2
     budget = 0.9 * hw.memory_bytes - par["memory_per_device"]["weights_bytes"] \
@@ -231,15 +235,15 @@ def test_report_sections_plan_one_device_of_a_tensor_parallel_group():
     assert 0 <= s["slo_attainment"] <= 1 and s["max_rate_meeting_slo"] > 0
     assert s["static"]["max_batch_static"] == 256
     # serving off: capacity still planned, no simulation
-    off = report_sections({**cfg, "serve": {"enabled": False}}, wl, hw, g, cm, sched, weights_bytes=4e6,
-                          kv_bytes_per_token=kv_tok, tokens=192, reserve_bytes=0.5e9)
+    off = planning_sections(ctx({**cfg, "serve": {"enabled": False}}), weights_bytes=4e6,
+                            kv_bytes_per_token=kv_tok, tokens=192, reserve_bytes=0.5e9)
     assert "serve" not in off and off["capacity"]["kv_blocks"] == r["capacity"]["kv_blocks"]
 
 
 def test_serving_figure_is_deterministic():
     from compiler.analysis.serving import serve_section
     from reports.plots import to_png
-    from reports.serving_plot import fig_serving
+    from reports.plots import fig_serving
     sec = serve_section(linear_step, {"rate": 4, "requests": 60, "sweep": [1, 4, 16]}, {"tpot_ms": 10},
                         kv_blocks=2000, static_max_batch=8)
     a, b = to_png(fig_serving({"serve": sec})), to_png(fig_serving({"serve": sec}))

@@ -243,7 +243,7 @@ def test_bad_value_on_the_command_line_exits_2(tmp_path):
 def test_kv_layout_pass_scales_kv_bytes_by_the_stored_format(dtype, ratio):
     """llama_tiny (fp32): the kv_layout annotation alone changes the KV bytes every cached
     attention moves and the cache's bytes per token; a smaller format adds the dequantization."""
-    from compiler.analysis.phases import kv_bytes_per_token, kv_dtype
+    from compiler.perf.memory import kv_bytes_per_token, kv_dtype
     from compiler.perf.cost import CostModel
     from compiler.perf.hardware import load_hardware
     from passes import make_pass

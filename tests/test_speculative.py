@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from compiler.analysis import speculative as spec
+from compiler.driver import draft
+from compiler.frontends import measure
 from compiler.perf.cost import CostModel
 from compiler.errors import ConfigError
 from compiler.perf.hardware import load_hardware
@@ -38,21 +40,21 @@ def test_draft_library_shapes():
     assert (l3["num_hidden_layers"], l3["hidden_size"], l3["num_attention_heads"], l3["num_key_value_heads"],
             l3["intermediate_size"], l3["vocab_size"], l3["tie_word_embeddings"]) == (16, 2048, 32, 8, 8192, 128256, True)
     # published parameter counts: 1.1 B and 1.24 B (tied embeddings counted once)
-    from compiler.analysis.speculative import _weights_bytes
+    from compiler.perf.memory import weights_bytes as _weights_bytes
     assert _weights_bytes(imported("tinyllama_1b")) / 2 == pytest.approx(1.100e9, rel=0.01)
     assert _weights_bytes(imported("llama3_1b")) / 2 == pytest.approx(1.236e9, rel=0.01)
 
 
 def test_vocabulary_mismatch_is_refused():
     with pytest.raises(ConfigError, match="vocabulary of 128256 tokens but the target llama2_7b has 32000"):
-        spec.validate({"model": model_cfg("llama2_7b"), "speculative": {"draft_model": "llama3_1b"}})
-    spec.validate({"model": model_cfg("llama2_7b"), "speculative": {"draft_model": "tinyllama_1b"}})
+        draft.validate({"model": model_cfg("llama2_7b"), "speculative": {"draft_model": "llama3_1b"}})
+    draft.validate({"model": model_cfg("llama2_7b"), "speculative": {"draft_model": "tinyllama_1b"}})
     with pytest.raises(ConfigError, match="not a model in the library"):
-        spec.validate({"model": model_cfg("llama2_7b"), "speculative": {"draft_model": "nope"}})
+        draft.validate({"model": model_cfg("llama2_7b"), "speculative": {"draft_model": "nope"}})
     with pytest.raises(ConfigError, match="speculative.gamma"):
-        spec.validate({"model": model_cfg("llama2_7b"), "speculative": {"draft_model": "self", "gamma": 0}})
+        draft.validate({"model": model_cfg("llama2_7b"), "speculative": {"draft_model": "self", "gamma": 0}})
     with pytest.raises(ConfigError, match="speculative.acceptance"):
-        spec.validate({"model": model_cfg("llama2_7b"), "speculative": {"draft_model": "self", "acceptance": 1.5}})
+        draft.validate({"model": model_cfg("llama2_7b"), "speculative": {"draft_model": "self", "acceptance": 1.5}})
 
 
 def test_cli_vocabulary_mismatch_exits_2_without_artifacts(tmp_path):
@@ -120,16 +122,16 @@ def test_chunk_equal_to_prompt_is_plain_prefill():
 
 def test_measured_acceptance_identical_draft_is_one_and_self_draft_below():
     tgt = model_cfg("llama_tiny")
-    same = spec.measure_acceptance(tgt, model_cfg("llama_tiny"), None, 48)
+    same = measure.measure_acceptance(tgt, model_cfg("llama_tiny"), None, 48)
     assert same["alpha"] == pytest.approx(1.0, abs=1e-9)
-    other = spec.measure_acceptance(tgt, model_cfg("llama_tiny_draft"), None, 48)
-    shallow = spec.measure_acceptance(tgt, None, 1, 48)
+    other = measure.measure_acceptance(tgt, model_cfg("llama_tiny_draft"), None, 48)
+    shallow = measure.measure_acceptance(tgt, None, 1, 48)
     for a in (other["alpha"], shallow["alpha"]):
         assert 0.0 < a < 1.0
     # α = E Σ min(p, q): recompute the self-draft's from torch directly (final norm + LM head on layer 1)
     from compiler.frontends.models import build_hf
     m = build_hf(tgt)
-    ids = torch.as_tensor(spec.eval_token_ids(1024, 48))[None]
+    ids = torch.as_tensor(measure.eval_token_ids(1024, 48))[None]
     with torch.no_grad():
         out = m(input_ids=ids, output_hidden_states=True)
         p = torch.softmax(out.logits.double(), -1)
@@ -139,7 +141,7 @@ def test_measured_acceptance_identical_draft_is_one_and_self_draft_below():
 
 def test_measured_acceptance_needs_weights():
     with pytest.raises(ConfigError, match="needs weights"):
-        spec.measure_acceptance(model_cfg("llama2_7b"), model_cfg("tinyllama_1b"), None, 8)
+        measure.measure_acceptance(model_cfg("llama2_7b"), model_cfg("tinyllama_1b"), None, 8)
 
 
 def test_verify_step_runs_in_onnxruntime_like_torch(tmp_path):

@@ -20,6 +20,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from compiler.backend.evaluate import OnnxEvaluator  # noqa: E402
+from passes.base import install_default_evaluator  # noqa: E402
+
+install_default_evaluator(OnnxEvaluator())   # passes run outside the driver evaluate through ONNX
 
 
 def predict(hardware: str, tps=(2, 4, 8), prefill=2048, context=2048, batches=(1, 32)) -> list[dict]:
@@ -27,7 +31,8 @@ def predict(hardware: str, tps=(2, 4, 8), prefill=2048, context=2048, batches=(1
     from compiler.perf.cost import CostModel
     from compiler.perf.hardware import hardware_by_name
     from compiler.frontends.models import import_torch
-    from compiler.analysis.parallel import ParallelPlan, dims_from_hf, per_device_times, shard_table
+    from compiler.analysis.parallel import ParallelPlan, per_device_times, shard_table
+    from compiler.frontends.families import dims as dims_from_hf
     from passes import PassContext, PassManager, make_pass
 
     hw = hardware_by_name(hardware)

@@ -15,6 +15,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from compiler.backend.evaluate import OnnxEvaluator  # noqa: E402
+from passes.base import install_default_evaluator  # noqa: E402
+
+install_default_evaluator(OnnxEvaluator())   # passes run outside the driver evaluate through ONNX
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 

@@ -29,6 +29,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import sympy
+
+from compiler.analysis.context import RunContext
+from compiler.errors import ConfigError
+from compiler.ir import B, S, op_layers
+from compiler.ir.ops import get
 
 
 # ------------------------------------------------------------------------------------------------
@@ -71,25 +77,6 @@ def expected_max_depth(pmf: np.ndarray, batch: int) -> float:
 # ------------------------------------------------------------------------------------------------
 # which ops belong to which layer
 
-def op_layers(g) -> tuple[dict[str, int], int]:
-    """Each op's layer position: -1 before the first layer (embedding, rotary tables), 0..L-1 the
-    decoder layers, L the head after the last layer (final norm, LM head). Ops the importer left
-    without a ``layer`` annotation (fused ops spanning two layers, e.g. a residual add + the next
-    norm) take the latest layer among their producers. Returns (name → position, L)."""
-    ann = {n.name: n.annotations.get("layer") for n in g}
-    known = [v for v in ann.values() if v is not None]
-    n_layers = max(known) + 1 if known else 0
-    pos: dict[str, int] = {}
-    for n in g.topo_order():
-        if ann[n.name] is not None:
-            pos[n.name] = int(ann[n.name])
-            continue
-        preds = [pos[p] for p in g.nx.predecessors(n.name) if p in pos]
-        inferred = max(preds, default=-1)
-        pos[n.name] = n_layers if (inferred == n_layers - 1 and n_layers) else inferred
-    return pos, n_layers
-
-
 def layer_masks(g, cm) -> tuple[np.ndarray, int]:
     """Position (-1 … L) of each cost item of ``cm`` (a CostModel over ``g``)."""
     pos, n_layers = op_layers(g)
@@ -104,7 +91,6 @@ KV_POLICIES = ("propagate", "recompute")
 
 def exit_config(cfg, n_layers: int) -> dict | None:
     """The validated ``early_exit`` block for a model of ``n_layers`` layers (None when off)."""
-    from compiler.errors import ConfigError
     ec = dict(cfg.get("early_exit") or {})
     mode = str(ec.get("mode", "none"))
     if mode in ("none", "None", "null"):
@@ -148,57 +134,12 @@ def exit_config(cfg, n_layers: int) -> dict | None:
             "eval_tokens": int(ec.get("eval_tokens", 128))}
 
 
-def calibrate(model_cfg, layers: Sequence[int], threshold: float, n_tokens: int) -> dict:
-    """CALM-style exits on evaluation text: a token leaves at the first exit whose softmax margin
-    (top-1 − top-2 probability) reaches ``threshold``. Returns the conditional exit probabilities
-    and how often the emitted token agrees with the full model's."""
-    import torch
-    from compiler.errors import ConfigError
-    from compiler.frontends.models import build_hf
-    from compiler.analysis.speculative import eval_token_ids
-    if str(model_cfg.get("weights", "random")) == "meta" or str(model_cfg.get("source")) != "hf_config":
-        raise ConfigError(f"early_exit.threshold calibrates on evaluation text and needs weights, but "
-                          f"{model_cfg.get('name')} is built with model.weights={model_cfg.get('weights')}. Give "
-                          f"early_exit.probabilities instead, or use model.weights=random.")
-    m = build_hf(model_cfg)
-    vocab = int(model_cfg["config"]["vocab_size"])
-    ids = torch.as_tensor(eval_token_ids(vocab, n_tokens))[None]
-    with torch.no_grad():
-        out = m(input_ids=ids, use_cache=False, output_hidden_states=True)
-        final = out.logits[0].argmax(-1)
-        exit_tok, margins = {}, {}
-        for ell in layers:
-            lg = m.lm_head(m.model.norm(out.hidden_states[ell + 1]))[0]
-            pr = torch.softmax(lg.double(), -1)
-            top = pr.topk(2, -1).values
-            margins[ell] = (top[:, 0] - top[:, 1])
-            exit_tok[ell] = lg.argmax(-1)
-    n = ids.shape[1]
-    alive = torch.ones(n, dtype=torch.bool)
-    emitted = final.clone()
-    rows = []
-    for ell in layers:
-        leave = alive & (margins[ell] >= threshold)
-        reach = int(alive.sum())
-        emitted[leave] = exit_tok[ell][leave]
-        agree = float((exit_tok[ell][leave] == final[leave]).float().mean()) if int(leave.sum()) else None
-        rows.append({"layer": ell, "reached": reach, "exited": int(leave.sum()),
-                     "probability": int(leave.sum()) / reach if reach else 0.0, "agreement": agree,
-                     "agreement_all_tokens": float((exit_tok[ell] == final).float().mean())})
-        alive &= ~leave
-    return {"exits": rows, "tokens": n, "agreement": float((emitted == final).float().mean()),
-            "threshold": threshold, "text": "built-in paragraph, UTF-8 bytes as token ids"}
-
-
 # ------------------------------------------------------------------------------------------------
 # cost
 
 def _kv_projection_fraction(g, cm) -> np.ndarray:
     """Per cost item: the share of its work that produces K and V (the GEMMs feeding each
     Attention's new K and V; a merged QKV GEMM by output width)."""
-    import sympy
-    from compiler.ir import B, S
-    from compiler.ir.ops import get
     index = {it.name: i for i, it in enumerate(cm.items)}
     frac = np.zeros(len(cm.items))
     for n in g:
@@ -222,8 +163,11 @@ def _kv_projection_fraction(g, cm) -> np.ndarray:
     return frac
 
 
-def analyze(cfg, wl, hw, g, cm) -> dict | None:
-    """The ``early_exit`` report section for a graph with exit heads (None otherwise)."""
+def analyze(rc: RunContext) -> dict | None:
+    """The ``early_exit`` report section for a graph with exit heads (None otherwise); with
+    ``early_exit.threshold`` the exit probabilities are those the driver calibrated on text
+    (``rc.measured["early_exit"]``, compiler/frontends/measure.py)."""
+    cfg, wl, g, cm = rc.cfg, rc.workload, rc.graph, rc.cost
     exits = g.meta.get("exit_layers")
     if not exits:
         return None
@@ -234,7 +178,7 @@ def analyze(cfg, wl, hw, g, cm) -> dict | None:
                            for it, e in zip(cm.items, is_exit)])
     calib = None
     if ec["threshold"] is not None:
-        calib = calibrate(dict(cfg["model"]), exits, ec["threshold"], ec["eval_tokens"])
+        calib = rc.measured["early_exit"]
         probs = [r["probability"] for r in calib["exits"]]
     else:
         probs = ec["probabilities"]

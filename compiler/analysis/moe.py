@@ -2,16 +2,17 @@
 expert weight bytes they read (cost rules: :mod:`compiler.perf.moe`)."""
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
+from compiler.analysis.context import RunContext
 from compiler.ir import annotations as ann
 from compiler.ir.ops import Classifier
 from compiler.perf.moe import distinct_experts, routing
 
 
-def analyze(g, wl: Mapping, cfg: Mapping | None = None) -> dict[str, Any] | None:
+def analyze(rc: RunContext) -> dict[str, Any] | None:
     """``moe`` {experts, top_k, distinct_experts per phase, …} for a graph with MoE layers."""
+    g, wl, cfg = rc.graph, rc.workload, rc.cfg
     anns = [a for a in (ann.get(n, "moe") for n in g) if a is not None]
     if not anns:
         return None

@@ -23,7 +23,7 @@ Per op and device: FLOPs and weight bytes scale by the op's fraction, activation
 size-weighted fraction of its operands, KV bytes by the KV fraction; time is the same roofline as
 the cost model's (class efficiencies, launch overhead) on the scaled figures. Communication is not
 overlapped with compute (TP all-reduces sit on the critical path of every layer). A collective
-costs ``latency + bus_factor x bytes / bus_bandwidth`` (:mod:`compiler.perf.calibration.collectives`:
+costs ``latency + bus_factor x bytes / bus_bandwidth`` (:mod:`compiler.perf.collectives`:
 measured if the hardware YAML has a ``collectives`` block, else literature); the ring all-reduce
 moves ``2 (n - 1) / n x bytes`` over each device's link.
 
@@ -41,26 +41,25 @@ taken whole (an upper bound: the residual stream is replicated), and the runtime
 """
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import sympy
 
-from compiler.perf.calibration.collectives import bus_factor, collective_source, collective_time
+from compiler.perf.collectives import bus_factor, collective_source, collective_time, literature
 from compiler.errors import ConfigError
 from compiler.ir import B, P, S
+from compiler.ir.facts import ModelDims
+from compiler.ir.ops import Classifier, get
+from compiler.perf import efficiency as eff
+from compiler.perf.cost import REFERENCE_PEAK_CLASSES
 
-__all__ = ["ParallelPlan", "ModelDims", "dims_from_hf", "kv_heads_per_device", "kv_fraction",
+__all__ = ["ParallelPlan", "ModelDims", "attention_roles", "kv_heads_per_device", "kv_fraction",
            "allreduce_ring_bytes", "pipeline_bubble", "ShardTable", "shard_table", "per_device_times",
            "analyze_parallel", "memory_per_device", "tp_options", "parallel_step_time",
-           "check_plan", "check_config_plan", "p2p_time"]
-
-_EXPERT_PARAM = re.compile(r"(?:^|\.)experts?(?:\.|$)")
-
+           "check_plan", "p2p_time"]
 
 @dataclass(frozen=True)
 class ParallelPlan:
@@ -83,30 +82,6 @@ class ParallelPlan:
     @property
     def devices(self) -> int:
         return max(self.tp, self.ep) * self.pp
-
-
-@dataclass(frozen=True)
-class ModelDims:
-    layers: int
-    hidden: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int = 0
-    experts: int = 0
-    top_k: int = 0
-
-
-def dims_from_hf(config: Mapping) -> ModelDims:
-    """Dimensions from a transformers config mapping (``cfg.model.config``)."""
-    c = dict(config)
-    hidden = int(c.get("hidden_size") or c.get("n_embd") or c.get("d_model"))
-    heads = int(c.get("num_attention_heads") or c.get("n_head"))
-    kv = int(c.get("num_key_value_heads") or heads)
-    return ModelDims(layers=int(c.get("num_hidden_layers") or c.get("n_layer")), hidden=hidden,
-                     heads=heads, kv_heads=kv, head_dim=int(c.get("head_dim") or hidden // heads),
-                     vocab=int(c.get("vocab_size", 0)), experts=int(c.get("num_local_experts", 0) or 0),
-                     top_k=int(c.get("num_experts_per_tok", 0) or 0))
 
 
 def kv_heads_per_device(kv_heads: int, tp: int) -> int:
@@ -134,8 +109,7 @@ def p2p_time(hw, nbytes):
     hit = coll.lookup("all_to_all", 2) if coll is not None else None
     if hit is not None:      # a 2-device all-to-all is one send each way
         return hit[0].latency_s + np.asarray(nbytes, float) / hit[0].bus_bandwidth
-    from compiler.perf.calibration.collectives import _literature
-    lat, bw = _literature(hw)
+    lat, bw = literature(hw)
     return lat + np.asarray(nbytes, float) / bw
 
 
@@ -161,27 +135,6 @@ def check_plan(plan: ParallelPlan, dims: ModelDims | None, hw) -> None:
                               "has no experts (use parallel.ep=1).")
         if dims.experts % plan.ep:
             raise ConfigError(f"parallel.ep={plan.ep} does not divide the {dims.experts} experts.")
-
-
-def check_config_plan(cfg: Mapping, hw) -> None:
-    """``parallel.*`` of a composed config checked against its model (heads, layers, experts from
-    ``model.config``) and hardware (devices per node), before anything is imported: exit 2."""
-    plan = plan_of(cfg.get("parallel"))
-    if plan.devices == 1:
-        return
-    mcfg = cfg.get("model") or {}
-    dims = None
-    if mcfg.get("source") == "hf_config":
-        try:
-            dims = dims_from_hf(mcfg.get("config") or {})
-        except (TypeError, ValueError):
-            dims = None
-    if dims is None:
-        raise ConfigError(f"parallel.tp={plan.tp} parallel.pp={plan.pp} parallel.ep={plan.ep} need a "
-                          f"transformer described by a Hugging Face config (model.config: heads, KV heads, "
-                          f"layers) to shard; model {mcfg.get('name')!r} has none. Use parallel.tp=1 "
-                          f"parallel.pp=1 parallel.ep=1.")
-    check_plan(plan, dims, hw)
 
 
 def _divisors(heads: int, limit: int) -> str:
@@ -218,15 +171,14 @@ def _per_token(expr) -> float:
 
 
 def shard_table(cm, dims: ModelDims, plan: ParallelPlan) -> ShardTable:
-    """Propagate tensor fractions through the graph (module doc) for ``plan.tp`` / ``plan.ep``."""
-    from compiler.ir.ops import Classifier, get
+    """Propagate tensor fractions through the graph (module doc) for ``plan.tp`` / ``plan.ep``.
+    Expert ops are those the ``moe`` annotation names an expert for; a column-parallel GEMM's
+    output is split like the attention operands it feeds (query heads, or only the KV heads)."""
     g = cm.graph
+    roles = attention_roles(g)
     tp, ep = plan.tp, plan.ep
     kvf = kv_fraction(dims.kv_heads, tp)
     qf = 1.0 / tp
-    d = dims.head_dim
-    kv_width = dims.kv_heads * d
-    qkv_width = (dims.heads + 2 * dims.kv_heads) * d
     qkv_frac = (dims.heads / tp + 2 * kv_heads_per_device(dims.kv_heads, tp)) / (dims.heads + 2 * dims.kv_heads)
     kv_tensors = set(g.meta.get("kv_tensors", ()))
     cls = Classifier(g)
@@ -246,17 +198,12 @@ def shard_table(cm, dims: ModelDims, plan: ParallelPlan) -> ShardTable:
     def nbytes(t):
         return g.type(t).nbytes() if hasattr(g.type(t), "nbytes") else g.type(t).numel() * g.type(t).itemsize
 
-    def width(t) -> int | None:
-        shp = g.type(t).shape
-        last = shp[-1] if shp else None
-        return int(last) if isinstance(last, (int, np.integer)) or (hasattr(last, "is_Integer") and last.is_Integer) else None
-
     def split_width_frac(t) -> float:
-        w = width(t)
-        if w == kv_width and dims.kv_heads < dims.heads:
-            return kvf
-        if w == qkv_width and dims.kv_heads < dims.heads:
-            return qkv_frac
+        r = roles.get(t, set())
+        if dims.kv_heads < dims.heads and r and "q" not in r:
+            return kvf                          # feeds only K and/or V: kv_heads are split
+        if dims.kv_heads < dims.heads and "q" in r and len(r) > 1:
+            return qkv_frac                     # a merged QKV projection
         return qf
 
     def act_factor(ins, outs, fin, fout):
@@ -270,7 +217,7 @@ def shard_table(cm, dims: ModelDims, plan: ParallelPlan) -> ShardTable:
         params = [t for t in n.inputs if t and t in g.params and not g.params[t].annotations.get("const")]
         acts = [t for t in n.inputs if t and t not in g.params and t not in kv_tensors]
         outs = [t for t in n.outputs if t]
-        expert = any(_EXPERT_PARAM.search(p) for p in params)
+        expert = _expert_of(n) is not None
         if cc == "gemm" and params:
             fin = min((fr(t) for t in acts), default=1.0)
             if expert and ep > 1:
@@ -343,12 +290,13 @@ def shard_table(cm, dims: ModelDims, plan: ParallelPlan) -> ShardTable:
 
     # MoE all-to-alls: one dispatch and one combine per layer holding expert weights
     if ep > 1 and dims.experts:
-        moe_layers = {n.annotations.get("layer") for n in g.topo_order()
-                      if any(_EXPERT_PARAM.search(t) for t in n.inputs if t and t in g.params)}
+        expert_ops = [n for n in g.topo_order() if _expert_of(n) is not None]
+        moe_layers = {n.annotations.get("layer") for n in expert_ops}
         nlayers = max(len(moe_layers - {None}), 1) if dims.layers else 1
         if len(moe_layers - {None}) < dims.layers:
             nlayers = dims.layers
-        itemsize = next((g.type(t).itemsize for t in g.params if _EXPERT_PARAM.search(t)), 2)
+        itemsize = next((g.type(t).itemsize for n in expert_ops if get(n.op).cost_class == "gemm"
+                         for t in n.inputs if t in g.params and not g.params[t].annotations.get("const")), 2)
         tok_bytes = B * S * dims.top_k * dims.hidden * itemsize
         for i in range(nlayers):
             comms.append(("all_to_all", f"moe dispatch {i}", tok_bytes))
@@ -367,13 +315,39 @@ def shard_table(cm, dims: ModelDims, plan: ParallelPlan) -> ShardTable:
                       column=col, row=row)
 
 
+def _expert_of(n) -> int | None:
+    """The routed expert an op computes for (its ``moe`` annotation), or None."""
+    r = n.annotations.get("moe")
+    return None if r is None else r.expert
+
+
+def attention_roles(g) -> dict[str, set[str]]:
+    """Tensor -> the attention operands (``q``, ``k``, ``v``) it carries: walked up from every
+    Attention's first three operands through the ops between them and the projection GEMM that
+    makes them (reshapes, rotary, norms, a Split of a merged QKV output), the GEMM's output
+    included."""
+    roles: dict[str, set[str]] = {}
+    for n in g:
+        if n.op != "Attention":
+            continue
+        for role, t in zip("qkv", n.inputs[:3]):
+            for _ in range(16):
+                if not t or t in g.params:
+                    break
+                roles.setdefault(t, set()).add(role)
+                p = g.producer_of(t)
+                if p is None or get(p.op).cost_class == "gemm":
+                    break
+                acts = [x for x in p.inputs if x and x not in g.params]
+                t = acts[0] if acts else None
+    return roles
+
+
 # --------------------------------------------------------------------------- times
 
 def per_device_times(cm, table: ShardTable, b, s, p, phase: str) -> dict[str, np.ndarray]:
     """Per-device op time (the cost model's roofline on the sharded figures), its compute and
     memory sides, and the communication of one forward, at arrays of points."""
-    from compiler.perf import efficiency as eff
-    from compiler.perf.cost import REFERENCE_PEAK_CLASSES
     hw = cm.hw
     flops, w, a, kv = cm.raw(b, s, p)
     flops = flops * table.flops[:, None]
@@ -569,7 +543,7 @@ def plan_of(parallel: Mapping | None) -> ParallelPlan:
                         microbatches=p.get("microbatches"))
 
 
-def parallel_section(cm, hw, parallel: Mapping | None, model_config: Mapping | None, *, batch: int,
+def parallel_section(cm, hw, parallel: Mapping | None, dims: ModelDims | None, *, batch: int,
                      prompt_len: int, context_len: int, tokens: float, kv_bytes_per_token: float,
                      weights_bytes: float, activation_peak_bytes: float, reserve_bytes: float,
                      gpu_utilization: float = 1.0) -> dict[str, Any] | None:
@@ -577,10 +551,6 @@ def parallel_section(cm, hw, parallel: Mapping | None, model_config: Mapping | N
     weights / tp); otherwise :func:`analyze_parallel`. None for models without transformer
     dimensions (ONNX files, custom modules) on one device."""
     plan = plan_of(parallel)
-    try:
-        dims = dims_from_hf(model_config) if model_config else None
-    except (TypeError, ValueError):
-        dims = None
     if dims is None:
         if plan.devices > 1:
             raise ConfigError("parallel.tp/pp/ep need a transformer described by a Hugging Face "

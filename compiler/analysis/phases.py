@@ -1,9 +1,11 @@
 """Analysis: what the cost model and the memory plan say about one workload, as plain data.
 
-:func:`analyze` turns (config, workload, hardware, graph, cost model, schedule, pass records)
-into a plain dict — phases with their op tables, latency, memory totals, capacity (with the SLO
-search) and the throughput-versus-batch sweep. ``reports/`` only renders this result
-(report.json, report.md, report.html); nothing here imports ``passes/`` or ``reports/``.
+:func:`analyze` turns the run context (:class:`compiler.analysis.context.RunContext`: config,
+workload, hardware, graph, cost model, schedule, pass records, model dimensions, draft,
+measurements) into a plain dict — phases with their op tables, latency, memory totals, capacity
+(with the SLO search), the throughput-versus-batch sweep, and the sections of the other analyses
+(parallel, serve, speculative, MoE, early exit). ``reports/`` only renders this result
+(report.json, report.md, report.html).
 
 Task-honest figures: a causal LM has prefill (TTFT) and decode (TPOT) phases and a request of
 ``gen_len`` generated tokens; an encoder (``task`` embedding / custom: no KV cache) has one
@@ -16,79 +18,20 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import sympy
 
-from compiler.ir import B, P, Graph
+from compiler.analysis import early_exit, moe
+from compiler.analysis import speculative as spec
+from compiler.analysis.capacity import capacity_section
+from compiler.analysis.context import RunContext
+from compiler.analysis.parallel import parallel_section, parallel_step_time, plan_of
+from compiler.analysis.serving import (cost_model_step_time, max_model_len_of, request_tokens, serve_block,
+                                       serve_enabled, serve_section)
+from compiler.errors import ConfigError
+from compiler.ir import Graph
+from compiler.perf.memory import kv_bytes_per_token, kv_dtype, param_count, weights_bytes
 
 GB = 1e9
 CAPACITY_SEARCH_MAX = 4096
-
-
-def kv_stored_dtypes(g: Graph) -> dict[str, str]:
-    """KV-cache graph inputs whose cache is stored in another format than the tensor's type (the
-    ``kv_layout.dtype`` annotation of the cached Attentions, from ``kv.dtype``). The inputs an
-    Attention reads directly map to its annotation; when every cached Attention agrees on one
-    format (the ``kv_layout`` pass sets one), every KV input takes it — also a paged cache's block
-    pools, which reach the Attention through a gather."""
-    per_input: dict[str, str] = {}
-    formats = set()
-    cached = 0
-    for n in g.topo_order():
-        if n.op != "Attention" or len(n.inputs) < 5 or not n.inputs[4]:
-            continue
-        cached += 1
-        lay = n.annotations.get("kv_layout")
-        d = lay.dtype if lay is not None else None
-        formats.add(d)
-        if d is not None:
-            for t in n.inputs[4:6]:
-                if t:
-                    per_input[t] = d
-    if cached and len(formats) == 1 and None not in formats:
-        d = next(iter(formats))
-        kv = set(g.meta.get("kv_tensors", ()))
-        return {t: d for t in g.inputs if t in kv}
-    return per_input
-
-
-def kv_bytes_per_token(g: Graph) -> float:
-    """KV-cache bytes one token of one sequence adds (all layers, K and V, kv_heads — not q heads),
-    in the cache's stored format (``kv.dtype``: fp8/int8 halve a 16-bit cache)."""
-    from compiler.ir.tensors import DTYPES
-    total = 0
-    kv = set(g.meta.get("kv_tensors", ()))
-    stored = kv_stored_dtypes(g)
-    for t in g.inputs:
-        if t in kv:
-            ty = g.type(t)
-            item = DTYPES[stored[t]][0] if t in stored else ty.itemsize
-            nbytes = ty.numel() * sympy.Rational(item).limit_denominator(2)
-            total += sympy.diff(nbytes, P).subs(B, 1)
-    return float(total)
-
-
-_HW_KV = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float8e4m3fn": "fp8",
-          "float8e5m2": "fp8", "int8": "int8", "uint8": "int8"}
-
-
-def kv_dtype(g: Graph) -> str | None:
-    """The KV cache's stored format in hardware names (fp16, bf16, fp8, int8, fp32), or None
-    without a cache."""
-    kv = [t for t in g.inputs if t in set(g.meta.get("kv_tensors", ()))]
-    if not kv:
-        return None
-    stored = kv_stored_dtypes(g)
-    return _HW_KV.get(stored.get(kv[0]) or g.type(kv[0]).dtype, "fp16")
-
-
-def weights_bytes(g: Graph) -> float:
-    from compiler.ir.ops import Classifier
-    cls = Classifier(g)
-    return float(sum(cls.weight_bytes(p) for p in g.params))
-
-
-def param_count(g: Graph) -> int:
-    return int(sum(int(p.type.numel()) for p in g.params.values() if not p.annotations.get("const")))
 
 
 def is_generative(g: Graph) -> bool:
@@ -205,9 +148,10 @@ def calibration_kind(hw) -> str:
     return "transferred" if "transfer" in text else "literature"
 
 
-def analyze(cfg: Mapping, wl: Mapping, hw, g: Graph, cm, sched, records) -> dict[str, Any]:
+def analyze(rc: RunContext) -> dict[str, Any]:
     """The analysis result (a plain dict; report.json is this plus ``schema_version``, ``tool``
     and ``emit``)."""
+    cfg, wl, hw, g, cm, sched, records = rc.cfg, rc.workload, rc.hardware, rc.graph, rc.cost, rc.schedule, rc.records
     b, prompt, gen, ctx = wl["batch"], wl["prompt_len"], wl["gen_len"], wl["context_len"]
     generative = is_generative(g)
     phases = {"prefill": phase_result(cm, sched, b, prompt, 0, "prefill")}
@@ -223,9 +167,9 @@ def analyze(cfg: Mapping, wl: Mapping, hw, g: Graph, cm, sched, records) -> dict
     act_peak = float(sched.activation_peak(b, prompt, 0)[0])
     kv_total = kv_tok * b * tokens
     # capacity planning, parallel plan, serving simulation (compiler/capacity, parallel, serving)
-    planning = planning_sections(cfg, wl, hw, g, cm, sched, w_bytes, kv_tok, tokens, reserve) if generative else {}
+    planning = planning_sections(rc, w_bytes, kv_tok, tokens, reserve) if generative else {}
     par = planning.get("parallel")
-    plan = plan_step(cfg, cm, par)
+    plan = plan_step(rc, par)
     if plan is not None:   # the headline figures are the plan's: per device, collectives included
         w_cap = par["memory_per_device"]["weights_bytes"]          # per device (tp shard, pp stage)
         kv_cap = par["memory_per_device"]["kv_bytes_per_token"]
@@ -243,9 +187,8 @@ def analyze(cfg: Mapping, wl: Mapping, hw, g: Graph, cm, sched, records) -> dict
                              generative, usable=usable, step=plan)
     m = cfg["model"]
     source = g.meta.get("source") or {}
-    dynamic = dynamic_sections(cfg, wl, hw, g, cm, sched, latency,
-                               {"tpot_s": latency["tpot_s"], "weights_bytes": w_bytes, "kv_bytes_per_token": kv_tok,
-                                "tokens": tokens, "reserve": reserve})
+    dynamic = dynamic_sections(rc, {"tpot_s": latency["tpot_s"], "weights_bytes": w_bytes,
+                                    "kv_bytes_per_token": kv_tok, "tokens": tokens, "reserve": reserve})
     phases.update(dynamic.pop("phases", {}))
     latency.update(dynamic.pop("latency", {}))
     dtype = m.get("dtype") or _graph_dtype(g)
@@ -288,21 +231,80 @@ def analyze(cfg: Mapping, wl: Mapping, hw, g: Graph, cm, sched, records) -> dict
     }
 
 
-def planning_sections(cfg, wl, hw, g, cm, sched, w_bytes, kv_tok, tokens, reserve) -> dict[str, Any]:
-    """Capacity planning (``capacity.kv_blocks`` …), ``parallel`` and ``serve`` (compiler/analysis/capacity.py,
-    compiler/analysis/parallel.py, compiler/analysis/serving.py) for ``kv=``, ``parallel.*``, ``serve.*``."""
-    from compiler.analysis.serving import report_sections
-    return report_sections(cfg, wl, hw, g, cm, sched, weights_bytes=w_bytes, kv_bytes_per_token=kv_tok,
-                           tokens=tokens, reserve_bytes=reserve, kv_dtype=kv_dtype(g) or "fp16")
+def planning_sections(rc: RunContext, weights_bytes: float, kv_bytes_per_token: float, tokens: float,
+                      reserve_bytes: float) -> dict[str, Any]:
+    """The capacity planning (``capacity`` additions incl. ``kv_blocks``, compiler/analysis/capacity.py),
+    ``parallel`` (compiler/analysis/parallel.py) and ``serve`` (compiler/analysis/serving.py) sections
+    for the ``kv=``, ``parallel.*``, ``serve.*`` and ``memory.gpu_utilization`` settings. Causal
+    decoders with a KV cache only (else empty).
+
+    ``kv_bytes_per_token`` is in the cache's stored format (``kv.dtype`` applied). Capacity is per
+    device: with a parallel plan, the per-device weights and KV."""
+    cfg, wl, hw, g, cm, sched = rc.cfg, rc.workload, rc.hardware, rc.graph, rc.cost, rc.schedule
+    kv_dt = kv_dtype(g) or "fp16"
+    out: dict[str, Any] = {}
+    kv_inputs = [t for t in g.inputs if t in set(g.meta.get("kv_tensors", ()))]
+    if not kv_inputs or not kv_bytes_per_token:
+        return out
+    mem = dict(cfg.get("memory") or {})
+    util = float(mem.get("gpu_utilization") if mem.get("gpu_utilization") is not None else 1.0)
+    b, prompt, ctx = wl["batch"], wl["prompt_len"], wl["context_len"]
+    act = float(sched.activation_peak(b, prompt, 0)[0])
+    dims = rc.dims if (cfg.get("model") or {}).get("source") == "hf_config" else None
+    par = parallel_section(cm, hw, cfg.get("parallel"), dims, batch=b, prompt_len=prompt,
+                           context_len=ctx, tokens=tokens, kv_bytes_per_token=kv_bytes_per_token,
+                           weights_bytes=weights_bytes, activation_peak_bytes=act,
+                           reserve_bytes=reserve_bytes, gpu_utilization=util)
+    plan = plan_of(cfg.get("parallel"))
+    if par is not None:
+        out["parallel"] = par
+    # capacity of one device: per-device weights and KV bytes per token under the plan
+    if par is not None and plan.devices > 1:
+        w_dev = par["memory_per_device"]["weights_bytes"]
+        kv_dev = par["memory_per_device"]["kv_bytes_per_token"]
+    else:
+        w_dev, kv_dev = weights_bytes, kv_bytes_per_token
+    enabled = serve_enabled(cfg.get("serve"))
+    seq = request_tokens(cfg, wl, tokens)
+    kvc = dict(cfg.get("kv") or {})
+    kvc["max_model_len"] = max_model_len_of(cfg, wl, tokens)
+    kvc["dtype"] = kv_dt
+    sec = capacity_section(kv=kvc, gpu_utilization=util, memory_bytes=hw.memory_bytes,
+                           weights_bytes=w_dev, kv_bytes_per_token=kv_dev, model_kv_dtype=kv_dt,
+                           activation_peak_bytes=act, reserve_bytes=reserve_bytes, sequence_tokens=seq)
+    sec["per_device"] = bool(par is not None and plan.devices > 1)
+    out["capacity"] = {"kv_blocks": sec["kv_blocks"], "kv_layout": sec["kv_layout"],
+                       "tokens_per_block": sec["tokens_per_block"], "kv_budget_bytes": sec["kv_budget_bytes"],
+                       "max_sequences": sec["max_sequences"], "kv": sec}
+    if enabled and sec["kv_blocks"] < 1:
+        best = ((par or {}).get("tp_options") or {}).get("min_tp_that_fits")
+        raise ConfigError(
+            f"serve: no KV-cache memory is left to serve requests on {hw.name} (KV budget "
+            f"{sec['kv_budget_bytes'] / 1e9:.1f} GB per device: memory x memory.gpu_utilization - weights - "
+            f"activations - runtime reserve), so the simulation cannot admit one. "
+            + (f"Shard the model with parallel.tp={best}, " if best and best > plan.tp else "")
+            + "use a larger device, quantize the weights (quant=), or turn the simulation off (serve.enabled=false).")
+    if enabled:
+        if par is not None and plan.devices > 1:
+            st = parallel_step_time(cm, plan, dims)
+        else:
+            st = cost_model_step_time(cm)
+        paged = sec["kv_layout"] == "paged"
+        sb = serve_block(cfg, wl)
+        out["serve"] = serve_section(st, sb, cfg.get("slo"), kv_blocks=sec["kv_blocks"],
+                                     block_size=sec["tokens_per_block"],
+                                     reserve_tokens=None if paged else sec["max_model_len"],
+                                     static_max_batch=min(sec["contiguous"]["max_sequences"],
+                                                          int(sb.get("max_num_seqs") or 256)))
+    return out
 
 
-def plan_step(cfg, cm, par):
+def plan_step(rc: RunContext, par):
     """``step(b, s, p, phase)`` of the parallel plan (per-device ops + collectives + pipeline sends,
     compiler/analysis/parallel.py), or None on one device."""
     if par is None or par.get("devices", 1) <= 1:
         return None
-    from compiler.analysis.parallel import dims_from_hf, parallel_step_time, plan_of
-    st = parallel_step_time(cm, plan_of(cfg.get("parallel")), dims_from_hf(cfg["model"]["config"]))
+    st = parallel_step_time(rc.cost, plan_of(rc.cfg.get("parallel")), rc.dims)
 
     def step(b, s, p, phase=None):
         b, s, p = np.broadcast_arrays(*(np.atleast_1d(np.asarray(x, float)) for x in (b, s, p)))
@@ -344,11 +346,11 @@ def fit_verdict(cfg, hw, par) -> dict[str, Any]:
     return out
 
 
-def dynamic_sections(cfg, wl, hw, g, cm, sched, latency, base) -> dict[str, Any]:
-    """Speculative decoding (``phases.verify`` + ``speculative``, compiler/analysis/speculative.py), chunked
-    prefill (``phases.prefill_chunked``), MoE routing (``moe``, compiler/analysis/moe.py) and early exit
-    (``early_exit``, compiler/analysis/early_exit.py)."""
-    from compiler.analysis import speculative as spec
+def dynamic_sections(rc: RunContext, base) -> dict[str, Any]:
+    """Speculative decoding (``phases.verify`` + ``speculative``, compiler/analysis/speculative.py),
+    chunked prefill (``phases.prefill_chunked``), MoE routing (``moe``, compiler/analysis/moe.py) and
+    early exit (``early_exit``, compiler/analysis/early_exit.py)."""
+    cfg, wl, g, cm, sched = rc.cfg, rc.workload, rc.graph, rc.cost, rc.schedule
     out: dict[str, Any] = {"phases": {}, "latency": {}}
     if g.meta.get("task") != "causal_lm":
         return out
@@ -360,15 +362,13 @@ def dynamic_sections(cfg, wl, hw, g, cm, sched, latency, base) -> dict[str, Any]
         res.update(spec.chunked_prefill(cm, b, wl["prompt_len"], chunk))
         out["phases"]["prefill_chunked"] = res
         out["latency"]["ttft_chunked_s"] = res["time_s"]
-    from compiler.analysis import moe
-    msec = moe.analyze(g, wl, cfg)
+    msec = moe.analyze(rc)
     if msec is not None:
         out["moe"] = msec
-    from compiler.analysis import early_exit
-    esec = early_exit.analyze(cfg, wl, hw, g, cm)
+    esec = early_exit.analyze(rc)
     if esec is not None:
         out["early_exit"] = esec
-    sec = spec.analyze(cfg, wl, hw, g, cm, sched, base)
+    sec = spec.analyze(rc, base)
     if sec is not None:
         out["phases"]["verify"] = phase_result(cm, sched, b, sec["gamma"] + 1, ctx, spec.attention_class(sec["gamma"] + 1))
         out["speculative"] = sec

@@ -33,6 +33,8 @@ import onnx
 
 from compiler.errors import ConfigError
 from compiler.resources import EVAL_TEXT
+from compiler.backend.quantized import make_session, ACCURACY_LEVEL_KEY
+from compiler.backend.emit import _value_info, to_model
 
 DEFAULT_TEXT = EVAL_TEXT
 
@@ -171,7 +173,6 @@ def evaluate(reference: onnx.ModelProto | str, artifact: onnx.ModelProto | str, 
              seq_len: int = 128, threads: int | None = None,
              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """The report's ``accuracy`` record for ``artifact`` against ``reference`` (fp32)."""
-    from compiler.backend.quantized import make_session
     ref = make_session(reference, threads=threads)
     art = make_session(artifact, threads=threads)
     seqs = token_samples(split(paragraphs, "evaluation"), tokenizer, seq_len, samples)
@@ -224,8 +225,6 @@ def collect_activations(graph, tensors: Sequence[str], seqs: Sequence[np.ndarray
     """Emit ``graph`` (fp32, as it is now) with ``tensors`` as extra outputs, run it on each token
     sequence and hand every tensor's activation, flattened to ``[rows, last_dim]``, to
     ``consume(name, array)``."""
-    from compiler.backend.emit import _value_info, to_model
-    from compiler.backend.quantized import make_session
     model = to_model(graph)
     have = {o.name for o in model.graph.output}
     for t in tensors:
@@ -276,8 +275,6 @@ def quantization_check(graph, artifact_path: str, *, seq: int = 16, tol: float =
     onnxruntime's MatMulNBits at accuracy level 0 (exact): ``|Δ| ≤ tol · max(1, max|ref|)``.
     Activation-quantized schemes (W8A8, FP8) compute on quantized activations by design; they are
     checked per layer against numpy in the tests and end to end by the accuracy metric."""
-    from compiler.backend.emit import to_model
-    from compiler.backend.quantized import ACCURACY_LEVEL_KEY, make_session
     if any("activation_quant" in n.annotations for n in graph):
         return {"checked": False, "reason": "activation quantization (W8A8/FP8): compared with the fp32 model by the "
                                             "accuracy stage; per-layer numerics are tested against numpy"}
@@ -295,7 +292,6 @@ def run_stage(cfg: Mapping, reference_graph, artifact_path: str, *, vocab: int,
               progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """The ``accuracy`` record: ``reference_graph`` (before the lossy passes, emitted fp32 in
     memory) against the written artifact."""
-    from compiler.backend.emit import to_model
     acfg = {**ACCURACY_DEFAULTS, **dict(cfg.get("accuracy") or {})}
     task = str(reference_graph.meta.get("task", "causal_lm"))
     paras = load_paragraphs(acfg.get("text"))

@@ -31,6 +31,7 @@ from compiler.ir import DTYPES, Graph, OpNode, TensorType
 from compiler.ir.ops import FUSED_DOMAIN
 from compiler.ir.ops import get as get_opdef
 from compiler.backend.lowering import LOWERINGS
+from compiler.backend.quantized import emit_quantized_op, param_initializers, reads_codes
 
 OPSET = 23
 IR_VERSION = 10
@@ -139,7 +140,6 @@ class Emitter:
 
     def emit(self, n: OpNode) -> None:
         if "activation_quant" in n.annotations:   # W8A8 / FP8 (passes/quant): compiler/backend/quantized.py
-            from compiler.backend.quantized import emit_quantized_op
             emit_quantized_op(self, n)
             return
         get_opdef(n.op, where=n.name)   # an unknown op is an UnsupportedOpError
@@ -251,7 +251,6 @@ def to_model(g: Graph, functions: list[onnx.FunctionProto] | None = None) -> onn
             t = _param_tensor(p)
             q_inits = [t]
         else:   # passes/quant: codes + scales (+ zero points), DequantizeLinear where a float use needs it
-            from compiler.backend.quantized import param_initializers, reads_codes
             float_use = any(not reads_codes(g, c) for c, _ in g.consumers(p.name)) or p.name in g.outputs
             q_inits, q_nodes = param_initializers(p.name, qd, dequantize=float_use)
             dq_nodes += q_nodes

@@ -21,7 +21,6 @@ codes live in ``passes/quant``.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Sequence
 
@@ -30,11 +29,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from compiler.backend.lowering import _activation_nodes
-from compiler.ir.annotations import ActivationQuant, QuantizedData  # noqa: F401 (the schemas live in the IR)
+from compiler.ir.annotations import (ACCURACY_LEVEL_KEY, NM_KEY_PREFIX, ORT_SESSION_KEY,  # noqa: F401 (re-exported)
+                                      ActivationQuant, QuantizedData, nm_metadata)
+from compiler.ir import DTYPES
 
-ORT_SESSION_KEY = "rooftop.onnxruntime.session_config"
-NM_KEY_PREFIX = "rooftop.sparsity."
-ACCURACY_LEVEL_KEY = "session.qdq_matmulnbits_accuracy_level"
 
 
 def tensor(arr: np.ndarray, name: str) -> onnx.TensorProto:
@@ -130,7 +128,6 @@ def qdq_activation(x: str, y: str, scale: float, zero_point: int | None, dtype: 
                    ) -> tuple[list[onnx.TensorProto], list[onnx.NodeProto]]:
     """``y = DQ(Q(x))`` with a fixed per-tensor scale: uint8/int8 (static W8A8) or
     float8e4m3fn (FP8 activations)."""
-    from compiler.ir import DTYPES
     s = tensor(np.asarray(scale, np.float32), f"{base}.scale")
     if dtype == "uint8":
         z = tensor(np.asarray(zero_point or 0, np.uint8), f"{base}.zp")
@@ -160,11 +157,6 @@ def set_metadata(model: onnx.ModelProto, entries: dict[str, str]) -> None:
         model.metadata_props.append(p)
     for k in sorted(entries):
         model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=str(entries[k])))
-
-
-def nm_metadata(patterns: dict[str, dict]) -> dict[str, str]:
-    """``rooftop.sparsity.<initializer>`` → JSON ``{"n", "m", "axis", "method"}`` entries."""
-    return {NM_KEY_PREFIX + name: json.dumps(p, sort_keys=True) for name, p in sorted(patterns.items())}
 
 
 def nm_patterns(model: onnx.ModelProto) -> dict[str, dict]:

@@ -32,6 +32,7 @@ from onnx import TensorProto, numpy_helper
 
 from compiler.errors import VerificationError
 from compiler.ir import SYMBOLS, Graph
+from compiler.backend.paged_runtime import PagedKV, paging_info
 
 TOLERANCE = {"float32": (1e-4, 1e-4), "float16": (1e-2, 1e-2), "bfloat16": (5e-2, 5e-2)}
 _LOW = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
@@ -373,7 +374,6 @@ def _torch_decoder(emitted: _Runner, module, g: Graph, kv: list[str], b: int, s:
 
 
 def _paged_runtime(emitted: _Runner, seed: int, batch: int, tokens: int = 0):
-    from compiler.backend.paged_runtime import PagedKV, paging_info
     info = paging_info(emitted.path)
     rt = PagedKV(info, num_blocks=batch * (-(-tokens // int(info["block_size"])) + 1) + 2, seed=seed)
     for q in range(batch):

@@ -21,6 +21,12 @@ from omegaconf import DictConfig
 from compiler.driver.config import register, register_resolvers
 from compiler.resources import conf_dir
 from compiler.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ConfigError, OutputDirError, RooftopError
+from compiler.driver import config as schema
+from compiler.driver.pipeline import run, summary_line, dir_lock
+from compiler.driver.sweep import run_point, last_exit_code
+from compiler.ir.ops import UnsupportedOpError
+from compiler.perf.calibration.fit import main as calibrate_main
+from compiler.driver.compare import main as compare_main
 
 log = logging.getLogger("rooftop")
 register()
@@ -125,7 +131,6 @@ _ABSENT = object()
 def _validate(cfg, given: set, base: dict, overrides, extra) -> None:
     """Schema-check the composed config; a bad key from a YAML says which file it came from."""
     from omegaconf import OmegaConf
-    from compiler.driver import config as schema
     plain = OmegaConf.to_container(cfg, resolve=False)
     plain.pop("hydra", None)
     try:
@@ -145,7 +150,6 @@ def precheck(argv: list[str]) -> list[str]:
     """Check the command line before Hydra runs; returns the argv to hand to Hydra (with the run
     directory made explicit for a single run). Raises :class:`ConfigError`."""
     from omegaconf import OmegaConf
-    from compiler.driver import config as schema
     overrides = _parse(argv)
     extra = _extra_config_dir(argv)
     groups = _groups(extra)
@@ -203,10 +207,8 @@ def precheck(argv: list[str]) -> list[str]:
 def _hydra_main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    from compiler.driver.pipeline import run, summary_line
     out_dir = HydraConfig.get().runtime.output_dir
     if HydraConfig.get().mode == RunMode.MULTIRUN:  # a failed point is recorded, not fatal
-        from compiler.driver.sweep import run_point
         return run_point(cfg, out_dir)
     try:
         report = run(cfg, out_dir)
@@ -220,7 +222,6 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def _unsupported_types() -> tuple[type, ...]:
     """Importer errors that are bad input even where they are not (yet) RooftopErrors."""
     try:
-        from compiler.ir.ops import UnsupportedOpError
         return (UnsupportedOpError,)
     except ImportError:  # pragma: no cover
         return ()
@@ -229,12 +230,10 @@ def _unsupported_types() -> tuple[type, ...]:
 def main() -> None:
     argv = sys.argv[1:]
     if argv and argv[0] == "calibrate":
-        from compiler.perf.calibration.fit import main as calibrate_main
         sys.argv = [sys.argv[0] + " calibrate"] + argv[1:]
         calibrate_main()
         return
     if argv and argv[0] == "compare":
-        from compiler.driver.compare import main as compare_main
         sys.exit(compare_main(argv[1:]))
     try:
         try:
@@ -243,7 +242,6 @@ def main() -> None:
             _fail(str(e), e.exit_code)
         single = not any(a in ("-m", "--multirun") for a in argv)
         if single:
-            from compiler.driver.pipeline import dir_lock
             run_dir = next(a.split("=", 1)[1] for a in hydra_argv if a.startswith("hydra.run.dir="))
             try:
                 lock = dir_lock(run_dir)
@@ -256,7 +254,6 @@ def main() -> None:
             if single:
                 lock.release()
         if not single:
-            from compiler.driver.sweep import last_exit_code
             if last_exit_code():
                 sys.exit(last_exit_code())
     except KeyboardInterrupt:

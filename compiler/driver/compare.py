@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from compiler.errors import EXIT_BAD_INPUT, EXIT_GATE, EXIT_OK, RooftopError
+from compiler import schema
 
 
 class CompareInputError(RooftopError):
@@ -82,7 +83,6 @@ class Comparison:
 
 def load_report(path: str | Path) -> dict[str, Any]:
     """A rooftop report.json (or a run directory holding one), schema-checked."""
-    from compiler import schema
     p = Path(path)
     if p.is_dir():
         p = p / "report.json"

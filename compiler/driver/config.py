@@ -30,7 +30,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Union, get_args, get_origin, get_type_hints
 
+from compiler.analysis.parallel import check_plan, plan_of
+from compiler.analysis.serving import config_of
 from compiler.errors import ConfigError
+from compiler.frontends import families
+from compiler.ir.facts import ModelDims
+from compiler.perf.hardware import load_hardware
 
 # ------------------------------------------------------------------------------------------------
 # the schemas
@@ -550,8 +555,6 @@ def _check_parallel(cfg: dict):
                           f"count, or null for min(batch, pp).")
     if max(par["tp"], par["pp"], par["ep"]) > 1 and cfg.get("hardware"):
         # the plan against the model's heads / layers / experts and the node's devices
-        from compiler.perf.hardware import load_hardware
-        from compiler.analysis.parallel import check_config_plan
         check_config_plan(cfg, load_hardware(cfg["hardware"]))
 
 
@@ -569,7 +572,6 @@ def _check_serve(cfg: dict):
                           f"requests/s; set e.g. serve.rate=2.")
     if s["sweep"] is not None and any((not isinstance(r, (int, float))) or r <= 0 for r in s["sweep"]):
         raise ConfigError(f"serve.sweep={s['sweep']!r} must be a list of positive rates (requests/s).")
-    from compiler.analysis.serving import config_of   # lengths, counts and slo_target, checked where they are used
     config_of({k: s[k] for k in ("rate", "requests", "prompt_len", "output_len", "seed", "max_num_seqs",
                                  "max_batched_tokens", "chunked_prefill", "chunk_tokens", "slo_target")},
               cfg.get("slo"))
@@ -647,6 +649,32 @@ def _check_hf_kwargs(conf: Mapping) -> None:
             f"would be stored and ignored. " + (f"Did you mean {', '.join('model.config.' + n for n in near)}? "
                                                   if near else "") +
             f"Fix the key in the model YAML or on the command line.")
+
+
+def model_dims(mcfg: Mapping) -> ModelDims | None:
+    """The model's dimensions from its Hugging Face config (None for ONNX files and modules)."""
+    if mcfg.get("source") != "hf_config":
+        return None
+    try:
+        return families.dims(mcfg.get("config") or {})
+    except (TypeError, ValueError):
+        return None
+
+
+def check_config_plan(cfg: Mapping, hw) -> None:
+    """``parallel.*`` of a composed config checked against its model (heads, layers, experts from
+    ``model.config``) and hardware (devices per node), before anything is imported: exit 2."""
+    plan = plan_of(cfg.get("parallel"))
+    if plan.devices == 1:
+        return
+    mcfg = cfg.get("model") or {}
+    dims = model_dims(mcfg)
+    if dims is None:
+        raise ConfigError(f"parallel.tp={plan.tp} parallel.pp={plan.pp} parallel.ep={plan.ep} need a "
+                          f"transformer described by a Hugging Face config (model.config: heads, KV heads, "
+                          f"layers) to shard; model {mcfg.get('name')!r} has none. Use parallel.tp=1 "
+                          f"parallel.pp=1 parallel.ep=1.")
+    check_plan(plan, dims, hw)
 
 
 #: range checks run after conversion, in order

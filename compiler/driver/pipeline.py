@@ -27,9 +27,31 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from compiler.analysis.context import RunContext
+from compiler.analysis.early_exit import exit_config
+from compiler.analysis.phases import analyze, gates, is_generative
+from compiler.backend.evaluate import OnnxEvaluator
+from compiler.driver import draft, provenance
+from compiler.driver.config import check_config_plan, model_dims, validate
 from compiler.errors import (ConfigError, EmissionFailed, GateError, OutputDirError, RooftopError,
                              VerificationError)
-from compiler.ir import Graph
+from compiler.frontends import families
+from compiler.frontends.measure import calibrate as calibrate_exits
+from compiler.ir import Graph, op_layers
+from compiler.ir.facts import ModelDims
+from compiler.perf.cost import CostModel
+from compiler.perf.hardware import load_hardware
+from compiler.perf.schedule import schedule
+from compiler.analysis import compression
+from compiler.analysis.serving import max_model_len_of
+from compiler.backend import accuracy
+from compiler.backend.emit import EmitError, save
+from compiler.backend.verify import verify
+from compiler.driver.config import WorkloadConfig, _check_workload, _fill
+from compiler.frontends.models import build_torch_model, import_torch
+from compiler.frontends.onnx_import import import_onnx
+from passes import PASSES, PassContext, PassManager, make_pass
+from reports.report import build_report, write_reports
 
 log = logging.getLogger("rooftop")
 
@@ -43,14 +65,10 @@ OUTPUT_FILES = ("model.onnx", "model.onnx.data", "report.json", "report.md", "re
 
 def workload_of(cfg: Mapping) -> dict[str, int]:
     """The workload block with the schema's defaults (compiler.driver.config.WorkloadConfig)."""
-    from compiler.driver.config import WorkloadConfig, _check_workload, _fill
     w = _fill(dict(cfg.get("workload") or {}), WorkloadConfig, "workload.")
     _check_workload({"workload": w})
     ctx = w["prompt_len"] if w["context_len"] is None else w["context_len"]
     return {"batch": w["batch"], "prompt_len": w["prompt_len"], "gen_len": w["gen_len"], "context_len": ctx}
-
-
-_POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "n_ctx")
 
 
 def model_max_positions(mcfg: Mapping, module=None) -> tuple[int | None, str]:
@@ -58,14 +76,14 @@ def model_max_positions(mcfg: Mapping, module=None) -> tuple[int | None, str]:
     if module is not None:
         inner = getattr(module, "model", module)
         conf = getattr(inner, "config", None)
-        for k in _POSITION_KEYS:
+        for k in families.ALIASES["max_positions"]:
             v = getattr(conf, k, None)
             if isinstance(v, int) and v > 0:
                 return v, f"model.config.{k}"
     src = mcfg.get("source")
     if src == "hf_config":
         conf = dict(mcfg.get("config") or {})
-        for k in _POSITION_KEYS:
+        for k in families.ALIASES["max_positions"]:
             if isinstance(conf.get(k), int):
                 return conf[k], f"model.config.{k}"
         try:
@@ -73,7 +91,7 @@ def model_max_positions(mcfg: Mapping, module=None) -> tuple[int | None, str]:
             hf = transformers.AutoConfig.for_model(conf["model_type"])
         except Exception:  # noqa: BLE001 - an unknown model_type fails at import with its own message
             return None, "unknown"
-        for k in _POSITION_KEYS:
+        for k in families.ALIASES["max_positions"]:
             v = getattr(hf, k, None)
             if isinstance(v, int) and v > 0:
                 return v, f"transformers' default {k} of {conf['model_type']}"
@@ -200,14 +218,12 @@ def import_model(cfg: Mapping, prog=None) -> Graph:
     """Import the configured model (an ONNX file, or a torch model built from its config)."""
     mcfg = cfg["model"]
     if str(mcfg.get("source")) == "onnx":
-        from compiler.frontends.onnx_import import import_onnx
         path = mcfg.get("path")
         if not path:
             raise ConfigError("model=onnx needs model.path=<file.onnx>; pass it on the command "
                               "line, e.g. rooftop model=onnx model.path=/abs/path/model.onnx.")
         return import_onnx(os.path.abspath(str(path)), name=mcfg.get("name") or None,
                            progress=_Stage(prog, "import onnx"))
-    from compiler.frontends.models import import_torch
     return import_torch(mcfg, progress=_Stage(prog, f"import {mcfg.get('name')}"))
 
 
@@ -219,7 +235,6 @@ def import_with_source(cfg: Mapping, prog=None, *, keep_source: bool = False) ->
     if str(mcfg.get("source")) == "onnx":
         return import_model(cfg, prog), {"kind": "onnx", "path": os.path.abspath(str(mcfg.get("path")))}
     if keep_source and mcfg.get("weights") != "meta":
-        from compiler.frontends.models import build_torch_model, import_torch
         module, task = build_torch_model(mcfg)
         g = import_torch(mcfg, module, task, progress=_Stage(prog, f"import {mcfg.get('name')}"))
         return g, {"kind": "torch", "module": module, "task": task}
@@ -232,30 +247,19 @@ def import_with_source(cfg: Mapping, prog=None, *, keep_source: bool = False) ->
 
 def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[str, Any]:
     """Run the whole pipeline; returns the report dict."""
-    from compiler.driver import provenance
-    from compiler.analysis.phases import analyze, gates, is_generative
-    from compiler.driver.config import validate
-    from compiler.perf.cost import CostModel
-    from compiler.perf.hardware import load_hardware
-    from compiler.perf.schedule import schedule
-    from passes import PassContext, PassManager, make_pass
-    from passes.quant.passes import compression_passes
-    from reports.report import build_report, write_reports
-
     cfg = validate(cfg)
     wl = workload_of(cfg)
     hw = load_hardware(cfg["hardware"])
-    from compiler.analysis import speculative
-    speculative.validate(cfg)
+    draft.validate(cfg)
     mcfg = cfg["model"]
+    dims = model_dims(mcfg)
     if mcfg["source"] != "onnx":  # fail before the (slow) import where the config says it
         max_pos, where = model_max_positions(mcfg)
         check_positions(cfg, wl, max_pos, where, mcfg.get("task") == "causal_lm")
-    from compiler.analysis.parallel import check_config_plan
     check_config_plan(cfg, hw)   # also checked by compiler.driver.config.validate; here for a plain mapping
-    pass_ctx = PassContext(hardware=hw, points=tuple(_record_points(wl)))
-    passes = [make_pass(p, pass_ctx) for p in (cfg["pipeline"].get("passes") or [])]
-    passes += kv_passes(cfg, wl, pass_ctx, [p.name for p in passes])
+    pass_ctx = PassContext(hardware=hw, points=tuple(_record_points(wl)), evaluator=OnnxEvaluator())
+    recipe = [make_pass(p, pass_ctx) for p in (cfg["pipeline"].get("passes") or [])]
+    recipe += kv_passes(cfg, wl, pass_ctx, [p.name for p in recipe])
     lossy = compression_passes(cfg, pass_ctx, wl)   # quant= / sparsity= (validated before the import)
     emit_cfg = cfg["emit"]
     if show_progress is None:
@@ -279,35 +283,31 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
                     max_pos, where = model_max_positions(mcfg)
                 g.meta["max_positions"] = max_pos
                 check_positions(cfg, wl, max_pos, where, generative)
-                from passes.moe import apply_routing
-                apply_routing(g, cfg.get("moe"), cfg["model"].get("config"))  # moe.routing onto the expert annotations
-                _early_exit(g, cfg)
-                g.verify()
                 timings["import_s"] = time.perf_counter() - t0
 
+                # one pass manager, one nested manager per stage: the model's own facts (MoE
+                # routing, exit heads), the recipe (pipeline.passes + kv=), compression (quant= /
+                # sparsity=: lossy, so the graph before it is the accuracy reference)
                 points = _record_points(wl)
                 cost_fn = (lambda gr: _cost_totals(gr, hw, points)) if cfg["pipeline"]["record_cost"] else None
-                pm = PassManager(passes, debug=bool(cfg["pipeline"]["debug"]), cost_fn=cost_fn,
+                compression = PassManager(lossy, name="compression", verify=True, snapshot=True)
+                pm = PassManager([PassManager(model_passes(cfg, g, pass_ctx), name="model", verify=True),
+                                  PassManager(recipe, name="recipe", verify=True), compression],
+                                 debug=bool(cfg["pipeline"]["debug"]), cost_fn=cost_fn,
                                  progress=(lambda name, i, n: _Stage(prog, "passes")(i, n)) if prog else None)
                 t0 = time.perf_counter()
                 pm(g)
-                g.verify()
-                records = list(pm.records)
-                # quant= / sparsity= (passes/quant): lossy, so the graph before them is the accuracy reference
-                reference = g.copy() if lossy and g.has_weights() else None
-                if lossy:
-                    pm2 = PassManager(lossy, debug=bool(cfg["pipeline"]["debug"]), cost_fn=cost_fn)
-                    pm2(g)
-                    g.verify()
-                    records += pm2.records
+                records = [r for r in pm.records if r.name not in MODEL_PASSES]
+                reference = compression.input_graph if lossy else None
                 _note_kv_cache(g)
-                g.meta["_draft_graph"] = _draft_graph(cfg, pass_ctx)  # speculative draft, same passes
+                dg = draft.draft_model(cfg, cfg["pipeline"].get("passes") or [], pass_ctx)  # same passes
                 timings["passes_s"] = time.perf_counter() - t0
 
                 t0 = time.perf_counter()
-                sched = schedule(g)
-                cm = CostModel(g, hw)
-                result = analyze(cfg, wl, hw, g, cm, sched, records)
+                rc = RunContext(cfg=cfg, workload=wl, hardware=hw, graph=g, cost=CostModel(g, hw),
+                                schedule=schedule(g), records=tuple(records), dims=dims, draft=dg,
+                                measured=measurements(cfg, g, dg, dims))
+                result = analyze(rc)
                 timings["analysis_s"] = time.perf_counter() - t0
 
                 emit_info = _emit(g, emit_cfg, stage, source, mcfg, lossy=bool(lossy))
@@ -329,9 +329,8 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
         raise EmissionFailed(report["emit"]["error"] + " The cost report was written (report.json "
                              "emit.error states the failure).")
     failed = gates(cfg, report)
-    from compiler.backend.accuracy import gate_checks
     acc = report.get("accuracy")
-    for key, value, kind, what in gate_checks(cfg["gate"], acc if acc and acc.get("measured") else None):
+    for key, value, kind, what in accuracy.gate_checks(cfg["gate"], acc if acc and acc.get("measured") else None):
         limit = cfg["gate"].get(key.split(".")[1])
         if limit is not None and ((kind == "max" and value > limit) or (kind == "min" and value < limit)):
             failed.append(f"{key}: {what} is {value:.4g}, limit {float(limit):.4g}")
@@ -339,6 +338,61 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
         raise GateError("gate exceeded — " + "; ".join(failed) + ". The report was written; "
                         "relax the gate or change the model, pipeline or hardware.")
     return report
+
+
+#: passes that state the model's own facts (not the recipe's rewrites): not listed in passes[]
+MODEL_PASSES = ("moe_routing", "early_exit")
+
+
+def model_passes(cfg: Mapping, g: Graph, ctx: PassContext) -> list:
+    """What the model's own config adds to the graph before the recipe: ``moe.routing`` onto the
+    expert annotations (with the shared-expert count of the model's config) and, for
+    ``early_exit=layers``, the exit heads (their layers depend on the imported depth)."""
+    out = []
+    if any(n.annotations.get("moe") is not None for n in g) or \
+            (cfg.get("moe") or {}).get("routing") not in (None, "uniform"):
+        mc = cfg["model"].get("config")
+        shared = families.shared_experts(mc) if mc else None
+        out.append(make_pass({"name": "moe_routing", **dict(cfg.get("moe") or {}), "shared_experts": shared}, ctx))
+    if str((cfg.get("early_exit") or {}).get("mode", "none")) != "none":
+        if g.meta.get("task") != "causal_lm":
+            raise ConfigError("early_exit=layers needs a causal LM (a decoder with an LM head); use early_exit=none.")
+        ec = exit_config(cfg, op_layers(g)[1])
+        out.append(make_pass({"name": "early_exit", "layers": ec["layers"], "probabilities": ec["probabilities"]}, ctx))
+    return out
+
+
+def measurements(cfg: Mapping, g: Graph, dg, dims: ModelDims | None) -> dict[str, Any]:
+    """What the analyses need measured on the source model (compiler/frontends/measure.py):
+    the draft's acceptance rate and calibrated early-exit probabilities, when asked for."""
+    out: dict[str, Any] = {}
+    acc = draft.measured_acceptance(cfg, dg, dims.layers if dims else 0)
+    if acc is not None:
+        out["acceptance"] = acc
+    exits = g.meta.get("exit_layers")
+    if exits:
+        ec = exit_config(cfg, op_layers(g)[1])
+        if ec["threshold"] is not None:
+            out["early_exit"] = calibrate_exits(dict(cfg["model"]), exits, ec["threshold"], ec["eval_tokens"])
+    return out
+
+
+def compression_passes(cfg: Mapping, context, workload: Mapping) -> list:
+    """The ``prune_nm`` / ``quantize`` passes that ``sparsity=`` / ``quant=`` ask for (in that
+    order; the compression stage after the recipe)."""
+    out = []
+    sp = dict(cfg.get("sparsity") or {})
+    scheme = str(sp.pop("scheme", "none"))
+    if scheme not in ("none", "nm"):
+        raise ConfigError(f"sparsity={scheme!r} is not a sparsity scheme; use none or nm.")
+    if scheme == "nm":
+        out.append(make_pass({"name": "prune_nm", **sp, "tokenizer_source": dict(cfg.get("model") or {}),
+                              "workload": dict(workload)}, context))
+    q = dict(cfg.get("quant") or {})
+    qs = str(q.get("scheme", "none"))
+    if qs != "none":
+        out.append(make_pass({"name": "quantize", **q, "tokenizer_source": dict(cfg.get("model") or {})}, context))
+    return out
 
 
 def kv_specs(cfg: Mapping, wl: Mapping, configured=()) -> list[dict[str, Any]]:
@@ -352,12 +406,10 @@ def kv_specs(cfg: Mapping, wl: Mapping, configured=()) -> list[dict[str, Any]]:
 
     A pass the pipeline already names is not added twice; the default (contiguous, the model's
     dtype) adds nothing: lift_kv_cache's annotation says so already."""
-    from passes import PASSES
     kv = dict(cfg.get("kv") or {})
     layout, dtype, bs = kv.get("layout", "contiguous"), kv.get("dtype"), int(kv.get("block_size") or 16)
     specs: list[dict[str, Any]] = []
     if layout == "paged" and "kv_paging" in PASSES and "kv_paging" not in configured:
-        from compiler.analysis.serving import max_model_len_of
         tokens = max(wl["context_len"], wl["prompt_len"] + wl["gen_len"])
         specs.append({"name": "kv_paging", "block_size": bs, "max_model_len": max_model_len_of(cfg, wl, tokens)})
     if (layout == "paged" or dtype is not None) and "kv_layout" not in configured:
@@ -367,7 +419,6 @@ def kv_specs(cfg: Mapping, wl: Mapping, configured=()) -> list[dict[str, Any]]:
 
 def kv_passes(cfg: Mapping, wl: Mapping, ctx, configured=()) -> list:
     """:func:`kv_specs` made into passes."""
-    from passes import make_pass
     return [make_pass(s, ctx) for s in kv_specs(cfg, wl, configured)]
 
 
@@ -397,25 +448,9 @@ def _note_kv_cache(g: Graph) -> None:
         g.meta.setdefault("import_stats", {})["kv_cache"] = note
 
 
-def _draft_graph(cfg: Mapping, pass_ctx) -> Graph | None:
-    """The speculative draft model (speculative.draft_model=<name>), imported cost-only and run
-    through the same pass recipe as the target; None when there is none."""
-    from compiler.analysis import speculative
-    from passes import PassManager, make_pass
-    sc = speculative.spec_config(cfg)
-    if sc is None or sc["draft_model"] == "self":
-        return None
-    from compiler.frontends.models import import_torch
-    dg = import_torch(dict(speculative.load_model_config(sc["draft_model"]), weights="meta"))
-    PassManager([make_pass(p, pass_ctx) for p in (cfg["pipeline"].get("passes") or [])])(dg)
-    return dg
-
-
 def _compression_report(cfg, report, g: Graph, hw, reference: Graph | None, emit_info, stage: str, prog) -> None:
     """``weight_formats``, ``compression`` and ``accuracy`` (compiler/analysis/compression.py,
     compiler/backend/accuracy.py) after quant= / sparsity=."""
-    from compiler.backend import accuracy
-    from compiler.analysis import compression
     report["weight_formats"] = compression.weight_formats(g)
     sec = compression.section(g, hw)
     if sec is None:
@@ -434,22 +469,9 @@ def _compression_report(cfg, report, g: Graph, hw, reference: Graph | None, emit
                                                                  progress=_Stage(prog, "accuracy") if prog else None)}
     sec["artifact_check"] = accuracy.quantization_check(g, path)
     if sec["artifact_check"].get("checked") and not sec["artifact_check"]["ok"]:
-        from compiler.backend.emit import EmitError
         raise EmitError(f"the quantized artifact differs from the same quantization computed in fp32 by "
                         f"{sec['artifact_check']['max_abs_diff']:.3g} (bound {sec['artifact_check']['bound']:.3g}); "
                         f"this is a rooftop bug — run without quant= to get an artifact.")
-
-
-def _early_exit(g: Graph, cfg: Mapping) -> None:
-    """early_exit=layers: exit heads inserted before the pipeline's passes (passes/early_exit.py)."""
-    from compiler.analysis.early_exit import exit_config, op_layers
-    if str((cfg.get("early_exit") or {}).get("mode", "none")) == "none":
-        return
-    if g.meta.get("task") != "causal_lm":
-        raise ConfigError("early_exit=layers needs a causal LM (a decoder with an LM head); use early_exit=none.")
-    ec = exit_config(cfg, op_layers(g)[1])
-    from passes.early_exit import insert_exit_heads
-    insert_exit_heads(g, ec["layers"], ec["probabilities"])
 
 
 def _record_points(wl) -> list[tuple[int, int, int, str]]:
@@ -457,7 +479,6 @@ def _record_points(wl) -> list[tuple[int, int, int, str]]:
 
 
 def _cost_totals(g: Graph, hw, points) -> dict[str, Any]:
-    from compiler.perf.cost import CostModel
     cm = CostModel(g, hw)
     out = {}
     for b, s, p, phase in points:
@@ -471,7 +492,6 @@ def _emit(g: Graph, emit_cfg: Mapping, stage: str, source: Mapping, mcfg: Mappin
     """Write model.onnx into ``stage`` and verify it. An emission or verification failure is
     returned as ``{"emitted": False, "error": ...}`` (the caller writes the report, then exits 4);
     a config contradiction (emit.enabled=true without weights) raises ConfigError."""
-    from compiler.backend.emit import EmitError, save
     mode = emit_cfg["enabled"]
     if mode is False:
         return {"emitted": False, "reason": "emit.enabled=false"}
@@ -499,7 +519,6 @@ def _emit(g: Graph, emit_cfg: Mapping, stage: str, source: Mapping, mcfg: Mappin
                                            "checked against the same compression computed in fp32 "
                                            "(compression.artifact_check) and its accuracy is measured (accuracy)"}
         return info
-    from compiler.backend.verify import verify
     try:
         ver = info["verification"] = verify(os.path.join(stage, "model.onnx"), g, source)
         if ver.get("passed"):  # the summary that report.json has always had, now after a comparison

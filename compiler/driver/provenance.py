@@ -15,6 +15,7 @@ import json
 import os
 from collections.abc import Mapping
 from typing import Any
+from compiler.backend.emit import set_model_metadata
 
 PREFIX = "rooftop."
 # config keys that change how rooftop runs but not what it writes
@@ -75,7 +76,6 @@ def stamp(out_dir: str, cfg: Mapping, report: Mapping) -> dict[str, str] | None:
     """Write the provenance into ``out_dir/model.onnx`` when the run emitted one (external weight
     data stays where it is); returns the entries, or None when nothing was emitted."""
     import onnx
-    from compiler.backend.emit import set_model_metadata
     path = os.path.join(out_dir, "model.onnx")
     if not (report.get("emit") or {}).get("emitted") or not os.path.isfile(path):
         return None

@@ -56,6 +56,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from compiler.errors import ConfigError, GateError, RooftopError
+from compiler.driver.pipeline import run
+from compiler.driver.config import validate, check_config_plan
+from compiler.perf.hardware import load_hardware
 
 log = logging.getLogger("rooftop")
 
@@ -254,7 +257,6 @@ def _gate_reason(e: GateError) -> str:
 
 def _search_point(plain: Mapping, out_dir: str, rec: dict) -> dict | None:
     """One search trial in two stages (see the module docstring); returns its report."""
-    from compiler.driver.pipeline import run
     gate = dict(_get(plain, "gate") or {})
     acc_gates = {k: gate[k] for k in ACCURACY_GATES if gate.get(k) is not None}
     lossy = is_lossy(plain)
@@ -314,9 +316,6 @@ def _parallel_plan_error(plain: Mapping) -> str | None:
     par = _get(plain, "parallel")
     if not isinstance(par, Mapping) or all(int(par.get(k) or 1) == 1 for k in ("tp", "pp", "ep")):
         return None
-    from compiler.driver.config import validate
-    from compiler.perf.hardware import load_hardware
-    from compiler.analysis.parallel import check_config_plan
     cfg = validate(_with(plain, parallel={"tp": 1, "pp": 1, "ep": 1}))   # bad input stays a failure
     cfg["parallel"] = {**dict(cfg.get("parallel") or {}), **dict(par)}
     try:
@@ -342,7 +341,6 @@ def run_point(cfg: Any, out_dir: str) -> float | None:
     search objective (the worst value for an infeasible or failed point), or None in a plain sweep.
     """
     from omegaconf import DictConfig, OmegaConf
-    from compiler.driver.pipeline import run
     plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     job, overrides = _job_info()
     rec: dict[str, Any] = {"job": job, "overrides": overrides, "status": "ok", "exit_code": 0,

@@ -19,6 +19,9 @@ import torch
 
 from compiler.errors import ConfigError
 from compiler.ir import B, S, Graph
+from compiler.frontends import moe
+from compiler.frontends.torch_export import export_module, import_exported
+from compiler.frontends.stacking import can_stack, layer_count_key, unroll_layers
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -70,7 +73,6 @@ def build_hf(cfg) -> torch.nn.Module:
     model_type = conf.pop("model_type")
     hf_cfg = transformers.AutoConfig.for_model(model_type, **conf)
     hf_cfg._attn_implementation = str(cfg.get("attn_implementation", "sdpa"))
-    from compiler.frontends import moe
     if moe.has_experts(hf_cfg):  # experts as one custom op, expanded per expert by the importer
         hf_cfg._experts_implementation = moe.ensure_registered()
     dt = _dtype(cfg)
@@ -138,10 +140,8 @@ def import_torch(cfg, module: torch.nn.Module | None = None, task: str | None = 
                  progress=None) -> Graph:
     """Export and translate a torch model (a causal LM without a KV cache: ``graph.meta["causal"]``
     tells the lift_kv_cache pass to add one)."""
-    from compiler.frontends.torch_export import export_module, import_exported
     stack_to = None
     if module is None:
-        from compiler.frontends.stacking import can_stack, layer_count_key
         hf = dict(cfg.get("config") or {})
         if (str(cfg.get("weights")) == "meta" and cfg.get("stack_layers", True)
                 and str(cfg.get("source")) == "hf_config" and can_stack(hf)):
@@ -166,7 +166,6 @@ def import_torch(cfg, module: torch.nn.Module | None = None, task: str | None = 
     g = import_exported(ep, name=str(cfg.get("name", "model")), dims=dims, causal=causal,
                         output_names=outputs, progress=progress)
     if stack_to is not None:
-        from compiler.frontends.stacking import unroll_layers
         g.meta["layer_stacking"] = unroll_layers(g, stack_to)
     sources: dict = {}
     for name, ds in dims.items():   # the first input axis that carries each symbol

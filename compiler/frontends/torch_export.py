@@ -24,6 +24,9 @@ import torch
 
 from compiler.ir import Graph, IRError, TensorType, as_dim
 from compiler.ir.ops import UnsupportedOpError
+from compiler.frontends.stacking import layer_of
+from compiler.ir import DTYPES
+from compiler.frontends.moe import translate
 
 INT64_MAX = 2**63 - 1
 
@@ -104,7 +107,6 @@ class _Ctx:
 
     def _layer(self) -> int | None:
         """The decoder/encoder layer index of the FX node being translated (from its module path)."""
-        from compiler.frontends.stacking import layer_of
         stack = self.node.meta.get("nn_module_stack") or {}
         for path, _ in reversed(list(stack.values())):
             k = layer_of(str(path))
@@ -119,7 +121,6 @@ class _Ctx:
 
     def const(self, value, dtype: str) -> str:
         """A constant tensor as a parameter with data (also on the meta device)."""
-        from compiler.ir import DTYPES
         npdt = DTYPES[dtype][1] or np.float32
         arr = np.asarray(value, dtype=npdt)
         key = ("const", dtype, arr.shape, arr.tobytes())
@@ -139,7 +140,6 @@ class _Ctx:
     def cast(self, t: str, dtype: str) -> str:
         if self.tt(t).dtype == dtype:
             return t
-        from compiler.ir import DTYPES
         return self.op("Cast", [t], {"to": DTYPES[dtype][2]}, types=[self.tt(t).with_dtype(dtype)])
 
 
@@ -411,7 +411,6 @@ def _to(c, x, *args, **kw):
     out = c.out_type()
     if out.dtype == c.tt(x).dtype:
         return c.op("Identity", [x], final=True)
-    from compiler.ir import DTYPES
     return c.op("Cast", [x], {"to": DTYPES[out.dtype][2]}, final=True)
 
 
@@ -541,7 +540,6 @@ def _clamp(c, x, lo=None, hi=None):
 @handles("rooftop.moe_experts.default")
 def _moe_experts(c, hidden, idx, weights, gate_up, down, act="silu", transposed=False):
     """A MoE layer's routed experts (compiler/frontends/moe.py): per-expert gather → FFN → scatter-add."""
-    from compiler.frontends.moe import translate
     return translate(c, hidden, idx, weights, gate_up, down, act, transposed)
 
 

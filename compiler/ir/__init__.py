@@ -10,9 +10,9 @@ May import: the standard library, numpy, sympy, networkx and :mod:`compiler.erro
 above it (no onnx, no torch, no other rooftop package). ``python -c "import compiler.ir"`` loads
 neither onnx nor torch (tests/test_layering.py checks it).
 """
-from compiler.ir.graph import OpNode, Param, Graph, structural_diff, structurally_equal
+from compiler.ir.graph import Graph, OpNode, Param, op_layers, structural_diff, structurally_equal
 from compiler.ir.tensors import (B, DTYPES, ONNX_TO_DTYPE, P, S, SYMBOLS, Dim, IRError, TensorType,
                                  as_dim, subs)
 
 __all__ = ["Graph", "OpNode", "Param", "TensorType", "IRError", "Dim", "B", "S", "P", "SYMBOLS",
-           "DTYPES", "ONNX_TO_DTYPE", "as_dim", "subs", "structural_diff", "structurally_equal"]
+           "DTYPES", "ONNX_TO_DTYPE", "as_dim", "subs", "structural_diff", "structurally_equal", "op_layers"]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -461,6 +462,23 @@ def set(obj, key: str, value) -> None:  # noqa: A001 - the accessor pair is get/
         return
     kind = _kind(obj)
     obj.annotations.update(validate(kind, {key: value}, f"{kind} {obj.name}"))
+
+
+# ------------------------------------------------------------------------------------------------
+# model-level metadata: what passes ask the emitter to record in the ONNX model's metadata_props
+# (Graph.meta["onnx_metadata"]: key -> text)
+
+#: onnxruntime session-config entries the artifact asks for (JSON object of key -> value)
+ORT_SESSION_KEY = "rooftop.onnxruntime.session_config"
+#: onnxruntime's session option for MatMulNBits activations (0 exact .. 4 int8)
+ACCURACY_LEVEL_KEY = "session.qdq_matmulnbits_accuracy_level"
+#: prefix of the per-initializer N:M sparsity records (``rooftop.sparsity.<initializer>``)
+NM_KEY_PREFIX = "rooftop.sparsity."
+
+
+def nm_metadata(patterns: Mapping[str, Mapping]) -> dict[str, str]:
+    """``rooftop.sparsity.<initializer>`` → JSON ``{"n", "m", "axis", "method"}`` entries."""
+    return {NM_KEY_PREFIX + name: json.dumps(dict(p), sort_keys=True) for name, p in sorted(patterns.items())}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -404,3 +404,22 @@ def _explain(a: Graph, b: Graph, ta: str, tb: str, sa, sb, keys) -> str:
 
 def structurally_equal(a: Graph, b: Graph, **kw) -> bool:
     return structural_diff(a, b, **kw) is None
+
+
+def op_layers(g) -> tuple[dict[str, int], int]:
+    """Each op's layer position: -1 before the first layer (embedding, rotary tables), 0..L-1 the
+    decoder layers, L the head after the last layer (final norm, LM head). Ops the importer left
+    without a ``layer`` annotation (fused ops spanning two layers, e.g. a residual add + the next
+    norm) take the latest layer among their producers. Returns (name → position, L)."""
+    ann = {n.name: n.annotations.get("layer") for n in g}
+    known = [v for v in ann.values() if v is not None]
+    n_layers = max(known) + 1 if known else 0
+    pos: dict[str, int] = {}
+    for n in g.topo_order():
+        if ann[n.name] is not None:
+            pos[n.name] = int(ann[n.name])
+            continue
+        preds = [pos[p] for p in g.nx.predecessors(n.name) if p in pos]
+        inferred = max(preds, default=-1)
+        pos[n.name] = n_layers if (inferred == n_layers - 1 and n_layers) else inferred
+    return pos, n_layers

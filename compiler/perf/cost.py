@@ -33,6 +33,8 @@ from compiler.perf.moe import expert_factors
 from compiler.ir import B, P, S, Graph
 from compiler.ir.ops import Bytes, Classifier, get, op_cost
 from compiler.ir.ops import attention_q_tiles as _q_tiles
+from compiler.ir.tensors import DTYPES
+from compiler.perf import kernel_families as kf
 
 _HW_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float8e4m3fn": "fp8",
              "float8e5m2": "fp8", "int8": "int8", "uint8": "int8", "int4": "int4", "uint4": "int4",
@@ -72,7 +74,6 @@ def kv_format_cost(graph: Graph, n, hw: Hardware | None, flops, byts: Bytes):
     lay = n.annotations.get("kv_layout")
     if lay is None or lay.dtype is None or n.op != "Attention" or len(n.inputs) < 5 or not n.inputs[4]:
         return flops, byts
-    from compiler.ir.tensors import DTYPES
     e_model = sympy.Rational(graph.type(n.inputs[4]).itemsize).limit_denominator(2)
     e_kv = sympy.Rational(DTYPES[lay.dtype][0]).limit_denominator(2)
     if e_kv == e_model:
@@ -148,7 +149,6 @@ class CostModel:
         (item index, kernel, 2·K·N, the dense reference's weight bytes, its math dtype) — costed as
         the dense GEMM of the same shape (16-bit on GPUs, fp32 on CPUs) times the family's measured
         ratio at the op's M."""
-        from compiler.perf import kernel_families as kf
         out = []
         by_name = {n.name: n for n in graph}
         for i, it in enumerate(self.items):
@@ -227,7 +227,6 @@ class CostModel:
             bound[m] = np.where(fixed > np.maximum(pure_c, pure_m), 2, np.where(pure_c >= pure_m, 0, 1))
             att_f[m] = np.where(time[m] > 0, flops[m] / np.maximum(time[m] - launch * fx[m], 1e-30), 0.0)
         if self._kernel_items:   # measured kernel families (compiler/perf/kernel_families.py)
-            from compiler.perf import kernel_families as kf
             ge = self.hw.efficiency.for_class("gemm")
             p16 = self.hw.peak("fp16")
             for i, kernel, kn2, w_dense, dense_dtype in self._kernel_items:

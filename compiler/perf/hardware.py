@@ -37,7 +37,8 @@ YAML key (in ``conf/hardware/<name>.yaml``)      :class:`Hardware` attribute    
 
 ``interconnect.latency_us`` is the literature per-collective latency floor; the optional
 ``collectives:`` block holds measured NCCL fits (latency, bus bandwidth per collective and device
-count), parsed and written by :mod:`compiler.perf.calibration.collectives`.
+count), the cost model of :mod:`compiler.perf.collectives`, written by
+:mod:`compiler.perf.calibration.collectives`.
 
 Other keys: ``name`` (must equal the file stem), ``vendor``, ``kind`` (gpu | cpu | soc),
 ``description`` (optional free text), ``interconnect.name``, ``efficiency.source``.
@@ -95,7 +96,7 @@ measured values back with :func:`update_efficiency_yaml` (which keeps the file's
 from __future__ import annotations
 
 import contextvars
-import difflib
+import io
 import math
 import os
 import re
@@ -103,11 +104,15 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Dict, NoReturn, Optional
 
 import yaml
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from compiler.errors import ConfigError
+from compiler.perf import structured
+from compiler.perf.collectives import COLLECTIVES, CollectiveFit, Collectives, collectives_to_yaml_dict
+from ruamel.yaml import YAML
 from compiler import resources
 
 __all__ = [
@@ -169,20 +174,7 @@ _DTYPE_ALIASES = {
 _PEAK_ORDER = (("fp32", "tf32"), ("fp32", "fp16"), ("fp32", "bf16"), ("tf32", "fp16"),
                ("tf32", "bf16"), ("fp16", "fp8"), ("bf16", "fp8"), ("int8", "int4"))
 
-_TOP_REQUIRED = ("name", "vendor", "kind", "peak_tflops", "memory_gib", "memory_bandwidth_gbs",
-                 "onchip", "interconnect", "efficiency")
-_TOP_OPTIONAL = ("description", "sparse_peak_tflops", "architecture", "calibration", "kernel_families", "collectives")
 CALIBRATION_SOURCES = ("calibrated", "transferred", "literature")
-_CALIBRATION_KEYS = ("source", "from", "method", "error_band")
-_CALIBRATION_OPTIONAL = ("date", "note")
-_BAND_KEYS = ("median", "p90", "basis")
-_FAMILY_KEYS = ("kernel", "peak_dtype", "compute", "memory", "flops_half_gflop", "bytes_half_mb")
-_FAMILY_OPTIONAL = ("sparse", "n", "median_err", "source")
-_ONCHIP_KEYS = ("l2_mib", "smem_per_sm_kib", "sm_count")
-_INTERCONNECT_KEYS = ("name", "bandwidth_gbs", "num_devices_per_node")
-_INTERCONNECT_OPTIONAL = ("latency_us",)  # per-collective latency floor (compiler.perf.calibration.collectives)
-_EFFICIENCY_KEYS = ("source", "launch_overhead_us", "classes")
-_CLASS_KEYS = ("compute", "memory", "flops_half_gflop", "bytes_half_mb")
 
 _TFLOPS = 1e12
 _GIB = float(2**30)
@@ -194,6 +186,10 @@ _GFLOP = 1e9
 _MB = 1e6
 
 # Where the object being validated came from (a file path), for messages; set by the loaders.
+_RT = YAML()               # round-trip YAML (keeps comments, key order and quoting)
+_RT.width = 100
+_RT.indent(mapping=2, sequence=4, offset=2)
+
 _WHERE: contextvars.ContextVar[str | None] = contextvars.ContextVar("rooftop_hw_where", default=None)
 
 
@@ -371,7 +367,7 @@ class Hardware:
     architecture: str = ""
     calibration: Calibration | None = None
     kernel_families: Mapping[str, KernelFamilyEfficiency] = field(default_factory=dict)
-    collectives: Any = None   # compiler.perf.calibration.collectives.Collectives (measured) or None
+    collectives: Collectives | None = None   # measured NCCL fits (compiler.perf.collectives)
 
     def __post_init__(self):
         object.__setattr__(self, "peak_flops", _FrozenMap(self.peak_flops))
@@ -572,158 +568,200 @@ def _check_hardware(hw: Hardware) -> None:
             _fail(f"{base}.peak_dtype", f"is {ke.peak_dtype!r}", f"Use one of {', '.join(DTYPES)}.")
 
 
-# --------------------------------------------------------------------------- YAML parsing
-
-def _num(value: Any, path: str) -> float:
-    if isinstance(value, bool) or value is None:
-        _fail(path, f"is {value!r}, not a number", "Write a number, e.g. 312 or \"312\".")
-    if isinstance(value, (int, float)):
-        x = float(value)
-    elif isinstance(value, str):
-        try:
-            x = float(value.strip().replace("_", ""))
-        except ValueError:
-            _fail(path, f"is {value!r}, which is not a number",
-                  "Write a plain number in the unit of the key's suffix, e.g. 989.4 or \"1.5e3\".")
-    else:
-        _fail(path, f"is a {type(value).__name__}, not a number", "Write a plain number.")
-    if not math.isfinite(x):
-        _fail(path, f"is {value!r}", "Write a finite number.")
-    return x
+# --------------------------------------------------------------------------- the YAML schema
+# Structured configs (OmegaConf): types, unknown keys and required keys of a hardware YAML are
+# checked by OmegaConf against these dataclasses — by Hydra when ``hardware=<name>`` is composed
+# (``compiler.driver.config.RooftopConfig.hardware``), and by :func:`load_hardware` for any other
+# mapping. The values stay in the YAML units; :func:`load_hardware` converts to SI and runs the
+# range checks above.
 
 
-def _int(value: Any, path: str) -> int:
-    x = _num(value, path)
-    if x != int(x):
-        _fail(path, f"is {value!r}, not a whole number", "Write an integer, e.g. 8.")
-    return int(x)
+@dataclass
+class ClassEfficiencyYaml:
+    compute: float = MISSING
+    memory: float = MISSING
+    flops_half_gflop: float = MISSING
+    bytes_half_mb: float = MISSING
 
 
-def _str(value: Any, path: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        _fail(path, f"is {value!r}, not a non-empty string", "Write text (quote it if needed).")
-    return value
+@dataclass
+class EfficiencyYaml:
+    source: str = MISSING
+    launch_overhead_us: float = MISSING
+    classes: Dict[str, ClassEfficiencyYaml] = MISSING
 
 
-def _mapping(value: Any, path: str, required: tuple[str, ...], optional: tuple[str, ...] = (),
-             hint: str = "") -> Mapping:
-    if not isinstance(value, Mapping):
-        _fail(path, f"is a {type(value).__name__}, not a mapping",
-              f"Write it as a mapping with keys {', '.join(required + optional)}.")
-    allowed = required + optional
-    for k in value:
-        _known(k, allowed, f"{path}.{k}" if path else str(k), "field",
-               f"Allowed keys here: {', '.join(allowed)}.", hint)
-    for k in required:
-        if k not in value:
-            _fail(f"{path}.{k}" if path else k, "is missing",
-                  f"Add it (keys here: {', '.join(allowed)}).{hint}")
-    return value
+@dataclass
+class OnChipYaml:
+    l2_mib: float = MISSING
+    smem_per_sm_kib: float = MISSING
+    sm_count: int = MISSING
 
 
-def _similar(a: str, b: str) -> bool:
-    return difflib.SequenceMatcher(None, a.lower(), b.lower()).ratio() >= 0.75
+@dataclass
+class InterconnectYaml:
+    name: str = MISSING
+    bandwidth_gbs: float = MISSING
+    num_devices_per_node: int = MISSING
+    latency_us: Optional[float] = None   # per-collective latency floor (compiler.perf.collectives)
 
 
-def _known(name: Any, known, path: str, what: str, fix: str, hint: str = "") -> None:
-    """Fail unless ``name`` is one of ``known``: "``path`` is not a known ``what``. ``fix``",
-    a "Did you mean" for a close spelling, then ``hint``."""
-    if name not in known:
-        close = [c for c in known if _similar(str(name), c)]
-        sugg = f" Did you mean '{close[0]}'?" if close else ""
-        _fail(path, f"is not a known {what}", f"{fix}{sugg}{hint}")
+@dataclass
+class ErrorBandYaml:
+    median: float = MISSING
+    p90: float = MISSING
+    basis: str = MISSING
 
 
-def _dtype_table(value: Any, path: str) -> dict[str, float]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        _fail(path, f"is a {type(value).__name__}, not a mapping",
-              f"Write a mapping from dtype ({', '.join(DTYPES)}) to TFLOP/s.")
-    out = {}
-    for k, v in value.items():
-        _known(k, DTYPES, f"{path}.{k}", "dtype",
-               f"Use only {', '.join(DTYPES)}; leave a dtype out if the chip has no native "
-               "math for it (peak() falls back).")
-        out[k] = _num(v, f"{path}.{k}") * _TFLOPS
-    return out
+@dataclass
+class CalibrationYaml:
+    """``calibration:`` (the YAML key ``from`` is ``from_devices`` here: ``from`` is a Python keyword)."""
+    source: str = MISSING
+    from_devices: Any = MISSING          # a device name or a list of them
+    method: str = MISSING
+    error_band: ErrorBandYaml = MISSING
+    date: Optional[str] = None
+    note: Optional[str] = None
 
 
-def _to_plain(cfg: Any) -> Any:
+@dataclass
+class KernelFamilyYaml:
+    kernel: str = MISSING
+    peak_dtype: str = MISSING
+    compute: float = MISSING
+    memory: float = MISSING
+    flops_half_gflop: float = MISSING
+    bytes_half_mb: float = MISSING
+    sparse: bool = False
+    n: int = 0
+    median_err: float = 0.0
+    source: Optional[str] = None
+
+
+@dataclass
+class CollectiveFitYaml:
+    latency_us: float = MISSING
+    bus_bandwidth_gbs: float = MISSING
+    median_error: Optional[float] = None
+    points: int = 0
+
+
+@dataclass
+class CollectivesYaml:
+    source: str = MISSING
+    device: str = MISSING
+    date: str = MISSING
+    mode: str = MISSING
+    fits: Dict[str, Any] = MISSING     # collective -> {device count: CollectiveFitYaml}
+    note: Optional[str] = None
+
+
+@dataclass
+class HardwareYaml:
+    """A ``conf/hardware/<name>.yaml`` (see the module doc for units and meaning)."""
+    name: str = MISSING
+    vendor: str = MISSING
+    kind: str = MISSING
+    peak_tflops: Dict[str, float] = MISSING
+    memory_gib: float = MISSING
+    memory_bandwidth_gbs: float = MISSING
+    onchip: OnChipYaml = MISSING
+    interconnect: InterconnectYaml = MISSING
+    efficiency: EfficiencyYaml = MISSING
+    description: Optional[str] = None
+    sparse_peak_tflops: Optional[Dict[str, float]] = None
+    architecture: Optional[str] = None
+    calibration: Optional[Dict[str, Any]] = None      # CalibrationYaml (checked by load_hardware)
+    kernel_families: Optional[Dict[str, KernelFamilyYaml]] = None
+    collectives: Optional[CollectivesYaml] = None
+
+
+def _checked(schema, data: Any, prefix: str = ""):
+    """``data`` validated against ``schema`` by OmegaConf, as a plain dict; a problem becomes a
+    :class:`HardwareError` naming the field and the fix."""
     try:
-        from omegaconf import DictConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf ships with hydra
-        return cfg
+        return OmegaConf.to_container(structured.check(schema, data), resolve=True)
+    except structured.ProblemError as e:
+        p = e.problem
+        path = prefix + p.path.replace("from_devices", "from")
+        if p.kind == "unknown":
+            valid = tuple(k.replace("from_devices", "from") for k in p.valid)
+            near = structured.nearest(p.key, valid)
+            _fail(path, "is not a known field",
+                  f"Allowed keys here: {', '.join(valid)}." + (f" Did you mean '{near[0]}'?" if near else ""))
+        if p.kind == "missing":
+            _fail(path, "is missing", f"Add it (keys here: {', '.join(structured.fields_of(schema))}).")
+        if p.kind == "type":
+            _fail(path, f"is {p.value!r}, which is not {p.expected or 'of the right type'}",
+                  "Write a plain number in the unit of the key's suffix, e.g. 989.4 or \"1.5e3\"."
+                  if "number" in p.expected else f"Write {p.expected}.")
+        _fail(path, f"is invalid ({p.raw})", "Fix the value.")
+
+
+def _mapping_of(cfg: Any) -> Any:
     if isinstance(cfg, DictConfig):
         return OmegaConf.to_container(cfg, resolve=True)
     return cfg
 
 
-def _parse_efficiency(value: Any) -> Efficiency:
-    e = _mapping(value, "efficiency", _EFFICIENCY_KEYS)
-    classes_raw = e["classes"]
-    if not isinstance(classes_raw, Mapping):
-        _fail("efficiency.classes", f"is a {type(classes_raw).__name__}, not a mapping",
-              f"Write one entry per op class: {', '.join(OP_CLASSES)}.")
-    classes = {}
-    for cls, cv in classes_raw.items():
-        _known(cls, OP_CLASSES, f"efficiency.classes.{cls}", "op class", f"Use only {', '.join(OP_CLASSES)}.")
-        base = f"efficiency.classes.{cls}"
-        c = _mapping(cv, base, _CLASS_KEYS)
-        classes[cls] = ClassEfficiency(
-            compute=_num(c["compute"], f"{base}.compute"),
-            memory=_num(c["memory"], f"{base}.memory"),
-            flops_half=_num(c["flops_half_gflop"], f"{base}.flops_half_gflop") * _GFLOP,
-            bytes_half=_num(c["bytes_half_mb"], f"{base}.bytes_half_mb") * _MB,
-        )
-    return Efficiency(
-        source=_str(e["source"], "efficiency.source"),
-        launch_overhead_s=_num(e["launch_overhead_us"], "efficiency.launch_overhead_us") * _US,
-        classes=classes,
-    )
+def _dtype_peaks(table: Mapping | None) -> dict[str, float]:
+    return {str(k): float(v) * _TFLOPS for k, v in (table or {}).items()}
 
 
-def _parse_calibration(value: Any) -> Calibration:
-    c = _mapping(value, "calibration", _CALIBRATION_KEYS, _CALIBRATION_OPTIONAL)
-    frm = c["from"]
+def _calibration(value: Mapping | None) -> Calibration | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        _fail("calibration", f"is a {type(value).__name__}, not a mapping",
+              "Write source, from, method, error_band (and optionally date, note).")
+    data = {("from_devices" if k == "from" else k): v for k, v in value.items()}
+    if "from_devices" in value:
+        _fail("calibration.from_devices", "is not a known field", "Write the key as 'from'.")
+    c = _checked(CalibrationYaml, data, "calibration.")
+    frm = c["from_devices"]
     if isinstance(frm, str):
         frm = [frm]
     if not isinstance(frm, (list, tuple)) or not all(isinstance(x, str) for x in frm):
         _fail("calibration.from", f"is {frm!r}", "Write a device name or a list of them, e.g. [h100_sxm, h200].")
-    band = _mapping(c["error_band"], "calibration.error_band", _BAND_KEYS)
-    return Calibration(source=_str(c["source"], "calibration.source"), from_devices=tuple(frm),
-                       method=_str(c["method"], "calibration.method"),
-                       error_median=_num(band["median"], "calibration.error_band.median"),
-                       error_p90=_num(band["p90"], "calibration.error_band.p90"),
-                       error_basis=_str(band["basis"], "calibration.error_band.basis"),
-                       date=str(c.get("date", "") or ""), note=str(c.get("note", "") or ""))
+    band = c["error_band"]
+    return Calibration(source=c["source"], from_devices=tuple(frm), method=c["method"],
+                       error_median=band["median"], error_p90=band["p90"], error_basis=band["basis"],
+                       date=str(c.get("date") or ""), note=str(c.get("note") or ""))
 
 
-def _parse_kernel_families(value: Any) -> dict[str, KernelFamilyEfficiency]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        _fail("kernel_families", f"is a {type(value).__name__}, not a mapping",
-              "Write one entry per kernel family (w4a16, fp8_rowwise, ...).")
-    out = {}
-    for fam, fv in value.items():
-        base = f"kernel_families.{fam}"
-        f = _mapping(fv, base, _FAMILY_KEYS, _FAMILY_OPTIONAL)
-        sparse = f.get("sparse", False)
-        if not isinstance(sparse, bool):
-            _fail(f"{base}.sparse", f"is {sparse!r}", "Write true or false.")
-        out[str(fam)] = KernelFamilyEfficiency(
-            kernel=_str(f["kernel"], f"{base}.kernel"),
-            peak_dtype=normalize_dtype(_str(f["peak_dtype"], f"{base}.peak_dtype")),
-            sparse=sparse,
-            compute=_num(f["compute"], f"{base}.compute"),
-            memory=_num(f["memory"], f"{base}.memory"),
-            flops_half=_num(f["flops_half_gflop"], f"{base}.flops_half_gflop") * _GFLOP,
-            bytes_half=_num(f["bytes_half_mb"], f"{base}.bytes_half_mb") * _MB,
-            n=_int(f.get("n", 0), f"{base}.n"),
-            median_err=_num(f.get("median_err", 0.0), f"{base}.median_err"),
-            source=str(f.get("source", "") or ""))
-    return out
+def _collectives(c: Mapping | None) -> Collectives | None:
+    if c is None:
+        return None
+    if c["source"] != "measured":
+        _fail("collectives.source", f"is {c['source']!r}",
+              "The collectives block holds measurements only: write source: measured (literature "
+              "figures go to interconnect.latency_us and interconnect.bandwidth_gbs).")
+    if c["mode"] not in ("graph", "eager"):
+        _fail("collectives.mode", f"is {c['mode']!r}", "Write graph or eager.")
+    if not c["fits"]:
+        _fail("collectives.fits", "is empty",
+              f"Write one entry per collective ({', '.join(COLLECTIVES)}) mapping device counts "
+              "to {latency_us, bus_bandwidth_gbs}.")
+    fits = {}
+    for kind, per_n in c["fits"].items():
+        if kind not in COLLECTIVES:
+            _fail(f"collectives.fits.{kind}", "is not a known collective", f"Use {', '.join(COLLECTIVES)}.")
+        if not isinstance(per_n, Mapping):
+            _fail(f"collectives.fits.{kind}", "is not a mapping",
+                  "Map device counts (2, 4, 8) to {latency_us, bus_bandwidth_gbs}.")
+        for n, fv in per_n.items():
+            base = f"collectives.fits.{kind}.{n}"
+            if isinstance(n, bool) or not str(n).strip().isdigit() or int(n) < 2:
+                _fail(base, "is not a device count >= 2", "Key each fit by its device count.")
+            f = _checked(CollectiveFitYaml, fv, f"{base}.")
+            if not (0 < f["latency_us"] < 1e5):
+                _fail(f"{base}.latency_us", f"is {f['latency_us']!r}", "Write microseconds, e.g. 8.5.")
+            if not (0 < f["bus_bandwidth_gbs"] < 1e5):
+                _fail(f"{base}.bus_bandwidth_gbs", f"is {f['bus_bandwidth_gbs']!r}", "Write GB/s, e.g. 360.")
+            fits[(kind, int(n))] = CollectiveFit(latency_s=f["latency_us"] * _US, bus_bandwidth=f["bus_bandwidth_gbs"] * _GBS,
+                                                 median_error=f["median_error"], points=int(f["points"] or 0))
+    return Collectives(source="measured", device=c["device"], date=str(c["date"]), mode=c["mode"], fits=fits,
+                       note=str(c.get("note") or ""))
 
 
 def load_hardware(cfg: Mapping | Any, source: str | os.PathLike | None = None) -> Hardware:
@@ -733,63 +771,55 @@ def load_hardware(cfg: Mapping | Any, source: str | os.PathLike | None = None) -
     ``source`` (a file path or label) prefixes error messages; by default the mapping's ``name``.
     Raises :class:`HardwareError` with a one-paragraph message naming the field and the fix.
     """
-    data = _to_plain(cfg)
+    data = _mapping_of(cfg)
     label = str(source) if source is not None else None
     if label is None and isinstance(data, Mapping) and isinstance(data.get("name"), str):
         label = f"hardware '{data['name']}'"
     token = _WHERE.set(label or "hardware config")
     try:
-        top = _mapping(data, "", _TOP_REQUIRED, _TOP_OPTIONAL)
-        oc = _mapping(top["onchip"], "onchip", _ONCHIP_KEYS)
-        ic = _mapping(top["interconnect"], "interconnect", _INTERCONNECT_KEYS, _INTERCONNECT_OPTIONAL)
-        description = top.get("description", "") or ""
-        if not isinstance(description, str):
-            _fail("description", "is not a string", "Write free text or leave the key out.")
+        if not isinstance(data, Mapping):
+            _fail("", f"is a {type(data).__name__}, not a mapping", "Write the hardware description as a YAML mapping.")
+        top = _checked(HardwareYaml, data)
+        oc, ic, eff = top["onchip"], top["interconnect"], top["efficiency"]
+        for k in ("name", "vendor"):
+            if not str(top[k]).strip():
+                _fail(k, f"is {top[k]!r}, not a non-empty string", "Write text (quote it if needed).")
+        lat = ic.get("latency_us")
+        if lat is not None and not (0 < lat < 1e5):
+            _fail("interconnect.latency_us", f"is {lat!r}",
+                  "Write the per-collective latency floor in microseconds, e.g. 10 for NVLink.")
+        families = {}
+        for fam, f in (top.get("kernel_families") or {}).items():
+            families[str(fam)] = KernelFamilyEfficiency(
+                kernel=f["kernel"], peak_dtype=normalize_dtype(f["peak_dtype"]), sparse=f["sparse"],
+                compute=f["compute"], memory=f["memory"], flops_half=f["flops_half_gflop"] * _GFLOP,
+                bytes_half=f["bytes_half_mb"] * _MB, n=int(f["n"]), median_err=f["median_err"],
+                source=str(f.get("source") or ""))
         return Hardware(
-            name=_str(top["name"], "name"),
-            vendor=_str(top["vendor"], "vendor"),
-            kind=_str(top["kind"], "kind"),
-            peak_flops=_dtype_table(top["peak_tflops"], "peak_tflops"),
-            sparse_peak_flops=_dtype_table(top.get("sparse_peak_tflops"), "sparse_peak_tflops"),
-            memory_bytes=_num(top["memory_gib"], "memory_gib") * _GIB,
-            memory_bandwidth=_num(top["memory_bandwidth_gbs"], "memory_bandwidth_gbs") * _GBS,
-            onchip=OnChip(
-                l2_bytes=_num(oc["l2_mib"], "onchip.l2_mib") * _MIB,
-                smem_per_sm_bytes=_num(oc["smem_per_sm_kib"], "onchip.smem_per_sm_kib") * _KIB,
-                sm_count=_int(oc["sm_count"], "onchip.sm_count"),
-            ),
-            interconnect=Interconnect(
-                name=_str(ic["name"], "interconnect.name"),
-                bandwidth=_num(ic["bandwidth_gbs"], "interconnect.bandwidth_gbs") * _GBS,
-                num_devices_per_node=_int(ic["num_devices_per_node"],
-                                          "interconnect.num_devices_per_node"),
-                latency_s=_latency(ic.get("latency_us")),
-            ),
-            efficiency=_parse_efficiency(top["efficiency"]),
-            description=description,
-            architecture=str(top.get("architecture", "") or ""),
-            calibration=(_parse_calibration(top["calibration"])
-                         if top.get("calibration") is not None else None),
-            kernel_families=_parse_kernel_families(top.get("kernel_families")),
+            name=top["name"], vendor=top["vendor"], kind=top["kind"],
+            peak_flops=_dtype_peaks(top["peak_tflops"]),
+            sparse_peak_flops=_dtype_peaks(top.get("sparse_peak_tflops")),
+            memory_bytes=top["memory_gib"] * _GIB,
+            memory_bandwidth=top["memory_bandwidth_gbs"] * _GBS,
+            onchip=OnChip(l2_bytes=oc["l2_mib"] * _MIB, smem_per_sm_bytes=oc["smem_per_sm_kib"] * _KIB,
+                          sm_count=oc["sm_count"]),
+            interconnect=Interconnect(name=ic["name"], bandwidth=ic["bandwidth_gbs"] * _GBS,
+                                      num_devices_per_node=ic["num_devices_per_node"],
+                                      latency_s=None if lat is None else lat * _US),
+            efficiency=Efficiency(
+                source=eff["source"], launch_overhead_s=eff["launch_overhead_us"] * _US,
+                classes={cls: ClassEfficiency(compute=c["compute"], memory=c["memory"],
+                                              flops_half=c["flops_half_gflop"] * _GFLOP,
+                                              bytes_half=c["bytes_half_mb"] * _MB)
+                         for cls, c in eff["classes"].items()}),
+            description=str(top.get("description") or ""),
+            architecture=str(top.get("architecture") or ""),
+            calibration=_calibration(top.get("calibration")),
+            kernel_families=families,
             collectives=_collectives(top.get("collectives")),
         )
     finally:
         _WHERE.reset(token)
-
-
-def _latency(value: Any) -> float | None:
-    if value is None:
-        return None
-    us = _num(value, "interconnect.latency_us")
-    if not (0 < us < 1e5):
-        _fail("interconnect.latency_us", f"is {us!r}",
-              "Write the per-collective latency floor in microseconds, e.g. 10 for NVLink.")
-    return us * _US
-
-
-def _collectives(value: Any):
-    from compiler.perf.calibration.collectives import parse_collectives
-    return parse_collectives(value)
 
 
 def _parse_yaml_text(text: str) -> Any:
@@ -936,7 +966,6 @@ def hardware_to_yaml_dict(hw: Hardware) -> dict:
     if hw.kernel_families:
         out["kernel_families"] = kernel_families_to_yaml_dict(hw.kernel_families)
     if hw.collectives is not None:
-        from compiler.perf.calibration.collectives import collectives_to_yaml_dict
         out["collectives"] = collectives_to_yaml_dict(hw.collectives)
     return out
 
@@ -971,37 +1000,49 @@ def write_hardware_yaml(hw: Hardware, path: str | os.PathLike) -> Path:
     return path
 
 
-_TOP_KEY = re.compile(r"^[A-Za-z_][\w\-]*\s*:")
+def _block_spans(lines: list[str]) -> dict[str, tuple[int, int]]:
+    """Line span ``[start, end)`` of each top-level key's block, from ruamel.yaml's positions of
+    the keys (no pattern matching on YAML text). Column-0 comments and blank lines just above a
+    key belong to that key, so a replaced block never takes them away."""
+    doc = _RT.load("".join(lines)) or {}
+    keys = list(doc.keys())
+    starts = [doc.lc.key(k)[0] for k in keys]
+    spans = {}
+    for i, k in enumerate(keys):
+        end = starts[i + 1] if i + 1 < len(keys) else len(lines)
+        while end > starts[i] + 1 and end <= len(lines) and (
+                not lines[end - 1].strip() or lines[end - 1].startswith("#")):
+            end -= 1
+        spans[str(k)] = (starts[i], end)
+    return spans
+
+
+def _dump_block(key: str, value: Any) -> str:
+    buf = io.StringIO()
+    _RT.dump({key: value}, buf)
+    return buf.getvalue()
 
 
 def update_yaml_blocks(path: str | os.PathLike, blocks: Mapping[str, Any], note: str = "") -> Hardware:
     """Replace (or append) top-level blocks of an existing hardware YAML — ``blocks`` maps a top
-    key (``efficiency``, ``calibration``, ``kernel_families``, ``architecture``) to its new value
-    in YAML units — keeping every other line and its comments. A value of None removes the key.
-    The result is validated before the file is replaced (atomically); returns the reloaded
-    :class:`Hardware`."""
+    key (``efficiency``, ``calibration``, ``kernel_families``, ``architecture``, ``collectives``)
+    to its new value in YAML units — keeping every other line and its comments (ruamel.yaml
+    locates the blocks). A value of None removes the key. The result is validated before the
+    file is replaced (atomically); returns the reloaded :class:`Hardware`."""
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     for key, value in blocks.items():
         lines = text.splitlines(keepends=True)
-        start = next((i for i, ln in enumerate(lines) if re.match(rf"^{re.escape(key)}\s*:", ln)), None)
-        block = "" if value is None else _dump({key: value})
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
+        span = _block_spans(lines).get(key)
+        block = "" if value is None else _dump_block(key, _plain(value))
         head = f"# {key}: {note}\n" if note and value is not None and key != "architecture" else ""
-        if start is None:
-            if value is None:
-                continue
-            sep = "" if not lines or lines[-1].endswith("\n") else "\n"
-            text = text + sep + head + block
+        if span is None:
+            if value is not None:
+                text = "".join(lines) + head + block
             continue
-        end = len(lines)
-        for j in range(start + 1, len(lines)):
-            if _TOP_KEY.match(lines[j]):
-                end = j
-                break
-        # Column-0 comments and blank lines just above the next key belong to that key.
-        while end > start + 1 and end < len(lines) and (
-                not lines[end - 1].strip() or lines[end - 1].startswith("#")):
-            end -= 1
+        start, end = span
         s0 = start
         while s0 > 0 and lines[s0 - 1].startswith(f"# {key}: "):  # previous auto-written notes
             s0 -= 1
@@ -1017,6 +1058,15 @@ def update_yaml_blocks(path: str | os.PathLike, blocks: Mapping[str, Any], note:
               f"Set name: {path.stem}.", where=str(path))
     _atomic_write(path, text)
     return hw
+
+
+def _plain(value: Any) -> Any:
+    """Mappings/sequences as plain dicts/lists with int keys kept (ruamel dumps them as written)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def update_efficiency_yaml(path: str | os.PathLike, eff: Efficiency) -> Hardware:

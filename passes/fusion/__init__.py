@@ -69,6 +69,8 @@ from passes.fusion.norm import layer_norm_rule, residual_norm_rule, rms_norm_rul
 from passes.fusion.pattern import MatchResult
 from passes.fusion.rotary import rotary_cache_rule, rotary_layout_rule, rotary_partial_rule, rotary_rule
 from passes.fusion.rule import Match, Plan, Rule, RuleOutcome, apply_rule
+from passes.cleanup import eliminate_dead_code
+from compiler.perf.hardware import hardware_by_name
 
 log = logging.getLogger("rooftop.fusion")
 
@@ -167,7 +169,6 @@ def run_rules(g: Graph, names, *, gate: CostGate | None, explain: bool = False,
         if explain:
             log.info("%s", explain_outcome(name, out))
     if any(o.fired for o in outcomes.values()):
-        from passes.cleanup import eliminate_dead_code
         eliminate_dead_code(g)   # repeat_kv chains, Splits and shape code the fused ops left unused
     return stats, outcomes
 
@@ -222,7 +223,6 @@ class FusionPass(Pass):
 
     def _hardware(self):
         ctx = getattr(self, "context", None)
-        from compiler.perf.hardware import hardware_by_name
         if self.params.get("hardware"):
             return hardware_by_name(str(self.params["hardware"]))
         if ctx is not None and ctx.hardware is not None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from compiler.ir import Graph, OpNode
+from compiler.ir.tensors import TensorType
 
 STATS = ("bias_fold.key", "bias_fold.value", "bias_fold.residual")
 
@@ -65,7 +66,6 @@ def _set_bias(g: Graph, node: OpNode, index: int, values: np.ndarray, base: str)
     if old and g.num_uses(old) == 1:
         g.params[old].data = values
         return
-    from compiler.ir.tensors import TensorType
     name = g.fresh(base)
     g.add_param(name, TensorType("float32", (values.shape[0],)), values)
     g.set_input(node, index, name)
@@ -161,7 +161,6 @@ def float_masks(g: Graph) -> int:
     kernel substitutes itself), computed once. onnxruntime converts a boolean mask into that float
     form inside every Attention call (~7 % of the op's time at MiniLM's shape); results are
     bit-identical. Returns how many Attention ops now read a converted mask."""
-    from compiler.ir.tensors import TensorType
     converted: dict[str, str] = {}
     n_ops = 0
     for n in list(g):

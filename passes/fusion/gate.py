@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 from compiler.ir.annotations import COSTED
 from compiler.ir import Graph, OpNode, TensorType
+from compiler.perf.cost import CostModel
+from compiler.ir import SYMBOLS
 
 Point = tuple[int, int, int, str]
 DEFAULT_POINTS: tuple[Point, ...] = ((1, 512, 0, "prefill"), (1, 1, 512, "decode"))
@@ -50,7 +52,6 @@ class CostGate:
         return ok, detail
 
     def _cost(self, graph, nodes, types, params) -> list[float]:
-        from compiler.perf.cost import CostModel
         mini = mini_graph(graph, nodes, types, params)
         cm = CostModel(mini, self.hw)
         return [cm.totals(b, s, p, phase)["time"] for b, s, p, phase in self.points]
@@ -80,7 +81,6 @@ def mini_graph(graph: Graph, nodes: Sequence[OpNode], types, params) -> Graph:
 
 
 def _unknown_symbols(graph: Graph, nodes: Sequence[OpNode]) -> set[str]:
-    from compiler.ir import SYMBOLS
     known = set(SYMBOLS.values())
     out: set[str] = set()
     for n in nodes:

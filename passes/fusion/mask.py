@@ -9,8 +9,9 @@ for SDPA). A mask that reads anything else (a padding ``attention_mask``, activa
 that evaluates to anything else (a sliding window, a bidirectional mask, an additive bias) is
 *general*: a fusion keeps it as the Attention's mask operand, exactly.
 
-Evaluation emits the mask's ancestor ops with :mod:`compiler.backend.emit` and runs them in
-onnxruntime (milliseconds; one mask is usually shared by every layer and cached).
+Evaluation runs the mask's ancestor ops through the current pass context's evaluator (the driver's
+emits them as ONNX and runs them in onnxruntime: milliseconds; one mask is usually shared by every
+layer and cached).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import dataclasses
 import numpy as np
 
 from compiler.ir import DTYPES, P, SYMBOLS, Graph, subs
+from passes.base import evaluator
 
 POSITION_INPUTS = ("position_ids",)
 HIDDEN = -1e4           # an additive mask entry at or below this hides the key (exp underflows)
@@ -111,21 +113,12 @@ def _not_causal(m: np.ndarray, s: int, p: int) -> str | None:
 
 
 def _evaluate(g: Graph, tensor: str, nodes: set[str], leaves: set[str]):
-    import onnxruntime as ort
-
-    from compiler.backend.emit import subgraph_model
-
     order = [n for n in g.topo_order() if n.name in nodes]
-    model = subgraph_model(g, order, [tensor], inputs=[t for t in g.inputs if t in leaves],
-                           params=[t for t in leaves if t in g.params], name="mask",
-                           # the importers' convention when dim_sources is not set yet
-                           dim_sources={"B": ("input_ids", 0), "S": ("input_ids", 1)} if "input_ids" in g.inputs else None)
-    inputs = [i.name for i in model.graph.input]
+    inputs, run = evaluator("attention mask analysis").compile(
+        g, order, [tensor], inputs=[t for t in g.inputs if t in leaves], params=[t for t in leaves if t in g.params],
+        # the importers' convention when dim_sources is not set yet
+        dim_sources={"B": ("input_ids", 0), "S": ("input_ids", 1)} if "input_ids" in g.inputs else None)
     ty = g.type(tensor)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     has_past = any(P in getattr(d, "free_symbols", ()) for d in ty.shape) or \
         any(P in getattr(d, "free_symbols", ()) for t in inputs for d in g.type(t).shape)
     results = []
@@ -142,7 +135,7 @@ def _evaluate(g: Graph, tensor: str, nodes: set[str], leaves: set[str]):
                 feeds[t] = np.ones(shape, npdt)
             else:
                 feeds[t] = np.zeros(shape, npdt)
-        results.append(((b, s, p), np.asarray(sess.run(None, feeds)[0])))
+        results.append(((b, s, p), run(feeds)[0]))
     return results
 
 

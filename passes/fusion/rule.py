@@ -30,6 +30,7 @@ from compiler.ir.annotations import carry, carry_params
 from compiler.ir import Graph, IRError, OpNode, Param, TensorType
 from compiler.ir.ops import get as get_opdef
 from passes.fusion.pattern import Bind, Matcher, MatchResult, Pattern
+from passes.cleanup import _rename_tensor
 
 MAX_BINDINGS_PER_ROOT = 64
 
@@ -204,7 +205,6 @@ def apply_plan(graph: Graph, match: Match, plan: Plan) -> list[OpNode]:
             graph.remove_op(n)
             remaining.remove(n)
     if public:
-        from passes.cleanup import _rename_tensor
         for old, nt in public:
             ident = graph.add_op("Identity", [nt], [old], types=[graph.types[nt]])
             _rename_tensor(graph, nt, old, ident)

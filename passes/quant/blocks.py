@@ -13,6 +13,7 @@ are arbitrary, and fusion merges Q/K/V or gate/up weights):
 from __future__ import annotations
 
 from compiler.ir import Graph, OpNode
+from compiler.errors import ConfigError
 
 BLOCK_TYPES = ("attention", "mlp")
 
@@ -79,7 +80,6 @@ def block_type(g: Graph, n: OpNode) -> str:
 
 def parse_targets(value) -> tuple[str, ...]:
     """``sparsity.targets``: a list of block types, one name, or ``all``."""
-    from compiler.errors import ConfigError
     if value is None or value == "all":
         return BLOCK_TYPES
     items = [value] if isinstance(value, str) else list(value)

@@ -31,6 +31,8 @@ import sympy
 from compiler.ir import B, P, S, Graph, OpNode
 from compiler.resources import REPO_ROOT
 from compiler.ir.ops import Classifier, op_cost
+from compiler.perf.kernel_families import interp_log_m, ORT_DENSE_NM
+from compiler.perf.hardware import hardware_by_name
 
 LITERATURE = {"points": [[1, 1.25], [64, 1.25], [256, 1.0], [4096, 0.77]],
               "source": "literature (Mishra et al. 2021 arXiv:2104.08378: cuSPARSELt 1.3–1.6x on large GEMMs; "
@@ -72,7 +74,6 @@ def measured_ratio(family: str = SPARSE_FAMILY, dense: str = DENSE_FAMILY) -> di
 
 
 def ratio_at(curve: Mapping, m: float) -> float:
-    from compiler.perf.kernel_families import interp_log_m
     return float(interp_log_m(curve["points"], m))
 
 
@@ -84,7 +85,6 @@ def _roofline(flops, byts, peak, hw, cls_eff) -> float:
 
 def decide(g: Graph, node: OpNode, weight: str, nm: tuple[int, int], context, workload: Mapping) -> dict[str, Any]:
     """The decision record for one layer (``pruned``, predicted times per phase, payoff, reason)."""
-    from compiler.perf.hardware import hardware_by_name
     hw = getattr(context, "hardware", None) or hardware_by_name(DEFAULT_HARDWARE)
     pts = getattr(context, "points", None) or ((1, 512, 0, "prefill"), (1, 1, 512, "decode"))
     points = {ph: (b, s, p) for b, s, p, ph in pts}
@@ -106,7 +106,6 @@ def decide(g: Graph, node: OpNode, weight: str, nm: tuple[int, int], context, wo
     if not hw.sparse_peak_flops:
         # no 2:4 math on this device (a CPU: onnxruntime runs the pruned weight as a dense MatMul
         # on the same bytes): pruning costs accuracy and buys no time
-        from compiler.perf.kernel_families import ORT_DENSE_NM
         out.update(kernel=(ORT_DENSE_NM if getattr(hw, "kind", "") == "cpu"
                            else "dense GEMM (no 2:4 sparse math on this device)"),
                    ratio_source=f"{hw.name} has no 2:4 sparse math units (sparse_peak_tflops is empty)",

@@ -42,12 +42,15 @@ from compiler.ir.annotations import ComputeDtype, WeightFormat
 from compiler.errors import ConfigError
 from compiler.ir import Graph, OpNode
 from compiler.perf.kernel_families import ORT_DENSE_NM
-from compiler.backend.quantized import ACCURACY_LEVEL_KEY, ORT_SESSION_KEY, ActivationQuant, QuantizedData
-from passes.base import Pass, PassResult
+from compiler.ir.annotations import ACCURACY_LEVEL_KEY, ORT_SESSION_KEY, ActivationQuant, QuantizedData, nm_metadata
+from passes.base import Pass, PassResult, evaluator
 from passes.quant.formats import QuantSpec, int_dtype, quantize_rtn
 from passes.quant.nm import prune_magnitude
 from passes.quant.obs import Hessian, obs_compress
 from passes.quant.smooth import awq_scales, smoothquant_scales
+from compiler.ir import TensorType
+from passes.quant.blocks import parse_targets, block_type
+from passes.quant.cost_gate import decide
 
 log = logging.getLogger("rooftop.quant")
 
@@ -156,7 +159,6 @@ def materialize_transposed(g: Graph, site: Site) -> None:
     nothing else reads it."""
     if site.transposed_from is None:
         return
-    from compiler.ir import TensorType
     src = g.params[site.transposed_from]
     name = g.fresh(f"{src.name}.T")
     data = None if src.data is None else np.ascontiguousarray(np.asarray(src.data).T)
@@ -224,12 +226,6 @@ def calibrate(g: Graph, tensors: Sequence[str], cal: Calibration, tokenizer_sour
               keep_rows: int = 0) -> dict[str, Hessian]:
     """Hessian and activation statistics of each tensor over the calibration split; with
     ``keep_rows`` also up to that many activation rows (``Hessian.rows``, for AWQ)."""
-    from compiler.backend import accuracy
-    paras = accuracy.load_paragraphs(None if cal.source in ("default", None, "") else cal.source)
-    tok = accuracy.make_tokenizer(tokenizer_source, accuracy.vocab_of(g))
-    seqs = accuracy.token_samples(accuracy.split(paras, "calibration"), tok, int(cal.seq_len), int(cal.samples))
-    if not seqs:
-        raise ConfigError("the calibration text produced no token sequence; use a longer quant.calibration.source file.")
     stats = {t: Hessian(g.type(t).shape[-1]) for t in tensors}
     rows: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
 
@@ -238,10 +234,10 @@ def calibrate(g: Graph, tensors: Sequence[str], cal: Calibration, tokenizer_sour
         if keep_rows and sum(len(r) for r in rows[t]) < keep_rows:
             rows[t].append(x[: keep_rows].astype(np.float32))
 
-    accuracy.collect_activations(g, tensors, seqs, consume)
+    n_seqs = evaluator("calibration").activations(g, tensors, cal, tokenizer_source, consume)
     for t in tensors:
         stats[t].rows = np.concatenate(rows[t]) if rows[t] else None
-        stats[t].samples = len(seqs)
+        stats[t].samples = n_seqs
     return stats
 
 
@@ -542,7 +538,6 @@ class PruneNM(Pass):
         self.cost_aware = bool(p.get("cost_aware", True))
         self.tokenizer_source = p.get("tokenizer_source")
         self.workload = dict(p.get("workload") or {})
-        from passes.quant.blocks import parse_targets
         self.targets = parse_targets(p.get("targets"))   # sparsity.targets: attention / mlp blocks
 
     def kernel(self) -> str:
@@ -550,8 +545,6 @@ class PruneNM(Pass):
         return ORT_CPU_SPARSE_KERNEL if on_cpu(self.context) else SPARSE_KERNEL
 
     def run(self, g: Graph) -> PassResult:
-        from passes.quant.blocks import block_type
-        from passes.quant.cost_gate import decide
         sites = [s for s in linear_sites(g, self.exclude) if not s.reason]
         stats: dict[str, int] = {"linear_layers": len(sites)}
         decisions = []
@@ -616,28 +609,5 @@ class PruneNM(Pass):
                 "(or a model with real weights) for both.")
         meta = g.meta.setdefault("onnx_metadata", {})
         if not cost_only:
-            from compiler.backend.quantized import nm_metadata
             meta.update(nm_metadata({w: {"n": self.n, "m": self.m, "axis": 0, "method": self.method} for w in done}))
         return PassResult(g, bool(done), stats)
-
-
-# ------------------------------------------------------------------------------------------------
-# from the config groups to passes (called by the driver)
-
-def compression_passes(cfg: Mapping, context, workload: Mapping) -> list[Pass]:
-    """The ``prune_nm`` / ``quantize`` passes that ``sparsity=`` / ``quant=`` ask for (in that
-    order; appended after the pipeline's own passes)."""
-    from passes import make_pass
-    out: list[Pass] = []
-    sp = dict(cfg.get("sparsity") or {})
-    scheme = str(sp.pop("scheme", "none"))
-    if scheme not in ("none", "nm"):
-        raise ConfigError(f"sparsity={scheme!r} is not a sparsity scheme; use none or nm.")
-    if scheme == "nm":
-        out.append(make_pass({"name": "prune_nm", **sp, "tokenizer_source": dict(cfg.get("model") or {}),
-                              "workload": dict(workload)}, context))
-    q = dict(cfg.get("quant") or {})
-    qs = str(q.get("scheme", "none"))
-    if qs != "none":
-        out.append(make_pass({"name": "quantize", **q, "tokenizer_source": dict(cfg.get("model") or {})}, context))
-    return out

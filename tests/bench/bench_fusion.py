@@ -48,6 +48,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from compiler.backend.evaluate import OnnxEvaluator  # noqa: E402
+from passes.base import install_default_evaluator  # noqa: E402
+
+install_default_evaluator(OnnxEvaluator())   # passes run outside the driver evaluate through ONNX
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SEQ = 128

@@ -17,6 +17,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from compiler.backend.evaluate import OnnxEvaluator  # noqa: E402
+from passes.base import install_default_evaluator  # noqa: E402
+
+install_default_evaluator(OnnxEvaluator())   # passes run outside the driver evaluate through ONNX
 
 
 def main():
@@ -35,7 +39,7 @@ def main():
     from compiler.perf.schedule import schedule
     from compiler.analysis.serving import ServeConfig, StepTable, cost_model_step_time, sample_requests, simulate, simulate_static
     from passes import PassContext, PassManager, make_pass
-    from reports.report import kv_bytes_per_token, weights_bytes
+    from compiler.perf.memory import kv_bytes_per_token, weights_bytes
 
     t0 = time.perf_counter()
     hw = hardware_by_name(a.hardware)

@@ -58,9 +58,11 @@ def main():
     from compiler.perf.cost import CostModel
     from compiler.perf.hardware import hardware_by_name
     from compiler.frontends.models import import_torch
-    from passes import run_passes
+    from compiler.backend.evaluate import OnnxEvaluator
+    from passes import PassContext, run_passes
     g = import_torch(OmegaConf.to_container(OmegaConf.load(ROOT / "conf/model/llama2_70b.yaml")))
-    run_passes(g, OmegaConf.to_container(OmegaConf.load(ROOT / "conf/pipeline/cache.yaml"))["passes"])
+    run_passes(g, OmegaConf.to_container(OmegaConf.load(ROOT / "conf/pipeline/cache.yaml"))["passes"],
+               PassContext(evaluator=OnnxEvaluator()))
     t0 = time.perf_counter()
     cm = CostModel(g, hardware_by_name("h100_sxm"))
     compile_s = time.perf_counter() - t0

@@ -25,6 +25,7 @@ from typing import Dict, Mapping, Optional, Tuple
 from compiler.perf import efficiency as E
 
 from compiler.resources import REPO_ROOT
+from compiler.perf.hardware import load_hardware, load_hardware_file, _read_yaml, OP_CLASSES, ClassEfficiency, Efficiency, update_efficiency_yaml, write_hardware_yaml
 
 #: Which measured kernels stand for a class in the fit (sample names); classes not listed use
 #: every sample not marked ``exclude_from_fit``.  Reduction: the fused (torch.compile, static
@@ -91,7 +92,6 @@ def _sig(x: float, n: int = 4) -> float:
 
 
 def _load_hw(path):
-    from compiler.perf.hardware import load_hardware, load_hardware_file, _read_yaml
 
     path = Path(path)
     try:
@@ -135,7 +135,6 @@ def fit_file(path, base_yaml=None, dtype: str = "fp16", select: Optional[Mapping
 
 def to_efficiency(res: FitResult):
     """The fitted block as a compiler.perf.hardware.Efficiency (every OP_CLASSES entry needed)."""
-    from compiler.perf.hardware import OP_CLASSES, ClassEfficiency, Efficiency
 
     missing = [c for c in OP_CLASSES if c not in res.params]
     if missing:
@@ -153,7 +152,6 @@ def write_yaml(res: FitResult, base_yaml, out) -> Path:
     If ``out``'s stem equals the device's ``name`` (the library convention), the base
     file's text is kept, comments included, and only the efficiency block is replaced;
     otherwise the whole file is rewritten (comments dropped)."""
-    from compiler.perf.hardware import update_efficiency_yaml, write_hardware_yaml
 
     base, out = Path(base_yaml), Path(out)
     hw = _load_hw(base)

@@ -27,6 +27,7 @@ import numpy as np
 from compiler.perf import efficiency as E
 from compiler.perf.calibration import DATA_DIR
 from compiler.perf.calibration import fit as calfit
+from compiler.perf.hardware import KernelFamilyEfficiency, kernel_families_to_yaml_dict, available_hardware, hardware_by_name, hardware_dir, update_yaml_blocks
 
 KERNELS_FILE = DATA_DIR / "h200_kernels.json"
 #: family -> (peak dtype, sparse peak?)
@@ -104,7 +105,6 @@ def summary(meas: Mapping) -> Dict[str, dict]:
 
 
 def to_yaml_block(fits: Mapping[str, dict], data_file: str, device: str, date: str) -> dict:
-    from compiler.perf.hardware import KernelFamilyEfficiency, kernel_families_to_yaml_dict
     fams = {}
     for fam, r in fits.items():
         p = r["params"]
@@ -129,7 +129,6 @@ def format_fits(fits: Mapping[str, dict], summ: Mapping[str, dict]) -> str:
 
 
 def main(argv=None) -> int:
-    from compiler.perf.hardware import available_hardware, hardware_by_name, hardware_dir, update_yaml_blocks
     ap = argparse.ArgumentParser(prog="python -m compiler.perf.calibration.kernels", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(KERNELS_FILE))

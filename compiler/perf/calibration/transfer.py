@@ -46,8 +46,9 @@ import numpy as np
 from compiler.perf import efficiency as E
 from compiler.perf.calibration import DATA_DIR
 from compiler.perf.calibration import fit as calfit
+from compiler.perf.hardware import hardware_by_name, available_hardware, ClassEfficiency, Efficiency, efficiency_to_yaml_dict, hardware_dir, update_yaml_blocks
+from compiler.perf.cost import CostModel
 
-from compiler.resources import REPO_ROOT
 REF_DTYPE = "fp16"
 
 #: Literature class fractions (no device of the architecture measured). They are what the
@@ -63,13 +64,11 @@ LITERATURE_LAUNCH_S = 4e-6
 
 
 def _hw(name: str):
-    from compiler.perf.hardware import hardware_by_name
     return hardware_by_name(name)
 
 
 def calibrated_devices() -> Dict[str, Path]:
     """Devices with stored calibration measurements: {hardware name: data file}."""
-    from compiler.perf.hardware import available_hardware
     names = set(available_hardware())
     out = {}
     for p in sorted(DATA_DIR.glob("*.json")):
@@ -182,8 +181,6 @@ def e2e_errors(hw_name: str, launch: float, params: Mapping[str, E.ClassParams],
                graph) -> Dict[str, float]:
     """Median |error| of the whole-model (Llama-2-7B-shaped, CUDA graphs) prefill and decode
     predictions of the cost model on ``hw_name`` with the given efficiencies."""
-    from compiler.perf.cost import CostModel
-    from compiler.perf.hardware import ClassEfficiency, Efficiency
     hw = _hw(hw_name)
     eff = Efficiency(source="experiment", launch_overhead_s=launch,
                      classes={c: ClassEfficiency(p.compute, p.memory, p.flops_half, p.bytes_half)
@@ -277,7 +274,6 @@ def format_experiment(res: dict) -> str:
 # --------------------------------------------------------------------------- writing the library
 
 def _eff_dict(launch, params, source):
-    from compiler.perf.hardware import ClassEfficiency, Efficiency, efficiency_to_yaml_dict
     eff = Efficiency(source=source, launch_overhead_s=launch,
                      classes={c: ClassEfficiency(p.compute, p.memory, p.flops_half, p.bytes_half)
                               for c, p in params.items()})
@@ -290,7 +286,6 @@ def _round(x, n=3):
 
 def write_library(res: dict, date: Optional[str] = None) -> List[Path]:
     """Write efficiency + calibration blocks into every GPU YAML of the library."""
-    from compiler.perf.hardware import available_hardware, hardware_dir, update_yaml_blocks
     date = date or _dt.date.today().isoformat()
     data = calibrated_devices()
     devs = res["devices"]

@@ -1,0 +1,105 @@
+"""The speculative draft: which library model drafts for the target, whether it can (same
+vocabulary, a causal LM), its import through the target's pass recipe, and the measured
+acceptance rate when the config asks for one. The results go into the run context
+(:class:`compiler.analysis.context.Draft`, ``measured["acceptance"]``)."""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from compiler.analysis.context import Draft
+from compiler.analysis.speculative import self_draft_layers, spec_config
+from compiler.errors import ConfigError
+from compiler.frontends import families
+from compiler.frontends.measure import measure_acceptance
+from compiler.frontends.models import import_torch
+from compiler.resources import conf_dir
+from passes import PassContext, run_passes
+
+
+def library_models() -> list[str]:
+    mdir = os.path.join(str(conf_dir()), "model")
+    return sorted(f[:-5] for f in os.listdir(mdir) if f.endswith(".yaml") and f != "onnx.yaml")
+
+
+def load_model_config(name: str) -> dict[str, Any]:
+    """``conf/model/<name>.yaml`` as a plain dict."""
+    path = os.path.join(str(conf_dir()), "model", f"{name}.yaml")
+    if not os.path.isfile(path):
+        raise ConfigError(f"speculative.draft_model={name!r} is not a model in the library. Use one of "
+                          f"{', '.join(library_models())}, or 'self' for layer-skip self-speculation, e.g. "
+                          f"speculative.draft_model=tinyllama_1b for a Llama-2 target.")
+    with open(path, encoding="utf-8") as f:
+        return dict(yaml.safe_load(f))
+
+
+def _vocab(mcfg: Mapping) -> int | None:
+    v = families.fact(mcfg.get("config") or {}, "vocab")
+    return int(v) if v is not None else None
+
+
+def check_draft(target: Mapping, draft: Mapping) -> None:
+    """Refuse a draft that cannot draft for the target (different vocabulary, not a causal LM)."""
+    if str(target.get("task", "causal_lm")) != "causal_lm" or str(target.get("source")) == "onnx":
+        raise ConfigError("speculative decoding needs a causal LM target built from a model config "
+                          f"(model={target.get('name')} is not); unset speculative.draft_model.")
+    if str(draft.get("task", "causal_lm")) != "causal_lm":
+        raise ConfigError(f"speculative.draft_model={draft.get('name')} is not a causal LM; pick a "
+                          f"decoder such as tinyllama_1b or llama3_1b.")
+    vt, vd = _vocab(target), _vocab(draft)
+    if vt is None or vd is None or vt != vd:
+        raise ConfigError(
+            f"speculative.draft_model={draft.get('name')} has a vocabulary of {vd} tokens but the target "
+            f"{target.get('name')} has {vt}: a draft must share the target's tokenizer, or its proposals "
+            f"cannot be verified. Pick a draft of the same family (Llama-2 32 000: tinyllama_1b; "
+            f"Llama-3 128 256: llama3_1b), or speculative.draft_model=self.")
+
+
+def validate(cfg: Mapping) -> None:
+    """Check ``speculative`` and ``workload.prefill_chunk`` before any work is done (bad input →
+    ConfigError, exit 2)."""
+    chunk = (cfg.get("workload") or {}).get("prefill_chunk")
+    if chunk is not None and (not str(chunk).isdigit() or int(chunk) < 1):
+        raise ConfigError(f"workload.prefill_chunk={chunk!r} is not a whole number ≥ 1; set the chunk size in "
+                          f"tokens (e.g. workload.prefill_chunk=256) or null to prefill in one step.")
+    sc = spec_config(cfg)
+    if sc is None:
+        return
+    if sc["draft_model"] != "self":
+        check_draft(dict(cfg["model"]), load_model_config(sc["draft_model"]))
+    elif str(cfg["model"].get("task", "causal_lm")) != "causal_lm" or str(cfg["model"].get("source")) == "onnx":
+        raise ConfigError("speculative.draft_model=self needs a causal LM target built from a model config; "
+                          "unset speculative.draft_model.")
+
+
+def draft_model(cfg: Mapping, recipe, pass_ctx: PassContext) -> Draft | None:
+    """The draft (``speculative.draft_model=<library model>``) imported cost-only and run through
+    the target's pass recipe; None when speculative decoding is off or self-drafting."""
+    sc = spec_config(cfg)
+    if sc is None or sc["draft_model"] == "self":
+        return None
+    dcfg = load_model_config(sc["draft_model"])
+    graph = import_torch(dict(dcfg, weights="meta"))
+    run_passes(graph, recipe, pass_ctx)
+    try:
+        dims = families.dims(dcfg.get("config") or {})
+    except ValueError:
+        dims = None
+    return Draft(name=str(dcfg.get("name")), config=dcfg, graph=graph, dims=dims)
+
+
+def measured_acceptance(cfg: Mapping, draft: Draft | None, n_target_layers: int) -> dict[str, Any] | None:
+    """``speculative.acceptance=measured``: α between the draft and the target on evaluation text
+    (torch eager, compiler/frontends/measure.py); None otherwise."""
+    sc = spec_config(cfg)
+    if sc is None or sc["acceptance"] != "measured":
+        return None
+    layers = self_draft_layers(sc, n_target_layers) if sc["draft_model"] == "self" else None
+    return measure_acceptance(dict(cfg["model"]), None if draft is None else dict(draft.config), layers,
+                              sc["eval_tokens"])
+
+
+__all__ = ["load_model_config", "check_draft", "validate", "draft_model", "measured_acceptance", "library_models"]
