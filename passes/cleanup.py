@@ -52,22 +52,9 @@ def remove_noops(g: Graph) -> dict[str, int]:
 
 def _rename_tensor(g: Graph, src: str, out: str, noop) -> None:
     """Drop ``noop`` (which maps src -> graph output out) and make src's producer write out."""
-    prod = g.producer_of(src)
     g.replace_uses(out, src)  # only graph outputs point at out
     g.remove_op(noop)
-    ty = g.types.pop(src)
-    g.types[out] = ty
-    del g.producer[src]
-    g.producer[out] = prod.name
-    prod.outputs[prod.outputs.index(src)] = out
-    for c, i in list(g.consumers(src)):
-        g.set_input(c, i, out)
-    g._uses.pop(src, None)
-    # edges from prod were keyed by src: rebuild them
-    for _, v, k in list(g.nx.out_edges(prod.name, keys=True)):
-        if k[0] == src:
-            g.nx.remove_edge(prod.name, v, key=k)
-    g.outputs = [out if o == src else o for o in g.outputs]
+    g.rename_tensor(src, out)
 
 
 MAX_FOLD_ELEMENTS = 1 << 16
@@ -96,13 +83,7 @@ def fold_constants(g: Graph) -> dict[str, int]:
         outs_names = list(n.outputs)
         g.remove_op(n, drop_outputs=False)
         for t, v in zip(outs_names, vals):
-            ty = g.types.pop(t)
-            g.params[t] = Param(t, ty, np.asarray(v).reshape([int(d) for d in ty.shape]),
-                                {"const": True})
-            g.types[t] = ty
-            for c, i in list(g.consumers(t)):
-                g._unlink(c.name, t, i)
-                g._link(c.name, t, i)
+            g.value_to_param(t, np.asarray(v).reshape([int(d) for d in g.type(t).shape]), const=True)
         folded += 1
     if folded:
         eliminate_dead_code(g)

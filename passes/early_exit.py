@@ -76,7 +76,7 @@ def insert_exit_heads(g: Graph, layers: Sequence[int], probabilities: Sequence[f
         hid = f"exit_hidden.{ell}"
         g.add_op("Identity", [src], [hid], types=[g.types[src]], name=g.fresh(f"exit_hidden_{ell}"),
                  exit_point=ann)
-        g.outputs = list(g.outputs) + [out_name, hid]
+        g.set_outputs(list(g.outputs) + [out_name, hid])
     g.meta["exit_layers"] = sorted(int(x) for x in layers)
     return {"exit_heads": len(layers), "head_ops": len(head) * len(layers)}
 

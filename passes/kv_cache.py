@@ -107,9 +107,7 @@ def lift_kv_cache(g: Graph) -> dict[str, int]:
 
 def _add_outputs(g: Graph, n: OpNode, names: list[str], types: list[TensorType]):
     for t, ty in zip(names, types):
-        g.types[t] = ty
-        g.producer[t] = n.name
-        n.outputs.append(t)
+        g.add_op_output(n, t, ty)
 
 
 class LiftKVCache(Pass):

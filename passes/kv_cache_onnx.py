@@ -163,7 +163,7 @@ def lift_onnx_kv_cache(g: Graph) -> dict[str, int]:
     # the new masks: attention_mask [B, P + S] → bool [B, 1, S, P + S]
     if has_pad:
         am = h.types[MASK_INPUT]
-        h.types[MASK_INPUT] = TensorType(am.dtype, (B, P + S))
+        h.retype_input(MASK_INPUT, TensorType(am.dtype, (B, P + S)))
         cast = h.add_op("Cast", [MASK_INPUT], 1, {"to": DTYPES["bool"][2]})
         pad = cast.outputs[0]
         pad = h.add_op("Unsqueeze", [pad], 1, {"axes": [1, 2]}).outputs[0]

@@ -173,14 +173,14 @@ def page_kv_cache(g: Graph, block_size: int = DEFAULT_BLOCK_SIZE, max_model_len:
         old += [pk, pv]
         prev = ann.get(n, "kv_layout")
         ann.set(n, "kv_layout", KVLayout("paged", block_size=bs, dtype=prev.dtype if prev else None))
-    g.outputs = [new_outputs.get(o, o) for o in g.outputs]
+    g.set_outputs(new_outputs.get(o, o) for o in g.outputs)
     for t in old:
         g.remove_input(t)
         kv.discard(t)
     # inputs: the others, then block_table, context_lens and the pools where the past KV was
     others = [t for t in g.inputs if t not in (BLOCK_TABLE, CONTEXT_LENS) and t not in pools]
     first_kv = min(first_kv, len(others))
-    g.inputs = others[:first_kv] + [BLOCK_TABLE, CONTEXT_LENS] + pools + others[first_kv:]
+    g.set_inputs(others[:first_kv] + [BLOCK_TABLE, CONTEXT_LENS] + pools + others[first_kv:])
     g.meta["kv_tensors"] = sorted(kv)
     # new dicts: Graph.copy() shares meta values, and the contiguous original keeps its sources
     g.meta["dim_sources"] = {**g.meta.get("dim_sources", {}), "P": (BLOCK_TABLE, 1, bs)}

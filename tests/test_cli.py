@@ -109,7 +109,7 @@ def test_failing_pass_is_named_with_its_predecessors():
 
     g = Graph()
     x = g.add_input("x", TensorType("float32", (2,)))
-    g.outputs = [g.add_op("Relu", [x]).outputs[0]]
+    g.set_outputs([g.add_op("Relu", [x]).outputs[0]])
     pm = PassManager([FunctionPass("first", lambda g: {}), FunctionPass("second", broken)], debug=True)
     with pytest.raises(PassError) as e:
         pm(g)

@@ -35,7 +35,7 @@ def _one(op, shapes, attrs=None, dtype="float16", params=()):
             g.add_input(name, TensorType(dtype, shp))
         ins.append(name)
     n = g.add_op(op, ins, attrs=attrs)
-    g.outputs = list(n.outputs)
+    g.set_outputs(list(n.outputs))
     return g, n
 
 
@@ -60,7 +60,7 @@ def test_unfused_attention_prefill_intensity():
     s = g.add_op("MatMul", [q, kt])
     p = g.add_op("Softmax", [s.outputs[0]], attrs={"axis": -1})
     o = g.add_op("MatMul", [p.outputs[0], v])
-    g.outputs = o.outputs
+    g.set_outputs(o.outputs)
     flops = bytes_ = 0
     for node in (s, p, o):
         f, b = op_cost(g, node)
@@ -195,7 +195,7 @@ def _lm_head_graph(tied: bool):
     x = g.add_op("MatMul", [x, g.add_param("w", TensorType("float16", (D, D)))]).outputs[0]
     head = g.add_op("Transpose", [emb], attrs={"perm": [1, 0]}).outputs[0] if tied else \
         g.add_param("head", TensorType("float16", (D, V)))
-    g.outputs = list(g.add_op("MatMul", [x, head]).outputs)
+    g.set_outputs(list(g.add_op("MatMul", [x, head]).outputs))
     return g
 
 

@@ -58,7 +58,7 @@ def llama2_7b_eager():
     from passes.cleanup import remove_noops
     cfg = model_cfg("llama2_7b", attn_implementation="eager")
     fused = import_torch(cfg)
-    fused.meta["import_passes"] = prepare(fused)
+    stats = prepare(fused)
     module, task = build_torch_model(cfg)
     ex = example_inputs(task, _vocab(module), device="meta")
     ep = export_module(module, ex, {k: [0, 1] for k in ex})
@@ -66,7 +66,7 @@ def llama2_7b_eager():
                               output_names=["logits"])
     unfused.meta["dim_sources"] = {"B": ("input_ids", 0), "S": ("input_ids", 1)}
     remove_noops(unfused)
-    return fused, unfused
+    return fused, unfused, stats
 
 
 def attention_groups(g):
@@ -91,8 +91,8 @@ def test_report_shows_flash_attention_bytes(n, llama2_7b_eager, tmp_path, monkey
     import compiler.driver.pipeline as pipeline
     from compiler.perf.cost import CostModel
     from compiler.perf.hardware import hardware_by_name
-    fused, unfused = llama2_7b_eager
-    assert fused.meta["import_passes"]["fuse_eager_attention"]["attention.causal"] == LAYERS
+    fused, unfused, stats = llama2_7b_eager
+    assert stats["fuse_eager_attention"]["attention.causal"] == LAYERS
 
     # before: the IR's per-op bytes of every unfused attention group
     groups = attention_groups(unfused)

@@ -70,6 +70,9 @@ def lm_feeds(g, b=2, s=5, p=3, seed=0) -> dict[str, np.ndarray]:
 _TORCH: dict = {}
 
 
+_IMPORT_PASSES: dict = {}   # (model, attn) -> the import passes' stats
+
+
 def torch_graphs(model: str, attn: str):
     """(imported graph, unfused reference graph, reference runs at P=0 only)."""
     key = (model, attn)
@@ -80,7 +83,7 @@ def torch_graphs(model: str, attn: str):
         from passes.cleanup import fold_constants, remove_noops
         cfg = model_cfg(model, attn_implementation=attn)
         g = import_torch(cfg)
-        g.meta["import_passes"] = prepare(g)
+        _IMPORT_PASSES[key] = prepare(g)
         remove_noops(g)
         fold_constants(g)
         ref, p0 = g.copy(), False
@@ -104,7 +107,7 @@ def test_torch_import_fuses_and_matches(model, attn):
     g = g0.copy()
     causal = g.meta.get("task") == "causal_lm"
     if attn == "eager" and causal:   # fused at import, so that the KV cache could be lifted
-        assert g.meta["import_passes"]["fuse_eager_attention"] == {"attention": LAYERS[model],
+        assert _IMPORT_PASSES[(model, attn)]["fuse_eager_attention"] == {"attention": LAYERS[model],
                                                                "attention.causal": LAYERS[model]}
     res = fuse_pass(g)
     g.verify()

@@ -295,7 +295,7 @@ def _toy_decoder(mask_kind: str, with_positions: bool = True):
     m = g.add_op("Unsqueeze", [m], 1, {"axes": [1, 2]}).outputs[0]
     m = g.add_op("Expand", [m], 1, {"shape": [B, 1, S, P + S]}).outputs[0]
     g.add_op("Attention", [q, k, v, m, pk, pv], ["y", "present_key.0", "present_value.0"], {"is_causal": 1})
-    g.outputs = ["y", "present_key.0", "present_value.0"]
+    g.set_outputs(["y", "present_key.0", "present_value.0"])
     g.meta.update(kv_tensors=sorted([pk, pv, "present_key.0", "present_value.0"]), causal=True,
                   dim_sources={"B": ("input_ids", 0), "S": ("input_ids", 1), "P": ("past_key.0", 2)})
     g.verify()

@@ -37,7 +37,7 @@ class G:
         return node.outputs[0] if n_out == 1 else list(node.outputs)
 
     def out(self, *ts):
-        self.g.outputs = list(ts)
+        self.g.set_outputs(list(ts))
         self.g.verify()
         return self.g
 

@@ -88,7 +88,7 @@ def test_parallel_edges_for_repeated_operand():
     x = g.add_input("x", TensorType("float32", (B, 4)))
     a = g.add_op("Relu", [x])
     sq = g.add_op("Mul", [a.outputs[0], a.outputs[0]])
-    g.outputs = [sq.outputs[0]]
+    g.set_outputs([sq.outputs[0]])
     g.verify()
     assert g.nx.number_of_edges(a.name, sq.name) == 2
     assert g.num_uses(a.outputs[0]) == 2
@@ -98,7 +98,7 @@ def test_verify_catches_broken_graphs():
     g = Graph()
     x = g.add_input("x", TensorType("float32", (B, 4)))
     n = g.add_op("Relu", [x])
-    g.outputs = [n.outputs[0]]
+    g.set_outputs([n.outputs[0]])
     g.verify()
     n.inputs[0] = "nope"  # bypassing the API breaks the use index
     with pytest.raises(IRError):

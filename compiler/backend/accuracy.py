@@ -266,7 +266,7 @@ def without_quantization(graph):
         p.annotations.pop("quant_data", None)
     for n in g:
         n.annotations.pop("activation_quant", None)
-    g.meta = {k: v for k, v in g.meta.items() if k != "onnx_metadata"}
+    g.meta.pop("onnx_metadata", None)
     return g
 
 

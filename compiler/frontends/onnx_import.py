@@ -815,9 +815,8 @@ class _Importer:
         folds (fold_constants) and the fusion rules see constant scales."""
         self.stats["shape_constants"] = self.stats.get("shape_constants", 0) + 1
         self.g.remove_op(node, drop_outputs=False)
-        self.g.types.pop(t, None)
-        self.g.add_param(t, ty, np.asarray(v).astype(DTYPES[ty.dtype][1]), const=True,
-                         source=f"shape computation {node}")
+        self.g.value_to_param(t, np.asarray(v).astype(DTYPES[ty.dtype][1]), const=True,
+                              source=f"shape computation {node}")
 
     # ---- the whole model -------------------------------------------------------------------
     def run(self, kv_inputs: list[str]) -> Graph:
@@ -843,7 +842,7 @@ class _Importer:
             if o.name not in g.types:
                 raise _fail(self.path, f"graph output {o.name!r} is produced by no node",
                             "The model is malformed; " + REEXPORT + ".")
-        g.outputs = [o.name for o in sg.output]
+        g.set_outputs(o.name for o in sg.output)
         # the Shape chains evaluated above are dead now; the pipeline's dce pass removes them
         return g
 

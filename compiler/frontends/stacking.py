@@ -77,5 +77,5 @@ def unroll_layers(g: Graph, total: int) -> dict[str, int]:
         prev_out = rename[cout]
     for c, i in final_users:
         g.set_input(c, i, prev_out)
-    g.outputs = [prev_out if o == cout else o for o in g.outputs]
+    g.set_outputs(prev_out if o == cout else o for o in g.outputs)
     return {"layers": total, "stacked_from": 2}

@@ -52,6 +52,8 @@ class _Ctx:
         self.symmap = symmap
         self.env: dict[Any, Any] = {}
         self.node = None  # FX node being translated
+        self.consts: dict[tuple, str] = {}        # constant value -> its parameter (deduplicated)
+        self.linear_weight_t: dict[str, str] = {}  # weights stored transposed for MatMul (aten.linear only)
 
     # ---- values ------------------------------------------------------------------------
     def sym(self, v) -> int | sympy.Expr:
@@ -124,7 +126,7 @@ class _Ctx:
         npdt = DTYPES[dtype][1] or np.float32
         arr = np.asarray(value, dtype=npdt)
         key = ("const", dtype, arr.shape, arr.tobytes())
-        cache = self.g.meta.setdefault("_const_cache", {})
+        cache = self.consts
         if key in cache:
             return cache[key]
         name = self.g.fresh("const")
@@ -231,7 +233,7 @@ def _embedding(c, w, idx, *rest):
 
 @handles("aten.linear.default")
 def _linear(c, x, w, b=None):
-    wt = c.g.meta["_linear_weight_t"].get(w)
+    wt = c.linear_weight_t.get(w)
     if wt is None:  # weight also used elsewhere (tied embedding): transpose at run time
         ty = c.tt(w)
         wt = c.op("Transpose", [w], {"perm": [1, 0]}, types=[ty.with_shape(ty.shape[::-1])])
@@ -619,7 +621,6 @@ def import_exported(ep: torch.export.ExportedProgram, *, name: str, dims: Mappin
                 if isinstance(a, torch.fx.Node) and a.op == "placeholder" and a.name in param_of:
                     ok = _target_name(n) == "aten.linear.default" and i == 1
                     linear_only[a.name] = linear_only.get(a.name, True) and ok
-    g.meta["_linear_weight_t"] = {}
 
     for n in placeholders:
         if n not in need:
@@ -636,7 +637,7 @@ def import_exported(ep: torch.export.ExportedProgram, *, name: str, dims: Mappin
             if linear_only.get(n.name):
                 ty = ty.with_shape(ty.shape[::-1])
                 data = None if data is None else np.ascontiguousarray(data.T)
-                g.meta["_linear_weight_t"][pname] = pname
+                ctx.linear_weight_t[pname] = pname
             g.add_param(pname, ty, data, source=fqn)
             ctx.env[n] = pname
         else:
@@ -675,9 +676,7 @@ def import_exported(ep: torch.export.ExportedProgram, *, name: str, dims: Mappin
     names = list(output_names or [f"output_{i}" for i in range(len(outs))])
     for t, want in zip(outs, names):
         _rename_output(g, t, want)
-    g.outputs = names
-    g.meta.pop("_linear_weight_t", None)
-    g.meta.pop("_const_cache", None)
+    g.set_outputs(names)
     return g
 
 

@@ -465,6 +465,76 @@ def set(obj, key: str, value) -> None:  # noqa: A001 - the accessor pair is get/
 
 
 # ------------------------------------------------------------------------------------------------
+# Graph.meta: the graph-level facts, declared like the node annotations
+
+@dataclasses.dataclass(frozen=True)
+class MetaKey:
+    """A declared ``Graph.meta`` key: its value ``schema`` (Python types), who writes and reads
+    it, and what it means. ``Graph.meta`` refuses an undeclared key or a value of another type."""
+
+    name: str
+    schema: type | tuple[type, ...]
+    writers: tuple[str, ...]
+    readers: tuple[str, ...]
+    doc: str
+
+
+_SEQ = (list, tuple)
+META_KEYS: dict[str, MetaKey] = {k.name: k for k in [
+    MetaKey("task", str, ("compiler/frontends (torch: model.task; onnx: logits/KV inputs)",),
+            ("compiler/analysis", "compiler/driver", "compiler/backend/verify.py"),
+            "causal_lm | embedding | custom: what the model computes"),
+    MetaKey("causal", bool, ("compiler/frontends/torch_export.py",), ("passes/kv_cache.py", "passes/fusion"),
+            "the torch export was of a causal decoder (its attention masks are causal)"),
+    MetaKey("kv_tensors", _SEQ, ("passes/kv_cache.py", "passes/kv_cache_onnx.py", "passes/kv_paging.py",
+                                 "compiler/frontends/onnx_import.py"),
+            ("compiler/ir/ops.py Classifier (KV bytes)", "compiler/perf/memory.py", "compiler/analysis",
+             "compiler/backend/verify.py"),
+            "graph inputs/outputs that are KV cache (past_* / present_* / paged pools)"),
+    MetaKey("dim_sources", dict, ("compiler/frontends", "passes/kv_cache.py", "passes/kv_paging.py"),
+            ("compiler/backend/emit.py (runtime shape of B, S, P)", "passes (subgraph evaluation)"),
+            "symbol name -> (graph input, axis[, scale]) that carries it at run time"),
+    MetaKey("dim_names", dict, ("passes/kv_paging.py",), ("compiler/backend/emit.py",),
+            "sympy dim text -> the ONNX dim_param name it is written as"),
+    MetaKey("unknown_dims", dict, ("compiler/frontends/onnx_import.py",), ("compiler/analysis (model.import)",),
+            "an imported file's dim names rooftop could not map to B, S, P"),
+    MetaKey("source", dict, ("compiler/frontends/onnx_import.py",), ("compiler/analysis", "compiler/driver"),
+            "where an imported file came from (format, path, opset, producer)"),
+    MetaKey("import_stats", dict, ("compiler/frontends", "compiler/driver/pipeline.py"),
+            ("compiler/analysis (report.json model.import)",), "what the import did, in counts and notes"),
+    MetaKey("layer_stacking", dict, ("compiler/frontends/stacking.py",), ("compiler/analysis (model.import)",),
+            "a meta import of 2 layers replicated to L (what was replicated)"),
+    MetaKey("vocab_size", int, ("compiler/frontends",), ("compiler/backend/accuracy.py",),
+            "the vocabulary when the embedding table does not say it"),
+    MetaKey("max_positions", (int, type(None)), ("compiler/driver/pipeline.py",), ("compiler/analysis",),
+            "the model's position limit (None: unknown)"),
+    MetaKey("kv_cache", dict, ("passes/kv_cache.py",), ("reports",), "the KV-cache lift's counts"),
+    MetaKey("kv_cache_refused", str, ("passes/kv_cache_onnx.py",), ("compiler/analysis (model.import)",),
+            "why an ONNX decoder's KV cache was not lifted"),
+    MetaKey("kv_paging", dict, ("passes/kv_paging.py",), ("compiler/backend/verify.py", "compiler/analysis"),
+            "the paged artifact's block size, pools, block table and new-KV outputs"),
+    MetaKey("quantization", dict, ("passes/quant (quantize)",), ("compiler/analysis/compression.py", "reports"),
+            "the quantize pass's scheme, decisions and exclusions"),
+    MetaKey("sparsity", dict, ("passes/quant (prune_nm)",), ("compiler/analysis/compression.py", "reports"),
+            "the N:M pass's pattern and per-layer decisions"),
+    MetaKey("exit_layers", _SEQ, ("passes/early_exit.py",), ("compiler/analysis/early_exit.py",),
+            "layers with an early-exit head"),
+    MetaKey("onnx_metadata", dict, ("passes/quant", "passes/kv_paging.py"), ("compiler/backend/emit.py",),
+            "entries the emitter writes into the ONNX model's metadata_props"),
+]}
+
+
+def check_meta(key: str, value: Any) -> None:
+    """Raise :class:`IRError` unless ``key`` is a declared ``Graph.meta`` key and ``value`` fits."""
+    k = META_KEYS.get(key)
+    if k is None:
+        raise IRError(f"Graph.meta key {key!r} is not declared; declared: {', '.join(sorted(META_KEYS))} "
+                      f"(add a MetaKey to compiler/ir/annotations.py META_KEYS to declare a new one)")
+    if not isinstance(value, k.schema) or (k.schema is int and isinstance(value, bool)):
+        raise IRError(f"Graph.meta[{key!r}] must be a {_schema_name(k.schema)}, got {type(value).__name__}")
+
+
+# ------------------------------------------------------------------------------------------------
 # model-level metadata: what passes ask the emitter to record in the ONNX model's metadata_props
 # (Graph.meta["onnx_metadata"]: key -> text)
 

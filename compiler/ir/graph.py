@@ -26,6 +26,7 @@ import networkx as nx
 import numpy as np
 import sympy
 
+from compiler.ir.annotations import check_meta
 from compiler.ir.annotations import validate as _validate_annotations
 from compiler.ir.ops import infer_types
 from compiler.ir.tensors import (B, DTYPES, ONNX_TO_DTYPE, P, S, SYMBOLS, Dim, IRError, TensorType,  # noqa: F401
@@ -67,6 +68,29 @@ class Param:
         return Param(self.name, self.type, self.data, dict(self.annotations))
 
 
+class GraphMeta(dict):
+    """``Graph.meta``: graph-level facts under declared keys only (``compiler.ir.annotations.
+    META_KEYS``: schema, writers, readers); an undeclared key or a value of the wrong type raises
+    :class:`IRError` when it is set."""
+
+    def __init__(self, *a, **kw):
+        super().__init__()
+        self.update(*a, **kw)
+
+    def __setitem__(self, key, value):
+        check_meta(key, value)
+        super().__setitem__(key, value)
+
+    def setdefault(self, key, default=None):
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def update(self, *a, **kw):
+        for k, v in dict(*a, **kw).items():
+            self[k] = v
+
+
 class Graph:
     """An operator graph. Mutate it only through its methods, which keep the edges in step."""
 
@@ -78,7 +102,7 @@ class Graph:
         self.outputs: list[str] = []
         self.params: dict[str, Param] = {}
         self.producer: dict[str, str] = {}
-        self.meta: dict[str, Any] = {}
+        self.meta: GraphMeta = GraphMeta()   # declared keys only (compiler.ir.annotations.META_KEYS)
         self._uses: dict[str, list[tuple[str, int]]] = {}
         self._counter = 0
 
@@ -200,6 +224,66 @@ class Graph:
         self.inputs.remove(name)
         del self.types[name]
 
+    # ---- mutations rewrites need beyond ops (nothing outside the IR writes the indexes) ----
+    def set_outputs(self, names: Iterable[str]) -> None:
+        """The graph outputs, in order (each must be a defined tensor)."""
+        names = list(names)
+        for t in names:
+            if t not in self.types:
+                raise IRError(f"graph output {t!r} is not a defined tensor")
+        self.outputs = names
+
+    def set_inputs(self, names: Iterable[str]) -> None:
+        """Reorder the graph inputs (the same set; add new ones with :meth:`add_input` first)."""
+        names = list(names)
+        if sorted(names) != sorted(self.inputs):
+            raise IRError(f"set_inputs reorders the inputs; {sorted(set(names) ^ set(self.inputs))} differ")
+        self.inputs = names
+
+    def retype_input(self, name: str, ttype: TensorType) -> None:
+        """Give graph input ``name`` a new type (e.g. a mask that grows a past dimension)."""
+        if name not in self.inputs:
+            raise IRError(f"{name!r} is not a graph input")
+        self.types[name] = ttype
+
+    def add_op_output(self, node: OpNode | str, tensor: str, ttype: TensorType) -> None:
+        """Append a new output ``tensor`` of type ``ttype`` to ``node`` (e.g. an Attention's
+        ``present`` KV)."""
+        node = self.node(node) if isinstance(node, str) else node
+        self._new_tensor(tensor, ttype)
+        self.producer[tensor] = node.name
+        node.outputs.append(tensor)
+
+    def rename_tensor(self, old: str, new: str) -> None:
+        """Give the op-produced tensor ``old`` the unused name ``new``: its producer writes it,
+        its consumers and the graph outputs read it."""
+        if new in self.types:
+            raise IRError(f"cannot rename {old!r} to {new!r}: the name is in use")
+        prod = self.producer_of(old)
+        if prod is None:
+            raise IRError(f"{old!r} is not produced by an op")
+        uses = list(self._uses.get(old, []))
+        for c, i in uses:
+            self._unlink(c, old, i)
+        self.types[new] = self.types.pop(old)
+        del self.producer[old]
+        self.producer[new] = prod.name
+        prod.outputs[prod.outputs.index(old)] = new
+        self._uses.pop(old, None)
+        for c, i in uses:
+            self.node(c).inputs[i] = new
+            self._link(c, new, i)
+        self.outputs = [new if o == old else o for o in self.outputs]
+
+    def value_to_param(self, tensor: str, data: np.ndarray | None, **ann) -> None:
+        """Make ``tensor`` — a value whose producer was removed with ``remove_op(...,
+        drop_outputs=False)`` — a parameter holding ``data`` (constant folding)."""
+        if tensor in self.producer:
+            raise IRError(f"{tensor!r} is still produced by {self.producer[tensor]}; remove the op first")
+        if ann:
+            ann = _validate_annotations("param", ann, f"parameter {tensor}")
+        self.params[tensor] = Param(tensor, self.types[tensor], data, dict(ann))
+
     # ---- queries -------------------------------------------------------------------------
     def node(self, name: str) -> OpNode:
         return self.nx.nodes[name]["op"]
@@ -253,7 +337,7 @@ class Graph:
         g.outputs = list(self.outputs)
         g.params = {k: p.copy() for k, p in self.params.items()}
         g.producer = dict(self.producer)
-        g.meta = dict(self.meta)
+        g.meta = GraphMeta(self.meta)
         g._uses = {k: list(v) for k, v in self._uses.items()}
         g._counter = self._counter
         return g
