@@ -163,17 +163,23 @@ def test_types_are_converted():
     assert out["gate"]["max_ttft_ms"] == 12.5 and out["emit"]["enabled"] is False
 
 
-def test_schemas_are_in_hydras_config_store():
+def test_schemas_are_in_hydras_config_store_and_named_by_the_config_tree():
+    """The schema is used, not only registered: conf/config.yaml's defaults list starts with it and
+    every shipped model YAML names its variant's schema, so Hydra checks them while composing."""
     from hydra.core.config_store import ConfigStore
     schema.register()
     repo = ConfigStore.instance().repo
-    assert "rooftop.yaml" in repo["schema"]
-    assert {"hf_config.yaml", "minilm.yaml", "module.yaml", "onnx.yaml"} <= set(repo["schema"]["model"])
+    assert "rooftop_schema.yaml" in repo
+    assert {f"{s}_schema.yaml" for s in schema.VARIANTS["model"][1]} <= set(repo["model"])
+    assert yaml.safe_load((ROOT / "conf/config.yaml").read_text())["defaults"][0] == "rooftop_schema"
+    for f in sorted((ROOT / "conf/model").glob("*.yaml")):
+        doc = yaml.safe_load(f.read_text())
+        assert doc["defaults"][0] == f"{doc['source']}_schema", f.name
 
 
 def test_a_new_group_is_one_dataclass_and_one_field():
-    """The extension point other groups use: a dataclass field on RooftopConfig is validated
-    (unknown keys inside it refused) with no other change."""
+    """The extension point other groups use: a dataclass field on RooftopConfig is validated by
+    OmegaConf (types converted, unknown keys refused) with no other change."""
     import dataclasses
 
     @dataclasses.dataclass
@@ -183,12 +189,13 @@ def test_a_new_group_is_one_dataclass_and_one_field():
     Root = dataclasses.make_dataclass("Root", [("toy", Toy, dataclasses.field(default_factory=Toy))],
                                       bases=(schema.RooftopConfig,))
     cfg = compose()
+    cfg.pop("hydra", None)
     cfg["toy"] = {"tp": "2"}
-    schema.check_keys(cfg, Root)
-    assert schema._fill(cfg, Root)["toy"] == {"tp": 2}
+    cfg["model"] = None
+    assert schema._typed(Root, cfg).toy.tp == 2
     cfg["toy"] = {"tpp": 2}
     with pytest.raises(ConfigError, match=r"'toy.tpp'.*Did you mean toy.tp"):
-        schema.check_keys(cfg, Root)
+        schema._typed(Root, cfg)
 
 
 def test_onnx_runs_are_named_after_the_file():

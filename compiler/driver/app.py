@@ -9,14 +9,17 @@ two runs into one directory cannot mix their files. Ctrl-C exits 130 with one li
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from compiler.driver.config import register, register_resolvers
 from compiler.resources import conf_dir
@@ -27,6 +30,7 @@ from compiler.driver.sweep import run_point, last_exit_code
 from compiler.ir.ops import UnsupportedOpError
 from compiler.perf.calibration.fit import main as calibrate_main
 from compiler.driver.compare import main as compare_main
+from compiler.perf import structured
 
 log = logging.getLogger("rooftop")
 register()
@@ -125,12 +129,20 @@ def check_output_dir(path: str, what: str = "hydra.run.dir") -> None:
                              f"a directory you can write, e.g. outputs/run1.") from None
 
 
-_ABSENT = object()
+def _from_yaml(e: ConfigError, key: str, overrides, extra, where: str | None = None) -> ConfigError:
+    """``e`` about a key no override names: say which YAML it comes from."""
+    grp = key.split(".")[0]
+    if where is None:
+        choice = next((str(o.value()) for o in overrides if o.key_or_group == grp), None)
+        where = f"{grp}/{choice}.yaml" if choice else f"the default {grp} YAML"
+    return ConfigError(f"{e} (The key comes from a YAML file, {where} under conf/"
+                       f"{' or ' + extra if extra else ''}, not from the command line.)")
 
 
-def _validate(cfg, given: set, base: dict, overrides, extra) -> None:
-    """Schema-check the composed config; a bad key from a YAML says which file it came from."""
-    from omegaconf import OmegaConf
+def _validate(cfg, given: set, overrides, extra) -> None:
+    """Schema-check the composed config (range checks; the model block against its variant's
+    schema, also for a user's model YAML that names no schema); a bad key from a YAML says which
+    file it came from."""
     plain = OmegaConf.to_container(cfg, resolve=False)
     plain.pop("hydra", None)
     try:
@@ -138,18 +150,49 @@ def _validate(cfg, given: set, base: dict, overrides, extra) -> None:
     except ConfigError as e:
         key = getattr(e, "key", None)
         if key and key not in given:
-            grp = key.split(".")[0]
-            choice = next((str(o.value()) for o in overrides if o.key_or_group == grp), None)
-            where = f"{grp}/{choice}.yaml" if choice else f"the default {grp} YAML"
-            raise ConfigError(f"{e} (The key comes from a YAML file, {where} under conf/"
-                              f"{' or ' + extra if extra else ''}, not from the command line.)") from None
+            raise _from_yaml(e, key, overrides, extra) from None
         raise
+
+
+def _cause(e: BaseException) -> OmegaConfBaseException | None:
+    while e is not None:
+        if isinstance(e, OmegaConfBaseException):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def composition_error(e: Exception, given: set, overrides, extra, groups) -> ConfigError:
+    """Hydra's composition error as rooftop's one paragraph: the schema's own problems (an unknown
+    key, a wrong type) in the words of :func:`compiler.driver.config.problem_error`, naming the
+    command line or the YAML file the key came from."""
+    cause = _cause(e)
+    text = str(e).strip()
+    if cause is not None:
+        p = structured.problem(cause, schema.RooftopConfig)
+        obj = getattr(cause, "object_type", None)
+        if p.kind == "unknown" and not dataclasses.is_dataclass(obj):     # an open mapping (model.config)
+            o = next((o for o in overrides if o.key_or_group == p.path), None)
+            line = o.input_line.lstrip("+") if o is not None else f"{p.path}=<value>"
+            return ConfigError(f"{p.path} is not set in the composed config (conf/config.yaml and the "
+                               f"chosen group files), so it cannot be changed; add it with +{line}.")
+        if p.kind == "unknown" and p.path.startswith("model.") and not p.valid:
+            p = dataclasses.replace(p, valid=structured.fields_of(obj))
+        err = schema.problem_error(p)
+        if p.path in given or p.path.split(".")[0] in given:
+            return ConfigError(str(err).replace(f"{p.path!r}:", f"{p.path!r} on the command line:", 1))
+        m = re.match(r"In '([^']+)'", text)
+        return _from_yaml(err, p.path, overrides, extra, f"{m.group(1)}.yaml" if m else None)
+    msg = text.splitlines()[0] if text else type(e).__name__
+    return ConfigError(f"the config could not be composed: {msg}. Check the overrides "
+                       f"(a new key needs a declared setting; groups: {', '.join(sorted(groups))}).")
 
 
 def precheck(argv: list[str]) -> list[str]:
     """Check the command line before Hydra runs; returns the argv to hand to Hydra (with the run
-    directory made explicit for a single run). Raises :class:`ConfigError`."""
-    from omegaconf import OmegaConf
+    directory made explicit for a single run). Raises :class:`ConfigError`. Keys and types are
+    checked by Hydra itself while composing (the schema is first in conf/config.yaml's defaults
+    list); this only translates its errors."""
     overrides = _parse(argv)
     extra = _extra_config_dir(argv)
     groups = _groups(extra)
@@ -162,35 +205,19 @@ def precheck(argv: list[str]) -> list[str]:
                 if isinstance(v, str) and v not in groups[key]:
                     raise ConfigError(f"unknown {key} {v!r}. Valid {key} names: {', '.join(groups[key])}. "
                                       f"Pick one of them, e.g. {key}={groups[key][0]}, or add conf/{key}/{v}.yaml.")
-    group_ov = [_first_value(o) for o in overrides if o.key_or_group in groups]
-    base = OmegaConf.to_container(_compose([g for g in group_ov if g], extra), resolve=False)
-    given = set()
-    for o in overrides:
-        key = o.key_or_group
-        if key in groups or key.startswith(("hydra.", "hydra/")) or key == "hydra" or o.is_delete():
-            continue
-        given.add(key)
-        known, prefix, valid = schema.override_key_known(key, base)
-        if not known:
-            raise schema.unknown_key_error(prefix, valid, " on the command line")
-        if o.type.name == "CHANGE" and OmegaConf.select(OmegaConf.create(base), key,
-                                                        default=_ABSENT) is _ABSENT:
-            raise ConfigError(f"{key} is not set in the composed config (conf/config.yaml and the "
-                              f"chosen group files), so it cannot be changed; add it with "
-                              f"+{o.input_line.lstrip('+')}.")
+    given = {o.key_or_group for o in overrides if o.key_or_group not in groups
+             and not o.key_or_group.startswith(("hydra.", "hydra/")) and o.key_or_group != "hydra"}
     firsts = [_first_value(o) for o in overrides]
     try:
         cfg = _compose([f for f in firsts if f is not None], extra)
     except Exception as e:  # noqa: BLE001 - Hydra's composition errors, as one paragraph
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"the config could not be composed: {msg}. Check the overrides "
-                          f"(a new key needs a declared setting; groups: {', '.join(sorted(groups))}).") from None
+        raise composition_error(e, given, overrides, extra, groups) from None
     hydra_cfg = cfg.hydra
     if multirun:
         sweep = OmegaConf.select(hydra_cfg, "sweep.dir", throw_on_resolution_failure=False)
         if sweep is not None and "${" not in str(sweep):
             check_output_dir(str(sweep), "hydra.sweep.dir")
-        _validate(cfg, given, base, overrides, extra)
+        _validate(cfg, given, overrides, extra)
         return argv
     try:
         run_dir = str(OmegaConf.select(cfg, "hydra.run.dir"))
@@ -198,7 +225,7 @@ def precheck(argv: list[str]) -> list[str]:
         raise ConfigError(f"hydra.run.dir could not be resolved ({e}); set it explicitly, e.g. "
                           f"hydra.run.dir=outputs/run1.") from None
     check_output_dir(run_dir)
-    _validate(cfg, given, base, overrides, extra)
+    _validate(cfg, given, overrides, extra)
     explicit = [a for a in argv if not a.startswith("hydra.run.dir=")]
     return explicit + [f"hydra.run.dir={run_dir}"]
 

@@ -1,30 +1,32 @@
 """Structured configs: the schema of every config group, the one place for each default.
 
-The schemas are dataclasses registered in Hydra's :class:`ConfigStore` (``register()``; group
-``schema``), and :func:`validate` checks a composed config against them: every key must be
-declared (a misspelled key — on the command line with or without ``+``, or inside a YAML such as
-``conf/model/llama_tiny.yaml`` — is a :class:`ConfigError` naming the key and the nearest valid
-ones), values are converted to the declared types, ranges are checked, and absent keys get the
-schema's default. :func:`validate` returns a plain ``dict``; nothing else in rooftop holds a
-default for these keys (``conf/config.yaml`` repeats them for readability, and a test keeps the
-two equal).
+The schemas are dataclasses in Hydra's :class:`ConfigStore`, and the config tree names them:
+``conf/config.yaml``'s defaults list starts with ``rooftop_schema`` (:class:`RooftopConfig`) and
+each ``conf/model/*.yaml`` starts with its variant's schema (``hf_config_schema``, …). Hydra and
+OmegaConf therefore check types and keys while they compose — a misspelled key, on the command
+line (with or without ``+``) or inside a YAML, is refused before the run exists — and rooftop only
+translates their errors into its one-paragraph wording (:func:`problem_error`, with the nearest
+valid keys). :func:`validate` does the same for a mapping built in code (a sweep point, a test),
+fills every default, checks the model block against its variant (also a user's model YAML that
+names no schema), and runs the range checks (:data:`CHECKS`); it returns a plain ``dict``.
+Nothing else holds a default for these keys (``conf/config.yaml`` and the group YAMLs repeat
+them for readability; tests keep them equal).
 
 Adding a config group (``quant=``, ``sparsity=``, ``kv=``, ``parallel``, ``serve``, …):
 
-1. define its dataclass here (fields with defaults, a docstring saying the units);
+1. define its dataclass (here, or beside the pass it parameterizes: passes/quant/config.py);
 2. add a field for it to :class:`RooftopConfig` (``field(default_factory=YourConfig)``);
 3. for a group with named choices, add ``conf/<group>/<choice>.yaml`` and a default to the
    ``defaults:`` list of ``conf/config.yaml``; for a plain block, its keys to ``conf/config.yaml``;
 4. put range checks in a ``_check_<group>`` function listed in :data:`CHECKS`.
 
 A group whose schema depends on one of its keys (``model``, chosen by ``model.source``) lists its
-variants in :data:`VARIANTS`. Open mappings (``model.config``: Hugging Face config kwargs;
-``hardware``: validated by :func:`compiler.perf.hardware.load_hardware`) are typed ``Dict[str, Any]``.
+variants in :data:`VARIANTS`. Open mappings (``model.config``: Hugging Face config kwargs) are typed
+``Dict[str, Any]``; ``hardware`` is :class:`compiler.perf.hardware.HardwareYaml`.
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,7 +37,11 @@ from compiler.analysis.serving import config_of
 from compiler.errors import ConfigError
 from compiler.frontends import families
 from compiler.ir.facts import ModelDims
-from compiler.perf.hardware import load_hardware
+from compiler.perf import structured
+from compiler.perf.hardware import HardwareYaml, load_hardware
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from passes.quant.config import QuantConfig, SparsityConfig  # noqa: F401 (re-exported schemas)
 
 # ------------------------------------------------------------------------------------------------
 # the schemas
@@ -176,41 +182,6 @@ class AccuracyConfig:
 
 
 @dataclass
-class CalibrationConfig:
-    """Calibration text of GPTQ / AWQ / SmoothQuant / SparseGPT / static scales."""
-    samples: int = 8             # calibration paragraphs
-    seq_len: int = 128           # tokens per paragraph
-    source: str = "default"      # default: the shipped text; or a UTF-8 text file
-
-
-@dataclass
-class QuantConfig:
-    """``quant=`` none | w8a16 | w4a16 | w8a8 | fp8 (conf/quant/*.yaml; passes/quant checks values)."""
-    scheme: str = "none"
-    group_size: int = 128        # int4 group along the reduction axis
-    symmetric: bool = True
-    method: str = "rtn"          # rtn | gptq | awq | smoothquant
-    smooth_alpha: float = 0.5
-    activations: str = "dynamic"  # dynamic | dynamic_per_token | static
-    exclude: List[Any] = field(default_factory=lambda: ["embeddings", "lm_head"])
-    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
-    ort_accuracy_level: int = 4  # onnxruntime MatMulNBits: 0 exact .. 4 int8 activations
-
-
-@dataclass
-class SparsityConfig:
-    """``sparsity=`` none | nm (conf/sparsity/*.yaml)."""
-    scheme: str = "none"
-    n: int = 2
-    m: int = 4
-    method: str = "magnitude"    # magnitude | sparsegpt
-    cost_aware: bool = True
-    targets: List[Any] = field(default_factory=lambda: ["attention", "mlp"])   # block types pruned
-    exclude: List[Any] = field(default_factory=lambda: ["embeddings", "lm_head"])
-    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
-
-
-@dataclass
 class ReportConfig:
     html: bool = True
 
@@ -282,7 +253,7 @@ class SearchConfig:
 class RooftopConfig:
     """The whole composed config (``conf/config.yaml`` + groups)."""
     model: Any = None            # one of VARIANTS["model"], chosen by model.source
-    hardware: Dict[str, Any] = field(default_factory=dict)   # compiler.perf.hardware.load_hardware
+    hardware: HardwareYaml = MISSING   # compiler.perf.hardware (units, ranges: load_hardware)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     slo: SloConfig = field(default_factory=SloConfig)
@@ -293,9 +264,8 @@ class RooftopConfig:
     speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
     moe: MoeConfig = field(default_factory=MoeConfig)
     early_exit: EarlyExitConfig = field(default_factory=EarlyExitConfig)
-    # quant= / sparsity= (conf/quant, conf/sparsity): their keys are checked by passes/quant
-    quant: Dict[str, Any] = field(default_factory=lambda: {"scheme": "none"})
-    sparsity: Dict[str, Any] = field(default_factory=lambda: {"scheme": "none"})
+    quant: QuantConfig = field(default_factory=QuantConfig)            # conf/quant (passes/quant/config.py)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)   # conf/sparsity
     accuracy: AccuracyConfig = field(default_factory=AccuracyConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     kv: KVConfig = field(default_factory=KVConfig)
@@ -314,13 +284,14 @@ FOREIGN_KEYS = ("hydra",)
 
 
 def register() -> None:
-    """Store the schemas in Hydra's ConfigStore (group ``schema``): ``schema/rooftop`` for the
-    whole config and ``schema/model/<source>`` for each model variant."""
-    from hydra.core.config_store import ConfigStore
+    """Store the schemas in Hydra's ConfigStore where the config tree names them: ``rooftop_schema``
+    (the whole config; first in ``conf/config.yaml``'s defaults list) and ``model/<source>_schema``
+    for each model variant (first in each ``conf/model/*.yaml``'s defaults list), so Hydra checks
+    types and keys while it composes."""
     cs = ConfigStore.instance()
-    cs.store(group="schema", name="rooftop", node=RooftopConfig)
+    cs.store(name="rooftop_schema", node=RooftopConfig)
     for src, cls in VARIANTS["model"][1].items():
-        cs.store(group="schema/model", name=src, node=cls)
+        cs.store(group="model", name=f"{src}_schema", node=cls)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -332,20 +303,14 @@ def _fields(cls) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+nearest = structured.nearest
+
+
 def _strip_optional(tp):
     if get_origin(tp) is Union:
         args = [a for a in get_args(tp) if a is not type(None)]
         return args[0] if len(args) == 1 else Any, True
     return tp, tp is Any
-
-
-def nearest(key: str, valid) -> list[str]:
-    """The valid names closest to ``key`` (difflib), best first."""
-    valid = sorted(valid)
-    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
-    if not close:  # a prefix or substring (parallel.tp vs pipeline) still helps
-        close = [v for v in valid if v.startswith(key[:3])][:3]
-    return close
 
 
 def unknown_key_error(path: str, valid, where: str = "") -> ConfigError:
@@ -376,101 +341,42 @@ def schema_for(group: str, node: Mapping | None):
     return tp if dataclasses.is_dataclass(tp) else None
 
 
-def check_keys(data: Mapping, cls, path: str = "") -> None:
-    """Raise on the first key of ``data`` that ``cls`` does not declare (recursively)."""
-    types = _fields(cls)
-    for k in data:
-        full = f"{path}{k}"
-        if k not in types:
-            if not path and k in FOREIGN_KEYS:
-                continue
-            raise unknown_key_error(full, types)
-        tp, _ = _strip_optional(types[k])
-        v = data[k]
-        if not path and k in VARIANTS:
-            if isinstance(v, Mapping):
-                check_keys(v, schema_for(k, v), f"{k}.")
-        elif dataclasses.is_dataclass(tp) and isinstance(v, Mapping):
-            check_keys(v, tp, full + ".")
+_TYPE_FIX = {"a whole number": "is not an integer; set {p} to a whole number, e.g. {p}=1.",
+             "a number": "is not a number; set {p} to a number or null.",
+             "true or false": "is not true or false; set {p}=true or {p}=false.",
+             "a string": "must be a string."}
 
 
-_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+def problem_error(p: structured.Problem) -> ConfigError:
+    """rooftop's one-paragraph wording for what OmegaConf found (structured.Problem)."""
+    if p.kind == "unknown":
+        return unknown_key_error(p.path, p.valid)
+    if p.kind == "type":
+        fix = _TYPE_FIX.get(p.expected, "is not of the declared type; check the schema in compiler/driver/config.py.")
+        err = ConfigError(f"{p.path}={p.value!r} " + fix.format(p=p.path))
+    elif p.kind == "missing":
+        err = ConfigError(f"{p.path} is missing; set it (e.g. on the command line, {p.path}=<value>).")
+    else:
+        err = ConfigError(f"{p.path}: {p.raw}. Check the value against the schema in compiler/driver/config.py.")
+    err.key = p.path
+    return err
 
 
-def _convert(value, tp, path: str):
-    """Convert ``value`` to ``tp`` (int/float/bool/str, Optional, List, Dict, dataclass)."""
-    base, optional = _strip_optional(tp)
-    if value is None:
-        if optional or base is Any:
-            return None
-        raise ConfigError(f"{path} is null but must be {_TYPE_WORDS.get(base, 'set')}; give it a value.")
-    if base is Any:
-        return value
-    if dataclasses.is_dataclass(base):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{path} must be a mapping of keys ({', '.join(_fields(base))}), "
-                              f"not {value!r}.")
-        return _fill(value, base, path + ".")
-    origin = get_origin(base)
-    if origin in (list, List):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}={value!r} must be a list, e.g. {path}=[a,b].")
-        return list(value)
-    if origin in (dict, Dict):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{path}={value!r} must be a mapping of keys to values.")
-        return dict(value)
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise ConfigError(f"{path}={value!r} is not true or false; set {path}=true or {path}=false.")
-    if base is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{path}={value!r} is not an integer; set {path} to a whole number.")
-        try:
-            iv = int(value)
-            if iv != value and not (isinstance(value, str) and value.strip().lstrip("+-").isdigit()):
-                raise ValueError
-        except (TypeError, ValueError):
-            raise ConfigError(f"{path}={value!r} is not an integer; set {path} to a whole number, "
-                              f"e.g. {path}=1.") from None
-        return iv
-    if base is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{path}={value!r} is not a number; set {path} to a number or null.")
-        try:
-            fv = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{path}={value!r} is not a number; set {path} to a number or null.") from None
-        if not math.isfinite(fv):
-            raise ConfigError(f"{path}={value!r} is not a finite number; set a finite value or null.")
-        return fv
-    if base is str:
-        if isinstance(value, (Mapping, list, tuple)):
-            raise ConfigError(f"{path}={value!r} must be a string.")
-        return str(value)
-    return value
+def _typed(schema, data, prefix: str = "") -> DictConfig:
+    try:
+        return structured.check(schema, data)
+    except structured.ProblemError as e:
+        p = e.problem
+        raise problem_error(dataclasses.replace(p, path=prefix + p.path)) from None
 
 
-def _fill(data: Mapping, cls, path: str = "") -> dict:
-    """``data`` converted to ``cls``'s field types, with the schema's defaults for absent keys."""
-    out = {}
-    for f in dataclasses.fields(cls):
-        tp = get_type_hints(cls)[f.name]
-        if f.name in data:
-            v = data[f.name]
-            if not path and f.name in VARIANTS and isinstance(v, Mapping):
-                out[f.name] = _fill(v, schema_for(f.name, v), f"{f.name}.")
-            else:
-                out[f.name] = _convert(v, tp, path + f.name)
-        elif f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            d = f.default_factory()  # type: ignore[misc]
-            out[f.name] = dataclasses.asdict(d) if dataclasses.is_dataclass(d) else d
-    return out
+def _finite(node: Any, path: str = "") -> None:
+    """A float setting must be finite (OmegaConf accepts "inf" and "nan")."""
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            _finite(v, f"{path}{k}." if not isinstance(v, float) else f"{path}{k}")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{path}={node!r} is not a finite number; set a finite value or null.")
 
 
 # ---- range checks (one function per group) -------------------------------------------------------
@@ -684,29 +590,26 @@ CHECKS: list[Callable[[dict], None]] = [_check_workload, _check_gate, _check_slo
 
 
 def validate(cfg: Any) -> dict:
-    """Check a composed config (DictConfig or mapping) against :class:`RooftopConfig`; returns a
-    plain dict with every default filled in. Raises :class:`ConfigError` (exit 2)."""
-    data = _to_plain(cfg)
+    """Check a composed config (DictConfig or mapping) against :class:`RooftopConfig`: OmegaConf
+    converts every value to its declared type and refuses unknown keys (its errors translated
+    into rooftop's wording), the model block against its variant's schema (``model.source``);
+    then the range checks (:data:`CHECKS`). Returns a plain dict with every default filled in.
+    Raises :class:`ConfigError` (exit 2)."""
+    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     if not isinstance(data, Mapping):
         raise ConfigError(f"the config must be a mapping, not {type(data).__name__}.")
+    data = {k: v for k, v in data.items() if k not in FOREIGN_KEYS}
     for key in ("model", "hardware", "pipeline"):
         if not isinstance(data.get(key), Mapping):
             raise ConfigError(f"config group {key!r} is missing; choose one with {key}=<name>.")
-    check_keys(data, RooftopConfig)
-    out = _fill(data, RooftopConfig)
+    model = data.pop("model")
+    rest = OmegaConf.to_container(_typed(RooftopConfig, data), resolve=True)
+    rest.pop("model", None)
+    out = {"model": OmegaConf.to_container(_typed(schema_for("model", model), model, "model."), resolve=True), **rest}
+    _finite(out)
     for check in CHECKS:
         check(out)
     return out
-
-
-def _to_plain(cfg):
-    try:
-        from omegaconf import DictConfig, OmegaConf
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return dict(cfg) if isinstance(cfg, Mapping) else cfg
 
 
 def defaults() -> dict:
@@ -727,30 +630,3 @@ def register_resolvers() -> None:
     from omegaconf import OmegaConf
     if not OmegaConf.has_resolver("rooftop_stem"):
         OmegaConf.register_new_resolver("rooftop_stem", _file_stem)
-
-
-def override_key_known(path: str, composed: Mapping) -> tuple[bool, str, list[str]]:
-    """Whether ``path`` (``a.b.c``) names a declared key given the composed config's variants;
-    returns (known, the first unknown prefix, valid keys at that level)."""
-    parts = path.split(".")
-    cls = RooftopConfig
-    node: Any = composed
-    for i, part in enumerate(parts):
-        if cls is None:  # inside an open mapping
-            return True, path, []
-        types = _fields(cls)
-        if part not in types:
-            return False, ".".join(parts[:i + 1]), sorted(types)
-        tp, _ = _strip_optional(types[part])
-        nxt = node.get(part) if isinstance(node, Mapping) else None
-        if i == 0 and part in VARIANTS:
-            try:
-                cls = schema_for(part, nxt if isinstance(nxt, Mapping) else {})
-            except ConfigError:
-                return True, path, []
-        elif dataclasses.is_dataclass(tp):
-            cls = tp
-        else:
-            cls = None
-        node = nxt
-    return True, path, []

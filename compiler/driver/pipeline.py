@@ -27,6 +27,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from compiler.analysis.context import RunContext
 from compiler.analysis.early_exit import exit_config
 from compiler.analysis.phases import analyze, gates, is_generative
@@ -47,7 +49,7 @@ from compiler.analysis.serving import max_model_len_of
 from compiler.backend import accuracy
 from compiler.backend.emit import EmitError, save
 from compiler.backend.verify import verify
-from compiler.driver.config import WorkloadConfig, _check_workload, _fill
+from compiler.driver.config import WorkloadConfig, _check_workload, _typed
 from compiler.frontends.models import build_torch_model, import_torch
 from compiler.frontends.onnx_import import import_onnx
 from passes import PASSES, PassContext, PassManager, make_pass
@@ -65,7 +67,7 @@ OUTPUT_FILES = ("model.onnx", "model.onnx.data", "report.json", "report.md", "re
 
 def workload_of(cfg: Mapping) -> dict[str, int]:
     """The workload block with the schema's defaults (compiler.driver.config.WorkloadConfig)."""
-    w = _fill(dict(cfg.get("workload") or {}), WorkloadConfig, "workload.")
+    w = OmegaConf.to_container(_typed(WorkloadConfig, dict(cfg.get("workload") or {}), "workload."))
     _check_workload({"workload": w})
     ctx = w["prompt_len"] if w["context_len"] is None else w["context_len"]
     return {"batch": w["batch"], "prompt_len": w["prompt_len"], "gen_len": w["gen_len"], "context_len": ctx}

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
+from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException,
+                              ValidationError)
 
 __all__ = ["Problem", "check", "describe", "nearest", "fields_of"]
 
@@ -61,6 +62,8 @@ _TYPE_WORDS = {"Float": "a number", "Integer": "a whole number", "Boolean": "tru
 
 def _expected(e: OmegaConfBaseException) -> str:
     msg = str(getattr(e, "msg", "") or "")
+    if "valid bool" in msg:
+        return "true or false"
     for word, say in _TYPE_WORDS.items():
         if f"converted to {word}" in msg or f"to {word}" in msg:
             return say
@@ -72,7 +75,7 @@ def problem(e: OmegaConfBaseException, schema=None) -> Problem:
     """The :class:`Problem` an OmegaConf exception describes."""
     path = str(getattr(e, "full_key", "") or getattr(e, "key", "") or "")
     raw = " ".join(str(getattr(e, "msg", e)).split("\n")[0].split())
-    if isinstance(e, ConfigKeyError):
+    if isinstance(e, (ConfigKeyError, ConfigAttributeError)):
         obj = getattr(e, "object_type", None)
         valid = fields_of(obj) if dataclasses.is_dataclass(obj) else ()
         if not valid and schema is not None:

@@ -44,6 +44,15 @@ from compiler.ir import Graph, OpNode
 from compiler.perf.kernel_families import ORT_DENSE_NM
 from compiler.ir.annotations import ACCURACY_LEVEL_KEY, ORT_SESSION_KEY, ActivationQuant, QuantizedData, nm_metadata
 from passes.base import Pass, PassResult, evaluator
+from passes.quant.config import CalibrationConfig, QuantConfig, SparsityConfig
+
+
+def _fields(cls) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def _defaults(cls) -> dict[str, Any]:
+    return dataclasses.asdict(cls())
 from passes.quant.formats import QuantSpec, int_dtype, quantize_rtn
 from passes.quant.nm import prune_magnitude
 from passes.quant.obs import Hessian, obs_compress
@@ -202,27 +211,21 @@ def _scale_dtype(g: Graph, w: str) -> str:
 # ------------------------------------------------------------------------------------------------
 # calibration
 
-@dataclasses.dataclass
-class Calibration:
-    samples: int = 8
-    seq_len: int = 128
-    source: str = "default"          # default (shipped text) | a path to a UTF-8 text file
-
-    @classmethod
-    def of(cls, v) -> "Calibration":
-        if isinstance(v, Calibration):
-            return v
-        v = dict(v or {})
-        bad = set(v) - {"samples", "seq_len", "source"}
-        if bad:
-            raise ConfigError(f"unknown calibration key(s) {sorted(bad)}; valid: samples, seq_len, source.")
-        c = cls(**v)
-        if int(c.samples) < 1 or int(c.seq_len) < 2:
-            raise ConfigError(f"calibration.samples must be ≥ 1 and calibration.seq_len ≥ 2, got {c.samples}, {c.seq_len}.")
-        return c
+def calibration_of(v) -> CalibrationConfig:
+    """The ``calibration`` block of quant= / sparsity= (passes/quant/config.py CalibrationConfig)."""
+    if isinstance(v, CalibrationConfig):
+        return v
+    v = dict(v or {})
+    bad = set(v) - {f.name for f in dataclasses.fields(CalibrationConfig)}
+    if bad:
+        raise ConfigError(f"unknown calibration key(s) {sorted(bad)}; valid: samples, seq_len, source.")
+    c = CalibrationConfig(**v)
+    if int(c.samples) < 1 or int(c.seq_len) < 2:
+        raise ConfigError(f"calibration.samples must be ≥ 1 and calibration.seq_len ≥ 2, got {c.samples}, {c.seq_len}.")
+    return c
 
 
-def calibrate(g: Graph, tensors: Sequence[str], cal: Calibration, tokenizer_source: Mapping | None,
+def calibrate(g: Graph, tensors: Sequence[str], cal: CalibrationConfig, tokenizer_source: Mapping | None,
               keep_rows: int = 0) -> dict[str, Hessian]:
     """Hessian and activation statistics of each tensor over the calibration split; with
     ``keep_rows`` also up to that many activation rows (``Hessian.rows``, for AWQ)."""
@@ -328,27 +331,27 @@ class Quantize(Pass):
     name = "quantize"
 
     def check_params(self) -> None:
-        p = dict(self.params)
-        allowed = {"scheme", "group_size", "symmetric", "method", "smooth_alpha", "activations", "exclude",
-                   "calibration", "ort_accuracy_level", "tokenizer_source"}
-        bad = set(p) - allowed
+        allowed = set(_fields(QuantConfig)) | {"tokenizer_source"}
+        bad = set(self.params) - allowed
         if bad:
             raise ConfigError(f"quantize: unknown option(s) {sorted(bad)}; valid: {', '.join(sorted(allowed))}.")
-        self.scheme = str(p.get("scheme", "w8a8"))
+        # defaults: passes/quant/config.py QuantConfig (a recipe entry names only what it changes)
+        p = {**_defaults(QuantConfig), "scheme": "w8a8", **{k: v for k, v in self.params.items() if v is not None}}
+        self.scheme = str(p["scheme"])
         if self.scheme not in SCHEMES:
             raise ConfigError(f"quant={self.scheme!r} is not a scheme; use none, {', '.join(SCHEMES)}.")
         sch = SCHEMES[self.scheme]
-        self.group_size = int(128 if p.get("group_size") is None else p["group_size"])
+        self.group_size = int(p["group_size"])
         # 4-bit defaults to asymmetric (uint4 + zero point): on MiniLM it raised embedding cosine from 0.945
         # (full-range symmetric, = onnxruntime's symmetric MatMulNBits quantizer) to 0.954 at no measured
         # MatMulNBits latency cost; int8 stays symmetric (its error is small either way)
         self.symmetric = bool(p["symmetric"]) if p.get("symmetric") is not None else self.scheme != "w4a16"
-        self.method = str(p.get("method", "rtn"))
-        self.alpha = float(p.get("smooth_alpha", 0.5))
-        self.activations = str(p.get("activations", "dynamic"))
-        self.exclude = list(p.get("exclude") if p.get("exclude") is not None else ["embeddings", "lm_head"])
-        self.calibration = Calibration.of(p.get("calibration"))
-        self.accuracy_level = int(p.get("ort_accuracy_level", 4))
+        self.method = str(p["method"])
+        self.alpha = float(p["smooth_alpha"])
+        self.activations = str(p["activations"])
+        self.exclude = list(p["exclude"])
+        self.calibration = calibration_of(p["calibration"])
+        self.accuracy_level = int(p["ort_accuracy_level"])
         self.tokenizer_source = p.get("tokenizer_source")
         if self.method not in METHODS:
             raise ConfigError(f"quant.method={self.method!r}: use one of {', '.join(METHODS)}.")
@@ -520,22 +523,22 @@ class PruneNM(Pass):
     name = "prune_nm"
 
     def check_params(self) -> None:
-        p = dict(self.params)
-        allowed = {"n", "m", "method", "exclude", "calibration", "cost_aware", "tokenizer_source", "workload",
-                   "targets"}
-        bad = set(p) - allowed
+        allowed = (set(_fields(SparsityConfig)) - {"scheme"}) | {"tokenizer_source", "workload"}
+        bad = set(self.params) - allowed
         if bad:
             raise ConfigError(f"prune_nm: unknown option(s) {sorted(bad)}; valid: {', '.join(sorted(allowed))}.")
-        self.n, self.m = int(p.get("n", 2)), int(p.get("m", 4))
+        # defaults: passes/quant/config.py SparsityConfig
+        p = {**_defaults(SparsityConfig), **{k: v for k, v in self.params.items() if v is not None}}
+        self.n, self.m = int(p["n"]), int(p["m"])
         if not 0 < self.n < self.m:
             raise ConfigError(f"sparsity.n={self.n}, sparsity.m={self.m}: need 0 < n < m (2:4 is the pattern sparse "
                               f"tensor cores run).")
-        self.method = str(p.get("method", "magnitude"))
+        self.method = str(p["method"])
         if self.method not in ("magnitude", "sparsegpt"):
             raise ConfigError(f"sparsity.method={self.method!r}: use magnitude or sparsegpt.")
-        self.exclude = list(p.get("exclude") if p.get("exclude") is not None else ["embeddings", "lm_head"])
-        self.calibration = Calibration.of(p.get("calibration"))
-        self.cost_aware = bool(p.get("cost_aware", True))
+        self.exclude = list(p["exclude"])
+        self.calibration = calibration_of(p["calibration"])
+        self.cost_aware = bool(p["cost_aware"])
         self.tokenizer_source = p.get("tokenizer_source")
         self.workload = dict(p.get("workload") or {})
         self.targets = parse_targets(p.get("targets"))   # sparsity.targets: attention / mlp blocks
