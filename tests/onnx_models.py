@@ -248,7 +248,7 @@ def make_nonzero_model(path) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# the Hugging Face families (tests/test_families.py): tiny random configs, 2 layers, hidden 64
+# the Hugging Face families (tests/frontends/test_families.py): tiny random configs, 2 layers, hidden 64
 
 # family → (config class, model class, config kwargs, task); task: causal_lm | encoder | vision
 _TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

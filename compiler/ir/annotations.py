@@ -238,6 +238,48 @@ class KVLayout:
             raise IRError(f"kv_layout.dtype {self.dtype!r} is not a dtype")
 
 
+MASK_KINDS = ("causal", "causal_padding", "bidirectional", "padding", "window", "bias", "general")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AttentionSpec:
+    """What an ``Attention`` op computes beyond its operands, found by meaning (mask evaluation,
+    the model's config) rather than by exporter idiom — the contract between the importers /
+    fusion (writers), the emitter and verifier, and the cost model (readers):
+
+    - ``mask``: the mask's meaning — ``causal``, ``causal_padding`` (causal and a padding
+      ``attention_mask``), ``bidirectional``, ``padding``, ``window`` (causal within the last
+      ``window`` positions), ``bias`` (an additive bias such as ALiBi), ``general`` (anything else:
+      kept exactly as the mask operand);
+    - ``window``: the sliding window W in positions (a query attends to keys ``q − W < k ≤ q``), or
+      None; ``global_layer``: this layer of a local/global pattern attends to the whole context;
+    - ``alibi``: the bias is ALiBi (slopes per head); ``softcap``: logits ``c·tanh(x/c)`` (None:
+      off); ``sinks``: a learned per-head sink logit joins the softmax;
+    - ``latent_rank`` / ``rope_dim``: multi-head latent attention (MLA) — the cache holds a
+      ``latent_rank + rope_dim`` latent per token instead of per-head K and V; ``form`` the MLA
+      form a phase runs (``expanded`` | ``absorbed``; None for ordinary attention)."""
+
+    mask: str = "causal"
+    window: int | None = None
+    global_layer: bool = False
+    alibi: bool = False
+    softcap: float | None = None
+    sinks: bool = False
+    latent_rank: int | None = None
+    rope_dim: int | None = None
+    form: str | None = None
+
+    def __post_init__(self):
+        if self.mask not in MASK_KINDS:
+            raise IRError(f"attention.mask={self.mask!r}: use one of {', '.join(MASK_KINDS)}")
+        if self.window is not None and (not isinstance(self.window, int) or self.window < 1):
+            raise IRError(f"attention.window={self.window!r} must be a positive number of positions or None")
+        if self.softcap is not None and not float(self.softcap) > 0:
+            raise IRError(f"attention.softcap={self.softcap!r} must be positive or None")
+        if self.form not in (None, "expanded", "absorbed"):
+            raise IRError(f"attention.form={self.form!r}: use expanded, absorbed or None")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Rotary:
     """A recognized rotary position embedding: the rotated tensor, cos and sin operands."""
@@ -394,6 +436,12 @@ KEYS: dict[str, Key] = {k.name: k for k in [
         writers=("passes/fusion/rotary.py",), readers=("compiler/backend/emit.py (metadata_props)",),
         policy=Policy.DROP, serialize=True,
         doc="id of a recognized group of ops treated as one (rotary:<root>)"),
+    Key("attention", AttentionSpec, frozenset({OP}),
+        writers=("passes/fusion (mask meaning at fusion)", "compiler/frontends (model config: windows, MLA, sinks)"),
+        readers=("compiler/perf/cost.py (windowed / latent KV bytes and FLOPs)", "compiler/backend (emission, verification)",
+                 "compiler/analysis (capacity per layer)"),
+        policy=Policy.KEEP, merge=_agree, serialize=True, costed=True,
+        doc="what an Attention computes beyond its operands: mask meaning, window, ALiBi, softcap, sinks, MLA"),
     Key("rotary", Rotary, frozenset({OP}),
         writers=("passes/fusion/rotary.py",), readers=("compiler/backend/emit.py (metadata_props)",),
         policy=Policy.DROP, serialize=True, doc="operands of a recognized rotary embedding"),
@@ -626,4 +674,4 @@ def table() -> list[dict[str, Any]]:
 
 
 __all__ = ["KEYS", "Key", "Policy", "WeightFormat", "ComputeDtype", "MoERouting", "ExitPoint", "KVLayout",
-           "Rotary", "get", "set", "validate", "carry", "carry_params", "carried", "COSTED", "serialized", "declared", "table"]
+           "AttentionSpec", "MASK_KINDS", "Rotary", "get", "set", "validate", "carry", "carry_params", "carried", "COSTED", "serialized", "declared", "table"]

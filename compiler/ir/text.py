@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import sympy
 
+from compiler.errors import RooftopError
 from compiler.ir.graph import Graph
 from compiler.ir.tensors import DTYPES, SYMBOLS, IRError, TensorType
 
@@ -154,7 +155,7 @@ def parse_graph(text: str, name: str = "graph") -> Graph:
             continue
         try:
             _parse_line(g, line, comment, outputs)
-        except (IRError, ValueError, SyntaxError, TypeError) as e:
+        except (IRError, RooftopError, ValueError, SyntaxError, TypeError) as e:
             raise IRError(f"IR text line {lineno}: {raw.strip()!r}: {e}") from None
     g.outputs = outputs
     g.verify()

@@ -31,7 +31,7 @@ latency is not FP8 latency.
     .venv/bin/python tests/bench/bench_quant.py [--rounds 20] [--rounds-gpt2 6] [--models minilm gpt2] [--samples 8]
         [--json OUT]     # also write the medians, the accuracy and the machine (memory read bandwidth) as JSON
 
-``--json`` output of a GPT-2 run is what tests/test_cpu_kernels.py holds rooftop's CPU cost predictions
+``--json`` output of a GPT-2 run is what tests/perf/test_cpu_kernels.py holds rooftop's CPU cost predictions
 to (compiler/perf/calibration/data/e2e/cpu_ort_gpt2.json).
 """
 from __future__ import annotations

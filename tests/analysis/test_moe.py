@@ -26,7 +26,7 @@ from compiler.frontends import families
 from passes.moe import apply_routing
 from tests.conftest import assert_prefill_decode_match, compose, model_cfg, prepare, run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOL = 1e-4
 
 

@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import onnx_models as om  # noqa: E402
+from tests import onnx_models as om
 
 ATOL = 1e-4
 LAYERS = 2
@@ -49,7 +48,7 @@ def _param(f, e):
 def fuse(g):
     from compiler.perf.hardware import hardware_by_name
     from passes import PassContext, make_pass
-    from conftest import prepare
+    from tests.conftest import prepare
     from passes.cleanup import fold_constants, remove_noops
     prepare(g)   # the import passes of the default recipe (KV cache of causal decoders)
     remove_noops(g)
@@ -59,7 +58,7 @@ def fuse(g):
 
 
 def run_ort(g, feeds):
-    from tests.test_fusion import run_ort as _run
+    from tests.graphs import run_ort as _run
     return _run(g, feeds)
 
 

@@ -33,8 +33,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import compose, model_cfg, prepare  # noqa: E402
+from tests.conftest import compose, model_cfg, prepare
 
 H, D, HKV, LAYERS = 32, 128, 32, 32
 L2 = 40 * 2**20

@@ -28,7 +28,7 @@ from compiler.perf.hardware import (
     write_hardware_yaml,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 REQUIRED = {"a10", "a6000", "l4", "l40s", "rtx4090", "a100_40g", "a100_80g", "h100_sxm",
             "h100_pcie", "h200", "b200", "mi300x", "cpu", "snapdragon_8g3"}
 NVIDIA_TENSOR = ("a10", "a6000", "l4", "l40s", "rtx4090", "a100_40g", "a100_80g", "h100_sxm",

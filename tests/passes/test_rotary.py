@@ -13,7 +13,7 @@ import pytest
 
 from compiler.ir import TensorType
 from passes.fusion import run_rules
-from tests.test_fusion import Builder, assert_same_outputs, feeds_for, ops_of
+from tests.graphs import Builder, assert_same_outputs, feeds_for, ops_of
 
 B_, H, S_, D = 3, 4, 5, 16
 ROTARY = ["rotary_cache", "rotary", "rotary_partial", "rotary_layout"]
@@ -157,7 +157,7 @@ def test_rotary_cache_expands_a_batch_one_cache():
     from onnx.reference.ops.op_rotary_embedding import rotary_embedding
     want = rotary_embedding(feeds["x"], feeds["c"], feeds["s"])
     assert run_rules(g, ["rotary_cache"], gate=None)[0]["rotary_cache"] == 1
-    from tests.test_fusion import run_ort
+    from tests.graphs import run_ort
     got = run_ort(g, feeds)[0]
     assert np.abs(got - want).max() <= 1e-5
 
@@ -193,7 +193,7 @@ def llama():
 
 
 def test_llama_decode_ops_per_layer_drop_to_what_runtimes_launch(llama):
-    from tests.test_fusion_sources import fuse_pass
+    from tests.passes.test_fusion_sources import fuse_pass
     g = llama.copy()
     before, layers = _per_layer(g)
     res = fuse_pass(g)
@@ -209,8 +209,8 @@ def test_llama_decode_ops_per_layer_drop_to_what_runtimes_launch(llama):
 
 @pytest.mark.parametrize("step", ["prefill", "decode"])
 def test_llama_fused_matches_unfused_with_kv_cache(llama, step):
-    from tests.test_fusion_sources import fuse_pass, lm_feeds, max_diff
-    from tests.test_fusion import run_ort
+    from tests.passes.test_fusion_sources import fuse_pass, lm_feeds, max_diff
+    from tests.graphs import run_ort
     g = llama.copy()
     fuse_pass(g)
     feeds = lm_feeds(llama, b=3, s=6 if step == "prefill" else 1, p=0 if step == "prefill" else 9, seed=2)

@@ -1,5 +1,5 @@
 """Multirun summary (sweep.json / sweep.md / sweep.html); the Optuna search recipes are in
-tests/test_search.py.
+tests/driver/test_search.py.
 
 Points use a one-layer ONNX decoder (tests/onnx_models.make_kv_model) with emission off, so a point
 costs well under a second; the sweeps run through the real ``rooftop -m`` command.
@@ -94,4 +94,4 @@ def test_gate_and_failure_exit_codes_and_pareto_by_hand():
     assert pareto_front(rows, axes) == [0, 1, 3, 4]
 
 
-# the search recipes (conf/search/*.yaml): tests/test_search.py
+# the search recipes (conf/search/*.yaml): tests/driver/test_search.py

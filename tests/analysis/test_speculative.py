@@ -180,7 +180,7 @@ def test_verify_step_predicted_vs_h200_measurement():
     step — measured and predicted — and the prediction stays within 55 % at every T."""
     from pathlib import Path
     from passes import PassManager, make_pass
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     data = json.loads((root / "compiler/perf/calibration/data/h200_kernels.json").read_text())["verify"]
     g = imported("llama3_8b").copy()
     PassManager([make_pass(p) for p in ["remove_noops", "fold_constants", "fuse", "dce"]])(g)

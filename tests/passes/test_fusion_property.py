@@ -15,8 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_fusion import Builder, assert_same_outputs, causal_mask, feeds_for, gelu_erf, gelu_tanh  # noqa: E402
+from tests.graphs import Builder, assert_same_outputs, causal_mask, feeds_for, gelu_erf, gelu_tanh  # noqa: E402
 
 N = 8          # features
 SHAPE = (2, 3, N)

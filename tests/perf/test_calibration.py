@@ -17,7 +17,7 @@ from compiler.perf import efficiency as E
 from compiler.perf.calibration import DATA_DIR
 from compiler.perf.calibration import fit as calfit
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TOL = 0.15
 DATA_FILES = sorted(p for p in DATA_DIR.glob("*.json")
                     if json.loads(p.read_text()).get("schema", "").startswith("rooftop-calibration")

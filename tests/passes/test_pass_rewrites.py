@@ -1,6 +1,8 @@
-"""Passes in Before / Expected form: build a small Before graph, run the pass, build the Expected
-graph, assert structural equality (compiler.ir.structural_diff) — beside the onnxruntime
-numerical checks elsewhere. "Should not fire" cases state Expected == Before."""
+"""Passes in Before / Expected form: the Before graph and the Expected graph are written as IR text
+(compiler/ir/text.py), the pass runs on Before, and the test asserts structural equality
+(compiler.ir.structural_diff) — beside the onnxruntime numerical checks elsewhere. "Should not
+fire" cases state Expected == Before. A few graphs with annotations or generated weights still use
+the builder (tests/graphs.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,38 +10,16 @@ import pytest
 
 from compiler.ir import annotations as ann
 from compiler.ir.annotations import ComputeDtype
-from compiler.ir import B, P, S, Graph, TensorType, structural_diff
+from compiler.ir import B, S, Graph, structural_diff
 from compiler.ir.ops import OpKind
 from passes import run_passes
+from compiler.ir.text import parse_graph
+from tests.graphs import Builder
 
 F32 = "float32"
 
 
-class G:
-    """A terse graph builder: ``G().input("x", B, S, 8)``, ``g.op("Relu", x)``, ``g.const(1.0)``."""
-
-    def __init__(self):
-        self.g = Graph("t")
-
-    def input(self, name, *shape, dtype=F32):
-        return self.g.add_input(name, TensorType(dtype, shape))
-
-    def const(self, value, dtype=F32):
-        arr = np.asarray(value, dtype=np.dtype(dtype))
-        return self.g.add_param(self.g.fresh("c"), TensorType(dtype, arr.shape), arr, const=True)
-
-    def param(self, arr):
-        arr = np.asarray(arr, np.float32)
-        return self.g.add_param(self.g.fresh("w"), TensorType(F32, arr.shape), arr)
-
-    def op(self, op, *ins, n_out=1, types=None, name=None, **attrs):
-        node = self.g.add_op(op, list(ins), n_out, attrs, types=types, name=name)
-        return node.outputs[0] if n_out == 1 else list(node.outputs)
-
-    def out(self, *ts):
-        self.g.set_outputs(list(ts))
-        self.g.verify()
-        return self.g
+G = Builder   # tests/graphs.py: the one graph builder
 
 
 def run(g: Graph, *names: str) -> dict:
@@ -78,62 +58,76 @@ def test_structural_diff_ignores_names_and_names_the_first_difference():
 # ---- remove_noops --------------------------------------------------------------------------------
 
 def test_remove_noops():
-    b = G()
-    x = b.input("x", B, S, 8)
-    t = b.op("Identity", x)
-    t = b.op("Relu", t)
-    t = b.op("Reshape", t, shape=[B, S, 8])           # same shape: a no-op
-    t = b.op("Mul", t, b.const(1.0))                   # x·1
-    t = b.op("Transpose", t, perm=[0, 1, 2])           # identity permutation
-    t = b.op("Add", b.const(0.0), t)                   # 0 + x (Add is commutative)
-    before = b.out(b.op("Exp", t))
+    before = parse_graph("""
+        input  x: float32[B, S, 8]
+        const  one: float32[] = [1.0]
+        const  zero: float32[] = [0.0]
+        i = Identity(x)
+        r = Relu(i)
+        s = Reshape(r) {shape: [B, S, 8]}      # same shape: a no-op
+        m = Mul(s, one)                        # x·1
+        t = Transpose(m) {perm: [0, 1, 2]}     # identity permutation
+        a = Add(zero, t)                       # 0 + x (Add is commutative)
+        y = Exp(a)
+        output y
+    """)
     stats = run(before, "remove_noops")
     assert stats["remove_noops"] == {"Identity": 1, "Reshape": 1, "Mul": 1, "Transpose": 1, "Add": 1}
-
-    e = G()
-    expected = e.out(e.op("Exp", e.op("Relu", e.input("x", B, S, 8))))
-    assert_same(before, expected)
+    assert_same(before, parse_graph("""
+        input  x: float32[B, S, 8]
+        r = Relu(x)
+        y = Exp(r)
+        output y
+    """))
 
 
 def test_remove_noops_should_not_fire():
-    def build():
-        b = G()
-        x = b.input("x", B, S, 8)
-        r = b.op("Reshape", x, shape=[B, S, 2, 4])         # changes the shape
-        m = b.op("Mul", r, b.const(2.0))                   # x·2
-        s = b.op("Sub", b.const(0.0), m)                   # 0 − x is not x (Sub is not commutative)
-        return b.out(b.op("Transpose", s, perm=[0, 1, 3, 2]))
-    before = build()
+    text = """
+        input  x: float32[B, S, 8]
+        const  two: float32[] = [2.0]
+        const  zero: float32[] = [0.0]
+        r = Reshape(x) {shape: [B, S, 2, 4]}   # changes the shape
+        m = Mul(r, two)                        # x·2
+        s = Sub(zero, m)                       # 0 − x is not x (Sub is not commutative)
+        y = Transpose(s) {perm: [0, 1, 3, 2]}
+        output y
+    """
+    before = parse_graph(text)
     assert run(before, "remove_noops")["remove_noops"] == {}
-    assert_same(before, build())
+    assert_same(before, parse_graph(text))
 
 
 def test_remove_noops_keeps_a_graph_outputs_name():
-    b = G()
-    before = b.out(b.op("Identity", b.op("Relu", b.input("x", B, 8)), name="y_id"))
-    out = before.outputs[0]
+    before = parse_graph("""
+        input  x: float32[B, 8]
+        r = Relu(x)
+        y_id = Identity(r)
+        output y_id
+    """)
     run(before, "remove_noops")
-    e = G()
-    expected = e.out(e.op("Relu", e.input("x", B, 8)))
-    assert_same(before, expected)
-    assert before.outputs == [out] and before.producer_of(out).op == "Relu"   # the public name stays
+    assert_same(before, parse_graph("input x: float32[B, 8]\nr = Relu(x)\noutput r"))
+    assert before.outputs == ["y_id"] and before.producer_of("y_id").op == "Relu"   # the public name stays
 
 
 # ---- fold_constants ------------------------------------------------------------------------------
 
 def test_fold_constants():
-    b = G()
-    x = b.input("x", B, 3, 2)
-    c = b.const(np.arange(6, dtype=np.float32).reshape(2, 3))
-    ct = b.op("Transpose", c, perm=[1, 0])                              # constant → folded
-    s = b.op("Mul", ct, b.const(np.float32(2.0)))                        # constant → folded
-    before = b.out(b.op("Add", x, s))
+    before = parse_graph("""
+        input  x: float32[B, 3, 2]
+        const  c: float32[2, 3] = [0, 1, 2, 3, 4, 5]
+        const  two: float32[] = [2.0]
+        ct = Transpose(c) {perm: [1, 0]}       # constant → folded
+        s = Mul(ct, two)                       # constant → folded
+        y = Add(x, s)
+        output y
+    """)
     assert run(before, "fold_constants")["fold_constants"] == {"folded": 2}
-
-    e = G()
-    folded = e.const(np.arange(6, dtype=np.float32).reshape(2, 3).T * 2)
-    expected = e.out(e.op("Add", e.input("x", B, 3, 2), folded))
-    assert_same(before, expected)
+    assert_same(before, parse_graph("""
+        input  x: float32[B, 3, 2]
+        const  folded: float32[3, 2] = [0, 6, 2, 8, 4, 10]
+        y = Add(x, folded)
+        output y
+    """))
 
 
 def test_fold_constants_should_not_fire_on_weights_or_shape():
@@ -150,15 +144,16 @@ def test_fold_constants_should_not_fire_on_weights_or_shape():
 # ---- dce -----------------------------------------------------------------------------------------
 
 def test_dce():
-    b = G()
-    x = b.input("x", B, 8)
-    b.op("Exp", b.op("Neg", x))                      # dead chain
-    b.param(np.ones(8))                              # unused weight
-    before = b.out(b.op("Relu", x))
+    before = parse_graph("""
+        input  x: float32[B, 8]
+        param  w: float32[8] = [1, 1, 1, 1, 1, 1, 1, 1]   # unused weight
+        n = Neg(x)                                        # dead chain
+        e = Exp(n)
+        y = Relu(x)
+        output y
+    """)
     assert run(before, "dce")["dce"] == {"ops": 2, "params": 1}
-    e = G()
-    expected = e.out(e.op("Relu", e.input("x", B, 8)))
-    assert_same(before, expected)
+    assert_same(before, parse_graph("input x: float32[B, 8]\ny = Relu(x)\noutput y"))
     assert not before.params
 
 
@@ -173,9 +168,12 @@ def test_fuse_gelu():
     stats = run(before, {"name": "fuse", "rules": ["gelu"], "cost_gate": False})
     assert stats["fuse"]["gelu"] == 1
 
-    e = G()
-    expected = e.out(e.op("Relu", e.op("Gelu", e.input("x", B, S, 16), approximate="none")))
-    assert_same(before, expected)
+    assert_same(before, parse_graph("""
+        input  x: float32[B, S, 16]
+        g = Gelu(x) {approximate: 'none'}
+        y = Relu(g)
+        output y
+    """))
 
 
 def test_fused_matmul_keeps_compute_dtype_and_bias_epilogue():
@@ -224,14 +222,16 @@ def test_lift_kv_cache(repeat):
     stats = run(before, "lift_kv_cache")["lift_kv_cache"]
     assert stats == {"layers": 1, "repeat_kv_removed": 2 if repeat else 0}
 
-    e = Graph("t")
-    q, k, v = (e.add_input(n, TensorType(F32, (B, h, S, 8))) for n, h in (("q", 4), ("k", 2), ("v", 2)))
-    pk = e.add_input("past_key.0", TensorType(F32, (B, 2, P, 8)))
-    pv = e.add_input("past_value.0", TensorType(F32, (B, 2, P, 8)))
-    att = e.add_op("Attention", [q, k, v, "", pk, pv], [before.outputs[0], "present_key.0", "present_value.0"],
-                   {"is_causal": 1})
-    e.outputs = list(att.outputs)
-    assert_same(before, e, output_names=True)
+    expected = parse_graph(f"""
+        input  q: float32[B, 4, S, 8]
+        input  k: float32[B, 2, S, 8]
+        input  v: float32[B, 2, S, 8]
+        input  past_key.0: float32[B, 2, P, 8]
+        input  past_value.0: float32[B, 2, P, 8]
+        {before.outputs[0]}, present_key.0, present_value.0 = Attention(q, k, v, _, past_key.0, past_value.0) {{is_causal: 1}}
+        output {before.outputs[0]}, present_key.0, present_value.0
+    """)
+    assert_same(before, expected, output_names=True)
     assert sorted(before.meta["kv_tensors"]) == ["past_key.0", "past_value.0", "present_key.0", "present_value.0"]
 
 

@@ -17,7 +17,7 @@ from compiler.perf.calibration import collectives as C
 from compiler.perf.hardware import (HardwareError, hardware_by_name, hardware_dir, hardware_to_yaml_dict,
                                load_hardware, load_hardware_file)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "tests" / "data" / "collectives_h200_synthetic.json"
 
 

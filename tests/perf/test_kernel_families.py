@@ -15,7 +15,7 @@ from compiler.perf import efficiency as E
 from compiler.perf.calibration import kernels as K
 from compiler.perf.hardware import hardware_by_name
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -224,7 +224,7 @@ def test_llama2_13b_predicted_vs_measured_on_h200():
 
     from compiler.perf.cost import CostModel
     from compiler.perf.hardware import hardware_by_name
-    data = _json.loads((Path(__file__).resolve().parents[1] / "compiler/perf/calibration/data/h200_kernels.json").read_text())
+    data = _json.loads((Path(__file__).resolve().parents[2] / "compiler/perf/calibration/data/h200_kernels.json").read_text())
     meas = {(p["scheme"], p["phase"], p["batch"]): p["time_s"] for p in data["model13b"]["points"]}
     hw = hardware_by_name("h200")
     g0 = imported("llama2_13b")
@@ -250,7 +250,7 @@ def test_config_schemas_match_the_yaml_defaults():
     import yaml
 
     from compiler.driver.config import QuantConfig, SparsityConfig
-    conf = Path(__file__).resolve().parents[1] / "conf"
+    conf = Path(__file__).resolve().parents[2] / "conf"
     assert yaml.safe_load((conf / "quant/none.yaml").read_text()) == dataclasses.asdict(QuantConfig())
     assert yaml.safe_load((conf / "sparsity/none.yaml").read_text()) == dataclasses.asdict(SparsityConfig())
     for f in (conf / "quant").glob("*.yaml"):     # every scheme has every key, and nothing else

@@ -13,7 +13,7 @@ import pytest
 
 from compiler import schema
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_schemas_are_valid_draft_2020_12_and_shipped_as_package_data():

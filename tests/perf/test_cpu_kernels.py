@@ -20,7 +20,7 @@ from passes import PassContext, PassManager, make_pass
 from passes.quant.passes import ORT_CPU_KERNELS, ORT_CPU_SPARSE_KERNEL, linear_sites
 from tests.conftest import imported
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA = CALIBRATION_DATA / "cpu_ort_kernels.json"
 sys.path.insert(0, str(ROOT / "tools"))
 import measure_kernels_ort as mko  # noqa: E402

@@ -14,96 +14,9 @@ import pytest
 
 from compiler.ir import DTYPES, Graph, TensorType
 from passes.fusion import RULES, run_rules
+from tests.graphs import (RTOL_ATOL, Builder, assert_same_outputs, causal_mask, feeds_for, gelu_erf,  # noqa: F401
+                          gelu_tanh, ops_of, ort_session, run_ort)
 
-RTOL_ATOL = 1e-4
-
-
-# ------------------------------------------------------------------------------------------------
-# helpers
-
-class Builder:
-    """A tiny graph builder with static shapes (emits and runs in onnxruntime as is)."""
-
-    def __init__(self, seed: int = 0):
-        self.g = Graph("t")
-        self.rng = np.random.default_rng(seed)
-
-    def input(self, name, shape, dtype="float32"):
-        return self.g.add_input(name, TensorType(dtype, tuple(shape)))
-
-    def const(self, value, dtype="float32"):
-        arr = np.asarray(value, DTYPES[dtype][1])
-        return self.g.add_param(self.g.fresh("c"), TensorType(dtype, arr.shape), arr, const=True)
-
-    def weight(self, *shape, scale=0.3, dtype="float32"):
-        arr = (self.rng.standard_normal(shape) * scale).astype(DTYPES[dtype][1])
-        return self.g.add_param(self.g.fresh("w"), TensorType(dtype, shape), arr)
-
-    def op(self, op, *ins, n_out=1, types=None, **attrs):
-        node = self.g.add_op(op, list(ins), n_out, attrs, types=types)
-        return node.outputs[0] if n_out == 1 else list(node.outputs)
-
-    def out(self, *ts):
-        self.g.set_outputs(list(ts))
-        self.g.verify()
-        return self.g
-
-
-def ops_of(g: Graph) -> dict[str, int]:
-    return g.ops_by_kind()
-
-
-def feeds_for(g: Graph, seed: int = 0, values: dict | None = None) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for t in g.inputs:
-        ty = g.type(t)
-        shape = [int(d) for d in ty.shape]
-        if values and t in values:
-            feeds[t] = values[t]
-        elif ty.dtype in ("int64", "int32"):
-            feeds[t] = rng.integers(0, 2, shape).astype(DTYPES[ty.dtype][1])
-        elif ty.dtype == "bool":
-            feeds[t] = rng.random(shape) > 0.3
-        else:
-            feeds[t] = rng.standard_normal(shape).astype(DTYPES[ty.dtype][1])
-    return feeds
-
-
-def ort_session(model_or_graph):
-    import onnxruntime as ort
-
-    from compiler.backend.emit import check, to_model
-    model = model_or_graph
-    if isinstance(model_or_graph, Graph):
-        model = to_model(model_or_graph)
-        check(model)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = 1
-    data = model if isinstance(model, (str, bytes)) else model.SerializeToString()
-    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
-
-
-def run_ort(model_or_graph, feeds) -> list[np.ndarray]:
-    sess = ort_session(model_or_graph)
-    names = {i.name for i in sess.get_inputs()}
-    return sess.run(None, {k: v for k, v in feeds.items() if k in names})
-
-
-def assert_same_outputs(before, after, feeds, atol=RTOL_ATOL, relative=False):
-    """Max abs diff ≤ atol (``relative``: ≤ atol × the output's magnitude when that exceeds 1)."""
-    a, b = run_ort(before, feeds), run_ort(after, feeds)
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        assert x.shape == y.shape
-        x, y = x.astype(np.float64), y.astype(np.float64)
-        fin = np.isfinite(x)
-        assert (fin == np.isfinite(y)).all() and (x[~fin] == y[~fin]).all(), "non-finite values differ"
-        x, y = x[fin], y[fin]
-        diff = float(np.abs(x - y).max()) if x.size else 0.0
-        scale = max(1.0, float(np.abs(x).max())) if relative and x.size else 1.0
-        assert diff <= atol * scale, f"max abs diff {diff} (output magnitude {scale:g})"
 
 
 def fuse(g: Graph, rules, *, gate=None, explain=False):
@@ -114,11 +27,6 @@ def fuse(g: Graph, rules, *, gate=None, explain=False):
 # attention
 
 B_, H, HKV, S_, D = 2, 4, 2, 6, 8
-
-
-def causal_mask(s, dtype="float32", fill=-np.inf):
-    m = np.triu(np.full((s, s), fill, np.float64), 1)
-    return m.astype(DTYPES[dtype][1]).reshape(1, 1, s, s)
 
 
 def eager_attention(mask="causal", *, gqa=True, scale_on="scores", nan_guard=False, cast=False,
@@ -412,22 +320,6 @@ def test_residual_norm_should_not_fire_on_a_broadcast_bias_add():
 # ------------------------------------------------------------------------------------------------
 # GELU, SwiGLU, merges, epilogues
 
-def gelu_tanh(bd, x, order=0):
-    c = float(np.sqrt(2 / np.pi))
-    inner = bd.op("Add", x, bd.op("Mul", bd.const(0.044715), bd.op("Pow", x, bd.const(3.0))))
-    t = bd.op("Add", bd.op("Tanh", bd.op("Mul", inner, bd.const(c))), bd.const(1.0))
-    if order == 0:
-        return bd.op("Mul", bd.op("Mul", x, bd.const(0.5)), t)       # GPT-2: (0.5·x)·(1+tanh)
-    return bd.op("Mul", x, bd.op("Mul", bd.const(0.5), t))            # x·(0.5·(1+tanh))
-
-
-def gelu_erf(bd, x, order=0):
-    e = bd.op("Add", bd.op("Erf", bd.op("Div", x, bd.const(float(np.sqrt(2))))), bd.const(1.0))
-    if order == 0:
-        return bd.op("Mul", bd.op("Mul", x, e), bd.const(0.5))       # legacy BERT: (x·(1+erf))·0.5
-    return bd.op("Div", bd.op("Mul", x, e), bd.const(2.0))
-
-
 @pytest.mark.parametrize("kind,order", [("tanh", 0), ("tanh", 1), ("erf", 0), ("erf", 1)])
 def test_gelu(kind, order):
     bd = Builder()
@@ -534,7 +426,7 @@ def test_merge_qkv_should_not_fire_on_shared_weights():
 
 
 def test_rotary_with_unprovable_halves_is_left_alone():
-    """cos/sin from graph inputs: nothing proves their halves equal (tests/test_rotary.py has the
+    """cos/sin from graph inputs: nothing proves their halves equal (tests/passes/test_rotary.py has the
     fusing forms)."""
     bd = Builder()
     x = bd.input("x", (1, 2, 4, 8))

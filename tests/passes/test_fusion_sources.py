@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import model_cfg, prepare  # noqa: E402
-from test_fusion import run_ort  # noqa: E402
+from tests.conftest import model_cfg, prepare
+from tests.graphs import run_ort
 
 ATOL = 1e-4
 LAYERS = {"llama_tiny": 4, "gpt2_tiny": 4, "mixtral_tiny": 2, "minilm": 6}
@@ -171,7 +170,7 @@ def _export(name, path, dynamo, attn):
     mixtral_tiny (from conf/model) added."""
     import torch
 
-    import onnx_models as om
+    from tests import onnx_models as om
     if name == "mixtral_tiny":
         from compiler.frontends.models import build_hf
         inner = build_hf(model_cfg(name))

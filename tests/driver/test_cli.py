@@ -79,7 +79,7 @@ def test_bad_input_exits_2_with_message_and_no_artifacts(args, needle, tmp_path)
 
 def test_truncated_and_corrupted_onnx_exit_2(tmp_path):
     # a real model file (built in-process: no CLI run needed for it), truncated, and plain garbage
-    from tests.test_robustness import token_encoder
+    from tests.driver.test_robustness import token_encoder
     data = token_encoder(tmp_path / "good.onnx").read_bytes()
     for name, blob in [("trunc.onnx", data[: len(data) // 2]), ("garbage.onnx", b"\x00\xffnot onnx" * 50)]:
         f = tmp_path / name
