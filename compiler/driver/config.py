@@ -32,11 +32,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Union, get_args, get_origin, get_type_hints
 
+from compiler.analysis.capacity import KV_DTYPE_BYTES
 from compiler.analysis.parallel import check_plan, plan_of
 from compiler.analysis.serving import config_of
 from compiler.errors import ConfigError
 from compiler.frontends import families
 from compiler.ir.facts import ModelDims
+from compiler.ir.tensors import hw_dtype
 from compiler.perf import structured
 from compiler.perf.hardware import HardwareYaml, load_hardware
 from hydra.core.config_store import ConfigStore
@@ -87,7 +89,7 @@ class MemoryConfig:
 
 
 #: kv.dtype values: the stored format of the KV cache (null: the model's dtype)
-KV_DTYPES = ("fp32", "fp16", "bf16", "fp8", "int8")
+KV_DTYPES = tuple(KV_DTYPE_BYTES)
 
 
 @dataclass
@@ -439,9 +441,7 @@ def _check_kv(cfg: dict):
                           f"count, or null to take the workload's length.")
     d = kv["dtype"]
     if d is not None:
-        aliases = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float8": "fp8",
-                   "float8e4m3fn": "fp8", "e4m3": "fp8"}
-        d = aliases.get(str(d).lower(), str(d).lower())
+        d = hw_dtype(str(d)) or str(d).lower()
         if d not in KV_DTYPES:
             raise ConfigError(f"kv.dtype={kv['dtype']!r} is not a KV-cache format rooftop knows; use one "
                               f"of {', '.join(KV_DTYPES)} (fp8 or int8 halve a 16-bit cache), or null for "

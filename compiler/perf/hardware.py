@@ -110,6 +110,7 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from compiler.errors import ConfigError
+from compiler.ir.tensors import HW_DTYPES, hw_dtype
 from compiler.perf import structured
 from compiler.perf.collectives import COLLECTIVES, CollectiveFit, Collectives, collectives_to_yaml_dict
 from ruamel.yaml import YAML
@@ -142,7 +143,7 @@ __all__ = [
     "update_efficiency_yaml",
 ]
 
-DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4")
+DTYPES = HW_DTYPES
 OP_CLASSES = ("gemm", "attention_prefill", "attention_decode", "elementwise", "reduction", "copy")
 KINDS = ("gpu", "cpu", "soc")
 
@@ -155,18 +156,6 @@ DTYPE_FALLBACK: Mapping[str, tuple[str, ...]] = {
     "fp8": ("fp16", "bf16", "fp32"),
     "int8": ("fp16", "bf16", "fp32"),
     "int4": ("int8", "fp16", "bf16", "fp32"),
-}
-
-# Other spellings of the dtype classes (torch / numpy / ONNX names) accepted by normalize_dtype.
-_DTYPE_ALIASES = {
-    "float32": "fp32", "float": "fp32", "f32": "fp32",
-    "tensorfloat32": "tf32",
-    "float16": "fp16", "half": "fp16", "f16": "fp16",
-    "bfloat16": "bf16",
-    "float8": "fp8", "float8_e4m3fn": "fp8", "float8_e4m3fnuz": "fp8", "float8_e5m2": "fp8",
-    "float8_e5m2fnuz": "fp8", "fp8_e4m3": "fp8", "fp8_e5m2": "fp8", "e4m3": "fp8", "e5m2": "fp8",
-    "uint8": "int8", "i8": "int8", "u8": "int8",
-    "uint4": "int4", "i4": "int4", "u4": "int4",
 }
 
 # Pairs (wider, narrower): a chip's native narrower-type peak cannot be below the wider one's.
@@ -238,13 +227,9 @@ def normalize_dtype(dtype: str) -> str:
     :data:`DTYPES`; raise :class:`HardwareError` for anything else."""
     if not isinstance(dtype, str):
         raise HardwareError(f"dtype {dtype!r} is not a string; use one of {', '.join(DTYPES)}.")
-    key = dtype.strip().lower()
-    if key.startswith("torch."):
-        key = key[len("torch."):]
-    if key in DTYPES:
-        return key
-    if key in _DTYPE_ALIASES:
-        return _DTYPE_ALIASES[key]
+    d = hw_dtype(dtype)
+    if d is not None:
+        return d
     raise HardwareError(
         f"dtype {dtype!r} is unknown to the hardware schema; use one of {', '.join(DTYPES)} "
         f"(or a common alias such as float16, bfloat16, float8_e4m3fn).")
