@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, List, Optional, Union, get_args, get_ori
 
 from compiler.analysis.capacity import KV_DTYPE_BYTES
 from compiler.analysis.parallel import check_plan, plan_of
-from compiler.analysis.serving import config_of
+from compiler.analysis.serving import ServeSimConfig, config_of
 from compiler.errors import ConfigError
 from compiler.frontends import families
 from compiler.ir.facts import ModelDims
@@ -114,27 +114,6 @@ class ParallelConfig:
     pp: int = 1
     ep: int = 1
     microbatches: Optional[int] = None
-
-
-@dataclass
-class ServeSimConfig:
-    """The continuous-batching simulation (compiler/analysis/serving.py), beside static batching.
-    ``enabled``: auto (run when ``rate`` is set) | true | false. Lengths: a token count or a
-    distribution ``{kind: fixed|uniform|exponential|lognormal, mean, low, high, sigma}`` (null:
-    the workload's prompt_len / gen_len). SLOs come from ``slo.*``."""
-    enabled: Any = "auto"
-    rate: Optional[float] = None            # requests/s, Poisson arrivals (enabled=true: 1.0)
-    requests: int = 1000
-    prompt_len: Any = None
-    output_len: Any = None
-    seed: int = 0
-    max_num_seqs: int = 256                 # vLLM max_num_seqs
-    max_batched_tokens: int = 8192          # prefill tokens per step (vLLM max_num_batched_tokens)
-    chunked_prefill: bool = False           # Sarathi-Serve / vLLM enable_chunked_prefill
-    chunk_tokens: int = 512                 # tokens per step with chunked prefill
-    slo_target: float = 0.9                 # attainment that counts as meeting the SLOs
-    find_max_rate: bool = True              # with slo.*: the largest rate meeting them
-    sweep: Optional[List[float]] = None     # rates of the plot (null: around the rate)
 
 
 @dataclass
