@@ -392,7 +392,10 @@ def config_md() -> str:
                        "See `docs/guide/hardware.md` to add a device.\n")
             out.append(choices_table("hardware"))
             out.append("### Keys of a hardware file\n")
-            rows = schema_rows(hardware.HardwareYaml, "", {}, hint=_hardware_units())
+            out.append("In the file they are top-level keys (`memory_gib: 80`); on the command line they "
+                       "are under `hardware.` (`hardware.memory_gib=141`).\n")
+            units = {f"hardware.{k}": v for k, v in _hardware_units().items()}
+            rows = schema_rows(hardware.HardwareYaml, "hardware.", {}, hint=units)
             out.append(table(rows))
             continue
         doc = rst_to_md(inspect.cleandoc(class_doc(tp))) if dataclasses.is_dataclass(tp) else ""
