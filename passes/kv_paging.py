@@ -1,5 +1,5 @@
 """Page the KV cache: the contiguous past of every attention becomes a block pool read through a
-block table (vLLM's PagedAttention layout, issue 9 "KV layout and paging").
+block table (vLLM's PagedAttention layout).
 
 Runs after the KV cache is lifted (``lift_kv_cache`` / ``kv_cache``) and after fusion. Each
 Attention (layer ``i``) that reads ``past_key.i`` / ``past_value.i`` ``[B, kv_heads, P, head_dim]``

@@ -72,8 +72,7 @@ class WeightFormat:
     - ``nm``: an N:M sparsity pattern ``(n, m)`` — n of every m values along ``axis`` kept — or
       None (dense). Kept values carry ``ceil(log2(m))`` bits of index metadata each.
 
-    :meth:`stored_bytes` counts values + scales + zero points + N:M metadata (DOMAIN.md "Weight
-    formats"): int4 with fp16 scale and zero per group of 128 → 4 + 32/128 = 4.25 bits/weight;
+    :meth:`stored_bytes` counts values + scales + zero points + N:M metadata: int4 with fp16 scale and zero per group of 128 → 4 + 32/128 = 4.25 bits/weight;
     fp16 2:4 → 0.5625× the dense bytes; int8 2:4 → 0.625×.
     """
 

@@ -30,8 +30,8 @@ and a breakdown (``attention.causal``, ``matmul_epilogue.gelu_tanh``, …).
 
 Targets (``target: auto | portable | cpu``; ``auto``, the default, is ``cpu`` when the hardware
 the pass costs on is a CPU, else ``portable``). Both emit standard ONNX only; they differ where
-the fastest form depends on the runtime's kernels (measured with onnxruntime 1.32 on CPU, README
-"Fusion"):
+the fastest form depends on the runtime's kernels (measured with onnxruntime 1.32 on CPU,
+docs/measurements/cpu_fusion.md):
 
 - ``portable``: every rule of :data:`ORDER`; linear epilogues as ``MatMul`` (+ ``Add``) (+ act).
 - ``cpu``: no ``merge_qkv`` — on a CPU the merged GEMM is no faster than three (a GEMM there runs
@@ -106,7 +106,7 @@ BIAS_ROW_MIN_WIDENING = 2
 
 def mark_gemm_epilogues(g: Graph) -> tuple[int, int]:
     """The cpu target's bias forms (emission in :mod:`compiler.ir.ops`), for a ``MatMulEpilogue`` with
-    a bias (measured on onnxruntime's CPU kernels, README "Fusion on onnxruntime CPU"):
+    a bias (measured on onnxruntime's CPU kernels, docs/guide/fusion.md):
 
     - output at least ``BIAS_ROW_MIN_WIDENING`` times wider than the input: ``bias_row=1``,
       ``[A, 1] · [W; b]`` — the bias costs a copy of the narrow input instead of a pass over the
