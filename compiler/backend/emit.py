@@ -31,7 +31,8 @@ from compiler.ir import DTYPES, Graph, OpNode, TensorType
 from compiler.ir.ops import FUSED_DOMAIN
 from compiler.ir.ops import get as get_opdef
 from compiler.backend.lowering import LOWERINGS
-from compiler.backend.quantized import emit_quantized_op, param_initializers, reads_codes
+from compiler.backend.quantized import (CONTRIB_DOMAIN, emit_quantized_op, emit_shared_head, emit_table_gather,
+                                       is_table, param_initializers, reads_codes, table_initializers, table_of)
 
 OPSET = 23
 IR_VERSION = 10
@@ -142,12 +143,30 @@ class Emitter:
         if "activation_quant" in n.annotations:   # W8A8 / FP8 (passes/quant): compiler/backend/quantized.py
             emit_quantized_op(self, n)
             return
+        if n.op in ("Gather", "MatMul", "Transpose") and self._table_op(n):
+            return
         get_opdef(n.op, where=n.name)   # an unknown op is an UnsupportedOpError
         custom = LOWERINGS.get(n.op)
         if custom is not None:
             custom(self, n)
         else:
             self.standard(n)
+
+    def _table_op(self, n: OpNode) -> bool:
+        """A quantized embedding table's readers (compiler/backend/quantized.py): the row gather,
+        a tied head reading ``Transpose(P)``, and that Transpose (nothing reads the float table)."""
+        if n.op == "Gather" and int(n.attrs.get("axis", 0)) == 0 and table_of(self.g, n.inputs[0]) == n.inputs[0]:
+            emit_table_gather(self, n)
+            return True
+        if n.op == "MatMul" and len(n.inputs) > 1 and n.inputs[1] not in self.g.params \
+                and table_of(self.g, n.inputs[1]) is not None:
+            level = (self.g.meta.get("quantization") or {}).get("ort_accuracy_level", 4)
+            emit_shared_head(self, n, level)
+            return True
+        if n.op == "Transpose" and n.inputs[0] in self.g.params and table_of(self.g, n.inputs[0]) is not None:
+            return all(c.op == "MatMul" and i == 1 for c, i in self.g.consumers(n.outputs[0])) \
+                and n.outputs[0] not in self.g.outputs
+        return False
 
     def call_function(self, n: OpNode, fname: str, body: Callable, attrs: dict | None = None) -> None:
         """``n`` as a call of the local function ``fname`` in the rooftop domain
@@ -250,6 +269,8 @@ def to_model(g: Graph, functions: list[onnx.FunctionProto] | None = None) -> onn
         if qd is None:
             t = _param_tensor(p)
             q_inits = [t]
+        elif is_table(qd):   # a quantized embedding table: packed rows for its gathers and tied heads
+            q_inits = table_initializers(p.name, qd)
         else:   # passes/quant: codes + scales (+ zero points), DequantizeLinear where a float use needs it
             float_use = any(not reads_codes(g, c) for c, _ in g.consumers(p.name)) or p.name in g.outputs
             q_inits, q_nodes = param_initializers(p.name, qd, dequantize=float_use)
@@ -262,7 +283,7 @@ def to_model(g: Graph, functions: list[onnx.FunctionProto] | None = None) -> onn
     graph = helper.make_graph(
         em.nodes, g.name, [_value_info(t, g.type(t), g.meta.get("dim_names")) for t in g.inputs],
         [_value_info(t, g.type(t), g.meta.get("dim_names")) for t in g.outputs], initializer=inits)
-    domains = {n.domain for n in g if n.domain}
+    domains = {n.domain for n in g if n.domain} | {nd.domain for nd in em.nodes if nd.domain == CONTRIB_DOMAIN}
     opsets = [helper.make_opsetid("", OPSET)] + [helper.make_opsetid(d, 1) for d in sorted(domains)]
     model = helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION,
                               producer_name="rooftop", producer_version="0.1.0",
@@ -293,7 +314,8 @@ def subgraph_model(g: Graph, nodes, outputs, *, inputs=(), params=(), dim_source
              for t in dict.fromkeys(params)] + em.inits
     vi = [helper.make_tensor_value_info(t, DTYPES[g.type(t).dtype][2], None) for t in ins]
     out = [helper.make_tensor_value_info(t, DTYPES[g.type(t).dtype][2], None) for t in outputs]
-    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(FUSED_DOMAIN, 1)] if em.functions else [])
+    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(FUSED_DOMAIN, 1)] if em.functions else []) \
+        + ([helper.make_opsetid(CONTRIB_DOMAIN, 1)] if any(nd.domain == CONTRIB_DOMAIN for nd in em.nodes) else [])
     return helper.make_model(helper.make_graph(em.nodes, name, vi, out, initializer=inits), opset_imports=opsets,
                              ir_version=IR_VERSION, functions=list(em.functions.values()))
 

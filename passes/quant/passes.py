@@ -356,7 +356,7 @@ def embedding_tables(g: Graph, exclude: Sequence[str] = ("embeddings", "lm_head"
         for c in list(other):
             if c.op == "Transpose" and list(c.attrs.get("perm") or [1, 0]) == [1, 0]:
                 readers = g.consumers(c.outputs[0])
-                if readers and all(r.op in LINEAR_OPS and j == 1 for r, j in readers) \
+                if readers and all(r.op == "MatMul" and j == 1 for r, j in readers) \
                         and c.outputs[0] not in g.outputs:
                     heads += [r for r, _ in readers]
                     other.remove(c)
