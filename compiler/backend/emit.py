@@ -31,8 +31,9 @@ from compiler.ir import DTYPES, Graph, OpNode, TensorType
 from compiler.ir.ops import FUSED_DOMAIN
 from compiler.ir.ops import get as get_opdef
 from compiler.backend.lowering import LOWERINGS
-from compiler.backend.quantized import (CONTRIB_DOMAIN, emit_quantized_op, emit_shared_head, emit_table_gather,
-                                       is_table, param_initializers, reads_codes, table_initializers, table_of)
+from compiler.backend.quantized import (CONTRIB_DOMAIN, emit_kv_attention, emit_quantized_op, emit_shared_head,
+                                       emit_table_gather, is_table, kv_io_dtypes, param_initializers, reads_codes,
+                                       table_initializers, table_of)
 
 OPSET = 23
 IR_VERSION = 10
@@ -145,6 +146,9 @@ class Emitter:
             return
         if n.op in ("Gather", "MatMul", "Transpose") and self._table_op(n):
             return
+        if n.op == "Attention" and "kv_quant" in n.annotations:   # an int8 KV cache (passes/quant/kv.py)
+            emit_kv_attention(self, n)
+            return
         get_opdef(n.op, where=n.name)   # an unknown op is an UnsupportedOpError
         custom = LOWERINGS.get(n.op)
         if custom is not None:
@@ -220,12 +224,14 @@ def _set_metadata(proto, meta: dict[str, str]) -> None:
         proto.metadata_props.add(key=k, value=v)
 
 
-def _value_info(name: str, ty: TensorType, dim_names: dict | None = None) -> onnx.ValueInfoProto:
+def _value_info(name: str, ty: TensorType, dim_names: dict | None = None,
+                elem: int | None = None) -> onnx.ValueInfoProto:
     """``dim_names`` (``graph.meta["dim_names"]``): display names of symbolic dims, by their
-    expression's text (passes/kv_paging: ``P/16`` → ``max_blocks``)."""
+    expression's text (passes/kv_paging: ``P/16`` → ``max_blocks``); ``elem`` overrides the
+    element type (a KV cache stored quantized)."""
     names = dim_names or {}
     dims = [d if isinstance(d, int) else names.get(str(d), str(d)) for d in ty.shape]
-    return helper.make_tensor_value_info(name, DTYPES[ty.dtype][2], dims)
+    return helper.make_tensor_value_info(name, elem or DTYPES[ty.dtype][2], dims)
 
 
 def _param_tensor(p) -> onnx.TensorProto:
@@ -280,9 +286,10 @@ def to_model(g: Graph, functions: list[onnx.FunctionProto] | None = None) -> onn
         inits += q_inits
     em.nodes[:0] = dq_nodes
     inits += em.inits
+    io = kv_io_dtypes(g)
     graph = helper.make_graph(
-        em.nodes, g.name, [_value_info(t, g.type(t), g.meta.get("dim_names")) for t in g.inputs],
-        [_value_info(t, g.type(t), g.meta.get("dim_names")) for t in g.outputs], initializer=inits)
+        em.nodes, g.name, [_value_info(t, g.type(t), g.meta.get("dim_names"), io.get(t)) for t in g.inputs],
+        [_value_info(t, g.type(t), g.meta.get("dim_names"), io.get(t)) for t in g.outputs], initializer=inits)
     domains = {n.domain for n in g if n.domain} | {nd.domain for nd in em.nodes if nd.domain == CONTRIB_DOMAIN}
     opsets = [helper.make_opsetid("", OPSET)] + [helper.make_opsetid(d, 1) for d in sorted(domains)]
     model = helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION,

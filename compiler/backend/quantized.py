@@ -39,7 +39,7 @@ from onnx import TensorProto, helper, numpy_helper
 from compiler.backend.lowering import _activation_nodes
 from compiler.ir.annotations import (ACCURACY_LEVEL_KEY, NM_KEY_PREFIX, ORT_SESSION_KEY,  # noqa: F401 (re-exported)
                                       ActivationQuant, QuantizedData, nm_metadata)
-from compiler.ir import DTYPES
+from compiler.ir import B, DTYPES, P, S
 
 
 
@@ -240,6 +240,61 @@ def emit_shared_head(em, n, accuracy_level: int) -> None:
     ins = [n.inputs[0], f"{w}.qpacked", f"{w}.scale"] + ([f"{w}.zpn"] if qd.zero_point is not None else [])
     em.add("MatMulNBits", ins, list(n.outputs), name=n.name, domain=CONTRIB_DOMAIN, K=int(k), N=int(v), bits=bits,
            block_size=int(qd.block_size), accuracy_level=int(accuracy_level))
+
+
+def kv_io_dtypes(graph) -> dict[str, int]:
+    """Graph inputs/outputs stored quantized (an Attention's past/present K/V with ``kv_quant``)
+    -> their ONNX element type."""
+    out = {}
+    for n in graph:
+        kq = n.annotations.get("kv_quant")
+        if kq is None:
+            continue
+        for t in list(n.inputs[4:6]) + list(n.outputs[1:3]):
+            if t and (t in graph.inputs or t in graph.outputs):
+                out[t] = DTYPES[kq.dtype][2]
+    return out
+
+
+def emit_kv_attention(em, n) -> None:
+    """An ``Attention`` with ``kv_quant`` (passes/quant/kv.py) as onnxruntime's
+    ``GroupQueryAttention`` reading and appending an int8 cache: per-head/channel static scales
+    (``k_quant_type = v_quant_type = PER_CHANNEL``), ``seqlens_k = P + S − 1`` per sequence and
+    ``total_sequence_length = P + S`` from the runtime shapes. 4-D ``[B, H, S, D]`` operands are
+    laid out as the op's 3-D ``[B, S, H·D]`` and back."""
+    kq = n.annotations["kv_quant"]
+    g = em.g
+    q, k, v = n.inputs[:3]
+    hkv, d = np.asarray(kq.k_scale).shape
+    four = g.type(q).rank == 4
+    heads = int(g.type(q).shape[1]) if four else int(n.attrs["q_num_heads"])
+
+    def to3(t):
+        tt = em.node("Transpose", [t], {"perm": [0, 2, 1, 3]}, base="gqa_bshd")
+        return em.node("Reshape", [tt, em.const(np.array([0, 0, -1], np.int64), "gqa_3d")], base="gqa_3d")
+    if four:
+        q, k, v = to3(q), to3(k), to3(v)
+    i32 = TensorProto.INT32
+    total = em.node("Cast", [em.dim_tensor(P + S)], {"to": i32}, base="gqa_total1")
+    seqlen = em.node("Sub", [total, em.const(np.array([1], np.int32), "one_i32")], base="gqa_seqlen1")
+    seqlens = em.node("Expand", [seqlen, em.shape_tensor([B])], base="gqa_seqlens")
+    total_s = em.node("Squeeze", [total], base="gqa_total")
+    ks = em.const(np.asarray(kq.k_scale, np.float32).reshape(1, hkv, 1, d), "k_scale")
+    vs = em.const(np.asarray(kq.v_scale, np.float32).reshape(1, hkv, 1, d), "v_scale")
+    attrs = {"num_heads": heads, "kv_num_heads": int(hkv), "k_quant_type": "PER_CHANNEL",
+             "v_quant_type": "PER_CHANNEL", "kv_cache_bit_width": 8}
+    if n.attrs.get("scale") is not None:
+        attrs["scale"] = float(n.attrs["scale"])
+    if n.attrs.get("softcap"):
+        attrs["softcap"] = float(n.attrs["softcap"])
+    out = em.name(f"{n.name}.o3") if four else n.outputs[0]
+    ins = [q, k, v, n.inputs[4], n.inputs[5], seqlens, total_s, "", "", "", "", "", ks, vs]
+    em.add("GroupQueryAttention", ins, [out, n.outputs[1], n.outputs[2]], name=n.name, domain=CONTRIB_DOMAIN,
+           **attrs)
+    if four:
+        dv = int(g.type(n.outputs[0]).shape[3])
+        o4 = em.node("Reshape", [out, em.const(np.array([0, 0, heads, dv], np.int64), "gqa_4d")], base="gqa_4d")
+        em.add("Transpose", [o4], [n.outputs[0]], name=f"{n.name}.bhsd", perm=[0, 2, 1, 3])
 
 
 def session_config(model: onnx.ModelProto) -> dict[str, str]:

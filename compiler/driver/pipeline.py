@@ -392,7 +392,15 @@ def compression_passes(cfg: Mapping, context, workload: Mapping) -> list:
                               "workload": dict(workload)}, context))
     q = dict(cfg.get("quant") or {})
     qs = str(q.get("scheme", "none"))
-    if qs != "none":
+    if str((cfg.get("kv") or {}).get("dtype")) in ("int8", "fp8"):
+        # the artifact's cache stored quantized (calibrated on the float model, before the weights change)
+        out.append(make_pass({"name": "quantize_kv", "calibration": q.get("calibration"),
+                              "tokenizer_source": dict(cfg.get("model") or {})}, context))
+    if qs == "auto":
+        gate = (cfg.get("gate") or {}).get("max_accuracy_drop")
+        out.append(make_pass({"name": "quantize_auto", **q, "tokenizer_source": dict(cfg.get("model") or {}),
+                              "workload": dict(workload), "gate_max_accuracy_drop": gate}, context))
+    elif qs != "none":
         out.append(make_pass({"name": "quantize", **q, "tokenizer_source": dict(cfg.get("model") or {})}, context))
     return out
 
@@ -474,6 +482,14 @@ def _compression_report(cfg, report, g: Graph, hw, reference: Graph | None, emit
         raise EmitError(f"the quantized artifact differs from the same quantization computed in fp32 by "
                         f"{sec['artifact_check']['max_abs_diff']:.3g} (bound {sec['artifact_check']['bound']:.3g}); "
                         f"this is a rooftop bug — run without quant= to get an artifact.")
+    if (sec.get("kv_cache") or {}).get("emitted"):
+        chk = sec["kv_cache"]["check"] = accuracy.kv_cache_check(g, path)
+        if chk.get("checked") and not chk["ok"]:
+            raise EmitError(f"the artifact's int8 KV cache moved the logits by {chk['max_rel_logit_diff']:.3g} of their "
+                            f"largest value (tolerance {chk['tolerance']:.3g}) or stored codes other than round(x / scale) "
+                            f"({chk['codes_mismatched']} mismatched) over a prefill and {chk['decode_steps']} decode steps; "
+                            f"run with kv.dtype=null for a float cache, and report the model so it can be fixed.")
+
 
 
 def _record_points(wl) -> list[tuple[int, int, int, str]]:

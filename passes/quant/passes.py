@@ -542,10 +542,13 @@ class Quantize(Pass):
         return PassResult(g, bool(stats.get("quantized_weights") or stats.get("linear_layers")), stats)
 
     def apply(self, g: Graph, sites: list[Site], tables: list[TableSite],
-              assignment: Mapping[str, LayerScheme], record: Mapping[str, Any] | None = None) -> dict[str, int]:
+              assignment: Mapping[str, LayerScheme], record: Mapping[str, Any] | None = None,
+              annotate_only: bool = False) -> dict[str, int]:
         """Quantize the layers ``assignment`` names (weight or table → format); the others stay
-        as they are. Writes ``graph.meta["quantization"]`` (``record`` adds to it); returns stats."""
-        cost_only = not g.has_weights()
+        as they are. Writes ``graph.meta["quantization"]`` (``record`` adds to it); returns stats.
+        ``annotate_only``: write the formats for the cost model and leave the values (as for meta
+        weights; quant=auto prices candidate formats this way)."""
+        cost_only = annotate_only or not g.has_weights()
         # tables first: a quantized table read by a tied head is shared by it (no own copy)
         table_done: dict[str, tuple[LayerScheme, QuantSpec]] = {}
         table_reasons: dict[str, str] = {t.param: t.reason for t in tables if t.reason}
