@@ -306,8 +306,8 @@ def score_variants(graph, variants: Sequence[Mapping[str, Any]], *, task: str, t
     gate_names = [f"{GATE_PREFIX}{op}.{i}" for op, i in sorted(gates)]
     plain = [i for i in sess.get_inputs() if i.name not in over and not i.name.startswith(GATE_PREFIX)]
     off = {gname: np.array(False) for gname in gate_names}
-    refs = [ref.run([ref.get_outputs()[0].name], {**feeds_for(plain, ids), **(off if ref is sess else {})}
-                    )[0][0].astype(np.float64) for ids in seqs]
+    refs = [ref.run([ref.get_outputs()[0].name], {**feeds_for(plain, ids), **off} if ref is sess else
+                    feeds_for(ref.get_inputs(), ids))[0][0].astype(np.float64) for ids in seqs]
     res = []
     for v in variants:
         # unfed overridable weights keep their initializer; a value may be a callable (made when used)
@@ -433,9 +433,12 @@ def kv_cache_check(graph, artifact_path: str, *, batch: int = 2, prefill: int = 
     one-token decode steps, each feeding back its own present cache. Checks (1) the prefill's
     stored codes equal ``clip(round(x / scale), −128, 127)`` of the float model's present K/V
     (exact), (2) every step's logits within ``tol`` × the float model's largest |logit|; reports the
-    mean KL of the next-token distributions too."""
-    kq = {n.outputs[1]: n.annotations["kv_quant"].k_scale for n in graph if "kv_quant" in n.annotations}
-    kq.update({n.outputs[2]: n.annotations["kv_quant"].v_scale for n in graph if "kv_quant" in n.annotations})
+    mean KL of the next-token distributions too. (1) is checked on the first cached attention,
+    whose K/V do not depend on another quantized cache."""
+    first = next((n for n in graph.topo_order() if "kv_quant" in n.annotations), None)
+    # the first cached attention's K/V do not depend on any quantized cache: its codes must be exact
+    kq = {} if first is None else {first.outputs[1]: first.annotations["kv_quant"].k_scale,
+                                   first.outputs[2]: first.annotations["kv_quant"].v_scale}
     if not kq:
         return {"checked": False, "reason": "no quantized KV cache in the artifact"}
     ref = make_session(to_model(without_kv_quant(graph)))
@@ -472,6 +475,7 @@ def kv_cache_check(graph, artifact_path: str, *, batch: int = 2, prefill: int = 
         pa, pr = _log_softmax(la[:, -1]), _log_softmax(lr[:, -1])
         kls.append(float((np.exp(pr) * (pr - pa)).sum(-1).mean()))
     return {"checked": True, "ok": mismatch == 0 and worst <= tol, "codes_mismatched": mismatch,
+            "codes_checked_on": first.name,
             "max_rel_logit_diff": worst, "tolerance": tol, "mean_kl_nats": float(np.mean(kls)),
             "batch": batch, "prefill": prefill, "decode_steps": steps,
             "reference": "the same model emitted with a float cache (onnxruntime), fed its own present cache",

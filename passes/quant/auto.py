@@ -477,9 +477,10 @@ class QuantizeAuto(Quantize):
                               f"{min(r['measured_drop'] for r in records):.4g}. Raise quant.max_accuracy_drop, or "
                               f"exclude sensitive layers with quant.exclude.")
         chosen = min(feasible, key=lambda r: (r[obj], r[alt], r["measured_drop"]))
+        crit = (obj, alt, "measured_drop")      # Pareto in the objective, the tie-breaker and the drop
         for r in records:
-            r["pareto"] = not any(o is not r and o[obj] <= r[obj] and o["measured_drop"] <= r["measured_drop"]
-                                  and (o[obj] < r[obj] or o["measured_drop"] < r["measured_drop"]) for o in records)
+            r["pareto"] = not any(o is not r and all(o[k] <= r[k] for k in crit) and any(o[k] < r[k] for k in crit)
+                                  for o in records)
             r["chosen"] = r is chosen
         choice = chosen["_choice"]
         for r in records:
