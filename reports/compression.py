@@ -67,6 +67,10 @@ def blocks(r: Mapping) -> list[tuple]:
                                    + (f"groups of {q['group_size']}" if q.get("group_size") else "per channel")
                                    + (", symmetric" if q.get("symmetric") else ", zero point")
                                    + f", {q['method']}{act}"))
+    if q and q.get("excluded"):
+        kv.append(("kept in original precision", ", ".join(f"{k} ({v})" for k, v in sorted(q["excluded"].items()))))
+    if q and q.get("onnxruntime"):
+        kv.append(("on onnxruntime CPU", q["onnxruntime"]))
     for e in (q or {}).get("embeddings") or []:
         head = (f"; shared by the tied head {', '.join(e['tied_heads'])} ({e['head_kernel']})" if e.get("tied_heads")
                 else "")
@@ -79,16 +83,14 @@ def blocks(r: Mapping) -> list[tuple]:
             text = (f"{kvc['stored_dtype']} in the artifact, {kvc['granularity']} scales calibrated on "
                     f"{kvc['calibration']['samples']} paragraphs ({kvc['calibration']['scale']}); {kvc['kernel']}")
             if chk.get("checked"):
+                tol = chk["tolerance"]
                 text += (f"; against the float cache over a prefill of {chk['prefill']} and {chk['decode_steps']} decode "
-                         f"steps: logits within {chk['max_rel_logit_diff']:.3g} of their largest value (tolerance "
-                         f"{chk['tolerance']:.3g}), KL {chk['mean_kl_nats']:.3g} nats, first layer's codes exact")
+                         f"steps: KL {chk['mean_kl_nats']:.3g} nats (tolerance {tol['mean_kl_nats']:g}), logits within "
+                         f"{chk['max_rel_logit_diff']:.3g} of their largest value (tolerance {tol['max_rel_logit_diff']:g}), "
+                         f"first layer's codes exact")
         else:
             text = f"{kvc['dtype']} costed, not in the artifact: {kvc.get('reason', '')}"
         kv.append(("KV cache", text))
-        if q.get("excluded"):
-            kv.append(("kept in original precision", ", ".join(f"{k} ({v})" for k, v in sorted(q["excluded"].items()))))
-        if q.get("onnxruntime"):
-            kv.append(("on onnxruntime CPU", q["onnxruntime"]))
     if sp:
         refused = [d for d in sp.get("decisions", []) if not d.get("pruned")]
         kv.append(("sparsity", f"{sp['n']}:{sp['m']} {sp['method']}: {sp['pruned']} layers pruned, {sp['refused']} refused"

@@ -413,9 +413,11 @@ def quantization_check(graph, artifact_path: str, *, seq: int = 16, tol: float =
             "reference": "same weights dequantized, fp32 MatMul (onnxruntime, MatMulNBits accuracy level 0)"}
 
 
-#: how far an int8 KV cache may move the logits (largest |Δ| over prefill + decode steps, relative to
-#: the largest |logit| of the fp32-cache model); measured 0.7–0.9 % on gpt2_tiny, see kv_cache_check
-KV_TOLERANCE = 0.05
+#: how far an int8 KV cache may move the next-token distributions: mean KL(float cache ‖ int8 cache)
+#: over prefill + decode steps (nats), and the largest |Δ logit| relative to the largest |logit|.
+#: Measured (kv_cache_check, calibrated on 8 × 128 tokens): gpt2_tiny 7e-6 nats / 1.7 %, llama_tiny
+#: (GQA, rotary) 1.2e-4 nats / 8 %; a scale off by 10× gives 0.1–1 nats (tests/passes/test_quant_kv.py)
+KV_TOLERANCE = {"mean_kl_nats": 0.01, "max_rel_logit_diff": 0.25}
 
 
 def without_kv_quant(graph):
@@ -427,13 +429,13 @@ def without_kv_quant(graph):
 
 
 def kv_cache_check(graph, artifact_path: str, *, batch: int = 2, prefill: int = 16, steps: int = 4,
-                   tol: float = KV_TOLERANCE) -> dict[str, Any]:
+                   tol: Mapping[str, float] = KV_TOLERANCE) -> dict[str, Any]:
     """The artifact's quantized KV cache against the fp32 cache: the same graph emitted with a
     float cache, both run on ``batch`` sequences — a prefill of ``prefill`` tokens, then ``steps``
     one-token decode steps, each feeding back its own present cache. Checks (1) the prefill's
     stored codes equal ``clip(round(x / scale), −128, 127)`` of the float model's present K/V
-    (exact), (2) every step's logits within ``tol`` × the float model's largest |logit|; reports the
-    mean KL of the next-token distributions too. (1) is checked on the first cached attention,
+    (exact), (2) the next-token distributions within ``tol``: mean KL over the steps and the largest
+    |Δ logit| relative to the float model's largest |logit|. (1) is checked on the first cached attention,
     whose K/V do not depend on another quantized cache."""
     first = next((n for n in graph.topo_order() if "kv_quant" in n.annotations), None)
     # the first cached attention's K/V do not depend on any quantized cache: its codes must be exact
@@ -474,9 +476,11 @@ def kv_cache_check(graph, artifact_path: str, *, batch: int = 2, prefill: int = 
         worst = max(worst, float(np.abs(la - lr).max() / max(np.abs(lr).max(), 1e-30)))
         pa, pr = _log_softmax(la[:, -1]), _log_softmax(lr[:, -1])
         kls.append(float((np.exp(pr) * (pr - pa)).sum(-1).mean()))
-    return {"checked": True, "ok": mismatch == 0 and worst <= tol, "codes_mismatched": mismatch,
+    kl = float(np.mean(kls))
+    return {"checked": True, "ok": mismatch == 0 and worst <= tol["max_rel_logit_diff"] and kl <= tol["mean_kl_nats"],
+            "codes_mismatched": mismatch,
             "codes_checked_on": first.name,
-            "max_rel_logit_diff": worst, "tolerance": tol, "mean_kl_nats": float(np.mean(kls)),
+            "max_rel_logit_diff": worst, "mean_kl_nats": kl, "tolerance": dict(tol),
             "batch": batch, "prefill": prefill, "decode_steps": steps,
             "reference": "the same model emitted with a float cache (onnxruntime), fed its own present cache",
             "past_inputs": len(past)}

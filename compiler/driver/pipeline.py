@@ -485,8 +485,9 @@ def _compression_report(cfg, report, g: Graph, hw, reference: Graph | None, emit
     if (sec.get("kv_cache") or {}).get("emitted"):
         chk = sec["kv_cache"]["check"] = accuracy.kv_cache_check(g, path)
         if chk.get("checked") and not chk["ok"]:
-            raise EmitError(f"the artifact's int8 KV cache moved the logits by {chk['max_rel_logit_diff']:.3g} of their "
-                            f"largest value (tolerance {chk['tolerance']:.3g}) or stored codes other than round(x / scale) "
+            raise EmitError(f"the artifact's int8 KV cache moved the next-token distributions by KL "
+                            f"{chk['mean_kl_nats']:.3g} nats and the logits by {chk['max_rel_logit_diff']:.3g} of their "
+                            f"largest value (tolerance {chk['tolerance']}) or stored codes other than round(x / scale) "
                             f"({chk['codes_mismatched']} mismatched) over a prefill and {chk['decode_steps']} decode steps; "
                             f"run with kv.dtype=null for a float cache, and report the model so it can be fixed.")
 

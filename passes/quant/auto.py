@@ -483,6 +483,9 @@ class QuantizeAuto(Quantize):
                                   for o in records)
             r["chosen"] = r is chosen
         choice = chosen["_choice"]
+        if all(f == KEEP for f in choice.values()):
+            log.warning("quant=auto: no format fits a %s drop of %g (%s): every layer stays as it is",
+                        METRICS[metric][1], budget, budget_src)
         for r in records:
             r.pop("_choice")
         layers = []
