@@ -492,8 +492,10 @@ class QuantizeAuto(Quantize):
         for u in units:
             f = choice[u.key]
             keep_t, f_t = times[u.key][KEEP], times[u.key][f]
+            shp = [int(d) for d in g.params[u.key].type.shape]
             layers.append({
                 "weight": u.key, "kind": u.kind, "ops": list(u.ops), "layer": u.layer, "block": u.block, "format": f,
+                "shape": shp if u.kind == "linear" else shp[::-1],     # [K, N] of the GEMM (a table's head: [K, V])
                 "predicted_time_s": {"keep": req[u.key][KEEP], "chosen": req[u.key][f]},
                 "predicted_gain_s": req[u.key][KEEP] - req[u.key][f],
                 "predicted_gain_by_phase_s": {ph: keep_t.get(ph, 0.0) - f_t.get(ph, 0.0) for ph in keep_t},
