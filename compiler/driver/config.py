@@ -462,6 +462,19 @@ def _check_quant(cfg: dict):
     if d is not None and not d > 0:
         raise ConfigError(f"quant.max_accuracy_drop={d:g} must be positive (the largest drop of quant.metric "
                           f"quant=auto may spend, e.g. 0.01), or null to take gate.max_accuracy_drop.")
+    m = cfg.get("model") or {}
+    if q["scheme"] == "auto":
+        if m.get("weights") == "meta":
+            raise ConfigError(f"quant=auto measures each layer's accuracy on text, and model {m.get('name')!r} is built "
+                              f"with meta weights (no values). Use model.weights=random, or price a fixed scheme "
+                              f"(quant=w4a16, w8a8, …) without weights.")
+        task = m.get("task")
+        if q["metric"] == "cosine" and task == "causal_lm":
+            raise ConfigError("quant.metric=cosine is the embedding models' metric; for a causal LM use "
+                              "quant.metric=top1 or kl (or auto).")
+        if q["metric"] in ("top1", "kl") and task not in (None, "causal_lm"):
+            raise ConfigError(f"quant.metric={q['metric']} compares next-token distributions of a causal LM; model "
+                              f"{m.get('name')!r} is a {task} model: use quant.metric=cosine (or auto).")
     sens = q["sensitivity"]
     if sens["samples"] < 1 or sens["seq_len"] < 2:
         raise ConfigError(f"quant.sensitivity.samples={sens['samples']} / seq_len={sens['seq_len']}: need at least "

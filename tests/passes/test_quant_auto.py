@@ -192,6 +192,16 @@ def test_bad_input(gpt2_fused, llama2_7b, tmp_path):
     assert res.stats["kept"] == res.stats["units"] and g.meta["quantization"]["auto"]["formats_chosen"] == {"keep": 18}
 
 
+def test_cli_bad_input_exits_2_before_import(tmp_path):
+    from tests.conftest import run_cli
+    out = tmp_path / "o"
+    r = run_cli("model=llama2_7b", "quant=auto", f"hydra.run.dir={out}")
+    assert r.returncode == 2 and "meta weights" in r.stderr and "model.weights=random" in r.stderr
+    assert not out.exists() or not any(out.iterdir())
+    r = run_cli("model=minilm", "quant=auto", "quant.metric=kl", f"hydra.run.dir={out}")
+    assert r.returncode == 2 and "quant.metric=cosine" in r.stderr
+
+
 def test_cli_quant_auto_report(tmp_path):
     """The driver end to end: report.json validates, report.md has the per-layer table and the
     artifact's accuracy is measured; report.html has the candidates figure."""
