@@ -27,7 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compiler.ir.annotations import serialized
 from compiler.errors import RooftopError
-from compiler.ir import DTYPES, Graph, OpNode, TensorType
+from compiler.ir import DTYPES, Graph, OpNode, Param, TensorType
 from compiler.ir.ops import FUSED_DOMAIN
 from compiler.ir.ops import get as get_opdef
 from compiler.backend.lowering import LOWERINGS
@@ -272,7 +272,14 @@ def to_model(g: Graph, functions: list[onnx.FunctionProto] | None = None) -> onn
     for p in g.params.values():
         meta = serialized(p.annotations)
         qd = p.annotations.get("quant_data")
-        if qd is None:
+        fmt = p.annotations.get("weight_format")
+        if qd is None and fmt is not None and not fmt.quantized and fmt.dtype in ("float16", "bfloat16") \
+                and p.type.dtype == "float32":   # an fp32 model's weight stored in 16 bits (quant=auto): + Cast
+            half = Param(f"{p.name}.{fmt.dtype}", TensorType(fmt.dtype, p.type.shape), p.data)
+            q_inits = [_param_tensor(half)]
+            dq_nodes.append(helper.make_node("Cast", [half.name], [p.name], name=f"{p.name}.cast",
+                                             to=TensorProto.FLOAT))
+        elif qd is None:
             t = _param_tensor(p)
             q_inits = [t]
         elif is_table(qd):   # a quantized embedding table: packed rows for its gathers and tied heads

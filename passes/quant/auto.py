@@ -6,8 +6,8 @@ Mixed precision the way a deployment engineer would do it by hand, automated:
    (``embedding_tables``; a tied LM head is one unit with its table: it shares the quantized
    bytes). ``quant.exclude`` patterns keep units out.
 2. **Formats.** ``quant.formats`` (``auto``: the hardware's — int8 weight-only ``w8a16``, ``w8a8``
-   (dynamic int8 activations), int4 in groups of 128 and 32 (uint4 + zero point), and ``fp8`` where
-   the hardware has FP8 math and is not a CPU). Tables take the weight-only ones (blocks along each
+   (dynamic int8 activations), int4 in groups of 128 and 32 (uint4 + zero point); on a GPU also
+   ``fp16`` / ``bf16`` for an fp32 model and ``fp8`` where it has FP8 math). Tables take the weight-only ones (blocks along each
    row). Every unit may also stay as it is (``keep``).
 3. **Sensitivity** (measured, cached): each unit quantized *alone* in each format, the model run on
    the evaluation split of the evaluation text through the pass context's evaluator — one
@@ -53,16 +53,18 @@ from compiler.perf.cost import CostModel
 from compiler.perf.hardware import hardware_by_name
 from passes.base import PassResult, evaluator
 from passes.quant.blocks import block_type
-from passes.quant.config import QuantConfig, SensitivityConfig
-from passes.quant.formats import QuantSpec, quantize_rtn
-from passes.quant.passes import (SCHEMES, LayerScheme, Quantize, Site, TableSite, _ort_block, embedding_tables,
-                                 linear_sites, on_cpu)
+from passes.quant.config import SensitivityConfig
+from passes.quant.formats import quantize_rtn
+from passes.quant.passes import (FLOAT16, SCHEMES, LayerScheme, Quantize, Site, TableSite, _ort_block,
+                                 embedding_tables, linear_sites, round_float16)
 
 log = logging.getLogger("rooftop.quant")
 
 KEEP = "keep"
 #: format name -> LayerScheme fields (the configured activation mode / accuracy level fill the rest)
 FORMATS: dict[str, dict[str, Any]] = {
+    "fp16": {"scheme": "fp16", "symmetric": True},
+    "bf16": {"scheme": "bf16", "symmetric": True},
     "w8a16": {"scheme": "w8a16", "symmetric": True},
     "w8a8": {"scheme": "w8a8", "symmetric": True},
     "w4a16_g128": {"scheme": "w4a16", "group_size": 128, "symmetric": False},
@@ -76,11 +78,16 @@ BINS = 1000
 BUDGET_STEPS = (0.125, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
 
 
-def hardware_formats(hw) -> list[str]:
-    """The candidate formats on ``hw``: int8 weight-only, W8A8, int4 in groups of 128 and 32, and
-    FP8 where the device has FP8 math (not on a CPU: onnxruntime simulates it in fp32 there)."""
-    out = ["w8a16", "w8a8", "w4a16_g128", "w4a16_g32"]
-    if hw is not None and getattr(hw, "kind", "") != "cpu" and hw.supports("fp8"):
+def hardware_formats(hw, model_dtype: str = "float32") -> list[str]:
+    """The candidate formats on ``hw``: int8 weight-only, W8A8, int4 in groups of 128 and 32; on a
+    GPU also 16-bit floats for an fp32 model (fp16, and bf16 where it has bf16 math) and FP8 where it
+    has FP8 math (not on a CPU: onnxruntime runs fp16 GEMMs slower than fp32 there and simulates FP8)."""
+    gpu = hw is not None and getattr(hw, "kind", "") != "cpu"
+    out = []
+    if gpu and model_dtype == "float32":
+        out += [f for f in ("fp16", "bf16") if hw.supports(f)]
+    out += ["w8a16", "w8a8", "w4a16_g128", "w4a16_g32"]
+    if gpu and hw.supports("fp8"):
         out.append("fp8")
     return out
 
@@ -157,12 +164,16 @@ class QuantizeAuto(Quantize):
         hw = getattr(self.context, "hardware", None)
         out: list[str] = []
         for f in self.formats_cfg:
-            for x in (hardware_formats(hw) if f == "auto" else [f]):
+            for x in (hardware_formats(hw, self.model_dtype) if f == "auto" else [f]):
                 if x not in out:
                     out.append(x)
         return out
 
+    model_dtype = "float32"
+
     def units(self, g: Graph) -> tuple[list[Unit], list[Site], list[TableSite], dict[str, str]]:
+        dts = [p.type.dtype for p in g.params.values() if p.type.rank == 2 and not p.annotations.get("const")]
+        self.model_dtype = max(set(dts), key=dts.count) if dts else "float32"
         sites = linear_sites(g, self.exclude)
         tables = embedding_tables(g, self.exclude)
         fmts = self.formats()
@@ -210,6 +221,8 @@ class QuantizeAuto(Quantize):
 
         def make():
             w = np.asarray(g.params[u.key].data, np.float32)
+            if sch.scheme in FLOAT16:
+                return round_float16(w, FLOAT16[sch.scheme])
             if u.kind == "embedding":
                 return quantize_rtn(w, sch.table_spec(w.shape[1]), reduce_axis=1).dequantize()
             return quantize_rtn(w, sch.spec()).dequantize()

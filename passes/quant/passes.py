@@ -35,6 +35,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from compiler.ir import annotations as ann
@@ -77,6 +78,10 @@ SCHEMES: dict[str, dict[str, Any]] = {
     "fp8": {"bits": 8, "granularity": "channel", "act": "fp8",
             "kernel": "torch._scaled_mm + dynamic fp8 activation quantization"},
 }
+#: 16-bit float formats of an fp32 model's weights (quant=auto on GPUs): the weight stored and the GEMM
+#: run in 16 bits (the hardware's 16-bit peak, the default roofline — no measured kernel family)
+FLOAT16 = {"fp16": "float16", "bf16": "bfloat16"}
+SCHEMES.update({k: {"bits": 16, "granularity": "none", "act": None, "kernel": ""} for k in FLOAT16})
 # the same schemes as onnxruntime CPU runs rooftop's artifacts (hardware ``kind: cpu``):
 # (scheme, activations or accuracy) -> kernel label of compiler/perf/kernel_families.py
 ORT_CPU_KERNELS: dict[tuple[str, str], str] = {
@@ -91,6 +96,11 @@ ORT_CPU_KERNELS: dict[tuple[str, str], str] = {
     ("fp8", "static"): "onnxruntime DequantizeLinear fp8 + fp32 MatMul (accuracy simulation)",
 }
 ORT_CPU_SPARSE_KERNEL = ORT_DENSE_NM
+
+
+def round_float16(w: np.ndarray, dtype: str) -> np.ndarray:
+    """``w`` rounded to float16 / bfloat16 (round to nearest even), back in float32."""
+    return w.astype(np.float16 if dtype == "float16" else ml_dtypes.bfloat16).astype(np.float32)
 
 
 def on_cpu(context) -> bool:
@@ -408,8 +418,9 @@ class LayerScheme:
     def table_spec(self, k: int) -> QuantSpec | None:
         """The format of an embedding table ``[V, K]`` under this scheme: the same bits in blocks
         along each row (what a row gather and a tied head's reduction axis share) — int4/uint4 in
-        groups of ``group_size``, int8 in blocks of 128; None for FP8 (no quantized gather)."""
-        if self.scheme == "fp8":
+        groups of ``group_size``, int8 in blocks of 128; None for FP8 and 16-bit floats (no quantized
+        gather)."""
+        if self.scheme == "fp8" or self.scheme in FLOAT16:
             return None
         bits = SCHEMES[self.scheme]["bits"]
         sym = self.symmetric if bits == 4 else True
@@ -446,6 +457,8 @@ class LayerScheme:
         activation mode picks the variant). ``weight_only``: the scheme's weights with float
         activations (a tied head sharing a quantized table runs MatMulNBits whatever the scheme)."""
         sch = SCHEMES[self.scheme]
+        if self.scheme in FLOAT16:
+            return ""
         wo = weight_only or sch["act"] is None
         scheme = self.scheme if not weight_only or sch["act"] is None else ("w4a16" if sch["bits"] == 4 else "w8a16")
         if not on_cpu(context):
@@ -456,6 +469,8 @@ class LayerScheme:
         return ORT_CPU_KERNELS[(self.scheme, self.activations)]
 
     def compute(self, g: Graph, n: OpNode, context, weight_only: bool = False) -> ComputeDtype:
+        if self.scheme in FLOAT16:
+            return ComputeDtype(self.scheme, "")
         sch = SCHEMES[self.scheme]
         dt = None if weight_only else {"int8": "int8", "fp8": "fp8"}.get(sch["act"])
         return ComputeDtype(dt or _act_hw_dtype(g, n), self.kernel(context, weight_only))
@@ -613,7 +628,8 @@ class Quantize(Pass):
             for s in todo:
                 sch = schemes[s.weight]
                 p = g.params[s.weight]
-                ann.set(p, "weight_format", sch.weight_format(g, s.weight, sch.spec()))
+                ann.set(p, "weight_format", WeightFormat(dtype=FLOAT16[sch.scheme], scale_dtype=FLOAT16[sch.scheme])
+                        if sch.scheme in FLOAT16 else sch.weight_format(g, s.weight, sch.spec()))
                 ann.set(s.node, "compute_dtype", sch.compute(g, s.node, self.context))
                 aq = sch.act_quant(None, None)
                 if aq is not None:
@@ -663,7 +679,7 @@ class Quantize(Pass):
         if smoothing:
             stats["smoothed_inputs"] = sum(v is not None for v in smoothing.values())
             stats["smoothing_not_foldable"] = sum(v is None for v in smoothing.values())
-        weight_only = [sch for sch in schemes.values() if SCHEMES[sch.scheme]["act"] is None]
+        weight_only = [sch for sch in schemes.values() if SCHEMES[sch.scheme]["act"] is None and sch.scheme not in FLOAT16]
         if weight_only or shared_heads:
             level = (weight_only or [v[0] for v in table_done.values()])[0].accuracy_level
             if weight_only:   # the DequantizeLinear → MatMul rewrite's level (a shared head's node carries its own)
@@ -676,6 +692,10 @@ class Quantize(Pass):
     def _quantize_site(self, g: Graph, site: Site, sch: LayerScheme, st: Hessian | None, s: np.ndarray | None):
         p = g.params[site.weight]
         if "quant_data" in p.annotations:      # a weight shared by two linear layers: once
+            return
+        if sch.scheme in FLOAT16:              # rounded to 16 bits; the emitter stores it so (+ Cast)
+            p.data = round_float16(np.asarray(p.data, np.float32), FLOAT16[sch.scheme]).astype(p.data.dtype)
+            ann.set(p, "weight_format", WeightFormat(dtype=FLOAT16[sch.scheme], scale_dtype=FLOAT16[sch.scheme]))
             return
         spec = sch.spec()
         w = np.asarray(p.data, np.float32)
