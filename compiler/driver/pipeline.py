@@ -300,7 +300,9 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
                 t0 = time.perf_counter()
                 pm(g)
                 records = [r for r in pm.records if r.name not in MODEL_PASSES]
-                reference = compression.input_graph if lossy else None
+                # lossy: a compression pass changed the graph (a kv.dtype the artifact cannot store leaves it as it was)
+                changed = any(r.changed or r.name != "quantize_kv" for r in compression.records)
+                reference = compression.input_graph if changed else None
                 _note_kv_cache(g)
                 dg = draft.draft_model(cfg, cfg["pipeline"].get("passes") or [], pass_ctx)  # same passes
                 timings["passes_s"] = time.perf_counter() - t0
@@ -312,7 +314,7 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
                 result = analyze(rc)
                 timings["analysis_s"] = time.perf_counter() - t0
 
-                emit_info = _emit(g, emit_cfg, stage, source, mcfg, lossy=bool(lossy))
+                emit_info = _emit(g, emit_cfg, stage, source, mcfg, lossy=changed)
                 source.pop("module", None)
                 t0 = time.perf_counter()
                 report = build_report(result, emit_info)
@@ -467,7 +469,10 @@ def _compression_report(cfg, report, g: Graph, hw, reference: Graph | None, emit
         return
     report["compression"] = sec
     if reference is None or not emit_info.get("emitted"):
-        why = sec.get("note") or emit_info.get("reason") or "no artifact was emitted"
+        kv = sec.get("kv_cache") or {}
+        why = sec.get("note") or emit_info.get("reason") or (
+            f"nothing lossy in the artifact: it keeps a float KV cache ({kv['reason']})" if kv.get("reason") and
+            not g.meta.get("quantization") and not g.meta.get("sparsity") else "no artifact was emitted")
         report["accuracy"] = {"measured": False, "reason": why}
         return
     acfg = dict(cfg.get("accuracy") or {})
