@@ -46,6 +46,11 @@ def auto_lines(a: Mapping) -> list[tuple[str, str]]:
                       f"drop {a['measured_drop']:.3g} measured on the simulated formats "
                       f"({len(a['candidates'])} candidates measured, {sum(1 for c in a['candidates'] if c['pareto'])} "
                       f"on the Pareto front)")]
+    if a.get("artifact_drop") is not None:
+        out.append(("emitted artifact", f"{a['metric_name']} drop {a['artifact_drop']:.3g} measured on the artifact "
+                                        f"(onnxruntime, the accuracy stage) — "
+                                        + ("within" if a["artifact_within_budget"] else "OVER")
+                                        + f" the budget {a['max_accuracy_drop']:g}"))
     if a.get("kept"):
         out.append(("not searched", ", ".join(f"{k} ({v})" for k, v in sorted(a["kept"].items()))))
     return out

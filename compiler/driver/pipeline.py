@@ -482,6 +482,11 @@ def _compression_report(cfg, report, g: Graph, hw, reference: Graph | None, emit
     path = os.path.join(stage, "model.onnx")
     report["accuracy"] = {"measured": True, **accuracy.run_stage(cfg, reference, path, vocab=accuracy.vocab_of(g),
                                                                  progress=_Stage(prog, "accuracy") if prog else None)}
+    auto = (sec.get("quantization") or {}).get("auto")
+    acc = report["accuracy"]
+    if auto is not None:   # the emitted artifact's drop in the search's metric, beside the simulated one
+        auto["artifact_drop"] = acc["kl_nats"]["mean"] if auto["metric"] == "kl" and acc.get("kl_nats") else acc["drop"]
+        auto["artifact_within_budget"] = auto["artifact_drop"] <= auto["max_accuracy_drop"]
     sec["artifact_check"] = accuracy.quantization_check(g, path)
     if sec["artifact_check"].get("checked") and not sec["artifact_check"]["ok"]:
         raise EmitError(f"the quantized artifact differs from the same quantization computed in fp32 by "

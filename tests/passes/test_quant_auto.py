@@ -213,6 +213,7 @@ def test_cli_quant_auto_report(tmp_path):
               str(out))
     a = rep["compression"]["quantization"]["auto"]
     assert rep["accuracy"]["measured"] and a["chosen"]
+    assert a["artifact_drop"] == rep["accuracy"]["kl_nats"]["mean"] and a["artifact_within_budget"]
     md = (out / "report.md").read_text()
     assert "**chosen**" in md and "| layer | weight | block | format | predicted gain |" in md
     assert 'id="plot-quant_auto"' in (out / "report.html").read_text()
