@@ -23,6 +23,8 @@ from passes.kv_layout import KVLayoutPass
 from passes.moe import MoERoutingPass
 from passes.kv_cache_onnx import LiftKVCache as LiftOnnxKVCache
 from passes.kv_paging import KVPaging
+from passes.quant.auto import QuantizeAuto
+from passes.quant.kv import QuantizeKV
 from passes.quant.passes import PruneNM, Quantize
 
 PASSES: dict[str, type[Pass]] = {
@@ -43,6 +45,8 @@ PASSES: dict[str, type[Pass]] = {
     "early_exit": EarlyExitPass,
     "prune_nm": PruneNM,
     "quantize": Quantize,
+    "quantize_kv": QuantizeKV,
+    "quantize_auto": QuantizeAuto,
 }
 
 

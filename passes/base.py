@@ -141,7 +141,8 @@ ORDER_CONSTRAINTS: list[tuple[str, str]] = [
     # compression works on the final linear layers (merged Q/K/V, gate/up; GEMM epilogues), and
     # quantization keeps a pruned pattern (its zeros stay exact zeros)
     ("fuse", "prune_nm"), ("fuse_gemm", "prune_nm"), ("fuse", "quantize"), ("fuse_gemm", "quantize"),
-    ("prune_nm", "quantize"),
+    ("prune_nm", "quantize"), ("fuse", "quantize_auto"), ("fuse_gemm", "quantize_auto"), ("prune_nm", "quantize_auto"),
+    ("quantize_kv", "quantize"), ("quantize_kv", "quantize_auto"),
     # paging replaces the lifted cache's past inputs, after fusion saw the contiguous attention
     ("lift_kv_cache", "kv_paging"), ("kv_cache", "kv_paging"), ("fuse", "kv_paging"),
     ("fuse_attention", "kv_paging"),
