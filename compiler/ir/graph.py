@@ -322,6 +322,19 @@ class Graph:
             out[n.op] = out.get(n.op, 0) + 1
         return dict(sorted(out.items()))
 
+    def dim_bindings(self) -> dict:
+        """What the cost formulas substitute for dims that are not expressions of B, S, P
+        (``meta["unknown_dims"]`` entries' ``bound_to``: ``"B"``, ``"S"`` or an int) — a decoder's
+        own sequence length, a data-dependent count. The graph keeps them as their own symbols
+        (the emitted model computes them at run time); only the costing binds them."""
+        out = {}
+        for info in (self.meta.get("unknown_dims") or {}).values():
+            to = info.get("bound_to")
+            if to is None or "symbol" not in info:
+                continue
+            out[info["symbol"]] = SYMBOLS[to] if isinstance(to, str) else int(to)
+        return out
+
     def has_weights(self) -> bool:
         return all(p.data is not None for p in self.params.values())
 

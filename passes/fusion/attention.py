@@ -30,7 +30,11 @@ from passes.fusion.rule import Match, Plan, Rule
 def attention_pattern():
     q = scaled(Var("q"), "q_scale")
     k = repeat_kv(scaled(Var("k"), "k_scale_pre"), "k_repeat")
-    kt = scaled(Op("Transpose", k, name="k_t"), "k_scale")
+    # Kᵀ: a rank-4 transpose, or (torch.onnx at opset < 23) heads folded into the batch, the last
+    # two axes swapped in 3-D, and unfolded again
+    kt = scaled(Alt(Op("Transpose", k, name="k_t"),
+                    Op("Reshape", Op("Transpose", Op("Reshape", k, name="k_fold"), name="k_t3"),
+                       name="k_unfold")), "k_scale")
     scores = scaled(Op("MatMul", q, kt, name="qk"), "scale")
     masked = Alt(Op("Add", scores, Var("mask"), name="mask_add"),
                  Op("Where", Var("keep"), scores, Const("fill"), name="mask_keep"),
@@ -46,6 +50,15 @@ def attention_pattern():
 
 def _key_perm(match: Match) -> list[int] | None:
     """The permutation that makes K [B, Hkv, T, D] from the Transpose's input (identity: none)."""
+    if match.has("k_unfold"):   # [B, H, T, D] → [B·H, T, D] → [B·H, D, T] → [B, H, D, T]
+        g = match.graph
+        k4, k3 = g.type(match["k"]).shape, g.type(match.node("k_fold").outputs[0]).shape
+        out = g.type(match.node("k_unfold").outputs[0]).shape
+        perm3 = list(match.node("k_t3").attrs.get("perm") or [])
+        ok = (len(k4) == 4 and len(k3) == 3 and len(out) == 4 and perm3 == [0, 2, 1]
+              and same_dim(k3[0], k4[0] * k4[1]) and same_shape(k3[1:], k4[2:])
+              and same_shape(out, (k4[0], k4[1], k4[3], k4[2])))
+        return [0, 1, 2, 3] if ok else None
     perm = list(match.node("k_t").attrs.get("perm") or [])
     if len(perm) != 4:
         return None
@@ -56,7 +69,8 @@ def check_attention(match: Match) -> MatchResult:
     g = match.graph
     kperm = _key_perm(match)
     if kperm is None:
-        return MatchResult.fail("Kᵀ is not a rank-4 transpose")
+        return MatchResult.fail("Kᵀ is not a rank-4 transpose (nor a swap of the last two axes "
+                                "with the heads folded into the batch)")
     if kperm != [0, 1, 2, 3] and match.has("k_repeat"):
         return MatchResult.fail(f"K is repeated and then transposed with {match.node('k_t').attrs['perm']}, "
                                 f"not a swap of the last two axes")
