@@ -70,6 +70,7 @@ _STD_DOMAINS = ("", "ai.onnx")
 _CONVENTIONAL = {B: {"batch", "batch_size"},
                  S: {"seq", "sequence", "seq_len", "sequence_length"},
                  P: {"past_seq", "past_len", "past_seq_len", "past_sequence_length"}}
+_SAME_TOKENS = re.compile(r"^(attention_mask|token_type_ids|position_ids)$", re.I)
 _KV_INPUT = re.compile(r"^(past_key_values|past_key|past_value|past)[._\[]", re.I)
 _KV_OUTPUT = re.compile(r"^(present|present_key_values|present_key|present_value)[._\[]", re.I)
 
@@ -388,10 +389,17 @@ def _map_input_dims(graph: onnx.GraphProto, inputs: list[onnx.ValueInfoProto], d
     # the other token-shaped inputs (attention_mask, token_type_ids, position_ids,
     # decoder_input_ids): their batch axis is the same batch, whatever the exporter named it
     # (torch.export.Dim.DYNAMIC gives every input its own symbol)
+    # and the inputs that describe input_ids' own tokens (attention_mask, token_type_ids,
+    # position_ids — not a decoder's) have its sequence axis too
     if first is not None:
         for n, (et, ds) in raw.items():
-            if n != first and et in ints and len(ds) == 2 and isinstance(ds[0], str) and ds[0] not in dims.names:
+            if n == first or et not in ints or len(ds) != 2:
+                continue
+            if isinstance(ds[0], str) and ds[0] not in dims.names:
                 dims.names[ds[0]] = B
+            if isinstance(ds[1], str) and ds[1] not in dims.names and _SAME_TOKENS.match(n) and \
+                    dims.names.get(raw[first][1][1]) is S:
+                dims.names[ds[1]] = S
     # no integer input to go by: conventional dim names (B/S/P themselves: a rooftop-emitted model)
     for d in (d for _, ds in raw.values() for d in ds if isinstance(d, str)):
         sym = SYMBOLS.get(d) or next((sy for sy, names in _CONVENTIONAL.items() if d.lower() in names), None)
