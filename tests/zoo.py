@@ -124,7 +124,7 @@ FAMILY_LIST = [
        dict(_KV, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
             shared_expert_intermediate_size=64), kind="moe"),
     _f("qwen3_moe", "Qwen3MoeConfig", "Qwen3MoeForCausalLM",
-       dict(_KV, head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32), kind="moe"),
+       dict(_KV, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32), kind="moe"),
     _f("phimoe", "PhimoeConfig", "PhimoeForCausalLM", dict(_KV, num_local_experts=4, num_experts_per_tok=2),
        kind="moe"),
     _f("dbrx", "DbrxConfig", "DbrxForCausalLM",

@@ -22,6 +22,7 @@ import numpy as np
 import sympy
 import torch
 
+from compiler.errors import RooftopError
 from compiler.ir import Graph, IRError, TensorType, as_dim
 from compiler.ir import annotations as ann
 from compiler.ir.annotations import AttentionSpec
@@ -1689,6 +1690,8 @@ def export_module(module: torch.nn.Module, example: Mapping[str, torch.Tensor],
     with torch.no_grad():
         try:
             return torch.export.export(module, (), dict(example), dynamic_shapes=ds, strict=False)
+        except RooftopError:
+            raise   # rooftop's own refusal raised while tracing (e.g. an experts layout it does not import)
         except Exception as e:  # noqa: BLE001 - torch.export's many error types: one exit-2 paragraph
             first = " ".join(str(e).strip().split())[:500] or type(e).__name__
             data_dep = "data-dependent" in first or "GuardOnDataDependent" in type(e).__name__

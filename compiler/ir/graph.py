@@ -246,6 +246,13 @@ class Graph:
             raise IRError(f"{name!r} is not a graph input")
         self.types[name] = ttype
 
+    def retype(self, name: str, ttype: TensorType) -> None:
+        """Give an op-produced tensor a new type (a per-token value recomputed over a longer
+        sequence); its consumers must accept it (``verify`` checks)."""
+        if name not in self.types or name in self.inputs or name in self.params:
+            raise IRError(f"{name!r} is not a tensor produced by an op")
+        self.types[name] = ttype
+
     def add_op_output(self, node: OpNode | str, tensor: str, ttype: TensorType) -> None:
         """Append a new output ``tensor`` of type ``ttype`` to ``node`` (e.g. an Attention's
         ``present`` KV)."""

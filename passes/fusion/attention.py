@@ -20,6 +20,9 @@ exported by torch.onnx's dynamo exporter keeps them).
 """
 from __future__ import annotations
 
+import dataclasses
+
+from compiler.ir.annotations import AttentionSpec
 from passes.fusion.common import (is_float, repeat_kv, repeat_ok, same_dim, same_shape, scale_factor,
                                   scaled)
 from passes.fusion.mask import HIDDEN, analyze_mask
@@ -35,7 +38,10 @@ def attention_pattern():
     kt = scaled(Alt(Op("Transpose", k, name="k_t"),
                     Op("Reshape", Op("Transpose", Op("Reshape", k, name="k_fold"), name="k_t3"),
                        name="k_unfold")), "k_scale")
-    scores = scaled(Op("MatMul", q, kt, name="qk"), "scale")
+    raw = scaled(Op("MatMul", q, kt, name="qk"), "scale")
+    # logit softcapping (Gemma-2): c·tanh(scores / c)
+    scores = Opt(Op("Mul", Op("Tanh", Op(("Mul", "Div"), raw, Const("cap_in"), name="cap_in_op"), name="cap_tanh"),
+                    Const("cap_out"), name="cap"), inner=raw)
     masked = Alt(Op("Add", scores, Var("mask"), name="mask_add"),
                  Op("Where", Var("keep"), scores, Const("fill"), name="mask_keep"),
                  Op("Where", Var("drop"), Const("fill"), scores, name="mask_drop"),
@@ -113,7 +119,19 @@ def check_attention(match: Match) -> MatchResult:
     for n in ("keep", "drop"):
         if match.has(n) and g.type(match[n]).dtype != "bool":
             return MatchResult.fail(f"the Where condition {match[n]} is not boolean")
+    if match.has("cap") and _softcap(match) is None:
+        return MatchResult.fail("c·tanh(x/d) with c != d is not a logit softcap")
     return MatchResult.success()
+
+
+def _softcap(match: Match) -> float | None:
+    """The softcap c of ``c·tanh(scores / c)`` (None: absent or not one)."""
+    if not match.has("cap"):
+        return None
+    d = match["cap_in"]
+    d = 1.0 / d if match.node("cap_in_op").op == "Mul" else d
+    c = match["cap_out"]
+    return float(c) if c > 0 and abs(c - d) <= 1e-6 * abs(c) else None
 
 
 def _broadcasts(mask, scores) -> bool:
@@ -160,15 +178,23 @@ def rewrite_attention(require_causal: bool):
         elif match.has("drop"):
             analyzed = match["drop"]
             mask = plan.op("Not", [analyzed])
-        causal = False
+        causal, window, slopes, spec = False, None, None, AttentionSpec(mask="bidirectional")
         if analyzed is not None:
             info = analyze_mask(g, analyzed, cache, scores=g.type(match.node("softmax").inputs[0]).shape[-2:])
-            if info.kind == "causal":
-                causal, mask = True, None
+            spec = spec_of(info)
+            plain = not info.padding and info.alibi is None
+            if info.kind in ("causal", "window") and (plain or (require_causal and not info.padding)):
+                causal, mask, window = True, None, info.window
+                slopes = info.alibi
+            elif info.kind == "bidirectional" and plain and not require_causal:
+                mask = None
             elif require_causal:
-                return MatchResult.fail(f"a causal mask is required here, but {info.reason}")
+                return MatchResult.fail(f"a causal mask is required here, but the mask is {info.reason}")
         elif require_causal:
             return MatchResult.fail("a causal mask is required here, but the attention is unmasked")
+        cap = _softcap(match)
+        if cap is not None:
+            spec = dataclasses.replace(spec, softcap=cap)
         if mask is not None:
             mask = _full_rows(g, plan, mask, g.type(match.node("softmax").inputs[0]).shape)
         scale = (scale_factor(match, "q_scale") * scale_factor(match, "k_scale") *
@@ -180,11 +206,33 @@ def rewrite_attention(require_causal: bool):
         attrs = {"scale": float(scale)}
         if causal:
             attrs["is_causal"] = 1
+        if window:
+            attrs["window"] = int(window)
+        if slopes is not None:
+            attrs["alibi_slopes"] = [float(x) for x in slopes]
+        if cap is not None:
+            attrs["softcap"] = cap
         out = plan.op("Attention", [match["q"], k, match["v"]] + ([mask] if mask else []), attrs,
-                      merged_from=sorted({n.op for n in match.nodes}))
+                      merged_from=sorted({n.op for n in match.nodes}), attention=spec)
         plan.output(match.root_tensor, out)
         return None
     return rewrite
+
+
+def spec_of(info) -> AttentionSpec:
+    """The ``attention`` annotation of a classified mask (:class:`passes.fusion.mask.MaskInfo`)."""
+    kind = info.kind
+    if kind == "general":
+        return AttentionSpec(mask="general")
+    if info.alibi is not None:
+        mask = "bias"
+    elif kind == "window":
+        mask = "window"
+    elif kind == "causal":
+        mask = "causal_padding" if info.padding else "causal"
+    else:
+        mask = "padding" if info.padding else "bidirectional"
+    return AttentionSpec(mask=mask, window=info.window, alibi=info.alibi is not None)
 
 
 def attention_rule(name: str = "attention", *, require_causal: bool = False, cost_gated: bool = True) -> Rule:
