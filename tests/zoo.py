@@ -42,6 +42,7 @@ IMAGE = (3, 32, 32)
 _T = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
           num_attention_heads=4, max_position_embeddings=128)
 _KV = dict(_T, num_key_value_heads=2)
+EXPORT_EXPERTS = "batched_mm"
 WINDOW = 6   # sliding windows of the windowed families: verification (≥ 9 tokens) crosses them
 
 
@@ -153,7 +154,7 @@ FAMILY_LIST = [
     _f("albert", "AlbertConfig", "AlbertModel", dict(_T, embedding_size=32), task="encoder", kind="encoder"),
     _f("electra", "ElectraConfig", "ElectraModel", dict(_T, embedding_size=32), task="encoder", kind="encoder"),
     _f("deberta_v2", "DebertaV2Config", "DebertaV2Model",
-       dict(_T, relative_attention=True, position_buckets=16, pos_att_type=["p2c", "c2p"]),
+       dict(_T, relative_attention=True, pos_att_type=["p2c", "c2p"]),
        task="encoder", kind="encoder"),
     _f("mobilebert", "MobileBertConfig", "MobileBertModel",
        dict(_T, embedding_size=32, intra_bottleneck_size=32, true_hidden_size=32,
@@ -220,6 +221,10 @@ def build_hf(family: str, attn: str | None = None):
     _offline()
     f = FAMILIES[family]
     cfg = getattr(transformers, f.config)(**f.kwargs)
+    if f.kind == "moe":
+        # the experts implementation both ONNX exporters can trace (transformers' default uses
+        # histc / data-dependent loops that they cannot): what a user exporting a MoE picks
+        cfg._experts_implementation = EXPORT_EXPERTS
     torch.manual_seed(0)
     cls = getattr(transformers, f.model)
     m = (cls._from_config(cfg, attn_implementation=attn) if attn else cls(cfg)).eval().float()
@@ -344,7 +349,8 @@ def cache_dir() -> Path:
 def export_key(family: str, exporter: str, attn: str | None = None) -> str:
     import torch
     import transformers
-    blob = json.dumps({"family": FAMILIES[family].spec, "exporter": exporter, "attn": attn,
+    extra = {"experts": EXPORT_EXPERTS} if FAMILIES[family].kind == "moe" else {}
+    blob = json.dumps({"family": FAMILIES[family].spec, "exporter": exporter, "attn": attn, **extra,
                        "torch": torch.__version__, "transformers": transformers.__version__,
                        "recipe": EXPORT_RECIPE_VERSION}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

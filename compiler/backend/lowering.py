@@ -218,29 +218,46 @@ def _seq_axis(rank: int) -> int:
 
 
 def _emit_attention(em, n):
-    """``Attention`` with ``window=W`` (keys ``q − W < k ≤ q``), ``alibi_slopes`` (bias
-    ``slope_h · k``) or a padding mask next to ``is_causal``: the structure becomes one explicit
-    mask computed from the operands' own lengths — queries are the last S of the T = past + new
-    keys (bottom-right, what a decoder with a KV cache computes) — so the artifact is right at any
-    length and with any past. Other Attentions are emitted as they are."""
+    """``Attention`` with ``window=W`` (keys ``q − W < k ≤ q``) or ``alibi_slopes`` (bias
+    ``slope_h · k``): the structure becomes one explicit mask computed from the operands' own
+    lengths — query i sees keys ≤ i + past length, ONNX Attention's own causal frontier
+    (bottom-right with a KV cache) — combined with the mask operand (padding), so the artifact is
+    right at any length and with any past. A padding mask broadcast over the queries is expanded
+    (onnxruntime wants the query axis); other Attentions are emitted as they are."""
     window = n.attrs.get("window")
     slopes = n.attrs.get("alibi_slopes")
     ins = list(n.inputs) + [""] * (6 - len(n.inputs))
     mask = ins[3]
     causal = bool(n.attrs.get("is_causal"))
-    if not window and slopes is None and not (mask and causal):
-        return em.standard(n)
     g = em.g
+    if not window and slopes is None:
+        if mask and g.type(mask).rank >= 2 and g.type(mask).shape[-2] == 1 and g.type(ins[0]).shape[-2 if g.type(ins[0]).rank == 4 else 1] != 1:
+            # a padding mask broadcast over the queries: onnxruntime wants the query axis spelled out
+            q, k, past = ins[0], ins[1], ins[4]
+            qa, ka = _seq_axis(g.type(q).rank), _seq_axis(g.type(k).rank)
+            s_q = em.node("Shape", [q], {"start": qa, "end": qa + 1})
+            t = em.node("Shape", [k], {"start": ka, "end": ka + 1})
+            if past:
+                t = em.node("Add", [t, em.node("Shape", [past], {"start": 2, "end": 3})])
+            lead = em.node("Shape", [mask], {"start": 0, "end": g.type(mask).rank - 2})
+            shape = em.node("Concat", [lead, s_q, t], {"axis": 0})
+            ins[3] = em.node("Expand", [mask, shape], base="attn_mask_rows")
+            attrs = dict(n.attrs)
+            return em.add("Attention", ins, list(n.outputs), name=n.name, **em.attrs(attrs))
+        return em.standard(n)
     q, k, past = ins[0], ins[1], ins[4]
     qa, ka = _seq_axis(g.type(q).rank), _seq_axis(g.type(k).rank)
     s_q = em.node("Shape", [q], {"start": qa, "end": qa + 1}, base="attn_s")
     t = em.node("Shape", [k], {"start": ka, "end": ka + 1}, base="attn_t")
-    if past:
-        t = em.node("Add", [t, em.node("Shape", [past], {"start": 2, "end": 3}, base="attn_p")])
     zero, one = em.const(np.array(0, np.int64)), em.const(np.array(1, np.int64))
+    offset = zero
+    if past:   # ONNX Attention's causal frontier: query i sees keys ≤ i + past length
+        p_len = em.node("Shape", [past], {"start": 2, "end": 3}, base="attn_p")
+        t = em.node("Add", [t, p_len])
+        offset = em.node("Squeeze", [p_len])
     t0 = em.node("Squeeze", [t])
     kpos = em.node("Range", [zero, t0, one], base="attn_kpos")
-    qpos = em.node("Range", [em.node("Squeeze", [em.node("Sub", [t, s_q])]), t0, one], base="attn_qpos")
+    qpos = em.node("Range", [offset, em.node("Add", [offset, em.node("Squeeze", [s_q])]), one], base="attn_qpos")
     qcol = em.node("Unsqueeze", [qpos, em.const(np.array([1], np.int64))])
     krow = em.node("Unsqueeze", [kpos, em.const(np.array([0], np.int64))])
     vis = em.node("LessOrEqual", [krow, qcol]) if causal else None
