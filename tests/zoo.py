@@ -11,8 +11,10 @@ few tokens so that verification crosses them). A *cell* is (family, exporter):
 
 Each cell runs the real pipeline (``compiler.driver.pipeline.run``: default recipe, emission,
 verification) and ends in one :class:`Outcome`: ``fused`` (exit 0, every attention one
-``Attention`` op, a decoder's KV cache lifted, verified against the source), ``refused`` (exit 2
-with its one-paragraph reason), or ``failed`` (anything else: a traceback, exit 4, attention left
+``Attention`` op, a decoder's KV cache lifted, verified against the source), ``gated`` (as fused,
+but the cost gate kept some attention unfused, its reason in report.json passes[].notes),
+``refused`` (exit 2 with its one-paragraph reason), ``export_failed`` (the exporter itself cannot
+export the model), or ``failed`` (anything else: a traceback, exit 4, attention left
 unfused, a decoder without a cache).
 
 Exports are cached under ``cache_dir()`` by a hash of the family spec, the exporter and the
@@ -43,6 +45,8 @@ _T = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_laye
           num_attention_heads=4, max_position_embeddings=128)
 _KV = dict(_T, num_key_value_heads=2)
 EXPORT_EXPERTS = "batched_mm"
+# the cells' workload: big enough that fusion pays on the default hardware (the cost gate decides)
+WORKLOAD = ("workload.batch=4", "workload.prompt_len=64", "workload.gen_len=8")
 WINDOW = 6   # sliding windows of the windowed families: verification (≥ 9 tokens) crosses them
 
 
@@ -182,7 +186,7 @@ FAMILY_LIST = [
     _f("whisper", "WhisperConfig", "WhisperModel",
        dict(vocab_size=256, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
             decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, num_mel_bins=16,
-            max_source_positions=16, max_target_positions=32, pad_token_id=1, bos_token_id=2,
+            max_source_positions=64, max_target_positions=32, pad_token_id=1, bos_token_id=2,
             eos_token_id=2, decoder_start_token_id=2), task="speech", kind="speech",
        submodule="encoder"),
     _f("wav2vec2", "Wav2Vec2Config", "Wav2Vec2Model",
@@ -434,7 +438,7 @@ def model_config(family: str) -> dict:
 class Outcome:
     family: str
     exporter: str
-    outcome: str               # fused | refused | failed
+    outcome: str               # fused | gated | refused | export_failed | failed
     detail: str = ""
     exit_code: int | None = None
     attention: int | None = None
@@ -469,8 +473,7 @@ def run_cell(family: str, exporter: str, *, workload: tuple = (), cache: Path | 
                 res.outcome, res.detail = "export_failed", _first_line(f"{type(e).__name__}: {e}")
                 return res
             over = ["model=onnx", f"model.path={path}"]
-        cfg = compose(over + ["report.html=false", "workload.batch=2", "workload.prompt_len=16",
-                              "workload.gen_len=4", *workload])
+        cfg = compose(over + ["report.html=false", *WORKLOAD, *workload])
         if exporter == "torch":
             cfg["model"] = model_config(family)
         with tempfile.TemporaryDirectory() as out:
@@ -481,6 +484,16 @@ def run_cell(family: str, exporter: str, *, workload: tuple = (), cache: Path | 
         res.kv_cache = bool((report.get("memory") or {}).get("kv_bytes_per_token"))
         res.verified = bool((report.get("emit") or {}).get("verified"))
         problems = []
+        gated = sum(int(p.get("stats", {}).get("attention.rejected_by_cost", 0)) for p in report.get("passes", []))
+        if res.attention < f.layers and res.attention + gated >= f.layers and ops.get("Softmax", 0) <= gated:
+            # every unfused attention matched and was kept by the cost gate (its reason in passes[].notes)
+            res.outcome = "gated"
+            why = [n for p in report.get("passes", []) for n in p.get("notes", [])]
+            res.detail = f"{res.attention} Attention; {gated} kept unfused by the cost gate" + \
+                (": " + _first_line(why[0]["check"], 200) if why else "")
+            if not res.verified:
+                res.outcome, res.detail = "failed", res.detail + "; not verified"
+            return res
         if res.attention < f.layers:
             problems.append(f"{res.attention} of {f.layers} attention layers fused"
                             + (f" ({ops.get('Softmax', 0)} Softmax left)" if ops.get("Softmax") else ""))

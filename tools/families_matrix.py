@@ -28,7 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-MARK = {"fused": "✅ fused", "refused": "⛔ refused", "failed": "❌ failed", "export_failed": "➖ export fails"}
+MARK = {"fused": "✅ fused", "gated": "✅ gated", "refused": "⛔ refused", "failed": "❌ failed",
+        "export_failed": "➖ export fails"}
 
 
 def _run_family(family: str, exporters: list[str], timeout: int) -> list[dict]:
@@ -75,11 +76,13 @@ def render(rows: list[dict], command: str, seconds: float) -> str:
              "- versions: " + _versions(), "",
              "Each cell runs the default pipeline end to end (import, fusion, KV cache, emission, "
              "verification in onnxruntime against the source). **fused**: every attention layer is one "
-             "`Attention` op, a decoder's KV cache is lifted and the artifact is verified; **refused**: "
+             "`Attention` op, a decoder's KV cache is lifted and the artifact is verified; **gated**: the same, "
+             "except that the cost gate kept some matched attention unfused (its reason in report.json "
+             "passes[].notes); **refused**: "
              "exit 2 with the reason shown; **export fails**: the exporter itself cannot export the "
              "model (nothing for rooftop to import); **failed**: anything else.", "",
              "| totals | " + " | ".join(exporters) + " |", "|---|" + "---|" * len(exporters)]
-    for o in ("fused", "refused", "export_failed", "failed"):
+    for o in ("fused", "gated", "refused", "export_failed", "failed"):
         lines.append(f"| {o} | " + " | ".join(str(counts.get(e, {}).get(o, 0)) for e in exporters) + " |")
     lines += ["", "| family | kind | " + " | ".join(exporters) + " |", "|---|---|" + "---|" * len(exporters)]
     for f in fams:
