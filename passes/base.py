@@ -22,9 +22,14 @@ from compiler.ir.evaluate import Evaluator
 
 @dataclasses.dataclass
 class PassResult:
+    """``notes``: why the pass left something undone — a rule that did not fire on an op it was
+    meant for, a refused KV cache: ``{"rule", "where", "check"}`` each (report.json
+    ``passes[].notes``)."""
+
     graph: Graph
     changed: bool
     stats: dict[str, int] = dataclasses.field(default_factory=dict)
+    notes: list[dict[str, str]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +162,7 @@ class PassRecord:
     seconds: float
     cost_before: Any = None
     cost_after: Any = None
+    notes: tuple = ()
 
 
 class PassManager(Pass):
@@ -243,7 +249,8 @@ class PassManager(Pass):
                 # an unchanged graph costs what it cost before (passes report changes truthfully)
                 after = self.cost_fn(graph) if self.cost_fn and res.changed else cost
                 self.records.append(PassRecord(p.name, res.changed, dict(res.stats),
-                                               time.perf_counter() - t0, cost, after))
+                                               time.perf_counter() - t0, cost, after,
+                                               tuple(dict(n) for n in res.notes)))
                 cost = after
                 ran.append(p.name)
             changed |= res.changed

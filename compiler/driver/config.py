@@ -548,6 +548,9 @@ def _hf_unknown_keys(conf: Mapping) -> tuple[list[str], set[str]]:
     for c in cls.__mro__:
         if "__init__" in vars(c):
             known |= {p for p in inspect.signature(c.__init__).parameters if p not in ("self", "kwargs")}
+    rope = getattr(built, "rope_parameters", None)   # legacy rope keys (partial_rotary_factor, …) it folds in
+    if isinstance(rope, Mapping):
+        known |= set(rope)
     return [k for k in conf if k != "model_type" and k not in known and k in vars(built)], known
 
 

@@ -135,7 +135,8 @@ class CostModel:
             self.items.append(OpItem(n.name, n.op, d.cost_class, self._dtype(n), self._sparse(n, cls),
                                      (ix(flops), ix(byts.weights), ix(byts.activations), ix(byts.kv), ix(fixed)),
                                      n.annotations["compute_dtype"].kernel if "compute_dtype" in n.annotations else ""))
-        self.exprs = list(exprs)
+        bind = graph.dim_bindings()   # dims that are not B/S/P (an imported file's own lengths)
+        self.exprs = [sympy.sympify(e).xreplace(bind) for e in exprs] if bind else list(exprs)
         self._fn = sympy.lambdify((B, S, P), self.exprs, modules="numpy")
         idx = np.array([it.idx for it in self.items], dtype=np.int64).reshape(-1, 5)
         self._idx = idx
