@@ -936,7 +936,14 @@ def _repeat(c, x, repeats):
         shp = (1,) * (len(reps) - t.rank) + t.shape
         x = c.op("Reshape", [x], {"shape": list(shp)}, types=[t.with_shape(shp)])
     if not all(isinstance(r, int) for r in reps):
-        raise UnsupportedOpError("aten.repeat with symbolic repeat counts is not supported")
+        # symbolic counts (Bloom's ALiBi: repeat(batch, 1, 1)): Tile as Expand of an interleaved
+        # view, [d0, d1, …] → [1, d0, 1, d1, …] → [r0, d0, r1, d1, …] → [r0·d0, r1·d1, …]
+        t = c.tt(x)
+        inter = tuple(v for d in t.shape for v in (1, d))
+        u = c.op("Reshape", [x], {"shape": list(inter)}, types=[t.with_shape(inter)])
+        full = tuple(v for r, d in zip(reps, t.shape) for v in (r, d))
+        e = c.op("Expand", [u], {"shape": list(full)}, types=[t.with_shape(full)])
+        return c.op("Reshape", [e], {"shape": list(c.out_type().shape)}, final=True)
     return c.op("Tile", [x, c.const(reps, "int64")], final=True)
 
 
@@ -1433,7 +1440,7 @@ _SKIP = {"aten._assert_tensor_metadata.default", "aten._assert_scalar.default",
          "aten.sym_constrain_range_for_size.default", "aten._assert_async.msg",
          "aten.sym_constrain_range.default"}
 _SYMBOLIC_FNS = {operator.mul, operator.add, operator.sub, operator.floordiv, operator.truediv,
-                 operator.neg}
+                 operator.neg, operator.mod, torch.sym_max, torch.sym_min}
 
 
 # ------------------------------------------------------------------------------------------------
