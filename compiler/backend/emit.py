@@ -104,6 +104,12 @@ class Emitter:
         elif isinstance(e, sympy.floor) and isinstance(e.args[0], sympy.Mul):
             num, den = e.args[0].as_numer_denom()
             out = self.node("Div", [self.dim_tensor(num), self.dim_tensor(den)])
+        elif type(e).__name__ in ("Max", "Min"):   # torch.sym_max / sym_min (sympy's or torch's class)
+            out = self.node(type(e).__name__, [self.dim_tensor(a) for a in e.args])
+        elif type(e).__name__ in ("Mod", "PythonMod"):   # non-negative sizes: Python's % = ONNX Mod
+            out = self.node("Mod", [self.dim_tensor(e.args[0]), self.dim_tensor(e.args[1])])
+        elif type(e).__name__ == "FloorDiv":
+            out = self.node("Div", [self.dim_tensor(e.args[0]), self.dim_tensor(e.args[1])])
         else:
             raise EmitError(f"cannot materialize dimension expression {e}")
         self._dim_cache[key] = out

@@ -435,8 +435,12 @@ def kv_passes(cfg: Mapping, wl: Mapping, ctx, configured=()) -> list:
 
 
 def onnx_max_positions(g: Graph) -> tuple[int | None, str]:
-    """An imported file's position limit: rows of the embedding table that a position input
-    (``position_ids``) indexes, when there is one."""
+    """An imported file's position limit: the rows of its learned position table — the embedding
+    table a ``Gather`` indexes by positions (a ``position_ids`` input, or positions the graph derives
+    from the ``attention_mask`` / the sequence length, as exports that take only ``input_ids`` and
+    ``attention_mask`` do) and whose rows are as wide as the token embedding's. None when the model
+    has none (rotary and ALiBi models: no learned limit). Tables with a padding offset (OPT,
+    RoBERTa, XGLM: positions start at 2) count their rows, two more than the model's limit."""
     for name in g.inputs:
         if "position" not in name.lower():
             continue
@@ -445,7 +449,48 @@ def onnx_max_positions(g: Graph) -> tuple[int | None, str]:
                 rows = g.params[n.inputs[0]].type.shape[0]
                 if isinstance(rows, int):
                     return rows, f"rows of the position table {n.inputs[0]!r}"
-    return None, "unknown"
+    tables = [n for n in g if n.op == "Gather" and n.inputs[0] in g.params
+              and g.params[n.inputs[0]].type.rank == 2 and isinstance(g.params[n.inputs[0]].type.shape[0], int)]
+    reads = {n.name: _value_inputs(g, n.inputs[1]) for n in tables}
+    token = [n for n in tables if _direct_input(g, n.inputs[1]) in ("input_ids", "input")]
+    if not token:
+        return None, "unknown"
+    width = g.params[token[0].inputs[0]].type.shape[1]
+    found = [n for n in tables if n not in token and g.params[n.inputs[0]].type.shape[1] == width
+             and all(any(k in x.lower() for k in ("mask", "position", "input")) for x in reads[n.name])]
+    if not found:
+        return None, "unknown"
+    # the longest such table (BERT's token-type table of 2 rows is indexed the same way)
+    best = max(found, key=lambda n: g.params[n.inputs[0]].type.shape[0])
+    return g.params[best.inputs[0]].type.shape[0], f"rows of the position table {best.inputs[0]!r}"
+
+
+def _direct_input(g: Graph, tensor: str) -> str | None:
+    """The graph input ``tensor`` is, up to casts and reshapes (a token embedding's indices)."""
+    while tensor not in g.inputs:
+        p = g.producer_of(tensor)
+        if p is None or p.op not in ("Cast", "Reshape", "Identity", "Unsqueeze", "Squeeze", "Flatten"):
+            return None
+        tensor = p.inputs[0]
+    return tensor
+
+
+def _value_inputs(g: Graph, tensor: str) -> set[str]:
+    """The graph inputs whose values (not only their shapes) ``tensor`` is computed from."""
+    seen, out, stack = set(), set(), [tensor]
+    while stack:
+        t = stack.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        if t in g.inputs:
+            out.add(t)
+            continue
+        p = g.producer_of(t)
+        if p is None or p.op in ("Shape", "Size"):
+            continue
+        stack.extend(i for i in p.inputs if i)
+    return out
 
 
 def _note_kv_cache(g: Graph) -> None:
