@@ -176,11 +176,11 @@ def test_onnx_learned_position_limit_is_read(tmp_path, zoo_cache):
 # ---- sampled conformance -------------------------------------------------------------------------
 
 def test_onnx_backend_node_tests_sampled(tmp_path):
-    """Every 12th ONNX backend node test at opsets ≤ 23 (about 110 of them): none fails; each
+    """Every 16th ONNX backend node test at opsets ≤ 23 (about 80 of them): none fails; each
     passes, or is refused with rooftop's exit-2 message, or does not run in onnxruntime itself."""
     conf = _tool("onnx_conformance")
-    picked = [c for c in conf.cases() if conf._opset(c[2]) <= 23][::12]
-    assert len(picked) >= 80
+    picked = [c for c in conf.cases() if conf._opset(c[2]) <= 23][::16]
+    assert len(picked) >= 60
     res = {}
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
