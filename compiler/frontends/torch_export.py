@@ -1112,6 +1112,9 @@ def _splice(c, x, part, d, st, en):
 
 @handles("aten.nonzero.default")
 def _nonzero(c, x):
+    if c.tt(x).rank == 0:
+        raise UnsupportedOpError("aten.nonzero of a 0-d tensor (torch gives [n, 0] indices, ONNX NonZero "
+                                 "has no such form): give it at least one dimension")
     out = c.out_type()
     nz = c.op("NonZero", [x], types=[out.with_shape((out.shape[1], out.shape[0]))])
     return c.op("Transpose", [nz], {"perm": [1, 0]}, final=True)
@@ -1244,7 +1247,10 @@ def _group_norm(c, x, w, b, n, ch, hw, groups, eps):
     if b is not None:
         y = c.op("Add", [y, c.op("Reshape", [b], {"shape": list(cshape)}, types=[c.tt(b).with_shape(cshape)])],
                  types=[t])
-    return [c.op("Identity", [y], types=[c.out_type(0)]), None, None]
+    st = t.with_shape(grouped[:2])   # mean and 1/std per (sample, group), as torch returns them
+    return [c.op("Identity", [y], types=[c.out_type(0)]),
+            c.op("Reshape", [mean], {"shape": list(grouped[:2])}, types=[st]),
+            c.op("Reshape", [inv], {"shape": list(grouped[:2])}, types=[st])]
 
 
 # ---- convolution, pooling, resampling
@@ -1353,6 +1359,10 @@ def _cdist(c, a, b, p, compute_mode=None):
         return c.op("ReduceSum", [diff], {"axes": [-1], "keepdims": 0}, final=True)
     if p == float("inf"):
         return c.op("ReduceMax", [diff], {"axes": [-1], "keepdims": 0}, final=True)
+    if p == 0.0:   # the number of differing coordinates
+        bt = dt.with_dtype("bool")
+        nz = c.op("Not", [c.op("Equal", [diff, c.const(0.0, ta.dtype)], types=[bt])], types=[bt])
+        return c.op("ReduceSum", [c.cast(nz, ta.dtype)], {"axes": [-1], "keepdims": 0}, final=True)
     s = c.op("ReduceSum", [c.op("Pow", [diff, c.const(p, ta.dtype)], types=[dt])], {"axes": [-1], "keepdims": 0},
              types=[out])
     return c.op("Pow", [s, c.const(1.0 / p, ta.dtype)], final=True)
