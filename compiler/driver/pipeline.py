@@ -451,12 +451,13 @@ def onnx_max_positions(g: Graph) -> tuple[int | None, str]:
                     return rows, f"rows of the position table {n.inputs[0]!r}"
     tables = [n for n in g if n.op == "Gather" and n.inputs[0] in g.params
               and g.params[n.inputs[0]].type.rank == 2 and isinstance(g.params[n.inputs[0]].type.shape[0], int)]
-    reads = {n.name: _value_inputs(g, n.inputs[1]) for n in tables}
+    reads = {n.name: _value_inputs(g, n.inputs[1]) for n in tables}   # None: computed from weights
     token = [n for n in tables if _direct_input(g, n.inputs[1]) in ("input_ids", "input")]
     if not token:
         return None, "unknown"
     width = g.params[token[0].inputs[0]].type.shape[1]
     found = [n for n in tables if n not in token and g.params[n.inputs[0]].type.shape[1] == width
+             and reads[n.name] is not None
              and all(any(k in x.lower() for k in ("mask", "position", "input")) for x in reads[n.name])]
     if not found:
         return None, "unknown"
@@ -475,8 +476,9 @@ def _direct_input(g: Graph, tensor: str) -> str | None:
     return tensor
 
 
-def _value_inputs(g: Graph, tensor: str) -> set[str]:
-    """The graph inputs whose values (not only their shapes) ``tensor`` is computed from."""
+def _value_inputs(g: Graph, tensor: str) -> set[str] | None:
+    """The graph inputs whose values (not only their shapes) ``tensor`` is computed from; None
+    when it is computed from weights too (a router's expert indices, not positions)."""
     seen, out, stack = set(), set(), [tensor]
     while stack:
         t = stack.pop()
@@ -489,6 +491,9 @@ def _value_inputs(g: Graph, tensor: str) -> set[str]:
         p = g.producer_of(t)
         if p is None or p.op in ("Shape", "Size"):
             continue
+        if any(i in g.params and g.params[i].type.rank >= 2 and g.params[i].type.dtype.startswith(("float", "bfloat"))
+               for i in p.inputs if i):
+            return None
         stack.extend(i for i in p.inputs if i)
     return out
 

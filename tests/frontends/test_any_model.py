@@ -209,3 +209,24 @@ def test_core_aten_opinfo_samples_sampled():
     fails = {k: v["problem"] for k, v in res.items() if v["samples"].get("fail")}
     assert fails == {}
     assert sum(v["samples"].get("pass", 0) for v in res.values()) >= 5
+
+
+@pytest.mark.parametrize("positions", ["learned", "router"])
+def test_position_table_is_the_one_positions_index(positions):
+    """The learned position limit of an ONNX graph: the table indexed by positions derived from
+    the attention mask (cumsum − 1) — not a per-expert table a router indexes (gpt-oss's expert
+    biases, [experts, hidden], were once taken for a 4-position limit)."""
+    from compiler.driver.pipeline import onnx_max_positions
+    from compiler.ir import B, S
+    from tests.graphs import Builder
+    b = Builder()
+    ids, mask = b.input("input_ids", (B, S), "int64"), b.input("attention_mask", (B, S), "int64")
+    h = b.op("Gather", b.weight(256, 16), ids)
+    if positions == "learned":
+        pos = b.op("Sub", b.op("CumSum", mask, b.const(1, "int64")), b.const(1, "int64"))
+        h = b.op("Add", h, b.op("Gather", b.weight(96, 16), pos))
+    else:
+        expert = b.op("ArgMax", b.op("MatMul", h, b.weight(16, 4)), axis=-1, keepdims=0)
+        h = b.op("Add", h, b.op("Gather", b.weight(4, 16), expert))
+    g = b.out(h)
+    assert onnx_max_positions(g)[0] == (96 if positions == "learned" else None)
