@@ -221,6 +221,17 @@ def _validate(cfg, given: set, overrides, extra, *, accuracy_gates: bool = True)
         raise
 
 
+def _yaml_cause(e: BaseException):
+    import yaml
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, yaml.YAMLError):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def _cause(e: BaseException) -> OmegaConfBaseException | None:
     while e is not None:
         if isinstance(e, OmegaConfBaseException):
@@ -229,20 +240,70 @@ def _cause(e: BaseException) -> OmegaConfBaseException | None:
     return None
 
 
+def _model_yaml(overrides, extra) -> dict:
+    """The chosen model's YAML (``model=`` on the command line, else conf/config.yaml's default)."""
+    choice = next((str(o.value()) for o in overrides if o.key_or_group == "model" and not o.is_sweep_override()), None)
+    if choice is None:
+        defaults = OmegaConf.load(config_dir() / "config.yaml").get("defaults") or []
+        choice = next((str(d["model"]) for d in defaults if isinstance(d, dict) and "model" in d), "llama_tiny")
+    for root in ([Path(extra)] if extra else []) + [config_dir()]:
+        f = root / "model" / f"{choice}.yaml"
+        if f.is_file():
+            with contextlib.suppress(Exception):
+                return OmegaConf.to_container(OmegaConf.load(f), resolve=False) or {}
+    return {}
+
+
+def _open_mapping_error(path: str, overrides, extra) -> ConfigError:
+    """A key the composed config does not have under an open mapping (``model.config.*``, which
+    Hydra refuses without ``+``): ``+`` adds a setting transformers' config declares; anything
+    else is a misspelling, told with the nearest declared keys."""
+    o = next((o for o in overrides if o.key_or_group == path), None)
+    line = o.input_line.lstrip("+") if o is not None else f"{path}=<value>"
+    if path.startswith("model.config.") and path.count(".") == 2:
+        key = path.rsplit(".", 1)[1]
+        mt = (_model_yaml(overrides, extra).get("config") or {}).get("model_type")
+        if mt:
+            try:
+                known = schema.hf_config_keys(str(mt))
+            except ConfigError:
+                known = set()
+            if known and key not in known:
+                near = schema.nearest(key, known)
+                err = ConfigError(f"model.config.{key} is not a setting of transformers' {mt} config, so it "
+                                  f"cannot be set" + (f"; did you mean {', '.join('model.config.' + n for n in near)}"
+                                                      f" (e.g. {'model.config.' + near[0]}={o.value() if o is not None else '<value>'})"
+                                                      if near else "") +
+                                  f". Fix the spelling on the command line.")
+                err.key = path
+                return err
+            if known:
+                return ConfigError(f"{path} is a setting of transformers' {mt} config that the model's YAML does "
+                                   f"not set, so Hydra needs a + to add it: +{line}.")
+    return ConfigError(f"{path} is not set in the composed config (conf/config.yaml and the "
+                       f"chosen group files), so it cannot be changed; add it with +{line}.")
+
+
 def composition_error(e: Exception, given: set, overrides, extra, groups) -> ConfigError:
     """Hydra's composition error as rooftop's one paragraph: the schema's own problems (an unknown
     key, a wrong type) in the words of :func:`compiler.driver.config.problem_error`, naming the
     command line or the YAML file the key came from."""
     cause = _cause(e)
     text = str(e).strip()
+    yerr = _yaml_cause(e)
+    if yerr is not None:                 # a YAML file of the config tree does not parse
+        mark = getattr(yerr, "problem_mark", None) or getattr(yerr, "context_mark", None)
+        where = (f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None
+                 else "a YAML file of the config tree")
+        what = " ".join(str(getattr(yerr, "problem", None) or yerr).split())
+        ctx = getattr(yerr, "context", None)
+        return ConfigError(f"{where} is not valid YAML ({(ctx + ': ') if ctx else ''}{what}). Fix the syntax there "
+                           f"(indentation, a missing ':' or closing bracket or quote).")
     if cause is not None:
         p = structured.problem(cause, schema.RooftopConfig)
         obj = getattr(cause, "object_type", None)
         if p.kind == "unknown" and not dataclasses.is_dataclass(obj):     # an open mapping (model.config)
-            o = next((o for o in overrides if o.key_or_group == p.path), None)
-            line = o.input_line.lstrip("+") if o is not None else f"{p.path}=<value>"
-            return ConfigError(f"{p.path} is not set in the composed config (conf/config.yaml and the "
-                               f"chosen group files), so it cannot be changed; add it with +{line}.")
+            return _open_mapping_error(p.path, overrides, extra)
         if p.kind == "unknown" and p.path.startswith("model.") and not p.valid:
             p = dataclasses.replace(p, valid=structured.fields_of(obj))
         err = schema.problem_error(p)

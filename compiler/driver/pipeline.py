@@ -653,9 +653,10 @@ def _note_kv_cache(g: Graph) -> None:
     without one; say so in report.json (model.import.kv_cache) and the log."""
     if g.meta.get("causal") and not g.meta.get("kv_tensors"):
         note = ("not lifted: the pipeline has no lift_kv_cache pass, so the model has no KV cache; "
-                "decode is costed as one new token attending only to itself (its context is "
-                "ignored) and the KV-cache memory is 0. Use pipeline=default (or add "
-                "fuse_eager_attention and lift_kv_cache to pipeline.passes) for cached decoding.")
+                "every decode step is costed as recomputing the whole sequence (context + 1 tokens, "
+                "nothing cached: latency.decode = recompute) and the KV-cache memory is 0. Use "
+                "pipeline=default (or add fuse_eager_attention and lift_kv_cache to pipeline.passes) "
+                "for cached decoding.")
         log.warning("KV cache %s", note)
         g.meta.setdefault("import_stats", {})["kv_cache"] = note
 
@@ -763,7 +764,10 @@ def summary_line(report: Mapping, out_dir: str) -> str:
     """The one-line stdout summary: model (dtype), device (calibration source), headline figures."""
     m, hw, lat = report["model"], report["hardware"], report["latency"]
     head = f"rooftop: {m['name']} ({m.get('dtype') or '?'}) on {hw['name']} ({hw.get('calibration', '?')} efficiencies): "
-    if lat.get("kind") == "encoder":
+    if lat.get("kind") == "encoder" and lat.get("unit") == "inputs":
+        figs = (f"latency {lat['batch_latency_s'] * 1e3:.3f} ms per batch of {report['workload']['batch']} inputs, "
+                f"{lat['throughput_inputs_s']:.4g} inputs/s")
+    elif lat.get("kind") == "encoder":
         figs = (f"latency {lat['batch_latency_s'] * 1e3:.3f} ms per batch of {report['workload']['batch']}, "
                 f"{lat['throughput_seq_s']:.4g} sequences/s")
     else:
@@ -774,7 +778,10 @@ def summary_line(report: Mapping, out_dir: str) -> str:
     cap = report["capacity"]
     if cap.get("fits") is False:
         best = cap.get("min_tp_that_fits")
-        figs += (f", DOES NOT FIT ({'needs parallel.tp=' + str(best) if best else 'no tp fits'})")
+        batch = report["workload"]["batch"]
+        why = (f"workload.batch={batch} > max batch {cap['max_batch']}" if 0 < cap["max_batch"] < batch else
+               f"needs parallel.tp={best}" if best else "no tp fits")
+        figs += f", DOES NOT FIT ({why})"
     e = report.get("emit") or {}
     emitted = ("model.onnx verified" if e.get("verified") else
                "model.onnx emitted, not verified" if e.get("emitted") else "no model.onnx")
