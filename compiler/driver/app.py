@@ -46,6 +46,7 @@ from compiler.driver import config as schema
 from compiler.driver import calibrate, compare, signals
 from compiler.driver.pipeline import RunDir, check_output_dir, preflight, run, summary_line
 from compiler.driver.provenance import version
+from compiler.driver import sweep
 from compiler.driver.sweep import last_exit_code, run_point, search_settings
 from compiler.perf import structured
 
@@ -531,7 +532,6 @@ def _finished_points(sweep_dir: Path) -> list[Path]:
 
 
 def _multirun(plan: Plan) -> int:
-    from compiler.driver import sweep
     _quiet_optuna()
     rd = plan.out_dir
     rd.open()

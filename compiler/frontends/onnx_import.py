@@ -195,8 +195,9 @@ def _screen_ops(model: onnx.ModelProto, path: str, *, final: bool):
                f"standard ops.")
     elif not onnx.defs.has(op):
         fix = f"{op!r} is not an ONNX operator{more}; {REEXPORT}."
-    else:
-        fix = f"It is a standard ONNX operator that rooftop's op registry does not have yet{more}; {REEXPORT}."
+    else:   # any exporter emits a standard op as it is: re-exporting cannot remove it
+        fix = (f"It is a standard ONNX operator that rooftop's op registry does not have yet{more}, so "
+               f"re-exporting the model will not help.")
     raise UnsupportedOpError.for_op(op, domain=domain, node=nodes[0], count=len(nodes),
                                     model=f"ONNX model {path!r}", fix=fix)
 
