@@ -26,6 +26,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx
+
+from compiler.errors import EmitError
 from onnx import TensorProto, helper, numpy_helper
 
 from compiler.backend.lowering import _activation_nodes
@@ -253,7 +255,8 @@ def emit_quantized_op(em, n) -> None:
     elif aq.dtype == "float8e4m3fn":
         inits, nodes = qdq_activation_dynamic_fp8(x, xd, f"{n.name}.act")
     else:
-        raise ValueError(f"{n.name}: no ONNX form for activation_quant {aq}")
+        raise EmitError(f"{n.name}: no ONNX form for activation_quant {aq}; this is a rooftop bug — run without "
+                        f"quant= to get an artifact")
     em.inits.extend(inits)
     em.nodes.extend(nodes)
     plain = n.copy()

@@ -124,6 +124,8 @@ class Command:
                           ("--config-name", a.config_name), ("--info", a.info)):
             if val:
                 out += [flag, str(val)]
+        if a.hydra_help:       # Hydra's own help composes only its own config: app overrides do not apply
+            return out
         return out + list(self.overrides if overrides is None else overrides)
 
 
@@ -436,7 +438,7 @@ def precheck(argv: list[str]) -> Plan:
             except RooftopError as e:
                 if not label:
                     raise
-                raise type(e)(f"sweep point {label}: {e}") from None
+                raise ConfigError(f"sweep point {label}: {e}") from None
     else:
         _validate(cfg, given, overrides, extra)
     return Plan(cmd, cmd.hydra_argv(rest), RunDir(out, unique=not explicit))

@@ -676,7 +676,9 @@ def _check_hf_kwargs(conf: Mapping) -> None:
         err.key = f"model.config.{k}"
         raise err
     if error is not None:
-        raise error
+        err = ConfigError(str(error))
+        err.key = getattr(error, "key", None)
+        raise err
     _check_dims(conf)
 
 

@@ -404,6 +404,13 @@ def preflight(cfg: Any, *, accuracy_gates: bool = True) -> Preflight:
         check_positions(cfg, wl, max_pos, where, mcfg.get("task") == "causal_lm")
     else:
         check_model_path(mcfg)
+    mml = (cfg.get("kv") or {}).get("max_model_len")
+    need = max(wl["context_len"], wl["prompt_len"] + wl["gen_len"])
+    if mml is not None and mml < need and mcfg.get("task", "causal_lm") == "causal_lm":
+        raise ConfigError(f"kv.max_model_len={mml} is shorter than a request of the workload ({need} tokens: "
+                          f"prompt_len {wl['prompt_len']} + gen_len {wl['gen_len']}, or context_len "
+                          f"{wl['context_len']}): its KV cache could not hold the sequence. Set "
+                          f"kv.max_model_len={need} or more (or null for the workload's length).")
     check_config_plan(cfg, hw)   # also checked by compiler.driver.config.validate; here for a plain mapping
     if str((cfg.get("early_exit") or {}).get("mode", "none")) != "none":
         if mcfg["source"] != "onnx" and mcfg.get("task") != "causal_lm":
@@ -749,6 +756,10 @@ def _emit(g: Graph, emit_cfg: Mapping, stage: str, source: Mapping, mcfg: Mappin
 
 
 def _commit(stage: str, out_dir: str):
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for f in os.listdir(stage):   # the mode open() gives a new file (temporary files are 0600)
+        os.chmod(os.path.join(stage, f), 0o666 & ~mask)
     for f in OUTPUT_FILES:  # a previous run's artifacts in the same dir are replaced whole
         p = os.path.join(out_dir, f)
         if os.path.exists(p) and not os.path.exists(os.path.join(stage, f)):
