@@ -538,7 +538,7 @@ def _multirun(plan: Plan) -> int:
     rd = plan.out_dir
     rd.open()
     sweep.reset_summary()
-    code = EXIT_INTERNAL
+    code, ret = EXIT_INTERNAL, None
     try:
         ret = _hydra(plan.argv_with_dir())
         code = ret if ret is not None else last_exit_code()
@@ -550,6 +550,11 @@ def _multirun(plan: Plan) -> int:
                 shutil.rmtree(d, ignore_errors=True)
         reports = [d for d in _finished_points(root) if (d / "report.json").is_file()] if root.is_dir() else []
         rd.close(keep=code in KEEP_CODES or bool(reports))
+        if code not in KEEP_CODES and not reports and not signals.interrupted() and ret is None:
+            first = next((r.get("error") for r in (sweep.last_summary().get("rows") or [])
+                          if r.get("status") == "failed"), None)
+            _print_error(f"no point of the sweep produced a report, so nothing was kept; the first failure: "
+                         f"{first or 'see the lines above'}")
         if reports:
             _INTERRUPT_NOTE["text"] = (f"rooftop: interrupted (Ctrl-C); the {len(reports)} point(s) that finished "
                                        f"are kept in {rd.path}, nothing partial was left.")

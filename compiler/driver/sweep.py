@@ -590,6 +590,11 @@ def reset_summary() -> None:
     _LAST.clear()
 
 
+def last_summary() -> dict[str, Any]:
+    """The sweep.json document of the last summary this process wrote (empty when none)."""
+    return dict(_LAST)
+
+
 def last_exit_code() -> int:
     """Exit code of the last summary this process wrote (0 when none)."""
     return int(_LAST.get("exit_code", 0))

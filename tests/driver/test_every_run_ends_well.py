@@ -71,7 +71,7 @@ def test_every_model_onnx_file_error_leaves_no_directory(name, corpus, tmp_path)
     (["early_exit=layers", "early_exit.layers=[1]", "early_exit.probabilities=[2.0]"], "early_exit.probabilities"),
     (["moe.routing=zipf"], "moe.routing"),
     (["model=mixtral_tiny", "moe.routing=zipf", "moe.skew=-1"], "moe.skew"),
-    (["hardware.memory_gb=-1"], "memory_gb"),
+    (["hardware.memory_gib=-1"], "memory_gib"),
     (["hardware.peak_tflops.fp16=0"], "fp16"),
     (["model.config.num_hidden_layers=0"], "num_hidden_layers=0"),
     (["model.config.num_key_value_heads=3"], "num_key_value_heads=3"),
@@ -84,6 +84,20 @@ def test_value_errors_exit_2_before_the_run_directory_exists(args, words, tmp_pa
     assert r.code == 2, r.err[-2000:]
     assert words in r.error
     assert_contract(r, None, before=before, root=cwd)
+
+
+def test_a_sweep_with_one_missing_model_file_is_refused_before_it_starts(corpus, tmp_path):
+    good, missing = corpus["onnx"]["good"], corpus["onnx"]["missing"]
+    r, cwd, _ = _default_dir_run(tmp_path, "-m", "model=onnx", f"model.path={good},{missing}", "emit.enabled=false")
+    assert r.code == 2 and r.error.startswith("rooftop: error: sweep point model.path=") and "does not exist" in r.error
+    assert tree(cwd) == []
+
+
+def test_a_sweep_whose_every_point_fails_late_leaves_nothing(corpus, tmp_path):
+    bad = ",".join(str(corpus["onnx"][n]) for n in ("truncated", "not_onnx"))
+    r, cwd, _ = _default_dir_run(tmp_path, "-m", "model=onnx", f"model.path={bad}", "emit.enabled=false")
+    assert r.code == 2 and "Traceback" not in r.err
+    assert tree(cwd) == []
 
 
 @pytest.mark.parametrize("flags", [["--help"], ["-h"], ["--version"], ["--cfg=job"], ["--cfg", "job"], ["-c", "job"],
