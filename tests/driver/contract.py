@@ -239,3 +239,11 @@ def calibration_corpus(root: Path, real: Path) -> dict[str, Path]:
     put("no_gemm", {**doc, "samples": [s for s in doc["samples"] if s.get("class") != "gemm"]})
     out["missing"] = root / "missing.json"
     return out
+
+
+def cli_completed(*args, cwd: str | os.PathLike | None = None):
+    """:func:`cli_run` as a ``subprocess.CompletedProcess`` (``returncode``, ``stdout``,
+    ``stderr``): a drop-in for ``tests.conftest.run_cli`` where a real process adds nothing."""
+    import subprocess
+    r = cli_run(*args, cwd=cwd)
+    return subprocess.CompletedProcess(["rooftop", *map(str, args)], r.code, r.out, r.err)

@@ -100,7 +100,7 @@ def overrides(draw) -> list[str]:
     for _ in range(draw(st.integers(1, 3))):
         kind = draw(st.sampled_from(["value"] * 6 + ["group"] * 2 + ["misspelled", "plus", "tilde", "malformed"]))
         key, tp = TREE[rnd.randrange(len(TREE))]
-        value = rnd.choice(GOOD.get(tp, GOOD[str]) if rnd.random() < 0.4 else BAD)
+        value = rnd.choice(GOOD.get(tp, GOOD[str]) if rnd.random() < 0.3 else BAD)
         if kind == "group":
             g = rnd.choice(list(GROUPS))
             out.append(f"{g}={rnd.choice(GROUPS[g]) if rnd.random() < 0.7 else _misspell(rnd, rnd.choice(GROUPS[g]))}")
