@@ -247,3 +247,19 @@ def cli_completed(*args, cwd: str | os.PathLike | None = None):
     import subprocess
     r = cli_run(*args, cwd=cwd)
     return subprocess.CompletedProcess(["rooftop", *map(str, args)], r.code, r.out, r.err)
+
+
+def subprocess_env() -> dict:
+    """The environment of a real ``python -m compiler`` started from another working directory: this
+    checkout first on the path (not whichever rooftop is installed)."""
+    from tests.conftest import ROOT
+    return dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1",
+                PYTHONPATH=os.pathsep.join([str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+
+
+def run_subprocess(*args, cwd: str | os.PathLike, timeout: int = 600):
+    """``python -m compiler ARGS`` in ``cwd`` as a real process (this checkout's code)."""
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "compiler", *map(str, args)], cwd=cwd, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=timeout)

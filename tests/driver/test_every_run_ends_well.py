@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import ROOT, run_cli
 from tests.driver.contract import (assert_contract, calibration_corpus, cli_run, config_dir_corpus, onnx_corpus,
-                                   tree)
+                                   subprocess_env, tree)
 
 CHEAP = ("model.weights=meta", "emit.enabled=false", "report.html=false", "progress=false",
          "workload.prompt_len=16", "workload.gen_len=2")
@@ -127,7 +127,7 @@ def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path):
 
 
 def test_two_concurrent_commands_both_succeed_in_distinct_directories(tmp_path):
-    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+    env = subprocess_env()
     cmd = [sys.executable, "-m", "compiler", *CHEAP]
     procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
@@ -358,7 +358,7 @@ def test_ctrl_c_that_a_library_swallows_still_exits_130(tmp_path, monkeypatch):
 
 
 def test_ctrl_c_during_a_multirun_exits_130_and_keeps_only_finished_points(tmp_path):
-    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+    env = subprocess_env()
     sweep = tmp_path / "sweep"
     p = subprocess.Popen([sys.executable, "-m", "compiler", "-m", "workload.batch=1,2,3,4,5,6", *CHEAP,
                           f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
@@ -445,15 +445,18 @@ def test_a_cnn_is_reported_in_inputs_not_tokens(corpus, tmp_path):
 
 
 def test_an_mlp_module_is_reported_in_inputs(tmp_path):
-    r = cli_run("model=llama_tiny", "model.source=module", "model.task=custom", "~model.config",
-                "~model.stack_layers", "+model.module._target_=torch.nn.Linear", "+model.module.in_features=16",
-                "+model.module.out_features=8", "+model.inputs.x.shape=[B,16]", "+model.inputs.x.dtype=float32",
-                "report.html=false", f"hydra.run.dir={tmp_path}")
-    if r.code == 2 and "model" in r.error:
-        pytest.skip(f"a module model cannot be composed from the command line here: {r.error}")
+    import yaml
+    (tmp_path / "conf/model").mkdir(parents=True)
+    (tmp_path / "conf/model/mlp.yaml").write_text(yaml.safe_dump({
+        "defaults": ["module_schema", "_self_"], "name": "mlp", "source": "module", "task": "custom",
+        "weights": "random", "module": {"_target_": "torch.nn.Linear", "in_features": 16, "out_features": 8},
+        "inputs": {"x": {"shape": ["B", 16], "dtype": "float32"}}, "outputs": ["y"]}))
+    r = cli_run("--config-dir", tmp_path / "conf", "model=mlp", "report.html=false", f"hydra.run.dir={tmp_path / 'run'}")
     assert r.code == 0, r.err[-2000:]
-    lat = json.loads((tmp_path / "report.json").read_text())["latency"]
-    assert lat["unit"] == "inputs" and lat["throughput_tok_s"] is None
+    rep = json.loads((tmp_path / "run/report.json").read_text())
+    lat = rep["latency"]
+    assert lat["unit"] == "inputs" and lat["throughput_tok_s"] is None and "inputs/s" in r.out
+    assert all(row["throughput_tok_s"] is None for row in rep["throughput_vs_batch"])
 
 
 # =============================================================================================

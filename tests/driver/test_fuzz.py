@@ -29,9 +29,9 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT
 from tests.driver.contract import (Result, assert_contract, calibration_corpus, config_dir_corpus, onnx_corpus,
-                                   tree)
+                                   run_subprocess, tree)
 
 SEED = int(os.environ.get("ROOFTOP_FUZZ_SEED", "23"))
 EXAMPLES = int(os.environ.get("ROOFTOP_FUZZ_EXAMPLES", "300"))
@@ -271,7 +271,7 @@ def test_fuzzed_commands_keep_the_contract_as_real_subprocesses(corpus, tmp_path
         cwd = tmp_path / f"c{i}"
         cwd.mkdir()
         argv = _substitute(argv, cwd)
-        p = run_cli(*argv, cwd=cwd)
+        p = run_subprocess(*argv, cwd=cwd)
         r = Result(p.returncode, p.stdout, p.stderr)
         _check(verb, argv, r, cwd)
         lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
