@@ -404,6 +404,8 @@ def preflight(cfg: Any, *, accuracy_gates: bool = True) -> Preflight:
         check_positions(cfg, wl, max_pos, where, mcfg.get("task") == "causal_lm")
     else:
         check_model_path(mcfg)
+    if mcfg["source"] == "module":
+        check_module_inputs(mcfg)
     mml = (cfg.get("kv") or {}).get("max_model_len")
     need = max(wl["context_len"], wl["prompt_len"] + wl["gen_len"])
     if mml is not None and mml < need and mcfg.get("task", "causal_lm") == "causal_lm":
@@ -447,6 +449,36 @@ def check_model_path(mcfg: Mapping) -> None:
                "Check model.path (an absolute path is safest)." if "exist" in what else
                "Re-download or re-export the model.")
         raise ModelFileError(f"cannot import ONNX model {p!r}: {what}. {fix}")
+
+
+def check_module_inputs(mcfg: Mapping) -> None:
+    """``source: module``: ``model.module._target_`` can be imported, and the ``model.inputs`` it
+    is traced with are arguments of its ``forward`` (all its required ones)."""
+    import inspect
+
+    from hydra.utils import get_object
+    target = (mcfg.get("module") or {}).get("_target_")
+    try:
+        obj = get_object(str(target))
+    except Exception as e:  # noqa: BLE001 - Hydra's import error, whatever its type
+        raise ConfigError(f"model.module._target_={target!r} cannot be imported ({' '.join(str(e).split())[:200]}); "
+                          f"name a torch.nn.Module class by its import path, e.g. torch.nn.Linear.") from None
+    inputs = mcfg.get("inputs")
+    forward = getattr(obj, "forward", None) if isinstance(obj, type) else None
+    if not inputs or forward is None:
+        return
+    params = [p for name, p in inspect.signature(forward).parameters.items() if name != "self"]
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    required = [p.name for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [k for k in inputs if k not in names]
+    missing = [k for k in required if k not in inputs]
+    if unknown or missing:
+        raise ConfigError(f"model.inputs names {', '.join(repr(k) for k in inputs)} but {target}.forward takes "
+                          f"({', '.join(names)}): the inputs are passed by name. Name them after its arguments"
+                          + (f", e.g. model.inputs.{missing[0]} instead of model.inputs.{unknown[0]}"
+                             if unknown and missing else "") + ".")
 
 
 def check_accuracy_gates(cfg: Mapping, lossy: bool) -> None:

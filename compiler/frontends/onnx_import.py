@@ -856,8 +856,8 @@ def import_onnx(path: str, *, name: str | None = None, dims: dict[str, list] | N
     overriding the default (first 2-D integer input → ``[B, S]``; KV-cache inputs' past length →
     ``P``). ``progress(done, total)`` is called every 64 nodes.
 
-    ``graph.meta``: ``task`` (``causal_lm`` when there is a ``logits`` output or a KV cache, else
-    ``embedding``), ``dim_sources`` (symbol → (input, axis), for the emitter), ``kv_tensors``,
+    ``graph.meta``: ``task`` (``causal_lm`` when there is a KV cache, or a ``logits`` output and an
+    input with the sequence dimension; else ``embedding``), ``dim_sources`` (symbol → (input, axis), for the emitter), ``kv_tensors``,
     ``unknown_dims`` (symbol name → {symbol, tensors, origin}: dims that are not expressions of
     B/S/P, which the cost model must bind), ``source`` and ``import_stats``.
     """
@@ -892,7 +892,9 @@ def import_onnx(path: str, *, name: str | None = None, dims: dict[str, list] | N
     if kv_inputs or kv_out:
         g.meta["kv_tensors"] = sorted(set(kv_inputs) | set(kv_out))
     outs = [o.lower() for o in g.outputs]
-    g.meta["task"] = "causal_lm" if ("logits" in outs or kv_inputs) else "embedding"
+    # a language model reads a token sequence: "logits" of a CNN or an MLP (no S input) are class scores
+    reads_seq = any(S in getattr(d, "free_symbols", ()) for t in g.inputs for d in g.type(t).shape)
+    g.meta["task"] = "causal_lm" if (kv_inputs or ("logits" in outs and reads_seq)) else "embedding"
     unknown = _collect_unknown(g, imp.dims)
     g.meta["unknown_dims"] = unknown
     g.meta["source"] = {"format": "onnx", "path": os.path.abspath(path), "opset": opset,
