@@ -131,13 +131,26 @@ def request_latency(cm, b: int, prompt: int, gen: int, ctx: int, generative: boo
 
 def fit_count(sched, w_bytes: float, kv_tok: float, held: float, act_tokens: int, reserve: float,
               usable: float) -> tuple[int, np.ndarray]:
-    """The largest batch B (up to :data:`CAPACITY_SEARCH_MAX`) with weights + B x ``held`` KV tokens
-    + the activation peak of B sequences of ``act_tokens`` + reserve within ``usable`` bytes, and
-    the fit mask over 1..max — the one formula behind every capacity figure of a report."""
+    """The largest batch B with weights + B x ``held`` KV tokens + the activation peak of B sequences
+    of ``act_tokens`` + reserve within ``usable`` bytes, and the fit mask over
+    1..:data:`CAPACITY_SEARCH_MAX` — the one formula behind every capacity figure of a report
+    (``capacity.max_batch`` stops at the search range and says so in ``limited_by``; the layouts'
+    ``max_sequences`` do not)."""
+    def need(b):
+        return w_bytes + b * kv_tok * held + sched.activation_peak(b, act_tokens, 0) + reserve
+
     batches = np.arange(1, CAPACITY_SEARCH_MAX + 1)
-    need = w_bytes + batches * kv_tok * held + sched.activation_peak(batches, act_tokens, 0) + reserve
-    fits = need <= usable
-    return (int(batches[fits].max()) if fits.any() else 0), fits
+    fits = need(batches) <= usable
+    best = int(batches[fits].max()) if fits.any() else 0
+    if best == CAPACITY_SEARCH_MAX:       # beyond the table: doubling, then bisection (need grows with B)
+        lo, hi = best, 2 * best
+        while hi < 2 ** 48 and need(np.array([hi]))[0] <= usable:
+            lo, hi = hi, 2 * hi
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if need(np.array([mid]))[0] <= usable else (lo, mid)
+        best = lo
+    return best, fits
 
 
 def capacity(cfg: Mapping, cm, sched, hw, w_bytes, kv_tok, tokens, prompt, ctx, reserve,
@@ -153,7 +166,8 @@ def capacity(cfg: Mapping, cm, sched, hw, w_bytes, kv_tok, tokens, prompt, ctx, 
     step = step or cm.phase_time
     batches = np.arange(1, CAPACITY_SEARCH_MAX + 1)
     held = reserved or tokens            # KV tokens a sequence holds in the configured layout
-    max_batch, fits = fit_count(sched, w_bytes, kv_tok, held, act_tokens or prompt, reserve, usable)
+    exact, fits = fit_count(sched, w_bytes, kv_tok, held, act_tokens or prompt, reserve, usable)
+    max_batch = min(exact, CAPACITY_SEARCH_MAX)     # ≥ the search range: limited_by says so
     beside = int(max(usable - w_bytes, 0) // (kv_tok * held)) if kv_tok and held else None
     out: dict[str, Any] = {"max_batch": max_batch, "tokens_per_sequence": tokens,
                            # sequences whose KV cache fits beside the weights alone (no activations,
