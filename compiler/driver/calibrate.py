@@ -23,6 +23,7 @@ from pathlib import Path
 
 from compiler.driver.pipeline import check_output_dir
 from compiler.errors import EXIT_OK, ConfigError, RooftopError
+from compiler.ir.tensors import hw_dtype
 from compiler.perf.calibration import fit
 from compiler.perf.hardware import OP_CLASSES
 
@@ -111,7 +112,7 @@ def calibrate(args: argparse.Namespace) -> int:
                                         f"their stem in conf/hardware/<name>.yaml, e.g. --out my_gpu.yaml.")
         check_output_dir(str(out.parent.resolve()), "--out's folder")
     meas = load_measurements(args.data)
-    dtype = args.dtype or {"float16": "fp16", "bfloat16": "bf16"}.get(str(meas.get("dtype", "float16")), "fp16")
+    dtype = args.dtype or hw_dtype(str(meas.get("dtype", "float16"))) or "fp16"
     P = W = priors = None
     if args.base_yaml:
         P, W = fit.datasheet_from_yaml(args.base_yaml, dtype)

@@ -1,4 +1,4 @@
-"""The command-line contract as a reusable check (issue 23), and the small corpus of broken input
+"""The command-line contract as a reusable check, and the small corpus of broken input
 files the regression tests and the fuzzer feed to it.
 
 :func:`cli_run` runs one rooftop command in this process (``compiler.driver.app.cli``: the

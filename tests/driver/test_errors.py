@@ -1,4 +1,4 @@
-"""One error path (issue 23): every ``raise`` in compiler/, passes/ and reports/ raises a
+"""One error path: every ``raise`` in compiler/, passes/ and reports/ raises a
 :class:`compiler.errors.RooftopError` subclass (exit 2, 3 or 4 with one paragraph) or a type that
 compiler.errors.INTERNAL_ERRORS documents as a bug or as control flow caught where it is raised —
 read statically with ``ast`` and resolved against the imported modules (a helper that builds the

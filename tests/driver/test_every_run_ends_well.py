@@ -1,4 +1,4 @@
-"""Every run ends well, round two (issue 23): every example of the issue as a named regression
+"""Every run ends well: every example of the robustness issue as a named regression
 test, through the command (compiler.driver.app.cli in this process — the console entry point
 without sys.exit — and a few real subprocesses), each checked against the whole contract
 (tests/driver/contract.py): exit code, one paragraph, no traceback, nothing left on exit 2, the
@@ -409,7 +409,7 @@ def test_contiguous_reservation_gives_one_capacity_answer(tmp_path):
     rep = json.loads((tmp_path / "report.json").read_text())
     cap = rep["capacity"]
     assert cap["max_batch"] == cap["max_sequences"] == cap["kv"]["max_sequences"] == cap["kv"]["contiguous"]["max_sequences"]
-    assert cap["max_batch"] == 5            # DOMAIN.md: a 24 GB A10 holds about five 4096-token sequences
+    assert cap["max_batch"] == 5            # (24 GiB - 13.5 GB fp16 weights - reserve) / 2 GiB per 4096-token sequence = 5
     assert f"max batch {cap['max_batch']}" in r.out
     # the paged layout of the same report, by the same formula, holds more
     assert cap["kv"]["paged"]["max_sequences"] > cap["max_batch"]

@@ -1,4 +1,4 @@
-"""A fuzzer for the command-line contract (issue 23).
+"""A fuzzer for the command-line contract.
 
 Hypothesis generates command lines over the real config tree — every key of the schema
 (compiler/driver/config.py, the model's transformers config, the hardware description) with

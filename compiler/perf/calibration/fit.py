@@ -26,7 +26,8 @@ from compiler.errors import ConfigError
 from compiler.perf import efficiency as E
 
 from compiler.resources import REPO_ROOT
-from compiler.perf.hardware import load_hardware, load_hardware_file, _read_yaml, OP_CLASSES, ClassEfficiency, Efficiency, update_efficiency_yaml, write_hardware_yaml
+from compiler.perf.hardware import load_hardware, load_hardware_file, _read_yaml, OP_CLASSES, ClassEfficiency, Efficiency
+from compiler.perf.hardware_yaml import update_efficiency_yaml, write_hardware_yaml
 
 #: Which measured kernels stand for a class in the fit (sample names); classes not listed use
 #: every sample not marked ``exclude_from_fit``.  Reduction: the fused (torch.compile, static
