@@ -115,8 +115,9 @@ def token_model(path: Path) -> Path:
 
 
 def cnn_model(path: Path, *, pool: bool = False) -> Path:
-    """A small CNN as torch.onnx.export(..., dynamo=True) writes it (Conv, Relu, [MaxPool,] Flatten,
-    Gemm; producer pytorch): no token input."""
+    """A small CNN as torch.onnx.export(..., dynamo=True) writes it (Conv, Relu, [MaxPool, Bernoulli
+    (training-mode dropout's draw, a standard op rooftop's registry lacks),] Flatten, Gemm; producer
+    pytorch): no token input."""
     rng = np.random.default_rng(1)
     c_out, hw = 4, (4 if pool else 8)
     inits = [numpy_helper.from_array(rng.standard_normal((c_out, 3, 3, 3)).astype(np.float32) * 0.1, "conv.weight"),
@@ -130,7 +131,8 @@ def cnn_model(path: Path, *, pool: bool = False) -> Path:
     if pool:
         nodes.append(helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2],
                                       name="node_max_pool2d"))
-        last = "p"
+        nodes.append(helper.make_node("Bernoulli", ["p"], ["d"], name="node_bernoulli"))   # a standard op
+        last = "d"                                                                          # the registry lacks
     nodes += [helper.make_node("Flatten", [last], ["f"], axis=1, name="node_flatten"),
               helper.make_node("Gemm", ["f", "fc.weight", "fc.bias"], ["logits"], transB=1, name="node_linear")]
     g = helper.make_graph(nodes, "main_graph",
