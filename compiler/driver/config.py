@@ -527,6 +527,10 @@ def _check_emit(cfg: dict):
         e[k] = v
 
 
+#: attention implementations the torch import traces (transformers' CPU ones)
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
 def _check_model(cfg: dict):
     m = cfg["model"]
     if m["source"] == "onnx":
@@ -542,6 +546,10 @@ def _check_model(cfg: dict):
     if m["weights"] not in ("random", "meta", "pretrained"):
         raise ConfigError(f"model.weights={m['weights']!r} is not one of meta, random, pretrained; use "
                           f"model.weights=meta to cost a model without allocating its weights.")
+    if m.get("attn_implementation", "sdpa") not in ATTN_IMPLEMENTATIONS:
+        raise ConfigError(f"model.attn_implementation={m['attn_implementation']!r} is not one of "
+                          f"{', '.join(ATTN_IMPLEMENTATIONS)}: rooftop imports the model's attention through "
+                          f"one of them. Set model.attn_implementation=sdpa (the default) or eager.")
     if m["source"] == "hf_config":
         if "model_type" not in m["config"]:
             raise ConfigError("model.config has no model_type (e.g. llama, gpt2, mixtral): the Hugging "

@@ -76,13 +76,13 @@ def test_three_point_sweep_lists_every_point_and_the_failed_one(models, tmp_path
     assert all(row["pareto"] == (row["job"] in doc["pareto"]["jobs"]) for row in doc["rows"])
 
     md = (out / "sweep.md").read_text()
-    assert md.count("\n| ") == 1 + 3 and "does not exist" in md and "## Points not ok" in md
+    assert md.count("\n| ") == 1 + 3 and "truncated" in md and "## Points not ok" in md
     page = (out / "sweep.html").read_text()
     assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", page)       # self-contained
     imgs = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(imgs) == 2                                                          # Pareto + throughput vs batch
     assert all(base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n" for b in imgs)
-    assert "does not exist" in page and page.count("<tr class=") == 3
+    assert "truncated" in page and page.count("<tr class=") == 3
 
 
 def test_gate_and_failure_exit_codes_and_pareto_by_hand():
