@@ -545,8 +545,9 @@ def _multirun(plan: Plan) -> int:
     finally:
         root = Path(rd.path)
         # a point that never finished (Ctrl-C, a crash) left only Hydra's .hydra/: not an artifact
+        # (dot folders are the launchers' own records: .hydra/, submitit's .submitit/ job logs)
         for d in root.iterdir() if root.is_dir() else ():
-            if d.is_dir() and d.name != ".hydra" and not (d / "point.json").is_file():
+            if d.is_dir() and not d.name.startswith(".") and not (d / "point.json").is_file():
                 shutil.rmtree(d, ignore_errors=True)
         reports = [d for d in _finished_points(root) if (d / "report.json").is_file()] if root.is_dir() else []
         rd.close(keep=code in KEEP_CODES or bool(reports))
