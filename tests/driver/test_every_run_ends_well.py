@@ -76,6 +76,7 @@ def test_every_model_onnx_file_error_leaves_no_directory(name, corpus, tmp_path)
     (["model.config.num_hidden_layers=0"], "num_hidden_layers=0"),
     (["model.config.num_key_value_heads=3"], "num_key_value_heads=3"),
     (["model.config.vocab_size=-4"], "vocab_size"),
+    (["model.attn_implementation=true"], "model.attn_implementation='True'"),   # found by the fuzzer
 ])
 def test_value_errors_exit_2_before_the_run_directory_exists(args, words, tmp_path, monkeypatch):
     import compiler.driver.app as app
