@@ -47,7 +47,7 @@ from typing import Any, List, Optional
 
 import numpy as np
 
-from compiler.errors import ConfigError
+from compiler.errors import ConfigError, InternalError
 
 __all__ = ["LengthDist", "ServeConfig", "StepTable", "ServeResult", "simulate", "simulate_static",
            "max_rate_meeting_slo", "cost_model_step_time", "sample_requests"]
@@ -219,7 +219,7 @@ class StepTable:
         self.prefill = np.asarray(step_time(np.ones(ss.size), pp.ravel(), ss.ravel()), float).reshape(ss.shape)
         self.weights_pass = float(np.asarray(step_time(np.ones(1), np.zeros(1), np.ones(1)), float)[0])
         if not (np.isfinite(self.decode).all() and np.isfinite(self.prefill).all()):
-            raise ValueError("step_time returned non-finite values")
+            raise InternalError("step_time returned non-finite values")
 
     def decode_time(self, b: int, mean_ctx: float) -> float:
         b = min(int(b), self.max_batch)

@@ -26,7 +26,7 @@ import sympy
 from onnx import TensorProto, helper, numpy_helper
 
 from compiler.ir.annotations import serialized
-from compiler.errors import RooftopError
+from compiler.errors import EmitError, RooftopError  # noqa: F401 (EmitError re-exported)
 from compiler.ir import DTYPES, Graph, OpNode, Param, TensorType
 from compiler.ir.ops import FUSED_DOMAIN
 from compiler.ir.ops import get as get_opdef
@@ -38,10 +38,6 @@ from compiler.backend.quantized import (CONTRIB_DOMAIN, emit_kv_attention, emit_
 OPSET = 23
 IR_VERSION = 10
 TWO_GB = 2**31
-
-class EmitError(RooftopError):
-    """The IR could not be turned into a valid ONNX model."""
-
 
 class Emitter:
     """Emission state for one graph; :mod:`compiler.ir.ops` emit functions get this object."""

@@ -34,6 +34,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx
+
+from compiler.errors import EmitError
 from onnx import TensorProto, helper, numpy_helper
 
 from compiler.backend.lowering import _activation_nodes
@@ -175,7 +177,7 @@ def pack_table(qd: QuantizedData) -> dict[str, np.ndarray | int | None]:
     v, k = codes.shape
     bs = int(qd.block_size)
     if k % bs:
-        raise ValueError(f"table row length {k} is not a multiple of the block {bs}")
+        raise EmitError(f"quantized table row length {k} is not a multiple of its block {bs}: the table cannot be packed")
     u = codes.astype(np.int32) + (1 << (bits - 1) if signed else 0)
     u = u.astype(np.uint8).reshape(v, k // bs, bs)
     packed = (u[..., 0::2] | (u[..., 1::2] << 4)).astype(np.uint8) if bits == 4 else u
@@ -419,7 +421,8 @@ def emit_quantized_op(em, n) -> None:
     elif aq.dtype == "float8e4m3fn":
         inits, nodes = qdq_activation_dynamic_fp8(x, xd, f"{n.name}.act")
     else:
-        raise ValueError(f"{n.name}: no ONNX form for activation_quant {aq}")
+        raise EmitError(f"{n.name}: no ONNX form for activation_quant {aq}; this is a rooftop bug — run without "
+                        f"quant= to get an artifact")
     em.inits.extend(inits)
     em.nodes.extend(nodes)
     plain = n.copy()

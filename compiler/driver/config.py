@@ -314,6 +314,11 @@ def schema_for(group: str, node: Mapping | None):
     if group in VARIANTS:
         key, table = VARIANTS[group]
         val = (node or {}).get(key)
+        if val is None and node:
+            common = set().union(*(structured.fields_of(c) for c in table.values()))
+            typos = [k for k in node if k not in common and nearest(k, [key]) == [key]]
+            if typos:       # e.g. `sorce: hf_config` in a model YAML: the typo, not a missing source
+                raise unknown_key_error(f"{group}.{typos[0]}", sorted(common))
         if val not in table:
             raise ConfigError(f"{group}.{key}={val!r} is not one of {', '.join(sorted(table))}; "
                               f"pick a {group} with {group}=<name> or set {group}.{key}.")
@@ -376,6 +381,19 @@ def _check_workload(cfg: dict):
     _at_least(cfg, "workload.context_len", 0)
 
 
+def _check_context(cfg: dict):
+    """A decoder's cache holds the prompt after prefill: decode is never costed at a shorter
+    context (encoders have no decode phase; their context_len is unused)."""
+    w = cfg["workload"]
+    task = str((cfg.get("model") or {}).get("task", "causal_lm"))
+    if w["context_len"] is not None and w["context_len"] < w["prompt_len"] and task not in ("embedding", "custom"):
+        raise ConfigError(f"workload.context_len={w['context_len']} is shorter than workload.prompt_len="
+                          f"{w['prompt_len']}: after the prompt is prefilled the KV cache already holds "
+                          f"{w['prompt_len']} tokens, so no decode step runs at a shorter context. Set "
+                          f"workload.context_len={w['prompt_len']} or more (or null for prompt_len), or lower "
+                          f"workload.prompt_len.")
+
+
 def _positive(cfg: dict, group: str, what: str):
     for k, v in cfg[group].items():
         if v is not None and v <= 0:
@@ -387,8 +405,12 @@ def _check_gate(cfg: dict):
     acc = {k: cfg["gate"][k] for k in ("min_accuracy", "max_accuracy_drop")}
     _positive({"gate": {k: v for k, v in cfg["gate"].items() if k not in acc}}, "gate", "gate (a budget)")
     for k, v in acc.items():
-        if v is not None and v < 0:
-            raise ConfigError(f"gate.{k}={v:g} is negative; an accuracy gate is ≥ 0 (null turns it off).")
+        if v is not None and not 0 <= v <= 1:
+            raise ConfigError(f"gate.{k}={v:g} is out of range: accuracy (embedding cosine, top-1 agreement with "
+                              f"the fp32 model) is a fraction in [0, 1], so the gate could "
+                              f"{'never be met' if k == 'min_accuracy' and v > 1 else 'not mean anything'}. Set "
+                              f"gate.{k} between 0 and 1 (e.g. gate.{k}={0.9 if k == 'min_accuracy' else 0.05}) "
+                              f"or null.")
 
 
 def _check_slo(cfg: dict):
@@ -505,6 +527,10 @@ def _check_emit(cfg: dict):
         e[k] = v
 
 
+#: attention implementations the torch import traces (transformers' CPU ones)
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
 def _check_model(cfg: dict):
     m = cfg["model"]
     if m["source"] == "onnx":
@@ -520,6 +546,10 @@ def _check_model(cfg: dict):
     if m["weights"] not in ("random", "meta", "pretrained"):
         raise ConfigError(f"model.weights={m['weights']!r} is not one of meta, random, pretrained; use "
                           f"model.weights=meta to cost a model without allocating its weights.")
+    if m.get("attn_implementation", "sdpa") not in ATTN_IMPLEMENTATIONS:
+        raise ConfigError(f"model.attn_implementation={m['attn_implementation']!r} is not one of "
+                          f"{', '.join(ATTN_IMPLEMENTATIONS)}: rooftop imports the model's attention through "
+                          f"one of them. Set model.attn_implementation=sdpa (the default) or eager.")
     if m["source"] == "hf_config":
         if "model_type" not in m["config"]:
             raise ConfigError("model.config has no model_type (e.g. llama, gpt2, mixtral): the Hugging "
@@ -530,45 +560,148 @@ def _check_model(cfg: dict):
                           "model.module._target_=torch.nn.Linear.")
 
 
-def _hf_unknown_keys(conf: Mapping) -> tuple[list[str], set[str]]:
-    """Kwargs of ``model.config`` that transformers' config class neither declares nor consumes
-    (it stores such keys as attributes and ignores them), and the declared keys."""
-    import inspect
+def _model_types() -> list[str]:
     import transformers
-    level = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # the import builds it again and warns there
+    return sorted(transformers.models.auto.configuration_auto.CONFIG_MAPPING_NAMES)
+
+
+def hf_config_class(model_type: str):
+    """transformers' config class of ``model_type``; an unknown type is a ConfigError naming the
+    nearest known ones."""
+    import transformers
     try:
-        cls = transformers.AutoConfig.for_model(str(conf["model_type"])).__class__
-        built = cls(**{k: v for k, v in conf.items() if k != "model_type"})
-    except Exception:  # noqa: BLE001 - a bad model_type/value fails at import with its own message
-        return [], set()
-    finally:
-        transformers.logging.set_verbosity(level)
+        return transformers.AutoConfig.for_model(str(model_type)).__class__
+    except Exception:  # noqa: BLE001 - transformers raises ValueError / KeyError for an unknown type
+        near = nearest(str(model_type), _model_types())
+        raise ConfigError(f"model.config.model_type={model_type!r} is not a model type transformers knows"
+                          + (f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ".")
+                          + f" Set model.config.model_type in the model YAML (e.g. model.config.model_type="
+                          f"{near[0] if near else 'llama'}).") from None
+
+
+def hf_config_keys(model_type: str) -> set[str]:
+    """The settings transformers' ``model_type`` config declares (its fields, ``__init__``
+    parameters and attribute aliases)."""
+    import inspect
+    cls = hf_config_class(model_type)
     known = {k for k in vars(cls()) if not k.startswith("_")} | set(getattr(cls, "attribute_map", {}) or {})
     for c in cls.__mro__:
         if "__init__" in vars(c):
-            known |= {p for p in inspect.signature(c.__init__).parameters if p not in ("self", "kwargs")}
+            known |= {p for p in inspect.signature(c.__init__).parameters if p not in ("self", "kwargs", "args")}
+    return known
+
+
+_TYPE_NAMES = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def _hf_build_error(e: Exception, conf: Mapping, cls) -> ConfigError:
+    """transformers' refusal of ``model.config`` as rooftop's paragraph (the key, what it should
+    be, an example value that transformers accepts)."""
+    import re
+    mt = conf["model_type"]
+    causes = []
+    c: BaseException | None = e
+    while c is not None:
+        causes.append(c)
+        c = c.__cause__
+    text = " ".join(str(causes[-1]).split())
+    m = re.search(r"Field '(\w+)' expected ([\w\[\], |]+?), got (\w+) \(value: (.*)\)", text)
+    if m:
+        key, expected = m.group(1), m.group(2)
+        try:
+            default = getattr(cls(), key, None)
+        except Exception:  # noqa: BLE001
+            default = None
+        what = _TYPE_NAMES.get(expected.split(" |")[0].strip(), expected)
+        eg = (f", e.g. model.config.{key}={default}" if default is not None and not isinstance(default, (dict, list))
+              else "")
+        err = ConfigError(f"model.config.{key}={conf.get(key)!r} is not {what}: transformers' {mt} config "
+                          f"declares {key} as {expected}. Set it to {what}{eg}.")
+        err.key = f"model.config.{key}"
+        return err
+    hint = ""
+    m = re.search(r"hidden size \((\d+)\) is not a multiple of the number of attention heads \((\d+)\)", text)
+    if m:
+        hidden, heads = int(m.group(1)), int(m.group(2))
+        kv = families.fact(conf, "kv_heads") or 1
+        ok = [h for h in range(1, hidden + 1) if hidden % h == 0 and h % int(kv) == 0]
+        if ok:
+            best = min(ok, key=lambda h: (abs(h - heads), -h))
+            key = next(k for k in families.ALIASES["heads"] if k in conf or k in vars(cls()))
+            hint = f" e.g. model.config.{key}={best}"
+    return ConfigError(f"transformers refuses model.config as a {mt} config: {text.rstrip('.')}. Change the value(s) it names "
+                       f"in the model YAML or on the command line{',' + hint if hint else ''}.")
+
+
+def _check_dims(conf: Mapping) -> None:
+    """The model's shape facts (compiler/frontends/families.py) are whole numbers ≥ 1 and the
+    KV heads divide the attention heads (what transformers does not check itself)."""
+    def key_of(fact):
+        return next((k for k in families.ALIASES[fact] if k in conf), families.ALIASES[fact][0])
+
+    for fact, what in (("layers", "a model has at least one layer"), ("heads", "attention needs at least one head"),
+                       ("hidden", "the hidden size is at least 1"), ("vocab", "the vocabulary has at least one token"),
+                       ("kv_heads", "attention needs at least one KV head")):
+        v = families.fact(conf, fact)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            k = key_of(fact)
+            raise ConfigError(f"model.config.{k}={v!r} is out of range: {what}. Set model.config.{k} to a whole "
+                              f"number ≥ 1, e.g. model.config.{k}=1.")
+    heads, kv = families.fact(conf, "heads"), families.fact(conf, "kv_heads")
+    if heads and kv and heads % kv:
+        best = max(d for d in range(1, kv + 1) if heads % d == 0)
+        k = key_of("kv_heads")
+        raise ConfigError(f"model.config.{k}={kv} does not divide model.config.{key_of('heads')}={heads}: grouped-"
+                          f"query attention shares each KV head among a whole number of query heads. Set e.g. "
+                          f"model.config.{k}={best}.")
+
+
+def _hf_check(conf: Mapping) -> tuple[list[str], set[str], ConfigError | None]:
+    """(unknown keys, declared keys, the build error or None) of ``model.config``."""
+    import transformers
+    cls = hf_config_class(conf["model_type"])
+    known = hf_config_keys(conf["model_type"])
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the import builds it again and warns there
+    try:
+        built = cls(**{k: v for k, v in conf.items() if k != "model_type"})
+    except Exception as e:  # noqa: BLE001 - transformers' own validation, translated
+        return [], known, _hf_build_error(e, conf, cls)
+    finally:
+        transformers.logging.set_verbosity(level)
     rope = getattr(built, "rope_parameters", None)   # legacy rope keys (partial_rotary_factor, …) it folds in
     if isinstance(rope, Mapping):
-        known |= set(rope)
-    return [k for k in conf if k != "model_type" and k not in known and k in vars(built)], known
+        known = known | set(rope)
+    return [k for k in conf if k != "model_type" and k not in known and k in vars(built)], known, None
 
 
-_HF_CHECKED: dict[str, tuple[list[str], set[str]]] = {}
+_HF_CHECKED: dict[str, tuple[list[str], set[str], ConfigError | None]] = {}
 
 
 def _check_hf_kwargs(conf: Mapping) -> None:
+    """``model.config`` as transformers' config class of its ``model_type`` takes it: every key
+    declared, every value of the declared type and accepted by the class's own validation, and
+    the shape facts in range (:func:`_check_dims`)."""
     key = repr(sorted((k, repr(v)) for k, v in conf.items()))
     if key not in _HF_CHECKED:
-        _HF_CHECKED[key] = _hf_unknown_keys(conf)
-    unknown, known = _HF_CHECKED[key]
+        _HF_CHECKED[key] = _hf_check(conf)
+    unknown, known, error = _HF_CHECKED[key]
     for k in unknown:
         near = nearest(k, known)
-        raise ConfigError(
+        err = ConfigError(
             f"model.config.{k} is not a setting of transformers' {conf['model_type']} config, so it "
             f"would be stored and ignored. " + (f"Did you mean {', '.join('model.config.' + n for n in near)}? "
                                                   if near else "") +
             f"Fix the key in the model YAML or on the command line.")
+        err.key = f"model.config.{k}"
+        raise err
+    if error is not None:
+        err = ConfigError(str(error))
+        err.key = getattr(error, "key", None)
+        raise err
+    _check_dims(conf)
 
 
 def model_dims(mcfg: Mapping) -> ModelDims | None:
@@ -598,7 +731,7 @@ def check_config_plan(cfg: Mapping, hw) -> None:
 
 
 #: range checks run after conversion, in order
-CHECKS: list[Callable[[dict], None]] = [_check_workload, _check_gate, _check_slo, _check_memory,
+CHECKS: list[Callable[[dict], None]] = [_check_workload, _check_context, _check_gate, _check_slo, _check_memory,
                                          _check_emit, _check_model, _check_kv, _check_quant, _check_parallel,
                                          _check_serve]
 

@@ -1528,7 +1528,8 @@ def _mask_module(ep, mask: torch.fx.Node, param_of: Mapping, state: Mapping, pos
             feeds.append(n)
         else:
             env[n] = new.node_copy(n, lambda a: env[a])
-            if isinstance(env[n].kwargs.get("device"), torch.device):   # (a meta-device import)
+            dev = env[n].kwargs.get("device")
+            if isinstance(dev, torch.device) and dev.type == "meta":   # built under model.weights=meta
                 env[n].kwargs = {**env[n].kwargs, "device": torch.device("cpu")}
     new.output(env[mask])
     gm = torch.fx.GraphModule(torch.nn.Module(), new)
