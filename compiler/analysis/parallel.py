@@ -349,24 +349,22 @@ def per_device_times(cm, table: ShardTable, b, s, p, phase: str) -> dict[str, np
     """Per-device op time (the cost model's roofline on the sharded figures), its compute and
     memory sides, and the communication of one forward, at arrays of points."""
     hw = cm.hw
-    flops, w, a, kv = cm.raw(b, s, p)
+    flops, w, a, kv, fx = cm.components(b, s, p, phase)
     flops = flops * table.flops[:, None]
-    byts = w * table.weights[:, None] + a * table.activations[:, None] + kv * table.kv[:, None]
-    launch = hw.efficiency.launch_overhead_s
+    w, a, kv = w * table.weights[:, None], a * table.activations[:, None], kv * table.kv[:, None]
+    byts = w + a + kv
     npts = flops.shape[1]
-    op_t = np.zeros(npts)
+    # the cost model's per-op times on the sharded figures (hardware classes, measured kernel
+    # families, the runtime profile's kernels; MoE experts' fixed costs with their touch probability)
+    op_t = cm.op_times(flops, w, a, kv, fx, phase)[0].sum(axis=0) + cm.host_time(b, s)
     comp_t = np.zeros(npts)
     mem_t = np.zeros(npts)
     for i, it in enumerate(cm.items):
         eclass = f"attention_{phase}" if it.cost_class == "attention" else it.cost_class
         prm = hw.efficiency.for_class(eclass)
-        cp = eff.ClassParams(prm.compute, prm.memory, prm.flops_half, prm.bytes_half)
         pk = hw.peak("fp16") if it.cost_class in REFERENCE_PEAK_CLASSES else hw.peak(it.dtype, it.sparse)
-        t_c = (flops[i] + cp.flops_half * pk / hw.peak("fp16")) / (pk * cp.compute)  # as compiler/perf/cost.py
-        t_m = (byts[i] + cp.bytes_half) / (hw.memory_bandwidth * cp.memory)
-        op_t += np.maximum(t_c, t_m) + launch
-        comp_t += flops[i] / (pk * cp.compute)
-        mem_t += byts[i] / (hw.memory_bandwidth * cp.memory)
+        comp_t += flops[i] / (pk * prm.compute)
+        mem_t += byts[i] / (hw.memory_bandwidth * prm.memory)
     comm_t = np.zeros(npts)
     n = max(table.tp, table.ep)
     bb, ss, pp_ = (np.broadcast_to(np.asarray(x, float), (npts,)) for x in (b, s, p))

@@ -49,9 +49,11 @@ def phase_result(cm, sched, b: int, s: int, p: int, phase: str) -> dict[str, Any
     flops = sum(o["flops"] for o in ops)
     byts = sum(o["bytes"] for o in ops)
     split = {k: sum(o["bytes_split"][k] for o in ops) for k in ("weights", "activations", "kv")}
+    host = float(cm.host_time(b, s)) if getattr(cm, "runtime", None) is not None else None
     return {
         "point": {"B": b, "S": s, "P": p},
-        "time_s": sum(o["time_s"] for o in ops),
+        "time_s": sum(o["time_s"] for o in ops) + (host or 0.0),
+        **({"host_overhead_s": host} if host is not None else {}),
         "flops": flops, "bytes": byts, "bytes_split": split,
         "intensity": flops / byts if byts else None,
         "bound": max(bound_time, key=bound_time.get),
@@ -68,7 +70,7 @@ def request_latency(cm, b: int, prompt: int, gen: int, ctx: int, generative: boo
     throughput counts generated tokens only (0 when ``gen_len=0``: nothing is generated).
     Encoder: one forward pass per batch; throughput in sequences/s (and tokens processed/s).
     """
-    ttft = float(cm.phase_time(b, prompt, 0, "prefill")[0])
+    ttft = float(cm.phase_time(b, prompt, 0, "prefill")[0]) + request_overhead(cm)
     if not generative:
         return {"kind": "encoder", "batch_latency_s": ttft, "ttft_s": ttft, "tpot_s": None,
                 "e2e_s": ttft, "throughput_seq_s": b / ttft, "throughput_tok_s": b * prompt / ttft,
@@ -80,6 +82,13 @@ def request_latency(cm, b: int, prompt: int, gen: int, ctx: int, generative: boo
     return {"kind": "generative", "ttft_s": ttft, "tpot_s": tpot, "e2e_s": e2e,
             "throughput_tok_s": b * gen / e2e, "decode_throughput_tok_s": b / tpot,
             "throughput_counts": "generated tokens"}
+
+
+def request_overhead(cm) -> float:
+    """The runtime profile's host time per request (tokenization, admission, returning the first
+    token), added to the time to first token; 0 without a profile."""
+    rt = getattr(cm, "runtime", None)
+    return rt.request_s if rt is not None else 0.0
 
 
 def capacity(cfg: Mapping, cm, sched, hw, w_bytes, kv_tok, tokens, prompt, ctx, reserve,
@@ -174,7 +183,7 @@ def analyze(rc: RunContext) -> dict[str, Any]:
         w_cap = par["memory_per_device"]["weights_bytes"]          # per device (tp shard, pp stage)
         kv_cap = par["memory_per_device"]["kv_bytes_per_token"]
         single = latency
-        latency = plan_latency(plan, par, b, prompt, gen, ctx)
+        latency = plan_latency(plan, par, b, prompt, gen, ctx, request_overhead(cm))
         latency["single_device"] = {k: single[k] for k in ("ttft_s", "tpot_s", "e2e_s", "throughput_tok_s")}
     else:
         w_cap, kv_cap = w_bytes, kv_tok
@@ -312,10 +321,11 @@ def plan_step(rc: RunContext, par):
     return step
 
 
-def plan_latency(step, par, b, prompt, gen, ctx) -> dict[str, Any]:
+def plan_latency(step, par, b, prompt, gen, ctx, request_s: float = 0.0) -> dict[str, Any]:
     """:func:`request_latency` under the parallel plan: TTFT and TPOT are the plan's per-phase times
-    (``parallel.phases``), the request's decode steps the plan's step times."""
-    ttft = float(par["phases"]["prefill"]["time_s"])
+    (``parallel.phases``), the request's decode steps the plan's step times; ``request_s`` is the
+    runtime's host time per request."""
+    ttft = float(par["phases"]["prefill"]["time_s"]) + request_s
     tpot = float(par["phases"]["decode"]["time_s"])
     steps = np.arange(1, gen) if gen > 1 else np.zeros(0)
     e2e = ttft + (float(step(np.full(len(steps), b), 1, prompt + steps - 1).sum()) if len(steps) else 0.0)

@@ -127,6 +127,8 @@ class ServeConfig:
     slo_ttft_s: float | None = None
     slo_tpot_s: float | None = None
     slo_target: float = 0.9            # attainment that "meets the SLOs" (DistServe's goodput uses 90 %)
+    mode: str = "online"               # online: Poisson arrivals at ``rate`` | offline: all at t = 0
+    admission: str = "preempt"         # preempt (recompute the newest) | no_evict (reserve the final length)
 
     def __post_init__(self):
         object.__setattr__(self, "prompt", LengthDist.of(self.prompt, "serve.prompt_len"))
@@ -139,15 +141,22 @@ class ServeConfig:
                 raise ConfigError(f"serve.{key}={v!r} must be a positive integer.")
         if not (0 < self.slo_target <= 1):
             raise ConfigError(f"serve.slo_target={self.slo_target!r} must be in (0, 1].")
+        if self.mode not in ("online", "offline"):
+            raise ConfigError(f"serve.mode={self.mode!r}: use online or offline.")
+        if self.admission not in ("preempt", "no_evict"):
+            raise ConfigError(f"serve.admission={self.admission!r}: use preempt or no_evict.")
 
 
 def sample_requests(cfg: ServeConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(arrival times s, prompt tokens, output tokens) — deterministic for ``cfg.seed``; the
-    arrivals of one seed at two rates differ only by the factor of the rates."""
+    arrivals of one seed at two rates differ only by the factor of the rates. Offline: every
+    request arrives at t = 0 (the lengths are the same draws)."""
     rng = np.random.default_rng(cfg.seed)
     gaps = rng.exponential(1.0, cfg.requests)
     prompt = cfg.prompt.sample(rng, cfg.requests)
     out = np.maximum(cfg.output.sample(rng, cfg.requests), 1)
+    if cfg.mode == "offline":
+        return np.zeros(cfg.requests), prompt, out
     return np.cumsum(gaps) / cfg.rate, prompt, out
 
 
@@ -332,7 +341,11 @@ def _table_for(step_time, cfg: ServeConfig, prompt, out, table: StepTable | None
 def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, block_size: int = 16,
              reserve_tokens: int | None = None, table: StepTable | None = None) -> ServeResult:
     """Continuous batching over ``kv_blocks`` blocks of ``block_size`` tokens. ``reserve_tokens``
-    set = a contiguous cache (each sequence holds that many tokens from admission on)."""
+    set = a contiguous cache (each sequence holds that many tokens from admission on). With
+    ``cfg.admission`` no_evict a request is admitted only when the blocks of its final length
+    (prompt + output) are free, and holds them to the end: no preemption ever (TensorRT-LLM's
+    GUARANTEED_NO_EVICT); preempt admits on the prompt's blocks and preempts the newest sequence
+    when a decode step runs out (vLLM)."""
     arrival, prompt, out = sample_requests(cfg)
     n = len(arrival)
     bs = int(block_size)
@@ -368,6 +381,12 @@ def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, bl
         if reserve_tokens is not None:
             return hold[0]
         return -(-tokens // bs)
+
+    no_evict = cfg.admission == "no_evict" and reserve_tokens is None
+
+    def admit_blocks(r, tokens):
+        """Blocks a request needs to be admitted with ``tokens`` in its cache."""
+        return int(hold[r]) if no_evict else blocks_for(tokens)
 
     def admit(r, need):
         """Move the head of the queue, ``r``, into the batch holding ``need`` blocks."""
@@ -421,7 +440,7 @@ def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, bl
                 if budget <= 0:
                     break
                 c = min(budget, int(target[r] - done_pf[r]))
-                need = blocks_for(done_pf[r] + c) - blocks[r]
+                need = max(blocks_for(done_pf[r] + c) - blocks[r], 0)
                 if need > free:
                     break
                 free -= need
@@ -431,7 +450,7 @@ def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, bl
             while budget > 0 and waiting and len(running) < cfg.max_num_seqs:
                 r = waiting[0]
                 c = min(budget, int(target[r] - done_pf[r]))
-                need = blocks_for(done_pf[r] + c)
+                need = admit_blocks(r, done_pf[r] + c)
                 if need > free:
                     break
                 admit(r, need)
@@ -443,7 +462,7 @@ def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, bl
             while waiting and len(running) < cfg.max_num_seqs:
                 r = waiting[0]
                 L = int(target[r])
-                need = blocks_for(L)
+                need = admit_blocks(r, L)
                 if need > free or (segs and tokens + L > cfg.max_batched_tokens):
                     break
                 admit(r, need)
@@ -640,12 +659,13 @@ def config_of(serve: Mapping | None, slo: Mapping | None) -> ServeConfig:
     slo = dict(slo or {})
     known = {"enabled", "rate", "requests", "prompt_len", "output_len", "seed", "max_num_seqs",
              "max_batched_tokens", "chunked_prefill", "chunk_tokens", "slo_target", "find_max_rate",
-             "sweep"}
+             "sweep", "mode", "admission"}
     unknown = sorted(set(s) - known)
     if unknown:
         raise ConfigError(f"serve.{unknown[0]} is not a serving setting; known: {', '.join(sorted(known))}.")
     kw = {k: s[k] for k in ("rate", "requests", "seed", "max_num_seqs", "max_batched_tokens",
-                            "chunked_prefill", "chunk_tokens", "slo_target") if s.get(k) is not None}
+                            "chunked_prefill", "chunk_tokens", "slo_target", "mode", "admission")
+          if s.get(k) is not None}
     if s.get("prompt_len") is not None:
         kw["prompt"] = LengthDist.of(s["prompt_len"], "serve.prompt_len")
     if s.get("output_len") is not None:
@@ -680,7 +700,11 @@ def serve_section(step_time: StepTime, serve: Mapping | None, slo: Mapping | Non
 
     main = run(cfg.rate)
     res = {k: getattr(main, k) for k in _KEYS}
+    if cfg.mode == "offline":
+        res["rate"] = None
     res.update({"policy": main.policy, "requests": main.requests, "kv_blocks": kv_blocks,
+                "mode": cfg.mode, "admission": cfg.admission,
+                "max_num_seqs": cfg.max_num_seqs, "max_batched_tokens": cfg.max_batched_tokens,
                 "block_size": block_size, "layout": "paged" if reserve_tokens is None else "contiguous",
                 "slo": {"ttft_s": cfg.slo_ttft_s, "tpot_s": cfg.slo_tpot_s, "target": cfg.slo_target},
                 "prompt_len": dict(asdict(cfg.prompt)), "output_len": dict(asdict(cfg.output))})
@@ -689,6 +713,9 @@ def serve_section(step_time: StepTime, serve: Mapping | None, slo: Mapping | Non
         static_tab = StepTable(step_time, max(cfg.max_num_seqs, static_max_batch), longest, int(prompt.max()))
         st = simulate_static(step_time, cfg, max_batch=static_max_batch, table=static_tab)
         res["static"] = {k: getattr(st, k) for k in _KEYS} | {"max_batch_static": static_max_batch}
+    if cfg.mode == "offline":      # every request at t = 0: no rate to search or sweep
+        res["sweep"] = []
+        return res
     best = None
     if (cfg.slo_ttft_s is not None or cfg.slo_tpot_s is not None) and s.get("find_max_rate", True):
         best, _ = max_rate_meeting_slo(run, cfg, start=cfg.rate)
@@ -712,12 +739,13 @@ def serve_section(step_time: StepTime, serve: Mapping | None, slo: Mapping | Non
 # --------------------------------------------------------------------------- report sections
 
 def serve_enabled(serve: Mapping | None) -> bool:
-    """``serve.enabled``: true, false, or auto (the default: on when ``serve.rate`` is set)."""
+    """``serve.enabled``: true, false, or auto (the default: on when ``serve.rate`` is set or
+    ``serve.mode`` is offline)."""
     s = dict(serve or {})
     v = s.get("enabled", "auto")
     if isinstance(v, str):
         v = {"true": True, "false": False}.get(v.lower(), "auto")
-    return v is True or (v == "auto" and s.get("rate") is not None)
+    return v is True or (v == "auto" and (s.get("rate") is not None or s.get("mode") == "offline"))
 
 
 def serve_block(cfg: Mapping, wl: Mapping) -> dict:

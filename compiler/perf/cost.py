@@ -35,6 +35,19 @@ from compiler.ir.ops import Bytes, Classifier, get, op_cost
 from compiler.ir.ops import attention_q_tiles as _q_tiles
 from compiler.ir.tensors import DTYPES
 from compiler.perf import kernel_families as kf
+from compiler.perf.runtime import Runtime, gemm_format, op_family
+
+
+def lm_head(graph: Graph) -> str | None:
+    """The GEMM that produces the graph's ``logits`` output (through casts and views), or None."""
+    if "logits" not in graph.outputs:
+        return None
+    n = graph.producer_of("logits")
+    while n is not None and get(n.op).cost_class != "gemm":
+        if n.op not in ("Cast", "Reshape", "Identity", "Squeeze", "Unsqueeze") or not n.inputs:
+            return None
+        n = graph.producer_of(n.inputs[0])
+    return n.name if n is not None else None
 
 _HW_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float8e4m3fn": "fp8",
              "float8e5m2": "fp8", "int8": "int8", "uint8": "int8", "int4": "int4", "uint4": "int4",
@@ -55,6 +68,9 @@ class OpItem:
     sparse: bool
     idx: tuple[int, int, int, int, int]   # indices of flops, w, a, kv, fixed-cost multiplier expressions
     kernel: str = ""         # kernel family the prediction assumes (compute_dtype annotation)
+    family: str = ""         # op family a runtime profile prices it by (compiler/perf/runtime.py)
+    moe_experts: int = 0     # routed experts of its layer when it is one expert's GEMM
+    moe_format: str = ""     # that expert GEMM's format family (bf16, w8a16, fp8, ...)
 
 
 def attention_q_tiles(hw: Hardware, heads, head_dim, itemsize, q_len):
@@ -68,9 +84,11 @@ _COST_CACHE: dict = {}
 KV_DEQUANT_OPS = 2
 
 
-def kv_format_cost(graph: Graph, n, hw: Hardware | None, flops, byts: Bytes):
+def kv_format_cost(graph: Graph, n, hw: Hardware | None, flops, byts: Bytes, in_kernel: Sequence[str] = ()):
     """(FLOPs, Bytes) of an Attention whose ``kv_layout.dtype`` stores the cache in another format
-    than its K operand (module doc); unchanged otherwise."""
+    than its K operand (module doc); unchanged otherwise. A format in ``in_kernel`` (a runtime
+    profile's ``kv_cache_in_kernel``) is read inside the attention kernel: bytes shrink, no
+    dequantization FLOPs."""
     lay = n.annotations.get("kv_layout")
     if lay is None or lay.dtype is None or n.op != "Attention" or len(n.inputs) < 5 or not n.inputs[4]:
         return flops, byts
@@ -78,6 +96,8 @@ def kv_format_cost(graph: Graph, n, hw: Hardware | None, flops, byts: Bytes):
     e_kv = sympy.Rational(DTYPES[lay.dtype][0]).limit_denominator(2)
     if e_kv == e_model:
         return flops, byts
+    if lay.dtype in in_kernel or _HW_DTYPE.get(lay.dtype) in in_kernel:
+        return flops, Bytes(byts.weights, byts.activations, byts.kv * e_kv / e_model)
     elements = byts.kv / e_model
     vector = (sympy.Rational(hw.peak("fp16")) / sympy.Rational(hw.peak("fp32"))).limit_denominator(1000) \
         if hw is not None and hw.peak("fp32") else 1
@@ -101,9 +121,11 @@ def _structural_key(graph: Graph, n, cls: Classifier):
 class CostModel:
     """Compile once per (graph, hardware); evaluate at many workload points."""
 
-    def __init__(self, graph: Graph, hw: Hardware):
+    def __init__(self, graph: Graph, hw: Hardware, runtime: Runtime | None = None):
         self.graph = graph
         self.hw = hw
+        self.runtime = runtime
+        in_kernel = tuple(runtime.kv_cache_in_kernel) if runtime is not None else ()
         cls = Classifier(graph, hw)
         exprs: dict[Any, int] = {}
 
@@ -114,14 +136,17 @@ class CostModel:
             return exprs[e]
 
         self.items: list[OpItem] = []
+        last: dict[int, tuple[int, ...]] = {}
+        head = lm_head(graph) if runtime is not None and runtime.lm_head == "last" else None
         for n in graph.topo_order():
             d = get(n.op, where=n.name)
             if d.cost_class in FREE_CLASSES or (d.layout and n.outputs and n.outputs[0] in cls.views):
                 continue   # (a layout op on a weight is done once at load: compiler.ir.ops.weight_views)
             key = _structural_key(graph, n, cls)
+            key = key if key is None or not in_kernel else key + (in_kernel,)
             hit = _COST_CACHE.get(key) if key is not None else None
             if hit is None:
-                hit = kv_format_cost(graph, n, hw, *op_cost(graph, n, cls))
+                hit = kv_format_cost(graph, n, hw, *op_cost(graph, n, cls), in_kernel=in_kernel)
                 if key is not None:
                     _COST_CACHE[key] = hit
             flops, byts = hit
@@ -130,9 +155,18 @@ class CostModel:
                 # one expert's op: routed rows, weights read iff touched (compiler/perf/moe.py)
                 rows, fixed = expert_factors(n.annotations["moe"], B * S)
                 flops, byts = flops * rows, Bytes(byts.weights * fixed, byts.activations * rows, byts.kv)
-            self.items.append(OpItem(n.name, n.op, d.cost_class, self._dtype(n), self._sparse(n, cls),
+            dtype = self._dtype(n)
+            moe = n.annotations.get("moe")
+            self.items.append(OpItem(n.name, n.op, d.cost_class, dtype, self._sparse(n, cls),
                                      (ix(flops), ix(byts.weights), ix(byts.activations), ix(byts.kv), ix(fixed)),
-                                     n.annotations["compute_dtype"].kernel if "compute_dtype" in n.annotations else ""))
+                                     n.annotations["compute_dtype"].kernel if "compute_dtype" in n.annotations else "",
+                                     op_family(graph, n, cls, d.cost_class, dtype),
+                                     moe.experts if moe is not None and moe.expert is not None else 0,
+                                     gemm_format(graph, n, cls, dtype) if d.cost_class == "gemm" else ""))
+            if head is not None and n.name == head:
+                # a prefill computes the last position's logits only (the runtime gathers it first)
+                last[len(self.items) - 1] = tuple(ix(sympy.sympify(e).subs(S, 1)) for e in
+                                                  (flops, byts.weights, byts.activations, byts.kv, fixed))
         self.exprs = list(exprs)
         self._fn = sympy.lambdify((B, S, P), self.exprs, modules="numpy")
         idx = np.array([it.idx for it in self.items], dtype=np.int64).reshape(-1, 5)
@@ -143,6 +177,9 @@ class CostModel:
         self._peak = np.array([hw.peak("fp16") if it.cost_class in REFERENCE_PEAK_CLASSES
                                else hw.peak(it.dtype, it.sparse) for it in self.items], dtype=float)
         self._kernel_items = self._measured_kernels(graph)
+        self._last_token = last      # item -> expressions of its last-position-only form (prefill)
+        self.weight_numel = self._weight_numel(graph)
+        self._binding = runtime.bind(self) if runtime is not None else None
 
     def _measured_kernels(self, graph: Graph) -> list[tuple[int, str, float, float, str]]:
         """GEMMs whose ``compute_dtype.kernel`` is a measured family (compiler/perf/kernel_families.py):
@@ -161,6 +198,16 @@ class CostModel:
             numel = float(np.prod(w.type.shape))
             ref = kf.dense_reference(it.kernel)
             out.append((i, it.kernel, 2.0 * numel, ref.dense_bytes * numel, ref.dense_dtype))
+        return out
+
+    def _weight_numel(self, graph: Graph) -> list[float]:
+        """Elements of each GEMM's static 2-D weight (0 when it has none)."""
+        by_name = {n.name: n for n in graph}
+        out = []
+        for it in self.items:
+            w = next((graph.params[t] for t in by_name[it.name].inputs[1:2] if t in graph.params), None) \
+                if it.cost_class == "gemm" else None
+            out.append(float(np.prod(w.type.shape)) if w is not None and w.type.is_static() else 0.0)
         return out
 
     @staticmethod
@@ -188,19 +235,38 @@ class CostModel:
         """(4, n_ops, n_points) FLOPs, weight, activation and KV bytes at the given points."""
         return self._raw(b, s, p)[:4]
 
-    def _raw(self, b, s, p) -> np.ndarray:
+    def _raw(self, b, s, p, phase: str | None = None) -> np.ndarray:
         """(5, n_ops, n_points): raw() plus each op's fixed-cost multiplier (launch and ramp are
-        paid with this probability: < 1 for an MoE expert's ops, which run only when it is routed to)."""
+        paid with this probability: < 1 for an MoE expert's ops, which run only when it is routed to).
+        In a prefill under a runtime that computes the last position's logits only, the LM head
+        is evaluated in that form."""
         b, s, p = (np.atleast_1d(np.asarray(x, dtype=float)) for x in (b, s, p))
         n = max(len(b), len(s), len(p))
         vals = self._fn(b, s, p)
         table = np.stack([np.broadcast_to(np.asarray(v, dtype=float), (n,)) for v in vals]) if vals else np.zeros((0, n))
-        return table[self._idx.T]  # (5, n_ops, n)
+        out = table[self._idx.T]  # (5, n_ops, n)
+        if phase == "prefill" and self._last_token:
+            for i, idx in self._last_token.items():
+                out[:, i] = table[list(idx)]
+        return out
+
+    def components(self, b, s, p, phase: str | None = None) -> np.ndarray:
+        """(5, n_ops, n_points): FLOPs, weight, activation, KV bytes and the fixed-cost multiplier
+        of every op in ``phase`` (what :meth:`op_times` prices)."""
+        return self._raw(b, s, p, phase)
 
     def evaluate(self, b, s, p, phase: str) -> dict[str, np.ndarray]:
         """Per-op arrays (n_ops, n_points) at workload points, for ``phase`` in prefill/decode
         (which attention efficiency class applies)."""
-        flops, w, a, kv, fx = self._raw(b, s, p)
+        flops, w, a, kv, fx = self._raw(b, s, p, phase)
+        time, att_f, bound = self.op_times(flops, w, a, kv, fx, phase)
+        return {"flops": flops, "bytes": w + a + kv, "weights": w, "activations": a, "kv": kv,
+                "time": time, "attainable": att_f, "bound": bound}
+
+    def op_times(self, flops, w, a, kv, fx, phase: str):
+        """Per-op (time, attainable FLOP/s, bound) arrays ``(n_ops, n_points)`` of ops moving
+        these FLOPs and bytes (the hardware's class model, the measured kernel families, and the
+        runtime profile's kernels where it prices an op differently)."""
         byts = w + a + kv
         launch = self.hw.efficiency.launch_overhead_s
         time = np.zeros_like(flops)
@@ -237,11 +303,23 @@ class CostModel:
                     + launch * fx[i]
                 time[i] = t_dense * kf.ratio(kernel, flops[i] / kn2)
                 att_f[i] = np.where(time[i] > 0, flops[i] / np.maximum(time[i] - launch * fx[i], 1e-30), 0.0)
-        return {"flops": flops, "bytes": byts, "weights": w, "activations": a, "kv": kv,
-                "time": time, "attainable": att_f, "bound": bound}
+        if self._binding is not None:   # the runtime profile's kernels (compiler/perf/runtime.py)
+            self._binding.override(flops, w, a, kv, fx, phase, time, att_f, bound)
+        return time, att_f, bound
+
+    def host_time(self, b, s) -> np.ndarray:
+        """The runtime's exposed host time of engine iterations of ``b`` sequences with ``s`` new
+        tokens each (0 without a runtime profile)."""
+        if self.runtime is None:
+            return np.zeros(np.broadcast(np.asarray(b, float), np.asarray(s, float)).shape)
+        return self.runtime.step_overhead(b, s)
 
     def phase_time(self, b, s, p, phase: str) -> np.ndarray:
-        return self.evaluate(b, s, p, phase)["time"].sum(axis=0)
+        """One step's time: the ops' times plus the runtime's host time of the iteration."""
+        t = self.evaluate(b, s, p, phase)["time"].sum(axis=0)
+        if self.runtime is not None:
+            t = t + self.host_time(b, s)
+        return t
 
     def totals(self, b, s, p, phase: str) -> dict[str, float]:
         r = self.evaluate(b, s, p, phase)
@@ -252,9 +330,13 @@ class CostModel:
         rows = []
         for i, it in enumerate(self.items):
             f, by = float(r["flops"][i, 0]), float(r["bytes"][i, 0])
+            kernel, extra = it.kernel, {}
+            if self.runtime is not None:
+                kernel, source = self.runtime.label(it, phase, self.hw)
+                extra = {"kernel_source": source}
             rows.append({
                 "name": it.name, "op": it.op, "class": it.cost_class, "dtype": it.dtype,
-                **({"kernel": it.kernel} if it.kernel else {}),
+                **({"kernel": kernel} if kernel else {}),
                 "flops": f, "bytes": by,
                 "bytes_split": {"weights": float(r["weights"][i, 0]),
                                 "activations": float(r["activations"][i, 0]),
@@ -263,6 +345,7 @@ class CostModel:
                 "attainable_flops": float(r["attainable"][i, 0]),
                 "bound": BOUNDS[int(r["bound"][i, 0])],
                 "time_s": float(r["time"][i, 0]),
+                **extra,
             })
         return rows
 
