@@ -50,7 +50,7 @@ import sympy
 
 from compiler.perf.collectives import bus_factor, collective_source, collective_time, literature
 from compiler.errors import ConfigError
-from compiler.ir import B, P, S
+from compiler.ir import B, P, S, op_layers
 from compiler.ir.facts import ModelDims
 from compiler.ir.ops import Classifier, get
 from compiler.perf import efficiency as eff
@@ -186,6 +186,8 @@ def shard_table(cm, dims: ModelDims, plan: ParallelPlan) -> ShardTable:
     wfrac: dict[str, float] = {}
     op_f: dict[str, tuple[float, float, float, float]] = {}
     comms: list[tuple[str, str, Any]] = []
+    moe_row_layers: set = set()
+    layer_of = op_layers(g)[0]
     col = row = 0
 
     def fr(t):
@@ -239,8 +241,13 @@ def shard_table(cm, dims: ModelDims, plan: ParallelPlan) -> ShardTable:
                 row += 1
                 fw = fin
                 fout = 1.0
-                for t in outs:
-                    comms.append(("all_reduce", n.name, nbytes(t)))
+                if expert:
+                    # the routed experts' partial sums are combined first: one all-reduce per
+                    # MoE layer (added below), not one per expert
+                    moe_row_layers.add(layer_of.get(n.name))
+                else:
+                    for t in outs:
+                        comms.append(("all_reduce", n.name, nbytes(t)))
             for p in params:
                 wfrac[p] = fw
             for t in outs:
@@ -287,6 +294,11 @@ def shard_table(cm, dims: ModelDims, plan: ParallelPlan) -> ShardTable:
         if expert and ep > 1:
             for p in params:
                 wfrac[p] = 1.0 / ep
+
+    if moe_row_layers:
+        itemsize = next((g.type(t).itemsize for t in g.params if not g.params[t].annotations.get("const")), 2)
+        for i, layer in enumerate(sorted(moe_row_layers, key=str)):
+            comms.append(("all_reduce", f"moe combine {layer}", B * S * dims.hidden * itemsize))
 
     # MoE all-to-alls: one dispatch and one combine per layer holding expert weights
     if ep > 1 and dims.experts:
@@ -356,7 +368,7 @@ def per_device_times(cm, table: ShardTable, b, s, p, phase: str) -> dict[str, np
     npts = flops.shape[1]
     # the cost model's per-op times on the sharded figures (hardware classes, measured kernel
     # families, the runtime profile's kernels; MoE experts' fixed costs with their touch probability)
-    op_t = cm.op_times(flops, w, a, kv, fx, phase)[0].sum(axis=0) + cm.host_time(b, s)
+    op_t = cm.op_times(flops, w, a, kv, fx, phase, shard=table.weights)[0].sum(axis=0) + cm.host_time(b, s)
     comp_t = np.zeros(npts)
     mem_t = np.zeros(npts)
     for i, it in enumerate(cm.items):

@@ -1,35 +1,155 @@
-"""Replay published engine measurements through rooftop (draft)."""
+"""Published engine measurements replayed through rooftop: the runtime profiles' validation and fit.
+
+``compiler/perf/calibration/data/published_engines.json`` holds figures printed by inference engines
+(TensorRT-LLM's performance tables, gpt-fast, torchao, LMDeploy, vLLM's CI, the Qwen2.5 speed
+benchmark, NIM), each with its source and the workload it ran. This module turns every point into
+the rooftop command that describes it (:func:`case_of`: model, hardware, ``runtime=`` of its
+engine, ``quant=``, ``kv.dtype``, ``parallel.tp``, the workload and, for in-flight-batching
+throughput, ``serve.mode=offline`` with the engine's scheduler settings), predicts the published
+metric with the same analysis functions a run uses, and prints predicted against published:
+
+    python -m compiler.driver.published                 # the table, per-group medians, unexpressed points
+    python -m compiler.driver.published --runtime eager # every point priced as plain PyTorch (before profiles)
+    python -m compiler.driver.published --fit trtllm    # refit a profile's fitted parameters (prints YAML)
+    python -m compiler.driver.published --check 8       # the first 8 points through the whole pipeline too
+
+Metric mapping (docs/measurements/published_engines.md): static-batch throughput = batch x output /
+(prefill + every decode step over the growing cache); batch-1 TTFT = the prefill plus the
+runtime's per-request host time; per-token latency = one decode step at input + output / 2;
+single-stream tokens/s = output / (prefill + decode steps); end-to-end latency = prefill + decode
+steps; offline (and closed-loop concurrency) throughput = the serving simulation with every
+request at t = 0 under the engine's admission policy and batch limits.
+
+A point rooftop cannot express (ShareGPT length mixes without the dataset; engines without a
+profile; weight formats quant= lacks) is listed with the reason, never dropped silently.
+"""
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
+import math
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from compiler.analysis.context import RunContext
-from compiler.analysis.phases import analyze
+from compiler.analysis.parallel import parallel_step_time, plan_of
+from compiler.analysis.phases import GB, analyze, planning_sections, request_latency, request_overhead
 from compiler.driver.config import model_dims, validate
-from compiler.driver.pipeline import compression_passes, kv_passes, model_passes, workload_of
+from compiler.driver.pipeline import (compression_passes, kv_passes, model_passes, runtime_of, with_runtime_defaults,
+                                      workload_of)
 from compiler.frontends.models import import_torch
+from compiler.perf import efficiency as eff
 from compiler.perf.cost import CostModel
 from compiler.perf.hardware import load_hardware
+from compiler.perf.memory import kv_bytes_per_token, weights_bytes
+from compiler.perf.runtime import Runtime, runtime_by_name, runtime_dir
 from compiler.perf.schedule import schedule
 from compiler.resources import CALIBRATION_DATA
 from passes import PassContext, PassManager, make_pass
 
 DATA = CALIBRATION_DATA / "published_engines.json"
+METRICS = ("tpot_s", "ttft_s", "output_throughput_tok_s", "tokens_per_s_per_user", "e2e_s")
+#: which acceptance band a metric belongs to (latency of one token vs TTFT vs throughput)
+METRIC_GROUP = {"tpot_s": "tpot", "tokens_per_s_per_user": "tpot", "ttft_s": "ttft",
+                "output_throughput_tok_s": "throughput", "e2e_s": "throughput"}
+TARGET = {"tpot": 0.10, "ttft": 0.15, "throughput": 0.15}
+
+QUANT = {"fp8": "fp8", "int8": "w8a16", "int4": "w4a16"}
+#: engine of a published point -> the runtime profile that describes it
+ENGINE_RUNTIME = {"trtllm": "trtllm", "nim": "trtllm", "gpt-fast": "compiled", "torchao": "compiled",
+                  "vllm": "vllm", "lmdeploy": "lmdeploy"}
 
 
 def points() -> list[dict]:
     return json.loads(DATA.read_text())["points"]
 
 
-def compose(overrides):
+@dataclasses.dataclass
+class Case:
+    """A published point as rooftop replays it: the overrides of the equivalent command (None when
+    it cannot be expressed, with ``why``), and how its metric is read."""
+
+    point: dict
+    overrides: list[str] | None
+    why: str = ""
+    serve: bool = False              # the metric comes from the serving simulation
+
+    @property
+    def id(self) -> str:
+        return self.point["id"]
+
+    @property
+    def runtime(self) -> str | None:
+        for o in self.overrides or ():
+            if o.startswith("runtime="):
+                return o.split("=", 1)[1]
+        return None
+
+    @property
+    def group(self) -> tuple[str, str, str]:
+        p = self.point
+        return METRIC_GROUP[p["metric"]], p["hardware"], p["precision"]["weights"]
+
+    def command(self) -> str:
+        return "rooftop " + " ".join(o for o in self.overrides or () if o not in ("emit.enabled=false", "progress=false"))
+
+
+def case_of(p: Mapping, runtime: str | None = None) -> Case:
+    """The rooftop command that replays published point ``p`` (see the module doc); ``runtime``
+    prices it with another profile than its engine's."""
+    w, prec = p["workload"], p["precision"]
+    if p["engine"] not in ENGINE_RUNTIME:
+        return Case(dict(p), None, f"no runtime profile for {p['engine']} (ShareGPT serving runs of SGLang)")
+    if w["input_len"] is None:
+        return Case(dict(p), None, "ShareGPT request mix: its prompt-length distribution is not available "
+                                   "offline (no copy of the dataset), so the workload cannot be replayed")
+    o = [f"model={p['model']}", f"hardware={p['hardware']}", f"runtime={runtime or ENGINE_RUNTIME[p['engine']]}",
+         "emit.enabled=false", "progress=false"]
+    wq = prec["weights"]
+    if wq in QUANT:
+        if wq == "fp8" and prec["activations"] != "fp8":
+            return Case(dict(p), None, "FP8 weight-only with 16-bit activations: quant= has no such scheme")
+        o.append(f"quant={QUANT[wq]}")
+        if wq == "int4" and "group 64" in (prec.get("method") or "") + " " + p["id"].replace("-64-", " group 64 "):
+            o.append("quant.group_size=64")
+    kv = prec.get("kv_cache")
+    if kv == "fp8" or (kv is None and wq == "fp8" and p["engine"] in ("trtllm", "nim")):
+        # TensorRT-LLM FP8 checkpoints carry an FP8 KV cache unless stated otherwise
+        # (trtllm-build --quantization FP8 / ModelOpt kv_cache_qformat fp8)
+        o.append("kv.dtype=fp8")
+    if p["tp"] > 1:
+        o.append(f"parallel.tp={p['tp']}")
+    mode, metric = w["mode"], p["metric"]
+    inp, out = int(w["input_len"]), int(w["output_len"])
+    b = int(w["batch"] or 1)
+    if mode in ("static_batch", "single_stream") or (mode == "online" and b == 1):
+        # one batch (a closed loop at concurrency 1: one request at a time)
+        o += [f"workload.batch={b}", f"workload.prompt_len={inp}", f"workload.gen_len={out}"]
+        if metric == "tpot_s":
+            o.append(f"workload.context_len={inp + out // 2}")
+        return Case(dict(p), o)
+    n = int(w["num_requests"] or 500)
+    o += ["kv=paged", "serve.mode=offline", f"serve.requests={n}", f"serve.prompt_len={inp}",
+          f"serve.output_len={out}", f"workload.prompt_len={inp}", f"workload.gen_len={out}"]
+    if mode == "online":
+        # a closed loop at concurrency b: a new request whenever one finishes = an offline queue
+        # with at most b running
+        o.append(f"serve.max_num_seqs={b}")
+    elif p["id"].startswith("trtllm0130"):
+        # trtllm-bench v0.13 sample output: max runtime batch 4096, 8192 tokens, KV memory 99 %
+        o += ["serve.max_num_seqs=4096", "serve.max_batched_tokens=8192", "memory.gpu_utilization=0.99"]
+    elif p["id"].startswith("trtllm10"):
+        o.append("memory.gpu_utilization=0.95")      # kv_cache_free_gpu_mem_fraction 0.95 (the doc's)
+    return Case(dict(p), o, serve=True)
+
+
+def compose(overrides: Sequence[str]) -> dict:
     from hydra import compose as _compose, initialize_config_dir
     from omegaconf import OmegaConf
     from compiler.driver.app import config_dir
@@ -38,118 +158,263 @@ def compose(overrides):
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-QUANT = {"fp8": "fp8", "int8": "w8a16", "int4": "w4a16"}
-
-
-def overrides_of(p: Mapping) -> tuple[list[str] | None, str]:
-    """The rooftop command-line overrides that replay point ``p`` (None + why when it cannot)."""
-    w = p["workload"]
-    prec = p["precision"]
-    o = [f"model={p['model']}", f"hardware={p['hardware']}", "emit.enabled=false", "progress=false"]
-    if p["model"] == "qwen2_5_7b":
-        return None, "no conf/model entry for Qwen2.5-7B"
-    wq = prec["weights"]
-    if wq in QUANT:
-        if wq == "fp8" and prec["activations"] not in ("fp8",):
-            return None, "FP8 weight-only (activations bf16): quant= has no such scheme"
-        o.append(f"quant={QUANT[wq]}")
-        if wq == "int4" and "64" in (prec.get("method") or ""):
-            o.append("quant.group_size=64")
-    if prec.get("kv_cache") == "fp8":
-        o.append("kv.dtype=fp8")
-    if p["tp"] > 1:
-        o.append(f"parallel.tp={p['tp']}")
-    mode, metric = w["mode"], p["metric"]
-    if w["input_len"] is None:
-        return None, "ShareGPT lengths: the dataset's length distribution is not available"
-    inp, out = int(w["input_len"]), int(w["output_len"])
-    b = int(w["batch"] or 1)
-    if mode in ("static_batch", "single_stream"):
-        o += [f"workload.batch={b}", f"workload.prompt_len={inp}", f"workload.gen_len={out}"]
-        if metric == "tpot_s":
-            o.append(f"workload.context_len={inp + out // 2}")
-        return o, ""
-    if mode == "online" and b and metric in ("ttft_s", "tpot_s") and b == 1:
-        o += [f"workload.batch=1", f"workload.prompt_len={inp}", f"workload.gen_len={out}",
-              f"workload.context_len={inp + out // 2}"]
-        return o, ""
-    return None, f"mode {mode} not yet replayed"
-
-
-def metric_of(p: Mapping, rep: Mapping) -> float:
-    m = p["metric"]
-    lat = rep["latency"]
-    if m == "output_throughput_tok_s" or m == "tokens_per_s_per_user":
-        return lat["throughput_tok_s"]
-    if m == "ttft_s":
-        return lat["ttft_s"]
-    if m == "tpot_s":
-        return lat["tpot_s"]
-    if m == "e2e_s":
-        return lat["e2e_s"]
-    raise ValueError(m)
+def metric_of(case: Case, latency: Mapping | None, serve: Mapping | None) -> float:
+    """The published metric from rooftop's ``latency`` / ``serve`` sections."""
+    m = case.point["metric"]
+    if case.serve:
+        return float(serve["throughput_tok_s"])
+    return float({"output_throughput_tok_s": latency["throughput_tok_s"],
+                  "tokens_per_s_per_user": latency["throughput_tok_s"], "ttft_s": latency["ttft_s"],
+                  "tpot_s": latency["tpot_s"], "e2e_s": latency["e2e_s"]}[m])
 
 
 class Replayer:
+    """Imports each model once and compiles each (model, hardware, quant, kv) once; predicts a
+    case's metric under any runtime profile (re-binding the cost model when only its fitted
+    parameters change)."""
+
     def __init__(self):
         self.imports: dict[str, Any] = {}
-        self.compiled: dict[tuple, Any] = {}
+        self.graphs: dict[tuple, Any] = {}
+        self.contexts: dict[tuple, tuple] = {}
 
-    def graph(self, cfg):
-        key = cfg["model"]["name"]
-        if key not in self.imports:
-            self.imports[key] = import_torch(cfg["model"])
-        return copy.deepcopy(self.imports[key])
-
-    def analyze(self, overrides):
-        cfg = validate(compose(overrides))
-        wl = workload_of(cfg)
-        hw = load_hardware(cfg["hardware"])
+    def _graph(self, cfg, wl, hw):
         key = (cfg["model"]["name"], hw.name, json.dumps(cfg["quant"], sort_keys=True),
                json.dumps(cfg["kv"], sort_keys=True))
-        ctx = PassContext(hardware=hw, points=((wl["batch"], wl["prompt_len"], 0, "prefill"),
-                                                 (wl["batch"], 1, wl["context_len"], "decode")))
-        if key not in self.compiled:
-            g = self.graph(cfg)
+        if key not in self.graphs:
+            name = cfg["model"]["name"]
+            if name not in self.imports:
+                self.imports[name] = import_torch(cfg["model"])
+            g = copy.deepcopy(self.imports[name])
+            ctx = PassContext(hardware=hw, points=((wl["batch"], wl["prompt_len"], 0, "prefill"),
+                                                     (wl["batch"], 1, wl["context_len"], "decode")))
             recipe = [make_pass(p, ctx) for p in (cfg["pipeline"].get("passes") or [])]
             recipe += kv_passes(cfg, wl, ctx, [p.name for p in recipe])
-            lossy = compression_passes(cfg, ctx, wl)
             pm = PassManager([PassManager(model_passes(cfg, g, ctx), name="model"),
-                              PassManager(recipe, name="recipe"), PassManager(lossy, name="compression")])
+                              PassManager(recipe, name="recipe"),
+                              PassManager(compression_passes(cfg, ctx, wl), name="compression")])
             pm(g)
-            self.compiled[key] = g
-        g = self.compiled[key]
-        rc = RunContext(cfg=cfg, workload=wl, hardware=hw, graph=g, cost=CostModel(g, hw),
-                        schedule=schedule(g), dims=model_dims(cfg["model"]))
-        return analyze(rc)
+            self.graphs[key] = g
+        return self.graphs[key]
+
+    def context(self, case: Case, runtime: Runtime | None = None) -> RunContext:
+        """The run context of a case (its cost model bound to ``runtime``, default: the case's)."""
+        key = (case.id, runtime.name if runtime is not None else None)
+        if key not in self.contexts:
+            cfg = validate(compose(case.overrides))
+            wl = workload_of(cfg)
+            hw = load_hardware(cfg["hardware"])
+            rt = runtime or runtime_of(cfg)
+            cfg = with_runtime_defaults(cfg, rt)
+            g = self._graph(cfg, wl, hw)
+            rc = RunContext(cfg=cfg, workload=wl, hardware=hw, graph=g, cost=CostModel(g, hw, rt),
+                            schedule=schedule(g), dims=model_dims(cfg["model"]), runtime=rt)
+            self.contexts[key] = (rc,)
+        rc = self.contexts[key][0]
+        if runtime is not None and rc.cost.runtime is not runtime:
+            rc.cost.rebind(runtime)
+        return rc
+
+    def predict(self, case: Case, runtime: Runtime | None = None) -> float:
+        """The case's metric: the analysis functions :func:`compiler.analysis.phases.analyze` uses,
+        only those the metric needs."""
+        rc = self.context(case, runtime)
+        cm, wl, cfg = rc.cost, rc.workload, rc.cfg
+        b, prompt, gen, ctx = wl["batch"], wl["prompt_len"], wl["gen_len"], wl["context_len"]
+        if case.serve:
+            tokens = max(ctx, prompt + gen)
+            planning = planning_sections(rc, weights_bytes(rc.graph), kv_bytes_per_token(rc.graph), tokens,
+                                         float(cfg["memory"]["runtime_reserve_gb"]) * GB)
+            return metric_of(case, None, planning["serve"])
+        plan = plan_of(cfg.get("parallel"))
+        if plan.devices == 1:
+            return metric_of(case, request_latency(cm, b, prompt, gen, ctx, True), None)
+        st = parallel_step_time(cm, plan, rc.dims)
+        ttft = float(st(b, 0, prompt)[0]) + request_overhead(cm)
+        steps = np.arange(1, gen) if gen > 1 else np.zeros(0)
+        e2e = ttft + (float(st(np.full(len(steps), b), prompt + steps - 1, 1).sum()) if len(steps) else 0.0)
+        tpot = float(st(b, ctx, 1)[0])
+        return metric_of(case, {"ttft_s": ttft, "tpot_s": tpot, "e2e_s": e2e, "throughput_tok_s": b * gen / e2e}, None)
+
+    def report(self, case: Case) -> dict:
+        """The whole analysis of the case's command (what ``rooftop`` writes to report.json)."""
+        return analyze(self.context(case))
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--json")
-    ap.add_argument("--only")
-    a = ap.parse_args(argv)
+# --------------------------------------------------------------------------------------------
+# the table
+
+def log_err(pred: float, value: float, metric: str) -> float:
+    """Signed relative error of the prediction (pred / published − 1)."""
+    return pred / value - 1.0
+
+
+def summarize(rows: Sequence[dict]) -> dict:
+    """Median |error| per metric group, per (group, GPU, precision), and the worst points."""
+    ok = [r for r in rows if r.get("pred") is not None]
+    out: dict[str, Any] = {"points": len(rows), "replayed": len(ok),
+                           "not_expressed": [{"id": r["id"], "why": r["why"]} for r in rows if r.get("pred") is None]}
+    by: dict[str, list] = {}
+    fine: dict[str, list] = {}
+    for r in ok:
+        g = METRIC_GROUP[r["metric"]]
+        by.setdefault(g, []).append(abs(r["err"]))
+        fine.setdefault(f"{g} / {r['hardware']} / {r['precision']}", []).append(abs(r["err"]))
+    out["median_abs_err"] = {g: float(np.median(v)) for g, v in sorted(by.items())}
+    out["n"] = {g: len(v) for g, v in sorted(by.items())}
+    out["by_group"] = {k: {"n": len(v), "median_abs_err": float(np.median(v)), "max_abs_err": float(np.max(v))}
+                       for k, v in sorted(fine.items())}
+    out["off_by_2x"] = [r["id"] for r in ok if r["pred"] / r["value"] >= 2 or r["pred"] / r["value"] <= 0.5]
+    out["meets_target"] = {g: out["median_abs_err"][g] <= TARGET[g] for g in out["median_abs_err"]}
+    return out
+
+
+def replay(runtime: str | None = None, only: str | None = None, progress=None) -> list[dict]:
     r = Replayer()
     rows = []
     for p in points():
-        if a.only and a.only not in p["id"]:
+        if only and only not in p["id"]:
             continue
-        o, why = overrides_of(p)
-        if o is None:
-            rows.append({"id": p["id"], "skip": why})
-            print(f"{p['id']:60s} SKIP {why}", flush=True)
+        case = case_of(p, runtime)
+        row = {"id": case.id, "engine": p["engine"], "hardware": p["hardware"], "metric": p["metric"],
+               "precision": p["precision"]["weights"], "tp": p["tp"], "value": p["value"]}
+        if case.overrides is None:
+            row.update(pred=None, why=case.why)
+        else:
+            t0 = time.perf_counter()
+            pred = r.predict(case)
+            row.update(pred=pred, err=log_err(pred, p["value"], p["metric"]), runtime=case.runtime,
+                       command=case.command(), seconds=time.perf_counter() - t0)
+        rows.append(row)
+        if progress:
+            progress(row)
+    return rows
+
+
+def table_md(rows: Sequence[dict]) -> str:
+    """The markdown table of every point (docs/measurements/engine_profiles.md)."""
+    lines = ["| point | runtime | GPU | TP | precision | metric | published | rooftop | error |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("pred") is None:
             continue
-        t0 = time.time()
-        rep = r.analyze(o)
-        pred = metric_of(p, rep)
-        err = pred / p["value"] - 1
-        rows.append({"id": p["id"], "engine": p["engine"], "hardware": p["hardware"], "metric": p["metric"],
-                     "precision": p["precision"]["weights"], "value": p["value"], "pred": pred, "err": err})
-        print(f"{p['id']:60s} {p['value']:10.4g} {pred:10.4g} {err:+7.1%}  ({time.time() - t0:.1f}s)", flush=True)
+        lines.append(f"| `{r['id']}` | {r['runtime']} | {r['hardware']} | {r['tp']} | {r['precision']} | "
+                     f"{r['metric']} | {r['value']:.4g} | {r['pred']:.4g} | {r['err']:+.1%} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# fitting the profiles' fitted figures
+
+#: per runtime: the parameters fitted to its published points — (kind, families, architecture, key)
+#: for a kernel efficiency, ("host", key) for a host time (µs)
+FIT: dict[str, list[tuple]] = {
+    "trtllm": [("kernel", ("gemm.fp8", "gemm.fp8_dynamic"), "hopper", "compute"),
+               ("kernel", ("gemm.fp8", "gemm.fp8_dynamic"), "ada", "compute"),
+               ("kernel", ("attention.decode",), "default", "memory"),
+               ("kernel", ("attention.prefill",), "default", "compute"),
+               ("host", "step_us"), ("host", "request_us")],
+    "compiled": [("host", "step_us")],
+    "vllm": [("host", "step_us"), ("host", "request_us"),
+             ("kernel", ("gemm.w8a16",), "default", "memory"), ("kernel", ("gemm.w4a16",), "default", "memory")],
+    "lmdeploy": [("host", "step_us"), ("host", "request_us"),
+                 ("kernel", ("gemm.w4a16",), "default", "memory")],
+}
+
+
+def _apply(rt: Runtime, spec: Sequence[tuple], x: Sequence[float]) -> Runtime:
+    for s, v in zip(spec, x):
+        if s[0] == "host":
+            rt = rt.with_host(**{s[1]: v})
+        else:
+            for fam in s[1]:
+                rt = rt.with_params(fam, s[2], **{s[3]: v})
+    return rt
+
+
+def _value(rt: Runtime, s: tuple) -> float:
+    if s[0] == "host":
+        return rt.host_s(s[1]) * 1e6
+    prm = rt.kernels[s[1][0]].params_for(s[2]) or {}
+    return float(prm.get(s[3], 0.5))
+
+
+def fit(name: str, replayer: Replayer | None = None, *, log=print) -> tuple[Runtime, list[dict]]:
+    """Fit the ``FIT[name]`` parameters of profile ``name`` to its published points: a robust
+    (soft-L1) loss of log(predicted / published), Nelder–Mead in transformed coordinates
+    (logit of a fraction, log of a host time)."""
+    rp = replayer or Replayer()
+    base = runtime_by_name(name)
+    spec = FIT[name]
+    cases = [c for c in (case_of(p) for p in points()) if c.overrides is not None and c.runtime == name]
+    values = np.array([c.point["value"] for c in cases], float)
+    inverse = np.array([c.point["metric"] in ("ttft_s", "tpot_s", "e2e_s") for c in cases])
+
+    def to_x(v):
+        return np.array([math.log(max(vi, 1e-3)) if s[0] == "host" else math.log(vi / (1 - vi))
+                         for s, vi in zip(spec, v)])
+
+    def from_x(x):
+        return [math.exp(xi) if s[0] == "host" else 1 / (1 + math.exp(-xi)) for s, xi in zip(spec, x)]
+
+    def objective(x):
+        rt = _apply(base, spec, from_x(x))
+        pred = np.array([rp.predict(c, rt) for c in cases])
+        r = np.log(pred / values)
+        return float(eff._loss(r[None, :])[0])
+
+    x0 = to_x([_value(base, s) for s in spec])
+    t0 = time.perf_counter()
+    best, fbest = eff._nelder_mead(objective, x0, step=np.full(len(x0), 0.4), max_iter=60 * len(x0), tol=1e-6)
+    fitted = _apply(base, spec, from_x(best))
+    log(f"fit {name}: {len(cases)} points, loss {fbest:.4f}, {time.perf_counter() - t0:.0f} s")
+    for s, v in zip(spec, from_x(best)):
+        log(f"  {s}: {v:.4g}")
+    rows = []
+    for c, val in zip(cases, values):
+        pred = rp.predict(c, fitted)
+        rows.append({"id": c.id, "value": val, "pred": pred, "err": pred / val - 1})
+    del inverse
+    return fitted, rows
+
+
+# --------------------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m compiler.driver.published", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", help="write every row and the summary here")
+    ap.add_argument("--markdown", help="write the markdown table here")
+    ap.add_argument("--only", help="points whose id contains this")
+    ap.add_argument("--runtime", help="price every point with this profile (e.g. eager)")
+    ap.add_argument("--fit", help="fit this profile's fitted parameters to its points")
+    a = ap.parse_args(argv)
+    if a.fit:
+        fit(a.fit)
+        return 0
+
+    def show(row):
+        if row.get("pred") is None:
+            print(f"{row['id']:60s} not expressed: {row['why']}", flush=True)
+        else:
+            print(f"{row['id']:60s} {row['value']:10.4g} {row['pred']:10.4g} {row['err']:+7.1%}", flush=True)
+
+    rows = replay(a.runtime, a.only, progress=show)
+    s = summarize(rows)
+    print()
+    for g, v in s["median_abs_err"].items():
+        print(f"median |error| {g:10s} {v:6.1%} over {s['n'][g]} points (target {TARGET[g]:.0%})")
+    for k, v in s["by_group"].items():
+        print(f"  {k:40s} n={v['n']:3d} median {v['median_abs_err']:6.1%} max {v['max_abs_err']:6.1%}")
+    print(f"off by 2x or more: {s['off_by_2x'] or 'none'}")
+    print(f"not expressed: {len(s['not_expressed'])} of {s['points']}")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump({"rows": rows, "summary": s}, f, indent=1)
+    if a.markdown:
+        with open(a.markdown, "w") as f:
+            f.write(table_md(rows) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

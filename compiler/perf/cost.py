@@ -137,6 +137,7 @@ class CostModel:
 
         self.items: list[OpItem] = []
         last: dict[int, tuple[int, ...]] = {}
+        w_static: list[float] = []
         head = lm_head(graph) if runtime is not None and runtime.lm_head == "last" else None
         for n in graph.topo_order():
             d = get(n.op, where=n.name)
@@ -151,6 +152,8 @@ class CostModel:
                     _COST_CACHE[key] = hit
             flops, byts = hit
             fixed = 1
+            wb = sympy.sympify(byts.weights)
+            w_static.append(float(wb) if not wb.free_symbols else 0.0)   # its weight bytes, untouched by routing
             if "moe" in n.annotations and n.annotations["moe"].expert is not None:
                 # one expert's op: routed rows, weights read iff touched (compiler/perf/moe.py)
                 rows, fixed = expert_factors(n.annotations["moe"], B * S)
@@ -176,9 +179,10 @@ class CostModel:
         self._classes = classes
         self._peak = np.array([hw.peak("fp16") if it.cost_class in REFERENCE_PEAK_CLASSES
                                else hw.peak(it.dtype, it.sparse) for it in self.items], dtype=float)
+        self.weight_numel = self._weight_numel(graph)
+        self.weight_bytes_static = w_static
         self._kernel_items = self._measured_kernels(graph)
         self._last_token = last      # item -> expressions of its last-position-only form (prefill)
-        self.weight_numel = self._weight_numel(graph)
         self._binding = runtime.bind(self) if runtime is not None else None
 
     def _measured_kernels(self, graph: Graph) -> list[tuple[int, str, float, float, str]]:
@@ -187,18 +191,44 @@ class CostModel:
         the dense GEMM of the same shape (16-bit on GPUs, fp32 on CPUs) times the family's measured
         ratio at the op's M."""
         out = []
-        by_name = {n.name: n for n in graph}
         for i, it in enumerate(self.items):
-            if it.cost_class != "gemm" or not it.kernel or kf.family(it.kernel) is None:
+            if it.cost_class != "gemm" or not it.kernel or kf.family(it.kernel) is None or not self.weight_numel[i]:
                 continue
-            n = by_name[it.name]
-            w = next((graph.params[t] for t in n.inputs[1:2] if t in graph.params), None)
-            if w is None or not w.type.is_static():
-                continue
-            numel = float(np.prod(w.type.shape))
-            ref = kf.dense_reference(it.kernel)
-            out.append((i, it.kernel, 2.0 * numel, ref.dense_bytes * numel, ref.dense_dtype))
+            out.append((i, it.kernel))
         return out
+
+    def measured_gemm_time(self, i: int, kernel: str, flops, w, byts, fx, shard: float = 1.0, gemm=None):
+        """Time of GEMM ``i`` run by measured kernel family ``kernel``: the dense GEMM of its shape in
+        the measurement's dense dtype (its weight at the dense itemsize, scaled like the op's own
+        weight bytes: a tensor-parallel shard, an MoE expert's touch probability) times the measured
+        ratio at the op's rows M. ``gemm``: the dense GEMM's efficiency (default: the hardware's gemm
+        class); ``shard``: the fraction of the weight one device holds (M = FLOPs / (2·K·N·shard)).
+        ``flops``, ``w``, ``byts``, ``fx``: the op's rows (arrays over points)."""
+        ge = gemm or self.hw.efficiency.for_class("gemm")
+        ref = kf.dense_reference(kernel)
+        numel = self.weight_numel[i]
+        w_full = self.weight_bytes_static[i]
+        w_dense = ref.dense_bytes * numel
+        if w_full:
+            w_dense = w_dense * (w / w_full)
+        dense_bytes = byts - w + w_dense
+        pk = self.hw.peak(ref.dense_dtype)
+        p16 = self.hw.peak("fp16")
+        launch = self.hw.efficiency.launch_overhead_s
+        t_dense = np.maximum((flops + ge.flops_half * fx * pk / p16) / (pk * ge.compute),
+                             (dense_bytes + ge.bytes_half * fx) / (self.hw.memory_bandwidth * ge.memory)) \
+            + launch * fx
+        return t_dense * kf.ratio(kernel, flops / (2.0 * numel * shard))
+
+    def rebind(self, runtime: Runtime) -> None:
+        """Price with ``runtime`` from now on — a profile differing from the current one only in
+        its kernels' figures and host times (fitting); its graph-level choices (LM head, KV read
+        in-kernel) must be the same."""
+        cur = self.runtime
+        if cur is None or (cur.lm_head, tuple(cur.kv_cache_in_kernel)) != (runtime.lm_head, tuple(runtime.kv_cache_in_kernel)):
+            raise ValueError("rebind: the profile changes how the graph is costed; build a new CostModel")
+        self.runtime = runtime
+        self._binding = runtime.bind(self)
 
     def _weight_numel(self, graph: Graph) -> list[float]:
         """Elements of each GEMM's static 2-D weight (0 when it has none)."""
@@ -263,10 +293,11 @@ class CostModel:
         return {"flops": flops, "bytes": w + a + kv, "weights": w, "activations": a, "kv": kv,
                 "time": time, "attainable": att_f, "bound": bound}
 
-    def op_times(self, flops, w, a, kv, fx, phase: str):
+    def op_times(self, flops, w, a, kv, fx, phase: str, shard=None):
         """Per-op (time, attainable FLOP/s, bound) arrays ``(n_ops, n_points)`` of ops moving
         these FLOPs and bytes (the hardware's class model, the measured kernel families, and the
-        runtime profile's kernels where it prices an op differently)."""
+        runtime profile's kernels where it prices an op differently); ``shard``: per op, the
+        fraction of its weight one device holds (tensor parallelism; default whole)."""
         byts = w + a + kv
         launch = self.hw.efficiency.launch_overhead_s
         time = np.zeros_like(flops)
@@ -293,18 +324,12 @@ class CostModel:
             bound[m] = np.where(fixed > np.maximum(pure_c, pure_m), 2, np.where(pure_c >= pure_m, 0, 1))
             att_f[m] = np.where(time[m] > 0, flops[m] / np.maximum(time[m] - launch * fx[m], 1e-30), 0.0)
         if self._kernel_items:   # measured kernel families (compiler/perf/kernel_families.py)
-            ge = self.hw.efficiency.for_class("gemm")
-            p16 = self.hw.peak("fp16")
-            for i, kernel, kn2, w_dense, dense_dtype in self._kernel_items:
-                dense_bytes = byts[i] - w[i] + w_dense
-                pk = self.hw.peak(dense_dtype)
-                t_dense = np.maximum((flops[i] + ge.flops_half * fx[i] * pk / p16) / (pk * ge.compute),
-                                     (dense_bytes + ge.bytes_half * fx[i]) / (self.hw.memory_bandwidth * ge.memory)) \
-                    + launch * fx[i]
-                time[i] = t_dense * kf.ratio(kernel, flops[i] / kn2)
+            for i, kernel in self._kernel_items:
+                time[i] = self.measured_gemm_time(i, kernel, flops[i], w[i], byts[i], fx[i],
+                                                  1.0 if shard is None else float(shard[i]))
                 att_f[i] = np.where(time[i] > 0, flops[i] / np.maximum(time[i] - launch * fx[i], 1e-30), 0.0)
         if self._binding is not None:   # the runtime profile's kernels (compiler/perf/runtime.py)
-            self._binding.override(flops, w, a, kv, fx, phase, time, att_f, bound)
+            self._binding.override(flops, w, a, kv, fx, phase, time, att_f, bound, shard)
         return time, att_f, bound
 
     def host_time(self, b, s) -> np.ndarray:

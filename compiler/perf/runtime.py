@@ -66,6 +66,7 @@ from compiler import resources
 from compiler.errors import ConfigError
 from compiler.ir import S
 from compiler.perf import kernel_families as kf
+from compiler.perf.hardware import ClassEfficiency
 from compiler.perf import structured
 
 __all__ = ["Runtime", "Kernel", "HostFigure", "RuntimeYaml", "load_runtime", "runtime_by_name",
@@ -352,6 +353,21 @@ class Binding:
         self.n = n
 
     # -- times -------------------------------------------------------------------------------
+    def dense_gemm(self, k: Kernel):
+        """The efficiency of the dense GEMM a measured kernel's ratio is taken against: this
+        profile's own dense kernel of that dtype when it prices one (``efficiency``), else the
+        hardware's gemm class."""
+        hw = self.cm.hw
+        base = hw.efficiency.for_class("gemm")
+        ref = kf.dense_reference(k.measured)
+        dk = self.rt.kernel(f"gemm.{ref.dense_dtype}")
+        prm = dk.params_for(self.arch) if dk is not None and dk.model == "efficiency" else None
+        if not prm:
+            return base
+        return ClassEfficiency(float(prm.get("compute", base.compute)), float(prm.get("memory", base.memory)),
+                               float(prm["flops_half_gflop"]) * _GFLOP if "flops_half_gflop" in prm else base.flops_half,
+                               float(prm["bytes_half_mb"]) * _MB if "bytes_half_mb" in prm else base.bytes_half)
+
     def fixed(self, fx: np.ndarray) -> np.ndarray:
         """Fixed-cost multipliers with grouped MoE dispatch applied."""
         m = ~np.isnan(self.moe_fixed)
@@ -361,7 +377,7 @@ class Binding:
         fx[m] = self.moe_fixed[m][:, None]
         return fx
 
-    def override(self, flops, w, a, kv, fx, phase, time, att_f, bound):
+    def override(self, flops, w, a, kv, fx, phase, time, att_f, bound, shard=None):
         """Re-price the ops whose kernel is not the hardware class; in place on ``time``,
         ``att_f``, ``bound`` (arrays ``(n_ops, n_points)``)."""
         cm, hw = self.cm, self.cm.hw
@@ -386,30 +402,24 @@ class Binding:
                 continue
             f_i = np.full_like(fx[i], self.moe_fixed[i]) if grouped[i] else fx[i]
             if k.model == "roofline":
-                pk = hw.peak(k.peak_dtype or cm.items[i].dtype) if cm.items[i].cost_class not in (
-                    "elementwise", "reduction", "copy") else hw.peak("fp32")
+                if k.peak_dtype:
+                    pk = hw.peak(k.peak_dtype)
+                elif cm.items[i].cost_class in ("elementwise", "reduction", "copy"):
+                    pk = hw.peak("fp32")        # vector work runs on the vector units
+                else:
+                    pk = cm._peak[i]            # the op's math dtype (2:4-sparse peak for a 2:4 weight)
                 t_c = flops[i] / pk
                 t_m = byts[i] / bw
                 time[i] = np.maximum(t_c, t_m)
                 bound[i] = np.where(t_c >= t_m, 0, 1)
                 att_f[i] = np.where(time[i] > 0, flops[i] / np.maximum(time[i], 1e-30), 0.0)
                 continue
-            if k.model == "measured":
-                ge = hw.efficiency.for_class("gemm")
-                ref = kf.dense_reference(k.measured)
-                it = cm.items[i]
-                numel = cm.weight_numel[i]
-                if not numel:
+            if k.model == "measured" and self.arch not in k.params:
+                if not cm.weight_numel[i]:
                     continue
-                w_dense = ref.dense_bytes * numel
-                pk = hw.peak(ref.dense_dtype)
-                dense_bytes = byts[i] - w[i] + w_dense
-                t_dense = np.maximum((flops[i] + ge.flops_half * f_i * pk / p16) / (pk * ge.compute),
-                                     (dense_bytes + ge.bytes_half * f_i) / (bw * ge.memory)) + launch * f_i
-                mrows = flops[i] / (2.0 * numel)
-                time[i] = t_dense * kf.ratio(k.measured, mrows)
+                time[i] = cm.measured_gemm_time(i, k.measured, flops[i], w[i], byts[i], f_i,
+                                                1.0 if shard is None else float(shard[i]), self.dense_gemm(k))
                 att_f[i] = np.where(time[i] > 0, flops[i] / np.maximum(time[i] - launch * f_i, 1e-30), 0.0)
-                del it
                 continue
             # efficiency
             it = cm.items[i]
