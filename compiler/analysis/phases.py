@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from compiler.analysis import early_exit, moe
+from compiler.analysis import runtime as runtime_sec
 from compiler.analysis import speculative as spec
 from compiler.analysis.capacity import capacity_section
 from compiler.analysis.context import RunContext
@@ -201,6 +202,7 @@ def analyze(rc: RunContext) -> dict[str, Any]:
     phases.update(dynamic.pop("phases", {}))
     latency.update(dynamic.pop("latency", {}))
     dtype = m.get("dtype") or _graph_dtype(g)
+    rsec = runtime_sec.section(rc, generative)
     return {
         "model": {
             "name": str(m.get("name") or g.name), "source": str(m.get("source")),
@@ -237,6 +239,7 @@ def analyze(rc: RunContext) -> dict[str, Any]:
         "throughput_vs_batch": sweep,
         **dynamic,
         **planning,
+        **({"runtime": rsec} if rsec is not None else {}),
     }
 
 

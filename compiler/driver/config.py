@@ -506,7 +506,9 @@ def _check_serve(cfg: dict):
 
 def _check_runtime(cfg: dict):
     if cfg.get("runtime") is not None:
-        load_runtime(cfg["runtime"])
+        rt = load_runtime(cfg["runtime"])
+        if cfg.get("hardware"):
+            rt.check_hardware(load_hardware(cfg["hardware"]))
 
 
 def _check_emit(cfg: dict):

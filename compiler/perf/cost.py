@@ -184,6 +184,7 @@ class CostModel:
         self._kernel_items = self._measured_kernels(graph)
         self._last_token = last      # item -> expressions of its last-position-only form (prefill)
         self._binding = runtime.bind(self) if runtime is not None else None
+        self._groups = None
 
     def _measured_kernels(self, graph: Graph) -> list[tuple[int, str, float, float, str]]:
         """GEMMs whose ``compute_dtype.kernel`` is a measured family (compiler/perf/kernel_families.py):
@@ -265,25 +266,50 @@ class CostModel:
         """(4, n_ops, n_points) FLOPs, weight, activation and KV bytes at the given points."""
         return self._raw(b, s, p)[:4]
 
-    def _raw(self, b, s, p, phase: str | None = None) -> np.ndarray:
+    def _raw(self, b, s, p, phase: str | None = None, rows=None) -> np.ndarray:
         """(5, n_ops, n_points): raw() plus each op's fixed-cost multiplier (launch and ramp are
         paid with this probability: < 1 for an MoE expert's ops, which run only when it is routed to).
         In a prefill under a runtime that computes the last position's logits only, the LM head
-        is evaluated in that form."""
+        is evaluated in that form. ``rows``: only these ops (item indices), in that order."""
         b, s, p = (np.atleast_1d(np.asarray(x, dtype=float)) for x in (b, s, p))
         n = max(len(b), len(s), len(p))
         vals = self._fn(b, s, p)
         table = np.stack([np.broadcast_to(np.asarray(v, dtype=float), (n,)) for v in vals]) if vals else np.zeros((0, n))
-        out = table[self._idx.T]  # (5, n_ops, n)
+        idx = self._idx if rows is None else self._idx[rows]
+        out = table[idx.T]  # (5, n_ops, n)
         if phase == "prefill" and self._last_token:
-            for i, idx in self._last_token.items():
-                out[:, i] = table[list(idx)]
+            pos = {int(i): j for j, i in enumerate(rows)} if rows is not None else None
+            for i, li in self._last_token.items():
+                j = i if pos is None else pos.get(i)
+                if j is not None:
+                    out[:, j] = table[list(li)]
         return out
 
-    def components(self, b, s, p, phase: str | None = None) -> np.ndarray:
+    def signature_groups(self, extra=None) -> tuple[np.ndarray, np.ndarray]:
+        """(representative item indices, multiplicities): ops whose costs are identical functions of
+        the workload (same expressions, class, dtype, kernel, family — every layer repeats them),
+        optionally also equal in ``extra`` (a per-op key sequence, e.g. tensor-parallel shard
+        factors). Summing representative x multiplicity is the phase time, far fewer ops."""
+        seen: dict[Any, int] = {}
+        reps: list[int] = []
+        counts: list[int] = []
+        for i, it in enumerate(self.items):
+            key = (it.idx, it.cost_class, it.dtype, it.sparse, it.kernel, it.family, it.moe_experts, it.moe_format,
+                   self.weight_numel[i], self.weight_bytes_static[i], self._last_token.get(i),
+                   None if extra is None else extra[i])
+            j = seen.get(key)
+            if j is None:
+                seen[key] = len(reps)
+                reps.append(i)
+                counts.append(1)
+            else:
+                counts[j] += 1
+        return np.array(reps, np.int64), np.array(counts, float)
+
+    def components(self, b, s, p, phase: str | None = None, rows=None) -> np.ndarray:
         """(5, n_ops, n_points): FLOPs, weight, activation, KV bytes and the fixed-cost multiplier
-        of every op in ``phase`` (what :meth:`op_times` prices)."""
-        return self._raw(b, s, p, phase)
+        of every op (or of ``rows``) in ``phase`` (what :meth:`op_times` prices)."""
+        return self._raw(b, s, p, phase, rows)
 
     def evaluate(self, b, s, p, phase: str) -> dict[str, np.ndarray]:
         """Per-op arrays (n_ops, n_points) at workload points, for ``phase`` in prefill/decode
@@ -293,24 +319,35 @@ class CostModel:
         return {"flops": flops, "bytes": w + a + kv, "weights": w, "activations": a, "kv": kv,
                 "time": time, "attainable": att_f, "bound": bound}
 
-    def op_times(self, flops, w, a, kv, fx, phase: str, shard=None):
+    def op_times(self, flops, w, a, kv, fx, phase: str, shard=None, rows=None):
         """Per-op (time, attainable FLOP/s, bound) arrays ``(n_ops, n_points)`` of ops moving
         these FLOPs and bytes (the hardware's class model, the measured kernel families, and the
         runtime profile's kernels where it prices an op differently); ``shard``: per op, the
-        fraction of its weight one device holds (tensor parallelism; default whole)."""
+        fraction of its weight one device holds (tensor parallelism; default whole); ``rows``: the
+        arrays hold only these ops (item indices, :meth:`signature_groups`)."""
+        class_of = self._class_of if rows is None else self._class_of[rows]
+        peaks = self._peak if rows is None else self._peak[rows]
+        if rows is not None:
+            pos = {int(i): j for j, i in enumerate(rows)}
+            kernel_items = [(pos[i], i, k) for i, k in self._kernel_items if i in pos]
+        else:
+            kernel_items = [(i, i, k) for i, k in self._kernel_items]
+        if self._binding is not None:   # ops the profile re-prices need no measured-family pass here
+            model = self._binding.plan["decode" if phase == "decode" else "prefill"]["model"]
+            kernel_items = [t for t in kernel_items if model[t[1]] == 0]
         byts = w + a + kv
         launch = self.hw.efficiency.launch_overhead_s
         time = np.zeros_like(flops)
         att_f = np.zeros_like(flops)
         bound = np.zeros(flops.shape, dtype=np.int8)  # 0 compute, 1 memory, 2 latency
         for ci, c in enumerate(self._classes):
-            m = self._class_of == ci
+            m = class_of == ci
             if not m.any():
                 continue
             eclass = {"attention": f"attention_{phase}"}.get(c, c)
             prm = self.hw.efficiency.for_class(eclass)
             cp = eff.ClassParams(prm.compute, prm.memory, prm.flops_half, prm.bytes_half)
-            pk = self._peak[m][:, None]
+            pk = peaks[m][:, None]
             bw = self.hw.memory_bandwidth
             # flops_half is sized for the fp16 reference peak: a kernel's ramp-up TIME is the
             # chip's, whatever the dtype (fp32 / fp8 / int8 GEMMs scale it by their peak)
@@ -323,13 +360,12 @@ class CostModel:
             fixed = time[m] - np.maximum(pure_c, pure_m)
             bound[m] = np.where(fixed > np.maximum(pure_c, pure_m), 2, np.where(pure_c >= pure_m, 0, 1))
             att_f[m] = np.where(time[m] > 0, flops[m] / np.maximum(time[m] - launch * fx[m], 1e-30), 0.0)
-        if self._kernel_items:   # measured kernel families (compiler/perf/kernel_families.py)
-            for i, kernel in self._kernel_items:
-                time[i] = self.measured_gemm_time(i, kernel, flops[i], w[i], byts[i], fx[i],
-                                                  1.0 if shard is None else float(shard[i]))
-                att_f[i] = np.where(time[i] > 0, flops[i] / np.maximum(time[i] - launch * fx[i], 1e-30), 0.0)
+        for j, i, kernel in kernel_items:   # measured kernel families (compiler/perf/kernel_families.py)
+            time[j] = self.measured_gemm_time(i, kernel, flops[j], w[j], byts[j], fx[j],
+                                              1.0 if shard is None else float(shard[j]))
+            att_f[j] = np.where(time[j] > 0, flops[j] / np.maximum(time[j] - launch * fx[j], 1e-30), 0.0)
         if self._binding is not None:   # the runtime profile's kernels (compiler/perf/runtime.py)
-            self._binding.override(flops, w, a, kv, fx, phase, time, att_f, bound, shard)
+            self._binding.override(flops, w, a, kv, fx, phase, time, att_f, bound, shard, rows)
         return time, att_f, bound
 
     def host_time(self, b, s) -> np.ndarray:
@@ -340,8 +376,17 @@ class CostModel:
         return self.runtime.step_overhead(b, s)
 
     def phase_time(self, b, s, p, phase: str) -> np.ndarray:
-        """One step's time: the ops' times plus the runtime's host time of the iteration."""
-        t = self.evaluate(b, s, p, phase)["time"].sum(axis=0)
+        """One step's time: the ops' times plus the runtime's host time of the iteration. Under a
+        runtime profile the identical ops of every layer are priced once (:meth:`signature_groups`);
+        without one (eager) every op is summed in graph order, as always."""
+        if self._binding is None:
+            t = self.evaluate(b, s, p, phase)["time"].sum(axis=0)
+        else:
+            if self._groups is None:
+                self._groups = self.signature_groups()
+            rows, count = self._groups
+            flops, w, a, kv, fx = self._raw(b, s, p, phase, rows)
+            t = (self.op_times(flops, w, a, kv, fx, phase, rows=rows)[0] * count[:, None]).sum(axis=0)
         if self.runtime is not None:
             t = t + self.host_time(b, s)
         return t

@@ -129,6 +129,7 @@ class RuntimeYaml:
     name: str = MISSING
     engine: str = MISSING
     description: str = ""
+    devices: List[str] = field(default_factory=lambda: ["gpu", "cpu", "soc"])   # hardware kinds it runs on
     lm_head: str = "all"
     kv_cache_in_kernel: List[str] = field(default_factory=list)
     moe_dispatch: str = "per_expert"
@@ -182,6 +183,7 @@ class Runtime:
     name: str
     engine: str
     description: str = ""
+    devices: tuple[str, ...] = ("gpu", "cpu", "soc")
     lm_head: str = "all"
     kv_cache_in_kernel: tuple[str, ...] = ()
     moe_dispatch: str = "per_expert"
@@ -225,10 +227,20 @@ class Runtime:
     def request_s(self) -> float:
         return self.host_s("request_us")
 
+    def check_hardware(self, hw) -> None:
+        """A profile runs on some hardware kinds only (a GPU engine is not a CPU runtime)."""
+        if hw.kind not in self.devices:
+            others = ", ".join(n for n in available_runtimes() if hw.kind in runtime_by_name(n).devices)
+            raise ConfigError(f"runtime={self.name} describes {self.engine}, which runs on "
+                              f"{' / '.join(self.devices)} hardware, but hardware={hw.name} is a {hw.kind}: no such "
+                              f"run exists to predict. Choose a runtime for a {hw.kind} ({others}) or a "
+                              f"{' / '.join(self.devices)} hardware.")
+
     def describe(self) -> dict[str, Any]:
         """The report's ``runtime`` block (without the per-run figures)."""
         return {
             "name": self.name, "engine": self.engine, "description": self.description,
+            "devices": list(self.devices),
             "lm_head": self.lm_head, "kv_cache_in_kernel": list(self.kv_cache_in_kernel),
             "moe_dispatch": self.moe_dispatch,
             "kernels": {f: k.describe() for f, k in sorted(self.kernels.items())},
@@ -333,8 +345,12 @@ _ARCH_DEFAULT = "default"
 
 
 class Binding:
-    """A profile bound to one compiled :class:`compiler.perf.cost.CostModel`: per op, the kernel that
-    prices it (or the hardware class), and the vectorized override of the op times."""
+    """A profile bound to one compiled :class:`compiler.perf.cost.CostModel`: per op and phase, how
+    it is priced — the hardware class (unchanged), an ``efficiency`` kernel (vectorized: one
+    parameter row per op), a ``measured`` kernel (its ratio curve), or the ``roofline`` — and
+    grouped MoE dispatch (an expert op's fixed costs shared by the layer's experts)."""
+
+    HARDWARE, EFFICIENCY, MEASURED, ROOFLINE = 0, 1, 2, 3
 
     def __init__(self, rt: Runtime, cm):
         self.rt = rt
@@ -342,17 +358,68 @@ class Binding:
         hw = cm.hw
         self.arch = hw.architecture or _ARCH_DEFAULT
         items = cm.items
-        n = len(items)
-        # per phase: kernel spec of every op (None = hardware class, unchanged)
-        self.kernels: dict[str, list[Kernel | None]] = {}
-        for phase in ("prefill", "decode"):
-            self.kernels[phase] = [rt.family_kernel(it, phase) for it in items]
+        self.n = len(items)
         # MoE expert ops under grouped dispatch: fixed costs once per layer and projection
         self.moe_fixed = np.array([1.0 / it.moe_experts if (rt.moe_dispatch == "grouped" and it.moe_experts)
                                    else np.nan for it in items], float)
-        self.n = n
+        self.grouped = ~np.isnan(self.moe_fixed)
+        self.kernels: dict[str, list[Kernel | None]] = {}
+        self.plan: dict[str, dict[str, Any]] = {}
+        for phase in ("prefill", "decode"):
+            ks = [rt.family_kernel(it, phase) for it in items]
+            self.kernels[phase] = ks
+            self.plan[phase] = self._plan(ks, phase)
 
-    # -- times -------------------------------------------------------------------------------
+    def _plan(self, ks, phase: str) -> dict[str, Any]:
+        cm, hw = self.cm, self.cm.hw
+        n = self.n
+        model = np.zeros(n, np.int8)
+        prm = np.zeros((n, 4))           # compute, memory, flops_half, bytes_half
+        peak = np.array(cm._peak, float)
+        measured: list[tuple[int, Kernel, int]] = []   # (position, kernel, item)
+        for i, (it, k) in enumerate(zip(cm.items, ks)):
+            cls_name = {"attention": f"attention_{phase}"}.get(it.cost_class, it.cost_class)
+            base = hw.efficiency.for_class(cls_name)
+            prm[i] = (base.compute, base.memory, base.flops_half, base.bytes_half)
+            if k is None or k.model == "hardware":
+                if self.grouped[i] and not it.kernel:
+                    model[i] = self.EFFICIENCY     # the class figures, grouped fixed costs
+                continue
+            if k.model == "roofline":
+                model[i] = self.ROOFLINE
+                if k.peak_dtype:
+                    peak[i] = hw.peak(k.peak_dtype)
+                elif it.cost_class in ("elementwise", "reduction", "copy"):
+                    peak[i] = hw.peak("fp32")     # vector work runs on the vector units
+                continue
+            if k.model == "measured" and self.arch not in k.params:
+                if cm.weight_numel[i]:
+                    model[i] = self.MEASURED
+                    measured.append((i, k, i))
+                continue
+            p = k.params_for(self.arch) or {}
+            model[i] = self.EFFICIENCY
+            prm[i] = (float(p.get("compute", base.compute)), float(p.get("memory", base.memory)),
+                      float(p["flops_half_gflop"]) * _GFLOP if "flops_half_gflop" in p else base.flops_half,
+                      float(p["bytes_half_mb"]) * _MB if "bytes_half_mb" in p else base.bytes_half)
+            if k.peak_dtype:
+                peak[i] = hw.peak(k.peak_dtype)
+        return {"model": model, "eff": np.flatnonzero(model == self.EFFICIENCY),
+                "roof": np.flatnonzero(model == self.ROOFLINE), "measured": measured,
+                "prm": prm, "peak": peak}
+
+    def _subset(self, pl: dict, rows) -> dict:
+        key = (id(pl), rows.tobytes())
+        cache = self.__dict__.setdefault("_subsets", {})
+        if key not in cache:
+            model = pl["model"][rows]
+            pos = {int(i): j for j, i in enumerate(rows)}
+            cache[key] = {"model": model, "eff": np.flatnonzero(model == self.EFFICIENCY),
+                          "roof": np.flatnonzero(model == self.ROOFLINE), "prm": pl["prm"][rows],
+                          "peak": pl["peak"][rows],
+                          "measured": [(pos[i], k, i) for i, k, *_ in pl["measured"] if i in pos]}
+        return cache[key]
+
     def dense_gemm(self, k: Kernel):
         """The efficiency of the dense GEMM a measured kernel's ratio is taken against: this
         profile's own dense kernel of that dtype when it prices one (``efficiency``), else the
@@ -368,77 +435,44 @@ class Binding:
                                float(prm["flops_half_gflop"]) * _GFLOP if "flops_half_gflop" in prm else base.flops_half,
                                float(prm["bytes_half_mb"]) * _MB if "bytes_half_mb" in prm else base.bytes_half)
 
-    def fixed(self, fx: np.ndarray) -> np.ndarray:
-        """Fixed-cost multipliers with grouped MoE dispatch applied."""
-        m = ~np.isnan(self.moe_fixed)
-        if not m.any():
-            return fx
-        fx = fx.copy()
-        fx[m] = self.moe_fixed[m][:, None]
-        return fx
-
-    def override(self, flops, w, a, kv, fx, phase, time, att_f, bound, shard=None):
+    def override(self, flops, w, a, kv, fx, phase, time, att_f, bound, shard=None, rows=None):
         """Re-price the ops whose kernel is not the hardware class; in place on ``time``,
-        ``att_f``, ``bound`` (arrays ``(n_ops, n_points)``)."""
+        ``att_f``, ``bound`` (arrays ``(n_ops, n_points)``; ``rows``: the item indices they hold)."""
         cm, hw = self.cm, self.cm.hw
-        ph = "decode" if phase == "decode" else "prefill"
-        ks = self.kernels[ph]
-        byts = w + a + kv
+        pl = self.plan["decode" if phase == "decode" else "prefill"]
+        if rows is not None:
+            pl = self._subset(pl, rows)
         launch = hw.efficiency.launch_overhead_s
         bw = hw.memory_bandwidth
         p16 = hw.peak("fp16")
-        grouped = ~np.isnan(self.moe_fixed)
-        for i, k in enumerate(ks):
-            if k is None or k.model == "hardware":
-                if grouped[i]:
-                    # hardware class, grouped launch: re-price with the layer's shared fixed cost
-                    k_cls = cm.items[i].cost_class
-                    prm = hw.efficiency.for_class(k_cls)
-                    pk = cm._peak[i]
-                    f_i = fx[i] if not grouped[i] else np.full_like(fx[i], self.moe_fixed[i])
-                    t_c = (flops[i] + prm.flops_half * f_i * pk / p16) / (pk * prm.compute)
-                    t_m = (byts[i] + prm.bytes_half * f_i) / (bw * prm.memory)
-                    time[i] = np.maximum(t_c, t_m) + launch * f_i
-                continue
-            f_i = np.full_like(fx[i], self.moe_fixed[i]) if grouped[i] else fx[i]
-            if k.model == "roofline":
-                if k.peak_dtype:
-                    pk = hw.peak(k.peak_dtype)
-                elif cm.items[i].cost_class in ("elementwise", "reduction", "copy"):
-                    pk = hw.peak("fp32")        # vector work runs on the vector units
-                else:
-                    pk = cm._peak[i]            # the op's math dtype (2:4-sparse peak for a 2:4 weight)
-                t_c = flops[i] / pk
-                t_m = byts[i] / bw
-                time[i] = np.maximum(t_c, t_m)
-                bound[i] = np.where(t_c >= t_m, 0, 1)
-                att_f[i] = np.where(time[i] > 0, flops[i] / np.maximum(time[i], 1e-30), 0.0)
-                continue
-            if k.model == "measured" and self.arch not in k.params:
-                if not cm.weight_numel[i]:
-                    continue
-                time[i] = cm.measured_gemm_time(i, k.measured, flops[i], w[i], byts[i], f_i,
-                                                1.0 if shard is None else float(shard[i]), self.dense_gemm(k))
-                att_f[i] = np.where(time[i] > 0, flops[i] / np.maximum(time[i] - launch * f_i, 1e-30), 0.0)
-                continue
-            # efficiency
-            it = cm.items[i]
-            cls_name = {"attention": f"attention_{ph}"}.get(it.cost_class, it.cost_class)
-            base = hw.efficiency.for_class(cls_name)
-            prm = k.params_for(self.arch) or {}
-            c = float(prm.get("compute", base.compute))
-            m = float(prm.get("memory", base.memory))
-            fh = float(prm["flops_half_gflop"]) * _GFLOP if "flops_half_gflop" in prm else base.flops_half
-            bh = float(prm["bytes_half_mb"]) * _MB if "bytes_half_mb" in prm else base.bytes_half
-            pk = hw.peak(k.peak_dtype) if k.peak_dtype else cm._peak[i]
-            t_c = (flops[i] + fh * f_i * pk / p16) / (pk * c)
-            t_m = (byts[i] + bh * f_i) / (bw * m)
-            time[i] = np.maximum(t_c, t_m) + launch * f_i
-            pure_c = flops[i] / (pk * c)
-            pure_m = byts[i] / (bw * m)
-            fixed = time[i] - np.maximum(pure_c, pure_m)
-            bound[i] = np.where(fixed > np.maximum(pure_c, pure_m), 2, np.where(pure_c >= pure_m, 0, 1))
-            att_f[i] = np.where(time[i] > 0, flops[i] / np.maximum(time[i] - launch * f_i, 1e-30), 0.0)
+        grouped = self.grouped if rows is None else self.grouped[rows]
+        if grouped.any():
+            fx = fx.copy()
+            fx[grouped] = (self.moe_fixed if rows is None else self.moe_fixed[rows])[grouped][:, None]
+        e = pl["eff"]
+        if len(e):
+            c, m, fh, bh = (pl["prm"][e, j][:, None] for j in range(4))
+            pk = pl["peak"][e][:, None]
+            f_, b_ = flops[e], w[e] + a[e] + kv[e]
+            t_c = (f_ + fh * fx[e] * pk / p16) / (pk * c)
+            t_m = (b_ + bh * fx[e]) / (bw * m)
+            t = np.maximum(t_c, t_m) + launch * fx[e]
+            pure = np.maximum(f_ / (pk * c), b_ / (bw * m))
+            time[e] = t
+            bound[e] = np.where(t - pure > pure, 2, np.where(f_ / (pk * c) >= b_ / (bw * m), 0, 1))
+            att_f[e] = np.where(t > 0, f_ / np.maximum(t - launch * fx[e], 1e-30), 0.0)
+        r = pl["roof"]
+        if len(r):
+            pk = pl["peak"][r][:, None]
+            f_, b_ = flops[r], w[r] + a[r] + kv[r]
+            t_c, t_m = f_ / pk, b_ / bw
+            time[r] = np.maximum(t_c, t_m)
+            bound[r] = np.where(t_c >= t_m, 0, 1)
+            att_f[r] = np.where(time[r] > 0, f_ / np.maximum(time[r], 1e-30), 0.0)
+        for j, k, i in pl["measured"]:
+            time[j] = cm.measured_gemm_time(i, k.measured, flops[j], w[j], w[j] + a[j] + kv[j], fx[j],
+                                            1.0 if shard is None else float(shard[j]), self.dense_gemm(k))
+            att_f[j] = np.where(time[j] > 0, flops[j] / np.maximum(time[j] - launch * fx[j], 1e-30), 0.0)
 
 
 # --------------------------------------------------------------------------- loading
@@ -512,8 +546,11 @@ def load_runtime(cfg: Any, source: str | None = None) -> Runtime:
         _fail(where, "serve.admission", f"is {sv['admission']!r}", "Write preempt or no_evict.")
     if not (0 < sv["gpu_utilization"] <= 1):
         _fail(where, "serve.gpu_utilization", f"is {sv['gpu_utilization']!r}", "Write a fraction in (0, 1].")
+    for d in top["devices"]:
+        if d not in ("gpu", "cpu", "soc"):
+            _fail(where, "devices", f"lists {d!r}", "List hardware kinds among gpu, cpu, soc.")
     return Runtime(name=top["name"], engine=top["engine"], description=top["description"],
-                   lm_head=top["lm_head"], kv_cache_in_kernel=tuple(kv_formats), moe_dispatch=top["moe_dispatch"],
+                   devices=tuple(top["devices"]), lm_head=top["lm_head"], kv_cache_in_kernel=tuple(kv_formats), moe_dispatch=top["moe_dispatch"],
                    kernels=kernels, host=host, max_num_seqs=int(sv["max_num_seqs"]),
                    max_batched_tokens=int(sv["max_batched_tokens"]), admission=sv["admission"],
                    gpu_utilization=float(sv["gpu_utilization"]), chunked_prefill=bool(sv["chunked_prefill"]),
