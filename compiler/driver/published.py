@@ -310,14 +310,19 @@ def table_md(rows: Sequence[dict]) -> str:
 #: for a kernel efficiency, ("host", key) for a host time (µs)
 FIT: dict[str, list[tuple]] = {
     "trtllm": [("kernel", ("gemm.fp8", "gemm.fp8_dynamic"), "hopper", "compute"),
+               ("kernel", ("gemm.fp8", "gemm.fp8_dynamic"), "hopper", "memory"),
                ("kernel", ("gemm.fp8", "gemm.fp8_dynamic"), "ada", "compute"),
+               ("kernel", ("moe",), "hopper", "compute"),
+               ("kernel", ("moe",), "ampere", "compute"),
                ("kernel", ("attention.decode",), "default", "memory"),
                ("kernel", ("attention.prefill",), "default", "compute"),
                ("host", "step_us"), ("host", "request_us")],
-    "compiled": [("host", "step_us")],
-    "vllm": [("host", "step_us"), ("host", "request_us"),
+    "compiled": [("kernel", ("gemm.bf16",), "ampere", "memory"), ("kernel", ("gemm.bf16",), "hopper", "memory"),
+                 ("kernel", ("gemm.w8a16",), "ampere", "memory"), ("kernel", ("gemm.w4a16",), "ampere", "memory"),
+                 ("host", "step_us")],
+    "vllm": [("host", "step_us"), ("host", "per_sequence_us"),
              ("kernel", ("gemm.w8a16",), "default", "memory"), ("kernel", ("gemm.w4a16",), "default", "memory")],
-    "lmdeploy": [("host", "step_us"), ("host", "request_us"),
+    "lmdeploy": [("host", "step_us"), ("host", "per_sequence_us"), ("host", "request_us"),
                  ("kernel", ("gemm.w4a16",), "default", "memory")],
 }
 
@@ -365,7 +370,7 @@ def fit(name: str, replayer: Replayer | None = None, *, log=print) -> tuple[Runt
 
     x0 = to_x([_value(base, s) for s in spec])
     t0 = time.perf_counter()
-    best, fbest = eff._nelder_mead(objective, x0, step=np.full(len(x0), 0.4), max_iter=60 * len(x0), tol=1e-6)
+    best, fbest = eff._nelder_mead(objective, x0, step=np.full(len(x0), 0.4), max_iter=20 * len(x0), tol=1e-5)
     fitted = _apply(base, spec, from_x(best))
     log(f"fit {name}: {len(cases)} points, loss {fbest:.4f}, {time.perf_counter() - t0:.0f} s")
     for s, v in zip(spec, from_x(best)):
@@ -373,9 +378,75 @@ def fit(name: str, replayer: Replayer | None = None, *, log=print) -> tuple[Runt
     rows = []
     for c, val in zip(cases, values):
         pred = rp.predict(c, fitted)
-        rows.append({"id": c.id, "value": val, "pred": pred, "err": pred / val - 1})
+        rows.append({"id": c.id, "value": val, "pred": pred, "err": pred / val - 1,
+                     "precision": c.point["precision"]["weights"], "metric": c.point["metric"]})
+        log(f"  {c.id:60s} {val:10.4g} {pred:10.4g} {pred / val - 1:+7.1%}")
     del inverse
     return fitted, rows
+
+
+#: kernel family -> the published precisions whose points exercise it (error bands)
+_BAND_PRECISIONS = {"gemm.fp8": ("fp8",), "gemm.fp8_dynamic": ("fp8",), "gemm.w8a16": ("int8",),
+                    "gemm.w4a16": ("int4",), "gemm.bf16": ("bf16",), "gemm.fp16": ("fp16",)}
+
+
+def error_bands(name: str, spec: Sequence[tuple], rows: Sequence[dict]) -> dict[str, tuple[float, float, str]]:
+    """Median and p90 |error| of the published points each fitted figure prices."""
+    out = {}
+    for s in spec:
+        keys = (s[1],) if s[0] == "host" else s[1]
+        for key in keys:
+            if key in _BAND_PRECISIONS:
+                sel = [r for r in rows if r["precision"] in _BAND_PRECISIONS[key]]
+            elif key == "request_us":
+                sel = [r for r in rows if r["metric"] == "ttft_s"]
+            else:
+                sel = list(rows)
+            if not sel:
+                continue
+            e = np.abs([r["err"] for r in sel])
+            out[key] = (float(np.median(e)), float(np.percentile(e, 90)),
+                        f"|error| of the {len(sel)} published {name} points it prices "
+                        f"(python -m compiler.driver.published)")
+    return out
+
+
+def _sig(x: float, digits: int = 4) -> float:
+    return float(f"{x:.{digits}g}")
+
+
+def write_profile(name: str, fitted: Runtime, spec: Sequence[tuple], bands: Mapping[str, tuple[float, float, str]],
+                  note: str) -> None:
+    """Write the fitted figures (and their error bands) into ``conf/runtime/<name>.yaml``, keeping
+    the file's comments and layout (ruamel.yaml round trip)."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedMap
+    y = YAML()
+    y.width = 120
+    path = runtime_dir() / f"{name}.yaml"
+    doc = y.load(path.read_text(encoding="utf-8"))
+    for s in spec:
+        if s[0] == "host":
+            h = doc["host"].setdefault(s[1], CommentedMap())
+            h["value"] = _sig(fitted.host_s(s[1]) * 1e6)
+            h["source"] = note
+            if s[1] in bands:
+                med, p90, basis = bands[s[1]]
+                h["error_band"] = CommentedMap(median=_sig(med, 3), p90=_sig(p90, 3), basis=basis)
+            continue
+        for fam in s[1]:
+            k = doc["kernels"][fam]
+            prm = k.setdefault("params", CommentedMap())
+            arch = prm.setdefault(s[2], CommentedMap())
+            arch[s[3]] = _sig(float(fitted.kernels[fam].params_for(s[2])[s[3]]))
+            k["source"] = note
+            if fam in bands:
+                med, p90, basis = bands[fam]
+                k["error_band"] = CommentedMap(median=_sig(med, 3), p90=_sig(p90, 3), basis=basis)
+    import io
+    buf = io.StringIO()
+    y.dump(doc, buf)
+    path.write_text(buf.getvalue(), encoding="utf-8")
 
 
 # --------------------------------------------------------------------------------------------
@@ -387,9 +458,15 @@ def main(argv=None) -> int:
     ap.add_argument("--only", help="points whose id contains this")
     ap.add_argument("--runtime", help="price every point with this profile (e.g. eager)")
     ap.add_argument("--fit", help="fit this profile's fitted parameters to its points")
+    ap.add_argument("--write", action="store_true", help="with --fit: write the figures into conf/runtime/<name>.yaml")
     a = ap.parse_args(argv)
     if a.fit:
-        fit(a.fit)
+        fitted, rows = fit(a.fit)
+        if a.write:
+            n = len(rows)
+            write_profile(a.fit, fitted, FIT[a.fit], error_bands(a.fit, FIT[a.fit], rows),
+                          f"fitted to {n} published {a.fit} points (compiler/perf/calibration/data/published_engines.json; "
+                          f"python -m compiler.driver.published --fit {a.fit})")
         return 0
 
     def show(row):
