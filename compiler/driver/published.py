@@ -39,6 +39,7 @@ import numpy as np
 
 from compiler.analysis.context import RunContext
 from compiler.analysis.parallel import parallel_step_time, plan_of
+from compiler.analysis.serving import StepTable, config_of, cost_model_step_time, sample_requests, serve_block, simulate
 from compiler.analysis.phases import GB, analyze, planning_sections, request_latency, request_overhead
 from compiler.driver.config import model_dims, validate
 from compiler.driver.pipeline import (compression_passes, kv_passes, model_passes, runtime_of, with_runtime_defaults,
@@ -215,13 +216,17 @@ class Replayer:
             rc.cost.rebind(runtime)
         return rc
 
-    def predict(self, case: Case, runtime: Runtime | None = None) -> float:
+    def predict(self, case: Case, runtime: Runtime | None = None, *, requests: int | None = None) -> float:
         """The case's metric: the analysis functions :func:`compiler.analysis.phases.analyze` uses,
-        only those the metric needs."""
+        only those the metric needs. ``requests``: replay a serving case through the simulation
+        alone (the KV budget planned once; no static-batching comparison), at most this many
+        requests — the same figure as the whole planning when it covers the published count."""
         rc = self.context(case, runtime)
         cm, wl, cfg = rc.cost, rc.workload, rc.cfg
         b, prompt, gen, ctx = wl["batch"], wl["prompt_len"], wl["gen_len"], wl["context_len"]
         if case.serve:
+            if requests is not None:
+                return self._serve_fast(case, rc, requests)
             tokens = max(ctx, prompt + gen)
             planning = planning_sections(rc, weights_bytes(rc.graph), kv_bytes_per_token(rc.graph), tokens,
                                          float(cfg["memory"]["runtime_reserve_gb"]) * GB)
@@ -235,6 +240,30 @@ class Replayer:
         e2e = ttft + (float(st(np.full(len(steps), b), prompt + steps - 1, 1).sum()) if len(steps) else 0.0)
         tpot = float(st(b, ctx, 1)[0])
         return metric_of(case, {"ttft_s": ttft, "tpot_s": tpot, "e2e_s": e2e, "throughput_tok_s": b * gen / e2e}, None)
+
+    def _serve_fast(self, case: Case, rc: RunContext, requests: int) -> float:
+        """The serving simulation alone (what serve_section runs first), on the KV budget the
+        case's planning found once — no static-batching comparison, no parallel section."""
+        key = ("serve", case.id)
+        if key not in self.contexts:
+            wl, cfg = rc.workload, rc.cfg
+            tokens = max(wl["context_len"], wl["prompt_len"] + wl["gen_len"])
+            sec = planning_sections(rc, weights_bytes(rc.graph), kv_bytes_per_token(rc.graph), tokens,
+                                    float(cfg["memory"]["runtime_reserve_gb"]) * GB)["serve"]
+            sb = serve_block(cfg, wl)
+            self.contexts[key] = (sb, sec["kv_blocks"], sec["block_size"], sec["layout"])
+        sb, blocks, bs, layout = self.contexts[key]
+        if layout != "paged":
+            raise ValueError("the fast serving path replays paged caches only")
+        cfg = rc.cfg
+        plan = plan_of(cfg.get("parallel"))
+        st = parallel_step_time(rc.cost, plan, rc.dims) if plan.devices > 1 else cost_model_step_time(rc.cost)
+        scfg = config_of(dict(sb, requests=min(int(sb.get("requests") or requests), requests)), cfg.get("slo"))
+        _, p_, o_ = sample_requests(scfg)
+        longest = int((p_ + o_).max())
+        table = StepTable(st, scfg.max_num_seqs, longest, scfg.chunk_tokens if scfg.chunked_prefill else longest,
+                          chunk=scfg.chunk_tokens if scfg.chunked_prefill else None)
+        return float(simulate(None, scfg, kv_blocks=blocks, block_size=bs, table=table).throughput_tok_s)
 
     def report(self, case: Case) -> dict:
         """The whole analysis of the case's command (what ``rooftop`` writes to report.json)."""
@@ -282,7 +311,7 @@ def replay(runtime: str | None = None, only: str | None = None, progress=None) -
             row.update(pred=None, why=case.why)
         else:
             t0 = time.perf_counter()
-            pred = r.predict(case)
+            pred = r.predict(case, requests=FIT_REQUESTS)
             row.update(pred=pred, err=log_err(pred, p["value"], p["metric"]), runtime=case.runtime,
                        command=case.command(), seconds=time.perf_counter() - t0)
         rows.append(row)
@@ -291,16 +320,148 @@ def replay(runtime: str | None = None, only: str | None = None, progress=None) -
     return rows
 
 
-def table_md(rows: Sequence[dict]) -> str:
-    """The markdown table of every point (docs/measurements/engine_profiles.md)."""
-    lines = ["| point | runtime | GPU | TP | precision | metric | published | rooftop | error |",
-             "|---|---|---|---|---|---|---|---|---|"]
+def table_md(rows: Sequence[dict], eager: Sequence[dict] | None = None) -> str:
+    """The markdown table of every replayed point (docs/measurements/engine_profiles.md)."""
+    ev = {r["id"]: r for r in eager or ()}
+    head = "| point | runtime | GPU | TP | precision | metric | published | rooftop | error |"
+    rule = "|---|---|---|---|---|---|---|---|---|"
+    if eager is not None:
+        head += " error, runtime=eager |"
+        rule += "---|"
+    lines = [head, rule]
     for r in rows:
         if r.get("pred") is None:
             continue
-        lines.append(f"| `{r['id']}` | {r['runtime']} | {r['hardware']} | {r['tp']} | {r['precision']} | "
-                     f"{r['metric']} | {r['value']:.4g} | {r['pred']:.4g} | {r['err']:+.1%} |")
+        line = (f"| `{r['id']}` | {r['runtime']} | {r['hardware']} | {r['tp']} | {r['precision']} | "
+                f"{r['metric']} | {r['value']:.4g} | {r['pred']:.4g} | {r['err']:+.1%} |")
+        if eager is not None:
+            e = ev.get(r["id"])
+            line += f" {e['err']:+.1%} |" if e and e.get("pred") is not None else " — |"
+        lines.append(line)
     return "\n".join(lines)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def kernels_md() -> str:
+    """Per profile, the kernel families it prices differently from the hardware classes: model,
+    per-architecture figures or measured curve, source, error band."""
+    from compiler.perf import kernel_families as kf
+    out = []
+    for name in ("compiled", "vllm", "trtllm", "lmdeploy", "ort_cpu", "ideal"):
+        rt = runtime_by_name(name)
+        out.append(f"### `runtime={name}` — {rt.engine}\n")
+        out.append("| op family | kernel | priced by | figures | source | error band |")
+        out.append("|---|---|---|---|---|---|")
+        for fam, k in sorted(rt.kernels.items()):
+            if k.model == "hardware" and name != "ort_cpu":
+                continue
+            if k.model == "efficiency":
+                figs = "; ".join(f"{a}: " + ", ".join(f"{kk} {vv:g}" for kk, vv in sorted(p.items()))
+                                 for a, p in sorted(k.params.items()))
+            elif k.model == "measured":
+                c = kf.curve(k.measured) or {"points": []}
+                figs = "time / bf16 GEMM at M: " + ", ".join(f"{m}: {r:.2f}" for m, r in c["points"])
+                if k.params:
+                    figs += "; " + "; ".join(f"{a} (fitted): " + ", ".join(f"{kk} {vv:g}" for kk, vv in sorted(p.items()))
+                                             for a, p in sorted(k.params.items()))
+            elif k.model == "roofline":
+                figs = "datasheet peak and bandwidth"
+            else:
+                figs = "the hardware's class"
+            band = (f"±{_pct(k.error_median)} median" + (f", ±{_pct(k.error_p90)} p90" if k.error_p90 is not None else "")
+                    if k.error_median is not None else "—")
+            out.append(f"| `{fam}` | {k.kernel} | {k.model} | {figs} | {k.source} | {band} |")
+        host = [(kk, h) for kk, h in sorted(rt.host.items()) if h.value_s]
+        if host:
+            out.append("")
+            out.append("| host time | value | source | error band |")
+            out.append("|---|---|---|---|")
+            for kk, h in host:
+                band = (f"±{_pct(h.error_median)} median" + (f", ±{_pct(h.error_p90)} p90" if h.error_p90 is not None else "")
+                        if h.error_median is not None else "—")
+                out.append(f"| `{kk}` | {h.value_s * 1e6:.4g} µs | {h.source} | {band} |")
+        out.append("")
+        out.append(f"Scheduler defaults: max_num_seqs {rt.max_num_seqs}, max_batched_tokens {rt.max_batched_tokens}, "
+                   f"admission `{rt.admission}`, gpu_utilization {rt.gpu_utilization:g}, LM head `{rt.lm_head}`, "
+                   f"KV read in-kernel: {', '.join(rt.kv_cache_in_kernel) or 'none'}, MoE dispatch `{rt.moe_dispatch}`"
+                   + (f" ({rt.serve_source})" if rt.serve_source else "") + ".\n")
+    return "\n".join(out)
+
+
+def summary_md(rows: Sequence[dict], eager: Sequence[dict]) -> str:
+    s, se = summarize(rows), summarize(eager)
+    out = ["| metric | target | points | median \\|error\\| | p90 | max | off by ≥ 2x | runtime=eager: median | eager: off by ≥ 2x |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for g in ("tpot", "ttft", "throughput"):
+        e = [abs(r["err"]) for r in rows if r.get("pred") is not None and METRIC_GROUP[r["metric"]] == g]
+        ee = [r for r in eager if r.get("pred") is not None and METRIC_GROUP[r["metric"]] == g]
+        off = [r for r in rows if r.get("pred") is not None and METRIC_GROUP[r["metric"]] == g
+               and (r["pred"] / r["value"] >= 2 or r["pred"] / r["value"] <= 0.5)]
+        off_e = [r for r in ee if r["pred"] / r["value"] >= 2 or r["pred"] / r["value"] <= 0.5]
+        out.append(f"| {g} | ≤ {_pct(TARGET[g])} | {len(e)} | {_pct(float(np.median(e)))} | "
+                   f"{_pct(float(np.percentile(e, 90)))} | {_pct(float(np.max(e)))} | {len(off)} | "
+                   f"{_pct(se['median_abs_err'][g])} | {len(off_e)} |")
+    out.append("")
+    out.append("| metric / GPU / weights | points | median \\|error\\| | max | runtime=eager: median |")
+    out.append("|---|---|---|---|---|")
+    for k, v in s["by_group"].items():
+        e = se["by_group"].get(k, {})
+        out.append(f"| {k} | {v['n']} | {_pct(v['median_abs_err'])} | {_pct(v['max_abs_err'])} | "
+                   f"{_pct(e['median_abs_err']) if e else '—'} |")
+    return "\n".join(out)
+
+
+def write_docs(path: str) -> None:
+    """docs/measurements/engine_profiles.md: the profiles' kernel tables, the acceptance summary
+    (profiles beside runtime=eager), every point, the points rooftop cannot express."""
+    import datetime
+    rows = replay()
+    eager = replay("eager")
+    n_rep = sum(1 for r in rows if r.get("pred") is not None)
+    text = f"""# Engine profiles against published engine measurements
+
+Generated {datetime.date.today().isoformat()} by `python -m compiler.driver.published --docs {path}` (the cost
+model only: any machine, no GPU). Each of the {len(rows)} published points of
+`compiler/perf/calibration/data/published_engines.json` ([sources and workload mapping](published_engines.md))
+is replayed as the rooftop command that describes it — model, hardware, `runtime=` of its engine, `quant=`,
+`kv.dtype`, `parallel.tp`, the workload, and for in-flight batching `serve.mode=offline` with the engine's
+scheduler settings — {n_rep} of them; the table lists each command's prediction beside the published
+figure, and the same command with `runtime=eager` (rooftop before runtime profiles). Guide:
+[docs/guide/runtime_profiles.md](../guide/runtime_profiles.md).
+
+## Acceptance: median |error| per metric (TPOT ≤ 10 %, TTFT and throughput ≤ 15 %, nothing off by 2x)
+
+TPOT counts per-token latencies and single-stream tokens/s (1 / TPOT); throughput counts output tokens/s
+and end-to-end latencies (vLLM's CI: a batch's whole generate call).
+
+{summary_md(rows, eager)}
+
+## Kernel families per profile (figures per GPU architecture; measured curves are H100 time ratios against bf16 `F.linear`)
+
+Families a profile does not list run as the hardware's calibrated classes (`eager`).
+
+{kernels_md()}
+## Every replayed point
+
+{table_md(rows, eager)}
+
+## Points rooftop cannot express
+
+{not_expressed_md(rows)}
+"""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def not_expressed_md(rows: Sequence[dict]) -> str:
+    out = ["| point | why rooftop cannot replay it |", "|---|---|"]
+    for r in rows:
+        if r.get("pred") is None:
+            out.append(f"| `{r['id']}` | {r['why']} |")
+    return "\n".join(out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,6 +486,11 @@ FIT: dict[str, list[tuple]] = {
     "lmdeploy": [("host", "step_us"), ("host", "per_sequence_us"), ("host", "request_us"),
                  ("kernel", ("gemm.w4a16",), "default", "memory")],
 }
+
+
+#: fitting replays a serving case through the simulation alone (the KV budget planned once), with
+#: the published number of requests
+FIT_REQUESTS = 10**9
 
 
 def _apply(rt: Runtime, spec: Sequence[tuple], x: Sequence[float]) -> Runtime:
@@ -364,7 +530,7 @@ def fit(name: str, replayer: Replayer | None = None, *, log=print) -> tuple[Runt
 
     def objective(x):
         rt = _apply(base, spec, from_x(x))
-        pred = np.array([rp.predict(c, rt) for c in cases])
+        pred = np.array([rp.predict(c, rt, requests=FIT_REQUESTS) for c in cases])
         r = np.log(pred / values)
         return float(eff._loss(r[None, :])[0])
 
@@ -459,7 +625,11 @@ def main(argv=None) -> int:
     ap.add_argument("--runtime", help="price every point with this profile (e.g. eager)")
     ap.add_argument("--fit", help="fit this profile's fitted parameters to its points")
     ap.add_argument("--write", action="store_true", help="with --fit: write the figures into conf/runtime/<name>.yaml")
+    ap.add_argument("--docs", help="write the measurements page (docs/measurements/engine_profiles.md) here")
     a = ap.parse_args(argv)
+    if a.docs:
+        write_docs(a.docs)
+        return 0
     if a.fit:
         fitted, rows = fit(a.fit)
         if a.write:

@@ -373,7 +373,7 @@ class CostModel:
         tokens each (0 without a runtime profile)."""
         if self.runtime is None:
             return np.zeros(np.broadcast(np.asarray(b, float), np.asarray(s, float)).shape)
-        return self.runtime.step_overhead(b, s)
+        return self.runtime.step_overhead(b, s, len(self.graph.inputs) + len(self.graph.outputs))
 
     def phase_time(self, b, s, p, phase: str) -> np.ndarray:
         """One step's time: the ops' times plus the runtime's host time of the iteration. Under a

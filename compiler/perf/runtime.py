@@ -37,7 +37,8 @@ request. A runtime profile (config group ``runtime=``, ``conf/runtime/<name>.yam
     kernel's fixed cost per layer); ``per_expert``: one kernel per touched expert.
 ``host``
     exposed host time (µs, each with source and error band): ``step_us`` per engine iteration,
-    ``per_sequence_us`` per running sequence in it, ``prefill_chunk_us`` per iteration that runs
+    ``per_sequence_us`` per running sequence in it, ``per_tensor_us`` per graph input and output
+    bound each iteration (onnxruntime's ``run()``), ``prefill_chunk_us`` per iteration that runs
     a prefill (chunk), ``request_us`` per request (added to its time to first token).
 ``serve``
     the engine's scheduler defaults: ``max_num_seqs``, ``max_batched_tokens``, ``admission``
@@ -80,7 +81,7 @@ FAMILIES = tuple(f"gemm.{f}" for f in GEMM_FORMATS) + (
     "attention.prefill", "attention.decode", "moe", "elementwise", "reduction", "copy")
 MODELS = ("hardware", "efficiency", "measured", "roofline")
 ADMISSION = ("preempt", "no_evict")
-HOST_KEYS = ("step_us", "per_sequence_us", "prefill_chunk_us", "request_us")
+HOST_KEYS = ("step_us", "per_sequence_us", "per_tensor_us", "prefill_chunk_us", "request_us")
 _US = 1e-6
 _GFLOP = 1e9
 _MB = 1e6
@@ -215,12 +216,13 @@ class Runtime:
         h = self.host.get(key)
         return h.value_s if h is not None else 0.0
 
-    def step_overhead(self, b, s) -> np.ndarray:
+    def step_overhead(self, b, s, tensors: int = 0) -> np.ndarray:
         """Exposed host time of engine iterations of ``b`` sequences processing ``s`` new tokens
-        each (a prefill chunk when s > 1), seconds (arrays broadcast)."""
+        each (a prefill chunk when s > 1) through a graph binding ``tensors`` inputs and outputs,
+        seconds (arrays broadcast)."""
         b = np.asarray(b, float)
         s = np.asarray(s, float)
-        return (self.host_s("step_us") + self.host_s("per_sequence_us") * b
+        return (self.host_s("step_us") + self.host_s("per_sequence_us") * b + self.host_s("per_tensor_us") * tensors
                 + np.where(s > 1, self.host_s("prefill_chunk_us"), 0.0))
 
     @property
