@@ -43,11 +43,12 @@ import math
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, List, Optional
 
 import numpy as np
 
 from compiler.errors import ConfigError
+from compiler.perf.runtime import RuntimeServeYaml
 
 __all__ = ["LengthDist", "ServeConfig", "StepTable", "ServeResult", "simulate", "simulate_static",
            "max_rate_meeting_slo", "cost_model_step_time", "sample_requests"]
@@ -113,22 +114,52 @@ class LengthDist:
         return np.clip(x, self.low, self.upper).astype(np.int64)
 
 
+@dataclass
+class ServeSimConfig:
+    """The ``serve.*`` config block (the schema: the one place of these defaults; the run config
+    types ``serve`` with it) — the continuous-batching simulation, beside static batching.
+    ``enabled``: auto (run when ``rate`` is set or ``mode`` is offline) | true | false. ``mode``:
+    online (Poisson arrivals at ``rate``) | offline (every request at t = 0: throughput). Lengths:
+    a token count or a distribution ``{kind: fixed|uniform|exponential|lognormal, mean, low,
+    high, sigma}`` (null: the workload's prompt_len / gen_len). SLOs come from ``slo.*``. The
+    scheduler settings left null take the runtime profile's engine defaults (``runtime.serve``,
+    :class:`compiler.perf.runtime.RuntimeServeYaml`; eager: 256 sequences, 8192 tokens, preempt,
+    no chunking)."""
+    enabled: Any = "auto"
+    mode: str = "online"                    # online | offline
+    rate: Optional[float] = None            # requests/s, Poisson arrivals (enabled=true: 1.0)
+    requests: int = 1000
+    prompt_len: Any = None
+    output_len: Any = None
+    seed: int = 0
+    max_num_seqs: Optional[int] = None      # sequences per step (vLLM max_num_seqs); null: the runtime's
+    max_batched_tokens: Optional[int] = None  # prefill tokens per step (vLLM max_num_batched_tokens); null: the runtime's
+    admission: Optional[str] = None         # preempt (recompute) | no_evict (reserve the final length); null: the runtime's
+    chunked_prefill: Optional[bool] = None  # Sarathi-Serve / vLLM enable_chunked_prefill; null: the runtime's
+    chunk_tokens: int = 512                 # tokens per step with chunked prefill
+    slo_target: float = 0.9                 # attainment that counts as meeting the SLOs
+    find_max_rate: bool = True              # with slo.*: the largest rate meeting them
+    sweep: Optional[List[float]] = None     # rates of the plot (null: around the rate)
+
+
+
 @dataclass(frozen=True)
 class ServeConfig:
-    rate: float = 1.0                  # requests / s (Poisson)
-    requests: int = 1000
-    prompt: LengthDist = field(default_factory=lambda: LengthDist("fixed", 512))
+    rate: float = 1.0                  # requests / s (Poisson; the config's null rate with enabled=true)
+    requests: int = ServeSimConfig.requests
+    prompt: LengthDist = field(default_factory=lambda: LengthDist("fixed", 512))    # (the workload's)
     output: LengthDist = field(default_factory=lambda: LengthDist("fixed", 128))
-    seed: int = 0
-    max_num_seqs: int = 256            # vLLM max_num_seqs
-    max_batched_tokens: int = 8192     # prefill tokens per step (vLLM max_num_batched_tokens)
-    chunked_prefill: bool = False
-    chunk_tokens: int = 512            # tokens per step with chunked prefill (decodes included)
+    seed: int = ServeSimConfig.seed
+    # the scheduler's defaults are the runtime profiles' (the eager profile's when none applies)
+    max_num_seqs: int = RuntimeServeYaml.max_num_seqs
+    max_batched_tokens: int = RuntimeServeYaml.max_batched_tokens
+    chunked_prefill: bool = RuntimeServeYaml.chunked_prefill
+    chunk_tokens: int = ServeSimConfig.chunk_tokens
     slo_ttft_s: float | None = None
     slo_tpot_s: float | None = None
-    slo_target: float = 0.9            # attainment that "meets the SLOs" (DistServe's goodput uses 90 %)
-    mode: str = "online"               # online: Poisson arrivals at ``rate`` | offline: all at t = 0
-    admission: str = "preempt"         # preempt (recompute the newest) | no_evict (reserve the final length)
+    slo_target: float = ServeSimConfig.slo_target   # attainment that "meets the SLOs" (DistServe's goodput uses 90 %)
+    mode: str = ServeSimConfig.mode    # online: Poisson arrivals at ``rate`` | offline: all at t = 0
+    admission: str = RuntimeServeYaml.admission  # preempt (recompute the newest) | no_evict (reserve the final length)
 
     def __post_init__(self):
         object.__setattr__(self, "prompt", LengthDist.of(self.prompt, "serve.prompt_len"))

@@ -32,11 +32,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Union, get_args, get_origin, get_type_hints
 
+from compiler.analysis.capacity import KV_DTYPE_BYTES
 from compiler.analysis.parallel import check_plan, plan_of
-from compiler.analysis.serving import config_of
+from compiler.analysis.serving import ServeSimConfig, config_of
 from compiler.errors import ConfigError
 from compiler.frontends import families
 from compiler.ir.facts import ModelDims
+from compiler.ir.tensors import hw_dtype
 from compiler.perf import structured
 from compiler.perf.hardware import HardwareYaml, load_hardware
 from compiler.perf.runtime import RuntimeYaml, load_runtime
@@ -93,7 +95,7 @@ SERVE_MODES = ("online", "offline")
 ADMISSION = ("preempt", "no_evict")
 
 #: kv.dtype values: the stored format of the KV cache (null: the model's dtype)
-KV_DTYPES = ("fp32", "fp16", "bf16", "fp8", "int8")
+KV_DTYPES = tuple(KV_DTYPE_BYTES)
 
 
 @dataclass
@@ -118,31 +120,6 @@ class ParallelConfig:
     pp: int = 1
     ep: int = 1
     microbatches: Optional[int] = None
-
-
-@dataclass
-class ServeSimConfig:
-    """The continuous-batching simulation (compiler/analysis/serving.py), beside static batching.
-    ``enabled``: auto (run when ``rate`` is set or ``mode`` is offline) | true | false. ``mode``:
-    online (Poisson arrivals at ``rate``) | offline (every request at t = 0: throughput). Lengths:
-    a token count or a distribution ``{kind: fixed|uniform|exponential|lognormal, mean, low,
-    high, sigma}`` (null: the workload's prompt_len / gen_len). SLOs come from ``slo.*``. The
-    scheduler settings left null take the runtime profile's defaults (``runtime.serve``)."""
-    enabled: Any = "auto"
-    mode: str = "online"                    # online | offline
-    rate: Optional[float] = None            # requests/s, Poisson arrivals (enabled=true: 1.0)
-    requests: int = 1000
-    prompt_len: Any = None
-    output_len: Any = None
-    seed: int = 0
-    max_num_seqs: Optional[int] = None      # sequences per step (vLLM max_num_seqs); null: the runtime's
-    max_batched_tokens: Optional[int] = None  # prefill tokens per step (vLLM max_num_batched_tokens); null: the runtime's
-    admission: Optional[str] = None         # preempt (recompute) | no_evict (reserve the final length); null: the runtime's
-    chunked_prefill: Optional[bool] = None  # Sarathi-Serve / vLLM enable_chunked_prefill; null: the runtime's
-    chunk_tokens: int = 512                 # tokens per step with chunked prefill
-    slo_target: float = 0.9                 # attainment that counts as meeting the SLOs
-    find_max_rate: bool = True              # with slo.*: the largest rate meeting them
-    sweep: Optional[List[float]] = None     # rates of the plot (null: around the rate)
 
 
 @dataclass
@@ -450,9 +427,7 @@ def _check_kv(cfg: dict):
                           f"count, or null to take the workload's length.")
     d = kv["dtype"]
     if d is not None:
-        aliases = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float8": "fp8",
-                   "float8e4m3fn": "fp8", "e4m3": "fp8"}
-        d = aliases.get(str(d).lower(), str(d).lower())
+        d = hw_dtype(str(d)) or str(d).lower()
         if d not in KV_DTYPES:
             raise ConfigError(f"kv.dtype={kv['dtype']!r} is not a KV-cache format rooftop knows; use one "
                               f"of {', '.join(KV_DTYPES)} (fp8 or int8 halve a 16-bit cache), or null for "

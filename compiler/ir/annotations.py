@@ -37,7 +37,7 @@ import numpy as np
 import sympy
 
 from compiler.ir.ops import REGISTRY
-from compiler.ir.tensors import DTYPES, IRError
+from compiler.ir.tensors import DTYPES, HW_DTYPES, IRError
 
 
 class Policy(enum.Enum):
@@ -50,7 +50,6 @@ class Policy(enum.Enum):
 # schemas
 
 SCALE_DTYPES = ("float32", "float16", "bfloat16", "float8e4m3fn")
-HW_DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4")
 
 
 def _bits(dtype: str) -> int:

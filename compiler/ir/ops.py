@@ -152,10 +152,6 @@ def ops_where(pred: Callable[[OpDef], bool]) -> frozenset:
     return frozenset(n for n, d in REGISTRY.items() if pred(d))
 
 
-def ops_of_kind(*kinds: OpKind) -> frozenset:
-    return ops_where(lambda d: d.kind in kinds)
-
-
 # ----------------------------------------------------------------------------------------------
 # shape helpers
 
@@ -1030,7 +1026,3 @@ def op_cost(graph: Graph, node: OpNode, cls: Classifier | None = None) -> tuple[
 def is_commutative(op: str) -> bool:
     d = REGISTRY.get(op)
     return bool(d and d.commutative)
-
-
-def kind_of(op: str) -> OpKind:
-    return get(op).kind

@@ -39,6 +39,39 @@ DTYPES: dict[str, tuple[float, Any, int]] = {
 }
 ONNX_TO_DTYPE = {v[2]: k for k, v in DTYPES.items()}
 
+# Hardware dtype classes: the unit of a device's peak table (fp32 = the vector FMA rate; the others
+# the matrix units' rates) and of a cache's stored format. One table each, used everywhere.
+HW_DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4")
+#: bytes per element of each hardware dtype class
+HW_DTYPE_BYTES = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1, "int4": 0.5}
+#: the class an op on (or a cache of) tensors of each IR dtype belongs to
+HW_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float8e4m3fn": "fp8",
+            "float8e5m2": "fp8", "int8": "int8", "uint8": "int8", "int4": "int4", "uint4": "int4",
+            "float64": "fp32", "int64": "fp32", "int32": "fp32", "bool": "fp32"}
+#: other spellings of the classes (torch / numpy / ONNX / vendor names)
+HW_DTYPE_ALIASES = {
+    "float32": "fp32", "float": "fp32", "f32": "fp32",
+    "tensorfloat32": "tf32",
+    "float16": "fp16", "half": "fp16", "f16": "fp16",
+    "bfloat16": "bf16",
+    "float8": "fp8", "float8_e4m3fn": "fp8", "float8_e4m3fnuz": "fp8", "float8_e5m2": "fp8",
+    "float8_e5m2fnuz": "fp8", "float8e4m3fn": "fp8", "float8e5m2": "fp8", "fp8_e4m3": "fp8", "fp8_e5m2": "fp8",
+    "e4m3": "fp8", "e5m2": "fp8",
+    "uint8": "int8", "i8": "int8", "u8": "int8",
+    "uint4": "int4", "i4": "int4", "u4": "int4",
+}
+
+
+def hw_dtype(name: Any) -> str | None:
+    """The hardware dtype class a spelling names (``fp16``, ``"float16"``, ``"torch.bfloat16"``,
+    ``"e4m3"``…), or None."""
+    if not isinstance(name, str):
+        return None
+    key = name.strip().lower()
+    if key.startswith("torch."):
+        key = key[len("torch."):]
+    return key if key in HW_DTYPES else HW_DTYPE_ALIASES.get(key)
+
 
 class IRError(ValueError):
     """The graph broke an invariant (a bug in a pass or an importer, never bad user input)."""

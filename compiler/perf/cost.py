@@ -33,7 +33,7 @@ from compiler.perf.moe import expert_factors
 from compiler.ir import B, P, S, Graph
 from compiler.ir.ops import Bytes, Classifier, get, op_cost
 from compiler.ir.ops import attention_q_tiles as _q_tiles
-from compiler.ir.tensors import DTYPES
+from compiler.ir.tensors import DTYPES, HW_DTYPE
 from compiler.perf import kernel_families as kf
 from compiler.perf.runtime import Runtime, gemm_format, op_family
 
@@ -49,9 +49,6 @@ def lm_head(graph: Graph) -> str | None:
         n = graph.producer_of(n.inputs[0])
     return n.name if n is not None else None
 
-_HW_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float8e4m3fn": "fp8",
-             "float8e5m2": "fp8", "int8": "int8", "uint8": "int8", "int4": "int4", "uint4": "int4",
-             "float64": "fp32", "int64": "fp32", "int32": "fp32", "bool": "fp32"}
 FREE_CLASSES = ("view", "shape")
 # Efficiency fractions of these classes are defined against the dense fp16 peak (the reference the
 # calibration fits them with; e.g. elementwise compute ≈ 0.07 = fp32 vector rate / fp16 tensor
@@ -78,7 +75,10 @@ def attention_q_tiles(hw: Hardware, heads, head_dim, itemsize, q_len):
     return _q_tiles(hw.onchip.l2_bytes, heads, head_dim, itemsize, q_len)
 
 
+#: symbolic (FLOPs, Bytes) per structurally identical op — the layers of a model share entries;
+#: bounded (cleared when it outgrows a few large models' worth of distinct ops)
 _COST_CACHE: dict = {}
+_COST_CACHE_MAX = 50_000
 #: elementwise ops per K/V element a quantized cache adds (dequantize on read / quantize on write:
 #: a convert and a multiply by the scale)
 KV_DEQUANT_OPS = 2
@@ -96,7 +96,7 @@ def kv_format_cost(graph: Graph, n, hw: Hardware | None, flops, byts: Bytes, in_
     e_kv = sympy.Rational(DTYPES[lay.dtype][0]).limit_denominator(2)
     if e_kv == e_model:
         return flops, byts
-    if lay.dtype in in_kernel or _HW_DTYPE.get(lay.dtype) in in_kernel:
+    if lay.dtype in in_kernel or HW_DTYPE.get(lay.dtype) in in_kernel:
         return flops, Bytes(byts.weights, byts.activations, byts.kv * e_kv / e_model)
     elements = byts.kv / e_model
     vector = (sympy.Rational(hw.peak("fp16")) / sympy.Rational(hw.peak("fp32"))).limit_denominator(1000) \
@@ -149,6 +149,8 @@ class CostModel:
             if hit is None:
                 hit = kv_format_cost(graph, n, hw, *op_cost(graph, n, cls), in_kernel=in_kernel)
                 if key is not None:
+                    if len(_COST_CACHE) >= _COST_CACHE_MAX:
+                        _COST_CACHE.clear()
                     _COST_CACHE[key] = hit
             flops, byts = hit
             fixed = 1
@@ -216,9 +218,7 @@ class CostModel:
         pk = self.hw.peak(ref.dense_dtype)
         p16 = self.hw.peak("fp16")
         launch = self.hw.efficiency.launch_overhead_s
-        t_dense = np.maximum((flops + ge.flops_half * fx * pk / p16) / (pk * ge.compute),
-                             (dense_bytes + ge.bytes_half * fx) / (self.hw.memory_bandwidth * ge.memory)) \
-            + launch * fx
+        t_dense = eff.kernel_time(ge, flops, dense_bytes, pk, self.hw.memory_bandwidth, launch, fixed=fx, ramp_peak=p16)
         return t_dense * kf.ratio(kernel, flops / (2.0 * numel * shard))
 
     def rebind(self, runtime: Runtime) -> None:
@@ -258,8 +258,8 @@ class CostModel:
             if t:
                 name = self.graph.type(t).dtype
                 if name.startswith("float") or name == "bfloat16":
-                    return _HW_DTYPE[name]
-        return _HW_DTYPE.get(self.graph.type(n.outputs[0]).dtype, "fp32") if n.outputs else "fp32"
+                    return HW_DTYPE[name]
+        return HW_DTYPE.get(self.graph.type(n.outputs[0]).dtype, "fp32") if n.outputs else "fp32"
 
     # ------------------------------------------------------------------------------------
     def raw(self, b, s, p) -> np.ndarray:
@@ -351,9 +351,7 @@ class CostModel:
             bw = self.hw.memory_bandwidth
             # flops_half is sized for the fp16 reference peak: a kernel's ramp-up TIME is the
             # chip's, whatever the dtype (fp32 / fp8 / int8 GEMMs scale it by their peak)
-            t_c = (flops[m] + cp.flops_half * fx[m] * pk / self.hw.peak("fp16")) / (pk * cp.compute)
-            t_m = (byts[m] + cp.bytes_half * fx[m]) / (bw * cp.memory)
-            time[m] = np.maximum(t_c, t_m) + launch * fx[m]
+            time[m] = eff.kernel_time(cp, flops[m], byts[m], pk, bw, launch, fixed=fx[m], ramp_peak=self.hw.peak("fp16"))
             # the roofline side that binds, unless fixed per-kernel costs (launch, ramp) dominate
             pure_c = flops[m] / (pk * cp.compute)
             pure_m = byts[m] / (bw * cp.memory)
@@ -420,14 +418,4 @@ class CostModel:
         return rows
 
 
-def graph_cost_summary(graph: Graph, hw: Hardware, points: Sequence[tuple[int, int, int, str]]) -> list[dict]:
-    """Totals at a few (B, S, P, phase) points — what the pass manager records per pass."""
-    cm = CostModel(graph, hw)
-    out = []
-    for b, s, p, phase in points:
-        t = cm.totals(b, s, p, phase)
-        out.append({"phase": phase, **t})
-    return out
-
-
-__all__ = ["CostModel", "graph_cost_summary", "attention_q_tiles", "Bytes"]
+__all__ = ["CostModel", "attention_q_tiles", "Bytes"]

@@ -456,7 +456,8 @@ class Binding:
             c, m, fh, bh = (pl["prm"][e, j][:, None] for j in range(4))
             pk = pl["peak"][e][:, None]
             f_, b_ = flops[e], w[e] + a[e] + kv[e]
-            t_c = (f_ + fh * fx[e] * pk / p16) / (pk * c)
+            # compiler.perf.efficiency.kernel_time, one parameter row per op
+            t_c = (f_ + fh * fx[e] * (pk / p16)) / (pk * c)
             t_m = (b_ + bh * fx[e]) / (bw * m)
             t = np.maximum(t_c, t_m) + launch * fx[e]
             pure = np.maximum(f_ / (pk * c), b_ / (bw * m))

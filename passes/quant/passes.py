@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from compiler.ir.tensors import HW_DTYPE
 from compiler.ir import annotations as ann
 from compiler.ir.annotations import ComputeDtype, WeightFormat
 from compiler.errors import ConfigError
@@ -65,7 +66,6 @@ log = logging.getLogger("rooftop.quant")
 
 LINEAR_OPS = ("MatMul", "MatMulEpilogue")
 _FLOAT = ("float32", "float16", "bfloat16")
-_HW = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 _VIEW = ("Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten", "Cast")
 
 # scheme -> weight dtype family, granularity, activation dtype (None: weight-only), kernel family
@@ -199,7 +199,7 @@ def _feeds_output(g: Graph, n: OpNode) -> bool:
 
 
 def _act_hw_dtype(g: Graph, n: OpNode) -> str:
-    return _HW.get(g.type(n.inputs[0]).dtype, "fp32")
+    return HW_DTYPE.get(g.type(n.inputs[0]).dtype, "fp32")
 
 
 def _scale_dtype(g: Graph, w: str) -> str:

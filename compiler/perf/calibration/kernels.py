@@ -27,7 +27,8 @@ import numpy as np
 from compiler.perf import efficiency as E
 from compiler.perf.calibration import DATA_DIR
 from compiler.perf.calibration import fit as calfit
-from compiler.perf.hardware import KernelFamilyEfficiency, kernel_families_to_yaml_dict, available_hardware, hardware_by_name, hardware_dir, update_yaml_blocks
+from compiler.perf.hardware import KernelFamilyEfficiency, available_hardware, hardware_by_name, hardware_dir
+from compiler.perf.hardware_yaml import kernel_families_to_yaml_dict, update_yaml_blocks
 
 KERNELS_FILE = DATA_DIR / "h200_kernels.json"
 #: family -> (peak dtype, sparse peak?)
