@@ -51,7 +51,8 @@ from compiler.perf.hardware import load_hardware
 from compiler.perf.memory import kv_bytes_per_token, weights_bytes
 from compiler.perf.runtime import Runtime, runtime_by_name, runtime_dir
 from compiler.perf.schedule import schedule
-from compiler.resources import CALIBRATION_DATA
+from compiler.perf import kernel_families as kf
+from compiler.resources import CALIBRATION_DATA, conf_dir
 from passes import PassContext, PassManager, make_pass
 
 DATA = CALIBRATION_DATA / "published_engines.json"
@@ -153,8 +154,7 @@ def case_of(p: Mapping, runtime: str | None = None) -> Case:
 def compose(overrides: Sequence[str]) -> dict:
     from hydra import compose as _compose, initialize_config_dir
     from omegaconf import OmegaConf
-    from compiler.driver.app import config_dir
-    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
         cfg = _compose("config", overrides=list(overrides))
     return OmegaConf.to_container(cfg, resolve=True)
 
@@ -348,7 +348,6 @@ def _pct(x: float) -> str:
 def kernels_md() -> str:
     """Per profile, the kernel families it prices differently from the hardware classes: model,
     per-architecture figures or measured curve, source, error band."""
-    from compiler.perf import kernel_families as kf
     out = []
     for name in ("compiled", "vllm", "trtllm", "lmdeploy", "ort_cpu", "ideal"):
         rt = runtime_by_name(name)
