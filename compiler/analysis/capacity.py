@@ -8,7 +8,7 @@ KV budget (the memory left for the cache)::
     kv_budget = device_memory x memory.gpu_utilization - weights - activation_peak - runtime_reserve
 
 ``gpu_utilization`` is the fraction of device memory the server may use (vLLM's
-``gpu_memory_utilization``, 0.9 there; 1.0 here by default so the A10 arithmetic of DOMAIN.md holds).
+``gpu_memory_utilization``, 0.9 there; 1.0 here by default so the textbook A10 arithmetic holds: docs/guide/kv_cache.md).
 
 Two layouts over the same budget
 --------------------------------

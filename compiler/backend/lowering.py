@@ -206,8 +206,90 @@ def _emit_paged_kv_gather(em, n):
            list(n.outputs), name=n.name)
 
 
+# ------------------------------------------------------------------------------------------------
+# Attention: rooftop's structure attributes (the ``attention`` annotation's window / ALiBi, and a
+# padding mask beside is_causal) as the explicit mask standard ONNX Attention takes
+
+STRUCTURE_ATTRS = ("window", "alibi_slopes")
+
+
+def _seq_axis(rank: int) -> int:
+    return 1 if rank == 3 else 2
+
+
+def _emit_attention(em, n):
+    """``Attention`` with ``window=W`` (keys ``q − W < k ≤ q``) or ``alibi_slopes`` (bias
+    ``slope_h · k``): the structure becomes one explicit mask computed from the operands' own
+    lengths — query i sees keys ≤ i + past length, ONNX Attention's own causal frontier
+    (bottom-right with a KV cache) — combined with the mask operand (padding), so the artifact is
+    right at any length and with any past. A padding mask broadcast over the queries is expanded
+    (onnxruntime wants the query axis); other Attentions are emitted as they are."""
+    window = n.attrs.get("window")
+    slopes = n.attrs.get("alibi_slopes")
+    ins = list(n.inputs) + [""] * (6 - len(n.inputs))
+    mask = ins[3]
+    causal = bool(n.attrs.get("is_causal"))
+    g = em.g
+    if not window and slopes is None:
+        if mask and g.type(mask).rank >= 2 and g.type(mask).shape[-2] == 1 and g.type(ins[0]).shape[-2 if g.type(ins[0]).rank == 4 else 1] != 1:
+            # a padding mask broadcast over the queries: onnxruntime wants the query axis spelled out
+            q, k, past = ins[0], ins[1], ins[4]
+            qa, ka = _seq_axis(g.type(q).rank), _seq_axis(g.type(k).rank)
+            s_q = em.node("Shape", [q], {"start": qa, "end": qa + 1})
+            t = em.node("Shape", [k], {"start": ka, "end": ka + 1})
+            if past:
+                t = em.node("Add", [t, em.node("Shape", [past], {"start": 2, "end": 3})])
+            lead = em.node("Shape", [mask], {"start": 0, "end": g.type(mask).rank - 2})
+            shape = em.node("Concat", [lead, s_q, t], {"axis": 0})
+            ins[3] = em.node("Expand", [mask, shape], base="attn_mask_rows")
+            attrs = dict(n.attrs)
+            return em.add("Attention", ins, list(n.outputs), name=n.name, **em.attrs(attrs))
+        return em.standard(n)
+    q, k, past = ins[0], ins[1], ins[4]
+    qa, ka = _seq_axis(g.type(q).rank), _seq_axis(g.type(k).rank)
+    s_q = em.node("Shape", [q], {"start": qa, "end": qa + 1}, base="attn_s")
+    t = em.node("Shape", [k], {"start": ka, "end": ka + 1}, base="attn_t")
+    zero, one = em.const(np.array(0, np.int64)), em.const(np.array(1, np.int64))
+    offset = zero
+    if past:   # ONNX Attention's causal frontier: query i sees keys ≤ i + past length
+        p_len = em.node("Shape", [past], {"start": 2, "end": 3}, base="attn_p")
+        t = em.node("Add", [t, p_len])
+        offset = em.node("Squeeze", [p_len])
+    t0 = em.node("Squeeze", [t])
+    kpos = em.node("Range", [zero, t0, one], base="attn_kpos")
+    qpos = em.node("Range", [offset, em.node("Add", [offset, em.node("Squeeze", [s_q])]), one], base="attn_qpos")
+    qcol = em.node("Unsqueeze", [qpos, em.const(np.array([1], np.int64))])
+    krow = em.node("Unsqueeze", [kpos, em.const(np.array([0], np.int64))])
+    vis = em.node("LessOrEqual", [krow, qcol]) if causal else None
+    if window:
+        lo = em.node("Greater", [krow, em.node("Sub", [qcol, em.const(np.array(int(window), np.int64))])])
+        vis = lo if vis is None else em.node("And", [vis, lo])
+    if vis is not None:
+        vis = em.node("Unsqueeze", [vis, em.const(np.array([0, 1], np.int64))], base="attn_structure")
+    dtype = g.type(q).dtype
+    npdt = DTYPES[dtype][1]
+    float_mask = mask and g.type(mask).dtype != "bool"
+    if mask and not float_mask:
+        vis = mask if vis is None else em.node("And", [vis, mask])
+    final = vis
+    if slopes is not None or float_mask:
+        bias = None
+        if slopes is not None:
+            sl = em.const(np.asarray(slopes, npdt).reshape(1, -1, 1, 1), "alibi_slopes")
+            kf = em.node("Cast", [em.node("Unsqueeze", [krow, em.const(np.array([0, 1], np.int64))])],
+                         {"to": DTYPES[dtype][2]})
+            bias = em.node("Mul", [sl, kf], base="alibi")
+        if float_mask:
+            bias = mask if bias is None else em.node("Add", [bias, mask])
+        final = bias if vis is None else em.node(
+            "Where", [vis, bias, em.const(np.array(np.finfo(npdt).min, npdt))], base="attn_mask")
+    attrs = {k2: v for k2, v in n.attrs.items() if k2 not in STRUCTURE_ATTRS and k2 != "is_causal"}
+    em.add("Attention", [ins[0], ins[1], ins[2], final, ins[4], ins[5]], list(n.outputs), name=n.name,
+           **em.attrs(attrs))
+
+
 #: op name -> its lowering (ops not listed are emitted as the standard ONNX op of their name)
 LOWERINGS = {"Reshape": _emit_reshape, "Expand": _emit_expand, "ConstantOfShape": _emit_constant_of_shape,
              "Range": _emit_range, "Constant": _emit_constant, "MatMulEpilogue": _emit_matmul_epilogue,
              "SwiGLU": _emit_swiglu, "ResidualNorm": _emit_residual_norm,
-             "PagedKVGather": _emit_paged_kv_gather}
+             "PagedKVGather": _emit_paged_kv_gather, "Attention": _emit_attention}

@@ -435,6 +435,38 @@ def _check_kv(cfg: dict):
         kv["dtype"] = d
 
 
+def _check_quant(cfg: dict):
+    """quant=auto's keys (the scheme-specific ones are checked by the passes, passes/quant)."""
+    q = cfg["quant"]
+    if q["objective"] not in ("time", "memory"):
+        raise ConfigError(f"quant.objective={q['objective']!r}: quant=auto minimizes the predicted request time "
+                          f"(quant.objective=time) or the stored weight bytes (quant.objective=memory).")
+    if q["metric"] not in ("auto", "cosine", "top1", "kl"):
+        raise ConfigError(f"quant.metric={q['metric']!r}: use auto (the accuracy stage's metric), cosine "
+                          f"(embedding models), top1 or kl (causal LMs).")
+    d = q["max_accuracy_drop"]
+    if d is not None and not d > 0:
+        raise ConfigError(f"quant.max_accuracy_drop={d:g} must be positive (the largest drop of quant.metric "
+                          f"quant=auto may spend, e.g. 0.01), or null to take gate.max_accuracy_drop.")
+    m = cfg.get("model") or {}
+    if q["scheme"] == "auto":
+        if m.get("weights") == "meta":
+            raise ConfigError(f"quant=auto measures each layer's accuracy on text, and model {m.get('name')!r} is built "
+                              f"with meta weights (no values). Use model.weights=random, or price a fixed scheme "
+                              f"(quant=w4a16, w8a8, …) without weights.")
+        task = m.get("task")
+        if q["metric"] == "cosine" and task == "causal_lm":
+            raise ConfigError("quant.metric=cosine is the embedding models' metric; for a causal LM use "
+                              "quant.metric=top1 or kl (or auto).")
+        if q["metric"] in ("top1", "kl") and task not in (None, "causal_lm"):
+            raise ConfigError(f"quant.metric={q['metric']} compares next-token distributions of a causal LM; model "
+                              f"{m.get('name')!r} is a {task} model: use quant.metric=cosine (or auto).")
+    sens = q["sensitivity"]
+    if sens["samples"] < 1 or sens["seq_len"] < 2:
+        raise ConfigError(f"quant.sensitivity.samples={sens['samples']} / seq_len={sens['seq_len']}: need at least "
+                          f"1 paragraph of at least 2 tokens (8 × 128 is the default).")
+
+
 def _check_parallel(cfg: dict):
     par = cfg["parallel"]
     words = {"tp": "tensor", "pp": "pipeline", "ep": "expert"}
@@ -540,6 +572,9 @@ def _hf_unknown_keys(conf: Mapping) -> tuple[list[str], set[str]]:
     for c in cls.__mro__:
         if "__init__" in vars(c):
             known |= {p for p in inspect.signature(c.__init__).parameters if p not in ("self", "kwargs")}
+    rope = getattr(built, "rope_parameters", None)   # legacy rope keys (partial_rotary_factor, …) it folds in
+    if isinstance(rope, Mapping):
+        known |= set(rope)
     return [k for k in conf if k != "model_type" and k not in known and k in vars(built)], known
 
 
@@ -588,7 +623,7 @@ def check_config_plan(cfg: Mapping, hw) -> None:
 
 #: range checks run after conversion, in order
 CHECKS: list[Callable[[dict], None]] = [_check_workload, _check_gate, _check_slo, _check_memory,
-                                         _check_emit, _check_model, _check_kv, _check_parallel,
+                                         _check_emit, _check_model, _check_kv, _check_quant, _check_parallel,
                                          _check_serve, _check_runtime]
 
 

@@ -36,6 +36,7 @@ import sympy
 import torch
 
 from compiler.errors import ConfigError
+from compiler.frontends import families
 from compiler.ir import DTYPES, TensorType
 from compiler.ir import annotations as ann
 
@@ -97,8 +98,9 @@ def ensure_registered() -> str:
 
 
 def has_experts(hf_cfg) -> bool:
-    return bool(getattr(hf_cfg, "num_local_experts", None) or getattr(hf_cfg, "num_experts", None)
-                or getattr(hf_cfg, "n_routed_experts", None))
+    """Whether a transformers config has routed experts (every family's spelling, nested DBRX
+    ``ffn_config.moe_num_experts`` included: compiler/frontends/families.py)."""
+    return families.has_experts(hf_cfg)
 
 
 # ------------------------------------------------------------------------------------------------

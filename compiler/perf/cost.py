@@ -172,7 +172,8 @@ class CostModel:
                 # a prefill computes the last position's logits only (the runtime gathers it first)
                 last[len(self.items) - 1] = tuple(ix(sympy.sympify(e).subs(S, 1)) for e in
                                                   (flops, byts.weights, byts.activations, byts.kv, fixed))
-        self.exprs = list(exprs)
+        bind = graph.dim_bindings()   # dims that are not B/S/P (an imported file's own lengths)
+        self.exprs = [sympy.sympify(e).xreplace(bind) for e in exprs] if bind else list(exprs)
         self._fn = sympy.lambdify((B, S, P), self.exprs, modules="numpy")
         idx = np.array([it.idx for it in self.items], dtype=np.int64).reshape(-1, 5)
         self._idx = idx

@@ -89,7 +89,7 @@ def loss_points(meas: Mapping, family: str, reference: str) -> Dict[str, dict]:
 
 
 def summary(meas: Mapping) -> Dict[str, dict]:
-    """Median over shapes of family/dense time ratio per M, for the README table."""
+    """Median over shapes of family/dense time ratio per M, for the table in docs/measurements/gpu_kernels.md."""
     out = {}
     for fam, ref in (("w4a16", "dense_bf16"), ("w8a16_dequant_gemm", "dense_bf16"), ("w8a16_int8pack", "dense_bf16"),
                      ("w8a8_int_mm", "dense_bf16"), ("w8a8_pipeline", "dense_bf16"), ("fp8_tensorwise", "dense_bf16"),
