@@ -86,14 +86,16 @@ def assert_prefill_decode_match(module, g, sess, *, tol: float = 1e-4, nb: int =
     with torch.no_grad():
         ref = module(ids, pos).numpy()
     names = [o.name for o in sess.get_outputs()]
-    feed = {"input_ids": ids[:, :ns].numpy(), "position_ids": pos[:, :ns].numpy()}
+    feed = {"input_ids": ids[:, :ns].numpy(), "position_ids": pos[:, :ns].numpy(),
+            "attention_mask": np.ones((nb, ns), np.int64)}   # (no padding: the cache covers it all)
     for i in range(layers):
         feed[f"past_key.{i}"] = np.zeros((nb, kvh, 0, hd), np.float32)
         feed[f"past_value.{i}"] = np.zeros((nb, kvh, 0, hd), np.float32)
     res = dict(zip(names, sess.run(None, feed)))
     assert np.abs(res["logits"] - ref[:, :ns]).max() <= tol
     for t in range(ns, ns + nd):
-        feed = {"input_ids": ids[:, t:t + 1].numpy(), "position_ids": pos[:, t:t + 1].numpy()}
+        feed = {"input_ids": ids[:, t:t + 1].numpy(), "position_ids": pos[:, t:t + 1].numpy(),
+                "attention_mask": np.ones((nb, t + 1), np.int64)}
         for i in range(layers):
             feed[f"past_key.{i}"] = res[f"present_key.{i}"]
             feed[f"past_value.{i}"] = res[f"present_value.{i}"]

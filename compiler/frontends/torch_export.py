@@ -895,6 +895,30 @@ def _sort(c, x, *args, dim=-1, descending=False, stable=None):
                               "sorted": 1}, types=[c.out_type(0), c.out_type(1)], n_out=2)
 
 
+@handles("aten.linalg_vector_norm.default", "aten.norm.ScalarOpt_dim")
+def _vector_norm(c, x, ord=2, dim=None, keepdim=False, *rest, dtype=None):
+    out = c.out_type()
+    x = c.cast(x, out.dtype)
+    t = c.tt(x)
+    attrs = {"keepdims": int(bool(keepdim))}
+    if dim is not None and list(dim if not isinstance(dim, int) else [dim]):
+        attrs["axes"] = _axes(c, dim, t.rank)
+    o = float(2 if ord is None else ord)
+    if o == 2:
+        return c.op("ReduceL2", [x], attrs, final=True)
+    if o == 1:
+        return c.op("ReduceL1", [x], attrs, final=True)
+    a = c.op("Abs", [x], types=[t])
+    if o in (float("inf"), float("-inf")):
+        return c.op("ReduceMax" if o > 0 else "ReduceMin", [a], attrs, final=True)
+    if o == 0:
+        nz = c.cast(c.op("Not", [c.op("Equal", [x, c.const(0.0, t.dtype)], types=[t.with_dtype("bool")])],
+                         types=[t.with_dtype("bool")]), t.dtype)
+        return c.op("ReduceSum", [nz], attrs, final=True)
+    s = c.op("ReduceSum", [c.op("Pow", [a, c.const(o, t.dtype)], types=[t])], attrs, types=[out])
+    return c.op("Pow", [s, c.const(1.0 / o, t.dtype)], final=True)
+
+
 # ---- data movement
 
 @handles("aten.flip.default")
@@ -1487,6 +1511,8 @@ def _mask_module(ep, mask: torch.fx.Node, param_of: Mapping, state: Mapping, pos
             feeds.append(n)
         else:
             env[n] = new.node_copy(n, lambda a: env[a])
+            if isinstance(env[n].kwargs.get("device"), torch.device):   # (a meta-device import)
+                env[n].kwargs = {**env[n].kwargs, "device": torch.device("cpu")}
     new.output(env[mask])
     gm = torch.fx.GraphModule(torch.nn.Module(), new)
 
