@@ -41,7 +41,7 @@ from compiler.analysis.context import RunContext
 from compiler.analysis.parallel import parallel_step_time, plan_of
 from compiler.analysis.serving import StepTable, config_of, cost_model_step_time, sample_requests, serve_block, simulate
 from compiler.analysis.phases import GB, analyze, planning_sections, request_latency, request_overhead
-from compiler.driver.config import model_dims, validate
+from compiler.driver.config import model_dims, register, register_resolvers, validate
 from compiler.driver.pipeline import (compression_passes, kv_passes, model_passes, runtime_of, with_runtime_defaults,
                                       workload_of)
 from compiler.frontends.models import import_torch
@@ -154,6 +154,8 @@ def case_of(p: Mapping, runtime: str | None = None) -> Case:
 def compose(overrides: Sequence[str]) -> dict:
     from hydra import compose as _compose, initialize_config_dir
     from omegaconf import OmegaConf
+    register()
+    register_resolvers()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
         cfg = _compose("config", overrides=list(overrides))
     return OmegaConf.to_container(cfg, resolve=True)
@@ -200,7 +202,7 @@ class Replayer:
 
     def context(self, case: Case, runtime: Runtime | None = None) -> RunContext:
         """The run context of a case (its cost model bound to ``runtime``, default: the case's)."""
-        key = (case.id, runtime.name if runtime is not None else None)
+        key = (case.id, case.runtime, runtime.name if runtime is not None else None)
         if key not in self.contexts:
             cfg = validate(compose(case.overrides))
             wl = workload_of(cfg)
@@ -244,7 +246,7 @@ class Replayer:
     def _serve_fast(self, case: Case, rc: RunContext, requests: int) -> float:
         """The serving simulation alone (what serve_section runs first), on the KV budget the
         case's planning found once — no static-batching comparison, no parallel section."""
-        key = ("serve", case.id)
+        key = ("serve", case.id, case.runtime)
         if key not in self.contexts:
             wl, cfg = rc.workload, rc.cfg
             tokens = max(wl["context_len"], wl["prompt_len"] + wl["gen_len"])
@@ -305,7 +307,7 @@ def replay(runtime: str | None = None, only: str | None = None, progress=None) -
         if only and only not in p["id"]:
             continue
         case = case_of(p, runtime)
-        row = {"id": case.id, "engine": p["engine"], "hardware": p["hardware"], "metric": p["metric"],
+        row = {"id": case.id, "engine": p["engine"], "model": p["model"], "hardware": p["hardware"], "metric": p["metric"],
                "precision": p["precision"]["weights"], "tp": p["tp"], "value": p["value"]}
         if case.overrides is None:
             row.update(pred=None, why=case.why)
@@ -509,14 +511,27 @@ def _value(rt: Runtime, s: tuple) -> float:
     return float(prm.get(s[3], 0.5))
 
 
-def fit(name: str, replayer: Replayer | None = None, *, log=print) -> tuple[Runtime, list[dict]]:
-    """Fit the ``FIT[name]`` parameters of profile ``name`` to its published points: a robust
-    (soft-L1) loss of log(predicted / published), Nelder–Mead in transformed coordinates
-    (logit of a fraction, log of a host time)."""
+def fit_spec(name: str, keys: Sequence[str] | None = None) -> list[tuple]:
+    """``FIT[name]``, or its entries naming one of ``keys`` (a family, an architecture, a host key,
+    or several joined by ``/``: ``moe/hopper``)."""
+    spec = FIT[name]
+    if not keys:
+        return list(spec)
+    def names(s):
+        return (s[1],) if s[0] == "host" else s[1] + (s[2], s[3])
+    return [s for s in spec if any(all(part in names(s) for part in k.split("/")) for k in keys)]
+
+
+def fit(name: str, replayer: Replayer | None = None, *, log=print, only: str | None = None,
+        keys: Sequence[str] | None = None) -> tuple[Runtime, list[dict]]:
+    """Fit the ``FIT[name]`` parameters of profile ``name`` (those naming ``keys``) to its published
+    points (those whose id contains ``only``): a robust (soft-L1) loss of log(predicted /
+    published), Nelder–Mead in transformed coordinates (logit of a fraction, log of a host time)."""
     rp = replayer or Replayer()
     base = runtime_by_name(name)
-    spec = FIT[name]
-    cases = [c for c in (case_of(p) for p in points()) if c.overrides is not None and c.runtime == name]
+    spec = fit_spec(name, keys)
+    cases = [c for c in (case_of(p) for p in points()) if c.overrides is not None and c.runtime == name
+             and (not only or only in c.id)]
     values = np.array([c.point["value"] for c in cases], float)
     inverse = np.array([c.point["metric"] in ("ttft_s", "tpot_s", "e2e_s") for c in cases])
 
@@ -544,11 +559,15 @@ def fit(name: str, replayer: Replayer | None = None, *, log=print) -> tuple[Runt
     for c, val in zip(cases, values):
         pred = rp.predict(c, fitted)
         rows.append({"id": c.id, "value": val, "pred": pred, "err": pred / val - 1,
-                     "precision": c.point["precision"]["weights"], "metric": c.point["metric"]})
+                     "precision": c.point["precision"]["weights"], "metric": c.point["metric"],
+                     "model": c.point["model"]})
         log(f"  {c.id:60s} {val:10.4g} {pred:10.4g} {pred / val - 1:+7.1%}")
     del inverse
     return fitted, rows
 
+
+#: published models with routed experts (the points the ``moe`` kernel's band is measured on)
+MOE_MODELS = ("mixtral", "moe", "deepseek")
 
 #: kernel family -> the published precisions whose points exercise it (error bands)
 _BAND_PRECISIONS = {"gemm.fp8": ("fp8",), "gemm.fp8_dynamic": ("fp8",), "gemm.w8a16": ("int8",),
@@ -563,6 +582,8 @@ def error_bands(name: str, spec: Sequence[tuple], rows: Sequence[dict]) -> dict[
         for key in keys:
             if key in _BAND_PRECISIONS:
                 sel = [r for r in rows if r["precision"] in _BAND_PRECISIONS[key]]
+            elif key == "moe":
+                sel = [r for r in rows if any(m in r.get("model", "") for m in MOE_MODELS)]
             elif key == "request_us":
                 sel = [r for r in rows if r["metric"] == "ttft_s"]
             else:
@@ -614,6 +635,28 @@ def write_profile(name: str, fitted: Runtime, spec: Sequence[tuple], bands: Mapp
     path.write_text(buf.getvalue(), encoding="utf-8")
 
 
+def write_bands(name: str, rows: Sequence[dict]) -> None:
+    """The error band of every fitted figure of ``name`` from replayed ``rows`` (its published
+    points at the profile's current figures), written into ``conf/runtime/<name>.yaml``; values
+    and sources stay as they are."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedMap
+    y = YAML()
+    y.width = 120
+    path = runtime_dir() / f"{name}.yaml"
+    doc = y.load(path.read_text(encoding="utf-8"))
+    bands = error_bands(name, FIT[name], [dict(r, precision=r["precision"]) for r in rows])
+    for key, (med, p90, basis) in bands.items():
+        node = doc["host"].get(key) if key in doc.get("host", {}) else doc["kernels"].get(key)
+        if node is None:
+            continue
+        node["error_band"] = CommentedMap(median=_sig(med, 3), p90=_sig(p90, 3), basis=basis)
+    import io
+    buf = io.StringIO()
+    y.dump(doc, buf)
+    path.write_text(buf.getvalue(), encoding="utf-8")
+
+
 # --------------------------------------------------------------------------------------------
 
 def main(argv=None) -> int:
@@ -625,17 +668,31 @@ def main(argv=None) -> int:
     ap.add_argument("--fit", help="fit this profile's fitted parameters to its points")
     ap.add_argument("--write", action="store_true", help="with --fit: write the figures into conf/runtime/<name>.yaml")
     ap.add_argument("--docs", help="write the measurements page (docs/measurements/engine_profiles.md) here")
+    ap.add_argument("--keys", help="with --fit: fit only the figures naming these (comma-separated: family, "
+                                   "architecture or host key)")
+    ap.add_argument("--bands", help="replay this profile's points at its current figures and write their error "
+                                    "bands into conf/runtime/<name>.yaml")
     a = ap.parse_args(argv)
     if a.docs:
         write_docs(a.docs)
         return 0
     if a.fit:
-        fitted, rows = fit(a.fit)
+        keys = a.keys.split(",") if a.keys else None
+        fitted, rows = fit(a.fit, only=a.only, keys=keys)
         if a.write:
             n = len(rows)
-            write_profile(a.fit, fitted, FIT[a.fit], error_bands(a.fit, FIT[a.fit], rows),
+            cmd = f"python -m compiler.driver.published --fit {a.fit}" + (f" --only {a.only}" if a.only else "") + \
+                (f" --keys {a.keys}" if a.keys else "")
+            spec = fit_spec(a.fit, keys)
+            write_profile(a.fit, fitted, spec, error_bands(a.fit, spec, rows),
                           f"fitted to {n} published {a.fit} points (compiler/perf/calibration/data/published_engines.json; "
-                          f"python -m compiler.driver.published --fit {a.fit})")
+                          f"{cmd})")
+        return 0
+    if a.bands:
+        rows = [r for r in replay(None, a.only, progress=None) if r.get("runtime") == a.bands]
+        for r in rows:
+            print(f"{r['id']:60s} {r['value']:10.4g} {r['pred']:10.4g} {r['err']:+7.1%}", flush=True)
+        write_bands(a.bands, rows)
         return 0
 
     def show(row):
