@@ -300,11 +300,16 @@ def summarize(rows: Sequence[dict]) -> dict:
     return out
 
 
-def replay(runtime: str | None = None, only: str | None = None, progress=None) -> list[dict]:
+def replay(runtime: str | None = None, only: str | None = None, progress=None, *,
+           profile: str | None = None) -> list[dict]:
+    """Every published point (those whose id contains ``only``; those whose engine's profile is
+    ``profile``) predicted by its command (priced with ``runtime`` when given)."""
     r = Replayer()
     rows = []
     for p in points():
         if only and only not in p["id"]:
+            continue
+        if profile and ENGINE_RUNTIME.get(p["engine"]) != profile:
             continue
         case = case_of(p, runtime)
         row = {"id": case.id, "engine": p["engine"], "model": p["model"], "hardware": p["hardware"], "metric": p["metric"],
@@ -689,7 +694,7 @@ def main(argv=None) -> int:
                           f"{cmd})")
         return 0
     if a.bands:
-        rows = [r for r in replay(None, a.only, progress=None) if r.get("runtime") == a.bands]
+        rows = [r for r in replay(None, a.only, profile=a.bands) if r.get("pred") is not None]
         for r in rows:
             print(f"{r['id']:60s} {r['value']:10.4g} {r['pred']:10.4g} {r['err']:+7.1%}", flush=True)
         write_bands(a.bands, rows)

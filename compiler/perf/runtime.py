@@ -116,27 +116,27 @@ class HostFigureYaml:
 
 @dataclass
 class RuntimeServeYaml:
-    max_num_seqs: int = 256
-    max_batched_tokens: int = 8192
-    admission: str = "preempt"
-    gpu_utilization: float = 1.0
-    chunked_prefill: bool = False
-    source: str = ""
+    max_num_seqs: int = 256          # the engine's default limit of running sequences (serve.max_num_seqs)
+    max_batched_tokens: int = 8192   # tokens one engine iteration may schedule (serve.max_batched_tokens)
+    admission: str = "preempt"       # preempt (vLLM: recompute the newest) | no_evict (TensorRT-LLM)
+    gpu_utilization: float = 1.0     # fraction of device memory the engine takes (memory.gpu_utilization)
+    chunked_prefill: bool = False    # prompts split into max_batched_tokens chunks
+    source: str = ""                 # where these defaults come from
 
 
 @dataclass
 class RuntimeYaml:
     """A ``conf/runtime/<name>.yaml`` (see the module doc)."""
-    name: str = MISSING
-    engine: str = MISSING
+    name: str = MISSING              # the profile's name (report.json runtime.name)
+    engine: str = MISSING            # the engine it describes
     description: str = ""
     devices: List[str] = field(default_factory=lambda: ["gpu", "cpu", "soc"])   # hardware kinds it runs on
-    lm_head: str = "all"
-    kv_cache_in_kernel: List[str] = field(default_factory=list)
-    moe_dispatch: str = "per_expert"
-    kernels: Dict[str, KernelYaml] = field(default_factory=dict)
-    host: Dict[str, HostFigureYaml] = field(default_factory=dict)
-    serve: RuntimeServeYaml = field(default_factory=RuntimeServeYaml)
+    lm_head: str = "all"             # all | last: a prefill computes the logits of the last position only
+    kv_cache_in_kernel: List[str] = field(default_factory=list)   # KV dtypes the attention kernel reads as stored
+    moe_dispatch: str = "per_expert"   # per_expert | grouped: one grouped GEMM per MoE projection
+    kernels: Dict[str, KernelYaml] = field(default_factory=dict)   # op family -> kernel, model, figures, source, band
+    host: Dict[str, HostFigureYaml] = field(default_factory=dict)   # step_us, per_sequence_us, per_tensor_us, prefill_chunk_us, request_us
+    serve: RuntimeServeYaml = field(default_factory=RuntimeServeYaml)   # scheduler defaults
 
 
 # --------------------------------------------------------------------------- objects
