@@ -328,7 +328,7 @@ def replay(runtime: str | None = None, only: str | None = None, progress=None, *
 
 
 def table_md(rows: Sequence[dict], eager: Sequence[dict] | None = None) -> str:
-    """The markdown table of every replayed point (docs/measurements/engine_profiles.md)."""
+    """The markdown table of every replayed point (the page --docs writes)."""
     ev = {r["id"]: r for r in eager or ()}
     head = "| point | runtime | GPU | TP | precision | metric | published | rooftop | error |"
     rule = "|---|---|---|---|---|---|---|---|---|"
@@ -421,7 +421,7 @@ def summary_md(rows: Sequence[dict], eager: Sequence[dict]) -> str:
 
 
 def write_docs(path: str) -> None:
-    """docs/measurements/engine_profiles.md: the profiles' kernel tables, the acceptance summary
+    """The measurements page: the profiles' kernel tables, the acceptance summary
     (profiles beside runtime=eager), every point, the points rooftop cannot express."""
     import datetime
     rows = replay()
@@ -672,7 +672,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runtime", help="price every point with this profile (e.g. eager)")
     ap.add_argument("--fit", help="fit this profile's fitted parameters to its points")
     ap.add_argument("--write", action="store_true", help="with --fit: write the figures into conf/runtime/<name>.yaml")
-    ap.add_argument("--docs", help="write the measurements page (docs/measurements/engine_profiles.md) here")
+    ap.add_argument("--docs", help="write the measurements page (the page --docs writes) here")
     ap.add_argument("--keys", help="with --fit: fit only the figures naming these (comma-separated: family, "
                                    "architecture or host key)")
     ap.add_argument("--bands", help="replay this profile's points at its current figures and write their error "
