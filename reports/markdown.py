@@ -18,6 +18,7 @@ from reports.format import (PHASES, TOP_GROUPS, bound_split, class_breakdown, do
                             fmt_bytes, fmt_count, fmt_flops, fmt_intensity, fmt_pct, fmt_rate, fmt_time,
                             fmt_tok_s, gib_note, is_encoder, op_groups, peak_of, phases_of, ridge_point, roof, sig)
 from reports.planning import blocks as planning_blocks
+from reports.runtime import blocks as runtime_blocks
 
 def _names(names: Sequence[str]) -> str:
     if len(names) == 1:
@@ -72,6 +73,7 @@ def document(r: Mapping) -> list[tuple]:
                                        "the tables."))
     blocks.append(("plot", "time_by_class", "Time by op class per phase, split into compute-bound and memory-bound ops."))
 
+    blocks += runtime_blocks(r)   # the engine (runtime=) beside the roofline bound
     blocks += dynamic_blocks(r)   # speculative decoding, MoE, early exit, chunked prefill
     blocks += planning_blocks(r)  # capacity planning (kv=), parallel plan, serving simulation
     blocks += compression_blocks(r)   # quant= / sparsity=: kernels, stored bytes, accuracy

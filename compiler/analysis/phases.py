@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from compiler.analysis import early_exit, moe
+from compiler.analysis import runtime as runtime_sec
 from compiler.analysis import speculative as spec
 from compiler.analysis.capacity import capacity_section
 from compiler.analysis.context import RunContext
@@ -84,9 +85,11 @@ def phase_result(cm, sched, b: int, s: int, p: int, phase: str) -> dict[str, Any
     flops = sum(o["flops"] for o in ops)
     byts = sum(o["bytes"] for o in ops)
     split = {k: sum(o["bytes_split"][k] for o in ops) for k in ("weights", "activations", "kv")}
+    host = float(cm.host_time(b, s)) if getattr(cm, "runtime", None) is not None else None
     return {
         "point": {"B": b, "S": s, "P": p},
-        "time_s": sum(o["time_s"] for o in ops),
+        "time_s": sum(o["time_s"] for o in ops) + (host or 0.0),
+        **({"host_overhead_s": host} if host is not None else {}),
         "flops": flops, "bytes": byts, "bytes_split": split,
         "intensity": flops / byts if byts else None,
         "bound": max(bound_time, key=bound_time.get),
@@ -106,7 +109,7 @@ def request_latency(cm, b: int, prompt: int, gen: int, ctx: int, generative: boo
     Encoder: one forward pass per batch; throughput in sequences/s (and tokens processed/s; a
     model without a token input: inputs/s, no token figure).
     """
-    ttft = float(cm.phase_time(b, prompt, 0, "prefill")[0])
+    ttft = float(cm.phase_time(b, prompt, 0, "prefill")[0]) + request_overhead(cm)
     if not generative:
         if not tokens:      # an MLP / CNN: inputs per batch, no tokens
             return {"kind": "encoder", "unit": "inputs", "batch_latency_s": ttft, "ttft_s": ttft, "tpot_s": None,
@@ -151,6 +154,13 @@ def fit_count(sched, w_bytes: float, kv_tok: float, held: float, act_tokens: int
             lo, hi = (mid, hi) if need(np.array([mid]))[0] <= usable else (lo, mid)
         best = lo
     return best, fits
+
+
+def request_overhead(cm) -> float:
+    """The runtime profile's host time per request (tokenization, admission, returning the first
+    token), added to the time to first token; 0 without a profile."""
+    rt = getattr(cm, "runtime", None)
+    return rt.request_s if rt is not None else 0.0
 
 
 def capacity(cfg: Mapping, cm, sched, hw, w_bytes, kv_tok, tokens, prompt, ctx, reserve,
@@ -258,7 +268,7 @@ def analyze(rc: RunContext) -> dict[str, Any]:
         w_cap = par["memory_per_device"]["weights_bytes"]          # per device (tp shard, pp stage)
         kv_cap = par["memory_per_device"]["kv_bytes_per_token"]
         single = latency
-        latency = plan_latency(plan, par, b, prompt, gen, ctx)
+        latency = plan_latency(plan, par, b, prompt, gen, ctx, request_overhead(cm))
         latency["single_device"] = {k: single[k] for k in ("ttft_s", "tpot_s", "e2e_s", "throughput_tok_s")}
     else:
         w_cap, kv_cap = w_bytes, kv_tok
@@ -277,6 +287,7 @@ def analyze(rc: RunContext) -> dict[str, Any]:
     phases.update(dynamic.pop("phases", {}))
     latency.update(dynamic.pop("latency", {}))
     dtype = m.get("dtype") or _graph_dtype(g)
+    rsec = runtime_sec.section(rc, generative)
     return {
         "model": {
             "name": str(m.get("name") or g.name), "source": str(m.get("source")),
@@ -316,6 +327,7 @@ def analyze(rc: RunContext) -> dict[str, Any]:
         "throughput_vs_batch": sweep,
         **dynamic,
         **planning,
+        **({"runtime": rsec} if rsec is not None else {}),
     }
 
 
@@ -413,10 +425,11 @@ def plan_step(rc: RunContext, par):
     return step
 
 
-def plan_latency(step, par, b, prompt, gen, ctx) -> dict[str, Any]:
+def plan_latency(step, par, b, prompt, gen, ctx, request_s: float = 0.0) -> dict[str, Any]:
     """:func:`request_latency` under the parallel plan: TTFT and TPOT are the plan's per-phase times
-    (``parallel.phases``), the request's decode steps the plan's step times."""
-    ttft = float(par["phases"]["prefill"]["time_s"])
+    (``parallel.phases``), the request's decode steps the plan's step times; ``request_s`` is the
+    runtime's host time per request."""
+    ttft = float(par["phases"]["prefill"]["time_s"]) + request_s
     tpot = float(par["phases"]["decode"]["time_s"])
     steps = np.arange(1, gen) if gen > 1 else np.zeros(0)
     e2e = ttft + (float(step(np.full(len(steps), b), 1, prompt + steps - 1).sum()) if len(steps) else 0.0)

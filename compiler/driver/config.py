@@ -41,6 +41,7 @@ from compiler.ir.facts import ModelDims
 from compiler.ir.tensors import hw_dtype
 from compiler.perf import structured
 from compiler.perf.hardware import HardwareYaml, load_hardware
+from compiler.perf.runtime import RuntimeYaml, load_runtime
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from passes.quant.config import QuantConfig, SparsityConfig  # noqa: F401 (re-exported schemas)
@@ -84,9 +85,14 @@ class GateConfig:
 class MemoryConfig:
     runtime_reserve_gb: float = 0.5          # CUDA context, workspaces, allocator slack (GB)
     # fraction of device memory the server may use (vLLM's gpu_memory_utilization, 0.9 there);
-    # the KV budget is memory x gpu_utilization - weights - activation peak - reserve
-    gpu_utilization: float = 1.0
+    # the KV budget is memory x gpu_utilization - weights - activation peak - reserve;
+    # null: the runtime profile's (runtime.serve.gpu_utilization; eager: 1.0)
+    gpu_utilization: Optional[float] = None
 
+
+#: serve.mode values and admission policies (compiler/analysis/serving.py)
+SERVE_MODES = ("online", "offline")
+ADMISSION = ("preempt", "no_evict")
 
 #: kv.dtype values: the stored format of the KV cache (null: the model's dtype)
 KV_DTYPES = tuple(KV_DTYPE_BYTES)
@@ -235,6 +241,7 @@ class RooftopConfig:
     """The whole composed config (``conf/config.yaml`` + groups)."""
     model: Any = None            # one of VARIANTS["model"], chosen by model.source
     hardware: HardwareYaml = MISSING   # compiler.perf.hardware (units, ranges: load_hardware)
+    runtime: Optional[RuntimeYaml] = None   # conf/runtime (compiler/perf/runtime.py); null: eager
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     slo: SloConfig = field(default_factory=SloConfig)
@@ -422,7 +429,7 @@ def _check_memory(cfg: dict):
     if v < 0:
         raise ConfigError(f"memory.runtime_reserve_gb={v:g} is negative; set it to 0 or more GB.")
     u = cfg["memory"]["gpu_utilization"]
-    if not (0.0 < u <= 1.0):
+    if u is not None and not (0.0 < u <= 1.0):
         raise ConfigError(f"memory.gpu_utilization={u:g} is out of range: it is the fraction of device "
                           f"memory the server may use, in (0, 1] (vLLM uses 0.9, the default 1.0 uses "
                           f"all of it). Set e.g. memory.gpu_utilization=0.9.")
@@ -506,14 +513,31 @@ def _check_serve(cfg: dict):
         raise ConfigError(f"serve.enabled={s['enabled']!r} is not one of auto, true, false; auto runs "
                           f"the serving simulation when serve.rate is set.")
     s["enabled"] = v
+    if s["mode"] not in SERVE_MODES:
+        raise ConfigError(f"serve.mode={s['mode']!r} is not a serving mode; use serve.mode=online (Poisson "
+                          f"arrivals at serve.rate) or serve.mode=offline (every request at t = 0, the "
+                          f"engine's throughput).")
+    if s["admission"] is not None and s["admission"] not in ADMISSION:
+        raise ConfigError(f"serve.admission={s['admission']!r} is not an admission policy; use "
+                          f"serve.admission=preempt (vLLM: preempt the newest and recompute it) or "
+                          f"serve.admission=no_evict (TensorRT-LLM: reserve every request's final length "
+                          f"at admission), or null for the runtime's.")
     if s["rate"] is not None and s["rate"] <= 0:
         raise ConfigError(f"serve.rate={s['rate']:g} is not positive: the Poisson arrival rate is in "
                           f"requests/s; set e.g. serve.rate=2.")
     if s["sweep"] is not None and any((not isinstance(r, (int, float))) or r <= 0 for r in s["sweep"]):
         raise ConfigError(f"serve.sweep={s['sweep']!r} must be a list of positive rates (requests/s).")
     config_of({k: s[k] for k in ("rate", "requests", "prompt_len", "output_len", "seed", "max_num_seqs",
-                                 "max_batched_tokens", "chunked_prefill", "chunk_tokens", "slo_target")},
+                                 "max_batched_tokens", "chunked_prefill", "chunk_tokens", "slo_target",
+                                 "mode", "admission")},
               cfg.get("slo"))
+
+
+def _check_runtime(cfg: dict):
+    if cfg.get("runtime") is not None:
+        rt = load_runtime(cfg["runtime"])
+        if cfg.get("hardware"):
+            rt.check_hardware(load_hardware(cfg["hardware"]))
 
 
 def _check_emit(cfg: dict):
@@ -733,7 +757,7 @@ def check_config_plan(cfg: Mapping, hw) -> None:
 #: range checks run after conversion, in order
 CHECKS: list[Callable[[dict], None]] = [_check_workload, _check_context, _check_gate, _check_slo, _check_memory,
                                          _check_emit, _check_model, _check_kv, _check_quant, _check_parallel,
-                                         _check_serve]
+                                         _check_serve, _check_runtime]
 
 
 def validate(cfg: Any) -> dict:

@@ -45,6 +45,7 @@ from compiler.ir import Graph, op_layers
 from compiler.ir.facts import ModelDims
 from compiler.perf.cost import CostModel
 from compiler.perf.hardware import load_hardware
+from compiler.perf.runtime import Runtime, load_runtime, runtime_by_name, DEFAULT_RUNTIME
 from compiler.perf.schedule import schedule
 from compiler.analysis import compression
 from compiler.analysis.serving import max_model_len_of
@@ -66,6 +67,29 @@ OUTPUT_FILES = ("model.onnx", "model.onnx.data", "report.json", "report.md", "re
 
 # ------------------------------------------------------------------------------------------------
 # config
+
+
+def runtime_of(cfg: Mapping) -> Runtime:
+    """The configured runtime profile (``runtime=``; the eager profile when the config has none)."""
+    return load_runtime(cfg["runtime"]) if cfg.get("runtime") else runtime_by_name(DEFAULT_RUNTIME)
+
+
+def with_runtime_defaults(cfg: Mapping, rt: Runtime) -> dict:
+    """``cfg`` with the scheduler and memory settings left null filled from the runtime profile's
+    engine defaults (``serve.max_num_seqs``, ``serve.max_batched_tokens``, ``serve.admission``,
+    ``serve.chunked_prefill``, ``memory.gpu_utilization``)."""
+    out = dict(cfg)
+    serve = dict(out.get("serve") or {})
+    for key, val in (("max_num_seqs", rt.max_num_seqs), ("max_batched_tokens", rt.max_batched_tokens),
+                     ("admission", rt.admission), ("chunked_prefill", rt.chunked_prefill)):
+        if serve.get(key) is None:
+            serve[key] = val
+    out["serve"] = serve
+    mem = dict(out.get("memory") or {})
+    if mem.get("gpu_utilization") is None:
+        mem["gpu_utilization"] = rt.gpu_utilization
+    out["memory"] = mem
+    return out
 
 
 def workload_of(cfg: Mapping) -> dict[str, int]:
@@ -396,6 +420,8 @@ def preflight(cfg: Any, *, accuracy_gates: bool = True) -> Preflight:
     cfg = validate(cfg)
     wl = workload_of(cfg)
     hw = load_hardware(cfg["hardware"])
+    rt = runtime_of(cfg)
+    cfg = with_runtime_defaults(cfg, rt)
     draft.validate(cfg)
     mcfg = cfg["model"]
     dims = model_dims(mcfg)
@@ -540,7 +566,7 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
                 # routing, exit heads), the recipe (pipeline.passes + kv=), compression (quant= /
                 # sparsity=: lossy, so the graph before it is the accuracy reference)
                 points = _record_points(wl)
-                cost_fn = (lambda gr: _cost_totals(gr, hw, points)) if cfg["pipeline"]["record_cost"] else None
+                cost_fn = (lambda gr: _cost_totals(gr, hw, points, rt)) if cfg["pipeline"]["record_cost"] else None
                 compression = PassManager(lossy, name="compression", verify=True, snapshot=True)
                 pm = PassManager([PassManager(model_passes(cfg, g, pass_ctx), name="model", verify=True),
                                   PassManager(recipe, name="recipe", verify=True), compression],
@@ -557,9 +583,9 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
                 timings["passes_s"] = time.perf_counter() - t0
 
                 t0 = time.perf_counter()
-                rc = RunContext(cfg=cfg, workload=wl, hardware=hw, graph=g, cost=CostModel(g, hw),
+                rc = RunContext(cfg=cfg, workload=wl, hardware=hw, graph=g, cost=CostModel(g, hw, rt),
                                 schedule=schedule(g), records=tuple(records), dims=dims, draft=dg,
-                                measured=measurements(cfg, g, dg, dims))
+                                measured=measurements(cfg, g, dg, dims), runtime=rt)
                 result = analyze(rc)
                 timings["analysis_s"] = time.perf_counter() - t0
 
@@ -807,8 +833,8 @@ def _record_points(wl) -> list[tuple[int, int, int, str]]:
     return [(wl["batch"], wl["prompt_len"], 0, "prefill"), (wl["batch"], 1, wl["context_len"], "decode")]
 
 
-def _cost_totals(g: Graph, hw, points) -> dict[str, Any]:
-    cm = CostModel(g, hw)
+def _cost_totals(g: Graph, hw, points, runtime: Runtime | None = None) -> dict[str, Any]:
+    cm = CostModel(g, hw, runtime)
     out = {}
     for b, s, p, phase in points:
         t = cm.totals(b, s, p, phase)
@@ -908,4 +934,5 @@ def summary_line(report: Mapping, out_dir: str) -> str:
     return f"{head}{figs}, max batch {report['capacity']['max_batch']}, {emitted} -> {out_dir}"
 
 
-__all__ = ["run", "RooftopError", "OUTPUT_FILES", "workload_of", "summary_line", "dir_lock"]
+__all__ = ["run", "RooftopError", "OUTPUT_FILES", "workload_of", "summary_line", "dir_lock", "runtime_of",
+           "with_runtime_defaults"]
