@@ -55,7 +55,7 @@ from compiler.errors import ConfigError
 from compiler.perf.cost import CostModel
 from compiler.perf.hardware import hardware_by_name
 
-__all__ = ["Pool", "Link", "transfer_times", "link_schedule", "simulate_prefill_pool", "simulate_decode_pool",
+__all__ = ["check_disaggregated", "Pool", "Link", "transfer_times", "link_schedule", "simulate_prefill_pool", "simulate_decode_pool",
            "simulate_disaggregated", "disaggregated_section", "link_of", "DEFAULT_LINK_LATENCY_S"]
 
 DEFAULT_LINK_LATENCY_S = 10e-6     # the per-collective floor hardware YAMLs cite for NVLink (nccl#1259)
@@ -321,6 +321,21 @@ def pool_model(rc, pool: Pool, *, weights_bytes: float, kv_bytes_per_token: floa
     budget = kv_budget(hw.memory_bytes, weights_bytes / pool.per_instance, act_bytes, reserve_bytes, utilization)
     blocks = int(budget // (kv_dev * block_size)) if budget > 0 else 0
     return PoolModel(pool, hw, st, blocks)
+
+
+def check_disaggregated(d: Mapping) -> None:
+    """Range checks of ``serve.disaggregated.*`` (compiler/driver/config.py)."""
+    if not d.get("enabled"):
+        return
+    for side in ("prefill", "decode"):
+        _pool_of(d, side, "")
+        name = d.get(f"{side}_hardware")
+        if name:
+            hardware_by_name(str(name))
+    for k in ("link_bandwidth_gbs", "link_latency_us"):
+        v = d.get(k)
+        if v is not None and not v > 0:
+            raise ConfigError(f"serve.disaggregated.{k}={v!r} must be positive (or null: the hardware's interconnect).")
 
 
 def _pool_of(d: Mapping, side: str, hw_name: str) -> Pool:
