@@ -30,6 +30,13 @@ parallel plan, each the continuous-batching simulation of :mod:`compiler.analysi
 metric): the largest rate whose SLO attainment (TTFT and TPOT both met) reaches
 ``serve.slo_target``, per GPU.
 
+**Sustained**: a finite run of requests can "meet" a loose TPOT SLO far past the pools' capacity
+(the backlog's wait is spread over each request's output tokens and the run ends before it
+matters), so a rate counts as met only when the run is also steady: the mean end-to-end latency of
+the last quarter of the requests (in arrival order) is at most :data:`STEADY_RATIO` times that of
+the second quarter — a queue that grows without bound fails it, noise does not. The same rule
+applies to the co-located pool (:func:`sustained`).
+
 Per pool the step times come from the cost model of the pool's hardware and parallel plan
 (:func:`compiler.analysis.parallel.parallel_step_time` for tp/pp > 1); per device the pool holds
 ``weights / (tp x pp)`` of the weights (replicated norms and embeddings ignored) and the KV heads of
@@ -41,7 +48,7 @@ import heapq
 import math
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -55,9 +62,10 @@ from compiler.errors import ConfigError
 from compiler.perf.cost import CostModel
 from compiler.perf.hardware import hardware_by_name
 
-__all__ = ["check_disaggregated", "Pool", "Link", "transfer_times", "link_schedule", "simulate_prefill_pool", "simulate_decode_pool",
+__all__ = ["sustained", "is_steady", "STEADY_RATIO", "check_disaggregated", "Pool", "Link", "transfer_times", "link_schedule", "simulate_prefill_pool", "simulate_decode_pool",
            "simulate_disaggregated", "disaggregated_section", "link_of", "DEFAULT_LINK_LATENCY_S"]
 
+STEADY_RATIO = 1.25
 DEFAULT_LINK_LATENCY_S = 10e-6     # the per-collective floor hardware YAMLs cite for NVLink (nccl#1259)
 _GB = 1e9
 
@@ -230,6 +238,23 @@ def simulate_decode_pool(tab: StepTable, ready: np.ndarray, ctx0: np.ndarray, st
         batch_sum += b
         batch_max = max(batch_max, m)
     return finish, steps, batch_sum, batch_max
+
+
+def is_steady(r: ServeResult) -> bool:
+    """The run's backlog does not grow (module doc: sustained)."""
+    e2e = np.asarray(r.e2e_s, float)
+    q = len(e2e) // 4
+    if q < 2:
+        return True
+    second, last = float(e2e[q:2 * q].mean()), float(e2e[3 * q:].mean())
+    return last <= STEADY_RATIO * max(second, 1e-12)
+
+
+def sustained(r: ServeResult) -> ServeResult:
+    """``r`` with SLO attainment 0 when the run is not steady (module doc)."""
+    if r.slo_attainment is None or is_steady(r):
+        return r
+    return replace(r, slo_attainment=0.0)
 
 
 @dataclass
@@ -425,8 +450,8 @@ def disaggregated_section(rc, serve: Mapping, slo: Mapping | None, *, weights_by
     }
     best_d = best_c = None
     if cfg.slo_ttft_s is not None or cfg.slo_tpot_s is not None:
-        best_d, _ = max_rate_meeting_slo(lambda r: disagg(r).result, cfg, start=cfg.rate)
-        best_c, _ = max_rate_meeting_slo(coloc, cfg, start=cfg.rate)
+        best_d, _ = max_rate_meeting_slo(lambda r: sustained(disagg(r).result), cfg, start=cfg.rate)
+        best_c, _ = max_rate_meeting_slo(lambda r: sustained(coloc(r)), cfg, start=cfg.rate)
         out_d["goodput"] = {
             "disaggregated_req_s": best_d, "colocated_req_s": best_c,
             "disaggregated_per_gpu_req_s": best_d / total, "colocated_per_gpu_req_s": best_c / (replicas * per_rep),

@@ -344,11 +344,13 @@ class ServeResult:
     kv_blocks: int | None = None
     ttft_s: np.ndarray | None = field(default=None, repr=False)
     tpot_s: np.ndarray | None = field(default=None, repr=False)
+    e2e_s: np.ndarray | None = field(default=None, repr=False)     # per request, arrival order
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("ttft_s")
         d.pop("tpot_s")
+        d.pop("e2e_s")
         return d
 
 
@@ -374,7 +376,7 @@ def _result(policy, cfg, arrival, first, finish, out, preempt, steps, batch_sum,
         tpot_p50_s=pct(tpot[multi], 50), tpot_p99_s=pct(tpot[multi], 99),
         e2e_p50_s=pct(e2e, 50), e2e_p99_s=pct(e2e, 99), slo_attainment=slo,
         preemptions=int(preempt), steps=int(steps), mean_batch=float(batch_sum / max(steps, 1)),
-        max_batch=int(batch_max), kv_blocks=kv_blocks, ttft_s=ttft, tpot_s=tpot)
+        max_batch=int(batch_max), kv_blocks=kv_blocks, ttft_s=ttft, tpot_s=tpot, e2e_s=e2e)
 
 
 # --------------------------------------------------------------------------- continuous batching

@@ -20,7 +20,8 @@ leave no room for the longest request's KV, are dropped) and ``max_num_seqs`` of
 Cost: devices x the kind's list price (``hardware.price.usd_per_gpu_hour`` of
 conf/hardware/<kind>.yaml, overridden by ``sizing.prices.<kind>``) in US dollars per hour.
 A candidate is feasible when its SLO attainment at ``serve.rate`` (both TTFT and TPOT met)
-reaches ``serve.slo_target``.
+reaches ``serve.slo_target`` and the run is steady (its backlog does not grow:
+:func:`compiler.analysis.disaggregated.is_steady`).
 
 **Search** (exact, deterministic): candidates in increasing cost (ties: the key order below); every
 candidate of the cheapest cost group that has a feasible one is simulated and the best attainment
@@ -44,7 +45,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from compiler.analysis.disaggregated import (Link, Pool, link_of, pool_model, simulate_disaggregated,
+from compiler.analysis.disaggregated import (Link, Pool, is_steady, link_of, pool_model, simulate_disaggregated,
                                              simulate_prefill_pool)
 from compiler.analysis.prefix import prefix_hook, prefix_model_of
 from compiler.analysis.serving import (ServeConfig, ServeResult, StepTable, config_of, sample_requests,
@@ -204,7 +205,8 @@ class Sizer:
             decode_kv_blocks=dm.kv_blocks, block_size=self.bs, prefix=self.prefix).result
 
     def feasible(self, r: ServeResult) -> bool:
-        return r.slo_attainment is not None and r.slo_attainment >= self.cfg.slo_target
+        """Attainment reaches the target and the run is steady (disaggregated.sustained)."""
+        return r.slo_attainment is not None and r.slo_attainment >= self.cfg.slo_target and is_steady(r)
 
 
 def candidates(sizer: Sizer, *, kinds: list[str], tps: list[int], pps: list[int], seqs: list[int],
