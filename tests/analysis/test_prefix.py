@@ -56,14 +56,14 @@ def test_ttft_and_flops_fall_in_proportion_to_the_hit_rate(share):
     2N per new token the prefill FLOPs fall by exactly the hit rate."""
     P, prefix = 1024, 512
     m = PrefixModel(share=share, prefix_len=prefix, prefixes=1, block_size=16)
-    cfg = ServeConfig(rate=0.01, requests=200, prompt=P, output=2, seed=5)
+    cfg = ServeConfig(rate=1e-5, requests=200, prompt=P, output=2, seed=5)   # nobody waits
     with_c = simulate(new_token_step, cfg, kv_blocks=10_000, prefix=prefix_hook(m))
     without = simulate(new_token_step, cfg, kv_blocks=10_000, prefix=prefix_hook(m, caching=False))
     p, c = apply_prefix(m, np.full(200, P), np.full(200, 2))
     hit_rate = c.sum() / p.sum()
     assert hit_rate == pytest.approx(share * 512 / 1024, abs=0.08)          # sampled sharers, one cold
     drop = float(np.mean(without.ttft_s) - np.mean(with_c.ttft_s))
-    assert drop == pytest.approx(PER_NEW * hit_rate * P, rel=1e-9)
+    assert drop == pytest.approx(PER_NEW * hit_rate * P, rel=1e-6)   # (clock resolution at t ~ 1e7 s)
     sec = prefix_section(m, np.full(200, P), np.full(200, 2), flops=lambda s, q: 2 * 7e9 * np.asarray(s, float),
                          prefill_time=lambda s, q: new_token_step(1, q, s), kv_blocks=10_000,
                          with_cache={}, without_cache={})
