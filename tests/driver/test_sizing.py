@@ -48,17 +48,19 @@ GRID = dict(kinds=["fast", "cheap"], tps=[1, 2], pps=[1], seqs=[32, 128], modes=
 
 
 def test_search_finds_the_exhaustive_optimum_deterministically():
-    s = sizer()
+    s = sizer(rate=120, ttft=0.15, tpot=0.025, requests=200)
     cands = candidates(s, **GRID)
     assert len(cands) > 100
     t0 = time.perf_counter()
     res = search(s, cands, GRID["max_devices"])
     took = time.perf_counter() - t0
     best, r = res["best"]
-    ex, rx = exhaustive(sizer(), cands)
+    ex, rx = exhaustive(sizer(rate=120, ttft=0.15, tpot=0.025, requests=200), cands)
     assert best == ex and r.slo_attainment == rx.slo_attainment
-    assert len(res["evaluated"]) < len(cands)        # it stopped at the cheapest feasible cost
-    again = search(sizer(), candidates(sizer(), **GRID), GRID["max_devices"])["best"][0]
+    assert len(res["evaluated"]) + res["pruned"] < len(cands)     # it stopped at the cheapest feasible cost
+    assert res["pruned"] > 0
+    s2 = sizer(rate=120, ttft=0.15, tpot=0.025, requests=200)
+    again = search(s2, candidates(s2, **GRID), GRID["max_devices"])["best"][0]
     assert again == best
     print(f"\nsizing: {len(cands)} candidates, {len(res['evaluated'])} simulated, {res['pruned']} pruned, "
           f"{took:.2f} s; best {best.label()} ${best.cost_per_hour:.2f}/h, attainment {r.slo_attainment:.3f}")
@@ -67,7 +69,7 @@ def test_search_finds_the_exhaustive_optimum_deterministically():
 
 def test_pruned_candidates_are_infeasible():
     """The prefill-pool bound prunes only candidates the full simulation rejects."""
-    s = sizer(rate=12.0)
+    s = sizer(rate=120, ttft=0.15, tpot=0.025, requests=200)
     cands = [c for c in candidates(s, **GRID) if c.mode == "disaggregated" and c.devices <= 3]
     pruned = [c for c in cands if c.instances < s.np_min(c.hardware, c.tp, c.pp, 4 // (c.tp * c.pp))]
     assert pruned
@@ -104,6 +106,10 @@ def test_splitwise_mixed_pools_serve_more_per_dollar():
     mixed = _goodput_per_dollar("fast", "cheap")
     assert mixed > _goodput_per_dollar("fast", "fast")
     assert mixed > _goodput_per_dollar("cheap", "cheap")
+    # and the sizing search, free to pick anything, picks that split at 80 requests/s
+    s = sizer(rate=80, ttft=0.2, tpot=0.03, requests=200)
+    best = search(s, candidates(s, **GRID), 4)["best"][0]
+    assert (best.mode, best.hardware, best.decode_hardware) == ("disaggregated", "fast", "cheap")
 
 
 def test_launch_commands():
