@@ -177,3 +177,43 @@ def test_sustained_rejects_a_growing_backlog():
     over = simulate(a100_13b, with_rate(cfg, 200.0), kv_blocks=BLOCKS)
     assert is_steady(ok) and sustained(ok).slo_attainment == ok.slo_attainment
     assert not is_steady(over) and sustained(over).slo_attainment == 0.0
+
+
+# --------------------------------------------------------------------------- through the pipeline
+
+TINY = ["pipeline=cache", "pipeline.record_cost=false", "report.html=false", "progress=false", "emit.enabled=false",
+        "kv=paged", "workload.prompt_len=64", "workload.gen_len=16", "serve.rate=50", "serve.requests=200",
+        "slo.ttft_ms=5", "slo.tpot_ms=2"]
+
+
+def test_pipeline_report_keys_and_off_by_default(tmp_path):
+    """llama_tiny on an A100: serve.disaggregated (a tp=2 decode pool) and serve.prefix land in
+    report.json (schema-checked); with both off the serve section has none of their keys."""
+    from compiler.driver.pipeline import run
+    from tests.conftest import compose
+    on = run(compose(TINY + ["serve.disaggregated.enabled=true", "serve.disaggregated.prefill_instances=2",
+                             "serve.disaggregated.decode_tp=2", "serve.prefix.enabled=true",
+                             "serve.prefix.prefix_len=32"]), str(tmp_path / "on"), show_progress=False)
+    d, p = on["serve"]["disaggregated"], on["serve"]["prefix"]
+    assert d["devices"] == 2 + 2 and d["colocated"]["replicas"] == 4 and d["decode"]["tp"] == 2
+    assert d["link"]["lanes"] == 1 and d["link"]["name"].startswith("NVLink")
+    kv_tok = on["memory"]["kv_bytes_per_token"]
+    assert d["transfer"]["bytes_mean"] == pytest.approx(kv_tok * p["prompt_tokens_mean"])
+    assert d["goodput"]["disaggregated_per_gpu_req_s"] > 0 and len(d["sweep"]) == 7
+    assert p["hit_rate"] == pytest.approx(32 / 64 * (199 / 200))        # one cold request
+    assert 0 < p["prefill_flops_saved_fraction"] < p["hit_rate"] + 1e-9
+    off = run(compose(TINY), str(tmp_path / "off"), show_progress=False)
+    assert "disaggregated" not in off["serve"] and "prefix" not in off["serve"]
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["serve.prefix.enabled=true", "serve.prefix.prefix_len=32", "kv=contiguous"], "needs a paged KV cache"),
+    (["serve.disaggregated.enabled=true", "serve.disaggregated.decode_hardware=nope"], "nope"),
+    (["serve.disaggregated.enabled=true", "serve.disaggregated.link_bandwidth_gbs=0"], "link_bandwidth_gbs"),
+])
+def test_bad_settings_are_bad_input(tmp_path, extra, match):
+    from compiler.driver.pipeline import run
+    from tests.conftest import compose
+    with pytest.raises(ConfigError, match=match):
+        run(compose(TINY + extra), str(tmp_path / "x"), show_progress=False)
+    assert not any((tmp_path / "x").glob("report.*"))
