@@ -351,7 +351,7 @@ def sizing_section(rc) -> dict[str, Any]:
             return float(cfg["hardware"]["price"]["usd_per_gpu_hour"])
         p = hws[k].price_usd_per_hour
         if p is None:
-            raise ConfigError(f"search=sizing: hardware {k!r} has no list price; give one with sizing.prices.{k}=<USD "
+            raise ConfigError(f"search=sizing: hardware {k!r} has no list price; give one with +sizing.prices.{k}=<USD "
                               f"per GPU-hour> (or add price.usd_per_gpu_hour and its source to conf/hardware/{k}.yaml).")
         return p
     for k in kinds:

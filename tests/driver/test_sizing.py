@@ -150,3 +150,15 @@ def test_sizing_run_through_the_pipeline(tmp_path):
         run(compose(base), str(tmp_path / "b"), show_progress=False)
     with pytest.raises(ConfigError, match="no list price"):
         run(compose(base + ["serve.rate=20", "hardware=l4"]), str(tmp_path / "c"), show_progress=False)
+    l4 = run(compose(base + ["serve.rate=20", "hardware=l4", "+sizing.prices.l4=0.5"]),
+             str(tmp_path / "d"), show_progress=False)["sizing"]
+    assert l4["prices_usd_per_gpu_hour"] == {"l4": 0.5}
+    assert l4["best"]["cost_per_hour"] == pytest.approx(0.5 * l4["best"]["devices"])
+
+
+def test_shipped_prices_cite_a_source():
+    from compiler.perf.hardware import available_hardware, hardware_by_name
+    priced = [h for h in map(hardware_by_name, available_hardware()) if h.price_usd_per_hour is not None]
+    assert {h.name for h in priced} >= {"h100_sxm", "a100_80g", "a10"}
+    for h in priced:
+        assert "lambdalabs.com" in h.price_source and "20" in h.price_source
