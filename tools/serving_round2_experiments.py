@@ -6,7 +6,6 @@ findings, prefix caching and a sizing search, reproduced with rooftop's cost mod
 """
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time

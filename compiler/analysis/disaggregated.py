@@ -45,7 +45,6 @@ its tensor-parallel shard.
 from __future__ import annotations
 
 import heapq
-import math
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
