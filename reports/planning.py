@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from reports.format import fmt_time
+from reports.serving_round2 import serve_blocks, sizing_blocks
 
 
 def _ms(s) -> str:
@@ -24,7 +25,7 @@ def blocks(r: Mapping) -> list[tuple]:
     cap = r.get("capacity") or {}
     kv, par, serve = cap.get("kv"), r.get("parallel"), r.get("serve")
     if not (kv or par or serve):
-        return []
+        return sizing_blocks(r["sizing"]) if r.get("sizing") else []
     out: list[tuple] = [("h2", "Serving memory and scale")]
     if cap.get("note"):
         out.append(("p", f"Memory: the model {cap['note']}"))
@@ -33,7 +34,9 @@ def blocks(r: Mapping) -> list[tuple]:
     if par:
         out += _parallel_blocks(r, par)
     if serve:
-        out += _serve_blocks(serve)
+        out += _serve_blocks(serve) + serve_blocks(serve)
+    if r.get("sizing"):
+        out += sizing_blocks(r["sizing"])
     return out
 
 

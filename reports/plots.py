@@ -30,6 +30,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
+from reports import serving_round2
 from reports.compression import ratio_at, workload_rows
 from reports.format import (PHASES, is_encoder, phases_of, bound_split, class_breakdown, dominant_dtype, fmt_bw, fmt_bytes, fmt_intensity,
                               fmt_pct, fmt_rate, fmt_time, op_groups, peak_of, ridge_point)
@@ -596,7 +597,8 @@ def fig_serving(r: Mapping) -> Figure:
 
 FIGURES = {"roofline": fig_roofline, "time_by_class": fig_time_by_class, "memory": fig_memory,
            "throughput_vs_batch": fig_throughput_vs_batch, "speculative": fig_speculative,
-           "serving": fig_serving, "compression": fig_compression, "quant_auto": fig_quant_auto}
+           "serving": fig_serving, "compression": fig_compression, "quant_auto": fig_quant_auto,
+           **serving_round2.FIGURES}
 
 
 def render(r: Mapping, name: str) -> bytes:
@@ -608,7 +610,8 @@ def render_all(r: Mapping) -> dict[str, bytes]:
     """All figures as PNG bytes, in :data:`PLOTS` order."""
     names = PLOTS + (("speculative",) if r.get("speculative") else ()) + (("serving",) if r.get("serve") else ()) \
         + (("compression",) if any(k.get("ratio_vs_dense") for k in (r.get("compression") or {}).get("kernels", [])) else ()) \
-        + (("quant_auto",) if ((r.get("compression") or {}).get("quantization") or {}).get("auto") else ())
+        + (("quant_auto",) if ((r.get("compression") or {}).get("quantization") or {}).get("auto") else ()) \
+        + serving_round2.figure_names(r)
     return {name: render(r, name) for name in names}
 
 

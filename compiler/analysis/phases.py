@@ -25,8 +25,10 @@ from compiler.analysis import speculative as spec
 from compiler.analysis.capacity import capacity_section
 from compiler.analysis.context import RunContext
 from compiler.analysis.parallel import parallel_section, parallel_step_time, plan_of
-from compiler.analysis.serving import (cost_model_step_time, max_model_len_of, request_tokens, serve_block,
-                                       serve_enabled, serve_section)
+from compiler.analysis.disaggregated import disaggregated_section
+from compiler.analysis.prefix import pinned_blocks, prefix_hook, prefix_model_of, prefix_section
+from compiler.analysis.serving import (config_of, cost_model_step_time, max_model_len_of, request_tokens,
+                                       sample_requests, serve_block, serve_enabled, serve_section, simulate)
 from compiler.errors import ConfigError
 from compiler.ir import Graph, S
 from compiler.perf.memory import kv_bytes_per_token, kv_dtype, param_count, weights_bytes
@@ -404,12 +406,51 @@ def planning_sections(rc: RunContext, weights_bytes: float, kv_bytes_per_token: 
             st = cost_model_step_time(cm)
         paged = sec["kv_layout"] == "paged"
         sb = serve_block(cfg, wl)
-        out["serve"] = serve_section(st, sb, cfg.get("slo"), kv_blocks=sec["kv_blocks"],
+        pfx = dict(sb.get("prefix") or {})
+        hook, kv_blocks, model = None, sec["kv_blocks"], None
+        if pfx.get("enabled"):      # prefix caching (compiler/analysis/prefix.py): block-level reuse
+            if not paged:
+                raise ConfigError("serve.prefix needs a paged KV cache (prefix caching reuses whole blocks): "
+                                  "add kv=paged.")
+            model = prefix_model_of(pfx, int(sb.get("seed") or 0), sec["tokens_per_block"])
+            hook = prefix_hook(model)
+            kv_blocks -= pinned_blocks(model)
+            if kv_blocks < 1:
+                raise ConfigError(f"serve.prefix: the {pinned_blocks(model)} pinned prefix blocks take the whole "
+                                  f"KV budget ({sec['kv_blocks']} blocks); shorten serve.prefix.prefix_len or "
+                                  "lower serve.prefix.prefixes.")
+        out["serve"] = serve_section(st, sb, cfg.get("slo"), kv_blocks=kv_blocks,
                                      block_size=sec["tokens_per_block"],
                                      reserve_tokens=None if paged else sec["max_model_len"],
                                      static_max_batch=min(sec["contiguous"]["max_sequences"],
-                                                          int(sb.get("max_num_seqs") or 256)))
+                                                          int(sb.get("max_num_seqs") or 256)),
+                                     **({"prefix": hook} if hook is not None else {}))
+        if model is not None:
+            out["serve"]["prefix"] = _prefix_report(cm, st, sb, cfg.get("slo"), model, out["serve"],
+                                                    kv_blocks=sec["kv_blocks"], block_size=sec["tokens_per_block"])
+        if (sb.get("disaggregated") or {}).get("enabled"):
+            out["serve"]["disaggregated"] = disaggregated_section(
+                rc, sb, cfg.get("slo"), weights_bytes=weights_bytes, kv_bytes_per_token=kv_bytes_per_token,
+                act_bytes=act, reserve_bytes=reserve_bytes, utilization=util, block_size=sec["tokens_per_block"],
+                coloc_step=st, coloc_kv_blocks=kv_blocks, coloc_tp=plan.tp, coloc_pp=plan.pp, prefix=hook)
     return out
+
+
+def _prefix_report(cm, st, sb, slo, model, serve: dict, *, kv_blocks: int, block_size: int) -> dict:
+    """``serve.prefix``: the cache's effect, the same workload simulated without it beside."""
+    scfg = config_of(sb, slo)
+    _, prompt, out = sample_requests(scfg)
+    base = simulate(st, scfg, kv_blocks=kv_blocks, block_size=block_size, prefix=prefix_hook(model, caching=False))
+    keys = ("ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "throughput_tok_s", "slo_attainment", "preemptions")
+
+    def flops(s, p):
+        s, p = np.asarray(s, float), np.asarray(p, float)
+        return cm.evaluate(np.ones_like(s), s, p, "prefill")["flops"].sum(axis=0)
+
+    def ptime(s, p):
+        return st(np.ones(len(s)), np.asarray(p, float), np.asarray(s, float))
+    return prefix_section(model, prompt, out, flops=flops, prefill_time=ptime, kv_blocks=kv_blocks,
+                          with_cache={k: serve[k] for k in keys}, without_cache={k: getattr(base, k) for k in keys})
 
 
 def plan_step(rc: RunContext, par):

@@ -115,6 +115,40 @@ class LengthDist:
 
 
 @dataclass
+class ServeDisaggregatedConfig:
+    """``serve.disaggregated.*``: prefill and decode on separate pools (DistServe, Splitwise),
+    simulated by :mod:`compiler.analysis.disaggregated` beside a co-located pool of the same GPU
+    count. Each pool: ``*_instances`` engine instances of ``*_tp`` x ``*_pp`` devices of
+    ``*_hardware`` (null: the run's). The KV cache of each request crosses ``link_*`` (null: the
+    hardware description's interconnect)."""
+    enabled: bool = False
+    prefill_instances: int = 1
+    prefill_tp: int = 1
+    prefill_pp: int = 1
+    prefill_hardware: Optional[str] = None
+    decode_instances: int = 1
+    decode_tp: int = 1
+    decode_pp: int = 1
+    decode_hardware: Optional[str] = None
+    link_bandwidth_gbs: Optional[float] = None   # per device, per direction (null: interconnect.bandwidth_gbs)
+    link_latency_us: Optional[float] = None      # per transfer (null: interconnect.latency_us, else 10)
+    overlap_transfer: bool = True                # layer-by-layer send during the prefill
+
+
+@dataclass
+class ServePrefixConfig:
+    """``serve.prefix.*``: automatic prefix caching (vLLM APC, SGLang RadixAttention) over a
+    workload model — ``share`` of the requests start with one of ``prefixes`` shared prompts of
+    ``prefix_len`` tokens (a system prompt), or (``turns`` > 1) conversations whose every turn
+    re-sends the history; reuse is per whole KV block (:mod:`compiler.analysis.prefix`)."""
+    enabled: bool = False
+    share: float = 1.0
+    prefix_len: int = 0
+    prefixes: int = 1
+    turns: int = 1
+
+
+@dataclass
 class ServeSimConfig:
     """The ``serve.*`` config block (the schema: the one place of these defaults; the run config
     types ``serve`` with it) — the continuous-batching simulation, beside static batching.
@@ -140,6 +174,8 @@ class ServeSimConfig:
     slo_target: float = 0.9                 # attainment that counts as meeting the SLOs
     find_max_rate: bool = True              # with slo.*: the largest rate meeting them
     sweep: Optional[List[float]] = None     # rates of the plot (null: around the rate)
+    disaggregated: ServeDisaggregatedConfig = field(default_factory=ServeDisaggregatedConfig)
+    prefix: ServePrefixConfig = field(default_factory=ServePrefixConfig)
 
 
 
@@ -325,11 +361,13 @@ class ServeResult:
     kv_blocks: int | None = None
     ttft_s: np.ndarray | None = field(default=None, repr=False)
     tpot_s: np.ndarray | None = field(default=None, repr=False)
+    e2e_s: np.ndarray | None = field(default=None, repr=False)     # per request, arrival order
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("ttft_s")
         d.pop("tpot_s")
+        d.pop("e2e_s")
         return d
 
 
@@ -355,33 +393,48 @@ def _result(policy, cfg, arrival, first, finish, out, preempt, steps, batch_sum,
         tpot_p50_s=pct(tpot[multi], 50), tpot_p99_s=pct(tpot[multi], 99),
         e2e_p50_s=pct(e2e, 50), e2e_p99_s=pct(e2e, 99), slo_attainment=slo,
         preemptions=int(preempt), steps=int(steps), mean_batch=float(batch_sum / max(steps, 1)),
-        max_batch=int(batch_max), kv_blocks=kv_blocks, ttft_s=ttft, tpot_s=tpot)
+        max_batch=int(batch_max), kv_blocks=kv_blocks, ttft_s=ttft, tpot_s=tpot, e2e_s=e2e)
 
 
 # --------------------------------------------------------------------------- continuous batching
 
-def _table_for(step_time, cfg: ServeConfig, prompt, out, table: StepTable | None) -> StepTable:
+def _table_for(step_time, cfg: ServeConfig, prompt, out, table: StepTable | None,
+               context: bool = False) -> StepTable:
     if table is not None:
         return table
     longest = int((prompt + out).max())
+    if context and not cfg.chunked_prefill:     # prefills over cached prefixes: a context grid
+        return StepTable(step_time, cfg.max_num_seqs, longest, longest, chunk=longest)
     if cfg.chunked_prefill:
         return StepTable(step_time, cfg.max_num_seqs, longest, cfg.chunk_tokens, chunk=cfg.chunk_tokens)
     return StepTable(step_time, cfg.max_num_seqs, longest, longest)
 
 
 def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, block_size: int = 16,
-             reserve_tokens: int | None = None, table: StepTable | None = None) -> ServeResult:
+             reserve_tokens: int | None = None, table: StepTable | None = None,
+             prefix: Callable | None = None) -> ServeResult:
     """Continuous batching over ``kv_blocks`` blocks of ``block_size`` tokens. ``reserve_tokens``
     set = a contiguous cache (each sequence holds that many tokens from admission on). With
     ``cfg.admission`` no_evict a request is admitted only when the blocks of its final length
     (prompt + output) are free, and holds them to the end: no preemption ever (TensorRT-LLM's
     GUARANTEED_NO_EVICT); preempt admits on the prompt's blocks and preempts the newest sequence
-    when a decode step runs out (vLLM)."""
+    when a decode step runs out (vLLM).
+
+    ``prefix(prompt, out) -> (prompt, cached, shared)`` (prefix caching,
+    :func:`compiler.analysis.prefix.prefix_hook`): the requests' prompts, the tokens of each found
+    in the cache (block-aligned: its prefill computes only the rest, over them as context) and
+    whether those blocks are shared with other requests (held once, outside ``kv_blocks``'s
+    per-request accounting) or the request's own (a multi-turn history)."""
     arrival, prompt, out = sample_requests(cfg)
+    cached = off = None
+    if prefix is not None:
+        prompt, cached, shared = prefix(prompt, out)
+        off = cached if shared else np.zeros_like(cached)
     n = len(arrival)
     bs = int(block_size)
     total = prompt + out
-    hold = (-(-total // bs)) if reserve_tokens is None else np.full(n, -(-int(reserve_tokens) // bs))
+    hold = (-(-(total - (off if off is not None else 0)) // bs)) if reserve_tokens is None \
+        else np.full(n, -(-int(reserve_tokens) // bs))
     if reserve_tokens is not None and (total > reserve_tokens).any():
         raise ConfigError(f"a request of {int(total.max())} tokens exceeds the contiguous "
                           f"reservation of {reserve_tokens} tokens (kv.max_model_len); raise it.")
@@ -389,12 +442,14 @@ def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, bl
         raise ConfigError(f"a request of {int(total.max())} tokens needs {int(hold.max())} KV blocks "
                           f"but the budget holds {kv_blocks}: the KV budget is too small for the "
                           "requested lengths (shorten serve lengths, lower the weights, or add memory).")
-    tab = _table_for(step_time, cfg, prompt, out, table)
+    tab = _table_for(step_time, cfg, prompt, out, table, context=cached is not None)
+    if cached is None:
+        cached = off = np.zeros(n, np.int64)
 
     first = np.full(n, np.nan)
     finish = np.full(n, np.nan)
     gen = np.zeros(n, np.int64)           # tokens generated so far
-    done_pf = np.zeros(n, np.int64)       # prompt(+recomputed) tokens already in the cache
+    done_pf = cached.copy()               # prompt(+recomputed) tokens already in the cache
     target = prompt.copy()                # tokens to prefill (prompt + generated after preemption)
     blocks = np.zeros(n, np.int64)
     order = np.zeros(n, np.int64)         # admission stamp (preempt the newest)
@@ -408,16 +463,20 @@ def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, bl
     stamp = 0
     chunked = cfg.chunked_prefill
 
-    def blocks_for(tokens):
+    def blocks_for(tokens, r=None):
+        """Blocks a request holds for ``tokens`` of cache (its shared prefix blocks, if any, are
+        held once for all: ``off``)."""
         if reserve_tokens is not None:
             return hold[0]
+        if r is not None:
+            tokens = tokens - off[r]
         return -(-tokens // bs)
 
     no_evict = cfg.admission == "no_evict" and reserve_tokens is None
 
     def admit_blocks(r, tokens):
         """Blocks a request needs to be admitted with ``tokens`` in its cache."""
-        return int(hold[r]) if no_evict else blocks_for(tokens)
+        return int(hold[r]) if no_evict else blocks_for(tokens, r)
 
     def admit(r, need):
         """Move the head of the queue, ``r``, into the batch holding ``need`` blocks."""
@@ -436,7 +495,7 @@ def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, bl
         free += int(blocks[v])
         blocks[v] = 0
         target[v] = prompt[v] + gen[v]
-        done_pf[v] = 0
+        done_pf[v] = cached[v]
         waiting.appendleft(v)
         preempt += 1
 
@@ -471,7 +530,7 @@ def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, bl
                 if budget <= 0:
                     break
                 c = min(budget, int(target[r] - done_pf[r]))
-                need = max(blocks_for(done_pf[r] + c) - blocks[r], 0)
+                need = max(blocks_for(done_pf[r] + c, r) - blocks[r], 0)
                 if need > free:
                     break
                 free -= need
@@ -493,12 +552,13 @@ def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, bl
             while waiting and len(running) < cfg.max_num_seqs:
                 r = waiting[0]
                 L = int(target[r])
+                c0 = int(done_pf[r])          # a cached prefix: only the rest is computed
                 need = admit_blocks(r, L)
-                if need > free or (segs and tokens + L > cfg.max_batched_tokens):
+                if need > free or (segs and tokens + L - c0 > cfg.max_batched_tokens):
                     break
                 admit(r, need)
-                segs.append((r, L, 0))
-                tokens += L
+                segs.append((r, L - c0, c0))
+                tokens += L - c0
             dec = [] if segs else list(running)
 
         # ---- fast path: a run of pure decode steps until the next event (a sequence finishes, a
@@ -516,8 +576,10 @@ def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, bl
                 # new blocks needed for k steps: sum_i max(0, ceil((ctx_i + k - 1) / bs) - blocks_i)
                 bD = blocks[D]
 
+                own0 = ctx0 - off[D]
+
                 def need_at(k):
-                    return int(np.maximum(-(-(ctx0 + (k - 1)) // bs) - bD, 0).sum())
+                    return int(np.maximum(-(-(own0 + (k - 1)) // bs) - bD, 0).sum())
 
                 if need_at(kmax) > free:
                     lo_k, hi_k = 0, kmax          # need_at(lo_k) <= free < need_at(hi_k)
@@ -532,7 +594,7 @@ def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, bl
                 t += float(cum[kmax - 1])
                 gen[D] += kmax
                 if reserve_tokens is None:
-                    newb = np.maximum(-(-(ctx0 + kmax - 1) // bs), blocks[D])
+                    newb = np.maximum(-(-(ctx0 - off[D] + kmax - 1) // bs), blocks[D])
                     free -= int((newb - blocks[D]).sum())
                     blocks[D] = newb
                 steps += kmax
@@ -545,7 +607,7 @@ def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, bl
         if dec:
             D = np.asarray(dec, np.int64)
             ctx = prompt[D] + gen[D]          # cache length once this step's token is appended
-            need = np.maximum(blocks_for(ctx) - blocks[D], 0) if reserve_tokens is None else np.zeros(len(D), np.int64)
+            need = np.maximum(blocks_for(ctx, D) - blocks[D], 0) if reserve_tokens is None else np.zeros(len(D), np.int64)
             seg_ids = {sg[0] for sg in segs}
             while need.sum() > free:
                 victims = [r for r in running if r not in seg_ids] or running
@@ -690,7 +752,7 @@ def config_of(serve: Mapping | None, slo: Mapping | None) -> ServeConfig:
     slo = dict(slo or {})
     known = {"enabled", "rate", "requests", "prompt_len", "output_len", "seed", "max_num_seqs",
              "max_batched_tokens", "chunked_prefill", "chunk_tokens", "slo_target", "find_max_rate",
-             "sweep", "mode", "admission"}
+             "sweep", "mode", "admission", "disaggregated", "prefix"}
     unknown = sorted(set(s) - known)
     if unknown:
         raise ConfigError(f"serve.{unknown[0]} is not a serving setting; known: {', '.join(sorted(known))}.")
@@ -714,20 +776,23 @@ _KEYS = ("rate", "throughput_tok_s", "throughput_req_s", "ttft_p50_s", "ttft_p99
 
 def serve_section(step_time: StepTime, serve: Mapping | None, slo: Mapping | None, *, kv_blocks: int,
                   block_size: int = 16, reserve_tokens: int | None = None,
-                  static_max_batch: int = 0) -> dict:
+                  static_max_batch: int = 0, prefix: Callable | None = None) -> dict:
     """The report's ``serve`` section: the simulation at ``serve.rate``, static batching beside it,
-    the largest rate meeting the SLOs (when set) and a rate sweep for the plot."""
+    the largest rate meeting the SLOs (when set) and a rate sweep for the plot. ``prefix``: the
+    prefix-caching hook of :func:`simulate` (None: off)."""
     cfg = config_of(serve, slo)
     s = dict(serve or {})
     arrival, prompt, out = sample_requests(cfg)
+    if prefix is not None:
+        prompt = prefix(prompt, out)[0]
     longest = int((prompt + out).max())
     table = StepTable(step_time, cfg.max_num_seqs, longest,
                       cfg.chunk_tokens if cfg.chunked_prefill else longest,
-                      chunk=cfg.chunk_tokens if cfg.chunked_prefill else None)
+                      chunk=cfg.chunk_tokens if cfg.chunked_prefill else (longest if prefix is not None else None))
 
     def run(rate):
         return simulate(None, with_rate(cfg, rate), kv_blocks=kv_blocks, block_size=block_size,
-                        reserve_tokens=reserve_tokens, table=table)
+                        reserve_tokens=reserve_tokens, table=table, prefix=prefix)
 
     main = run(cfg.rate)
     res = {k: getattr(main, k) for k in _KEYS}

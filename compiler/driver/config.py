@@ -42,6 +42,9 @@ from compiler.ir.tensors import hw_dtype
 from compiler.perf import structured
 from compiler.perf.hardware import HardwareYaml, load_hardware
 from compiler.perf.runtime import RuntimeYaml, load_runtime
+from compiler.analysis.disaggregated import check_disaggregated
+from compiler.analysis.prefix import check_prefix
+from compiler.driver.sizing import SizingConfig, check_sizing
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from passes.quant.config import QuantConfig, SparsityConfig  # noqa: F401 (re-exported schemas)
@@ -259,6 +262,7 @@ class RooftopConfig:
     kv: KVConfig = field(default_factory=KVConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     serve: ServeSimConfig = field(default_factory=ServeSimConfig)
+    sizing: SizingConfig = field(default_factory=SizingConfig)   # search=sizing (compiler/driver/sizing.py)
     progress: bool = True
 
 
@@ -531,6 +535,10 @@ def _check_serve(cfg: dict):
                                  "max_batched_tokens", "chunked_prefill", "chunk_tokens", "slo_target",
                                  "mode", "admission")},
               cfg.get("slo"))
+    check_prefix(s.get("prefix") or {})
+    check_disaggregated(s.get("disaggregated") or {})
+    if (cfg.get("search") or {}).get("objective") == "sizing":
+        check_sizing(cfg.get("sizing") or {})
 
 
 def _check_runtime(cfg: dict):

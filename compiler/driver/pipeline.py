@@ -46,6 +46,7 @@ from compiler.ir.facts import ModelDims
 from compiler.perf.cost import CostModel
 from compiler.perf.hardware import load_hardware
 from compiler.perf.runtime import Runtime, load_runtime, runtime_by_name, DEFAULT_RUNTIME
+from compiler.driver.sizing import sizing_section
 from compiler.perf.schedule import schedule
 from compiler.analysis import compression
 from compiler.analysis.serving import max_model_len_of
@@ -587,6 +588,8 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
                                 schedule=schedule(g), records=tuple(records), dims=dims, draft=dg,
                                 measured=measurements(cfg, g, dg, dims), runtime=rt)
                 result = analyze(rc)
+                if (cfg.get("search") or {}).get("objective") == "sizing":   # search=sizing
+                    result["sizing"] = sizing_section(rc)
                 timings["analysis_s"] = time.perf_counter() - t0
 
                 emit_info = _emit(g, emit_cfg, stage, source, mcfg, lossy=changed)

@@ -100,6 +100,9 @@ def search_settings(cfg: Mapping) -> dict[str, str] | None:
     obj = s.get("objective") if isinstance(s, Mapping) else None
     if obj in (None, "", "none"):
         return None
+    if obj == "sizing":
+        raise ConfigError("search=sizing is one run (it searches in-process, compiler/driver/sizing.py): "
+                          "drop -m / --multirun.")
     if obj not in OBJECTIVES:
         raise ConfigError(f"search.objective={obj!r} is not a known objective; use one of "
                           f"{', '.join(OBJECTIVES)} (e.g. search.objective=throughput_tok_s).")

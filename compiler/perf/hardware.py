@@ -43,6 +43,11 @@ count), the cost model of :mod:`compiler.perf.collectives`, written by
 Other keys: ``name`` (must equal the file stem), ``vendor``, ``kind`` (gpu | cpu | soc),
 ``description`` (optional free text), ``interconnect.name``, ``efficiency.source``.
 
+Optional ``price``: ``usd_per_gpu_hour`` (a list price for one device, US dollars per hour) and
+``source`` (where the price was read, with the date): the cost axis of ``search=sizing``
+(compiler/driver/sizing.py). Prices change: override with ``hardware.price.usd_per_gpu_hour=``
+or ``sizing.prices``. :class:`Hardware` carries ``price_usd_per_hour`` (None: no price).
+
 Optional provenance keys (written by ``python -m compiler.perf.calibration.transfer`` through
 :mod:`compiler.perf.hardware_yaml`):
 
@@ -345,6 +350,8 @@ class Hardware:
     calibration: Calibration | None = None
     kernel_families: Mapping[str, KernelFamilyEfficiency] = field(default_factory=dict)
     collectives: Collectives | None = None   # measured NCCL fits (compiler.perf.collectives)
+    price_usd_per_hour: float | None = None  # list price of one device (price.usd_per_gpu_hour)
+    price_source: str = ""
 
     def __post_init__(self):
         object.__setattr__(self, "peak_flops", _FrozenMap(self.peak_flops))
@@ -634,6 +641,13 @@ class CollectivesYaml:
 
 
 @dataclass
+class PriceYaml:
+    """``price:`` a sourced list price of one device (search=sizing's cost axis)."""
+    usd_per_gpu_hour: float = MISSING
+    source: Optional[str] = None        # where the price was read (required in conf/hardware files; a test checks)
+
+
+@dataclass
 class HardwareYaml:
     """A ``conf/hardware/<name>.yaml`` (see the module doc for units and meaning)."""
     name: str = MISSING
@@ -651,6 +665,7 @@ class HardwareYaml:
     calibration: Optional[Dict[str, Any]] = None      # CalibrationYaml (checked by load_hardware)
     kernel_families: Optional[Dict[str, KernelFamilyYaml]] = None
     collectives: Optional[CollectivesYaml] = None
+    price: Optional[PriceYaml] = None
 
 
 def _checked(schema, data: Any, prefix: str = ""):
@@ -765,6 +780,10 @@ def load_hardware(cfg: Mapping | Any, source: str | os.PathLike | None = None) -
         if lat is not None and not (0 < lat < 1e5):
             _fail("interconnect.latency_us", f"is {lat!r}",
                   "Write the per-collective latency floor in microseconds, e.g. 10 for NVLink.")
+        price = top.get("price") or {}
+        if price and not (0 < price["usd_per_gpu_hour"] < 1e4):
+            _fail("price.usd_per_gpu_hour", f"is {price['usd_per_gpu_hour']!r}",
+                  "Write the list price of one device in US dollars per hour, e.g. 2.99.")
         families = {}
         for fam, f in (top.get("kernel_families") or {}).items():
             families[str(fam)] = KernelFamilyEfficiency(
@@ -794,6 +813,8 @@ def load_hardware(cfg: Mapping | Any, source: str | os.PathLike | None = None) -
             calibration=_calibration(top.get("calibration")),
             kernel_families=families,
             collectives=_collectives(top.get("collectives")),
+            price_usd_per_hour=float(price["usd_per_gpu_hour"]) if price else None,
+            price_source=str(price.get("source") or "given without a source (hardware.price.source)") if price else "",
         )
     finally:
         _WHERE.reset(token)

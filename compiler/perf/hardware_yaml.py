@@ -100,6 +100,8 @@ def hardware_to_yaml_dict(hw: Hardware) -> dict:
         out["kernel_families"] = kernel_families_to_yaml_dict(hw.kernel_families)
     if hw.collectives is not None:
         out["collectives"] = collectives_to_yaml_dict(hw.collectives)
+    if hw.price_usd_per_hour is not None:
+        out["price"] = {"usd_per_gpu_hour": _r(hw.price_usd_per_hour), "source": hw.price_source}
     return out
 
 
