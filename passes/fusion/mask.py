@@ -145,7 +145,10 @@ def _evaluate(g: Graph, tensor: str, nodes: set[str], leaves: set[str]) -> list[
         dim_sources={"B": ("input_ids", 0), "S": ("input_ids", 1)} if "input_ids" in g.inputs else None)
     limit = g.meta.get("max_positions")
     out = []
-    for s in probe_lengths(_constants(g, nodes, leaves), limit):
+    last = g.type(tensor).shape[-1] if g.type(tensor).rank else None
+    # a mask of static length (a graph exported at fixed shapes) is what it is at that length only
+    lengths = [int(last)] if isinstance(last, int) and last > 1 else probe_lengths(_constants(g, nodes, leaves), limit)
+    for s in lengths:
         vals = {SYMBOLS["B"]: EVAL_BATCH, SYMBOLS["S"]: s, SYMBOLS["P"]: 0}
         feeds, pad = {}, None
         for t in inputs:

@@ -79,7 +79,7 @@ def eager_attention(mask="causal", *, gqa=True, scale_on="scores", nan_guard=Fal
 
 
 @pytest.mark.parametrize("mask,expect", [("causal", "causal"), ("causal_min", "causal"), ("where", "causal"),
-                                         ("padding", "masked"), ("window", "masked"), ("none", "unmasked")])
+                                         ("padding", "masked"), ("window", "causal"), ("none", "unmasked")])
 @pytest.mark.parametrize("form", ["eager", "legacy"])
 def test_attention_fuses_every_form(mask, expect, form):
     g = eager_attention(mask, scale_on="scores" if form == "eager" else "qk", nan_guard=form == "legacy",
@@ -94,6 +94,8 @@ def test_attention_fuses_every_form(mask, expect, form):
     att = next(n for n in g if n.op == "Attention")
     assert att.attrs["scale"] == pytest.approx(D ** -0.5)
     assert bool(att.attrs.get("is_causal")) == (expect == "causal")
+    # a sliding-window mask (2 keys back) is read as causal attention with window 2, not kept as an operand
+    assert att.attrs.get("window") == (2 if mask == "window" else None)
     assert g.type(att.inputs[1]).shape[1] == HKV
     feeds = feeds_for(g, values={"attention_mask": np.array([[1] * S_, [1] * (S_ - 2) + [0, 0]], np.int64)})
     assert_same_outputs(before, g, feeds)
@@ -114,7 +116,7 @@ def test_attention_should_not_fire_on_softmax_over_another_axis():
     assert "softmax over axis" in outcomes["attention"].closest_miss.reason
 
 
-@pytest.mark.parametrize("mask", ["window", "bidirectional", "padding"])
+@pytest.mark.parametrize("mask", ["bidirectional", "padding"])
 def test_causal_required_refuses_non_causal_mask(mask):
     """Importing an eager causal decoder needs a causal mask (the KV cache is lifted next)."""
     from compiler.ir.ops import UnsupportedOpError
@@ -130,6 +132,15 @@ def test_causal_required_accepts_causal_mask():
     g = eager_attention("causal")
     assert fuse_eager_attention(g) == {"attention": 1, "attention.causal": 1}
     assert fuse_eager_attention(g) == {}, "a graph with Attention ops is left alone"
+
+
+def test_causal_required_accepts_a_sliding_window():
+    """A sliding-window causal mask is causal attention with a window (the KV cache keeps W tokens)."""
+    from passes.fusion import fuse_eager_attention
+    g = eager_attention("window")
+    assert fuse_eager_attention(g) == {"attention": 1, "attention.causal": 1}
+    att = next(n for n in g if n.op == "Attention")
+    assert att.attrs["window"] == 2 and att.annotations["attention"].mask == "window"
 
 
 def test_gqa_repeat_in_front_of_attention_is_dropped():
