@@ -87,9 +87,16 @@ def ort_session(model_or_graph):
 
 
 def run_ort(model_or_graph, feeds) -> list[np.ndarray]:
+    """Run in onnxruntime. A decoder with a KV cache also takes ``attention_mask`` [B, P+S] (padding);
+    a caller that does not give one feeds no padding: all ones over the past and the new tokens."""
     sess = ort_session(model_or_graph)
     names = {i.name for i in sess.get_inputs()}
-    return sess.run(None, {k: v for k, v in feeds.items() if k in names})
+    feeds = {k: v for k, v in feeds.items() if k in names}
+    if "attention_mask" in names and "attention_mask" not in feeds and "input_ids" in feeds:
+        b, s = feeds["input_ids"].shape[:2]
+        past = feeds["past_key.0"].shape[2] if "past_key.0" in feeds else 0
+        feeds["attention_mask"] = np.ones((b, past + s), np.int64)
+    return sess.run(None, feeds)
 
 
 def assert_same_outputs(before, after, feeds, atol=RTOL_ATOL, relative=False):
