@@ -290,7 +290,7 @@ def test_not_an_onnx_file(content, tmp_path):
 @pytest.mark.parametrize("op,domain,pattern", [
     ("FastGelu", "com.microsoft", r"'the_node'.*FastGelu.*com\.microsoft.*not a standard ONNX"),
     ("Frobnicate", "", r"'the_node'.*Frobnicate.*not an ONNX operator"),
-    ("Hardmax", "", r"'the_node'.*Hardmax.*not supported by rooftop"),
+    ("Bernoulli", "", r"'the_node'.*Bernoulli.*not supported by rooftop"),
 ])
 def test_unsupported_op(op, domain, pattern, tmp_path):
     path = om.make_single_op_model(tmp_path / "one.onnx", op, domain=domain)
@@ -329,13 +329,13 @@ def test_unsupported_op_exits_2_through_the_cli(tmp_path):
     """Through the command: exit code 2, one paragraph naming the op, its domain, the node and how
     many such nodes, and what to do — no traceback, not the whole registry, no partial artifact."""
     from tests.conftest import run_cli
-    path = om.make_single_op_model(tmp_path / "one.onnx", "Hardmax", domain="")
+    path = om.make_single_op_model(tmp_path / "one.onnx", "Bernoulli", domain="")
     out = tmp_path / "run"
     r = run_cli("model=onnx", f"model.path={path}", f"hydra.run.dir={out}", "progress=false")
     assert r.returncode == 2, r.stderr
     msg = r.stderr
     assert "Traceback" not in msg
-    assert "'the_node'" in msg and "'Hardmax'" in msg and "ai.onnx" in msg
+    assert "'the_node'" in msg and "'Bernoulli'" in msg and "ai.onnx" in msg
     assert "re-export" in msg.lower() and "compiler/ir/ops.py" in msg
     assert "MatMulEpilogue" not in msg and "ReduceLogSumExp" not in msg   # not the registry list
     assert not (out / "report.json").exists() and not (out / "model.onnx").exists()
