@@ -539,6 +539,18 @@ def _clamp(c, x, lo=None, hi=None):
                          c.const(hi, dt) if hi is not None else ""], final=True)
 
 
+@handles("aten.scatter_.value", "aten.scatter.value")
+def _scatter_value(c, x, dim, index, value):
+    """``x`` with the scalar ``value`` written at ``index`` along ``dim`` (DeepSeek-V3's group-limited
+    routing mask). The in-place form rebinds ``x`` for the nodes that use it afterwards."""
+    ity, xty = c.tt(index), c.tt(x)
+    upd = c.op("Expand", [c.const(value, xty.dtype)], {"shape": list(ity.shape)}, types=[xty.with_shape(ity.shape)])
+    out = c.op("ScatterElements", [x, c.cast(index, "int64"), upd], {"axis": int(dim)}, final=True)
+    if _target_name(c.node).split(".")[1].endswith("_") and isinstance(c.node.args[0], torch.fx.Node):
+        c.env[c.node.args[0]] = out
+    return out
+
+
 @handles("rooftop.moe_experts.default")
 def _moe_experts(c, hidden, idx, weights, gate_up, down, act="silu", transposed=False):
     """A MoE layer's routed experts (compiler/frontends/moe.py): per-expert gather → FFN → scatter-add."""
