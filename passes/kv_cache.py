@@ -14,6 +14,10 @@ query heads it serves). This pass makes the cache explicit, so one model does pr
 
 The callers feed ``position_ids = P + arange(S)``; the decoder's rotary / learned position
 embeddings read them, so nothing else changes.
+
+Multi-head latent attention (``LatentAttention``, compiler/frontends/mla.py) caches its latent:
+``past_key.i`` [B, 1, P, kv_lora_rank] and ``past_value.i`` [B, 1, P, rope_dim] (what
+transformers' own cache holds for it) become its operands 5 and 6.
 """
 from __future__ import annotations
 
@@ -54,8 +58,27 @@ def needs_kv_cache(g: Graph) -> bool:
     return bool(g.meta.get("causal")) and not g.meta.get("kv_tensors")
 
 
+ATTENTION_OPS = ("Attention", "LatentAttention")
+
+
+def _lift_latent(g: Graph, n: OpNode, i: int) -> list[str]:
+    """Past/present latent and rope key of a ``LatentAttention`` (operands 5, 6; results 1, 2)."""
+    lat, rope = g.type(n.inputs[2]), g.type(n.inputs[3])
+    b = lat.shape[0]
+    pk = g.add_input(f"past_key.{i}", TensorType(lat.dtype, (b, 1, P, lat.shape[3])))
+    pv = g.add_input(f"past_value.{i}", TensorType(rope.dtype, (b, 1, P, rope.shape[3])))
+    while len(n.inputs) < 5:
+        g.set_input(n, len(n.inputs), "")
+    g.set_input(n, 5, pk)
+    g.set_input(n, 6, pv)
+    _add_outputs(g, n, [f"present_key.{i}", f"present_value.{i}"],
+                 [TensorType(lat.dtype, (b, 1, P + lat.shape[2], lat.shape[3])),
+                  TensorType(rope.dtype, (b, 1, P + rope.shape[2], rope.shape[3]))])
+    return [pk, pv, f"present_key.{i}", f"present_value.{i}"]
+
+
 def lift_kv_cache(g: Graph) -> dict[str, int]:
-    attn = [n for n in g.topo_order() if n.op == "Attention"]
+    attn = [n for n in g.topo_order() if n.op in ATTENTION_OPS]
     if not attn:
         raise UnsupportedOpError(
             "lift_kv_cache: the causal decoder has no Attention op to attach a KV cache to (its "
@@ -64,6 +87,15 @@ def lift_kv_cache(g: Graph) -> dict[str, int]:
     stats = {"layers": 0, "repeat_kv_removed": 0}
     kv_tensors = set(g.meta.get("kv_tensors", ()))
     for i, n in enumerate(attn):
+        if n.op == "LatentAttention":
+            if len(n.inputs) > 5 and n.inputs[5]:
+                continue
+            kv_tensors |= set(_lift_latent(g, n, i))
+            g.outputs += [f"present_key.{i}", f"present_value.{i}"]
+            ann.set(n, "layer", i)
+            ann.set(n, "kv_layout", ann.get(n, "kv_layout") or KVLayout("contiguous"))
+            stats["layers"] += 1
+            continue
         if len(n.inputs) > 4 and n.inputs[4]:
             continue  # already has a cache
         q, k, v = n.inputs[:3]

@@ -19,7 +19,8 @@ import torch
 
 from compiler.errors import ConfigError
 from compiler.ir import B, S, Graph
-from compiler.frontends import moe
+from compiler.frontends import attention as attention_impl
+from compiler.frontends import families, mla, moe
 from compiler.frontends.torch_export import export_module, import_exported
 from compiler.frontends.stacking import can_stack, layer_count_key, unroll_layers
 
@@ -73,7 +74,11 @@ def build_hf(cfg) -> torch.nn.Module:
     model_type = conf.pop("model_type")
     hf_cfg = transformers.AutoConfig.for_model(model_type, **conf)
     hf_cfg._attn_implementation = str(cfg.get("attn_implementation", "sdpa"))
-    if moe.has_experts(hf_cfg):  # experts as one custom op, expanded per expert by the importer
+    facts = families.attention_facts(hf_cfg)
+    if facts["rooftop_attention"] and hf_cfg._attn_implementation in ("sdpa", "eager"):
+        # windows / sinks / softcap as facts of one attention op (compiler/frontends/attention.py)
+        hf_cfg._attn_implementation = attention_impl.ensure_registered()
+    if moe.has_experts(hf_cfg):  # experts as one custom op, grouped expert GEMMs in the importer
         hf_cfg._experts_implementation = moe.ensure_registered()
     dt = _dtype(cfg)
     with _weights_ctx(cfg):
@@ -81,6 +86,8 @@ def build_hf(cfg) -> torch.nn.Module:
             m = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=dt)
         else:
             m = transformers.AutoModel.from_config(hf_cfg, dtype=dt)
+    if facts["mla"]:   # latent attention as one op whose cache is the latent (compiler/frontends/mla.py)
+        mla.install(m)
     return m.eval()
 
 
@@ -167,6 +174,7 @@ def import_torch(cfg, module: torch.nn.Module | None = None, task: str | None = 
                         output_names=outputs, progress=progress)
     if stack_to is not None:
         g.meta["layer_stacking"] = unroll_layers(g, stack_to)
+    attention_impl.mark_global_layers(g)
     sources: dict = {}
     for name, ds in dims.items():   # the first input axis that carries each symbol
         for axis, d in enumerate(ds):

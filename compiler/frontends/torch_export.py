@@ -26,6 +26,8 @@ from compiler.ir import Graph, IRError, TensorType, as_dim
 from compiler.ir.ops import UnsupportedOpError
 from compiler.frontends.stacking import layer_of
 from compiler.ir import DTYPES
+from compiler.frontends import attention as attention_import
+from compiler.frontends import mla as mla_import
 from compiler.frontends.moe import translate
 
 INT64_MAX = 2**63 - 1
@@ -542,19 +544,30 @@ def _clamp(c, x, lo=None, hi=None):
 @handles("aten.scatter_.value", "aten.scatter.value")
 def _scatter_value(c, x, dim, index, value):
     """``x`` with the scalar ``value`` written at ``index`` along ``dim`` (DeepSeek-V3's group-limited
-    routing mask). The in-place form rebinds ``x`` for the nodes that use it afterwards."""
+    routing mask; the in-place form rebinds ``x``: :func:`_in_place`)."""
     ity, xty = c.tt(index), c.tt(x)
     upd = c.op("Expand", [c.const(value, xty.dtype)], {"shape": list(ity.shape)}, types=[xty.with_shape(ity.shape)])
-    out = c.op("ScatterElements", [x, c.cast(index, "int64"), upd], {"axis": int(dim)}, final=True)
-    if _target_name(c.node).split(".")[1].endswith("_") and isinstance(c.node.args[0], torch.fx.Node):
-        c.env[c.node.args[0]] = out
-    return out
+    return c.op("ScatterElements", [x, c.cast(index, "int64"), upd], {"axis": int(dim)}, final=True)
 
 
 @handles("rooftop.moe_experts.default")
-def _moe_experts(c, hidden, idx, weights, gate_up, down, act="silu", transposed=False):
-    """A MoE layer's routed experts (compiler/frontends/moe.py): per-expert gather → FFN → scatter-add."""
-    return translate(c, hidden, idx, weights, gate_up, down, act, transposed)
+def _moe_experts(c, hidden, idx, weights, gate_up, down, gate_up_bias=None, down_bias=None, act="silu",
+                 transposed=False, interleaved=False, alpha=0.0, limit=0.0):
+    """A MoE layer's routed experts (compiler/frontends/moe.py): grouped expert GEMMs over the routed rows."""
+    return translate(c, hidden, idx, weights, gate_up, down, gate_up_bias, down_bias, act, transposed,
+                     interleaved, alpha, limit)
+
+
+@handles("rooftop.attention.default")
+def _rooftop_attention(c, q, k, v, sinks, scale, softcap, window):
+    """Attention with the layer's window / softcap / sinks (compiler/frontends/attention.py)."""
+    return attention_import.translate(c, q, k, v, sinks, scale, softcap, window)
+
+
+@handles("rooftop.mla_attention.default")
+def _mla_attention(c, q_nope, q_rope, latent, k_rope, w_kv_b, scale):
+    """Multi-head latent attention (compiler/frontends/mla.py)."""
+    return mla_import.translate(c, q_nope, q_rope, latent, k_rope, w_kv_b, scale)
 
 
 @handles("<built-in function getitem>")
@@ -579,6 +592,15 @@ def _target_name(n: torch.fx.Node) -> str:
     return f"{ns}.{name}.{t._overloadname}"
 
 
+def _in_place(n: torch.fx.Node) -> bool:
+    """An ATen op that mutates its first operand (``div_``, ``scatter_``…): non-strict export keeps
+    it, and the Python code goes on using the operand's node for the mutated value."""
+    t = n.target
+    return isinstance(t, torch._ops.OpOverload) and t._schema.name.split("::")[-1].endswith("_") \
+        and bool(t._schema.arguments) and t._schema.arguments[0].alias_info is not None \
+        and t._schema.arguments[0].alias_info.is_write
+
+
 def _needed(graph: torch.fx.Graph, causal: bool) -> set:
     """Nodes the outputs depend on, skipping the masks a causal decoder's SDPA gives up."""
     out = next(n for n in graph.nodes if n.op == "output")
@@ -591,6 +613,8 @@ def _needed(graph: torch.fx.Graph, causal: bool) -> set:
         args = list(n.all_input_nodes)
         if causal and _target_name(n) == "aten.scaled_dot_product_attention.default":
             args = [a for a in n.args[:3] if isinstance(a, torch.fx.Node)]
+        # an in-place op on a needed value changes what its later users read: needed too
+        args += [u for u in n.users if _in_place(u) and u.args and u.args[0] is n]
         stack.extend(args)
     return need
 
@@ -680,6 +704,8 @@ def import_exported(ep: torch.export.ExportedProgram, *, name: str, dims: Mappin
         args = ctx.val(list(n.args))
         kwargs = {k: ctx.val(a) for k, a in n.kwargs.items()}
         ctx.env[n] = h(ctx, *args, **kwargs)
+        if _in_place(n) and n.args and isinstance(n.args[0], torch.fx.Node):
+            ctx.env[n.args[0]] = ctx.env[n]   # x.div_(y): later uses of x see the result
     if progress:
         progress(len(calls), len(calls))
 

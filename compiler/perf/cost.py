@@ -29,9 +29,9 @@ import sympy
 from compiler.perf import efficiency as eff
 from compiler.ir.annotations import COSTED
 from compiler.perf.hardware import Hardware
-from compiler.perf.moe import expert_factors
+from compiler.perf.moe import expert_factors, grouped_factors
 from compiler.ir import B, P, S, Graph
-from compiler.ir.ops import Bytes, Classifier, get, op_cost
+from compiler.ir.ops import Bytes, Classifier, get, op_cost, op_kernels
 from compiler.ir.ops import attention_q_tiles as _q_tiles
 from compiler.ir.tensors import DTYPES
 from compiler.perf import kernel_families as kf
@@ -46,6 +46,9 @@ FREE_CLASSES = ("view", "shape")
 REFERENCE_PEAK_CLASSES = ("elementwise", "reduction", "copy")
 
 
+PHASES = ("prefill", "decode")
+
+
 @dataclasses.dataclass
 class OpItem:
     name: str
@@ -55,6 +58,9 @@ class OpItem:
     sparse: bool
     idx: tuple[int, int, int, int, int]   # indices of flops, w, a, kv, fixed-cost multiplier expressions
     kernel: str = ""         # kernel family the prediction assumes (compute_dtype annotation)
+    node: str = ""           # the graph op this item costs (an op run as several kernels has one item each)
+    part: str = ""           # which of its kernels (``OpDef.kernels``), "" for a one-kernel op
+    idx_decode: tuple[int, int, int, int, int] | None = None   # the decode phase's, when it differs
 
 
 def attention_q_tiles(hw: Hardware, heads, head_dim, itemsize, q_len):
@@ -114,10 +120,20 @@ class CostModel:
             return exprs[e]
 
         self.items: list[OpItem] = []
+        zero = ix(0)
         for n in graph.topo_order():
             d = get(n.op, where=n.name)
             if d.cost_class in FREE_CLASSES or (d.layout and n.outputs and n.outputs[0] in cls.views):
                 continue   # (a layout op on a weight is done once at load: compiler.ir.ops.weight_views)
+            kernel = n.annotations["compute_dtype"].kernel if "compute_dtype" in n.annotations else ""
+            if d.kernels is not None:   # an op run as several kernels, some in one phase only
+                for k in op_kernels(graph, n, cls):
+                    per = {ph: ((ix(k.flops), ix(k.bytes.weights), ix(k.bytes.activations), ix(k.bytes.kv), ix(1))
+                                if ph in k.phases else (zero,) * 5) for ph in PHASES}
+                    self.items.append(OpItem(f"{n.name}:{k.label}", n.op, k.cost_class, self._dtype(n), False,
+                                             per["prefill"], kernel, n.name, k.label,
+                                             per["decode"] if per["decode"] != per["prefill"] else None))
+                continue
             key = _structural_key(graph, n, cls)
             hit = _COST_CACHE.get(key) if key is not None else None
             if hit is None:
@@ -126,17 +142,23 @@ class CostModel:
                     _COST_CACHE[key] = hit
             flops, byts = hit
             fixed = 1
-            if "moe" in n.annotations and n.annotations["moe"].expert is not None:
+            route = n.annotations.get("moe")
+            if route is not None and n.op == "MoEMatMul":
+                # a grouped expert GEMM: the distinct experts' weights, one launch or one per expert
+                wf, fixed = grouped_factors(route, B * S, str(n.attrs.get("dispatch", "grouped")))
+                byts = Bytes(byts.weights * wf, byts.activations, byts.kv)
+            elif route is not None and route.expert is not None:
                 # one expert's op: routed rows, weights read iff touched (compiler/perf/moe.py)
-                rows, fixed = expert_factors(n.annotations["moe"], B * S)
+                rows, fixed = expert_factors(route, B * S)
                 flops, byts = flops * rows, Bytes(byts.weights * fixed, byts.activations * rows, byts.kv)
             self.items.append(OpItem(n.name, n.op, d.cost_class, self._dtype(n), self._sparse(n, cls),
                                      (ix(flops), ix(byts.weights), ix(byts.activations), ix(byts.kv), ix(fixed)),
-                                     n.annotations["compute_dtype"].kernel if "compute_dtype" in n.annotations else ""))
+                                     kernel, n.name))
         self.exprs = list(exprs)
         self._fn = sympy.lambdify((B, S, P), self.exprs, modules="numpy")
         idx = np.array([it.idx for it in self.items], dtype=np.int64).reshape(-1, 5)
-        self._idx = idx
+        self._idx = {"prefill": idx,
+                     "decode": np.array([it.idx_decode or it.idx for it in self.items], dtype=np.int64).reshape(-1, 5)}
         classes = sorted({it.cost_class for it in self.items})
         self._class_of = np.array([classes.index(it.cost_class) for it in self.items], dtype=np.int64)
         self._classes = classes
@@ -152,9 +174,9 @@ class CostModel:
         out = []
         by_name = {n.name: n for n in graph}
         for i, it in enumerate(self.items):
-            if it.cost_class != "gemm" or not it.kernel or kf.family(it.kernel) is None:
+            if it.cost_class != "gemm" or not it.kernel or kf.family(it.kernel) is None or it.part:
                 continue
-            n = by_name[it.name]
+            n = by_name[it.node]
             w = next((graph.params[t] for t in n.inputs[1:2] if t in graph.params), None)
             if w is None or not w.type.is_static():
                 continue
@@ -184,23 +206,28 @@ class CostModel:
         return _HW_DTYPE.get(self.graph.type(n.outputs[0]).dtype, "fp32") if n.outputs else "fp32"
 
     # ------------------------------------------------------------------------------------
-    def raw(self, b, s, p) -> np.ndarray:
-        """(4, n_ops, n_points) FLOPs, weight, activation and KV bytes at the given points."""
-        return self._raw(b, s, p)[:4]
+    def raw(self, b, s, p, phase: str = "prefill") -> np.ndarray:
+        """(4, n_ops, n_points) FLOPs, weight, activation and KV bytes at the given points (an op
+        whose kernels depend on the phase, MLA, is taken in ``phase``'s form)."""
+        return self._raw(b, s, p, phase)[:4]
 
-    def _raw(self, b, s, p) -> np.ndarray:
+    def _raw(self, b, s, p, phase: str = "prefill") -> np.ndarray:
         """(5, n_ops, n_points): raw() plus each op's fixed-cost multiplier (launch and ramp are
-        paid with this probability: < 1 for an MoE expert's ops, which run only when it is routed to)."""
+        paid with this probability: < 1 for an MoE expert's ops, which run only when it is routed to;
+        0 for a kernel the phase does not run)."""
         b, s, p = (np.atleast_1d(np.asarray(x, dtype=float)) for x in (b, s, p))
         n = max(len(b), len(s), len(p))
         vals = self._fn(b, s, p)
         table = np.stack([np.broadcast_to(np.asarray(v, dtype=float), (n,)) for v in vals]) if vals else np.zeros((0, n))
-        return table[self._idx.T]  # (5, n_ops, n)
+        return table[self._idx["decode" if phase == "decode" else "prefill"].T]  # (5, n_ops, n)
 
-    def evaluate(self, b, s, p, phase: str) -> dict[str, np.ndarray]:
+    def evaluate(self, b, s, p, phase: str, fixed_scale: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Per-op arrays (n_ops, n_points) at workload points, for ``phase`` in prefill/decode
-        (which attention efficiency class applies)."""
-        flops, w, a, kv, fx = self._raw(b, s, p)
+        (which attention efficiency class and MLA form apply). ``fixed_scale`` (n_ops, n_points)
+        multiplies each op's fixed-cost multiplier (what-if dispatch forms: compiler/analysis/moe.py)."""
+        flops, w, a, kv, fx = self._raw(b, s, p, phase)
+        if fixed_scale is not None:
+            fx = fx * fixed_scale
         byts = w + a + kv
         launch = self.hw.efficiency.launch_overhead_s
         time = np.zeros_like(flops)
@@ -252,6 +279,8 @@ class CostModel:
         rows = []
         for i, it in enumerate(self.items):
             f, by = float(r["flops"][i, 0]), float(r["bytes"][i, 0])
+            if it.part and f == 0 and by == 0 and r["time"][i, 0] == 0:
+                continue   # a kernel of a form this phase does not run (MLA)
             rows.append({
                 "name": it.name, "op": it.op, "class": it.cost_class, "dtype": it.dtype,
                 **({"kernel": it.kernel} if it.kernel else {}),
