@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from compiler.analysis import early_exit, moe
+from compiler.analysis import early_exit, layers, moe
 from compiler.analysis import speculative as spec
 from compiler.analysis.capacity import capacity_section
 from compiler.analysis.context import RunContext
@@ -28,7 +28,7 @@ from compiler.analysis.serving import (cost_model_step_time, max_model_len_of, r
                                        serve_enabled, serve_section)
 from compiler.errors import ConfigError
 from compiler.ir import Graph
-from compiler.perf.memory import kv_bytes_per_token, kv_dtype, param_count, weights_bytes
+from compiler.perf.memory import kv_bytes_per_token, kv_dtype, kv_layers, param_count, weights_bytes
 
 GB = 1e9
 CAPACITY_SEARCH_MAX = 4096
@@ -41,6 +41,8 @@ def is_generative(g: Graph) -> bool:
 
 def phase_result(cm, sched, b: int, s: int, p: int, phase: str) -> dict[str, Any]:
     ops = cm.op_table(b, s, p, phase)
+    blocks = layers.op_blocks(cm.graph)   # the per-layer breakdown (compiler/analysis/layers.py)
+    layers.annotate(ops, blocks, {it.name: it.node for it in cm.items if it.node})
     by_class: dict[str, float] = {}
     bound_time = {"compute": 0.0, "memory": 0.0, "latency": 0.0}
     for o in ops:
@@ -57,6 +59,8 @@ def phase_result(cm, sched, b: int, s: int, p: int, phase: str) -> dict[str, Any
         "bound": max(bound_time, key=bound_time.get),
         "time_by_class_s": dict(sorted(by_class.items())),
         "activation_peak_bytes": float(sched.activation_peak(b, s, p)[0]),
+        "blocks": layers.block_sums(ops),
+        "layers": layers.layer_rows(ops, layers.layer_facts(cm.graph)),
         "ops": ops,
     }
 
@@ -160,8 +164,8 @@ def analyze(rc: RunContext) -> dict[str, Any]:
     latency = request_latency(cm, b, prompt, gen, ctx, generative)
 
     w_bytes = weights_bytes(g)
-    kv_tok = kv_bytes_per_token(g)
     tokens = max(ctx, prompt + gen) if generative else prompt
+    kv_tok = kv_bytes_per_token(g, tokens)   # windowed layers hold ≤ W tokens: the average at this length
     reserve = float(cfg["memory"]["runtime_reserve_gb"]) * GB
     usable = hw.memory_bytes * float(cfg["memory"].get("gpu_utilization", 1.0) or 1.0)
     act_peak = float(sched.activation_peak(b, prompt, 0)[0])
@@ -222,6 +226,7 @@ def analyze(rc: RunContext) -> dict[str, Any]:
             "capacity_bytes": hw.memory_bytes, "usable_bytes": usable,
             "fits_one_device": bool(w_bytes + kv_total + act_peak + reserve <= usable),
             **({"kv_dtype": kv_dtype(g)} if kv_dtype(g) else {}),
+            **kv_layout_facts(g, generative),
         },
         "capacity": cap,
         "latency": latency,
@@ -373,6 +378,16 @@ def dynamic_sections(rc: RunContext, base) -> dict[str, Any]:
         out["phases"]["verify"] = phase_result(cm, sched, b, sec["gamma"] + 1, ctx, spec.attention_class(sec["gamma"] + 1))
         out["speculative"] = sec
     return out
+
+
+def kv_layout_facts(g: Graph, generative: bool) -> dict[str, Any]:
+    """``memory.kv_layers`` (window, bytes per token and cache kind of every layer) and
+    ``memory.kv_bytes_per_token_unbounded`` (every layer holding every token) when the layers'
+    caches differ — windowed layers or a latent cache; nothing for a uniform full cache."""
+    rows = kv_layers(g) if generative else []
+    if not rows or all(r["cache"] == "full" for r in rows):
+        return {}
+    return {"kv_layers": rows, "kv_bytes_per_token_unbounded": float(sum(r["kv_bytes_per_token"] for r in rows))}
 
 
 def _graph_dtype(g: Graph) -> str | None:

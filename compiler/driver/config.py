@@ -159,6 +159,7 @@ class MoeConfig:
     """MoE token routing (compiler/analysis/moe.py validates the values)."""
     routing: Any = "uniform"     # uniform | zipf | [per-expert token counts or shares]
     skew: float = 1.0            # Zipf exponent for routing=zipf
+    dispatch: str = "grouped"    # grouped (one grouped GEMM per projection) | loop (per-expert loop)
 
 
 @dataclass
@@ -213,7 +214,10 @@ class HFConfigModel(ModelConfig):
     Face config kwargs (``model_type`` required) and stays an open mapping."""
     source: str = "hf_config"
     config: Dict[str, Any] = field(default_factory=dict)
-    stack_layers: bool = True    # meta cost-only imports: export 2 layers and replicate them
+    stack_layers: bool = True    # meta cost-only imports: export the first layers and replicate them
+    # formats the checkpoint ships its weights in: parameter group -> format (passes/weight_formats.py),
+    # e.g. {experts: mxfp4} (gpt-oss), {linear: fp8_block128} (DeepSeek-V3)
+    weight_formats: Optional[Dict[str, str]] = None
 
 
 @dataclass
@@ -537,7 +541,8 @@ def _hf_unknown_keys(conf: Mapping) -> tuple[list[str], set[str]]:
     for c in cls.__mro__:
         if "__init__" in vars(c):
             known |= {p for p in inspect.signature(c.__init__).parameters if p not in ("self", "kwargs")}
-    return [k for k in conf if k != "model_type" and k not in known and k in vars(built)], known
+    return [k for k in conf if k != "model_type" and k not in known and k in vars(built)
+            and k not in families.GETATTR_KEYS], known
 
 
 _HF_CHECKED: dict[str, tuple[list[str], set[str]]] = {}

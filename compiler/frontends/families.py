@@ -55,6 +55,9 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "mtp_layers": ("num_nextn_predict_layers",),
 }
 
+#: config keys modeling code reads with ``getattr(config, key, default)`` although some config
+#: classes do not declare them (Qwen3-MoE's ``head_dim``): a model YAML may set them
+GETATTR_KEYS = frozenset({"head_dim"})
 #: families whose attention has learned per-head sink logits (an architecture fact, no config key)
 SINK_FAMILIES = frozenset({"gpt_oss"})
 #: families that RMS-normalize q and k per head before the rotary embedding (Qwen3, Gemma-3, OLMo-2)
@@ -214,7 +217,8 @@ def attention_facts(config: Mapping | Any) -> dict[str, Any]:
            "final_softcap": float(fact(c, "final_softcap")) if fact(c, "final_softcap") else None,
            "qk_norm": mt in QK_NORM_FAMILIES, "alibi": mt in ALIBI_FAMILIES,
            "partial_rotary": float(pr) if pr and float(pr) < 1 else None,
-           "head_dim": int(hd) if hd and hidden and heads and int(hd) != int(hidden) // int(heads) else None,
+           "head_dim": int(hd) if hd and hidden and heads and int(hd) != int(hidden) // int(heads)
+           and not mla(c) else None,
            "mla": mla(c)}
     out["rooftop_attention"] = bool(any(windows) or out["sinks"] or out["softcap"] or mt in EAGER_ONLY_FAMILIES)
     return out
@@ -258,4 +262,4 @@ def dims(config: Mapping | Any) -> ModelDims:
 
 __all__ = ["ALIASES", "NESTED", "fact", "dims", "shared_experts", "has_experts", "layer_windows", "moe_layer_mask",
            "mla", "attention_facts", "layer_kinds", "hf_config", "model_type", "SINK_FAMILIES", "QK_NORM_FAMILIES",
-           "ALIBI_FAMILIES"]
+           "ALIBI_FAMILIES", "GETATTR_KEYS"]

@@ -145,7 +145,7 @@ def _grouped_weight(g, name: str, transposed: bool, perm=None) -> str:
     if transposed and perm is None:
         return name
     annotations = dict(p.annotations)
-    new = g.fresh(name + ".grouped")
+    new = name + ".grouped" if name + ".grouped" not in g.types else g.fresh(name + ".grouped")
     g.add_param(new, p.type.with_shape(shape), data, **annotations)
     return new
 
@@ -186,13 +186,14 @@ def translate(c, hidden, top_k_index, top_k_weights, gate_up, down, gate_up_bias
     x3 = op("Unsqueeze", [hidden], {"axes": [1]}, types=[TensorType(dt, (T, 1, H))])
     xk = op("Expand", [x3], {"shape": [T, k, H]}, types=[TensorType(dt, (T, k, H))])
     xr = op("Reshape", [xk], {"shape": [rows, H]}, types=[TensorType(dt, (rows, H))])
-    gu = op("MoEMatMul", [xr, w_gu, ids], {"dispatch": "grouped"}, types=[TensorType(dt, (rows, two_i))])
+    gu = op("MoEMatMul", [xr, w_gu, ids], types=[TensorType(dt, (rows, two_i))])
     if gate_up_bias is not None:
         b = gate_up_bias
         if perm is not None:
             bp = g.params[b]
             data = None if bp.data is None else np.ascontiguousarray(bp.data[:, perm])
-            b = g.add_param(g.fresh(b + ".grouped"), bp.type, data, **bp.annotations)
+            b = g.add_param(b + ".grouped" if b + ".grouped" not in g.types else g.fresh(b + ".grouped"), bp.type,
+                            data, **bp.annotations)
         gb = op("Gather", [b, ids], {"axis": 0}, types=[TensorType(dt, (rows, two_i))])
         gu = op("Add", [gu, gb], types=[TensorType(dt, (rows, two_i))])
     half = TensorType(dt, (rows, inter))
@@ -206,7 +207,7 @@ def translate(c, hidden, top_k_index, top_k_weights, gate_up, down, gate_up_bias
     else:
         silu = op("Mul", [gate, op("Sigmoid", [gate], types=[half])], types=[half])
         h = op("Mul", [silu, up], types=[half])
-    y = op("MoEMatMul", [h, w_d, ids], {"dispatch": "grouped"}, types=[TensorType(dt, (rows, H))])
+    y = op("MoEMatMul", [h, w_d, ids], types=[TensorType(dt, (rows, H))])
     if down_bias is not None:
         db = op("Gather", [down_bias, ids], {"axis": 0}, types=[TensorType(dt, (rows, H))])
         y = op("Add", [y, db], types=[TensorType(dt, (rows, H))])

@@ -24,7 +24,7 @@ import torch
 
 from compiler.ir import Graph, IRError, TensorType, as_dim
 from compiler.ir.ops import UnsupportedOpError
-from compiler.frontends.stacking import layer_of
+from compiler.frontends.stacking import block_of, layer_of
 from compiler.ir import DTYPES
 from compiler.frontends import attention as attention_import
 from compiler.frontends import mla as mla_import
@@ -103,6 +103,9 @@ class _Ctx:
         layer = self._layer()
         if layer is not None:
             ann["layer"] = layer
+        stack = self.node.meta.get("nn_module_stack")
+        if stack:
+            ann["block"] = block_of(stack.values())
         node = self.g.add_op(op, inputs, outs, attrs, types=types, name=name, **ann)
         return node.outputs[0] if n_out == 1 else list(node.outputs)
 

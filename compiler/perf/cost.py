@@ -29,7 +29,7 @@ import sympy
 from compiler.perf import efficiency as eff
 from compiler.ir.annotations import COSTED
 from compiler.perf.hardware import Hardware
-from compiler.perf.moe import expert_factors, grouped_factors
+from compiler.perf.moe import expert_factors, grouped_factors, layer_fixed
 from compiler.ir import B, P, S, Graph
 from compiler.ir.ops import Bytes, Classifier, get, op_cost, op_kernels
 from compiler.ir.ops import attention_q_tiles as _q_tiles
@@ -145,8 +145,10 @@ class CostModel:
             route = n.annotations.get("moe")
             if route is not None and n.op == "MoEMatMul":
                 # a grouped expert GEMM: the distinct experts' weights, one launch or one per expert
-                wf, fixed = grouped_factors(route, B * S, str(n.attrs.get("dispatch", "grouped")))
+                wf, fixed = grouped_factors(route, B * S)
                 byts = Bytes(byts.weights * wf, byts.activations, byts.kv)
+            elif route is not None and route.expert is None and route.form == "loop" and not route.dispatch:
+                fixed = layer_fixed(route, B * S)    # a row-wise op of a per-expert loop
             elif route is not None and route.expert is not None:
                 # one expert's op: routed rows, weights read iff touched (compiler/perf/moe.py)
                 rows, fixed = expert_factors(route, B * S)

@@ -82,9 +82,15 @@ def touched_total(route, tokens) -> Any:
 DISPATCH = ("grouped", "loop")
 
 
-def grouped_factors(route, tokens, dispatch: str = "grouped") -> tuple[Any, Any]:
+def grouped_factors(route, tokens) -> tuple[Any, Any]:
     """(weight-bytes factor, fixed-cost multiplier) of a grouped expert GEMM (``MoEMatMul``) in a
     step of ``tokens`` tokens: the distinct experts' share of the stacked weight, and one kernel
-    (grouped) or one kernel per touched expert (loop)."""
+    (``form=grouped``) or one kernel per touched expert (``form=loop``)."""
     distinct = touched_total(route, tokens)
-    return distinct / route.experts, (distinct if dispatch == "loop" else sympy.Integer(1))
+    return distinct / route.experts, layer_fixed(route, tokens)
+
+
+def layer_fixed(route, tokens) -> Any:
+    """Fixed-cost multiplier of an MoE layer's row-wise op: 1 (grouped: one kernel for all routed
+    rows) or the expected distinct experts (loop: once per touched expert)."""
+    return touched_total(route, tokens) if route.form == "loop" else sympy.Integer(1)
