@@ -13,6 +13,7 @@ from passes.moe import MoERoutingPass
 from passes.kv_cache_onnx import LiftKVCache as LiftOnnxKVCache
 from passes.kv_paging import KVPaging
 from passes.quant.passes import PruneNM, Quantize
+from passes.weight_formats import WeightFormatsPass
 
 PASSES: dict[str, type[Pass]] = {
     "dce": DeadCodeElimination,
@@ -32,6 +33,7 @@ PASSES: dict[str, type[Pass]] = {
     "early_exit": EarlyExitPass,
     "prune_nm": PruneNM,
     "quantize": Quantize,
+    "weight_formats": WeightFormatsPass,
 }
 
 

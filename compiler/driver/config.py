@@ -42,6 +42,7 @@ from compiler.perf.hardware import HardwareYaml, load_hardware
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from passes.quant.config import QuantConfig, SparsityConfig  # noqa: F401 (re-exported schemas)
+from passes.weight_formats import FORMATS as WEIGHT_FORMATS, GROUPS as WEIGHT_GROUPS
 
 # ------------------------------------------------------------------------------------------------
 # the schemas
@@ -518,6 +519,10 @@ def _check_model(cfg: dict):
             raise ConfigError("model.config has no model_type (e.g. llama, gpt2, mixtral): the Hugging "
                               "Face config class cannot be chosen. Add model.config.model_type to the model YAML.")
         _check_hf_kwargs(m["config"])
+        for grp, fmt in (m.get("weight_formats") or {}).items():
+            if grp not in WEIGHT_GROUPS or fmt not in WEIGHT_FORMATS:
+                raise ConfigError(f"model.weight_formats.{grp}={fmt!r}: groups are {', '.join(WEIGHT_GROUPS)}, formats "
+                                  f"{', '.join(WEIGHT_FORMATS)} (e.g. model.weight_formats.experts=mxfp4).")
     if m["source"] == "module" and "_target_" not in m["module"]:
         raise ConfigError("model.module has no _target_: name the nn.Module class to build, e.g. "
                           "model.module._target_=torch.nn.Linear.")

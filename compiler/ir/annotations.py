@@ -49,8 +49,8 @@ class Policy(enum.Enum):
 # ------------------------------------------------------------------------------------------------
 # schemas
 
-SCALE_DTYPES = ("float32", "float16", "bfloat16", "float8e4m3fn")
-HW_DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4")
+SCALE_DTYPES = ("float32", "float16", "bfloat16", "float8e4m3fn", "float8e8m0")
+HW_DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4", "fp4")
 
 
 def _bits(dtype: str) -> int:

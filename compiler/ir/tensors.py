@@ -36,6 +36,8 @@ DTYPES: dict[str, tuple[float, Any, int]] = {
     "float8e5m2": (1, None, 19),
     "uint4": (0.5, None, 21),
     "int4": (0.5, None, 22),
+    "float4e2m1": (0.5, None, 23),    # FP4 (E2M1) values of MXFP4 / NVFP4
+    "float8e8m0": (1, None, 24),      # MXFP4's power-of-two block scale
 }
 ONNX_TO_DTYPE = {v[2]: k for k, v in DTYPES.items()}
 

@@ -37,7 +37,7 @@ from compiler.ir.tensors import DTYPES
 from compiler.perf import kernel_families as kf
 
 _HW_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float8e4m3fn": "fp8",
-             "float8e5m2": "fp8", "int8": "int8", "uint8": "int8", "int4": "int4", "uint4": "int4",
+             "float8e5m2": "fp8", "int8": "int8", "uint8": "int8", "int4": "int4", "uint4": "int4", "float4e2m1": "fp4",
              "float64": "fp32", "int64": "fp32", "int32": "fp32", "bool": "fp32"}
 FREE_CLASSES = ("view", "shape")
 # Efficiency fractions of these classes are defined against the dense fp16 peak (the reference the

@@ -71,7 +71,7 @@ A dtype without a native peak computes in the next wider type that holds each of
 exactly, first one the chip supports::
 
     int4 -> int8 -> fp16 -> bf16 -> fp32        fp8  -> fp16 -> bf16 -> fp32
-    fp16 -> fp32      bf16 -> fp32              tf32 -> fp32
+    fp16 -> fp32      bf16 -> fp32              tf32 -> fp32        fp4 -> fp8 -> fp16 -> bf16 -> fp32
 
 (``fp16 -> bf16`` and ``bf16 -> fp16`` are not steps: each loses what the other keeps, mantissa
 or range.) ``fp32`` is required in every file, so the chain always ends. With ``sparse=True`` the
@@ -142,7 +142,7 @@ __all__ = [
     "update_efficiency_yaml",
 ]
 
-DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4")
+DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4", "fp4")
 OP_CLASSES = ("gemm", "attention_prefill", "attention_decode", "elementwise", "reduction", "copy")
 KINDS = ("gpu", "cpu", "soc")
 
@@ -155,6 +155,7 @@ DTYPE_FALLBACK: Mapping[str, tuple[str, ...]] = {
     "fp8": ("fp16", "bf16", "fp32"),
     "int8": ("fp16", "bf16", "fp32"),
     "int4": ("int8", "fp16", "bf16", "fp32"),
+    "fp4": ("fp8", "fp16", "bf16", "fp32"),
 }
 
 # Other spellings of the dtype classes (torch / numpy / ONNX names) accepted by normalize_dtype.
@@ -167,12 +168,13 @@ _DTYPE_ALIASES = {
     "float8_e5m2fnuz": "fp8", "fp8_e4m3": "fp8", "fp8_e5m2": "fp8", "e4m3": "fp8", "e5m2": "fp8",
     "uint8": "int8", "i8": "int8", "u8": "int8",
     "uint4": "int4", "i4": "int4", "u4": "int4",
+    "float4e2m1": "fp4", "float4_e2m1fn": "fp4", "e2m1": "fp4", "nvfp4": "fp4", "mxfp4": "fp4",
 }
 
 # Pairs (wider, narrower): a chip's native narrower-type peak cannot be below the wider one's.
 # Catches sparse/dense mixups and misplaced values; omit a dtype that has no fast native path.
 _PEAK_ORDER = (("fp32", "tf32"), ("fp32", "fp16"), ("fp32", "bf16"), ("tf32", "fp16"),
-               ("tf32", "bf16"), ("fp16", "fp8"), ("bf16", "fp8"), ("int8", "int4"))
+               ("tf32", "bf16"), ("fp16", "fp8"), ("bf16", "fp8"), ("int8", "int4"), ("fp8", "fp4"))
 
 CALIBRATION_SOURCES = ("calibrated", "transferred", "literature")
 
