@@ -95,29 +95,33 @@ def _(q_nope, q_rope, latent, k_rope, w_kv_b, scale):
     return q_nope.new_empty((*q_nope.shape[:-1], w_kv_b.shape[0] // h - dn))
 
 
-def _rotate_interleaved(x, cos, sin):
-    """Rotate consecutive pairs (x[2i], x[2i+1]) by the angle of (cos, sin) [B, S, d/2]: what
-    DeepSeek-V2's ``view_as_complex(x)·freqs_cis`` computes, in real arithmetic."""
-    pairs = x.float().reshape(*x.shape[:-1], -1, 2)
-    a, b = pairs[..., 0], pairs[..., 1]
-    c, s = cos.unsqueeze(1), sin.unsqueeze(1)
-    rot = torch.cat([(a * c - b * s).unsqueeze(-1), (a * s + b * c).unsqueeze(-1)], dim=-1)
-    return rot.flatten(-2).type_as(x)
+def _rotate_interleaved(x, cos2, sin2, swap):
+    """Rotate consecutive pairs (x[2i], x[2i+1]) by the angles of ``cos2`` / ``sin2`` [B, S, d]
+    (each angle repeated for both members of its pair, the sine signed −, +): what DeepSeek-V2's
+    ``view_as_complex(x)·freqs_cis`` computes, in real arithmetic — x·cos + swap_pairs(x)·sin
+    (``swap``: the index [1, 0, 3, 2, …])."""
+    return x * cos2.unsqueeze(1).to(x.dtype) + x[..., swap] * sin2.unsqueeze(1).to(x.dtype)
 
 
 class RealRotary(torch.nn.Module):
-    """DeepSeek-V2's rotary embedding returning (cos, sin) instead of complex ``freqs_cis``
-    (same frequencies and attention scaling: the module's own buffers)."""
+    """DeepSeek-V2's rotary embedding returning real (cos, sin) [B, S, d] — each angle repeated for
+    the two members of its pair, the sine signed (−, +) — instead of complex ``freqs_cis`` (same
+    frequencies and attention scaling: the module's own buffers). Computed once per step, shared
+    by every layer."""
 
     def __init__(self, inner: torch.nn.Module):
         super().__init__()
         self.inner = inner
+        half = inner.inv_freq.shape[-1]
+        self.register_buffer("sign", torch.tensor([-1.0, 1.0] * half, device=inner.inv_freq.device), persistent=False)
 
     def forward(self, x, position_ids):
         inner = self.inner
         freqs = position_ids[..., None].float() * inner.inv_freq.to(device=x.device, dtype=torch.float)
         scale = getattr(inner, "attention_scaling", 1.0)
-        return torch.cos(freqs) * scale, torch.sin(freqs) * scale
+        cos = torch.cos(freqs).repeat_interleave(2, dim=-1) * scale
+        sin = torch.sin(freqs).repeat_interleave(2, dim=-1) * (self.sign * scale)
+        return cos, sin
 
 
 def _forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
@@ -135,7 +139,8 @@ def _forward(self, hidden_states, position_embeddings=None, attention_mask=None,
     k_rot = k_rot.view(b, 1, s, self.qk_rope_head_dim)
     cos, sin = position_embeddings
     if self._rooftop_rope == "interleaved_pairs":            # DeepSeek-V2 (complex rotation)
-        q_rot, k_rot = _rotate_interleaved(q_rot, cos, sin), _rotate_interleaved(k_rot, cos, sin)
+        q_rot = _rotate_interleaved(q_rot, cos, sin, self._rooftop_swap)
+        k_rot = _rotate_interleaved(k_rot, cos, sin, self._rooftop_swap)
     else:                                                   # DeepSeek-V3: transformers' own functions
         mod = sys.modules[type(self).__module__]
         fn = mod.apply_rotary_pos_emb_interleave if getattr(self.config, "rope_interleave", False) \
@@ -161,6 +166,10 @@ def install(model: torch.nn.Module) -> int:
         if is_mla_module(m):
             m._rooftop_rope = "interleaved_pairs" if "deepseek_v2" in type(m).__module__ else "transformers"
             complex_rope |= m._rooftop_rope == "interleaved_pairs"
+            if m._rooftop_rope == "interleaved_pairs":
+                dev = m.kv_b_proj.weight.device
+                m.register_buffer("_rooftop_swap", torch.tensor([i ^ 1 for i in range(m.qk_rope_head_dim)], device=dev),
+                                  persistent=False)
             m.forward = types.MethodType(_forward, m)
             count += 1
     if complex_rope:

@@ -94,6 +94,7 @@ class Kernel:
     flops: Any
     bytes: Bytes
     phases: tuple[str, ...] = ("prefill", "decode")
+    kind: str = ""          # a measured kernel kind (hardware ``kernel_families``) it is costed as, if any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -857,7 +858,7 @@ def latent_attention_kernels(node, ins, outs, cls: Classifier) -> list[Kernel]:
         out.append(Kernel("absorb_q", "gemm", 2 * b * s * h * dn * r,
                           Bytes(weights=w_k, activations=b * s * h * (dn + r) * e), ph))
         out.append(Kernel("attention_latent", "attention", pairs * (2 * (r + dr) + 2 * r + 5),
-                          split(b * h * s * (r + dr + r) * e, lat_read_past * tiles), ph))
+                          split(b * h * s * (r + dr + r) * e, lat_read_past * tiles), ph, kind="mla_absorbed_core"))
         out.append(Kernel("absorb_out", "gemm", 2 * b * s * h * r * dv,
                           Bytes(weights=w - w_k, activations=b * s * h * (r + dv) * e), ph))
     return out

@@ -61,6 +61,21 @@ class OpItem:
     node: str = ""           # the graph op this item costs (an op run as several kernels has one item each)
     part: str = ""           # which of its kernels (``OpDef.kernels``), "" for a one-kernel op
     idx_decode: tuple[int, int, int, int, int] | None = None   # the decode phase's, when it differs
+    kind: str = ""           # measured kernel kind (hardware kernel_families) it is costed as; "{phase}" filled in
+
+
+def construct_kind(n, cls: Classifier) -> str:
+    """The measured kernel kind of an op of a modern construct, if any: a windowed attention run
+    by a windowed kernel (``attention_window_{phase}``), a grouped expert GEMM (``moe_grouped_gemm``).
+    Costed with the hardware's ``kernel_families`` entry of that name where it has one (measured),
+    else with the op's class (the report names which)."""
+    if n.op == "Attention":
+        spec = n.annotations.get("attention")
+        if spec is not None and spec.window and cls.window_kernel == "windowed":
+            return "attention_window_{phase}"
+    if n.op == "MoEMatMul" and getattr(n.annotations.get("moe"), "form", "grouped") == "grouped":
+        return "moe_grouped_gemm"
+    return ""
 
 
 def attention_q_tiles(hw: Hardware, heads, head_dim, itemsize, q_len):
@@ -132,7 +147,7 @@ class CostModel:
                                 if ph in k.phases else (zero,) * 5) for ph in PHASES}
                     self.items.append(OpItem(f"{n.name}:{k.label}", n.op, k.cost_class, self._dtype(n), False,
                                              per["prefill"], kernel, n.name, k.label,
-                                             per["decode"] if per["decode"] != per["prefill"] else None))
+                                             per["decode"] if per["decode"] != per["prefill"] else None, k.kind))
                 continue
             key = _structural_key(graph, n, cls)
             hit = _COST_CACHE.get(key) if key is not None else None
@@ -155,15 +170,13 @@ class CostModel:
                 flops, byts = flops * rows, Bytes(byts.weights * fixed, byts.activations * rows, byts.kv)
             self.items.append(OpItem(n.name, n.op, d.cost_class, self._dtype(n), self._sparse(n, cls),
                                      (ix(flops), ix(byts.weights), ix(byts.activations), ix(byts.kv), ix(fixed)),
-                                     kernel, n.name))
+                                     kernel, n.name, kind=construct_kind(n, cls)))
         self.exprs = list(exprs)
         self._fn = sympy.lambdify((B, S, P), self.exprs, modules="numpy")
         idx = np.array([it.idx for it in self.items], dtype=np.int64).reshape(-1, 5)
         self._idx = {"prefill": idx,
                      "decode": np.array([it.idx_decode or it.idx for it in self.items], dtype=np.int64).reshape(-1, 5)}
-        classes = sorted({it.cost_class for it in self.items})
-        self._class_of = np.array([classes.index(it.cost_class) for it in self.items], dtype=np.int64)
-        self._classes = classes
+        self._groups = {ph: self._efficiency_groups(ph) for ph in PHASES}
         self._peak = np.array([hw.peak("fp16") if it.cost_class in REFERENCE_PEAK_CLASSES
                                else hw.peak(it.dtype, it.sparse) for it in self.items], dtype=float)
         self._kernel_items = self._measured_kernels(graph)
@@ -185,6 +198,31 @@ class CostModel:
             numel = float(np.prod(w.type.shape))
             ref = kf.dense_reference(it.kernel)
             out.append((i, it.kernel, 2.0 * numel, ref.dense_bytes * numel, ref.dense_dtype))
+        return out
+
+    def measured_kind(self, it: OpItem, phase: str) -> str:
+        """The hardware ``kernel_families`` entry an item is costed with in ``phase`` ("" for none)."""
+        if not it.kind:
+            return ""
+        name = it.kind.format(phase="decode" if phase == "decode" else "prefill")
+        return name if self.hw.kernel_family(name) is not None else ""
+
+    def _efficiency_groups(self, phase: str) -> list[tuple[np.ndarray, Any, float | None]]:
+        """Items grouped by the efficiency parameters they are costed with in ``phase``: (mask,
+        ClassEfficiency, peak override) — the op class (attention by phase), or a measured kernel
+        kind of the hardware (its params, against its own peak dtype)."""
+        keys = []
+        for it in self.items:
+            kind = self.measured_kind(it, phase)
+            keys.append(("kind", kind) if kind else ("class", {"attention": f"attention_{phase}"}.get(it.cost_class, it.cost_class)))
+        out = []
+        for key in sorted(set(keys)):
+            mask = np.array([k == key for k in keys], dtype=bool)
+            if key[0] == "kind":
+                fam = self.hw.kernel_family(key[1])
+                out.append((mask, fam.params(), self.hw.peak(fam.peak_dtype, fam.sparse)))
+            else:
+                out.append((mask, self.hw.efficiency.for_class(key[1]), None))
         return out
 
     @staticmethod
@@ -235,14 +273,11 @@ class CostModel:
         time = np.zeros_like(flops)
         att_f = np.zeros_like(flops)
         bound = np.zeros(flops.shape, dtype=np.int8)  # 0 compute, 1 memory, 2 latency
-        for ci, c in enumerate(self._classes):
-            m = self._class_of == ci
+        for m, prm, peak in self._groups["decode" if phase == "decode" else "prefill"]:
             if not m.any():
                 continue
-            eclass = {"attention": f"attention_{phase}"}.get(c, c)
-            prm = self.hw.efficiency.for_class(eclass)
             cp = eff.ClassParams(prm.compute, prm.memory, prm.flops_half, prm.bytes_half)
-            pk = self._peak[m][:, None]
+            pk = np.full((int(m.sum()), 1), peak) if peak is not None else self._peak[m][:, None]
             bw = self.hw.memory_bandwidth
             # flops_half is sized for the fp16 reference peak: a kernel's ramp-up TIME is the
             # chip's, whatever the dtype (fp32 / fp8 / int8 GEMMs scale it by their peak)
@@ -283,9 +318,10 @@ class CostModel:
             f, by = float(r["flops"][i, 0]), float(r["bytes"][i, 0])
             if it.part and f == 0 and by == 0 and r["time"][i, 0] == 0:
                 continue   # a kernel of a form this phase does not run (MLA)
+            kind = self.measured_kind(it, phase)
             rows.append({
                 "name": it.name, "op": it.op, "class": it.cost_class, "dtype": it.dtype,
-                **({"kernel": it.kernel} if it.kernel else {}),
+                **({"kernel": it.kernel} if it.kernel else {"kernel": kind} if kind else {}),
                 "flops": f, "bytes": by,
                 "bytes_split": {"weights": float(r["weights"][i, 0]),
                                 "activations": float(r["activations"][i, 0]),
