@@ -192,7 +192,10 @@ def analyze(rc: RunContext) -> dict[str, Any]:
     m = cfg["model"]
     source = g.meta.get("source") or {}
     dynamic = dynamic_sections(rc, {"tpot_s": latency["tpot_s"], "weights_bytes": w_bytes,
-                                    "kv_bytes_per_token": kv_tok, "tokens": tokens, "reserve": reserve})
+                                    "kv_bytes_per_token": kv_tok, "tokens": tokens, "reserve": reserve,
+                                    # under a parallel plan: its step times and one device's memory
+                                    "step": plan, "weights_bytes_device": w_cap, "kv_bytes_per_token_device": kv_cap,
+                                    "usable_bytes": usable})
     phases.update(dynamic.pop("phases", {}))
     latency.update(dynamic.pop("latency", {}))
     dtype = m.get("dtype") or _graph_dtype(g)

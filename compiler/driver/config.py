@@ -34,6 +34,7 @@ from typing import Any, Callable, Dict, List, Optional, Union, get_args, get_ori
 
 from compiler.analysis.parallel import check_plan, plan_of
 from compiler.analysis.serving import config_of
+from compiler.analysis.speculative import DEFAULT_ACCEPTANCE
 from compiler.errors import ConfigError
 from compiler.frontends import families
 from compiler.ir.facts import ModelDims
@@ -147,9 +148,9 @@ class EmitConfig:
 class SpeculativeConfig:
     """Speculative decoding (compiler/analysis/speculative.py validates the values); off while
     ``draft_model`` is null."""
-    draft_model: Optional[str] = None   # a model name, or self (layer-skip self-speculation)
+    draft_model: Optional[str] = None   # a model name, self (layer-skip self-speculation), or mtp (the model's MTP module)
     gamma: Any = 4                      # tokens the draft proposes per step (whole number ≥ 1)
-    acceptance: Any = 0.7               # per-token acceptance rate in [0, 1], or measured
+    acceptance: Any = DEFAULT_ACCEPTANCE   # per-token acceptance rate in [0, 1], measured, or published (mtp)
     draft_layers: Optional[int] = None  # draft_model=self: layers the draft runs
     eval_tokens: int = 128              # acceptance=measured: evaluation tokens
     gammas: Optional[List[int]] = None  # γ values of the sweep (null = 1..16)
