@@ -17,11 +17,30 @@ import torch
 from compiler.backend.emit import save
 from compiler.frontends import families
 from compiler.frontends.models import build_torch_model, import_torch
+from compiler.ir import op_layers
 from passes import PassManager, make_pass
 from tests.conftest import assert_prefill_decode_match, model_cfg, prepare
 
 TINY = ["deepseek_v3_tiny", "deepseek_v2_tiny", "gemma3_tiny", "gpt_oss_tiny", "mistral_tiny", "qwen3_tiny",
-        "qwen3_moe_tiny"]
+        "qwen3_moe_tiny", "gemma2_softcap", "phi3_partial_rotary"]
+#: constructs of families outside the library, as inline configs: Gemma-2's attention-logit and
+#: final-logit softcapping with alternating windows, Phi-3's partial rotary embedding
+INLINE = {
+    "gemma2_softcap": dict(model_type="gemma2", vocab_size=512, hidden_size=64, intermediate_size=128,
+                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                           sliding_window=8, attn_logit_softcapping=5.0, final_logit_softcapping=3.0,
+                           query_pre_attn_scalar=32),
+    "phi3_partial_rotary": dict(model_type="phi3", vocab_size=512, pad_token_id=0, eos_token_id=1, bos_token_id=1,
+                                hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                num_key_value_heads=2, partial_rotary_factor=0.5),
+}
+
+
+def model_or_inline(name: str) -> dict:
+    if name in INLINE:
+        return {"name": name, "source": "hf_config", "task": "causal_lm", "dtype": "float32", "weights": "random",
+                "seed": 0, "attn_implementation": "sdpa", "config": dict(INLINE[name])}
+    return model_cfg(name)
 
 
 def _hf_eager(cfg, module):
@@ -38,7 +57,7 @@ def _hf_eager(cfg, module):
 
 @pytest.mark.parametrize("name", TINY)
 def test_rooftop_import_path_equals_transformers_eager(name):
-    cfg = model_cfg(name)
+    cfg = model_or_inline(name)
     module, _ = build_torch_model(cfg)
     ref = _hf_eager(cfg, module)
     ids = torch.randint(0, cfg["config"]["vocab_size"], (2, 21), generator=torch.Generator().manual_seed(3))
@@ -49,7 +68,7 @@ def test_rooftop_import_path_equals_transformers_eager(name):
 
 @pytest.mark.parametrize("name", TINY)
 def test_emitted_model_matches_torch_past_the_window(name, tmp_path):
-    cfg = model_cfg(name)
+    cfg = model_or_inline(name)
     module, task = build_torch_model(cfg)
     g = import_torch(cfg, module, task)
     prepare(g)
@@ -59,7 +78,8 @@ def test_emitted_model_matches_torch_past_the_window(name, tmp_path):
     windows = [w for w in facts["windows"] if w]
     ns, nd = 11, 4
     assert not windows or ns > max(windows)                  # the prefill crosses every window
-    att = [n for n in g if n.op in ("Attention", "LatentAttention")]
+    layer = op_layers(g)[0]   # in decoder-layer order (passes may reorder the node table)
+    att = sorted((n for n in g if n.op in ("Attention", "LatentAttention")), key=lambda n: layer[n.name])
     specs = [n.annotations.get("attention") for n in att]
     if facts["mla"]:
         assert {n.op for n in att} == {"LatentAttention"}
@@ -70,6 +90,8 @@ def test_emitted_model_matches_torch_past_the_window(name, tmp_path):
         assert all(s.global_layer for s in specs if not s.window) or all(s.window for s in specs)
     if facts["sinks"]:
         assert all(s.sinks and len(n.inputs) > 6 and n.inputs[6] in g.params for n, s in zip(att, specs))
+    if facts["softcap"]:
+        assert {s.softcap for s in specs} == {facts["softcap"]} and {n.attrs["softcap"] for n in att} == {facts["softcap"]}
     save(g, str(tmp_path / "m.onnx"))
     sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     assert_prefill_decode_match(module, g, sess, tol=1e-4, nb=2, ns=ns, nd=nd)
