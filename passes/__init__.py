@@ -1,5 +1,16 @@
-"""Pass registry: pipeline configs name passes by these keys (an explicit table, no import-time
-side effects). Each entry is a ``Pass`` subclass; parameters come from the pipeline config."""
+"""Passes: every graph rewrite, run by the pass manager.
+
+Owns: the pass infrastructure (``base.py``: ``Pass``, ``PassResult``, ``PassContext``, the nesting
+``PassManager``, ordering constraints), cleanup (``cleanup.py``), the fusion rules and their
+engine (``fusion/``), the KV-cache passes (``kv_cache.py``, ``kv_cache_onnx.py``, ``kv_layout.py``,
+``kv_paging.py``), quantization and N:M sparsity (``quant/``), MoE routing (``moe.py``) and early
+exit heads (``early_exit.py``) — and this registry: pipeline configs name passes by the keys of
+:data:`PASSES` (an explicit table, no import-time side effects). Each entry is a ``Pass``
+subclass; parameters come from the pipeline config.
+
+May import: :mod:`compiler.ir`, :mod:`compiler.perf` and the base modules — never the back end or
+the frontends (a pass that needs values asks ``passes.base.evaluator()``).
+"""
 from __future__ import annotations
 
 from compiler.errors import ConfigError
@@ -12,6 +23,8 @@ from passes.kv_layout import KVLayoutPass
 from passes.moe import MoERoutingPass
 from passes.kv_cache_onnx import LiftKVCache as LiftOnnxKVCache
 from passes.kv_paging import KVPaging
+from passes.quant.auto import QuantizeAuto
+from passes.quant.kv import QuantizeKV
 from passes.quant.passes import PruneNM, Quantize
 from passes.weight_formats import WeightFormatsPass
 
@@ -34,6 +47,8 @@ PASSES: dict[str, type[Pass]] = {
     "prune_nm": PruneNM,
     "quantize": Quantize,
     "weight_formats": WeightFormatsPass,
+    "quantize_kv": QuantizeKV,
+    "quantize_auto": QuantizeAuto,
 }
 
 

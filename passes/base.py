@@ -22,9 +22,14 @@ from compiler.ir.evaluate import Evaluator
 
 @dataclasses.dataclass
 class PassResult:
+    """``notes``: why the pass left something undone — a rule that did not fire on an op it was
+    meant for, a refused KV cache: ``{"rule", "where", "check"}`` each (report.json
+    ``passes[].notes``)."""
+
     graph: Graph
     changed: bool
     stats: dict[str, int] = dataclasses.field(default_factory=dict)
+    notes: list[dict[str, str]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +146,8 @@ ORDER_CONSTRAINTS: list[tuple[str, str]] = [
     # compression works on the final linear layers (merged Q/K/V, gate/up; GEMM epilogues), and
     # quantization keeps a pruned pattern (its zeros stay exact zeros)
     ("fuse", "prune_nm"), ("fuse_gemm", "prune_nm"), ("fuse", "quantize"), ("fuse_gemm", "quantize"),
-    ("prune_nm", "quantize"),
+    ("prune_nm", "quantize"), ("fuse", "quantize_auto"), ("fuse_gemm", "quantize_auto"), ("prune_nm", "quantize_auto"),
+    ("quantize_kv", "quantize"), ("quantize_kv", "quantize_auto"),
     # paging replaces the lifted cache's past inputs, after fusion saw the contiguous attention
     ("lift_kv_cache", "kv_paging"), ("kv_cache", "kv_paging"), ("fuse", "kv_paging"),
     ("fuse_attention", "kv_paging"),
@@ -156,6 +162,7 @@ class PassRecord:
     seconds: float
     cost_before: Any = None
     cost_after: Any = None
+    notes: tuple = ()
 
 
 class PassManager(Pass):
@@ -242,7 +249,8 @@ class PassManager(Pass):
                 # an unchanged graph costs what it cost before (passes report changes truthfully)
                 after = self.cost_fn(graph) if self.cost_fn and res.changed else cost
                 self.records.append(PassRecord(p.name, res.changed, dict(res.stats),
-                                               time.perf_counter() - t0, cost, after))
+                                               time.perf_counter() - t0, cost, after,
+                                               tuple(dict(n) for n in res.notes)))
                 cost = after
                 ran.append(p.name)
             changed |= res.changed

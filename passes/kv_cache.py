@@ -12,18 +12,27 @@ query heads it serves). This pass makes the cache explicit, so one model does pr
 - ``is_causal`` masks align bottom-right (query ``t`` sees keys ``≤ P + t``), which is ONNX
   Attention's semantics when a past is given (checked in onnxruntime by the tests).
 
-The callers feed ``position_ids = P + arange(S)``; the decoder's rotary / learned position
-embeddings read them, so nothing else changes.
+- an ``attention_mask [B, P + S]`` input (Hugging Face's convention: ones for real tokens, zeros
+  for padding, covering the past and the new tokens) becomes every Attention's boolean mask
+  operand ``[B, 1, 1, P + S]`` beside its structure (``is_causal``, a ``window``, ALiBi slopes:
+  the emitter combines them), so a batch of prompts of different lengths (left or right padded)
+  runs through the cache; all ones is the unpadded case;
+- an Attention whose mask is not such a structure (the importer kept it as an explicit operand:
+  it reads something the cache would change) is refused with the reason (exit 2).
+
+The callers feed ``position_ids = P + arange(S)`` (for a left-padded row: its own positions);
+the decoder's rotary / learned position embeddings read them, so nothing else changes.
 
 Multi-head latent attention (``LatentAttention``, compiler/frontends/mla.py) caches its latent:
 ``past_key.i`` [B, 1, P, kv_lora_rank] and ``past_value.i`` [B, 1, P, rope_dim] (what
-transformers' own cache holds for it) become its operands 5 and 6.
+transformers' own cache holds for it) become its operands 5 and 6, the ``attention_mask``
+operand 7.
 """
 from __future__ import annotations
 
 from compiler.ir import annotations as ann
 from compiler.ir.annotations import KVLayout
-from compiler.ir import P, Graph, IRError, OpNode, TensorType
+from compiler.ir import DTYPES, B, P, S, Graph, IRError, OpNode, TensorType
 from compiler.ir.ops import UnsupportedOpError
 from passes.base import Pass, PassResult
 from passes.cleanup import eliminate_dead_code
@@ -77,7 +86,12 @@ def _lift_latent(g: Graph, n: OpNode, i: int) -> list[str]:
     return [pk, pv, f"present_key.{i}", f"present_value.{i}"]
 
 
-def lift_kv_cache(g: Graph) -> dict[str, int]:
+PADDING_INPUT = "attention_mask"
+
+
+def lift_kv_cache(g: Graph, *, padding: bool = False) -> dict[str, int]:
+    """Lift the cache in place (see the module doc); ``padding``: add the ``attention_mask``
+    input (torch imports; an ONNX file's own mask input is handled by passes/kv_cache_onnx.py)."""
     attn = [n for n in g.topo_order() if n.op in ATTENTION_OPS]
     if not attn:
         raise UnsupportedOpError(
@@ -86,11 +100,27 @@ def lift_kv_cache(g: Graph) -> dict[str, int]:
             "lift_kv_cache in pipeline.passes, or import it with model.attn_implementation=sdpa.")
     stats = {"layers": 0, "repeat_kv_removed": 0}
     kv_tensors = set(g.meta.get("kv_tensors", ()))
+    pad = None
+    if padding and PADDING_INPUT not in g.inputs:
+        for n in attn:
+            if len(n.inputs) > 3 and n.inputs[3] and not (len(n.inputs) > 4 and n.inputs[4]):
+                spec = ann.get(n, "attention")
+                why = f"its mask is {spec.mask}" if spec is not None else "it takes an explicit mask"
+                raise UnsupportedOpError(
+                    f"lift_kv_cache: attention {n.name} cannot take a KV cache: {why} (computed from "
+                    f"inputs a cache would change, not a causal / sliding-window / ALiBi structure). "
+                    f"Import the model with model.attn_implementation=sdpa or eager, or cost it "
+                    f"without a cache (pipeline without lift_kv_cache).")
+        g.add_input(PADDING_INPUT, TensorType("int64", (B, P + S)))
+        cast = g.add_op("Cast", [PADDING_INPUT], 1, {"to": DTYPES["bool"][2]})
+        pad = g.add_op("Unsqueeze", [cast.outputs[0]], 1, {"axes": [1, 2]}).outputs[0]
     for i, n in enumerate(attn):
         if n.op == "LatentAttention":
             if len(n.inputs) > 5 and n.inputs[5]:
                 continue
             kv_tensors |= set(_lift_latent(g, n, i))
+            if pad is not None:   # the padding mask as operand 7 (compiler/backend/lowering.py)
+                g.set_input(n, 7, pad)
             g.outputs += [f"present_key.{i}", f"present_value.{i}"]
             ann.set(n, "layer", i)
             ann.set(n, "kv_layout", ann.get(n, "kv_layout") or KVLayout("contiguous"))
@@ -118,6 +148,8 @@ def lift_kv_cache(g: Graph) -> dict[str, int]:
         pv = g.add_input(f"past_value.{i}", TensorType(vt.dtype, (b, vt.shape[1], P, vt.shape[3])))
         while len(n.inputs) < 4:
             g.set_input(n, len(n.inputs), "")
+        if pad is not None:
+            g.set_input(n, 3, pad)
         g.set_input(n, 4, pk)
         g.set_input(n, 5, pv)
         _add_outputs(g, n, [f"present_key.{i}", f"present_value.{i}"],
@@ -129,7 +161,7 @@ def lift_kv_cache(g: Graph) -> dict[str, int]:
         ann.set(n, "kv_layout", ann.get(n, "kv_layout") or KVLayout("contiguous"))
         stats["layers"] += 1
     g.meta["kv_tensors"] = sorted(kv_tensors)
-    g.meta["kv_cache"] = {"lifted": True, **stats}
+    g.meta["kv_cache"] = {"lifted": True, **stats, **({"padding": PADDING_INPUT} if pad is not None else {})}
     if "input_ids" in g.inputs:
         g.meta.setdefault("dim_sources", {})["P"] = ("past_key.0", 2)
     # the expand/reshape chains are now dead; cleanup's dead-code elimination removes them
@@ -152,5 +184,5 @@ class LiftKVCache(Pass):
     def run(self, g):
         if not needs_kv_cache(g):
             return PassResult(g, False, {})
-        s = lift_kv_cache(g)
+        s = lift_kv_cache(g, padding=True)
         return PassResult(g, bool(s["layers"]), s)

@@ -6,116 +6,61 @@ whole sequence, and the decode step cannot be run (or costed) with a cache. Afte
 fusion (``passes/fusion``), this pass turns such a model into one artifact for prefill and decode,
 as :func:`passes.kv_cache.lift_kv_cache` does for torch imports:
 
-1. every Attention's mask must be causal, or causal ∧ the padding ``attention_mask`` — checked by
-   evaluating the mask's subgraph in onnxruntime with right-padded masks (it may read nothing else:
-   no token ids, no activations). Each such mask is replaced by ``is_causal=1`` (bottom-right
-   aligned with a past) plus the boolean padding mask ``attention_mask [B, P + S]`` broadcast to
-   ``[B, 1, S, P + S]`` (HF's convention: the mask covers the past and the new tokens);
+1. every Attention's mask is classified by evaluation (:mod:`passes.fusion.mask`, with right-padded
+   ``attention_mask`` rows and sequences that cross every window): it must be causal or a sliding
+   window of W, possibly ∧ the padding ``attention_mask`` and with an ALiBi bias. Each becomes
+   ``is_causal=1`` (bottom-right with a past), the ``window`` / ``alibi_slopes`` attributes (the
+   emitter builds the exact mask at any length) and the boolean padding mask ``attention_mask
+   [B, P + S]`` (HF's convention: the mask covers the past and the new tokens);
 2. token positions: where the exporter computed ``arange(S)`` (HF's ``cache_position``), the
-   positions become ``P + arange(S)``;
-3. ``attention_mask`` then has no other reader, and is retyped ``[B, P + S]``;
+   positions become ``P + arange(S)``; per-token values computed from ``attention_mask`` itself —
+   positions from its cumulative sum (OPT), anything elementwise along the sequence — are computed
+   on the whole ``[B, P + S]`` mask and their last S columns taken, which is what the model
+   computes with a cache;
+3. ``attention_mask`` is retyped ``[B, P + S]``;
 4. ``lift_kv_cache`` adds ``past_key.i``/``past_value.i`` inputs and ``present_*`` outputs.
 
-Anything else — positions from ``cumsum(attention_mask)`` (OPT), a mask reading token ids, a
-sliding window — is refused with the reason (the graph is left as it was; ``graph.meta
-["kv_cache_refused"]`` says why), since lifting would change what the model computes.
+Anything else — a mask reading token ids, a bidirectional or unrecognized mask, a per-token value
+of the mask the pass cannot extend — is refused with the reason (the graph is left as it was;
+``graph.meta["kv_cache_refused"]`` and report.json ``passes[].notes`` say why), since lifting
+would change what the model computes.
 """
 from __future__ import annotations
 
 import logging
 
-import numpy as np
-
-from compiler.ir import DTYPES, P, SYMBOLS, B, S, Graph, TensorType, subs
-from passes.base import Pass, PassResult, evaluator
+from compiler.ir import DTYPES, P, B, S, Graph, TensorType
+from compiler.ir import annotations as ann
+from compiler.ir.ops import REGISTRY, OpKind
+from compiler.ir.tensors import as_dim
+from passes.base import Pass, PassResult
 from passes.cleanup import eliminate_dead_code
-from passes.fusion.mask import HIDDEN, _ancestors
+from passes.fusion.attention import spec_of
+from passes.fusion.mask import PADDING_INPUT, analyze_mask
 from passes.kv_cache import lift_kv_cache
 
 log = logging.getLogger("rooftop.kv_cache")
-MASK_INPUT = "attention_mask"
-_POINTS = ((2, 5), (3, 4))
+MASK_INPUT = PADDING_INPUT
+INT64_MAX = 2**63 - 1
 
 
 class Refused(Exception):
-    pass
+    """The model does not qualify; ``where`` names the op (for report.json passes[].notes)."""
+
+    def __init__(self, msg: str, where: str = ""):
+        super().__init__(msg)
+        self.where = where
 
 
-def _eval_mask(g: Graph, tensor: str, feeds_at):
-    """Evaluate ``tensor``'s ancestors in onnxruntime at each (b, s) of :data:`_POINTS`;
-    ``feeds_at(b, s, inputs)`` gives the feeds. Returns [((b, s), feeds, value)]."""
-    nodes, leaves = _ancestors(g, tensor)
-    for t in _data_leaves(g, tensor):
-        if t in g.inputs and t != MASK_INPUT:
-            raise Refused(f"the attention mask {tensor} reads the values of input {t}")
-        if t in g.params and not (g.params[t].annotations.get("const") or g.params[t].data is not None
-                                  and g.params[t].data.size <= 4096):
-            raise Refused(f"the attention mask {tensor} reads weight {t}")
-    inputs, run = evaluator("the ONNX KV-cache lift").compile(
-        g, [n for n in g.topo_order() if n.name in nodes], [tensor], inputs=[t for t in g.inputs if t in leaves],
-        params=[t for t in leaves if t in g.params], dim_sources={"B": ("input_ids", 0), "S": ("input_ids", 1)})
-    res = []
-    for b, s in _POINTS:
-        feeds = feeds_at(b, s, inputs)
-        res.append(((b, s), feeds, run(feeds)[0]))
-    return res
-
-
-def _data_leaves(g: Graph, tensor: str) -> set[str]:
-    """Inputs and parameters whose values (not just shapes) reach ``tensor``."""
-    leaves, seen, stack = set(), set(), [tensor]
-    while stack:
-        t = stack.pop()
-        if not t or t in seen:
-            continue
-        seen.add(t)
-        p = g.producer_of(t)
-        if p is None:
-            leaves.add(t)
-        elif p.op not in ("Shape", "Size"):
-            stack.extend(p.inputs)
-    return leaves
-
-
-def _padded(b: int, s: int) -> np.ndarray:
-    """Right-padded masks: row r keeps s − r tokens (at least one)."""
-    m = np.ones((b, s), np.int64)
-    for r in range(b):
-        m[r, max(1, s - r):] = 0
-    return m
-
-
-def check_mask(g: Graph, tensor: str, scores) -> None:
-    """Raise :class:`Refused` unless ``tensor`` is causal ∧ padding(attention_mask) (or causal)."""
-    def feeds_at(b, s, inputs):
-        point = {SYMBOLS["B"]: b, SYMBOLS["S"]: s, SYMBOLS["P"]: 0}
-        out = {}
-        for t in inputs:
-            shape = [int(subs(d, point)) for d in g.type(t).shape]
-            npdt = DTYPES[g.type(t).dtype][1]
-            out[t] = _padded(*shape).astype(npdt) if t == MASK_INPUT else np.zeros(shape, npdt)
-        return out
-
-    try:
-        vals = _eval_mask(g, tensor, feeds_at)
-    except Refused:
-        raise
-    except Exception as e:
-        raise Refused(f"the attention mask {tensor} could not be evaluated ({type(e).__name__}: {e})")
-    for (b, s), feeds, m in vals:
-        visible = m if m.dtype == np.bool_ else (m.astype(np.float64) == 0)
-        if m.dtype != np.bool_ and not ((m == 0) | (m <= HIDDEN)).all():
-            raise Refused(f"the attention mask {tensor} adds values other than 0 and -inf")
-        pad = feeds.get(MASK_INPUT, np.ones((b, s), np.int64)).astype(bool)
-        want = (np.arange(s)[None, :] <= np.arange(s)[:, None])[None, None] & pad[:, None, None, :]
-        try:
-            vis = np.broadcast_to(visible.reshape((1,) * (4 - visible.ndim) + visible.shape), (b, 1 if
-                                  visible.ndim < 4 or visible.shape[1] == 1 else visible.shape[1], s, s))
-        except ValueError:
-            raise Refused(f"the attention mask {tensor} has shape {m.shape}, not (…, {s}, {s})")
-        if not (vis == want).all():
-            raise Refused(f"the attention mask {tensor} is not causal ∧ attention_mask (a sliding "
-                          f"window, a bidirectional or another mask) at B={b} S={s}")
+def check_mask(g: Graph, tensor: str, scores=None):
+    """The classified mask (:class:`passes.fusion.mask.MaskInfo`) of a decoder's attention, or
+    :class:`Refused` unless it is causal / a sliding window (∧ padding, + ALiBi)."""
+    info = analyze_mask(g, tensor, None, scores)
+    if info.kind not in ("causal", "window"):
+        raise Refused(f"the attention mask {tensor} is {info.reason}" if info.kind == "general" else
+                      f"the attention mask {tensor} is {info.cls.describe()}, not causal: a KV cache would "
+                      f"change what the model computes")
+    return info
 
 
 def _is_arange_s(g: Graph, n) -> bool:
@@ -129,8 +74,52 @@ def _is_arange_s(g: Graph, n) -> bool:
         else:
             t = n.inputs[i] if len(n.inputs) > i else ""
             p = g.params.get(t)
-            vals.append(None if p is None or p.data is None else np.asarray(p.data).reshape(-1)[0])
+            vals.append(None if p is None or p.data is None else p.data.reshape(-1)[0])
     return vals[0] == 0 and vals[1] == 1
+
+
+_ELEMENTWISE = frozenset(n for n, d in REGISTRY.items() if d.kind in (OpKind.ELEMENTWISE, OpKind.BROADCAST)
+                         and not d.domain)
+
+
+def _extend_mask_readers(h: Graph, skip: str) -> int:
+    """Per-token values computed from ``attention_mask`` (elementwise ops and cumulative sums along
+    the sequence, e.g. OPT's positions ``cumsum(mask)·mask − 1``) recomputed on the whole
+    ``[B, P + S]`` mask, their last S columns taken where they leave that region (e.g. into the
+    position-embedding Gather). Raises :class:`Refused` when the mask itself is read by anything
+    else (``skip``: the new padding mask's Cast). Returns the region's op count."""
+    def scalar(t):
+        p = h.params.get(t)
+        return p is not None and p.data is not None and p.data.size <= 1
+
+    tensors, region = {MASK_INPUT}, []
+    for n in h.topo_order():
+        if n.name == skip or not any(t in tensors for t in n.inputs if t):
+            continue
+        out = h.type(n.outputs[0]) if len(n.outputs) == 1 else None
+        ok = (n.op in _ELEMENTWISE or (n.op == "CumSum" and n.attrs.get("axis") in (1, -1))) and \
+            out is not None and out.rank == 2 and out.shape[1] == S and \
+            all(not t or t in tensors or scalar(t) for t in n.inputs)
+        if ok:
+            region.append(n)
+            tensors.add(n.outputs[0])
+        elif MASK_INPUT in n.inputs:
+            raise Refused(f"attention_mask is also read by {n.op} {n.name}, which a KV cache would change "
+                          f"and rooftop cannot extend over the cached positions", n.name)
+    inside = {n.name for n in region}
+    for n in region:   # retype [B, S] → [B, P + S], then slice the exits back to the new tokens
+        t = n.outputs[0]
+        ty = h.type(t)
+        exits = [(c, i) for c, i in h.consumers(t) if c.name not in inside]
+        h.retype(t, ty.with_shape((ty.shape[0], as_dim(P + S))))
+        if exits or t in h.outputs:
+            sl = h.add_op("Slice", [t], 1, {"starts": [P], "ends": [INT64_MAX], "axes": [1], "steps": [1]},
+                          types=[ty]).outputs[0]
+            for c, i in exits:
+                h.set_input(c, i, sl)
+            if t in h.outputs:
+                raise Refused(f"the per-token value {t} of attention_mask is a graph output", n.name)
+    return len(region)
 
 
 def lift_onnx_kv_cache(g: Graph) -> dict[str, int]:
@@ -145,33 +134,46 @@ def lift_onnx_kv_cache(g: Graph) -> dict[str, int]:
     if not attn:
         raise Refused("the model has no Attention op (is its attention fused? run the fuse pass first)")
     h = g.copy()
-    masks: dict[str, None] = {}
+    infos: dict[str, object] = {}
     for n in attn:
         if len(n.inputs) > 4 and any(n.inputs[4:]):
-            raise Refused(f"{n.name} already takes a past")
+            raise Refused(f"{n.name} already takes a past", n.name)
         m = n.inputs[3] if len(n.inputs) > 3 else ""
         if not m:
             if not n.attrs.get("is_causal"):
-                raise Refused(f"{n.name} is not causal")
+                raise Refused(f"{n.name} is not causal (an unmasked attention sees every token)", n.name)
             continue
-        if n.attrs.get("is_causal"):
-            raise Refused(f"{n.name} has both is_causal and a mask")
-        masks.setdefault(m)
-    for m in masks:
-        check_mask(h, m, None)
+        if m not in infos:
+            try:
+                infos[m] = check_mask(h, m)
+            except Refused as e:
+                raise Refused(str(e), n.name) from None
+        if n.attrs.get("is_causal") and infos[m].kind != "causal":
+            raise Refused(f"{n.name} has is_causal and a mask that is {infos[m].reason}", n.name)
     has_pad = MASK_INPUT in h.inputs
-    # the new masks: attention_mask [B, P + S] → bool [B, 1, S, P + S]
+    # the new masks: attention_mask [B, P + S] → bool [B, 1, 1, P + S] beside the structure attributes
     if has_pad:
         am = h.types[MASK_INPUT]
         h.retype_input(MASK_INPUT, TensorType(am.dtype, (B, P + S)))
         cast = h.add_op("Cast", [MASK_INPUT], 1, {"to": DTYPES["bool"][2]})
-        pad = cast.outputs[0]
-        pad = h.add_op("Unsqueeze", [pad], 1, {"axes": [1, 2]}).outputs[0]
-        pad = h.add_op("Expand", [pad], 1, {"shape": [B, 1, S, P + S]}).outputs[0]
+        pad = h.add_op("Unsqueeze", [cast.outputs[0]], 1, {"axes": [1, 2]}).outputs[0]
     for n in [h.node(x.name) for x in attn]:
-        if len(n.inputs) > 3 and n.inputs[3]:
+        m = n.inputs[3] if len(n.inputs) > 3 else ""
+        info = infos.get(m)
+        if info is not None:
+            if info.window:
+                n.attrs["window"] = int(info.window)
+            if info.alibi is not None:
+                n.attrs["alibi_slopes"] = [float(x) for x in info.alibi]
+            old = ann.get(n, "attention")
+            ann.set(n, "attention", spec_of(info) if old is None else
+                    type(old)(**{**{f: getattr(old, f) for f in old.__dataclass_fields__},
+                                 **{f: getattr(spec_of(info), f) for f in ("mask", "window", "alibi")}}))
+        if m or has_pad:
+            while len(n.inputs) < 4:
+                h.set_input(n, len(n.inputs), "")
             h.set_input(n, 3, pad if has_pad else "")
-            n.attrs["is_causal"] = 1
+        n.attrs["is_causal"] = 1
     # positions: arange(S) → P + arange(S)
     ranges = [n for n in h.topo_order() if _is_arange_s(h, n)]
     if ranges and "position_ids" not in h.inputs:
@@ -180,21 +182,28 @@ def lift_onnx_kv_cache(g: Graph) -> dict[str, int]:
         for n in ranges:
             h.replace_uses(n.outputs[0], pos)
     eliminate_dead_code(h)
-    if has_pad:
-        readers = [c for c, _ in h.consumers(MASK_INPUT) if c.name != cast.name]
-        if readers:
-            raise Refused(f"attention_mask is also read by {readers[0].op} {readers[0].name} (e.g. "
-                          f"positions from its cumulative sum), which a KV cache would change")
+    extended = 0
+    if has_pad and any(c.name != cast.name for c, _ in h.consumers(MASK_INPUT)):
+        extended = _extend_mask_readers(h, cast.name)
     stats = lift_kv_cache(h)
     h.meta["dim_sources"] = {**h.meta.get("dim_sources", {}), "P": ("past_key.0", 2)}
     h.verify()
     g.__dict__.update(h.__dict__)
-    return {"layers": stats["layers"], "positions": len(ranges), "masks": len(masks)}
+    out = {"layers": stats["layers"], "positions": len(ranges), "masks": len(infos)}
+    windows = sum(1 for n in g if n.op == "Attention" and n.attrs.get("window"))
+    if windows:
+        out["windowed"] = windows
+    if any(n.attrs.get("alibi_slopes") is not None for n in g if n.op == "Attention"):
+        out["alibi"] = sum(1 for n in g if n.op == "Attention" and n.attrs.get("alibi_slopes") is not None)
+    if extended:
+        out["mask_values_extended"] = extended
+    return out
 
 
 class LiftKVCache(Pass):
     """``kv_cache``: a decoder from an ONNX file without a cache gets one (see module doc); a
-    graph that has a cache already (torch imports) or does not qualify is left as it is."""
+    graph that has a cache already (torch imports) or does not qualify is left as it is, and
+    report.json ``passes[].notes`` says why."""
 
     name = "kv_cache"
 
@@ -206,7 +215,8 @@ class LiftKVCache(Pass):
         except Refused as e:
             g.meta["kv_cache_refused"] = str(e)
             log.warning("KV cache not lifted: %s; decode is costed without a cache", e)
-            return PassResult(g, False, {"layers": 0, "refused": 1})
+            return PassResult(g, False, {"layers": 0, "refused": 1},
+                              notes=[{"rule": "kv_cache", "where": e.where or "", "check": str(e)}])
         return PassResult(g, True, stats)
 
 

@@ -1,5 +1,5 @@
 """Page the KV cache: the contiguous past of every attention becomes a block pool read through a
-block table (vLLM's PagedAttention layout, issue 9 "KV layout and paging").
+block table (vLLM's PagedAttention layout).
 
 Runs after the KV cache is lifted (``lift_kv_cache`` / ``kv_cache``) and after fusion. Each
 Attention (layer ``i``) that reads ``past_key.i`` / ``past_value.i`` ``[B, kv_heads, P, head_dim]``
@@ -142,6 +142,16 @@ def page_kv_cache(g: Graph, block_size: int = DEFAULT_BLOCK_SIZE, max_model_len:
     """Rewrite ``g`` in place (see the module doc); returns stats. Raises ConfigError when the
     graph has no lifted KV cache or derives positions from the cache length."""
     attn = _check(g, block_size, max_model_len)
+    if (g.meta.get("kv_cache") or {}).get("padding") in g.inputs:
+        # the lift's padding mask: a paged runtime says which tokens exist through context_lens
+        pad_in = g.meta["kv_cache"]["padding"]
+        for n in attn:
+            if len(n.inputs) > 3 and n.inputs[3]:
+                g.set_input(n, 3, "")
+        eliminate_dead_code(g)
+        if not g.consumers(pad_in):
+            g.remove_input(pad_in)
+        g.meta["kv_cache"] = {k: v for k, v in g.meta["kv_cache"].items() if k != "padding"}
     kv = set(g.meta.get("kv_tensors", ()))
     bs = int(block_size)
     first_kv = min(g.inputs.index(n.inputs[4]) for n in attn)

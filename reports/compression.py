@@ -33,6 +33,29 @@ def _format(f: Mapping) -> str:
     return f"{f['dtype']}, {g}, {z}" + (f", {f['nm'][0]}:{f['nm'][1]}" if f.get("nm") else "")
 
 
+def auto_lines(a: Mapping) -> list[tuple[str, str]]:
+    """quant=auto's summary lines: objective, budget, what was chosen and what it is predicted to gain."""
+    fm = ", ".join(f"{k} ×{v}" for k, v in a["formats_chosen"].items())
+    t0, t1 = a["predicted_time_keep_s"], a["predicted_time_s"]
+    b0, b1 = a["weight_bytes_keep"], a["predicted_weight_bytes"]
+    out = [("quantization", f"auto: a format per layer minimizing the predicted {'request time' if a['objective'] == 'time' else 'stored weight bytes'} "
+                            f"with a {a['metric_name']} drop ≤ {a['max_accuracy_drop']:g} ({a['budget_source']}); "
+                            f"candidates {', '.join(a['formats'])} or keep"),
+           ("chosen", f"{a['chosen']}: {fm}; predicted request time {fmt_time(t1)} vs {fmt_time(t0)} unquantized "
+                      f"({t1 / t0:.3g}×), weights {fmt_bytes(b1)} vs {fmt_bytes(b0)} ({b1 / b0:.3g}×); {a['metric_name']} "
+                      f"drop {a['measured_drop']:.3g} measured on the simulated formats "
+                      f"({len(a['candidates'])} candidates measured, {sum(1 for c in a['candidates'] if c['pareto'])} "
+                      f"on the Pareto front)")]
+    if a.get("artifact_drop") is not None:
+        out.append(("emitted artifact", f"{a['metric_name']} drop {a['artifact_drop']:.3g} measured on the artifact "
+                                        f"(onnxruntime, the accuracy stage) — "
+                                        + ("within" if a["artifact_within_budget"] else "OVER")
+                                        + f" the budget {a['max_accuracy_drop']:g}"))
+    if a.get("kept"):
+        out.append(("not searched", ", ".join(f"{k} ({v})" for k, v in sorted(a["kept"].items()))))
+    return out
+
+
 def blocks(r: Mapping) -> list[tuple]:
     c = r.get("compression")
     if not c:
@@ -40,16 +63,39 @@ def blocks(r: Mapping) -> list[tuple]:
     out: list[tuple] = [("h2", "Compression")]
     q, sp = c.get("quantization"), c.get("sparsity")
     kv = []
-    if q:
+    auto = (q or {}).get("auto")
+    if q and auto:
+        kv += auto_lines(auto)
+    elif q:
         act = f"; activations {q['activations']}" if q.get("activations") else ""
         kv.append(("quantization", f"{q['scheme']}: {q['weight_dtype']} weights, "
                                    + (f"groups of {q['group_size']}" if q.get("group_size") else "per channel")
                                    + (", symmetric" if q.get("symmetric") else ", zero point")
                                    + f", {q['method']}{act}"))
-        if q.get("excluded"):
-            kv.append(("kept in original precision", ", ".join(f"{k} ({v})" for k, v in sorted(q["excluded"].items()))))
-        if q.get("onnxruntime"):
-            kv.append(("on onnxruntime CPU", q["onnxruntime"]))
+    if q and q.get("excluded"):
+        kv.append(("kept in original precision", ", ".join(f"{k} ({v})" for k, v in sorted(q["excluded"].items()))))
+    if q and q.get("onnxruntime"):
+        kv.append(("on onnxruntime CPU", q["onnxruntime"]))
+    for e in (q or {}).get("embeddings") or []:
+        head = (f"; shared by the tied head {', '.join(e['tied_heads'])} ({e['head_kernel']})" if e.get("tied_heads")
+                else "")
+        kv.append((f"embedding table {e['table']}", f"{e['weight_dtype']} in blocks of {e['block_size']} along each row "
+                                                    f"({e['format']}), dequantized after the gather{head}"))
+    kvc = c.get("kv_cache")
+    if kvc:
+        if kvc.get("emitted"):
+            chk = kvc.get("check") or {}
+            text = (f"{kvc['stored_dtype']} in the artifact, {kvc['granularity']} scales calibrated on "
+                    f"{kvc['calibration']['samples']} paragraphs ({kvc['calibration']['scale']}); {kvc['kernel']}")
+            if chk.get("checked"):
+                tol = chk["tolerance"]
+                text += (f"; against the float cache over a prefill of {chk['prefill']} and {chk['decode_steps']} decode "
+                         f"steps: KL {chk['mean_kl_nats']:.3g} nats (tolerance {tol['mean_kl_nats']:g}), logits within "
+                         f"{chk['max_rel_logit_diff']:.3g} of their largest value (tolerance {tol['max_rel_logit_diff']:g}), "
+                         f"first layer's codes exact")
+        else:
+            text = f"{kvc['dtype']} costed, not in the artifact: {kvc.get('reason', '')}"
+        kv.append(("KV cache", text))
     if sp:
         refused = [d for d in sp.get("decisions", []) if not d.get("pruned")]
         kv.append(("sparsity", f"{sp['n']}:{sp['m']} {sp['method']}: {sp['pruned']} layers pruned, {sp['refused']} refused"
@@ -74,6 +120,17 @@ def blocks(r: Mapping) -> list[tuple]:
         out.append(("plot", "compression", "Each quantized/sparse GEMM kernel the prediction assumes: its measured time "
                                            "relative to the dense GEMM of the same shape over the rows M it processes "
                                            "(below 1: the kernel wins); the workload's prefill and decode rows are marked."))
+    if auto:
+        out.append(("plot", "quant_auto", f"quant=auto: {auto['metric_name']} drop measured end to end against the "
+                                          f"predicted request time of every candidate the search tried (the knapsack "
+                                          f"at several budgets, each uniform format); the Pareto front joined, the "
+                                          f"budget dashed, the chosen one starred."))
+        out.append(("table", ["layer", "weight", "block", "format", "predicted gain", "stored", "drop alone"],
+                    [[("" if x["layer"] is None else str(x["layer"])), x["weight"], x["block"], x["format"],
+                      fmt_time(x["predicted_gain_s"]),
+                      f"{fmt_bytes(x['stored_bytes']['keep'])} → {fmt_bytes(x['stored_bytes']['chosen'])}",
+                      ("0" if x["format"] == "keep" else f"{x['drop'][x['format']]:.3g}")]
+                     for x in auto["layers"]], "rllllrr"))
     wf = [g for g in r.get("weight_formats") or [] if g.get("stored_bytes") != g.get("dense_bytes")
           or "bits" in g.get("format", {})]
     if wf:

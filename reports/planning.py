@@ -1,4 +1,4 @@
-"""Report blocks for serving memory and scale (issue 9): capacity planning of the KV cache
+"""Report blocks for serving memory and scale: capacity planning of the KV cache
 (``capacity.kv``), the parallel plan (``parallel``) and the serving simulation (``serve``), with the
 serving figure slot (reports/plots.py fig_serving). Pure functions of report.json."""
 from __future__ import annotations

@@ -550,6 +550,47 @@ def fig_compression(r: Mapping) -> Figure:
 
 
 @_styled
+def fig_quant_auto(r: Mapping) -> Figure:
+    """quant=auto's candidates: measured accuracy drop against predicted request time, the
+    Pareto front joined, the budget line dashed, the chosen candidate starred (report.json
+    ``compression.quantization.auto.candidates``)."""
+    a = ((r.get("compression") or {}).get("quantization") or {}).get("auto") or {}
+    cs = a.get("candidates") or []
+    fig = _figure(12, 4.6, left=0.8, bottom=0.65, right=0.25)
+    ax = fig.subplots(1, 1)
+    if not cs:
+        ax.text(0.5, 0.5, "no quant=auto search in the report", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    t0 = a.get("predicted_time_keep_s") or 1.0
+    unit, scale = ("ms", 1e3) if max(c["predicted_time_s"] for c in cs) < 1 else ("s", 1.0)
+    xs = lambda c: c["predicted_time_s"] * scale  # noqa: E731
+    for i, c in enumerate(sorted(cs, key=lambda c: (c["predicted_time_s"], c["measured_drop"]))):
+        uni = c["name"].startswith("uniform")
+        ax.plot([xs(c)], [c["measured_drop"]], ls="", marker="s" if uni else "o", ms=7,
+                color="#7f7f7f" if not c["feasible"] else ("#1f77b4" if not uni else "#2ca02c"), zorder=3,
+                markeredgecolor="#d62728" if c["pareto"] else "none", markeredgewidth=1.6)
+        ax.annotate(c["name"].replace("search @ ", "").replace(" budget", ""), (xs(c), c["measured_drop"]),
+                    textcoords="offset points", xytext=(7, 4 - 11 * (i % 3)), fontsize=8)
+    front = sorted((c for c in cs if c["pareto"]), key=lambda c: (c["predicted_time_s"], c["measured_drop"]))
+    ax.plot([xs(c) for c in front], [c["measured_drop"] for c in front], color="#d62728", lw=1.2, zorder=2,
+            label="Pareto front (predicted time, stored bytes, measured drop): red-edged")
+    ch = next((c for c in cs if c.get("chosen")), None)
+    if ch:
+        ax.plot([xs(ch)], [ch["measured_drop"]], marker="*", ms=18, color="#d62728", ls="", zorder=4,
+                label=f"chosen: {ch['name']}")
+    ax.axhline(a["max_accuracy_drop"], color="0.3", ls="--", lw=1, label=f"budget {a['max_accuracy_drop']:g}")
+    ax.axvline(t0 * scale, color="0.5", ls=":", lw=1, label=f"unquantized {t0 * scale:.4g} {unit}")
+    ax.plot([], [], ls="", marker="o", color="#1f77b4", label="knapsack at a budget multiple")
+    ax.plot([], [], ls="", marker="s", color="#2ca02c", label="one format everywhere")
+    ax.plot([], [], ls="", marker="o", color="#7f7f7f", label="over the budget")
+    ax.set_xlabel(f"predicted request time ({unit}, {r.get('hardware', {}).get('name', '?')})")
+    ax.set_ylabel(f"{a.get('metric_name', 'accuracy')} drop (measured)")
+    ax.set_title("quant=auto: candidates the search measured")
+    ax.legend(loc="best", frameon=True, framealpha=0.9, fontsize=8)
+    return fig
+
+
+@_styled
 def fig_serving(r: Mapping) -> Figure:
     """The serving figure: continuous vs static batching over the Poisson arrival rate. Left:
     generated tokens/s against the offered rate (continuous, static), the largest rate meeting
@@ -608,7 +649,7 @@ def fig_serving(r: Mapping) -> Figure:
 
 FIGURES = {"roofline": fig_roofline, "time_by_class": fig_time_by_class, "memory": fig_memory, "layers": fig_layers,
            "throughput_vs_batch": fig_throughput_vs_batch, "speculative": fig_speculative,
-           "serving": fig_serving, "compression": fig_compression}
+           "serving": fig_serving, "compression": fig_compression, "quant_auto": fig_quant_auto}
 
 
 def render(r: Mapping, name: str) -> bytes:
@@ -620,7 +661,8 @@ def render_all(r: Mapping) -> dict[str, bytes]:
     """All figures as PNG bytes, in :data:`PLOTS` order."""
     names = PLOTS + (("layers",) if any((r.get("phases") or {}).get(p, {}).get("layers") for p in PHASES) else ()) \
         + (("speculative",) if r.get("speculative") else ()) + (("serving",) if r.get("serve") else ()) \
-        + (("compression",) if any(k.get("ratio_vs_dense") for k in (r.get("compression") or {}).get("kernels", [])) else ())
+        + (("compression",) if any(k.get("ratio_vs_dense") for k in (r.get("compression") or {}).get("kernels", [])) else ()) \
+        + (("quant_auto",) if ((r.get("compression") or {}).get("quantization") or {}).get("auto") else ())
     return {name: render(r, name) for name in names}
 
 

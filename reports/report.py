@@ -1,4 +1,4 @@
-"""Render the analysis result: ``report.json`` (the contract in DESIGN.md), report.md, report.html.
+"""Render the analysis result: ``report.json`` (contract: compiler/schema/report.schema.json), report.md, report.html.
 
 The numbers come from :func:`compiler.analysis.phases.analyze`; this module only adds the schema version
 and the emission facts, makes the dict JSON-safe and writes the files.

@@ -97,11 +97,16 @@ def assert_prefill_decode_match(module, g, sess, *, tol: float = 1e-4, nb: int =
     with torch.no_grad():
         ref = module(ids, pos).numpy()
     names = [o.name for o in sess.get_outputs()]
+    mask = "attention_mask" in g.inputs   # lift_kv_cache's padding input: all ones here (no padding)
     feed = {"input_ids": ids[:, :ns].numpy(), "position_ids": pos[:, :ns].numpy(), **empty_cache(g, nb)}
+    if mask:
+        feed["attention_mask"] = np.ones((nb, ns), np.int64)
     res = dict(zip(names, sess.run(None, feed)))
     assert np.abs(res["logits"] - ref[:, :ns]).max() <= tol
     for t in range(ns, ns + nd):
         feed = {"input_ids": ids[:, t:t + 1].numpy(), "position_ids": pos[:, t:t + 1].numpy()}
+        if mask:
+            feed["attention_mask"] = np.ones((nb, t + 1), np.int64)
         for i in range(layers):
             feed[f"past_key.{i}"] = res[f"present_key.{i}"]
             feed[f"past_value.{i}"] = res[f"present_value.{i}"]

@@ -8,7 +8,7 @@ KV budget (the memory left for the cache)::
     kv_budget = device_memory x memory.gpu_utilization - weights - activation_peak - runtime_reserve
 
 ``gpu_utilization`` is the fraction of device memory the server may use (vLLM's
-``gpu_memory_utilization``, 0.9 there; 1.0 here by default so the A10 arithmetic of DOMAIN.md holds).
+``gpu_memory_utilization``, 0.9 there; 1.0 here by default so the textbook A10 arithmetic holds: docs/guide/kv_cache.md).
 
 Two layouts over the same budget
 --------------------------------
@@ -35,18 +35,17 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from compiler.errors import ConfigError
+from compiler.ir.tensors import HW_DTYPE_BYTES, hw_dtype
 
 __all__ = ["KV_DTYPE_BYTES", "kv_bytes_per_token_for", "kv_budget", "CapacityPlan", "plan_capacity",
            "kv_token_bytes"]
 
-#: Bytes per stored KV element by ``kv.dtype``.
-KV_DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
-_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16",
-            "float8": "fp8", "fp8_e4m3": "fp8", "float8_e4m3fn": "fp8", "e4m3": "fp8", "uint8": "int8"}
+#: Bytes per stored KV element by ``kv.dtype`` (the KV-cache formats among the hardware classes).
+KV_DTYPE_BYTES = {d: HW_DTYPE_BYTES[d] for d in ("fp32", "fp16", "bf16", "fp8", "int8")}
 
 
 def _kv_dtype(dtype: str) -> str:
-    d = _ALIASES.get(str(dtype).lower(), str(dtype).lower())
+    d = hw_dtype(str(dtype))
     if d not in KV_DTYPE_BYTES:
         raise ConfigError(f"kv.dtype={dtype!r} is not a KV-cache format rooftop knows; use one of "
                           f"{', '.join(KV_DTYPE_BYTES)} (e.g. kv.dtype=fp8 halves an fp16 cache).")

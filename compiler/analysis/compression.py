@@ -64,8 +64,8 @@ def _fmt_dict(fmt, dtype: str) -> dict[str, Any]:
 
 def section(g: Graph, hw) -> dict[str, Any] | None:
     """``compression`` record (None when no lossy pass ran)."""
-    q, sp = g.meta.get("quantization"), g.meta.get("sparsity")
-    if not q and not sp:
+    q, sp, kv = g.meta.get("quantization"), g.meta.get("sparsity"), g.meta.get("kv_quantization")
+    if not q and not sp and not kv:
         return None
     kernels = sorted({n.annotations["compute_dtype"].kernel for n in g
                       if "compute_dtype" in n.annotations and n.annotations["compute_dtype"].kernel})
@@ -79,6 +79,8 @@ def section(g: Graph, hw) -> dict[str, Any] | None:
             out["quantization"]["onnxruntime"] = ("FP8 on onnxruntime CPU is an accuracy simulation "
                                                   "(DequantizeLinear to fp32; no FP8 kernels): latency there is "
                                                   "not FP8 latency")
+    if kv:
+        out["kv_cache"] = dict(kv)
     if sp:
         layers = sp.get("layers", [])
         out["sparsity"] = {k: v for k, v in sp.items() if k != "layers"}

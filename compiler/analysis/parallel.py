@@ -373,9 +373,8 @@ def per_device_times(cm, table: ShardTable, b, s, p, phase: str) -> dict[str, np
         prm = hw.efficiency.for_class(eclass)
         cp = eff.ClassParams(prm.compute, prm.memory, prm.flops_half, prm.bytes_half)
         pk = hw.peak("fp16") if it.cost_class in REFERENCE_PEAK_CLASSES else hw.peak(it.dtype, it.sparse)
-        t_c = (flops[i] + cp.flops_half * fx[i] * pk / hw.peak("fp16")) / (pk * cp.compute)  # as compiler/perf/cost.py
-        t_m = (byts[i] + cp.bytes_half * fx[i]) / (hw.memory_bandwidth * cp.memory)
-        op_t += np.maximum(t_c, t_m) + launch * fx[i]
+        op_t += eff.kernel_time(cp, flops[i], byts[i], pk, hw.memory_bandwidth, launch, fixed=fx[i],
+                                ramp_peak=hw.peak("fp16"))
         comp_t += flops[i] / (pk * cp.compute)
         mem_t += byts[i] / (hw.memory_bandwidth * cp.memory)
     comm_t = np.zeros(npts)

@@ -220,7 +220,9 @@ def analyze(rc: RunContext) -> dict[str, Any]:
         "workload": dict(wl),
         "pipeline": {"name": str(cfg["pipeline"].get("name", "")), "passes": [r.name for r in records]},
         "passes": [{"name": r.name, "changed": r.changed, "stats": r.stats,
-                    "cost_before": r.cost_before, "cost_after": r.cost_after} for r in records],
+                    "cost_before": r.cost_before, "cost_after": r.cost_after,
+                    **({"notes": [dict(n) for n in r.notes]} if getattr(r, "notes", ()) else {})}
+                   for r in records],
         "phases": phases,
         "memory": {
             "weights_bytes": w_bytes, "kv_cache_bytes": kv_total, "kv_bytes_per_token": kv_tok,

@@ -43,7 +43,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, List, Optional
 
 import numpy as np
 
@@ -113,20 +113,43 @@ class LengthDist:
         return np.clip(x, self.low, self.upper).astype(np.int64)
 
 
+@dataclass
+class ServeSimConfig:
+    """The ``serve.*`` config block (the schema: the one place of these defaults; the run config
+    types ``serve`` with it) — the continuous-batching simulation, beside static batching.
+    ``enabled``: auto (run when ``rate`` is set) | true | false. Lengths: a token count or a
+    distribution ``{kind: fixed|uniform|exponential|lognormal, mean, low, high, sigma}`` (null:
+    the workload's prompt_len / gen_len). SLOs come from ``slo.*``."""
+    enabled: Any = "auto"
+    rate: Optional[float] = None            # requests/s, Poisson arrivals (enabled=true: 1.0)
+    requests: int = 1000
+    prompt_len: Any = None
+    output_len: Any = None
+    seed: int = 0
+    max_num_seqs: int = 256                 # vLLM max_num_seqs
+    max_batched_tokens: int = 8192          # prefill tokens per step (vLLM max_num_batched_tokens)
+    chunked_prefill: bool = False           # Sarathi-Serve / vLLM enable_chunked_prefill
+    chunk_tokens: int = 512                 # tokens per step with chunked prefill
+    slo_target: float = 0.9                 # attainment that counts as meeting the SLOs
+    find_max_rate: bool = True              # with slo.*: the largest rate meeting them
+    sweep: Optional[List[float]] = None     # rates of the plot (null: around the rate)
+
+
+
 @dataclass(frozen=True)
 class ServeConfig:
-    rate: float = 1.0                  # requests / s (Poisson)
-    requests: int = 1000
-    prompt: LengthDist = field(default_factory=lambda: LengthDist("fixed", 512))
+    rate: float = 1.0                  # requests / s (Poisson; the config's null rate with enabled=true)
+    requests: int = ServeSimConfig.requests
+    prompt: LengthDist = field(default_factory=lambda: LengthDist("fixed", 512))    # (the workload's)
     output: LengthDist = field(default_factory=lambda: LengthDist("fixed", 128))
-    seed: int = 0
-    max_num_seqs: int = 256            # vLLM max_num_seqs
-    max_batched_tokens: int = 8192     # prefill tokens per step (vLLM max_num_batched_tokens)
-    chunked_prefill: bool = False
-    chunk_tokens: int = 512            # tokens per step with chunked prefill (decodes included)
+    seed: int = ServeSimConfig.seed
+    max_num_seqs: int = ServeSimConfig.max_num_seqs
+    max_batched_tokens: int = ServeSimConfig.max_batched_tokens
+    chunked_prefill: bool = ServeSimConfig.chunked_prefill
+    chunk_tokens: int = ServeSimConfig.chunk_tokens
     slo_ttft_s: float | None = None
     slo_tpot_s: float | None = None
-    slo_target: float = 0.9            # attainment that "meets the SLOs" (DistServe's goodput uses 90 %)
+    slo_target: float = ServeSimConfig.slo_target   # attainment that "meets the SLOs" (DistServe's goodput uses 90 %)
 
     def __post_init__(self):
         object.__setattr__(self, "prompt", LengthDist.of(self.prompt, "serve.prompt_len"))

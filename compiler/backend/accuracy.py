@@ -33,7 +33,7 @@ import onnx
 
 from compiler.errors import ConfigError
 from compiler.resources import EVAL_TEXT
-from compiler.backend.quantized import make_session, ACCURACY_LEVEL_KEY
+from compiler.backend.quantized import make_session, qdq_activation_dynamic_fp8, ACCURACY_LEVEL_KEY
 from compiler.backend.emit import _value_info, to_model
 
 DEFAULT_TEXT = EVAL_TEXT
@@ -120,7 +120,7 @@ def feeds_for(inputs: Iterable, ids: np.ndarray) -> dict[str, np.ndarray]:
             out[name] = np.zeros((1, s), np.int64)
         elif name.startswith("past_"):
             shape = [1 if j == 0 else (0 if isinstance(d, str) or d is None else d) for j, d in enumerate(i.shape)]
-            out[name] = np.zeros(shape, np.float16 if i.type == "tensor(float16)" else np.float32)
+            out[name] = np.zeros(shape, _NP_OF.get(i.type, np.float32))
         elif name in ("block_table", "context_lens"):   # a paged-KV artifact (passes/kv_paging): empty cache
             out[name] = np.zeros((1, 0) if name == "block_table" else (1,), np.int64)
         elif name.startswith(("key_cache.", "value_cache.")):   # its block pools: one unused block
@@ -131,6 +131,9 @@ def feeds_for(inputs: Iterable, ids: np.ndarray) -> dict[str, np.ndarray]:
                               f"input_ids, position_ids, attention_mask, token_type_ids, past_* KV inputs and "
                               f"a paged cache's block_table, context_lens and key_cache/value_cache pools.")
     return out
+
+
+_NP_OF = {"tensor(float16)": np.float16, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8}
 
 
 def run_first_output(sess, ids: np.ndarray) -> np.ndarray:
@@ -210,6 +213,122 @@ def evaluate(reference: onnx.ModelProto | str, artifact: onnx.ModelProto | str, 
 
 
 # ------------------------------------------------------------------------------------------------
+# many variants of one model, one session: per-layer sensitivity (passes/quant/auto.py)
+
+GATE_PREFIX = "rooftop.gate."
+
+
+def _fake_quant_nodes(x: str, dtype: str, base: str) -> tuple[list, list, str]:
+    """(initializers, nodes, output) of ``DQ(Q(x))`` with the scale found at run time: uint8 per
+    tensor as ``DynamicQuantizeLinear`` (what onnxruntime's DynamicQuantizeMatMul computes on), or
+    float8e4m3fn with ``max|x| / 448`` (the FP8 simulation's activations)."""
+    mk = onnx.helper.make_node
+    y = f"{base}.fq"
+    if dtype == "float8e4m3fn":
+        inits, nodes = qdq_activation_dynamic_fp8(x, y, base)
+        return inits, nodes, y
+    nodes = [mk("DynamicQuantizeLinear", [x], [f"{base}.q", f"{base}.s", f"{base}.z"], name=f"{base}.dql"),
+             mk("DequantizeLinear", [f"{base}.q", f"{base}.s", f"{base}.z"], [y], name=f"{base}.dq")]
+    return [], nodes, y
+
+
+def variant_model(graph, overridable: Sequence[str], gates: Mapping[tuple[str, int], str]) -> onnx.ModelProto:
+    """``graph`` emitted once with (1) the parameters ``overridable`` as graph inputs that default
+    to their initializer (a run may feed other values: a layer's weights in another format,
+    dequantized), and (2) per ``(op, operand index) → dtype`` a switch ``rooftop.gate.<op>.<i>``
+    (bool input) that feeds the op a fake-quantized copy of that activation instead of itself."""
+    model = to_model(graph)
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    for name in overridable:
+        t = inits[name]
+        g.input.append(onnx.helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
+    by_name = {n.name: n for n in g.node}
+    shared: dict[tuple[str, str], str] = {}
+    new_nodes, new_inits = [], []
+    for (op, idx), dtype in sorted(gates.items()):
+        node = by_name[op]
+        x = graph.node(op).inputs[idx]
+        pos = list(node.input).index(x)
+        if (x, dtype) not in shared:
+            i_, n_, y = _fake_quant_nodes(x, dtype, f"rooftop.fq.{len(shared)}")
+            new_inits += i_
+            new_nodes += n_
+            shared[(x, dtype)] = y
+        gate = f"{GATE_PREFIX}{op}.{idx}"
+        g.input.append(onnx.helper.make_tensor_value_info(gate, onnx.TensorProto.BOOL, []))
+        out = f"{gate}.x"
+        new_nodes.append(onnx.helper.make_node("Where", [gate, shared[(x, dtype)], x], [out], name=f"{gate}.where"))
+        node.input[pos] = out
+    g.initializer.extend(new_inits)
+    # the switches read tensors the graph computes: put them right before their first reader
+    order = list(g.node)
+    del g.node[:]
+    placed = set()
+    producers = {o: nd for nd in new_nodes for o in nd.output}
+    for nd in order:
+        for t in nd.input:
+            stack = [producers[t]] if t in producers else []
+            pending = []
+            while stack:
+                p_ = stack.pop()
+                if id(p_) in placed:
+                    continue
+                pending.append(p_)
+                stack += [producers[u] for u in p_.input if u in producers]
+            for p_ in reversed(pending):
+                if id(p_) not in placed:
+                    placed.add(id(p_))
+                    g.node.append(p_)
+        g.node.append(nd)
+    return model
+
+
+def score_variants(graph, variants: Sequence[Mapping[str, Any]], *, task: str, tokenizer: "Tokenizer",
+                   paragraphs: Sequence[str], samples: int, seq_len: int, reference=None,
+                   threads: int | None = None) -> list[dict[str, float]]:
+    """Accuracy of each variant of ``graph`` against ``reference`` (default: ``graph`` itself as
+    emitted) on the evaluation split: a variant is ``{"weights": {param: array}, "activations":
+    {(op, operand index): dtype}}`` — other weights (a layer quantized, dequantized to the model's
+    float type) and activations fake-quantized. Returns per variant the mean over the samples of
+    ``cos`` (mean-pooled embedding cosine) or ``kl`` / ``top1`` (next-token distributions)."""
+    over = sorted({p for v in variants for p in v.get("weights", {})})
+    gates = {}
+    for v in variants:
+        gates.update(v.get("activations", {}))
+    sess = make_session(variant_model(graph, over, gates), threads=threads)
+    ref = sess if reference is None else make_session(to_model(reference), threads=threads)
+    seqs = token_samples(split(paragraphs, "evaluation"), tokenizer, seq_len, samples)
+    if not seqs:
+        raise ConfigError("the evaluation text produced no token sequence of length ≥ 2; give accuracy.text "
+                          "a file with longer paragraphs.")
+    out_name = sess.get_outputs()[0].name
+    gate_names = [f"{GATE_PREFIX}{op}.{i}" for op, i in sorted(gates)]
+    plain = [i for i in sess.get_inputs() if i.name not in over and not i.name.startswith(GATE_PREFIX)]
+    off = {gname: np.array(False) for gname in gate_names}
+    refs = [ref.run([ref.get_outputs()[0].name], {**feeds_for(plain, ids), **off} if ref is sess else
+                    feeds_for(ref.get_inputs(), ids))[0][0].astype(np.float64) for ids in seqs]
+    res = []
+    for v in variants:
+        # unfed overridable weights keep their initializer; a value may be a callable (made when used)
+        w = {p: np.asarray(x() if callable(x) else x, np.float32) for p, x in v.get("weights", {}).items()}
+        act = {f"{GATE_PREFIX}{op}.{i}" for op, i in v.get("activations", {})}
+        per = []
+        for ids, r in zip(seqs, refs):
+            f = feeds_for(plain, ids)
+            f.update(w)
+            f.update({gname: np.array(gname in act) for gname in gate_names})
+            a = sess.run([out_name], f)[0][0].astype(np.float64)
+            if task == "causal_lm":
+                m = decoder_metrics(r, a, ids)
+                per.append({"kl": m["kl"], "top1": m["top1"]})
+            else:
+                per.append({"cos": embedding_cosine(r, a)})
+        res.append({k: float(np.mean([p[k] for p in per])) for k in per[0]})
+    return res
+
+
+# ------------------------------------------------------------------------------------------------
 # calibration: activations at chosen tensors of an IR graph, run in onnxruntime
 
 def vocab_of(graph) -> int:
@@ -279,13 +398,92 @@ def quantization_check(graph, artifact_path: str, *, seq: int = 16, tol: float =
         return {"checked": False, "reason": "activation quantization (W8A8/FP8): compared with the fp32 model by the "
                                             "accuracy stage; per-layer numerics are tested against numpy"}
     ref = make_session(to_model(without_quantization(graph)))
-    art = make_session(artifact_path, extra={ACCURACY_LEVEL_KEY: "0"})
+    model = onnx.load(artifact_path)
+    for nd in model.graph.node:     # explicit MatMulNBits nodes (a tied head sharing its table) carry their level
+        if nd.op_type == "MatMulNBits":
+            for a in nd.attribute:
+                if a.name == "accuracy_level":
+                    a.i = 0
+    art = make_session(model, extra={ACCURACY_LEVEL_KEY: "0"})
     ids = (np.arange(seq, dtype=np.int64) * 7919) % vocab_of(graph)
     r, a = run_first_output(ref, ids), run_first_output(art, ids)
     diff = float(np.abs(r - a).max())
     bound = tol * max(1.0, float(np.abs(r).max()))
     return {"checked": True, "max_abs_diff": diff, "bound": bound, "ok": diff <= bound,
             "reference": "same weights dequantized, fp32 MatMul (onnxruntime, MatMulNBits accuracy level 0)"}
+
+
+#: how far an int8 KV cache may move the next-token distributions: mean KL(float cache ‖ int8 cache)
+#: over prefill + decode steps (nats), and the largest |Δ logit| relative to the largest |logit|.
+#: Measured (kv_cache_check, calibrated on 8 × 128 tokens): gpt2_tiny 7e-6 nats / 1.7 %, llama_tiny
+#: (GQA, rotary) 1.2e-4 nats / 8 %; a scale off by 10× gives 0.1–1 nats (tests/passes/test_quant_kv.py)
+KV_TOLERANCE = {"mean_kl_nats": 0.01, "max_rel_logit_diff": 0.25}
+
+
+def without_kv_quant(graph):
+    """A copy of ``graph`` whose cache is emitted in the model's float type (same weights)."""
+    g = graph.copy()
+    for n in g:
+        n.annotations.pop("kv_quant", None)
+    return g
+
+
+def kv_cache_check(graph, artifact_path: str, *, batch: int = 2, prefill: int = 16, steps: int = 4,
+                   tol: Mapping[str, float] = KV_TOLERANCE) -> dict[str, Any]:
+    """The artifact's quantized KV cache against the fp32 cache: the same graph emitted with a
+    float cache, both run on ``batch`` sequences — a prefill of ``prefill`` tokens, then ``steps``
+    one-token decode steps, each feeding back its own present cache. Checks (1) the prefill's
+    stored codes equal ``clip(round(x / scale), −128, 127)`` of the float model's present K/V
+    (exact), (2) the next-token distributions within ``tol``: mean KL over the steps and the largest
+    |Δ logit| relative to the float model's largest |logit|. (1) is checked on the first cached attention,
+    whose K/V do not depend on another quantized cache."""
+    first = next((n for n in graph.topo_order() if "kv_quant" in n.annotations), None)
+    # the first cached attention's K/V do not depend on any quantized cache: its codes must be exact
+    kq = {} if first is None else {first.outputs[1]: first.annotations["kv_quant"].k_scale,
+                                   first.outputs[2]: first.annotations["kv_quant"].v_scale}
+    if not kq:
+        return {"checked": False, "reason": "no quantized KV cache in the artifact"}
+    ref = make_session(to_model(without_kv_quant(graph)))
+    art = make_session(artifact_path)
+    vocab = vocab_of(graph)
+    ids = (np.arange(batch * (prefill + steps), dtype=np.int64).reshape(batch, -1) * 7919 + 13) % vocab
+    names = [o.name for o in art.get_outputs()]
+    past = [i for i in art.get_inputs() if i.name.startswith("past_")]
+
+    def feed(t0, t1, state, sess):
+        f = {"input_ids": ids[:, t0:t1], "position_ids": np.broadcast_to(np.arange(t0, t1), (batch, t1 - t0)).copy()}
+        for i in sess.get_inputs():
+            if i.name.startswith("past_"):
+                pres = "present_" + i.name[len("past_"):]
+                f[i.name] = state[pres] if state else np.zeros(
+                    [batch] + [0 if isinstance(d, str) or d is None else d for d in i.shape[1:]], _NP_OF.get(i.type, np.float32))
+            elif i.name == "attention_mask":
+                f[i.name] = np.ones((batch, t1), np.int64)
+        return f
+    a = dict(zip(names, art.run(None, feed(0, prefill, None, art))))
+    r = dict(zip([o.name for o in ref.get_outputs()], ref.run(None, feed(0, prefill, None, ref))))
+    mismatch = 0
+    for t, scale in kq.items():
+        codes = np.clip(np.rint(r[t] / np.asarray(scale)[None, :, None, :]), -128, 127)
+        mismatch += int((codes != a[t].astype(np.float64)).sum())
+    worst, kls = 0.0, []
+    for step in range(steps + 1):
+        if step:
+            t = prefill + step - 1
+            a = dict(zip(names, art.run(None, feed(t, t + 1, a, art))))
+            r = dict(zip([o.name for o in ref.get_outputs()], ref.run(None, feed(t, t + 1, r, ref))))
+        la, lr = a[names[0]].astype(np.float64), r[names[0]].astype(np.float64)
+        worst = max(worst, float(np.abs(la - lr).max() / max(np.abs(lr).max(), 1e-30)))
+        pa, pr = _log_softmax(la[:, -1]), _log_softmax(lr[:, -1])
+        kls.append(float((np.exp(pr) * (pr - pa)).sum(-1).mean()))
+    kl = float(np.mean(kls))
+    return {"checked": True, "ok": mismatch == 0 and worst <= tol["max_rel_logit_diff"] and kl <= tol["mean_kl_nats"],
+            "codes_mismatched": mismatch,
+            "codes_checked_on": first.name,
+            "max_rel_logit_diff": worst, "mean_kl_nats": kl, "tolerance": dict(tol),
+            "batch": batch, "prefill": prefill, "decode_steps": steps,
+            "reference": "the same model emitted with a float cache (onnxruntime), fed its own present cache",
+            "past_inputs": len(past)}
 
 
 def run_stage(cfg: Mapping, reference_graph, artifact_path: str, *, vocab: int,

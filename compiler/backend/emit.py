@@ -27,11 +27,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compiler.ir.annotations import serialized
 from compiler.errors import RooftopError
-from compiler.ir import DTYPES, Graph, OpNode, TensorType
+from compiler.ir import DTYPES, Graph, OpNode, Param, TensorType
 from compiler.ir.ops import FUSED_DOMAIN
 from compiler.ir.ops import get as get_opdef
 from compiler.backend.lowering import LOWERINGS
-from compiler.backend.quantized import emit_quantized_op, param_initializers, reads_codes
+from compiler.backend.quantized import (CONTRIB_DOMAIN, emit_kv_attention, emit_quantized_op, emit_shared_head,
+                                       emit_table_gather, is_table, kv_io_dtypes, param_initializers, reads_codes,
+                                       table_initializers, table_of)
 
 OPSET = 23
 IR_VERSION = 10
@@ -142,12 +144,33 @@ class Emitter:
         if "activation_quant" in n.annotations:   # W8A8 / FP8 (passes/quant): compiler/backend/quantized.py
             emit_quantized_op(self, n)
             return
+        if n.op in ("Gather", "MatMul", "Transpose") and self._table_op(n):
+            return
+        if n.op == "Attention" and "kv_quant" in n.annotations:   # an int8 KV cache (passes/quant/kv.py)
+            emit_kv_attention(self, n)
+            return
         get_opdef(n.op, where=n.name)   # an unknown op is an UnsupportedOpError
         custom = LOWERINGS.get(n.op)
         if custom is not None:
             custom(self, n)
         else:
             self.standard(n)
+
+    def _table_op(self, n: OpNode) -> bool:
+        """A quantized embedding table's readers (compiler/backend/quantized.py): the row gather,
+        a tied head reading ``Transpose(P)``, and that Transpose (nothing reads the float table)."""
+        if n.op == "Gather" and int(n.attrs.get("axis", 0)) == 0 and table_of(self.g, n.inputs[0]) == n.inputs[0]:
+            emit_table_gather(self, n)
+            return True
+        if n.op == "MatMul" and len(n.inputs) > 1 and n.inputs[1] not in self.g.params \
+                and table_of(self.g, n.inputs[1]) is not None:
+            level = (self.g.meta.get("quantization") or {}).get("ort_accuracy_level", 4)
+            emit_shared_head(self, n, level)
+            return True
+        if n.op == "Transpose" and n.inputs[0] in self.g.params and table_of(self.g, n.inputs[0]) is not None:
+            return all(c.op == "MatMul" and i == 1 for c, i in self.g.consumers(n.outputs[0])) \
+                and n.outputs[0] not in self.g.outputs
+        return False
 
     def call_function(self, n: OpNode, fname: str, body: Callable, attrs: dict | None = None) -> None:
         """``n`` as a call of the local function ``fname`` in the rooftop domain
@@ -201,12 +224,14 @@ def _set_metadata(proto, meta: dict[str, str]) -> None:
         proto.metadata_props.add(key=k, value=v)
 
 
-def _value_info(name: str, ty: TensorType, dim_names: dict | None = None) -> onnx.ValueInfoProto:
+def _value_info(name: str, ty: TensorType, dim_names: dict | None = None,
+                elem: int | None = None) -> onnx.ValueInfoProto:
     """``dim_names`` (``graph.meta["dim_names"]``): display names of symbolic dims, by their
-    expression's text (passes/kv_paging: ``P/16`` → ``max_blocks``)."""
+    expression's text (passes/kv_paging: ``P/16`` → ``max_blocks``); ``elem`` overrides the
+    element type (a KV cache stored quantized)."""
     names = dim_names or {}
     dims = [d if isinstance(d, int) else names.get(str(d), str(d)) for d in ty.shape]
-    return helper.make_tensor_value_info(name, DTYPES[ty.dtype][2], dims)
+    return helper.make_tensor_value_info(name, elem or DTYPES[ty.dtype][2], dims)
 
 
 def _param_tensor(p) -> onnx.TensorProto:
@@ -247,9 +272,18 @@ def to_model(g: Graph, functions: list[onnx.FunctionProto] | None = None) -> onn
     for p in g.params.values():
         meta = serialized(p.annotations)
         qd = p.annotations.get("quant_data")
-        if qd is None:
+        fmt = p.annotations.get("weight_format")
+        if qd is None and fmt is not None and not fmt.quantized and fmt.dtype in ("float16", "bfloat16") \
+                and p.type.dtype == "float32":   # an fp32 model's weight stored in 16 bits (quant=auto): + Cast
+            half = Param(f"{p.name}.{fmt.dtype}", TensorType(fmt.dtype, p.type.shape), p.data)
+            q_inits = [_param_tensor(half)]
+            dq_nodes.append(helper.make_node("Cast", [half.name], [p.name], name=f"{p.name}.cast",
+                                             to=TensorProto.FLOAT))
+        elif qd is None:
             t = _param_tensor(p)
             q_inits = [t]
+        elif is_table(qd):   # a quantized embedding table: packed rows for its gathers and tied heads
+            q_inits = table_initializers(p.name, qd)
         else:   # passes/quant: codes + scales (+ zero points), DequantizeLinear where a float use needs it
             float_use = any(not reads_codes(g, c) for c, _ in g.consumers(p.name)) or p.name in g.outputs
             q_inits, q_nodes = param_initializers(p.name, qd, dequantize=float_use)
@@ -259,10 +293,11 @@ def to_model(g: Graph, functions: list[onnx.FunctionProto] | None = None) -> onn
         inits += q_inits
     em.nodes[:0] = dq_nodes
     inits += em.inits
+    io = kv_io_dtypes(g)
     graph = helper.make_graph(
-        em.nodes, g.name, [_value_info(t, g.type(t), g.meta.get("dim_names")) for t in g.inputs],
-        [_value_info(t, g.type(t), g.meta.get("dim_names")) for t in g.outputs], initializer=inits)
-    domains = {n.domain for n in g if n.domain}
+        em.nodes, g.name, [_value_info(t, g.type(t), g.meta.get("dim_names"), io.get(t)) for t in g.inputs],
+        [_value_info(t, g.type(t), g.meta.get("dim_names"), io.get(t)) for t in g.outputs], initializer=inits)
+    domains = {n.domain for n in g if n.domain} | {nd.domain for nd in em.nodes if nd.domain == CONTRIB_DOMAIN}
     opsets = [helper.make_opsetid("", OPSET)] + [helper.make_opsetid(d, 1) for d in sorted(domains)]
     model = helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION,
                               producer_name="rooftop", producer_version="0.1.0",
@@ -293,7 +328,8 @@ def subgraph_model(g: Graph, nodes, outputs, *, inputs=(), params=(), dim_source
              for t in dict.fromkeys(params)] + em.inits
     vi = [helper.make_tensor_value_info(t, DTYPES[g.type(t).dtype][2], None) for t in ins]
     out = [helper.make_tensor_value_info(t, DTYPES[g.type(t).dtype][2], None) for t in outputs]
-    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(FUSED_DOMAIN, 1)] if em.functions else [])
+    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(FUSED_DOMAIN, 1)] if em.functions else []) \
+        + ([helper.make_opsetid(CONTRIB_DOMAIN, 1)] if any(nd.domain == CONTRIB_DOMAIN for nd in em.nodes) else [])
     return helper.make_model(helper.make_graph(em.nodes, name, vi, out, initializer=inits), opset_imports=opsets,
                              ir_version=IR_VERSION, functions=list(em.functions.values()))
 

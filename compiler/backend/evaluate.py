@@ -54,5 +54,12 @@ class OnnxEvaluator:
         accuracy.collect_activations(graph, tensors, seqs, consume)
         return len(seqs)
 
+    def score(self, graph, variants: Sequence[Mapping[str, Any]], *, samples: int, seq_len: int,
+              tokenizer_source: Mapping | None, reference=None, text: str | None = None) -> list[dict[str, float]]:
+        tok = accuracy.make_tokenizer(tokenizer_source, accuracy.vocab_of(graph))
+        return accuracy.score_variants(graph, variants, task=str(graph.meta.get("task", "causal_lm")), tokenizer=tok,
+                                       paragraphs=accuracy.load_paragraphs(text), samples=samples, seq_len=seq_len,
+                                       reference=reference)
+
 
 __all__ = ["OnnxEvaluator"]

@@ -207,6 +207,89 @@ def _emit_paged_kv_gather(em, n):
 
 
 # ------------------------------------------------------------------------------------------------
+# Attention: rooftop's structure attributes (the ``attention`` annotation's window / ALiBi, and a
+# padding mask beside is_causal) as the explicit mask standard ONNX Attention takes
+
+STRUCTURE_ATTRS = ("window", "alibi_slopes")
+
+
+def _seq_axis(rank: int) -> int:
+    return 1 if rank == 3 else 2
+
+
+def _emit_attention(em, n):
+    """``Attention`` with ``window=W`` (keys ``q − W < k ≤ q``) or ``alibi_slopes`` (bias
+    ``slope_h · k``): the structure becomes one explicit mask computed from the operands' own
+    lengths — query i sees keys ≤ i + past length, ONNX Attention's own causal frontier
+    (bottom-right with a KV cache) — combined with the mask operand (padding), so the artifact is
+    right at any length and with any past. A padding mask broadcast over the queries is expanded
+    (onnxruntime wants the query axis); other Attentions are emitted as they are."""
+    if len(n.inputs) > 6 and n.inputs[6]:   # sinks
+        return _emit_sink_attention(em, n)
+    window = n.attrs.get("window")
+    slopes = n.attrs.get("alibi_slopes")
+    ins = list(n.inputs) + [""] * (6 - len(n.inputs))
+    mask = ins[3]
+    causal = bool(n.attrs.get("is_causal"))
+    g = em.g
+    if not window and slopes is None:
+        if mask and g.type(mask).rank >= 2 and g.type(mask).shape[-2] == 1 and g.type(ins[0]).shape[-2 if g.type(ins[0]).rank == 4 else 1] != 1:
+            # a padding mask broadcast over the queries: onnxruntime wants the query axis spelled out
+            q, k, past = ins[0], ins[1], ins[4]
+            qa, ka = _seq_axis(g.type(q).rank), _seq_axis(g.type(k).rank)
+            s_q = em.node("Shape", [q], {"start": qa, "end": qa + 1})
+            t = em.node("Shape", [k], {"start": ka, "end": ka + 1})
+            if past:
+                t = em.node("Add", [t, em.node("Shape", [past], {"start": 2, "end": 3})])
+            lead = em.node("Shape", [mask], {"start": 0, "end": g.type(mask).rank - 2})
+            shape = em.node("Concat", [lead, s_q, t], {"axis": 0})
+            ins[3] = em.node("Expand", [mask, shape], base="attn_mask_rows")
+            attrs = dict(n.attrs)
+            return em.add("Attention", ins, list(n.outputs), name=n.name, **em.attrs(attrs))
+        return em.standard(n)
+    q, k, past = ins[0], ins[1], ins[4]
+    qa, ka = _seq_axis(g.type(q).rank), _seq_axis(g.type(k).rank)
+    s_q = em.node("Shape", [q], {"start": qa, "end": qa + 1}, base="attn_s")
+    t = em.node("Shape", [k], {"start": ka, "end": ka + 1}, base="attn_t")
+    zero, one = em.const(np.array(0, np.int64)), em.const(np.array(1, np.int64))
+    offset = zero
+    if past:   # ONNX Attention's causal frontier: query i sees keys ≤ i + past length
+        p_len = em.node("Shape", [past], {"start": 2, "end": 3}, base="attn_p")
+        t = em.node("Add", [t, p_len])
+        offset = em.node("Squeeze", [p_len])
+    t0 = em.node("Squeeze", [t])
+    kpos = em.node("Range", [zero, t0, one], base="attn_kpos")
+    qpos = em.node("Range", [offset, em.node("Add", [offset, em.node("Squeeze", [s_q])]), one], base="attn_qpos")
+    qcol = em.node("Unsqueeze", [qpos, em.const(np.array([1], np.int64))])
+    krow = em.node("Unsqueeze", [kpos, em.const(np.array([0], np.int64))])
+    vis = em.node("LessOrEqual", [krow, qcol]) if causal else None
+    if window:
+        lo = em.node("Greater", [krow, em.node("Sub", [qcol, em.const(np.array(int(window), np.int64))])])
+        vis = lo if vis is None else em.node("And", [vis, lo])
+    if vis is not None:
+        vis = em.node("Unsqueeze", [vis, em.const(np.array([0, 1], np.int64))], base="attn_structure")
+    dtype = g.type(q).dtype
+    npdt = DTYPES[dtype][1]
+    float_mask = mask and g.type(mask).dtype != "bool"
+    if mask and not float_mask:
+        vis = mask if vis is None else em.node("And", [vis, mask])
+    final = vis
+    if slopes is not None or float_mask:
+        bias = None
+        if slopes is not None:
+            sl = em.const(np.asarray(slopes, npdt).reshape(1, -1, 1, 1), "alibi_slopes")
+            kf = em.node("Cast", [em.node("Unsqueeze", [krow, em.const(np.array([0, 1], np.int64))])],
+                         {"to": DTYPES[dtype][2]})
+            bias = em.node("Mul", [sl, kf], base="alibi")
+        if float_mask:
+            bias = mask if bias is None else em.node("Add", [bias, mask])
+        final = bias if vis is None else em.node(
+            "Where", [vis, bias, em.const(np.array(np.finfo(npdt).min, npdt))], base="attn_mask")
+    attrs = {k2: v for k2, v in n.attrs.items() if k2 not in STRUCTURE_ATTRS and k2 != "is_causal"}
+    em.add("Attention", [ins[0], ins[1], ins[2], final, ins[4], ins[5]], list(n.outputs), name=n.name,
+           **em.attrs(attrs))
+
+
 # attention beyond ONNX Attention's own attributes (compiler/ir/annotations.py AttentionSpec)
 
 def _ints(*dims):
@@ -243,21 +326,18 @@ def _heads_first(em, x: str, heads: int) -> str:
     return em.node("Transpose", [r], {"perm": [0, 2, 1, 3]})
 
 
-def _emit_attention(em, n):
-    """An ``Attention`` whose ``attention`` annotation holds a window, or with sinks (operand 6),
-    which ONNX Attention has no attribute for. A window: the op with a boolean position mask
-    (causal and within W; ONNX concatenates the past as usual). Sinks: the cache concatenated
+def _emit_sink_attention(em, n):
+    """An ``Attention`` with sinks (operand 6), which ONNX Attention has no operand for, within
+    its window (attribute ``window`` or the ``attention`` annotation's) when it has one. Sinks: the cache concatenated
     explicitly (present = past ‖ new) and each head's sink logit as one more key column of zero
     key and value whose additive mask entry is the sink — softmax over [scores, sink], the sink's
-    probability then multiplies a zero value (gpt-oss's sinks). Other Attentions are the standard
-    op (its ``softcap`` attribute included)."""
+    probability then multiplies a zero value (gpt-oss's sinks)."""
     spec = n.annotations.get("attention")
-    sinks = n.inputs[6] if len(n.inputs) > 6 and n.inputs[6] else None
-    window = spec.window if spec is not None else None
-    if not window and sinks is None:
-        return em.standard(n, [t for t in n.inputs[:6]])
-    if len(n.inputs) > 3 and n.inputs[3]:
-        raise IRError(f"{n.name}: a windowed / sink attention with an extra mask operand is not supported")
+    sinks = n.inputs[6]
+    window = n.attrs.get("window") or (spec.window if spec is not None else None)
+    pad = n.inputs[3] if len(n.inputs) > 3 and n.inputs[3] else None
+    if pad is not None and em.g.type(pad).dtype != "bool":
+        raise IRError(f"{n.name}: a sink attention takes a boolean padding mask only, got {em.g.type(pad)}")
     q, k, v = n.inputs[:3]
     past_k = n.inputs[4] if len(n.inputs) > 4 and n.inputs[4] else None
     past_v = n.inputs[5] if len(n.inputs) > 5 and n.inputs[5] else None
@@ -266,11 +346,8 @@ def _emit_attention(em, n):
     s_len = _dim(em, q, 1 if three_d else 2)
     t_len = em.node("Add", [_dim(em, past_k, 2), s_len]) if past_k is not None else s_len
     allowed = _positions_mask(em, s_len, t_len, window)
-    if sinks is None:
-        heads = {a: n.attrs[a] for a in ("q_num_heads", "kv_num_heads") if a in n.attrs}
-        em.add("Attention", [q, k, v, allowed] + ([past_k, past_v] if past_k is not None else []), list(n.outputs),
-               name=n.name, **em.attrs({**attrs, **heads}))
-        return
+    if pad is not None:   # [S, T] and the padding mask [B, 1, 1, T] → [B, 1, S, T]
+        allowed = em.node("And", [em.node("Unsqueeze", [allowed, em.const(np.array([0, 1], np.int64))]), pad])
     outs = list(n.outputs)
     if three_d:   # to [B, H, S, D]: the sink column is a key position
         h, hkv = _ints(n.attrs["q_num_heads"], n.attrs["kv_num_heads"])
@@ -283,16 +360,15 @@ def _emit_attention(em, n):
         em.add("Concat", [past_v, v], [vals], name=f"{n.name}_present_value", axis=2)
     npdt = DTYPES[em.g.type(n.inputs[0]).dtype][1]
     bias = em.node("Where", [allowed, em.const(np.array(0, npdt)), em.const(np.array(-np.inf, npdt))], base="mask_bias")
-    bias4 = em.node("Unsqueeze", [bias, em.const(np.array([0, 1], np.int64))])                       # [1, 1, S, T]
-    bias_h = em.node("Expand", [bias4, em.const(np.array([1, h, 1, 1], np.int64))])                 # [1, H, S, T]
+    bias4 = bias if pad is not None else em.node("Unsqueeze", [bias, em.const(np.array([0, 1], np.int64))])  # [B|1, 1, S, T]
+    bias_h = em.node("Expand", [bias4, em.const(np.array([1, h, 1, 1], np.int64))])                 # [B|1, H, S, T]
     sink = em.node("Reshape", [sinks, em.const(np.array([1, h, 1, 1], np.int64))], base="sink")
     if em.g.type(sinks).dtype != em.g.type(n.inputs[0]).dtype:
         sink = em.node("Cast", [sink], {"to": DTYPES[em.g.type(n.inputs[0]).dtype][2]})
-    col_shape = em.node("Concat", [em.const(np.array([1, h], np.int64)),
-                                   em.node("Unsqueeze", [s_len, em.const(np.array([0], np.int64))]),
+    col_shape = em.node("Concat", [em.node("Shape", [bias_h], {"start": 0, "end": 3}),
                                    em.const(np.array([1], np.int64))], {"axis": 0})
-    sink_col = em.node("Expand", [sink, col_shape], base="sink_col")                               # [1, H, S, 1]
-    mask = em.node("Concat", [sink_col, bias_h], {"axis": 3}, base="sink_mask")                    # [1, H, S, 1+T]
+    sink_col = em.node("Expand", [sink, col_shape], base="sink_col")                               # [B|1, H, S, 1]
+    mask = em.node("Concat", [sink_col, bias_h], {"axis": 3}, base="sink_mask")                    # [B|1, H, S, 1+T]
 
     def zero_first(x):
         first = em.node("Slice", [x, em.const(np.array([0], np.int64)), em.const(np.array([1], np.int64)),
@@ -331,13 +407,20 @@ def _emit_latent_attention(em, n):
     q = em.node("Concat", [qn, qr], {"axis": 3}, base="q")
     k_new, v_new = expand(lat, kr)
     attrs = {"is_causal": 1, **({"scale": float(n.attrs["scale"])} if "scale" in n.attrs else {})}
+    mask = n.inputs[7] if len(n.inputs) > 7 and n.inputs[7] else ""
+    if mask:   # the padding mask [B, 1, 1, T] with its query axis spelled out (onnxruntime wants it)
+        t = _dim(em, lat, 2) if past_l is None else em.node("Add", [_dim(em, past_l, 2), _dim(em, lat, 2)])
+        shape = em.node("Concat", [em.node("Shape", [mask], {"start": 0, "end": 2}),
+                                   em.node("Shape", [qn], {"start": 2, "end": 3}),
+                                   em.node("Unsqueeze", [t, em.const(np.array([0], np.int64))])], {"axis": 0})
+        mask = em.node("Expand", [mask, shape], base="attn_mask_rows")
     if past_l is None:
-        em.add("Attention", [q, k_new, v_new], n.outputs[:1], name=n.name, **attrs)
+        em.add("Attention", [q, k_new, v_new] + ([mask] if mask else []), n.outputs[:1], name=n.name, **attrs)
         return
     em.add("Concat", [past_l, lat], [n.outputs[1]], name=f"{n.name}_present_latent", axis=2)
     em.add("Concat", [past_r, kr], [n.outputs[2]], name=f"{n.name}_present_rope", axis=2)
     k_past, v_past = expand(past_l, past_r)
-    em.add("Attention", [q, k_new, v_new, "", k_past, v_past],   # (onnxruntime wants the present outputs)
+    em.add("Attention", [q, k_new, v_new, mask, k_past, v_past],   # (onnxruntime wants the present outputs)
            [n.outputs[0], em.name("expanded_key"), em.name("expanded_value")], name=n.name, **attrs)
 
 

@@ -15,6 +15,14 @@ on its integer / n-bit kernels:
   into an integer matmul.
 - FP8 E4M3: DQ(float8e4m3fn weights) → ``MatMul``, optionally with Q/DQ of the activation in
   float8e4m3fn. onnxruntime CPU has no FP8 matmul kernel: this is an accuracy simulation.
+- Embedding tables ``P[V, K]`` quantized in blocks along each row (int4/uint4/int8,
+  ``quant_data.axis == 1``): one packed uint8 initializer ``[V, K/block, block·bits/8]`` read by
+  onnxruntime's ``GatherBlockQuantized`` (the gather, then the dequantization of the gathered rows
+  only) and, for a tied LM head ``x · Pᵀ``, by ``MatMulNBits`` — the same bytes: MatMulNBits' ``B``
+  is exactly the table's rows (its ``N`` = the vocabulary) packed in blocks along ``K``. Both are
+  onnxruntime contrib ops (``com.microsoft``): ONNX's ``Gather`` takes no 4-bit type, and a
+  ``DequantizeLinear`` → ``Transpose`` → ``MatMul`` head would dequantize the whole table per run.
+  Signed codes are stored offset by ``2^(bits−1)`` (both ops' default zero point).
 
 These functions only build nodes and initializers from arrays; the numerics that produce the
 codes live in ``passes/quant``.
@@ -31,7 +39,7 @@ from onnx import TensorProto, helper, numpy_helper
 from compiler.backend.lowering import _activation_nodes
 from compiler.ir.annotations import (ACCURACY_LEVEL_KEY, NM_KEY_PREFIX, ORT_SESSION_KEY,  # noqa: F401 (re-exported)
                                       ActivationQuant, QuantizedData, nm_metadata)
-from compiler.ir import DTYPES
+from compiler.ir import B, DTYPES, P, S
 
 
 
@@ -139,6 +147,154 @@ def qdq_activation(x: str, y: str, scale: float, zero_point: int | None, dtype: 
     nodes = [mk("QuantizeLinear", [x, s.name, z.name], [f"{base}.q"], name=f"{base}.ql"),
              mk("DequantizeLinear", [f"{base}.q", s.name, z.name], [y], name=f"{base}.dql")]
     return [s, z], nodes
+
+
+CONTRIB_DOMAIN = "com.microsoft"
+
+
+def is_table(qd: QuantizedData | None) -> bool:
+    """A quantized embedding table: blocks along axis 1 of a 2-D ``[V, K]`` weight."""
+    return qd is not None and qd.axis == 1 and bool(qd.block_size) and np.asarray(qd.codes).ndim == 2
+
+
+def _bits(codes: np.ndarray) -> tuple[int, bool]:
+    """(bits, signed) of a code array (ml_dtypes int4/uint4, numpy int8/uint8)."""
+    name = str(codes.dtype)
+    return (4 if "4" in name else 8), not name.startswith("u")
+
+
+def pack_table(qd: QuantizedData) -> dict[str, np.ndarray | int | None]:
+    """The packed forms of a quantized table ``[V, K]`` (K a multiple of the block): ``packed``
+    uint8 ``[V, K/bs, bs·bits/8]`` (4-bit: two codes per byte, the first in the low nibble),
+    ``scale`` ``[V, K/bs]``, ``zp`` uint8 ``[V, K/bs]`` unpacked (None: symmetric, the ops' default
+    zero point ``2^(bits−1)`` applies to the offset codes), ``zp_nbits`` MatMulNBits' packed zero
+    points, ``bits``, ``block``."""
+    codes = np.asarray(qd.codes)
+    bits, signed = _bits(codes)
+    v, k = codes.shape
+    bs = int(qd.block_size)
+    if k % bs:
+        raise ValueError(f"table row length {k} is not a multiple of the block {bs}")
+    u = codes.astype(np.int32) + (1 << (bits - 1) if signed else 0)
+    u = u.astype(np.uint8).reshape(v, k // bs, bs)
+    packed = (u[..., 0::2] | (u[..., 1::2] << 4)).astype(np.uint8) if bits == 4 else u
+    zp = None
+    zp_nbits = None
+    if qd.zero_point is not None:
+        zp = np.asarray(qd.zero_point).astype(np.int32).astype(np.uint8).reshape(v, k // bs)
+        if bits == 4:
+            z = zp if zp.shape[1] % 2 == 0 else np.concatenate([zp, np.zeros((v, 1), np.uint8)], 1)
+            zp_nbits = (z[:, 0::2] | (z[:, 1::2] << 4)).astype(np.uint8)
+        else:
+            zp_nbits = zp
+    return {"packed": np.ascontiguousarray(packed), "scale": np.asarray(qd.scale, np.float32).reshape(v, k // bs),
+            "zp": zp, "zp_nbits": zp_nbits, "bits": bits, "block": bs}
+
+
+def table_initializers(name: str, qd: QuantizedData) -> list[onnx.TensorProto]:
+    """``<name>.qpacked`` (shared by the gather and a tied head), ``<name>.scale`` ``[V, K/bs]``
+    (MatMulNBits), ``<name>.scale3`` ``[V, K/bs, 1]`` (GatherBlockQuantized) and their zero points."""
+    t = pack_table(qd)
+    v, kb = t["scale"].shape
+    out = [tensor(t["packed"], f"{name}.qpacked"), tensor(t["scale"], f"{name}.scale"),
+           tensor(t["scale"].reshape(v, kb, 1), f"{name}.scale3")]
+    if t["zp"] is not None:
+        out += [tensor(t["zp_nbits"], f"{name}.zpn"), tensor(t["zp"].reshape(v, kb, 1), f"{name}.zp3")]
+    return out
+
+
+def table_of(graph, tensor_name: str) -> str | None:
+    """The quantized table parameter behind ``tensor_name`` (itself, or ``Transpose`` of it)."""
+    p = graph.params.get(tensor_name)
+    if p is not None:
+        return tensor_name if is_table(p.annotations.get("quant_data")) else None
+    prod = graph.producer_of(tensor_name)
+    if prod is not None and prod.op == "Transpose" and prod.inputs and prod.inputs[0] in graph.params:
+        return table_of(graph, prod.inputs[0])
+    return None
+
+
+def emit_table_gather(em, n) -> None:
+    """``Gather(P, ids)`` of a quantized table: GatherBlockQuantized on the packed rows
+    ``[.., K/bs, bs]``, reshaped to ``[.., K]``."""
+    w = n.inputs[0]
+    qd = em.g.params[w].annotations["quant_data"]
+    bits, _ = _bits(np.asarray(qd.codes))
+    ins = [f"{w}.qpacked", n.inputs[1], f"{w}.scale3"] + ([f"{w}.zp3"] if qd.zero_point is not None else [])
+    rows = em.name(f"{n.name}.rows")
+    em.add("GatherBlockQuantized", ins, [rows], name=f"{n.name}.gbq", domain=CONTRIB_DOMAIN, bits=bits,
+           block_size=int(qd.block_size), gather_axis=0, quantize_axis=2)
+    rank = len(em.g.type(n.inputs[1]).shape)
+    k = int(np.asarray(qd.codes).shape[1])
+    em.add("Reshape", [rows, em.const(np.array([0] * rank + [k], np.int64), "rows_shape")], list(n.outputs),
+           name=n.name)
+
+
+def emit_shared_head(em, n, accuracy_level: int) -> None:
+    """``x · Transpose(P)`` of a quantized table (a tied LM head): MatMulNBits on the table's own
+    packed bytes (``N`` = rows of the table, blocks along ``K``)."""
+    w = table_of(em.g, n.inputs[1])
+    qd = em.g.params[w].annotations["quant_data"]
+    bits, _ = _bits(np.asarray(qd.codes))
+    v, k = np.asarray(qd.codes).shape
+    ins = [n.inputs[0], f"{w}.qpacked", f"{w}.scale"] + ([f"{w}.zpn"] if qd.zero_point is not None else [])
+    em.add("MatMulNBits", ins, list(n.outputs), name=n.name, domain=CONTRIB_DOMAIN, K=int(k), N=int(v), bits=bits,
+           block_size=int(qd.block_size), accuracy_level=int(accuracy_level))
+
+
+def kv_io_dtypes(graph) -> dict[str, int]:
+    """Graph inputs/outputs stored quantized (an Attention's past/present K/V with ``kv_quant``)
+    -> their ONNX element type."""
+    out = {}
+    for n in graph:
+        kq = n.annotations.get("kv_quant")
+        if kq is None:
+            continue
+        for t in list(n.inputs[4:6]) + list(n.outputs[1:3]):
+            if t and (t in graph.inputs or t in graph.outputs):
+                out[t] = DTYPES[kq.dtype][2]
+    return out
+
+
+def emit_kv_attention(em, n) -> None:
+    """An ``Attention`` with ``kv_quant`` (passes/quant/kv.py) as onnxruntime's
+    ``GroupQueryAttention`` reading and appending an int8 cache: per-head/channel static scales
+    (``k_quant_type = v_quant_type = PER_CHANNEL``), ``seqlens_k = P + S − 1`` per sequence and
+    ``total_sequence_length = P + S`` from the runtime shapes. 4-D ``[B, H, S, D]`` operands are
+    laid out as the op's 3-D ``[B, S, H·D]`` and back."""
+    kq = n.annotations["kv_quant"]
+    g = em.g
+    q, k, v = n.inputs[:3]
+    hkv, d = np.asarray(kq.k_scale).shape
+    four = g.type(q).rank == 4
+    heads = int(g.type(q).shape[1]) if four else int(n.attrs["q_num_heads"])
+
+    def to3(t):
+        tt = em.node("Transpose", [t], {"perm": [0, 2, 1, 3]}, base="gqa_bshd")
+        return em.node("Reshape", [tt, em.const(np.array([0, 0, -1], np.int64), "gqa_3d")], base="gqa_3d")
+    if four:
+        q, k, v = to3(q), to3(k), to3(v)
+    i32 = TensorProto.INT32
+    total = em.node("Cast", [em.dim_tensor(P + S)], {"to": i32}, base="gqa_total1")
+    seqlen = em.node("Sub", [total, em.const(np.array([1], np.int32), "one_i32")], base="gqa_seqlen1")
+    seqlens = em.node("Expand", [seqlen, em.shape_tensor([B])], base="gqa_seqlens")
+    total_s = em.node("Squeeze", [total], base="gqa_total")
+    ks = em.const(np.asarray(kq.k_scale, np.float32).reshape(1, hkv, 1, d), "k_scale")
+    vs = em.const(np.asarray(kq.v_scale, np.float32).reshape(1, hkv, 1, d), "v_scale")
+    attrs = {"num_heads": heads, "kv_num_heads": int(hkv), "k_quant_type": "PER_CHANNEL",
+             "v_quant_type": "PER_CHANNEL", "kv_cache_bit_width": 8}
+    if n.attrs.get("scale") is not None:
+        attrs["scale"] = float(n.attrs["scale"])
+    if n.attrs.get("softcap"):
+        attrs["softcap"] = float(n.attrs["softcap"])
+    out = em.name(f"{n.name}.o3") if four else n.outputs[0]
+    ins = [q, k, v, n.inputs[4], n.inputs[5], seqlens, total_s, "", "", "", "", "", ks, vs]
+    em.add("GroupQueryAttention", ins, [out, n.outputs[1], n.outputs[2]], name=n.name, domain=CONTRIB_DOMAIN,
+           **attrs)
+    if four:
+        dv = int(g.type(n.outputs[0]).shape[3])
+        o4 = em.node("Reshape", [out, em.const(np.array([0, 0, heads, dv], np.int64), "gqa_4d")], base="gqa_4d")
+        em.add("Transpose", [o4], [n.outputs[0]], name=f"{n.name}.bhsd", perm=[0, 2, 1, 3])
 
 
 def session_config(model: onnx.ModelProto) -> dict[str, str]:

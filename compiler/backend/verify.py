@@ -182,13 +182,37 @@ def table_rows(g: Graph, name: str) -> int | None:
 
 
 def _shape(g: Graph, name: str, dims: Mapping) -> list[int]:
+    bind = g.dim_bindings()
     out = []
     for d in g.type(name).shape:
         if not isinstance(d, int):
-            d = d.subs(dims)
-            d = d.subs({s: 3 for s in d.free_symbols})  # a dim that is not B/S/P (unknown_dims)
+            d = d.xreplace(bind).subs(dims)   # a dim that is not B/S/P: as the cost model binds it
+            d = d.subs({s: 3 for s in d.free_symbols})
         out.append(int(d))
     return out
+
+
+def _grows_with_past(g: Graph, name: str) -> bool:
+    """An input whose sequence axis covers the past and the new tokens (``attention_mask
+    [B, P + S]`` of a decoder with a KV cache): a step feeds its prefix, not a window."""
+    sh = g.type(name).shape
+    return len(sh) >= 2 and not isinstance(sh[1], int) and SYMBOLS["P"] in sh[1].free_symbols
+
+
+def structural_length(g: Graph, seq: int) -> tuple[int, list[str]]:
+    """The sequence length verification needs so that its inputs cross every structural
+    threshold of the model: each attention window W (a prefill of W + 2 tokens, then decode steps
+    beyond it). Capped by the model's maximum positions. Returns (length, what it crosses)."""
+    crossed, need = [], seq
+    windows = sorted({a.window for n in g if n.op == "Attention" and (a := n.annotations.get("attention"))
+                      is not None and a.window})
+    for w in windows:
+        crossed.append(f"attention window {w}")
+        need = max(need, w + 2)
+    max_pos = g.meta.get("max_positions")
+    if max_pos:
+        need = min(need, int(max_pos) - 4)
+    return max(need, 1), crossed
 
 
 def draw_inputs(g: Graph, b: int, s: int, p: int, seed: int = 0, max_positions: int | None = None) -> dict[str, np.ndarray]:
@@ -281,7 +305,13 @@ def _torch_outputs(module, feeds: Mapping[str, np.ndarray], names: list[str]) ->
 def verify(emitted_path: str, g: Graph, source: Mapping, *, batch: int = 2, seq: int = 7, past: int = 5,
            decode_steps: int = 2, seed: int = 0) -> dict[str, Any]:
     """Compare the emitted model with ``source`` (``{"kind": "torch", "module", "task"}`` or
-    ``{"kind": "onnx", "path"}``); returns the ``emit.verification`` record."""
+    ``{"kind": "onnx", "path"}``); returns the ``emit.verification`` record.
+
+    Like is compared with like: a decoder whose KV cache rooftop lifted (every torch import, an
+    ONNX file exported without a cache) runs a prefill and ``decode_steps`` steps through its own
+    cache while the cache-less source runs once on the whole sequence, compared at the emitted
+    model's positions; a source with its own cache gets the same inputs as the emitted model.
+    The sequence crosses every attention window of the model (:func:`structural_length`)."""
     import onnxruntime as ort
     emitted = _Runner(emitted_path, "the emitted model")
     kind = source.get("kind")
@@ -289,40 +319,57 @@ def verify(emitted_path: str, g: Graph, source: Mapping, *, batch: int = 2, seq:
     max_pos = g.meta.get("max_positions")
     kv = [t for t in g.inputs if t in set(g.meta.get("kv_tensors", ()))]
     record: dict[str, Any] = {"runtime": f"onnxruntime {ort.__version__} CPU"}
+    seq, crossed = structural_length(g, seq)
+    if crossed:
+        record["crosses"] = crossed
     if kind == "torch" and module is not None:
         import torch
         module = module.float() if emitted.compute_dtype == "float32" else module.to(torch.float16)
         cmp = _Compare(emitted.compute_dtype)
         record["reference"] = "torch eager (the imported module)"
-        if kv and g.meta.get("kv_paging"):   # passes/kv_paging: block pools through block tables
-            steps = _torch_paged_decoder(emitted, module, g, kv, batch, seq, decode_steps, seed, max_pos, cmp)
-            record["inputs"] = steps
-        elif kv:
-            steps = _torch_decoder(emitted, module, g, kv, batch, seq, decode_steps, seed, max_pos, cmp)
-            record["inputs"] = steps
-        else:
-            feeds = draw_inputs(g, batch, seq, 0, seed, max_pos)
-            ref = _torch_outputs(module, {k: v for k, v in feeds.items()}, _torch_output_names(g, kv))
-            got = emitted.run(feeds)
-            for name in ref:
-                cmp.add(name, got[name], ref[name], "")
-            record["inputs"] = [{"step": "forward", "shapes": {k: list(v.shape) for k, v in feeds.items()}}]
+        names = _torch_output_names(g, kv)
+
+        def reference(feeds):
+            return _torch_outputs(module, feeds, names)
+        source_inputs = None
+        lifted = bool(kv)
     elif kind == "onnx":
-        reference = _Runner(source["path"], "the source model", force_fp32=emitted.compute_dtype == "float32"
-                            and emitted.note is not None)
+        ref_runner = _Runner(source["path"], "the source model", force_fp32=emitted.compute_dtype == "float32"
+                             and emitted.note is not None)
         cmp = _Compare(emitted.compute_dtype)
         record["reference"] = "the source ONNX file in onnxruntime"
-        p = past if kv and not g.meta.get("kv_paging") else 0
-        feeds = draw_inputs(g, batch, seq, p, seed, max_pos)
-        if g.meta.get("kv_paging"):   # a paged artifact's prefill: empty block tables, no context
-            feeds.update(_paged_runtime(emitted, seed, batch).feeds(range(batch)))
-        got, ref = emitted.run(feeds), reference.run(feeds)
-        for name in g.outputs:
-            if name in ref and name in got:
-                cmp.add(name, got[name], ref[name], "")
-        record["inputs"] = [{"step": "forward", "shapes": {k: list(v.shape) for k, v in feeds.items()}}]
+        source_inputs = set(ref_runner.input_names)
+
+        def reference(feeds):
+            try:
+                return ref_runner.run(feeds)
+            except VerificationError as e:
+                err = VerificationError(
+                    f"the source model fails in onnxruntime on valid inputs ("
+                    + ", ".join(f"{k} {list(np.shape(v))}" for k, v in feeds.items() if k in source_inputs)
+                    + f"; token ids below the vocabulary, attention_mask ones with right padding): {e}. "
+                    f"rooftop has nothing to compare the emitted model with; check the source with "
+                    f"onnxruntime on such inputs (or set emit.verify=false).")
+                err.detail = {**record, "passed": False, "source_failure": str(e), "inputs": {
+                    k: list(np.shape(v)) for k, v in feeds.items() if k in source_inputs}}
+                raise err from None
+        lifted = bool(kv) and not (set(kv) & source_inputs)
     else:
         return {"skipped": "no reference model to compare with (weights not built)", "passed": False}
+    if kv and g.meta.get("kv_paging"):   # passes/kv_paging: block pools through block tables
+        if kind != "torch":
+            feeds = draw_inputs(g, batch, seq, 0, seed, max_pos)
+            feeds.update(_paged_runtime(emitted, seed, batch).feeds(range(batch)))
+            _forward(emitted, reference, g, feeds, cmp, record)
+        else:
+            record["inputs"] = _torch_paged_decoder(emitted, module, g, kv, batch, seq, decode_steps, seed,
+                                                    max_pos, cmp)
+    elif kv and lifted:
+        record["inputs"] = _decoder_steps(emitted, reference, g, kv, batch, seq, decode_steps, seed, max_pos,
+                                          cmp, source_inputs)
+    else:
+        feeds = draw_inputs(g, batch, seq, past if kv else 0, seed, max_pos)
+        _forward(emitted, reference, g, feeds, cmp, record)
     record["compute_dtype"] = emitted.compute_dtype
     if emitted.note:
         record["note"] = emitted.note
@@ -345,30 +392,42 @@ def verify(emitted_path: str, g: Graph, source: Mapping, *, batch: int = 2, seq:
     return record
 
 
-def _torch_decoder(emitted: _Runner, module, g: Graph, kv: list[str], b: int, s: int, steps: int,
-                   seed: int, max_pos, cmp: _Compare) -> list[dict]:
+def _forward(emitted: _Runner, reference, g: Graph, feeds: dict, cmp: _Compare, record: dict) -> None:
+    """One run of both models on the same feeds, every common output compared."""
+    got, ref = emitted.run(feeds), reference(feeds)
+    for name in g.outputs:
+        if name in ref and name in got:
+            cmp.add(name, got[name], ref[name], "")
+    record["inputs"] = [{"step": "forward", "shapes": {k: list(v.shape) for k, v in feeds.items()}}]
+
+
+def _decoder_steps(emitted: _Runner, reference, g: Graph, kv: list[str], b: int, s: int, steps: int,
+                   seed: int, max_pos, cmp: _Compare, source_inputs: set | None) -> list[dict]:
     """Prefill of ``s`` tokens then ``steps`` decode steps through the emitted model's own cache,
-    each compared with torch eager on the whole sequence."""
+    each compared with the cache-less reference run once on the whole sequence."""
     total = s + steps
     base = draw_inputs(g, b, total, 0, seed, max_pos)
     non_kv = [n for n in g.inputs if n not in kv]
-    ref = _torch_outputs(module, {n: base[n] for n in non_kv}, _torch_output_names(g, kv))
-    feeds = {n: base[n][:, :s] for n in non_kv}
+    ref = reference({n: base[n] for n in non_kv if source_inputs is None or n in source_inputs})
+    names = [o for o in g.outputs if o in ref and o not in kv and not o.startswith("present")]
+
+    def step_feeds(t0, n):
+        return {k: (base[k][:, :t0 + n] if _grows_with_past(g, k) else base[k][:, t0:t0 + n]) for k in non_kv}
+    feeds = step_feeds(0, s)
     for t in kv:
         feeds[t] = np.zeros(_shape(g, t, {SYMBOLS["B"]: b, SYMBOLS["S"]: s, SYMBOLS["P"]: 0}), np.float32)
     log = [{"step": "prefill", "shapes": {k: list(v.shape) for k, v in feeds.items()}}]
     res = emitted.run(feeds)
-    for name in ref:
+    for name in names:
         cmp.add(name, res[name], ref[name][:, :s], "prefill")
     for i in range(steps):
         t0 = s + i
-        feeds = {n: base[n][:, t0:t0 + 1] for n in non_kv}
+        feeds = step_feeds(t0, 1)
         for t in kv:
-            present = t.replace("past_", "present_", 1)
-            feeds[t] = res[present]
+            feeds[t] = res[t.replace("past_", "present_", 1)]
         log.append({"step": f"decode{i + 1}", "shapes": {k: list(v.shape) for k, v in feeds.items()}})
         res = emitted.run(feeds)
-        for name in ref:
+        for name in names:
             cmp.add(name, res[name], ref[name][:, t0:t0 + 1], f"decode{i + 1}")
     return log
 

@@ -2,7 +2,7 @@
 
 Prints, per phase and per op class, the predicted time and bytes of both reports, then latency,
 memory, capacity and accuracy (when both reports measured the same metric), each with its relative
-change. Exit codes (DESIGN.md): 0 no regression beyond ``--tolerance``; 3 at least one; 2 bad
+change. Exit codes (README): 0 no regression beyond ``--tolerance``; 3 at least one; 2 bad
 input (a file missing, not JSON, or not a rooftop report).
 
 What counts as a regression (``t`` = tolerance, a fraction; relative changes):

@@ -32,12 +32,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Union, get_args, get_origin, get_type_hints
 
+from compiler.analysis.capacity import KV_DTYPE_BYTES
 from compiler.analysis.parallel import check_plan, plan_of
-from compiler.analysis.serving import config_of
+from compiler.analysis.serving import ServeSimConfig, config_of
 from compiler.analysis.speculative import DEFAULT_ACCEPTANCE
 from compiler.errors import ConfigError
 from compiler.frontends import families
 from compiler.ir.facts import ModelDims
+from compiler.ir.tensors import hw_dtype
 from compiler.perf import structured
 from compiler.perf.hardware import HardwareYaml, load_hardware
 from hydra.core.config_store import ConfigStore
@@ -89,7 +91,7 @@ class MemoryConfig:
 
 
 #: kv.dtype values: the stored format of the KV cache (null: the model's dtype)
-KV_DTYPES = ("fp32", "fp16", "bf16", "fp8", "int8")
+KV_DTYPES = tuple(KV_DTYPE_BYTES)
 
 
 @dataclass
@@ -114,27 +116,6 @@ class ParallelConfig:
     pp: int = 1
     ep: int = 1
     microbatches: Optional[int] = None
-
-
-@dataclass
-class ServeSimConfig:
-    """The continuous-batching simulation (compiler/analysis/serving.py), beside static batching.
-    ``enabled``: auto (run when ``rate`` is set) | true | false. Lengths: a token count or a
-    distribution ``{kind: fixed|uniform|exponential|lognormal, mean, low, high, sigma}`` (null:
-    the workload's prompt_len / gen_len). SLOs come from ``slo.*``."""
-    enabled: Any = "auto"
-    rate: Optional[float] = None            # requests/s, Poisson arrivals (enabled=true: 1.0)
-    requests: int = 1000
-    prompt_len: Any = None
-    output_len: Any = None
-    seed: int = 0
-    max_num_seqs: int = 256                 # vLLM max_num_seqs
-    max_batched_tokens: int = 8192          # prefill tokens per step (vLLM max_num_batched_tokens)
-    chunked_prefill: bool = False           # Sarathi-Serve / vLLM enable_chunked_prefill
-    chunk_tokens: int = 512                 # tokens per step with chunked prefill
-    slo_target: float = 0.9                 # attainment that counts as meeting the SLOs
-    find_max_rate: bool = True              # with slo.*: the largest rate meeting them
-    sweep: Optional[List[float]] = None     # rates of the plot (null: around the rate)
 
 
 @dataclass
@@ -445,14 +426,44 @@ def _check_kv(cfg: dict):
                           f"count, or null to take the workload's length.")
     d = kv["dtype"]
     if d is not None:
-        aliases = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float8": "fp8",
-                   "float8e4m3fn": "fp8", "e4m3": "fp8"}
-        d = aliases.get(str(d).lower(), str(d).lower())
+        d = hw_dtype(str(d)) or str(d).lower()
         if d not in KV_DTYPES:
             raise ConfigError(f"kv.dtype={kv['dtype']!r} is not a KV-cache format rooftop knows; use one "
                               f"of {', '.join(KV_DTYPES)} (fp8 or int8 halve a 16-bit cache), or null for "
                               f"the model's dtype.")
         kv["dtype"] = d
+
+
+def _check_quant(cfg: dict):
+    """quant=auto's keys (the scheme-specific ones are checked by the passes, passes/quant)."""
+    q = cfg["quant"]
+    if q["objective"] not in ("time", "memory"):
+        raise ConfigError(f"quant.objective={q['objective']!r}: quant=auto minimizes the predicted request time "
+                          f"(quant.objective=time) or the stored weight bytes (quant.objective=memory).")
+    if q["metric"] not in ("auto", "cosine", "top1", "kl"):
+        raise ConfigError(f"quant.metric={q['metric']!r}: use auto (the accuracy stage's metric), cosine "
+                          f"(embedding models), top1 or kl (causal LMs).")
+    d = q["max_accuracy_drop"]
+    if d is not None and not d > 0:
+        raise ConfigError(f"quant.max_accuracy_drop={d:g} must be positive (the largest drop of quant.metric "
+                          f"quant=auto may spend, e.g. 0.01), or null to take gate.max_accuracy_drop.")
+    m = cfg.get("model") or {}
+    if q["scheme"] == "auto":
+        if m.get("weights") == "meta":
+            raise ConfigError(f"quant=auto measures each layer's accuracy on text, and model {m.get('name')!r} is built "
+                              f"with meta weights (no values). Use model.weights=random, or price a fixed scheme "
+                              f"(quant=w4a16, w8a8, …) without weights.")
+        task = m.get("task")
+        if q["metric"] == "cosine" and task == "causal_lm":
+            raise ConfigError("quant.metric=cosine is the embedding models' metric; for a causal LM use "
+                              "quant.metric=top1 or kl (or auto).")
+        if q["metric"] in ("top1", "kl") and task not in (None, "causal_lm"):
+            raise ConfigError(f"quant.metric={q['metric']} compares next-token distributions of a causal LM; model "
+                              f"{m.get('name')!r} is a {task} model: use quant.metric=cosine (or auto).")
+    sens = q["sensitivity"]
+    if sens["samples"] < 1 or sens["seq_len"] < 2:
+        raise ConfigError(f"quant.sensitivity.samples={sens['samples']} / seq_len={sens['seq_len']}: need at least "
+                          f"1 paragraph of at least 2 tokens (8 × 128 is the default).")
 
 
 def _check_parallel(cfg: dict):
@@ -547,6 +558,9 @@ def _hf_unknown_keys(conf: Mapping) -> tuple[list[str], set[str]]:
     for c in cls.__mro__:
         if "__init__" in vars(c):
             known |= {p for p in inspect.signature(c.__init__).parameters if p not in ("self", "kwargs")}
+    rope = getattr(built, "rope_parameters", None)   # legacy rope keys (partial_rotary_factor, …) it folds in
+    if isinstance(rope, Mapping):
+        known |= set(rope)
     return [k for k in conf if k != "model_type" and k not in known and k in vars(built)
             and k not in families.GETATTR_KEYS], known
 
@@ -596,7 +610,7 @@ def check_config_plan(cfg: Mapping, hw) -> None:
 
 #: range checks run after conversion, in order
 CHECKS: list[Callable[[dict], None]] = [_check_workload, _check_gate, _check_slo, _check_memory,
-                                         _check_emit, _check_model, _check_kv, _check_parallel,
+                                         _check_emit, _check_model, _check_kv, _check_quant, _check_parallel,
                                          _check_serve]
 
 

@@ -300,7 +300,9 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
                 t0 = time.perf_counter()
                 pm(g)
                 records = [r for r in pm.records if r.name not in MODEL_PASSES]
-                reference = compression.input_graph if lossy else None
+                # lossy: a compression pass changed the graph (a kv.dtype the artifact cannot store leaves it as it was)
+                changed = any(r.changed or r.name != "quantize_kv" for r in compression.records)
+                reference = compression.input_graph if changed else None
                 _note_kv_cache(g)
                 dg = draft.draft_model(cfg, cfg["pipeline"].get("passes") or [], pass_ctx)  # same passes
                 timings["passes_s"] = time.perf_counter() - t0
@@ -312,7 +314,7 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
                 result = analyze(rc)
                 timings["analysis_s"] = time.perf_counter() - t0
 
-                emit_info = _emit(g, emit_cfg, stage, source, mcfg, lossy=bool(lossy))
+                emit_info = _emit(g, emit_cfg, stage, source, mcfg, lossy=changed)
                 source.pop("module", None)
                 t0 = time.perf_counter()
                 report = build_report(result, emit_info)
@@ -395,7 +397,15 @@ def compression_passes(cfg: Mapping, context, workload: Mapping) -> list:
                               "workload": dict(workload)}, context))
     q = dict(cfg.get("quant") or {})
     qs = str(q.get("scheme", "none"))
-    if qs != "none":
+    if str((cfg.get("kv") or {}).get("dtype")) in ("int8", "fp8"):
+        # the artifact's cache stored quantized (calibrated on the float model, before the weights change)
+        out.append(make_pass({"name": "quantize_kv", "calibration": q.get("calibration"),
+                              "tokenizer_source": dict(cfg.get("model") or {})}, context))
+    if qs == "auto":
+        gate = (cfg.get("gate") or {}).get("max_accuracy_drop")
+        out.append(make_pass({"name": "quantize_auto", **q, "tokenizer_source": dict(cfg.get("model") or {}),
+                              "workload": dict(workload), "gate_max_accuracy_drop": gate}, context))
+    elif qs != "none":
         out.append(make_pass({"name": "quantize", **q, "tokenizer_source": dict(cfg.get("model") or {})}, context))
     return out
 
@@ -462,7 +472,10 @@ def _compression_report(cfg, report, g: Graph, hw, reference: Graph | None, emit
         return
     report["compression"] = sec
     if reference is None or not emit_info.get("emitted"):
-        why = sec.get("note") or emit_info.get("reason") or "no artifact was emitted"
+        kv = sec.get("kv_cache") or {}
+        why = sec.get("note") or emit_info.get("reason") or (
+            f"nothing lossy in the artifact: it keeps a float KV cache ({kv['reason']})" if kv.get("reason") and
+            not g.meta.get("quantization") and not g.meta.get("sparsity") else "no artifact was emitted")
         report["accuracy"] = {"measured": False, "reason": why}
         return
     acfg = dict(cfg.get("accuracy") or {})
@@ -472,11 +485,25 @@ def _compression_report(cfg, report, g: Graph, hw, reference: Graph | None, emit
     path = os.path.join(stage, "model.onnx")
     report["accuracy"] = {"measured": True, **accuracy.run_stage(cfg, reference, path, vocab=accuracy.vocab_of(g),
                                                                  progress=_Stage(prog, "accuracy") if prog else None)}
+    auto = (sec.get("quantization") or {}).get("auto")
+    acc = report["accuracy"]
+    if auto is not None:   # the emitted artifact's drop in the search's metric, beside the simulated one
+        auto["artifact_drop"] = acc["kl_nats"]["mean"] if auto["metric"] == "kl" and acc.get("kl_nats") else acc["drop"]
+        auto["artifact_within_budget"] = auto["artifact_drop"] <= auto["max_accuracy_drop"]
     sec["artifact_check"] = accuracy.quantization_check(g, path)
     if sec["artifact_check"].get("checked") and not sec["artifact_check"]["ok"]:
         raise EmitError(f"the quantized artifact differs from the same quantization computed in fp32 by "
                         f"{sec['artifact_check']['max_abs_diff']:.3g} (bound {sec['artifact_check']['bound']:.3g}); "
                         f"this is a rooftop bug — run without quant= to get an artifact.")
+    if (sec.get("kv_cache") or {}).get("emitted"):
+        chk = sec["kv_cache"]["check"] = accuracy.kv_cache_check(g, path)
+        if chk.get("checked") and not chk["ok"]:
+            raise EmitError(f"the artifact's int8 KV cache moved the next-token distributions by KL "
+                            f"{chk['mean_kl_nats']:.3g} nats and the logits by {chk['max_rel_logit_diff']:.3g} of their "
+                            f"largest value (tolerance {chk['tolerance']}) or stored codes other than round(x / scale) "
+                            f"({chk['codes_mismatched']} mismatched) over a prefill and {chk['decode_steps']} decode steps; "
+                            f"run with kv.dtype=null for a float cache, and report the model so it can be fixed.")
+
 
 
 def _record_points(wl) -> list[tuple[int, int, int, str]]:

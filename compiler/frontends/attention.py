@@ -98,12 +98,14 @@ def ensure_registered() -> str:
 
 def translate(c, q, k, v, sinks, scale, softcap, window):
     """One ``rooftop::attention`` node → ``Attention(q, k, v)`` with ``is_causal``, ``scale``,
-    ``softcap`` attributes, the sinks as operand 6 (rooftop's extension of ONNX Attention's
+    ``softcap``, ``window`` attributes, the sinks as operand 6 (rooftop's extension of ONNX Attention's
     operands; the emitter lowers it) and the ``attention`` annotation (``c``: the torch
     importer's context)."""
     attrs = {"is_causal": 1, "scale": float(scale)}
     if softcap:
         attrs["softcap"] = float(softcap)
+    if window:
+        attrs["window"] = int(window)
     ins = [q, k, v]
     if sinks is not None:
         ins += ["", "", "", sinks]

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from compiler.ir.facts import ModelDims
+from compiler.ir.ops import UnsupportedOpError
 
 #: fact -> the config keys families use for it, in order of preference
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -260,6 +261,37 @@ def dims(config: Mapping | Any) -> ModelDims:
                      qk_rope_dim=int(fact(config, "qk_rope_dim") or 0) if fact(config, "kv_lora_rank") else 0)
 
 
+#: model types whose layers are (or include) state-space selective scans instead of attention
+STATE_SPACE_TYPES = ("mamba", "mamba2", "falcon_mamba", "jamba", "zamba", "zamba2", "bamba", "falcon_h1",
+                     "granitemoehybrid", "nemotron_h", "plamo2", "lfm2", "rwkv", "recurrent_gemma", "xlstm")
+#: config keys only state-space layers have
+STATE_SPACE_KEYS = ("state_size", "mamba_d_state", "ssm_state_size", "mamba_d_ssm", "d_state")
+
+
+def state_space(config: Mapping | Any, model_type: str | None = None) -> str | None:
+    """Why ``config`` describes a state-space / recurrent model (None: it does not)."""
+    c = config if isinstance(config, Mapping) else _as_mapping(config)
+    mt = str(model_type or c.get("model_type") or "")
+    if mt in STATE_SPACE_TYPES:
+        return f"model_type {mt!r} is a state-space / recurrent architecture"
+    key = next((k for k in STATE_SPACE_KEYS if c.get(k)), None)
+    return f"its config has the state-space key {key!r}" if key else None
+
+
+def refuse_state_space(config: Mapping | Any, model_type: str | None = None) -> None:
+    """Raise the exit-2 refusal for a state-space model (Mamba, Jamba, …)."""
+    why = state_space(config, model_type)
+    if why is None:
+        return
+    raise UnsupportedOpError(
+        f"model {model_type or ''} is not supported: {why}. Its layers run a selective scan — a "
+        f"recurrence over the sequence that carries a fixed-size state per sequence instead of "
+        f"attention over a KV cache — and rooftop's IR, KV-cache passes and cost formulas describe "
+        f"attention transformers only, so neither the cost report nor the ONNX artifact would be "
+        f"right. Cost an attention model (e.g. model=llama3_8b), or export the scan with your own "
+        f"runtime; support for state-space layers would need a scan op in compiler/ir/ops.py.")
+
+
 __all__ = ["ALIASES", "NESTED", "fact", "dims", "shared_experts", "has_experts", "layer_windows", "moe_layer_mask",
            "mla", "attention_facts", "layer_kinds", "hf_config", "model_type", "SINK_FAMILIES", "QK_NORM_FAMILIES",
-           "ALIBI_FAMILIES", "GETATTR_KEYS"]
+           "ALIBI_FAMILIES", "GETATTR_KEYS", "state_space", "refuse_state_space", "STATE_SPACE_TYPES"]

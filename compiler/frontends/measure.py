@@ -14,21 +14,13 @@ import torch
 from compiler.errors import ConfigError
 from compiler.frontends import families
 from compiler.frontends.models import build_hf
-
-EVAL_TEXT = (
-    "Speculative decoding runs a small draft model ahead of a large target model. The draft proposes "
-    "a few tokens, the target checks all of them in a single forward pass, and every proposal that "
-    "agrees with what the target would have sampled is kept. Because a forward pass over a handful of "
-    "tokens costs about as much as a pass over one token when decoding is limited by memory bandwidth, "
-    "the accepted tokens come almost for free. The gain depends on how often the draft agrees with the "
-    "target and on how cheap the draft is compared with the target.")
-
-
+from compiler.resources import EVAL_TEXT
 
 def eval_token_ids(vocab: int, n: int) -> np.ndarray:
-    """Deterministic evaluation tokens: the built-in English paragraph as UTF-8 bytes (a byte-level
-    tokenization), repeated to ``n`` tokens, folded into the vocabulary."""
-    raw = np.frombuffer(EVAL_TEXT.encode("utf-8"), dtype=np.uint8).astype(np.int64)
+    """Deterministic evaluation tokens: the shipped evaluation text (compiler/data/eval_text.txt,
+    the accuracy stage's text) as UTF-8 bytes (a byte-level tokenization), repeated to ``n``
+    tokens, folded into the vocabulary."""
+    raw = np.frombuffer(EVAL_TEXT.read_bytes(), dtype=np.uint8).astype(np.int64)
     ids = np.resize(raw, n)
     return ids % vocab
 
@@ -72,7 +64,7 @@ def measure_acceptance(target_cfg: Mapping, draft_cfg: Mapping | None, draft_lay
         with torch.no_grad():
             alpha = acceptance_from_logits(target(input_ids=ids, use_cache=False).logits,
                                            draft(input_ids=ids, use_cache=False).logits)
-    return {"alpha": alpha, "tokens": int(n_tokens), "text": "built-in paragraph, UTF-8 bytes as token ids"}
+    return {"alpha": alpha, "tokens": int(n_tokens), "text": "compiler/data/eval_text.txt, UTF-8 bytes as token ids"}
 
 
 def calibrate(model_cfg, layers: Sequence[int], threshold: float, n_tokens: int) -> dict:
@@ -110,4 +102,4 @@ def calibrate(model_cfg, layers: Sequence[int], threshold: float, n_tokens: int)
                      "agreement_all_tokens": float((exit_tok[ell] == final).float().mean())})
         alive &= ~leave
     return {"exits": rows, "tokens": n, "agreement": float((emitted == final).float().mean()),
-            "threshold": threshold, "text": "built-in paragraph, UTF-8 bytes as token ids"}
+            "threshold": threshold, "text": "compiler/data/eval_text.txt, UTF-8 bytes as token ids"}

@@ -11,6 +11,7 @@ Sources (``model.source``):
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -25,17 +26,20 @@ from compiler.frontends.torch_export import export_module, import_exported
 from compiler.frontends.stacking import layer_count_key, stack_plan, unroll_layers
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+log = logging.getLogger("rooftop")
 
 
 class CausalLMWrapper(torch.nn.Module):
-    """(input_ids, position_ids) -> logits, no cache: the cache is lifted by rooftop itself."""
+    """(input_ids, position_ids) -> logits, no cache: the cache is lifted by rooftop itself. The
+    verifier also calls it with the padding ``attention_mask`` the emitted decoder takes."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, position_ids):
-        return self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+    def forward(self, input_ids, position_ids, attention_mask=None):
+        return self.model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                          use_cache=False).logits
 
 
 class EncoderWrapper(torch.nn.Module):
@@ -68,27 +72,46 @@ def _weights_ctx(cfg):
                       f"use model.weights=meta to cost a model without allocating its weights.")
 
 
+SDPA_UNSUPPORTED = "does not support an attention implementation through torch.nn.functional.scaled_dot_product_attention"
+
+
 def build_hf(cfg) -> torch.nn.Module:
+    """The transformers model of a ``hf_config`` model config. A family that transformers cannot
+    run with SDPA (Gemma-2, Bloom, MPT, XGLM, DeBERTa-v2, gpt-oss, …) falls back to eager attention
+    — the model computes the same; rooftop fuses the eager attention — and says so
+    (``model.rooftop_notes``, report.json model.import.attn_implementation)."""
     import transformers
     conf = dict(cfg["config"])
     model_type = conf.pop("model_type")
     hf_cfg = transformers.AutoConfig.for_model(model_type, **conf)
-    hf_cfg._attn_implementation = str(cfg.get("attn_implementation", "sdpa"))
+    families.refuse_state_space(hf_cfg, model_type)
+    want = str(cfg.get("attn_implementation", "sdpa"))
+    hf_cfg._attn_implementation = want
     facts = families.attention_facts(hf_cfg)
-    if facts["rooftop_attention"] and hf_cfg._attn_implementation in ("sdpa", "eager"):
+    if facts["rooftop_attention"] and want in ("sdpa", "eager"):
         # windows / sinks / softcap as facts of one attention op (compiler/frontends/attention.py)
         hf_cfg._attn_implementation = attention_impl.ensure_registered()
     if moe.has_experts(hf_cfg):  # experts as one custom op, grouped expert GEMMs in the importer
         hf_cfg._experts_implementation = moe.ensure_registered()
     dt = _dtype(cfg)
+    auto = transformers.AutoModelForCausalLM if str(cfg.get("task", "causal_lm")) == "causal_lm" else transformers.AutoModel
+    notes = {}
     with _weights_ctx(cfg):
-        if str(cfg.get("task", "causal_lm")) == "causal_lm":
-            m = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=dt)
-        else:
-            m = transformers.AutoModel.from_config(hf_cfg, dtype=dt)
+        try:
+            m = auto.from_config(hf_cfg, dtype=dt)
+        except ValueError as e:
+            if want != "sdpa" or SDPA_UNSUPPORTED not in str(e):
+                raise
+            hf_cfg._attn_implementation = "eager"
+            notes["attn_implementation"] = (f"eager (transformers {transformers.__version__} has no SDPA "
+                                            f"attention for {model_type}; model.attn_implementation=sdpa fell back)")
+            log.warning("model %r: %s", cfg.get("name"), notes["attn_implementation"])
+            m = auto.from_config(hf_cfg, dtype=dt)
     if facts["mla"]:   # latent attention as one op whose cache is the latent (compiler/frontends/mla.py)
         mla.install(m)
-    return m.eval()
+    m = m.eval()
+    m.rooftop_notes = notes
+    return m
 
 
 def build_minilm(cfg) -> torch.nn.Module:
@@ -174,8 +197,15 @@ def import_torch(cfg, module: torch.nn.Module | None = None, task: str | None = 
     ep = export_module(module, example, {k: [i for i, d in enumerate(v) if not isinstance(d, int)]
                                           for k, v in dims.items()})
     causal = task == "causal_lm"
+    inner = getattr(module, "model", module)
+    hf_conf = getattr(inner, "config", None)
+    max_pos = families.fact(hf_conf, "max_positions") if hf_conf is not None else None
     g = import_exported(ep, name=str(cfg.get("name", "model")), dims=dims, causal=causal,
-                        output_names=outputs, progress=progress)
+                        output_names=outputs, progress=progress,
+                        max_positions=int(max_pos) if isinstance(max_pos, int) else None)
+    notes = getattr(inner, "rooftop_notes", None)
+    if notes:
+        g.meta["import_stats"] = {**g.meta.get("import_stats", {}), **notes}
     if stack_to is not None:
         g.meta["layer_stacking"] = unroll_layers(g, stack_to, kinds)
     attention_impl.mark_global_layers(g)

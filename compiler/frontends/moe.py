@@ -123,6 +123,8 @@ def ensure_registered() -> str:
 
 
 def has_experts(hf_cfg) -> bool:
+    """Whether a transformers config has routed experts (every family's spelling, nested DBRX
+    ``ffn_config.moe_num_experts`` included: compiler/frontends/families.py)."""
     return families.has_experts(hf_cfg)
 
 

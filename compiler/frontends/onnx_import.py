@@ -70,6 +70,7 @@ _STD_DOMAINS = ("", "ai.onnx")
 _CONVENTIONAL = {B: {"batch", "batch_size"},
                  S: {"seq", "sequence", "seq_len", "sequence_length"},
                  P: {"past_seq", "past_len", "past_seq_len", "past_sequence_length"}}
+_SAME_TOKENS = re.compile(r"^(attention_mask|token_type_ids|position_ids)$", re.I)
 _KV_INPUT = re.compile(r"^(past_key_values|past_key|past_value|past)[._\[]", re.I)
 _KV_OUTPUT = re.compile(r"^(present|present_key_values|present_key|present_value)[._\[]", re.I)
 
@@ -385,6 +386,20 @@ def _map_input_dims(graph: onnx.GraphProto, inputs: list[onnx.ValueInfoProto], d
         for d, sym in zip(raw[first][1], (B, S)):
             if isinstance(d, str) and d not in dims.names and sym not in dims.names.values():
                 dims.names[d] = sym
+    # the other token-shaped inputs (attention_mask, token_type_ids, position_ids,
+    # decoder_input_ids): their batch axis is the same batch, whatever the exporter named it
+    # (torch.export.Dim.DYNAMIC gives every input its own symbol)
+    # and the inputs that describe input_ids' own tokens (attention_mask, token_type_ids,
+    # position_ids — not a decoder's) have its sequence axis too
+    if first is not None:
+        for n, (et, ds) in raw.items():
+            if n == first or et not in ints or len(ds) != 2:
+                continue
+            if isinstance(ds[0], str) and ds[0] not in dims.names:
+                dims.names[ds[0]] = B
+            if isinstance(ds[1], str) and ds[1] not in dims.names and _SAME_TOKENS.match(n) and \
+                    dims.names.get(raw[first][1][1]) is S:
+                dims.names[ds[1]] = S
     # no integer input to go by: conventional dim names (B/S/P themselves: a rooftop-emitted model)
     for d in (d for _, ds in raw.values() for d in ds if isinstance(d, str)):
         sym = SYMBOLS.get(d) or next((sy for sy, names in _CONVENTIONAL.items() if d.lower() in names), None)
@@ -898,11 +913,22 @@ def import_onnx(path: str, *, name: str | None = None, dims: dict[str, list] | N
                         "producer": producer}
     g.meta["import_stats"] = {"nodes": len(g), "params": len(g.params), "shape_inference": note,
                               "unknown_dims": len(unknown), **imp.stats}
+    if unknown:   # (costed as these; the artifact keeps computing them at run time)
+        g.meta["import_stats"]["unknown_dims_costed_as"] = {k: v["bound_to"] for k, v in unknown.items()}
     return g
 
 
+def _bound_to(g: Graph, info: dict) -> str:
+    """What the cost model substitutes for an unknown dim: ``B`` for the leading axis of a graph
+    input, else ``S`` (another length — a decoder's own sequence, a data-dependent count — costed
+    as the prompt length; report.json model.import.unknown_dims says so)."""
+    origin = str(info.get("origin", ""))
+    return "B" if "axis 0 " in origin else "S"
+
+
 def _collect_unknown(g: Graph, dims: _Dims) -> dict[str, dict]:
-    """The unknown symbols that the graph's types actually use, with a few tensors each."""
+    """The unknown symbols that the graph's types actually use, with a few tensors each and the
+    symbol the cost model binds each to (``bound_to``)."""
     by_name = {k: v for k, v in dims.unknown.items()}
     used: dict[str, dict] = {}
     for t, ty in g.types.items():
@@ -914,7 +940,7 @@ def _collect_unknown(g: Graph, dims: _Dims) -> dict[str, dict]:
                 if info is None:
                     continue
                 u = used.setdefault(s.name, {"symbol": info["symbol"], "origin": info["origin"],
-                                             "tensors": []})
+                                             "tensors": [], "bound_to": _bound_to(g, info)})
                 if len(u["tensors"]) < 5 and t not in u["tensors"]:
                     u["tensors"].append(t)
     return dict(sorted(used.items()))

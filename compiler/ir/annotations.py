@@ -37,7 +37,7 @@ import numpy as np
 import sympy
 
 from compiler.ir.ops import REGISTRY
-from compiler.ir.tensors import DTYPES, IRError
+from compiler.ir.tensors import DTYPES, HW_DTYPES, IRError
 
 
 class Policy(enum.Enum):
@@ -50,7 +50,6 @@ class Policy(enum.Enum):
 # schemas
 
 SCALE_DTYPES = ("float32", "float16", "bfloat16", "float8e4m3fn", "float8e8m0")
-HW_DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4", "fp4")
 
 
 def _bits(dtype: str) -> int:
@@ -73,8 +72,7 @@ class WeightFormat:
     - ``nm``: an N:M sparsity pattern ``(n, m)`` — n of every m values along ``axis`` kept — or
       None (dense). Kept values carry ``ceil(log2(m))`` bits of index metadata each.
 
-    :meth:`stored_bytes` counts values + scales + zero points + N:M metadata (DOMAIN.md "Weight
-    formats"): int4 with fp16 scale and zero per group of 128 → 4 + 32/128 = 4.25 bits/weight;
+    :meth:`stored_bytes` counts values + scales + zero points + N:M metadata: int4 with fp16 scale and zero per group of 128 → 4 + 32/128 = 4.25 bits/weight;
     fp16 2:4 → 0.5625× the dense bytes; int8 2:4 → 0.625×.
     """
 
@@ -318,6 +316,30 @@ class QuantizedData:
         return str(self.codes.dtype)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class KVQuant:
+    """The KV cache an Attention stores quantized in the emitted artifact (annotation ``kv_quant``,
+    written by passes/quant (``quantize_kv``, from ``kv.dtype``), read by the emitter): the stored
+    ``dtype`` (``int8``) and static scales per KV head and channel, ``k_scale`` / ``v_scale``
+    ``[kv_heads, head_dim]`` fp32 (calibrated: max |K|, |V| over the calibration text / 127). The
+    cache value ``x`` is stored as ``clip(round(x / scale), −128, 127)``. The graph's past/present
+    tensors keep the model's float type (the ``kv_layout`` annotation describes the storage to the
+    cost model); the emitter writes them in ``dtype``."""
+
+    dtype: str
+    k_scale: np.ndarray
+    v_scale: np.ndarray
+    granularity: str = "channel"
+
+    def __post_init__(self):
+        if self.dtype not in ("int8", "float8e4m3fn"):
+            raise IRError(f"kv_quant.dtype={self.dtype!r}: use int8 or float8e4m3fn")
+        if self.granularity != "channel":
+            raise IRError(f"kv_quant.granularity={self.granularity!r}: only per head and channel ('channel')")
+        if np.asarray(self.k_scale).ndim != 2 or np.asarray(self.k_scale).shape != np.asarray(self.v_scale).shape:
+            raise IRError("kv_quant: k_scale and v_scale must both be [kv_heads, head_dim]")
+
+
 @dataclasses.dataclass(frozen=True)
 class ActivationQuant:
     """How an op's input activation is quantized (annotation ``activation_quant``, W8A8 / FP8):
@@ -431,6 +453,12 @@ KEYS: dict[str, Key] = {k.name: k for k in [
         readers=("compiler/backend/emit.py (DynamicQuantizeLinear / QDQ forms)", "compiler/backend/accuracy.py"),
         policy=Policy.KEEP, merge=_agree, serialize=True,
         doc="how the op's input activation is quantized (dynamic / per token / static scale)"),
+    Key("kv_quant", KVQuant, frozenset({OP}),
+        writers=("passes/quant (quantize_kv; kv.dtype=int8)",),
+        readers=("compiler/backend/emit.py + quantized.py (GroupQueryAttention with an int8 cache)",
+                 "compiler/backend/accuracy.py (kv_cache_check)"),
+        policy=Policy.KEEP, merge=_agree,
+        doc="static per-head/channel scales of an Attention's quantized KV cache in the artifact"),
     Key("moe", MoERouting, frozenset({OP}),
         writers=("compiler/frontends/moe.py (torch import of MoE layers)", "passes/moe (routing)"),
         readers=("compiler/perf/cost.py + compiler/perf/moe.py (routed rows, touched experts)", "compiler/analysis/moe.py (moe report)"),
@@ -578,6 +606,9 @@ META_KEYS: dict[str, MetaKey] = {k.name: k for k in [
             "the paged artifact's block size, pools, block table and new-KV outputs"),
     MetaKey("quantization", dict, ("passes/quant (quantize)",), ("compiler/analysis/compression.py", "reports"),
             "the quantize pass's scheme, decisions and exclusions"),
+    MetaKey("kv_quantization", dict, ("passes/quant (quantize_kv)",),
+            ("compiler/analysis/compression.py", "reports", "compiler/driver/pipeline.py"),
+            "the quantized KV cache in the artifact: dtype, scales' calibration, attention layers, or why not emitted"),
     MetaKey("sparsity", dict, ("passes/quant (prune_nm)",), ("compiler/analysis/compression.py", "reports"),
             "the N:M pass's pattern and per-layer decisions"),
     MetaKey("exit_layers", _SEQ, ("passes/early_exit.py",), ("compiler/analysis/early_exit.py",),
@@ -688,5 +719,5 @@ def table() -> list[dict[str, Any]]:
             for k in KEYS.values()]
 
 
-__all__ = ["BLOCKS", "KEYS", "Key", "Policy", "WeightFormat", "ComputeDtype", "MoERouting", "ExitPoint", "KVLayout",
+__all__ = ["BLOCKS", "KEYS", "Key", "Policy", "WeightFormat", "ComputeDtype", "MoERouting", "ExitPoint", "KVLayout", "KVQuant",
            "AttentionSpec", "MASK_KINDS", "Rotary", "get", "set", "validate", "carry", "carry_params", "carried", "COSTED", "serialized", "declared", "table"]

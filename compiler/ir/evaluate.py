@@ -35,5 +35,15 @@ class Evaluator(Protocol):
         samples, seq_len, source) and hand each tensor's activation, flattened to
         ``[rows, last_dim]``, to ``consume(name, array)``; returns the number of sequences run."""
 
+    def score(self, graph, variants: Sequence[Mapping[str, Any]], *, samples: int, seq_len: int,
+              tokenizer_source: Mapping | None, reference=None, text: str | None = None) -> list[dict[str, float]]:
+        """Accuracy of variants of ``graph`` against ``reference`` (default: ``graph``) on the
+        evaluation split of the evaluation text (``samples`` paragraphs of ``seq_len`` tokens). A
+        variant is ``{"weights": {param: array}, "activations": {(op name, operand index): dtype}}``:
+        parameters replaced (e.g. a layer's weights quantized and dequantized) and operands
+        fake-quantized at run time (``uint8``: per-tensor dynamic int8; ``float8e4m3fn``). Per
+        variant: ``cos`` (embedding models) or ``kl`` and ``top1`` (causal LMs), means over the
+        samples."""
+
 
 __all__ = ["Evaluator", "Feeds"]

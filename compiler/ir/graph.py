@@ -246,6 +246,13 @@ class Graph:
             raise IRError(f"{name!r} is not a graph input")
         self.types[name] = ttype
 
+    def retype(self, name: str, ttype: TensorType) -> None:
+        """Give an op-produced tensor a new type (a per-token value recomputed over a longer
+        sequence); its consumers must accept it (``verify`` checks)."""
+        if name not in self.types or name in self.inputs or name in self.params:
+            raise IRError(f"{name!r} is not a tensor produced by an op")
+        self.types[name] = ttype
+
     def add_op_output(self, node: OpNode | str, tensor: str, ttype: TensorType) -> None:
         """Append a new output ``tensor`` of type ``ttype`` to ``node`` (e.g. an Attention's
         ``present`` KV)."""
@@ -321,6 +328,19 @@ class Graph:
         for n in self:
             out[n.op] = out.get(n.op, 0) + 1
         return dict(sorted(out.items()))
+
+    def dim_bindings(self) -> dict:
+        """What the cost formulas substitute for dims that are not expressions of B, S, P
+        (``meta["unknown_dims"]`` entries' ``bound_to``: ``"B"``, ``"S"`` or an int) — a decoder's
+        own sequence length, a data-dependent count. The graph keeps them as their own symbols
+        (the emitted model computes them at run time); only the costing binds them."""
+        out = {}
+        for info in (self.meta.get("unknown_dims") or {}).values():
+            to = info.get("bound_to")
+            if to is None or "symbol" not in info:
+                continue
+            out[info["symbol"]] = SYMBOLS[to] if isinstance(to, str) else int(to)
+        return out
 
     def has_weights(self) -> bool:
         return all(p.data is not None for p in self.params.values())

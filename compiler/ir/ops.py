@@ -170,10 +170,6 @@ def ops_where(pred: Callable[[OpDef], bool]) -> frozenset:
     return frozenset(n for n, d in REGISTRY.items() if pred(d))
 
 
-def ops_of_kind(*kinds: OpKind) -> frozenset:
-    return ops_where(lambda d: d.kind in kinds)
-
-
 # ----------------------------------------------------------------------------------------------
 # shape helpers
 
@@ -902,6 +898,118 @@ def moe_matmul_flops(node, ins, outs):
 
 register(OpDef("MoEMatMul", OpKind.OPAQUE, "gemm", moe_matmul_rule, moe_matmul_flops, default_bytes,
                foldable=False))
+# the rest of the standard ONNX ops that exporters emit for transformer, vision and audio models
+# (tools/onnx_conformance.py checks each against the ONNX backend node tests). Importers type them
+# from ONNX shape inference; the shape rules below cover what passes create. Not registered, so
+# refused at import with the reason: control flow (If/Loop/Scan: subgraphs), sequences, optionals,
+# strings, random generators and training-only ops.
+
+def _numel_of(i: int):
+    return lambda node, ins, outs: _numel(ins[i]) if len(ins) > i else 0
+
+
+def _window_flops(node, ins, outs):
+    """A pooling window: one FLOP per window element per output element."""
+    k = 1
+    for d in node.attrs.get("kernel_shape") or []:
+        k *= int(d)
+    if node.op.startswith("Global") and ins and ins[0] is not None:
+        return _numel(ins[0])
+    return k * _numel(outs[0]) if outs and outs[0] is not None else 0
+
+
+def conv_transpose_flops(node, ins, outs):
+    """Each input element scatters into C_out/group · prod(kernel) outputs (2 FLOPs per MAC)."""
+    w = ins[1]
+    per_in = 1
+    for d in w.shape[1:]:
+        per_in *= d
+    return 2 * per_in * _numel(ins[0])
+
+
+def rnn_flops(node, ins, outs):
+    """LSTM/GRU/RNN: input and recurrent GEMMs per step (gates·hidden·(input + hidden)), ×2 FLOPs."""
+    x, w, r = ins[0], ins[1], ins[2]
+    seq, batch = x.shape[0], x.shape[1]
+    gates_h, inp = w.shape[1], w.shape[2]
+    dirs = w.shape[0]
+    hid = r.shape[2]
+    return 2 * dirs * seq * batch * gates_h * (inp + hid)
+
+
+def einsum_flops(node, ins, outs):
+    """2 · the product of every distinct index's size (what a contraction loop nest does)."""
+    eq = str(node.attrs.get("equation", "")).replace(" ", "")
+    lhs = eq.split("->")[0].split(",")
+    sizes: dict[str, Any] = {}
+    for term, t in zip(lhs, ins):
+        if t is None or "..." in term:
+            return 2 * sum(_numel(i) for i in ins if i is not None)
+        for ch, d in zip(term, t.shape):
+            sizes[ch] = d
+    total = 1
+    for d in sizes.values():
+        total *= d
+    return 2 * total
+
+
+def det_rule(node, ins):
+    return [ins[0].with_shape(ins[0].shape[:-2])]
+
+
+def variadic_rule(node, ins):
+    return [TensorType(ins[0].dtype, broadcast_shapes(*[t.shape for t in ins if t is not None]))]
+
+
+for _op, _k in [("Acos", 1), ("Acosh", 1), ("Asin", 1), ("Asinh", 1), ("Atan", 1), ("Atanh", 1),
+                ("Cosh", 1), ("Sinh", 1), ("Tan", 1), ("Softsign", 3), ("ThresholdedRelu", 1),
+                ("Shrink", 2), ("BitwiseNot", 1), ("Hardmax", 2), ("LpNormalization", 3),
+                ("LRN", 8), ("BatchNormalization", 2), ("InstanceNormalization", 8),
+                ("GroupNormalization", 8), ("MeanVarianceNormalization", 8),
+                ("QuantizeLinear", 3), ("DequantizeLinear", 2)]:
+    register(OpDef(_op, OpKind.REDUCTION if _op in ("Hardmax", "LpNormalization", "LRN", "InstanceNormalization",
+                                                   "GroupNormalization", "MeanVarianceNormalization") else OpKind.ELEMENTWISE,
+                   "reduction" if _op in ("Hardmax", "LpNormalization", "LRN", "InstanceNormalization",
+                                          "GroupNormalization", "MeanVarianceNormalization") else "elementwise",
+                   None if _op in ("BatchNormalization", "QuantizeLinear", "DequantizeLinear") else same_as_input(),
+                   per_output_element(_k), default_bytes))
+for _op in ("BitwiseAnd", "BitwiseOr", "BitwiseXor"):
+    register(OpDef(_op, OpKind.BROADCAST, "elementwise", broadcast_rule(), per_output_element(1), default_bytes,
+                   commutative=True))
+for _op in ("Sum", "Mean"):
+    register(OpDef(_op, OpKind.BROADCAST, "elementwise", variadic_rule,
+                   lambda n, i, o: max(len(i) - 1, 1) * _numel(o[0]), default_bytes))
+for _op, _k in [("ReduceL1", 2), ("ReduceLogSum", 2)]:
+    register(OpDef(_op, OpKind.REDUCTION, "reduction", reduce_rule, per_input_element(_k), default_bytes))
+for _op in ("NegativeLogLikelihoodLoss", "SoftmaxCrossEntropyLoss"):
+    register(OpDef(_op, OpKind.REDUCTION, "reduction", None, _numel_of(0), default_bytes))
+for _op in ("AveragePool", "MaxPool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
+            "MaxRoiPool", "RoiAlign", "MaxUnpool"):
+    register(OpDef(_op, OpKind.OUT_ELEMENTWISE_FUSABLE, "reduction", None, _window_flops, default_bytes))
+register(OpDef("ConvTranspose", OpKind.OUT_ELEMENTWISE_FUSABLE, "gemm", None, conv_transpose_flops, default_bytes))
+register(OpDef("DeformConv", OpKind.OUT_ELEMENTWISE_FUSABLE, "gemm", None, conv_flops, default_bytes))
+register(OpDef("Einsum", OpKind.OUT_ELEMENTWISE_FUSABLE, "gemm", None, einsum_flops, default_bytes))
+for _op in ("LSTM", "GRU", "RNN"):
+    register(OpDef(_op, OpKind.OPAQUE, "gemm", None, rnn_flops, default_bytes))
+register(OpDef("Det", OpKind.REDUCTION, "reduction", det_rule, per_input_element(2), default_bytes))
+for _op, _k in [("Resize", 4), ("GridSample", 8), ("Col2Im", 1), ("AffineGrid", 6), ("CenterCropPad", 0),
+                ("SpaceToDepth", 0), ("ReverseSequence", 0), ("Compress", 0), ("Unique", 4),
+                ("NonMaxSuppression", 8), ("MelWeightMatrix", 4), ("HannWindow", 2), ("HammingWindow", 2),
+                ("BlackmanWindow", 3)]:
+    register(OpDef(_op, OpKind.INJECTIVE, "copy" if _k == 0 else "elementwise", None, per_output_element(_k),
+                   default_bytes))
+# spectral transforms: ≈ 5·N·log2(N) FLOPs per transform of length N (Cooley-Tukey)
+register(OpDef("DFT", OpKind.OPAQUE, "elementwise", None,
+               lambda n, i, o: 5 * _numel(o[0]) * 8, default_bytes))
+register(OpDef("STFT", OpKind.OPAQUE, "elementwise", None,
+               lambda n, i, o: 5 * _numel(o[0]) * 8, default_bytes))
+# integer / quantized linear algebra (ONNX quantized exports)
+register(OpDef("DynamicQuantizeLinear", OpKind.REDUCTION, "reduction", None, per_input_element(4), default_bytes))
+for _op in ("MatMulInteger", "QLinearMatMul"):
+    register(OpDef(_op, OpKind.OUT_ELEMENTWISE_FUSABLE, "gemm", None,
+                   lambda n, i, o: 2 * _numel(o[0]) * i[0].shape[-1], default_bytes))
+for _op in ("ConvInteger", "QLinearConv"):
+    register(OpDef(_op, OpKind.OUT_ELEMENTWISE_FUSABLE, "gemm", None, conv_flops, default_bytes))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1249,7 +1357,3 @@ def op_kernels(graph: Graph, node: OpNode, cls: Classifier | None = None) -> lis
 def is_commutative(op: str) -> bool:
     d = REGISTRY.get(op)
     return bool(d and d.commutative)
-
-
-def kind_of(op: str) -> OpKind:
-    return get(op).kind

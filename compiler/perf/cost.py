@@ -33,12 +33,9 @@ from compiler.perf.moe import expert_factors, grouped_factors, layer_fixed
 from compiler.ir import B, P, S, Graph
 from compiler.ir.ops import Bytes, Classifier, get, op_cost, op_kernels
 from compiler.ir.ops import attention_q_tiles as _q_tiles
-from compiler.ir.tensors import DTYPES
+from compiler.ir.tensors import DTYPES, HW_DTYPE
 from compiler.perf import kernel_families as kf
 
-_HW_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float8e4m3fn": "fp8",
-             "float8e5m2": "fp8", "int8": "int8", "uint8": "int8", "int4": "int4", "uint4": "int4", "float4e2m1": "fp4",
-             "float64": "fp32", "int64": "fp32", "int32": "fp32", "bool": "fp32"}
 FREE_CLASSES = ("view", "shape")
 # Efficiency fractions of these classes are defined against the dense fp16 peak (the reference the
 # calibration fits them with; e.g. elementwise compute ≈ 0.07 = fp32 vector rate / fp16 tensor
@@ -83,7 +80,10 @@ def attention_q_tiles(hw: Hardware, heads, head_dim, itemsize, q_len):
     return _q_tiles(hw.onchip.l2_bytes, heads, head_dim, itemsize, q_len)
 
 
+#: symbolic (FLOPs, Bytes) per structurally identical op — the layers of a model share entries;
+#: bounded (cleared when it outgrows a few large models' worth of distinct ops)
 _COST_CACHE: dict = {}
+_COST_CACHE_MAX = 50_000
 #: elementwise ops per K/V element a quantized cache adds (dequantize on read / quantize on write:
 #: a convert and a multiply by the scale)
 KV_DEQUANT_OPS = 2
@@ -154,6 +154,8 @@ class CostModel:
             if hit is None:
                 hit = kv_format_cost(graph, n, hw, *op_cost(graph, n, cls))
                 if key is not None:
+                    if len(_COST_CACHE) >= _COST_CACHE_MAX:
+                        _COST_CACHE.clear()
                     _COST_CACHE[key] = hit
             flops, byts = hit
             fixed = 1
@@ -171,7 +173,8 @@ class CostModel:
             self.items.append(OpItem(n.name, n.op, d.cost_class, self._dtype(n), self._sparse(n, cls),
                                      (ix(flops), ix(byts.weights), ix(byts.activations), ix(byts.kv), ix(fixed)),
                                      kernel, n.name, kind=construct_kind(n, cls)))
-        self.exprs = list(exprs)
+        bind = graph.dim_bindings()   # dims that are not B/S/P (an imported file's own lengths)
+        self.exprs = [sympy.sympify(e).xreplace(bind) for e in exprs] if bind else list(exprs)
         self._fn = sympy.lambdify((B, S, P), self.exprs, modules="numpy")
         idx = np.array([it.idx for it in self.items], dtype=np.int64).reshape(-1, 5)
         self._idx = {"prefill": idx,
@@ -242,8 +245,8 @@ class CostModel:
             if t:
                 name = self.graph.type(t).dtype
                 if name.startswith("float") or name == "bfloat16":
-                    return _HW_DTYPE[name]
-        return _HW_DTYPE.get(self.graph.type(n.outputs[0]).dtype, "fp32") if n.outputs else "fp32"
+                    return HW_DTYPE[name]
+        return HW_DTYPE.get(self.graph.type(n.outputs[0]).dtype, "fp32") if n.outputs else "fp32"
 
     # ------------------------------------------------------------------------------------
     def raw(self, b, s, p, phase: str = "prefill") -> np.ndarray:
@@ -281,9 +284,7 @@ class CostModel:
             bw = self.hw.memory_bandwidth
             # flops_half is sized for the fp16 reference peak: a kernel's ramp-up TIME is the
             # chip's, whatever the dtype (fp32 / fp8 / int8 GEMMs scale it by their peak)
-            t_c = (flops[m] + cp.flops_half * fx[m] * pk / self.hw.peak("fp16")) / (pk * cp.compute)
-            t_m = (byts[m] + cp.bytes_half * fx[m]) / (bw * cp.memory)
-            time[m] = np.maximum(t_c, t_m) + launch * fx[m]
+            time[m] = eff.kernel_time(cp, flops[m], byts[m], pk, bw, launch, fixed=fx[m], ramp_peak=self.hw.peak("fp16"))
             # the roofline side that binds, unless fixed per-kernel costs (launch, ramp) dominate
             pure_c = flops[m] / (pk * cp.compute)
             pure_m = byts[m] / (bw * cp.memory)
@@ -296,9 +297,8 @@ class CostModel:
             for i, kernel, kn2, w_dense, dense_dtype in self._kernel_items:
                 dense_bytes = byts[i] - w[i] + w_dense
                 pk = self.hw.peak(dense_dtype)
-                t_dense = np.maximum((flops[i] + ge.flops_half * fx[i] * pk / p16) / (pk * ge.compute),
-                                     (dense_bytes + ge.bytes_half * fx[i]) / (self.hw.memory_bandwidth * ge.memory)) \
-                    + launch * fx[i]
+                t_dense = eff.kernel_time(ge, flops[i], dense_bytes, pk, self.hw.memory_bandwidth, launch,
+                                          fixed=fx[i], ramp_peak=p16)
                 time[i] = t_dense * kf.ratio(kernel, flops[i] / kn2)
                 att_f[i] = np.where(time[i] > 0, flops[i] / np.maximum(time[i] - launch * fx[i], 1e-30), 0.0)
         return {"flops": flops, "bytes": byts, "weights": w, "activations": a, "kv": kv,
@@ -334,14 +334,4 @@ class CostModel:
         return rows
 
 
-def graph_cost_summary(graph: Graph, hw: Hardware, points: Sequence[tuple[int, int, int, str]]) -> list[dict]:
-    """Totals at a few (B, S, P, phase) points — what the pass manager records per pass."""
-    cm = CostModel(graph, hw)
-    out = []
-    for b, s, p, phase in points:
-        t = cm.totals(b, s, p, phase)
-        out.append({"phase": phase, **t})
-    return out
-
-
-__all__ = ["CostModel", "graph_cost_summary", "attention_q_tiles", "Bytes"]
+__all__ = ["CostModel", "attention_q_tiles", "Bytes"]

@@ -91,13 +91,24 @@ def _is_scalar(*xs) -> bool:
     return all(np.ndim(x) == 0 for x in xs)
 
 
-def op_time(p: ClassParams, flops, bytes_, peak_flops: float, bandwidth: float, launch_s: float):
-    """Predicted time (s) of one kernel; floats in, float out; arrays broadcast."""
+def kernel_time(p: ClassParams, flops, bytes_, peak_flops, bandwidth: float, launch_s: float, *,
+                fixed=1.0, ramp_peak=None):
+    """The model in one place (module doc): ``max((F + F½·k) / (P·e_c), (B + B½·k) / (W·e_m)) +
+    launch·k`` with ``k = fixed`` (the share of a kernel's fixed costs an op pays: 1, or a routed
+    expert's touched probability) and ``F½`` scaled by ``P / ramp_peak`` (the roll-off is sized
+    for the fp16 reference peak, so the ramp-up *time* is the chip's whatever the dtype; None: no
+    scaling). Arrays broadcast."""
     f = np.asarray(flops, dtype=float)
     b = np.asarray(bytes_, dtype=float)
-    t_c = (f + p.flops_half) / (peak_flops * p.compute)
-    t_m = (b + p.bytes_half) / (bandwidth * p.memory)
-    t = np.maximum(t_c, t_m) + launch_s
+    fh = p.flops_half * fixed * (1.0 if ramp_peak is None else peak_flops / ramp_peak)
+    t_c = (f + fh) / (peak_flops * p.compute)
+    t_m = (b + p.bytes_half * fixed) / (bandwidth * p.memory)
+    return np.maximum(t_c, t_m) + launch_s * fixed
+
+
+def op_time(p: ClassParams, flops, bytes_, peak_flops: float, bandwidth: float, launch_s: float):
+    """Predicted time (s) of one kernel; floats in, float out; arrays broadcast."""
+    t = kernel_time(p, flops, bytes_, peak_flops, bandwidth, launch_s)
     return float(t) if _is_scalar(flops, bytes_) else t
 
 
@@ -160,7 +171,11 @@ def _loss(r: np.ndarray) -> np.ndarray:
 
 
 def _nelder_mead(fun, x0: np.ndarray, step: np.ndarray, max_iter: int = 2000, tol: float = 1e-10):
-    """Plain Nelder–Mead (deterministic, numpy only)."""
+    """Plain Nelder–Mead (deterministic, numpy only). Hand-written on purpose: the shipped Hopper
+    calibration (conf/hardware/*.yaml, ``python -m compiler.perf.calibration.transfer --write``)
+    is this routine's exact output, and scipy's Nelder–Mead stops elsewhere in the flat valleys
+    of the roll-off sizes (attention_prefill bytes_half 1.87 vs 1.59 MB on the joint Hopper fit):
+    switching is a recalibration of every Hopper file, not a refactor."""
     n = len(x0)
     simplex = [np.array(x0, dtype=float)]
     for i in range(n):

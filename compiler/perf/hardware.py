@@ -43,7 +43,8 @@ count), the cost model of :mod:`compiler.perf.collectives`, written by
 Other keys: ``name`` (must equal the file stem), ``vendor``, ``kind`` (gpu | cpu | soc),
 ``description`` (optional free text), ``interconnect.name``, ``efficiency.source``.
 
-Optional provenance keys (written by ``python -m compiler.perf.calibration.transfer``):
+Optional provenance keys (written by ``python -m compiler.perf.calibration.transfer`` through
+:mod:`compiler.perf.hardware_yaml`):
 
 * ``architecture``: the chip family (``hopper``, ``ampere``, ...): devices of one architecture
   share one calibration (:mod:`compiler.perf.calibration.transfer`).
@@ -89,8 +90,8 @@ another dtype a cost model scales it by ``peak(dtype) / peak("fp16")``, so the r
 the chip's whatever the dtype. ``compute`` fractions are meant relative to ``peak(dtype)`` of
 the op's dtype; for the vector classes (elementwise, reduction, copy) a cost model may prefer
 ``peak("fp32")``. Shipped files carry ``source: "uncalibrated default"``; calibration writes
-measured values back with :func:`update_efficiency_yaml` (which keeps the file's comments) or
-:func:`write_hardware_yaml` (whole file, no comments).
+measured values back with :func:`compiler.perf.hardware_yaml.update_efficiency_yaml` (which keeps the file's comments) or
+:func:`compiler.perf.hardware_yaml.write_hardware_yaml` (whole file, no comments).
 """
 
 from __future__ import annotations
@@ -110,16 +111,15 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from compiler.errors import ConfigError
+from compiler.ir.tensors import HW_DTYPES, hw_dtype
 from compiler.perf import structured
-from compiler.perf.collectives import COLLECTIVES, CollectiveFit, Collectives, collectives_to_yaml_dict
-from ruamel.yaml import YAML
+from compiler.perf.collectives import COLLECTIVES, CollectiveFit, Collectives
 from compiler import resources
 
 __all__ = [
     "CALIBRATION_SOURCES",
     "Calibration",
     "KernelFamilyEfficiency",
-    "update_yaml_blocks",
     "DTYPES",
     "OP_CLASSES",
     "KINDS",
@@ -136,13 +136,9 @@ __all__ = [
     "available_hardware",
     "hardware_dir",
     "hardware_by_name",
-    "hardware_to_yaml_dict",
-    "efficiency_to_yaml_dict",
-    "write_hardware_yaml",
-    "update_efficiency_yaml",
 ]
 
-DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4", "fp4")
+DTYPES = HW_DTYPES
 OP_CLASSES = ("gemm", "attention_prefill", "attention_decode", "elementwise", "reduction", "copy")
 KINDS = ("gpu", "cpu", "soc")
 
@@ -156,19 +152,6 @@ DTYPE_FALLBACK: Mapping[str, tuple[str, ...]] = {
     "int8": ("fp16", "bf16", "fp32"),
     "int4": ("int8", "fp16", "bf16", "fp32"),
     "fp4": ("fp8", "fp16", "bf16", "fp32"),
-}
-
-# Other spellings of the dtype classes (torch / numpy / ONNX names) accepted by normalize_dtype.
-_DTYPE_ALIASES = {
-    "float32": "fp32", "float": "fp32", "f32": "fp32",
-    "tensorfloat32": "tf32",
-    "float16": "fp16", "half": "fp16", "f16": "fp16",
-    "bfloat16": "bf16",
-    "float8": "fp8", "float8_e4m3fn": "fp8", "float8_e4m3fnuz": "fp8", "float8_e5m2": "fp8",
-    "float8_e5m2fnuz": "fp8", "fp8_e4m3": "fp8", "fp8_e5m2": "fp8", "e4m3": "fp8", "e5m2": "fp8",
-    "uint8": "int8", "i8": "int8", "u8": "int8",
-    "uint4": "int4", "i4": "int4", "u4": "int4",
-    "float4e2m1": "fp4", "float4_e2m1fn": "fp4", "e2m1": "fp4", "nvfp4": "fp4", "mxfp4": "fp4",
 }
 
 # Pairs (wider, narrower): a chip's native narrower-type peak cannot be below the wider one's.
@@ -188,9 +171,6 @@ _GFLOP = 1e9
 _MB = 1e6
 
 # Where the object being validated came from (a file path), for messages; set by the loaders.
-_RT = YAML()               # round-trip YAML (keeps comments, key order and quoting)
-_RT.width = 100
-_RT.indent(mapping=2, sequence=4, offset=2)
 
 _WHERE: contextvars.ContextVar[str | None] = contextvars.ContextVar("rooftop_hw_where", default=None)
 
@@ -240,13 +220,9 @@ def normalize_dtype(dtype: str) -> str:
     :data:`DTYPES`; raise :class:`HardwareError` for anything else."""
     if not isinstance(dtype, str):
         raise HardwareError(f"dtype {dtype!r} is not a string; use one of {', '.join(DTYPES)}.")
-    key = dtype.strip().lower()
-    if key.startswith("torch."):
-        key = key[len("torch."):]
-    if key in DTYPES:
-        return key
-    if key in _DTYPE_ALIASES:
-        return _DTYPE_ALIASES[key]
+    d = hw_dtype(dtype)
+    if d is not None:
+        return d
     raise HardwareError(
         f"dtype {dtype!r} is unknown to the hardware schema; use one of {', '.join(DTYPES)} "
         f"(or a common alias such as float16, bfloat16, float8_e4m3fn).")
@@ -889,191 +865,3 @@ def hardware_by_name(name: str) -> Hardware:
             f"{', '.join(names) or '(none found)'}. Pick one (e.g. hardware=h100_sxm) or add "
             f"conf/hardware/{name}.yaml.")
     return load_hardware_file(hardware_dir() / f"{name}.yaml")
-
-
-# --------------------------------------------------------------------------- YAML writing
-
-def _r(x: float) -> float | int:
-    """Round to 15 significant digits so SI -> YAML unit -> SI round-trips exactly."""
-    y = float(f"{x:.15g}")
-    return int(y) if y.is_integer() and abs(y) < 1e15 else y
-
-
-def efficiency_to_yaml_dict(eff: Efficiency) -> dict:
-    """The ``efficiency:`` block of a hardware YAML (in the YAML units) for ``eff``."""
-    return {
-        "source": eff.source,
-        "launch_overhead_us": _r(eff.launch_overhead_s / _US),
-        "classes": {
-            cls: {
-                "compute": _r(ce.compute),
-                "memory": _r(ce.memory),
-                "flops_half_gflop": _r(ce.flops_half / _GFLOP),
-                "bytes_half_mb": _r(ce.bytes_half / _MB),
-            }
-            for cls in OP_CLASSES
-            if (ce := eff.classes.get(cls)) is not None
-        },
-    }
-
-
-def calibration_to_yaml_dict(cal: Calibration) -> dict:
-    out: dict[str, Any] = {"source": cal.source, "from": list(cal.from_devices), "method": cal.method}
-    if cal.date:
-        out["date"] = cal.date
-    out["error_band"] = {"median": _r(cal.error_median), "p90": _r(cal.error_p90), "basis": cal.error_basis}
-    if cal.note:
-        out["note"] = cal.note
-    return out
-
-
-def kernel_families_to_yaml_dict(fams: Mapping[str, KernelFamilyEfficiency]) -> dict:
-    out = {}
-    for fam, k in fams.items():
-        d: dict[str, Any] = {"kernel": k.kernel, "peak_dtype": k.peak_dtype}
-        if k.sparse:
-            d["sparse"] = True
-        d.update({"compute": _r(k.compute), "memory": _r(k.memory),
-                  "flops_half_gflop": _r(k.flops_half / _GFLOP), "bytes_half_mb": _r(k.bytes_half / _MB),
-                  "n": int(k.n), "median_err": _r(k.median_err)})
-        if k.source:
-            d["source"] = k.source
-        out[fam] = d
-    return out
-
-
-def hardware_to_yaml_dict(hw: Hardware) -> dict:
-    """A mapping in the YAML convention that :func:`load_hardware` turns back into ``hw``."""
-    out: dict[str, Any] = {"name": hw.name, "vendor": hw.vendor, "kind": hw.kind}
-    if hw.description:
-        out["description"] = hw.description
-    if hw.architecture:
-        out["architecture"] = hw.architecture
-    out["peak_tflops"] = {d: _r(hw.peak_flops[d] / _TFLOPS) for d in DTYPES if d in hw.peak_flops}
-    out["sparse_peak_tflops"] = {d: _r(hw.sparse_peak_flops[d] / _TFLOPS)
-                                 for d in DTYPES if d in hw.sparse_peak_flops}
-    out["memory_gib"] = _r(hw.memory_bytes / _GIB)
-    out["memory_bandwidth_gbs"] = _r(hw.memory_bandwidth / _GBS)
-    out["onchip"] = {"l2_mib": _r(hw.onchip.l2_bytes / _MIB),
-                     "smem_per_sm_kib": _r(hw.onchip.smem_per_sm_bytes / _KIB),
-                     "sm_count": int(hw.onchip.sm_count)}
-    out["interconnect"] = {"name": hw.interconnect.name,
-                           "bandwidth_gbs": _r(hw.interconnect.bandwidth / _GBS),
-                           "num_devices_per_node": int(hw.interconnect.num_devices_per_node)}
-    if hw.interconnect.latency_s is not None:
-        out["interconnect"]["latency_us"] = _r(hw.interconnect.latency_s / _US)
-    out["efficiency"] = efficiency_to_yaml_dict(hw.efficiency)
-    if hw.calibration is not None:
-        out["calibration"] = calibration_to_yaml_dict(hw.calibration)
-    if hw.kernel_families:
-        out["kernel_families"] = kernel_families_to_yaml_dict(hw.kernel_families)
-    if hw.collectives is not None:
-        out["collectives"] = collectives_to_yaml_dict(hw.collectives)
-    return out
-
-
-def _dump(data: Mapping) -> str:
-    return yaml.safe_dump(dict(data), sort_keys=False, default_flow_style=False, width=100)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def write_hardware_yaml(hw: Hardware, path: str | os.PathLike) -> Path:
-    """Write ``hw`` as a complete hardware YAML that :func:`load_hardware_file` reads back equal.
-    The file name should be ``<hw.name>.yaml`` for the library; comments are not preserved (use
-    :func:`update_efficiency_yaml` to change only the efficiency block of a commented file)."""
-    path = Path(path)
-    header = (f"# {hw.name}: written by compiler.perf.hardware.write_hardware_yaml.\n"
-              "# Units: see the docstring of compiler/perf/hardware.py (peak_tflops are DENSE).\n")
-    _atomic_write(path, header + _dump(hardware_to_yaml_dict(hw)))
-    return path
-
-
-def _block_spans(lines: list[str]) -> dict[str, tuple[int, int]]:
-    """Line span ``[start, end)`` of each top-level key's block, from ruamel.yaml's positions of
-    the keys (no pattern matching on YAML text). Column-0 comments and blank lines just above a
-    key belong to that key, so a replaced block never takes them away."""
-    doc = _RT.load("".join(lines)) or {}
-    keys = list(doc.keys())
-    starts = [doc.lc.key(k)[0] for k in keys]
-    spans = {}
-    for i, k in enumerate(keys):
-        end = starts[i + 1] if i + 1 < len(keys) else len(lines)
-        while end > starts[i] + 1 and end <= len(lines) and (
-                not lines[end - 1].strip() or lines[end - 1].startswith("#")):
-            end -= 1
-        spans[str(k)] = (starts[i], end)
-    return spans
-
-
-def _dump_block(key: str, value: Any) -> str:
-    buf = io.StringIO()
-    _RT.dump({key: value}, buf)
-    return buf.getvalue()
-
-
-def update_yaml_blocks(path: str | os.PathLike, blocks: Mapping[str, Any], note: str = "") -> Hardware:
-    """Replace (or append) top-level blocks of an existing hardware YAML — ``blocks`` maps a top
-    key (``efficiency``, ``calibration``, ``kernel_families``, ``architecture``, ``collectives``)
-    to its new value in YAML units — keeping every other line and its comments (ruamel.yaml
-    locates the blocks). A value of None removes the key. The result is validated before the
-    file is replaced (atomically); returns the reloaded :class:`Hardware`."""
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    for key, value in blocks.items():
-        lines = text.splitlines(keepends=True)
-        if lines and not lines[-1].endswith("\n"):
-            lines[-1] += "\n"
-        span = _block_spans(lines).get(key)
-        block = "" if value is None else _dump_block(key, _plain(value))
-        head = f"# {key}: {note}\n" if note and value is not None and key != "architecture" else ""
-        if span is None:
-            if value is not None:
-                text = "".join(lines) + head + block
-            continue
-        start, end = span
-        s0 = start
-        while s0 > 0 and lines[s0 - 1].startswith(f"# {key}: "):  # previous auto-written notes
-            s0 -= 1
-        tail = lines[end:]
-        text = "".join(lines[:s0]) + head + block + ("\n" if tail and block else "") + "".join(tail)
-    try:
-        data = _parse_yaml_text(text)
-    except Exception as exc:  # pragma: no cover - the blocks are generated YAML
-        raise HardwareError(f"{path}: updated text does not parse ({exc}).") from None
-    hw = load_hardware(data, source=path)
-    if hw.name != path.stem:
-        _fail("name", f"is {hw.name!r} but the file is {path.name}",
-              f"Set name: {path.stem}.", where=str(path))
-    _atomic_write(path, text)
-    return hw
-
-
-def _plain(value: Any) -> Any:
-    """Mappings/sequences as plain dicts/lists with int keys kept (ruamel dumps them as written)."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def update_efficiency_yaml(path: str | os.PathLike, eff: Efficiency) -> Hardware:
-    """Replace only the top-level ``efficiency:`` block of an existing hardware YAML with ``eff``,
-    keeping every other line (and its source comments) as is. The result is validated before
-    the file is replaced (atomically); returns the reloaded :class:`Hardware`."""
-    return update_yaml_blocks(path, {"efficiency": efficiency_to_yaml_dict(eff)},
-                              note=f"written by compiler.perf.hardware.update_efficiency_yaml ({eff.source})")

@@ -1,7 +1,7 @@
 """Kernel families of quantized and sparse GEMMs: measured time relative to the dense GEMM.
 
-A quantized GEMM's speed is a property of the kernel that runs it, not of its bit-width
-(DOMAIN.md). Two measured sources, each a ratio ``time(family) / time(dense GEMM)`` per M
+A quantized GEMM's speed is a property of the kernel that runs it, not of its bit-width.
+Two measured sources, each a ratio ``time(family) / time(dense GEMM)`` per M
 (median over shapes at each M; interpolated in log M, clamped at the measured ends):
 
 - GPUs: ``tools/measure_kernels.py`` timed PyTorch's own kernels on an NVIDIA H200 inside CUDA

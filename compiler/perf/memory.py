@@ -8,7 +8,7 @@ import sympy
 
 from compiler.ir import B, P, Graph
 from compiler.ir.ops import REGISTRY, Classifier
-from compiler.ir.tensors import DTYPES
+from compiler.ir.tensors import DTYPES, HW_DTYPE
 
 def kv_stored_dtypes(g: Graph) -> dict[str, str]:
     """KV-cache graph inputs whose cache is stored in another format than the tensor's type (the
@@ -107,8 +107,6 @@ def kv_layers(g: Graph) -> list[dict]:
     return [rows[k] for k in sorted(rows)]
 
 
-_HW_KV = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float8e4m3fn": "fp8",
-          "float8e5m2": "fp8", "int8": "int8", "uint8": "int8"}
 
 
 def kv_dtype(g: Graph) -> str | None:
@@ -118,7 +116,7 @@ def kv_dtype(g: Graph) -> str | None:
     if not kv:
         return None
     stored = kv_stored_dtypes(g)
-    return _HW_KV.get(stored.get(kv[0]) or g.type(kv[0]).dtype, "fp16")
+    return HW_DTYPE.get(stored.get(kv[0]) or g.type(kv[0]).dtype, "fp16")
 
 
 def weights_bytes(g: Graph) -> float:

@@ -23,10 +23,11 @@ class Schedule:
     order: list[str]
     live_exprs: list  # sympy expression of live activation bytes after each step
     _fn: object = None
+    bindings: dict = dataclasses.field(default_factory=dict)   # Graph.dim_bindings()
 
     def activation_peak(self, b, s, p) -> np.ndarray:
         if self._fn is None:
-            uniq = list(dict.fromkeys(self.live_exprs))
+            uniq = list(dict.fromkeys(sympy.sympify(e).xreplace(self.bindings) for e in self.live_exprs))
             f = sympy.lambdify((B, S, P), uniq, modules="numpy")
             self._fn = (f, uniq)
         f, uniq = self._fn
@@ -70,4 +71,4 @@ def schedule(g: Graph) -> Schedule:
         for t in list(live):
             if last_use.get(t, -1) <= i:
                 del live[t]
-    return Schedule([n.name for n in order], exprs)
+    return Schedule([n.name for n in order], exprs, bindings=g.dim_bindings())

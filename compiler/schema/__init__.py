@@ -1,6 +1,6 @@
 """JSON Schemas of rooftop's machine-readable outputs, shipped with the package.
 
-``report.schema.json`` describes ``report.json`` (DESIGN.md's contract: required keys, types and
+``report.schema.json`` describes ``report.json`` (the output contract: required keys, types and
 units; objects stay open so the contract can be extended) and ``sweep.schema.json`` the
 ``sweep.json`` a multirun writes. ``validate(doc, "report")`` raises :class:`SchemaError` with
 every violation listed (JSON pointer + message); ``errors(doc, "report")`` returns them.

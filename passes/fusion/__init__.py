@@ -30,8 +30,8 @@ and a breakdown (``attention.causal``, ``matmul_epilogue.gelu_tanh``, …).
 
 Targets (``target: auto | portable | cpu``; ``auto``, the default, is ``cpu`` when the hardware
 the pass costs on is a CPU, else ``portable``). Both emit standard ONNX only; they differ where
-the fastest form depends on the runtime's kernels (measured with onnxruntime 1.32 on CPU, README
-"Fusion"):
+the fastest form depends on the runtime's kernels (measured with onnxruntime 1.32 on CPU,
+docs/measurements/cpu_fusion.md):
 
 - ``portable``: every rule of :data:`ORDER`; linear epilogues as ``MatMul`` (+ ``Add``) (+ act).
 - ``cpu``: no ``merge_qkv`` — on a CPU the merged GEMM is no faster than three (a GEMM there runs
@@ -106,7 +106,7 @@ BIAS_ROW_MIN_WIDENING = 2
 
 def mark_gemm_epilogues(g: Graph) -> tuple[int, int]:
     """The cpu target's bias forms (emission in :mod:`compiler.ir.ops`), for a ``MatMulEpilogue`` with
-    a bias (measured on onnxruntime's CPU kernels, README "Fusion on onnxruntime CPU"):
+    a bias (measured on onnxruntime's CPU kernels, docs/guide/fusion.md):
 
     - output at least ``BIAS_ROW_MIN_WIDENING`` times wider than the input: ``bias_row=1``,
       ``[A, 1] · [W; b]`` — the bias costs a copy of the narrow input instead of a pass over the
@@ -171,6 +171,45 @@ def run_rules(g: Graph, names, *, gate: CostGate | None, explain: bool = False,
     if any(o.fired for o in outcomes.values()):
         eliminate_dead_code(g)   # repeat_kv chains, Splits and shape code the fused ops left unused
     return stats, outcomes
+
+
+_PROB_MOVES = frozenset({"Cast", "Where", "Identity", "Dropout", "IsNaN"})
+
+
+def unfused_attention(g: Graph) -> list:
+    """Softmax ops left where an attention's probabilities are: their result reaches a MatMul
+    through casts / NaN guards only."""
+    out = []
+    for n in g:
+        if n.op != "Softmax":
+            continue
+        todo, seen = [n.outputs[0]], set()
+        while todo:
+            t = todo.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            for c, _ in g.consumers(t):
+                if c.op == "MatMul":
+                    out.append(n)
+                    todo = []
+                    break
+                if c.op in _PROB_MOVES:
+                    todo.extend(c.outputs)
+    return out
+
+
+def attention_notes(g: Graph, outcomes: dict[str, RuleOutcome]) -> list[dict[str, str]]:
+    """report.json ``passes[].notes`` of an attention left unfused: the rule, the closest candidate
+    op and the first check that failed there (one note per rule, not per layer)."""
+    left = unfused_attention(g)
+    if not left:
+        return []
+    out = outcomes.get("attention")
+    m = out.closest_miss if out is not None else None
+    return [{"rule": "attention", "where": m.node if m else left[0].name,
+             "check": (m.reason if m else "no QKᵀ → softmax → ·V chain around this Softmax") +
+             f" ({len(left)} attention softmax(es) left unfused)"}]
 
 
 def explain_outcome(name: str, out: RuleOutcome) -> str:
@@ -245,6 +284,7 @@ class FusionPass(Pass):
             for k in sorted(set(self.params.get("rules") or self.default_rules) & set(CPU_SKIPS)):
                 self.explanations[k] = f"fusion rule {k!r} not run: target cpu ({CPU_SKIPS[k]})"
         changed = any(o.fired for o in outcomes.values())
+        notes = attention_notes(g, outcomes) if "attention" in self.rule_names else []
         if target == "cpu":
             folds = fold_biases(g)
             masks = float_masks(g)
@@ -259,7 +299,7 @@ class FusionPass(Pass):
             if n_row:
                 stats["matmul_epilogue.bias_row"] = n_row
             changed = changed or bool(n_gemm or n_row)
-        return PassResult(g, changed, stats)
+        return PassResult(g, changed, stats, notes=notes)
 
 
 class FuseAttention(FusionPass):

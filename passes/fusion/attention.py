@@ -20,6 +20,9 @@ exported by torch.onnx's dynamo exporter keeps them).
 """
 from __future__ import annotations
 
+import dataclasses
+
+from compiler.ir.annotations import AttentionSpec
 from passes.fusion.common import (is_float, repeat_kv, repeat_ok, same_dim, same_shape, scale_factor,
                                   scaled)
 from passes.fusion.mask import HIDDEN, analyze_mask
@@ -30,8 +33,15 @@ from passes.fusion.rule import Match, Plan, Rule
 def attention_pattern():
     q = scaled(Var("q"), "q_scale")
     k = repeat_kv(scaled(Var("k"), "k_scale_pre"), "k_repeat")
-    kt = scaled(Op("Transpose", k, name="k_t"), "k_scale")
-    scores = scaled(Op("MatMul", q, kt, name="qk"), "scale")
+    # Kᵀ: a rank-4 transpose, or (torch.onnx at opset < 23) heads folded into the batch, the last
+    # two axes swapped in 3-D, and unfolded again
+    kt = scaled(Alt(Op("Transpose", k, name="k_t"),
+                    Op("Reshape", Op("Transpose", Op("Reshape", k, name="k_fold"), name="k_t3"),
+                       name="k_unfold")), "k_scale")
+    raw = scaled(Op("MatMul", q, kt, name="qk"), "scale")
+    # logit softcapping (Gemma-2): c·tanh(scores / c)
+    scores = Opt(Op("Mul", Op("Tanh", Op(("Mul", "Div"), raw, Const("cap_in"), name="cap_in_op"), name="cap_tanh"),
+                    Const("cap_out"), name="cap"), inner=raw)
     masked = Alt(Op("Add", scores, Var("mask"), name="mask_add"),
                  Op("Where", Var("keep"), scores, Const("fill"), name="mask_keep"),
                  Op("Where", Var("drop"), Const("fill"), scores, name="mask_drop"),
@@ -46,6 +56,15 @@ def attention_pattern():
 
 def _key_perm(match: Match) -> list[int] | None:
     """The permutation that makes K [B, Hkv, T, D] from the Transpose's input (identity: none)."""
+    if match.has("k_unfold"):   # [B, H, T, D] → [B·H, T, D] → [B·H, D, T] → [B, H, D, T]
+        g = match.graph
+        k4, k3 = g.type(match["k"]).shape, g.type(match.node("k_fold").outputs[0]).shape
+        out = g.type(match.node("k_unfold").outputs[0]).shape
+        perm3 = list(match.node("k_t3").attrs.get("perm") or [])
+        ok = (len(k4) == 4 and len(k3) == 3 and len(out) == 4 and perm3 == [0, 2, 1]
+              and same_dim(k3[0], k4[0] * k4[1]) and same_shape(k3[1:], k4[2:])
+              and same_shape(out, (k4[0], k4[1], k4[3], k4[2])))
+        return [0, 1, 2, 3] if ok else None
     perm = list(match.node("k_t").attrs.get("perm") or [])
     if len(perm) != 4:
         return None
@@ -56,7 +75,8 @@ def check_attention(match: Match) -> MatchResult:
     g = match.graph
     kperm = _key_perm(match)
     if kperm is None:
-        return MatchResult.fail("Kᵀ is not a rank-4 transpose")
+        return MatchResult.fail("Kᵀ is not a rank-4 transpose (nor a swap of the last two axes "
+                                "with the heads folded into the batch)")
     if kperm != [0, 1, 2, 3] and match.has("k_repeat"):
         return MatchResult.fail(f"K is repeated and then transposed with {match.node('k_t').attrs['perm']}, "
                                 f"not a swap of the last two axes")
@@ -99,7 +119,19 @@ def check_attention(match: Match) -> MatchResult:
     for n in ("keep", "drop"):
         if match.has(n) and g.type(match[n]).dtype != "bool":
             return MatchResult.fail(f"the Where condition {match[n]} is not boolean")
+    if match.has("cap") and _softcap(match) is None:
+        return MatchResult.fail("c·tanh(x/d) with c != d is not a logit softcap")
     return MatchResult.success()
+
+
+def _softcap(match: Match) -> float | None:
+    """The softcap c of ``c·tanh(scores / c)`` (None: absent or not one)."""
+    if not match.has("cap"):
+        return None
+    d = match["cap_in"]
+    d = 1.0 / d if match.node("cap_in_op").op == "Mul" else d
+    c = match["cap_out"]
+    return float(c) if c > 0 and abs(c - d) <= 1e-6 * abs(c) else None
 
 
 def _broadcasts(mask, scores) -> bool:
@@ -146,15 +178,23 @@ def rewrite_attention(require_causal: bool):
         elif match.has("drop"):
             analyzed = match["drop"]
             mask = plan.op("Not", [analyzed])
-        causal = False
+        causal, window, slopes, spec = False, None, None, AttentionSpec(mask="bidirectional")
         if analyzed is not None:
             info = analyze_mask(g, analyzed, cache, scores=g.type(match.node("softmax").inputs[0]).shape[-2:])
-            if info.kind == "causal":
-                causal, mask = True, None
+            spec = spec_of(info)
+            plain = not info.padding and info.alibi is None
+            if info.kind in ("causal", "window") and (plain or (require_causal and not info.padding)):
+                causal, mask, window = True, None, info.window
+                slopes = info.alibi
+            elif info.kind == "bidirectional" and plain and not require_causal:
+                mask = None
             elif require_causal:
-                return MatchResult.fail(f"a causal mask is required here, but {info.reason}")
+                return MatchResult.fail(f"a causal mask is required here, but the mask is {info.reason}")
         elif require_causal:
             return MatchResult.fail("a causal mask is required here, but the attention is unmasked")
+        cap = _softcap(match)
+        if cap is not None:
+            spec = dataclasses.replace(spec, softcap=cap)
         if mask is not None:
             mask = _full_rows(g, plan, mask, g.type(match.node("softmax").inputs[0]).shape)
         scale = (scale_factor(match, "q_scale") * scale_factor(match, "k_scale") *
@@ -166,11 +206,33 @@ def rewrite_attention(require_causal: bool):
         attrs = {"scale": float(scale)}
         if causal:
             attrs["is_causal"] = 1
+        if window:
+            attrs["window"] = int(window)
+        if slopes is not None:
+            attrs["alibi_slopes"] = [float(x) for x in slopes]
+        if cap is not None:
+            attrs["softcap"] = cap
         out = plan.op("Attention", [match["q"], k, match["v"]] + ([mask] if mask else []), attrs,
-                      merged_from=sorted({n.op for n in match.nodes}))
+                      merged_from=sorted({n.op for n in match.nodes}), attention=spec)
         plan.output(match.root_tensor, out)
         return None
     return rewrite
+
+
+def spec_of(info) -> AttentionSpec:
+    """The ``attention`` annotation of a classified mask (:class:`passes.fusion.mask.MaskInfo`)."""
+    kind = info.kind
+    if kind == "general":
+        return AttentionSpec(mask="general")
+    if info.alibi is not None:
+        mask = "bias"
+    elif kind == "window":
+        mask = "window"
+    elif kind == "causal":
+        mask = "causal_padding" if info.padding else "causal"
+    else:
+        mask = "padding" if info.padding else "bidirectional"
+    return AttentionSpec(mask=mask, window=info.window, alibi=info.alibi is not None)
 
 
 def attention_rule(name: str = "attention", *, require_causal: bool = False, cost_gated: bool = True) -> Rule:

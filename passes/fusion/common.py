@@ -1,6 +1,8 @@
 """Small helpers shared by the fusion rules (shape facts, scale pieces, repeat_kv chains)."""
 from __future__ import annotations
 
+import functools
+
 import sympy
 
 from compiler.ir import Graph, TensorType
@@ -12,7 +14,19 @@ FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 def same_dim(a, b) -> bool:
     if isinstance(a, int) and isinstance(b, int):
         return a == b
-    return sympy.simplify(sympy.sympify(a) - sympy.sympify(b)) == 0
+    return _same_expr(sympy.sympify(a), sympy.sympify(b))
+
+
+@functools.lru_cache(maxsize=4096)
+def _same_expr(a, b) -> bool:
+    """Dims are polynomials in B, S, P (sometimes with floor/ceiling): equal structure first,
+    then the expanded difference, ``simplify`` only when the expansion leaves functions."""
+    if a == b:
+        return True
+    d = sympy.expand(a - b)
+    if d == 0:
+        return True
+    return bool(d.atoms(sympy.Function)) and sympy.simplify(d) == 0
 
 
 def same_shape(a: tuple, b: tuple) -> bool:

@@ -38,7 +38,7 @@ class CostGate:
         return self._cache[key]
 
     def compare(self, graph: Graph, old: Sequence[OpNode], plan) -> tuple[bool, str]:
-        unknown = _unknown_symbols(graph, old)
+        unknown = _unknown_symbols(graph, old) - {str(x) for x in graph.dim_bindings()}
         if unknown:
             return False, (f"cannot cost the group: dims {', '.join(sorted(unknown))} are not "
                            f"expressions of B, S, P")
@@ -64,6 +64,8 @@ def mini_graph(graph: Graph, nodes: Sequence[OpNode], types, params) -> Graph:
     kv = set(graph.meta.get("kv_tensors", ()))
     produced = {t for n in nodes for t in n.outputs if t}
     mini.meta["kv_tensors"] = sorted(kv & (produced | {t for n in nodes for t in n.inputs if t}))
+    if graph.meta.get("unknown_dims"):   # costed as the importer bound them (Graph.dim_bindings)
+        mini.meta["unknown_dims"] = graph.meta["unknown_dims"]
     for n in nodes:
         for t in n.inputs:
             if not t or t in produced or t in mini.types:

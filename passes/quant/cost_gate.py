@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import sympy
 
+from compiler.ir.tensors import HW_DTYPE
 from compiler.ir import B, P, S, Graph, OpNode
 from compiler.resources import REPO_ROOT
 from compiler.ir.ops import Classifier, op_cost
@@ -40,7 +41,6 @@ LITERATURE = {"points": [[1, 1.25], [64, 1.25], [256, 1.0], [4096, 0.77]],
 MEASURED = "compiler/perf/calibration/data/h200_kernels.json"
 SPARSE_FAMILY, DENSE_FAMILY = "sparse24_cusparselt", "dense_fp16"
 DEFAULT_HARDWARE = "a100_80g"
-_HW = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
 _RATIO_CACHE: dict = {}
@@ -91,7 +91,7 @@ def decide(g: Graph, node: OpNode, weight: str, nm: tuple[int, int], context, wo
     gen = int(workload.get("gen_len", 128)) if workload else 128
     cls = Classifier(g)
     flops, byts = op_cost(g, node, cls)
-    dt = _HW.get(g.type(node.inputs[0]).dtype, "fp16")
+    dt = HW_DTYPE.get(g.type(node.inputs[0]).dtype, "fp16")
     ge = hw.efficiency.for_class("gemm")
     x = g.type(node.inputs[0])
     rows = sympy.sympify(x.numel()) / x.shape[-1]

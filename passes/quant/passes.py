@@ -35,8 +35,10 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
+from compiler.ir.tensors import HW_DTYPE
 from compiler.ir import annotations as ann
 from compiler.ir.annotations import ComputeDtype, WeightFormat
 from compiler.errors import ConfigError
@@ -65,7 +67,6 @@ log = logging.getLogger("rooftop.quant")
 
 LINEAR_OPS = ("MatMul", "MatMulEpilogue")
 _FLOAT = ("float32", "float16", "bfloat16")
-_HW = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 _VIEW = ("Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten", "Cast")
 
 # scheme -> weight dtype family, granularity, activation dtype (None: weight-only), kernel family
@@ -77,6 +78,10 @@ SCHEMES: dict[str, dict[str, Any]] = {
     "fp8": {"bits": 8, "granularity": "channel", "act": "fp8",
             "kernel": "torch._scaled_mm + dynamic fp8 activation quantization"},
 }
+#: 16-bit float formats of an fp32 model's weights (quant=auto on GPUs): the weight stored and the GEMM
+#: run in 16 bits (the hardware's 16-bit peak, the default roofline — no measured kernel family)
+FLOAT16 = {"fp16": "float16", "bf16": "bfloat16"}
+SCHEMES.update({k: {"bits": 16, "granularity": "none", "act": None, "kernel": ""} for k in FLOAT16})
 # the same schemes as onnxruntime CPU runs rooftop's artifacts (hardware ``kind: cpu``):
 # (scheme, activations or accuracy) -> kernel label of compiler/perf/kernel_families.py
 ORT_CPU_KERNELS: dict[tuple[str, str], str] = {
@@ -91,6 +96,11 @@ ORT_CPU_KERNELS: dict[tuple[str, str], str] = {
     ("fp8", "static"): "onnxruntime DequantizeLinear fp8 + fp32 MatMul (accuracy simulation)",
 }
 ORT_CPU_SPARSE_KERNEL = ORT_DENSE_NM
+
+
+def round_float16(w: np.ndarray, dtype: str) -> np.ndarray:
+    """``w`` rounded to float16 / bfloat16 (round to nearest even), back in float32."""
+    return w.astype(np.float16 if dtype == "float16" else ml_dtypes.bfloat16).astype(np.float32)
 
 
 def on_cpu(context) -> bool:
@@ -199,7 +209,7 @@ def _feeds_output(g: Graph, n: OpNode) -> bool:
 
 
 def _act_hw_dtype(g: Graph, n: OpNode) -> str:
-    return _HW.get(g.type(n.inputs[0]).dtype, "fp32")
+    return HW_DTYPE.get(g.type(n.inputs[0]).dtype, "fp32")
 
 
 def _scale_dtype(g: Graph, w: str) -> str:
@@ -323,70 +333,105 @@ def apply_input_scaling(g: Graph, x: str, sites: Sequence[Site], s: np.ndarray) 
 
 
 # ------------------------------------------------------------------------------------------------
+# embedding tables (and the tied LM head that reads one)
+
+#: the block sizes onnxruntime's GatherBlockQuantized / MatMulNBits take: powers of two ≥ 16
+def _ort_block(bs: int) -> bool:
+    return bs >= 16 and bs & (bs - 1) == 0
+
+
+@dataclasses.dataclass
+class TableSite:
+    """An embedding table ``P[V, K]``: the ``Gather`` ops that read rows of it and the linear
+    layers that read ``Transpose(P)`` (a tied LM head); excluded ones carry a reason."""
+
+    param: str
+    gathers: list
+    heads: list
+    reason: str = ""
+
+
+def embedding_tables(g: Graph, exclude: Sequence[str] = ("embeddings", "lm_head")) -> list[TableSite]:
+    """Every 2-D float parameter read by a row ``Gather`` (axis 0), with its tied heads."""
+    patterns = [p for p in exclude if p not in ("embeddings", "lm_head")]
+    out = []
+    for name, p in g.params.items():
+        if p.type.rank != 2 or p.type.dtype not in _FLOAT or p.annotations.get("const"):
+            continue
+        uses = g.consumers(name)
+        gathers = [c for c, i in uses if c.op == "Gather" and i == 0 and int(c.attrs.get("axis", 0)) == 0]
+        if not gathers:
+            continue
+        heads, other = [], [c for c, i in uses if c not in gathers]
+        for c in list(other):
+            if c.op == "Transpose" and list(c.attrs.get("perm") or [1, 0]) == [1, 0]:
+                readers = g.consumers(c.outputs[0])
+                if readers and all(r.op == "MatMul" and j == 1 for r, j in readers) \
+                        and c.outputs[0] not in g.outputs:
+                    heads += [r for r, _ in readers]
+                    other.remove(c)
+        reason = ""
+        if "embeddings" in exclude:
+            reason = "embeddings"
+        elif other:
+            reason = f"also read by {other[0].op} {other[0].name} (not a row gather or a tied head)"
+        elif heads and "lm_head" in exclude:
+            reason = "tied to the LM head, which quant.exclude keeps in full precision"
+        else:
+            reason = _exclude_reason(g, name, patterns)
+        out.append(TableSite(name, gathers, heads, reason))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
 # quantize
 
-class Quantize(Pass):
-    """``quant=`` w8a16 | w4a16 | w8a8 | fp8 (see the module docstring)."""
+@dataclasses.dataclass(frozen=True)
+class LayerScheme:
+    """One quantization format as the quantize pass applies it to a layer: the scheme
+    (w8a16 | w4a16 | w8a8 | fp8), the int4 group, symmetry, the activation mode and onnxruntime's
+    MatMulNBits accuracy level. ``quant=<scheme>`` applies one to every layer; ``quant=auto``
+    (passes/quant/auto.py) picks one per layer."""
 
-    name = "quantize"
+    scheme: str
+    group_size: int = 128
+    symmetric: bool = True
+    activations: str = "dynamic"
+    accuracy_level: int = 4
 
-    def check_params(self) -> None:
-        allowed = set(_fields(QuantConfig)) | {"tokenizer_source"}
-        bad = set(self.params) - allowed
-        if bad:
-            raise ConfigError(f"quantize: unknown option(s) {sorted(bad)}; valid: {', '.join(sorted(allowed))}.")
-        # defaults: passes/quant/config.py QuantConfig (a recipe entry names only what it changes)
-        p = {**_defaults(QuantConfig), "scheme": "w8a8", **{k: v for k, v in self.params.items() if v is not None}}
-        self.scheme = str(p["scheme"])
-        if self.scheme not in SCHEMES:
-            raise ConfigError(f"quant={self.scheme!r} is not a scheme; use none, {', '.join(SCHEMES)}.")
-        sch = SCHEMES[self.scheme]
-        self.group_size = int(p["group_size"])
-        # 4-bit defaults to asymmetric (uint4 + zero point): on MiniLM it raised embedding cosine from 0.945
-        # (full-range symmetric, = onnxruntime's symmetric MatMulNBits quantizer) to 0.954 at no measured
-        # MatMulNBits latency cost; int8 stays symmetric (its error is small either way)
-        self.symmetric = bool(p["symmetric"]) if p.get("symmetric") is not None else self.scheme != "w4a16"
-        self.method = str(p["method"])
-        self.alpha = float(p["smooth_alpha"])
-        self.activations = str(p["activations"])
-        self.exclude = list(p["exclude"])
-        self.calibration = calibration_of(p["calibration"])
-        self.accuracy_level = int(p["ort_accuracy_level"])
-        self.tokenizer_source = p.get("tokenizer_source")
-        if self.method not in METHODS:
-            raise ConfigError(f"quant.method={self.method!r}: use one of {', '.join(METHODS)}.")
-        if self.method == "smoothquant" and sch["act"] is None:
-            raise ConfigError(f"quant.method=smoothquant smooths activations for W8A8/FP8; quant={self.scheme} keeps "
-                              f"activations in floating point — use rtn, gptq or awq.")
-        if self.method == "awq" and sch["act"] is not None:
-            raise ConfigError(f"quant.method=awq is a weight-only method (w4a16, w8a16); for quant={self.scheme} use "
-                              f"smoothquant, gptq or rtn.")
-        if self.activations not in ACTIVATIONS:
-            raise ConfigError(f"quant.activations={self.activations!r}: use {', '.join(ACTIVATIONS)}.")
-        if self.activations == "dynamic_per_token" and self.scheme == "fp8":
-            raise ConfigError("quant.activations=dynamic_per_token is an int8 (W8A8) option; FP8 uses dynamic or static.")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError(f"quant.smooth_alpha={self.alpha} must be in [0, 1].")
-        if self.group_size < 1:
-            raise ConfigError(f"quant.group_size={self.group_size} must be ≥ 1 (128 is the usual int4 group).")
-        if not 0 <= self.accuracy_level <= 4:
-            raise ConfigError(f"quant.ort_accuracy_level={self.accuracy_level}: onnxruntime's MatMulNBits accepts 0–4 "
-                              f"(0: as the model's float type, 4: int8 activations, fastest on CPU).")
+    @property
+    def name(self) -> str:
+        """Short label: ``w4a16_g32``, ``w8a8`` (``_static`` / ``_per_token`` when not dynamic)."""
+        if self.scheme == "w4a16":
+            return f"w4a16_g{self.group_size}" + ("_sym" if self.symmetric else "")
+        if SCHEMES[self.scheme]["act"] is not None and self.activations != "dynamic":
+            return f"{self.scheme}_{self.activations.removeprefix('dynamic_')}"
+        return self.scheme
 
-    # -- the weight / activation formats ----------------------------------------------------
     def spec(self) -> QuantSpec:
         sch = SCHEMES[self.scheme]
         if self.scheme == "fp8":
             return QuantSpec("float8e4m3fn", "channel")
         sym = self.symmetric if self.scheme != "w8a8" else True   # int8 GEMMs take symmetric weights
-        dt = int_dtype(sch["bits"], sym)
-        return QuantSpec(dt, sch["granularity"], self.group_size, sym)
+        return QuantSpec(int_dtype(sch["bits"], sym), sch["granularity"], self.group_size, sym)
 
-    def weight_format(self, g: Graph, w: str, spec: QuantSpec) -> WeightFormat:
+    def table_spec(self, k: int) -> QuantSpec | None:
+        """The format of an embedding table ``[V, K]`` under this scheme: the same bits in blocks
+        along each row (what a row gather and a tied head's reduction axis share) — int4/uint4 in
+        groups of ``group_size``, int8 in blocks of 128; None for FP8 and 16-bit floats (no quantized
+        gather)."""
+        if self.scheme == "fp8" or self.scheme in FLOAT16:
+            return None
+        bits = SCHEMES[self.scheme]["bits"]
+        sym = self.symmetric if bits == 4 else True
+        bs = self.group_size if bits == 4 else min(128, k)
+        return QuantSpec(int_dtype(bits, sym), "group", bs, sym)
+
+    def weight_format(self, g: Graph, w: str, spec: QuantSpec, axis: int = 0) -> WeightFormat:
         sd = _scale_dtype(g, w)
         prev = ann.get(g.params[w], "weight_format")
         return WeightFormat(dtype=spec.dtype, granularity=spec.granularity,
-                            group_size=spec.group_size if spec.granularity == "group" else None, axis=0,
+                            group_size=spec.group_size if spec.granularity == "group" else None, axis=axis,
                             symmetric=spec.symmetric, scale_dtype=sd, zero_dtype=None if spec.symmetric else sd,
                             nm=prev.nm if prev is not None else None)
 
@@ -406,65 +451,211 @@ class Quantize(Pass):
         scale = (hi - lo) / 255.0 or 1.0
         return ActivationQuant("static", dtype, scale, int(np.clip(np.rint(-lo / scale), 0, 255)))
 
-    def kernel(self) -> str:
+    def kernel(self, context, weight_only: bool = False) -> str:
         """The kernel the prediction assumes: PyTorch's on a GPU (measured on the H200), the
         onnxruntime CPU kernel the artifact runs on ``kind: cpu`` hardware (its accuracy level /
-        activation mode picks the variant)."""
-        if not on_cpu(self.context):
-            return SCHEMES[self.scheme]["kernel"]
-        if SCHEMES[self.scheme]["act"] is None:
+        activation mode picks the variant). ``weight_only``: the scheme's weights with float
+        activations (a tied head sharing a quantized table runs MatMulNBits whatever the scheme)."""
+        sch = SCHEMES[self.scheme]
+        if self.scheme in FLOAT16:
+            return ""
+        wo = weight_only or sch["act"] is None
+        scheme = self.scheme if not weight_only or sch["act"] is None else ("w4a16" if sch["bits"] == 4 else "w8a16")
+        if not on_cpu(context):
+            return SCHEMES[scheme]["kernel"]
+        if wo:
             # x86 MLAS runs levels 1-3 as level 0 (fp32 activations); 4 quantizes them to int8
-            return ORT_CPU_KERNELS[(self.scheme, "int8" if self.accuracy_level == 4 else "fp32")]
+            return ORT_CPU_KERNELS[(scheme, "int8" if self.accuracy_level == 4 else "fp32")]
         return ORT_CPU_KERNELS[(self.scheme, self.activations)]
 
-    def compute(self, g: Graph, n: OpNode) -> ComputeDtype:
+    def compute(self, g: Graph, n: OpNode, context, weight_only: bool = False) -> ComputeDtype:
+        if self.scheme in FLOAT16:
+            return ComputeDtype(self.scheme, "")
         sch = SCHEMES[self.scheme]
-        dt = {"int8": "int8", "fp8": "fp8"}.get(sch["act"]) or _act_hw_dtype(g, n)
-        return ComputeDtype(dt, self.kernel())
+        dt = None if weight_only else {"int8": "int8", "fp8": "fp8"}.get(sch["act"])
+        return ComputeDtype(dt or _act_hw_dtype(g, n), self.kernel(context, weight_only))
+
+
+class Quantize(Pass):
+    """``quant=`` w8a16 | w4a16 | w8a8 | fp8 (see the module docstring). With ``embeddings`` not in
+    ``quant.exclude`` the embedding tables are quantized too (blocks along each row; the emitter
+    writes a gather that dequantizes after the gather), and a tied LM head (``lm_head`` not
+    excluded either) shares the quantized table instead of getting its own copy."""
+
+    name = "quantize"
+    #: keys only the driver / quant=auto pass (not a config file) give
+    INTERNAL = ("tokenizer_source", "workload", "gate_max_accuracy_drop")
+
+    def check_params(self) -> None:
+        allowed = set(_fields(QuantConfig)) | set(self.INTERNAL)
+        bad = set(self.params) - allowed
+        if bad:
+            raise ConfigError(f"{self.name}: unknown option(s) {sorted(bad)}; valid: {', '.join(sorted(allowed))}.")
+        # defaults: passes/quant/config.py QuantConfig (a recipe entry names only what it changes)
+        p = {**_defaults(QuantConfig), "scheme": "w8a8", **{k: v for k, v in self.params.items() if v is not None}}
+        self.scheme = str(p["scheme"])
+        self.check_scheme()
+        self.group_size = int(p["group_size"])
+        # 4-bit defaults to asymmetric (uint4 + zero point): on MiniLM it raised embedding cosine from 0.945
+        # (full-range symmetric, = onnxruntime's symmetric MatMulNBits quantizer) to 0.954 at no measured
+        # MatMulNBits latency cost; int8 stays symmetric (its error is small either way)
+        self.symmetric = bool(p["symmetric"]) if p.get("symmetric") is not None else self.scheme != "w4a16"
+        self.method = str(p["method"])
+        self.alpha = float(p["smooth_alpha"])
+        self.activations = str(p["activations"])
+        self.exclude = list(p["exclude"])
+        self.calibration = calibration_of(p["calibration"])
+        self.accuracy_level = int(p["ort_accuracy_level"])
+        self.tokenizer_source = p.get("tokenizer_source")
+        self.p = p
+        act = SCHEMES[self.scheme]["act"] if self.scheme in SCHEMES else None
+        if self.method not in METHODS:
+            raise ConfigError(f"quant.method={self.method!r}: use one of {', '.join(METHODS)}.")
+        if self.method == "smoothquant" and self.scheme in SCHEMES and act is None:
+            raise ConfigError(f"quant.method=smoothquant smooths activations for W8A8/FP8; quant={self.scheme} keeps "
+                              f"activations in floating point — use rtn, gptq or awq.")
+        if self.method == "awq" and act is not None:
+            raise ConfigError(f"quant.method=awq is a weight-only method (w4a16, w8a16); for quant={self.scheme} use "
+                              f"smoothquant, gptq or rtn.")
+        if self.activations not in ACTIVATIONS:
+            raise ConfigError(f"quant.activations={self.activations!r}: use {', '.join(ACTIVATIONS)}.")
+        if self.activations == "dynamic_per_token" and self.scheme == "fp8":
+            raise ConfigError("quant.activations=dynamic_per_token is an int8 (W8A8) option; FP8 uses dynamic or static.")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"quant.smooth_alpha={self.alpha} must be in [0, 1].")
+        if self.group_size < 1:
+            raise ConfigError(f"quant.group_size={self.group_size} must be ≥ 1 (128 is the usual int4 group).")
+        if not 0 <= self.accuracy_level <= 4:
+            raise ConfigError(f"quant.ort_accuracy_level={self.accuracy_level}: onnxruntime's MatMulNBits accepts 0–4 "
+                              f"(0: as the model's float type, 4: int8 activations, fastest on CPU).")
+        self.check_more(p)
+
+    def check_scheme(self) -> None:
+        if self.scheme not in SCHEMES:
+            raise ConfigError(f"quant={self.scheme!r} is not a scheme; use none, auto, {', '.join(SCHEMES)}.")
+
+    def check_more(self, p: Mapping) -> None:
+        """Extra checks of a subclass (quant=auto)."""
+
+    def layer_scheme(self, scheme: str | None = None, **over) -> LayerScheme:
+        """The configured format (or ``scheme`` with this pass's settings)."""
+        sc = scheme or self.scheme
+        sym = self.symmetric if scheme is None else sc != "w4a16"
+        kw = dict(scheme=sc, group_size=self.group_size, symmetric=sym, activations=self.activations,
+                  accuracy_level=self.accuracy_level)
+        kw.update(over)
+        return LayerScheme(**kw)
 
     # -- the pass ---------------------------------------------------------------------------
     def run(self, g: Graph) -> PassResult:
+        scheme = self.layer_scheme()
         sites = linear_sites(g, self.exclude)
-        todo = [s for s in sites if not s.reason]
+        tables = embedding_tables(g, self.exclude)
+        assignment = {s.transposed_from or s.weight: scheme for s in sites if not s.reason}
+        assignment.update({t.param: scheme for t in tables if not t.reason})
+        stats = self.apply(g, sites, tables, assignment)
+        return PassResult(g, bool(stats.get("quantized_weights") or stats.get("linear_layers")), stats)
+
+    def apply(self, g: Graph, sites: list[Site], tables: list[TableSite],
+              assignment: Mapping[str, LayerScheme], record: Mapping[str, Any] | None = None,
+              annotate_only: bool = False) -> dict[str, int]:
+        """Quantize the layers ``assignment`` names (weight or table → format); the others stay
+        as they are. Writes ``graph.meta["quantization"]`` (``record`` adds to it); returns stats.
+        ``annotate_only``: write the formats for the cost model and leave the values (as for meta
+        weights; quant=auto prices candidate formats this way)."""
+        cost_only = annotate_only or not g.has_weights()
+        # tables first: a quantized table read by a tied head is shared by it (no own copy)
+        table_done: dict[str, tuple[LayerScheme, QuantSpec]] = {}
+        table_reasons: dict[str, str] = {t.param: t.reason for t in tables if t.reason}
+        for t in tables:
+            sch = assignment.get(t.param)
+            if t.reason or sch is None:
+                continue
+            k = g.params[t.param].type.shape[1]
+            spec = sch.table_spec(k) if isinstance(k, int) else None
+            why = "" if spec is not None else f"{sch.name}: no quantized gather for this format"
+            if spec is not None and (not _ort_block(spec.group_size) or k % spec.group_size):
+                why = (f"row length {k} is not a multiple of the block {spec.group_size}, or the block is not a "
+                       f"power of two ≥ 16 (onnxruntime's GatherBlockQuantized / MatMulNBits)")
+            if why:
+                table_reasons[t.param] = why
+                continue
+            self._quantize_table(g, t, spec, sch, cost_only)
+            table_done[t.param] = (sch, spec)
+        shared_heads = {h.name for t in tables if t.param in table_done for h in t.heads}
+        todo = [s for s in sites if not s.reason and s.node.name not in shared_heads
+                and assignment.get(s.transposed_from or s.weight) is not None]
+        scheme_of = {s.node.name: assignment[s.transposed_from or s.weight] for s in todo}
         for s in todo:
             materialize_transposed(g, s)
-        stats: dict[str, int] = {"linear_layers": len(todo), "excluded": len(sites) - len(todo)}
-        spec = self.spec()
-        cost_only = not g.has_weights()
+        schemes = {s.weight: scheme_of[s.node.name] for s in todo}
+        stats: dict[str, int] = {"linear_layers": len(todo), "excluded": sum(1 for s in sites if s.reason)}
+        if tables:
+            stats["embedding_tables"] = len(table_done)
+            if shared_heads:
+                stats["tied_heads_shared"] = len(shared_heads)
+        for t in tables:
+            if t.param in table_done:
+                sch = table_done[t.param][0]
+                for h in t.heads:
+                    ann.set(h, "compute_dtype", sch.compute(g, h, self.context, weight_only=True))
+        base = self.layer_scheme() if self.scheme in SCHEMES else None
+        one = base is not None and all(v == base for v in schemes.values())
+        spec0 = base.spec() if base is not None else None
         g.meta.setdefault("quantization", {})
-        g.meta["quantization"].update({
-            "scheme": self.scheme, "method": self.method, "weight_dtype": spec.dtype,
-            "granularity": spec.granularity, "group_size": spec.group_size if spec.granularity == "group" else None,
-            "symmetric": spec.symmetric, "activations": None if SCHEMES[self.scheme]["act"] is None else self.activations,
-            "kernel": self.kernel(), "cost_only": cost_only,
-            "excluded": {s.weight: s.reason for s in sites if s.reason}})
+        q = g.meta["quantization"]
+        q.update({"scheme": self.scheme, "method": self.method,
+                  "weight_dtype": spec0.dtype if spec0 else "mixed",
+                  "granularity": spec0.granularity if spec0 else "mixed",
+                  "group_size": spec0.group_size if spec0 is not None and spec0.granularity == "group" else None,
+                  "symmetric": spec0.symmetric if spec0 else None,
+                  "activations": None if base is None or SCHEMES[base.scheme]["act"] is None else base.activations,
+                  "kernel": base.kernel(self.context) if one else "per layer (compute_dtype.kernel)",
+                  "cost_only": cost_only,
+                  "excluded": {s.weight: s.reason for s in sites if s.reason}})
+        if tables:
+            q["embeddings_kept"] = dict(sorted(table_reasons.items()))
+        if table_done:
+            q["embeddings"] = [
+                {"table": t.param, "format": sch.name, "weight_dtype": spec.dtype, "block_size": spec.group_size,
+                 "gathers": len(t.gathers),
+                 "tied_heads": [h.name for h in t.heads],
+                 "head_kernel": (sch.kernel(self.context, weight_only=True) if t.heads else None)}
+                for t in tables if t.param in table_done for sch, spec in [table_done[t.param]]]
+        if record:
+            q.update(record)
         if cost_only:
             for s in todo:
+                sch = schemes[s.weight]
                 p = g.params[s.weight]
-                ann.set(p, "weight_format", self.weight_format(g, s.weight, spec))
-                ann.set(s.node, "compute_dtype", self.compute(g, s.node))
-                aq = self.act_quant(None, None)
+                ann.set(p, "weight_format", WeightFormat(dtype=FLOAT16[sch.scheme], scale_dtype=FLOAT16[sch.scheme])
+                        if sch.scheme in FLOAT16 else sch.weight_format(g, s.weight, sch.spec()))
+                ann.set(s.node, "compute_dtype", sch.compute(g, s.node, self.context))
+                aq = sch.act_quant(None, None)
                 if aq is not None:
                     ann.set(s.node, "activation_quant", aq)
             stats["cost_only"] = 1
-            g.meta["quantization"]["note"] = (
+            q["note"] = (
                 "cost only: the model has meta weights (no values), so formats were annotated for the cost model "
                 "but no quantized artifact was written and no accuracy was measured; use model.weights=random "
                 "(or a model with real weights) for both.")
-            return PassResult(g, bool(todo), stats)
+            return stats
 
-        if self.activations == "static" and SCHEMES[self.scheme]["act"] == "int8":
-            stats["unflattened"] = sum(unflatten_input(g, s) for s in todo)
+        static_int8 = [s for s in todo if schemes[s.weight].activations == "static"
+                       and SCHEMES[schemes[s.weight].scheme]["act"] == "int8"]
+        if static_int8:
+            stats["unflattened"] = sum(unflatten_input(g, s) for s in static_int8)
         by_input: dict[str, list[Site]] = {}
         for s in todo:
             by_input.setdefault(s.node.inputs[0], []).append(s)
-        needs_cal = self.method != "rtn" or (self.activations == "static" and SCHEMES[self.scheme]["act"] is not None)
-        cal = calibrate(g, list(by_input), self.calibration, self.tokenizer_source,
-                        keep_rows=512 if self.method == "awq" else 0) if needs_cal else {}
+        needs = [x for x, group in by_input.items()
+                 if self.method != "rtn" or any(schemes[t.weight].activations == "static"
+                                                and SCHEMES[schemes[t.weight].scheme]["act"] is not None for t in group)]
+        cal = calibrate(g, needs, self.calibration, self.tokenizer_source,
+                        keep_rows=512 if self.method == "awq" else 0) if needs else {}
         if cal:
-            g.meta["quantization"]["calibration"] = {"samples": next(iter(cal.values())).samples,
-                                                     "seq_len": int(self.calibration.seq_len),
-                                                     "source": self.calibration.source}
+            q["calibration"] = {"samples": next(iter(cal.values())).samples,
+                                "seq_len": int(self.calibration.seq_len), "source": self.calibration.source}
         smoothing: dict[str, str] = {}
         for x, group in by_input.items():
             st = cal.get(x)
@@ -474,29 +665,39 @@ class Quantize(Pass):
                 if fold_target(g, x, group) is None or len({t.weight for t in group}) != len(group):
                     smoothing[x] = None
                 else:
+                    spec = schemes[group[0].weight].spec()
                     s = smoothquant_scales(st.absmax, ws, self.alpha) if self.method == "smoothquant" else \
                         awq_scales(st.rows, ws, spec)[0]
                     smoothing[x] = apply_input_scaling(g, x, group, s)
             for site in group:
-                self._quantize_site(g, site, spec, st, s)
-                aq = self.act_quant(st, s)
+                sch = schemes[site.weight]
+                self._quantize_site(g, site, sch, st, s)
+                aq = sch.act_quant(st, s)
                 if aq is not None:
                     ann.set(site.node, "activation_quant", aq)
-                ann.set(site.node, "compute_dtype", self.compute(g, site.node))
+                ann.set(site.node, "compute_dtype", sch.compute(g, site.node, self.context))
         if smoothing:
             stats["smoothed_inputs"] = sum(v is not None for v in smoothing.values())
             stats["smoothing_not_foldable"] = sum(v is None for v in smoothing.values())
-        if SCHEMES[self.scheme]["act"] is None:
-            meta = g.meta.setdefault("onnx_metadata", {})
-            meta[ORT_SESSION_KEY] = json.dumps({ACCURACY_LEVEL_KEY: str(self.accuracy_level)})
-            g.meta["quantization"]["ort_accuracy_level"] = self.accuracy_level
-        stats["quantized_weights"] = len({s.weight for s in todo})
-        return PassResult(g, bool(todo), stats)
+        weight_only = [sch for sch in schemes.values() if SCHEMES[sch.scheme]["act"] is None and sch.scheme not in FLOAT16]
+        if weight_only or shared_heads:
+            level = (weight_only or [v[0] for v in table_done.values()])[0].accuracy_level
+            if weight_only:   # the DequantizeLinear → MatMul rewrite's level (a shared head's node carries its own)
+                meta = g.meta.setdefault("onnx_metadata", {})
+                meta[ORT_SESSION_KEY] = json.dumps({ACCURACY_LEVEL_KEY: str(level)})
+            q["ort_accuracy_level"] = level
+        stats["quantized_weights"] = len({s.weight for s in todo}) + len(table_done)
+        return stats
 
-    def _quantize_site(self, g: Graph, site: Site, spec: QuantSpec, st: Hessian | None, s: np.ndarray | None):
+    def _quantize_site(self, g: Graph, site: Site, sch: LayerScheme, st: Hessian | None, s: np.ndarray | None):
         p = g.params[site.weight]
         if "quant_data" in p.annotations:      # a weight shared by two linear layers: once
             return
+        if sch.scheme in FLOAT16:              # rounded to 16 bits; the emitter stores it so (+ Cast)
+            p.data = round_float16(np.asarray(p.data, np.float32), FLOAT16[sch.scheme]).astype(p.data.dtype)
+            ann.set(p, "weight_format", WeightFormat(dtype=FLOAT16[sch.scheme], scale_dtype=FLOAT16[sch.scheme]))
+            return
+        spec = sch.spec()
         w = np.asarray(p.data, np.float32)
         prev = ann.get(p, "weight_format")
         mask = (w != 0) if prev is not None and prev.nm is not None else None
@@ -507,7 +708,18 @@ class Quantize(Pass):
             qt = quantize_rtn(w, spec)
         deq = qt.dequantize()
         p.data = deq.astype(p.data.dtype)
-        ann.set(p, "weight_format", self.weight_format(g, site.weight, spec))
+        ann.set(p, "weight_format", sch.weight_format(g, site.weight, spec))
+        ann.set(p, "quant_data", QuantizedData(qt.codes, qt.scale, qt.zero_point, qt.axis, qt.block_size))
+
+    def _quantize_table(self, g: Graph, t: TableSite, spec: QuantSpec, sch: LayerScheme, cost_only: bool):
+        """RTN in blocks along each row (``reduce_axis=1``): the rows a gather reads and the
+        reduction axis of a tied head ``x · Pᵀ`` are the same blocks."""
+        p = g.params[t.param]
+        ann.set(p, "weight_format", sch.weight_format(g, t.param, spec, axis=1))
+        if cost_only:
+            return
+        qt = quantize_rtn(np.asarray(p.data, np.float32), spec, reduce_axis=1)
+        p.data = qt.dequantize().astype(p.data.dtype)
         ann.set(p, "quant_data", QuantizedData(qt.codes, qt.scale, qt.zero_point, qt.axis, qt.block_size))
 
 

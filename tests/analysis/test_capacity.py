@@ -1,4 +1,4 @@
-"""Capacity planning against hand-derived figures (DOMAIN.md's A10 arithmetic, PagedAttention)."""
+"""Capacity planning against hand-derived figures (the A10 arithmetic, PagedAttention)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Property test (issue 15): random valid workloads × models × hardware through the driver's own
+"""Property test: random valid workloads × models × hardware through the driver's own
 steps (schema validation, position check, analysis, gates, report.json) — never an error, never a
 NaN / negative / infinite figure, and the monotonicity a user relies on: more batch never needs
 less memory, more context never makes a decode step faster.

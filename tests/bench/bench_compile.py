@@ -6,7 +6,7 @@ with cost before/after each), schedule, cost model, report.json/md/html — with
 versus a bare ``torch.export.export`` of the same Hugging Face model (all layers, meta device,
 dynamic batch and sequence, the export rooftop itself would otherwise need). Runs alternate
 (rooftop, export, rooftop, …) after one warm-up of each, so both see the same machine load;
-medians and their ratio are printed. Targets (issue 8): llama2_7b ≤ 1.0×, llama2_70b ≤ 1.2×.
+medians and their ratio are printed. Targets: llama2_7b ≤ 1.0×, llama2_70b ≤ 1.2×.
 
     python tests/bench/bench_compile.py [--repeat 3] [--models llama2_7b,llama2_70b] [--profile]
 

@@ -1,4 +1,4 @@
-"""Structured configs (issue 8): the schema in compiler/driver/config.py is the one place for defaults,
+"""Structured configs: the schema in compiler/driver/config.py is the one place for defaults,
 and an unknown or misspelled key anywhere exits 2 naming it and the nearest valid keys."""
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def test_values_are_typed_and_ranged(over, match):
 
 
 def test_serving_keys_compose_and_validate():
-    """kv=, parallel.*, serve.*, memory.gpu_utilization (issue 9) are settings, not unknown keys."""
+    """kv=, parallel.*, serve.*, memory.gpu_utilization are settings, not unknown keys."""
     out = schema.validate(compose(["kv=paged", "kv.block_size=32", "kv.dtype=FP8", "parallel.tp=2",
                                    "serve.rate=3", "memory.gpu_utilization=0.9",
                                    "serve.prompt_len={kind: uniform, low: 16, high: 64}"]))

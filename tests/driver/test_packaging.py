@@ -1,4 +1,4 @@
-"""Packaging (issue 15): building the wheel raises no setuptools warnings, every shipped folder is
+"""Packaging: building the wheel raises no setuptools warnings, every shipped folder is
 a declared package, and the installed package finds conf/ and the calibration data."""
 from __future__ import annotations
 

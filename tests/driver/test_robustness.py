@@ -1,4 +1,4 @@
-"""Every run ends well (issue 15): a test per row of the issue's table and per crafted model file,
+"""Every run ends well: a test per kind of bad input and per crafted model file,
 through the CLI — exit code, one message line, no traceback, nothing partial, report kept where
 it should be."""
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Issue 9 wiring: kv=, kv.dtype, parallel.*, serve.*, memory.gpu_utilization through the
-pipeline into report.json — against hand-derived figures (DOMAIN.md's A10 arithmetic, the ring
+"""Wiring of kv=, kv.dtype, parallel.*, serve.*, memory.gpu_utilization through the
+pipeline into report.json — against hand-derived figures (the A10 arithmetic, the ring
 all-reduce formula, a 70B's weights on 80 GB parts).
 
 Runs go through :func:`compiler.driver.pipeline.run` (the driver the CLI calls) with meta weights; the
@@ -68,7 +68,7 @@ def tp2_70b(runner):
 
 
 def test_a10_holds_five_4096_token_sequences_contiguous(paged_7b):
-    """DOMAIN.md: 0.5 MiB per token, 2 GiB per 4096-token sequence; beside 13.5 GB of weights a
+    """Llama-2-7B fp16: 0.5 MiB per token, 2 GiB per 4096-token sequence; beside 13.5 GB of weights a
     24 GB A10 holds about five."""
     cap, mem = paged_7b["capacity"], paged_7b["memory"]
     assert mem["kv_bytes_per_token"] == 2 * 32 * 32 * 128 * 2 == 0.5 * 2 ** 20

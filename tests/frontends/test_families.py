@@ -25,7 +25,7 @@ ATOL = 1e-4
 LAYERS = 2
 EXPORTERS = ("torch", "dynamo", "legacy")
 ROTARY = {"llama", "mistral", "qwen2", "phi3", "gemma", "gpt_neox", "falcon"}
-# cells that need something other than the family's defaults, and why (the README table says so)
+# cells that need something other than the family's defaults, and why (docs/guide/models.md says so)
 EXPORT_ATTN = {("falcon", "dynamo"): "eager"}   # torch.onnx lowers SDPA only with q heads = kv heads
 XFAIL: dict[tuple[str, str], str] = {}
 

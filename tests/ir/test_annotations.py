@@ -1,5 +1,5 @@
 """The typed annotation contract (compiler/ir/annotations.py): schemas, validation, stored bytes
-(DOMAIN.md "Weight formats" arithmetic), and annotations surviving the default fusion pipeline."""
+(weight-format arithmetic: scales, zero points, N:M metadata), and annotations surviving the default fusion pipeline."""
 from __future__ import annotations
 
 import numpy as np

@@ -531,7 +531,7 @@ def test_commutative_operands_are_declared_once_in_the_registry():
 
 # ------------------------------------------------------------------------------------------------
 # targets: portable vs cpu (standard ONNX both; the cpu forms are what onnxruntime's CPU kernels
-# run fastest — README "Fusion")
+# run fastest — docs/guide/fusion.md)
 
 def encoder_layer_graph(bias=True, hid=24, dtype="float32"):
     """x [B, S, E] → Q/K/V linears (+bias) → 3-D Attention (4 heads) → O linear → + x → GELU MLP

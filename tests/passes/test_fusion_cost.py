@@ -15,7 +15,7 @@ in the IR,
                                                              ─────────────────────────
                                                              32·H·N² + 12·H·N·d + 2·N² + 2
 
-(DOMAIN.md's ≈ 8N² + 8Nd per head is the same chain with the scale, mask and casts already folded
+(The textbook ≈ 8N² + 8Nd per head is the same chain with the scale, mask and casts already folded
 into one softmax pass.) The fused Attention (FlashAttention-style, with the lifted KV cache) reads
 Q, writes O, appends the new K/V to the cache, and streams K/V from memory once per query tile whose
 K/V working set fits half the 40 MiB L2 (rows = 20 MiB / (H·d·2) = 2560):

@@ -1,4 +1,4 @@
-"""The paged-KV artifact (passes/kv_paging.py, issue 9 "KV layout and paging").
+"""The paged-KV artifact (passes/kv_paging.py).
 
 The same tokens go through the contiguous artifact (one sequence at a time, its own growing
 past_key/past_value), the paged artifact (one batch of sequences of different lengths, right

@@ -14,8 +14,8 @@ import pytest
 
 from compiler.perf import collectives as CM
 from compiler.perf.calibration import collectives as C
-from compiler.perf.hardware import (HardwareError, hardware_by_name, hardware_dir, hardware_to_yaml_dict,
-                               load_hardware, load_hardware_file)
+from compiler.perf.hardware import HardwareError, hardware_by_name, hardware_dir, load_hardware, load_hardware_file
+from compiler.perf.hardware_yaml import hardware_to_yaml_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "tests" / "data" / "collectives_h200_synthetic.json"

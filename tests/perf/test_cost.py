@@ -1,4 +1,4 @@
-"""The roofline cost model against DOMAIN.md's seed facts, hand-derived formulas and the GPU."""
+"""The roofline cost model against textbook figures, hand-derived formulas and the GPU."""
 from __future__ import annotations
 
 import json
@@ -65,7 +65,7 @@ def test_unfused_attention_prefill_intensity():
     for node in (s, p, o):
         f, b = op_cost(g, node)
         flops, bytes_ = flops + f, bytes_ + b.total
-    # DOMAIN.md: FLOPs ≈ (4d + 3)N² (we count 5 per softmax element), bytes ≈ 8N² + 8Nd
+    # textbook: FLOPs ≈ (4d + 3)N² (we count 5 per softmax element), bytes ≈ 8N² + 8Nd
     assert flops == pytest.approx((4 * d + 5) * n_**2, rel=1e-9)
     assert bytes_ == pytest.approx(8 * n_**2 + 8 * n_ * d, rel=1e-9)
     assert flops / bytes_ == pytest.approx(62, abs=1.5)

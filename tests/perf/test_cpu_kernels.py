@@ -70,7 +70,7 @@ def test_stored_measurements_are_well_formed_and_rewritten_as_labelled(meas):
 
 
 def test_measured_cpu_verdicts(meas):
-    """What the data says (and the README quotes): int4 MatMulNBits at int8 activations beats the fp32
+    """What the data says (and docs/measurements/cpu_quantization.md quotes): int4 MatMulNBits at int8 activations beats the fp32
     GEMM at one row by more than 2x but gives most of it back by 8 rows; at accuracy level 0 it never
     wins past one row; W8A8 DynamicQuantizeMatMul wins at every M; the FP8 simulation always loses."""
     r = {lab: (lambda m, lab=lab: float(kf.ratio(lab, m))) for lab in kf.KERNELS if kf.KERNELS[lab][0] == "cpu_ort"}

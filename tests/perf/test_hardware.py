@@ -10,23 +10,8 @@ import pytest
 import yaml
 
 import compiler.perf.hardware as hwmod
-from compiler.perf.hardware import (
-    DTYPES,
-    OP_CLASSES,
-    ClassEfficiency,
-    Efficiency,
-    Hardware,
-    HardwareError,
-    available_hardware,
-    efficiency_to_yaml_dict,
-    hardware_by_name,
-    hardware_dir,
-    load_hardware,
-    load_hardware_file,
-    normalize_dtype,
-    update_efficiency_yaml,
-    write_hardware_yaml,
-)
+from compiler.perf.hardware import DTYPES, OP_CLASSES, ClassEfficiency, Efficiency, Hardware, HardwareError, available_hardware, hardware_by_name, hardware_dir, load_hardware, load_hardware_file, normalize_dtype
+from compiler.perf.hardware_yaml import efficiency_to_yaml_dict, update_efficiency_yaml, write_hardware_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 REQUIRED = {"a10", "a6000", "l4", "l40s", "rtx4090", "a100_40g", "a100_80g", "h100_sxm",

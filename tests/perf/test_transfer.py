@@ -147,7 +147,7 @@ def test_a_dominating_device_is_never_predicted_slower(model):
 
 
 def test_h200_predicted_faster_than_h100_for_llama3_8b():
-    """The ordering bug of issue 12: the H200 (same chip, 1.43x bandwidth) was predicted slower."""
+    """The old ordering bug: the H200 (same chip, 1.43x bandwidth) was predicted slower."""
     g = imported("llama3_8b")
     t = {n: CostModel(g, hardware_by_name(n)) for n in ("h100_sxm", "h200")}
     tpot = {n: cm.phase_time(1, 1, 512, "decode")[0] for n, cm in t.items()}

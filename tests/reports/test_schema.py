@@ -1,5 +1,5 @@
 """The JSON Schema shipped for report.json / sweep.json: it accepts what rooftop writes, rejects
-what breaks DESIGN.md's contract (missing keys, wrong types or units), and stays open to
+what breaks the output contract (missing keys, wrong types or units), and stays open to
 extensions. Every report any test writes is also checked (tests/conftest.py autouse fixture)."""
 from __future__ import annotations
 

@@ -59,7 +59,7 @@ _GBS = 1e9
 
 from compiler.errors import RooftopError
 from compiler.perf.collectives import COLLECTIVES, CollectiveFit, Collectives, bus_factor, collectives_to_yaml_dict
-from compiler.perf.hardware import update_yaml_blocks
+from compiler.perf.hardware_yaml import update_yaml_blocks
 
 __all__ = ["fit_one", "fit_collectives", "collectives_to_yaml_dict", "update_collectives_yaml",
            "load_measurements"]

@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple
 
+from compiler.ir.tensors import hw_dtype
 from compiler.perf import efficiency as E
 
 from compiler.resources import REPO_ROOT
-from compiler.perf.hardware import load_hardware, load_hardware_file, _read_yaml, OP_CLASSES, ClassEfficiency, Efficiency, update_efficiency_yaml, write_hardware_yaml
+from compiler.perf.hardware import load_hardware, load_hardware_file, _read_yaml, OP_CLASSES, ClassEfficiency, Efficiency
+from compiler.perf.hardware_yaml import update_efficiency_yaml, write_hardware_yaml
 
 #: Which measured kernels stand for a class in the fit (sample names); classes not listed use
 #: every sample not marked ``exclude_from_fit``.  Reduction: the fused (torch.compile, static
@@ -205,7 +207,7 @@ def main(argv=None) -> int:
     if args.out and not args.base_yaml:
         ap.error("--out needs --base-yaml")
     meas = load_measurements(args.data)
-    dtype = args.dtype or {"float16": "fp16", "bfloat16": "bf16"}.get(meas.get("dtype", "float16"), "fp16")
+    dtype = args.dtype or hw_dtype(meas.get("dtype", "float16")) or "fp16"
     P = W = priors = None
     if args.base_yaml:
         P, W = datasheet_from_yaml(args.base_yaml, dtype)

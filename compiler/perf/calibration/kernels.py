@@ -27,7 +27,8 @@ import numpy as np
 from compiler.perf import efficiency as E
 from compiler.perf.calibration import DATA_DIR
 from compiler.perf.calibration import fit as calfit
-from compiler.perf.hardware import KernelFamilyEfficiency, kernel_families_to_yaml_dict, available_hardware, hardware_by_name, hardware_dir, update_yaml_blocks
+from compiler.perf.hardware import KernelFamilyEfficiency, available_hardware, hardware_by_name, hardware_dir
+from compiler.perf.hardware_yaml import kernel_families_to_yaml_dict, update_yaml_blocks
 
 KERNELS_FILE = DATA_DIR / "h200_kernels.json"
 #: family -> (peak dtype, sparse peak?)
@@ -88,7 +89,7 @@ def loss_points(meas: Mapping, family: str, reference: str) -> Dict[str, dict]:
 
 
 def summary(meas: Mapping) -> Dict[str, dict]:
-    """Median over shapes of family/dense time ratio per M, for the README table."""
+    """Median over shapes of family/dense time ratio per M, for the table in docs/measurements/gpu_kernels.md."""
     out = {}
     for fam, ref in (("w4a16", "dense_bf16"), ("w8a16_dequant_gemm", "dense_bf16"), ("w8a16_int8pack", "dense_bf16"),
                      ("w8a8_int_mm", "dense_bf16"), ("w8a8_pipeline", "dense_bf16"), ("fp8_tensorwise", "dense_bf16"),

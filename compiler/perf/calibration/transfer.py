@@ -46,7 +46,8 @@ import numpy as np
 from compiler.perf import efficiency as E
 from compiler.perf.calibration import DATA_DIR
 from compiler.perf.calibration import fit as calfit
-from compiler.perf.hardware import hardware_by_name, available_hardware, ClassEfficiency, Efficiency, efficiency_to_yaml_dict, hardware_dir, update_yaml_blocks
+from compiler.perf.hardware import hardware_by_name, available_hardware, ClassEfficiency, Efficiency, hardware_dir
+from compiler.perf.hardware_yaml import efficiency_to_yaml_dict, update_yaml_blocks
 from compiler.perf.cost import CostModel
 
 REF_DTYPE = "fp16"
