@@ -152,3 +152,30 @@ def test_stacking_by_layer_kind_equals_a_full_export(name, layers):
     full_specs = [(n.annotations["layer"], getattr(n.annotations.get("attention"), "window", None))
                   for n in full.topo_order() if n.op in ("Attention", "LatentAttention")]
     assert specs == full_specs
+
+
+def test_expert_parallel_fine_grained_moe_with_shared_experts_and_dense_layers():
+    """DeepSeek-V3's shape (tiny): ``parallel.ep=2`` splits the routed experts' stacked weights
+    (grouped GEMMs) over the devices and leaves the shared expert, the dense first layer and
+    attention whole; the all-to-alls (dispatch + combine) are only in the MoE layers, each of the
+    routed tokens' hidden states (tokens x top_k x hidden)."""
+    from compiler.analysis.parallel import ParallelPlan, analyze_parallel, shard_table
+    from compiler.frontends import families
+    from compiler.perf.collectives import collective_time
+    from tests.conftest import imported
+    cfg = model_cfg("deepseek_v3_tiny")["config"]
+    g = imported("deepseek_v3_tiny")
+    dims = families.dims(cfg)
+    cm = CostModel(g, hardware_by_name("h100_sxm"))
+    t1, t2 = shard_table(cm, dims, ParallelPlan()), shard_table(cm, dims, ParallelPlan(ep=2))
+    E, H, inter, L = cfg["n_routed_experts"], cfg["hidden_size"], cfg["moe_intermediate_size"], cfg["num_hidden_layers"]
+    moe_layers = L - cfg["first_k_dense_replace"]
+    routed = 4 * moe_layers * E * 3 * H * inter                 # fp32 gate, up, down of every routed expert
+    assert t1.weight_bytes_total - t2.weight_bytes_device == pytest.approx(routed / 2)
+    names = [name for kind, name, _ in t2.comms if kind == "all_to_all"]
+    assert len(names) == 2 * moe_layers
+    r = analyze_parallel(cm, cm.hw, ParallelPlan(ep=2), dims, batch=4, prompt_len=32, context_len=32,
+                         tokens=40, kv_bytes_per_token=1.0, activation_peak_bytes=0, reserve_bytes=0)
+    tok = 4 * 1 * cfg["num_experts_per_tok"] * H * 4           # decode: 4 tokens x top-2 x hidden x fp32
+    assert r["phases"]["decode"]["comm_time_s"] == pytest.approx(
+        2 * moe_layers * float(collective_time(cm.hw, "all_to_all", 2, tok)))
