@@ -19,6 +19,7 @@ from reports.format import (PHASES, TOP_GROUPS, bound_split, class_breakdown, do
                             fmt_tok_s, gib_note, is_encoder, op_groups, peak_of, phases_of, ridge_point, roof, sig)
 from reports.layers import blocks as layer_blocks
 from reports.planning import blocks as planning_blocks
+from reports.runtime import blocks as runtime_blocks
 
 def _names(names: Sequence[str]) -> str:
     if len(names) == 1:
@@ -74,6 +75,7 @@ def document(r: Mapping) -> list[tuple]:
     blocks.append(("plot", "time_by_class", "Time by op class per phase, split into compute-bound and memory-bound ops."))
     blocks += layer_blocks(r)     # per block kind and per decoder layer
 
+    blocks += runtime_blocks(r)   # the engine (runtime=) beside the roofline bound
     blocks += dynamic_blocks(r)   # speculative decoding, MoE, early exit, chunked prefill
     blocks += planning_blocks(r)  # capacity planning (kv=), parallel plan, serving simulation
     blocks += compression_blocks(r)   # quant= / sparsity=: kernels, stored bytes, accuracy
@@ -87,7 +89,11 @@ def _summary(r: Mapping) -> list[tuple[str, str]]:
     hw, wl, lat, mem, cap = r["hardware"], r["workload"], r["latency"], r["memory"], r["capacity"]
     b, prompt, gen = wl.get("batch"), wl.get("prompt_len"), wl.get("gen_len")
     ctx = wl.get("context_len") if wl.get("context_len") is not None else prompt
-    if is_encoder(r):
+    if is_encoder(r) and lat.get("unit") == "inputs":     # an MLP / CNN: no token sequence
+        kv = [("Workload", f"batch {b} inputs (the model reads no token sequence: one forward pass per batch)"),
+              ("Latency", f"{fmt_time(lat['batch_latency_s'])} per batch of {b} inputs"),
+              ("Throughput", f"{sig(lat['throughput_inputs_s'])} inputs/s")]
+    elif is_encoder(r):
         kv = [("Workload", f"batch {b} sequences of {prompt} tokens (an encoder: one forward pass per batch)"),
               ("Latency", f"{fmt_time(lat['batch_latency_s'])} per batch of {b} × {prompt} tokens"),
               ("Throughput", f"{sig(lat['throughput_seq_s'])} sequences/s "
@@ -95,7 +101,9 @@ def _summary(r: Mapping) -> list[tuple[str, str]]:
     else:
         kv = [("Workload", f"batch {b}, prompt {prompt} tokens, generate {gen} tokens; decode costed at context {ctx}"),
               ("TTFT", f"{fmt_time(lat['ttft_s'])} (prefill of {b} × {prompt} tokens)"),
-              ("TPOT", f"{fmt_time(lat['tpot_s'])} (one decode step, batch {b}, context {ctx})"),
+              ("TPOT", f"{fmt_time(lat['tpot_s'])} (one decode step, batch {b}, context {ctx}"
+                       + ("; no KV cache: the step recomputes the whole sequence)" if lat.get("decode") == "recompute"
+                          else ")")),
               ("End-to-end", f"{fmt_time(lat['e2e_s'])} (TTFT + {max((gen or 0) - 1, 0)} decode steps over a growing cache)"),
               ("Throughput", f"{fmt_tok_s(lat['throughput_tok_s'])} over the whole request (generated tokens)"
                              + (f"; decode only {fmt_tok_s(lat['decode_throughput_tok_s'])}"
@@ -115,9 +123,10 @@ def _summary(r: Mapping) -> list[tuple[str, str]]:
                    f"{fmt_pct(bs.get('compute'))}, memory-bound {fmt_pct(bs.get('memory'))}, latency-bound "
                    f"(launch and ramp-up dominate) {fmt_pct(bs.get('latency'))}"))
     total, capb = mem.get("total_bytes"), mem.get("capacity_bytes")
-    ntok = mem.get("kv_tokens_per_sequence")
-    kv.append(("Memory", f"weights {fmt_bytes(mem['weights_bytes'])} + KV cache {fmt_bytes(mem['kv_cache_bytes'])} "
-                         f"({fmt_bytes(mem['kv_bytes_per_token'])}/token × {ntok} tokens × {b} sequences) "
+    ntok = mem.get("kv_tokens_reserved_per_sequence") or mem.get("kv_tokens_per_sequence")
+    cache = (f"+ KV cache {fmt_bytes(mem['kv_cache_bytes'])} ({fmt_bytes(mem['kv_bytes_per_token'])}/token × {ntok} "
+             f"tokens × {b} sequences) " if mem.get("kv_bytes_per_token") or not is_encoder(r) else "")
+    kv.append(("Memory", f"weights {fmt_bytes(mem['weights_bytes'])} {cache}"
                          f"+ activation peak {fmt_bytes(mem['activation_peak_bytes'])} "
                          f"+ runtime reserve {fmt_bytes(mem.get('runtime_reserve_bytes'))} = {fmt_bytes(total)} "
                          f"of {fmt_bytes(capb)}{gib_note(capb or 0)}"
@@ -125,7 +134,7 @@ def _summary(r: Mapping) -> list[tuple[str, str]]:
                          + (" — does not fit" if total and capb and total > capb else "")))
     if cap.get("note"):
         kv.append(("Fit", cap["note"]))
-    kv.append(("Capacity", _capacity_text(cap)))
+    kv.append(("Capacity", _capacity_text(cap, "inputs" if lat.get("unit") == "inputs" else None)))
     kv.append(("Hardware", _hardware_text(r)))
     kv.append(("Efficiency", f"{hw.get('efficiency_source') or 'not stated'} (per-class compute/memory "
                              f"efficiencies and launch overhead applied to every op)"))
@@ -133,14 +142,14 @@ def _summary(r: Mapping) -> list[tuple[str, str]]:
     return kv
 
 
-def _capacity_text(cap: Mapping) -> str:
+def _capacity_text(cap: Mapping, unit: str | None = None) -> str:
     mb, lim = cap.get("max_batch"), cap.get("limited_by")
     tok = cap.get("tokens_per_sequence")
+    what = "inputs" if unit == "inputs" else f"sequences of {tok} tokens"
     if mb == 0:
-        s = f"does not fit even at batch 1 ({tok} tokens per sequence)"
+        s = ("does not fit even at batch 1" + ("" if unit == "inputs" else f" ({tok} tokens per sequence)"))
     else:
-        s = (f"max batch {'≥ ' if lim == 'search range' else ''}{mb} sequences of {tok} tokens "
-             f"(limited by {lim})")
+        s = f"max batch {'≥ ' if lim == 'search range' else ''}{mb} {what} (limited by {lim})"
     if cap.get("max_batch_weights_kv_only") is not None:
         s += f" — {fmt_count(cap['max_batch_weights_kv_only'])} counting only weights + KV cache"
     if "max_batch_slo" in cap:
@@ -177,10 +186,34 @@ def _emit_text(e: Mapping) -> str:
     s = ", ".join(parts)
     v = e.get("verified")
     if isinstance(v, Mapping):
-        s += f"; verified in {v.get('runtime', 'onnxruntime')} (batch {v.get('batch')}, {v.get('seq')} new tokens, {v.get('past')} cached)"
+        s += f"; verified in {v.get('runtime', 'onnxruntime')} against {v.get('reference', 'the source model')}"
+        detail = _verification_text(e.get("verification") or {})
+        if detail:
+            s += f" ({detail})"
     elif v is False or v is None:
         s += "; not verified in onnxruntime"
     return s
+
+
+def _verification_text(ver: Mapping) -> str:
+    """What the verification ran: the steps and their shapes, and the largest error against its
+    tolerance (compiler/backend/verify.py's ``verification`` record)."""
+    steps = [st for st in ver.get("inputs") or [] if isinstance(st, Mapping)]
+    parts = []
+    if steps:
+        shapes = steps[0].get("shapes") or {}
+        first = next(iter(shapes.items()), None)
+        decodes = sum(1 for st in steps if str(st.get("step", "")).startswith("decode"))
+        if first and decodes and len(first[1]) >= 2:
+            parts.append(f"prefill of {first[1][0]} × {first[1][1]} tokens, then {decodes} decode step"
+                         f"{'s' if decodes > 1 else ''} on the growing cache")
+        elif first:
+            parts.append(", ".join(f"{k} {list(v)}" for k, v in shapes.items()))
+    outs = [o for o in (ver.get("outputs") or {}).values() if isinstance(o, Mapping) and "max_abs_err" in o]
+    if outs:
+        worst = max(outs, key=lambda o: o["max_abs_err"] / o["tolerance"] if o.get("tolerance") else 0.0)
+        parts.append(f"largest |error| {worst['max_abs_err']:.2g} within a tolerance of {worst.get('tolerance', 0):.2g}")
+    return "; ".join(parts)
 
 
 def _how_to_read(r: Mapping) -> str:

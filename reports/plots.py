@@ -429,7 +429,8 @@ def fig_throughput_vs_batch(r: Mapping) -> Figure:
     slo = cap.get("slo") or {}
     enc = is_encoder(r)
     series = ((("batch_latency_s", 1e3, "latency per batch (ms)", "#1f77b4"),
-               ("throughput_seq_s", 1.0, "throughput (sequences/s)", "#2ca02c")) if enc else
+               ("throughput_seq_s", 1.0, "throughput (inputs/s)" if (r.get("latency") or {}).get("unit") == "inputs"
+                else "throughput (sequences/s)", "#2ca02c")) if enc else
               (("tpot_s", 1e3, "TPOT (ms per decode step)", "#1f77b4"),
                ("throughput_tok_s", 1.0, "decode throughput (tokens/s)", "#2ca02c")))
     lat_key, thr_key = series[0][0], series[1][0]

@@ -43,7 +43,7 @@ from ruamel.yaml import YAML  # noqa: E402
 
 from compiler.driver import config as schema  # noqa: E402
 from compiler.ir import annotations  # noqa: E402
-from compiler.perf import hardware  # noqa: E402
+from compiler.perf import hardware, runtime  # noqa: E402
 from compiler.schema import load as load_json_schema  # noqa: E402
 import passes  # noqa: E402
 from passes import base as pass_base  # noqa: E402
@@ -227,7 +227,7 @@ def header_comment(path: Path) -> str:
 # config.md
 
 #: config groups with named choices (conf/<group>/*.yaml), in the order of conf/config.yaml
-CHOICE_GROUPS = ("model", "hardware", "pipeline", "early_exit", "quant", "sparsity", "kv", "search")
+CHOICE_GROUPS = ("model", "hardware", "runtime", "pipeline", "early_exit", "quant", "sparsity", "kv", "search")
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -397,6 +397,14 @@ def config_md() -> str:
             units = {f"hardware.{k}": v for k, v in _hardware_units().items()}
             rows = schema_rows(hardware.HardwareYaml, "hardware.", {}, hint=units)
             out.append(table(rows))
+            continue
+        if name == "runtime":
+            out.append("`runtime=<name>` composes `conf/runtime/<name>.yaml`: the engine a prediction describes "
+                       "(schema `RuntimeYaml` in `compiler/perf/runtime.py`; the kernel of each op family, "
+                       "host times, scheduler defaults, each figure with its source and error band). See "
+                       "`docs/guide/runtime_profiles.md`.\n")
+            out.append(choices_table("runtime"))
+            out.append(table(schema_rows(runtime.RuntimeYaml, "runtime.", {})))
             continue
         doc = rst_to_md(inspect.cleandoc(class_doc(tp))) if dataclasses.is_dataclass(tp) else ""
         if doc or about:

@@ -17,6 +17,7 @@ from compiler.ir import Graph
 from compiler.ir.facts import ModelDims
 from compiler.perf.cost import CostModel
 from compiler.perf.hardware import Hardware
+from compiler.perf.runtime import Runtime
 from compiler.perf.schedule import Schedule
 
 
@@ -48,6 +49,7 @@ class RunContext:
     measured: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     # what the driver measured on the source model: "acceptance" (speculative.acceptance=measured)
     # and "early_exit" (early_exit.threshold calibration); compiler.frontends.measure
+    runtime: Runtime | None = None      # the runtime profile the cost model prices with (runtime=)
 
     @property
     def model_cfg(self) -> Mapping[str, Any]:

@@ -47,7 +47,8 @@ def depth_distribution(n_layers: int, exits: Sequence[int], probs: Sequence[floa
     alive = 1.0
     for layer, h in sorted(zip(exits, probs)):
         if not 0 <= layer < n_layers - 1:
-            raise ValueError(f"exit after layer {layer} is outside 0..{n_layers - 2}")
+            raise ConfigError(f"early_exit.layers: an exit after layer {layer} is outside 0..{n_layers - 2} "
+                              f"(0-based; the model has {n_layers} layers)")
         pmf[layer] += alive * float(h)
         alive *= 1.0 - float(h)
     pmf[-1] += alive

@@ -50,7 +50,7 @@ import sympy
 
 from compiler.perf.collectives import bus_factor, collective_source, collective_time, literature
 from compiler.errors import ConfigError
-from compiler.ir import B, P, S
+from compiler.ir import B, P, S, op_layers
 from compiler.ir.facts import ModelDims
 from compiler.ir.ops import Classifier, get
 from compiler.perf import efficiency as eff
@@ -182,7 +182,16 @@ def _per_token(expr) -> float:
 def shard_table(cm, dims: ModelDims, plan: ParallelPlan) -> ShardTable:
     """Propagate tensor fractions through the graph (module doc) for ``plan.tp`` / ``plan.ep``.
     Expert ops are those the ``moe`` annotation names an expert for; a column-parallel GEMM's
-    output is split like the attention operands it feeds (query heads, or only the KV heads)."""
+    output is split like the attention operands it feeds (query heads, or only the KV heads).
+    Computed once per cost model, dimensions and (tp, ep)."""
+    memo = cm.__dict__.setdefault("_shard_tables", {})
+    key = (dims, plan.tp, plan.ep)
+    if key not in memo:
+        memo[key] = _shard_table(cm, dims, plan)
+    return memo[key]
+
+
+def _shard_table(cm, dims: ModelDims, plan: ParallelPlan) -> ShardTable:
     g = cm.graph
     roles = attention_roles(g)
     tp, ep = plan.tp, plan.ep
@@ -195,6 +204,8 @@ def shard_table(cm, dims: ModelDims, plan: ParallelPlan) -> ShardTable:
     wfrac: dict[str, float] = {}
     op_f: dict[str, tuple[float, float, float, float]] = {}
     comms: list[tuple[str, str, Any]] = []
+    moe_row_layers: set = set()
+    layer_of = op_layers(g)[0]
     col = row = 0
 
     def fr(t):
@@ -204,8 +215,15 @@ def shard_table(cm, dims: ModelDims, plan: ParallelPlan) -> ShardTable:
             return kvf
         return frac.get(t, 1.0)
 
+    per_token: dict[str, float] = {}
+
     def nbytes(t):
         return g.type(t).nbytes() if hasattr(g.type(t), "nbytes") else g.type(t).numel() * g.type(t).itemsize
+
+    def tok(t) -> float:
+        if t not in per_token:
+            per_token[t] = _per_token(nbytes(t))
+        return per_token[t]
 
     def split_width_frac(t) -> float:
         r = roles.get(t, set())
@@ -216,8 +234,8 @@ def shard_table(cm, dims: ModelDims, plan: ParallelPlan) -> ShardTable:
         return qf
 
     def act_factor(ins, outs, fin, fout):
-        si = sum(_per_token(nbytes(t)) for t in ins)
-        so = sum(_per_token(nbytes(t)) for t in outs)
+        si = sum(tok(t) for t in ins)
+        so = sum(tok(t) for t in outs)
         tot = si + so
         return (si * fin + so * fout) / tot if tot else 1.0
 
@@ -248,8 +266,13 @@ def shard_table(cm, dims: ModelDims, plan: ParallelPlan) -> ShardTable:
                 row += 1
                 fw = fin
                 fout = 1.0
-                for t in outs:
-                    comms.append(("all_reduce", n.name, nbytes(t)))
+                if expert:
+                    # the routed experts' partial sums are combined first: one all-reduce per
+                    # MoE layer (added below), not one per expert
+                    moe_row_layers.add(layer_of.get(n.name))
+                else:
+                    for t in outs:
+                        comms.append(("all_reduce", n.name, nbytes(t)))
             for p in params:
                 wfrac[p] = fw
             for t in outs:
@@ -296,6 +319,11 @@ def shard_table(cm, dims: ModelDims, plan: ParallelPlan) -> ShardTable:
         if expert and ep > 1:
             for p in params:
                 wfrac[p] = 1.0 / ep
+
+    if moe_row_layers:
+        itemsize = next((g.type(t).itemsize for t in g.params if not g.params[t].annotations.get("const")), 2)
+        for i, layer in enumerate(sorted(moe_row_layers, key=str)):
+            comms.append(("all_reduce", f"moe combine {layer}", B * S * dims.hidden * itemsize))
 
     # MoE all-to-alls: one dispatch and one combine per layer holding expert weights
     if ep > 1 and dims.experts:
@@ -360,23 +388,27 @@ def per_device_times(cm, table: ShardTable, b, s, p, phase: str) -> dict[str, np
     """Per-device op time (the cost model's roofline on the sharded figures), its compute and
     memory sides, and the communication of one forward, at arrays of points."""
     hw = cm.hw
-    flops, w, a, kv, fx = cm._raw(b, s, p, phase)
-    flops = flops * table.flops[:, None]
-    byts = w * table.weights[:, None] + a * table.activations[:, None] + kv * table.kv[:, None]
-    launch = hw.efficiency.launch_overhead_s
+    rows, count = _groups(cm, table)
+    flops, w, a, kv, fx = cm.components(b, s, p, phase, rows)
+    flops = flops * table.flops[rows][:, None]
+    w, a, kv = w * table.weights[rows][:, None], a * table.activations[rows][:, None], kv * table.kv[rows][:, None]
+    byts = w + a + kv
     npts = flops.shape[1]
-    op_t = np.zeros(npts)
-    comp_t = np.zeros(npts)
-    mem_t = np.zeros(npts)
-    for i, it in enumerate(cm.items):
-        eclass = f"attention_{phase}" if it.cost_class == "attention" else it.cost_class
-        prm = hw.efficiency.for_class(eclass)
-        cp = eff.ClassParams(prm.compute, prm.memory, prm.flops_half, prm.bytes_half)
-        pk = hw.peak("fp16") if it.cost_class in REFERENCE_PEAK_CLASSES else hw.peak(it.dtype, it.sparse)
-        op_t += eff.kernel_time(cp, flops[i], byts[i], pk, hw.memory_bandwidth, launch, fixed=fx[i],
-                                ramp_peak=hw.peak("fp16"))
-        comp_t += flops[i] / (pk * cp.compute)
-        mem_t += byts[i] / (hw.memory_bandwidth * cp.memory)
+    # the cost model's per-op times on the sharded figures (hardware classes, measured kernel
+    # families, the runtime profile's kernels; MoE experts' fixed costs with their touch probability);
+    # the identical ops of every layer priced once (CostModel.signature_groups)
+    op_t = (cm.op_times(flops, w, a, kv, fx, phase, shard=table.weights[rows], rows=rows)[0]
+            * count[:, None]).sum(axis=0) + cm.host_time(b, s)
+    sides = cm.__dict__.setdefault("_class_sides", {})
+    if phase not in sides:     # per op: peak x compute fraction, bandwidth x memory fraction of its class
+        srows = []
+        for it in cm.items:
+            prm = hw.efficiency.for_class(f"attention_{phase}" if it.cost_class == "attention" else it.cost_class)
+            pk = hw.peak("fp16") if it.cost_class in REFERENCE_PEAK_CLASSES else hw.peak(it.dtype, it.sparse)
+            srows.append((pk * prm.compute, hw.memory_bandwidth * prm.memory))
+        sides[phase] = np.array(srows, float).reshape(-1, 2)
+    comp_t = (flops / sides[phase][rows, :1] * count[:, None]).sum(axis=0)
+    mem_t = (byts / sides[phase][rows, 1:] * count[:, None]).sum(axis=0)
     comm_t = np.zeros(npts)
     n = max(table.tp, table.ep)
     bb, ss, pp_ = (np.broadcast_to(np.asarray(x, float), (npts,)) for x in (b, s, p))
@@ -391,6 +423,16 @@ def per_device_times(cm, table: ShardTable, b, s, p, phase: str) -> dict[str, np
         calls[kind] = calls.get(kind, 0) + 1
     return {"op_time": op_t, "compute_time": comp_t, "memory_time": mem_t, "comm_time": comm_t,
             "time": op_t + comm_t, "comm_by_kind": by_kind, "calls": calls, "devices": n}
+
+
+def _groups(cm, table: ShardTable):
+    """Ops with identical costs and shard factors (every layer's), priced once: (rows, counts)."""
+    memo = cm.__dict__.setdefault("_shard_groups", {})
+    key = id(table)
+    if key not in memo:
+        extra = list(zip(table.flops, table.weights, table.activations, table.kv))
+        memo[key] = (table, cm.signature_groups(extra))
+    return memo[key][1]
 
 
 _EVAL_CACHE: dict = {}

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from compiler.analysis import early_exit, layers, moe
+from compiler.analysis import runtime as runtime_sec
 from compiler.analysis import speculative as spec
 from compiler.analysis.capacity import capacity_section
 from compiler.analysis.context import RunContext
@@ -27,7 +28,7 @@ from compiler.analysis.parallel import parallel_section, parallel_step_time, pla
 from compiler.analysis.serving import (cost_model_step_time, max_model_len_of, request_tokens, serve_block,
                                        serve_enabled, serve_section)
 from compiler.errors import ConfigError
-from compiler.ir import Graph
+from compiler.ir import Graph, S
 from compiler.perf.memory import kv_bytes_per_token, kv_dtype, kv_layers, param_count, weights_bytes
 
 GB = 1e9
@@ -37,6 +38,41 @@ CAPACITY_SEARCH_MAX = 4096
 def is_generative(g: Graph) -> bool:
     """A model that generates tokens step by step (a KV cache was lifted or imported)."""
     return bool(g.meta.get("kv_tensors")) or g.meta.get("task") == "causal_lm"
+
+
+def recomputes(g: Graph) -> bool:
+    """A generative model whose graph has no KV cache (e.g. ``pipeline=none``): each decode step
+    runs the whole sequence again — costed that way, never as one token attending to itself."""
+    return is_generative(g) and not g.meta.get("kv_tensors")
+
+
+def takes_tokens(g: Graph) -> bool:
+    """The model reads a sequence (an input has the sequence dimension S): its workload is in
+    tokens. An MLP or a CNN has none; its figures are per input and per batch."""
+    for name in g.inputs:
+        for d in g.type(name).shape:
+            if S in getattr(d, "free_symbols", ()):
+                return True
+    return False
+
+
+def decode_step(ctx, recompute: bool):
+    """(S, P, cost phase) of one decode step at ``ctx`` tokens of context: one new token against
+    the cache, or without a cache the ``ctx + 1`` tokens of the whole sequence, nothing cached."""
+    if recompute:
+        return np.asarray(ctx) + 1, 0, "prefill"
+    return 1, ctx, "decode"
+
+
+def reserved_tokens(cfg: Mapping, tokens: int, max_model_len: int | None = None) -> int:
+    """KV-cache tokens one sequence of ``tokens`` holds in the configured layout: whole blocks
+    (paged), or the reservation of ``max_model_len`` (contiguous; ``kv.max_model_len``, default
+    the longest planned request)."""
+    kv = dict(cfg.get("kv") or {})
+    if kv.get("layout", "contiguous") == "paged":
+        bs = int(kv.get("block_size") or 16)
+        return -(-int(tokens) // bs) * bs
+    return max(int(max_model_len or kv.get("max_model_len") or tokens), int(tokens))
 
 
 def phase_result(cm, sched, b: int, s: int, p: int, phase: str) -> dict[str, Any]:
@@ -51,9 +87,11 @@ def phase_result(cm, sched, b: int, s: int, p: int, phase: str) -> dict[str, Any
     flops = sum(o["flops"] for o in ops)
     byts = sum(o["bytes"] for o in ops)
     split = {k: sum(o["bytes_split"][k] for o in ops) for k in ("weights", "activations", "kv")}
+    host = float(cm.host_time(b, s)) if getattr(cm, "runtime", None) is not None else None
     return {
         "point": {"B": b, "S": s, "P": p},
-        "time_s": sum(o["time_s"] for o in ops),
+        "time_s": sum(o["time_s"] for o in ops) + (host or 0.0),
+        **({"host_overhead_s": host} if host is not None else {}),
         "flops": flops, "bytes": byts, "bytes_split": split,
         "intensity": flops / byts if byts else None,
         "bound": max(bound_time, key=bound_time.get),
@@ -65,41 +103,86 @@ def phase_result(cm, sched, b: int, s: int, p: int, phase: str) -> dict[str, Any
     }
 
 
-def request_latency(cm, b: int, prompt: int, gen: int, ctx: int, generative: bool) -> dict[str, Any]:
+def request_latency(cm, b: int, prompt: int, gen: int, ctx: int, generative: bool, *, recompute: bool = False,
+                    tokens: bool = True) -> dict[str, Any]:
     """TTFT, TPOT, end-to-end and throughput of one request of ``b`` sequences.
 
     Causal LM: TTFT = prefill; ``gen_len - 1`` decode steps follow over a growing cache;
     throughput counts generated tokens only (0 when ``gen_len=0``: nothing is generated).
-    Encoder: one forward pass per batch; throughput in sequences/s (and tokens processed/s).
+    Without a KV cache (``recompute``) every decode step runs the whole sequence again.
+    Encoder: one forward pass per batch; throughput in sequences/s (and tokens processed/s; a
+    model without a token input: inputs/s, no token figure).
     """
-    ttft = float(cm.phase_time(b, prompt, 0, "prefill")[0])
+    ttft = float(cm.phase_time(b, prompt, 0, "prefill")[0]) + request_overhead(cm)
     if not generative:
+        if not tokens:      # an MLP / CNN: inputs per batch, no tokens
+            return {"kind": "encoder", "unit": "inputs", "batch_latency_s": ttft, "ttft_s": ttft, "tpot_s": None,
+                    "e2e_s": ttft, "throughput_seq_s": b / ttft, "throughput_inputs_s": b / ttft,
+                    "throughput_tok_s": None, "throughput_counts": "inputs (the model reads no token sequence)"}
         return {"kind": "encoder", "batch_latency_s": ttft, "ttft_s": ttft, "tpot_s": None,
                 "e2e_s": ttft, "throughput_seq_s": b / ttft, "throughput_tok_s": b * prompt / ttft,
                 "throughput_counts": "tokens processed (prompt tokens of every sequence)"}
     steps = np.arange(1, gen) if gen > 1 else np.zeros(0)
-    step_times = cm.phase_time(b, 1, prompt + steps - 1, "decode") if len(steps) else np.zeros(0)
+    s_, p_, ph = decode_step(prompt + steps - 1, recompute)
+    step_times = cm.phase_time(b, s_, p_, ph) if len(steps) else np.zeros(0)
     e2e = float(ttft + step_times.sum())
-    tpot = float(cm.phase_time(b, 1, ctx, "decode")[0])
-    return {"kind": "generative", "ttft_s": ttft, "tpot_s": tpot, "e2e_s": e2e,
-            "throughput_tok_s": b * gen / e2e, "decode_throughput_tok_s": b / tpot,
-            "throughput_counts": "generated tokens"}
+    s_, p_, ph = decode_step(ctx, recompute)
+    tpot = float(cm.phase_time(b, s_, p_, ph)[0])
+    out = {"kind": "generative", "ttft_s": ttft, "tpot_s": tpot, "e2e_s": e2e,
+           "throughput_tok_s": b * gen / e2e, "decode_throughput_tok_s": b / tpot,
+           "throughput_counts": "generated tokens"}
+    if recompute:
+        out["decode"] = "recompute"
+    return out
+
+
+def fit_count(sched, w_bytes: float, kv_tok: float, held: float, act_tokens: int, reserve: float,
+              usable: float) -> tuple[int, np.ndarray]:
+    """The largest batch B with weights + B x ``held`` KV tokens + the activation peak of B sequences
+    of ``act_tokens`` + reserve within ``usable`` bytes, and the fit mask over
+    1..:data:`CAPACITY_SEARCH_MAX` — the one formula behind every capacity figure of a report
+    (``capacity.max_batch`` stops at the search range and says so in ``limited_by``; the layouts'
+    ``max_sequences`` do not)."""
+    def need(b):
+        return w_bytes + b * kv_tok * held + sched.activation_peak(b, act_tokens, 0) + reserve
+
+    batches = np.arange(1, CAPACITY_SEARCH_MAX + 1)
+    fits = need(batches) <= usable
+    best = int(batches[fits].max()) if fits.any() else 0
+    if best == CAPACITY_SEARCH_MAX:       # beyond the table: doubling, then bisection (need grows with B)
+        lo, hi = best, 2 * best
+        while hi < 2 ** 48 and need(np.array([hi]))[0] <= usable:
+            lo, hi = hi, 2 * hi
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if need(np.array([mid]))[0] <= usable else (lo, mid)
+        best = lo
+    return best, fits
+
+
+def request_overhead(cm) -> float:
+    """The runtime profile's host time per request (tokenization, admission, returning the first
+    token), added to the time to first token; 0 without a profile."""
+    rt = getattr(cm, "runtime", None)
+    return rt.request_s if rt is not None else 0.0
 
 
 def capacity(cfg: Mapping, cm, sched, hw, w_bytes, kv_tok, tokens, prompt, ctx, reserve,
-             generative: bool = True, *, usable: float | None = None, step=None) -> dict[str, Any]:
+             generative: bool = True, *, usable: float | None = None, step=None, reserved: int | None = None,
+             act_tokens: int | None = None, recompute: bool = False) -> dict[str, Any]:
     """Largest batch that fits in device memory (``usable`` bytes: memory x
     ``memory.gpu_utilization``; per device under a parallel plan, with its weights and KV bytes per
     token); with ``slo.*`` set, the largest that also meets the latency objectives (``step(b, s, p,
-    phase)``: one device's or the plan's step times)."""
+    phase)``: one device's or the plan's step times). ``reserved``: KV tokens a sequence holds in
+    the configured layout (:func:`reserved_tokens`; default ``tokens``); ``act_tokens``: the
+    sequence length of the largest activation (without a KV cache, the longest recompute step)."""
     usable = hw.memory_bytes if usable is None else usable
     step = step or cm.phase_time
     batches = np.arange(1, CAPACITY_SEARCH_MAX + 1)
-    act = sched.activation_peak(batches, prompt, 0)
-    need = w_bytes + batches * kv_tok * tokens + act + reserve
-    fits = need <= usable
-    max_batch = int(batches[fits].max()) if fits.any() else 0
-    beside = int(max(usable - w_bytes, 0) // (kv_tok * tokens)) if kv_tok and tokens else None
+    held = reserved or tokens            # KV tokens a sequence holds in the configured layout
+    exact, fits = fit_count(sched, w_bytes, kv_tok, held, act_tokens or prompt, reserve, usable)
+    max_batch = min(exact, CAPACITY_SEARCH_MAX)     # ≥ the search range: limited_by says so
+    beside = int(max(usable - w_bytes, 0) // (kv_tok * held)) if kv_tok and held else None
     out: dict[str, Any] = {"max_batch": max_batch, "tokens_per_sequence": tokens,
                            # sequences whose KV cache fits beside the weights alone (no activations,
                            # no reserve): the first-order figure usually quoted
@@ -112,7 +195,8 @@ def capacity(cfg: Mapping, cm, sched, hw, w_bytes, kv_tok, tokens, prompt, ctx, 
         if slo.get("ttft_ms") is not None:
             ok[: len(cand)] &= step(cand, prompt, 0, "prefill") * 1e3 <= float(slo["ttft_ms"])
         if generative and slo.get("tpot_ms") is not None:
-            ok[: len(cand)] &= step(cand, 1, ctx, "decode") * 1e3 <= float(slo["tpot_ms"])
+            s_, p_, ph = decode_step(ctx, recompute)
+            ok[: len(cand)] &= step(cand, s_, p_, ph) * 1e3 <= float(slo["tpot_ms"])
         ok[len(cand):] = False
         out["max_batch_slo"] = int(batches[ok].max()) if ok.any() else 0
         out["slo"] = {k: slo.get(k) for k in ("ttft_ms", "tpot_ms")}
@@ -120,7 +204,8 @@ def capacity(cfg: Mapping, cm, sched, hw, w_bytes, kv_tok, tokens, prompt, ctx, 
 
 
 def throughput_sweep(cm, hw, ctx, max_batch, w_bytes, kv_tok, tokens, reserve, sched, prompt,
-                     generative: bool = True, *, usable: float | None = None, step=None) -> list[dict]:
+                     generative: bool = True, *, usable: float | None = None, step=None,
+                     act_tokens: int | None = None, recompute: bool = False, per_token: bool = True) -> list[dict]:
     """Decode TPOT and throughput (causal LM) or batch latency and sequences/s (encoder) over
     powers of two up to twice the max batch (and the max batch itself)."""
     usable = hw.memory_bytes if usable is None else usable
@@ -128,14 +213,15 @@ def throughput_sweep(cm, hw, ctx, max_batch, w_bytes, kv_tok, tokens, reserve, s
     top = max(64, 2 * max(max_batch, 1))
     batches = np.unique(np.concatenate([2 ** np.arange(0, int(np.log2(min(top, CAPACITY_SEARCH_MAX))) + 1),
                                         [max(max_batch, 1)]])).astype(int)
-    need = w_bytes + batches * kv_tok * tokens + sched.activation_peak(batches, prompt, 0) + reserve
+    need = w_bytes + batches * kv_tok * tokens + sched.activation_peak(batches, act_tokens or prompt, 0) + reserve
     if generative:
-        tpot = step(batches, 1, ctx, "decode")
+        s_, p_, ph = decode_step(ctx, recompute)
+        tpot = step(batches, s_, p_, ph)
         return [{"batch": int(bb), "tpot_s": float(t), "throughput_tok_s": float(bb / t),
                  "fits": bool(n <= usable)} for bb, t, n in zip(batches, tpot, need)]
     lat = step(batches, prompt, 0, "prefill")
     return [{"batch": int(bb), "batch_latency_s": float(t), "throughput_seq_s": float(bb / t),
-             "throughput_tok_s": float(bb * prompt / t), "fits": bool(n <= usable)}
+             "throughput_tok_s": float(bb * prompt / t) if per_token else None, "fits": bool(n <= usable)}
             for bb, t, n in zip(batches, lat, need)]
 
 
@@ -158,18 +244,26 @@ def analyze(rc: RunContext) -> dict[str, Any]:
     cfg, wl, hw, g, cm, sched, records = rc.cfg, rc.workload, rc.hardware, rc.graph, rc.cost, rc.schedule, rc.records
     b, prompt, gen, ctx = wl["batch"], wl["prompt_len"], wl["gen_len"], wl["context_len"]
     generative = is_generative(g)
+    recompute = recomputes(g)            # no KV cache: every decode step runs the whole sequence
+    per_token = generative or takes_tokens(g)
     phases = {"prefill": phase_result(cm, sched, b, prompt, 0, "prefill")}
     if generative:
-        phases["decode"] = phase_result(cm, sched, b, 1, ctx, "decode")
-    latency = request_latency(cm, b, prompt, gen, ctx, generative)
+        s_, p_, ph = decode_step(ctx, recompute)
+        phases["decode"] = phase_result(cm, sched, b, int(s_), p_, ph)
+        if recompute:
+            phases["decode"]["recompute"] = True
+    latency = request_latency(cm, b, prompt, gen, ctx, generative, recompute=recompute, tokens=per_token)
 
     w_bytes = weights_bytes(g)
     tokens = max(ctx, prompt + gen) if generative else prompt
     kv_tok = kv_bytes_per_token(g, tokens)   # windowed layers hold ≤ W tokens: the average at this length
+    held = reserved_tokens(cfg, tokens, max_model_len_of(cfg, wl, tokens)) if generative and kv_tok else tokens
+    # the largest activation: the prefill, or without a cache the longest recompute step
+    act_tokens = max(prompt, ctx + 1, prompt + gen - 1) if recompute else prompt
     reserve = float(cfg["memory"]["runtime_reserve_gb"]) * GB
     usable = hw.memory_bytes * float(cfg["memory"].get("gpu_utilization", 1.0) or 1.0)
-    act_peak = float(sched.activation_peak(b, prompt, 0)[0])
-    kv_total = kv_tok * b * tokens
+    act_peak = float(sched.activation_peak(b, act_tokens, 0)[0])
+    kv_total = kv_tok * b * held
     # capacity planning, parallel plan, serving simulation (compiler/capacity, parallel, serving)
     planning = planning_sections(rc, w_bytes, kv_tok, tokens, reserve) if generative else {}
     par = planning.get("parallel")
@@ -178,17 +272,18 @@ def analyze(rc: RunContext) -> dict[str, Any]:
         w_cap = par["memory_per_device"]["weights_bytes"]          # per device (tp shard, pp stage)
         kv_cap = par["memory_per_device"]["kv_bytes_per_token"]
         single = latency
-        latency = plan_latency(plan, par, b, prompt, gen, ctx)
+        latency = plan_latency(plan, par, b, prompt, gen, ctx, request_overhead(cm))
         latency["single_device"] = {k: single[k] for k in ("ttft_s", "tpot_s", "e2e_s", "throughput_tok_s")}
     else:
         w_cap, kv_cap = w_bytes, kv_tok
     cap = capacity(cfg, cm, sched, hw, w_cap, kv_cap, tokens, prompt, ctx, reserve, generative,
-                   usable=usable, step=plan)
+                   usable=usable, step=plan, reserved=held, act_tokens=act_tokens, recompute=recompute)
     cap.update(planning.pop("capacity", {}))
     if par is not None:
-        cap.update(fit_verdict(cfg, hw, par))
-    sweep = throughput_sweep(cm, hw, ctx, cap["max_batch"], w_cap, kv_cap, tokens, reserve, sched, prompt,
-                             generative, usable=usable, step=plan)
+        cap.update(fit_verdict(cfg, hw, par, cap))
+    sweep = throughput_sweep(cm, hw, ctx, cap["max_batch"], w_cap, kv_cap, held, reserve, sched, prompt,
+                             generative, usable=usable, step=plan, act_tokens=act_tokens, recompute=recompute,
+                             per_token=per_token)
     m = cfg["model"]
     source = g.meta.get("source") or {}
     dynamic = dynamic_sections(rc, {"tpot_s": latency["tpot_s"], "weights_bytes": w_bytes,
@@ -199,6 +294,7 @@ def analyze(rc: RunContext) -> dict[str, Any]:
     phases.update(dynamic.pop("phases", {}))
     latency.update(dynamic.pop("latency", {}))
     dtype = m.get("dtype") or _graph_dtype(g)
+    rsec = runtime_sec.section(rc, generative)
     return {
         "model": {
             "name": str(m.get("name") or g.name), "source": str(m.get("source")),
@@ -226,7 +322,8 @@ def analyze(rc: RunContext) -> dict[str, Any]:
         "phases": phases,
         "memory": {
             "weights_bytes": w_bytes, "kv_cache_bytes": kv_total, "kv_bytes_per_token": kv_tok,
-            "kv_tokens_per_sequence": tokens, "activation_peak_bytes": act_peak,
+            "kv_tokens_per_sequence": tokens, **({"kv_tokens_reserved_per_sequence": held} if held != tokens else {}),
+            "activation_peak_bytes": act_peak,
             "runtime_reserve_bytes": reserve, "total_bytes": w_bytes + kv_total + act_peak + reserve,
             "capacity_bytes": hw.memory_bytes, "usable_bytes": usable,
             "fits_one_device": bool(w_bytes + kv_total + act_peak + reserve <= usable),
@@ -238,6 +335,7 @@ def analyze(rc: RunContext) -> dict[str, Any]:
         "throughput_vs_batch": sweep,
         **dynamic,
         **planning,
+        **({"runtime": rsec} if rsec is not None else {}),
     }
 
 
@@ -283,6 +381,19 @@ def planning_sections(rc: RunContext, weights_bytes: float, kv_bytes_per_token: 
                            weights_bytes=w_dev, kv_bytes_per_token=kv_dev, model_kv_dtype=kv_dt,
                            activation_peak_bytes=act, reserve_bytes=reserve_bytes, sequence_tokens=seq)
     sec["per_device"] = bool(par is not None and plan.devices > 1)
+    # one answer: each layout's sequence count by the formula of capacity.max_batch (weights, the
+    # layout's KV reservation, the activation peak of that many sequences, the reserve)
+    usable = hw.memory_bytes * util
+
+    def fit(held: float) -> int:
+        return fit_count(sched, w_dev, sec["kv_bytes_per_token"], held, prompt, reserve_bytes, usable)[0]
+
+    bs, c, pg = sec["tokens_per_block"], sec["contiguous"], sec["paged"]
+    c["max_sequences"] = fit(sec["max_model_len"])
+    pg["max_sequences"] = fit(pg["blocks_per_sequence"] * bs)
+    pg["max_sequences_guaranteed"] = fit(-(-int(sec["sequence_tokens"]["max"]) // bs) * bs)
+    pg["vs_contiguous"] = pg["max_sequences"] / c["max_sequences"] if c["max_sequences"] else None
+    sec["max_sequences"] = pg["max_sequences"] if sec["kv_layout"] == "paged" else c["max_sequences"]
     out["capacity"] = {"kv_blocks": sec["kv_blocks"], "kv_layout": sec["kv_layout"],
                        "tokens_per_block": sec["tokens_per_block"], "kv_budget_bytes": sec["kv_budget_bytes"],
                        "max_sequences": sec["max_sequences"], "kv": sec}
@@ -322,10 +433,11 @@ def plan_step(rc: RunContext, par):
     return step
 
 
-def plan_latency(step, par, b, prompt, gen, ctx) -> dict[str, Any]:
+def plan_latency(step, par, b, prompt, gen, ctx, request_s: float = 0.0) -> dict[str, Any]:
     """:func:`request_latency` under the parallel plan: TTFT and TPOT are the plan's per-phase times
-    (``parallel.phases``), the request's decode steps the plan's step times."""
-    ttft = float(par["phases"]["prefill"]["time_s"])
+    (``parallel.phases``), the request's decode steps the plan's step times; ``request_s`` is the
+    runtime's host time per request."""
+    ttft = float(par["phases"]["prefill"]["time_s"]) + request_s
     tpot = float(par["phases"]["decode"]["time_s"])
     steps = np.arange(1, gen) if gen > 1 else np.zeros(0)
     e2e = ttft + (float(step(np.full(len(steps), b), 1, prompt + steps - 1).sum()) if len(steps) else 0.0)
@@ -336,9 +448,11 @@ def plan_latency(step, par, b, prompt, gen, ctx) -> dict[str, Any]:
                      "per-device op times + collectives (parallel.phases)"}
 
 
-def fit_verdict(cfg, hw, par) -> dict[str, Any]:
+def fit_verdict(cfg, hw, par, cap: Mapping | None = None) -> dict[str, Any]:
     """Whether the run's plan fits its devices, and the smallest tensor-parallel degree that does
-    (``capacity.fits``, ``capacity.min_tp_that_fits``, and a ``capacity.note`` when it does not fit)."""
+    (``capacity.fits``, ``capacity.min_tp_that_fits``, and a ``capacity.note`` when it does not fit:
+    with the fix that applies — a smaller batch where the weights fit and the batch's KV cache and
+    activations do not, else more devices or smaller weights)."""
     mem = par["memory_per_device"]
     tpo = par.get("tp_options") or {}
     out: dict[str, Any] = {"fits": bool(mem["fits"]), "min_tp_that_fits": tpo.get("min_tp_that_fits"),
@@ -347,10 +461,19 @@ def fit_verdict(cfg, hw, par) -> dict[str, Any]:
         best = tpo.get("min_tp_that_fits")
         where = f"{par['tp']} x {hw.name}" if par.get("devices", 1) > 1 else f"one {hw.name}"
         need = f"{mem['total_bytes'] / GB:.1f} GB per device (weights {mem['weights_bytes'] / GB:.1f} GB)"
-        fix = (f"parallel.tp={best} fits ({next(o['total_bytes'] for o in tpo['options'] if o['tp'] == best) / GB:.1f} "
-               f"GB per device)" if best else
-               f"no tensor-parallel degree up to the node's {hw.interconnect.num_devices_per_node} devices fits; "
-               f"quantize (quant=) or add pipeline stages (parallel.pp)")
+        reserve = float((cfg.get("memory") or {}).get("runtime_reserve_gb") or 0.0) * GB
+        batch = (cfg.get("workload") or {}).get("batch")
+        mb = (cap or {}).get("max_batch")
+        if mb and batch and mb < batch and mem["weights_bytes"] + reserve < mem["usable_bytes"]:
+            fix = (f"the weights fit, the KV cache and activations of workload.batch={batch} do not: lower it to "
+                   f"workload.batch={mb} (capacity.max_batch), shorten the sequences or store the cache in "
+                   f"8 bits (kv.dtype=fp8)")
+        elif best:
+            fix = (f"parallel.tp={best} fits ({next(o['total_bytes'] for o in tpo['options'] if o['tp'] == best) / GB:.1f} "
+                   f"GB per device)")
+        else:
+            fix = (f"no tensor-parallel degree up to the node's {hw.interconnect.num_devices_per_node} devices fits; "
+                   f"quantize the weights (quant=) or add pipeline stages (parallel.pp)")
         out["note"] = (f"does not fit: {need} > {mem['usable_bytes'] / GB:.1f} GB usable on {where}; {fix}. "
                        f"The latency figures assume it ran.")
     return out

@@ -47,7 +47,8 @@ from typing import Any, List, Optional
 
 import numpy as np
 
-from compiler.errors import ConfigError
+from compiler.errors import ConfigError, InternalError
+from compiler.perf.runtime import RuntimeServeYaml
 
 __all__ = ["LengthDist", "ServeConfig", "StepTable", "ServeResult", "simulate", "simulate_static",
            "max_rate_meeting_slo", "cost_model_step_time", "sample_requests"]
@@ -117,18 +118,24 @@ class LengthDist:
 class ServeSimConfig:
     """The ``serve.*`` config block (the schema: the one place of these defaults; the run config
     types ``serve`` with it) — the continuous-batching simulation, beside static batching.
-    ``enabled``: auto (run when ``rate`` is set) | true | false. Lengths: a token count or a
-    distribution ``{kind: fixed|uniform|exponential|lognormal, mean, low, high, sigma}`` (null:
-    the workload's prompt_len / gen_len). SLOs come from ``slo.*``."""
+    ``enabled``: auto (run when ``rate`` is set or ``mode`` is offline) | true | false. ``mode``:
+    online (Poisson arrivals at ``rate``) | offline (every request at t = 0: throughput). Lengths:
+    a token count or a distribution ``{kind: fixed|uniform|exponential|lognormal, mean, low,
+    high, sigma}`` (null: the workload's prompt_len / gen_len). SLOs come from ``slo.*``. The
+    scheduler settings left null take the runtime profile's engine defaults (``runtime.serve``,
+    :class:`compiler.perf.runtime.RuntimeServeYaml`; eager: 256 sequences, 8192 tokens, preempt,
+    no chunking)."""
     enabled: Any = "auto"
+    mode: str = "online"                    # online | offline
     rate: Optional[float] = None            # requests/s, Poisson arrivals (enabled=true: 1.0)
     requests: int = 1000
     prompt_len: Any = None
     output_len: Any = None
     seed: int = 0
-    max_num_seqs: int = 256                 # vLLM max_num_seqs
-    max_batched_tokens: int = 8192          # prefill tokens per step (vLLM max_num_batched_tokens)
-    chunked_prefill: bool = False           # Sarathi-Serve / vLLM enable_chunked_prefill
+    max_num_seqs: Optional[int] = None      # sequences per step (vLLM max_num_seqs); null: the runtime's
+    max_batched_tokens: Optional[int] = None  # prefill tokens per step (vLLM max_num_batched_tokens); null: the runtime's
+    admission: Optional[str] = None         # preempt (recompute) | no_evict (reserve the final length); null: the runtime's
+    chunked_prefill: Optional[bool] = None  # Sarathi-Serve / vLLM enable_chunked_prefill; null: the runtime's
     chunk_tokens: int = 512                 # tokens per step with chunked prefill
     slo_target: float = 0.9                 # attainment that counts as meeting the SLOs
     find_max_rate: bool = True              # with slo.*: the largest rate meeting them
@@ -143,13 +150,16 @@ class ServeConfig:
     prompt: LengthDist = field(default_factory=lambda: LengthDist("fixed", 512))    # (the workload's)
     output: LengthDist = field(default_factory=lambda: LengthDist("fixed", 128))
     seed: int = ServeSimConfig.seed
-    max_num_seqs: int = ServeSimConfig.max_num_seqs
-    max_batched_tokens: int = ServeSimConfig.max_batched_tokens
-    chunked_prefill: bool = ServeSimConfig.chunked_prefill
+    # the scheduler's defaults are the runtime profiles' (the eager profile's when none applies)
+    max_num_seqs: int = RuntimeServeYaml.max_num_seqs
+    max_batched_tokens: int = RuntimeServeYaml.max_batched_tokens
+    chunked_prefill: bool = RuntimeServeYaml.chunked_prefill
     chunk_tokens: int = ServeSimConfig.chunk_tokens
     slo_ttft_s: float | None = None
     slo_tpot_s: float | None = None
     slo_target: float = ServeSimConfig.slo_target   # attainment that "meets the SLOs" (DistServe's goodput uses 90 %)
+    mode: str = ServeSimConfig.mode    # online: Poisson arrivals at ``rate`` | offline: all at t = 0
+    admission: str = RuntimeServeYaml.admission  # preempt (recompute the newest) | no_evict (reserve the final length)
 
     def __post_init__(self):
         object.__setattr__(self, "prompt", LengthDist.of(self.prompt, "serve.prompt_len"))
@@ -162,15 +172,22 @@ class ServeConfig:
                 raise ConfigError(f"serve.{key}={v!r} must be a positive integer.")
         if not (0 < self.slo_target <= 1):
             raise ConfigError(f"serve.slo_target={self.slo_target!r} must be in (0, 1].")
+        if self.mode not in ("online", "offline"):
+            raise ConfigError(f"serve.mode={self.mode!r}: use online or offline.")
+        if self.admission not in ("preempt", "no_evict"):
+            raise ConfigError(f"serve.admission={self.admission!r}: use preempt or no_evict.")
 
 
 def sample_requests(cfg: ServeConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(arrival times s, prompt tokens, output tokens) — deterministic for ``cfg.seed``; the
-    arrivals of one seed at two rates differ only by the factor of the rates."""
+    arrivals of one seed at two rates differ only by the factor of the rates. Offline: every
+    request arrives at t = 0 (the lengths are the same draws)."""
     rng = np.random.default_rng(cfg.seed)
     gaps = rng.exponential(1.0, cfg.requests)
     prompt = cfg.prompt.sample(rng, cfg.requests)
     out = np.maximum(cfg.output.sample(rng, cfg.requests), 1)
+    if cfg.mode == "offline":
+        return np.zeros(cfg.requests), prompt, out
     return np.cumsum(gaps) / cfg.rate, prompt, out
 
 
@@ -219,7 +236,7 @@ class StepTable:
         self.prefill = np.asarray(step_time(np.ones(ss.size), pp.ravel(), ss.ravel()), float).reshape(ss.shape)
         self.weights_pass = float(np.asarray(step_time(np.ones(1), np.zeros(1), np.ones(1)), float)[0])
         if not (np.isfinite(self.decode).all() and np.isfinite(self.prefill).all()):
-            raise ValueError("step_time returned non-finite values")
+            raise InternalError("step_time returned non-finite values")
 
     def decode_time(self, b: int, mean_ctx: float) -> float:
         b = min(int(b), self.max_batch)
@@ -355,7 +372,11 @@ def _table_for(step_time, cfg: ServeConfig, prompt, out, table: StepTable | None
 def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, block_size: int = 16,
              reserve_tokens: int | None = None, table: StepTable | None = None) -> ServeResult:
     """Continuous batching over ``kv_blocks`` blocks of ``block_size`` tokens. ``reserve_tokens``
-    set = a contiguous cache (each sequence holds that many tokens from admission on)."""
+    set = a contiguous cache (each sequence holds that many tokens from admission on). With
+    ``cfg.admission`` no_evict a request is admitted only when the blocks of its final length
+    (prompt + output) are free, and holds them to the end: no preemption ever (TensorRT-LLM's
+    GUARANTEED_NO_EVICT); preempt admits on the prompt's blocks and preempts the newest sequence
+    when a decode step runs out (vLLM)."""
     arrival, prompt, out = sample_requests(cfg)
     n = len(arrival)
     bs = int(block_size)
@@ -391,6 +412,12 @@ def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, bl
         if reserve_tokens is not None:
             return hold[0]
         return -(-tokens // bs)
+
+    no_evict = cfg.admission == "no_evict" and reserve_tokens is None
+
+    def admit_blocks(r, tokens):
+        """Blocks a request needs to be admitted with ``tokens`` in its cache."""
+        return int(hold[r]) if no_evict else blocks_for(tokens)
 
     def admit(r, need):
         """Move the head of the queue, ``r``, into the batch holding ``need`` blocks."""
@@ -444,7 +471,7 @@ def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, bl
                 if budget <= 0:
                     break
                 c = min(budget, int(target[r] - done_pf[r]))
-                need = blocks_for(done_pf[r] + c) - blocks[r]
+                need = max(blocks_for(done_pf[r] + c) - blocks[r], 0)
                 if need > free:
                     break
                 free -= need
@@ -454,7 +481,7 @@ def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, bl
             while budget > 0 and waiting and len(running) < cfg.max_num_seqs:
                 r = waiting[0]
                 c = min(budget, int(target[r] - done_pf[r]))
-                need = blocks_for(done_pf[r] + c)
+                need = admit_blocks(r, done_pf[r] + c)
                 if need > free:
                     break
                 admit(r, need)
@@ -466,7 +493,7 @@ def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, bl
             while waiting and len(running) < cfg.max_num_seqs:
                 r = waiting[0]
                 L = int(target[r])
-                need = blocks_for(L)
+                need = admit_blocks(r, L)
                 if need > free or (segs and tokens + L > cfg.max_batched_tokens):
                     break
                 admit(r, need)
@@ -663,12 +690,13 @@ def config_of(serve: Mapping | None, slo: Mapping | None) -> ServeConfig:
     slo = dict(slo or {})
     known = {"enabled", "rate", "requests", "prompt_len", "output_len", "seed", "max_num_seqs",
              "max_batched_tokens", "chunked_prefill", "chunk_tokens", "slo_target", "find_max_rate",
-             "sweep"}
+             "sweep", "mode", "admission"}
     unknown = sorted(set(s) - known)
     if unknown:
         raise ConfigError(f"serve.{unknown[0]} is not a serving setting; known: {', '.join(sorted(known))}.")
     kw = {k: s[k] for k in ("rate", "requests", "seed", "max_num_seqs", "max_batched_tokens",
-                            "chunked_prefill", "chunk_tokens", "slo_target") if s.get(k) is not None}
+                            "chunked_prefill", "chunk_tokens", "slo_target", "mode", "admission")
+          if s.get(k) is not None}
     if s.get("prompt_len") is not None:
         kw["prompt"] = LengthDist.of(s["prompt_len"], "serve.prompt_len")
     if s.get("output_len") is not None:
@@ -703,7 +731,11 @@ def serve_section(step_time: StepTime, serve: Mapping | None, slo: Mapping | Non
 
     main = run(cfg.rate)
     res = {k: getattr(main, k) for k in _KEYS}
+    if cfg.mode == "offline":
+        res["rate"] = None
     res.update({"policy": main.policy, "requests": main.requests, "kv_blocks": kv_blocks,
+                "mode": cfg.mode, "admission": cfg.admission,
+                "max_num_seqs": cfg.max_num_seqs, "max_batched_tokens": cfg.max_batched_tokens,
                 "block_size": block_size, "layout": "paged" if reserve_tokens is None else "contiguous",
                 "slo": {"ttft_s": cfg.slo_ttft_s, "tpot_s": cfg.slo_tpot_s, "target": cfg.slo_target},
                 "prompt_len": dict(asdict(cfg.prompt)), "output_len": dict(asdict(cfg.output))})
@@ -712,6 +744,9 @@ def serve_section(step_time: StepTime, serve: Mapping | None, slo: Mapping | Non
         static_tab = StepTable(step_time, max(cfg.max_num_seqs, static_max_batch), longest, int(prompt.max()))
         st = simulate_static(step_time, cfg, max_batch=static_max_batch, table=static_tab)
         res["static"] = {k: getattr(st, k) for k in _KEYS} | {"max_batch_static": static_max_batch}
+    if cfg.mode == "offline":      # every request at t = 0: no rate to search or sweep
+        res["sweep"] = []
+        return res
     best = None
     if (cfg.slo_ttft_s is not None or cfg.slo_tpot_s is not None) and s.get("find_max_rate", True):
         best, _ = max_rate_meeting_slo(run, cfg, start=cfg.rate)
@@ -735,12 +770,13 @@ def serve_section(step_time: StepTime, serve: Mapping | None, slo: Mapping | Non
 # --------------------------------------------------------------------------- report sections
 
 def serve_enabled(serve: Mapping | None) -> bool:
-    """``serve.enabled``: true, false, or auto (the default: on when ``serve.rate`` is set)."""
+    """``serve.enabled``: true, false, or auto (the default: on when ``serve.rate`` is set or
+    ``serve.mode`` is offline)."""
     s = dict(serve or {})
     v = s.get("enabled", "auto")
     if isinstance(v, str):
         v = {"true": True, "false": False}.get(v.lower(), "auto")
-    return v is True or (v == "auto" and s.get("rate") is not None)
+    return v is True or (v == "auto" and (s.get("rate") is not None or s.get("mode") == "offline"))
 
 
 def serve_block(cfg: Mapping, wl: Mapping) -> dict:

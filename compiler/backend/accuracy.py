@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from compiler.errors import ConfigError
+from compiler.errors import ConfigError, InternalError
 from compiler.resources import EVAL_TEXT
 from compiler.backend.quantized import make_session, qdq_activation_dynamic_fp8, ACCURACY_LEVEL_KEY
 from compiler.backend.emit import _value_info, to_model
@@ -64,7 +64,7 @@ def split(paragraphs: Sequence[str], which: str) -> list[str]:
         return [p for i, p in enumerate(paragraphs) if i % 4 == 0]
     if which == "evaluation":
         return [p for i, p in enumerate(paragraphs) if i % 4 != 0]
-    raise ValueError(which)
+    raise InternalError(f"split(which={which!r}): which is calibration or evaluation")
 
 
 @dataclasses.dataclass

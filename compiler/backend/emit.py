@@ -26,7 +26,7 @@ import sympy
 from onnx import TensorProto, helper, numpy_helper
 
 from compiler.ir.annotations import serialized
-from compiler.errors import RooftopError
+from compiler.errors import EmitError, RooftopError  # noqa: F401 (EmitError re-exported)
 from compiler.ir import DTYPES, Graph, OpNode, Param, TensorType
 from compiler.ir.ops import FUSED_DOMAIN
 from compiler.ir.ops import get as get_opdef
@@ -38,10 +38,6 @@ from compiler.backend.quantized import (CONTRIB_DOMAIN, emit_kv_attention, emit_
 OPSET = 23
 IR_VERSION = 10
 TWO_GB = 2**31
-
-class EmitError(RooftopError):
-    """The IR could not be turned into a valid ONNX model."""
-
 
 class Emitter:
     """Emission state for one graph; :mod:`compiler.ir.ops` emit functions get this object."""
@@ -104,6 +100,12 @@ class Emitter:
         elif isinstance(e, sympy.floor) and isinstance(e.args[0], sympy.Mul):
             num, den = e.args[0].as_numer_denom()
             out = self.node("Div", [self.dim_tensor(num), self.dim_tensor(den)])
+        elif type(e).__name__ in ("Max", "Min"):   # torch.sym_max / sym_min (sympy's or torch's class)
+            out = self.node(type(e).__name__, [self.dim_tensor(a) for a in e.args])
+        elif type(e).__name__ in ("Mod", "PythonMod"):   # non-negative sizes: Python's % = ONNX Mod
+            out = self.node("Mod", [self.dim_tensor(e.args[0]), self.dim_tensor(e.args[1])])
+        elif type(e).__name__ == "FloorDiv":
+            out = self.node("Div", [self.dim_tensor(e.args[0]), self.dim_tensor(e.args[1])])
         else:
             raise EmitError(f"cannot materialize dimension expression {e}")
         self._dim_cache[key] = out

@@ -21,17 +21,25 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 
+from compiler.errors import ModelFileError, RooftopError
+
 META_KEY = "rooftop.kv_paging"
+
+
+class KVBlocksExhausted(RooftopError):
+    """The runtime's block pool has no free block for a sequence (a capacity limit of the run, not
+    a bug)."""
 
 
 def paging_info(model: onnx.ModelProto | str) -> dict:
     """The ``rooftop.kv_paging`` metadata of a paged artifact, plus each pool's (kv_heads,
-    head_dim) and element type; ValueError when the model is not paged."""
+    head_dim) and element type; ModelFileError when the model is not paged."""
     if isinstance(model, str):
         model = onnx.load(model, load_external_data=False)
     meta = {p.key: p.value for p in model.metadata_props}
     if META_KEY not in meta:
-        raise ValueError("the model has no rooftop.kv_paging metadata: it is not a paged-KV artifact")
+        raise ModelFileError("the model has no rooftop.kv_paging metadata: it is not a paged-KV artifact (emit it "
+                             "with kv=paged)")
     info = json.loads(meta[META_KEY])
     dims = {}
     for i in model.graph.input:
@@ -75,7 +83,8 @@ class PagedKV:
         need = -(-tokens // self.bs)
         while len(self.tables[seq]) < need:
             if not self.free:
-                raise RuntimeError("out of KV blocks")
+                raise KVBlocksExhausted(f"out of KV blocks: sequence {seq} needs {need} blocks of {self.bs} tokens "
+                                        f"and none is free; release a sequence or give the runtime more blocks")
             self.tables[seq].append(int(self.free.pop()))
 
     def feeds(self, seqs: Sequence[int], extra_columns: int = 0) -> dict[str, np.ndarray]:

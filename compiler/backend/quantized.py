@@ -34,12 +34,15 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx
+
+from compiler.errors import EmitError
 from onnx import TensorProto, helper, numpy_helper
 
 from compiler.backend.lowering import _activation_nodes
 from compiler.ir.annotations import (ACCURACY_LEVEL_KEY, NM_KEY_PREFIX, ORT_SESSION_KEY,  # noqa: F401 (re-exported)
                                       ActivationQuant, QuantizedData, nm_metadata)
 from compiler.ir import B, DTYPES, P, S
+from compiler.ir.masks import padding_mask_input
 
 
 
@@ -174,7 +177,7 @@ def pack_table(qd: QuantizedData) -> dict[str, np.ndarray | int | None]:
     v, k = codes.shape
     bs = int(qd.block_size)
     if k % bs:
-        raise ValueError(f"table row length {k} is not a multiple of the block {bs}")
+        raise EmitError(f"quantized table row length {k} is not a multiple of its block {bs}: the table cannot be packed")
     u = codes.astype(np.int32) + (1 << (bits - 1) if signed else 0)
     u = u.astype(np.uint8).reshape(v, k // bs, bs)
     packed = (u[..., 0::2] | (u[..., 1::2] << 4)).astype(np.uint8) if bits == 4 else u
@@ -259,7 +262,8 @@ def kv_io_dtypes(graph) -> dict[str, int]:
 def emit_kv_attention(em, n) -> None:
     """An ``Attention`` with ``kv_quant`` (passes/quant/kv.py) as onnxruntime's
     ``GroupQueryAttention`` reading and appending an int8 cache: per-head/channel static scales
-    (``k_quant_type = v_quant_type = PER_CHANNEL``), ``seqlens_k = P + S − 1`` per sequence and
+    (``k_quant_type = v_quant_type = PER_CHANNEL``), ``seqlens_k = P + S − 1`` per sequence (``sum(mask) − 1``
+    when the mask operand is the key padding of a 2-D ``attention_mask``: right padding) and
     ``total_sequence_length = P + S`` from the runtime shapes. 4-D ``[B, H, S, D]`` operands are
     laid out as the op's 3-D ``[B, S, H·D]`` and back."""
     kq = n.annotations["kv_quant"]
@@ -276,8 +280,16 @@ def emit_kv_attention(em, n) -> None:
         q, k, v = to3(q), to3(k), to3(v)
     i32 = TensorProto.INT32
     total = em.node("Cast", [em.dim_tensor(P + S)], {"to": i32}, base="gqa_total1")
-    seqlen = em.node("Sub", [total, em.const(np.array([1], np.int32), "one_i32")], base="gqa_seqlen1")
-    seqlens = em.node("Expand", [seqlen, em.shape_tensor([B])], base="gqa_seqlens")
+    pad = padding_mask_input(g, n.inputs[3]) if len(n.inputs) > 3 and n.inputs[3] else None
+    if pad is None:
+        seqlen = em.node("Sub", [total, em.const(np.array([1], np.int32), "one_i32")], base="gqa_seqlen1")
+        seqlens = em.node("Expand", [seqlen, em.shape_tensor([B])], base="gqa_seqlens")
+    else:       # key padding of a 2-D attention_mask [B, P+S]: valid tokens first (right padding)
+        valid = em.node("ReduceSum", [em.node("Cast", [pad], {"to": i32}, base="gqa_mask_i32"),
+                                      em.const(np.array([1], np.int64), "axis1")], {"keepdims": 0},
+                        base="gqa_valid")
+        seqlen = em.node("Sub", [valid, em.const(np.array([1], np.int32), "one_i32")], base="gqa_seqlen1")
+        seqlens = em.node("Expand", [seqlen, em.shape_tensor([B])], base="gqa_seqlens")   # a [1, P+S] mask broadcasts
     total_s = em.node("Squeeze", [total], base="gqa_total")
     ks = em.const(np.asarray(kq.k_scale, np.float32).reshape(1, hkv, 1, d), "k_scale")
     vs = em.const(np.asarray(kq.v_scale, np.float32).reshape(1, hkv, 1, d), "v_scale")
@@ -409,7 +421,8 @@ def emit_quantized_op(em, n) -> None:
     elif aq.dtype == "float8e4m3fn":
         inits, nodes = qdq_activation_dynamic_fp8(x, xd, f"{n.name}.act")
     else:
-        raise ValueError(f"{n.name}: no ONNX form for activation_quant {aq}")
+        raise EmitError(f"{n.name}: no ONNX form for activation_quant {aq}; this is a rooftop bug — run without "
+                        f"quant= to get an artifact")
     em.inits.extend(inits)
     em.nodes.extend(nodes)
     plain = n.copy()

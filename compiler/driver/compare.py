@@ -168,10 +168,18 @@ def compare_reports(old: Mapping, new: Mapping, tolerance: float = 0.05,
 
     phases = [p for p in ("prefill", "decode", "verify") if p in old["phases"] or p in new["phases"]]
     phases += sorted((set(old["phases"]) | set(new["phases"])) - set(phases))
+    ko, kn = _kind(old), _kind(new)
+    if ko != kn:
+        cmp.notes.append(f"different kinds of model: the old report is {ko}, the new one {kn}")
     for ph in phases:
         po, pn = old["phases"].get(ph), new["phases"].get(ph)
-        if po is None or pn is None:
-            cmp.notes.append(f"phase {ph} is only in the {'new' if po is None else 'old'} report; not compared")
+        if pn is None and po is not None:      # what the baseline costs must not disappear
+            cmp.rows.append(Row(f"phase {ph}", "time_s", "s", float(po["time_s"]), None, "lower", True,
+                                rel=None, regression=True,
+                                why=f"the phase {ph!r} is missing from the new report ({kn})"))
+            continue
+        if po is None:
+            cmp.notes.append(f"phase {ph} is only in the new report; not compared")
             continue
         sec = f"phase {ph}"
         add(sec, "time_s", "s", po["time_s"], pn["time_s"], "lower", True)
@@ -206,9 +214,20 @@ def compare_reports(old: Mapping, new: Mapping, tolerance: float = 0.05,
             add("accuracy", str(ao.get("metric", "value")), "", _get(ao, "value"), _get(an, "value"), "higher", True)
     elif ao or an:
         cmp.notes.append(f"accuracy is only measured in the {'new' if an else 'old'} report; not compared")
-    # drop rows where neither side has a value (e.g. tpot_s of an encoder)
+    # drop rows where neither side has a value (e.g. tpot_s of an encoder); a gated figure the old
+    # report has and the new one lacks is a regression (it can no longer be checked)
     cmp.rows = [r for r in cmp.rows if not (r.old is None and r.new is None)]
+    for r in cmp.rows:
+        if r.gated and r.old is not None and r.new is None and not r.regression:
+            r.regression, r.why = True, "missing from the new report"
     return cmp
+
+
+def _kind(doc: Mapping) -> str:
+    lat = doc.get("latency") or {}
+    if lat.get("kind") == "encoder":
+        return "an encoder (one forward pass per batch)"
+    return "a generative model (prefill + decode)"
 
 
 def _wl(doc: Mapping) -> str:
@@ -289,10 +308,19 @@ def main(argv: list[str] | None = None) -> int:
     """Run the comparison; returns the exit code (never raises for bad input)."""
     parser = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+
+    def error(message: str):
+        raise CompareInputError(f"{message.rstrip('.')}. Usage: rooftop compare OLD NEW [--tolerance 0.05] "
+                                f"[--json PATH] (OLD and NEW: report.json files or run directories).")
+
+    parser.error = error              # type: ignore[method-assign]
     try:
         args = parser.parse_args(argv)
-    except SystemExit as e:           # argparse already printed usage + the problem
-        return EXIT_OK if e.code == 0 else EXIT_BAD_INPUT
+    except SystemExit as e:           # --help
+        return EXIT_OK if e.code in (None, 0) else EXIT_BAD_INPUT
+    except CompareInputError as e:
+        print(f"rooftop compare: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return e.exit_code
     try:
         try:
             tol = float(args.tolerance)
@@ -302,13 +330,24 @@ def main(argv: list[str] | None = None) -> int:
             raise CompareInputError(f"--tolerance={args.tolerance!r} is not a fraction ≥ 0; give the allowed "
                                     f"relative worsening, e.g. --tolerance 0.05 for 5 %.")
         old, new = load_report(args.old), load_report(args.new)
+        if args.json_out:
+            out = Path(args.json_out)
+            if out.is_dir() or not out.parent.resolve().is_dir():
+                raise CompareInputError(f"--json {args.json_out!r} cannot be written: "
+                                        f"{'it is a directory' if out.is_dir() else 'its folder does not exist'}; "
+                                        f"give a file path in an existing folder.")
     except CompareInputError as e:
-        print(f"rooftop compare: error: {e}", file=sys.stderr)
+        print(f"rooftop compare: error: {' '.join(str(e).split())}", file=sys.stderr)
         return e.exit_code
     cmp = compare_reports(old, new, tol, args.old, args.new)
     sys.stdout.write(render_text(cmp, old, new))
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(cmp.to_dict(), indent=1) + "\n", encoding="utf-8")
+        try:
+            Path(args.json_out).write_text(json.dumps(cmp.to_dict(), indent=1) + "\n", encoding="utf-8")
+        except OSError as e:
+            print(f"rooftop compare: error: --json {args.json_out!r} cannot be written ({e.strerror or e}); the "
+                  f"comparison above is complete. Give a file path you can write.", file=sys.stderr)
+            return EXIT_BAD_INPUT
     return cmp.exit_code
 
 

@@ -42,6 +42,7 @@ from compiler.ir.facts import ModelDims
 from compiler.ir.tensors import hw_dtype
 from compiler.perf import structured
 from compiler.perf.hardware import HardwareYaml, load_hardware
+from compiler.perf.runtime import RuntimeYaml, load_runtime
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from passes.quant.config import QuantConfig, SparsityConfig  # noqa: F401 (re-exported schemas)
@@ -86,9 +87,14 @@ class GateConfig:
 class MemoryConfig:
     runtime_reserve_gb: float = 0.5          # CUDA context, workspaces, allocator slack (GB)
     # fraction of device memory the server may use (vLLM's gpu_memory_utilization, 0.9 there);
-    # the KV budget is memory x gpu_utilization - weights - activation peak - reserve
-    gpu_utilization: float = 1.0
+    # the KV budget is memory x gpu_utilization - weights - activation peak - reserve;
+    # null: the runtime profile's (runtime.serve.gpu_utilization; eager: 1.0)
+    gpu_utilization: Optional[float] = None
 
+
+#: serve.mode values and admission policies (compiler/analysis/serving.py)
+SERVE_MODES = ("online", "offline")
+ADMISSION = ("preempt", "no_evict")
 
 #: kv.dtype values: the stored format of the KV cache (null: the model's dtype)
 KV_DTYPES = tuple(KV_DTYPE_BYTES)
@@ -241,6 +247,7 @@ class RooftopConfig:
     """The whole composed config (``conf/config.yaml`` + groups)."""
     model: Any = None            # one of VARIANTS["model"], chosen by model.source
     hardware: HardwareYaml = MISSING   # compiler.perf.hardware (units, ranges: load_hardware)
+    runtime: Optional[RuntimeYaml] = None   # conf/runtime (compiler/perf/runtime.py); null: eager
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     slo: SloConfig = field(default_factory=SloConfig)
@@ -320,6 +327,11 @@ def schema_for(group: str, node: Mapping | None):
     if group in VARIANTS:
         key, table = VARIANTS[group]
         val = (node or {}).get(key)
+        if val is None and node:
+            common = set().union(*(structured.fields_of(c) for c in table.values()))
+            typos = [k for k in node if k not in common and nearest(k, [key]) == [key]]
+            if typos:       # e.g. `sorce: hf_config` in a model YAML: the typo, not a missing source
+                raise unknown_key_error(f"{group}.{typos[0]}", sorted(common))
         if val not in table:
             raise ConfigError(f"{group}.{key}={val!r} is not one of {', '.join(sorted(table))}; "
                               f"pick a {group} with {group}=<name> or set {group}.{key}.")
@@ -382,6 +394,19 @@ def _check_workload(cfg: dict):
     _at_least(cfg, "workload.context_len", 0)
 
 
+def _check_context(cfg: dict):
+    """A decoder's cache holds the prompt after prefill: decode is never costed at a shorter
+    context (encoders have no decode phase; their context_len is unused)."""
+    w = cfg["workload"]
+    task = str((cfg.get("model") or {}).get("task", "causal_lm"))
+    if w["context_len"] is not None and w["context_len"] < w["prompt_len"] and task not in ("embedding", "custom"):
+        raise ConfigError(f"workload.context_len={w['context_len']} is shorter than workload.prompt_len="
+                          f"{w['prompt_len']}: after the prompt is prefilled the KV cache already holds "
+                          f"{w['prompt_len']} tokens, so no decode step runs at a shorter context. Set "
+                          f"workload.context_len={w['prompt_len']} or more (or null for prompt_len), or lower "
+                          f"workload.prompt_len.")
+
+
 def _positive(cfg: dict, group: str, what: str):
     for k, v in cfg[group].items():
         if v is not None and v <= 0:
@@ -393,8 +418,12 @@ def _check_gate(cfg: dict):
     acc = {k: cfg["gate"][k] for k in ("min_accuracy", "max_accuracy_drop")}
     _positive({"gate": {k: v for k, v in cfg["gate"].items() if k not in acc}}, "gate", "gate (a budget)")
     for k, v in acc.items():
-        if v is not None and v < 0:
-            raise ConfigError(f"gate.{k}={v:g} is negative; an accuracy gate is ≥ 0 (null turns it off).")
+        if v is not None and not 0 <= v <= 1:
+            raise ConfigError(f"gate.{k}={v:g} is out of range: accuracy (embedding cosine, top-1 agreement with "
+                              f"the fp32 model) is a fraction in [0, 1], so the gate could "
+                              f"{'never be met' if k == 'min_accuracy' and v > 1 else 'not mean anything'}. Set "
+                              f"gate.{k} between 0 and 1 (e.g. gate.{k}={0.9 if k == 'min_accuracy' else 0.05}) "
+                              f"or null.")
 
 
 def _check_slo(cfg: dict):
@@ -406,7 +435,7 @@ def _check_memory(cfg: dict):
     if v < 0:
         raise ConfigError(f"memory.runtime_reserve_gb={v:g} is negative; set it to 0 or more GB.")
     u = cfg["memory"]["gpu_utilization"]
-    if not (0.0 < u <= 1.0):
+    if u is not None and not (0.0 < u <= 1.0):
         raise ConfigError(f"memory.gpu_utilization={u:g} is out of range: it is the fraction of device "
                           f"memory the server may use, in (0, 1] (vLLM uses 0.9, the default 1.0 uses "
                           f"all of it). Set e.g. memory.gpu_utilization=0.9.")
@@ -490,14 +519,31 @@ def _check_serve(cfg: dict):
         raise ConfigError(f"serve.enabled={s['enabled']!r} is not one of auto, true, false; auto runs "
                           f"the serving simulation when serve.rate is set.")
     s["enabled"] = v
+    if s["mode"] not in SERVE_MODES:
+        raise ConfigError(f"serve.mode={s['mode']!r} is not a serving mode; use serve.mode=online (Poisson "
+                          f"arrivals at serve.rate) or serve.mode=offline (every request at t = 0, the "
+                          f"engine's throughput).")
+    if s["admission"] is not None and s["admission"] not in ADMISSION:
+        raise ConfigError(f"serve.admission={s['admission']!r} is not an admission policy; use "
+                          f"serve.admission=preempt (vLLM: preempt the newest and recompute it) or "
+                          f"serve.admission=no_evict (TensorRT-LLM: reserve every request's final length "
+                          f"at admission), or null for the runtime's.")
     if s["rate"] is not None and s["rate"] <= 0:
         raise ConfigError(f"serve.rate={s['rate']:g} is not positive: the Poisson arrival rate is in "
                           f"requests/s; set e.g. serve.rate=2.")
     if s["sweep"] is not None and any((not isinstance(r, (int, float))) or r <= 0 for r in s["sweep"]):
         raise ConfigError(f"serve.sweep={s['sweep']!r} must be a list of positive rates (requests/s).")
     config_of({k: s[k] for k in ("rate", "requests", "prompt_len", "output_len", "seed", "max_num_seqs",
-                                 "max_batched_tokens", "chunked_prefill", "chunk_tokens", "slo_target")},
+                                 "max_batched_tokens", "chunked_prefill", "chunk_tokens", "slo_target",
+                                 "mode", "admission")},
               cfg.get("slo"))
+
+
+def _check_runtime(cfg: dict):
+    if cfg.get("runtime") is not None:
+        rt = load_runtime(cfg["runtime"])
+        if cfg.get("hardware"):
+            rt.check_hardware(load_hardware(cfg["hardware"]))
 
 
 def _check_emit(cfg: dict):
@@ -509,6 +555,10 @@ def _check_emit(cfg: dict):
         if v not in ("auto", True, False):
             raise ConfigError(f"emit.{k}={e[k]!r} is not one of auto, true, false; set emit.{k}=auto.")
         e[k] = v
+
+
+#: attention implementations the torch import traces (transformers' CPU ones)
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 
 
 def _check_model(cfg: dict):
@@ -526,6 +576,10 @@ def _check_model(cfg: dict):
     if m["weights"] not in ("random", "meta", "pretrained"):
         raise ConfigError(f"model.weights={m['weights']!r} is not one of meta, random, pretrained; use "
                           f"model.weights=meta to cost a model without allocating its weights.")
+    if m.get("attn_implementation", "sdpa") not in ATTN_IMPLEMENTATIONS:
+        raise ConfigError(f"model.attn_implementation={m['attn_implementation']!r} is not one of "
+                          f"{', '.join(ATTN_IMPLEMENTATIONS)}: rooftop imports the model's attention through "
+                          f"one of them. Set model.attn_implementation=sdpa (the default) or eager.")
     if m["source"] == "hf_config":
         if "model_type" not in m["config"]:
             raise ConfigError("model.config has no model_type (e.g. llama, gpt2, mixtral): the Hugging "
@@ -540,46 +594,149 @@ def _check_model(cfg: dict):
                           "model.module._target_=torch.nn.Linear.")
 
 
-def _hf_unknown_keys(conf: Mapping) -> tuple[list[str], set[str]]:
-    """Kwargs of ``model.config`` that transformers' config class neither declares nor consumes
-    (it stores such keys as attributes and ignores them), and the declared keys."""
-    import inspect
+def _model_types() -> list[str]:
     import transformers
-    level = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # the import builds it again and warns there
+    return sorted(transformers.models.auto.configuration_auto.CONFIG_MAPPING_NAMES)
+
+
+def hf_config_class(model_type: str):
+    """transformers' config class of ``model_type``; an unknown type is a ConfigError naming the
+    nearest known ones."""
+    import transformers
     try:
-        cls = transformers.AutoConfig.for_model(str(conf["model_type"])).__class__
-        built = cls(**{k: v for k, v in conf.items() if k != "model_type"})
-    except Exception:  # noqa: BLE001 - a bad model_type/value fails at import with its own message
-        return [], set()
-    finally:
-        transformers.logging.set_verbosity(level)
+        return transformers.AutoConfig.for_model(str(model_type)).__class__
+    except Exception:  # noqa: BLE001 - transformers raises ValueError / KeyError for an unknown type
+        near = nearest(str(model_type), _model_types())
+        raise ConfigError(f"model.config.model_type={model_type!r} is not a model type transformers knows"
+                          + (f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ".")
+                          + f" Set model.config.model_type in the model YAML (e.g. model.config.model_type="
+                          f"{near[0] if near else 'llama'}).") from None
+
+
+def hf_config_keys(model_type: str) -> set[str]:
+    """The settings transformers' ``model_type`` config declares (its fields, ``__init__``
+    parameters and attribute aliases)."""
+    import inspect
+    cls = hf_config_class(model_type)
     known = {k for k in vars(cls()) if not k.startswith("_")} | set(getattr(cls, "attribute_map", {}) or {})
     for c in cls.__mro__:
         if "__init__" in vars(c):
-            known |= {p for p in inspect.signature(c.__init__).parameters if p not in ("self", "kwargs")}
+            known |= {p for p in inspect.signature(c.__init__).parameters if p not in ("self", "kwargs", "args")}
+    return known
+
+
+_TYPE_NAMES = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def _hf_build_error(e: Exception, conf: Mapping, cls) -> ConfigError:
+    """transformers' refusal of ``model.config`` as rooftop's paragraph (the key, what it should
+    be, an example value that transformers accepts)."""
+    import re
+    mt = conf["model_type"]
+    causes = []
+    c: BaseException | None = e
+    while c is not None:
+        causes.append(c)
+        c = c.__cause__
+    text = " ".join(str(causes[-1]).split())
+    m = re.search(r"Field '(\w+)' expected ([\w\[\], |]+?), got (\w+) \(value: (.*)\)", text)
+    if m:
+        key, expected = m.group(1), m.group(2)
+        try:
+            default = getattr(cls(), key, None)
+        except Exception:  # noqa: BLE001
+            default = None
+        what = _TYPE_NAMES.get(expected.split(" |")[0].strip(), expected)
+        eg = (f", e.g. model.config.{key}={default}" if default is not None and not isinstance(default, (dict, list))
+              else "")
+        err = ConfigError(f"model.config.{key}={conf.get(key)!r} is not {what}: transformers' {mt} config "
+                          f"declares {key} as {expected}. Set it to {what}{eg}.")
+        err.key = f"model.config.{key}"
+        return err
+    hint = ""
+    m = re.search(r"hidden size \((\d+)\) is not a multiple of the number of attention heads \((\d+)\)", text)
+    if m:
+        hidden, heads = int(m.group(1)), int(m.group(2))
+        kv = families.fact(conf, "kv_heads") or 1
+        ok = [h for h in range(1, hidden + 1) if hidden % h == 0 and h % int(kv) == 0]
+        if ok:
+            best = min(ok, key=lambda h: (abs(h - heads), -h))
+            key = next(k for k in families.ALIASES["heads"] if k in conf or k in vars(cls()))
+            hint = f" e.g. model.config.{key}={best}"
+    return ConfigError(f"transformers refuses model.config as a {mt} config: {text.rstrip('.')}. Change the value(s) it names "
+                       f"in the model YAML or on the command line{',' + hint if hint else ''}.")
+
+
+def _check_dims(conf: Mapping) -> None:
+    """The model's shape facts (compiler/frontends/families.py) are whole numbers ≥ 1 and the
+    KV heads divide the attention heads (what transformers does not check itself)."""
+    def key_of(fact):
+        return next((k for k in families.ALIASES[fact] if k in conf), families.ALIASES[fact][0])
+
+    for fact, what in (("layers", "a model has at least one layer"), ("heads", "attention needs at least one head"),
+                       ("hidden", "the hidden size is at least 1"), ("vocab", "the vocabulary has at least one token"),
+                       ("kv_heads", "attention needs at least one KV head")):
+        v = families.fact(conf, fact)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            k = key_of(fact)
+            raise ConfigError(f"model.config.{k}={v!r} is out of range: {what}. Set model.config.{k} to a whole "
+                              f"number ≥ 1, e.g. model.config.{k}=1.")
+    heads, kv = families.fact(conf, "heads"), families.fact(conf, "kv_heads")
+    if heads and kv and heads % kv:
+        best = max(d for d in range(1, kv + 1) if heads % d == 0)
+        k = key_of("kv_heads")
+        raise ConfigError(f"model.config.{k}={kv} does not divide model.config.{key_of('heads')}={heads}: grouped-"
+                          f"query attention shares each KV head among a whole number of query heads. Set e.g. "
+                          f"model.config.{k}={best}.")
+
+
+def _hf_check(conf: Mapping) -> tuple[list[str], set[str], ConfigError | None]:
+    """(unknown keys, declared keys, the build error or None) of ``model.config``."""
+    import transformers
+    cls = hf_config_class(conf["model_type"])
+    known = hf_config_keys(conf["model_type"])
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the import builds it again and warns there
+    try:
+        built = cls(**{k: v for k, v in conf.items() if k != "model_type"})
+    except Exception as e:  # noqa: BLE001 - transformers' own validation, translated
+        return [], known, _hf_build_error(e, conf, cls)
+    finally:
+        transformers.logging.set_verbosity(level)
     rope = getattr(built, "rope_parameters", None)   # legacy rope keys (partial_rotary_factor, …) it folds in
     if isinstance(rope, Mapping):
-        known |= set(rope)
+        known = known | set(rope)
     return [k for k in conf if k != "model_type" and k not in known and k in vars(built)
-            and k not in families.GETATTR_KEYS], known
+            and k not in families.GETATTR_KEYS], known, None
 
 
-_HF_CHECKED: dict[str, tuple[list[str], set[str]]] = {}
+_HF_CHECKED: dict[str, tuple[list[str], set[str], ConfigError | None]] = {}
 
 
 def _check_hf_kwargs(conf: Mapping) -> None:
+    """``model.config`` as transformers' config class of its ``model_type`` takes it: every key
+    declared, every value of the declared type and accepted by the class's own validation, and
+    the shape facts in range (:func:`_check_dims`)."""
     key = repr(sorted((k, repr(v)) for k, v in conf.items()))
     if key not in _HF_CHECKED:
-        _HF_CHECKED[key] = _hf_unknown_keys(conf)
-    unknown, known = _HF_CHECKED[key]
+        _HF_CHECKED[key] = _hf_check(conf)
+    unknown, known, error = _HF_CHECKED[key]
     for k in unknown:
         near = nearest(k, known)
-        raise ConfigError(
+        err = ConfigError(
             f"model.config.{k} is not a setting of transformers' {conf['model_type']} config, so it "
             f"would be stored and ignored. " + (f"Did you mean {', '.join('model.config.' + n for n in near)}? "
                                                   if near else "") +
             f"Fix the key in the model YAML or on the command line.")
+        err.key = f"model.config.{k}"
+        raise err
+    if error is not None:
+        err = ConfigError(str(error))
+        err.key = getattr(error, "key", None)
+        raise err
+    _check_dims(conf)
 
 
 def model_dims(mcfg: Mapping) -> ModelDims | None:
@@ -609,9 +766,9 @@ def check_config_plan(cfg: Mapping, hw) -> None:
 
 
 #: range checks run after conversion, in order
-CHECKS: list[Callable[[dict], None]] = [_check_workload, _check_gate, _check_slo, _check_memory,
+CHECKS: list[Callable[[dict], None]] = [_check_workload, _check_context, _check_gate, _check_slo, _check_memory,
                                          _check_emit, _check_model, _check_kv, _check_quant, _check_parallel,
-                                         _check_serve]
+                                         _check_serve, _check_runtime]
 
 
 def validate(cfg: Any) -> dict:

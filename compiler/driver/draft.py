@@ -29,9 +29,8 @@ def load_model_config(name: str) -> dict[str, Any]:
     """``conf/model/<name>.yaml`` as a plain dict."""
     path = os.path.join(str(conf_dir()), "model", f"{name}.yaml")
     if not os.path.isfile(path):
-        raise ConfigError(f"speculative.draft_model={name!r} is not a model in the library. Use one of "
-                          f"{', '.join(library_models())}, or 'self' for layer-skip self-speculation, e.g. "
-                          f"speculative.draft_model=tinyllama_1b for a Llama-2 target.")
+        raise ConfigError(f"speculative.draft_model={name!r} is not a model in the library (conf/model/): "
+                          f"{', '.join(library_models())}; or 'self' for layer-skip self-speculation.")
     with open(path, encoding="utf-8") as f:
         return dict(yaml.safe_load(f))
 
@@ -41,21 +40,62 @@ def _vocab(mcfg: Mapping) -> int | None:
     return int(v) if v is not None else None
 
 
+def _size(mcfg: Mapping) -> float:
+    """A model's size for ordering drafts: layers x hidden² (0 when unknown)."""
+    try:
+        d = families.dims(mcfg.get("config") or {})
+    except (TypeError, ValueError):
+        return 0.0
+    return float(d.layers) * float(d.hidden) ** 2
+
+
+def compatible_drafts(target: Mapping) -> list[str]:
+    """Library models that can draft for ``target``: causal LMs built from a config whose
+    vocabulary is the target's, smaller than the target (smallest first), the target excluded."""
+    vt = _vocab(target)
+    if vt is None:
+        return []
+    size = _size(target)
+    out = []
+    for name in library_models():
+        if name == target.get("name"):
+            continue
+        try:
+            m = load_model_config(name)
+        except (ConfigError, OSError, yaml.YAMLError):
+            continue
+        if str(m.get("source", "hf_config")) != "hf_config" or str(m.get("task", "causal_lm")) != "causal_lm":
+            continue
+        if _vocab(m) == vt and (not size or _size(m) < size):
+            out.append((_size(m), name))
+    return [n for _, n in sorted(out)]
+
+
+def _advice(target: Mapping) -> str:
+    drafts = compatible_drafts(target)
+    if drafts:
+        return (f"Library models with the target's {_vocab(target)}-token vocabulary: {', '.join(drafts)} "
+                f"(e.g. speculative.draft_model={drafts[0]}), or speculative.draft_model=self "
+                f"(layer-skip self-speculation).")
+    return (f"No library model shares the target's {_vocab(target)}-token vocabulary; use "
+            f"speculative.draft_model=self (layer-skip self-speculation), or add a draft's YAML to conf/model/.")
+
+
 def check_draft(target: Mapping, draft: Mapping) -> None:
-    """Refuse a draft that cannot draft for the target (different vocabulary, not a causal LM)."""
+    """Refuse a draft that cannot draft for the target (different vocabulary, not a causal LM);
+    the advice names the library models that can (computed from their vocabularies)."""
     if str(target.get("task", "causal_lm")) != "causal_lm" or str(target.get("source")) == "onnx":
         raise ConfigError("speculative decoding needs a causal LM target built from a model config "
                           f"(model={target.get('name')} is not); unset speculative.draft_model.")
-    if str(draft.get("task", "causal_lm")) != "causal_lm":
-        raise ConfigError(f"speculative.draft_model={draft.get('name')} is not a causal LM; pick a "
-                          f"decoder such as tinyllama_1b or llama3_1b.")
+    if str(draft.get("task", "causal_lm")) != "causal_lm" or str(draft.get("source", "hf_config")) != "hf_config":
+        raise ConfigError(f"speculative.draft_model={draft.get('name')} is not a causal LM built from a model "
+                          f"config. " + _advice(target))
     vt, vd = _vocab(target), _vocab(draft)
     if vt is None or vd is None or vt != vd:
         raise ConfigError(
             f"speculative.draft_model={draft.get('name')} has a vocabulary of {vd} tokens but the target "
             f"{target.get('name')} has {vt}: a draft must share the target's tokenizer, or its proposals "
-            f"cannot be verified. Pick a draft of the same family (Llama-2 32 000: tinyllama_1b; "
-            f"Llama-3 128 256: llama3_1b), or speculative.draft_model=self.")
+            f"cannot be verified. " + _advice(target))
 
 
 def validate(cfg: Mapping) -> None:
@@ -76,6 +116,10 @@ def validate(cfg: Mapping) -> None:
                               f"or speculative.draft_model=self.")
         return
     if sc["draft_model"] != "self":
+        path = os.path.join(str(conf_dir()), "model", f"{sc['draft_model']}.yaml")
+        if not os.path.isfile(path):
+            raise ConfigError(f"speculative.draft_model={sc['draft_model']!r} is not a model in the library "
+                              f"(conf/model/). " + _advice(dict(cfg["model"])))
         check_draft(dict(cfg["model"]), load_model_config(sc["draft_model"]))
     elif str(cfg["model"].get("task", "causal_lm")) != "causal_lm" or str(cfg["model"].get("source")) == "onnx":
         raise ConfigError("speculative.draft_model=self needs a causal LM target built from a model config; "
@@ -109,4 +153,4 @@ def measured_acceptance(cfg: Mapping, draft: Draft | None, n_target_layers: int)
                               sc["eval_tokens"])
 
 
-__all__ = ["load_model_config", "check_draft", "validate", "draft_model", "measured_acceptance", "library_models"]
+__all__ = ["load_model_config", "check_draft", "compatible_drafts", "validate", "draft_model", "measured_acceptance", "library_models"]

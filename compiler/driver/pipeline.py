@@ -18,6 +18,7 @@ the one module (with ``compiler/driver/app.py``) that imports ``passes/`` and ``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -25,6 +26,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -35,7 +37,7 @@ from compiler.analysis.phases import analyze, gates, is_generative
 from compiler.backend.evaluate import OnnxEvaluator
 from compiler.driver import draft, provenance
 from compiler.driver.config import check_config_plan, model_dims, validate
-from compiler.errors import (ConfigError, EmissionFailed, GateError, OutputDirError, RooftopError,
+from compiler.errors import (ConfigError, EmissionFailed, GateError, ModelFileError, OutputDirError, RooftopError,
                              VerificationError)
 from compiler.frontends import families
 from compiler.frontends.measure import calibrate as calibrate_exits
@@ -43,6 +45,7 @@ from compiler.ir import Graph, op_layers
 from compiler.ir.facts import ModelDims
 from compiler.perf.cost import CostModel
 from compiler.perf.hardware import load_hardware
+from compiler.perf.runtime import Runtime, load_runtime, runtime_by_name, DEFAULT_RUNTIME
 from compiler.perf.schedule import schedule
 from compiler.analysis import compression
 from compiler.analysis.serving import max_model_len_of
@@ -53,6 +56,7 @@ from compiler.driver.config import WorkloadConfig, _check_workload, _typed
 from compiler.frontends.models import build_torch_model, import_torch
 from compiler.frontends.onnx_import import import_onnx
 from passes import PASSES, PassContext, PassManager, make_pass
+from passes.moe import routing_fields
 from reports.report import build_report, write_reports
 
 log = logging.getLogger("rooftop")
@@ -63,6 +67,29 @@ OUTPUT_FILES = ("model.onnx", "model.onnx.data", "report.json", "report.md", "re
 
 # ------------------------------------------------------------------------------------------------
 # config
+
+
+def runtime_of(cfg: Mapping) -> Runtime:
+    """The configured runtime profile (``runtime=``; the eager profile when the config has none)."""
+    return load_runtime(cfg["runtime"]) if cfg.get("runtime") else runtime_by_name(DEFAULT_RUNTIME)
+
+
+def with_runtime_defaults(cfg: Mapping, rt: Runtime) -> dict:
+    """``cfg`` with the scheduler and memory settings left null filled from the runtime profile's
+    engine defaults (``serve.max_num_seqs``, ``serve.max_batched_tokens``, ``serve.admission``,
+    ``serve.chunked_prefill``, ``memory.gpu_utilization``)."""
+    out = dict(cfg)
+    serve = dict(out.get("serve") or {})
+    for key, val in (("max_num_seqs", rt.max_num_seqs), ("max_batched_tokens", rt.max_batched_tokens),
+                     ("admission", rt.admission), ("chunked_prefill", rt.chunked_prefill)):
+        if serve.get(key) is None:
+            serve[key] = val
+    out["serve"] = serve
+    mem = dict(out.get("memory") or {})
+    if mem.get("gpu_utilization") is None:
+        mem["gpu_utilization"] = rt.gpu_utilization
+    out["memory"] = mem
+    return out
 
 
 def workload_of(cfg: Mapping) -> dict[str, int]:
@@ -186,6 +213,128 @@ def dir_lock(path: str) -> DirLock:
     return DirLock(real)
 
 
+def check_output_dir(path: str, what: str = "hydra.run.dir") -> None:
+    """Raise :class:`OutputDirError` unless ``path`` is (or can be made) a writable directory."""
+    p = Path(os.path.abspath(path))
+    if p.exists() and not p.is_dir():
+        raise OutputDirError(f"{what}={str(p)!r} is an existing file, not a directory, so the outputs "
+                             f"cannot be written there. Point {what} at a new or existing directory.")
+    anc = p
+    while not anc.exists():
+        anc = anc.parent
+    if not anc.is_dir():
+        raise OutputDirError(f"{what}={str(p)!r} cannot be created: {str(anc)!r} is a file, not a "
+                             f"directory. Point {what} somewhere writable, e.g. outputs/run1.")
+    try:
+        probe = tempfile.mkdtemp(prefix=".rooftop-probe-", dir=str(p if p.exists() else anc))
+        os.rmdir(probe)
+    except OSError as e:
+        raise OutputDirError(f"{what}={str(p)!r} cannot be written: creating a directory in "
+                             f"{str(p if p.exists() else anc)!r} failed ({e.strerror or e}). Point {what} at "
+                             f"a directory you can write, e.g. outputs/run1.") from None
+
+
+class RunDir:
+    """The output directory of one single run, from before Hydra starts the job to the exit code.
+
+    :meth:`open` creates it — the default, timestamped folder (``unique=True``) under a fresh name
+    even when another run started in the same second (``os.mkdir`` is atomic: the loser of a race
+    takes ``<time>_1``, ``_2``, …) — and locks it (:func:`dir_lock`). :meth:`close` with
+    ``keep=False`` (exit 2, 130, an internal error) puts the disk back as it was: a directory this
+    run created is removed with everything in it (Hydra's ``.hydra/`` included) and so are the
+    parent folders it created, if they are still empty; in a directory that existed before, only
+    ``.hydra/`` is touched (restored to what it held, or removed). A failed run therefore leaves
+    no directory behind, and a kept one (exit 0, 3, 4) holds the documented artifacts."""
+
+    def __init__(self, path: str, *, unique: bool = False):
+        self.path = os.path.abspath(path)
+        self.unique = unique
+        self.created: list[str] = []          # directories this run created, outermost first
+        self._hydra: dict[str, bytes] | None = None
+        self._lock: DirLock | None = None
+
+    def _makedirs(self, path: str) -> None:
+        todo = []
+        p = path
+        while not os.path.exists(p):
+            todo.append(p)
+            p = os.path.dirname(p)
+        for d in reversed(todo[1:]):          # the parents: shared with other runs, may race
+            try:
+                os.mkdir(d)
+                self.created.append(d)
+            except FileExistsError:
+                pass
+
+    def open(self) -> "RunDir":
+        try:
+            if self.unique:
+                self._makedirs(self.path)
+                base, n = self.path, 0
+                while True:
+                    try:
+                        os.mkdir(self.path)
+                        self.created.append(self.path)
+                        break
+                    except FileExistsError:
+                        n += 1
+                        self.path = f"{base}_{n}"
+            else:
+                if not os.path.exists(self.path):
+                    self._makedirs(self.path)
+                    try:
+                        os.mkdir(self.path)
+                        self.created.append(self.path)
+                    except FileExistsError:
+                        pass
+        except OSError as e:
+            self._remove_created()
+            raise OutputDirError(f"the output directory {self.path!r} cannot be created ({e.strerror or e}); "
+                                 f"point hydra.run.dir at a directory you can write.") from None
+        hydra_dir = os.path.join(self.path, ".hydra")
+        if self.path not in self.created and os.path.isdir(hydra_dir):
+            self._hydra = {}
+            for f in sorted(os.listdir(hydra_dir)):
+                fp = os.path.join(hydra_dir, f)
+                if os.path.isfile(fp):
+                    with open(fp, "rb") as fh:
+                        self._hydra[f] = fh.read()
+        try:
+            self._lock = dir_lock(self.path)
+        except RooftopError:
+            self._remove_created()
+            raise
+        return self
+
+    def _remove_created(self) -> None:
+        for d in reversed(self.created):
+            if d == self.path:
+                shutil.rmtree(d, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):   # still empty: ours alone
+                    os.rmdir(d)
+        self.created = []
+
+    def close(self, keep: bool) -> None:
+        """Release the directory; without ``keep``, leave the disk as it was before :meth:`open`."""
+        try:
+            if not keep:
+                if self.path in self.created:
+                    self._remove_created()
+                else:
+                    hydra_dir = os.path.join(self.path, ".hydra")
+                    shutil.rmtree(hydra_dir, ignore_errors=True)
+                    if self._hydra is not None:
+                        os.makedirs(hydra_dir, exist_ok=True)
+                        for f, data in self._hydra.items():
+                            with open(os.path.join(hydra_dir, f), "wb") as fh:
+                                fh.write(data)
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+
 # ------------------------------------------------------------------------------------------------
 # progress
 
@@ -247,22 +396,148 @@ def import_with_source(cfg: Mapping, prog=None, *, keep_source: bool = False) ->
 # the driver
 
 
-def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[str, Any]:
-    """Run the whole pipeline; returns the report dict."""
+@dataclasses.dataclass
+class Preflight:
+    """What :func:`preflight` checked and built: the validated config, workload, hardware, the
+    pass context and the recipe / compression passes (constructed, so their options are checked)."""
+    cfg: dict
+    workload: dict
+    hardware: Any
+    dims: ModelDims | None
+    pass_ctx: PassContext
+    recipe: list
+    lossy: list
+
+
+def preflight(cfg: Any, *, accuracy_gates: bool = True) -> Preflight:
+    """Every check that needs neither the model's graph nor the model file's contents — the
+    schema and range checks (compiler/driver/config.py), the workload against the model's position
+    limit, the hardware, the speculative draft, the parallel plan, every pass of the recipe and of
+    ``quant=`` / ``sparsity=`` / ``kv=`` built with its options, the accuracy gates against what
+    the run can measure, and a model file that is not there. ``compiler.driver.app`` runs it before
+    Hydra creates the run directory, :func:`run` again for a mapping built in code (a sweep point,
+    a test). Raises :class:`ConfigError` / :class:`ModelFileError` (exit 2)."""
     cfg = validate(cfg)
     wl = workload_of(cfg)
     hw = load_hardware(cfg["hardware"])
+    rt = runtime_of(cfg)
+    cfg = with_runtime_defaults(cfg, rt)
     draft.validate(cfg)
     mcfg = cfg["model"]
     dims = model_dims(mcfg)
     if mcfg["source"] != "onnx":  # fail before the (slow) import where the config says it
         max_pos, where = model_max_positions(mcfg)
         check_positions(cfg, wl, max_pos, where, mcfg.get("task") == "causal_lm")
+    else:
+        check_model_path(mcfg)
+    if mcfg["source"] == "module":
+        check_module_inputs(mcfg)
+    mml = (cfg.get("kv") or {}).get("max_model_len")
+    need = max(wl["context_len"], wl["prompt_len"] + wl["gen_len"])
+    if mml is not None and mml < need and mcfg.get("task", "causal_lm") == "causal_lm":
+        raise ConfigError(f"kv.max_model_len={mml} is shorter than a request of the workload ({need} tokens: "
+                          f"prompt_len {wl['prompt_len']} + gen_len {wl['gen_len']}, or context_len "
+                          f"{wl['context_len']}): its KV cache could not hold the sequence. Set "
+                          f"kv.max_model_len={need} or more (or null for the workload's length).")
     check_config_plan(cfg, hw)   # also checked by compiler.driver.config.validate; here for a plain mapping
+    if str((cfg.get("early_exit") or {}).get("mode", "none")) != "none":
+        if mcfg["source"] != "onnx" and mcfg.get("task") != "causal_lm":
+            raise ConfigError("early_exit=layers needs a causal LM (a decoder with an LM head); use early_exit=none.")
+        if dims is not None:
+            exit_config(cfg, dims.layers)   # exit layers / probabilities against the model's depth
+    routing = (cfg.get("moe") or {}).get("routing")
+    if dims is not None and routing not in (None, "uniform"):
+        if not dims.experts:
+            raise ConfigError(f"moe.routing={routing!r} is set but the model has no MoE layers; remove it.")
+        routing_fields(routing, cfg["moe"].get("skew", 0.0), dims.experts)
     pass_ctx = PassContext(hardware=hw, points=tuple(_record_points(wl)), evaluator=OnnxEvaluator())
     recipe = [make_pass(p, pass_ctx) for p in (cfg["pipeline"].get("passes") or [])]
     recipe += kv_passes(cfg, wl, pass_ctx, [p.name for p in recipe])
     lossy = compression_passes(cfg, pass_ctx, wl)   # quant= / sparsity= (validated before the import)
+    if accuracy_gates:
+        check_accuracy_gates(cfg, bool(lossy))
+    return Preflight(cfg, wl, hw, dims, pass_ctx, recipe, lossy)
+
+
+def check_model_path(mcfg: Mapping) -> None:
+    """``model=onnx``: the file named by ``model.path`` exists, is a file and is not empty (its
+    contents are checked by the importer, after the run directory exists)."""
+    path = mcfg.get("path")
+    if not path:
+        raise ConfigError("model=onnx needs model.path=<file.onnx>; pass it on the command "
+                          "line, e.g. rooftop model=onnx model.path=/abs/path/model.onnx.")
+    p = os.path.abspath(str(path))
+    what = ("the file does not exist" if not os.path.exists(p) else
+            "it is a directory, not a file" if os.path.isdir(p) else
+            "the file is empty (0 bytes)" if os.path.getsize(p) == 0 else None)
+    if what:
+        fix = ("Point model.path at the .onnx file inside it (e.g. model.onnx)." if "directory" in what else
+               "Check model.path (an absolute path is safest)." if "exist" in what else
+               "Re-download or re-export the model.")
+        raise ModelFileError(f"cannot import ONNX model {p!r}: {what}. {fix}")
+
+
+def check_module_inputs(mcfg: Mapping) -> None:
+    """``source: module``: ``model.module._target_`` can be imported, and the ``model.inputs`` it
+    is traced with are arguments of its ``forward`` (all its required ones)."""
+    import inspect
+
+    from hydra.utils import get_object
+    target = (mcfg.get("module") or {}).get("_target_")
+    try:
+        obj = get_object(str(target))
+    except Exception as e:  # noqa: BLE001 - Hydra's import error, whatever its type
+        raise ConfigError(f"model.module._target_={target!r} cannot be imported ({' '.join(str(e).split())[:200]}); "
+                          f"name a torch.nn.Module class by its import path, e.g. torch.nn.Linear.") from None
+    inputs = mcfg.get("inputs")
+    forward = getattr(obj, "forward", None) if isinstance(obj, type) else None
+    if not inputs or forward is None:
+        return
+    params = [p for name, p in inspect.signature(forward).parameters.items() if name != "self"]
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    required = [p.name for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [k for k in inputs if k not in names]
+    missing = [k for k in required if k not in inputs]
+    if unknown or missing:
+        raise ConfigError(f"model.inputs names {', '.join(repr(k) for k in inputs)} but {target}.forward takes "
+                          f"({', '.join(names)}): the inputs are passed by name. Name them after its arguments"
+                          + (f", e.g. model.inputs.{missing[0]} instead of model.inputs.{unknown[0]}"
+                             if unknown and missing else "") + ".")
+
+
+def check_accuracy_gates(cfg: Mapping, lossy: bool) -> None:
+    """``gate.min_accuracy`` / ``gate.max_accuracy_drop`` need an accuracy to compare with: a
+    lossy pass (quant= / sparsity=), weights to emit an artifact from, emission and the accuracy
+    stage on. Refused before the run (exit 2) rather than after it."""
+    gate = cfg.get("gate") or {}
+    keys = [k for k in ("min_accuracy", "max_accuracy_drop") if gate.get(k) is not None]
+    if not keys:
+        return
+    named = " and ".join(f"gate.{k}={gate[k]:g}" for k in keys)
+    m = cfg["model"]
+    why = None
+    if not lossy:
+        why = ("no lossy pass runs (quant=none, sparsity=none), so there is no accuracy drop to measure; "
+               "add e.g. quant=w8a16, or remove the gate")
+    elif str(m.get("source")) != "onnx" and m.get("weights") == "meta":
+        why = ("the model has meta weights (model.weights=meta), so no artifact exists to measure; use "
+               "model.weights=random, or remove the gate")
+    elif cfg["emit"]["enabled"] is False:
+        why = "emit.enabled=false, so no artifact exists to measure; use emit.enabled=auto, or remove the gate"
+    elif str((cfg.get("accuracy") or {}).get("enabled", "auto")).lower() in ("false", "0"):
+        why = "accuracy.enabled=false turns the measurement off; use accuracy.enabled=auto, or remove the gate"
+    if why:
+        raise ConfigError(f"{named} cannot be checked: {why}.")
+
+
+def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[str, Any]:
+    """Run the whole pipeline; returns the report dict."""
+    pre = preflight(cfg)
+    cfg, wl, hw, dims, pass_ctx, recipe, lossy = (pre.cfg, pre.workload, pre.hardware, pre.dims, pre.pass_ctx,
+                                                  pre.recipe, pre.lossy)
+    mcfg = cfg["model"]
     emit_cfg = cfg["emit"]
     if show_progress is None:
         show_progress = bool(cfg.get("progress", True)) and os.isatty(2)
@@ -291,7 +566,7 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
                 # routing, exit heads), the recipe (pipeline.passes + kv=), compression (quant= /
                 # sparsity=: lossy, so the graph before it is the accuracy reference)
                 points = _record_points(wl)
-                cost_fn = (lambda gr: _cost_totals(gr, hw, points)) if cfg["pipeline"]["record_cost"] else None
+                cost_fn = (lambda gr: _cost_totals(gr, hw, points, rt)) if cfg["pipeline"]["record_cost"] else None
                 compression = PassManager(lossy, name="compression", verify=True, snapshot=True)
                 pm = PassManager([PassManager(model_passes(cfg, g, pass_ctx), name="model", verify=True),
                                   PassManager(recipe, name="recipe", verify=True), compression],
@@ -308,9 +583,9 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
                 timings["passes_s"] = time.perf_counter() - t0
 
                 t0 = time.perf_counter()
-                rc = RunContext(cfg=cfg, workload=wl, hardware=hw, graph=g, cost=CostModel(g, hw),
+                rc = RunContext(cfg=cfg, workload=wl, hardware=hw, graph=g, cost=CostModel(g, hw, rt),
                                 schedule=schedule(g), records=tuple(records), dims=dims, draft=dg,
-                                measured=measurements(cfg, g, dg, dims))
+                                measured=measurements(cfg, g, dg, dims), runtime=rt)
                 result = analyze(rc)
                 timings["analysis_s"] = time.perf_counter() - t0
 
@@ -438,8 +713,12 @@ def kv_passes(cfg: Mapping, wl: Mapping, ctx, configured=()) -> list:
 
 
 def onnx_max_positions(g: Graph) -> tuple[int | None, str]:
-    """An imported file's position limit: rows of the embedding table that a position input
-    (``position_ids``) indexes, when there is one."""
+    """An imported file's position limit: the rows of its learned position table — the embedding
+    table a ``Gather`` indexes by positions (a ``position_ids`` input, or positions the graph derives
+    from the ``attention_mask`` / the sequence length, as exports that take only ``input_ids`` and
+    ``attention_mask`` do) and whose rows are as wide as the token embedding's. None when the model
+    has none (rotary and ALiBi models: no learned limit). Tables with a padding offset (OPT,
+    RoBERTa, XGLM: positions start at 2) count their rows, two more than the model's limit."""
     for name in g.inputs:
         if "position" not in name.lower():
             continue
@@ -448,7 +727,53 @@ def onnx_max_positions(g: Graph) -> tuple[int | None, str]:
                 rows = g.params[n.inputs[0]].type.shape[0]
                 if isinstance(rows, int):
                     return rows, f"rows of the position table {n.inputs[0]!r}"
-    return None, "unknown"
+    tables = [n for n in g if n.op == "Gather" and n.inputs[0] in g.params
+              and g.params[n.inputs[0]].type.rank == 2 and isinstance(g.params[n.inputs[0]].type.shape[0], int)]
+    reads = {n.name: _value_inputs(g, n.inputs[1]) for n in tables}   # None: computed from weights
+    token = [n for n in tables if _direct_input(g, n.inputs[1]) in ("input_ids", "input")]
+    if not token:
+        return None, "unknown"
+    width = g.params[token[0].inputs[0]].type.shape[1]
+    found = [n for n in tables if n not in token and g.params[n.inputs[0]].type.shape[1] == width
+             and reads[n.name] is not None
+             and all(any(k in x.lower() for k in ("mask", "position", "input")) for x in reads[n.name])]
+    if not found:
+        return None, "unknown"
+    # the longest such table (BERT's token-type table of 2 rows is indexed the same way)
+    best = max(found, key=lambda n: g.params[n.inputs[0]].type.shape[0])
+    return g.params[best.inputs[0]].type.shape[0], f"rows of the position table {best.inputs[0]!r}"
+
+
+def _direct_input(g: Graph, tensor: str) -> str | None:
+    """The graph input ``tensor`` is, up to casts and reshapes (a token embedding's indices)."""
+    while tensor not in g.inputs:
+        p = g.producer_of(tensor)
+        if p is None or p.op not in ("Cast", "Reshape", "Identity", "Unsqueeze", "Squeeze", "Flatten"):
+            return None
+        tensor = p.inputs[0]
+    return tensor
+
+
+def _value_inputs(g: Graph, tensor: str) -> set[str] | None:
+    """The graph inputs whose values (not only their shapes) ``tensor`` is computed from; None
+    when it is computed from weights too (a router's expert indices, not positions)."""
+    seen, out, stack = set(), set(), [tensor]
+    while stack:
+        t = stack.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        if t in g.inputs:
+            out.add(t)
+            continue
+        p = g.producer_of(t)
+        if p is None or p.op in ("Shape", "Size"):
+            continue
+        if any(i in g.params and g.params[i].type.rank >= 2 and g.params[i].type.dtype.startswith(("float", "bfloat"))
+               for i in p.inputs if i):
+            return None
+        stack.extend(i for i in p.inputs if i)
+    return out
 
 
 def _note_kv_cache(g: Graph) -> None:
@@ -456,9 +781,10 @@ def _note_kv_cache(g: Graph) -> None:
     without one; say so in report.json (model.import.kv_cache) and the log."""
     if g.meta.get("causal") and not g.meta.get("kv_tensors"):
         note = ("not lifted: the pipeline has no lift_kv_cache pass, so the model has no KV cache; "
-                "decode is costed as one new token attending only to itself (its context is "
-                "ignored) and the KV-cache memory is 0. Use pipeline=default (or add "
-                "fuse_eager_attention and lift_kv_cache to pipeline.passes) for cached decoding.")
+                "every decode step is costed as recomputing the whole sequence (context + 1 tokens, "
+                "nothing cached: latency.decode = recompute) and the KV-cache memory is 0. Use "
+                "pipeline=default (or add fuse_eager_attention and lift_kv_cache to pipeline.passes) "
+                "for cached decoding.")
         log.warning("KV cache %s", note)
         g.meta.setdefault("import_stats", {})["kv_cache"] = note
 
@@ -510,8 +836,8 @@ def _record_points(wl) -> list[tuple[int, int, int, str]]:
     return [(wl["batch"], wl["prompt_len"], 0, "prefill"), (wl["batch"], 1, wl["context_len"], "decode")]
 
 
-def _cost_totals(g: Graph, hw, points) -> dict[str, Any]:
-    cm = CostModel(g, hw)
+def _cost_totals(g: Graph, hw, points, runtime: Runtime | None = None) -> dict[str, Any]:
+    cm = CostModel(g, hw, runtime)
     out = {}
     for b, s, p, phase in points:
         t = cm.totals(b, s, p, phase)
@@ -568,6 +894,10 @@ def _emit(g: Graph, emit_cfg: Mapping, stage: str, source: Mapping, mcfg: Mappin
 
 
 def _commit(stage: str, out_dir: str):
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for f in os.listdir(stage):   # the mode open() gives a new file (temporary files are 0600)
+        os.chmod(os.path.join(stage, f), 0o666 & ~mask)
     for f in OUTPUT_FILES:  # a previous run's artifacts in the same dir are replaced whole
         p = os.path.join(out_dir, f)
         if os.path.exists(p) and not os.path.exists(os.path.join(stage, f)):
@@ -583,7 +913,10 @@ def summary_line(report: Mapping, out_dir: str) -> str:
     """The one-line stdout summary: model (dtype), device (calibration source), headline figures."""
     m, hw, lat = report["model"], report["hardware"], report["latency"]
     head = f"rooftop: {m['name']} ({m.get('dtype') or '?'}) on {hw['name']} ({hw.get('calibration', '?')} efficiencies): "
-    if lat.get("kind") == "encoder":
+    if lat.get("kind") == "encoder" and lat.get("unit") == "inputs":
+        figs = (f"latency {lat['batch_latency_s'] * 1e3:.3f} ms per batch of {report['workload']['batch']} inputs, "
+                f"{lat['throughput_inputs_s']:.4g} inputs/s")
+    elif lat.get("kind") == "encoder":
         figs = (f"latency {lat['batch_latency_s'] * 1e3:.3f} ms per batch of {report['workload']['batch']}, "
                 f"{lat['throughput_seq_s']:.4g} sequences/s")
     else:
@@ -594,11 +927,15 @@ def summary_line(report: Mapping, out_dir: str) -> str:
     cap = report["capacity"]
     if cap.get("fits") is False:
         best = cap.get("min_tp_that_fits")
-        figs += (f", DOES NOT FIT ({'needs parallel.tp=' + str(best) if best else 'no tp fits'})")
+        batch = report["workload"]["batch"]
+        why = (f"workload.batch={batch} > max batch {cap['max_batch']}" if 0 < cap["max_batch"] < batch else
+               f"needs parallel.tp={best}" if best else "no tp fits")
+        figs += f", DOES NOT FIT ({why})"
     e = report.get("emit") or {}
     emitted = ("model.onnx verified" if e.get("verified") else
                "model.onnx emitted, not verified" if e.get("emitted") else "no model.onnx")
     return f"{head}{figs}, max batch {report['capacity']['max_batch']}, {emitted} -> {out_dir}"
 
 
-__all__ = ["run", "RooftopError", "OUTPUT_FILES", "workload_of", "summary_line", "dir_lock"]
+__all__ = ["run", "RooftopError", "OUTPUT_FILES", "workload_of", "summary_line", "dir_lock", "runtime_of",
+           "with_runtime_defaults"]

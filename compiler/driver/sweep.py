@@ -56,6 +56,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from compiler.errors import ConfigError, GateError, RooftopError
+from compiler.driver import signals
 from compiler.driver.pipeline import run
 from compiler.driver.config import validate, check_config_plan
 from compiler.perf.hardware import load_hardware
@@ -357,9 +358,11 @@ def run_point(cfg: Any, out_dir: str) -> float | None:
         rec.update(status="gate", exit_code=e.exit_code, error=" ".join(str(e).split()))
         report = _read_json(os.path.join(out_dir, "report.json"))
     except RooftopError as e:
+        signals.check()         # an interrupt some library turned into another error stops the sweep
         rec.update(status="failed", exit_code=e.exit_code, error=" ".join(str(e).split()))
         report = None
     except Exception as e:  # noqa: BLE001 - a bug; still recorded, the sweep goes on
+        signals.check()
         tb = traceback.format_exception_only(type(e), e)[-1].strip()
         rec.update(status="failed", exit_code=EXIT_INTERNAL,
                    error=f"internal error (a rooftop bug, please report it): {tb}")
@@ -580,6 +583,16 @@ class SweepSummary(Callback):
         print(f"rooftop: sweep of {doc['points']} points (ok {c['ok']}, gate {c['gate']}, "
               f"infeasible {c['infeasible']}, failed {c['failed']}){best} -> {sweep_dir / 'sweep.html'}",
               flush=True)
+
+
+def reset_summary() -> None:
+    """Forget the last summary (a new multirun starts in this process)."""
+    _LAST.clear()
+
+
+def last_summary() -> dict[str, Any]:
+    """The sweep.json document of the last summary this process wrote (empty when none)."""
+    return dict(_LAST)
 
 
 def last_exit_code() -> int:

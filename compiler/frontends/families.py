@@ -16,8 +16,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from compiler.errors import ConfigError
 from compiler.ir.facts import ModelDims
 from compiler.ir.ops import UnsupportedOpError
+
+
+class ModelFactsError(ConfigError, ValueError):
+    """A model config without the facts rooftop needs (a ValueError too, for older callers)."""
 
 #: fact -> the config keys families use for it, in order of preference
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -246,7 +251,8 @@ def dims(config: Mapping | Any) -> ModelDims:
     when the config has no layer count, hidden size or head count."""
     hidden, heads, layers = fact(config, "hidden"), fact(config, "heads"), fact(config, "layers")
     if not (hidden and heads and layers):
-        raise ValueError("the config has no hidden size, head count or layer count")
+        raise ModelFactsError("the model config has no hidden size, head count or layer count (model.config: "
+                              "e.g. hidden_size, num_attention_heads, num_hidden_layers)")
     hidden, heads, layers = int(hidden), int(heads), int(layers)
     experts = int(fact(config, "experts", 0) or 0)
     return ModelDims(layers=layers, hidden=hidden, heads=heads,

@@ -31,13 +31,14 @@ log = logging.getLogger("rooftop")
 
 class CausalLMWrapper(torch.nn.Module):
     """(input_ids, position_ids) -> logits, no cache: the cache is lifted by rooftop itself. The
-    verifier also calls it with the padding ``attention_mask`` the emitted decoder takes."""
+    verifier also calls it with the padding ``attention_mask`` the emitted decoder takes, and
+    without ``position_ids`` where the imported graph does not read them (ALiBi models: Bloom, MPT)."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, position_ids, attention_mask=None):
+    def forward(self, input_ids, position_ids=None, attention_mask=None):
         return self.model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
                           use_cache=False).logits
 

@@ -196,8 +196,9 @@ def _screen_ops(model: onnx.ModelProto, path: str, *, final: bool):
                f"standard ops.")
     elif not onnx.defs.has(op):
         fix = f"{op!r} is not an ONNX operator{more}; {REEXPORT}."
-    else:
-        fix = f"It is a standard ONNX operator that rooftop's op registry does not have yet{more}; {REEXPORT}."
+    else:   # any exporter emits a standard op as it is: re-exporting cannot remove it
+        fix = (f"It is a standard ONNX operator that rooftop's op registry does not have yet{more}, so "
+               f"re-exporting the model will not help.")
     raise UnsupportedOpError.for_op(op, domain=domain, node=nodes[0], count=len(nodes),
                                     model=f"ONNX model {path!r}", fix=fix)
 
@@ -870,8 +871,8 @@ def import_onnx(path: str, *, name: str | None = None, dims: dict[str, list] | N
     overriding the default (first 2-D integer input → ``[B, S]``; KV-cache inputs' past length →
     ``P``). ``progress(done, total)`` is called every 64 nodes.
 
-    ``graph.meta``: ``task`` (``causal_lm`` when there is a ``logits`` output or a KV cache, else
-    ``embedding``), ``dim_sources`` (symbol → (input, axis), for the emitter), ``kv_tensors``,
+    ``graph.meta``: ``task`` (``causal_lm`` when there is a KV cache, or a ``logits`` output and an
+    input with the sequence dimension; else ``embedding``), ``dim_sources`` (symbol → (input, axis), for the emitter), ``kv_tensors``,
     ``unknown_dims`` (symbol name → {symbol, tensors, origin}: dims that are not expressions of
     B/S/P, which the cost model must bind), ``source`` and ``import_stats``.
     """
@@ -906,7 +907,9 @@ def import_onnx(path: str, *, name: str | None = None, dims: dict[str, list] | N
     if kv_inputs or kv_out:
         g.meta["kv_tensors"] = sorted(set(kv_inputs) | set(kv_out))
     outs = [o.lower() for o in g.outputs]
-    g.meta["task"] = "causal_lm" if ("logits" in outs or kv_inputs) else "embedding"
+    # a language model reads a token sequence: "logits" of a CNN or an MLP (no S input) are class scores
+    reads_seq = any(S in getattr(d, "free_symbols", ()) for t in g.inputs for d in g.type(t).shape)
+    g.meta["task"] = "causal_lm" if (kv_inputs or ("logits" in outs and reads_seq)) else "embedding"
     unknown = _collect_unknown(g, imp.dims)
     g.meta["unknown_dims"] = unknown
     g.meta["source"] = {"format": "onnx", "path": os.path.abspath(path), "opset": opset,

@@ -204,3 +204,33 @@ def classify(samples: Sequence[Sample]) -> MaskClass:
 
 
 __all__ = ["MaskClass", "Sample", "classify", "probe_lengths", "HIDDEN", "MAX_PROBE"]
+
+
+#: ops a padding mask passes through on its way from the ``attention_mask`` input to an
+#: ``Attention`` mask operand without changing which keys it hides
+_PADDING_VIEWS = ("Cast", "Unsqueeze", "Reshape", "Identity", "Expand")
+
+
+def padding_mask_input(g, mask: str) -> str | None:
+    """The rank-2 graph input ``[B, P+S]`` (``attention_mask``) whose values ``mask`` merely
+    re-types / re-shapes / broadcasts (through Cast / Unsqueeze / Reshape / Identity / Expand, and
+    ``Where(mask, 0, ≤ HIDDEN)``: its additive form), or None — the case of a
+    causal ``Attention`` whose mask operand only adds key padding, which a kernel that takes
+    per-sequence lengths (onnxruntime's ``GroupQueryAttention``) expresses as ``sum(mask) − 1``."""
+    t = mask
+    for _ in range(8):
+        if t in g.inputs:
+            ty = g.type(t)
+            return t if ty.rank == 2 else None
+        p = g.producer_of(t)
+        if p is None or not p.inputs:
+            return None
+        if p.op == "Where":          # the additive form: where(mask, 0, blocked)
+            vals = [g.params[x].data if x in g.params else None for x in p.inputs[1:3]]
+            if len(vals) != 2 or any(v is None or np.size(v) != 1 for v in vals) or \
+                    float(np.ravel(vals[0])[0]) != 0.0 or not float(np.ravel(vals[1])[0]) <= HIDDEN:
+                return None
+        elif p.op not in _PADDING_VIEWS:
+            return None
+        t = p.inputs[0]
+    return None

@@ -52,6 +52,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from compiler.errors import InputValueError
+
 __all__ = ["COLLECTIVES", "bus_factor", "CollectiveFit", "Collectives", "default_latency_s",
            "collective_time", "collective_source", "literature", "collectives_to_yaml_dict"]
 
@@ -63,10 +65,10 @@ _GBS = 1e9
 def bus_factor(kind: str, n: int) -> float:
     """Bytes each device's link carries per byte of message (ring algorithms, nccl-tests)."""
     if kind not in COLLECTIVES:
-        raise ValueError(f"collective {kind!r} is unknown; use one of {', '.join(COLLECTIVES)}")
+        raise InputValueError(f"collective {kind!r} is unknown; use one of {', '.join(COLLECTIVES)}")
     n = int(n)
     if n < 1:
-        raise ValueError(f"device count must be >= 1, got {n}")
+        raise InputValueError(f"device count must be >= 1, got {n}")
     if kind == "all_reduce":
         return 2.0 * (n - 1) / n
     return (n - 1) / n
@@ -159,7 +161,7 @@ def collective_time(hw, kind: str, n: int, nbytes):
         return hit[0].time(kind, n, nbytes)
     lat, bw = literature(hw)
     if bw <= 0:
-        raise ValueError(f"hardware {hw.name!r} has no peer interconnect (bandwidth 0); it cannot "
+        raise InputValueError(f"hardware {hw.name!r} has no peer interconnect (bandwidth 0); it cannot "
                          f"run a {kind} over {n} devices")
     return lat + bus_factor(kind, n) * nbytes / bw
 

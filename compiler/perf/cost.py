@@ -35,6 +35,19 @@ from compiler.ir.ops import Bytes, Classifier, get, op_cost, op_kernels
 from compiler.ir.ops import attention_q_tiles as _q_tiles
 from compiler.ir.tensors import DTYPES, HW_DTYPE
 from compiler.perf import kernel_families as kf
+from compiler.perf.runtime import Runtime, gemm_format, op_family
+
+
+def lm_head(graph: Graph) -> str | None:
+    """The GEMM that produces the graph's ``logits`` output (through casts and views), or None."""
+    if "logits" not in graph.outputs:
+        return None
+    n = graph.producer_of("logits")
+    while n is not None and get(n.op).cost_class != "gemm":
+        if n.op not in ("Cast", "Reshape", "Identity", "Squeeze", "Unsqueeze") or not n.inputs:
+            return None
+        n = graph.producer_of(n.inputs[0])
+    return n.name if n is not None else None
 
 FREE_CLASSES = ("view", "shape")
 # Efficiency fractions of these classes are defined against the dense fp16 peak (the reference the
@@ -59,6 +72,9 @@ class OpItem:
     part: str = ""           # which of its kernels (``OpDef.kernels``), "" for a one-kernel op
     idx_decode: tuple[int, int, int, int, int] | None = None   # the decode phase's, when it differs
     kind: str = ""           # measured kernel kind (hardware kernel_families) it is costed as; "{phase}" filled in
+    family: str = ""         # op family a runtime profile prices it by (compiler/perf/runtime.py)
+    moe_experts: int = 0     # routed experts of its layer when it is one expert's GEMM
+    moe_format: str = ""     # that expert GEMM's format family (bf16, w8a16, fp8, ...)
 
 
 def construct_kind(n, cls: Classifier) -> str:
@@ -89,9 +105,11 @@ _COST_CACHE_MAX = 50_000
 KV_DEQUANT_OPS = 2
 
 
-def kv_format_cost(graph: Graph, n, hw: Hardware | None, flops, byts: Bytes):
+def kv_format_cost(graph: Graph, n, hw: Hardware | None, flops, byts: Bytes, in_kernel: Sequence[str] = ()):
     """(FLOPs, Bytes) of an Attention whose ``kv_layout.dtype`` stores the cache in another format
-    than its K operand (module doc); unchanged otherwise."""
+    than its K operand (module doc); unchanged otherwise. A format in ``in_kernel`` (a runtime
+    profile's ``kv_cache_in_kernel``) is read inside the attention kernel: bytes shrink, no
+    dequantization FLOPs."""
     lay = n.annotations.get("kv_layout")
     if lay is None or lay.dtype is None or n.op != "Attention" or len(n.inputs) < 5 or not n.inputs[4]:
         return flops, byts
@@ -99,6 +117,8 @@ def kv_format_cost(graph: Graph, n, hw: Hardware | None, flops, byts: Bytes):
     e_kv = sympy.Rational(DTYPES[lay.dtype][0]).limit_denominator(2)
     if e_kv == e_model:
         return flops, byts
+    if lay.dtype in in_kernel or HW_DTYPE.get(lay.dtype) in in_kernel:
+        return flops, Bytes(byts.weights, byts.activations, byts.kv * e_kv / e_model)
     elements = byts.kv / e_model
     vector = (sympy.Rational(hw.peak("fp16")) / sympy.Rational(hw.peak("fp32"))).limit_denominator(1000) \
         if hw is not None and hw.peak("fp32") else 1
@@ -122,9 +142,11 @@ def _structural_key(graph: Graph, n, cls: Classifier):
 class CostModel:
     """Compile once per (graph, hardware); evaluate at many workload points."""
 
-    def __init__(self, graph: Graph, hw: Hardware):
+    def __init__(self, graph: Graph, hw: Hardware, runtime: Runtime | None = None):
         self.graph = graph
         self.hw = hw
+        self.runtime = runtime
+        in_kernel = tuple(runtime.kv_cache_in_kernel) if runtime is not None else ()
         cls = Classifier(graph, hw)
         exprs: dict[Any, int] = {}
 
@@ -136,6 +158,9 @@ class CostModel:
 
         self.items: list[OpItem] = []
         zero = ix(0)
+        last: dict[int, tuple[int, ...]] = {}
+        w_static: list[float] = []
+        head = lm_head(graph) if runtime is not None and runtime.lm_head == "last" else None
         for n in graph.topo_order():
             d = get(n.op, where=n.name)
             if d.cost_class in FREE_CLASSES or (d.layout and n.outputs and n.outputs[0] in cls.views):
@@ -145,20 +170,27 @@ class CostModel:
                 for k in op_kernels(graph, n, cls):
                     per = {ph: ((ix(k.flops), ix(k.bytes.weights), ix(k.bytes.activations), ix(k.bytes.kv), ix(1))
                                 if ph in k.phases else (zero,) * 5) for ph in PHASES}
-                    self.items.append(OpItem(f"{n.name}:{k.label}", n.op, k.cost_class, self._dtype(n), False,
+                    dtype = self._dtype(n)
+                    self.items.append(OpItem(f"{n.name}:{k.label}", n.op, k.cost_class, dtype, False,
                                              per["prefill"], kernel, n.name, k.label,
-                                             per["decode"] if per["decode"] != per["prefill"] else None, k.kind))
+                                             per["decode"] if per["decode"] != per["prefill"] else None, k.kind,
+                                             family=op_family(graph, n, cls, k.cost_class, dtype),
+                                             moe_format=gemm_format(graph, n, cls, dtype) if k.cost_class == "gemm" else ""))
+                    w_static.append(0.0)   # (no static weight of its own: not a measured-family GEMM)
                 continue
             key = _structural_key(graph, n, cls)
+            key = key if key is None or not in_kernel else key + (in_kernel,)
             hit = _COST_CACHE.get(key) if key is not None else None
             if hit is None:
-                hit = kv_format_cost(graph, n, hw, *op_cost(graph, n, cls))
+                hit = kv_format_cost(graph, n, hw, *op_cost(graph, n, cls), in_kernel=in_kernel)
                 if key is not None:
                     if len(_COST_CACHE) >= _COST_CACHE_MAX:
                         _COST_CACHE.clear()
                     _COST_CACHE[key] = hit
             flops, byts = hit
             fixed = 1
+            wb = sympy.sympify(byts.weights)
+            w_static.append(float(wb) if not wb.free_symbols else 0.0)   # its weight bytes, untouched by routing
             route = n.annotations.get("moe")
             if route is not None and n.op == "MoEMatMul":
                 # a grouped expert GEMM: the distinct experts' weights, one launch or one per expert
@@ -170,19 +202,33 @@ class CostModel:
                 # one expert's op: routed rows, weights read iff touched (compiler/perf/moe.py)
                 rows, fixed = expert_factors(route, B * S)
                 flops, byts = flops * rows, Bytes(byts.weights * fixed, byts.activations * rows, byts.kv)
-            self.items.append(OpItem(n.name, n.op, d.cost_class, self._dtype(n), self._sparse(n, cls),
+            dtype = self._dtype(n)
+            moe = n.annotations.get("moe")
+            self.items.append(OpItem(n.name, n.op, d.cost_class, dtype, self._sparse(n, cls),
                                      (ix(flops), ix(byts.weights), ix(byts.activations), ix(byts.kv), ix(fixed)),
-                                     kernel, n.name, kind=construct_kind(n, cls)))
+                                     kernel, n.name, kind=construct_kind(n, cls),
+                                     family=op_family(graph, n, cls, d.cost_class, dtype),
+                                     moe_experts=moe.experts if moe is not None and moe.expert is not None else 0,
+                                     moe_format=gemm_format(graph, n, cls, dtype) if d.cost_class == "gemm" else ""))
+            if head is not None and n.name == head:
+                # a prefill computes the last position's logits only (the runtime gathers it first)
+                last[len(self.items) - 1] = tuple(ix(sympy.sympify(e).subs(S, 1)) for e in
+                                                  (flops, byts.weights, byts.activations, byts.kv, fixed))
         bind = graph.dim_bindings()   # dims that are not B/S/P (an imported file's own lengths)
         self.exprs = [sympy.sympify(e).xreplace(bind) for e in exprs] if bind else list(exprs)
         self._fn = sympy.lambdify((B, S, P), self.exprs, modules="numpy")
         idx = np.array([it.idx for it in self.items], dtype=np.int64).reshape(-1, 5)
         self._idx = {"prefill": idx,
                      "decode": np.array([it.idx_decode or it.idx for it in self.items], dtype=np.int64).reshape(-1, 5)}
-        self._groups = {ph: self._efficiency_groups(ph) for ph in PHASES}
+        self._eff_groups = {ph: self._efficiency_groups(ph) for ph in PHASES}
         self._peak = np.array([hw.peak("fp16") if it.cost_class in REFERENCE_PEAK_CLASSES
                                else hw.peak(it.dtype, it.sparse) for it in self.items], dtype=float)
+        self.weight_numel = self._weight_numel(graph)
+        self.weight_bytes_static = w_static
         self._kernel_items = self._measured_kernels(graph)
+        self._last_token = last      # item -> expressions of its last-position-only form (prefill)
+        self._binding = runtime.bind(self) if runtime is not None else None
+        self._groups = None
 
     def _measured_kernels(self, graph: Graph) -> list[tuple[int, str, float, float, str]]:
         """GEMMs whose ``compute_dtype.kernel`` is a measured family (compiler/perf/kernel_families.py):
@@ -190,17 +236,51 @@ class CostModel:
         the dense GEMM of the same shape (16-bit on GPUs, fp32 on CPUs) times the family's measured
         ratio at the op's M."""
         out = []
-        by_name = {n.name: n for n in graph}
         for i, it in enumerate(self.items):
-            if it.cost_class != "gemm" or not it.kernel or kf.family(it.kernel) is None or it.part:
+            if it.cost_class != "gemm" or not it.kernel or kf.family(it.kernel) is None or not self.weight_numel[i]:
                 continue
-            n = by_name[it.node]
-            w = next((graph.params[t] for t in n.inputs[1:2] if t in graph.params), None)
-            if w is None or not w.type.is_static():
-                continue
-            numel = float(np.prod(w.type.shape))
-            ref = kf.dense_reference(it.kernel)
-            out.append((i, it.kernel, 2.0 * numel, ref.dense_bytes * numel, ref.dense_dtype))
+            out.append((i, it.kernel))
+        return out
+
+    def measured_gemm_time(self, i: int, kernel: str, flops, w, byts, fx, shard: float = 1.0, gemm=None):
+        """Time of GEMM ``i`` run by measured kernel family ``kernel``: the dense GEMM of its shape in
+        the measurement's dense dtype (its weight at the dense itemsize, scaled like the op's own
+        weight bytes: a tensor-parallel shard, an MoE expert's touch probability) times the measured
+        ratio at the op's rows M. ``gemm``: the dense GEMM's efficiency (default: the hardware's gemm
+        class); ``shard``: the fraction of the weight one device holds (M = FLOPs / (2·K·N·shard)).
+        ``flops``, ``w``, ``byts``, ``fx``: the op's rows (arrays over points)."""
+        ge = gemm or self.hw.efficiency.for_class("gemm")
+        ref = kf.dense_reference(kernel)
+        numel = self.weight_numel[i]
+        w_full = self.weight_bytes_static[i]
+        w_dense = ref.dense_bytes * numel
+        if w_full:
+            w_dense = w_dense * (w / w_full)
+        dense_bytes = byts - w + w_dense
+        pk = self.hw.peak(ref.dense_dtype)
+        p16 = self.hw.peak("fp16")
+        launch = self.hw.efficiency.launch_overhead_s
+        t_dense = eff.kernel_time(ge, flops, dense_bytes, pk, self.hw.memory_bandwidth, launch, fixed=fx, ramp_peak=p16)
+        return t_dense * kf.ratio(kernel, flops / (2.0 * numel * shard))
+
+    def rebind(self, runtime: Runtime) -> None:
+        """Price with ``runtime`` from now on — a profile differing from the current one only in
+        its kernels' figures and host times (fitting); its graph-level choices (LM head, KV read
+        in-kernel) must be the same."""
+        cur = self.runtime
+        if cur is None or (cur.lm_head, tuple(cur.kv_cache_in_kernel)) != (runtime.lm_head, tuple(runtime.kv_cache_in_kernel)):
+            raise ValueError("rebind: the profile changes how the graph is costed; build a new CostModel")
+        self.runtime = runtime
+        self._binding = runtime.bind(self)
+
+    def _weight_numel(self, graph: Graph) -> list[float]:
+        """Elements of each GEMM's static 2-D weight (0 when it has none)."""
+        by_name = {n.name: n for n in graph}
+        out = []
+        for it in self.items:
+            w = next((graph.params[t] for t in by_name[it.node or it.name].inputs[1:2] if t in graph.params), None) \
+                if it.cost_class == "gemm" and not it.part else None
+            out.append(float(np.prod(w.type.shape)) if w is not None and w.type.is_static() else 0.0)
         return out
 
     def measured_kind(self, it: OpItem, phase: str) -> str:
@@ -249,38 +329,99 @@ class CostModel:
         return HW_DTYPE.get(self.graph.type(n.outputs[0]).dtype, "fp32") if n.outputs else "fp32"
 
     # ------------------------------------------------------------------------------------
-    def raw(self, b, s, p, phase: str = "prefill") -> np.ndarray:
+    def raw(self, b, s, p, phase: str | None = None) -> np.ndarray:
         """(4, n_ops, n_points) FLOPs, weight, activation and KV bytes at the given points (an op
         whose kernels depend on the phase, MLA, is taken in ``phase``'s form)."""
         return self._raw(b, s, p, phase)[:4]
 
-    def _raw(self, b, s, p, phase: str = "prefill") -> np.ndarray:
+    def _raw(self, b, s, p, phase: str | None = None, rows=None) -> np.ndarray:
         """(5, n_ops, n_points): raw() plus each op's fixed-cost multiplier (launch and ramp are
         paid with this probability: < 1 for an MoE expert's ops, which run only when it is routed to;
-        0 for a kernel the phase does not run)."""
+        0 for a kernel the phase does not run). An op whose kernels depend on the phase (MLA) is
+        taken in ``phase``'s form (prefill's when None). In a prefill under a runtime that computes
+        the last position's logits only, the LM head is evaluated in that form. ``rows``: only
+        these ops (item indices), in that order."""
         b, s, p = (np.atleast_1d(np.asarray(x, dtype=float)) for x in (b, s, p))
         n = max(len(b), len(s), len(p))
         vals = self._fn(b, s, p)
         table = np.stack([np.broadcast_to(np.asarray(v, dtype=float), (n,)) for v in vals]) if vals else np.zeros((0, n))
-        return table[self._idx["decode" if phase == "decode" else "prefill"].T]  # (5, n_ops, n)
+        idx = self._idx["decode" if phase == "decode" else "prefill"]
+        idx = idx if rows is None else idx[rows]
+        out = table[idx.T]  # (5, n_ops, n)
+        if phase == "prefill" and self._last_token:
+            pos = {int(i): j for j, i in enumerate(rows)} if rows is not None else None
+            for i, li in self._last_token.items():
+                j = i if pos is None else pos.get(i)
+                if j is not None:
+                    out[:, j] = table[list(li)]
+        return out
+
+    def signature_groups(self, extra=None) -> tuple[np.ndarray, np.ndarray]:
+        """(representative item indices, multiplicities): ops whose costs are identical functions of
+        the workload (same expressions in both phases, class, dtype, kernel, measured kind, family —
+        every layer repeats them), optionally also equal in ``extra`` (a per-op key sequence, e.g.
+        tensor-parallel shard factors). Summing representative x multiplicity is the phase time,
+        far fewer ops."""
+        seen: dict[Any, int] = {}
+        reps: list[int] = []
+        counts: list[int] = []
+        for i, it in enumerate(self.items):
+            key = (it.idx, it.idx_decode, it.cost_class, it.dtype, it.sparse, it.kernel, it.kind, it.family,
+                   it.moe_experts, it.moe_format, self.weight_numel[i], self.weight_bytes_static[i],
+                   self._last_token.get(i), None if extra is None else extra[i])
+            j = seen.get(key)
+            if j is None:
+                seen[key] = len(reps)
+                reps.append(i)
+                counts.append(1)
+            else:
+                counts[j] += 1
+        return np.array(reps, np.int64), np.array(counts, float)
+
+    def components(self, b, s, p, phase: str | None = None, rows=None) -> np.ndarray:
+        """(5, n_ops, n_points): FLOPs, weight, activation, KV bytes and the fixed-cost multiplier
+        of every op (or of ``rows``) in ``phase`` (what :meth:`op_times` prices)."""
+        return self._raw(b, s, p, phase, rows)
 
     def evaluate(self, b, s, p, phase: str, fixed_scale: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Per-op arrays (n_ops, n_points) at workload points, for ``phase`` in prefill/decode
-        (which attention efficiency class and MLA form apply). ``fixed_scale`` (n_ops, n_points)
-        multiplies each op's fixed-cost multiplier (what-if dispatch forms: compiler/analysis/moe.py)."""
+        (which attention efficiency class, measured kernel kind and MLA form apply). ``fixed_scale``
+        (n_ops, n_points) multiplies each op's fixed-cost multiplier (what-if dispatch forms:
+        compiler/analysis/moe.py)."""
         flops, w, a, kv, fx = self._raw(b, s, p, phase)
         if fixed_scale is not None:
             fx = fx * fixed_scale
+        time, att_f, bound = self.op_times(flops, w, a, kv, fx, phase)
+        return {"flops": flops, "bytes": w + a + kv, "weights": w, "activations": a, "kv": kv,
+                "time": time, "attainable": att_f, "bound": bound}
+
+    def op_times(self, flops, w, a, kv, fx, phase: str, shard=None, rows=None):
+        """Per-op (time, attainable FLOP/s, bound) arrays ``(n_ops, n_points)`` of ops moving
+        these FLOPs and bytes (the hardware's class model or the measured kernel kind of a modern
+        construct, the measured kernel families, and the runtime profile's kernels where it prices
+        an op differently); ``shard``: per op, the fraction of its weight one device holds (tensor
+        parallelism; default whole); ``rows``: the arrays hold only these ops (item indices,
+        :meth:`signature_groups`)."""
+        peaks = self._peak if rows is None else self._peak[rows]
+        if rows is not None:
+            pos = {int(i): j for j, i in enumerate(rows)}
+            kernel_items = [(pos[i], i, k) for i, k in self._kernel_items if i in pos]
+        else:
+            kernel_items = [(i, i, k) for i, k in self._kernel_items]
+        if self._binding is not None:   # ops the profile re-prices need no measured-family pass here
+            model = self._binding.plan["decode" if phase == "decode" else "prefill"]["model"]
+            kernel_items = [t for t in kernel_items if model[t[1]] == 0]
         byts = w + a + kv
         launch = self.hw.efficiency.launch_overhead_s
         time = np.zeros_like(flops)
         att_f = np.zeros_like(flops)
         bound = np.zeros(flops.shape, dtype=np.int8)  # 0 compute, 1 memory, 2 latency
-        for m, prm, peak in self._groups["decode" if phase == "decode" else "prefill"]:
+        for mask, prm, peak in self._eff_groups["decode" if phase == "decode" else "prefill"]:
+            m = mask if rows is None else mask[rows]
             if not m.any():
                 continue
             cp = eff.ClassParams(prm.compute, prm.memory, prm.flops_half, prm.bytes_half)
-            pk = np.full((int(m.sum()), 1), peak) if peak is not None else self._peak[m][:, None]
+            pk = np.full((int(m.sum()), 1), peak) if peak is not None else peaks[m][:, None]
             bw = self.hw.memory_bandwidth
             # flops_half is sized for the fp16 reference peak: a kernel's ramp-up TIME is the
             # chip's, whatever the dtype (fp32 / fp8 / int8 GEMMs scale it by their peak)
@@ -291,21 +432,36 @@ class CostModel:
             fixed = time[m] - np.maximum(pure_c, pure_m)
             bound[m] = np.where(fixed > np.maximum(pure_c, pure_m), 2, np.where(pure_c >= pure_m, 0, 1))
             att_f[m] = np.where(time[m] > 0, flops[m] / np.maximum(time[m] - launch * fx[m], 1e-30), 0.0)
-        if self._kernel_items:   # measured kernel families (compiler/perf/kernel_families.py)
-            ge = self.hw.efficiency.for_class("gemm")
-            p16 = self.hw.peak("fp16")
-            for i, kernel, kn2, w_dense, dense_dtype in self._kernel_items:
-                dense_bytes = byts[i] - w[i] + w_dense
-                pk = self.hw.peak(dense_dtype)
-                t_dense = eff.kernel_time(ge, flops[i], dense_bytes, pk, self.hw.memory_bandwidth, launch,
-                                          fixed=fx[i], ramp_peak=p16)
-                time[i] = t_dense * kf.ratio(kernel, flops[i] / kn2)
-                att_f[i] = np.where(time[i] > 0, flops[i] / np.maximum(time[i] - launch * fx[i], 1e-30), 0.0)
-        return {"flops": flops, "bytes": byts, "weights": w, "activations": a, "kv": kv,
-                "time": time, "attainable": att_f, "bound": bound}
+        for j, i, kernel in kernel_items:   # measured kernel families (compiler/perf/kernel_families.py)
+            time[j] = self.measured_gemm_time(i, kernel, flops[j], w[j], byts[j], fx[j],
+                                              1.0 if shard is None else float(shard[j]))
+            att_f[j] = np.where(time[j] > 0, flops[j] / np.maximum(time[j] - launch * fx[j], 1e-30), 0.0)
+        if self._binding is not None:   # the runtime profile's kernels (compiler/perf/runtime.py)
+            self._binding.override(flops, w, a, kv, fx, phase, time, att_f, bound, shard, rows)
+        return time, att_f, bound
+
+    def host_time(self, b, s) -> np.ndarray:
+        """The runtime's exposed host time of engine iterations of ``b`` sequences with ``s`` new
+        tokens each (0 without a runtime profile)."""
+        if self.runtime is None:
+            return np.zeros(np.broadcast(np.asarray(b, float), np.asarray(s, float)).shape)
+        return self.runtime.step_overhead(b, s, len(self.graph.inputs) + len(self.graph.outputs))
 
     def phase_time(self, b, s, p, phase: str) -> np.ndarray:
-        return self.evaluate(b, s, p, phase)["time"].sum(axis=0)
+        """One step's time: the ops' times plus the runtime's host time of the iteration. Under a
+        runtime profile the identical ops of every layer are priced once (:meth:`signature_groups`);
+        without one (eager) every op is summed in graph order, as always."""
+        if self._binding is None:
+            t = self.evaluate(b, s, p, phase)["time"].sum(axis=0)
+        else:
+            if self._groups is None:
+                self._groups = self.signature_groups()
+            rows, count = self._groups
+            flops, w, a, kv, fx = self._raw(b, s, p, phase, rows)
+            t = (self.op_times(flops, w, a, kv, fx, phase, rows=rows)[0] * count[:, None]).sum(axis=0)
+        if self.runtime is not None:
+            t = t + self.host_time(b, s)
+        return t
 
     def totals(self, b, s, p, phase: str) -> dict[str, float]:
         r = self.evaluate(b, s, p, phase)
@@ -319,9 +475,18 @@ class CostModel:
             if it.part and f == 0 and by == 0 and r["time"][i, 0] == 0:
                 continue   # a kernel of a form this phase does not run (MLA)
             kind = self.measured_kind(it, phase)
+            kernel, extra = it.kernel or kind, {}
+            if self.runtime is not None:
+                k = self.runtime.family_kernel(it, phase)
+                if kind and not it.kernel and (k is None or k.model == "hardware"):
+                    # the profile leaves it to the hardware: costed with the measured kernel kind
+                    extra = {"kernel_source": f"conf/hardware/{self.hw.name}.yaml kernel_families.{kind}"}
+                else:
+                    kernel, source = self.runtime.label(it, phase, self.hw)
+                    extra = {"kernel_source": source}
             rows.append({
                 "name": it.name, "op": it.op, "class": it.cost_class, "dtype": it.dtype,
-                **({"kernel": it.kernel} if it.kernel else {"kernel": kind} if kind else {}),
+                **({"kernel": kernel} if kernel else {}),
                 "flops": f, "bytes": by,
                 "bytes_split": {"weights": float(r["weights"][i, 0]),
                                 "activations": float(r["activations"][i, 0]),
@@ -330,6 +495,7 @@ class CostModel:
                 "attainable_flops": float(r["attainable"][i, 0]),
                 "bound": BOUNDS[int(r["bound"][i, 0])],
                 "time_s": float(r["time"][i, 0]),
+                **extra,
             })
         return rows
 

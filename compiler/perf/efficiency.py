@@ -27,6 +27,8 @@ from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 import numpy as np
 
+from compiler.errors import InputValueError
+
 CLASSES: Tuple[str, ...] = (
     "gemm",
     "attention_prefill",
@@ -53,11 +55,11 @@ class ClassParams:
 
     def __post_init__(self) -> None:
         if not (0.0 < self.compute <= 1.0):
-            raise ValueError(f"compute efficiency must be in (0, 1], got {self.compute}")
+            raise InputValueError(f"compute efficiency must be in (0, 1], got {self.compute}")
         if not (0.0 < self.memory <= 1.0):
-            raise ValueError(f"memory efficiency must be in (0, 1], got {self.memory}")
+            raise InputValueError(f"memory efficiency must be in (0, 1], got {self.memory}")
         if self.flops_half < 0.0 or self.bytes_half < 0.0:
-            raise ValueError("flops_half and bytes_half must be >= 0")
+            raise InputValueError("flops_half and bytes_half must be >= 0")
 
     def to_dict(self) -> Dict[str, float]:
         return {k: float(v) for k, v in asdict(self).items()}
@@ -250,9 +252,9 @@ def fit_class(
     prior = prior or ClassParams(0.7, 0.85, 0.0, 0.0)
     f, b, t = _arrays(samples)
     if len(t) == 0:
-        raise ValueError("fit_class needs at least one sample")
+        raise InputValueError("fit_class needs at least one sample")
     if np.any(t <= 0) or np.any(f < 0) or np.any(b < 0):
-        raise ValueError("times must be > 0 and flops, bytes >= 0")
+        raise InputValueError("times must be > 0 and flops, bytes >= 0")
     logt = np.log(t)
     P, W, L = float(peak_flops), float(bandwidth), float(launch_s)
     fs = float(np.median(f[f > 0])) if np.any(f > 0) else 1.0
@@ -337,14 +339,14 @@ def estimate_launch(measurements: Mapping) -> float:
         return float(np.median(launch))
     times = [float(s["time_s"]) for s in measurements.get("samples", []) if float(s["time_s"]) > 0]
     if not times:
-        raise ValueError("no samples")
+        raise InputValueError("the measurements hold no samples")
     return 0.9 * min(times)
 
 
 def datasheet_of(measurements: Mapping) -> Tuple[float, float]:
     ds = measurements.get("datasheet") or {}
     if "peak_flops" not in ds or "bandwidth" not in ds:
-        raise ValueError("measurements carry no datasheet peak_flops/bandwidth: pass them explicitly")
+        raise InputValueError("measurements carry no datasheet peak_flops/bandwidth: pass them explicitly")
     return float(ds["peak_flops"]), float(ds["bandwidth"])
 
 

@@ -107,12 +107,19 @@ def _dump(data: Mapping) -> str:
     return yaml.safe_dump(dict(data), sort_keys=False, default_flow_style=False, width=100)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())   # as open() would create it (mkstemp makes 0600)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -45,11 +45,19 @@ SOURCES: dict[str, Source] = {
     "h200": Source("h200_kernels.json", "dense_bf16", "fp16", 2.0, "in CUDA graphs"),
     "cpu_ort": Source("cpu_ort_kernels.json", "dense_fp32", "fp32", 4.0,
                       "with weights streaming from memory"),
+    # the engine kernels of tools/measure_modern_kernels.py (tools/MODERN_KERNELS_NOTES.md)
+    "h100_modern": Source("h100_modern_kernels.json", "dense_bf16", "bf16", 2.0, "in CUDA graphs"),
 }
 DENSE_FAMILY = SOURCES["h200"].dense      # kept for callers of the GPU source
 
 #: a pruned weight on onnxruntime CPU: the same dense MatMul (ONNX has no N:M operator)
 ORT_DENSE_NM = "onnxruntime dense MatMul (no N:M kernel)"
+
+#: engine kernels measured on the H100 (labels of the runtime profiles' ``measured`` kernels)
+INT8_COMPILED = "torch.compile int8 weight-only linear (gpt-fast WeightOnlyInt8Linear)"
+INT4_TINYGEMM = "aten._weight_int4pack_mm (tinygemm int4, group 128)"
+FP8_TENSORWISE = "torch._scaled_mm fp8 e4m3, per-tensor static scales"
+FP8_ROWWISE_DYNAMIC = "Triton per-token fp8 quant + torch._scaled_mm rowwise"
 
 # kernel label (compute_dtype.kernel, what the report names) -> (source, measured family)
 KERNELS: dict[str, tuple[str, str]] = {
@@ -69,6 +77,11 @@ KERNELS: dict[str, tuple[str, str]] = {
     "onnxruntime MatMulInteger + per-token rescale": ("cpu_ort", "w8a8_per_token"),
     "onnxruntime DequantizeLinear fp8 + fp32 MatMul (accuracy simulation)": ("cpu_ort", "fp8_sim"),
     ORT_DENSE_NM: ("cpu_ort", "dense_fp32"),
+    # what engines run (runtime profiles, compiler/perf/runtime.py), measured on an H100
+    INT8_COMPILED: ("h100_modern", "int8_wo_compiled"),
+    INT4_TINYGEMM: ("h100_modern", "int4_tinygemm"),
+    FP8_TENSORWISE: ("h100_modern", "fp8_tensorwise_gemm"),
+    FP8_ROWWISE_DYNAMIC: ("h100_modern", "fp8_rowwise_pipeline"),
 }
 _CURVES: dict[tuple[str, str], dict] = {}
 _LOADED: set[str] = set()

@@ -354,7 +354,8 @@ def fuse_eager_attention(g: Graph) -> dict[str, int]:
             f"the causal decoder has no scaled_dot_product_attention and its eager attention could "
             f"not be fused into an Attention op, which the KV cache needs: "
             f"{explain_outcome('attention', outcomes['attention'])}. Import it with "
-            f"model.attn_implementation=sdpa.")
+            f"model.attn_implementation=sdpa where the family has an SDPA attention, or cost it "
+            f"without a KV cache with pipeline=none.")
     return stats
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from compiler.errors import InternalError
 from compiler.ir.annotations import COSTED
 from compiler.ir import Graph, OpNode, TensorType
 from compiler.perf.cost import CostModel
@@ -108,7 +109,7 @@ def _ordered(nodes: Sequence[OpNode]) -> list[OpNode]:
                 todo.remove(n)
                 break
         else:
-            raise ValueError("cycle among the ops of a fusion group")
+            raise InternalError("cycle among the ops of a fusion group")
     return out
 
 

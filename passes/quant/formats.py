@@ -28,6 +28,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from compiler.errors import ConfigError
+
 # dtype -> (bits, qmin, qmax, numpy storage dtype of the codes)
 INT_FORMATS: dict[str, tuple[int, int, int, Any]] = {
     "int8": (8, -128, 127, np.int8),
@@ -42,7 +44,7 @@ FP8_FORMATS: dict[str, tuple[float, Any]] = {
 GRANULARITIES = ("tensor", "channel", "group")
 
 
-class QuantError(ValueError):
+class QuantError(ConfigError, ValueError):
     """A weight cannot be quantized in the requested format (shape, group size)."""
 
 

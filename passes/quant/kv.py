@@ -21,7 +21,8 @@ int8 bytes and the dequantization, compiler/perf/cost.py ``kv_format_cost``).
 Not emitted (the cache stays in the model's dtype in the artifact; the cost model still prices
 the configured format, and ``graph.meta["kv_quantization"]`` says why): ``kv.dtype=fp8`` —
 onnxruntime 1.32 has a float8e4m3fn cache only in its CUDA ``GroupQueryAttention``, not on the CPU
-the artifact is verified on; an Attention with a mask operand, without ``is_causal``, with a
+the artifact is verified on; an Attention with a mask operand other than the key padding of a
+2-D ``attention_mask`` (taken as right padding: ``seqlens_k = sum(mask) − 1``), without ``is_causal``, with a
 windowed or paged cache, or whose heads are not static; meta weights (no values to calibrate).
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ from compiler.errors import ConfigError
 from compiler.ir import Graph, OpNode
 from compiler.ir import annotations as ann
 from compiler.ir.annotations import KVQuant
+from compiler.ir.masks import padding_mask_input
 from passes.base import Pass, PassResult, evaluator
 from passes.kv_layout import cached_attention
 from passes.quant.passes import calibration_of
@@ -55,8 +57,9 @@ def _heads(g: Graph, n: OpNode) -> tuple[int, int] | None:
 
 def refusal(g: Graph, n: OpNode) -> str:
     """Why ``n``'s cache cannot be emitted quantized ("" when it can)."""
-    if len(n.inputs) > 3 and n.inputs[3]:
-        return "the attention has a mask operand (GroupQueryAttention takes causal masking only)"
+    if len(n.inputs) > 3 and n.inputs[3] and padding_mask_input(g, n.inputs[3]) is None:
+        return ("the attention has a mask operand other than the key padding of a 2-D attention_mask "
+                "(GroupQueryAttention takes causal masking and per-sequence lengths only)")
     if not n.attrs.get("is_causal"):
         return "the attention is not causal (is_causal=0)"
     spec = n.annotations.get("attention")

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from compiler.errors import InputValueError
+
 from passes.quant.formats import QuantSpec, quantize_rtn
 
 
@@ -22,7 +24,8 @@ def smoothquant_scales(act_absmax: np.ndarray, weights: list[np.ndarray], alpha:
     """Per-input-channel smoothing factors ``s`` for the weights (each ``[K, N_i]``) that read an
     activation whose per-channel max |x| is ``act_absmax`` ([K])."""
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"smooth_alpha must be in [0, 1], got {alpha}")
+        raise InputValueError(f"quant.smooth_alpha={alpha!r} must be in [0, 1] (SmoothQuant's migration strength; 0.5 "
+                          f"is usual)")
     w_absmax = np.max(np.stack([np.abs(w).max(axis=1) for w in weights]), axis=0)
     a = np.maximum(np.asarray(act_absmax, np.float64), floor)
     wmax = np.maximum(w_absmax.astype(np.float64), floor)

@@ -131,3 +131,22 @@ def test_capacity_section_reports_both_layouts(a10):
         capacity_section(kv={"layout": "ring"}, gpu_utilization=1.0, memory_bytes=1e9, weights_bytes=0,
                          kv_bytes_per_token=1, model_kv_dtype="fp16", activation_peak_bytes=0,
                          reserve_bytes=0, sequence_tokens=16)
+
+
+class _LinearPeak:
+    """An activation peak of ``per_seq`` bytes per sequence (the schedule's interface)."""
+
+    def __init__(self, per_seq: float):
+        self.per_seq = per_seq
+
+    def activation_peak(self, b, s, p):
+        return np.atleast_1d(np.asarray(b, dtype=float)) * self.per_seq
+
+
+@pytest.mark.parametrize("usable", [1e6 + 3000 * 200.0, 1e6 + 10_000 * 200.0 + 199, 1e6 + 123_457 * 200.0])
+def test_fit_count_is_exact_beyond_the_search_table(usable):
+    from compiler.analysis.phases import CAPACITY_SEARCH_MAX, fit_count
+    # weights 1 MB, 100 KV tokens of 1 byte + 100 bytes of activations per sequence: B = (usable - 1e6) // 200
+    best, fits = fit_count(_LinearPeak(100.0), 1e6, 1.0, 100, 8, 0.0, usable)
+    assert best == int((usable - 1e6) // 200)
+    assert len(fits) == CAPACITY_SEARCH_MAX and fits.sum() == min(best, CAPACITY_SEARCH_MAX)

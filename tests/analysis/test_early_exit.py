@@ -68,13 +68,13 @@ def test_exit_heads_match_torch_in_onnxruntime(exit_model):
     layers, kvh, hd = 4, g.type("past_key.0").shape[1], g.type("past_key.0").shape[3]
     names = [o.name for o in sess.get_outputs()]
     pos = np.arange(10)[None].repeat(2, 0)
-    feed = {"input_ids": ids[:, :9].numpy(), "position_ids": pos[:, :9]}
+    feed = {"input_ids": ids[:, :9].numpy(), "position_ids": pos[:, :9], "attention_mask": np.ones((2, 9), np.int64)}
     for i in range(layers):
         feed[f"past_key.{i}"] = feed[f"past_value.{i}"] = np.zeros((2, kvh, 0, hd), np.float32)
     res = dict(zip(names, sess.run(None, feed)))
     for k, v in ref.items():
         assert np.abs(res[k] - v[:, :9]).max() <= 1e-4, k
-    feed = {"input_ids": ids[:, 9:].numpy(), "position_ids": pos[:, 9:]}
+    feed = {"input_ids": ids[:, 9:].numpy(), "position_ids": pos[:, 9:], "attention_mask": np.ones((2, 10), np.int64)}
     for i in range(layers):
         feed[f"past_key.{i}"], feed[f"past_value.{i}"] = res[f"present_key.{i}"], res[f"present_value.{i}"]
     res = dict(zip(names, sess.run(None, feed)))

@@ -87,7 +87,7 @@ def points(draw):
     limit = 512 if name == "minilm" else 1024
     prompt = draw(st.integers(1, limit // 2))
     gen = 0 if name == "minilm" else draw(st.integers(0, limit // 4))
-    ctx = draw(st.one_of(st.none(), st.integers(0, limit // 4)))
+    ctx = draw(st.one_of(st.none(), st.integers(prompt, prompt + limit // 4)))   # a cache holds the prompt
     batch = draw(st.integers(1, 256))
     return name, hw, batch, prompt, gen, ctx
 

@@ -162,12 +162,12 @@ def test_verify_step_runs_in_onnxruntime_like_torch(tmp_path):
     with torch.no_grad():
         ref = module(ids, pos).numpy()
     names = [o.name for o in sess.get_outputs()]
-    feed = {"input_ids": ids[:, :7].numpy(), "position_ids": pos[:, :7].numpy()}
+    feed = {"input_ids": ids[:, :7].numpy(), "position_ids": pos[:, :7].numpy(), "attention_mask": np.ones((2, 7), np.int64)}
     for i in range(layers):
         feed[f"past_key.{i}"] = np.zeros((2, kvh, 0, hd), np.float32)
         feed[f"past_value.{i}"] = np.zeros((2, kvh, 0, hd), np.float32)
     res = dict(zip(names, sess.run(None, feed)))
-    feed = {"input_ids": ids[:, 7:].numpy(), "position_ids": pos[:, 7:].numpy()}
+    feed = {"input_ids": ids[:, 7:].numpy(), "position_ids": pos[:, 7:].numpy(), "attention_mask": np.ones((2, 12), np.int64)}
     for i in range(layers):
         feed[f"past_key.{i}"], feed[f"past_value.{i}"] = res[f"present_key.{i}"], res[f"present_value.{i}"]
     res = dict(zip(names, sess.run(None, feed)))

@@ -184,8 +184,18 @@ def layer_times(path: str, feeds_: dict, rounds: int) -> list[dict]:
     import onnx
     import onnxruntime as ort
 
+    from onnx import inliner
+
     from compiler.backend.quantized import session_config
     m = onnx.load(path, load_external_data=False)
+    cfg = session_config(m)
+    # Local-function bodies carry no node names, and onnxruntime names inlined nodes in its profile
+    # but serializes the optimized graph without them: inline and name every node first, so the
+    # profile's names and the optimized graph's agree.
+    m = inliner.inline_local_functions(onnx.load(path))
+    for i, n in enumerate(m.graph.node):
+        if not n.name:
+            n.name = f"_bench_{n.op_type}_{i}"
     so = ort.SessionOptions()
     so.enable_profiling = True
     so.intra_op_num_threads, so.inter_op_num_threads = THREADS, 1
@@ -193,8 +203,11 @@ def layer_times(path: str, feeds_: dict, rounds: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         so.profile_file_prefix = os.path.join(tmp, "prof")
         so.optimized_model_filepath = os.path.join(tmp, "opt.onnx")
-        for k, v in {**session_config(m), **SESSION}.items():
+        for k, v in {**cfg, **SESSION}.items():
             so.add_session_config_entry(k, str(v))
+        path = os.path.join(tmp, "named.onnx")
+        onnx.save(m, path, save_as_external_data=m.ByteSize() > 1_500_000_000, location="named.onnx.data")
+        del m
         sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         outs = [sess.get_outputs()[0].name]
         for _ in range(2):

@@ -40,7 +40,11 @@ def _dominates(a, b, axes):
 
 
 def test_three_point_sweep_lists_every_point_and_the_failed_one(models, tmp_path):
-    missing = str(tmp_path / "missing.onnx")
+    # a file whose contents are broken fails at import, after the sweep started (a missing file is
+    # refused before it starts: tests/driver/test_every_run_ends_well.py)
+    missing = str(tmp_path / "truncated.onnx")
+    data = open(models["mha"], "rb").read()
+    open(missing, "wb").write(data[: len(data) // 2])
     r, out, doc = _sweep(tmp_path, "sweep", "model=onnx", f"model.path={models['mha']},{models['gqa']},{missing}",
                          "hardware=h100_sxm", "workload.batch=8", "emit.enabled=false")
     assert r.returncode == 2, r.stderr          # the failed point's exit code (bad input)
@@ -49,7 +53,7 @@ def test_three_point_sweep_lists_every_point_and_the_failed_one(models, tmp_path
     assert doc["points"] == 3 and doc["counts"] == {"ok": 2, "gate": 0, "infeasible": 0, "failed": 1}
     rows = {next(o for o in row["overrides"] if o.startswith("model.path=")).split("=")[1]: row for row in doc["rows"]}
     failed = rows[missing]
-    assert failed["status"] == "failed" and failed["exit_code"] == 2 and "does not exist" in failed["error"]
+    assert failed["status"] == "failed" and failed["exit_code"] == 2 and "truncated" in failed["error"]
     assert failed["report"] is None and not (out / failed["dir"] / "report.json").exists()
     assert doc["rows"][-1] is not None and doc["rows"][-1]["status"] == "failed"     # failures last
     for key in ("mha", "gqa"):
@@ -72,13 +76,13 @@ def test_three_point_sweep_lists_every_point_and_the_failed_one(models, tmp_path
     assert all(row["pareto"] == (row["job"] in doc["pareto"]["jobs"]) for row in doc["rows"])
 
     md = (out / "sweep.md").read_text()
-    assert md.count("\n| ") == 1 + 3 and "does not exist" in md and "## Points not ok" in md
+    assert md.count("\n| ") == 1 + 3 and "truncated" in md and "## Points not ok" in md
     page = (out / "sweep.html").read_text()
     assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", page)       # self-contained
     imgs = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(imgs) == 2                                                          # Pareto + throughput vs batch
     assert all(base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n" for b in imgs)
-    assert "does not exist" in page and page.count("<tr class=") == 3
+    assert "truncated" in page and page.count("<tr class=") == 3
 
 
 def test_gate_and_failure_exit_codes_and_pareto_by_hand():

@@ -208,3 +208,14 @@ def test_onnx_decoder_gets_a_kv_cache(family, exporter, built):
                  **{t: out[t.replace("past_", "present_")] for t in kv}}
         out = dict(zip(g.outputs, run_ort(g, feeds)))
         assert diff(out["logits"], want[:, step:step + 1]) <= ATOL
+
+
+def test_meta_weights_keep_the_causal_mask_structure():
+    """Under model.weights=meta the mask subgraph's own tensors (arange …) are built on the meta
+    device; its evaluation runs them on the CPU, so the mask is still recognised as causal (and
+    the KV cache can be lifted) exactly as with real weights."""
+    from tests.conftest import imported
+    for weights in ("meta", "random"):
+        g = imported("llama_tiny", weights=weights)
+        specs = [n.annotations.get("attention") for n in g.topo_order() if n.op == "Attention"]
+        assert specs and all(s is not None and s.mask == "causal" for s in specs), (weights, specs)

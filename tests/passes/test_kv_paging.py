@@ -72,7 +72,8 @@ def _contiguous_steps(g, sess, ids, chunks):
     names = [o.name for o in sess.get_outputs()]
     out, start = [], 0
     for n in chunks:
-        feed = {"input_ids": ids[None, start:start + n], "position_ids": np.arange(start, start + n)[None], **past}
+        feed = {"input_ids": ids[None, start:start + n], "position_ids": np.arange(start, start + n)[None],
+                "attention_mask": np.ones((1, start + n), np.int64), **past}
         res = dict(zip(names, sess.run(None, feed)))
         out.append(res["logits"][0])
         past = {k: res[k.replace("past_", "present_")] for k in past}

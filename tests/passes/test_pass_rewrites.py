@@ -222,13 +222,17 @@ def test_lift_kv_cache(repeat):
     stats = run(before, "lift_kv_cache")["lift_kv_cache"]
     assert stats == {"layers": 1, "repeat_kv_removed": 2 if repeat else 0}
 
+    # the padding attention_mask [B, P + S] beside the cache (Hugging Face's convention)
     expected = parse_graph(f"""
         input  q: float32[B, 4, S, 8]
         input  k: float32[B, 2, S, 8]
         input  v: float32[B, 2, S, 8]
+        input  attention_mask: int64[B, P + S]
         input  past_key.0: float32[B, 2, P, 8]
         input  past_value.0: float32[B, 2, P, 8]
-        {before.outputs[0]}, present_key.0, present_value.0 = Attention(q, k, v, _, past_key.0, past_value.0) {{is_causal: 1}}
+        keep = Cast(attention_mask) {{to: 9}}
+        pad = Unsqueeze(keep) {{axes: [1, 2]}}
+        {before.outputs[0]}, present_key.0, present_value.0 = Attention(q, k, v, pad, past_key.0, past_value.0) {{is_causal: 1}}
         output {before.outputs[0]}, present_key.0, present_value.0
     """)
     assert_same(before, expected, output_names=True)

@@ -57,7 +57,7 @@ import numpy as np
 _US = 1e-6
 _GBS = 1e9
 
-from compiler.errors import RooftopError
+from compiler.errors import InputValueError, RooftopError
 from compiler.perf.collectives import COLLECTIVES, CollectiveFit, Collectives, bus_factor, collectives_to_yaml_dict
 from compiler.perf.hardware_yaml import update_yaml_blocks
 
@@ -74,7 +74,7 @@ def fit_one(kind: str, n: int, nbytes, times) -> CollectiveFit:
     ok = np.isfinite(s) & np.isfinite(t) & (s > 0) & (t > 0)
     s, t = s[ok], t[ok]
     if len(s) < 2:
-        raise ValueError(f"{kind} n={n}: need at least 2 positive measurements, got {len(s)}")
+        raise InputValueError(f"{kind} n={n}: need at least 2 positive measurements, got {len(s)}")
     f = bus_factor(kind, n)
     lat0 = float(t.min())
     bw0 = float(np.max(f * s / t))
@@ -101,21 +101,21 @@ def load_measurements(path_or_data) -> dict:
         try:
             data = json.loads(Path(path_or_data).read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ValueError(f"{where}: file not found; run tools/measure_collectives.py first "
+            raise InputValueError(f"{where}: file not found; run tools/measure_collectives.py first "
                              "(see its docstring for the command)") from None
         except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: not JSON ({e}); pass the file written by "
+            raise InputValueError(f"{where}: not JSON ({e}); pass the file written by "
                              "tools/measure_collectives.py") from None
     rows = data.get("collectives")
     if not isinstance(rows, list) or not rows:
-        raise ValueError(f"{where}: no 'collectives' list of measurements; pass the file written "
+        raise InputValueError(f"{where}: no 'collectives' list of measurements; pass the file written "
                          "by tools/measure_collectives.py")
     for i, r in enumerate(rows):
         for k in ("op", "world_size", "mode", "bytes", "time_s"):
             if k not in r:
-                raise ValueError(f"{where}: collectives[{i}] lacks {k!r}")
+                raise InputValueError(f"{where}: collectives[{i}] lacks {k!r}")
         if r["op"] not in COLLECTIVES:
-            raise ValueError(f"{where}: collectives[{i}].op {r['op']!r} is not one of "
+            raise InputValueError(f"{where}: collectives[{i}].op {r['op']!r} is not one of "
                              f"{', '.join(COLLECTIVES)}")
     return data
 
@@ -126,7 +126,7 @@ def fit_collectives(data, mode: str = "graph", min_bytes: float = 0.0) -> Collec
     rows = [r for r in data["collectives"] if r["mode"] == mode and float(r["bytes"]) >= min_bytes]
     if not rows:
         modes = sorted({r["mode"] for r in data["collectives"]})
-        raise ValueError(f"no measurements in mode {mode!r}; the file has {', '.join(modes)}")
+        raise InputValueError(f"no measurements in mode {mode!r}; the file has {', '.join(modes)}")
     groups: dict[tuple[str, int], list] = {}
     for r in rows:
         groups.setdefault((r["op"], int(r["world_size"])), []).append(r)

@@ -1,6 +1,8 @@
 """Fit the cost model's per-class efficiencies to a measurement JSON and write a hardware YAML.
 
-    python -m compiler.perf.calibration.fit compiler/perf/calibration/data/h100_sxm.json \\
+The command line is ``rooftop calibrate`` (compiler/driver/calibrate.py)::
+
+    rooftop calibrate compiler/perf/calibration/data/h100_sxm.json \\
         --base-yaml conf/hardware/h100_sxm.yaml --out conf/hardware/h100_sxm.yaml
 
 The fit uses the DATASHEET peak and bandwidth (from ``--base-yaml``: ``peak(dtype)`` and
@@ -13,16 +15,14 @@ Without ``--out`` it only prints the fit and the error table.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple
 
-from compiler.ir.tensors import hw_dtype
+from compiler.errors import ConfigError
 from compiler.perf import efficiency as E
 
 from compiler.resources import REPO_ROOT
@@ -140,7 +140,7 @@ def to_efficiency(res: FitResult):
 
     missing = [c for c in OP_CLASSES if c not in res.params]
     if missing:
-        raise ValueError(f"the measurements hold no samples of {missing}: cannot write a full efficiency block")
+        raise ConfigError(f"the measurements hold no samples of {missing}: cannot write a full efficiency block")
     return Efficiency(
         source=res.source,
         launch_overhead_s=res.launch_s,
@@ -153,7 +153,8 @@ def write_yaml(res: FitResult, base_yaml, out) -> Path:
 
     If ``out``'s stem equals the device's ``name`` (the library convention), the base
     file's text is kept, comments included, and only the efficiency block is replaced;
-    otherwise the whole file is rewritten (comments dropped)."""
+    otherwise the whole file is rewritten (comments dropped) with ``name`` set to ``out``'s stem,
+    so that ``hardware=<stem>`` loads it."""
 
     base, out = Path(base_yaml), Path(out)
     hw = _load_hw(base)
@@ -164,7 +165,7 @@ def write_yaml(res: FitResult, base_yaml, out) -> Path:
             shutil.copyfile(base, out)
         update_efficiency_yaml(out, eff)
     else:
-        write_hardware_yaml(dataclasses.replace(hw, efficiency=eff), out)
+        write_hardware_yaml(dataclasses.replace(hw, efficiency=eff, name=out.stem), out)
     return out
 
 
@@ -191,45 +192,3 @@ def format_table(res: FitResult, by_name: bool = True) -> str:
                              f" median |err| {r['median_abs_rel_err']:6.1%}  median pred/meas "
                              f"{r['median_pred_over_meas']:.3f}")
     return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m compiler.perf.calibration.fit", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("data", help="measurement JSON written by tools/calibrate_gpu.py")
-    ap.add_argument("--base-yaml", help="hardware YAML holding the datasheet peaks (and the rest of the file)")
-    ap.add_argument("--out", help="hardware YAML to write with the fitted efficiency block (needs --base-yaml)")
-    ap.add_argument("--dtype", default=None, help="dtype whose peak is used (default: the data's dtype, fp16)")
-    ap.add_argument("--json", action="store_true", help="print the fit as JSON too")
-    ap.add_argument("--all-kernels", action="store_true",
-                    help="fit every sample not marked exclude_from_fit (ignore FIT_SELECTION)")
-    args = ap.parse_args(argv)
-    if args.out and not args.base_yaml:
-        ap.error("--out needs --base-yaml")
-    meas = load_measurements(args.data)
-    dtype = args.dtype or hw_dtype(meas.get("dtype", "float16")) or "fp16"
-    P = W = priors = None
-    if args.base_yaml:
-        P, W = datasheet_from_yaml(args.base_yaml, dtype)
-        priors = priors_from_yaml(args.base_yaml, dtype)
-        ds = meas.get("datasheet") or {}
-        if ds and (abs(ds.get("peak_flops", P) / P - 1) > 0.01 or abs(ds.get("bandwidth", W) / W - 1) > 0.01):
-            print(f"warning: the YAML's datasheet numbers ({P:.4g} FLOP/s, {W:.4g} B/s) differ from the "
-                  f"measurement file's ({ds.get('peak_flops')}, {ds.get('bandwidth')}); using the YAML's",
-                  file=sys.stderr)
-    res = fit_measurements(meas, P, W, data_file=_display_path(args.data),
-                           select=None if args.all_kernels else FIT_SELECTION, priors=priors)
-    print(format_table(res))
-    if args.json:
-        print(json.dumps({"source": res.source, "launch_overhead_s": res.launch_s,
-                          "classes": {c: p.to_dict() for c, p in res.params.items()},
-                          "errors": res.table, "by_name": res.breakdown, "select": res.select},
-                         indent=1, sort_keys=True))
-    if args.out:
-        out = write_yaml(res, args.base_yaml, args.out)
-        print(f"wrote {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
