@@ -407,6 +407,7 @@ class Preflight:
     pass_ctx: PassContext
     recipe: list
     lossy: list
+    runtime: Runtime   # the runtime= profile (its scheduler / memory defaults already in cfg)
 
 
 def preflight(cfg: Any, *, accuracy_gates: bool = True) -> Preflight:
@@ -456,7 +457,7 @@ def preflight(cfg: Any, *, accuracy_gates: bool = True) -> Preflight:
     lossy = compression_passes(cfg, pass_ctx, wl)   # quant= / sparsity= (validated before the import)
     if accuracy_gates:
         check_accuracy_gates(cfg, bool(lossy))
-    return Preflight(cfg, wl, hw, dims, pass_ctx, recipe, lossy)
+    return Preflight(cfg, wl, hw, dims, pass_ctx, recipe, lossy, rt)
 
 
 def check_model_path(mcfg: Mapping) -> None:
@@ -535,8 +536,8 @@ def check_accuracy_gates(cfg: Mapping, lossy: bool) -> None:
 def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[str, Any]:
     """Run the whole pipeline; returns the report dict."""
     pre = preflight(cfg)
-    cfg, wl, hw, dims, pass_ctx, recipe, lossy = (pre.cfg, pre.workload, pre.hardware, pre.dims, pre.pass_ctx,
-                                                  pre.recipe, pre.lossy)
+    cfg, wl, hw, dims, pass_ctx, recipe, lossy, rt = (pre.cfg, pre.workload, pre.hardware, pre.dims,
+                                                      pre.pass_ctx, pre.recipe, pre.lossy, pre.runtime)
     mcfg = cfg["model"]
     emit_cfg = cfg["emit"]
     if show_progress is None:
