@@ -124,7 +124,9 @@ def test_llama_layer_ops_match_hand_formulas(gqa):
         tiles = attention_q_tiles(cm.hw, heads, d, 2, ss)  # on-chip tiling from the hardware context
         # KV read (kv_heads, not q heads) once per query tile + the S new tokens appended
         assert r["kv"][ix, 0] == bb * kvh * kv_len * 2 * d * 2 * tiles + bb * kvh * ss * 2 * d * 2
-        assert r["activations"][ix, 0] == 2 * bb * heads * ss * d * 2
+        # Q read + output written, and lift_kv_cache's padding mask [B, 1, 1, P+S] (bool) it reads
+        mask = bb * (pp + ss) * g.type(att.inputs[3]).itemsize if len(att.inputs) > 3 and att.inputs[3] else 0
+        assert r["activations"][ix, 0] == 2 * bb * heads * ss * d * 2 + mask
 
 
 def test_decode_attention_intensity_is_about_one_whatever_the_batch(llama2_7b):
