@@ -26,6 +26,7 @@ from passes.kv_paging import KVPaging
 from passes.quant.auto import QuantizeAuto
 from passes.quant.kv import QuantizeKV
 from passes.quant.passes import PruneNM, Quantize
+from passes.weight_formats import WeightFormatsPass
 
 PASSES: dict[str, type[Pass]] = {
     "dce": DeadCodeElimination,
@@ -45,6 +46,7 @@ PASSES: dict[str, type[Pass]] = {
     "early_exit": EarlyExitPass,
     "prune_nm": PruneNM,
     "quantize": Quantize,
+    "weight_formats": WeightFormatsPass,
     "quantize_kv": QuantizeKV,
     "quantize_auto": QuantizeAuto,
 }

@@ -22,6 +22,11 @@ query heads it serves). This pass makes the cache explicit, so one model does pr
 
 The callers feed ``position_ids = P + arange(S)`` (for a left-padded row: its own positions);
 the decoder's rotary / learned position embeddings read them, so nothing else changes.
+
+Multi-head latent attention (``LatentAttention``, compiler/frontends/mla.py) caches its latent:
+``past_key.i`` [B, 1, P, kv_lora_rank] and ``past_value.i`` [B, 1, P, rope_dim] (what
+transformers' own cache holds for it) become its operands 5 and 6, the ``attention_mask``
+operand 7.
 """
 from __future__ import annotations
 
@@ -62,13 +67,32 @@ def needs_kv_cache(g: Graph) -> bool:
     return bool(g.meta.get("causal")) and not g.meta.get("kv_tensors")
 
 
+ATTENTION_OPS = ("Attention", "LatentAttention")
+
+
+def _lift_latent(g: Graph, n: OpNode, i: int) -> list[str]:
+    """Past/present latent and rope key of a ``LatentAttention`` (operands 5, 6; results 1, 2)."""
+    lat, rope = g.type(n.inputs[2]), g.type(n.inputs[3])
+    b = lat.shape[0]
+    pk = g.add_input(f"past_key.{i}", TensorType(lat.dtype, (b, 1, P, lat.shape[3])))
+    pv = g.add_input(f"past_value.{i}", TensorType(rope.dtype, (b, 1, P, rope.shape[3])))
+    while len(n.inputs) < 5:
+        g.set_input(n, len(n.inputs), "")
+    g.set_input(n, 5, pk)
+    g.set_input(n, 6, pv)
+    _add_outputs(g, n, [f"present_key.{i}", f"present_value.{i}"],
+                 [TensorType(lat.dtype, (b, 1, P + lat.shape[2], lat.shape[3])),
+                  TensorType(rope.dtype, (b, 1, P + rope.shape[2], rope.shape[3]))])
+    return [pk, pv, f"present_key.{i}", f"present_value.{i}"]
+
+
 PADDING_INPUT = "attention_mask"
 
 
 def lift_kv_cache(g: Graph, *, padding: bool = False) -> dict[str, int]:
     """Lift the cache in place (see the module doc); ``padding``: add the ``attention_mask``
     input (torch imports; an ONNX file's own mask input is handled by passes/kv_cache_onnx.py)."""
-    attn = [n for n in g.topo_order() if n.op == "Attention"]
+    attn = [n for n in g.topo_order() if n.op in ATTENTION_OPS]
     if not attn:
         raise UnsupportedOpError(
             "lift_kv_cache: the causal decoder has no Attention op to attach a KV cache to (its "
@@ -91,6 +115,17 @@ def lift_kv_cache(g: Graph, *, padding: bool = False) -> dict[str, int]:
         cast = g.add_op("Cast", [PADDING_INPUT], 1, {"to": DTYPES["bool"][2]})
         pad = g.add_op("Unsqueeze", [cast.outputs[0]], 1, {"axes": [1, 2]}).outputs[0]
     for i, n in enumerate(attn):
+        if n.op == "LatentAttention":
+            if len(n.inputs) > 5 and n.inputs[5]:
+                continue
+            kv_tensors |= set(_lift_latent(g, n, i))
+            if pad is not None:   # the padding mask as operand 7 (compiler/backend/lowering.py)
+                g.set_input(n, 7, pad)
+            g.outputs += [f"present_key.{i}", f"present_value.{i}"]
+            ann.set(n, "layer", i)
+            ann.set(n, "kv_layout", ann.get(n, "kv_layout") or KVLayout("contiguous"))
+            stats["layers"] += 1
+            continue
         if len(n.inputs) > 4 and n.inputs[4]:
             continue  # already has a cache
         q, k, v = n.inputs[:3]

@@ -9,6 +9,11 @@ replaces the distribution by the configured one — ``moe.routing``:
 
 The cost model then charges each expert k·p_e·T rows and reads its weights with probability
 1 − (1 − k·p_e)^T (compiler/perf/moe.py).
+
+``moe.dispatch`` sets how the routed experts run (the annotation's ``form``): ``grouped`` (one
+grouped GEMM per projection over every routed row — vLLM's fused_moe, TensorRT-LLM, SGLang,
+torch._grouped_mm) or ``loop`` (the layer's row-wise ops once per touched expert — transformers'
+eager loop).
 """
 from __future__ import annotations
 
@@ -62,6 +67,11 @@ def apply_routing(g: Graph, moe_cfg: Mapping | None, shared_experts: int | None 
         return {}
     experts = ann.get(nodes[0], "moe").experts
     fields = routing_fields(moe_cfg.get("routing"), moe_cfg.get("skew", 0.0), experts)
+    form = moe_cfg.get("dispatch") or "grouped"
+    if form not in ("grouped", "loop"):
+        raise ConfigError(f"moe.dispatch={form!r} is not grouped or loop; moe.dispatch=grouped costs one grouped GEMM "
+                          f"per projection (fused MoE kernels), moe.dispatch=loop a per-expert loop.")
+    fields["form"] = form
     if shared_experts is not None:
         fields["shared_experts"] = int(shared_experts)
     for n in nodes:
@@ -70,15 +80,15 @@ def apply_routing(g: Graph, moe_cfg: Mapping | None, shared_experts: int | None 
 
 
 class MoERoutingPass(Pass):
-    """Pipeline form: ``{name: moe_routing, routing: zipf, skew: 1.2}`` (the driver adds it for
+    """Pipeline form: ``{name: moe_routing, routing: zipf, skew: 1.2, dispatch: grouped}`` (the driver adds it for
     ``moe.*`` with ``shared_experts`` from the model's config)."""
 
     name = "moe_routing"
 
     def check_params(self) -> None:
-        bad = set(self.params) - {"routing", "skew", "shared_experts"}
+        bad = set(self.params) - {"routing", "skew", "shared_experts", "dispatch"}
         if bad:
-            raise ConfigError(f"pass 'moe_routing' takes routing, skew and shared_experts, got {sorted(bad)}.")
+            raise ConfigError(f"pass 'moe_routing' takes routing, skew, dispatch and shared_experts, got {sorted(bad)}.")
 
     def run(self, graph: Graph) -> PassResult:
         p = dict(self.params)

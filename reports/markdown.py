@@ -17,6 +17,7 @@ from reports.dynamic import blocks as dynamic_blocks
 from reports.format import (PHASES, TOP_GROUPS, bound_split, class_breakdown, dominant_dtype, fmt_bw,  # noqa: F401
                             fmt_bytes, fmt_count, fmt_flops, fmt_intensity, fmt_pct, fmt_rate, fmt_time,
                             fmt_tok_s, gib_note, is_encoder, op_groups, peak_of, phases_of, ridge_point, roof, sig)
+from reports.layers import blocks as layer_blocks
 from reports.planning import blocks as planning_blocks
 from reports.runtime import blocks as runtime_blocks
 
@@ -72,6 +73,7 @@ def document(r: Mapping) -> list[tuple]:
                                        "movement) cannot sit on a FLOP/s axis and are left out; their time is in "
                                        "the tables."))
     blocks.append(("plot", "time_by_class", "Time by op class per phase, split into compute-bound and memory-bound ops."))
+    blocks += layer_blocks(r)     # per block kind and per decoder layer
 
     blocks += runtime_blocks(r)   # the engine (runtime=) beside the roofline bound
     blocks += dynamic_blocks(r)   # speculative decoding, MoE, early exit, chunked prefill

@@ -303,6 +303,60 @@ def fig_time_by_class(r: Mapping) -> Figure:
 
 
 # ----------------------------------------------------------------------------------------------
+# per layer
+
+BLOCK_COLORS = {"attention": "#d62728", "mlp": "#1f77b4", "moe": "#17becf", "norm": "#9467bd",
+                "other": "#7f7f7f", "embedding": "#8c564b", "head": "#e377c2"}
+
+
+@_styled
+def fig_layers(r: Mapping) -> Figure:
+    """Per phase, one stacked bar per decoder layer (time by block); windowed layers' attention
+    hatched, latent attention dotted; MoE FFNs in their own colour."""
+    phs = [p for p in phases_of(r) if r["phases"][p].get("layers")]
+    n = max((len(r["phases"][p]["layers"]) for p in phs), default=1)
+    fig = _figure(max(8.0, min(16.0, 3.0 + 0.16 * n)), 2.2 + 2.3 * max(len(phs), 1), left=0.8, right=0.2,
+                  bottom=0.9)
+    fig.subplots_adjust(hspace=0.55)
+    axes = fig.subplots(max(len(phs), 1), 1, squeeze=False)[:, 0]
+    order = ("attention", "norm", "mlp", "moe", "other")
+    for ax, ph in zip(axes, phs):
+        rows = r["phases"][ph]["layers"]
+        scale, unit = _time_unit(max((x["time_s"] for x in rows), default=0.0))
+        xs = [x["layer"] for x in rows]
+        bottom = [0.0] * len(rows)
+        for b in order:
+            vals = [x.get("time_by_block_s", {}).get(b, 0.0) * scale for x in rows]
+            if not any(vals):
+                continue
+            hatches = [("///" if x.get("attention") == "window" else ".." if x.get("attention") == "latent" else "")
+                       if b == "attention" else "" for x in rows]
+            bars = ax.bar(xs, vals, bottom=bottom, color=BLOCK_COLORS[b], edgecolor="black", lw=0.3, width=0.8)
+            for patch, h in zip(bars, hatches):
+                if h:
+                    patch.set_hatch(h)
+            bottom = [bo + v for bo, v in zip(bottom, vals)]
+        ax.set_xlim(min(xs, default=0) - 0.7, max(xs, default=0) + 0.7)
+        ax.set_ylabel(f"time per layer ({unit})")
+        ax.set_title(f"{ph}: {len(rows)} layers, {fmt_time(sum(x['time_s'] for x in rows))} in the layers of "
+                     f"{fmt_time(r['phases'][ph]['time_s'])}")
+        ax.grid(axis="x", visible=False)
+    if len(axes):
+        axes[-1].set_xlabel("decoder layer")
+    present = {b for ph in phs for x in r["phases"][ph]["layers"] for b, t in (x.get("time_by_block_s") or {}).items() if t}
+    handles = [Patch(facecolor=BLOCK_COLORS[b], edgecolor="black", lw=0.3, label=b) for b in order if b in present]
+    kinds = {x.get("attention") for ph in phs for x in r["phases"][ph]["layers"]}
+    if "window" in kinds:
+        handles.append(Patch(facecolor=BLOCK_COLORS["attention"], hatch="///", edgecolor="black", lw=0.3,
+                             label="attention, windowed layer"))
+    if "latent" in kinds:
+        handles.append(Patch(facecolor=BLOCK_COLORS["attention"], hatch="..", edgecolor="black", lw=0.3,
+                             label="latent attention (MLA)"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
 # memory
 
 
@@ -595,7 +649,7 @@ def fig_serving(r: Mapping) -> Figure:
     return fig
 
 
-FIGURES = {"roofline": fig_roofline, "time_by_class": fig_time_by_class, "memory": fig_memory,
+FIGURES = {"roofline": fig_roofline, "time_by_class": fig_time_by_class, "memory": fig_memory, "layers": fig_layers,
            "throughput_vs_batch": fig_throughput_vs_batch, "speculative": fig_speculative,
            "serving": fig_serving, "compression": fig_compression, "quant_auto": fig_quant_auto,
            **serving_round2.FIGURES}
@@ -608,7 +662,8 @@ def render(r: Mapping, name: str) -> bytes:
 
 def render_all(r: Mapping) -> dict[str, bytes]:
     """All figures as PNG bytes, in :data:`PLOTS` order."""
-    names = PLOTS + (("speculative",) if r.get("speculative") else ()) + (("serving",) if r.get("serve") else ()) \
+    names = PLOTS + (("layers",) if any((r.get("phases") or {}).get(p, {}).get("layers") for p in PHASES) else ()) \
+        + (("speculative",) if r.get("speculative") else ()) + (("serving",) if r.get("serve") else ()) \
         + (("compression",) if any(k.get("ratio_vs_dense") for k in (r.get("compression") or {}).get("kernels", [])) else ()) \
         + (("quant_auto",) if ((r.get("compression") or {}).get("quantization") or {}).get("auto") else ()) \
         + serving_round2.figure_names(r)

@@ -81,7 +81,7 @@ def expected_max_depth(pmf: np.ndarray, batch: int) -> float:
 def layer_masks(g, cm) -> tuple[np.ndarray, int]:
     """Position (-1 … L) of each cost item of ``cm`` (a CostModel over ``g``)."""
     pos, n_layers = op_layers(g)
-    return np.array([pos.get(it.name, -1) for it in cm.items]), n_layers
+    return np.array([pos.get(it.node or it.name, -1) for it in cm.items]), n_layers
 
 
 # ------------------------------------------------------------------------------------------------

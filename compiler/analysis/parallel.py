@@ -89,8 +89,17 @@ def kv_heads_per_device(kv_heads: int, tp: int) -> int:
     return -(-kv_heads // tp) if kv_heads >= tp else 1
 
 
-def kv_fraction(kv_heads: int, tp: int) -> float:
+def kv_fraction(kv_heads: int, tp: int, latent: bool = False) -> float:
+    """The share of the KV cache one of ``tp`` devices holds: its KV heads; all of it for
+    multi-head latent attention (``latent``), whose one latent per token every head reads — a
+    tensor-parallel MLA replicates the cache (vLLM, SGLang without data-parallel attention)."""
+    if latent:
+        return 1.0
     return kv_heads_per_device(kv_heads, tp) / kv_heads
+
+
+def _latent(dims) -> bool:
+    return bool(getattr(dims, "kv_lora_rank", 0))
 
 
 def allreduce_ring_bytes(n: int, nbytes: float) -> float:
@@ -186,7 +195,7 @@ def _shard_table(cm, dims: ModelDims, plan: ParallelPlan) -> ShardTable:
     g = cm.graph
     roles = attention_roles(g)
     tp, ep = plan.tp, plan.ep
-    kvf = kv_fraction(dims.kv_heads, tp)
+    kvf = kv_fraction(dims.kv_heads, tp, _latent(dims))
     qf = 1.0 / tp
     qkv_frac = (dims.heads / tp + 2 * kv_heads_per_device(dims.kv_heads, tp)) / (dims.heads + 2 * dims.kv_heads)
     kv_tensors = set(g.meta.get("kv_tensors", ()))
@@ -320,9 +329,8 @@ def _shard_table(cm, dims: ModelDims, plan: ParallelPlan) -> ShardTable:
     if ep > 1 and dims.experts:
         expert_ops = [n for n in g.topo_order() if _expert_of(n) is not None]
         moe_layers = {n.annotations.get("layer") for n in expert_ops}
-        nlayers = max(len(moe_layers - {None}), 1) if dims.layers else 1
-        if len(moe_layers - {None}) < dims.layers:
-            nlayers = dims.layers
+        # MoE layers of the graph (DeepSeek's first layers are dense); an unlayered block: the config's
+        nlayers = len(moe_layers - {None}) or dims.moe_layers or dims.layers or 1
         itemsize = next((g.type(t).itemsize for n in expert_ops if get(n.op).cost_class == "gemm"
                          for t in n.inputs if t in g.params and not g.params[t].annotations.get("const")), 2)
         tok_bytes = B * S * dims.top_k * dims.hidden * itemsize
@@ -330,7 +338,7 @@ def _shard_table(cm, dims: ModelDims, plan: ParallelPlan) -> ShardTable:
             comms.append(("all_to_all", f"moe dispatch {i}", tok_bytes))
             comms.append(("all_to_all", f"moe combine {i}", tok_bytes))
 
-    fl = np.array([op_f.get(it.name, (1.0, 1.0, 1.0, 1.0)) for it in cm.items], dtype=float).reshape(-1, 4)
+    fl = np.array([op_f.get(it.node or it.name, (1.0, 1.0, 1.0, 1.0)) for it in cm.items], dtype=float).reshape(-1, 4)
     wtot = wdev = 0.0
     for name in g.params:
         if g.params[name].annotations.get("const"):
@@ -344,8 +352,11 @@ def _shard_table(cm, dims: ModelDims, plan: ParallelPlan) -> ShardTable:
 
 
 def _expert_of(n) -> int | None:
-    """The routed expert an op computes for (its ``moe`` annotation), or None."""
+    """The routed expert an op computes for (its ``moe`` annotation; -1 for a grouped expert GEMM,
+    which computes for all of them), or None."""
     r = n.annotations.get("moe")
+    if r is not None and n.op == "MoEMatMul":
+        return -1
     return None if r is None else r.expert
 
 
@@ -462,7 +473,7 @@ def tp_options(*, weights_bytes: float, kv_bytes_per_token: float, dims: ModelDi
     for tp in [t for t in (1, 2, 4, 8, 16, 32, 64) if t <= n and dims.heads % t == 0]:
         wdev = weight_split(tp) if weight_split else weights_bytes / tp
         m = memory_per_device(weights_bytes_device=wdev, kv_bytes_per_token=kv_bytes_per_token,
-                              kv_fraction=kv_fraction(dims.kv_heads, tp), pp=pp, tokens=tokens,
+                              kv_fraction=kv_fraction(dims.kv_heads, tp, _latent(dims)), pp=pp, tokens=tokens,
                               activation_peak_bytes=activation_peak_bytes, reserve_bytes=reserve_bytes,
                               capacity_bytes=hw.memory_bytes, gpu_utilization=gpu_utilization)
         rows.append({"tp": tp, "total_bytes": m["total_bytes"], "weights_bytes": m["weights_bytes"],

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from compiler.analysis import early_exit, moe
+from compiler.analysis import early_exit, layers, moe
 from compiler.analysis import runtime as runtime_sec
 from compiler.analysis import speculative as spec
 from compiler.analysis.capacity import capacity_section
@@ -31,7 +31,7 @@ from compiler.analysis.serving import (config_of, cost_model_step_time, max_mode
                                        sample_requests, serve_block, serve_enabled, serve_section, simulate)
 from compiler.errors import ConfigError
 from compiler.ir import Graph, S
-from compiler.perf.memory import kv_bytes_per_token, kv_dtype, param_count, weights_bytes
+from compiler.perf.memory import kv_bytes_per_token, kv_dtype, kv_layers, param_count, weights_bytes
 
 GB = 1e9
 CAPACITY_SEARCH_MAX = 4096
@@ -79,6 +79,8 @@ def reserved_tokens(cfg: Mapping, tokens: int, max_model_len: int | None = None)
 
 def phase_result(cm, sched, b: int, s: int, p: int, phase: str) -> dict[str, Any]:
     ops = cm.op_table(b, s, p, phase)
+    blocks = layers.op_blocks(cm.graph)   # the per-layer breakdown (compiler/analysis/layers.py)
+    layers.annotate(ops, blocks, {it.name: it.node for it in cm.items if it.node})
     by_class: dict[str, float] = {}
     bound_time = {"compute": 0.0, "memory": 0.0, "latency": 0.0}
     for o in ops:
@@ -97,6 +99,8 @@ def phase_result(cm, sched, b: int, s: int, p: int, phase: str) -> dict[str, Any
         "bound": max(bound_time, key=bound_time.get),
         "time_by_class_s": dict(sorted(by_class.items())),
         "activation_peak_bytes": float(sched.activation_peak(b, s, p)[0]),
+        "blocks": layers.block_sums(ops),
+        "layers": layers.layer_rows(ops, layers.layer_facts(cm.graph)),
         "ops": ops,
     }
 
@@ -253,8 +257,8 @@ def analyze(rc: RunContext) -> dict[str, Any]:
     latency = request_latency(cm, b, prompt, gen, ctx, generative, recompute=recompute, tokens=per_token)
 
     w_bytes = weights_bytes(g)
-    kv_tok = kv_bytes_per_token(g)
     tokens = max(ctx, prompt + gen) if generative else prompt
+    kv_tok = kv_bytes_per_token(g, tokens)   # windowed layers hold ≤ W tokens: the average at this length
     held = reserved_tokens(cfg, tokens, max_model_len_of(cfg, wl, tokens)) if generative and kv_tok else tokens
     # the largest activation: the prefill, or without a cache the longest recompute step
     act_tokens = max(prompt, ctx + 1, prompt + gen - 1) if recompute else prompt
@@ -285,7 +289,10 @@ def analyze(rc: RunContext) -> dict[str, Any]:
     m = cfg["model"]
     source = g.meta.get("source") or {}
     dynamic = dynamic_sections(rc, {"tpot_s": latency["tpot_s"], "weights_bytes": w_bytes,
-                                    "kv_bytes_per_token": kv_tok, "tokens": tokens, "reserve": reserve})
+                                    "kv_bytes_per_token": kv_tok, "tokens": tokens, "reserve": reserve,
+                                    # under a parallel plan: its step times and one device's memory
+                                    "step": plan, "weights_bytes_device": w_cap, "kv_bytes_per_token_device": kv_cap,
+                                    "usable_bytes": usable})
     phases.update(dynamic.pop("phases", {}))
     latency.update(dynamic.pop("latency", {}))
     dtype = m.get("dtype") or _graph_dtype(g)
@@ -323,6 +330,7 @@ def analyze(rc: RunContext) -> dict[str, Any]:
             "capacity_bytes": hw.memory_bytes, "usable_bytes": usable,
             "fits_one_device": bool(w_bytes + kv_total + act_peak + reserve <= usable),
             **({"kv_dtype": kv_dtype(g)} if kv_dtype(g) else {}),
+            **kv_layout_facts(g, generative),
         },
         "capacity": cap,
         "latency": latency,
@@ -539,6 +547,16 @@ def dynamic_sections(rc: RunContext, base) -> dict[str, Any]:
         out["phases"]["verify"] = phase_result(cm, sched, b, sec["gamma"] + 1, ctx, spec.attention_class(sec["gamma"] + 1))
         out["speculative"] = sec
     return out
+
+
+def kv_layout_facts(g: Graph, generative: bool) -> dict[str, Any]:
+    """``memory.kv_layers`` (window, bytes per token and cache kind of every layer) and
+    ``memory.kv_bytes_per_token_unbounded`` (every layer holding every token) when the layers'
+    caches differ — windowed layers or a latent cache; nothing for a uniform full cache."""
+    rows = kv_layers(g) if generative else []
+    if not rows or all(r["cache"] == "full" for r in rows):
+        return {}
+    return {"kv_layers": rows, "kv_bytes_per_token_unbounded": float(sum(r["kv_bytes_per_token"] for r in rows))}
 
 
 def _graph_dtype(g: Graph) -> str | None:

@@ -23,6 +23,16 @@ exit); it costs the ops of those layers and shares the weights and (for those la
 
 Memory: a separate draft adds its weights and its own KV cache (``kv_bytes_per_token`` of the draft
 × batch × tokens); ``capacity.max_batch`` of the speculative section accounts for both.
+
+``speculative.draft_model=mtp`` drafts with the model's own multi-token-prediction module
+(DeepSeek-V3, ``num_nextn_predict_layers``; DeepSeek-AI, "DeepSeek-V3 Technical Report",
+arXiv:2412.19437, §2.2): per drafted token the module RMS-normalizes the last hidden state and the
+embedding of the token just predicted, concatenates them, projects 2H → H (``eh_proj``), runs one
+decoder layer of the model's own structure (the last layer's kind: MLA + MoE for V3) and the shared
+final norm and LM head. Its step is costed from the target's graph (that layer's and the head's ops,
+plus the projection and two norms), its weights are that layer's plus the projection (embedding and
+head are shared), its KV cache one layer's. Acceptance: the report's §5.4.3 measures 85–90 % for the
+second token; ``speculative.acceptance`` left at its default (or ``published``) takes 0.85 for MTP.
 """
 from __future__ import annotations
 
@@ -34,8 +44,10 @@ import numpy as np
 from compiler.analysis.context import RunContext
 from compiler.analysis.early_exit import layer_masks
 from compiler.errors import ConfigError
+from compiler.ir.ops import Classifier
+from compiler.perf import efficiency as eff
 from compiler.perf.cost import CostModel
-from compiler.perf.memory import kv_bytes_per_token, weights_bytes
+from compiler.perf.memory import kv_bytes_per_token, kv_input_bytes_per_token, weights_bytes
 
 #: S at or below which a step's attention is priced with the decode attention class (calibrated on
 #: single-query steps); multi-token steps (verify, chunked prefill) use the prefill class, whose
@@ -43,6 +55,8 @@ from compiler.perf.memory import kv_bytes_per_token, weights_bytes
 #: cached tokens) that is the better fit (compiler/perf/calibration/data/h200_kernels.json).
 DECODE_LIKE_MAX_S = 1
 DEFAULT_GAMMAS = tuple(range(1, 17))
+#: ``speculative.acceptance``'s default (compiler/driver/config.py SpeculativeConfig)
+DEFAULT_ACCEPTANCE = 0.7
 
 
 def attention_class(s: int) -> str:
@@ -91,15 +105,18 @@ def spec_config(cfg: Mapping) -> dict[str, Any] | None:
         raise ConfigError(f"speculative.gamma={sc.get('gamma')!r} is not a whole number ≥ 1; it is how many "
                           f"tokens the draft proposes per step, e.g. speculative.gamma=4.")
     acc = sc.get("acceptance", 0.7)
-    if isinstance(acc, str) and acc != "measured":
+    if isinstance(acc, str) and acc not in ("measured", "published"):
         try:
             acc = float(acc)
         except ValueError:
             acc = None
-    if acc is None or (acc != "measured" and not 0.0 <= float(acc) <= 1.0):
+    if acc is None or (acc not in ("measured", "published") and not 0.0 <= float(acc) <= 1.0):
         raise ConfigError(f"speculative.acceptance={sc.get('acceptance')!r} is neither a rate in [0, 1] nor "
                           f"'measured'; set e.g. speculative.acceptance=0.7, or speculative.acceptance=measured "
                           f"to measure it between the draft and the target on evaluation text.")
+    if acc == "published" and str(draft) != "mtp":
+        raise ConfigError("speculative.acceptance=published is the multi-token-prediction module's published "
+                          "rate (speculative.draft_model=mtp); give a rate in [0, 1] or measured for other drafts.")
     out = {"draft_model": str(draft), "gamma": gamma, "acceptance": acc,
            "draft_layers": sc.get("draft_layers"), "eval_tokens": int(sc.get("eval_tokens", 128)),
            "gammas": [int(x) for x in (sc.get("gammas") or DEFAULT_GAMMAS)]}
@@ -109,6 +126,12 @@ def spec_config(cfg: Mapping) -> dict[str, Any] | None:
 # ------------------------------------------------------------------------------------------------
 # the report section
 
+def _is_default_acceptance(cfg: Mapping) -> bool:
+    """``speculative.acceptance`` left at the schema's default (then MTP takes its published rate)."""
+    acc = (cfg.get("speculative") or {}).get("acceptance", DEFAULT_ACCEPTANCE)
+    return not isinstance(acc, str) and float(acc) == DEFAULT_ACCEPTANCE
+
+
 def self_draft_layers(sc: Mapping, n_target_layers: int) -> int:
     """Layers the layer-skip self-draft runs (``speculative.draft_layers``; null: a quarter)."""
     dl = sc["draft_layers"]
@@ -117,6 +140,46 @@ def self_draft_layers(sc: Mapping, n_target_layers: int) -> int:
         raise ConfigError(f"speculative.draft_layers={dl} must be between 1 and {n_target_layers - 1} "
                           f"(the target has {n_target_layers} layers) for draft_model=self.")
     return dl
+
+
+#: DeepSeek-V3 Technical Report §5.4.3: "the acceptance rate of the second token prediction
+#: ranges between 85% and 90%" — the low end
+MTP_ACCEPTANCE = 0.85
+MTP_SOURCE = "DeepSeek-V3 Technical Report (arXiv:2412.19437) §5.4.3: 85-90 % acceptance of the second token"
+
+
+def mtp_draft(cm, graph, dims) -> tuple[Any, dict[str, Any]]:
+    """The multi-token-prediction draft (module doc): a step evaluator and its description
+    (weights, KV bytes per token)."""
+    pos, total = layer_masks(graph, cm)
+    last = total - 1
+    keep = (pos == last) | (pos == total)
+    hw = cm.hw
+    h = dims.hidden
+    item = next((graph.type(t).itemsize for t in graph.params if not graph.params[t].annotations.get("const")), 2)
+    gp = hw.efficiency.for_class("gemm")
+    red = hw.efficiency.for_class("reduction")
+    pk, bw, launch = hw.peak("bf16" if item == 2 else "fp32"), hw.memory_bandwidth, hw.efficiency.launch_overhead_s
+
+    class _MTP:
+        def phase_time(self, b, s, p, phase):
+            t = cm.evaluate(b, s, p, phase)["time"][keep].sum(axis=0)
+            rows = np.asarray(b, dtype=float) * np.asarray(s, dtype=float)
+            proj = eff.op_time(eff.ClassParams(gp.compute, gp.memory, gp.flops_half, gp.bytes_half),
+                               2 * rows * 2 * h * h, (2 * h * h + rows * 3 * h) * item, pk, bw, launch)
+            norms = 2 * eff.op_time(eff.ClassParams(red.compute, red.memory, red.flops_half, red.bytes_half),
+                                    8 * rows * h, 2 * rows * h * item, hw.peak("fp16"), bw, launch)
+            return t + proj + norms
+
+    layer_ops = {n.name for n in graph if n.annotations.get("layer") == last}
+    cls = Classifier(graph)
+    w = sum(float(cls.weight_bytes(t)) for t in {t for n in graph if n.name in layer_ops for t in n.inputs
+                                                 if t in graph.params and not graph.params[t].annotations.get("const")})
+    w += 2 * h * h * item
+    kv = sum(float(v) for k, v in kv_input_bytes_per_token(graph).items() if k.endswith(f".{last}"))
+    return _MTP(), {"name": "mtp", "layers": 1, "shares_weights": False, "weights_bytes": w,
+                    "kv_bytes_per_token": kv, "module": "eh_proj (2H→H) + 2 RMSNorms + one decoder layer of "
+                                                         "the last layer's kind; embedding and LM head shared"}
 
 
 def _self_draft_cost(cm, graph, n_layers: int):
@@ -149,6 +212,9 @@ def analyze(rc: RunContext, base: Mapping) -> dict[str, Any] | None:
         draft_cm = _self_draft_cost(cm, g, dl)
         draft_w = draft_kv_tok = 0.0
         draft_desc = {"name": "self", "layers": dl, "shares_weights": True}
+    elif sc["draft_model"] == "mtp":
+        draft_cm, draft_desc = mtp_draft(cm, g, rc.dims)
+        draft_w, draft_kv_tok = draft_desc["weights_bytes"], draft_desc["kv_bytes_per_token"]
     else:
         draft = rc.draft     # imported by the driver, through the same passes as the target
         dg = draft.graph
@@ -160,13 +226,22 @@ def analyze(rc: RunContext, base: Mapping) -> dict[str, Any] | None:
     if sc["acceptance"] == "measured":
         meas = rc.measured["acceptance"]
         alpha, alpha_src = meas["alpha"], {"source": "measured", **meas}
+    elif sc["draft_model"] == "mtp" and (sc["acceptance"] == "published" or _is_default_acceptance(rc.cfg)):
+        alpha, alpha_src = MTP_ACCEPTANCE, {"source": "published", "reference": MTP_SOURCE}
     else:
         alpha, alpha_src = float(sc["acceptance"]), {"source": "config"}
 
     t_target = float(base["tpot_s"])
     t_draft = step_time(draft_cm, b, 1, ctx)
     gammas = sorted(set(sc["gammas"]) | {gamma})
-    verify = {gm: step_time(cm, b, gm + 1, ctx) for gm in gammas}
+    plan = base.get("step")
+    if plan is not None:   # a parallel plan: the verify steps are the plan's; a draft that is part of
+        # the target (self, mtp) is sharded like it — its one-device time scaled as the target's decode step
+        verify = {gm: float(plan(b, gm + 1, ctx, attention_class(gm + 1))[0]) for gm in gammas}
+        if sc["draft_model"] in ("self", "mtp"):
+            t_draft *= t_target / step_time(cm, b, 1, ctx)
+    else:
+        verify = {gm: step_time(cm, b, gm + 1, ctx) for gm in gammas}
     rows = []
     for gm in gammas:
         e = expected_tokens_per_step(alpha, gm)
@@ -178,13 +253,17 @@ def analyze(rc: RunContext, base: Mapping) -> dict[str, Any] | None:
 
     # memory and capacity with the draft resident beside the target
     tokens = base["tokens"]
-    w_total = base["weights_bytes"] + draft_w
-    kv_tok_total = base["kv_bytes_per_token"] + draft_kv_tok
+    shard = plan is not None and base.get("weights_bytes_device")   # one device's share under a plan
+    frac_w = base["weights_bytes_device"] / base["weights_bytes"] if shard else 1.0
+    frac_kv = (base["kv_bytes_per_token_device"] / base["kv_bytes_per_token"]
+               if shard and base["kv_bytes_per_token"] else 1.0)
+    w_total = (base["weights_bytes"] + draft_w) * frac_w
+    kv_tok_total = (base["kv_bytes_per_token"] + draft_kv_tok) * frac_kv
     batches = np.arange(1, 4097)
     act = np.maximum(sched.activation_peak(batches, wl["prompt_len"], 0),
                      sched.activation_peak(batches, gamma + 1, ctx))
     need = w_total + batches * kv_tok_total * tokens + act + base["reserve"]
-    fits = need <= hw.memory_bytes
+    fits = need <= (base.get("usable_bytes") or hw.memory_bytes) if shard else need <= hw.memory_bytes
     max_batch = int(batches[fits].max()) if fits.any() else 0
     return {
         "draft": draft_desc, "gamma": gamma, "acceptance": alpha, "acceptance_source": alpha_src,

@@ -224,6 +224,8 @@ def _emit_attention(em, n):
     (bottom-right with a KV cache) — combined with the mask operand (padding), so the artifact is
     right at any length and with any past. A padding mask broadcast over the queries is expanded
     (onnxruntime wants the query axis); other Attentions are emitted as they are."""
+    if len(n.inputs) > 6 and n.inputs[6]:   # sinks
+        return _emit_sink_attention(em, n)
     window = n.attrs.get("window")
     slopes = n.attrs.get("alibi_slopes")
     ins = list(n.inputs) + [""] * (6 - len(n.inputs))
@@ -288,8 +290,166 @@ def _emit_attention(em, n):
            **em.attrs(attrs))
 
 
+# attention beyond ONNX Attention's own attributes (compiler/ir/annotations.py AttentionSpec)
+
+def _ints(*dims):
+    if not all(isinstance(d, (int, np.integer)) for d in dims):
+        raise IRError(f"static head counts and head dims are needed to emit this attention, got {dims}")
+    return [int(d) for d in dims]
+
+
+def _positions_mask(em, s_len: str, t_len: str, window: int | None) -> str:
+    """Bool [S, T]: query i (position T − S + i) may see key j — causal, and within ``window``
+    positions (q − W < k ≤ q) when given; ``s_len`` / ``t_len`` are 0-D int64 tensors."""
+    one = em.const(np.array(1, np.int64), "one")
+    zero = em.const(np.array(0, np.int64), "zero")
+    qpos = em.node("Range", [em.node("Sub", [t_len, s_len]), t_len, one], base="q_pos")
+    kpos = em.node("Range", [zero, t_len, one], base="k_pos")
+    qi = em.node("Unsqueeze", [qpos, em.const(np.array([1], np.int64))])
+    ki = em.node("Unsqueeze", [kpos, em.const(np.array([0], np.int64))])
+    allowed = em.node("LessOrEqual", [ki, qi], base="causal")
+    if window:
+        lo = em.node("Sub", [qi, em.const(np.array(int(window), np.int64), "window")])
+        allowed = em.node("And", [allowed, em.node("Greater", [ki, lo])], base="in_window")
+    return allowed
+
+
+def _dim(em, x: str, axis: int) -> str:
+    """Dim ``axis`` of ``x`` as a 0-D int64 tensor."""
+    return em.node("Squeeze", [em.node("Shape", [x], {"start": axis, "end": axis + 1}),
+                               em.const(np.array([0], np.int64))], base="dim")
+
+
+def _heads_first(em, x: str, heads: int) -> str:
+    """[B, S, H·D] → [B, H, S, D]."""
+    r = em.node("Reshape", [x, em.const(np.array([0, 0, heads, -1], np.int64))])
+    return em.node("Transpose", [r], {"perm": [0, 2, 1, 3]})
+
+
+def _emit_sink_attention(em, n):
+    """An ``Attention`` with sinks (operand 6), which ONNX Attention has no operand for, within
+    its window (attribute ``window`` or the ``attention`` annotation's) when it has one. Sinks: the cache concatenated
+    explicitly (present = past ‖ new) and each head's sink logit as one more key column of zero
+    key and value whose additive mask entry is the sink — softmax over [scores, sink], the sink's
+    probability then multiplies a zero value (gpt-oss's sinks)."""
+    spec = n.annotations.get("attention")
+    sinks = n.inputs[6]
+    window = n.attrs.get("window") or (spec.window if spec is not None else None)
+    pad = n.inputs[3] if len(n.inputs) > 3 and n.inputs[3] else None
+    if pad is not None and em.g.type(pad).dtype != "bool":
+        raise IRError(f"{n.name}: a sink attention takes a boolean padding mask only, got {em.g.type(pad)}")
+    q, k, v = n.inputs[:3]
+    past_k = n.inputs[4] if len(n.inputs) > 4 and n.inputs[4] else None
+    past_v = n.inputs[5] if len(n.inputs) > 5 and n.inputs[5] else None
+    three_d = em.g.type(q).rank == 3
+    attrs = {a: n.attrs[a] for a in ("scale", "softcap", "softmax_precision") if a in n.attrs}
+    s_len = _dim(em, q, 1 if three_d else 2)
+    t_len = em.node("Add", [_dim(em, past_k, 2), s_len]) if past_k is not None else s_len
+    allowed = _positions_mask(em, s_len, t_len, window)
+    if pad is not None:   # [S, T] and the padding mask [B, 1, 1, T] → [B, 1, S, T]
+        allowed = em.node("And", [em.node("Unsqueeze", [allowed, em.const(np.array([0, 1], np.int64))]), pad])
+    outs = list(n.outputs)
+    if three_d:   # to [B, H, S, D]: the sink column is a key position
+        h, hkv = _ints(n.attrs["q_num_heads"], n.attrs["kv_num_heads"])
+        q, k, v = _heads_first(em, q, h), _heads_first(em, k, hkv), _heads_first(em, v, hkv)
+    (h,) = _ints(em.g.type(n.inputs[0]).shape[1] if not three_d else n.attrs["q_num_heads"])
+    keys, vals = k, v
+    if past_k is not None:
+        keys, vals = outs[1], outs[2]
+        em.add("Concat", [past_k, k], [keys], name=f"{n.name}_present_key", axis=2)
+        em.add("Concat", [past_v, v], [vals], name=f"{n.name}_present_value", axis=2)
+    npdt = DTYPES[em.g.type(n.inputs[0]).dtype][1]
+    bias = em.node("Where", [allowed, em.const(np.array(0, npdt)), em.const(np.array(-np.inf, npdt))], base="mask_bias")
+    bias4 = bias if pad is not None else em.node("Unsqueeze", [bias, em.const(np.array([0, 1], np.int64))])  # [B|1, 1, S, T]
+    bias_h = em.node("Expand", [bias4, em.const(np.array([1, h, 1, 1], np.int64))])                 # [B|1, H, S, T]
+    sink = em.node("Reshape", [sinks, em.const(np.array([1, h, 1, 1], np.int64))], base="sink")
+    if em.g.type(sinks).dtype != em.g.type(n.inputs[0]).dtype:
+        sink = em.node("Cast", [sink], {"to": DTYPES[em.g.type(n.inputs[0]).dtype][2]})
+    col_shape = em.node("Concat", [em.node("Shape", [bias_h], {"start": 0, "end": 3}),
+                                   em.const(np.array([1], np.int64))], {"axis": 0})
+    sink_col = em.node("Expand", [sink, col_shape], base="sink_col")                               # [B|1, H, S, 1]
+    mask = em.node("Concat", [sink_col, bias_h], {"axis": 3}, base="sink_mask")                    # [B|1, H, S, 1+T]
+
+    def zero_first(x):
+        first = em.node("Slice", [x, em.const(np.array([0], np.int64)), em.const(np.array([1], np.int64)),
+                                  em.const(np.array([2], np.int64))])
+        z = em.node("Mul", [first, em.const(np.array(0, npdt))])
+        return em.node("Concat", [z, x], {"axis": 2})
+    if not three_d:
+        em.add("Attention", [q, zero_first(keys), zero_first(vals), mask], outs[:1], name=n.name, **em.attrs(attrs))
+        return
+    y4 = em.node("Attention", [q, zero_first(keys), zero_first(vals), mask], em.attrs(attrs), base="attn")
+    y = em.node("Transpose", [y4], {"perm": [0, 2, 1, 3]})
+    em.add("Reshape", [y, em.const(np.array([0, 0, -1], np.int64))], outs[:1], name=n.name)
+
+
+def _emit_latent_attention(em, n):
+    """Multi-head latent attention in the expanded form (compiler/frontends/mla.py): the latent
+    (past ‖ new) up-projected by kv_b_proj into per-head keys (‖ the shared rope key) and values,
+    and a causal ONNX Attention with the expanded past — prefill and decode alike."""
+    qn, qr, lat, kr, w = n.inputs[:5]
+    past_l = n.inputs[5] if len(n.inputs) > 5 and n.inputs[5] else None
+    past_r = n.inputs[6] if len(n.inputs) > 6 and n.inputs[6] else None
+    h, dn = _ints(*em.g.type(qn).shape[1::2])
+    (total,) = _ints(em.g.type(w).shape[0])
+    dv = total // h - dn
+    wt = em.node("Transpose", [w], {"perm": [1, 0]}, base="kv_b_t")
+
+    def expand(latent, rope):
+        kv = em.node("MatMul", [latent, wt], base="kv")                                            # [B, 1, t, H(dn+dv)]
+        kv = em.node("Reshape", [kv, em.const(np.array([0, -1, h, dn + dv], np.int64))])           # [B, t, H, dn+dv]
+        kv = em.node("Transpose", [kv], {"perm": [0, 2, 1, 3]})                                    # [B, H, t, dn+dv]
+        k_nope, v = em.name("k_nope"), em.name("v")
+        em.add("Split", [kv, em.const(np.array([dn, dv], np.int64))], [k_nope, v], name=em.name("split"), axis=3)
+        rope_h = em.node("Expand", [rope, em.const(np.array([1, h, 1, 1], np.int64))], base="k_rope")
+        return em.node("Concat", [k_nope, rope_h], {"axis": 3}, base="k"), v
+
+    q = em.node("Concat", [qn, qr], {"axis": 3}, base="q")
+    k_new, v_new = expand(lat, kr)
+    attrs = {"is_causal": 1, **({"scale": float(n.attrs["scale"])} if "scale" in n.attrs else {})}
+    mask = n.inputs[7] if len(n.inputs) > 7 and n.inputs[7] else ""
+    if mask:   # the padding mask [B, 1, 1, T] with its query axis spelled out (onnxruntime wants it)
+        t = _dim(em, lat, 2) if past_l is None else em.node("Add", [_dim(em, past_l, 2), _dim(em, lat, 2)])
+        shape = em.node("Concat", [em.node("Shape", [mask], {"start": 0, "end": 2}),
+                                   em.node("Shape", [qn], {"start": 2, "end": 3}),
+                                   em.node("Unsqueeze", [t, em.const(np.array([0], np.int64))])], {"axis": 0})
+        mask = em.node("Expand", [mask, shape], base="attn_mask_rows")
+    if past_l is None:
+        em.add("Attention", [q, k_new, v_new] + ([mask] if mask else []), n.outputs[:1], name=n.name, **attrs)
+        return
+    em.add("Concat", [past_l, lat], [n.outputs[1]], name=f"{n.name}_present_latent", axis=2)
+    em.add("Concat", [past_r, kr], [n.outputs[2]], name=f"{n.name}_present_rope", axis=2)
+    k_past, v_past = expand(past_l, past_r)
+    em.add("Attention", [q, k_new, v_new, mask, k_past, v_past],   # (onnxruntime wants the present outputs)
+           [n.outputs[0], em.name("expanded_key"), em.name("expanded_value")], name=n.name, **attrs)
+
+
+def _emit_moe_matmul(em, n):
+    """A grouped expert GEMM as one MatMul per expert over the rows routed to it (NonZero of
+    ``expert == e``, Gather, MatMul with that expert's weight slice, ScatterND into the output):
+    the artifact computes only the routed rows, like the per-expert kernels of a runtime."""
+    x, w, ids = n.inputs[:3]
+    e_count, _, n_out = _ints(*em.g.type(w).shape)
+    npdt = DTYPES[em.g.type(n.outputs[0]).dtype][1]
+    rows, parts = [], []
+    for e in range(e_count):
+        hit = em.node("Equal", [ids, em.const(np.array(e, np.int64))], base=f"expert{e}")
+        idx = em.node("Reshape", [em.node("NonZero", [hit]), em.const(np.array([-1], np.int64))], base=f"rows{e}")
+        xe = em.node("Gather", [x, idx], {"axis": 0})
+        we = em.node("Gather", [w, em.const(np.array(e, np.int64))], {"axis": 0}, base=f"w{e}")
+        parts.append(em.node("MatMul", [xe, we], base=f"y{e}"))
+        rows.append(idx)
+    y = em.node("Concat", parts, {"axis": 0})
+    at = em.node("Unsqueeze", [em.node("Concat", rows, {"axis": 0}), em.const(np.array([1], np.int64))])
+    shape = em.node("Concat", [em.node("Shape", [x], {"start": 0, "end": 1}), em.const(np.array([n_out], np.int64))],
+                    {"axis": 0})
+    zeros = em.node("ConstantOfShape", [shape], {"value": numpy_helper.from_array(np.zeros(1, npdt))})
+    em.add("ScatterND", [zeros, at, y], list(n.outputs), name=n.name)
+
+
 #: op name -> its lowering (ops not listed are emitted as the standard ONNX op of their name)
 LOWERINGS = {"Reshape": _emit_reshape, "Expand": _emit_expand, "ConstantOfShape": _emit_constant_of_shape,
              "Range": _emit_range, "Constant": _emit_constant, "MatMulEpilogue": _emit_matmul_epilogue,
              "SwiGLU": _emit_swiglu, "ResidualNorm": _emit_residual_norm,
-             "PagedKVGather": _emit_paged_kv_gather, "Attention": _emit_attention}
+             "PagedKVGather": _emit_paged_kv_gather, "Attention": _emit_attention,
+             "LatentAttention": _emit_latent_attention, "MoEMatMul": _emit_moe_matmul}

@@ -35,6 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Union, get_args, get_ori
 from compiler.analysis.capacity import KV_DTYPE_BYTES
 from compiler.analysis.parallel import check_plan, plan_of
 from compiler.analysis.serving import ServeSimConfig, config_of
+from compiler.analysis.speculative import DEFAULT_ACCEPTANCE
 from compiler.errors import ConfigError
 from compiler.frontends import families
 from compiler.ir.facts import ModelDims
@@ -48,6 +49,7 @@ from compiler.driver.sizing import SizingConfig, check_sizing
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from passes.quant.config import QuantConfig, SparsityConfig  # noqa: F401 (re-exported schemas)
+from passes.weight_formats import FORMATS as WEIGHT_FORMATS, GROUPS as WEIGHT_GROUPS
 
 # ------------------------------------------------------------------------------------------------
 # the schemas
@@ -136,9 +138,9 @@ class EmitConfig:
 class SpeculativeConfig:
     """Speculative decoding (compiler/analysis/speculative.py validates the values); off while
     ``draft_model`` is null."""
-    draft_model: Optional[str] = None   # a model name, or self (layer-skip self-speculation)
+    draft_model: Optional[str] = None   # a model name, self (layer-skip self-speculation), or mtp (the model's MTP module)
     gamma: Any = 4                      # tokens the draft proposes per step (whole number ≥ 1)
-    acceptance: Any = 0.7               # per-token acceptance rate in [0, 1], or measured
+    acceptance: Any = DEFAULT_ACCEPTANCE   # per-token acceptance rate in [0, 1], measured, or published (mtp)
     draft_layers: Optional[int] = None  # draft_model=self: layers the draft runs
     eval_tokens: int = 128              # acceptance=measured: evaluation tokens
     gammas: Optional[List[int]] = None  # γ values of the sweep (null = 1..16)
@@ -149,6 +151,7 @@ class MoeConfig:
     """MoE token routing (compiler/analysis/moe.py validates the values)."""
     routing: Any = "uniform"     # uniform | zipf | [per-expert token counts or shares]
     skew: float = 1.0            # Zipf exponent for routing=zipf
+    dispatch: str = "grouped"    # grouped (one grouped GEMM per projection) | loop (per-expert loop)
 
 
 @dataclass
@@ -203,7 +206,10 @@ class HFConfigModel(ModelConfig):
     Face config kwargs (``model_type`` required) and stays an open mapping."""
     source: str = "hf_config"
     config: Dict[str, Any] = field(default_factory=dict)
-    stack_layers: bool = True    # meta cost-only imports: export 2 layers and replicate them
+    stack_layers: bool = True    # meta cost-only imports: export the first layers and replicate them
+    # formats the checkpoint ships its weights in: parameter group -> format (passes/weight_formats.py),
+    # e.g. {experts: mxfp4} (gpt-oss), {linear: fp8_block128} (DeepSeek-V3)
+    weight_formats: Optional[Dict[str, str]] = None
 
 
 @dataclass
@@ -587,6 +593,10 @@ def _check_model(cfg: dict):
             raise ConfigError("model.config has no model_type (e.g. llama, gpt2, mixtral): the Hugging "
                               "Face config class cannot be chosen. Add model.config.model_type to the model YAML.")
         _check_hf_kwargs(m["config"])
+        for grp, fmt in (m.get("weight_formats") or {}).items():
+            if grp not in WEIGHT_GROUPS or fmt not in WEIGHT_FORMATS:
+                raise ConfigError(f"model.weight_formats.{grp}={fmt!r}: groups are {', '.join(WEIGHT_GROUPS)}, formats "
+                                  f"{', '.join(WEIGHT_FORMATS)} (e.g. model.weight_formats.experts=mxfp4).")
     if m["source"] == "module" and "_target_" not in m["module"]:
         raise ConfigError("model.module has no _target_: name the nn.Module class to build, e.g. "
                           "model.module._target_=torch.nn.Linear.")
@@ -706,7 +716,8 @@ def _hf_check(conf: Mapping) -> tuple[list[str], set[str], ConfigError | None]:
     rope = getattr(built, "rope_parameters", None)   # legacy rope keys (partial_rotary_factor, …) it folds in
     if isinstance(rope, Mapping):
         known = known | set(rope)
-    return [k for k in conf if k != "model_type" and k not in known and k in vars(built)], known, None
+    return [k for k in conf if k != "model_type" and k not in known and k in vars(built)
+            and k not in families.GETATTR_KEYS], known, None
 
 
 _HF_CHECKED: dict[str, tuple[list[str], set[str], ConfigError | None]] = {}

@@ -108,6 +108,13 @@ def validate(cfg: Mapping) -> None:
     sc = spec_config(cfg)
     if sc is None:
         return
+    if sc["draft_model"] == "mtp":
+        if not families.fact(cfg["model"].get("config") or {}, "mtp_layers"):
+            raise ConfigError(f"speculative.draft_model=mtp drafts with the model's multi-token-prediction module, "
+                              f"but model {cfg['model'].get('name')!r} has none (no num_nextn_predict_layers in its "
+                              f"config; DeepSeek-V3 has one: model=deepseek_v3). Pick a draft model from the library "
+                              f"or speculative.draft_model=self.")
+        return
     if sc["draft_model"] != "self":
         path = os.path.join(str(conf_dir()), "model", f"{sc['draft_model']}.yaml")
         if not os.path.isfile(path):
@@ -123,7 +130,7 @@ def draft_model(cfg: Mapping, recipe, pass_ctx: PassContext) -> Draft | None:
     """The draft (``speculative.draft_model=<library model>``) imported cost-only and run through
     the target's pass recipe; None when speculative decoding is off or self-drafting."""
     sc = spec_config(cfg)
-    if sc is None or sc["draft_model"] == "self":
+    if sc is None or sc["draft_model"] in ("self", "mtp"):
         return None
     dcfg = load_model_config(sc["draft_model"])
     graph = import_torch(dict(dcfg, weights="meta"))

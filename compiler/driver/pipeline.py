@@ -624,14 +624,17 @@ def run(cfg: Any, out_dir: str, *, show_progress: bool | None = None) -> dict[st
 
 
 #: passes that state the model's own facts (not the recipe's rewrites): not listed in passes[]
-MODEL_PASSES = ("moe_routing", "early_exit")
+MODEL_PASSES = ("weight_formats", "moe_routing", "early_exit")
 
 
 def model_passes(cfg: Mapping, g: Graph, ctx: PassContext) -> list:
-    """What the model's own config adds to the graph before the recipe: ``moe.routing`` onto the
+    """What the model's own config adds to the graph before the recipe: the checkpoint's weight
+    formats (``model.weight_formats``), ``moe.routing`` onto the
     expert annotations (with the shared-expert count of the model's config) and, for
     ``early_exit=layers``, the exit heads (their layers depend on the imported depth)."""
     out = []
+    if cfg["model"].get("weight_formats"):   # the checkpoint's formats (passes/weight_formats.py)
+        out.append(make_pass({"name": "weight_formats", "formats": dict(cfg["model"]["weight_formats"])}, ctx))
     if any(n.annotations.get("moe") is not None for n in g) or \
             (cfg.get("moe") or {}).get("routing") not in (None, "uniform"):
         mc = cfg["model"].get("config")

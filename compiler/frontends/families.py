@@ -38,7 +38,41 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "shared_experts": ("n_shared_experts", "num_shared_experts"),
     "max_positions": ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "n_ctx",
                       "max_sequence_length"),
+    "intermediate": ("intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size"),
+    "moe_intermediate": ("moe_intermediate_size", "expert_intermediate_size"),
+    "shared_intermediate": ("shared_expert_intermediate_size",),
+    # attention windows: one window for every windowed layer, and which layers are windowed
+    "sliding_window": ("sliding_window",),
+    "layer_types": ("layer_types",),
+    "attn_softcap": ("attn_logit_softcapping",),
+    "final_softcap": ("final_logit_softcapping",),
+    "partial_rotary": ("partial_rotary_factor", "rotary_pct"),
+    # multi-head latent attention (DeepSeek-V2/V3, Kimi-K2)
+    "kv_lora_rank": ("kv_lora_rank",),
+    "q_lora_rank": ("q_lora_rank",),
+    "qk_rope_dim": ("qk_rope_head_dim",),
+    "qk_nope_dim": ("qk_nope_head_dim",),
+    "v_head_dim": ("v_head_dim",),
+    # dense layers before the first MoE layer (DeepSeek), MoE every n-th layer (Qwen-MoE)
+    "first_dense_layers": ("first_k_dense_replace",),
+    "moe_every": ("decoder_sparse_step", "moe_layer_freq"),
+    "dense_layer_list": ("mlp_only_layers",),
+    # multi-token prediction modules (DeepSeek-V3)
+    "mtp_layers": ("num_nextn_predict_layers",),
 }
+
+#: config keys modeling code reads with ``getattr(config, key, default)`` although some config
+#: classes do not declare them (Qwen3-MoE's ``head_dim``): a model YAML may set them
+GETATTR_KEYS = frozenset({"head_dim"})
+#: families whose attention has learned per-head sink logits (an architecture fact, no config key)
+SINK_FAMILIES = frozenset({"gpt_oss"})
+#: families that RMS-normalize q and k per head before the rotary embedding (Qwen3, Gemma-3, OLMo-2)
+QK_NORM_FAMILIES = frozenset({"qwen3", "qwen3_moe", "gemma3", "gemma3_text", "olmo2", "olmoe"})
+#: families whose attention adds ALiBi slopes instead of a rotary embedding
+ALIBI_FAMILIES = frozenset({"bloom", "mpt", "falcon_alibi"})
+#: families transformers runs only through its eager attention (no SDPA): rooftop's own attention
+#: implementation (compiler/frontends/attention.py) imports them
+EAGER_ONLY_FAMILIES = frozenset({"gpt_oss"})
 
 #: nested blocks some families keep facts in (DBRX: ffn_config / attn_config; multimodal: text_config)
 NESTED = ("text_config", "ffn_config", "attn_config", "language_config")
@@ -87,6 +121,131 @@ def has_experts(config: Mapping | Any) -> bool:
     return bool(fact(config, "experts"))
 
 
+def model_type(config: Mapping | Any) -> str:
+    c = config if isinstance(config, Mapping) else _as_mapping(config)
+    return str(c.get("model_type") or "")
+
+
+def hf_config(config: Mapping | Any):
+    """The ``transformers`` config object of a config mapping (``model_type`` + kwargs), as
+    transformers itself completes it (derived per-layer types, defaults of the family); an object
+    is returned as is; None when there is no ``model_type`` or transformers refuses the values."""
+    if not isinstance(config, Mapping):
+        return config
+    key = repr(sorted((k, repr(v)) for k, v in config.items()))
+    if key not in _HF_CONFIGS:
+        try:
+            import transformers
+            conf = dict(config)
+            level = transformers.logging.get_verbosity()
+            transformers.logging.set_verbosity_error()
+            try:
+                _HF_CONFIGS[key] = transformers.AutoConfig.for_model(conf.pop("model_type"), **conf)
+            finally:
+                transformers.logging.set_verbosity(level)
+        except Exception:  # noqa: BLE001 - a bad config fails at import with its own message
+            _HF_CONFIGS[key] = None
+    return _HF_CONFIGS[key]
+
+
+_HF_CONFIGS: dict[str, Any] = {}
+
+
+def _completed(config: Mapping | Any) -> Mapping:
+    """The config as a mapping, completed by transformers where it can (derived layer types)."""
+    obj = hf_config(config) if isinstance(config, Mapping) and config.get("model_type") else config
+    return _as_mapping(obj) if obj is not None and not isinstance(obj, Mapping) else (
+        config if isinstance(config, Mapping) else _as_mapping(config))
+
+
+def layer_windows(config: Mapping | Any) -> tuple[int | None, ...]:
+    """The attention window of every decoder layer (None: attends to the whole context).
+
+    ``layer_types`` (Gemma-2/3, gpt-oss, Qwen3 with ``use_sliding_window``: ``sliding_attention``
+    / ``full_attention`` per layer, completed by transformers from e.g. Gemma-3's
+    ``sliding_window_pattern``) with ``sliding_window``; without per-layer types, a
+    ``sliding_window`` windows every layer (Mistral v0.1)."""
+    c = _completed(config)
+    n = int(fact(c, "layers") or 0)
+    w = fact(c, "sliding_window")
+    w = int(w) if isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 else None
+    types = fact(c, "layer_types")
+    if types and len(types) >= n:
+        return tuple(w if str(t) in ("sliding_attention", "sliding", "local", "chunked_attention") else None
+                     for t in list(types)[:n])
+    if c.get("use_sliding_window") is False:
+        return (None,) * n
+    return (w,) * n
+
+
+def moe_layer_mask(config: Mapping | Any) -> tuple[bool, ...]:
+    """Which decoder layers are MoE layers: all of them for an MoE family, except DeepSeek's first
+    ``first_k_dense_replace`` dense layers, Qwen-MoE's ``mlp_only_layers`` and layers off the
+    ``decoder_sparse_step`` period; none for a dense model."""
+    c = _completed(config)
+    n = int(fact(c, "layers") or 0)
+    if not has_experts(c):
+        return (False,) * n
+    first = int(fact(c, "first_dense_layers") or 0)
+    every = int(fact(c, "moe_every") or 1)
+    dense = set(fact(c, "dense_layer_list") or ())
+    return tuple(i >= first and i not in dense and (i + 1) % every == 0 if every > 1 else
+                 (i >= first and i not in dense) for i in range(n))
+
+
+def mla(config: Mapping | Any) -> dict[str, int] | None:
+    """Multi-head latent attention dims (``kv_lora_rank``, ``rope_dim``, ``nope_dim``,
+    ``v_head_dim``, ``q_lora_rank`` — 0 without a query LoRA), or None for other attention."""
+    c = config if isinstance(config, Mapping) else _as_mapping(config)
+    r = fact(c, "kv_lora_rank")
+    if not r:
+        return None
+    return {"kv_lora_rank": int(r), "rope_dim": int(fact(c, "qk_rope_dim") or 0),
+            "nope_dim": int(fact(c, "qk_nope_dim") or 0), "v_head_dim": int(fact(c, "v_head_dim") or 0),
+            "q_lora_rank": int(fact(c, "q_lora_rank") or 0)}
+
+
+def attention_facts(config: Mapping | Any) -> dict[str, Any]:
+    """What a family's attention does beyond plain causal SDPA, from its config: per-layer
+    ``windows``, ``sinks``, ``softcap`` (attention logits), ``final_softcap`` (LM-head logits),
+    ``qk_norm``, ``alibi``, ``partial_rotary`` (fraction of head_dim rotated), ``head_dim`` when
+    it differs from hidden/heads, ``mla`` dims; ``rooftop_attention``: import it through
+    rooftop's attention implementation (compiler/frontends/attention.py) — a window, sinks or a
+    softcap, or a family transformers runs only eagerly."""
+    c = _completed(config)
+    mt = model_type(c)
+    windows = layer_windows(c)
+    hidden, heads = fact(c, "hidden"), fact(c, "heads")
+    hd = fact(c, "head_dim")
+    pr = fact(c, "partial_rotary")
+    softcap = fact(c, "attn_softcap")
+    out = {"windows": windows, "sinks": mt in SINK_FAMILIES, "softcap": float(softcap) if softcap else None,
+           "final_softcap": float(fact(c, "final_softcap")) if fact(c, "final_softcap") else None,
+           "qk_norm": mt in QK_NORM_FAMILIES, "alibi": mt in ALIBI_FAMILIES,
+           "partial_rotary": float(pr) if pr and float(pr) < 1 else None,
+           "head_dim": int(hd) if hd and hidden and heads and int(hd) != int(hidden) // int(heads)
+           and not mla(c) else None,
+           "mla": mla(c)}
+    out["rooftop_attention"] = bool(any(windows) or out["sinks"] or out["softcap"] or mt in EAGER_ONLY_FAMILIES)
+    return out
+
+
+def layer_kinds(config: Mapping | Any) -> tuple[str, ...]:
+    """A label per decoder layer naming what makes it differ from the others (the window and
+    whether it is an MoE layer): layers with equal labels have the same structure, so a
+    cost-only import can replicate one of them (compiler/frontends/stacking.py)."""
+    windows, moe_mask = layer_windows(config), moe_layer_mask(config)
+    return tuple(f"{'local' + str(w) if w else 'global'}/{'moe' if m else 'dense'}"
+                 for w, m in zip(windows, moe_mask))
+
+
+def _windows_or_empty(config) -> tuple:
+    if not fact(config, "sliding_window"):
+        return ()
+    w = layer_windows(config)
+    return w if any(w) else ()
+
+
 def dims(config: Mapping | Any) -> ModelDims:
     """:class:`ModelDims` of a transformers config (mapping or object). Raises ``ValueError``
     when the config has no layer count, hidden size or head count."""
@@ -101,7 +260,11 @@ def dims(config: Mapping | Any) -> ModelDims:
                      head_dim=int(fact(config, "head_dim") or hidden // heads),
                      vocab=int(fact(config, "vocab", 0) or 0), experts=experts,
                      top_k=int(fact(config, "top_k", 0) or 0) if experts else 0,
-                     shared_experts=shared_experts(config) if experts else 0)
+                     shared_experts=shared_experts(config) if experts else 0,
+                     windows=_windows_or_empty(config),
+                     moe_layers=sum(moe_layer_mask(config)) if experts else 0,
+                     kv_lora_rank=int(fact(config, "kv_lora_rank") or 0),
+                     qk_rope_dim=int(fact(config, "qk_rope_dim") or 0) if fact(config, "kv_lora_rank") else 0)
 
 
 #: model types whose layers are (or include) state-space selective scans instead of attention
@@ -135,5 +298,6 @@ def refuse_state_space(config: Mapping | Any, model_type: str | None = None) -> 
         f"runtime; support for state-space layers would need a scan op in compiler/ir/ops.py.")
 
 
-__all__ = ["ALIASES", "NESTED", "fact", "dims", "shared_experts", "has_experts", "state_space",
-           "refuse_state_space", "STATE_SPACE_TYPES"]
+__all__ = ["ALIASES", "NESTED", "fact", "dims", "shared_experts", "has_experts", "layer_windows", "moe_layer_mask",
+           "mla", "attention_facts", "layer_kinds", "hf_config", "model_type", "SINK_FAMILIES", "QK_NORM_FAMILIES",
+           "ALIBI_FAMILIES", "GETATTR_KEYS", "state_space", "refuse_state_space", "STATE_SPACE_TYPES"]

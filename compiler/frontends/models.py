@@ -20,9 +20,10 @@ import torch
 
 from compiler.errors import ConfigError
 from compiler.ir import B, S, Graph
-from compiler.frontends import families, moe
+from compiler.frontends import attention as attention_impl
+from compiler.frontends import families, mla, moe
 from compiler.frontends.torch_export import export_module, import_exported
-from compiler.frontends.stacking import can_stack, layer_count_key, unroll_layers
+from compiler.frontends.stacking import layer_count_key, stack_plan, unroll_layers
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 log = logging.getLogger("rooftop")
@@ -87,7 +88,11 @@ def build_hf(cfg) -> torch.nn.Module:
     families.refuse_state_space(hf_cfg, model_type)
     want = str(cfg.get("attn_implementation", "sdpa"))
     hf_cfg._attn_implementation = want
-    if moe.has_experts(hf_cfg):  # experts as one custom op, expanded per expert by the importer
+    facts = families.attention_facts(hf_cfg)
+    if facts["rooftop_attention"] and want in ("sdpa", "eager"):
+        # windows / sinks / softcap as facts of one attention op (compiler/frontends/attention.py)
+        hf_cfg._attn_implementation = attention_impl.ensure_registered()
+    if moe.has_experts(hf_cfg):  # experts as one custom op, grouped expert GEMMs in the importer
         hf_cfg._experts_implementation = moe.ensure_registered()
     dt = _dtype(cfg)
     auto = transformers.AutoModelForCausalLM if str(cfg.get("task", "causal_lm")) == "causal_lm" else transformers.AutoModel
@@ -103,6 +108,8 @@ def build_hf(cfg) -> torch.nn.Module:
                                             f"attention for {model_type}; model.attn_implementation=sdpa fell back)")
             log.warning("model %r: %s", cfg.get("name"), notes["attn_implementation"])
             m = auto.from_config(hf_cfg, dtype=dt)
+    if facts["mla"]:   # latent attention as one op whose cache is the latent (compiler/frontends/mla.py)
+        mla.install(m)
     m = m.eval()
     m.rooftop_notes = notes
     return m
@@ -164,15 +171,19 @@ def import_torch(cfg, module: torch.nn.Module | None = None, task: str | None = 
                  progress=None) -> Graph:
     """Export and translate a torch model (a causal LM without a KV cache: ``graph.meta["causal"]``
     tells the lift_kv_cache pass to add one)."""
-    stack_to = None
+    stack_to = kinds = None
     if module is None:
         hf = dict(cfg.get("config") or {})
-        if (str(cfg.get("weights")) == "meta" and cfg.get("stack_layers", True)
-                and str(cfg.get("source")) == "hf_config" and can_stack(hf)):
-            # cost-only import: export two layers, replicate layer 1 (compiler/frontends/stacking.py)
+        plan = stack_plan(hf) if (str(cfg.get("weights")) == "meta" and cfg.get("stack_layers", True)
+                                  and str(cfg.get("source")) == "hf_config") else None
+        if plan is not None:
+            # cost-only import: export the first layers, replicate them by kind (compiler/frontends/stacking.py)
             key = layer_count_key(hf)
-            stack_to = int(hf[key])
-            cfg = dict(cfg, config={**hf, key: 2})
+            stack_to, (export, kinds) = int(hf[key]), plan
+            short = {**hf, key: export}
+            if isinstance(hf.get("layer_types"), (list, tuple)):
+                short["layer_types"] = list(hf["layer_types"])[:export]
+            cfg = dict(cfg, config=short)
         module, task = build_torch_model(cfg)
     task = task or "causal_lm"
     is_meta = any(p.is_meta for p in module.parameters())
@@ -197,7 +208,8 @@ def import_torch(cfg, module: torch.nn.Module | None = None, task: str | None = 
     if notes:
         g.meta["import_stats"] = {**g.meta.get("import_stats", {}), **notes}
     if stack_to is not None:
-        g.meta["layer_stacking"] = unroll_layers(g, stack_to)
+        g.meta["layer_stacking"] = unroll_layers(g, stack_to, kinds)
+    attention_impl.mark_global_layers(g)
     sources: dict = {}
     for name, ds in dims.items():   # the first input axis that carries each symbol
         for axis, d in enumerate(ds):

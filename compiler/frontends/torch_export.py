@@ -28,8 +28,10 @@ from compiler.ir import annotations as ann
 from compiler.ir.annotations import AttentionSpec
 from compiler.ir.masks import MaskClass, Sample, classify, probe_lengths
 from compiler.ir.ops import UnsupportedOpError, broadcast_shapes
-from compiler.frontends.stacking import layer_of
+from compiler.frontends.stacking import block_of, layer_of
 from compiler.ir import DTYPES
+from compiler.frontends import attention as attention_import
+from compiler.frontends import mla as mla_import
 from compiler.frontends.moe import translate
 
 INT64_MAX = 2**63 - 1
@@ -116,6 +118,9 @@ class _Ctx:
         layer = self._layer()
         if layer is not None:
             ann["layer"] = layer
+        stack = self.node.meta.get("nn_module_stack")
+        if stack:
+            ann["block"] = block_of(stack.values())
         node = self.g.add_op(op, inputs, outs, attrs, types=types, name=name, **ann)
         return node.outputs[0] if n_out == 1 else list(node.outputs)
 
@@ -578,6 +583,15 @@ def _clamp(c, x, lo=None, hi=None):
                          c.const(hi, dt) if hi is not None else ""], final=True)
 
 
+@handles("aten.scatter_.value")
+def _scatter_value(c, x, dim, index, value):
+    """``x`` with the scalar ``value`` written at ``index`` along ``dim`` (DeepSeek-V3's group-limited
+    routing mask; the in-place form rebinds ``x``: :func:`_in_place`)."""
+    ity, xty = c.tt(index), c.tt(x)
+    upd = c.op("Expand", [c.const(value, xty.dtype)], {"shape": list(ity.shape)}, types=[xty.with_shape(ity.shape)])
+    return c.op("ScatterElements", [x, c.cast(index, "int64"), upd], {"axis": int(dim)}, final=True)
+
+
 # ------------------------------------------------------------------------------------------------
 # the rest of the Core ATen opset (torch.export's run_decompositions target): every op either
 # lowers onto registry ops here or is refused with the reason (REFUSED). tools/aten_coverage.py
@@ -895,30 +909,6 @@ def _sort(c, x, *args, dim=-1, descending=False, stable=None):
                               "sorted": 1}, types=[c.out_type(0), c.out_type(1)], n_out=2)
 
 
-@handles("aten.linalg_vector_norm.default", "aten.norm.ScalarOpt_dim")
-def _vector_norm(c, x, ord=2, dim=None, keepdim=False, *rest, dtype=None):
-    out = c.out_type()
-    x = c.cast(x, out.dtype)
-    t = c.tt(x)
-    attrs = {"keepdims": int(bool(keepdim))}
-    if dim is not None and list(dim if not isinstance(dim, int) else [dim]):
-        attrs["axes"] = _axes(c, dim, t.rank)
-    o = float(2 if ord is None else ord)
-    if o == 2:
-        return c.op("ReduceL2", [x], attrs, final=True)
-    if o == 1:
-        return c.op("ReduceL1", [x], attrs, final=True)
-    a = c.op("Abs", [x], types=[t])
-    if o in (float("inf"), float("-inf")):
-        return c.op("ReduceMax" if o > 0 else "ReduceMin", [a], attrs, final=True)
-    if o == 0:
-        nz = c.cast(c.op("Not", [c.op("Equal", [x, c.const(0.0, t.dtype)], types=[t.with_dtype("bool")])],
-                         types=[t.with_dtype("bool")]), t.dtype)
-        return c.op("ReduceSum", [nz], attrs, final=True)
-    s = c.op("ReduceSum", [c.op("Pow", [a, c.const(o, t.dtype)], types=[t])], attrs, types=[out])
-    return c.op("Pow", [s, c.const(1.0 / o, t.dtype)], final=True)
-
-
 # ---- data movement
 
 @handles("aten.flip.default")
@@ -936,14 +926,7 @@ def _repeat(c, x, repeats):
         shp = (1,) * (len(reps) - t.rank) + t.shape
         x = c.op("Reshape", [x], {"shape": list(shp)}, types=[t.with_shape(shp)])
     if not all(isinstance(r, int) for r in reps):
-        # symbolic counts (Bloom's ALiBi: repeat(batch, 1, 1)): Tile as Expand of an interleaved
-        # view, [d0, d1, …] → [1, d0, 1, d1, …] → [r0, d0, r1, d1, …] → [r0·d0, r1·d1, …]
-        t = c.tt(x)
-        inter = tuple(v for d in t.shape for v in (1, d))
-        u = c.op("Reshape", [x], {"shape": list(inter)}, types=[t.with_shape(inter)])
-        full = tuple(v for r, d in zip(reps, t.shape) for v in (r, d))
-        e = c.op("Expand", [u], {"shape": list(full)}, types=[t.with_shape(full)])
-        return c.op("Reshape", [e], {"shape": list(c.out_type().shape)}, final=True)
+        raise UnsupportedOpError("aten.repeat with symbolic repeat counts is not supported")
     return c.op("Tile", [x, c.const(reps, "int64")], final=True)
 
 
@@ -1112,9 +1095,6 @@ def _splice(c, x, part, d, st, en):
 
 @handles("aten.nonzero.default")
 def _nonzero(c, x):
-    if c.tt(x).rank == 0:
-        raise UnsupportedOpError("aten.nonzero of a 0-d tensor (torch gives [n, 0] indices, ONNX NonZero "
-                                 "has no such form): give it at least one dimension")
     out = c.out_type()
     nz = c.op("NonZero", [x], types=[out.with_shape((out.shape[1], out.shape[0]))])
     return c.op("Transpose", [nz], {"perm": [1, 0]}, final=True)
@@ -1247,10 +1227,7 @@ def _group_norm(c, x, w, b, n, ch, hw, groups, eps):
     if b is not None:
         y = c.op("Add", [y, c.op("Reshape", [b], {"shape": list(cshape)}, types=[c.tt(b).with_shape(cshape)])],
                  types=[t])
-    st = t.with_shape(grouped[:2])   # mean and 1/std per (sample, group), as torch returns them
-    return [c.op("Identity", [y], types=[c.out_type(0)]),
-            c.op("Reshape", [mean], {"shape": list(grouped[:2])}, types=[st]),
-            c.op("Reshape", [inv], {"shape": list(grouped[:2])}, types=[st])]
+    return [c.op("Identity", [y], types=[c.out_type(0)]), None, None]
 
 
 # ---- convolution, pooling, resampling
@@ -1359,10 +1336,6 @@ def _cdist(c, a, b, p, compute_mode=None):
         return c.op("ReduceSum", [diff], {"axes": [-1], "keepdims": 0}, final=True)
     if p == float("inf"):
         return c.op("ReduceMax", [diff], {"axes": [-1], "keepdims": 0}, final=True)
-    if p == 0.0:   # the number of differing coordinates
-        bt = dt.with_dtype("bool")
-        nz = c.op("Not", [c.op("Equal", [diff, c.const(0.0, ta.dtype)], types=[bt])], types=[bt])
-        return c.op("ReduceSum", [c.cast(nz, ta.dtype)], {"axes": [-1], "keepdims": 0}, final=True)
     s = c.op("ReduceSum", [c.op("Pow", [diff, c.const(p, ta.dtype)], types=[dt])], {"axes": [-1], "keepdims": 0},
              types=[out])
     return c.op("Pow", [s, c.const(1.0 / p, ta.dtype)], final=True)
@@ -1436,9 +1409,23 @@ REFUSED: dict[str, str] = {
 
 
 @handles("rooftop.moe_experts.default")
-def _moe_experts(c, hidden, idx, weights, gate_up, down, act="silu", transposed=False):
-    """A MoE layer's routed experts (compiler/frontends/moe.py): per-expert gather → FFN → scatter-add."""
-    return translate(c, hidden, idx, weights, gate_up, down, act, transposed)
+def _moe_experts(c, hidden, idx, weights, gate_up, down, gate_up_bias=None, down_bias=None, act="silu",
+                 transposed=False, interleaved=False, alpha=0.0, limit=0.0):
+    """A MoE layer's routed experts (compiler/frontends/moe.py): grouped expert GEMMs over the routed rows."""
+    return translate(c, hidden, idx, weights, gate_up, down, gate_up_bias, down_bias, act, transposed,
+                     interleaved, alpha, limit)
+
+
+@handles("rooftop.attention.default")
+def _rooftop_attention(c, q, k, v, sinks, scale, softcap, window):
+    """Attention with the layer's window / softcap / sinks (compiler/frontends/attention.py)."""
+    return attention_import.translate(c, q, k, v, sinks, scale, softcap, window)
+
+
+@handles("rooftop.mla_attention.default")
+def _mla_attention(c, q_nope, q_rope, latent, k_rope, w_kv_b, scale):
+    """Multi-head latent attention (compiler/frontends/mla.py)."""
+    return mla_import.translate(c, q_nope, q_rope, latent, k_rope, w_kv_b, scale)
 
 
 @handles("<built-in function getitem>")
@@ -1450,7 +1437,7 @@ _SKIP = {"aten._assert_tensor_metadata.default", "aten._assert_scalar.default",
          "aten.sym_constrain_range_for_size.default", "aten._assert_async.msg",
          "aten.sym_constrain_range.default"}
 _SYMBOLIC_FNS = {operator.mul, operator.add, operator.sub, operator.floordiv, operator.truediv,
-                 operator.neg, operator.mod, torch.sym_max, torch.sym_min}
+                 operator.neg}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1461,6 +1448,15 @@ def _target_name(n: torch.fx.Node) -> str:
         return str(t)
     ns, name = t._schema.name.split("::")
     return f"{ns}.{name}.{t._overloadname}"
+
+
+def _in_place(n: torch.fx.Node) -> bool:
+    """An ATen op that mutates its first operand (``div_``, ``scatter_``…): non-strict export keeps
+    it, and the Python code goes on using the operand's node for the mutated value."""
+    t = n.target
+    return isinstance(t, torch._ops.OpOverload) and t._schema.name.split("::")[-1].endswith("_") \
+        and bool(t._schema.arguments) and t._schema.arguments[0].alias_info is not None \
+        and t._schema.arguments[0].alias_info.is_write
 
 
 def _needed(graph: torch.fx.Graph, masks: Mapping) -> set:
@@ -1476,6 +1472,8 @@ def _needed(graph: torch.fx.Graph, masks: Mapping) -> set:
         mc = masks.get(n)
         if mc is not None and mc.structured:
             args = [a for a in n.args[:3] if isinstance(a, torch.fx.Node)]
+        # an in-place op on a needed value changes what its later users read: needed too
+        args += [u for u in n.users if _in_place(u) and u.args and u.args[0] is n]
         stack.extend(args)
     return need
 
@@ -1529,7 +1527,7 @@ def _mask_module(ep, mask: torch.fx.Node, param_of: Mapping, state: Mapping, pos
         else:
             env[n] = new.node_copy(n, lambda a: env[a])
             dev = env[n].kwargs.get("device")
-            if isinstance(dev, torch.device) and dev.type == "meta":   # built under model.weights=meta
+            if isinstance(dev, torch.device) and dev.type == "meta":   # traced on meta (model.weights=meta)
                 env[n].kwargs = {**env[n].kwargs, "device": torch.device("cpu")}
     new.output(env[mask])
     gm = torch.fx.GraphModule(torch.nn.Module(), new)
@@ -1672,6 +1670,8 @@ def import_exported(ep: torch.export.ExportedProgram, *, name: str, dims: Mappin
         args = ctx.val(list(n.args))
         kwargs = {k: ctx.val(a) for k, a in n.kwargs.items()}
         ctx.env[n] = h(ctx, *args, **kwargs)
+        if _in_place(n) and n.args and isinstance(n.args[0], torch.fx.Node):
+            ctx.env[n.args[0]] = ctx.env[n]   # x.div_(y): later uses of x see the result
     if progress:
         progress(len(calls), len(calls))
 

@@ -49,7 +49,7 @@ class Policy(enum.Enum):
 # ------------------------------------------------------------------------------------------------
 # schemas
 
-SCALE_DTYPES = ("float32", "float16", "bfloat16", "float8e4m3fn")
+SCALE_DTYPES = ("float32", "float16", "bfloat16", "float8e4m3fn", "float8e8m0")
 
 
 def _bits(dtype: str) -> int:
@@ -175,9 +175,12 @@ class MoERouting:
     picks ``top_k``; ``expert_params`` parameters per routed expert (its FFN weights),
     ``shared_experts`` always-on experts; ``distribution`` of tokens over experts
     (``"uniform"``, ``"zipf"`` with ``skew``, or explicit ``probabilities`` summing to 1);
-    ``expert``: the routed expert an op computes for (None: the layer's router / combine ops);
-    ``dispatch``: the op is routing bookkeeping for ``expert`` (finding its tokens), which a runtime
-    does in one pass for all experts — its per-kernel fixed cost is shared by the layer."""
+    ``expert``: the routed expert an op computes for (None: the layer's router / combine ops, or
+    every expert at once — a grouped expert GEMM, ``MoEMatMul``); ``dispatch``: the op is routing
+    bookkeeping for ``expert`` (finding its tokens), which a runtime does in one pass for all
+    experts — its per-kernel fixed cost is shared by the layer; ``form``: how the routed experts
+    run — ``grouped`` (one grouped GEMM per projection over all routed rows: fused MoE kernels) or
+    ``loop`` (the layer's row-wise ops once per touched expert: a per-expert loop)."""
 
     experts: int
     top_k: int
@@ -188,8 +191,11 @@ class MoERouting:
     probabilities: tuple[float, ...] | None = None
     expert: int | None = None
     dispatch: bool = False
+    form: str = "grouped"
 
     def __post_init__(self):
+        if self.form not in ("grouped", "loop"):
+            raise IRError(f"moe.form={self.form!r}: use grouped or loop")
         if self.expert is not None and not (isinstance(self.expert, int) and 0 <= self.expert < self.experts):
             raise IRError(f"moe.expert={self.expert!r} must be an expert index in 0..{self.experts - 1} or None")
         if not (isinstance(self.experts, int) and isinstance(self.top_k, int) and 1 <= self.top_k <= self.experts):
@@ -234,6 +240,10 @@ class KVLayout:
             raise IRError("kv_layout: a paged layout needs block_size ≥ 1 (and only a paged one)")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise IRError(f"kv_layout.dtype {self.dtype!r} is not a dtype")
+
+
+#: the block kinds of the report's per-layer breakdown (annotation ``block``; phases.<phase>.blocks)
+BLOCKS = ("embedding", "attention", "mlp", "moe", "norm", "head", "other")
 
 
 MASK_KINDS = ("causal", "causal_padding", "bidirectional", "padding", "window", "bias", "general")
@@ -491,6 +501,11 @@ KEYS: dict[str, Key] = {k.name: k for k in [
         writers=("compiler/frontends/torch_export.py", "passes/kv_cache.py"),
         readers=("compiler/frontends/stacking.py", "compiler/backend/emit.py (metadata_props)"),
         policy=Policy.KEEP, merge=_agree, serialize=True, doc="decoder / encoder layer index"),
+    Key("block", str, frozenset({OP}),
+        writers=("compiler/frontends/torch_export.py (the module the op comes from: compiler/frontends/stacking.py block_of)",),
+        readers=("compiler/analysis/layers.py (phases.<phase>.blocks, the per-layer breakdown)",),
+        policy=Policy.KEEP, merge=_agree,
+        doc="the block of its decoder layer (or of the model) an op belongs to: embedding, attention, mlp, moe, norm, head, other"),
     Key("const", bool, frozenset({PARAM}),
         writers=("compiler/frontends/*", "passes/cleanup.py (fold_constants)"),
         readers=("passes/cleanup.py", "passes/fusion/pattern.py (Const)", "reports (parameter count)"),
@@ -704,5 +719,5 @@ def table() -> list[dict[str, Any]]:
             for k in KEYS.values()]
 
 
-__all__ = ["KEYS", "Key", "Policy", "WeightFormat", "ComputeDtype", "MoERouting", "ExitPoint", "KVLayout", "KVQuant",
+__all__ = ["BLOCKS", "KEYS", "Key", "Policy", "WeightFormat", "ComputeDtype", "MoERouting", "ExitPoint", "KVLayout", "KVQuant",
            "AttentionSpec", "MASK_KINDS", "Rotary", "get", "set", "validate", "carry", "carry_params", "carried", "COSTED", "serialized", "declared", "table"]

@@ -83,6 +83,21 @@ class Bytes:
 
 
 @dataclasses.dataclass(frozen=True)
+class Kernel:
+    """One kernel of an op that runs as several (``OpDef.kernels``): its ``label``, the cost
+    class it is costed as (``gemm``, ``attention``…), FLOPs and bytes, and the ``phases``
+    (``prefill``, ``decode``) that run it — an op whose form depends on the phase (multi-head
+    latent attention: expanded at prefill, absorbed at decode) lists every form's kernels."""
+
+    label: str
+    cost_class: str
+    flops: Any
+    bytes: Bytes
+    phases: tuple[str, ...] = ("prefill", "decode")
+    kind: str = ""          # a measured kernel kind (hardware ``kernel_families``) it is costed as, if any
+
+
+@dataclasses.dataclass(frozen=True)
 class OpDef:
     """Everything rooftop knows about one op kind (importers, passes, cost model and emitter ask
     here and nowhere else).
@@ -102,7 +117,9 @@ class OpDef:
     - ``noop``: ``noop(graph, node)`` → the operand the op returns unchanged, or None
       (passes/cleanup.py's remove_noops); ``passthrough``: always returns operand 0 (patterns
       look through it); ``layout``: only reshapes / reorders its data operand;
-    - ``foldable``: constant folding may evaluate it.
+    - ``foldable``: constant folding may evaluate it;
+    - ``kernels``: ``kernels(node, ins, outs, cls)`` → the :class:`Kernel` list of an op costed as
+      several kernels, some only in one phase (the cost model then ignores ``flops``/``bytes``).
     """
 
     name: str
@@ -121,6 +138,7 @@ class OpDef:
     passthrough: bool = False
     layout: bool = False
     foldable: bool = True
+    kernels: Callable | None = None
 
 
 REGISTRY: dict[str, OpDef] = {}
@@ -226,6 +244,14 @@ class Classifier:
         if self.hw is None:
             return 1
         return attention_q_tiles(self.hw.onchip.l2_bytes, heads, head_dim, itemsize, q_len)
+
+    @property
+    def window_kernel(self) -> str:
+        """How a sliding-window attention runs on this hardware: ``windowed`` (a kernel that skips
+        the keys outside the window: FlashAttention-2's ``window_size``, FlashInfer, vLLM) on
+        GPUs; ``masked_dense`` (every query-key pair computed, the window applied as a mask:
+        onnxruntime's CPU Attention) on ``kind: cpu`` devices."""
+        return "masked_dense" if self.hw is not None and getattr(self.hw, "kind", "gpu") == "cpu" else "windowed"
 
     def category(self, tensor: str) -> str:
         if tensor in self.kv:
@@ -569,37 +595,86 @@ def attention_dims(node: OpNode, ins: Types):
     return b, h, hkv, s, kv_len, d, dv
 
 
-def attention_flops(node, ins, outs):
+def causal_scores(s, past):
+    """Query-key pairs a causal attention computes per head: each of ``s`` new queries sees the
+    ``past`` cached keys and the new ones up to itself."""
+    return s * past + s * (s + 1) / sympy.Integer(2)
+
+
+def window_scores(s, past, w: int):
+    """Query-key pairs per head of a causal attention within a window of ``w`` positions (query
+    at position q sees keys q − w < k ≤ q): Σ_{t=1..s} min(past + t, w) in closed form."""
+    n1 = sympy.Max(0, sympy.Min(s, w - past))       # queries whose window still reaches key 0
+    return n1 * past + n1 * (n1 + 1) / sympy.Integer(2) + (s - n1) * w
+
+
+def _attention_spec(node):
+    return node.annotations.get("attention")
+
+
+def attention_scores(node, ins, cls: "Classifier | None" = None):
+    """Visible query-key pairs (all heads) of an Attention: the causal triangle, the window's band
+    (a windowed kernel; ``cls.window_kernel``) or every pair (non-causal, or a window applied by a
+    masked dense kernel)."""
+    b, h, _, s, kv, d, dv = attention_dims(node, ins)
+    spec = _attention_spec(node)
+    dense = cls is not None and cls.window_kernel == "masked_dense"
+    if spec is not None and spec.window and not dense:
+        return b * h * window_scores(s, kv - s, spec.window)
+    if node.attrs.get("is_causal") and not (spec is not None and spec.window and dense):
+        return b * h * causal_scores(s, kv - s)
+    return b * h * s * kv
+
+
+def attention_flops(node, ins, outs, cls: "Classifier | None" = None):
     """QKᵀ and PV matmuls (2 FLOPs per MAC each) plus softmax (≈5 per score: max, sub, exp, sum,
     div). Causal attention computes only the visible (lower-right) triangle: q_len·past +
-    q_len(q_len+1)/2 scores per head instead of q_len·kv_len."""
+    q_len(q_len+1)/2 scores per head instead of q_len·kv_len; a sliding window only its band
+    (:func:`attention_scores`). Logit softcapping adds 3 per score (divide, tanh, multiply), ALiBi
+    1 (the bias, computed in the kernel), sinks one more softmax column per query."""
     b, h, _, s, kv, d, dv = attention_dims(node, ins)
-    if node.attrs.get("is_causal"):
-        past = kv - s
-        scores = b * h * (s * past + s * (s + 1) / sympy.Integer(2))
-    else:
-        scores = b * h * s * kv
-    return 2 * scores * d + 2 * scores * dv + 5 * scores
+    scores = attention_scores(node, ins, cls)
+    spec = _attention_spec(node)
+    extra = 0
+    if spec is not None:
+        extra = (3 * scores if spec.softcap else 0) + (scores if spec.alibi else 0) + (5 * b * h * s if spec.sinks else 0)
+    elif node.attrs.get("softcap"):
+        extra = 3 * scores
+    return 2 * scores * d + 2 * scores * dv + 5 * scores + extra
+
+
+def attention_kv_tokens(node, ins, cls: "Classifier | None" = None, tiles=1):
+    """Key/value positions (per sequence and KV head) a fused attention reads from device memory:
+    all ``kv_len`` of them per query tile, or — a windowed kernel over a ring / paged cache — only
+    the keys some query of the tile sees: Σ_tiles min(kv_len, W − 1 + rows) = min(tiles·kv_len,
+    tiles·(W − 1) + q_len) (a decode step reads the last W)."""
+    _, _, _, s, kv, _, _ = attention_dims(node, ins)
+    spec = _attention_spec(node)
+    if spec is not None and spec.window and not (cls is not None and cls.window_kernel == "masked_dense"):
+        return sympy.Min(tiles * kv, tiles * (spec.window - 1) + s)
+    return kv * tiles
 
 
 def attention_bytes(node, ins, outs, cls: Classifier) -> Bytes:
     """Fused (FlashAttention-style) traffic: Q read, O written, the whole K/V (past + new) read
-    once per query tile, the new K/V appended to the cache. The N×N score matrix never reaches
-    device memory. The tile count comes from the cost context's hardware (on-chip memory,
-    :meth:`Classifier.q_tiles`); 1 without one."""
+    once per query tile — within a sliding window only the window's keys
+    (:func:`attention_kv_tokens`) — and the new K/V appended to the cache. The N×N score matrix
+    never reaches device memory. The tile count comes from the cost context's hardware (on-chip
+    memory, :meth:`Classifier.q_tiles`); 1 without one. Sink logits are read as weights."""
     b, h, hkv, s, kv, d, dv = attention_dims(node, ins)
     q, k, v = ins[0], ins[1], ins[2]
     e = sympy.Rational(q.itemsize).limit_denominator(2)
     tiles = cls.q_tiles(h, d, q.itemsize, s)
     q_bytes = b * h * s * d * e
     o_bytes = b * h * s * dv * e
-    kv_read = b * hkv * kv * (d + dv) * e * tiles
+    kv_read = b * hkv * attention_kv_tokens(node, ins, cls, tiles) * (d + dv) * e
     has_cache = len(ins) > 4 and ins[4] is not None
     kv_write = b * hkv * s * (d + dv) * e if has_cache else 0
     mask = _nbytes(ins[3]) if len(ins) > 3 and ins[3] is not None else 0
+    sinks = cls.weight_bytes(node.inputs[6]) if len(ins) > 6 and ins[6] is not None else 0
     if has_cache:
-        return Bytes(activations=q_bytes + o_bytes + mask, kv=kv_read + kv_write)
-    return Bytes(activations=q_bytes + o_bytes + mask + kv_read)
+        return Bytes(weights=sinks, activations=q_bytes + o_bytes + mask, kv=kv_read + kv_write)
+    return Bytes(weights=sinks, activations=q_bytes + o_bytes + mask + kv_read)
 
 
 def gather_bytes(node, ins, outs, cls: Classifier) -> Bytes:
@@ -696,6 +771,133 @@ register(OpDef("Attention", OpKind.OPAQUE, "attention", attention_rule, attentio
 
 
 # ----------------------------------------------------------------------------------------------
+# multi-head latent attention (compiler/frontends/mla.py): operands q_nope [B, H, S, dn], q_rope
+# [B, H, S, dr], latent [B, 1, S, r], k_rope [B, 1, S, dr], kv_b weight [H·(dn + dv), r]
+# (kv_b_proj's, out × in), past latent [B, 1, P, r] and past rope key [B, 1, P, dr] (operands
+# 5, 6: lift_kv_cache); results: the attention output [B, H, S, dv] and the present latent and
+# rope key. Emitted as standard ONNX ops (compiler/backend/lowering.py: the expanded form).
+
+#: the MLA form each phase runs when the ``attention`` annotation does not force one (``form``):
+#: prefill up-projects the latent and runs SDPA (expanded), decode attends over the latent cache
+#: with W_UK / W_UV folded into the query / output (absorbed) — DeepSeek's inference code, vLLM
+#: (MLACommonImpl: prefill "MHA" path, decode absorbed) and SGLang do the same
+LATENT_FORMS = {"prefill": "expanded", "decode": "absorbed"}
+
+
+def latent_attention_dims(node, ins):
+    """(B, H, S, T, dn, dr, dv, r, e) of a LatentAttention: T = cached + new positions, e the
+    element size."""
+    qn, qr, lat, kr, w = ins[:5]
+    b, h, s, dn = qn.shape
+    dr, r = qr.shape[3], lat.shape[3]
+    dv = as_dim(sympy.sympify(w.shape[0]) / h - dn)
+    past = ins[5].shape[2] if len(ins) > 5 and ins[5] is not None else 0
+    e = sympy.Rational(qn.itemsize).limit_denominator(2)
+    return b, h, s, s + past, dn, dr, dv, r, e
+
+
+def latent_attention_rule(node, ins):
+    qn, lat, kr = ins[0], ins[2], ins[3]
+    b, h, s, t, dn, dr, dv, r, _ = latent_attention_dims(node, ins)
+    out = [qn.with_shape((b, h, s, dv))]
+    if len(node.outputs) > 1:
+        out.append(lat.with_shape((b, 1, as_dim(sympy.sympify(t)), r)))
+        out.append(kr.with_shape((b, 1, as_dim(sympy.sympify(t)), dr)))
+    return out
+
+
+def latent_attention_kernels(node, ins, outs, cls: Classifier) -> list[Kernel]:
+    """The kernels of each MLA form (:data:`LATENT_FORMS`; the ``attention`` annotation's ``form``
+    forces one for both phases). Per step, T keys per sequence, H heads, causal pairs
+    V = B·H·(S·P + S(S+1)/2):
+
+    - expanded: ``expand`` GEMM latent[T, r]·W_UKV[r, H(dn+dv)] (the weights and the cached latent
+      read, K/V written) and ``attention``, SDPA with qk dim dn + dr and v dim dv over H KV heads
+      (Q, O and K/V once per query tile);
+    - absorbed: ``absorb_q`` q_nope·W_UK per head (H GEMMs dn×r), ``attention_latent`` over the
+      latent — one KV head of dim r + dr shared by all H query heads, value dim r — reading the
+      cache once per tile of H·S query rows, and ``absorb_out`` o_lat·W_UV per head (r×dv).
+
+    Both write the new latent and rope key (S·(r + dr) per sequence) into the cache."""
+    b, h, s, t, dn, dr, dv, r, e = latent_attention_dims(node, ins)
+    past = t - s
+    pairs = b * h * causal_scores(s, past)
+    cached = len(ins) > 5 and ins[5] is not None
+    w = cls.weight_bytes(node.inputs[4]) if cls.graph is not None else 0
+    w_k = w * sympy.sympify(dn) / (dn + dv)                 # W_UK's share of kv_b_proj
+    spec = node.annotations.get("attention")
+    forced = getattr(spec, "form", None)
+    phases = {f: tuple(p for p, pf in LATENT_FORMS.items() if (forced or pf) == f) for f in ("expanded", "absorbed")}
+    lat_write = b * s * (r + dr) * e
+    lat_read_past = b * past * (r + dr) * e
+
+    def split(act, kv_read):
+        """Bytes with the cache traffic as KV once a cache is lifted (else activations)."""
+        if cached:
+            return Bytes(activations=act, kv=kv_read + lat_write)
+        return Bytes(activations=act + kv_read + lat_write)
+
+    out: list[Kernel] = []
+    if phases["expanded"]:
+        ph, d_qk = phases["expanded"], dn + dr
+        tiles = cls.q_tiles(h, d_qk, ins[0].itemsize, s)
+        expand = Bytes(weights=w, activations=b * t * h * (d_qk + dv) * e + b * s * r * e,
+                       kv=lat_read_past if cached else 0)
+        if not cached:
+            expand = Bytes(weights=w, activations=expand.activations + lat_read_past)
+        out.append(Kernel("expand", "gemm", 2 * b * t * r * h * (dn + dv), expand, ph))
+        out.append(Kernel("attention", "attention", pairs * (2 * d_qk + 2 * dv + 5),
+                          split(b * h * s * (d_qk + dv) * e + b * h * t * (d_qk + dv) * e * tiles, 0), ph))
+    if phases["absorbed"]:
+        ph = phases["absorbed"]
+        tiles = cls.q_tiles(1, r + dr, ins[0].itemsize, s * h)
+        out.append(Kernel("absorb_q", "gemm", 2 * b * s * h * dn * r,
+                          Bytes(weights=w_k, activations=b * s * h * (dn + r) * e), ph))
+        out.append(Kernel("attention_latent", "attention", pairs * (2 * (r + dr) + 2 * r + 5),
+                          split(b * h * s * (r + dr + r) * e, lat_read_past * tiles), ph, kind="mla_absorbed_core"))
+        out.append(Kernel("absorb_out", "gemm", 2 * b * s * h * r * dv,
+                          Bytes(weights=w - w_k, activations=b * s * h * (r + dv) * e), ph))
+    return out
+
+
+class _NoGraph(Classifier):
+    """A Classifier without a graph or hardware: the FLOPs-only view of a kernel list."""
+
+    def __init__(self):
+        self.graph = None
+        self.hw = None
+        self.kv = set()
+
+
+def _latent_flops(node, ins, outs):
+    """FLOPs of the form prefill runs (the op's ``flops`` rule; the cost model uses its kernels)."""
+    return sum(k.flops for k in latent_attention_kernels(node, ins, outs, _NoGraph()) if "prefill" in k.phases)
+
+
+register(OpDef("LatentAttention", OpKind.OPAQUE, "attention", latent_attention_rule, _latent_flops, None,
+               kernels=latent_attention_kernels, foldable=False))
+
+
+# ----------------------------------------------------------------------------------------------
+# grouped expert GEMM (compiler/frontends/moe.py): ``MoEMatMul(x [R, K], w [E, K, N], expert [R])``
+# → [R, N], row i multiplied by expert ``expert[i]``'s weight — the routed (token, slot) rows of
+# one projection of an MoE layer in one grouped GEMM (vLLM's fused_moe, TensorRT-LLM's MoE plugin,
+# torch._grouped_mm). Costed per step by compiler/perf/cost.py with the layer's routing (the
+# ``moe`` annotation): weights of the distinct experts touched, one launch (``dispatch=grouped``)
+# or one per touched expert (``dispatch=loop``: a per-expert loop).
+
+def moe_matmul_rule(node, ins):
+    x, w = ins[0], ins[1]
+    return [TensorType(x.dtype, (x.shape[0], w.shape[2]))]
+
+
+def moe_matmul_flops(node, ins, outs):
+    x, w = ins[0], ins[1]
+    return 2 * x.shape[0] * w.shape[1] * w.shape[2]
+
+
+register(OpDef("MoEMatMul", OpKind.OPAQUE, "gemm", moe_matmul_rule, moe_matmul_flops, default_bytes,
+               foldable=False))
 # the rest of the standard ONNX ops that exporters emit for transformer, vision and audio models
 # (tools/onnx_conformance.py checks each against the ONNX backend node tests). Importers type them
 # from ONNX shape inference; the shape rules below cover what passes create. Not registered, so
@@ -1133,9 +1335,23 @@ def op_cost(graph: Graph, node: OpNode, cls: Classifier | None = None) -> tuple[
     cls = cls or Classifier(graph)
     ins = [graph.types[t] if t else None for t in node.inputs]
     outs = [graph.types[t] if t else None for t in node.outputs]
-    flops = d.flops(node, ins, outs) if d.flops else 0
+    if node.op == "Attention":   # a window's cost depends on the kernel the hardware runs
+        flops = attention_flops(node, ins, outs, cls)
+    else:
+        flops = d.flops(node, ins, outs) if d.flops else 0
     byts = (d.bytes or default_bytes)(node, ins, outs, cls)
     return flops, byts
+
+
+def op_kernels(graph: Graph, node: OpNode, cls: Classifier | None = None) -> list[Kernel] | None:
+    """The :class:`Kernel` list of an op costed as several kernels (``OpDef.kernels``), else None."""
+    d = get(node.op, where=node.name)
+    if d.kernels is None:
+        return None
+    cls = cls or Classifier(graph)
+    ins = [graph.types[t] if t else None for t in node.inputs]
+    outs = [graph.types[t] if t else None for t in node.outputs]
+    return d.kernels(node, ins, outs, cls)
 
 
 def is_commutative(op: str) -> bool:

@@ -40,18 +40,20 @@ DTYPES: dict[str, tuple[float, Any, int]] = {
     "float8e5m2": (1, None, 19),
     "uint4": (0.5, None, 21),
     "int4": (0.5, None, 22),
+    "float4e2m1": (0.5, None, 23),    # FP4 (E2M1) values of MXFP4 / NVFP4
+    "float8e8m0": (1, None, 24),      # MXFP4's power-of-two block scale
 }
 ONNX_TO_DTYPE = {v[2]: k for k, v in DTYPES.items()}
 
 # Hardware dtype classes: the unit of a device's peak table (fp32 = the vector FMA rate; the others
 # the matrix units' rates) and of a cache's stored format. One table each, used everywhere.
-HW_DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4")
+HW_DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4", "fp4")
 #: bytes per element of each hardware dtype class
-HW_DTYPE_BYTES = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1, "int4": 0.5}
+HW_DTYPE_BYTES = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1, "int4": 0.5, "fp4": 0.5}
 #: the class an op on (or a cache of) tensors of each IR dtype belongs to
 HW_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float8e4m3fn": "fp8",
             "float8e5m2": "fp8", "int8": "int8", "uint8": "int8", "int4": "int4", "uint4": "int4",
-            "float64": "fp32", "int64": "fp32", "int32": "fp32", "bool": "fp32"}
+            "float4e2m1": "fp4", "float64": "fp32", "int64": "fp32", "int32": "fp32", "bool": "fp32"}
 #: other spellings of the classes (torch / numpy / ONNX / vendor names)
 HW_DTYPE_ALIASES = {
     "float32": "fp32", "float": "fp32", "f32": "fp32",
@@ -63,6 +65,7 @@ HW_DTYPE_ALIASES = {
     "e4m3": "fp8", "e5m2": "fp8",
     "uint8": "int8", "i8": "int8", "u8": "int8",
     "uint4": "int4", "i4": "int4", "u4": "int4",
+    "float4e2m1": "fp4", "float4_e2m1fn": "fp4", "e2m1": "fp4", "nvfp4": "fp4", "mxfp4": "fp4",
 }
 
 

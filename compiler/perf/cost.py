@@ -29,9 +29,9 @@ import sympy
 from compiler.perf import efficiency as eff
 from compiler.ir.annotations import COSTED
 from compiler.perf.hardware import Hardware
-from compiler.perf.moe import expert_factors
+from compiler.perf.moe import expert_factors, grouped_factors, layer_fixed
 from compiler.ir import B, P, S, Graph
-from compiler.ir.ops import Bytes, Classifier, get, op_cost
+from compiler.ir.ops import Bytes, Classifier, get, op_cost, op_kernels
 from compiler.ir.ops import attention_q_tiles as _q_tiles
 from compiler.ir.tensors import DTYPES, HW_DTYPE
 from compiler.perf import kernel_families as kf
@@ -56,6 +56,9 @@ FREE_CLASSES = ("view", "shape")
 REFERENCE_PEAK_CLASSES = ("elementwise", "reduction", "copy")
 
 
+PHASES = ("prefill", "decode")
+
+
 @dataclasses.dataclass
 class OpItem:
     name: str
@@ -65,9 +68,27 @@ class OpItem:
     sparse: bool
     idx: tuple[int, int, int, int, int]   # indices of flops, w, a, kv, fixed-cost multiplier expressions
     kernel: str = ""         # kernel family the prediction assumes (compute_dtype annotation)
+    node: str = ""           # the graph op this item costs (an op run as several kernels has one item each)
+    part: str = ""           # which of its kernels (``OpDef.kernels``), "" for a one-kernel op
+    idx_decode: tuple[int, int, int, int, int] | None = None   # the decode phase's, when it differs
+    kind: str = ""           # measured kernel kind (hardware kernel_families) it is costed as; "{phase}" filled in
     family: str = ""         # op family a runtime profile prices it by (compiler/perf/runtime.py)
     moe_experts: int = 0     # routed experts of its layer when it is one expert's GEMM
     moe_format: str = ""     # that expert GEMM's format family (bf16, w8a16, fp8, ...)
+
+
+def construct_kind(n, cls: Classifier) -> str:
+    """The measured kernel kind of an op of a modern construct, if any: a windowed attention run
+    by a windowed kernel (``attention_window_{phase}``), a grouped expert GEMM (``moe_grouped_gemm``).
+    Costed with the hardware's ``kernel_families`` entry of that name where it has one (measured),
+    else with the op's class (the report names which)."""
+    if n.op == "Attention":
+        spec = n.annotations.get("attention")
+        if spec is not None and spec.window and cls.window_kernel == "windowed":
+            return "attention_window_{phase}"
+    if n.op == "MoEMatMul" and getattr(n.annotations.get("moe"), "form", "grouped") == "grouped":
+        return "moe_grouped_gemm"
+    return ""
 
 
 def attention_q_tiles(hw: Hardware, heads, head_dim, itemsize, q_len):
@@ -136,6 +157,7 @@ class CostModel:
             return exprs[e]
 
         self.items: list[OpItem] = []
+        zero = ix(0)
         last: dict[int, tuple[int, ...]] = {}
         w_static: list[float] = []
         head = lm_head(graph) if runtime is not None and runtime.lm_head == "last" else None
@@ -143,6 +165,19 @@ class CostModel:
             d = get(n.op, where=n.name)
             if d.cost_class in FREE_CLASSES or (d.layout and n.outputs and n.outputs[0] in cls.views):
                 continue   # (a layout op on a weight is done once at load: compiler.ir.ops.weight_views)
+            kernel = n.annotations["compute_dtype"].kernel if "compute_dtype" in n.annotations else ""
+            if d.kernels is not None:   # an op run as several kernels, some in one phase only
+                for k in op_kernels(graph, n, cls):
+                    per = {ph: ((ix(k.flops), ix(k.bytes.weights), ix(k.bytes.activations), ix(k.bytes.kv), ix(1))
+                                if ph in k.phases else (zero,) * 5) for ph in PHASES}
+                    dtype = self._dtype(n)
+                    self.items.append(OpItem(f"{n.name}:{k.label}", n.op, k.cost_class, dtype, False,
+                                             per["prefill"], kernel, n.name, k.label,
+                                             per["decode"] if per["decode"] != per["prefill"] else None, k.kind,
+                                             family=op_family(graph, n, cls, k.cost_class, dtype),
+                                             moe_format=gemm_format(graph, n, cls, dtype) if k.cost_class == "gemm" else ""))
+                    w_static.append(0.0)   # (no static weight of its own: not a measured-family GEMM)
+                continue
             key = _structural_key(graph, n, cls)
             key = key if key is None or not in_kernel else key + (in_kernel,)
             hit = _COST_CACHE.get(key) if key is not None else None
@@ -156,18 +191,25 @@ class CostModel:
             fixed = 1
             wb = sympy.sympify(byts.weights)
             w_static.append(float(wb) if not wb.free_symbols else 0.0)   # its weight bytes, untouched by routing
-            if "moe" in n.annotations and n.annotations["moe"].expert is not None:
+            route = n.annotations.get("moe")
+            if route is not None and n.op == "MoEMatMul":
+                # a grouped expert GEMM: the distinct experts' weights, one launch or one per expert
+                wf, fixed = grouped_factors(route, B * S)
+                byts = Bytes(byts.weights * wf, byts.activations, byts.kv)
+            elif route is not None and route.expert is None and route.form == "loop" and not route.dispatch:
+                fixed = layer_fixed(route, B * S)    # a row-wise op of a per-expert loop
+            elif route is not None and route.expert is not None:
                 # one expert's op: routed rows, weights read iff touched (compiler/perf/moe.py)
-                rows, fixed = expert_factors(n.annotations["moe"], B * S)
+                rows, fixed = expert_factors(route, B * S)
                 flops, byts = flops * rows, Bytes(byts.weights * fixed, byts.activations * rows, byts.kv)
             dtype = self._dtype(n)
             moe = n.annotations.get("moe")
             self.items.append(OpItem(n.name, n.op, d.cost_class, dtype, self._sparse(n, cls),
                                      (ix(flops), ix(byts.weights), ix(byts.activations), ix(byts.kv), ix(fixed)),
-                                     n.annotations["compute_dtype"].kernel if "compute_dtype" in n.annotations else "",
-                                     op_family(graph, n, cls, d.cost_class, dtype),
-                                     moe.experts if moe is not None and moe.expert is not None else 0,
-                                     gemm_format(graph, n, cls, dtype) if d.cost_class == "gemm" else ""))
+                                     kernel, n.name, kind=construct_kind(n, cls),
+                                     family=op_family(graph, n, cls, d.cost_class, dtype),
+                                     moe_experts=moe.experts if moe is not None and moe.expert is not None else 0,
+                                     moe_format=gemm_format(graph, n, cls, dtype) if d.cost_class == "gemm" else ""))
             if head is not None and n.name == head:
                 # a prefill computes the last position's logits only (the runtime gathers it first)
                 last[len(self.items) - 1] = tuple(ix(sympy.sympify(e).subs(S, 1)) for e in
@@ -176,10 +218,9 @@ class CostModel:
         self.exprs = [sympy.sympify(e).xreplace(bind) for e in exprs] if bind else list(exprs)
         self._fn = sympy.lambdify((B, S, P), self.exprs, modules="numpy")
         idx = np.array([it.idx for it in self.items], dtype=np.int64).reshape(-1, 5)
-        self._idx = idx
-        classes = sorted({it.cost_class for it in self.items})
-        self._class_of = np.array([classes.index(it.cost_class) for it in self.items], dtype=np.int64)
-        self._classes = classes
+        self._idx = {"prefill": idx,
+                     "decode": np.array([it.idx_decode or it.idx for it in self.items], dtype=np.int64).reshape(-1, 5)}
+        self._eff_groups = {ph: self._efficiency_groups(ph) for ph in PHASES}
         self._peak = np.array([hw.peak("fp16") if it.cost_class in REFERENCE_PEAK_CLASSES
                                else hw.peak(it.dtype, it.sparse) for it in self.items], dtype=float)
         self.weight_numel = self._weight_numel(graph)
@@ -237,9 +278,34 @@ class CostModel:
         by_name = {n.name: n for n in graph}
         out = []
         for it in self.items:
-            w = next((graph.params[t] for t in by_name[it.name].inputs[1:2] if t in graph.params), None) \
-                if it.cost_class == "gemm" else None
+            w = next((graph.params[t] for t in by_name[it.node or it.name].inputs[1:2] if t in graph.params), None) \
+                if it.cost_class == "gemm" and not it.part else None
             out.append(float(np.prod(w.type.shape)) if w is not None and w.type.is_static() else 0.0)
+        return out
+
+    def measured_kind(self, it: OpItem, phase: str) -> str:
+        """The hardware ``kernel_families`` entry an item is costed with in ``phase`` ("" for none)."""
+        if not it.kind:
+            return ""
+        name = it.kind.format(phase="decode" if phase == "decode" else "prefill")
+        return name if self.hw.kernel_family(name) is not None else ""
+
+    def _efficiency_groups(self, phase: str) -> list[tuple[np.ndarray, Any, float | None]]:
+        """Items grouped by the efficiency parameters they are costed with in ``phase``: (mask,
+        ClassEfficiency, peak override) — the op class (attention by phase), or a measured kernel
+        kind of the hardware (its params, against its own peak dtype)."""
+        keys = []
+        for it in self.items:
+            kind = self.measured_kind(it, phase)
+            keys.append(("kind", kind) if kind else ("class", {"attention": f"attention_{phase}"}.get(it.cost_class, it.cost_class)))
+        out = []
+        for key in sorted(set(keys)):
+            mask = np.array([k == key for k in keys], dtype=bool)
+            if key[0] == "kind":
+                fam = self.hw.kernel_family(key[1])
+                out.append((mask, fam.params(), self.hw.peak(fam.peak_dtype, fam.sparse)))
+            else:
+                out.append((mask, self.hw.efficiency.for_class(key[1]), None))
         return out
 
     @staticmethod
@@ -263,20 +329,24 @@ class CostModel:
         return HW_DTYPE.get(self.graph.type(n.outputs[0]).dtype, "fp32") if n.outputs else "fp32"
 
     # ------------------------------------------------------------------------------------
-    def raw(self, b, s, p) -> np.ndarray:
-        """(4, n_ops, n_points) FLOPs, weight, activation and KV bytes at the given points."""
-        return self._raw(b, s, p)[:4]
+    def raw(self, b, s, p, phase: str | None = None) -> np.ndarray:
+        """(4, n_ops, n_points) FLOPs, weight, activation and KV bytes at the given points (an op
+        whose kernels depend on the phase, MLA, is taken in ``phase``'s form)."""
+        return self._raw(b, s, p, phase)[:4]
 
     def _raw(self, b, s, p, phase: str | None = None, rows=None) -> np.ndarray:
         """(5, n_ops, n_points): raw() plus each op's fixed-cost multiplier (launch and ramp are
-        paid with this probability: < 1 for an MoE expert's ops, which run only when it is routed to).
-        In a prefill under a runtime that computes the last position's logits only, the LM head
-        is evaluated in that form. ``rows``: only these ops (item indices), in that order."""
+        paid with this probability: < 1 for an MoE expert's ops, which run only when it is routed to;
+        0 for a kernel the phase does not run). An op whose kernels depend on the phase (MLA) is
+        taken in ``phase``'s form (prefill's when None). In a prefill under a runtime that computes
+        the last position's logits only, the LM head is evaluated in that form. ``rows``: only
+        these ops (item indices), in that order."""
         b, s, p = (np.atleast_1d(np.asarray(x, dtype=float)) for x in (b, s, p))
         n = max(len(b), len(s), len(p))
         vals = self._fn(b, s, p)
         table = np.stack([np.broadcast_to(np.asarray(v, dtype=float), (n,)) for v in vals]) if vals else np.zeros((0, n))
-        idx = self._idx if rows is None else self._idx[rows]
+        idx = self._idx["decode" if phase == "decode" else "prefill"]
+        idx = idx if rows is None else idx[rows]
         out = table[idx.T]  # (5, n_ops, n)
         if phase == "prefill" and self._last_token:
             pos = {int(i): j for j, i in enumerate(rows)} if rows is not None else None
@@ -288,16 +358,17 @@ class CostModel:
 
     def signature_groups(self, extra=None) -> tuple[np.ndarray, np.ndarray]:
         """(representative item indices, multiplicities): ops whose costs are identical functions of
-        the workload (same expressions, class, dtype, kernel, family — every layer repeats them),
-        optionally also equal in ``extra`` (a per-op key sequence, e.g. tensor-parallel shard
-        factors). Summing representative x multiplicity is the phase time, far fewer ops."""
+        the workload (same expressions in both phases, class, dtype, kernel, measured kind, family —
+        every layer repeats them), optionally also equal in ``extra`` (a per-op key sequence, e.g.
+        tensor-parallel shard factors). Summing representative x multiplicity is the phase time,
+        far fewer ops."""
         seen: dict[Any, int] = {}
         reps: list[int] = []
         counts: list[int] = []
         for i, it in enumerate(self.items):
-            key = (it.idx, it.cost_class, it.dtype, it.sparse, it.kernel, it.family, it.moe_experts, it.moe_format,
-                   self.weight_numel[i], self.weight_bytes_static[i], self._last_token.get(i),
-                   None if extra is None else extra[i])
+            key = (it.idx, it.idx_decode, it.cost_class, it.dtype, it.sparse, it.kernel, it.kind, it.family,
+                   it.moe_experts, it.moe_format, self.weight_numel[i], self.weight_bytes_static[i],
+                   self._last_token.get(i), None if extra is None else extra[i])
             j = seen.get(key)
             if j is None:
                 seen[key] = len(reps)
@@ -312,21 +383,25 @@ class CostModel:
         of every op (or of ``rows``) in ``phase`` (what :meth:`op_times` prices)."""
         return self._raw(b, s, p, phase, rows)
 
-    def evaluate(self, b, s, p, phase: str) -> dict[str, np.ndarray]:
+    def evaluate(self, b, s, p, phase: str, fixed_scale: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Per-op arrays (n_ops, n_points) at workload points, for ``phase`` in prefill/decode
-        (which attention efficiency class applies)."""
+        (which attention efficiency class, measured kernel kind and MLA form apply). ``fixed_scale``
+        (n_ops, n_points) multiplies each op's fixed-cost multiplier (what-if dispatch forms:
+        compiler/analysis/moe.py)."""
         flops, w, a, kv, fx = self._raw(b, s, p, phase)
+        if fixed_scale is not None:
+            fx = fx * fixed_scale
         time, att_f, bound = self.op_times(flops, w, a, kv, fx, phase)
         return {"flops": flops, "bytes": w + a + kv, "weights": w, "activations": a, "kv": kv,
                 "time": time, "attainable": att_f, "bound": bound}
 
     def op_times(self, flops, w, a, kv, fx, phase: str, shard=None, rows=None):
         """Per-op (time, attainable FLOP/s, bound) arrays ``(n_ops, n_points)`` of ops moving
-        these FLOPs and bytes (the hardware's class model, the measured kernel families, and the
-        runtime profile's kernels where it prices an op differently); ``shard``: per op, the
-        fraction of its weight one device holds (tensor parallelism; default whole); ``rows``: the
-        arrays hold only these ops (item indices, :meth:`signature_groups`)."""
-        class_of = self._class_of if rows is None else self._class_of[rows]
+        these FLOPs and bytes (the hardware's class model or the measured kernel kind of a modern
+        construct, the measured kernel families, and the runtime profile's kernels where it prices
+        an op differently); ``shard``: per op, the fraction of its weight one device holds (tensor
+        parallelism; default whole); ``rows``: the arrays hold only these ops (item indices,
+        :meth:`signature_groups`)."""
         peaks = self._peak if rows is None else self._peak[rows]
         if rows is not None:
             pos = {int(i): j for j, i in enumerate(rows)}
@@ -341,14 +416,12 @@ class CostModel:
         time = np.zeros_like(flops)
         att_f = np.zeros_like(flops)
         bound = np.zeros(flops.shape, dtype=np.int8)  # 0 compute, 1 memory, 2 latency
-        for ci, c in enumerate(self._classes):
-            m = class_of == ci
+        for mask, prm, peak in self._eff_groups["decode" if phase == "decode" else "prefill"]:
+            m = mask if rows is None else mask[rows]
             if not m.any():
                 continue
-            eclass = {"attention": f"attention_{phase}"}.get(c, c)
-            prm = self.hw.efficiency.for_class(eclass)
             cp = eff.ClassParams(prm.compute, prm.memory, prm.flops_half, prm.bytes_half)
-            pk = peaks[m][:, None]
+            pk = np.full((int(m.sum()), 1), peak) if peak is not None else peaks[m][:, None]
             bw = self.hw.memory_bandwidth
             # flops_half is sized for the fp16 reference peak: a kernel's ramp-up TIME is the
             # chip's, whatever the dtype (fp32 / fp8 / int8 GEMMs scale it by their peak)
@@ -399,10 +472,18 @@ class CostModel:
         rows = []
         for i, it in enumerate(self.items):
             f, by = float(r["flops"][i, 0]), float(r["bytes"][i, 0])
-            kernel, extra = it.kernel, {}
+            if it.part and f == 0 and by == 0 and r["time"][i, 0] == 0:
+                continue   # a kernel of a form this phase does not run (MLA)
+            kind = self.measured_kind(it, phase)
+            kernel, extra = it.kernel or kind, {}
             if self.runtime is not None:
-                kernel, source = self.runtime.label(it, phase, self.hw)
-                extra = {"kernel_source": source}
+                k = self.runtime.family_kernel(it, phase)
+                if kind and not it.kernel and (k is None or k.model == "hardware"):
+                    # the profile leaves it to the hardware: costed with the measured kernel kind
+                    extra = {"kernel_source": f"conf/hardware/{self.hw.name}.yaml kernel_families.{kind}"}
+                else:
+                    kernel, source = self.runtime.label(it, phase, self.hw)
+                    extra = {"kernel_source": source}
             rows.append({
                 "name": it.name, "op": it.op, "class": it.cost_class, "dtype": it.dtype,
                 **({"kernel": kernel} if kernel else {}),

@@ -77,7 +77,7 @@ A dtype without a native peak computes in the next wider type that holds each of
 exactly, first one the chip supports::
 
     int4 -> int8 -> fp16 -> bf16 -> fp32        fp8  -> fp16 -> bf16 -> fp32
-    fp16 -> fp32      bf16 -> fp32              tf32 -> fp32
+    fp16 -> fp32      bf16 -> fp32              tf32 -> fp32        fp4 -> fp8 -> fp16 -> bf16 -> fp32
 
 (``fp16 -> bf16`` and ``bf16 -> fp16`` are not steps: each loses what the other keeps, mantissa
 or range.) ``fp32`` is required in every file, so the chain always ends. With ``sparse=True`` the
@@ -156,12 +156,13 @@ DTYPE_FALLBACK: Mapping[str, tuple[str, ...]] = {
     "fp8": ("fp16", "bf16", "fp32"),
     "int8": ("fp16", "bf16", "fp32"),
     "int4": ("int8", "fp16", "bf16", "fp32"),
+    "fp4": ("fp8", "fp16", "bf16", "fp32"),
 }
 
 # Pairs (wider, narrower): a chip's native narrower-type peak cannot be below the wider one's.
 # Catches sparse/dense mixups and misplaced values; omit a dtype that has no fast native path.
 _PEAK_ORDER = (("fp32", "tf32"), ("fp32", "fp16"), ("fp32", "bf16"), ("tf32", "fp16"),
-               ("tf32", "bf16"), ("fp16", "fp8"), ("bf16", "fp8"), ("int8", "int4"))
+               ("tf32", "bf16"), ("fp16", "fp8"), ("bf16", "fp8"), ("int8", "int4"), ("fp8", "fp4"))
 
 CALIBRATION_SOURCES = ("calibrated", "transferred", "literature")
 

@@ -11,6 +11,11 @@ For T = B·S tokens in a step and an expert chosen by a fraction p_e of the k·T
 and the per-kernel fixed costs (launch, ramp) of an expert's ops are paid only when it is touched
 (a dispatch that loops over the hit experts; what the H200 measurement in
 ``compiler/perf/calibration/data/h200_kernels.json`` ran). Capacity and memory hold all experts' weights.
+
+A grouped expert GEMM (``MoEMatMul``: every routed row of one projection in one kernel, what fused
+MoE kernels run) reads the distinct experts' weights — a fraction distinct/E of its stacked
+weight — and pays one kernel's fixed cost (``dispatch=grouped``) or one per touched expert
+(``dispatch=loop``: the per-expert loop, costed on the same op) — :func:`grouped_factors`.
 """
 from __future__ import annotations
 
@@ -61,3 +66,31 @@ def distinct_experts(E: int, k: int, tokens, probabilities: Sequence[float] | No
         return E * (1 - (1 - k / E) ** t)
     p = np.minimum(1.0, k * np.asarray(probabilities, dtype=float))
     return np.sum(1 - (1 - p[:, None]) ** np.atleast_1d(t)[None, :], axis=0).reshape(t.shape)
+
+
+def touched_total(route, tokens) -> Any:
+    """Σ_e P(expert e touched) in a step of ``tokens`` tokens, as a sympy expression: the
+    expected distinct experts, E·(1 − (1 − k/E)^T) under uniform routing."""
+    E, k = route.experts, route.top_k
+    if route.distribution == "uniform" and route.probabilities is None:
+        return E * (1 - (1 - sympy.Rational(k, E)) ** tokens)
+    p = np.minimum(1.0, k * routing(route))
+    return sum(1 - (1 - sympy.Float(float(pe), 15)) ** tokens for pe in p)
+
+
+#: how routed experts are dispatched: one grouped GEMM per projection, or a loop over the experts
+DISPATCH = ("grouped", "loop")
+
+
+def grouped_factors(route, tokens) -> tuple[Any, Any]:
+    """(weight-bytes factor, fixed-cost multiplier) of a grouped expert GEMM (``MoEMatMul``) in a
+    step of ``tokens`` tokens: the distinct experts' share of the stacked weight, and one kernel
+    (``form=grouped``) or one kernel per touched expert (``form=loop``)."""
+    distinct = touched_total(route, tokens)
+    return distinct / route.experts, layer_fixed(route, tokens)
+
+
+def layer_fixed(route, tokens) -> Any:
+    """Fixed-cost multiplier of an MoE layer's row-wise op: 1 (grouped: one kernel for all routed
+    rows) or the expected distinct experts (loop: once per touched expert)."""
+    return touched_total(route, tokens) if route.form == "loop" else sympy.Integer(1)

@@ -345,7 +345,7 @@ def fuse_eager_attention(g: Graph) -> dict[str, int]:
     every attention into ``Attention(is_causal=1)`` so that the KV cache can be lifted. Not cost
     gated (the cache needs it). A graph that already has Attention ops is left alone. Raises
     :class:`compiler.ir.ops.UnsupportedOpError` when no attention could be fused, with the reason."""
-    if any(n.op == "Attention" for n in g):
+    if any(n.op in ("Attention", "LatentAttention") for n in g):
         return {}
     rule = attention_rule("attention", require_causal=True, cost_gated=False)
     stats, outcomes = run_rules(g, ["attention"], gate=None, rules={"attention": rule})

@@ -1,6 +1,7 @@
-"""Mixture of experts: the expert-structured import, onnxruntime equivalence (prefill + decode with
+"""Mixture of experts: the grouped-expert import, onnxruntime equivalence (prefill + decode with
 the KV cache), the routed cost (k of E experts' FLOPs, distinct experts' weights), routing
-histograms, the Mixtral-8x7B report on an H200, and a decode step against the H200 measurement."""
+histograms, grouped vs per-expert-loop dispatch, the Mixtral-8x7B report on an H200, and a decode
+step against the H200 measurement."""
 from __future__ import annotations
 
 import json
@@ -86,9 +87,11 @@ def test_moe_prefill_and_decode_match_torch_in_onnxruntime(which, tmp_path):
     g.verify()
     E, k = (4, 2) if which == "mixtral_tiny" else (6, 2)
     anns = [n.annotations["moe"] for n in g if "moe" in n.annotations]
-    assert {(a.experts, a.top_k) for a in anns} == {(E, k)}
-    assert {a.expert for a in anns if a.expert is not None} == set(range(E))
-    # no per-token weight gather (the batched_mm form): no Gather/GatherND reads an expert weight
+    assert {(a.experts, a.top_k, a.expert) for a in anns} == {(E, k, None)}
+    # two grouped expert GEMMs per layer (gate/up, down), whatever the expert count; their weights
+    # are the stacked [E, in, out] tensors; no per-token weight gather (the batched_mm form)
+    grouped = [n for n in g if n.op == "MoEMatMul"]
+    assert len(grouped) == 2 * 2 and all(g.type(n.inputs[1]).shape[0] == E for n in grouped)
     assert not any(n.op in ("Gather", "GatherND") and n.inputs[0] in g.params for n in g
                    if "moe" in n.annotations)
     save(g, str(tmp_path / "m.onnx"))
@@ -120,19 +123,44 @@ def test_expert_flops_and_weight_bytes_are_routed(h200):
     prepare(g)
     cm = CostModel(g, h200)
     H, inter, E, k, L = 128, 256, 4, 2, 2
-    expert = np.array([("moe" in g.node(it.name).annotations and g.node(it.name).annotations["moe"].expert is not None)
-                       for it in cm.items])
-    gemm = np.array([it.op == "MatMul" for it in cm.items])
+    grouped = np.array([it.op == "MoEMatMul" for it in cm.items])
     for b, s in [(1, 1), (4, 1), (2, 64)]:
         flops, w, _, _ = cm.raw(b, s, 0)
         T = b * s
         # k of E experts per token: 3 GEMMs of H×I per routed (token, slot), every layer
-        assert flops[expert & gemm, 0].sum() == pytest.approx(L * T * k * 3 * 2 * H * inter)
+        assert flops[grouped, 0].sum() == pytest.approx(L * T * k * 3 * 2 * H * inter)
         # weights of the distinct experts the step touches, fp32
-        assert w[expert & gemm, 0].sum() == pytest.approx(L * moe.distinct_experts(E, k, T) * 3 * H * inter * 4)
+        assert w[grouped, 0].sum() == pytest.approx(L * moe.distinct_experts(E, k, T) * 3 * H * inter * 4)
     # memory holds every expert
     from compiler.perf.memory import weights_bytes
     assert weights_bytes(g) >= L * E * 3 * H * inter * 4
+
+
+def test_loop_dispatch_pays_one_kernel_per_touched_expert(h200):
+    """Same FLOPs and bytes; the per-expert loop pays each row-wise op's fixed cost once per touched
+    expert: its extra time over the grouped form is (distinct − 1) × the fixed costs of those ops —
+    both costed with the gemm class here (the H200's measured grouped-GEMM kind, which the grouped
+    form uses by default, removed: its own efficiency would mix a second effect in)."""
+    import dataclasses
+    assert h200.kernel_family("moe_grouped_gemm") is not None
+    h200 = dataclasses.replace(h200, kernel_families={k: v for k, v in h200.kernel_families.items()
+                                                      if k != "moe_grouped_gemm"})
+    g = import_torch(model_cfg("qwen3_moe_tiny"))
+    prepare(g)
+    grouped = CostModel(g, h200)
+    apply_routing(g, {"dispatch": "loop"})
+    assert {n.annotations["moe"].form for n in g if "moe" in n.annotations} == {"loop"}
+    loop = CostModel(g, h200)
+    for b, s, phase in [(1, 1, "decode"), (8, 1, "decode"), (1, 256, "prefill")]:
+        rg, rl = grouped.evaluate(b, s, 64, phase), loop.evaluate(b, s, 64, phase)
+        assert np.allclose(rg["flops"], rl["flops"]) and np.allclose(rg["bytes"], rl["bytes"])
+        d = moe.distinct_experts(16, 4, b * s)
+        rows = np.array([g.node(it.name).annotations.get("moe") is not None for it in loop.items])
+        assert rl["time"][rows].sum() > rg["time"][rows].sum()
+        launch = h200.efficiency.launch_overhead_s
+        assert rl["time"][rows].sum() - rg["time"][rows].sum() >= (d - 1) * launch * rows.sum() * 0.999
+    with pytest.raises(ConfigError, match="grouped or loop"):
+        apply_routing(g, {"dispatch": "batched"})
 
 
 def test_routing_histogram_and_zipf_change_decode_cost(h200):
@@ -197,6 +225,7 @@ def test_moe_decode_layer_predicted_vs_h200_measurement(h200):
                      blk, "custom")
     # unfused: the measured per-expert loop runs separate gate_up, SiLU·up and down kernels
     PassManager([make_pass(p) for p in ["remove_noops", "fold_constants", "dce"]])(g)
+    apply_routing(g, {"dispatch": "loop"})
     cm = CostModel(g, h200)
     pts = [p for p in data["points"] if p["model"] == "qwen1.5_moe_a2.7b"]
     pred = np.array([float(cm.phase_time(p["batch"], 1, 0, "decode")[0]) for p in pts])

@@ -246,9 +246,9 @@ def test_zero_efficiency_rejected():
 
 def test_unknown_dtype_rejected():
     d = raw("h100_sxm")
-    d["peak_tflops"]["fp4"] = 4500
+    d["peak_tflops"]["fp6"] = 4500
     msg = _err(d)
-    assert "peak_tflops.fp4" in msg and "int4" in msg
+    assert "peak_tflops.fp6" in msg and "int4" in msg and "fp4" in msg
 
 
 def test_unknown_op_class_rejected():
@@ -479,4 +479,4 @@ def test_conf_lookup_prefers_package_conf(tmp_path, monkeypatch):
 
 
 def test_dtypes_constant():
-    assert DTYPES == ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4")
+    assert DTYPES == ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4", "fp4")

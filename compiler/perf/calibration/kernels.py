@@ -156,7 +156,9 @@ def main(argv=None) -> int:
                     v["flops_half_gflop"] = calfit._sig(v["flops_half_gflop"] * fp, 7)
                     v["bytes_half_mb"] = calfit._sig(v["bytes_half_mb"] * fw, 7)
                     v["source"] = f"transferred from {dev}: " + v["source"]
-            update_yaml_blocks(hardware_dir() / f"{name}.yaml", {"kernel_families": block},
+            # families this fit does not produce (tools/compare_modern_kernels.py's kinds) stay
+            kept = {k: v for k, v in kernel_families_to_yaml_dict(h.kernel_families).items() if k not in block}
+            update_yaml_blocks(hardware_dir() / f"{name}.yaml", {"kernel_families": {**block, **kept}},
                                note="written by python -m compiler.perf.calibration.kernels --write")
             print("wrote", hardware_dir() / f"{name}.yaml")
     return 0
