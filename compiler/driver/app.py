@@ -464,17 +464,23 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return None
 
 
+def _error_exit(e: Exception) -> int:
+    """Print the one-paragraph message of a failed command and return its exit code: a
+    RooftopError's own code, else (a bug) EXIT_INTERNAL; an interrupt raised meanwhile wins."""
+    if isinstance(e, RooftopError):
+        _print_error(str(e))
+        return e.exit_code
+    if signals.interrupted():
+        raise KeyboardInterrupt from None
+    _print_error(internal_error_text(e))
+    return EXIT_INTERNAL
+
+
 def _single(cfg, out_dir: str) -> int:
     try:
         report = run(cfg, out_dir)
-    except RooftopError as e:
-        _print_error(str(e))
-        return e.exit_code
-    except Exception as e:  # noqa: BLE001 - a bug: one paragraph, exit 1
-        if signals.interrupted():
-            raise KeyboardInterrupt from None
-        _print_error(internal_error_text(e))
-        return EXIT_INTERNAL
+    except Exception as e:  # noqa: BLE001 - bad input: its exit code; a bug: one paragraph, exit 1
+        return _error_exit(e)
     print(summary_line(report, out_dir), flush=True)
     return EXIT_OK
 
@@ -608,14 +614,8 @@ def _dispatch(argv: list[str]) -> int:
             ret = _hydra(plan.hydra_argv)
             return EXIT_OK if ret is None else ret
         return _multirun(plan) if plan.command.multirun else _single_run(plan)
-    except RooftopError as e:
-        _print_error(str(e))
-        return e.exit_code
-    except Exception as e:  # noqa: BLE001 - a bug: one paragraph, exit 1
-        if signals.interrupted():
-            raise KeyboardInterrupt from None
-        _print_error(internal_error_text(e))
-        return EXIT_INTERNAL
+    except Exception as e:  # noqa: BLE001 - bad input: its exit code; a bug: one paragraph, exit 1
+        return _error_exit(e)
 
 
 def cli(argv: list[str] | None = None) -> int:
