@@ -181,6 +181,8 @@ KNOWN_FAILURES = {line.strip() for line in (ROOT / "tests/known_failures.txt").r
 
 
 def pytest_collection_modifyitems(config, items):
+    if os.environ.get("ROOFTOP_RUN_KNOWN_FAILURES"):
+        return
     for item in items:
         if item.nodeid in KNOWN_FAILURES:
             item.add_marker(pytest.mark.xfail(run=False, reason="known failure after the wave-2 merge "

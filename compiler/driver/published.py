@@ -42,6 +42,7 @@ from compiler.analysis.parallel import parallel_step_time, plan_of
 from compiler.analysis.serving import StepTable, config_of, cost_model_step_time, sample_requests, serve_block, simulate
 from compiler.analysis.phases import GB, analyze, planning_sections, request_latency, request_overhead
 from compiler.driver.config import model_dims, register, register_resolvers, validate
+from compiler.errors import InternalError
 from compiler.driver.pipeline import (compression_passes, kv_passes, model_passes, runtime_of, with_runtime_defaults,
                                       workload_of)
 from compiler.frontends.models import import_torch
@@ -256,7 +257,7 @@ class Replayer:
             self.contexts[key] = (sb, sec["kv_blocks"], sec["block_size"], sec["layout"])
         sb, blocks, bs, layout = self.contexts[key]
         if layout != "paged":
-            raise ValueError("the fast serving path replays paged caches only")
+            raise InternalError("the fast serving path replays paged caches only")
         cfg = rc.cfg
         plan = plan_of(cfg.get("parallel"))
         st = parallel_step_time(rc.cost, plan, rc.dims) if plan.devices > 1 else cost_model_step_time(rc.cost)

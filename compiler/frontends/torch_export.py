@@ -909,6 +909,30 @@ def _sort(c, x, *args, dim=-1, descending=False, stable=None):
                               "sorted": 1}, types=[c.out_type(0), c.out_type(1)], n_out=2)
 
 
+@handles("aten.linalg_vector_norm.default", "aten.norm.ScalarOpt_dim")
+def _vector_norm(c, x, ord=2, dim=None, keepdim=False, *rest, dtype=None):
+    out = c.out_type()
+    x = c.cast(x, out.dtype)
+    t = c.tt(x)
+    attrs = {"keepdims": int(bool(keepdim))}
+    if dim is not None and list(dim if not isinstance(dim, int) else [dim]):
+        attrs["axes"] = _axes(c, dim, t.rank)
+    o = float(2 if ord is None else ord)
+    if o == 2:
+        return c.op("ReduceL2", [x], attrs, final=True)
+    if o == 1:
+        return c.op("ReduceL1", [x], attrs, final=True)
+    a = c.op("Abs", [x], types=[t])
+    if o in (float("inf"), float("-inf")):
+        return c.op("ReduceMax" if o > 0 else "ReduceMin", [a], attrs, final=True)
+    if o == 0:
+        nz = c.cast(c.op("Not", [c.op("Equal", [x, c.const(0.0, t.dtype)], types=[t.with_dtype("bool")])],
+                         types=[t.with_dtype("bool")]), t.dtype)
+        return c.op("ReduceSum", [nz], attrs, final=True)
+    s = c.op("ReduceSum", [c.op("Pow", [a, c.const(o, t.dtype)], types=[t])], attrs, types=[out])
+    return c.op("Pow", [s, c.const(1.0 / o, t.dtype)], final=True)
+
+
 # ---- data movement
 
 @handles("aten.flip.default")
@@ -926,7 +950,14 @@ def _repeat(c, x, repeats):
         shp = (1,) * (len(reps) - t.rank) + t.shape
         x = c.op("Reshape", [x], {"shape": list(shp)}, types=[t.with_shape(shp)])
     if not all(isinstance(r, int) for r in reps):
-        raise UnsupportedOpError("aten.repeat with symbolic repeat counts is not supported")
+        # symbolic counts (Bloom's ALiBi: repeat(batch, 1, 1)): Tile as Expand of an interleaved
+        # view, [d0, d1, …] → [1, d0, 1, d1, …] → [r0, d0, r1, d1, …] → [r0·d0, r1·d1, …]
+        t = c.tt(x)
+        inter = tuple(v for d in t.shape for v in (1, d))
+        u = c.op("Reshape", [x], {"shape": list(inter)}, types=[t.with_shape(inter)])
+        full = tuple(v for r, d in zip(reps, t.shape) for v in (r, d))
+        e = c.op("Expand", [u], {"shape": list(full)}, types=[t.with_shape(full)])
+        return c.op("Reshape", [e], {"shape": list(c.out_type().shape)}, final=True)
     return c.op("Tile", [x, c.const(reps, "int64")], final=True)
 
 
@@ -1095,6 +1126,9 @@ def _splice(c, x, part, d, st, en):
 
 @handles("aten.nonzero.default")
 def _nonzero(c, x):
+    if c.tt(x).rank == 0:
+        raise UnsupportedOpError("aten.nonzero of a 0-d tensor (torch gives [n, 0] indices, ONNX NonZero "
+                                 "has no such form): give it at least one dimension")
     out = c.out_type()
     nz = c.op("NonZero", [x], types=[out.with_shape((out.shape[1], out.shape[0]))])
     return c.op("Transpose", [nz], {"perm": [1, 0]}, final=True)
@@ -1227,7 +1261,10 @@ def _group_norm(c, x, w, b, n, ch, hw, groups, eps):
     if b is not None:
         y = c.op("Add", [y, c.op("Reshape", [b], {"shape": list(cshape)}, types=[c.tt(b).with_shape(cshape)])],
                  types=[t])
-    return [c.op("Identity", [y], types=[c.out_type(0)]), None, None]
+    st = t.with_shape(grouped[:2])   # mean and 1/std per (sample, group), as torch returns them
+    return [c.op("Identity", [y], types=[c.out_type(0)]),
+            c.op("Reshape", [mean], {"shape": list(grouped[:2])}, types=[st]),
+            c.op("Reshape", [inv], {"shape": list(grouped[:2])}, types=[st])]
 
 
 # ---- convolution, pooling, resampling
@@ -1336,6 +1373,10 @@ def _cdist(c, a, b, p, compute_mode=None):
         return c.op("ReduceSum", [diff], {"axes": [-1], "keepdims": 0}, final=True)
     if p == float("inf"):
         return c.op("ReduceMax", [diff], {"axes": [-1], "keepdims": 0}, final=True)
+    if p == 0.0:   # the number of differing coordinates
+        bt = dt.with_dtype("bool")
+        nz = c.op("Not", [c.op("Equal", [diff, c.const(0.0, ta.dtype)], types=[bt])], types=[bt])
+        return c.op("ReduceSum", [c.cast(nz, ta.dtype)], {"axes": [-1], "keepdims": 0}, final=True)
     s = c.op("ReduceSum", [c.op("Pow", [diff, c.const(p, ta.dtype)], types=[dt])], {"axes": [-1], "keepdims": 0},
              types=[out])
     return c.op("Pow", [s, c.const(1.0 / p, ta.dtype)], final=True)
@@ -1437,7 +1478,7 @@ _SKIP = {"aten._assert_tensor_metadata.default", "aten._assert_scalar.default",
          "aten.sym_constrain_range_for_size.default", "aten._assert_async.msg",
          "aten.sym_constrain_range.default"}
 _SYMBOLIC_FNS = {operator.mul, operator.add, operator.sub, operator.floordiv, operator.truediv,
-                 operator.neg}
+                 operator.neg, operator.mod, torch.sym_max, torch.sym_min}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from compiler.ir.ops import attention_q_tiles as _q_tiles
 from compiler.ir.tensors import DTYPES, HW_DTYPE
 from compiler.perf import kernel_families as kf
 from compiler.perf.runtime import Runtime, gemm_format, op_family
+from compiler.errors import InternalError
 
 
 def lm_head(graph: Graph) -> str | None:
@@ -269,7 +270,7 @@ class CostModel:
         in-kernel) must be the same."""
         cur = self.runtime
         if cur is None or (cur.lm_head, tuple(cur.kv_cache_in_kernel)) != (runtime.lm_head, tuple(runtime.kv_cache_in_kernel)):
-            raise ValueError("rebind: the profile changes how the graph is costed; build a new CostModel")
+            raise InternalError("rebind: the profile changes how the graph is costed; build a new CostModel")
         self.runtime = runtime
         self._binding = runtime.bind(self)
 

@@ -39,7 +39,7 @@ def test_wheel_builds_without_warnings_and_finds_conf_and_calibration_data(tmp_p
     assert "compiler/conf/config.yaml" in names
     assert "compiler/conf/model/llama2_7b.yaml" in names and "compiler/conf/hardware/h100_sxm.yaml" in names
     assert "passes/fusion/attention.py" in names and "compiler/perf/calibration/data/h100_sxm.json" in names
-    assert "compiler/frontends/safety.py" in names
+    assert "compiler/frontends/safety.py" in names and "compiler/conf/runtime/vllm.yaml" in names
     # the installed layout (the wheel unpacked, no source tree on the path) finds its data
     site = tmp_path / "site"
     zipfile.ZipFile(whl).extractall(site)

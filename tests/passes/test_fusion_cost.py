@@ -20,7 +20,10 @@ into one softmax pass.) The fused Attention (FlashAttention-style, with the lift
 Q, writes O, appends the new K/V to the cache, and streams K/V from memory once per query tile whose
 K/V working set fits half the 40 MiB L2 (rows = 20 MiB / (H·d·2) = 2560):
 
-    4·H·N·d (Q, O) + 4·H·N·d·tiles (K, V reads) + 4·H·N·d (K, V cache writes),  tiles = ⌈N / 2560⌉
+    4·H·N·d (Q, O) + 4·H·N·d·tiles (K, V reads) + 4·H·N·d (K, V cache writes) + N (padding mask),
+    tiles = ⌈N / 2560⌉
+
+(the padding mask is lift_kv_cache's ``attention_mask`` operand, bool [B, 1, 1, P+S], read once)
 
 so at N = 2048 (1 tile) bytes fall ≈ 43.7×, at N = 8192 (4 tiles) ≈ 86×.
 """
@@ -45,7 +48,7 @@ def unfused_bytes(n: int) -> float:
 
 def fused_bytes(n: int) -> float:
     tiles = math.ceil(n / ((L2 // 2) // (H * D * 2)))
-    return 4 * H * n * D + 4 * HKV * n * D * tiles + 4 * HKV * n * D
+    return 4 * H * n * D + 4 * HKV * n * D * tiles + 4 * HKV * n * D + n
 
 
 @pytest.fixture(scope="module")

@@ -122,7 +122,9 @@ class _Collect(HTMLParser):
         self.tags.append((tag, dict(attrs)))
 
 
-def test_html_is_self_contained_with_the_four_plots(run):
+def test_html_is_self_contained_with_its_plots(run):
+    """The four figures every report has, plus the per-layer one of a decoder with layers, each an
+    inline PNG (no fetches, no scripts) whose size matches its tag."""
     _, r, out = run
     page = (out / "report.html").read_text(encoding="utf-8")
     p = _Collect()
@@ -135,9 +137,11 @@ def test_html_is_self_contained_with_the_four_plots(run):
     assert not re.search(r"(src|href)\s*=\s*['\"]?\s*(https?:)?//", page)
     assert "url(" not in page  # no CSS fetches
     imgs = [a for t, a in p.tags if t == "img"]
-    assert len(imgs) == len(plots.PLOTS) == page.count("data:image/png;base64,") == 4
+    assert len(plots.PLOTS) == 4
+    assert any(ph.get("layers") for ph in r["phases"].values())   # the default model: a decoder's layers
+    assert len(imgs) == len(plots.PLOTS) + 1 == page.count("data:image/png;base64,") == 5
     ids = [a["id"] for t, a in p.tags if t == "figure"]
-    assert ids == [f"plot-{n}" for n in ("memory", "throughput_vs_batch", "roofline", "time_by_class")]
+    assert ids == [f"plot-{n}" for n in ("memory", "throughput_vs_batch", "roofline", "time_by_class", "layers")]
     import matplotlib.image
     for a in imgs:
         png = base64.b64decode(a["src"].split(",", 1)[1])
@@ -153,8 +157,8 @@ def test_png_bytes_are_deterministic(run, rendered):
     """The PNGs the pipeline embedded equal the ones rendered again here, byte for byte."""
     _, _, out = run
     embedded = _pngs_in((out / "report.html").read_text(encoding="utf-8"))
-    assert sorted(embedded) == sorted(rendered) == sorted(plots.PLOTS)
-    for name in plots.PLOTS:
+    assert sorted(embedded) == sorted(rendered) == sorted(plots.PLOTS + ("layers",))
+    for name in rendered:
         assert embedded[name] == rendered[name], name
         assert b"Software" not in rendered[name]  # no matplotlib version stamp
 
