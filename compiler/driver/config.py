@@ -48,6 +48,7 @@ from compiler.analysis.prefix import check_prefix
 from compiler.driver.sizing import SizingConfig, check_sizing
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 from passes.quant.config import QuantConfig, SparsityConfig  # noqa: F401 (re-exported schemas)
 from passes.weight_formats import FORMATS as WEIGHT_FORMATS, GROUPS as WEIGHT_GROUPS
 
@@ -785,7 +786,12 @@ def validate(cfg: Any) -> dict:
     into rooftop's wording), the model block against its variant's schema (``model.source``);
     then the range checks (:data:`CHECKS`). Returns a plain dict with every default filled in.
     Raises :class:`ConfigError` (exit 2)."""
-    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    try:
+        data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    except InterpolationResolutionError as e:
+        key = getattr(e, "full_key", None) or "a setting"
+        raise ConfigError(f"{key}: its value is an interpolation OmegaConf cannot resolve ({str(e.msg).splitlines()[0].strip()}). Give a plain "
+                          f"value or refer to an existing setting, e.g. {key}='${{workload.batch}}'.") from None
     if not isinstance(data, Mapping):
         raise ConfigError(f"the config must be a mapping, not {type(data).__name__}.")
     data = {k: v for k, v in data.items() if k not in FOREIGN_KEYS}

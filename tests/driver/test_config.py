@@ -40,6 +40,22 @@ def test_unknown_keys_on_the_command_line_exit_2(args, key, near, tmp_path):
     assert not (tmp_path / "out").exists()  # refused before Hydra made the run directory
 
 
+def test_an_unresolvable_interpolation_exits_2_and_its_advice_runs(tmp_path):
+    """``parallel.microbatches='${oops}'`` names no setting: one paragraph naming the key (not an
+    internal error), nothing on disk; the advised reference to an existing setting runs."""
+    base = ("model.weights=meta", "emit.enabled=false", "report.html=false", "progress=false",
+            "workload.prompt_len=16", "workload.gen_len=2")
+    r = run_cli(*base, "parallel.microbatches='${oops}'", f"hydra.run.dir={tmp_path / 'bad'}")
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    line = _one_error(r)
+    assert "parallel.microbatches" in line and "'oops' not found" in line and "internal" not in line
+    assert not (tmp_path / "bad").exists()
+    advice = line.split("e.g. ")[1].rstrip(".")
+    r = run_cli(*base, advice, f"hydra.run.dir={tmp_path / 'good'}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "good" / "report.json").exists()
+
+
 def test_a_misspelled_key_inside_a_model_yaml_exits_2(tmp_path):
     """`weigths: random` in a model YAML (found through Hydra's --config-dir) used to build the
     default silently."""
