@@ -7,9 +7,10 @@ attention function it dispatches to (``config._attn_implementation``): the layer
 ``sliding_window`` (``None`` on the global layers of a local/global pattern), ``softcap``, and
 gpt-oss's sinks (``s_aux``). rooftop registers its own function, ``"rooftop"``
 (:func:`ensure_registered`, the official ``AttentionInterface.register`` hook), that calls one
-custom torch op, ``rooftop::attention(q, k, v, sinks, scale, softcap, window)``: eager execution
-runs the reference computation (causal, window, softcap, sinks — the math of transformers' eager
-path, checked against it in tests), and torch.export keeps the op whole, so the importer
+custom torch op, ``rooftop::attention(q, k, v, sinks, scale, softcap, window, mask)``: eager
+execution runs the reference computation (causal, window, softcap, sinks and the padding of the
+mask transformers built — the math of transformers' eager path, checked against it in tests), and
+torch.export keeps the op whole, so the importer
 (:func:`translate`) gets the window, softcap and sinks of each layer as facts instead of a
 traced mask it would have to classify. The exported mask builder is then dead code and never
 translated. Models use it when :func:`compiler.frontends.families.attention_facts` finds a window,
@@ -18,6 +19,14 @@ every other model keeps transformers' SDPA path.
 
 **Window semantics** (transformers' ``sliding_window_overlay``): query position ``q`` sees keys
 ``q − W < k ≤ q`` — ``W`` keys including itself.
+
+**Padding.** In eager runs (the reference a verification or a test compares against) the op also
+applies the 4-D mask transformers built from the caller's ``attention_mask`` (bool, True = may
+attend; or additive float), so a padded batch gives what transformers' own attention gives. Under
+torch.export the mask is not passed: rooftop exports causal LMs from ``input_ids`` and
+``position_ids`` only, so that mask would only repeat the causal/window structure the op's
+attributes already carry; padding enters the artifact with the ``attention_mask`` input that the
+``lift_kv_cache`` pass adds beside the cache.
 """
 from __future__ import annotations
 
@@ -28,15 +37,19 @@ import torch
 
 from compiler.ir import annotations as ann
 from compiler.ir.annotations import AttentionSpec
+from compiler.ir.ops import UnsupportedOpError
 
 OP_NAME = "rooftop::attention"
 IMPL_NAME = "rooftop"
 
 
-def reference(q, k, v, sinks, scale: float, softcap: float, window: int):
+def reference(q, k, v, sinks, scale: float, softcap: float, window: int, mask=None):
     """Causal attention over ``q`` [B, H, S, D] against ``k``/``v`` [B, Hkv, T, D] (queries aligned
-    with the last S keys), with an optional window (0: none), logit softcap (0: none) and per-head
-    sink logits ``sinks`` [H] (None: none) that join the softmax and are dropped after it."""
+    with the last S keys), with an optional window (0: none), logit softcap (0: none), per-head
+    sink logits ``sinks`` [H] (None: none) that join the softmax and are dropped after it, and an
+    optional padding ``mask`` broadcastable to [B, 1, S, T] (bool, True = may attend, or additive
+    float). A query that may see no key (a padded row) gets a uniform softmax instead of NaN, as
+    transformers' SDPA path does; its output is meaningless and masked out downstream."""
     b, h, s, _ = q.shape
     hkv, t = k.shape[1], k.shape[2]
     if hkv != h:
@@ -50,7 +63,12 @@ def reference(q, k, v, sinks, scale: float, softcap: float, window: int):
     allowed = ki <= qi
     if window:
         allowed = allowed & (ki > qi - window)
-    scores = scores.masked_fill(~allowed, float("-inf"))
+    if mask is not None and mask.dtype != torch.bool:   # additive: 0 where allowed
+        scores = scores + mask.to(scores.dtype)
+        mask = None
+    if mask is not None:
+        allowed = allowed & mask
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
     if sinks is not None:
         sink = sinks.reshape(1, -1, 1, 1).expand(b, -1, s, -1).to(scores.dtype)
         logits = torch.cat([scores, sink], dim=-1)
@@ -63,13 +81,13 @@ def reference(q, k, v, sinks, scale: float, softcap: float, window: int):
 
 @torch.library.custom_op(OP_NAME, mutates_args=())
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor | None, scale: float,
-              softcap: float, window: int) -> torch.Tensor:
+              softcap: float, window: int, mask: torch.Tensor | None) -> torch.Tensor:
     """One causal attention layer (see :func:`reference`); [B, H, S, Dv]."""
-    return reference(q, k, v, sinks, scale, softcap, window)
+    return reference(q, k, v, sinks, scale, softcap, window, mask)
 
 
 @attention.register_fake
-def _(q, k, v, sinks, scale, softcap, window):
+def _(q, k, v, sinks, scale, softcap, window, mask):
     return q.new_empty((*q.shape[:-1], v.shape[-1]))
 
 
@@ -77,7 +95,9 @@ def _rooftop_attention(module, query, key, value, attention_mask, scaling=None, 
                        sliding_window=None, softcap=None, s_aux=None, **kwargs):
     """transformers' attention-function signature: returns ([B, S, H, Dv], no weights)."""
     scale = float(scaling) if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
-    out = attention(query, key, value, s_aux, scale, float(softcap or 0.0), int(sliding_window or 0))
+    mask = None if torch.compiler.is_exporting() or not isinstance(attention_mask, torch.Tensor) \
+        else attention_mask[..., :key.shape[2]]
+    out = attention(query, key, value, s_aux, scale, float(softcap or 0.0), int(sliding_window or 0), mask)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -87,8 +107,8 @@ def ensure_registered() -> str:
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
     if IMPL_NAME not in AttentionInterface._global_mapping:
         AttentionInterface.register(IMPL_NAME, _rooftop_attention)
-        # the mask transformers builds for it is never used (the op knows its window): give it the
-        # cheapest builder so eager runs do not pay for a dense mask
+        # the mask transformers builds for it carries only the padding the op does not know (it
+        # knows its window): SDPA's builder, a boolean mask (None when there is no padding)
         ALL_MASK_ATTENTION_FUNCTIONS.register(IMPL_NAME, sdpa_mask)
     return IMPL_NAME
 
@@ -96,11 +116,14 @@ def ensure_registered() -> str:
 # ------------------------------------------------------------------------------------------------
 # the importer side
 
-def translate(c, q, k, v, sinks, scale, softcap, window):
+def translate(c, q, k, v, sinks, scale, softcap, window, mask=None):
     """One ``rooftop::attention`` node → ``Attention(q, k, v)`` with ``is_causal``, ``scale``,
     ``softcap``, ``window`` attributes, the sinks as operand 6 (rooftop's extension of ONNX Attention's
     operands; the emitter lowers it) and the ``attention`` annotation (``c``: the torch
-    importer's context)."""
+    importer's context). ``mask`` is never given under export (module doc: Padding)."""
+    if mask is not None:
+        raise UnsupportedOpError("rooftop::attention with a padding mask under torch.export: export causal "
+                                 "LMs from input_ids and position_ids (padding comes with lift_kv_cache)")
     attrs = {"is_causal": 1, "scale": float(scale)}
     if softcap:
         attrs["softcap"] = float(softcap)

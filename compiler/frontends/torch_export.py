@@ -1458,9 +1458,9 @@ def _moe_experts(c, hidden, idx, weights, gate_up, down, gate_up_bias=None, down
 
 
 @handles("rooftop.attention.default")
-def _rooftop_attention(c, q, k, v, sinks, scale, softcap, window):
+def _rooftop_attention(c, q, k, v, sinks, scale, softcap, window, mask=None):
     """Attention with the layer's window / softcap / sinks (compiler/frontends/attention.py)."""
-    return attention_import.translate(c, q, k, v, sinks, scale, softcap, window)
+    return attention_import.translate(c, q, k, v, sinks, scale, softcap, window, mask)
 
 
 @handles("rooftop.mla_attention.default")
