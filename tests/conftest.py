@@ -171,19 +171,3 @@ def tiny_report(tmp_path_factory):
                  show_progress=False)
     assert_valid_report(report)
     return report, out
-
-
-# ---------------------------------------------------------------------------------------------
-# Known failures after merging the wave-2 branches together: listed in tests/known_failures.txt
-# (one test id per line) and reported as xfail, not run, until each is fixed and removed there.
-KNOWN_FAILURES = {line.strip() for line in (ROOT / "tests/known_failures.txt").read_text().splitlines()
-                  if line.strip() and not line.startswith("#")}
-
-
-def pytest_collection_modifyitems(config, items):
-    if os.environ.get("ROOFTOP_RUN_KNOWN_FAILURES"):
-        return
-    for item in items:
-        if item.nodeid in KNOWN_FAILURES:
-            item.add_marker(pytest.mark.xfail(run=False, reason="known failure after the wave-2 merge "
-                                                                "(tests/known_failures.txt)"))

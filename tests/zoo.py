@@ -480,7 +480,7 @@ def run_cell(family: str, exporter: str, *, workload: tuple = (), cache: Path | 
             report = run(cfg, out, show_progress=False)
         res.exit_code = 0
         ops = (report.get("model") or {}).get("op_counts") or {}
-        res.attention = int(ops.get("Attention", 0))
+        res.attention = int(ops.get("Attention", 0)) + int(ops.get("LatentAttention", 0))   # MLA: one op a layer
         res.kv_cache = bool((report.get("memory") or {}).get("kv_bytes_per_token"))
         res.verified = bool((report.get("emit") or {}).get("verified"))
         problems = []

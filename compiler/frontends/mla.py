@@ -12,8 +12,11 @@ P, kv_lora_rank], ``past_value.i`` [B, 1, P, rope_dim]).
 **Import.** rooftop gives every MLA attention module of a model it builds its own forward
 (:func:`install`): the same projections, norms and rotary embedding as transformers' (DeepSeek-V2's
 complex-number rotary written in real arithmetic — the same rotation), and the core as one custom
-op, ``rooftop::mla_attention(q_nope, q_rope, latent, k_rope, kv_b_weight, scale)``, whose eager
-execution is the expanded form (up-project the latent, causal SDPA over ``nope + rope`` key dims).
+op, ``rooftop::mla_attention(q_nope, q_rope, latent, k_rope, kv_b_weight, scale, mask)``, whose
+eager execution is the expanded form (up-project the latent, causal SDPA over ``nope + rope`` key
+dims, and in eager runs the padding of the mask transformers built; under torch.export no mask is
+passed — padding enters with ``lift_kv_cache``'s ``attention_mask``, as for
+:mod:`compiler.frontends.attention`).
 A test checks the patched model against transformers' unpatched eager model. torch.export keeps the
 op whole and :func:`translate` makes it a ``LatentAttention`` op (compiler/ir/ops.py) annotated
 ``AttentionSpec(latent_rank, rope_dim)``; ``lift_kv_cache`` then caches its latent operands.
@@ -36,6 +39,7 @@ import torch
 from compiler.ir import TensorType
 from compiler.ir import annotations as ann
 from compiler.ir.annotations import AttentionSpec
+from compiler.ir.ops import UnsupportedOpError
 
 OP_NAME = "rooftop::mla_attention"
 
@@ -43,10 +47,11 @@ OP_NAME = "rooftop::mla_attention"
 # ------------------------------------------------------------------------------------------------
 # the torch side
 
-def reference(q_nope, q_rope, latent, k_rope, w_kv_b, scale: float):
+def reference(q_nope, q_rope, latent, k_rope, w_kv_b, scale: float, mask=None):
     """Expanded-form MLA: q [B, H, S, nope|rope], latent [B, 1, T, r], k_rope [B, 1, T, rope],
     ``w_kv_b`` [H·(nope + v), r] (kv_b_proj's weight) → [B, H, S, v]; causal, queries aligned
-    with the last S keys."""
+    with the last S keys; ``mask`` (optional, broadcastable to [B, 1, S, T]): padding, bool (True =
+    may attend) or additive float. A row that may see no key gets a uniform softmax, not NaN."""
     b, h, s, dn = q_nope.shape
     t = latent.shape[2]
     dv = w_kv_b.shape[0] // h - dn
@@ -57,7 +62,12 @@ def reference(q_nope, q_rope, latent, k_rope, w_kv_b, scale: float):
     scores = torch.matmul(q, k.transpose(2, 3)) * scale
     qi = torch.arange(t - s, t, device=q.device)[:, None]
     ki = torch.arange(t, device=q.device)[None, :]
-    scores = scores.masked_fill(ki > qi, float("-inf"))
+    allowed = ki <= qi
+    if mask is not None and mask.dtype != torch.bool:
+        scores = scores + mask.to(scores.dtype)
+    elif mask is not None:
+        allowed = allowed & mask
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
     return torch.matmul(probs, v)
 
@@ -84,13 +94,13 @@ def absorbed(q_nope, q_rope, latent, k_rope, w_kv_b, scale: float):
 
 @torch.library.custom_op(OP_NAME, mutates_args=())
 def mla_attention(q_nope: torch.Tensor, q_rope: torch.Tensor, latent: torch.Tensor, k_rope: torch.Tensor,
-                  w_kv_b: torch.Tensor, scale: float) -> torch.Tensor:
+                  w_kv_b: torch.Tensor, scale: float, mask: torch.Tensor | None) -> torch.Tensor:
     """One MLA layer's attention core (see :func:`reference`)."""
-    return reference(q_nope, q_rope, latent, k_rope, w_kv_b, scale)
+    return reference(q_nope, q_rope, latent, k_rope, w_kv_b, scale, mask)
 
 
 @mla_attention.register_fake
-def _(q_nope, q_rope, latent, k_rope, w_kv_b, scale):
+def _(q_nope, q_rope, latent, k_rope, w_kv_b, scale, mask):
     h, dn = q_nope.shape[1], q_nope.shape[3]
     return q_nope.new_empty((*q_nope.shape[:-1], w_kv_b.shape[0] // h - dn))
 
@@ -146,7 +156,9 @@ def _forward(self, hidden_states, position_embeddings=None, attention_mask=None,
         fn = mod.apply_rotary_pos_emb_interleave if getattr(self.config, "rope_interleave", False) \
             else mod.apply_rotary_pos_emb
         q_rot, k_rot = fn(q_rot, k_rot, cos, sin)
-    out = mla_attention(q_nope, q_rot, latent, k_rot, self.kv_b_proj.weight, float(self.scaling))
+    mask = None if torch.compiler.is_exporting() or not isinstance(attention_mask, torch.Tensor) \
+        else attention_mask[..., :s]
+    out = mla_attention(q_nope, q_rot, latent, k_rot, self.kv_b_proj.weight, float(self.scaling), mask)
     out = out.transpose(1, 2).reshape(b, s, -1)
     return self.o_proj(out), None
 
@@ -183,10 +195,14 @@ def install(model: torch.nn.Module) -> int:
 # ------------------------------------------------------------------------------------------------
 # the importer side
 
-def translate(c, q_nope, q_rope, latent, k_rope, w_kv_b, scale):
+def translate(c, q_nope, q_rope, latent, k_rope, w_kv_b, scale, mask=None):
     """One ``rooftop::mla_attention`` node → ``LatentAttention`` (operands: q_nope, q_rope, latent,
     k_rope, kv_b weight [H·(nope+v), r]; ``lift_kv_cache`` adds the past latent and rope key as
-    operands 5 and 6) with the ``attention`` annotation (``c``: the torch importer's context)."""
+    operands 5 and 6) with the ``attention`` annotation (``c``: the torch importer's context).
+    ``mask`` is never given under export (module doc)."""
+    if mask is not None:
+        raise UnsupportedOpError("rooftop::mla_attention with a padding mask under torch.export: export causal "
+                                 "LMs from input_ids and position_ids (padding comes with lift_kv_cache)")
     g = c.g
     r, dr = int(g.type(latent).shape[3]), int(g.type(k_rope).shape[3])
     out = c.op("LatentAttention", [q_nope, q_rope, latent, k_rope, w_kv_b], {"scale": float(scale), "is_causal": 1},

@@ -1464,9 +1464,9 @@ def _rooftop_attention(c, q, k, v, sinks, scale, softcap, window, mask=None):
 
 
 @handles("rooftop.mla_attention.default")
-def _mla_attention(c, q_nope, q_rope, latent, k_rope, w_kv_b, scale):
+def _mla_attention(c, q_nope, q_rope, latent, k_rope, w_kv_b, scale, mask=None):
     """Multi-head latent attention (compiler/frontends/mla.py)."""
-    return mla_import.translate(c, q_nope, q_rope, latent, k_rope, w_kv_b, scale)
+    return mla_import.translate(c, q_nope, q_rope, latent, k_rope, w_kv_b, scale, mask)
 
 
 @handles("<built-in function getitem>")
