@@ -2,7 +2,7 @@
 OpInfo samples.
 
 For each Core ATen op (the overloads tagged ``torch.Tag.core``: what ``ExportedProgram.
-run_decompositions()`` produces) the table says whether ``compiler/frontends/torch_export.py``
+run_decompositions()`` produces) the table says whether the torch importer (``compiler/frontends/aten_*.py``)
 translates it or refuses it (and why). Then PyTorch's OpInfo sample inputs
 (``torch.testing._internal.common_methods_invocations.op_db``; the OpInfo named like the op, or the
 functional it comes from) are run: each sample becomes a one-op module, is exported
@@ -248,7 +248,7 @@ def render(res: dict, command: str, seconds: float) -> str:
              f"- date: {datetime.date.today().isoformat()}; machine: {platform.machine()} {os.cpu_count()} CPUs; "
              f"torch {torch.__version__}; wall time {seconds / 60:.1f} min", f"- command: `{command}`", "",
              "Every overload of torch's Core ATen opset (`torch.Tag.core`: what `run_decompositions()` "
-             "produces) is **translated** by `compiler/frontends/torch_export.py` onto the op registry, or "
+             "produces) is **translated** by the torch importer's handlers (`compiler/frontends/aten_*.py`) onto the op registry, or "
              "**refused** at import with the reason shown (an exit-2 message naming the op). The torch "
              "importer keeps ops it translates whole (`aten.linear`, `aten.scaled_dot_product_attention`, "
              "…) and decomposes every other op to this set first. *Samples*: PyTorch's OpInfo sample "

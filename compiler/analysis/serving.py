@@ -445,198 +445,206 @@ def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, bl
     tab = _table_for(step_time, cfg, prompt, out, table, context=cached is not None)
     if cached is None:
         cached = off = np.zeros(n, np.int64)
+    sim = _Continuous(cfg, tab, arrival, prompt, out, cached, off, hold, int(kv_blocks), bs, reserve_tokens)
+    sim.run()
+    policy = "continuous_chunked" if cfg.chunked_prefill else "continuous"
+    return _result(policy, cfg, arrival, sim.first, sim.finish, out, sim.preempt, sim.steps, sim.batch_sum,
+                   sim.batch_max, kv_blocks)
 
-    first = np.full(n, np.nan)
-    finish = np.full(n, np.nan)
-    gen = np.zeros(n, np.int64)           # tokens generated so far
-    done_pf = cached.copy()               # prompt(+recomputed) tokens already in the cache
-    target = prompt.copy()                # tokens to prefill (prompt + generated after preemption)
-    blocks = np.zeros(n, np.int64)
-    order = np.zeros(n, np.int64)         # admission stamp (preempt the newest)
-    waiting: deque[int] = deque()
-    running: list[int] = []
-    free = int(kv_blocks)
-    t = 0.0
-    nxt = 0
-    finished = 0
-    preempt = steps = batch_sum = batch_max = 0
-    stamp = 0
-    chunked = cfg.chunked_prefill
 
-    def blocks_for(tokens, r=None):
+class _Continuous:
+    """The state of one continuous-batching simulation (:func:`simulate`) and its step: choose the
+    step's decode sequences and prefill segments (:meth:`schedule`), run a stretch of pure decode
+    steps as one lookup when nothing else can happen (:meth:`decode_run`), make room for the
+    decode tokens by preempting the newest sequence (:meth:`make_room`), then advance."""
+
+    def __init__(self, cfg, tab, arrival, prompt, out, cached, off, hold, kv_blocks, bs, reserve_tokens):
+        n = len(arrival)
+        self.cfg, self.tab, self.bs, self.reserve = cfg, tab, bs, reserve_tokens
+        self.arrival, self.prompt, self.out, self.cached, self.off, self.hold = arrival, prompt, out, cached, off, hold
+        self.n = n
+        self.first = np.full(n, np.nan)
+        self.finish = np.full(n, np.nan)
+        self.gen = np.zeros(n, np.int64)           # tokens generated so far
+        self.done_pf = cached.copy()               # prompt(+recomputed) tokens already in the cache
+        self.target = prompt.copy()                # tokens to prefill (prompt + generated after preemption)
+        self.blocks = np.zeros(n, np.int64)
+        self.order = np.zeros(n, np.int64)         # admission stamp (preempt the newest)
+        self.waiting: deque[int] = deque()
+        self.running: list[int] = []
+        self.free = int(kv_blocks)
+        self.t = 0.0
+        self.nxt = 0
+        self.finished = 0
+        self.preempt = self.steps = self.batch_sum = self.batch_max = 0
+        self.stamp = 0
+        self.no_evict = cfg.admission == "no_evict" and reserve_tokens is None
+
+    # ---- blocks
+    def blocks_for(self, tokens, r=None):
         """Blocks a request holds for ``tokens`` of cache (its shared prefix blocks, if any, are
         held once for all: ``off``)."""
-        if reserve_tokens is not None:
-            return hold[0]
+        if self.reserve is not None:
+            return self.hold[0]
         if r is not None:
-            tokens = tokens - off[r]
-        return -(-tokens // bs)
+            tokens = tokens - self.off[r]
+        return -(-tokens // self.bs)
 
-    no_evict = cfg.admission == "no_evict" and reserve_tokens is None
-
-    def admit_blocks(r, tokens):
+    def admit_blocks(self, r, tokens):
         """Blocks a request needs to be admitted with ``tokens`` in its cache."""
-        return int(hold[r]) if no_evict else blocks_for(tokens, r)
+        return int(self.hold[r]) if self.no_evict else self.blocks_for(tokens, r)
 
-    def admit(r, need):
+    # ---- queue moves
+    def admit(self, r, need):
         """Move the head of the queue, ``r``, into the batch holding ``need`` blocks."""
-        nonlocal free, stamp
-        waiting.popleft()
-        free -= need
-        blocks[r] = need
-        stamp += 1
-        order[r] = stamp
-        running.append(r)
+        self.waiting.popleft()
+        self.free -= need
+        self.blocks[r] = need
+        self.stamp += 1
+        self.order[r] = self.stamp
+        self.running.append(r)
 
-    def evict(v):
+    def evict(self, v):
         """Preempt ``v``: free its blocks and requeue it first, to recompute prompt + generated."""
-        nonlocal free, preempt
-        running.remove(v)
-        free += int(blocks[v])
-        blocks[v] = 0
-        target[v] = prompt[v] + gen[v]
-        done_pf[v] = cached[v]
-        waiting.appendleft(v)
-        preempt += 1
+        self.running.remove(v)
+        self.free += int(self.blocks[v])
+        self.blocks[v] = 0
+        self.target[v] = self.prompt[v] + self.gen[v]
+        self.done_pf[v] = self.cached[v]
+        self.waiting.appendleft(v)
+        self.preempt += 1
 
-    def retire(E):
+    def retire(self, E):
         """Those of ``E`` that have generated their output finish at ``t`` and free their blocks."""
-        nonlocal free, finished, running
-        fin = E[gen[E] >= out[E]]
+        fin = E[self.gen[E] >= self.out[E]]
         if len(fin):
-            finish[fin] = t
-            finished += len(fin)
-            free += int(blocks[fin].sum())
-            blocks[fin] = 0
+            self.finish[fin] = self.t
+            self.finished += len(fin)
+            self.free += int(self.blocks[fin].sum())
+            self.blocks[fin] = 0
             fs = set(fin.tolist())
-            running = [r for r in running if r not in fs]
+            self.running = [r for r in self.running if r not in fs]
 
-    while finished < n:
-        while nxt < n and arrival[nxt] <= t:
-            waiting.append(nxt)
-            nxt += 1
-        if not running and not waiting:
-            t = float(arrival[nxt])
-            continue
-        # ---- which sequences are decoding, which prefilling
-        if chunked:
+    # ---- one step
+    def schedule(self):
+        """(decode requests, prefill segments (request, new tokens, context before)) of the step."""
+        cfg, done_pf, target = self.cfg, self.done_pf, self.target
+        segs = []
+        if cfg.chunked_prefill:
             budget = cfg.chunk_tokens
-            R = np.asarray(running, np.int64)
+            R = np.asarray(self.running, np.int64)
             pf = done_pf[R] < target[R]
             dec = R[~pf].tolist()
             budget -= len(dec)
-            segs = []                      # (request, new tokens, context before)
             for r in R[pf].tolist():
                 if budget <= 0:
                     break
                 c = min(budget, int(target[r] - done_pf[r]))
-                need = max(blocks_for(done_pf[r] + c, r) - blocks[r], 0)
-                if need > free:
+                need = max(self.blocks_for(done_pf[r] + c, r) - self.blocks[r], 0)
+                if need > self.free:
                     break
-                free -= need
-                blocks[r] += need
+                self.free -= need
+                self.blocks[r] += need
                 segs.append((r, c, int(done_pf[r])))
                 budget -= c
-            while budget > 0 and waiting and len(running) < cfg.max_num_seqs:
-                r = waiting[0]
+            while budget > 0 and self.waiting and len(self.running) < cfg.max_num_seqs:
+                r = self.waiting[0]
                 c = min(budget, int(target[r] - done_pf[r]))
-                need = admit_blocks(r, done_pf[r] + c)
-                if need > free:
+                need = self.admit_blocks(r, done_pf[r] + c)
+                if need > self.free:
                     break
-                admit(r, need)
+                self.admit(r, need)
                 segs.append((r, c, int(done_pf[r])))
                 budget -= c
-        else:
-            segs = []
-            tokens = 0
-            while waiting and len(running) < cfg.max_num_seqs:
-                r = waiting[0]
-                L = int(target[r])
-                c0 = int(done_pf[r])          # a cached prefix: only the rest is computed
-                need = admit_blocks(r, L)
-                if need > free or (segs and tokens + L - c0 > cfg.max_batched_tokens):
-                    break
-                admit(r, need)
-                segs.append((r, L - c0, c0))
-                tokens += L - c0
-            dec = [] if segs else list(running)
+            return dec, segs
+        tokens = 0
+        while self.waiting and len(self.running) < cfg.max_num_seqs:
+            r = self.waiting[0]
+            L = int(target[r])
+            c0 = int(done_pf[r])          # a cached prefix: only the rest is computed
+            need = self.admit_blocks(r, L)
+            if need > self.free or (segs and tokens + L - c0 > cfg.max_batched_tokens):
+                break
+            self.admit(r, need)
+            segs.append((r, L - c0, c0))
+            tokens += L - c0
+        return ([] if segs else list(self.running)), segs
 
-        # ---- fast path: a run of pure decode steps until the next event (a sequence finishes, a
-        # request arrives at an empty queue, or the free blocks would run out) costs one lookup
-        if dec and not segs and len(dec) == len(running):
-            D = np.asarray(dec, np.int64)
-            ctx0 = prompt[D] + gen[D]
-            kmax = int((out[D] - gen[D]).min())
-            js = np.arange(kmax)
-            ts = tab.decode_times(np.full(kmax, len(D)), float(ctx0.mean()) + js)
-            cum = np.cumsum(ts)
-            if not waiting and nxt < n:
-                kmax = min(kmax, int(np.searchsorted(cum, arrival[nxt] - t)) + 1)
-            if reserve_tokens is None:
-                # new blocks needed for k steps: sum_i max(0, ceil((ctx_i + k - 1) / bs) - blocks_i)
-                bD = blocks[D]
+    def decode_run(self, dec) -> bool:
+        """A run of pure decode steps until the next event (a sequence finishes, a request arrives
+        at an empty queue, or the free blocks would run out) at the cost of one lookup; False when
+        not even one step fits."""
+        D = np.asarray(dec, np.int64)
+        gen, blocks, off, bs = self.gen, self.blocks, self.off, self.bs
+        ctx0 = self.prompt[D] + gen[D]
+        kmax = int((self.out[D] - gen[D]).min())
+        js = np.arange(kmax)
+        ts = self.tab.decode_times(np.full(kmax, len(D)), float(ctx0.mean()) + js)
+        cum = np.cumsum(ts)
+        if not self.waiting and self.nxt < self.n:
+            kmax = min(kmax, int(np.searchsorted(cum, self.arrival[self.nxt] - self.t)) + 1)
+        if self.reserve is None:
+            # new blocks needed for k steps: sum_i max(0, ceil((ctx_i + k - 1) / bs) - blocks_i)
+            bD = blocks[D]
+            own0 = ctx0 - off[D]
 
-                own0 = ctx0 - off[D]
+            def need_at(k):
+                return int(np.maximum(-(-(own0 + (k - 1)) // bs) - bD, 0).sum())
 
-                def need_at(k):
-                    return int(np.maximum(-(-(own0 + (k - 1)) // bs) - bD, 0).sum())
+            if need_at(kmax) > self.free:
+                lo_k, hi_k = 0, kmax          # need_at(lo_k) <= free < need_at(hi_k)
+                while hi_k - lo_k > 1:
+                    mid = (lo_k + hi_k) // 2
+                    if need_at(mid) <= self.free:
+                        lo_k = mid
+                    else:
+                        hi_k = mid
+                kmax = lo_k
+        if kmax < 1:
+            return False
+        self.t += float(cum[kmax - 1])
+        gen[D] += kmax
+        if self.reserve is None:
+            newb = np.maximum(-(-(ctx0 - off[D] + kmax - 1) // bs), blocks[D])
+            self.free -= int((newb - blocks[D]).sum())
+            blocks[D] = newb
+        self.steps += kmax
+        self.batch_sum += len(D) * kmax
+        self.batch_max = max(self.batch_max, len(D))
+        self.retire(D)
+        self.done_pf[D] = self.target[D] = self.prompt[D] + gen[D]
+        return True
 
-                if need_at(kmax) > free:
-                    lo_k, hi_k = 0, kmax          # need_at(lo_k) <= free < need_at(hi_k)
-                    while hi_k - lo_k > 1:
-                        mid = (lo_k + hi_k) // 2
-                        if need_at(mid) <= free:
-                            lo_k = mid
-                        else:
-                            hi_k = mid
-                    kmax = lo_k
-            if kmax >= 1:
-                t += float(cum[kmax - 1])
-                gen[D] += kmax
-                if reserve_tokens is None:
-                    newb = np.maximum(-(-(ctx0 - off[D] + kmax - 1) // bs), blocks[D])
-                    free -= int((newb - blocks[D]).sum())
-                    blocks[D] = newb
-                steps += kmax
-                batch_sum += len(D) * kmax
-                batch_max = max(batch_max, len(D))
-                retire(D)
-                done_pf[D] = target[D] = prompt[D] + gen[D]
-                continue
-        # ---- decode sequences need room for one more token; preempt the newest when none is left
-        if dec:
-            D = np.asarray(dec, np.int64)
-            ctx = prompt[D] + gen[D]          # cache length once this step's token is appended
-            need = np.maximum(blocks_for(ctx, D) - blocks[D], 0) if reserve_tokens is None else np.zeros(len(D), np.int64)
-            seg_ids = {sg[0] for sg in segs}
-            while need.sum() > free:
-                victims = [r for r in running if r not in seg_ids] or running
-                v = max(victims, key=order.__getitem__)
-                evict(v)
-                keep = D != v
-                D, ctx, need = D[keep], ctx[keep], need[keep]
-                segs = [s for s in segs if s[0] != v]
-                if not len(D):
-                    break
-            dec_t = tab.decode_time(len(D), float(ctx.sum()) / len(D)) if len(D) else 0.0
-        else:
+    def make_room(self, dec, segs):
+        """(decode requests left, their new blocks, segments left, decode step time): decode
+        sequences need room for one more token; the newest sequence is preempted while none is left."""
+        if not dec:
             D = np.zeros(0, np.int64)
-            need = D
-            dec_t = 0.0
-        if not len(D) and not segs:
-            # prefills blocked on memory that only a running prefill holds: free the newest
-            evict(max(running, key=order.__getitem__))
-            continue
-        seg_t = tab.prefill_list(segs) if segs else []
-        t += tab.combine(dec_t, seg_t)
-        steps += 1
-        nb = len(D) + len(segs)
-        batch_sum += nb
-        batch_max = max(batch_max, nb)
-        # ---- advance state
+            return D, D, segs, 0.0
+        D = np.asarray(dec, np.int64)
+        ctx = self.prompt[D] + self.gen[D]          # cache length once this step's token is appended
+        need = np.maximum(self.blocks_for(ctx, D) - self.blocks[D], 0) if self.reserve is None \
+            else np.zeros(len(D), np.int64)
+        seg_ids = {sg[0] for sg in segs}
+        while need.sum() > self.free:
+            victims = [r for r in self.running if r not in seg_ids] or self.running
+            v = max(victims, key=self.order.__getitem__)
+            self.evict(v)
+            keep = D != v
+            D, ctx, need = D[keep], ctx[keep], need[keep]
+            segs = [s for s in segs if s[0] != v]
+            if not len(D):
+                break
+        dec_t = self.tab.decode_time(len(D), float(ctx.sum()) / len(D)) if len(D) else 0.0
+        return D, need, segs, dec_t
+
+    def advance(self, D, need, segs):
+        """The step's state changes: decode blocks taken, prefill progress, one token for every
+        sequence that emits, finished sequences retired."""
+        done_pf, target, gen = self.done_pf, self.target, self.gen
         if len(D):
-            free -= int(need.sum())
-            blocks[D] += need
+            self.free -= int(need.sum())
+            self.blocks[D] += need
         if segs:
             S_ = np.fromiter((sg[0] for sg in segs), np.int64, len(segs))
             done_pf[S_] += np.fromiter((sg[1] for sg in segs), np.int64, len(segs))
@@ -645,13 +653,35 @@ def simulate(step_time: StepTime | None, cfg: ServeConfig, *, kv_blocks: int, bl
             E = D
         if len(E):
             gen[E] += 1
-            fresh = np.isnan(first[E])
-            first[E[fresh]] = t
+            fresh = np.isnan(self.first[E])
+            self.first[E[fresh]] = self.t
             # sequences past their prefill decode from here: their cache holds prompt + generated
-            done_pf[E] = target[E] = prompt[E] + gen[E]
-            retire(E)
-    policy = "continuous_chunked" if chunked else "continuous"
-    return _result(policy, cfg, arrival, first, finish, out, preempt, steps, batch_sum, batch_max, kv_blocks)
+            done_pf[E] = target[E] = self.prompt[E] + gen[E]
+            self.retire(E)
+
+    def run(self):
+        while self.finished < self.n:
+            while self.nxt < self.n and self.arrival[self.nxt] <= self.t:
+                self.waiting.append(self.nxt)
+                self.nxt += 1
+            if not self.running and not self.waiting:
+                self.t = float(self.arrival[self.nxt])
+                continue
+            dec, segs = self.schedule()
+            if dec and not segs and len(dec) == len(self.running) and self.decode_run(dec):
+                continue
+            D, need, segs, dec_t = self.make_room(dec, segs)
+            if not len(D) and not segs:
+                # prefills blocked on memory that only a running prefill holds: free the newest
+                self.evict(max(self.running, key=self.order.__getitem__))
+                continue
+            seg_t = self.tab.prefill_list(segs) if segs else []
+            self.t += self.tab.combine(dec_t, seg_t)
+            self.steps += 1
+            nb = len(D) + len(segs)
+            self.batch_sum += nb
+            self.batch_max = max(self.batch_max, nb)
+            self.advance(D, need, segs)
 
 
 # --------------------------------------------------------------------------- static batching

@@ -3,8 +3,10 @@ registry.
 
 Owns: :class:`Graph` / :class:`OpNode` / :class:`Param` (``graph.py``), tensor types and the
 symbolic dims ``B``, ``S``, ``P`` (``tensors.py``), the declared annotations and ``Graph.meta``
-keys (``annotations.py``), and the op registry (``ops.py``: fusion kind, shape rule, cost rule
-per op kind).
+keys (``annotations.py``), and the op registry (``ops.py``: one ``OpDef`` per op kind — fusion
+kind, cost class — binding the rules, which live by concern: shape rules in ``shapes.py``, FLOPs
+and bytes rules in ``costs.py``, values on symbolic dims in ``symbolic.py``, no-op rules in
+``noops.py``).
 
 May import: the standard library, numpy, sympy, networkx and :mod:`compiler.errors` — nothing
 above it (no onnx, no torch, no other rooftop package). ``python -c "import compiler.ir"`` loads

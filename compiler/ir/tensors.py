@@ -8,11 +8,13 @@ has to import another in a cycle.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import sympy
+
+from compiler.errors import RooftopError
 
 B = sympy.Symbol("B", integer=True, positive=True)
 S = sympy.Symbol("S", integer=True, positive=True)
@@ -140,3 +142,29 @@ def subs(expr, values: Mapping[sympy.Symbol, int]):
         return expr
     v = expr.subs(values)
     return int(v) if v.is_Integer else float(v)
+
+
+class UnsupportedOpError(RooftopError):
+    """An op the registry does not know (or cannot import / lift): bad input, exit code 2."""
+
+    @classmethod
+    def for_op(cls, op: str, *, domain: str = "", node: str = "", count: int = 1, model: str = "",
+               source: str = "", fix: str = "", support: str = "") -> "UnsupportedOpError":
+        """The one-paragraph message: which node and op, its domain, how many such nodes, and what
+        to do — re-export the model, or add the op where ops live (compiler/ir/ops.py)."""
+        dom = f"domain {domain!r}" if domain not in ("", "ai.onnx") else "the standard ai.onnx domain"
+        where = f" in {model}" if model else ""
+        others = f" (and {count - 1} more node(s) with that op)" if count > 1 else ""
+        src = f" (from {source})" if source else ""
+        support = support or (f"To support it, add an OpDef for {op!r} to the op registry in "
+                              f"compiler/ir/ops.py (kind, shape rule, cost rule; emission if it is not a "
+                              f"standard ONNX op).")
+        return cls(f"node {node or '?'!r}{src} runs operator {op!r} of {dom}{others}{where}, which is "
+                   f"not supported by rooftop. {fix or REEXPORT_HINT} {support}")
+
+
+REEXPORT_HINT = ("Re-export the model with standard ONNX operators (e.g. torch.onnx.export(..., "
+                 "dynamo=True, opset_version=23), without onnxruntime graph optimizations or contrib "
+                 "ops), or rewrite that part of the model.")
+
+Types = Sequence[TensorType | None]
