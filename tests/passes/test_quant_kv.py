@@ -137,3 +137,27 @@ def test_driver_kv_int8_end_to_end(tmp_path):
     assert next(i for i in m.graph.input if i.name == "past_key.0").type.tensor_type.elem_type == onnx.TensorProto.INT8
     md = (tmp_path / "out" / "report.md").read_text()
     assert "**KV cache**: int8 in the artifact" in md
+
+
+def test_weight_check_with_an_int8_cache_reads_the_file(gpt2_kv, tmp_path):
+    """W4A16 weights beside an int8 cache: the weight check runs both sides with the float cache
+    (a rounding flip of one cached code is the cache's noise, checked by kv_cache_check), after
+    holding the file to that emission — a changed packed weight in the file fails it."""
+    from onnx import numpy_helper
+    _, g = gpt2_kv
+    g = g.copy()
+    make_pass({"name": "quantize", "scheme": "w4a16", "ort_accuracy_level": 0})(g)
+    path = _save(g, tmp_path, "w4kv8.onnx")
+    chk = accuracy.quantization_check(g, path)
+    assert chk["checked"] and chk["ok"] and "float KV cache" in chk["reference"], chk
+    assert chk["max_abs_diff"] <= chk["bound"]
+    m = onnx.load(path)
+    t = next(t for t in m.graph.initializer if t.name.endswith(".weight.q"))     # uint4 codes
+    a = numpy_helper.to_array(t)
+    b = a.astype(np.int32)
+    b.flat[0] = (b.flat[0] + 1) % 16      # one 4-bit code changed
+    t.CopyFrom(numpy_helper.from_array(b.astype(a.dtype), t.name))
+    bad = str(tmp_path / "bad.onnx")
+    onnx.save(m, bad)
+    chk = accuracy.quantization_check(g, bad)
+    assert chk["checked"] and not chk["ok"] and "differs" in chk["reference"], chk
