@@ -463,6 +463,19 @@ def without_kv_quant(graph):
     return g
 
 
+def code_mismatches(x: np.ndarray, scale: np.ndarray, got: np.ndarray, ulps: float = None) -> tuple[int, int]:
+    """(wrong codes, codes decided by a rounding boundary) of int8 ``got`` against
+    ``clip(round(x / scale), −128, 127)``: a code is wrong unless it is what some value within
+    ``ulps · max|x|`` of ``x`` rounds to."""
+    x = np.asarray(x, np.float64)
+    s_ = np.asarray(scale, np.float64)
+    eps = (CODE_ULPS if ulps is None else ulps) * float(np.abs(x).max())
+    lo, hi = (np.clip(np.rint((x + d) / s_), -128, 127) for d in (-eps, eps))
+    got = np.asarray(got, np.float64)
+    wrong = int(((got < lo) | (got > hi)).sum())
+    return wrong, int(((lo != hi) & (got != np.clip(np.rint(x / s_), -128, 127)) & (got >= lo) & (got <= hi)).sum())
+
+
 def kv_cache_check(graph, artifact_path: str, *, batch: int = 2, prefill: int = 16, steps: int = 4,
                    tol: Mapping[str, float] = KV_TOLERANCE) -> dict[str, Any]:
     """The artifact's quantized KV cache against the fp32 cache: the same graph emitted with a
@@ -503,13 +516,8 @@ def kv_cache_check(graph, artifact_path: str, *, batch: int = 2, prefill: int = 
     # counts as wrong when it is neither; the ones decided by the boundary are counted beside it.
     mismatch = boundary = 0
     for t, scale in kq.items():
-        x = r[t].astype(np.float64)
-        s_ = np.asarray(scale, np.float64)[None, :, None, :]
-        eps = CODE_ULPS * float(np.abs(x).max())
-        lo, hi = (np.clip(np.rint((x + d) / s_), -128, 127) for d in (-eps, eps))
-        got = a[t].astype(np.float64)
-        mismatch += int(((got < lo) | (got > hi)).sum())
-        boundary += int(((lo != hi) & (got != np.clip(np.rint(x / s_), -128, 127))).sum())
+        m_, b_ = code_mismatches(r[t], np.asarray(scale)[None, :, None, :], a[t])
+        mismatch, boundary = mismatch + m_, boundary + b_
     worst, kls = 0.0, []
     for step in range(steps + 1):
         if step:

@@ -161,3 +161,18 @@ def test_weight_check_with_an_int8_cache_reads_the_file(gpt2_kv, tmp_path):
     onnx.save(m, bad)
     chk = accuracy.quantization_check(g, bad)
     assert chk["checked"] and not chk["ok"] and "differs" in chk["reference"], chk
+
+
+def test_code_check_allows_only_the_rounding_neighbour_at_a_boundary():
+    """A value a few ulps from a .5 boundary may take either code; any other difference is wrong."""
+    scale = np.array([0.1])
+    x = np.array([0.25 + 1e-9, 1.0, -3.0, 12.7])        # 2.5000…1 → 3 (or 2 within the tolerance)
+    exact = np.clip(np.rint(x / scale), -128, 127)
+    assert accuracy.code_mismatches(x, scale, exact) == (0, 0)
+    flipped = exact.copy()
+    flipped[0] = 2                                       # the other neighbour of a boundary value
+    assert accuracy.code_mismatches(x, scale, flipped) == (0, 1)
+    off = exact.copy()
+    off[1] = 11                                          # 1.0 / 0.1 = 10 is far from a boundary
+    assert accuracy.code_mismatches(x, scale, off) == (1, 0)
+    assert accuracy.code_mismatches(x, scale, flipped, ulps=0.0) == (1, 0)    # no tolerance: wrong
