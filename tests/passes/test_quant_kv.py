@@ -176,3 +176,18 @@ def test_code_check_allows_only_the_rounding_neighbour_at_a_boundary():
     off[1] = 11                                          # 1.0 / 0.1 = 10 is far from a boundary
     assert accuracy.code_mismatches(x, scale, off) == (1, 0)
     assert accuracy.code_mismatches(x, scale, flipped, ulps=0.0) == (1, 0)    # no tolerance: wrong
+
+
+def test_driver_w4a16_with_an_int8_cache(tmp_path):
+    """``quant=w4a16 quant.exclude=[] kv.dtype=int8`` (the GPT-2 acceptance artifact, tiny): both
+    checks run and pass — the weights against fp32 with the float cache on both sides, the cache
+    against the float cache — and the artifact has int4 weights, the shared table and an int8 cache."""
+    from compiler.driver.pipeline import run
+    rep = run(compose(["model=gpt2_tiny", "hardware=cpu_2vcpu", "quant=w4a16", "quant.exclude=[]", "kv.dtype=int8",
+                       "report.html=false", "quant.calibration.samples=2", "accuracy.samples=2",
+                       "workload.prompt_len=64"]), str(tmp_path / "out"))
+    chk, kv = rep["compression"]["artifact_check"], rep["compression"]["kv_cache"]
+    assert chk["checked"] and chk["ok"] and "float KV cache" in chk["reference"], chk
+    assert kv["emitted"] and kv["check"]["ok"] and kv["check"]["codes_mismatched"] == 0
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "out" / "model.onnx")).graph.node]
+    assert "GatherBlockQuantized" in ops and ops.count("GroupQueryAttention") == 4 and "MatMulNBits" in ops
