@@ -389,6 +389,22 @@ def without_quantization(graph):
     return g
 
 
+def _same_weights(a: onnx.ModelProto, b: onnx.ModelProto) -> bool | str:
+    """True when ``a`` and ``b`` have the same node kinds in order and bit-identical initializers;
+    else what differs."""
+    if [n.op_type for n in a.graph.node] != [n.op_type for n in b.graph.node]:
+        return "other nodes"
+    wa = {t.name: t for t in a.graph.initializer}
+    wb = {t.name: t for t in b.graph.initializer}
+    if wa.keys() != wb.keys():
+        return f"other initializers ({sorted(wa.keys() ^ wb.keys())[:3]})"
+    for k, t in wa.items():
+        x, y = onnx.numpy_helper.to_array(t), onnx.numpy_helper.to_array(wb[k])
+        if x.dtype != y.dtype or x.shape != y.shape or x.tobytes() != y.tobytes():
+            return f"initializer {k!r} differs"
+    return True
+
+
 def quantization_check(graph, artifact_path: str, *, seq: int = 16, tol: float = 1e-5) -> dict[str, Any]:
     """The artifact against the plain-fp32 emission of the same (dequantized) weights, with
     onnxruntime's MatMulNBits at accuracy level 0 (exact): ``|Δ| ≤ tol · max(1, max|ref|)``.
@@ -397,8 +413,22 @@ def quantization_check(graph, artifact_path: str, *, seq: int = 16, tol: float =
     if any("activation_quant" in n.annotations for n in graph):
         return {"checked": False, "reason": "activation quantization (W8A8/FP8): compared with the fp32 model by the "
                                             "accuracy stage; per-layer numerics are tested against numpy"}
-    ref = make_session(to_model(without_quantization(graph)))
+    # An int8 KV cache rounds K/V to codes: a last-bit difference between the artifact's fused
+    # kernels and the reference's fp32 MatMuls moves a value across a rounding boundary now and then,
+    # and one code step (a scale, ~1 % of the head's range) then shows in the logits — noise of the
+    # cache's quantization, not of the weights. So with an int8 cache both sides are emitted with the
+    # float cache: this check covers the weights (stored codes, packing, kernels) and kv_cache_check
+    # the cache (codes exact against round(x / scale), distributions within KV_TOLERANCE).
+    # The file itself is held to that emission: the same nodes and bit-identical weights.
+    kv = any("kv_quant" in n.annotations for n in graph)
+    ref = make_session(to_model(without_quantization(without_kv_quant(graph) if kv else graph)))
     model = onnx.load(artifact_path)
+    if kv:
+        same = _same_weights(model, to_model(graph))
+        if same is not True:
+            return {"checked": True, "ok": False, "max_abs_diff": float("inf"), "bound": 0.0,
+                    "reference": f"the artifact differs from rooftop's emission of the graph: {same}"}
+        model = to_model(without_kv_quant(graph))
     for nd in model.graph.node:     # explicit MatMulNBits nodes (a tied head sharing its table) carry their level
         if nd.op_type == "MatMulNBits":
             for a in nd.attribute:
@@ -410,7 +440,8 @@ def quantization_check(graph, artifact_path: str, *, seq: int = 16, tol: float =
     diff = float(np.abs(r - a).max())
     bound = tol * max(1.0, float(np.abs(r).max()))
     return {"checked": True, "max_abs_diff": diff, "bound": bound, "ok": diff <= bound,
-            "reference": "same weights dequantized, fp32 MatMul (onnxruntime, MatMulNBits accuracy level 0)"}
+            "reference": "same weights dequantized, fp32 MatMul (onnxruntime, MatMulNBits accuracy level 0)"
+                         + ("; both with the float KV cache (the int8 cache: kv_cache.check)" if kv else "")}
 
 
 #: how far an int8 KV cache may move the next-token distributions: mean KL(float cache ‖ int8 cache)
@@ -418,6 +449,10 @@ def quantization_check(graph, artifact_path: str, *, seq: int = 16, tol: float =
 #: Measured (kv_cache_check, calibrated on 8 × 128 tokens): gpt2_tiny 7e-6 nats / 1.7 %, llama_tiny
 #: (GQA, rotary) 1.2e-4 nats / 8 %; a scale off by 10× gives 0.1–1 nats (tests/passes/test_quant_kv.py)
 KV_TOLERANCE = {"mean_kl_nats": 0.01, "max_rel_logit_diff": 0.25}
+#: how far (in units of the tensor's largest |value|) the float reference's K/V may be from the
+#: artifact's before the code becomes a matter of rounding: a few fp32 ulps of kernel difference
+#: (GPT-2 124M, w4a16 + int8 cache: one of the 49 152 codes of layer 0 took the other neighbour in one run)
+CODE_ULPS = 1e-5
 
 
 def without_kv_quant(graph):
@@ -426,6 +461,19 @@ def without_kv_quant(graph):
     for n in g:
         n.annotations.pop("kv_quant", None)
     return g
+
+
+def code_mismatches(x: np.ndarray, scale: np.ndarray, got: np.ndarray, ulps: float = None) -> tuple[int, int]:
+    """(wrong codes, codes decided by a rounding boundary) of int8 ``got`` against
+    ``clip(round(x / scale), −128, 127)``: a code is wrong unless it is what some value within
+    ``ulps · max|x|`` of ``x`` rounds to."""
+    x = np.asarray(x, np.float64)
+    s_ = np.asarray(scale, np.float64)
+    eps = (CODE_ULPS if ulps is None else ulps) * float(np.abs(x).max())
+    lo, hi = (np.clip(np.rint((x + d) / s_), -128, 127) for d in (-eps, eps))
+    got = np.asarray(got, np.float64)
+    wrong = int(((got < lo) | (got > hi)).sum())
+    return wrong, int(((lo != hi) & (got != np.clip(np.rint(x / s_), -128, 127)) & (got >= lo) & (got <= hi)).sum())
 
 
 def kv_cache_check(graph, artifact_path: str, *, batch: int = 2, prefill: int = 16, steps: int = 4,
@@ -462,10 +510,14 @@ def kv_cache_check(graph, artifact_path: str, *, batch: int = 2, prefill: int = 
         return f
     a = dict(zip(names, art.run(None, feed(0, prefill, None, art))))
     r = dict(zip([o.name for o in ref.get_outputs()], ref.run(None, feed(0, prefill, None, ref))))
-    mismatch = 0
+    # The two models compute K/V with different kernels (fused MatMulNBits / Gemm against plain
+    # MatMul): they agree to a few fp32 ulps of the tensor's range, not bit for bit, so a value that
+    # lies within that distance of a rounding boundary may take either neighbouring code. A code
+    # counts as wrong when it is neither; the ones decided by the boundary are counted beside it.
+    mismatch = boundary = 0
     for t, scale in kq.items():
-        codes = np.clip(np.rint(r[t] / np.asarray(scale)[None, :, None, :]), -128, 127)
-        mismatch += int((codes != a[t].astype(np.float64)).sum())
+        m_, b_ = code_mismatches(r[t], np.asarray(scale)[None, :, None, :], a[t])
+        mismatch, boundary = mismatch + m_, boundary + b_
     worst, kls = 0.0, []
     for step in range(steps + 1):
         if step:
@@ -478,7 +530,7 @@ def kv_cache_check(graph, artifact_path: str, *, batch: int = 2, prefill: int = 
         kls.append(float((np.exp(pr) * (pr - pa)).sum(-1).mean()))
     kl = float(np.mean(kls))
     return {"checked": True, "ok": mismatch == 0 and worst <= tol["max_rel_logit_diff"] and kl <= tol["mean_kl_nats"],
-            "codes_mismatched": mismatch,
+            "codes_mismatched": mismatch, "codes_at_rounding_boundary": boundary,
             "codes_checked_on": first.name,
             "max_rel_logit_diff": worst, "mean_kl_nats": kl, "tolerance": dict(tol),
             "batch": batch, "prefill": prefill, "decode_steps": steps,

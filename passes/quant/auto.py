@@ -512,6 +512,10 @@ class QuantizeAuto(Quantize):
                 "predicted_time_s": {"keep": req[u.key][KEEP], "chosen": req[u.key][f]},
                 "predicted_gain_s": req[u.key][KEEP] - req[u.key][f],
                 "predicted_gain_by_phase_s": {ph: keep_t.get(ph, 0.0) - f_t.get(ph, 0.0) for ph in keep_t},
+                # the cost model's time of the layer's ops in every option it had (the per-layer evidence
+                # for a choice: tests/bench/bench_quant.py --per-layer sets it beside measured times)
+                "predicted_time_by_format_s": {fmt: dict(times[u.key][fmt]) for fmt in (KEEP, *u.formats)
+                                               if fmt in times[u.key]},
                 "stored_bytes": {"keep": int(round(nbytes[u.key][KEEP])), "chosen": int(round(nbytes[u.key][f]))},
                 "drop": {fmt: drop[u.key][fmt] for fmt in u.formats}})
         auto = {"objective": self.objective, "metric": metric, "metric_name": METRICS[metric][1],

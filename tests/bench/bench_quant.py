@@ -46,9 +46,15 @@ Per layer (``--per-layer``): the fp32 artifact and the ``auto`` artifact are pro
 (``SessionOptions.enable_profiling``) on the acceptance case (MiniLM batch 8 × 128; GPT-2 decode at
 batch 8); each linear layer's time is its GEMM node plus the nodes that exist only for it (the
 bias-row ``Pad`` of the fp32 CPU form, a shared ``DynamicQuantizeLinear`` split among its readers,
-a bias ``Add`` / activation right after it), matched to the IR's layers in order by (K, N); the
+a bias ``Add`` / activation right after it), the i-th layer of a (K, N) shape in the IR matched
+to the i-th GEMM of that shape in the profile (a tied head, listed first, runs last); the
 sign of ``t(fp32) − t(auto)`` per layer is compared with the sign of the search's predicted gain
 for that phase (report.json ``compression.quantization.auto.layers[].predicted_gain_by_phase_s``).
+Then every linear in every format: the uniform w8a16 / w4a16 / w8a8 variants (those built) are
+profiled the same way and set beside the cost model's time of that layer in each format
+(``layers[].predicted_time_by_format_s``): per layer the format measured and predicted fastest,
+per format the sign agreement of the gain over fp32, and the sum of the layers' times if each took
+its measured-fastest format — whether a per-layer mix can beat the best uniform scheme.
 
 ``--json`` output of a GPT-2 run is what tests/perf/test_cpu_kernels.py holds rooftop's CPU cost predictions
 to (compiler/perf/calibration/data/e2e/cpu_ort_gpt2.json).
@@ -264,26 +270,30 @@ def layer_times(path: str, feeds_: dict, rounds: int) -> list[dict]:
     return out
 
 
+def nth_gemm(profile: list[dict], k: int, n: int, i: int) -> int | None:
+    """Index in ``profile`` (execution order) of the ``i``-th GEMM of a K×N weight (K + 1: the fp32
+    CPU form's bias row): layers of one shape run in the order of the IR's layers, and a tied head
+    listed first among quant=auto's units runs last."""
+    hits = [j for j, x in enumerate(profile) if x["N"] == n and x["K"] in (k, k + 1)]
+    return hits[i] if i < len(hits) else None
+
+
 def per_layer_agreement(fp32: str, art: str, report: dict, feeds_: dict, phase: str, rounds: int) -> dict:
     """Sign agreement of the search's predicted per-layer gains with onnxruntime's per-layer times
     (``feeds_``: {"fp32": feeds, "auto": feeds} — the same tokens; an int8 cache differs in type)."""
     auto = report["compression"]["quantization"]["auto"]
     ta, tb = layer_times(fp32, feeds_["fp32"], rounds), layer_times(art, feeds_["auto"], rounds)
     rows = []
-    ia = ib = 0
+    occ: dict[tuple, int] = {}
     for x in auto["layers"]:
         if x["format"] == "keep" or (x["kind"] == "embedding" and not x["ops"]):
             continue
         k, n = x["shape"]
-        def find(lst, i):
-            while i < len(lst) and not (lst[i]["N"] == n and lst[i]["K"] in (k, k + 1)):
-                i += 1
-            return i
-        ja, jb = find(ta, ia), find(tb, ib)
-        if ja >= len(ta) or jb >= len(tb):
+        i = occ[(k, n)] = occ.get((k, n), -1) + 1
+        ja, jb = nth_gemm(ta, k, n, i), nth_gemm(tb, k, n, i)
+        if ja is None or jb is None:
             rows.append({"weight": x["weight"], "matched": False})
             continue
-        ia, ib = ja + 1, jb + 1
         pred = x["predicted_gain_by_phase_s"][phase]
         meas = ta[ja]["time_s"] - tb[jb]["time_s"]
         rows.append({"weight": x["weight"], "format": x["format"], "matched": True, "predicted_gain_s": pred,
@@ -293,6 +303,52 @@ def per_layer_agreement(fp32: str, art: str, report: dict, feeds_: dict, phase: 
     return {"phase": phase, "layers": rows, "matched": len(matched), "unmatched": len(rows) - len(matched),
             "agree": sum(r["agree"] for r in matched),
             "agreement": (sum(r["agree"] for r in matched) / len(matched)) if matched else None}
+
+
+#: the uniform variants whose every layer is in one of quant=auto's formats (the per-format profile)
+UNIFORM_FORMATS = {"rooftop fp32": "keep", "rooftop w8a16": "w8a16", "rooftop w4a16": "w4a16_g128",
+                   "rooftop w8a8": "w8a8"}
+
+
+def per_layer_formats(paths: dict[str, str], report: dict, feeds_of, phase: str, rounds: int) -> dict:
+    """Every linear layer in every format against the cost model's per-format times: each uniform
+    variant (fp32 = keep, w8a16, w4a16 g128, w8a8) profiled like ``per_layer_agreement``, each layer
+    matched in order by (K, N); per layer, the format measured fastest, the one predicted fastest
+    (report.json ``...auto.layers[].predicted_time_by_format_s``), and per format the sign of the
+    predicted and the measured gain over keep. This is the evidence for whether a per-layer mix can
+    beat the best uniform scheme: with additive layer times, the optimum takes each layer's fastest
+    format that the accuracy budget allows."""
+    auto = report["compression"]["quantization"]["auto"]
+    have = {f: v for v, f in UNIFORM_FORMATS.items() if v in paths}
+    prof = {f: layer_times(paths[v], feeds_of(v), rounds) for f, v in have.items()}
+    rows, occ = [], {}
+    for x in auto["layers"]:
+        if x["kind"] != "linear" or "predicted_time_by_format_s" not in x:
+            continue
+        k, n = x["shape"]
+        i = occ[(k, n)] = occ.get((k, n), -1) + 1
+        meas = {}
+        for f, lst in prof.items():
+            j = nth_gemm(lst, k, n, i)
+            if j is not None:
+                meas[f] = lst[j]["time_s"]
+        pred = {f: t[phase] for f, t in x["predicted_time_by_format_s"].items() if f in meas}
+        if "keep" not in meas or len(meas) < 2:
+            rows.append({"weight": x["weight"], "matched": False})
+            continue
+        signs = {f: ((pred["keep"] - pred[f]) > 0) == ((meas["keep"] - meas[f]) > 0) for f in meas if f != "keep"}
+        rows.append({"weight": x["weight"], "matched": True, "chosen": x["format"], "measured_s": meas,
+                     "predicted_s": pred, "fastest_measured": min(meas, key=meas.get),
+                     "fastest_predicted": min(pred, key=pred.get), "sign_agree": signs})
+    m = [r for r in rows if r["matched"]]
+    per_fmt = {f: {"agree": sum(r["sign_agree"].get(f, False) for r in m),
+                   "of": sum(f in r["sign_agree"] for r in m)} for f in prof if f != "keep"}
+    fastest = {f: sum(r["fastest_measured"] == f for r in m) for f in prof}
+    return {"phase": phase, "formats": list(prof), "layers": rows, "matched": len(m),
+            "fastest_agree": sum(r["fastest_measured"] == r["fastest_predicted"] for r in m),
+            "fastest_measured_count": fastest, "sign_agreement_by_format": per_fmt,
+            "sum_measured_s": {f: sum(r["measured_s"][f] for r in m if f in r["measured_s"]) for f in prof},
+            "sum_best_per_layer_s": sum(min(r["measured_s"].values()) for r in m)}
 
 
 def time_cases(paths: dict[str, str], cases, rounds: int, vocab: int
@@ -442,6 +498,23 @@ def main(argv=None):
                               f"{r['quantized_s'] * 1e3:.3f} ms, {r['kernel']})  {'agree' if r['agree'] else 'DISAGREE'}")
                 print(f"ACCEPTANCE {model} per-layer sign agreement ({phase}, {key_case}): {agree['agree']}/{agree['matched']}"
                       f" = {100 * (agree['agreement'] or 0):.0f} % ({agree['unmatched']} layers not matched in the profile)")
+
+                def feeds_of(v):
+                    return feeds(make_session(paths[v]), b_, s_, p_, vocab, np.random.default_rng(1))
+                pf = rec["per_layer_formats"] = per_layer_formats(paths, rep, feeds_of, phase, rounds)
+                print(f"per layer and format ({phase}, {key_case}; ms measured / predicted):")
+                for r in pf["layers"]:
+                    if r["matched"]:
+                        cells = "  ".join(f"{f} {r['measured_s'][f] * 1e3:7.3f}/{r['predicted_s'][f] * 1e3:7.3f}"
+                                          for f in pf["formats"] if f in r["measured_s"])
+                        print(f"  {r['weight']:45s} {cells}  fastest {r['fastest_measured']} (predicted "
+                              f"{r['fastest_predicted']}), auto chose {r['chosen']}")
+                print(f"ACCEPTANCE {model} per-layer fastest format measured = predicted: {pf['fastest_agree']}/{pf['matched']}; "
+                      f"measured fastest per format {pf['fastest_measured_count']}; sign of the gain over fp32 per format "
+                      + ", ".join(f"{f} {x['agree']}/{x['of']}" for f, x in pf["sign_agreement_by_format"].items()))
+                print(f"ACCEPTANCE {model} sum of the layers' measured times: "
+                      + ", ".join(f"{f} {t * 1e3:.2f} ms" for f, t in pf["sum_measured_s"].items())
+                      + f"; each layer in its fastest format {pf['sum_best_per_layer_s'] * 1e3:.2f} ms")
     if args.json:
         import json
         record["onnxruntime"] = ort.__version__

@@ -140,6 +140,14 @@ def test_search_record_and_choice(searched):
     for x in a["layers"]:     # the gain per layer is the cost model's, consistent with the totals
         assert x["predicted_gain_s"] == pytest.approx(x["predicted_time_s"]["keep"] - x["predicted_time_s"]["chosen"])
     assert a["predicted_time_s"] == pytest.approx(a["predicted_time_keep_s"] - sum(x["predicted_gain_s"] for x in a["layers"]))
+    for x in a["layers"]:     # every option's predicted time per phase (the per-layer evidence), the gain from it
+        pt = x["predicted_time_by_format_s"]
+        assert set(pt) == {KEEP, *x["drop"]} and all(set(t) == {"prefill", "decode"} for t in pt.values())
+        for ph, gain in x["predicted_gain_by_phase_s"].items():
+            assert gain == pytest.approx(pt[KEEP][ph] - pt[x["format"]][ph])
+    lin = [x for x in a["layers"] if x["kind"] == "linear"]   # formats are priced apart: int4 reads fewer bytes at decode
+    assert all(x["predicted_time_by_format_s"]["w4a16_g32"]["decode"] < x["predicted_time_by_format_s"][KEEP]["decode"]
+               for x in lin)
     # each layer's format is what the graph got
     for x in a["layers"]:
         fmt = g.params[x["weight"]].annotations.get("weight_format")

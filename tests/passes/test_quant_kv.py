@@ -137,3 +137,57 @@ def test_driver_kv_int8_end_to_end(tmp_path):
     assert next(i for i in m.graph.input if i.name == "past_key.0").type.tensor_type.elem_type == onnx.TensorProto.INT8
     md = (tmp_path / "out" / "report.md").read_text()
     assert "**KV cache**: int8 in the artifact" in md
+
+
+def test_weight_check_with_an_int8_cache_reads_the_file(gpt2_kv, tmp_path):
+    """W4A16 weights beside an int8 cache: the weight check runs both sides with the float cache
+    (a rounding flip of one cached code is the cache's noise, checked by kv_cache_check), after
+    holding the file to that emission — a changed packed weight in the file fails it."""
+    from onnx import numpy_helper
+    _, g = gpt2_kv
+    g = g.copy()
+    make_pass({"name": "quantize", "scheme": "w4a16", "ort_accuracy_level": 0})(g)
+    path = _save(g, tmp_path, "w4kv8.onnx")
+    chk = accuracy.quantization_check(g, path)
+    assert chk["checked"] and chk["ok"] and "float KV cache" in chk["reference"], chk
+    assert chk["max_abs_diff"] <= chk["bound"]
+    m = onnx.load(path)
+    t = next(t for t in m.graph.initializer if t.name.endswith(".weight.q"))     # uint4 codes
+    a = numpy_helper.to_array(t)
+    b = a.astype(np.int32)
+    b.flat[0] = (b.flat[0] + 1) % 16      # one 4-bit code changed
+    t.CopyFrom(numpy_helper.from_array(b.astype(a.dtype), t.name))
+    bad = str(tmp_path / "bad.onnx")
+    onnx.save(m, bad)
+    chk = accuracy.quantization_check(g, bad)
+    assert chk["checked"] and not chk["ok"] and "differs" in chk["reference"], chk
+
+
+def test_code_check_allows_only_the_rounding_neighbour_at_a_boundary():
+    """A value a few ulps from a .5 boundary may take either code; any other difference is wrong."""
+    scale = np.array([0.1])
+    x = np.array([0.25 + 1e-9, 1.0, -3.0, 12.7])        # 2.5000…1 → 3 (or 2 within the tolerance)
+    exact = np.clip(np.rint(x / scale), -128, 127)
+    assert accuracy.code_mismatches(x, scale, exact) == (0, 0)
+    flipped = exact.copy()
+    flipped[0] = 2                                       # the other neighbour of a boundary value
+    assert accuracy.code_mismatches(x, scale, flipped) == (0, 1)
+    off = exact.copy()
+    off[1] = 11                                          # 1.0 / 0.1 = 10 is far from a boundary
+    assert accuracy.code_mismatches(x, scale, off) == (1, 0)
+    assert accuracy.code_mismatches(x, scale, flipped, ulps=0.0) == (1, 0)    # no tolerance: wrong
+
+
+def test_driver_w4a16_with_an_int8_cache(tmp_path):
+    """``quant=w4a16 quant.exclude=[] kv.dtype=int8`` (the GPT-2 acceptance artifact, tiny): both
+    checks run and pass — the weights against fp32 with the float cache on both sides, the cache
+    against the float cache — and the artifact has int4 weights, the shared table and an int8 cache."""
+    from compiler.driver.pipeline import run
+    rep = run(compose(["model=gpt2_tiny", "hardware=cpu_2vcpu", "quant=w4a16", "quant.exclude=[]", "kv.dtype=int8",
+                       "report.html=false", "quant.calibration.samples=2", "accuracy.samples=2",
+                       "workload.prompt_len=64"]), str(tmp_path / "out"))
+    chk, kv = rep["compression"]["artifact_check"], rep["compression"]["kv_cache"]
+    assert chk["checked"] and chk["ok"] and "float KV cache" in chk["reference"], chk
+    assert kv["emitted"] and kv["check"]["ok"] and kv["check"]["codes_mismatched"] == 0
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "out" / "model.onnx")).graph.node]
+    assert "GatherBlockQuantized" in ops and ops.count("GroupQueryAttention") == 4 and "MatMulNBits" in ops
