@@ -68,15 +68,14 @@ def test_summary_counts_groups_and_two_x_outliers():
     assert s["by_group"]["tpot / h100_sxm / fp8"]["max_abs_err"] == pytest.approx(0.2)
 
 
-#: a sample of the published table that one model import covers (Llama-2-7B): every metric group,
-#: four engines' profiles, FP8 / FP16 / BF16 / int8 / int4 weights, H100 and A100, static batches
-#: and batch-1 latencies — replayed in ``make test``; the whole table is ``-m slow`` below
-SAMPLE = ("trtllm090-h100_sxm-llama2_7b-fp8-tp1-bs84-2048-128", "trtllm090-h100_sxm-llama2_7b-fp8-tp1-bs56-2048-2048",
-          "trtllm090-h100_sxm-llama2_7b-fp8-tp1-bs1-ttft-128", "trtllm090-h100_sxm-llama2_7b-fp8-tp1-bs1-ttft-2048",
+#: a sample of the published table that one model import and four compiled graphs cover (Llama-2-7B
+#: on an H100 in FP8 with an FP8 KV cache, on an A100 in FP16, BF16 and int8): every metric group,
+#: three engines' profiles, static batches and batch-1 latencies — replayed in ``make test``; the
+#: whole table is ``-m slow`` below
+SAMPLE = ("trtllm090-h100_sxm-llama2_7b-fp8-tp1-bs84-2048-128", "trtllm090-h100_sxm-llama2_7b-fp8-tp1-bs1-ttft-2048",
           "trtllm090-a100_80g-llama2_7b-fp16-tp1-bs32-2048-128", "trtllm090-a100_80g-llama2_7b-fp16-tp1-bs1-ttft-2048",
           "gptfast-a100_80g-llama2_7b-bf16-tp1-bs1", "gptfast-a100_80g-llama2_7b-int8-tp1-bs1",
-          "gptfast-a100_80g-llama2_7b-int4-tp1-bs1", "lmdeploy-a100_80g-llama2_7b-fp16-tp1-bs1-128-128-tpot",
-          "lmdeploy-a100_80g-llama2_7b-fp16-tp1-bs64-128-128-tpot", "lmdeploy-a100_80g-llama2_7b-fp16-tp1-bs1-2048-128-ttft",
+          "lmdeploy-a100_80g-llama2_7b-fp16-tp1-bs1-128-128-tpot", "lmdeploy-a100_80g-llama2_7b-fp16-tp1-bs1-2048-128-ttft",
           "lmdeploy-a100_80g-llama2_7b-fp16-tp1-bs64-128-128-thr")
 
 
