@@ -594,7 +594,7 @@ FIT: dict[str, list[tuple]] = {
                ("kernel", ("attention.decode",), "default", "memory"),
                ("kernel", ("attention.decode",), "default", "compute"),
                ("kernel", ("attention.prefill",), "default", "compute"),
-               ("host", "step_us"), ("host", "request_us"),
+               ("host", "step_us"), ("host", "request_us"), ("host", "per_sequence_us"),
                ("collective", "all_reduce", "latency_us"), ("collective", "all_reduce", "bandwidth_fraction")],
     "compiled": [("kernel", ("gemm.bf16",), "ampere", "memory"), ("kernel", ("gemm.bf16",), "hopper", "memory"),
                  ("kernel", ("gemm.w8a16",), "ampere", "memory"), ("kernel", ("gemm.w4a16",), "ampere", "memory"),
