@@ -417,7 +417,9 @@ def per_device_times(cm, table: ShardTable, b, s, p, phase: str) -> dict[str, np
     for kind, _, expr in table.comms:
         nb = _eval(expr, bb, ss, pp_)
         group = table.ep if kind == "all_to_all" else table.tp
-        t = collective_time(hw, kind, group, nb)
+        # the engine's own collective where its runtime profile names one (compiler/perf/runtime.py)
+        rt = getattr(cm, "runtime", None)
+        t = rt.collective_time(hw, kind, group, nb) if rt is not None else collective_time(hw, kind, group, nb)
         comm_t = comm_t + t
         by_kind[kind] = by_kind.get(kind, 0) + t
         calls[kind] = calls.get(kind, 0) + 1

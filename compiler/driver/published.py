@@ -65,6 +65,23 @@ TARGET = {"tpot": 0.10, "ttft": 0.15, "throughput": 0.15}
 
 QUANT = {"fp8": "fp8", "int8": "w8a16", "int4": "w4a16"}
 #: engine of a published point -> the runtime profile that describes it
+#: published MoE models whose checkpoints carry routed experts
+MOE_CHECKPOINTS = ("mixtral_8x7b",)
+#: the first version of an engine whose FP8 checkpoints run the routed experts in FP8: TensorRT-LLM
+#: 0.10.0 release notes, "Added FP8 quantization support for Mixtral"
+#: (https://github.com/NVIDIA/TensorRT-LLM/releases/tag/v0.10.0) — the v0.9.0 tables' "FP8" Mixtral
+#: rows ran FP8 attention and dense layers with 16-bit experts
+FP8_MOE_SINCE = {"trtllm": (0, 10, 0)}
+
+
+def _version(v: str | None) -> tuple[int, ...]:
+    return tuple(int(x) for x in (v or "0").split(".")[:3] if x.isdigit())
+
+
+def _fp8_experts(p: Mapping) -> bool:
+    """The engine that published ``p`` ran its FP8 checkpoint's routed experts in FP8."""
+    since = FP8_MOE_SINCE.get(p["engine"])
+    return since is None or _version(p.get("engine_version")) >= since
 ENGINE_RUNTIME = {"trtllm": "trtllm", "nim": "trtllm", "gpt-fast": "compiled", "torchao": "compiled",
                   "vllm": "vllm", "lmdeploy": "lmdeploy"}
 
@@ -82,6 +99,10 @@ class Case:
     overrides: list[str] | None
     why: str = ""
     serve: bool = False              # the metric comes from the serving simulation
+    #: the checkpoint's weight formats (``model.weight_formats``) the published run used beyond
+    #: ``quant=``: FP8 checkpoints of MoE models quantize the routed experts too, which ``quant=fp8``
+    #: (linear layers only) leaves in 16 bits
+    weight_formats: dict | None = None
 
     @property
     def id(self) -> str:
@@ -100,7 +121,17 @@ class Case:
         return METRIC_GROUP[p["metric"]], p["hardware"], p["precision"]["weights"]
 
     def command(self) -> str:
-        return "rooftop " + " ".join(o for o in self.overrides or () if o not in ("emit.enabled=false", "progress=false"))
+        extra = ([f"model.weight_formats={{{','.join(f'{k}:{v}' for k, v in self.weight_formats.items())}}}"]
+                 if self.weight_formats else [])
+        return "rooftop " + " ".join([o for o in self.overrides or () if o not in ("emit.enabled=false", "progress=false")]
+                                     + extra)
+
+    def config(self) -> dict:
+        """The validated configuration of the case's command."""
+        cfg = compose(self.overrides)
+        if self.weight_formats:
+            cfg["model"]["weight_formats"] = dict(self.weight_formats)
+        return validate(cfg)
 
 
 def case_of(p: Mapping, runtime: str | None = None) -> Case:
@@ -121,6 +152,13 @@ def case_of(p: Mapping, runtime: str | None = None) -> Case:
         o.append(f"quant={QUANT[wq]}")
         if wq == "int4" and "group 64" in (prec.get("method") or "") + " " + p["id"].replace("-64-", " group 64 "):
             o.append("quant.group_size=64")
+    formats = None
+    if wq == "fp8" and p["model"] in MOE_CHECKPOINTS and _fp8_experts(p):
+        # an FP8 checkpoint of an engine that runs FP8 MoE quantizes the routed experts too;
+        # quant=fp8 covers the linear layers (MatMul), the experts' FP8 weights are stated as the
+        # checkpoint's format (passes/weight_formats.py; its 128x128 block scale adds 0.002 bit
+        # per weight to a per-tensor scale's 8). Older engines kept the experts in 16 bits.
+        formats = {"experts": "fp8_block128"}
     kv = prec.get("kv_cache")
     if kv == "fp8" or (kv is None and wq == "fp8" and p["engine"] in ("trtllm", "nim")):
         # TensorRT-LLM FP8 checkpoints carry an FP8 KV cache unless stated otherwise
@@ -136,7 +174,7 @@ def case_of(p: Mapping, runtime: str | None = None) -> Case:
         o += [f"workload.batch={b}", f"workload.prompt_len={inp}", f"workload.gen_len={out}"]
         if metric == "tpot_s":
             o.append(f"workload.context_len={inp + out // 2}")
-        return Case(dict(p), o)
+        return Case(dict(p), o, weight_formats=formats)
     n = int(w["num_requests"] or 500)
     o += ["kv=paged", "serve.mode=offline", f"serve.requests={n}", f"serve.prompt_len={inp}",
           f"serve.output_len={out}", f"workload.prompt_len={inp}", f"workload.gen_len={out}"]
@@ -149,7 +187,7 @@ def case_of(p: Mapping, runtime: str | None = None) -> Case:
         o += ["serve.max_num_seqs=4096", "serve.max_batched_tokens=8192", "memory.gpu_utilization=0.99"]
     elif p["id"].startswith("trtllm10"):
         o.append("memory.gpu_utilization=0.95")      # kv_cache_free_gpu_mem_fraction 0.95 (the doc's)
-    return Case(dict(p), o, serve=True)
+    return Case(dict(p), o, serve=True, weight_formats=formats)
 
 
 def compose(overrides: Sequence[str]) -> dict:
@@ -184,7 +222,7 @@ class Replayer:
 
     def _graph(self, cfg, wl, hw):
         key = (cfg["model"]["name"], hw.name, json.dumps(cfg["quant"], sort_keys=True),
-               json.dumps(cfg["kv"], sort_keys=True))
+               json.dumps(cfg["kv"], sort_keys=True), json.dumps(cfg["model"].get("weight_formats"), sort_keys=True))
         if key not in self.graphs:
             name = cfg["model"]["name"]
             if name not in self.imports:
@@ -205,7 +243,7 @@ class Replayer:
         """The run context of a case (its cost model bound to ``runtime``, default: the case's)."""
         key = (case.id, case.runtime, runtime.name if runtime is not None else None)
         if key not in self.contexts:
-            cfg = validate(compose(case.overrides))
+            cfg = case.config()
             wl = workload_of(cfg)
             hw = load_hardware(cfg["hardware"])
             rt = runtime or runtime_of(cfg)
@@ -302,10 +340,11 @@ def summarize(rows: Sequence[dict]) -> dict:
 
 
 def replay(runtime: str | None = None, only: str | None = None, progress=None, *,
-           profile: str | None = None) -> list[dict]:
+           profile: str | None = None, replayer: Replayer | None = None) -> list[dict]:
     """Every published point (those whose id contains ``only``; those whose engine's profile is
-    ``profile``) predicted by its command (priced with ``runtime`` when given)."""
-    r = Replayer()
+    ``profile``) predicted by its command (priced with ``runtime`` when given); ``replayer``: reuse
+    its imported models and compiled graphs."""
+    r = replayer or Replayer()
     rows = []
     for p in points():
         if only and only not in p["id"]:
@@ -381,6 +420,14 @@ def kernels_md() -> str:
             band = (f"±{_pct(k.error_median)} median" + (f", ±{_pct(k.error_p90)} p90" if k.error_p90 is not None else "")
                     if k.error_median is not None else "—")
             out.append(f"| `{fam}` | {k.kernel} | {k.model} | {figs} | {k.source} | {band} |")
+        if rt.collectives:
+            out.append("")
+            out.append("| collective | latency added | fraction of bus bandwidth | source | error band |")
+            out.append("|---|---|---|---|---|")
+            for kk, c in sorted(rt.collectives.items()):
+                band = (f"±{_pct(c.error_median)} median" + (f", ±{_pct(c.error_p90)} p90" if c.error_p90 is not None else "")
+                        if c.error_median is not None else "—")
+                out.append(f"| `{kk}` | {c.latency_s * 1e6:.4g} µs | {c.bandwidth_fraction:.3g} | {c.source} | {band} |")
         host = [(kk, h) for kk, h in sorted(rt.host.items()) if h.value_s]
         if host:
             out.append("")
@@ -421,46 +468,107 @@ def summary_md(rows: Sequence[dict], eager: Sequence[dict]) -> str:
     return "\n".join(out)
 
 
-def write_docs(path: str) -> None:
-    """The measurements page: the profiles' kernel tables, the acceptance summary
-    (profiles beside runtime=eager), every point, the points rooftop cannot express."""
-    import datetime
-    rows = replay()
-    eager = replay("eager")
-    n_rep = sum(1 for r in rows if r.get("pred") is not None)
-    text = f"""# Engine profiles against published engine measurements
+#: the generated part of docs/measurements/published_engines.md (between these lines)
+DOCS_BEGIN = "<!-- BEGIN replay: generated by python -m compiler.driver.published --docs; do not edit by hand -->"
+DOCS_END = "<!-- END replay -->"
 
-Generated {datetime.date.today().isoformat()} by `python -m compiler.driver.published --docs {path}` (the cost
-model only: any machine, no GPU). Each of the {len(rows)} published points of
-`compiler/perf/calibration/data/published_engines.json` ([sources and workload mapping](published_engines.md))
-is replayed as the rooftop command that describes it — model, hardware, `runtime=` of its engine, `quant=`,
-`kv.dtype`, `parallel.tp`, the workload, and for in-flight batching `serve.mode=offline` with the engine's
-scheduler settings — {n_rep} of them; the table lists each command's prediction beside the published
-figure, and the same command with `runtime=eager` (rooftop before runtime profiles). Guide:
+
+def profile_table_md(rows: Sequence[dict]) -> str:
+    """Per runtime profile x GPU x weight precision x metric group: points, median, p90 and worst
+    |error| (the worst point named with its signed error), points off by 2x or more."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("pred") is None:
+            continue
+        groups.setdefault((r["runtime"], r["hardware"], r["precision"], METRIC_GROUP[r["metric"]]), []).append(r)
+    out = ["| runtime | GPU | weights | metric | points | median \\|error\\| | p90 | worst | off by ≥ 2x |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    order = {"trtllm": 0, "vllm": 1, "lmdeploy": 2, "compiled": 3}
+    for key in sorted(groups, key=lambda k: (order.get(k[0], 9), k[1], k[2], k[3])):
+        rs = groups[key]
+        e = np.abs([r["err"] for r in rs])
+        worst = max(rs, key=lambda r: abs(r["err"]))
+        off = sum(1 for r in rs if r["pred"] / r["value"] >= 2 or r["pred"] / r["value"] <= 0.5)
+        out.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {len(rs)} | {_pct(float(np.median(e)))} | "
+                   f"{_pct(float(np.percentile(e, 90)))} | {worst['err']:+.1%} (`{worst['id']}`) | {off} |")
+    return "\n".join(out)
+
+
+def docs_md(rows: Sequence[dict], eager: Sequence[dict], seconds: float | None = None) -> str:
+    """The generated part of the measurements page (between :data:`DOCS_BEGIN` and :data:`DOCS_END`)."""
+    import datetime
+    n_rep = sum(1 for r in rows if r.get("pred") is not None)
+    took = f" The replay of both took {seconds:.0f} s on the 2-vCPU machine that generated it." if seconds else ""
+    return f"""{DOCS_BEGIN}
+## Replay: rooftop's engine profiles against these points
+
+Generated {datetime.date.today().isoformat()} on a 2-vCPU CPU machine (the cost model only, no GPU) by
+
+```bash
+python -m compiler.driver.published --docs docs/measurements/published_engines.md
+```
+
+Each of the {len(rows)} points above is replayed as the rooftop command that describes it — model, hardware,
+`runtime=` of its engine, `quant=`, `kv.dtype`, `parallel.tp`, the workload, and for in-flight batching
+`serve.mode=offline` with the engine's scheduler settings — {n_rep} of them; the same commands with
+`runtime=eager` (rooftop before runtime profiles) stand beside them.{took} Guide:
 [docs/guide/runtime_profiles.md](../guide/runtime_profiles.md).
 
-## Acceptance: median |error| per metric (TPOT ≤ 10 %, TTFT and throughput ≤ 15 %, nothing off by 2x)
+### Acceptance: median |error| per metric (TPOT ≤ 10 %, TTFT and throughput ≤ 15 %, nothing off by 2x)
 
 TPOT counts per-token latencies and single-stream tokens/s (1 / TPOT); throughput counts output tokens/s
-and end-to-end latencies (vLLM's CI: a batch's whole generate call).
+and end-to-end latencies (vLLM's CI: a batch's whole generate call). Generated {datetime.date.today().isoformat()}
+(2-vCPU CPU machine, `python -m compiler.driver.published --docs docs/measurements/published_engines.md`).
 
 {summary_md(rows, eager)}
 
-## Kernel families per profile (figures per GPU architecture; measured curves are H100 time ratios against bf16 `F.linear`)
+### Per profile, GPU, precision and metric
 
-Families a profile does not list run as the hardware's calibrated classes (`eager`).
+Generated {datetime.date.today().isoformat()} (2-vCPU CPU machine, `python -m compiler.driver.published --docs docs/measurements/published_engines.md`).
+
+{profile_table_md(rows)}
+
+### Kernel families per profile (figures per GPU architecture; measured curves are H100 time ratios against bf16 `F.linear`)
+
+Families a profile does not list run as the hardware's calibrated classes (`eager`). Generated
+{datetime.date.today().isoformat()} (2-vCPU CPU machine, `python -m compiler.driver.published --docs docs/measurements/published_engines.md`).
 
 {kernels_md()}
-## Every replayed point
+### Every replayed point
+
+Generated {datetime.date.today().isoformat()} (2-vCPU CPU machine, `python -m compiler.driver.published --docs docs/measurements/published_engines.md`).
 
 {table_md(rows, eager)}
 
-## Points rooftop cannot express
+### Points rooftop cannot express
 
 {not_expressed_md(rows)}
+{DOCS_END}
 """
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+
+
+def write_docs(path: str) -> None:
+    """Replay every point (its profile and runtime=eager, one import per model) and write the
+    generated part of the measurements page ``path`` between :data:`DOCS_BEGIN` and
+    :data:`DOCS_END` — the rest of the page (sources, workload mapping) is kept; a page without the
+    markers gets the part before its ``## Sources`` section (or at its end)."""
+    from pathlib import Path
+    t0 = time.perf_counter()
+    rp = Replayer()
+    rows = replay(replayer=rp)
+    eager = replay("eager", replayer=rp)
+    block = docs_md(rows, eager, time.perf_counter() - t0)
+    page = Path(path)
+    text = page.read_text(encoding="utf-8") if page.exists() else ""
+    if DOCS_BEGIN in text and DOCS_END in text:
+        head, rest = text.split(DOCS_BEGIN, 1)
+        text = head + block.rstrip("\n") + rest.split(DOCS_END, 1)[1]
+    elif "\n## Sources" in text:
+        head, rest = text.split("\n## Sources", 1)
+        text = head + "\n" + block + "\n## Sources" + rest
+    else:
+        text = text + ("\n" if text else "") + block
+    page.write_text(text, encoding="utf-8")
 
 
 def not_expressed_md(rows: Sequence[dict]) -> str:
@@ -475,7 +583,8 @@ def not_expressed_md(rows: Sequence[dict]) -> str:
 # fitting the profiles' fitted figures
 
 #: per runtime: the parameters fitted to its published points — (kind, families, architecture, key)
-#: for a kernel efficiency, ("host", key) for a host time (µs)
+#: for a kernel efficiency, ("host", key) for a host time (µs), ("collective", kind, key) for the
+#: engine's collective (``latency_us`` added, ``bandwidth_fraction`` of the bus bandwidth)
 FIT: dict[str, list[tuple]] = {
     "trtllm": [("kernel", ("gemm.fp8", "gemm.fp8_dynamic"), "hopper", "compute"),
                ("kernel", ("gemm.fp8", "gemm.fp8_dynamic"), "hopper", "memory"),
@@ -483,8 +592,10 @@ FIT: dict[str, list[tuple]] = {
                ("kernel", ("moe",), "hopper", "compute"),
                ("kernel", ("moe",), "ampere", "compute"),
                ("kernel", ("attention.decode",), "default", "memory"),
+               ("kernel", ("attention.decode",), "default", "compute"),
                ("kernel", ("attention.prefill",), "default", "compute"),
-               ("host", "step_us"), ("host", "request_us")],
+               ("host", "step_us"), ("host", "request_us"), ("host", "per_sequence_us"),
+               ("collective", "all_reduce", "latency_us"), ("collective", "all_reduce", "bandwidth_fraction")],
     "compiled": [("kernel", ("gemm.bf16",), "ampere", "memory"), ("kernel", ("gemm.bf16",), "hopper", "memory"),
                  ("kernel", ("gemm.w8a16",), "ampere", "memory"), ("kernel", ("gemm.w4a16",), "ampere", "memory"),
                  ("host", "step_us")],
@@ -504,6 +615,8 @@ def _apply(rt: Runtime, spec: Sequence[tuple], x: Sequence[float]) -> Runtime:
     for s, v in zip(spec, x):
         if s[0] == "host":
             rt = rt.with_host(**{s[1]: v})
+        elif s[0] == "collective":
+            rt = rt.with_collective(s[1], **{s[2]: v})
         else:
             for fam in s[1]:
                 rt = rt.with_params(fam, s[2], **{s[3]: v})
@@ -513,6 +626,11 @@ def _apply(rt: Runtime, spec: Sequence[tuple], x: Sequence[float]) -> Runtime:
 def _value(rt: Runtime, s: tuple) -> float:
     if s[0] == "host":
         return rt.host_s(s[1]) * 1e6
+    if s[0] == "collective":
+        c = rt.collectives.get(s[1])
+        if s[2] == "latency_us":
+            return max(c.latency_s * 1e6 if c is not None else 0.0, 1.0)
+        return min(c.bandwidth_fraction if c is not None else 1.0, 0.99)
     prm = rt.kernels[s[1][0]].params_for(s[2]) or {}
     return float(prm.get(s[3], 0.5))
 
@@ -524,6 +642,8 @@ def fit_spec(name: str, keys: Sequence[str] | None = None) -> list[tuple]:
     if not keys:
         return list(spec)
     def names(s):
+        if s[0] == "collective":
+            return ("collective",) + tuple(s[1:])
         return (s[1],) if s[0] == "host" else s[1] + (s[2], s[3])
     return [s for s in spec if any(all(part in names(s) for part in k.split("/")) for k in keys)]
 
@@ -541,12 +661,15 @@ def fit(name: str, replayer: Replayer | None = None, *, log=print, only: str | N
     values = np.array([c.point["value"] for c in cases], float)
     inverse = np.array([c.point["metric"] in ("ttft_s", "tpot_s", "e2e_s") for c in cases])
 
+    def positive(s):    # a time (log coordinate), else a fraction (logit)
+        return s[0] == "host" or (s[0] == "collective" and s[2] == "latency_us")
+
     def to_x(v):
-        return np.array([math.log(max(vi, 1e-3)) if s[0] == "host" else math.log(vi / (1 - vi))
+        return np.array([math.log(max(vi, 1e-3)) if positive(s) else math.log(vi / (1 - vi))
                          for s, vi in zip(spec, v)])
 
     def from_x(x):
-        return [math.exp(xi) if s[0] == "host" else 1 / (1 + math.exp(-xi)) for s, xi in zip(spec, x)]
+        return [math.exp(xi) if positive(s) else 1 / (1 + math.exp(-xi)) for s, xi in zip(spec, x)]
 
     def objective(x):
         rt = _apply(base, spec, from_x(x))
@@ -566,7 +689,7 @@ def fit(name: str, replayer: Replayer | None = None, *, log=print, only: str | N
         pred = rp.predict(c, fitted)
         rows.append({"id": c.id, "value": val, "pred": pred, "err": pred / val - 1,
                      "precision": c.point["precision"]["weights"], "metric": c.point["metric"],
-                     "model": c.point["model"]})
+                     "model": c.point["model"], "tp": c.point["tp"]})
         log(f"  {c.id:60s} {val:10.4g} {pred:10.4g} {pred / val - 1:+7.1%}")
     del inverse
     return fitted, rows
@@ -584,7 +707,7 @@ def error_bands(name: str, spec: Sequence[tuple], rows: Sequence[dict]) -> dict[
     """Median and p90 |error| of the published points each fitted figure prices."""
     out = {}
     for s in spec:
-        keys = (s[1],) if s[0] == "host" else s[1]
+        keys = (s[1],) if s[0] in ("host", "collective") else s[1]
         for key in keys:
             if key in _BAND_PRECISIONS:
                 sel = [r for r in rows if r["precision"] in _BAND_PRECISIONS[key]]
@@ -592,6 +715,8 @@ def error_bands(name: str, spec: Sequence[tuple], rows: Sequence[dict]) -> dict[
                 sel = [r for r in rows if any(m in r.get("model", "") for m in MOE_MODELS)]
             elif key == "request_us":
                 sel = [r for r in rows if r["metric"] == "ttft_s"]
+            elif s[0] == "collective":
+                sel = [r for r in rows if int(r.get("tp") or 1) > 1]
             else:
                 sel = list(rows)
             if not sel:
@@ -618,6 +743,17 @@ def write_profile(name: str, fitted: Runtime, spec: Sequence[tuple], bands: Mapp
     path = runtime_dir() / f"{name}.yaml"
     doc = y.load(path.read_text(encoding="utf-8"))
     for s in spec:
+        if s[0] == "collective":
+            if "collectives" not in doc:
+                doc["collectives"] = CommentedMap()
+            c = doc["collectives"].setdefault(s[1], CommentedMap())
+            fig = fitted.collectives[s[1]]
+            c[s[2]] = _sig(fig.latency_s * 1e6 if s[2] == "latency_us" else fig.bandwidth_fraction)
+            c["source"] = note
+            if s[1] in bands:
+                med, p90, basis = bands[s[1]]
+                c["error_band"] = CommentedMap(median=_sig(med, 3), p90=_sig(p90, 3), basis=basis)
+            continue
         if s[0] == "host":
             h = doc["host"].setdefault(s[1], CommentedMap())
             h["value"] = _sig(fitted.host_s(s[1]) * 1e6)
@@ -653,7 +789,8 @@ def write_bands(name: str, rows: Sequence[dict]) -> None:
     doc = y.load(path.read_text(encoding="utf-8"))
     bands = error_bands(name, FIT[name], [dict(r, precision=r["precision"]) for r in rows])
     for key, (med, p90, basis) in bands.items():
-        node = doc["host"].get(key) if key in doc.get("host", {}) else doc["kernels"].get(key)
+        node = (doc["host"].get(key) if key in doc.get("host", {}) else
+                doc["collectives"].get(key) if key in (doc.get("collectives") or {}) else doc["kernels"].get(key))
         if node is None:
             continue
         node["error_band"] = CommentedMap(median=_sig(med, 3), p90=_sig(p90, 3), basis=basis)

@@ -40,6 +40,12 @@ request. A runtime profile (config group ``runtime=``, ``conf/runtime/<name>.yam
     ``per_sequence_us`` per running sequence in it, ``per_tensor_us`` per graph input and output
     bound each iteration (onnxruntime's ``run()``), ``prefill_chunk_us`` per iteration that runs
     a prefill (chunk), ``request_us`` per request (added to its time to first token).
+``collectives``
+    the engine's own collective implementation, per collective kind (``all_reduce``, ...):
+    ``latency_us`` added to the hardware's per-collective latency (the engine's launch and
+    synchronization around it) and ``bandwidth_fraction``, the fraction of the hardware's bus
+    bandwidth it reaches (``conf/hardware`` interconnect or measured ``collectives:``). Kinds not
+    listed cost the hardware's collective (:func:`compiler.perf.collectives.collective_time`).
 ``serve``
     the engine's scheduler defaults: ``max_num_seqs``, ``max_batched_tokens``, ``admission``
     (``preempt``: vLLM's preempt-and-recompute; ``no_evict``: TensorRT-LLM's guaranteed
@@ -67,10 +73,11 @@ from compiler import resources
 from compiler.errors import ConfigError
 from compiler.ir import S
 from compiler.perf import kernel_families as kf
+from compiler.perf.collectives import COLLECTIVES, collective_time
 from compiler.perf.hardware import ClassEfficiency
 from compiler.perf import structured
 
-__all__ = ["Runtime", "Kernel", "HostFigure", "RuntimeYaml", "load_runtime", "runtime_by_name",
+__all__ = ["Runtime", "Kernel", "HostFigure", "CollectiveFigure", "RuntimeYaml", "load_runtime", "runtime_by_name",
            "available_runtimes", "op_family", "FAMILIES", "MODELS", "DEFAULT_RUNTIME"]
 
 #: the profile that reproduces rooftop's plain PyTorch cost model
@@ -115,6 +122,14 @@ class HostFigureYaml:
 
 
 @dataclass
+class CollectiveYaml:
+    latency_us: float = 0.0          # added to the hardware's per-collective latency
+    bandwidth_fraction: float = 1.0  # of the hardware's bus bandwidth
+    source: str = MISSING
+    error_band: Optional[ErrorBandYaml] = None
+
+
+@dataclass
 class RuntimeServeYaml:
     max_num_seqs: int = 256          # the engine's default limit of running sequences (serve.max_num_seqs)
     max_batched_tokens: int = 8192   # tokens one engine iteration may schedule (serve.max_batched_tokens)
@@ -136,6 +151,7 @@ class RuntimeYaml:
     moe_dispatch: str = "per_expert"   # per_expert | grouped: one grouped GEMM per MoE projection
     kernels: Dict[str, KernelYaml] = field(default_factory=dict)   # op family -> kernel, model, figures, source, band
     host: Dict[str, HostFigureYaml] = field(default_factory=dict)   # step_us, per_sequence_us, per_tensor_us, prefill_chunk_us, request_us
+    collectives: Dict[str, CollectiveYaml] = field(default_factory=dict)   # kind -> the engine's latency / bandwidth
     serve: RuntimeServeYaml = field(default_factory=RuntimeServeYaml)   # scheduler defaults
 
 
@@ -180,6 +196,17 @@ class HostFigure:
 
 
 @dataclass(frozen=True)
+class CollectiveFigure:
+    """The engine's own collective of one kind: extra latency (s) and fraction of bus bandwidth."""
+    latency_s: float
+    bandwidth_fraction: float
+    source: str
+    error_median: float | None = None
+    error_p90: float | None = None
+    error_basis: str = ""
+
+
+@dataclass(frozen=True)
 class Runtime:
     name: str
     engine: str
@@ -190,6 +217,7 @@ class Runtime:
     moe_dispatch: str = "per_expert"
     kernels: Mapping[str, Kernel] = field(default_factory=dict)
     host: Mapping[str, HostFigure] = field(default_factory=dict)
+    collectives: Mapping[str, CollectiveFigure] = field(default_factory=dict)
     max_num_seqs: int = 256
     max_batched_tokens: int = 8192
     admission: str = "preempt"
@@ -203,7 +231,7 @@ class Runtime:
         """Prices every op exactly as the hardware model does, with no host time (``eager``)."""
         return (all(k.model == "hardware" for k in self.kernels.values()) and self.lm_head == "all"
                 and not self.kv_cache_in_kernel and self.moe_dispatch == "per_expert"
-                and not any(h.value_s for h in self.host.values()))
+                and not any(h.value_s for h in self.host.values()) and not self.collectives)
 
     @property
     def roofline(self) -> bool:
@@ -224,6 +252,29 @@ class Runtime:
         s = np.asarray(s, float)
         return (self.host_s("step_us") + self.host_s("per_sequence_us") * b + self.host_s("per_tensor_us") * tensors
                 + np.where(s > 1, self.host_s("prefill_chunk_us"), 0.0))
+
+    def collective_time(self, hw, kind: str, n: int, nbytes):
+        """Seconds for one collective of ``kind`` over ``n`` devices of ``hw`` run by this engine:
+        the hardware's (:func:`compiler.perf.collectives.collective_time`) with the engine's extra
+        latency and bandwidth fraction where the profile names them (0 for n == 1)."""
+        c = self.collectives.get(kind)
+        if c is None or int(n) <= 1:
+            return collective_time(hw, kind, n, nbytes)
+        nbytes = np.asarray(nbytes, dtype=float)
+        return collective_time(hw, kind, n, nbytes / c.bandwidth_fraction) + c.latency_s
+
+    def with_collective(self, kind: str, **values) -> "Runtime":
+        """A copy with the engine's ``kind`` collective figures changed (fitting): ``latency_us``,
+        ``bandwidth_fraction``."""
+        coll = dict(self.collectives)
+        old = coll.get(kind) or CollectiveFigure(0.0, 1.0, "fit")
+        upd = {}
+        if "latency_us" in values:
+            upd["latency_s"] = float(values["latency_us"]) * _US
+        if "bandwidth_fraction" in values:
+            upd["bandwidth_fraction"] = float(values["bandwidth_fraction"])
+        coll[kind] = dataclasses.replace(old, **upd)
+        return dataclasses.replace(self, collectives=coll)
 
     @property
     def request_s(self) -> float:
@@ -251,6 +302,11 @@ class Runtime:
                                                         "basis": h.error_basis}}
                                         if h.error_median is not None else {})}
                                  for k, h in sorted(self.host.items())},
+            **({"collectives": {k: {"latency_s": c.latency_s, "bandwidth_fraction": c.bandwidth_fraction,
+                                    "source": c.source,
+                                    **({"error_band": {"median": c.error_median, "p90": c.error_p90,
+                                                       "basis": c.error_basis}} if c.error_median is not None else {})}
+                                for k, c in sorted(self.collectives.items())}} if self.collectives else {}),
             "serve_defaults": {"max_num_seqs": self.max_num_seqs, "max_batched_tokens": self.max_batched_tokens,
                                "admission": self.admission, "gpu_utilization": self.gpu_utilization,
                                "chunked_prefill": self.chunked_prefill, "source": self.serve_source},
@@ -333,7 +389,10 @@ def gemm_format(graph, n, cls, dtype: str) -> str:
 def op_family(graph, n, cls, cost_class: str, dtype: str) -> str:
     """The family a profile prices an op by (see the module doc)."""
     if cost_class == "gemm":
-        if "moe" in n.annotations and n.annotations["moe"].expert is not None:
+        moe = n.annotations.get("moe") if "moe" in n.annotations else None
+        if moe is not None and (moe.expert is not None or n.op == "MoEMatMul"):
+            # one expert's GEMM (a per-expert loop) or a grouped expert GEMM over every routed row
+            # (``MoEMatMul``: what fused MoE kernels run): the engine's MoE kernel prices both
             return "moe"
         return "gemm." + gemm_format(graph, n, cls, dtype)
     if cost_class == "attention":
@@ -544,6 +603,18 @@ def load_runtime(cfg: Any, source: str | None = None) -> Runtime:
             _fail(where, f"host.{key}.value", f"is {h['value']!r}", "A host time is ≥ 0 µs.")
         med, p90, basis = _band(h.get("error_band"))
         host[key] = HostFigure(float(h["value"]) * _US, h["source"], med, p90, basis)
+    collectives = {}
+    for kind, c in (top.get("collectives") or {}).items():
+        if kind not in COLLECTIVES:
+            _fail(where, f"collectives.{kind}", "is not a collective", f"Use {', '.join(COLLECTIVES)}.")
+        if c["latency_us"] < 0:
+            _fail(where, f"collectives.{kind}.latency_us", f"is {c['latency_us']!r}", "A latency is ≥ 0 µs.")
+        if not (0 < c["bandwidth_fraction"] <= 1):
+            _fail(where, f"collectives.{kind}.bandwidth_fraction", f"is {c['bandwidth_fraction']!r}",
+                  "A fraction of the bus bandwidth is in (0, 1].")
+        med, p90, basis = _band(c.get("error_band"))
+        collectives[kind] = CollectiveFigure(float(c["latency_us"]) * _US, float(c["bandwidth_fraction"]),
+                                             c["source"], med, p90, basis)
     sv = top["serve"]
     if sv["admission"] not in ADMISSION:
         _fail(where, "serve.admission", f"is {sv['admission']!r}", "Write preempt or no_evict.")
@@ -554,7 +625,7 @@ def load_runtime(cfg: Any, source: str | None = None) -> Runtime:
             _fail(where, "devices", f"lists {d!r}", "List hardware kinds among gpu, cpu, soc.")
     return Runtime(name=top["name"], engine=top["engine"], description=top["description"],
                    devices=tuple(top["devices"]), lm_head=top["lm_head"], kv_cache_in_kernel=tuple(kv_formats), moe_dispatch=top["moe_dispatch"],
-                   kernels=kernels, host=host, max_num_seqs=int(sv["max_num_seqs"]),
+                   kernels=kernels, host=host, collectives=collectives, max_num_seqs=int(sv["max_num_seqs"]),
                    max_batched_tokens=int(sv["max_batched_tokens"]), admission=sv["admission"],
                    gpu_utilization=float(sv["gpu_utilization"]), chunked_prefill=bool(sv["chunked_prefill"]),
                    serve_source=sv["source"])

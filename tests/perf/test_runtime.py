@@ -214,6 +214,10 @@ def test_profile_errors_are_one_paragraph_config_errors():
            ({"host": {"per_token_us": {"value": 1, "source": "s"}}}, "per_token_us"),
            ({"serve": {"admission": "fifo"}}, "admission"),
            ({"lm_head": "first"}, "lm_head"),
+           ({"collectives": {"all_gather_v": {"latency_us": 1, "source": "s"}}}, "all_gather_v"),
+           ({"collectives": {"all_reduce": {"latency_us": 1, "bandwidth_fraction": 1.5, "source": "s"}}},
+            "bandwidth_fraction"),
+           ({"collectives": {"all_reduce": {"latency_us": -2, "source": "s"}}}, "latency_us"),
            ({"colour": "red"}, "colour")]
     for extra, word in bad:
         with pytest.raises(ConfigError, match=word):
@@ -222,3 +226,56 @@ def test_profile_errors_are_one_paragraph_config_errors():
         runtime_by_name("trtllm").check_hardware(hardware_by_name("cpu"))
     with pytest.raises(ConfigError, match="not a runtime profile"):
         runtime_by_name("tensorrt")
+
+
+def test_the_engines_all_reduce_adds_its_latency_and_bandwidth_fraction():
+    """A profile's ``collectives`` entry prices the engine's own all-reduce: the hardware's
+    collective (latency + ring bytes over the bus bandwidth) with the engine's latency added and
+    its fraction of the bus bandwidth; kinds it does not name, one device, and eager cost the
+    hardware's collective — and a tensor-parallel step pays it once per all-reduce."""
+    from compiler.perf.collectives import bus_factor, collective_time, literature
+    hw = hardware_by_name("h100_sxm")
+    nb = np.array([4096.0, 2 ** 21, 2 ** 26])
+    rt = runtime_by_name("trtllm").with_collective("all_reduce", latency_us=20.0, bandwidth_fraction=0.5)
+    lat, bw = literature(hw)
+    np.testing.assert_allclose(rt.collective_time(hw, "all_reduce", 4, nb),
+                               lat + 20e-6 + bus_factor("all_reduce", 4) * nb / (0.5 * bw), rtol=1e-12)
+    np.testing.assert_array_equal(rt.collective_time(hw, "all_gather", 4, nb), collective_time(hw, "all_gather", 4, nb))
+    np.testing.assert_array_equal(rt.collective_time(hw, "all_reduce", 1, nb), np.zeros(3))
+    eager = runtime_by_name("eager")
+    assert not eager.collectives and eager.identity
+    np.testing.assert_array_equal(eager.collective_time(hw, "all_reduce", 4, nb), collective_time(hw, "all_reduce", 4, nb))
+    # a TP-4 step: the communication is the all-reduces' sum at the engine's figures
+    g = _variant("llama_tiny", dtype="bfloat16")
+    dims = model_dims(model_cfg("llama_tiny"))
+    base = runtime_by_name("trtllm").with_collective("all_reduce", latency_us=0.0, bandwidth_fraction=1.0)
+    slow = base.with_collective("all_reduce", latency_us=50.0)
+    comm = {}
+    for name, r in (("base", base), ("slow", slow)):
+        cm = CostModel(g, hw, r)
+        table = shard_table(cm, dims, ParallelPlan(tp=4))
+        out = per_device_times(cm, table, np.array([1]), np.array([128]), np.array([0]), "prefill")
+        comm[name] = (float(out["comm_time"][0]), out["calls"]["all_reduce"])
+    assert comm["slow"][1] == comm["base"][1] >= 2 * dims.layers
+    assert comm["slow"][0] - comm["base"][0] == pytest.approx(comm["base"][1] * 50e-6, rel=1e-9)
+
+
+def test_grouped_expert_gemms_are_priced_by_the_engines_moe_kernel():
+    """A grouped expert GEMM (``MoEMatMul``, the form Mixtral imports into) is the ``moe`` family:
+    TensorRT-LLM's MoE-plugin efficiency prices it, eager keeps the hardware's gemm class, and a
+    profile without a ``moe`` kernel falls back to its GEMM of the experts' format."""
+    g = _variant("mixtral_tiny", dtype="bfloat16")
+    hw = hardware_by_name("h100_sxm")
+    trt = CostModel(g, hw, runtime_by_name("trtllm"))
+    grouped = [i for i, it in enumerate(trt.items) if it.op == "MoEMatMul"]
+    assert grouped and all(trt.items[i].family == "moe" for i in grouped)
+    assert all(runtime_by_name("trtllm").family_kernel(trt.items[i], "decode").family == "moe" for i in grouped)
+    assert runtime_by_name("vllm").family_kernel(trt.items[grouped[0]], "decode").family == "gemm.bf16"
+    # the MoE plugin's compute fraction on Hopper sets a compute-bound prefill's expert GEMM time
+    b, s = 8, 2048
+    t_trt = trt.evaluate(b, s, 0, "prefill")
+    prm = runtime_by_name("trtllm").kernels["moe"].params_for("hopper")
+    for i in grouped:
+        assert t_trt["time"][i, 0] >= t_trt["flops"][i, 0] / (hw.peak("bf16") * prm["compute"])
+    eager = CostModel(g, hw, runtime_by_name("eager"))
+    np.testing.assert_array_equal(eager.evaluate(b, s, 0, "prefill")["time"], CostModel(g, hw).evaluate(b, s, 0, "prefill")["time"])
