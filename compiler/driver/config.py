@@ -210,7 +210,8 @@ class HFConfigModel(ModelConfig):
     stack_layers: bool = True    # meta cost-only imports: export the first layers and replicate them
     # formats the checkpoint ships its weights in: parameter group -> format (passes/weight_formats.py),
     # e.g. {experts: mxfp4} (gpt-oss), {linear: fp8_block128} (DeepSeek-V3)
-    weight_formats: Optional[Dict[str, str]] = None
+    # (a mapping, never null, so model.weight_formats.experts=mxfp4 can add a group on the command line)
+    weight_formats: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -597,7 +598,7 @@ def _check_model(cfg: dict):
         for grp, fmt in (m.get("weight_formats") or {}).items():
             if grp not in WEIGHT_GROUPS or fmt not in WEIGHT_FORMATS:
                 raise ConfigError(f"model.weight_formats.{grp}={fmt!r}: groups are {', '.join(WEIGHT_GROUPS)}, formats "
-                                  f"{', '.join(WEIGHT_FORMATS)} (e.g. model.weight_formats.experts=mxfp4).")
+                                  f"{', '.join(WEIGHT_FORMATS)} (e.g. ++model.weight_formats.experts=mxfp4).")
     if m["source"] == "module" and "_target_" not in m["module"]:
         raise ConfigError("model.module has no _target_: name the nn.Module class to build, e.g. "
                           "model.module._target_=torch.nn.Linear.")

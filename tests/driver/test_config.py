@@ -56,6 +56,24 @@ def test_an_unresolvable_interpolation_exits_2_and_its_advice_runs(tmp_path):
     assert (tmp_path / "good" / "report.json").exists()
 
 
+def test_weight_formats_can_be_set_on_the_command_line_as_advised(tmp_path):
+    """``model.weight_formats`` (a checkpoint's weight formats) used to be null in the schema, so no
+    override could set it; a bad format exits 2 and its advice runs."""
+    import json
+    base = ("model=mixtral_tiny", "emit.enabled=false", "report.html=false", "progress=false")
+    r = run_cli(*base, "++model.weight_formats.experts=mxfp9", f"hydra.run.dir={tmp_path / 'bad'}")
+    assert r.returncode == 2, r.stderr[-2000:]
+    line = _one_error(r)
+    assert "model.weight_formats.experts='mxfp9'" in line and not (tmp_path / "bad").exists()
+    advice = line.split("e.g. ")[1].rstrip(").")
+    r = run_cli(*base, advice, f"hydra.run.dir={tmp_path / 'good'}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((tmp_path / "good" / "report.json").read_text())
+    fmts = [w["format"] for w in report["weight_formats"]]
+    assert {"dtype": "float4e2m1", "group_size": 32, "scale_dtype": "float8e8m0"}.items() <= \
+        next(f for f in fmts if f["dtype"] != "float32").items()   # the experts, in MXFP4
+
+
 def test_a_misspelled_key_inside_a_model_yaml_exits_2(tmp_path):
     """`weigths: random` in a model YAML (found through Hydra's --config-dir) used to build the
     default silently."""
