@@ -210,7 +210,7 @@ class HFConfigModel(ModelConfig):
     stack_layers: bool = True    # meta cost-only imports: export the first layers and replicate them
     # formats the checkpoint ships its weights in: parameter group -> format (passes/weight_formats.py),
     # e.g. {experts: mxfp4} (gpt-oss), {linear: fp8_block128} (DeepSeek-V3)
-    # (a mapping, never null, so model.weight_formats.experts=mxfp4 can add a group on the command line)
+    # (a mapping, never null, so ++model.weight_formats.experts=mxfp4 can add a group on the command line)
     weight_formats: Dict[str, str] = field(default_factory=dict)
 
 
