@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import logging
 
+from compiler.errors import ConfigError
 from compiler.ir import DTYPES, P, B, S, Graph, TensorType
 from compiler.ir import annotations as ann
 from compiler.ir.ops import REGISTRY, OpKind
-from compiler.ir.tensors import as_dim
+from compiler.ir.tensors import UnsupportedOpError, as_dim
 from passes.base import Pass, PassResult
 from passes.cleanup import eliminate_dead_code
+from passes.fusion import explain_outcome, run_rules, unfused_attention
 from passes.fusion.attention import spec_of
 from passes.fusion.mask import PADDING_INPUT, analyze_mask
 from passes.kv_cache import lift_kv_cache
@@ -130,10 +132,25 @@ def lift_onnx_kv_cache(g: Graph) -> dict[str, int]:
         raise Refused("the model is not a causal LM")
     if "input_ids" not in g.inputs:
         raise Refused("the model has no input_ids input")
-    attn = [n for n in g.topo_order() if n.op == "Attention"]
-    if not attn:
-        raise Refused("the model has no Attention op (is its attention fused? run the fuse pass first)")
     h = g.copy()
+    left = unfused_attention(h)
+    if left or not any(n.op == "Attention" for n in h):
+        # the cost gate may have kept some unfused: the cache needs every one (not gated)
+        _, outcomes = run_rules(h, ["attention"], gate=None)
+        why = explain_outcome("attention", outcomes["attention"])
+        left = unfused_attention(h)
+        if left:
+            raise Refused(f"{len(left)} attention softmax(es) could not be fused into an Attention op, "
+                          f"which the KV cache needs ({why})", left[0].name)
+        if not any(n.op == "Attention" for n in h):
+            sm = [n for n in h.topo_order() if n.op == "Softmax"]
+            if sm:
+                raise Refused(f"none of its {len(sm)} Softmax op(s) is part of an attention rooftop "
+                              f"recognizes (QKᵀ → scale → mask → softmax → ·V with Q/K/V as [batch, heads, "
+                              f"seq, head_dim]), so there is no Attention op to give a KV cache ({why})",
+                              sm[0].name)
+            raise Refused("the model has no attention (no Attention op and no Softmax) to give a KV cache")
+    attn = [n for n in h.topo_order() if n.op == "Attention"]
     infos: dict[str, object] = {}
     for n in attn:
         if len(n.inputs) > 4 and any(n.inputs[4:]):
@@ -202,10 +219,19 @@ def lift_onnx_kv_cache(g: Graph) -> dict[str, int]:
 
 class LiftKVCache(Pass):
     """``kv_cache``: a decoder from an ONNX file without a cache gets one (see module doc); a
-    graph that has a cache already (torch imports) or does not qualify is left as it is, and
-    report.json ``passes[].notes`` says why."""
+    graph that has a cache already (torch imports) or is not a causal LM is left as it is. A causal
+    LM whose cache cannot be lifted is refused (exit 2, the reason and advice in one paragraph) —
+    never costed silently without its cache; with ``required: false`` it is left as it is instead
+    and report.json ``passes[].notes`` says why."""
 
     name = "kv_cache"
+
+    def check_params(self) -> None:
+        bad = sorted(set(self.params) - {"required"})
+        if bad or not isinstance(self.params.get("required", True), bool):
+            raise ConfigError(f"pass {self.name!r} takes only required: true|false (false: a decoder "
+                              f"whose cache cannot be lifted is costed without one and the run goes on), "
+                              f"got {dict(self.params)}; fix pipeline.passes.")
 
     def run(self, g: Graph) -> PassResult:
         if g.meta.get("kv_tensors") or g.meta.get("task") != "causal_lm":
@@ -214,6 +240,14 @@ class LiftKVCache(Pass):
             stats = lift_onnx_kv_cache(g)
         except Refused as e:
             g.meta["kv_cache_refused"] = str(e)
+            if self.params.get("required", True):
+                raise UnsupportedOpError(
+                    f"the causal decoder gets no KV cache: {e}{' (at ' + e.where + ')' if e.where else ''}. "
+                    f"Without a cache the decode step would be costed and emitted as recomputing the whole "
+                    f"sequence, so rooftop stops here instead of reporting it silently. Export the model "
+                    f"with SDPA attention (attn_implementation='sdpa') or with torch.onnx.export(dynamo=True), "
+                    f"import it with model=<family config> instead of model=onnx, or cost it without a KV "
+                    f"cache with pipeline=none.") from None
             log.warning("KV cache not lifted: %s; decode is costed without a cache", e)
             return PassResult(g, False, {"layers": 0, "refused": 1},
                               notes=[{"rule": "kv_cache", "where": e.where or "", "check": str(e)}])
