@@ -665,9 +665,10 @@ class _Importer:
             bad, src, ty = p
             if src == "ssi":
                 self.stats["ssi_typed"] += 1
-            if bad and r is not None and r.rank == ty.rank and r.dtype == ty.dtype:
+            if bad and r is not None and r.rank == ty.rank:
                 # a known dim wins; between two unknown ones the rule's (derived from the
-                # operands, so it reuses their symbols rather than adding a new one)
+                # operands, so it reuses their symbols rather than adding a new one). Only the
+                # shape is taken: the dtype stays inference's (a rule may not know it, e.g. IsNaN)
                 shp = tuple(a if self.dims.is_known(a) else b for a, b in zip(ty.shape, r.shape))
                 if shp != ty.shape:
                     self.stats["rule_typed"] += 1
