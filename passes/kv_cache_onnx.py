@@ -80,6 +80,29 @@ def _is_arange_s(g: Graph, n) -> bool:
     return vals[0] == 0 and vals[1] == 1
 
 
+#: ops whose input 1 holds indices into their data's axes (a ``Range(S)`` reaching them indexes
+#: the new tokens' own axis, e.g. DeepSeek's in-place ``q[..., :d] = q_nope`` exported as ScatterND)
+_INDEXED_WRITES = ("ScatterND", "ScatterElements")
+
+
+def _indexes_new_tokens(g: Graph, t: str) -> bool:
+    """``arange(S)`` used as scatter indices (through views, broadcasts and arithmetic), not as
+    token positions: it must stay ``0 … S-1`` under a KV cache."""
+    seen, stack = set(), [t]
+    while stack:
+        x = stack.pop()
+        if x in seen:
+            continue
+        seen.add(x)
+        for c, i in g.consumers(x):
+            if c.op in _INDEXED_WRITES and i == 1:
+                return True
+            if c.op in ("Reshape", "Unsqueeze", "Expand", "Concat", "Cast", "Add", "Sub", "Mul",
+                        "Transpose", "Squeeze", "Identity"):
+                stack.extend(o for o in c.outputs if o)
+    return False
+
+
 _ELEMENTWISE = frozenset(n for n, d in REGISTRY.items() if d.kind in (OpKind.ELEMENTWISE, OpKind.BROADCAST)
                          and not d.domain)
 
@@ -192,7 +215,7 @@ def lift_onnx_kv_cache(g: Graph) -> dict[str, int]:
             h.set_input(n, 3, pad if has_pad else "")
         n.attrs["is_causal"] = 1
     # positions: arange(S) → P + arange(S)
-    ranges = [n for n in h.topo_order() if _is_arange_s(h, n)]
+    ranges = [n for n in h.topo_order() if _is_arange_s(h, n) and not _indexes_new_tokens(h, n.outputs[0])]
     if ranges and "position_ids" not in h.inputs:
         pos = h.add_op("Range", [], 1, {"start": P, "limit": P + S, "delta": 1},
                        types=[TensorType("int64", (S,))]).outputs[0]
