@@ -222,6 +222,13 @@ def lift_onnx_kv_cache(g: Graph) -> dict[str, int]:
         for n in ranges:
             h.replace_uses(n.outputs[0], pos)
     eliminate_dead_code(h)
+    if has_pad and am.shape == h.type("input_ids").shape:
+        # the exporter read the sequence length off attention_mask (torch.export keeps one symbol
+        # for equal dims): in the source both are [B, S], and S — the new tokens — is what the
+        # graph's types say these shapes are, so they are read off input_ids instead
+        for c, i in list(h.consumers(MASK_INPUT)):
+            if c.op == "Shape":
+                h.set_input(c, i, "input_ids")
     extended = 0
     if has_pad and any(c.name != cast.name for c, _ in h.consumers(MASK_INPUT)):
         extended = _extend_mask_readers(h, cast.name)
