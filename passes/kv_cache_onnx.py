@@ -206,9 +206,13 @@ def lift_onnx_kv_cache(g: Graph) -> dict[str, int]:
             if info.alibi is not None:
                 n.attrs["alibi_slopes"] = [float(x) for x in info.alibi]
             old = ann.get(n, "attention")
-            ann.set(n, "attention", spec_of(info) if old is None else
+            new = spec_of(info)
+            if n.attrs.get("alibi_slopes") is not None and not new.alibi:   # the bias fused beside the mask
+                new = type(new)(**{**{f: getattr(new, f) for f in new.__dataclass_fields__},
+                                   "mask": "bias", "alibi": True})
+            ann.set(n, "attention", new if old is None else
                     type(old)(**{**{f: getattr(old, f) for f in old.__dataclass_fields__},
-                                 **{f: getattr(spec_of(info), f) for f in ("mask", "window", "alibi")}}))
+                                 **{f: getattr(new, f) for f in ("mask", "window", "alibi")}}))
         if m or has_pad:
             while len(n.inputs) < 4:
                 h.set_input(n, len(n.inputs), "")
@@ -274,9 +278,9 @@ class LiftKVCache(Pass):
                 raise UnsupportedOpError(
                     f"the causal decoder gets no KV cache: {e}{' (at ' + e.where + ')' if e.where else ''}. "
                     f"Without a cache the decode step would be costed and emitted as recomputing the whole "
-                    f"sequence, so rooftop stops here instead of reporting it silently. Export the model "
-                    f"with SDPA attention (attn_implementation='sdpa') or with torch.onnx.export(dynamo=True), "
-                    f"import it with model=<family config> instead of model=onnx, or cost it without a KV "
+                    f"sequence, so rooftop stops here instead of reporting it silently. Import the model "
+                    f"from its Hugging Face config (model.config with attn_implementation sdpa or eager) "
+                    f"instead of model=onnx, export it again with SDPA attention, or cost it without a KV "
                     f"cache with pipeline=none.") from None
             log.warning("KV cache not lifted: %s; decode is costed without a cache", e)
             return PassResult(g, False, {"layers": 0, "refused": 1},

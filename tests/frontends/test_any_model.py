@@ -102,6 +102,14 @@ CELLS = {
     ("deepseek_v2", "torch"): ("fused", "aten.polar refused"),
     ("mamba", "torch"): ("refused", "a traceback instead of a refusal of a state-space model"),
     ("bloom", "torch"): ("refused", "Hugging Face's 'does not support scaled_dot_product_attention' traceback"),
+    ("bloom", "dynamo"): ("refused", "exit 0 with no Attention and no KV cache: decode costed without a cache"),
+    ("phimoe", "legacy"): ("fused", "exit 4: IsNaN typed with unknown dims left one layer unfused, and the "
+                                    "partial cache broke the artifact"),
+    ("deepseek_v3", "legacy"): ("fused", "exit 4: the ScatterND indices arange(S) were rewritten to positions P + arange(S)"),
+    ("deepseek_v3", "dynamo"): ("fused", "no KV cache: Shape(attention_mask) read as the sequence length"),
+    ("cohere", "legacy"): ("refused", "exit 4: emission failed on a cache lifted with unfused attention"),
+    ("mpt", "dynamo"): ("fused", "exit 0 without a KV cache: ALiBi added before masked_fill was not matched, "
+                                 "and masked_fill's condition was classified as the visible keys"),
 }
 
 
@@ -128,6 +136,8 @@ def test_matrix_cell(family, exporter, zoo_cache):
         assert "state" in r.detail.lower()
     if family == "bloom":   # the fallback to eager attention is said, and the advice is runnable
         assert "pipeline=none" in r.detail
+    if want == "refused" and exporter != "torch":   # a decoder never loses its cache silently
+        assert "gets no KV cache" in r.detail and "pipeline=none" in r.detail, r.detail
 
 
 def test_bloom_without_a_cache_runs_as_advised(zoo_cache):
@@ -135,6 +145,15 @@ def test_bloom_without_a_cache_runs_as_advised(zoo_cache):
     with zoo.quiet():
         r = zoo.run_cell("bloom", "torch", workload=("pipeline=none", "emit.verify=true"), cache=zoo_cache)
     assert r.exit_code == 0 and r.verified, r.row()
+
+
+def test_onnx_decoder_without_a_cache_runs_as_advised(zoo_cache):
+    """The refusal's advice for an ONNX decoder whose cache cannot be lifted (Bloom's 3-D
+    baddbmm attention): pipeline=none costs it without a cache and verifies the artifact."""
+    from tests import zoo
+    with zoo.quiet():
+        r = zoo.run_cell("bloom", "dynamo", workload=("pipeline=none", "emit.verify=true"), cache=zoo_cache)
+    assert r.exit_code == 0 and r.verified and not r.kv_cache, r.row()
 
 
 def test_gemma3_window_crossed_by_verification(tmp_path):
