@@ -633,7 +633,24 @@ class _Importer:
             return None
         return out
 
+    def _split_types(self, node: OpNode) -> list[TensorType] | None:
+        """Split with a ``split`` operand whose value is known (a constant, or a shape computation
+        such as the RotaryEmbedding function's ``Concat(rotary_dim, head − rotary_dim)``): the
+        outputs' sizes are those values — inference may have guessed an equal split."""
+        if len(node.inputs) < 2 or not node.inputs[1] or node.inputs[1] not in self.values:
+            return None
+        x = self.g.types.get(node.inputs[0])
+        sizes = list(np.asarray(self.values[node.inputs[1]]).reshape(-1))
+        if x is None or len(sizes) != len(node.outputs):
+            return None
+        axis = int(node.attrs.get("axis", 0)) % max(x.rank, 1)
+        return [x.with_shape(x.shape[:axis] + (as_dim(sz),) + x.shape[axis + 1:]) for sz in sizes]
+
     def _types(self, node: OpNode) -> list[TensorType | None]:
+        if node.op == "Split":
+            st = self._split_types(node)
+            if st is not None:
+                return st
         need_rule = False
         picked: list = []
         for t in node.outputs:

@@ -211,6 +211,20 @@ def test_onnx_backend_node_tests_sampled(tmp_path):
     assert sum(v[0] == "pass" for v in runnable) >= 0.9 * len(runnable)
 
 
+@pytest.mark.parametrize("name", ["test_rotary_embedding_interleaved_expanded",
+                                  "test_rotary_embedding_no_position_ids_interleaved_expanded",
+                                  "test_split_variable_parts_2d_opset18"])
+def test_node_tests_with_computed_split_sizes(name, tmp_path):
+    """The expanded (function-body) interleaved RotaryEmbedding splits the head by sizes computed
+    from shapes (``Concat(rotary_dim, head − rotary_dim)`` = [8, 0]): the outputs take those sizes,
+    not an equal split that inference guessed (the emitted Reshape failed in onnxruntime)."""
+    conf = _tool("onnx_conformance")
+    (case,) = [c for c in conf.cases() if c[0] == name]
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert conf.run_case(name, case[2], case[3], str(tmp_path)) == ("pass", "")
+
+
 def test_core_aten_opinfo_samples_sampled():
     """PyTorch's own OpInfo sample inputs for every 16th Core ATen op (one sample per OpInfo): each
     exported one-op module is imported, emitted and matches torch eager in onnxruntime, or is
