@@ -156,6 +156,25 @@ def test_onnx_decoder_without_a_cache_runs_as_advised(zoo_cache):
     assert r.exit_code == 0 and r.verified and not r.kv_cache, r.row()
 
 
+def test_kv_cache_pass_required_false_only_warns(zoo_cache):
+    """``{name: kv_cache, required: false}``: the decoder whose cache cannot be lifted is left as
+    it is with the reason in passes[].notes (the default refuses it, exit 2); a bad value is a
+    config error."""
+    from compiler.errors import ConfigError
+    from compiler.frontends.onnx_import import import_onnx
+    from compiler.ir.tensors import UnsupportedOpError
+    from passes.kv_cache_onnx import LiftKVCache
+    from tests import zoo
+    g = import_onnx(zoo.export("bloom", "dynamo", cache=zoo_cache))
+    with pytest.raises(UnsupportedOpError) as e:
+        LiftKVCache()(g.copy())
+    assert e.value.exit_code == 2 and "Softmax" in str(e.value)
+    res = LiftKVCache(required=False)(g)
+    assert not res.changed and res.notes and res.notes[0]["rule"] == "kv_cache" and g.meta["kv_cache_refused"]
+    with pytest.raises(ConfigError):
+        LiftKVCache(required="yes")
+
+
 def test_gemma3_window_crossed_by_verification(tmp_path):
     """A sliding window longer than the default verification length (the Gemma-3 case that
     'verified' with 9 tokens while its logits were wrong from the window on): verification runs
