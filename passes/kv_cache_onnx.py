@@ -168,9 +168,8 @@ def lift_onnx_kv_cache(g: Graph) -> dict[str, int]:
         if not any(n.op == "Attention" for n in h):
             sm = [n for n in h.topo_order() if n.op == "Softmax"]
             if sm:
-                raise Refused(f"none of its {len(sm)} Softmax op(s) is part of an attention rooftop "
-                              f"recognizes (QKᵀ → scale → mask → softmax → ·V with Q/K/V as [batch, heads, "
-                              f"seq, head_dim]), so there is no Attention op to give a KV cache ({why})",
+                raise Refused(f"none of its {len(sm)} Softmax op(s) is in an attention rooftop fuses "
+                              f"(QKᵀ → scale → mask → softmax → ·V on [batch, heads, seq, head_dim]) ({why})",
                               sm[0].name)
             raise Refused("the model has no attention (no Attention op and no Softmax) to give a KV cache")
     attn = [n for n in h.topo_order() if n.op == "Attention"]
@@ -277,11 +276,10 @@ class LiftKVCache(Pass):
             if self.params.get("required", True):
                 raise UnsupportedOpError(
                     f"the causal decoder gets no KV cache: {e}{' (at ' + e.where + ')' if e.where else ''}. "
-                    f"Without a cache the decode step would be costed and emitted as recomputing the whole "
-                    f"sequence, so rooftop stops here instead of reporting it silently. Import the model "
-                    f"from its Hugging Face config (model.config with attn_implementation sdpa or eager) "
-                    f"instead of model=onnx, export it again with SDPA attention, or cost it without a KV "
-                    f"cache with pipeline=none.") from None
+                    f"rooftop stops rather than cost and emit decode without its cache silently: run with "
+                    f"pipeline=none to cost it without a cache, import the model from its Hugging Face "
+                    f"config (model.config, attn_implementation sdpa or eager) instead of model=onnx, or "
+                    f"export it again with SDPA attention.") from None
             log.warning("KV cache not lifted: %s; decode is costed without a cache", e)
             return PassResult(g, False, {"layers": 0, "refused": 1},
                               notes=[{"rule": "kv_cache", "where": e.where or "", "check": str(e)}])
