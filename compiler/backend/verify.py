@@ -449,12 +449,13 @@ def _source_fails_at(reference, feeds: dict, b: int, emitted_error: Exception) -
         shapes = ", ".join(f"{k} {list(np.shape(v))}" for k, v in probe.items())
         raise ModelFileError(
             f"the source ONNX model itself fails in onnxruntime on valid inputs with one token per "
-            f"sequence ({shapes}), the shape of a decode step that the lifted KV cache needs: "
-            f"{str(getattr(e, 'detail', {}).get('source_failure', e)).rstrip('.')}. The exporter fixed a size that "
-            f"depends on the data (the legacy TorchScript exporter records, for example, how many tokens "
-            f"an MoE routes to each expert as constants), so the file only runs some shapes. Re-export it "
-            f"with torch.onnx.export(..., dynamo=True), or cost it without a KV cache with pipeline=none "
-            f"(the source is then verified at its own sequence length).") from None
+            f"sequence ({shapes}), the shape of a decode step, so it cannot be served with the KV cache "
+            f"rooftop lifted. Run with pipeline=none to cost it without a cache (the source is then "
+            f"verified at its own sequence length), or re-export it with torch.onnx.export(..., "
+            f"dynamo=True): the exporter fixed a size that depends on the data (the legacy TorchScript "
+            f"exporter records, for example, how many tokens an MoE routes to each expert as "
+            f"constants). onnxruntime said: "
+            f"{str(getattr(e, 'detail', {}).get('source_failure', e)).rstrip('.')}.") from None
 
 
 
