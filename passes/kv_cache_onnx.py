@@ -251,9 +251,10 @@ def lift_onnx_kv_cache(g: Graph) -> dict[str, int]:
 
 
 class LiftKVCache(Pass):
-    """``kv_cache``: a decoder from an ONNX file without a cache gets one (see module doc); a
-    graph that has a cache already (torch imports) or is not a causal LM is left as it is. A causal
-    LM whose cache cannot be lifted is refused (exit 2, the reason and advice in one paragraph) —
+    """``kv_cache``: a decoder from an ONNX file without a cache gets one (see module doc), or is
+    refused (exit 2, unless ``required: false``) where it cannot. A graph that has a cache already
+    (torch imports) or is not a causal LM is left as it is. A causal LM whose cache cannot be
+    lifted is refused (exit 2, the reason and advice in one paragraph) —
     never costed silently without its cache; with ``required: false`` it is left as it is instead
     and report.json ``passes[].notes`` says why."""
 
