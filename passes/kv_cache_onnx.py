@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import logging
 
+from compiler.errors import ConfigError
 from compiler.ir import DTYPES, P, B, S, Graph, TensorType
 from compiler.ir import annotations as ann
 from compiler.ir.ops import REGISTRY, OpKind
-from compiler.ir.tensors import as_dim
+from compiler.ir.tensors import UnsupportedOpError, as_dim
 from passes.base import Pass, PassResult
 from passes.cleanup import eliminate_dead_code
+from passes.fusion import explain_outcome, run_rules, unfused_attention
 from passes.fusion.attention import spec_of
 from passes.fusion.mask import PADDING_INPUT, analyze_mask
 from passes.kv_cache import lift_kv_cache
@@ -76,6 +78,29 @@ def _is_arange_s(g: Graph, n) -> bool:
             p = g.params.get(t)
             vals.append(None if p is None or p.data is None else p.data.reshape(-1)[0])
     return vals[0] == 0 and vals[1] == 1
+
+
+#: ops whose input 1 holds indices into their data's axes (a ``Range(S)`` reaching them indexes
+#: the new tokens' own axis, e.g. DeepSeek's in-place ``q[..., :d] = q_nope`` exported as ScatterND)
+_INDEXED_WRITES = ("ScatterND", "ScatterElements")
+
+
+def _indexes_new_tokens(g: Graph, t: str) -> bool:
+    """``arange(S)`` used as scatter indices (through views, broadcasts and arithmetic), not as
+    token positions: it must stay ``0 … S-1`` under a KV cache."""
+    seen, stack = set(), [t]
+    while stack:
+        x = stack.pop()
+        if x in seen:
+            continue
+        seen.add(x)
+        for c, i in g.consumers(x):
+            if c.op in _INDEXED_WRITES and i == 1:
+                return True
+            if c.op in ("Reshape", "Unsqueeze", "Expand", "Concat", "Cast", "Add", "Sub", "Mul",
+                        "Transpose", "Squeeze", "Identity"):
+                stack.extend(o for o in c.outputs if o)
+    return False
 
 
 _ELEMENTWISE = frozenset(n for n, d in REGISTRY.items() if d.kind in (OpKind.ELEMENTWISE, OpKind.BROADCAST)
@@ -130,10 +155,24 @@ def lift_onnx_kv_cache(g: Graph) -> dict[str, int]:
         raise Refused("the model is not a causal LM")
     if "input_ids" not in g.inputs:
         raise Refused("the model has no input_ids input")
-    attn = [n for n in g.topo_order() if n.op == "Attention"]
-    if not attn:
-        raise Refused("the model has no Attention op (is its attention fused? run the fuse pass first)")
     h = g.copy()
+    left = unfused_attention(h)
+    if left or not any(n.op == "Attention" for n in h):
+        # the cost gate may have kept some unfused: the cache needs every one (not gated)
+        _, outcomes = run_rules(h, ["attention"], gate=None)
+        why = explain_outcome("attention", outcomes["attention"])
+        left = unfused_attention(h)
+        if left:
+            raise Refused(f"{len(left)} attention softmax(es) could not be fused into an Attention op, "
+                          f"which the KV cache needs ({why})", left[0].name)
+        if not any(n.op == "Attention" for n in h):
+            sm = [n for n in h.topo_order() if n.op == "Softmax"]
+            if sm:
+                raise Refused(f"none of its {len(sm)} Softmax op(s) is in an attention rooftop fuses "
+                              f"(QKᵀ → scale → mask → softmax → ·V on [batch, heads, seq, head_dim]) ({why})",
+                              sm[0].name)
+            raise Refused("the model has no attention (no Attention op and no Softmax) to give a KV cache")
+    attn = [n for n in h.topo_order() if n.op == "Attention"]
     infos: dict[str, object] = {}
     for n in attn:
         if len(n.inputs) > 4 and any(n.inputs[4:]):
@@ -166,22 +205,33 @@ def lift_onnx_kv_cache(g: Graph) -> dict[str, int]:
             if info.alibi is not None:
                 n.attrs["alibi_slopes"] = [float(x) for x in info.alibi]
             old = ann.get(n, "attention")
-            ann.set(n, "attention", spec_of(info) if old is None else
+            new = spec_of(info)
+            if n.attrs.get("alibi_slopes") is not None and not new.alibi:   # the bias fused beside the mask
+                new = type(new)(**{**{f: getattr(new, f) for f in new.__dataclass_fields__},
+                                   "mask": "bias", "alibi": True})
+            ann.set(n, "attention", new if old is None else
                     type(old)(**{**{f: getattr(old, f) for f in old.__dataclass_fields__},
-                                 **{f: getattr(spec_of(info), f) for f in ("mask", "window", "alibi")}}))
+                                 **{f: getattr(new, f) for f in ("mask", "window", "alibi")}}))
         if m or has_pad:
             while len(n.inputs) < 4:
                 h.set_input(n, len(n.inputs), "")
             h.set_input(n, 3, pad if has_pad else "")
         n.attrs["is_causal"] = 1
     # positions: arange(S) → P + arange(S)
-    ranges = [n for n in h.topo_order() if _is_arange_s(h, n)]
+    ranges = [n for n in h.topo_order() if _is_arange_s(h, n) and not _indexes_new_tokens(h, n.outputs[0])]
     if ranges and "position_ids" not in h.inputs:
         pos = h.add_op("Range", [], 1, {"start": P, "limit": P + S, "delta": 1},
                        types=[TensorType("int64", (S,))]).outputs[0]
         for n in ranges:
             h.replace_uses(n.outputs[0], pos)
     eliminate_dead_code(h)
+    if has_pad and am.shape == h.type("input_ids").shape:
+        # the exporter read the sequence length off attention_mask (torch.export keeps one symbol
+        # for equal dims): in the source both are [B, S], and S — the new tokens — is what the
+        # graph's types say these shapes are, so they are read off input_ids instead
+        for c, i in list(h.consumers(MASK_INPUT)):
+            if c.op == "Shape":
+                h.set_input(c, i, "input_ids")
     extended = 0
     if has_pad and any(c.name != cast.name for c, _ in h.consumers(MASK_INPUT)):
         extended = _extend_mask_readers(h, cast.name)
@@ -201,11 +251,21 @@ def lift_onnx_kv_cache(g: Graph) -> dict[str, int]:
 
 
 class LiftKVCache(Pass):
-    """``kv_cache``: a decoder from an ONNX file without a cache gets one (see module doc); a
-    graph that has a cache already (torch imports) or does not qualify is left as it is, and
-    report.json ``passes[].notes`` says why."""
+    """``kv_cache``: a decoder from an ONNX file without a cache gets one (see module doc), or is
+    refused (exit 2, unless ``required: false``) where it cannot. A graph that has a cache already
+    (torch imports) or is not a causal LM is left as it is. A causal LM whose cache cannot be
+    lifted is refused (exit 2, the reason and advice in one paragraph) —
+    never costed silently without its cache; with ``required: false`` it is left as it is instead
+    and report.json ``passes[].notes`` says why."""
 
     name = "kv_cache"
+
+    def check_params(self) -> None:
+        bad = sorted(set(self.params) - {"required"})
+        if bad or not isinstance(self.params.get("required", True), bool):
+            raise ConfigError(f"pass {self.name!r} takes only required: true|false (false: a decoder "
+                              f"whose cache cannot be lifted is costed without one and the run goes on), "
+                              f"got {dict(self.params)}; fix pipeline.passes.")
 
     def run(self, g: Graph) -> PassResult:
         if g.meta.get("kv_tensors") or g.meta.get("task") != "causal_lm":
@@ -214,6 +274,13 @@ class LiftKVCache(Pass):
             stats = lift_onnx_kv_cache(g)
         except Refused as e:
             g.meta["kv_cache_refused"] = str(e)
+            if self.params.get("required", True):
+                raise UnsupportedOpError(
+                    f"the causal decoder gets no KV cache: {e}{' (at ' + e.where + ')' if e.where else ''}. "
+                    f"rooftop stops rather than cost and emit decode without its cache silently: run with "
+                    f"pipeline=none to cost it without a cache, import the model from its Hugging Face "
+                    f"config (model.config, attn_implementation sdpa or eager) instead of model=onnx, or "
+                    f"export it again with SDPA attention.") from None
             log.warning("KV cache not lifted: %s; decode is costed without a cache", e)
             return PassResult(g, False, {"layers": 0, "refused": 1},
                               notes=[{"rule": "kv_cache", "where": e.where or "", "check": str(e)}])

@@ -61,7 +61,7 @@ def _worker(family: str, exporters: list[str]) -> None:
         print("CELL " + json.dumps(r.row()), flush=True)
 
 
-def render(rows: list[dict], command: str, seconds: float) -> str:
+def render(rows: list[dict], command: str, seconds: float, note: str = "") -> str:
     from tests import zoo
     by = {(r["family"], r["exporter"]): r for r in rows}
     exporters = [e for e in zoo.EXPORTERS if any(k[1] == e for k in by)]
@@ -75,7 +75,7 @@ def render(rows: list[dict], command: str, seconds: float) -> str:
              f"- date: {datetime.date.today().isoformat()}; machine: {platform.machine()} "
              f"{os.cpu_count()} CPUs, {platform.system()}; cells' time {sum(float(r.get('seconds') or 0) for r in rows) / 60:.1f} min "
              f"(this invocation {seconds / 60:.1f} min)",
-             f"- command: `{command}`",
+             f"- command: `{command}`" + (f" ({note})" if note else ""),
              "- versions: " + _versions(), "",
              "Each cell runs the default pipeline end to end (import, fusion, KV cache, emission, "
              "verification in onnxruntime against the source). **fused**: every attention layer is one "
@@ -129,6 +129,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rerun", nargs="*", default=[], help="with --rows: run these families again")
     ap.add_argument("--out", default=str(ROOT / "docs" / "reference" / "families.md"))
     ap.add_argument("--no-write", action="store_true", help="print the table instead of writing --out")
+    ap.add_argument("--note", default="", help="said after the command on the page (e.g. which cells "
+                                               "the --rows file carried over from an earlier run)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
@@ -166,8 +168,12 @@ def main(argv=None) -> int:
     rows.sort(key=lambda r: (order[r["family"]], a.exporters.index(r["exporter"])))
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
-    cmd = "python tools/families_matrix.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    md = render(rows, cmd.strip(), time.perf_counter() - t0)
+    args = list(argv if argv is not None else sys.argv[1:])
+    if "--note" in args:   # the note is shown beside the command, not in it
+        i = args.index("--note")
+        del args[i:i + 2]
+    cmd = "python tools/families_matrix.py " + " ".join(args)
+    md = render(rows, cmd.strip(), time.perf_counter() - t0, a.note)
     if a.no_write:
         print(md)
     else:

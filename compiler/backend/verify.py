@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from compiler.errors import VerificationError
+from compiler.errors import ModelFileError, VerificationError
 from compiler.ir import SYMBOLS, Graph
 from compiler.backend.paged_runtime import PagedKV, paging_info
 
@@ -426,10 +426,37 @@ def _decoder_steps(emitted: _Runner, reference, g: Graph, kv: list[str], b: int,
         for t in kv:
             feeds[t] = res[t.replace("past_", "present_", 1)]
         log.append({"step": f"decode{i + 1}", "shapes": {k: list(v.shape) for k, v in feeds.items()}})
-        res = emitted.run(feeds)
+        try:
+            res = emitted.run(feeds)
+        except VerificationError as e:
+            if source_inputs is not None:
+                _source_fails_at(reference, {k: v for k, v in step_feeds(t0, 1).items() if k in source_inputs},
+                                 b, e)
+            raise
         for name in names:
             cmp.add(name, res[name], ref[name][:, t0:t0 + 1], f"decode{i + 1}")
     return log
+
+
+def _source_fails_at(reference, feeds: dict, b: int, emitted_error: Exception) -> None:
+    """The emitted model failed on a decode step's shapes: where the cache-less source fails on
+    the same shapes too (one new token per sequence, the whole mask of ones), the source file is
+    what cannot run them — exit 2 naming the inputs, not a verification failure of rooftop's."""
+    probe = {k: (np.ones_like(v[:, -1:]) if k == "attention_mask" else v[:, -1:]) for k, v in feeds.items()}
+    try:
+        reference(probe)
+    except VerificationError as e:
+        shapes = ", ".join(f"{k} {list(np.shape(v))}" for k, v in probe.items())
+        raise ModelFileError(
+            f"the source ONNX model itself fails in onnxruntime on valid inputs with one token per "
+            f"sequence ({shapes}), the shape of a decode step, so it cannot be served with the KV cache "
+            f"rooftop lifted. Run with pipeline=none to cost it without a cache (the source is then "
+            f"verified at its own sequence length), or re-export it with torch.onnx.export(..., "
+            f"dynamo=True): the exporter fixed a size that depends on the data (the legacy TorchScript "
+            f"exporter records, for example, how many tokens an MoE routes to each expert as "
+            f"constants). onnxruntime said: "
+            f"{str(getattr(e, 'detail', {}).get('source_failure', e)).rstrip('.')}.") from None
+
 
 
 def _paged_runtime(emitted: _Runner, seed: int, batch: int, tokens: int = 0):

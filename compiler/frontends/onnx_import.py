@@ -633,7 +633,24 @@ class _Importer:
             return None
         return out
 
+    def _split_types(self, node: OpNode) -> list[TensorType] | None:
+        """Split with a ``split`` operand whose value is known (a constant, or a shape computation
+        such as the RotaryEmbedding function's ``Concat(rotary_dim, head − rotary_dim)``): the
+        outputs' sizes are those values — inference may have guessed an equal split."""
+        if len(node.inputs) < 2 or not node.inputs[1] or node.inputs[1] not in self.values:
+            return None
+        x = self.g.types.get(node.inputs[0])
+        sizes = list(np.asarray(self.values[node.inputs[1]]).reshape(-1))
+        if x is None or len(sizes) != len(node.outputs):
+            return None
+        axis = int(node.attrs.get("axis", 0)) % max(x.rank, 1)
+        return [x.with_shape(x.shape[:axis] + (as_dim(sz),) + x.shape[axis + 1:]) for sz in sizes]
+
     def _types(self, node: OpNode) -> list[TensorType | None]:
+        if node.op == "Split":
+            st = self._split_types(node)
+            if st is not None:
+                return st
         need_rule = False
         picked: list = []
         for t in node.outputs:
@@ -665,9 +682,10 @@ class _Importer:
             bad, src, ty = p
             if src == "ssi":
                 self.stats["ssi_typed"] += 1
-            if bad and r is not None and r.rank == ty.rank and r.dtype == ty.dtype:
+            if bad and r is not None and r.rank == ty.rank:
                 # a known dim wins; between two unknown ones the rule's (derived from the
-                # operands, so it reuses their symbols rather than adding a new one)
+                # operands, so it reuses their symbols rather than adding a new one). Only the
+                # shape is taken: the dtype stays inference's (a rule may not know it, e.g. IsNaN)
                 shp = tuple(a if self.dims.is_known(a) else b for a, b in zip(ty.shape, r.shape))
                 if shp != ty.shape:
                     self.stats["rule_typed"] += 1

@@ -25,7 +25,7 @@ import dataclasses
 from compiler.ir.annotations import AttentionSpec
 from passes.fusion.common import (is_float, repeat_kv, repeat_ok, same_dim, same_shape, scale_factor,
                                   scaled)
-from passes.fusion.mask import HIDDEN, analyze_mask
+from passes.fusion.mask import HIDDEN, MaskInfo, analyze_mask
 from passes.fusion.pattern import Alt, Const, MatchResult, Op, Opt, Var, scalar_value
 from passes.fusion.rule import Match, Plan, Rule
 
@@ -42,9 +42,11 @@ def attention_pattern():
     # logit softcapping (Gemma-2): c·tanh(scores / c)
     scores = Opt(Op("Mul", Op("Tanh", Op(("Mul", "Div"), raw, Const("cap_in"), name="cap_in_op"), name="cap_tanh"),
                     Const("cap_out"), name="cap"), inner=raw)
+    # an additive bias (MPT's ALiBi table) in front of a Where mask: classified on its own below
+    biased = Opt(Op("Add", scores, Var("bias"), name="bias_add"), inner=scores)
     masked = Alt(Op("Add", scores, Var("mask"), name="mask_add"),
-                 Op("Where", Var("keep"), scores, Const("fill"), name="mask_keep"),
-                 Op("Where", Var("drop"), Const("fill"), scores, name="mask_drop"),
+                 Op("Where", Var("keep"), biased, Const("fill"), name="mask_keep"),
+                 Op("Where", Var("drop"), Const("fill"), biased, name="mask_drop"),
                  scores)
     probs = Opt(Op("Cast", Op("Softmax", Opt(Op("Cast", masked, name="cast_in")), name="softmax"),
                    name="cast_out"))
@@ -116,6 +118,11 @@ def check_attention(match: Match) -> MatchResult:
         mt = g.type(match["mask"])
         if not is_float(mt) or mt.rank > 4 or not _broadcasts(mt.shape, g.type(scores_t).shape):
             return MatchResult.fail(f"mask {mt} does not broadcast onto the scores {g.type(scores_t)}")
+    if match.has("bias"):
+        bt = g.type(match["bias"])
+        if not is_float(bt) or bt.rank > 4 or bt.rank < 2:
+            return MatchResult.fail(f"the additive bias {bt} in front of the Where mask is not a float "
+                                    f"[…, queries or 1, keys] tensor")
     for n in ("keep", "drop"):
         if match.has(n) and g.type(match[n]).dtype != "bool":
             return MatchResult.fail(f"the Where condition {match[n]} is not boolean")
@@ -179,12 +186,31 @@ def rewrite_attention(require_causal: bool):
             analyzed = match["drop"]
             mask = plan.op("Not", [analyzed])
         causal, window, slopes, spec = False, None, None, AttentionSpec(mask="bidirectional")
+        bias_slopes = None
+        if match.has("bias"):
+            binfo = analyze_mask(g, match["bias"], cache, scores=g.type(match.node("softmax").inputs[0]).shape[-2:])
+            if binfo.alibi is None or binfo.kind != "bidirectional" or binfo.padding:
+                return MatchResult.fail(f"the additive bias before the Where mask is not an ALiBi bias: "
+                                        f"{binfo.reason}")
+            bias_slopes = binfo.alibi
         if analyzed is not None:
-            info = analyze_mask(g, analyzed, cache, scores=g.type(match.node("softmax").inputs[0]).shape[-2:])
+            info = analyze_mask(g, analyzed, cache, scores=g.type(match.node("softmax").inputs[0]).shape[-2:],
+                                invert=match.has("drop"))
+            if bias_slopes is not None:
+                if info.kind not in ("causal", "window") or info.alibi is not None:
+                    return MatchResult.fail(f"an ALiBi bias with a mask that is {info.reason}, not causal "
+                                            f"or a sliding window")
+                info = MaskInfo(info.kind, info.reason + f" + ALiBi bias ({len(bias_slopes)} heads)",
+                                dataclasses.replace(info.cls, alibi=bias_slopes))
             spec = spec_of(info)
             plain = not info.padding and info.alibi is None
-            if info.kind in ("causal", "window") and (plain or (require_causal and not info.padding)):
+            if info.kind in ("causal", "window") and (plain or (require_causal and not info.padding)
+                                                      or (bias_slopes is not None and not info.padding)):
                 causal, mask, window = True, None, info.window
+                slopes = info.alibi
+            elif info.kind in ("causal", "window") and info.alibi is not None and bias_slopes is not None:
+                # causal ∧ padding + ALiBi: the mask operand keeps the padding and structure, the
+                # bias becomes the alibi_slopes attribute
                 slopes = info.alibi
             elif info.kind == "bidirectional" and plain and not require_causal:
                 mask = None

@@ -44,13 +44,15 @@ class MaskInfo:
         return self.cls.alibi if self.cls is not None else None
 
 
-def analyze_mask(g: Graph, tensor: str, cache: dict | None = None, scores=None) -> MaskInfo:
+def analyze_mask(g: Graph, tensor: str, cache: dict | None = None, scores=None, *,
+                 invert: bool = False) -> MaskInfo:
     """What the mask ``tensor`` means (``scores``: the (query, key) dims it is applied to; the
-    evaluation is cache-less, so both are the sequence)."""
-    key = (tensor, tuple(scores) if scores is not None else None)
+    evaluation is cache-less, so both are the sequence); ``invert``: a boolean ``tensor`` is True
+    where a key is hidden (``masked_fill``'s condition)."""
+    key = (tensor, tuple(scores) if scores is not None else None, invert)
     if cache is not None and key in cache:
         return cache[key]
-    info = _analyze(g, tensor)
+    info = _analyze(g, tensor, invert)
     if cache is not None:
         cache[key] = info
     return info
@@ -110,7 +112,7 @@ def _constants(g: Graph, nodes: set[str], leaves: set[str]) -> list[int]:
     return out
 
 
-def _analyze(g: Graph, tensor: str) -> MaskInfo:
+def _analyze(g: Graph, tensor: str, invert: bool = False) -> MaskInfo:
     nodes, leaves = ancestors(g, tensor)
     for t in data_leaves(g, tensor):
         if t in g.params:
@@ -121,6 +123,8 @@ def _analyze(g: Graph, tensor: str) -> MaskInfo:
             return MaskInfo("general", f"the mask reads the values of input {t}")
     try:
         samples = _evaluate(g, tensor, nodes, leaves)
+        if invert:
+            samples = [dataclasses.replace(x, mask=~np.asarray(x.mask, bool)) for x in samples]
     except Exception as e:  # emission or onnxruntime failure: keep the mask as it is
         return MaskInfo("general", f"the mask could not be evaluated ({type(e).__name__}: {e})")
     mc = classify(samples)
@@ -162,7 +166,13 @@ def _evaluate(g: Graph, tensor: str, nodes: set[str], leaves: set[str]) -> list[
                 feeds[t] = pad.astype(npdt)
             else:
                 feeds[t] = np.zeros(shape, npdt)
-        out.append(Sample(s, run(feeds)[0], None if pad is None else pad.astype(bool)))
+        val = run(feeds)[0]
+        if out and np.ndim(val) >= 1 and np.shape(val)[-1] != s:
+            # a table-backed mask or bias (MPT's ALiBi table of max_seq_len columns) ends here: the
+            # model cannot run longer sequences (its scores would not broadcast), so the shorter
+            # lengths already probed say what it is
+            break
+        out.append(Sample(s, val, None if pad is None else pad.astype(bool)))
     return out
 
 

@@ -102,6 +102,16 @@ CELLS = {
     ("deepseek_v2", "torch"): ("fused", "aten.polar refused"),
     ("mamba", "torch"): ("refused", "a traceback instead of a refusal of a state-space model"),
     ("bloom", "torch"): ("refused", "Hugging Face's 'does not support scaled_dot_product_attention' traceback"),
+    ("bloom", "dynamo"): ("refused", "exit 0 with no Attention and no KV cache: decode costed without a cache"),
+    ("phimoe", "legacy"): ("fused", "exit 4: IsNaN typed with unknown dims left one layer unfused, and the "
+                                    "partial cache broke the artifact"),
+    ("deepseek_v3", "legacy"): ("fused", "exit 4: the ScatterND indices arange(S) were rewritten to positions P + arange(S)"),
+    ("deepseek_v3", "dynamo"): ("fused", "no KV cache: Shape(attention_mask) read as the sequence length"),
+    ("cohere", "legacy"): ("refused", "exit 4: emission failed on a cache lifted with unfused attention"),
+    ("dbrx", "legacy"): ("refused", "exit 4 blaming rooftop: the legacy export's MoE split sizes are constants, "
+                                    "so the source itself fails on a decode step's one token"),
+    ("mpt", "dynamo"): ("fused", "exit 0 without a KV cache: ALiBi added before masked_fill was not matched, "
+                                 "and masked_fill's condition was classified as the visible keys"),
 }
 
 
@@ -128,6 +138,9 @@ def test_matrix_cell(family, exporter, zoo_cache):
         assert "state" in r.detail.lower()
     if family == "bloom":   # the fallback to eager attention is said, and the advice is runnable
         assert "pipeline=none" in r.detail
+    if want == "refused" and exporter != "torch":   # a decoder never loses its cache silently
+        assert ("gets no KV cache" in r.detail or "source ONNX model itself fails" in r.detail) and \
+            "pipeline=none" in r.detail, r.detail
 
 
 def test_bloom_without_a_cache_runs_as_advised(zoo_cache):
@@ -135,6 +148,43 @@ def test_bloom_without_a_cache_runs_as_advised(zoo_cache):
     with zoo.quiet():
         r = zoo.run_cell("bloom", "torch", workload=("pipeline=none", "emit.verify=true"), cache=zoo_cache)
     assert r.exit_code == 0 and r.verified, r.row()
+
+
+def test_onnx_decoder_without_a_cache_runs_as_advised(zoo_cache):
+    """The refusal's advice for an ONNX decoder whose cache cannot be lifted (Bloom's 3-D
+    baddbmm attention): pipeline=none costs it without a cache and verifies the artifact."""
+    from tests import zoo
+    with zoo.quiet():
+        r = zoo.run_cell("bloom", "dynamo", workload=("pipeline=none", "emit.verify=true"), cache=zoo_cache)
+    assert r.exit_code == 0 and r.verified and not r.kv_cache, r.row()
+
+
+def test_source_that_cannot_decode_runs_without_a_cache_as_advised(zoo_cache):
+    """DBRX's legacy export fails in onnxruntime itself on one token per sequence (refused, exit 2);
+    the advice, pipeline=none, verifies it at its own sequence length."""
+    from tests import zoo
+    with zoo.quiet():
+        r = zoo.run_cell("dbrx", "legacy", workload=("pipeline=none",), cache=zoo_cache)
+    assert r.exit_code == 0 and r.verified and not r.kv_cache, r.row()
+
+
+def test_kv_cache_pass_required_false_only_warns(zoo_cache):
+    """``{name: kv_cache, required: false}``: the decoder whose cache cannot be lifted is left as
+    it is with the reason in passes[].notes (the default refuses it, exit 2); a bad value is a
+    config error."""
+    from compiler.errors import ConfigError
+    from compiler.frontends.onnx_import import import_onnx
+    from compiler.ir.tensors import UnsupportedOpError
+    from passes.kv_cache_onnx import LiftKVCache
+    from tests import zoo
+    g = import_onnx(zoo.export("bloom", "dynamo", cache=zoo_cache))
+    with pytest.raises(UnsupportedOpError) as e:
+        LiftKVCache()(g.copy())
+    assert e.value.exit_code == 2 and "Softmax" in str(e.value)
+    res = LiftKVCache(required=False)(g)
+    assert not res.changed and res.notes and res.notes[0]["rule"] == "kv_cache" and g.meta["kv_cache_refused"]
+    with pytest.raises(ConfigError):
+        LiftKVCache(required="yes")
 
 
 def test_gemma3_window_crossed_by_verification(tmp_path):
@@ -190,6 +240,20 @@ def test_onnx_backend_node_tests_sampled(tmp_path):
     assert fails == {}
     runnable = [v for v in res.values() if v[0] != "skip"]
     assert sum(v[0] == "pass" for v in runnable) >= 0.9 * len(runnable)
+
+
+@pytest.mark.parametrize("name", ["test_rotary_embedding_interleaved_expanded",
+                                  "test_rotary_embedding_no_position_ids_interleaved_expanded",
+                                  "test_split_variable_parts_2d_opset18"])
+def test_node_tests_with_computed_split_sizes(name, tmp_path):
+    """The expanded (function-body) interleaved RotaryEmbedding splits the head by sizes computed
+    from shapes (``Concat(rotary_dim, head − rotary_dim)`` = [8, 0]): the outputs take those sizes,
+    not an equal split that inference guessed (the emitted Reshape failed in onnxruntime)."""
+    conf = _tool("onnx_conformance")
+    (case,) = [c for c in conf.cases() if c[0] == name]
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert conf.run_case(name, case[2], case[3], str(tmp_path)) == ("pass", "")
 
 
 def test_core_aten_opinfo_samples_sampled():
