@@ -211,9 +211,11 @@ _EW_BINARY = {"Add": True, "Mul": True, "Sub": False, "Div": False, "Pow": False
               "PRelu": False}
 _CMP = ["Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"]
 
+_EW_PREDICATES = ("IsNaN", "IsInf")   # elementwise tests: a bool of the operand's shape
 for _op, _k in _EW_UNARY.items():
-    register(OpDef(_op, OpKind.ELEMENTWISE, "elementwise", same_as_input(), per_output_element(_k),
-                   default_bytes))
+    register(OpDef(_op, OpKind.ELEMENTWISE, "elementwise",
+                   (lambda n, i: [i[0].with_dtype("bool")]) if _op in _EW_PREDICATES else same_as_input(),
+                   per_output_element(_k), default_bytes))
 for _op, _comm in _EW_BINARY.items():
     register(OpDef(_op, OpKind.BROADCAST, "elementwise", broadcast_rule(), per_output_element(1),
                    default_bytes, commutative=_comm))
