@@ -1,0 +1,132 @@
+"""``quant=`` on MoE experts: the grouped expert GEMMs (``MoEMatMul(x, w [E, K, N], expert)``) of a
+tiny Mixtral get per-expert scales (per output channel / per group along K), the stored bytes the
+cost model charges equal the arithmetic from the config, and the emitted artifact (a blocked
+``DequantizeLinear`` of the ``[E, K, N]`` codes feeding the MoEMatMul lowering) runs in
+onnxruntime and matches the float model that holds the dequantized weights — prefill and decode
+steps, every expert routed to."""
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import onnx
+import pytest
+
+from compiler.backend.emit import to_model
+from compiler.backend.quantized import make_session
+from compiler.ir.ops import Classifier
+from passes import make_pass
+from passes.quant import QuantSpec, quantize_rtn
+from passes.quant.passes import expert_sites, quantize_experts
+from tests.conftest import assert_prefill_decode_match, imported, model_cfg
+
+E, H, I = 4, 128, 256          # conf/model/mixtral_tiny.yaml: experts, hidden, intermediate (2 layers)
+
+
+@pytest.fixture(scope="module")
+def mixtral():
+    return imported("mixtral_tiny")
+
+
+def _quantized(g, **params):
+    h = g.copy()
+    res = make_pass({"name": "quantize", **params})(h)
+    h.verify()
+    return h, res
+
+
+def _expert_weights(g):
+    return sorted(s.weight for s in expert_sites(g, []))
+
+
+def test_expert_sites_and_exclude(mixtral):
+    ws = _expert_weights(mixtral)
+    shapes = sorted(tuple(mixtral.params[w].type.shape) for w in ws)
+    assert shapes == sorted([(E, H, 2 * I), (E, I, H)] * 2)
+    assert all(s.reason == "experts" for s in expert_sites(mixtral, ["experts"]))
+    down = {s.weight: s.reason for s in expert_sites(mixtral, ["*down_proj*"])}
+    assert sum(bool(r) for r in down.values()) == 2 and all("down_proj" in w for w, r in down.items() if r)
+    g, res = _quantized(mixtral, scheme="w8a16", exclude=["embeddings", "lm_head", "experts"])
+    assert res.stats["expert_weights"] == 0
+    assert all("weight_format" not in g.params[w].annotations for w in ws)
+
+
+@pytest.mark.parametrize("scheme,dtype", [("w8a16", "int8"), ("w4a16", "uint4"), ("fp8", "float8e4m3fn")])
+def test_expert_bytes_equal_the_config_arithmetic(mixtral, scheme, dtype):
+    g, res = _quantized(mixtral, scheme=scheme)
+    assert res.stats["expert_weights"] == 4
+    cls = Classifier(g)
+    total = sum(cls.weight_bytes(w) for w in _expert_weights(g))
+    numel = 2 * (E * H * 2 * I + E * I * H)              # both layers, gate_up + down
+    if scheme == "w4a16":      # uint4 values + fp16 scale + fp16 zero point per 128 along K, per expert
+        want = numel // 2 + (numel // 128) * 2 * 2
+    else:                      # 8-bit values + one fp16 scale per output channel of each expert
+        channels = 2 * (E * 2 * I + E * H)
+        want = numel + channels * 2
+    assert total == want
+    fmt = g.params[_expert_weights(g)[0]].annotations["weight_format"]
+    assert fmt.dtype == dtype and fmt.axis == 1
+    # the fp32 weights were 4 bytes each: the experts' bytes drop by the format's factor
+    assert total / (numel * 4) == pytest.approx({"w8a16": 0.25, "fp8": 0.25, "w4a16": 4.25 / 32}[scheme], rel=0.02)
+
+
+@pytest.mark.parametrize("spec", [QuantSpec("int8", "channel"), QuantSpec("uint4", "group", 64, False),
+                                  QuantSpec("float8e4m3fn", "channel")])
+def test_quantize_experts_is_per_expert(spec):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((3, 128, 40)).astype(np.float32) * np.array([1.0, 30.0, 0.01])[:, None, None]
+    qt = quantize_experts(w, spec)
+    deq = qt.dequantize()
+    for e in range(3):       # each expert equals its own 2-D quantization: scales never shared
+        ref = quantize_rtn(w[e], spec).dequantize()
+        np.testing.assert_array_equal(deq[e], ref)
+    rel = np.abs(deq - w).max(axis=(1, 2)) / np.abs(w).max(axis=(1, 2))
+    assert rel.max() < (0.2 if spec.bits == 4 else 0.07)
+    assert qt.axis == 1 and qt.scale.shape[:2] == (3, 128 // qt.block_size)
+
+
+class _Reference:
+    """A ``module(ids, pos).numpy()`` stand-in: the float artifact of the dequantized weights run on
+    the whole sequence at once (prefill of every token), the reference of prefill + decode."""
+
+    def __init__(self, g, vocab):
+        self.g, self.sess = g, make_session(to_model(g))
+        self.model = types.SimpleNamespace(config=types.SimpleNamespace(vocab_size=vocab))
+
+    def __call__(self, ids, pos):
+        from tests.conftest import empty_cache
+        ids, pos = ids.numpy(), pos.numpy()
+        feed = {"input_ids": ids, "position_ids": pos, **empty_cache(self.g, ids.shape[0])}
+        if "attention_mask" in self.g.inputs:
+            feed["attention_mask"] = np.ones(ids.shape, np.int64)
+        names = [o.name for o in self.sess.get_outputs()]
+        return types.SimpleNamespace(numpy=lambda: dict(zip(names, self.sess.run(None, feed)))["logits"])
+
+
+@pytest.mark.parametrize("scheme", ["w8a16", "w4a16", "fp8"])
+def test_artifact_matches_the_dequantized_reference(mixtral, scheme):
+    # accuracy level 0: onnxruntime's fused MatMulNBits of the linear layers keeps fp32 activations
+    g, _ = _quantized(mixtral, scheme=scheme, ort_accuracy_level=0)
+    model = to_model(g)
+    inits = {i.name for i in model.graph.initializer}
+    dq = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    for w in _expert_weights(g):
+        assert w not in inits and f"{w}.q" in inits           # codes, not the float weight, are stored
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in dq[w].attribute}
+        assert attrs["axis"] == 1 and attrs["block_size"] == (128 if scheme == "w4a16" else
+                                                              g.params[w].type.shape[1])
+    ref = g.copy()
+    for p in ref.params.values():      # the same (dequantized) values as plain float initializers
+        p.annotations.pop("quant_data", None)
+        p.annotations.pop("weight_format", None)
+    tol = 2e-4     # FP8: both keep the dynamic FP8 QDQ of the activations (only the weights' form differs)
+    vocab = model_cfg("mixtral_tiny")["config"]["vocab_size"]
+    assert_prefill_decode_match(_Reference(ref, vocab), g, make_session(model), tol=tol)
+    if scheme == "fp8":
+        assert any(n.op == "MoEMatMul" and "activation_quant" in n.annotations for n in g)
+    # and it really is quantized: the float model's logits differ
+    fp = _Reference(mixtral, vocab)
+    import torch
+    ids = torch.randint(0, vocab, (2, 9), generator=torch.Generator().manual_seed(3))
+    pos = torch.arange(9).expand(2, -1)
+    assert np.abs(fp(ids, pos).numpy() - _Reference(ref, vocab)(ids, pos).numpy()).max() > 1e-4
