@@ -154,3 +154,39 @@ def test_artifact_matches_the_dequantized_reference(mixtral, scheme):
     ids = torch.randint(0, vocab, (2, 9), generator=torch.Generator().manual_seed(3))
     pos = torch.arange(9).expand(2, -1)
     assert np.abs(fp(ids, pos).numpy() - _Reference(ref, vocab)(ids, pos).numpy()).max() > 1e-4
+
+
+def test_mixtral_8x7b_meta_expert_bytes_halve_under_fp8():
+    """The real model (meta weights, cost only): FP8 per-channel experts store 1 byte per value +
+    one fp16 scale per output channel of each expert — half of bf16, to the byte."""
+    g = imported("mixtral_8x7b")
+    e, h, i, layers = 8, 4096, 14336, 32
+    ws = _expert_weights(g)
+    before = sum(Classifier(g).weight_bytes(w) for w in ws)
+    numel = layers * e * 3 * h * i
+    assert before == 2 * numel
+    q, res = _quantized(g, scheme="fp8")
+    assert res.stats["cost_only"] == 1 and res.stats["expert_weights"] == 2 * layers
+    after = sum(Classifier(q).weight_bytes(w) for w in ws)
+    assert after == numel + layers * e * (2 * i + h) * 2
+    assert after / before == pytest.approx(0.5, abs=1e-3)
+    ops = [n for n in q if n.op == "MoEMatMul"]
+    assert ops and all(n.annotations["compute_dtype"].dtype == "fp8" for n in ops)
+
+
+def test_engine_moe_kernel_of_the_expert_format():
+    """A runtime profile may name its MoE kernel per expert-weight format (``moe.<format>``);
+    without one the format-blind ``moe`` kernel prices the quantized experts."""
+    import dataclasses as dc
+    from compiler.perf.cost import CostModel
+    from compiler.perf.hardware import hardware_by_name
+    from compiler.perf.runtime import FAMILIES, runtime_by_name
+    g, _ = _quantized(imported("mixtral_tiny", weights="meta"), scheme="w4a16")
+    rt = runtime_by_name("trtllm")
+    cm = CostModel(g, hardware_by_name("h100_sxm"), rt)
+    items = [it for it in cm.items if it.op == "MoEMatMul"]
+    assert items and {it.moe_format for it in items} == {"w4a16"} and "moe.w4a16" in FAMILIES
+    assert rt.family_kernel(items[0], "decode").family == "moe"
+    k = dc.replace(rt.kernels["moe"], family="moe.w4a16", kernel="MoE plugin int4 weight-only")
+    rt2 = dc.replace(rt, kernels={**rt.kernels, "moe.w4a16": k})
+    assert rt2.family_kernel(items[0], "decode").kernel == "MoE plugin int4 weight-only"
