@@ -761,7 +761,9 @@ class Quantize(Pass):
                 ann.set(p, "weight_format", fmt)
             readers = [c for c, i in g.consumers(s.weight) if c.op == "MoEMatMul" and i == 1]
             for n in readers:
-                ann.set(n, "compute_dtype", sch.compute(g, n, self.context))
+                # the math dtype, no kernel family: the measured families are dense GEMMs (their
+                # time ratios do not transfer to a grouped GEMM over per-expert row counts)
+                ann.set(n, "compute_dtype", ComputeDtype(sch.compute(g, n, self.context).dtype, ""))
                 aq = sch.act_quant(None, None)
                 if aq is not None and aq.dtype == "float8e4m3fn":
                     ann.set(n, "activation_quant", aq)
