@@ -190,3 +190,21 @@ def test_engine_moe_kernel_of_the_expert_format():
     k = dc.replace(rt.kernels["moe"], family="moe.w4a16", kernel="MoE plugin int4 weight-only")
     rt2 = dc.replace(rt, kernels={**rt.kernels, "moe.w4a16": k})
     assert rt2.family_kernel(items[0], "decode").kernel == "MoE plugin int4 weight-only"
+
+
+def test_cli_w4a16_report_states_the_expert_bytes(tmp_path):
+    """``rooftop model=mixtral_tiny quant=w4a16``: report.json's weight_formats give the experts'
+    stored bytes from the config's arithmetic, the artifact check passes, exit 0."""
+    import json
+    from tests.conftest import run_cli
+    r = run_cli("model=mixtral_tiny", "quant=w4a16", "progress=false", f"hydra.run.dir={tmp_path}")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((tmp_path / "report.json").read_text())
+    groups = {w["group"]: w for w in rep["weight_formats"]}
+    gu = groups["model.model.layers.*.mlp.experts.gate_up_proj.grouped"]
+    dn = groups["model.model.layers.*.mlp.experts.down_proj.grouped"]
+    for grp, numel in ((gu, 2 * E * H * 2 * I), (dn, 2 * E * I * H)):
+        assert grp["values"] == numel and grp["stored_bytes"] == numel // 2 + numel // 128 * 4
+        assert grp["format"]["dtype"] == "uint4" and grp["format"]["axis"] == 1
+    q = rep["compression"]["quantization"]
+    assert len(q["experts"]) == 4 and rep["compression"]["artifact_check"]["ok"] is True
