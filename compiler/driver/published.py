@@ -155,10 +155,14 @@ def case_of(p: Mapping, runtime: str | None = None) -> Case:
     formats = None
     if wq == "fp8" and p["model"] in MOE_CHECKPOINTS and _fp8_experts(p):
         # an FP8 checkpoint of an engine that runs FP8 MoE quantizes the routed experts too;
-        # quant=fp8 covers the linear layers (MatMul), the experts' FP8 weights are stated as the
+        # quant=fp8 covers the linear layers (MatMul) here, the experts' FP8 weights are stated as the
         # checkpoint's format (passes/weight_formats.py; its 128x128 block scale adds 0.002 bit
         # per weight to a per-tensor scale's 8). Older engines kept the experts in 16 bits.
         formats = {"experts": "fp8_block128"}
+    if wq == "fp8" and p["model"] in MOE_CHECKPOINTS:
+        # quant=fp8 quantizes the experts too (per channel); these rows state the experts'
+        # format themselves: the checkpoint's block-128 FP8 above, or 16 bits (older engines)
+        o.append("quant.exclude=[embeddings,lm_head,experts]")
     kv = prec.get("kv_cache")
     if kv == "fp8" or (kv is None and wq == "fp8" and p["engine"] in ("trtllm", "nim")):
         # TensorRT-LLM FP8 checkpoints carry an FP8 KV cache unless stated otherwise

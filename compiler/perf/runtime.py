@@ -9,7 +9,9 @@ request. A runtime profile (config group ``runtime=``, ``conf/runtime/<name>.yam
 ``kernels``
     per op family (:func:`op_family`: ``gemm.<format>`` with format ``bf16``, ``fp16``, ``fp32``,
     ``w8a16``, ``w4a16``, ``w8a8``, ``fp8``, ``fp8_dynamic``, ``sparse24``; ``attention.prefill``,
-    ``attention.decode``; ``moe``; ``elementwise``, ``reduction``, ``copy``) the kernel that runs
+    ``attention.decode``; ``moe``, or ``moe.<format>`` for the engine's MoE kernel on expert
+    weights of one format (``quant=`` / ``model.weight_formats``; looked up first, then ``moe``,
+    then ``gemm.<format>``); ``elementwise``, ``reduction``, ``copy``) the kernel that runs
     it and how it is priced (``model``):
 
     - ``hardware``: the hardware's calibrated op class (and, for a quantized GEMM, the measured
@@ -85,7 +87,8 @@ DEFAULT_RUNTIME = "eager"
 #: op families a profile can name (see the module doc)
 GEMM_FORMATS = ("bf16", "fp16", "fp32", "w8a16", "w4a16", "w8a8", "fp8", "fp8_dynamic", "sparse24")
 FAMILIES = tuple(f"gemm.{f}" for f in GEMM_FORMATS) + (
-    "attention.prefill", "attention.decode", "moe", "elementwise", "reduction", "copy")
+    "attention.prefill", "attention.decode", "moe", "elementwise", "reduction", "copy") + tuple(
+    f"moe.{f}" for f in GEMM_FORMATS)   # an engine's MoE kernel for one expert-weight format (quant=)
 MODELS = ("hardware", "efficiency", "measured", "roofline")
 ADMISSION = ("preempt", "no_evict")
 HOST_KEYS = ("step_us", "per_sequence_us", "per_tensor_us", "prefill_chunk_us", "request_us")
@@ -332,7 +335,8 @@ class Runtime:
         """The kernel this profile names for cost item ``it`` (a :class:`compiler.perf.cost.OpItem`)
         in ``phase`` (None: the profile does not name its family)."""
         fam = f"attention.{'decode' if phase == 'decode' else 'prefill'}" if it.family == "attention" else it.family
-        k = self.kernel(fam)
+        k = self.kernel(f"moe.{it.moe_format}") if it.family == "moe" and it.moe_format else None
+        k = k or self.kernel(fam)
         if k is None and it.family == "moe":
             k = self.kernel("gemm." + it.moe_format)
         return k

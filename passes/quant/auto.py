@@ -2,9 +2,10 @@
 
 Mixed precision the way a deployment engineer would do it by hand, automated:
 
-1. **Units.** Every linear layer (``passes.quant.passes.linear_sites``) and every embedding table
+1. **Units.** Every linear layer (``passes.quant.passes.linear_sites``), every embedding table
    (``embedding_tables``; a tied LM head is one unit with its table: it shares the quantized
-   bytes). ``quant.exclude`` patterns keep units out.
+   bytes) and every MoE layer's experts (``expert_sites``: its grouped expert GEMM weights, one
+   format for the layer — what a fused MoE kernel runs). ``quant.exclude`` patterns keep units out.
 2. **Formats.** ``quant.formats`` (``auto``: the hardware's — int8 weight-only ``w8a16``, ``w8a8``
    (dynamic int8 activations), int4 in groups of 128 and 32 (uint4 + zero point); on a GPU also
    ``fp16`` / ``bf16`` for an fp32 model and ``fp8`` where it has FP8 math). Tables take the weight-only ones (blocks along each
@@ -56,7 +57,7 @@ from passes.quant.blocks import block_type
 from passes.quant.config import SensitivityConfig
 from passes.quant.formats import quantize_rtn
 from passes.quant.passes import (FLOAT16, SCHEMES, LayerScheme, Quantize, Site, TableSite, _ort_block,
-                                 embedding_tables, linear_sites, round_float16)
+                                 embedding_tables, expert_sites, linear_sites, quantize_experts, round_float16)
 
 log = logging.getLogger("rooftop.quant")
 
@@ -100,8 +101,8 @@ def drop_of(metric: str, score: Mapping[str, float]) -> float:
 
 @dataclasses.dataclass
 class Unit:
-    """One decision of the search: a linear layer's weight, or an embedding table (with its tied
-    heads). ``ops``: the ops whose predicted time the format changes."""
+    """One decision of the search: a linear layer's weight, an embedding table (with its tied
+    heads), or a MoE layer's experts (all its grouped expert GEMM weights, one format). ``ops``: the ops whose predicted time the format changes."""
 
     key: str
     kind: str                  # linear | embedding
@@ -111,6 +112,11 @@ class Unit:
     table: TableSite | None = None
     layer: int | None = None
     block: str = ""
+    weights: tuple = ()        # experts: every stacked expert weight of the MoE layer (one decision)
+
+    @property
+    def params(self) -> tuple:
+        return self.weights or (self.key,)
 
 
 class QuantizeAuto(Quantize):
@@ -210,19 +216,41 @@ class QuantizeAuto(Quantize):
             units.append(Unit(s.weight, "linear", [s.node.name], list(fmts), site=s,
                               layer=lay if lay is not None and 0 <= lay < n_layers else None,
                               block=block_type(g, s.node)))
+        by_layer: dict = {}
+        for s in self.experts(g):
+            if s.reason:
+                kept[s.weight] = s.reason
+                continue
+            lay = pos.get(s.node.name)
+            by_layer.setdefault(lay, []).append(s)
+        for lay, group in by_layer.items():
+            ks = [g.params[s.weight].type.shape[1] for s in group]
+            ok = [f for f in fmts if FORMATS[f]["scheme"] in FLOAT16 or "group_size" not in FORMATS[f]
+                  or all(isinstance(k, int) and not k % FORMATS[f]["group_size"] for k in ks)]
+            units.append(Unit(group[0].weight, "experts", [c.name for s in group for c, i in g.consumers(s.weight)
+                                                           if c.op == "MoEMatMul" and i == 1],
+                              ok, layer=lay if lay is not None and 0 <= lay < n_layers else None, block="mlp",
+                              weights=tuple(s.weight for s in group)))
         return units, sites, tables, kept
 
-    def assignment(self, units: Sequence[Unit], choice: Mapping[str, str]) -> dict[str, LayerScheme]:
-        return {u.key: self.scheme_of(choice[u.key]) for u in units if choice.get(u.key, KEEP) != KEEP}
+    def experts(self, g: Graph):
+        return expert_sites(g, self.exclude)
 
-    def _dequantized(self, g: Graph, u: Unit, fmt: str):
-        """A callable giving ``u``'s weight in ``fmt``, dequantized (RTN, as the sensitivity is measured)."""
+    def assignment(self, units: Sequence[Unit], choice: Mapping[str, str]) -> dict[str, LayerScheme]:
+        return {w: self.scheme_of(choice[u.key]) for u in units if choice.get(u.key, KEEP) != KEEP
+                for w in u.params}
+
+    def _dequantized(self, g: Graph, u: Unit, fmt: str, key: str | None = None):
+        """A callable giving ``u``'s weight (``key``: one of an experts unit's) in ``fmt``,
+        dequantized (RTN, as the sensitivity is measured)."""
         sch = self.scheme_of(fmt)
 
         def make():
-            w = np.asarray(g.params[u.key].data, np.float32)
+            w = np.asarray(g.params[key or u.key].data, np.float32)
             if sch.scheme in FLOAT16:
                 return round_float16(w, FLOAT16[sch.scheme])
+            if u.kind == "experts":
+                return quantize_experts(w, sch.spec()).dequantize()
             if u.kind == "embedding":
                 return quantize_rtn(w, sch.table_spec(w.shape[1]), reduce_axis=1).dequantize()
             return quantize_rtn(w, sch.spec()).dequantize()
@@ -235,10 +263,13 @@ class QuantizeAuto(Quantize):
             f = choice.get(u.key, KEEP)
             if f == KEEP:
                 continue
-            w[u.key] = self._dequantized(g, u, f)
+            for k in u.params:
+                w[k] = self._dequantized(g, u, f, k)
             a = SCHEMES[FORMATS[f]["scheme"]]["act"]
             if a is not None and u.kind == "linear":
                 act[(u.site.node.name, 0)] = "float8e4m3fn" if a == "fp8" else "uint8"
+            elif a == "fp8" and u.kind == "experts":     # as the artifact runs it (W8A8 experts: float activations)
+                act.update({(o, 0): "float8e4m3fn" for o in u.ops})
         return {"weights": w, "activations": act}
 
     # -- cost ----------------------------------------------------------------------------------
@@ -276,7 +307,7 @@ class QuantizeAuto(Quantize):
                 if u.key not in only:
                     continue
                 times[u.key][fmt] = {ph: sum(t.get(o, {}).get(ph, 0.0) for o in u.ops) for ph in self._phases(h)}
-                nbytes[u.key][fmt] = float(cls.weight_bytes(u.key))
+                nbytes[u.key][fmt] = float(sum(cls.weight_bytes(k) for k in u.params))
         read(g, KEEP, weights)
         for f in self.formats():
             todo = [u for u in units if f in u.formats]
@@ -284,7 +315,8 @@ class QuantizeAuto(Quantize):
                 continue
             h = g.copy()
             self.apply(h, [s for s in linear_sites(h, self.exclude)], embedding_tables(h, self.exclude),
-                       self.assignment(todo, {u.key: f for u in todo}), annotate_only=True)
+                       self.assignment(todo, {u.key: f for u in todo}), annotate_only=True,
+                       experts=self.experts(h))
             read(h, f, {u.key for u in todo})
         cm = CostModel(g, hw)
         totals = {ph: cm.totals(b, s, p, ph)["time"] for b, s, p, ph in self._points(g)[0]}
@@ -508,7 +540,8 @@ class QuantizeAuto(Quantize):
             shp = [int(d) for d in g.params[u.key].type.shape]
             layers.append({
                 "weight": u.key, "kind": u.kind, "ops": list(u.ops), "layer": u.layer, "block": u.block, "format": f,
-                "shape": shp if u.kind == "linear" else shp[::-1],     # [K, N] of the GEMM (a table's head: [K, V])
+                "shape": shp if u.kind != "embedding" else shp[::-1],  # [K, N] ([E, K, N]) of the GEMM (a table's head: [K, V])
+                **({"weights": list(u.params)} if u.kind == "experts" else {}),
                 "predicted_time_s": {"keep": req[u.key][KEEP], "chosen": req[u.key][f]},
                 "predicted_gain_s": req[u.key][KEEP] - req[u.key][f],
                 "predicted_gain_by_phase_s": {ph: keep_t.get(ph, 0.0) - f_t.get(ph, 0.0) for ph in keep_t},
@@ -530,7 +563,7 @@ class QuantizeAuto(Quantize):
                                 "baseline": base_score},
                 "workload_points": [list(p) for p in self._points(g)[0]], "phase_weights": self._points(g)[1]}
         stats = self.apply(g, sites, tables, self.assignment(units, choice),
-                           record={"auto": auto, "method": self.method})
+                           record={"auto": auto, "method": self.method}, experts=self.experts(g))
         stats.update({"units": len(units), "candidates": len(records),
                       "kept": sum(1 for u in units if choice[u.key] == KEEP)})
         return PassResult(g, True, stats)

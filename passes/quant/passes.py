@@ -55,7 +55,7 @@ def _fields(cls) -> tuple[str, ...]:
 
 def _defaults(cls) -> dict[str, Any]:
     return dataclasses.asdict(cls())
-from passes.quant.formats import QuantSpec, int_dtype, quantize_rtn
+from passes.quant.formats import QTensor, QuantError, QuantSpec, int_dtype, quantize_rtn
 from passes.quant.nm import prune_magnitude
 from passes.quant.obs import Hessian, obs_compress
 from passes.quant.smooth import awq_scales, smoothquant_scales
@@ -138,7 +138,7 @@ def linear_sites(g: Graph, exclude: Sequence[str] = ("embeddings", "lm_head")) -
     """Every linear layer with a 2-D float weight (a parameter, or the transpose of one: a tied
     LM head), in topological order; excluded ones carry a reason."""
     gathered = {n.inputs[0] for n in g if n.op == "Gather"}
-    patterns = [p for p in exclude if p not in ("embeddings", "lm_head")]
+    patterns = [p for p in exclude if p not in ("embeddings", "lm_head", "experts")]
     out = []
     for n in g.topo_order():
         if n.op not in LINEAR_OPS or len(n.inputs) < 2:
@@ -163,6 +163,40 @@ def linear_sites(g: Graph, exclude: Sequence[str] = ("embeddings", "lm_head")) -
             reason = _exclude_reason(g, w, patterns)
         out.append(Site(n, w, reason))
     return out
+
+
+def expert_sites(g: Graph, exclude: Sequence[str] = ("embeddings", "lm_head")) -> list[Site]:
+    """Every grouped expert GEMM (``MoEMatMul(x [R, K], w [E, K, N], expert [R])``) with a 3-D
+    float weight, in topological order: one site per weight (a MoE layer's gate/up and down
+    projections). ``experts`` in ``exclude`` keeps them all; an fnmatch pattern names one."""
+    patterns = [p for p in exclude if p not in ("embeddings", "lm_head", "experts")]
+    out, seen = [], set()
+    for n in g.topo_order():
+        if n.op != "MoEMatMul" or len(n.inputs) < 2 or n.inputs[1] not in g.params or n.inputs[1] in seen:
+            continue
+        p = g.params[n.inputs[1]]
+        if p.type.rank != 3 or p.type.dtype not in _FLOAT or p.annotations.get("const"):
+            continue
+        seen.add(p.name)
+        reason = "experts" if "experts" in exclude else _exclude_reason(g, p.name, patterns)
+        out.append(Site(n, p.name, reason))
+    return out
+
+
+def quantize_experts(w: np.ndarray, spec: QuantSpec) -> QTensor:
+    """RTN of a stacked expert weight ``[E, K, N]``, each expert on its own (per output channel
+    of each expert, or per group along K of each expert), in ONNX's blocked ``DequantizeLinear``
+    form along axis 1: scales ``[E, K/block, N]`` (a per-channel scale is one block of K)."""
+    w = np.asarray(w, np.float32)
+    e, k, n = w.shape
+    block = k if spec.granularity == "channel" else spec.group_size
+    if spec.granularity == "tensor" or k % block:
+        raise QuantError(f"expert weight [{e}, {k}, {n}]: the reduction axis {k} is not a multiple of the group "
+                         f"{block}; set quant.group_size to a divisor of {k}")
+    parts = [quantize_rtn(w[i], dataclasses.replace(spec, granularity="group", group_size=block)) for i in range(e)]
+    zp = None if parts[0].zero_point is None else np.stack([q.zero_point for q in parts])
+    return QTensor(dataclasses.replace(spec, granularity="group", group_size=block),
+                   np.stack([q.codes for q in parts]), np.stack([q.scale for q in parts]).astype(np.float32), zp, 1)
 
 
 def _exclude_reason(g: Graph, w: str, patterns: Sequence[str]) -> str:
@@ -353,7 +387,7 @@ class TableSite:
 
 def embedding_tables(g: Graph, exclude: Sequence[str] = ("embeddings", "lm_head")) -> list[TableSite]:
     """Every 2-D float parameter read by a row ``Gather`` (axis 0), with its tied heads."""
-    patterns = [p for p in exclude if p not in ("embeddings", "lm_head")]
+    patterns = [p for p in exclude if p not in ("embeddings", "lm_head", "experts")]
     out = []
     for name, p in g.params.items():
         if p.type.rank != 2 or p.type.dtype not in _FLOAT or p.annotations.get("const"):
@@ -551,14 +585,17 @@ class Quantize(Pass):
         scheme = self.layer_scheme()
         sites = linear_sites(g, self.exclude)
         tables = embedding_tables(g, self.exclude)
+        experts = expert_sites(g, self.exclude)
         assignment = {s.transposed_from or s.weight: scheme for s in sites if not s.reason}
         assignment.update({t.param: scheme for t in tables if not t.reason})
-        stats = self.apply(g, sites, tables, assignment)
-        return PassResult(g, bool(stats.get("quantized_weights") or stats.get("linear_layers")), stats)
+        assignment.update({s.weight: scheme for s in experts if not s.reason})
+        stats = self.apply(g, sites, tables, assignment, experts=experts)
+        return PassResult(g, bool(stats.get("quantized_weights") or stats.get("linear_layers")
+                                  or stats.get("expert_weights")), stats)
 
     def apply(self, g: Graph, sites: list[Site], tables: list[TableSite],
               assignment: Mapping[str, LayerScheme], record: Mapping[str, Any] | None = None,
-              annotate_only: bool = False) -> dict[str, int]:
+              annotate_only: bool = False, experts: Sequence[Site] = ()) -> dict[str, int]:
         """Quantize the layers ``assignment`` names (weight or table → format); the others stay
         as they are. Writes ``graph.meta["quantization"]`` (``record`` adds to it); returns stats.
         ``annotate_only``: write the formats for the cost model and leave the values (as for meta
@@ -624,6 +661,8 @@ class Quantize(Pass):
                 for t in tables if t.param in table_done for sch, spec in [table_done[t.param]]]
         if record:
             q.update(record)
+        if experts:
+            self._apply_experts(g, experts, assignment, stats, q, cost_only)
         if cost_only:
             for s in todo:
                 sch = schemes[s.weight]
@@ -686,8 +725,57 @@ class Quantize(Pass):
                 meta = g.meta.setdefault("onnx_metadata", {})
                 meta[ORT_SESSION_KEY] = json.dumps({ACCURACY_LEVEL_KEY: str(level)})
             q["ort_accuracy_level"] = level
-        stats["quantized_weights"] = len({s.weight for s in todo}) + len(table_done)
+        stats["quantized_weights"] = len({s.weight for s in todo}) + len(table_done) + stats.get("expert_weights", 0)
         return stats
+
+    def _apply_experts(self, g: Graph, experts: Sequence[Site], assignment: Mapping[str, LayerScheme],
+                       stats: dict, q: dict, cost_only: bool) -> None:
+        """The grouped expert GEMMs (``MoEMatMul``): every expert of a weight ``[E, K, N]`` in the
+        layer's format, scales per expert (per output channel, or per group along K), round to
+        nearest (calibration-based methods need per-expert routed activations: RTN for experts,
+        recorded). The emitter writes codes + scales and one blocked ``DequantizeLinear`` (axis 1)
+        feeding the MoEMatMul lowering. FP8: the routed activations get the dynamic FP8 QDQ like
+        a linear layer's; W8A8: the int8 weights with float activations in the artifact (no
+        onnxruntime integer grouped GEMM), priced as int8 math."""
+        done, kept = [], {s.weight: s.reason for s in experts if s.reason}
+        for s in experts:
+            sch = assignment.get(s.weight)
+            if s.reason or sch is None:
+                continue
+            p = g.params[s.weight]
+            if sch.scheme in FLOAT16:
+                if not cost_only:
+                    p.data = round_float16(np.asarray(p.data, np.float32), FLOAT16[sch.scheme]).astype(p.data.dtype)
+                ann.set(p, "weight_format", WeightFormat(dtype=FLOAT16[sch.scheme], scale_dtype=FLOAT16[sch.scheme]))
+            else:
+                spec = sch.spec()
+                k = p.type.shape[1]
+                if spec.granularity == "group" and isinstance(k, int) and k % spec.group_size:
+                    kept[s.weight] = (f"reduction axis {k} is not a multiple of quant.group_size={spec.group_size}")
+                    continue
+                fmt = sch.weight_format(g, s.weight, spec, axis=1)
+                if not cost_only:
+                    qt = quantize_experts(np.asarray(p.data, np.float32), spec)
+                    p.data = qt.dequantize().astype(p.data.dtype)
+                    ann.set(p, "quant_data", QuantizedData(qt.codes, qt.scale, qt.zero_point, qt.axis, qt.block_size))
+                ann.set(p, "weight_format", fmt)
+            readers = [c for c, i in g.consumers(s.weight) if c.op == "MoEMatMul" and i == 1]
+            for n in readers:
+                # the math dtype, no kernel family: the measured families are dense GEMMs (their
+                # time ratios do not transfer to a grouped GEMM over per-expert row counts)
+                ann.set(n, "compute_dtype", ComputeDtype(sch.compute(g, n, self.context).dtype, ""))
+                aq = sch.act_quant(None, None)
+                if aq is not None and aq.dtype == "float8e4m3fn":
+                    ann.set(n, "activation_quant", aq)
+            done.append({"weight": s.weight, "format": sch.name, "experts": int(p.type.shape[0]),
+                         "shape": [int(d) if isinstance(d, int) else str(d) for d in p.type.shape],
+                         "ops": [n.name for n in readers]})
+        stats["expert_weights"] = len(done)
+        q["experts"] = done
+        if kept:
+            q["experts_kept"] = dict(sorted(kept.items()))
+        if done and self.method != "rtn":
+            q["experts_method"] = "rtn (calibration-based methods are applied to linear layers only)"
 
     def _quantize_site(self, g: Graph, site: Site, sch: LayerScheme, st: Hessian | None, s: np.ndarray | None):
         p = g.params[site.weight]
